@@ -1,0 +1,143 @@
+/*
+ * aiofast.h: the umbrella header of aiofast._core.
+ *
+ * Python.h, version shims, the module state (fa_state) that holds every type, imported asyncio
+ * object and interned name, and the fa_<family>_init prototypes each primitive file exports.
+ *
+ * Invariants: no C globals; every object caches the fa_state * of the module that made it; every
+ * field of fa_state is visited by module traverse and cleared by module clear (module.c).
+ */
+#ifndef AIOFAST_H
+#define AIOFAST_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <stddef.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+#error "aiofast needs CPython 3.10 or newer"
+#endif
+
+#define FA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define FA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#define FA_PY312 (PY_VERSION_HEX >= 0x030C0000)
+#define FA_PY313 (PY_VERSION_HEX >= 0x030D0000)
+
+#ifndef Py_T_PYSSIZET
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_T_OBJECT T_OBJECT
+#define Py_READONLY READONLY
+#endif
+
+/* Debug build (-UNDEBUG): invariant checks after every mutation. */
+#ifndef NDEBUG
+#define FA_DEBUG 1
+#else
+#define FA_DEBUG 0
+#endif
+
+/* Every field from OpType to str_append is an object pointer (module.c traverses them as an
+ * array): add new object fields inside that range, and non-object fields after it. */
+typedef struct fa_state {
+    /* types: the lock family (semaphore.c) and the awaitable (op.c) */
+    PyTypeObject *OpType;
+    PyTypeObject *SemaphoreType;
+    PyTypeObject *BoundedSemaphoreType;
+    PyTypeObject *LockType;
+    PyTypeObject *EventType;
+    /* types: other families (each file fills its own) */
+    PyTypeObject *QueueType;
+    PyTypeObject *PriorityQueueType;
+    PyTypeObject *LifoQueueType;
+    PyTypeObject *TokenBucketType;
+    PyTypeObject *BreakerType;
+    PyTypeObject *BreakerCallType;
+    PyTypeObject *LRUCacheType;
+    PyTypeObject *TTLCacheType;
+    PyTypeObject *MemoType;
+    PyTypeObject *MemoCallType;
+    PyObject *extra[16];          /* spare slots for families' own objects; see FA_EXTRA_* */
+
+    /* imported from asyncio at exec time */
+    PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
+    PyObject *CancelledError;
+    PyObject *InvalidStateError;
+    PyObject *QueueEmpty;
+    PyObject *QueueFull;
+    PyObject *QueueShutDown;      /* asyncio's on 3.13+, ours before */
+    PyObject *deque_type;         /* collections.deque */
+    PyObject *TimeoutError;       /* builtins.TimeoutError (asyncio.TimeoutError is it on 3.11+) */
+
+    /* a reusable StopIteration(True) for tp_iternext on 3.12+ (see fa_set_stopiteration) */
+    PyObject *stopiter_true;
+
+    /* interned method and attribute names */
+    PyObject *str_create_future;
+    PyObject *str_set_result;
+    PyObject *str_set_exception;
+    PyObject *str_done;
+    PyObject *str_cancelled;
+    PyObject *str_cancel;
+    PyObject *str_result;
+    PyObject *str_await;          /* "__await__" */
+    PyObject *str_call_at;
+    PyObject *str_call_soon;
+    PyObject *str_time;
+    PyObject *str_add_done_callback;
+    PyObject *str_acquire;
+    PyObject *str_release;
+    PyObject *str_locked;
+    PyObject *str_append;
+} fa_state;
+
+/* Each family's file exports exactly one function; module.c calls them in order. */
+int fa_op_init(PyObject *mod, fa_state *st);
+int fa_semaphore_init(PyObject *mod, fa_state *st);
+int fa_queue_init(PyObject *mod, fa_state *st);
+int fa_tokenbucket_init(PyObject *mod, fa_state *st);
+int fa_breaker_init(PyObject *mod, fa_state *st);
+int fa_cache_init(PyObject *mod, fa_state *st);
+int fa_memo_init(PyObject *mod, fa_state *st);
+
+/* Shared helpers (module.c). */
+
+/* The short tp_name trick: a heap type made from "aiofast.Lock" has tp_name "aiofast.Lock", and
+ * the interpreter's messages ("object Lock can't be used in 'await' expression", "'Lock' object
+ * has no attribute ...") use tp_name. asyncio's classes are Python classes whose tp_name is the
+ * bare name, and CPython's own tests match those messages, so the public types get a bare
+ * tp_name (a static string; __module__ and __qualname__ are untouched). */
+static inline void
+fa_set_short_tpname(PyTypeObject *tp, const char *name)
+{
+    tp->tp_name = name;
+}
+
+/* Add a heap type made from spec to the module, with the bare tp_name; NULL on error. */
+PyTypeObject *fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name);
+
+/* Parse the arguments of a Python-style __init__(self, a=..., b=...) with asyncio's messages:
+ * "Sem.__init__() takes from 1 to 2 positional arguments but 3 were given",
+ * "Sem.__init__() got an unexpected keyword argument 'loop'" (on 3.10, asyncio's own text for
+ * loop=), "Sem.__init__() got multiple values for argument 'value'". out[] entries not given keep
+ * their values. Returns 0 or -1. */
+int fa_parse_init(PyObject *self, const char *defname, PyObject *args, PyObject *kwargs,
+                  const char *const *names, Py_ssize_t nnames, PyObject **out);
+
+/* Raise a value through StopIteration, without context chaining and without unpacking tuples.
+ * Reuses st->stopiter_true for True when nobody else holds it. Always returns NULL. */
+PyObject *fa_set_stopiteration(fa_state *st, PyObject *value);
+
+/* The state of the module that defined tp or one of its bases (for tp_new of subclasses). */
+fa_state *fa_state_from_type(PyTypeObject *tp);
+
+static inline fa_state *
+fa_get_state(PyObject *mod)
+{
+    return (fa_state *)PyModule_GetState(mod);
+}
+
+#endif

@@ -1,0 +1,305 @@
+/*
+ * module.c: aiofast._core. Multi-phase init; the module state (fa_state) is filled here and by
+ * each family's fa_<family>_init, in order. Also the helpers shared by every family: type
+ * creation, Python-style __init__ argument parsing with asyncio's messages, and StopIteration.
+ *
+ * Invariant: every PyObject * field of fa_state is either NULL or a strong reference, visited by
+ * module_traverse and released by module_clear.
+ */
+#include "aiofast.h"
+#include "loop.h"
+
+#define FA_STATE_NOBJ ((offsetof(fa_state, str_append) - offsetof(fa_state, OpType)) \
+                       / sizeof(PyObject *) + 1)
+
+static PyObject **
+state_objs(fa_state *st)
+{
+    return (PyObject **)&st->OpType;
+}
+
+static struct PyModuleDef module_def;
+
+fa_state *
+fa_state_from_type(PyTypeObject *tp)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *mod = PyType_GetModuleByDef(tp, &module_def);  // borrowed
+    return mod ? fa_get_state(mod) : NULL;
+#else
+    PyObject *mro = tp->tp_mro;
+    if (mro != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+            PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+            if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+                continue;
+            }
+            PyObject *mod = ((PyHeapTypeObject *)base)->ht_module;  // borrowed
+            if (mod != NULL && PyModule_GetDef(mod) == &module_def) {
+                return fa_get_state(mod);
+            }
+        }
+    }
+    PyErr_Format(PyExc_TypeError, "%s is not an aiofast type", tp->tp_name);
+    return NULL;
+#endif
+}
+
+PyTypeObject *
+fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name)
+{
+    PyTypeObject *tp = (PyTypeObject *)PyType_FromModuleAndSpec(mod, spec, base);  // new ref
+    if (tp == NULL) {
+        return NULL;
+    }
+    if (short_name != NULL) {
+        fa_set_short_tpname(tp, short_name);
+    }
+    if (PyModule_AddType(mod, tp) < 0) {
+        Py_DECREF(tp);
+        return NULL;
+    }
+    return tp;
+}
+
+int
+fa_parse_init(PyObject *self, const char *defname, PyObject *args, PyObject *kwargs,
+              const char *const *names, Py_ssize_t nnames, PyObject **out)
+{
+    /* all parameters are positional-or-keyword with defaults, as in asyncio's __init__s */
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > nnames) {
+        if (nnames == 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s.__init__() takes 1 positional argument but %zd were given",
+                         defname, nargs + 1);
+        }
+        else {
+            PyErr_Format(PyExc_TypeError,
+                         "%s.__init__() takes from 1 to %zd positional arguments but %zd were given",
+                         defname, nnames + 1, nargs + 1);
+        }
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = PyTuple_GET_ITEM(args, i);
+    }
+    if (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0) {
+        return 0;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(kwargs, &pos, &key, &value)) {
+        Py_ssize_t i;
+        for (i = 0; i < nnames; i++) {
+            if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, names[i]) == 0) {
+                break;
+            }
+        }
+        if (i == nnames) {
+#if !FA_PY312 && PY_VERSION_HEX < 0x030B0000
+            if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "loop") == 0) {
+                PyErr_Format(PyExc_TypeError,
+                             "As of 3.10, the *loop* parameter was removed from %s() since it "
+                             "is no longer necessary", _PyType_Name(Py_TYPE(self)));
+                return -1;
+            }
+#else
+            (void)self;
+#endif
+            PyErr_Format(PyExc_TypeError, "%s.__init__() got an unexpected keyword argument '%S'",
+                         defname, key);
+            return -1;
+        }
+        if (i < nargs) {
+            PyErr_Format(PyExc_TypeError, "%s.__init__() got multiple values for argument '%s'",
+                         defname, names[i]);
+            return -1;
+        }
+        out[i] = value;
+    }
+    return 0;
+}
+
+#if FA_PY312
+/* Is the cached StopIteration(True) untouched and held by nobody else? */
+static int
+stopiter_reusable(PyObject *exc)
+{
+    if (exc == NULL || Py_REFCNT(exc) != 1) {
+        return 0;
+    }
+    PyStopIterationObject *si = (PyStopIterationObject *)exc;
+    if (si->value != Py_True || si->dict != NULL || si->notes != NULL
+        || !PyTuple_CheckExact(si->args) || PyTuple_GET_SIZE(si->args) != 1
+        || PyTuple_GET_ITEM(si->args, 0) != Py_True) {
+        return 0;
+    }
+    /* a previous catcher may have left a traceback or context on it */
+    Py_CLEAR(si->traceback);
+    Py_CLEAR(si->context);
+    Py_CLEAR(si->cause);
+    si->suppress_context = 0;
+    return 1;
+}
+#endif
+
+PyObject *
+fa_set_stopiteration(fa_state *st, PyObject *value)
+{
+#if !FA_PY312
+    (void)st;
+#endif
+#if FA_PY312
+    /* On 3.12+ `await` drives C awaitables through tp_iternext, so a value travels in a
+     * StopIteration. One pre-built StopIteration(True) serves acquire() and wait() whenever
+     * nobody else holds it; PyErr_SetRaisedException does no context chaining. */
+    if (value == Py_True) {
+        if (FA_LIKELY(stopiter_reusable(st->stopiter_true))) {
+            PyErr_SetRaisedException(Py_NewRef(st->stopiter_true));
+            return NULL;
+        }
+    }
+#endif
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    /* Build the instance explicitly: PyErr_SetObject(StopIteration, tuple) would unpack it. */
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);  // new ref
+    if (exc == NULL) {
+        return NULL;
+    }
+#if FA_PY312
+    if (value == Py_True && Py_REFCNT(st->stopiter_true) != 1) {
+        /* keep the cache; this one is a spare */
+    }
+    else if (value == Py_True) {
+        Py_SETREF(st->stopiter_true, Py_NewRef(exc));
+    }
+#endif
+    fa_restore_exc(exc);
+    return NULL;
+}
+
+static int
+module_exec(PyObject *mod)
+{
+    fa_state *st = fa_get_state(mod);
+    memset(st, 0, sizeof(*st));
+
+#define INTERN(field, text) \
+    if ((st->field = PyUnicode_InternFromString(text)) == NULL) return -1
+    INTERN(str_create_future, "create_future");
+    INTERN(str_set_result, "set_result");
+    INTERN(str_set_exception, "set_exception");
+    INTERN(str_done, "done");
+    INTERN(str_cancelled, "cancelled");
+    INTERN(str_cancel, "cancel");
+    INTERN(str_result, "result");
+    INTERN(str_await, "__await__");
+    INTERN(str_call_at, "call_at");
+    INTERN(str_call_soon, "call_soon");
+    INTERN(str_time, "time");
+    INTERN(str_add_done_callback, "add_done_callback");
+    INTERN(str_acquire, "acquire");
+    INTERN(str_release, "release");
+    INTERN(str_locked, "locked");
+    INTERN(str_append, "append");
+#undef INTERN
+
+    PyObject *m;
+#define IMPORT(field, modname, attr) \
+    do { \
+        m = PyImport_ImportModule(modname); \
+        if (m == NULL) return -1; \
+        st->field = PyObject_GetAttrString(m, attr); \
+        Py_DECREF(m); \
+        if (st->field == NULL) return -1; \
+    } while (0)
+    IMPORT(get_running_loop, "asyncio.events", "_get_running_loop");
+    IMPORT(CancelledError, "asyncio.exceptions", "CancelledError");
+    IMPORT(InvalidStateError, "asyncio.exceptions", "InvalidStateError");
+    IMPORT(QueueEmpty, "asyncio.queues", "QueueEmpty");
+    IMPORT(QueueFull, "asyncio.queues", "QueueFull");
+    IMPORT(deque_type, "collections", "deque");
+    IMPORT(TimeoutError, "builtins", "TimeoutError");
+#if FA_PY313
+    IMPORT(QueueShutDown, "asyncio.queues", "QueueShutDown");
+#else
+    st->QueueShutDown = PyErr_NewExceptionWithDoc(
+        "aiofast.QueueShutDown", "Raised when putting on to or getting from a shut-down Queue.",
+        PyExc_Exception, NULL);
+    if (st->QueueShutDown == NULL) {
+        return -1;
+    }
+#endif
+#undef IMPORT
+    if (PyModule_AddObjectRef(mod, "QueueShutDown", st->QueueShutDown) < 0) {
+        return -1;
+    }
+    st->stopiter_true = PyObject_CallOneArg(PyExc_StopIteration, Py_True);
+    if (st->stopiter_true == NULL) {
+        return -1;
+    }
+
+    if (fa_op_init(mod, st) < 0) return -1;
+    if (fa_semaphore_init(mod, st) < 0) return -1;
+    return 0;
+}
+
+static int
+module_traverse(PyObject *mod, visitproc visit, void *arg)
+{
+    fa_state *st = fa_get_state(mod);
+    if (st == NULL) {
+        return 0;
+    }
+    PyObject **objs = state_objs(st);
+    for (size_t i = 0; i < FA_STATE_NOBJ; i++) {
+        Py_VISIT(objs[i]);
+    }
+    return 0;
+}
+
+static int
+module_clear(PyObject *mod)
+{
+    fa_state *st = fa_get_state(mod);
+    if (st == NULL) {
+        return 0;
+    }
+    PyObject **objs = state_objs(st);
+    for (size_t i = 0; i < FA_STATE_NOBJ; i++) {
+        Py_CLEAR(objs[i]);
+    }
+    return 0;
+}
+
+static void
+module_free(void *mod)
+{
+    module_clear((PyObject *)mod);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "aiofast._core",
+    .m_doc = "aiofast's C core: asyncio primitives, rate limiting, circuit breaking, caching.",
+    .m_size = sizeof(fa_state),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

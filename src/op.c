@@ -1,0 +1,665 @@
+/*
+ * op.c: FaOp, the C coroutine behind every aiofast awaitable (see op.h for the protocol), and
+ * the out-of-line parts of the waiter queue.
+ *
+ * Invariants:
+ * - state INIT: owner set, nothing else; WAITING: fut and fut_iter set (and, unless delegating,
+ *   the op is linked in a waiter queue); DONE: owner, arg, arg2, fut, fut_iter all NULL and the
+ *   op unlinked.
+ * - Every way out of WAITING (send, throw, close) ends in exactly one of kind->resume or
+ *   kind->on_exc, so the primitive's bookkeeping runs exactly once per wait.
+ * - A thrown exception is re-raised as the same instance (task.cancel(msg) keeps its message).
+ */
+#include "op.h"
+
+static void
+op_finish(FaOp *op)
+{
+    op->state = FA_OP_DONE;
+    op->flags = 0;
+    if (op->queue != NULL) {
+        fa_waitq_unlink(op);
+    }
+    Py_CLEAR(op->fut_iter);
+    Py_CLEAR(op->fut);
+    Py_CLEAR(op->arg);
+    Py_CLEAR(op->arg2);
+    Py_CLEAR(op->owner);  // Beware: may free the owner, which drops its cache slot; our caller holds op
+}
+
+FaOp *
+fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg)
+{
+    FaOp *op = PyObject_GC_New(FaOp, st->OpType);  // new ref
+    if (op == NULL) {
+        return NULL;
+    }
+    op->st = st;
+    op->kind = kind;
+    op->owner = Py_XNewRef(owner);
+    op->arg = Py_XNewRef(arg);
+    op->arg2 = NULL;
+    op->fut = NULL;
+    op->fut_iter = NULL;
+    op->prev = op->next = NULL;
+    op->queue = NULL;
+    op->num = 0.0;
+    op->state = FA_OP_INIT;
+    op->flags = 0;
+    PyObject_GC_Track(op);
+    return op;
+}
+
+FaOp *
+fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
+{
+    FaOp *op = *cache;
+    if (FA_LIKELY(op != NULL && Py_REFCNT(op) == 1)) {
+        /* Only the cache holds it: nobody can observe the reuse. */
+        if (FA_UNLIKELY(op->state != FA_OP_DONE)) {
+            op_finish(op);  // an INIT op that was created and dropped unawaited
+        }
+        op->kind = kind;
+        op->owner = Py_NewRef(owner);
+        op->state = FA_OP_INIT;
+        Py_INCREF(op);
+        return op;
+    }
+    op = fa_op_new(st, kind, owner, NULL);
+    if (op != NULL && *cache == NULL) {
+        *cache = (FaOp *)Py_NewRef(op);
+    }
+    return op;
+}
+
+PySendResult
+fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res)
+{
+    fa_state *st = op->st;
+    PyObject *fut = fa_create_future(st, loop);  // new ref; Beware: loop code
+    if (fut == NULL) {
+        return PYGEN_ERROR;
+    }
+    PyObject *it;  // new ref
+    unaryfunc am_await = Py_TYPE(fut)->tp_as_async ? Py_TYPE(fut)->tp_as_async->am_await : NULL;
+    if (am_await != NULL) {
+        it = am_await(fut);
+    }
+    else {
+        it = PyObject_CallMethodNoArgs(fut, st->str_await);
+    }
+    if (it == NULL) {
+        Py_DECREF(fut);
+        return PYGEN_ERROR;
+    }
+    PyObject *y = NULL;
+    PySendResult r = PyIter_Send(it, Py_None, &y);  // yields fut with _asyncio_future_blocking set
+    if (r != PYGEN_NEXT) {
+        if (r == PYGEN_RETURN) {
+            Py_DECREF(y);
+            PyErr_SetString(PyExc_RuntimeError, "loop.create_future() returned a finished future");
+        }
+        Py_DECREF(it);
+        Py_DECREF(fut);
+        return PYGEN_ERROR;
+    }
+    /* commit: nothing below calls Python code */
+    Py_XSETREF(op->fut, fut);
+    Py_XSETREF(op->fut_iter, it);
+    fa_waitq_push(q, op);
+    *res = y;
+    return PYGEN_NEXT;
+}
+
+PySendResult
+fa_op_wait(FaOp *op, PyObject **loop_slot, fa_waitq *q, PyObject **res)
+{
+    PyObject *loop = fa_get_loop(op->st, op->owner, loop_slot);  // new ref
+    if (loop == NULL) {
+        return PYGEN_ERROR;
+    }
+    PySendResult r = fa_op_wait_on(op, loop, q, res);
+    Py_DECREF(loop);
+    return r;
+}
+
+PySendResult
+fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res)
+{
+    PyObject *it;  // new ref
+    if (PyCoro_CheckExact(awaitable)) {
+        it = Py_NewRef(awaitable);
+    }
+    else {
+        unaryfunc am_await = Py_TYPE(awaitable)->tp_as_async
+                                 ? Py_TYPE(awaitable)->tp_as_async->am_await : NULL;
+        if (am_await == NULL) {
+            PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                         Py_TYPE(awaitable)->tp_name);
+            return PYGEN_ERROR;
+        }
+        it = am_await(awaitable);
+        if (it == NULL) {
+            return PYGEN_ERROR;
+        }
+    }
+    PyObject *y = NULL;
+    PySendResult r = PyIter_Send(it, Py_None, &y);
+    if (r == PYGEN_NEXT) {
+        Py_XSETREF(op->fut_iter, it);
+        op->flags |= FA_OPF_DELEGATE;
+        *res = y;
+        return PYGEN_NEXT;
+    }
+    Py_DECREF(it);
+    if (r == PYGEN_ERROR) {
+        return PYGEN_ERROR;
+    }
+    r = op->kind->resume(op, y, res);
+    Py_DECREF(y);
+    return r;
+}
+
+/* An exception (new reference) reached the wait: bookkeeping, then re-raise the same one. */
+static PySendResult
+op_fail(FaOp *op, PyObject *exc)
+{
+    int rc = 0;
+    if (op->kind->on_exc != NULL) {
+        rc = op->kind->on_exc(op, exc);  // Beware: Python code (set_result of the next waiter)
+    }
+    if (rc < 0) {
+        /* the bookkeeping itself failed: report that, chained to the original */
+        PyObject *exc2 = fa_fetch_exc();
+        if (exc2 != NULL) {
+            PyException_SetContext(exc2, exc);  // steals exc
+            fa_restore_exc(exc2);
+        }
+        else {
+            fa_restore_exc(exc);
+        }
+        return PYGEN_ERROR;
+    }
+    fa_restore_exc(exc);
+    return PYGEN_ERROR;
+}
+
+/* The waiter (or delegate) finished; dispatch to resume or on_exc. */
+static PySendResult
+op_after_wait(FaOp *op, PySendResult r2, PyObject *val, PyObject **res)
+{
+    Py_CLEAR(op->fut_iter);
+    op->flags &= ~FA_OPF_DELEGATE;
+    if (r2 == PYGEN_RETURN) {
+        PySendResult r = op->kind->resume(op, val, res);
+        Py_DECREF(val);
+        return r;
+    }
+    PyObject *exc = fa_fetch_exc();  // new ref
+    if (exc == NULL) {
+        PyErr_SetString(PyExc_SystemError, "aiofast: wait failed without an exception");
+        return PYGEN_ERROR;
+    }
+    return op_fail(op, exc);
+}
+
+static void
+op_settle(FaOp *op, PySendResult r)
+{
+    if (r == PYGEN_NEXT) {
+        op->state = FA_OP_WAITING;
+    }
+    else {
+        op_finish(op);
+    }
+}
+
+static PySendResult
+op_send_impl(FaOp *op, PyObject *arg, PyObject **res)
+{
+    PySendResult r;
+    switch (op->state) {
+    case FA_OP_INIT:
+        op->state = FA_OP_RUNNING;
+        r = op->kind->start(op, res);
+        break;
+    case FA_OP_WAITING: {
+        PyObject *val = NULL;
+        op->state = FA_OP_RUNNING;
+        PySendResult r2 = PyIter_Send(op->fut_iter, arg, &val);
+        if (r2 == PYGEN_NEXT) {
+            op->state = FA_OP_WAITING;
+            *res = val;
+            return PYGEN_NEXT;
+        }
+        r = op_after_wait(op, r2, val, res);
+        break;
+    }
+    case FA_OP_RUNNING:
+        PyErr_Format(PyExc_ValueError, "%s() already executing", op->kind->name);
+        return PYGEN_ERROR;
+    default:
+        PyErr_Format(PyExc_RuntimeError, "cannot reuse already awaited %s()", op->kind->name);
+        return PYGEN_ERROR;
+    }
+    op_settle(op, r);
+    return r;
+}
+
+static PySendResult
+op_am_send(PyObject *self, PyObject *arg, PyObject **res)
+{
+    return op_send_impl((FaOp *)self, arg, res);
+}
+
+static PyObject *
+op_iternext(PyObject *self)
+{
+    FaOp *op = (FaOp *)self;
+    PyObject *res = NULL;
+    PySendResult r = op_send_impl(op, Py_None, &res);
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_RETURN) {
+        if (res == Py_None) {
+            Py_DECREF(res);
+            return NULL;  // StopIteration(None) without allocating it
+        }
+        fa_set_stopiteration(op->st, res);
+        Py_DECREF(res);
+    }
+    return NULL;
+}
+
+static PyObject *
+op_send(PyObject *self, PyObject *arg)
+{
+    FaOp *op = (FaOp *)self;
+    if (op->state == FA_OP_INIT && arg != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+        return NULL;
+    }
+    PyObject *res = NULL;
+    PySendResult r = op_send_impl(op, arg, &res);
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_RETURN) {
+        fa_set_stopiteration(op->st, res);
+        Py_DECREF(res);
+    }
+    return NULL;
+}
+
+/* Build the exception instance from throw()'s (typ[, val[, tb]]) as gen.throw does. */
+static PyObject *
+op_make_exc(PyObject *typ, PyObject *val, PyObject *tb)
+{
+    PyObject *exc = NULL;
+    if (val == Py_None) {
+        val = NULL;
+    }
+    if (tb == Py_None) {
+        tb = NULL;
+    }
+    if (tb != NULL && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != NULL) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        if (val != NULL && PyObject_TypeCheck(val, (PyTypeObject *)typ)) {
+            exc = Py_NewRef(val);
+        }
+        else if (val == NULL) {
+            exc = PyObject_CallNoArgs(typ);
+        }
+        else if (PyTuple_Check(val)) {
+            exc = PyObject_Call(typ, val, NULL);
+        }
+        else {
+            exc = PyObject_CallOneArg(typ, val);
+        }
+        if (exc == NULL) {
+            return NULL;
+        }
+        if (!PyExceptionInstance_Check(exc)) {
+            PyErr_Format(PyExc_TypeError,
+                         "calling %R should have returned an instance of BaseException, not %s",
+                         typ, Py_TYPE(exc)->tp_name);
+            Py_DECREF(exc);
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from BaseException, not %s",
+                     Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    if (tb != NULL && PyException_SetTraceback(exc, tb) < 0) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    return exc;
+}
+
+static PyObject *
+op_result_to_py(FaOp *op, PySendResult r, PyObject *res)
+{
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_RETURN) {
+        fa_set_stopiteration(op->st, res);
+        Py_DECREF(res);
+    }
+    return NULL;
+}
+
+static PyObject *
+op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    FaOp *op = (FaOp *)self;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
+        return NULL;
+    }
+#if FA_PY312
+    if (nargs > 1 && PyErr_WarnEx(PyExc_DeprecationWarning,
+                                  "the (type, exc, tb) signature of throw() is deprecated, "
+                                  "use the single-arg signature instead.", 1) < 0) {
+        return NULL;
+    }
+#endif
+    PyObject *exc = op_make_exc(args[0], nargs > 1 ? args[1] : NULL,
+                                nargs > 2 ? args[2] : NULL);  // new ref
+    if (exc == NULL) {
+        return NULL;
+    }
+    if (op->state == FA_OP_RUNNING) {
+        Py_DECREF(exc);
+        PyErr_Format(PyExc_ValueError, "%s() already executing", op->kind->name);
+        return NULL;
+    }
+    if (op->state != FA_OP_WAITING) {
+        /* not started or finished: the exception comes straight out, the op is closed */
+        op_finish(op);
+        fa_restore_exc(exc);
+        return NULL;
+    }
+    op->state = FA_OP_RUNNING;
+    PySendResult r;
+    PyObject *res = NULL;
+    if (op->flags & FA_OPF_DELEGATE) {
+        /* yield from: the delegate sees the exception first */
+        PyObject *y = NULL;
+        PyObject *targs[2] = {op->fut_iter, exc};
+        PyObject *name = PyUnicode_InternFromString("throw");
+        y = name ? PyObject_VectorcallMethod(name, targs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                 : NULL;
+        Py_XDECREF(name);
+        Py_DECREF(exc);
+        if (y != NULL) {
+            op->state = FA_OP_WAITING;
+            return y;
+        }
+        PyObject *val = NULL;
+        if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            PyObject *e = fa_fetch_exc();
+            val = PyObject_GetAttrString(e, "value");
+            Py_DECREF(e);
+            r = val ? op_after_wait(op, PYGEN_RETURN, val, &res) : op_after_wait(op, PYGEN_ERROR, NULL, &res);
+        }
+        else {
+            r = op_after_wait(op, PYGEN_ERROR, NULL, &res);
+        }
+    }
+    else {
+        /* `await fut` re-raises what is thrown at it (FutureIter.throw): go to the cleanup */
+        Py_CLEAR(op->fut_iter);
+        r = op_fail(op, exc);
+    }
+    op_settle(op, r);
+    return op_result_to_py(op, r, res);
+}
+
+static PyObject *
+op_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    FaOp *op = (FaOp *)self;
+    if (op->state == FA_OP_RUNNING) {
+        PyErr_Format(PyExc_ValueError, "%s() already executing", op->kind->name);
+        return NULL;
+    }
+    if (op->state != FA_OP_WAITING) {
+        op_finish(op);
+        Py_RETURN_NONE;
+    }
+    op->state = FA_OP_RUNNING;
+    int rc = 0;
+    if (op->flags & FA_OPF_DELEGATE) {
+        PyObject *name = PyUnicode_InternFromString("close");
+        PyObject *r = NULL;
+        if (name != NULL && PyObject_HasAttr(op->fut_iter, name)) {
+            r = PyObject_CallMethodNoArgs(op->fut_iter, name);
+            rc = r ? 0 : -1;
+            Py_XDECREF(r);
+        }
+        Py_XDECREF(name);
+    }
+    if (rc == 0 && op->kind->on_exc != NULL) {
+        PyObject *exc = PyObject_CallNoArgs(PyExc_GeneratorExit);  // new ref
+        if (exc == NULL) {
+            rc = -1;
+        }
+        else {
+            rc = op->kind->on_exc(op, exc);  // Beware: Python code
+            Py_DECREF(exc);
+        }
+    }
+    op_finish(op);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+op_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+op_get_name(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(((FaOp *)self)->kind->name);
+}
+
+static PyObject *
+op_repr(PyObject *self)
+{
+    FaOp *op = (FaOp *)self;
+    static const char *const names[] = {"created", "running", "waiting", "done"};
+    return PyUnicode_FromFormat("<aiofast %s() awaitable at %p [%s]>", op->kind->name, self,
+                                names[op->state]);
+}
+
+static int
+op_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    FaOp *op = (FaOp *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(op->owner);
+    Py_VISIT(op->arg);
+    Py_VISIT(op->arg2);
+    Py_VISIT(op->fut);
+    Py_VISIT(op->fut_iter);
+    return 0;
+}
+
+static int
+op_clear(PyObject *self)
+{
+    FaOp *op = (FaOp *)self;
+    /* A linked op is kept alive by its queue; the owner's clear detaches the queue. */
+    Py_CLEAR(op->fut_iter);
+    Py_CLEAR(op->fut);
+    Py_CLEAR(op->arg);
+    Py_CLEAR(op->arg2);
+    Py_CLEAR(op->owner);
+    return 0;
+}
+
+static void
+op_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    assert(((FaOp *)self)->queue == NULL);
+    op_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+PyDoc_STRVAR(op_send_doc, "send($self, value, /)\n--\n\nSend a value into the awaitable; "
+             "return the next yielded value or raise StopIteration.");
+PyDoc_STRVAR(op_throw_doc, "throw($self, typ, val=None, tb=None, /)\n--\n\nRaise an exception "
+             "in the awaitable; return the next yielded value or raise StopIteration.");
+PyDoc_STRVAR(op_close_doc, "close($self, /)\n--\n\nClose the awaitable: a pending wait is "
+             "abandoned and its bookkeeping done.");
+
+static PyMethodDef op_methods[] = {
+    {"send", op_send, METH_O, op_send_doc},
+    {"throw", (PyCFunction)(void (*)(void))op_throw, METH_FASTCALL, op_throw_doc},
+    {"close", op_close, METH_NOARGS, op_close_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef op_getset[] = {
+    {"__name__", op_get_name, NULL, NULL, NULL},
+    {"__qualname__", op_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot op_slots[] = {
+    {Py_tp_dealloc, op_dealloc},
+    {Py_tp_traverse, op_traverse},
+    {Py_tp_clear, op_clear},
+    {Py_tp_repr, op_repr},
+    {Py_tp_iternext, op_iternext},
+    {Py_tp_methods, op_methods},
+    {Py_tp_getset, op_getset},
+    {Py_am_await, op_await},
+    {Py_am_send, op_am_send},
+    {Py_tp_doc, "An aiofast operation: a C coroutine returned by acquire(), wait(), get(), ..."},
+    {0, NULL},
+};
+
+static PyType_Spec op_spec = {
+    .name = "aiofast._core.Operation",
+    .basicsize = sizeof(FaOp),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_IMMUTABLETYPE
+#endif
+    ,
+    .slots = op_slots,
+};
+
+PyObject *
+fa_waitq_snapshot(fa_state *st, fa_waitq *q)
+{
+    PyObject *d = PyObject_CallNoArgs(st->deque_type);  // new ref
+    if (d == NULL) {
+        return NULL;
+    }
+    /* Collect first: appending to a deque runs no Python code, but be strict anyway. */
+    size_t version = q->version;
+    for (FaOp *op = q->head; op != NULL; op = op->next) {
+        if (op->fut == NULL) {
+            continue;
+        }
+        PyObject *args[2] = {d, op->fut};
+        PyObject *r = PyObject_VectorcallMethod(st->str_append, args,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL) {
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(r);
+        if (version != q->version) {
+            Py_DECREF(d);
+            PyErr_SetString(PyExc_RuntimeError, "waiters changed during snapshot");
+            return NULL;
+        }
+    }
+    return d;
+}
+
+void
+fa_waitq_release_all(fa_waitq *q)
+{
+    Py_ssize_t n = q->len;
+    if (n == 0) {
+        return;
+    }
+    FaOp **ops = PyMem_Malloc(sizeof(FaOp *) * (size_t)n);
+    Py_ssize_t i = 0;
+    FaOp *op = q->head;
+    q->head = q->tail = NULL;
+    q->len = 0;
+    q->version++;
+    while (op != NULL) {
+        FaOp *next = op->next;
+        op->prev = op->next = NULL;
+        op->queue = NULL;
+        if (ops != NULL && i < n) {
+            ops[i++] = op;
+        }
+        else {
+            Py_DECREF(op);  // out of memory: drop as we go (no links left to corrupt)
+        }
+        op = next;
+    }
+    /* every link is gone: a decref that runs Python code cannot reach these through q */
+    for (Py_ssize_t j = 0; j < i; j++) {
+        Py_DECREF(ops[j]);
+    }
+    PyMem_Free(ops);
+}
+
+int
+fa_op_init(PyObject *mod, fa_state *st)
+{
+    st->OpType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &op_spec, NULL);
+    if (st->OpType == NULL) {
+        return -1;
+    }
+    /* collections.abc.Coroutine's subclass hook accepts the type (it has __await__, send,
+     * throw, close); register explicitly too, so the check never depends on the hook. */
+    PyObject *abc = PyImport_ImportModule("collections.abc");
+    if (abc == NULL) {
+        return -1;
+    }
+    PyObject *coro = PyObject_GetAttrString(abc, "Coroutine");
+    Py_DECREF(abc);
+    if (coro == NULL) {
+        return -1;
+    }
+    PyObject *r = PyObject_CallMethod(coro, "register", "O", st->OpType);
+    Py_DECREF(coro);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}

@@ -1,0 +1,176 @@
+/*
+ * op.h: the awaitable operation (FaOp) every primitive returns from acquire(), wait(), get(),
+ * put(), __aenter__() and __aexit__(), and the FIFO of waiting operations (fa_waitq).
+ *
+ * An FaOp is a C coroutine: it has __await__ (returns itself), am_send, tp_iternext, send(),
+ * throw() and close(), so asyncio.iscoroutine() accepts it and asyncio.create_task() runs it.
+ * Its behaviour comes from a kind (fa_opkind), a small vtable of three functions:
+ *
+ *   start(op, &res)          runs on the first send. The fast path returns PYGEN_RETURN with a
+ *                            new reference in *res: no future, no loop lookup. The slow path
+ *                            calls fa_op_wait(), which makes a future with loop.create_future(),
+ *                            links the op into a waiter queue and yields the future to the Task
+ *                            (PYGEN_NEXT), exactly as `await fut` does.
+ *   resume(op, value, &res)  runs when the future finished with a result. Same contract; it may
+ *                            wait again (queues loop while empty or full).
+ *   on_exc(op, exc)          runs when an exception reaches the wait: thrown in by the Task
+ *                            (cancellation), raised by the future, or GeneratorExit from close().
+ *                            It does the bookkeeping (unlink, hand the permit back, wake the
+ *                            next); the same exception instance is then re-raised.
+ *
+ * States: INIT -> RUNNING (inside start/resume) -> WAITING (yielded a future) -> ... -> DONE.
+ * A finished op drops its owner, future and argument, so a cached op holds nothing.
+ *
+ * The waiter queue is an intrusive doubly linked list of ops. Invariants: an op is in at most
+ * one queue (op->queue), the queue holds one strong reference to each linked op, len counts the
+ * linked ops, version changes on every link or unlink (so iteration that calls Python code can
+ * detect mutation). Unlinking is O(1) wherever the op stands, which is what makes mass
+ * cancellation linear instead of asyncio's quadratic deque.remove.
+ */
+#ifndef AIOFAST_OP_H
+#define AIOFAST_OP_H
+
+#include "aiofast.h"
+#include "loop.h"
+
+typedef struct FaOp FaOp;
+
+typedef struct fa_waitq {
+    FaOp *head;
+    FaOp *tail;
+    Py_ssize_t len;
+    size_t version;
+} fa_waitq;
+
+typedef struct fa_opkind {
+    const char *name;  /* e.g. "Semaphore.acquire": the op's __qualname__ */
+    PySendResult (*start)(FaOp *op, PyObject **res);
+    PySendResult (*resume)(FaOp *op, PyObject *value, PyObject **res);
+    int (*on_exc)(FaOp *op, PyObject *exc);
+} fa_opkind;
+
+enum { FA_OP_INIT = 0, FA_OP_RUNNING, FA_OP_WAITING, FA_OP_DONE };
+
+struct FaOp {
+    PyObject_HEAD
+    fa_state *st;
+    const fa_opkind *kind;
+    PyObject *owner;     /* the primitive, strong, while not DONE */
+    PyObject *arg;       /* kind-specific argument (a queue item, a delegate), strong or NULL */
+    PyObject *arg2;      /* kind-specific second argument, strong or NULL */
+    PyObject *fut;       /* the waiter future, from fa_op_wait until DONE */
+    PyObject *fut_iter;  /* fut.__await__() while WAITING */
+    FaOp *prev;          /* links, valid while queue != NULL */
+    FaOp *next;
+    fa_waitq *queue;     /* the waiter queue this op is linked in, or NULL */
+    double num;          /* kind-specific number (tokens, deadline) */
+    int state;
+    int flags;           /* kind-specific flags; FA_OPF_WOKEN is shared */
+};
+
+/* Set by whoever calls set_result on op->fut: the future is done and not cancelled, so the
+ * primitive can skip calling fut.cancelled() / fut.done() on it. */
+#define FA_OPF_WOKEN 0x1
+
+/* ---- waiter queue ---- */
+
+static inline void
+fa_waitq_push(fa_waitq *q, FaOp *op)
+{
+    assert(op->queue == NULL);
+    Py_INCREF(op);
+    op->queue = q;
+    op->next = NULL;
+    op->prev = q->tail;
+    if (q->tail) {
+        q->tail->next = op;
+    }
+    else {
+        q->head = op;
+    }
+    q->tail = op;
+    q->len++;
+    q->version++;
+}
+
+/* Unlink op from its queue, if any. Drops the queue's reference: the caller must hold its own. */
+static inline void
+fa_waitq_unlink(FaOp *op)
+{
+    fa_waitq *q = op->queue;
+    if (q == NULL) {
+        return;
+    }
+    if (op->prev) {
+        op->prev->next = op->next;
+    }
+    else {
+        q->head = op->next;
+    }
+    if (op->next) {
+        op->next->prev = op->prev;
+    }
+    else {
+        q->tail = op->prev;
+    }
+    op->prev = op->next = NULL;
+    op->queue = NULL;
+    q->len--;
+    q->version++;
+    assert(Py_REFCNT(op) > 1);
+    Py_DECREF(op);
+}
+
+/* Pop the first op; a new reference (the queue's), or NULL when empty. */
+static inline FaOp *
+fa_waitq_popleft(fa_waitq *q)
+{
+    FaOp *op = q->head;
+    if (op == NULL) {
+        return NULL;
+    }
+    Py_INCREF(op);
+    fa_waitq_unlink(op);
+    return op;
+}
+
+static inline int
+fa_waitq_traverse(fa_waitq *q, visitproc visit, void *arg)
+{
+    for (FaOp *op = q->head; op != NULL; op = op->next) {
+        Py_VISIT((PyObject *)op);
+    }
+    return 0;
+}
+
+/* A new deque holding the waiter futures in queue order: the `_waiters` snapshot. */
+PyObject *fa_waitq_snapshot(fa_state *st, fa_waitq *q);
+
+/* Detach every op from q and drop the queue's references safely. */
+void fa_waitq_release_all(fa_waitq *q);
+
+/* ---- operations ---- */
+
+/* A new op of this kind for owner (strong reference taken), in state INIT. */
+FaOp *fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg);
+
+/* The same, reusing *cache when nobody else holds it (no allocation on the hot path). The cache
+ * slot keeps one strong reference; the owner must visit and clear it. */
+FaOp *fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner);
+
+/* Slow path of start/resume: create a future on the running loop (binding *loop_slot lazily as
+ * _LoopBoundMixin does), link op at the back of q, and yield the future. Returns PYGEN_NEXT with
+ * *res set, or PYGEN_ERROR. */
+PySendResult fa_op_wait(FaOp *op, PyObject **loop_slot, fa_waitq *q, PyObject **res);
+
+/* The same with a loop the caller already has (a new reference is taken). */
+PySendResult fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res);
+
+/* For kinds that delegate to another awaitable (a subclass's own acquire()): `yield from` it.
+ * send/throw/close are forwarded to it; when it returns, kind->resume runs with its value; an
+ * exception out of it goes through kind->on_exc like any other. */
+PySendResult fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res);
+
+#define FA_OPF_DELEGATE 0x2  /* fut_iter is a delegate iterator, not a future's */
+
+#endif

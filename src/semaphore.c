@@ -1,0 +1,1167 @@
+/*
+ * semaphore.c: Semaphore, BoundedSemaphore, Lock and Event, drop-ins for asyncio's.
+ *
+ * The four share one struct (FaLock). Their algorithms are asyncio's (Lib/asyncio/locks.py of
+ * the Python we are built for, see SEMANTICS.md): FIFO fairness, permits handed off at wake time
+ * (Semaphore), the baton passed on by a woken-then-cancelled waiter, the 3.13 Semaphore wake-all
+ * rule under FA_PY313. What differs is the waiter structure: an intrusive list of the waiting
+ * operations (op.h) instead of a deque of futures, so a cancelled waiter leaves in O(1).
+ *
+ * Invariants:
+ * - waiters holds exactly the ops suspended in acquire()/wait() on this object, in arrival order;
+ *   each op removes itself when it resumes (success, cancellation or close), never anyone else.
+ * - an op has FA_OPF_WOKEN iff this object called set_result on its future (done, not cancelled).
+ * - value and bound are exact integers below 2**53 when value_is_int (doubles keep asyncio's
+ *   float semantics for Semaphore(1.5) as well).
+ */
+#include "op.h"
+
+enum { FA_SEM = 0, FA_BSEM, FA_LOCK, FA_EVENT };
+
+/* methods a subclass overrides (then asyncio's dispatch through self is honoured) */
+#define OVR_ACQUIRE 0x1
+#define OVR_RELEASE 0x2
+#define OVR_LOCKED 0x4
+
+#define OPF_RETNONE 0x100  /* __aenter__: return None instead of True */
+
+typedef struct {
+    PyObject_HEAD
+    fa_state *st;
+    fa_waitq waiters;
+    PyObject *loop;        /* _loop: NULL/None until the first wait binds it */
+    FaOp *cache;           /* a reusable op for the uncontended path */
+    PyObject *weakreflist;
+    double value;          /* Semaphore: _value; Event: 0/1 */
+    double bound;          /* BoundedSemaphore: _bound_value */
+    int value_is_int;
+    int bound_is_int;
+    int locked;            /* Lock: _locked */
+    int family;            /* FA_SEM, FA_BSEM, FA_LOCK, FA_EVENT */
+    int ovr;               /* OVR_* for subclasses */
+    int waiters_made;      /* asyncio's _waiters is a deque, not None (Lock, Semaphore) */
+} FaLock;
+
+#define RET(op) (((op)->flags & OPF_RETNONE) ? Py_None : Py_True)
+
+/* ------------------------------------------------------------------ shared */
+
+static PyObject *
+num_to_py(double v, int is_int)
+{
+    return is_int ? PyLong_FromDouble(v) : PyFloat_FromDouble(v);
+}
+
+/* Which of acquire/release/locked does Py_TYPE(self) override relative to base? */
+static int
+find_overrides(PyObject *self, PyTypeObject *base)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (tp == base) {
+        return 0;
+    }
+    fa_state *st = ((FaLock *)self)->st;
+    int ovr = 0;
+    if (_PyType_Lookup(tp, st->str_acquire) != _PyType_Lookup(base, st->str_acquire)) {
+        ovr |= OVR_ACQUIRE;
+    }
+    if (_PyType_Lookup(tp, st->str_release) != _PyType_Lookup(base, st->str_release)) {
+        ovr |= OVR_RELEASE;
+    }
+    if (_PyType_Lookup(tp, st->str_locked) != _PyType_Lookup(base, st->str_locked)) {
+        ovr |= OVR_LOCKED;
+    }
+    return ovr;
+}
+
+static PyObject *
+falock_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    fa_state *st = fa_state_from_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    FaLock *self = (FaLock *)tp->tp_alloc(tp, 0);  // zeroed
+    if (self == NULL) {
+        return NULL;
+    }
+    self->st = st;
+    self->value = 1;
+    self->bound = 1;
+    self->value_is_int = self->bound_is_int = 1;
+    return (PyObject *)self;
+}
+
+static int
+falock_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    FaLock *self = (FaLock *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->loop);
+    Py_VISIT((PyObject *)self->cache);
+    return fa_waitq_traverse(&self->waiters, visit, arg);
+}
+
+static int
+falock_clear(PyObject *op)
+{
+    FaLock *self = (FaLock *)op;
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->cache);
+    fa_waitq_release_all(&self->waiters);
+    return 0;
+}
+
+static void
+falock_dealloc(PyObject *op)
+{
+    FaLock *self = (FaLock *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    falock_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+falock_get_loop_attr(PyObject *op, void *Py_UNUSED(c))
+{
+    FaLock *self = (FaLock *)op;
+    return Py_NewRef(self->loop ? self->loop : Py_None);
+}
+
+static int
+falock_set_loop_attr(PyObject *op, PyObject *value, void *Py_UNUSED(c))
+{
+    FaLock *self = (FaLock *)op;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _loop");
+        return -1;
+    }
+    Py_XSETREF(self->loop, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+falock_get_waiters(PyObject *op, void *Py_UNUSED(c))
+{
+    FaLock *self = (FaLock *)op;
+    if (!self->waiters_made && self->family != FA_EVENT) {
+        Py_RETURN_NONE;
+    }
+    return fa_waitq_snapshot(self->st, &self->waiters);
+}
+
+static PyObject *
+falock_private_get_loop(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    return fa_get_loop(self->st, op, &self->loop);
+}
+
+/* "<aiofast.Lock object at 0x...>" -> "<aiofast.Lock object at 0x... [extra]>" */
+static PyObject *
+repr_with(PyObject *op, PyObject *extra)
+{
+    PyObject *base = PyBaseObject_Type.tp_repr(op);  // new ref
+    if (base == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(base);
+    PyObject *inner = PyUnicode_Substring(base, 1, n - 1);
+    Py_DECREF(base);
+    if (inner == NULL) {
+        return NULL;
+    }
+    FaLock *self = (FaLock *)op;
+    PyObject *r;
+    if (self->waiters.len > 0) {
+        r = PyUnicode_FromFormat("<%U [%U, waiters:%zd]>", inner, extra, self->waiters.len);
+    }
+    else {
+        r = PyUnicode_FromFormat("<%U [%U]>", inner, extra);
+    }
+    Py_DECREF(inner);
+    return r;
+}
+
+/* Is any waiter's future not cancelled? 1, 0, -1. */
+static int
+any_not_cancelled(FaLock *self)
+{
+    fa_state *st = self->st;
+restart:;
+    size_t version = self->waiters.version;
+    for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
+        if (op->flags & FA_OPF_WOKEN) {
+            return 1;
+        }
+        if (op->fut == NULL) {
+            continue;
+        }
+        PyObject *fut = Py_NewRef(op->fut);
+        int c = fa_fut_cancelled(st, fut);  // Beware: a foreign future's method may re-enter
+        Py_DECREF(fut);
+        if (c < 0) {
+            return -1;
+        }
+        if (!c) {
+            return 1;
+        }
+        if (version != self->waiters.version) {
+            goto restart;
+        }
+    }
+    return 0;
+}
+
+/* Wake the first waiter whose future is not done with set_result(True); for the Semaphore the
+ * permit is handed over now (value -= 1). 1 woken, 0 none, -1 error (state restored). */
+static int
+wake_first_pending(FaLock *self, int take_permit)
+{
+    fa_state *st = self->st;
+restart:;
+    size_t version = self->waiters.version;
+    for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
+        if ((op->flags & FA_OPF_WOKEN) || op->fut == NULL) {
+            continue;
+        }
+        Py_INCREF(op);
+        PyObject *fut = Py_NewRef(op->fut);
+        int d = fa_fut_done(st, fut);  // Beware: may re-enter
+        if (d < 0 || version != self->waiters.version || op->queue != &self->waiters) {
+            Py_DECREF(fut);
+            Py_DECREF(op);
+            if (d < 0) {
+                return -1;
+            }
+            goto restart;
+        }
+        if (d) {
+            Py_DECREF(fut);
+            Py_DECREF(op);
+            continue;
+        }
+        /* commit, then call out */
+        if (take_permit) {
+            self->value -= 1;
+        }
+        op->flags |= FA_OPF_WOKEN;
+        int rc = fa_fut_set_result(st, fut, Py_True);  // Beware: loop.call_soon runs
+        if (rc < 0) {
+            op->flags &= ~FA_OPF_WOKEN;
+            if (take_permit) {
+                self->value += 1;
+            }
+        }
+        Py_DECREF(fut);
+        Py_DECREF(op);
+        return rc < 0 ? -1 : 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ Semaphore */
+
+static int
+sem_locked_impl(FaLock *self)
+{
+    if (self->ovr & OVR_LOCKED) {
+        return fa_call_bool((PyObject *)self, self->st->str_locked);
+    }
+    if (self->value == 0) {
+        return 1;
+    }
+    if (self->waiters.len == 0) {
+        return 0;
+    }
+    return any_not_cancelled(self);
+}
+
+static int
+sem_wake_up_next(FaLock *self)
+{
+    return wake_first_pending(self, 1);
+}
+
+/* after a successful wait, and (3.13) after any exit: wake as many as the value allows */
+static int
+sem_wake_after(FaLock *self)
+{
+#if FA_PY313
+    while (self->value > 0) {
+        int r = sem_wake_up_next(self);
+        if (r <= 0) {
+            return r;
+        }
+    }
+    return 0;
+#else
+    if (self->value > 0) {
+        return sem_wake_up_next(self) < 0 ? -1 : 0;
+    }
+    return 0;
+#endif
+}
+
+static PySendResult
+sem_acquire_start(FaOp *op, PyObject **res)
+{
+    FaLock *self = (FaLock *)op->owner;
+    if (FA_LIKELY(self->ovr == 0 && self->value > 0 && self->waiters.len == 0)) {
+        self->value -= 1;
+        *res = Py_NewRef(RET(op));
+        return PYGEN_RETURN;
+    }
+    int locked = sem_locked_impl(self);
+    if (locked < 0) {
+        return PYGEN_ERROR;
+    }
+    if (!locked) {
+        self->value -= 1;
+        *res = Py_NewRef(RET(op));
+        return PYGEN_RETURN;
+    }
+    self->waiters_made = 1;
+    return fa_op_wait(op, &self->loop, &self->waiters, res);
+}
+
+static PySendResult
+sem_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+{
+    FaLock *self = (FaLock *)op->owner;
+    fa_waitq_unlink(op);
+    if (sem_wake_after(self) < 0) {
+        return PYGEN_ERROR;
+    }
+    *res = Py_NewRef(RET(op));
+    return PYGEN_RETURN;
+}
+
+static int
+sem_acquire_exc(FaOp *op, PyObject *exc)
+{
+    FaLock *self = (FaLock *)op->owner;
+    fa_state *st = self->st;
+    fa_waitq_unlink(op);
+    if (fa_is_cancelled_error(st, exc)) {
+        int woken;  /* "fut.done() and not fut.cancelled()" (3.13) / "not fut.cancelled()" */
+        if (op->flags & FA_OPF_WOKEN) {
+            woken = 1;
+        }
+        else {
+            int c = fa_fut_cancelled(st, op->fut);
+            if (c < 0) {
+                return -1;
+            }
+#if FA_PY313
+            int d = c ? 1 : fa_fut_done(st, op->fut);
+            if (d < 0) {
+                return -1;
+            }
+            woken = d && !c;
+#else
+            woken = !c;
+#endif
+        }
+        if (woken) {
+            self->value += 1;
+#if !FA_PY313
+            if (sem_wake_up_next(self) < 0) {
+                return -1;
+            }
+#endif
+        }
+    }
+#if FA_PY313
+    if (sem_wake_after(self) < 0) {
+        return -1;
+    }
+#endif
+    return 0;
+}
+
+static const fa_opkind sem_acquire_kind = {
+    "Semaphore.acquire", sem_acquire_start, sem_acquire_resume, sem_acquire_exc,
+};
+
+static int
+sem_release_impl(FaLock *self)
+{
+    self->value += 1;
+    if (self->waiters.len == 0) {
+        return 0;
+    }
+    return sem_wake_up_next(self) < 0 ? -1 : 0;
+}
+
+static int
+bsem_release_impl(FaLock *self)
+{
+    if (self->value >= self->bound) {
+        PyErr_SetString(PyExc_ValueError, "BoundedSemaphore released too many times");
+        return -1;
+    }
+    return sem_release_impl(self);
+}
+
+static int
+sem_release_dispatch(FaLock *self)
+{
+    return self->family == FA_BSEM ? bsem_release_impl(self) : sem_release_impl(self);
+}
+
+/* ------------------------------------------------------------------ Lock */
+
+static PySendResult
+lock_acquire_start(FaOp *op, PyObject **res)
+{
+    FaLock *self = (FaLock *)op->owner;
+    if (!self->locked) {
+        int busy = self->waiters.len ? any_not_cancelled(self) : 0;
+        if (busy < 0) {
+            return PYGEN_ERROR;
+        }
+        if (!busy && !self->locked) {
+            self->locked = 1;
+            *res = Py_NewRef(RET(op));
+            return PYGEN_RETURN;
+        }
+    }
+    self->waiters_made = 1;
+    return fa_op_wait(op, &self->loop, &self->waiters, res);
+}
+
+static PySendResult
+lock_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+{
+    FaLock *self = (FaLock *)op->owner;
+    fa_waitq_unlink(op);
+    self->locked = 1;  /* no re-check: the waker reserved it for us */
+    *res = Py_NewRef(RET(op));
+    return PYGEN_RETURN;
+}
+
+/* _wake_up_first: only the head, and only if its future is not done */
+static int
+lock_wake_up_first(FaLock *self)
+{
+    FaOp *op = self->waiters.head;
+    if (op == NULL || (op->flags & FA_OPF_WOKEN) || op->fut == NULL) {
+        return 0;
+    }
+    fa_state *st = self->st;
+    Py_INCREF(op);
+    PyObject *fut = Py_NewRef(op->fut);
+    int d = fa_fut_done(st, fut);  // Beware: may re-enter
+    int rc = 0;
+    if (d < 0) {
+        rc = -1;
+    }
+    else if (!d && !(op->flags & FA_OPF_WOKEN)) {
+        op->flags |= FA_OPF_WOKEN;
+        if (fa_fut_set_result(st, fut, Py_True) < 0) {
+            op->flags &= ~FA_OPF_WOKEN;
+            rc = -1;
+        }
+    }
+    Py_DECREF(fut);
+    Py_DECREF(op);
+    return rc;
+}
+
+static int
+lock_acquire_exc(FaOp *op, PyObject *exc)
+{
+    FaLock *self = (FaLock *)op->owner;
+    fa_waitq_unlink(op);
+    if (fa_is_cancelled_error(self->st, exc) && !self->locked) {
+        return lock_wake_up_first(self);
+    }
+    return 0;
+}
+
+static const fa_opkind lock_acquire_kind = {
+    "Lock.acquire", lock_acquire_start, lock_acquire_resume, lock_acquire_exc,
+};
+
+static int
+lock_release_impl(FaLock *self)
+{
+    if (!self->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "Lock is not acquired.");
+        return -1;
+    }
+    self->locked = 0;
+    return lock_wake_up_first(self);
+}
+
+/* ------------------------------------------------------------------ async with (Lock, Semaphore) */
+
+static int
+release_dispatch(FaLock *self)
+{
+    if (self->ovr & OVR_RELEASE) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->str_release);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+        return 0;
+    }
+    return self->family == FA_LOCK ? lock_release_impl(self) : sem_release_dispatch(self);
+}
+
+static PySendResult
+aexit_start(FaOp *op, PyObject **res)
+{
+    if (release_dispatch((FaLock *)op->owner) < 0) {
+        return PYGEN_ERROR;
+    }
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+return_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
+{
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static const fa_opkind lock_aexit_kind = {"Lock.__aexit__", aexit_start, return_none_resume, NULL};
+static const fa_opkind sem_aexit_kind = {"Semaphore.__aexit__", aexit_start, return_none_resume,
+                                         NULL};
+
+/* __aenter__ of a subclass that overrides acquire(): `await self.acquire(); return None` */
+static PySendResult
+aenter_delegate_start(FaOp *op, PyObject **res)
+{
+    PyObject *aw = PyObject_CallMethodNoArgs(op->owner, op->st->str_acquire);  // new ref
+    if (aw == NULL) {
+        return PYGEN_ERROR;
+    }
+    PySendResult r = fa_op_delegate(op, aw, res);
+    Py_DECREF(aw);
+    return r;
+}
+
+static const fa_opkind aenter_delegate_kind = {"__aenter__", aenter_delegate_start,
+                                               return_none_resume, NULL};
+
+static PyObject *
+falock_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    const fa_opkind *kind;
+    if (FA_UNLIKELY(self->ovr & OVR_ACQUIRE)) {
+        kind = &aenter_delegate_kind;
+    }
+    else {
+        kind = self->family == FA_LOCK ? &lock_acquire_kind : &sem_acquire_kind;
+    }
+    FaOp *o = fa_op_cached(self->st, &self->cache, kind, op);
+    if (o != NULL) {
+        o->flags |= OPF_RETNONE;
+    }
+    return (PyObject *)o;
+}
+
+static PyObject *
+falock_aexit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
+{
+    FaLock *self = (FaLock *)op;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const fa_opkind *kind = self->family == FA_LOCK ? &lock_aexit_kind : &sem_aexit_kind;
+    return (PyObject *)fa_op_cached(self->st, &self->cache, kind, op);
+}
+
+static PyObject *
+falock_acquire(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    const fa_opkind *kind = self->family == FA_LOCK ? &lock_acquire_kind : &sem_acquire_kind;
+    return (PyObject *)fa_op_cached(self->st, &self->cache, kind, op);
+}
+
+static PyObject *
+falock_release(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    int rc = self->family == FA_LOCK ? lock_release_impl(self) : sem_release_dispatch(self);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Semaphore.release as called by super().release() from a BoundedSemaphore subclass */
+static PyObject *
+sem_release_method(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (sem_release_impl((FaLock *)op) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+falock_locked(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    if (self->family == FA_LOCK) {
+        return PyBool_FromLong(self->locked);
+    }
+    int l;
+    if (self->value == 0) {
+        l = 1;
+    }
+    else {
+        l = self->waiters.len ? any_not_cancelled(self) : 0;
+    }
+    if (l < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(l);
+}
+
+/* ------------------------------------------------------------------ construction */
+
+/* Semaphore's value: ints (exact below 2**53) and finite floats, as asyncio accepts them. */
+static int
+parse_sem_value(PyObject *v, double *out, int *is_int)
+{
+    if (PyLong_Check(v) || (!PyFloat_Check(v) && PyIndex_Check(v))) {
+        PyObject *i = PyNumber_Index(v);
+        if (i == NULL) {
+            return -1;
+        }
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(i, &overflow);
+        Py_DECREF(i);
+        if (x == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow < 0 || (overflow == 0 && x < 0)) {
+            PyErr_SetString(PyExc_ValueError, "Semaphore initial value must be >= 0");
+            return -1;
+        }
+        if (overflow > 0 || x > (1LL << 53)) {
+            PyErr_Format(PyExc_OverflowError,
+                         "Semaphore initial value must be at most 2**53, got %R", v);
+            return -1;
+        }
+        *out = (double)x;
+        *is_int = 1;
+        return 0;
+    }
+    if (PyFloat_Check(v)) {
+        double d = PyFloat_AS_DOUBLE(v);
+        if (d < 0) {
+            PyErr_SetString(PyExc_ValueError, "Semaphore initial value must be >= 0");
+            return -1;
+        }
+        if (!isfinite(d) || d > 9007199254740992.0) {
+            PyErr_Format(PyExc_ValueError,
+                         "Semaphore initial value must be a finite number <= 2**53, got %R", v);
+            return -1;
+        }
+        *out = d;
+        *is_int = 0;
+        return 0;
+    }
+    /* asyncio does `if value < 0`: reproduce its TypeError for incomparable types */
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL) {
+        return -1;
+    }
+    int lt = PyObject_RichCompareBool(v, zero, Py_LT);
+    Py_DECREF(zero);
+    if (lt < 0) {
+        return -1;
+    }
+    if (lt) {
+        PyErr_SetString(PyExc_ValueError, "Semaphore initial value must be >= 0");
+        return -1;
+    }
+    PyErr_Format(PyExc_TypeError, "Semaphore value must be an int or a float, not %.100s",
+                 Py_TYPE(v)->tp_name);
+    return -1;
+}
+
+static int
+sem_init_value(FaLock *self, PyObject *v)
+{
+    double d;
+    int is_int;
+    if (parse_sem_value(v, &d, &is_int) < 0) {
+        return -1;
+    }
+    self->value = d;
+    self->value_is_int = is_int;
+    return 0;
+}
+
+static int
+sem_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    FaLock *self = (FaLock *)op;
+    static const char *const names[] = {"value"};
+    PyObject *value = NULL;
+    if (fa_parse_init(op, "Semaphore", args, kwargs, names, 1, &value) < 0) {
+        return -1;
+    }
+    self->family = FA_SEM;
+    self->ovr = find_overrides(op, self->st->SemaphoreType);
+    return value ? sem_init_value(self, value) : 0;
+}
+
+static int
+bsem_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    FaLock *self = (FaLock *)op;
+    static const char *const names[] = {"value"};
+    PyObject *value = NULL;
+    if (fa_parse_init(op, "BoundedSemaphore", args, kwargs, names, 1, &value) < 0) {
+        return -1;
+    }
+    self->family = FA_BSEM;
+    self->ovr = find_overrides(op, self->st->BoundedSemaphoreType);
+    if (value == NULL) {
+        self->value = self->bound = 1;
+        self->value_is_int = self->bound_is_int = 1;
+        return 0;
+    }
+    if (sem_init_value(self, value) < 0) {
+        return -1;
+    }
+    self->bound = self->value;
+    self->bound_is_int = self->value_is_int;
+    return 0;
+}
+
+static int
+lock_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    FaLock *self = (FaLock *)op;
+    if (fa_parse_init(op, "Lock", args, kwargs, NULL, 0, NULL) < 0) {
+        return -1;
+    }
+    self->family = FA_LOCK;
+    self->ovr = find_overrides(op, self->st->LockType);
+    return 0;
+}
+
+static int
+event_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    FaLock *self = (FaLock *)op;
+    if (fa_parse_init(op, "Event", args, kwargs, NULL, 0, NULL) < 0) {
+        return -1;
+    }
+    self->family = FA_EVENT;
+    return 0;
+}
+
+/* tp_new per type, so an object made without __init__ is still consistent */
+#define FAMILY_NEW(fname, fam) \
+    static PyObject *fname(PyTypeObject *tp, PyObject *a, PyObject *k) \
+    { \
+        FaLock *s = (FaLock *)falock_new(tp, a, k); \
+        if (s != NULL) { \
+            s->family = fam; \
+            if (fam == FA_EVENT) { \
+                s->value = 0; \
+            } \
+        } \
+        return (PyObject *)s; \
+    }
+FAMILY_NEW(sem_new, FA_SEM)
+FAMILY_NEW(bsem_new, FA_BSEM)
+FAMILY_NEW(lock_new, FA_LOCK)
+FAMILY_NEW(event_new, FA_EVENT)
+
+/* ------------------------------------------------------------------ attributes and repr */
+
+static PyObject *
+sem_get_value(PyObject *op, void *Py_UNUSED(c))
+{
+    FaLock *self = (FaLock *)op;
+    return num_to_py(self->value, self->value_is_int);
+}
+
+static int
+sem_set_value(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    FaLock *self = (FaLock *)op;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _value");
+        return -1;
+    }
+    double d;
+    int is_int;
+    if (PyLong_Check(v)) {
+        /* negative values are legal here (asyncio's acquire can drive it below 0) */
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow || x > (1LL << 53) || x < -(1LL << 53)) {
+            PyErr_SetString(PyExc_OverflowError, "_value must be within +-2**53");
+            return -1;
+        }
+        d = (double)x;
+        is_int = 1;
+    }
+    else if (PyFloat_Check(v) && isfinite(PyFloat_AS_DOUBLE(v))) {
+        d = PyFloat_AS_DOUBLE(v);
+        is_int = 0;
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "_value must be an int or a finite float, not %.100s",
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    self->value = d;
+    self->value_is_int = is_int;
+    return 0;
+}
+
+static PyObject *
+bsem_get_bound(PyObject *op, void *Py_UNUSED(c))
+{
+    FaLock *self = (FaLock *)op;
+    return num_to_py(self->bound, self->bound_is_int);
+}
+
+static PyObject *
+lock_get_locked(PyObject *op, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(((FaLock *)op)->locked);
+}
+
+static int
+lock_set_locked(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _locked");
+        return -1;
+    }
+    int b = PyObject_IsTrue(v);
+    if (b < 0) {
+        return -1;
+    }
+    ((FaLock *)op)->locked = b;
+    return 0;
+}
+
+static PyObject *
+event_get_value(PyObject *op, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(((FaLock *)op)->value != 0);
+}
+
+static PyObject *
+sem_repr(PyObject *op)
+{
+    FaLock *self = (FaLock *)op;
+    PyObject *l = PyObject_CallMethodNoArgs(op, self->st->str_locked);  // as asyncio: self.locked()
+    if (l == NULL) {
+        return NULL;
+    }
+    int b = PyObject_IsTrue(l);
+    Py_DECREF(l);
+    if (b < 0) {
+        return NULL;
+    }
+    PyObject *extra;
+    if (b) {
+        extra = PyUnicode_FromString("locked");
+    }
+    else {
+        PyObject *v = num_to_py(self->value, self->value_is_int);
+        if (v == NULL) {
+            return NULL;
+        }
+        extra = PyUnicode_FromFormat("unlocked, value:%S", v);
+        Py_DECREF(v);
+    }
+    if (extra == NULL) {
+        return NULL;
+    }
+    PyObject *r = repr_with(op, extra);
+    Py_DECREF(extra);
+    return r;
+}
+
+static PyObject *
+lock_repr(PyObject *op)
+{
+    PyObject *extra = PyUnicode_FromString(((FaLock *)op)->locked ? "locked" : "unlocked");
+    if (extra == NULL) {
+        return NULL;
+    }
+    PyObject *r = repr_with(op, extra);
+    Py_DECREF(extra);
+    return r;
+}
+
+static PyObject *
+event_repr(PyObject *op)
+{
+    PyObject *extra = PyUnicode_FromString(((FaLock *)op)->value ? "set" : "unset");
+    if (extra == NULL) {
+        return NULL;
+    }
+    PyObject *r = repr_with(op, extra);
+    Py_DECREF(extra);
+    return r;
+}
+
+/* ------------------------------------------------------------------ Event */
+
+static PySendResult
+event_wait_start(FaOp *op, PyObject **res)
+{
+    FaLock *self = (FaLock *)op->owner;
+    if (self->value) {
+        *res = Py_NewRef(Py_True);
+        return PYGEN_RETURN;
+    }
+    return fa_op_wait(op, &self->loop, &self->waiters, res);
+}
+
+static PySendResult
+event_wait_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+{
+    fa_waitq_unlink(op);
+    *res = Py_NewRef(Py_True);
+    return PYGEN_RETURN;
+}
+
+static int
+event_wait_exc(FaOp *op, PyObject *Py_UNUSED(exc))
+{
+    fa_waitq_unlink(op);
+    return 0;
+}
+
+static const fa_opkind event_wait_kind = {
+    "Event.wait", event_wait_start, event_wait_resume, event_wait_exc,
+};
+
+static PyObject *
+event_wait(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    return (PyObject *)fa_op_cached(self->st, &self->cache, &event_wait_kind, op);
+}
+
+static PyObject *
+event_is_set(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(((FaLock *)op)->value != 0);
+}
+
+static PyObject *
+event_set(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    if (self->value) {
+        Py_RETURN_NONE;
+    }
+    self->value = 1;
+    Py_ssize_t n = self->waiters.len;
+    if (n == 0) {
+        Py_RETURN_NONE;
+    }
+    /* Detach-then-call-out: snapshot the ops (strong refs), then wake each. The waiters stay
+     * in the queue, as in asyncio; each leaves when it runs. */
+    FaOp **ops = PyMem_Malloc(sizeof(FaOp *) * (size_t)n);
+    if (ops == NULL) {
+        self->value = 0;
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t k = 0;
+    for (FaOp *w = self->waiters.head; w != NULL && k < n; w = w->next) {
+        ops[k++] = (FaOp *)Py_NewRef(w);
+    }
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        FaOp *w = ops[i];
+        if (rc == 0 && !(w->flags & FA_OPF_WOKEN) && w->fut != NULL) {
+            PyObject *fut = Py_NewRef(w->fut);
+            int d = fa_fut_done(self->st, fut);  // Beware: may re-enter
+            if (d < 0) {
+                rc = -1;
+            }
+            else if (!d) {
+                w->flags |= FA_OPF_WOKEN;
+                if (fa_fut_set_result(self->st, fut, Py_True) < 0) {
+                    w->flags &= ~FA_OPF_WOKEN;
+                    rc = -1;
+                }
+            }
+            Py_DECREF(fut);
+        }
+        Py_DECREF(w);
+    }
+    PyMem_Free(ops);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+event_clear(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ((FaLock *)op)->value = 0;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ type specs */
+
+PyDoc_STRVAR(acquire_doc_sem, "acquire($self, /)\n--\n\nAcquire a permit; wait (FIFO) while "
+             "none is free. Awaiting it returns True.");
+PyDoc_STRVAR(release_doc_sem, "release($self, /)\n--\n\nRelease a permit, waking the first "
+             "waiter.");
+PyDoc_STRVAR(locked_doc_sem, "locked($self, /)\n--\n\nTrue if acquire() would not return at "
+             "once (no permit, or others are waiting).");
+PyDoc_STRVAR(acquire_doc_lock, "acquire($self, /)\n--\n\nAcquire the lock; wait (FIFO) while it "
+             "is held. Awaiting it returns True.");
+PyDoc_STRVAR(release_doc_lock, "release($self, /)\n--\n\nRelease the lock, waking the first "
+             "waiter. RuntimeError if it is not locked.");
+PyDoc_STRVAR(locked_doc_lock, "locked($self, /)\n--\n\nTrue if the lock is held.");
+PyDoc_STRVAR(aenter_doc, "__aenter__($self, /)\n--\n\nAcquire; returns None.");
+PyDoc_STRVAR(aexit_doc, "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRelease.");
+PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
+             "first use.");
+PyDoc_STRVAR(wait_doc, "wait($self, /)\n--\n\nWait until the event is set; returns True.");
+PyDoc_STRVAR(is_set_doc, "is_set($self, /)\n--\n\nTrue if the event is set.");
+PyDoc_STRVAR(set_doc, "set($self, /)\n--\n\nSet the event and wake every waiter.");
+PyDoc_STRVAR(clear_doc, "clear($self, /)\n--\n\nReset the event.");
+
+#define COMMON_METHODS \
+    {"__aenter__", falock_aenter, METH_NOARGS, aenter_doc}, \
+    {"__aexit__", (PyCFunction)(void (*)(void))falock_aexit, METH_FASTCALL, aexit_doc}, \
+    {"_get_loop", falock_private_get_loop, METH_NOARGS, get_loop_doc}
+
+static PyMethodDef sem_methods[] = {
+    {"acquire", falock_acquire, METH_NOARGS, acquire_doc_sem},
+    {"release", sem_release_method, METH_NOARGS, release_doc_sem},
+    {"locked", falock_locked, METH_NOARGS, locked_doc_sem},
+    COMMON_METHODS,
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef bsem_methods[] = {
+    {"release", falock_release, METH_NOARGS, release_doc_sem},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef lock_methods[] = {
+    {"acquire", falock_acquire, METH_NOARGS, acquire_doc_lock},
+    {"release", falock_release, METH_NOARGS, release_doc_lock},
+    {"locked", falock_locked, METH_NOARGS, locked_doc_lock},
+    COMMON_METHODS,
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef event_methods[] = {
+    {"wait", event_wait, METH_NOARGS, wait_doc},
+    {"is_set", event_is_set, METH_NOARGS, is_set_doc},
+    {"set", event_set, METH_NOARGS, set_doc},
+    {"clear", event_clear, METH_NOARGS, clear_doc},
+    {"_get_loop", falock_private_get_loop, METH_NOARGS, get_loop_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+#define COMMON_GETSET \
+    {"_loop", falock_get_loop_attr, falock_set_loop_attr, NULL, NULL}, \
+    {"_waiters", falock_get_waiters, NULL, "A snapshot (deque) of the waiter futures.", NULL}
+
+static PyGetSetDef sem_getset[] = {
+    {"_value", sem_get_value, sem_set_value, NULL, NULL},
+    COMMON_GETSET,
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyGetSetDef bsem_getset[] = {
+    {"_bound_value", bsem_get_bound, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyGetSetDef lock_getset[] = {
+    {"_locked", lock_get_locked, lock_set_locked, NULL, NULL},
+    COMMON_GETSET,
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyGetSetDef event_getset[] = {
+    {"_value", event_get_value, NULL, NULL, NULL},
+    COMMON_GETSET,
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef falock_members[] = {
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(FaLock, weakreflist), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+#define FLAGS (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE)
+
+#define SPEC(var, pyname, newf, initf, reprf, meths, gets, docstr) \
+    static PyType_Slot var##_slots[] = { \
+        {Py_tp_new, newf}, \
+        {Py_tp_init, initf}, \
+        {Py_tp_dealloc, falock_dealloc}, \
+        {Py_tp_traverse, falock_traverse}, \
+        {Py_tp_clear, falock_clear}, \
+        {Py_tp_repr, reprf}, \
+        {Py_tp_methods, meths}, \
+        {Py_tp_getset, gets}, \
+        {Py_tp_members, falock_members}, \
+        {Py_tp_doc, docstr}, \
+        {0, NULL}, \
+    }; \
+    static PyType_Spec var##_spec = { \
+        .name = pyname, .basicsize = sizeof(FaLock), .flags = FLAGS, .slots = var##_slots, \
+    };
+
+SPEC(sem, "aiofast.Semaphore", sem_new, sem_init, sem_repr, sem_methods, sem_getset,
+     "Semaphore(value=1)\n--\n\nA drop-in for asyncio.Semaphore, in C.")
+SPEC(bsem, "aiofast.BoundedSemaphore", bsem_new, bsem_init, sem_repr, bsem_methods, bsem_getset,
+     "BoundedSemaphore(value=1)\n--\n\nA drop-in for asyncio.BoundedSemaphore, in C.")
+SPEC(lock, "aiofast.Lock", lock_new, lock_init, lock_repr, lock_methods, lock_getset,
+     "Lock()\n--\n\nA drop-in for asyncio.Lock, in C.")
+SPEC(event, "aiofast.Event", event_new, event_init, event_repr, event_methods, event_getset,
+     "Event()\n--\n\nA drop-in for asyncio.Event, in C.")
+
+int
+fa_semaphore_init(PyObject *mod, fa_state *st)
+{
+    if ((st->SemaphoreType = fa_add_type(mod, &sem_spec, NULL, "Semaphore")) == NULL) {
+        return -1;
+    }
+    st->BoundedSemaphoreType = fa_add_type(mod, &bsem_spec, (PyObject *)st->SemaphoreType,
+                                           "BoundedSemaphore");
+    if (st->BoundedSemaphoreType == NULL) {
+        return -1;
+    }
+    if ((st->LockType = fa_add_type(mod, &lock_spec, NULL, "Lock")) == NULL) {
+        return -1;
+    }
+    if ((st->EventType = fa_add_type(mod, &event_spec, NULL, "Event")) == NULL) {
+        return -1;
+    }
+    return 0;
+}
