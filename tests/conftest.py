@@ -1,0 +1,47 @@
+"""Shared test fixtures.
+
+* Every test marked ``@pytest.mark.asyncio`` runs twice: on asyncio's default loop and on uvloop
+  (pytest-asyncio's ``pytest_asyncio_loop_factories`` hook). A missing uvloop is an error, never a
+  skip: CI must run both.
+* ``impl``: the implementation under test. Tests of drop-ins take it and run against aiofast and
+  against asyncio itself (the oracle): a test asyncio fails does not describe asyncio.
+"""
+import asyncio
+import types
+
+import pytest
+import uvloop  # noqa: F401  (an ImportError here fails the run: uvloop is required)
+
+import aiofast
+
+
+def pytest_asyncio_loop_factories(config, item):
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def _ns(**kw):
+    return types.SimpleNamespace(**kw)
+
+
+IMPLS = {
+    "aiofast": _ns(
+        name="aiofast",
+        Semaphore=aiofast.Semaphore,
+        BoundedSemaphore=aiofast.BoundedSemaphore,
+        Lock=aiofast.Lock,
+        Event=aiofast.Event,
+    ),
+    "asyncio": _ns(
+        name="asyncio",
+        Semaphore=asyncio.Semaphore,
+        BoundedSemaphore=asyncio.BoundedSemaphore,
+        Lock=asyncio.Lock,
+        Event=asyncio.Event,
+    ),
+}
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def impl(request):
+    """The implementation under test: aiofast's classes, or asyncio's as the oracle."""
+    return IMPLS[request.param]
