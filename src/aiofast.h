@@ -45,6 +45,8 @@
 typedef struct fa_state {
     /* types: the lock family (semaphore.c) and the awaitable (op.c) */
     PyTypeObject *OpType;
+    PyTypeObject *SpecialDescrType;
+    PyTypeObject *BoundType;
     PyTypeObject *SemaphoreType;
     PyTypeObject *BoundedSemaphoreType;
     PyTypeObject *LockType;
