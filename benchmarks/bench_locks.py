@@ -193,8 +193,7 @@ def allocation_check(n=1_000_000):
     return out
 
 
-def main():
-    quick = "--quick" in sys.argv
+def main(quick=False):
     doc = run_cases(cases(quick), 3 if quick else 7, "locks", TITLE)
     alloc = allocation_check(100_000 if quick else 1_000_000)
     print("Allocated blocks across %s uncontended `async with`: %s (loop overhead included)\n"
@@ -211,4 +210,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main("--quick" in sys.argv)

@@ -271,6 +271,21 @@ op_iternext(PyObject *self)
     return NULL;
 }
 
+/* The Python-level send()/throw() raise a fresh StopIteration: one that reaches Python code
+ * gets a traceback (and so its frame), which the shared instance must not keep. */
+static PyObject *
+op_result_to_py(PySendResult r, PyObject *res)
+{
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_RETURN) {
+        fa_set_stopiteration(NULL, res);
+        Py_DECREF(res);
+    }
+    return NULL;
+}
+
 static PyObject *
 op_send(PyObject *self, PyObject *arg)
 {
@@ -281,14 +296,7 @@ op_send(PyObject *self, PyObject *arg)
     }
     PyObject *res = NULL;
     PySendResult r = op_send_impl(op, arg, &res);
-    if (r == PYGEN_NEXT) {
-        return res;
-    }
-    if (r == PYGEN_RETURN) {
-        fa_set_stopiteration(op->st, res);
-        Py_DECREF(res);
-    }
-    return NULL;
+    return op_result_to_py(r, res);
 }
 
 /* Build the exception instance from throw()'s (typ[, val[, tb]]) as gen.throw does. */
@@ -348,19 +356,6 @@ op_make_exc(PyObject *typ, PyObject *val, PyObject *tb)
         return NULL;
     }
     return exc;
-}
-
-static PyObject *
-op_result_to_py(FaOp *op, PySendResult r, PyObject *res)
-{
-    if (r == PYGEN_NEXT) {
-        return res;
-    }
-    if (r == PYGEN_RETURN) {
-        fa_set_stopiteration(op->st, res);
-        Py_DECREF(res);
-    }
-    return NULL;
 }
 
 static PyObject *
@@ -427,7 +422,7 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         r = op_fail(op, exc);
     }
     op_settle(op, r);
-    return op_result_to_py(op, r, res);
+    return op_result_to_py(r, res);
 }
 
 static PyObject *
