@@ -22,6 +22,7 @@
 
 #define FA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define FA_NOINLINE __attribute__((noinline))
 
 #define FA_PY312 (PY_VERSION_HEX >= 0x030C0000)
 #define FA_PY313 (PY_VERSION_HEX >= 0x030D0000)

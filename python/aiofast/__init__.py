@@ -27,7 +27,7 @@ _REPLACEMENTS = {
     "Event": (Event, ("asyncio", "asyncio.locks")),
 }
 
-_originals = {}
+_originals: dict = {}
 
 
 def install():
