@@ -99,6 +99,7 @@ typedef struct {
     int dispatching;
     PyObject *ctxvar;        /* ContextVar: stack of with-block tickets, made on first use */
     BreakerCall *cache;      /* a BreakerCall reused while nobody else holds it */
+    BreakerCall *tcache;     /* a finished with-block ticket, for the next block */
     PyObject *weakreflist;
 } Breaker;
 
@@ -524,6 +525,8 @@ bk_admit_at(Breaker *b, bk_ticket *t, double now, double *remaining)
 }
 
 static void bk_reap_cache(Breaker *b);
+static void bk_reap_one(BreakerCall *c);
+static void bc_finish(BreakerCall *c);
 
 /* Ask to run a call: 1 admitted (ticket filled), 0 rejected (*remaining set), -1 error. */
 static inline int
@@ -852,34 +855,51 @@ bk_exit(Breaker *b, PyObject *exc)
         }
         Py_DECREF(t2);
     }
-    Py_CLEAR(tok->it);
-    Py_CLEAR(tok->fn);
-    if (tok->flags & CF_ADMITTED) {
-        bk_ticket t = tok->t;
-        tok->flags &= ~CF_ADMITTED;
+    bk_ticket t = tok->t;
+    int admitted = tok->flags & CF_ADMITTED;
+    tok->flags &= ~CF_ADMITTED;
+    tok->state = CS_RUNNING;
+    bc_finish(tok);  /* done: it holds nothing now */
+    if (b->tcache == NULL && Py_REFCNT(tok) == 1) {
+        b->tcache = tok;  /* our reference goes to the slot */
+    }
+    else {
+        Py_DECREF(tok);
+    }
+    if (admitted) {
         bk_record(b, &t, exc);  // Beware: Python code
     }
-    Py_DECREF(tok);
     return 0;
 }
 
 /* ------------------------------------------------------------------ BreakerCall */
 
-static void bc_finish(BreakerCall *c);
-
 /* A new BreakerCall for b: the cached one when only the cache holds it (no allocation on the
  * sequential path), else a fresh one. A done call holds no references, so the cache never keeps
- * anything alive; one created and dropped unawaited is finished here, on reuse (before any
- * admission). Tickets of with-blocks are never cached: their death must release at once. */
+ * anything alive. One dropped unfinished (unawaited, or driven by hand and abandoned) is
+ * finished when reused, and by bk_reap_cache before any non-closed admission or state read, so
+ * a probe slot it holds is never seen busy. With-block tickets are taken out of their slot
+ * while in use (bk_exit puts them back): a live ticket references its context, and an
+ * abandoned context must stay collectable. */
 static BreakerCall *
 bc_new(Breaker *b, int mode)
 {
-    BreakerCall *c = mode == CM_TOKEN ? NULL : b->cache;
+    if (mode == CM_TOKEN && b->tcache != NULL) {
+        BreakerCall *t = b->tcache;  /* done, held by the slot only: take the slot's reference */
+        b->tcache = NULL;
+        t->breaker = (Breaker *)Py_NewRef(b);
+        t->state = CS_INIT;
+        t->mode = mode;
+        t->flags = 0;
+        return t;
+    }
+    BreakerCall **slot = mode == CM_TOKEN ? NULL : &b->cache;
+    BreakerCall *c = slot ? *slot : NULL;
     if (FA_LIKELY(c != NULL && Py_REFCNT(c) == 1)) {
         if (FA_UNLIKELY(c->state != CS_DONE)) {
             /* dropped unfinished; an unawaited coroutine warns "never awaited", as Python's */
-            bk_reap_cache(b);
-            c = b->cache;  /* the reaping ran Python code */
+            bk_reap_one(c);
+            c = *slot;  /* the reaping ran Python code */
             if (c == NULL || Py_REFCNT(c) != 1 || c->state != CS_DONE) {
                 c = NULL;
             }
@@ -900,8 +920,8 @@ bc_new(Breaker *b, int mode)
         c->fn = c->args = c->kwargs = c->it = c->exc = NULL;
         c->breaker = NULL;
         PyObject_GC_Track(c);
-        if (b->cache == NULL && mode != CM_TOKEN) {
-            b->cache = (BreakerCall *)Py_NewRef(c);
+        if (slot != NULL && *slot == NULL) {
+            *slot = (BreakerCall *)Py_NewRef(c);
         }
     }
     c->breaker = (Breaker *)Py_NewRef(b);
@@ -917,15 +937,20 @@ bc_new(Breaker *b, int mode)
 /* The cached call, if only the cache holds it and it was abandoned unfinished (driven by hand
  * and dropped): finish it now, so that a probe slot it holds is free before anyone looks. */
 static void
-bk_reap_cache(Breaker *b)
+bk_reap_one(BreakerCall *c)
 {
-    BreakerCall *c = b->cache;
     if (c != NULL && Py_REFCNT(c) == 1 && c->state != CS_DONE) {
         Py_INCREF(c);
         c->state = CS_RUNNING;
         bc_finish(c);  // Beware: drops what the abandoned call held
         Py_DECREF(c);
     }
+}
+
+static void
+bk_reap_cache(Breaker *b)
+{
+    bk_reap_one(b->cache);
 }
 
 /* Close an unstarted coroutine made at call time, so it does not warn "never awaited". */
@@ -2408,6 +2433,7 @@ breaker_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->listeners);
     Py_VISIT(b->ctxvar);
     Py_VISIT((PyObject *)b->cache);
+    Py_VISIT((PyObject *)b->tcache);
     return 0;
 }
 
@@ -2423,6 +2449,7 @@ breaker_clear(PyObject *self)
     Py_CLEAR(b->listeners);
     Py_CLEAR(b->ctxvar);
     Py_CLEAR(b->cache);
+    Py_CLEAR(b->tcache);
     return 0;
 }
 
