@@ -82,6 +82,7 @@ typedef struct fa_state {
     PyObject *bk_states[3];       /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */
     PyObject *bk_str_throw;
     PyObject *bk_str_close;
+    PyObject *bk_stopiter;        /* a reusable StopIteration for results on 3.12+ */
 
     /* interned method and attribute names */
     PyObject *str_create_future;

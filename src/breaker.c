@@ -1207,6 +1207,38 @@ bc_am_send(PyObject *self, PyObject *arg, PyObject **res)
     return bc_send_impl((BreakerCall *)self, arg, res);
 }
 
+#if FA_PY312
+/* On 3.12+ `await` drives C awaitables through tp_iternext, so every result travels in a
+ * StopIteration. Reuse one when only we hold it (the interpreter drops it right after reading
+ * .value): no type call, no allocation but the args tuple. It keeps the last result referenced
+ * until the next one, a cache of one object. Steals value; 1 raised, 0 not reusable. */
+static int
+bc_raise_stop_cached(fa_state *st, PyObject *value)
+{
+    PyObject *exc = st->bk_stopiter;
+    if (exc == NULL || Py_REFCNT(exc) != 1) {
+        return 0;
+    }
+    PyStopIterationObject *si = (PyStopIterationObject *)exc;
+    if (si->dict != NULL || si->notes != NULL) {
+        return 0;  /* someone decorated it while they held it: make fresh ones from now on */
+    }
+    PyObject *args = PyTuple_Pack(1, value);  // new ref
+    if (args == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_CLEAR(si->traceback);
+    Py_CLEAR(si->context);
+    Py_CLEAR(si->cause);
+    si->suppress_context = 0;
+    Py_XSETREF(si->args, args);
+    Py_XSETREF(si->value, value);
+    PyErr_SetRaisedException(Py_NewRef(exc));
+    return 1;
+}
+#endif
+
 static PyObject *
 bc_result_to_py(BreakerCall *c, PySendResult r, PyObject *res, int iternext)
 {
@@ -1218,6 +1250,11 @@ bc_result_to_py(BreakerCall *c, PySendResult r, PyObject *res, int iternext)
             Py_DECREF(res);
             return NULL;  /* StopIteration(None) without making it */
         }
+#if FA_PY312
+        if (iternext && bc_raise_stop_cached(c->st, res)) {
+            return NULL;
+        }
+#endif
         fa_set_stopiteration(c->st, res);
         Py_DECREF(res);
     }
@@ -2631,7 +2668,8 @@ make_circuit_state(PyObject *mod, fa_state *st)
 int
 fa_breaker_init(PyObject *mod, fa_state *st)
 {
-    if ((st->bk_str_throw = PyUnicode_InternFromString("throw")) == NULL
+    if ((st->bk_stopiter = PyObject_CallOneArg(PyExc_StopIteration, Py_None)) == NULL
+        || (st->bk_str_throw = PyUnicode_InternFromString("throw")) == NULL
         || (st->bk_str_close = PyUnicode_InternFromString("close")) == NULL) {
         return -1;
     }
