@@ -2320,7 +2320,7 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     if (o_hm != NULL && parse_count(o_hm, "half_open_max_calls", 1, &b->half_open_max) < 0) {
         goto error;
     }
-    if (parse_exc_spec(o_ee ? o_ee : PyExc_Exception, "expected_exception", &b->expected,
+    if (parse_exc_spec(NONE(o_ee) ? PyExc_Exception : o_ee, "expected_exception", &b->expected,
                        &b->expected_pred) < 0) {
         goto error;
     }
@@ -2588,11 +2588,12 @@ static PyMemberDef breaker_members[] = {
 
 PyDoc_STRVAR(breaker_doc,
 "CircuitBreaker(failure_threshold=5, recovery_timeout=30.0, *, success_threshold=1, "
-"half_open_max_calls=1, expected_exception=Exception, exclude=(), failure_rate=None, "
+"half_open_max_calls=1, expected_exception=None, exclude=(), failure_rate=None, "
 "window=None, window_time=None, min_calls=None, slow_call_duration=None, slow_call_rate=None, "
 "fallback=None, name=None, clock=None)\n--\n\n"
 "A circuit breaker, in C. Use it as a decorator (async def or plain def), as `async with` / "
-"`with`, or with `await breaker.call(fn, *args, **kwargs)`.");
+"`with`, or with `await breaker.call(fn, *args, **kwargs)`. expected_exception=None means "
+"Exception.");
 
 static PyType_Slot breaker_slots[] = {
     {Py_tp_new, breaker_new},

@@ -561,6 +561,28 @@ async def test_async_decorator_awaitable_protocol():
 
 
 @pytest.mark.asyncio
+async def test_results_come_back_intact():
+    """Every kind of result, through await and by hand (3.12+ reuses one StopIteration)."""
+    b = CircuitBreaker()
+    big = list(range(1000))
+    values = [None, True, False, 0, (1, 2), (), "s", big, StopIteration("v"), ValueError("x")]
+
+    @b
+    async def ret(v):
+        return v
+
+    for v in values:
+        assert await ret(v) is v
+    for v in values[1:]:
+        aw = ret(v)
+        with pytest.raises(StopIteration) as si:
+            next(aw)
+        assert si.value.value is v and si.value.args == (v,)
+        kept = si.value
+        assert await ret(1) == 1 and kept.value is v  # a held StopIteration is not reused
+
+
+@pytest.mark.asyncio
 async def test_decorated_sync_and_async_failures():
     b = CircuitBreaker(2)
 
@@ -1359,10 +1381,15 @@ def test_repr_and_error_messages(clock):
     assert "half_open, probes:0/1, successes:0/1" in repr(b)
 
 
-def test_exports():
+def test_exports_and_signatures():
     for name in ("CircuitBreaker", "CircuitOpenError", "CircuitState", "circuit"):
         assert name in aiofast.__all__ and getattr(aiofast, name) is not None
     assert CircuitBreaker.__module__ == "aiofast"
+    sig = inspect.signature(CircuitBreaker)
+    assert list(sig.parameters)[:3] == ["failure_threshold", "recovery_timeout",
+                                        "success_threshold"]
+    assert sig.parameters["expected_exception"].default is None
+    assert CircuitBreaker(expected_exception=None).expected_exception is Exception
     assert inspect.signature(CircuitBreaker.call).parameters["fn"].kind == \
         inspect.Parameter.POSITIONAL_ONLY
 
