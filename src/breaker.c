@@ -110,6 +110,7 @@ enum { CM_CALL = 0, CM_ENTER, CM_EXIT, CM_TOKEN };
 
 #define CF_ADMITTED 0x1   /* holds a ticket: must record or release it */
 #define CF_DECORATED 0x2  /* @breaker on an async def: a failing fn(*args) is a bad call */
+#define CF_PREADMITTED 0x4  /* admitted before it was awaited (a plain def returned a coroutine) */
 
 struct BreakerCall {
     PyObject_HEAD
@@ -1084,7 +1085,8 @@ bc_start_call(BreakerCall *c, PyObject **res)
 {
     Breaker *b = c->breaker;
     double remaining = 0.0;
-    int a = bk_admit(b, &c->t, &remaining);  // Beware: a clock= and listeners may run
+    int a = (c->flags & CF_PREADMITTED) ? 1
+            : bk_admit(b, &c->t, &remaining);  // Beware: a clock= and listeners may run
     if (FA_UNLIKELY(a <= 0)) {
         bc_drop_it(c);
         if (a < 0) {
@@ -1579,6 +1581,22 @@ bf_call_sync(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwn
     }
     Py_INCREF(b);
     PyObject *res = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // nothing held
+    if (FA_UNLIKELY(res != NULL && PyCoro_CheckExact(res))) {
+        /* an async callable that is not a coroutine function: the call ends when its
+         * coroutine does, so hand it back inside an awaitable that holds the ticket */
+        BreakerCall *c = bc_new(b, CM_CALL);
+        if (c == NULL) {
+            bk_release(b, &t);
+            Py_DECREF(res);
+            Py_DECREF(b);
+            return NULL;
+        }
+        c->t = t;
+        c->flags = CF_ADMITTED | CF_PREADMITTED;
+        c->it = res;
+        Py_DECREF(b);
+        return (PyObject *)c;
+    }
     if (res != NULL) {
         if (!bk_record_success_fast(b, &t)) {
             bk_record(b, &t, NULL);

@@ -625,6 +625,34 @@ async def test_bad_call_arguments_are_not_outcomes():
     assert b.stats()["failures"] == 0 and b.stats()["ignored"] == 1
 
 
+@pytest.mark.asyncio
+async def test_async_callable_that_is_not_a_coroutine_function(clock):
+    """A plain callable returning a coroutine is guarded until the coroutine ends."""
+    b = CircuitBreaker(1, 1, clock=clock)
+
+    class Client:
+        async def __call__(self, ok):
+            await asyncio.sleep(0)
+            if not ok:
+                raise Boom
+            return "ok"
+
+    g = b(Client())
+    assert not inspect.iscoroutinefunction(g)
+    assert await g(True) == "ok"
+    aw = g(False)
+    assert b.stats()["failures"] == 0  # not decided until the coroutine ends
+    with pytest.raises(Boom):
+        await aw
+    assert b.state is CircuitState.OPEN
+    clock.advance(1)
+    aw = g(True)  # admitted as the probe when called
+    assert "probes:1/1" in repr(b)
+    aw.close()  # never awaited: neither success nor failure, slot freed, no warning
+    assert "probes:0/1" in repr(b) and b.stats()["ignored"] == 1
+    assert await g(True) == "ok" and b.state is CircuitState.CLOSED
+
+
 def test_generator_functions(clock):
     b = CircuitBreaker(1, 1, clock=clock)
 
@@ -1463,10 +1491,20 @@ class BreakerMachine(RuleBasedStateMachine):
     def advance(self, dt):
         self.clock.advance(dt)
 
-    @rule(decorated=hs.booleans())
-    def start_call(self, decorated):
-        aw = self.guarded() if decorated else self.b.call(_gated)
+    @rule(kind=hs.sampled_from(["decorated", "call", "block"]))
+    def start_call(self, kind):
         expect = self.model.admit(self.clock.t)
+        if kind == "block":  # a with-block, in a context of its own: blocks interleave
+            ctx = contextvars.Context()
+            if isinstance(expect, tuple):
+                with pytest.raises(CircuitOpenError) as ei:
+                    ctx.run(self.b.__enter__)
+                assert ei.value.remaining == expect[1]
+            else:
+                ctx.run(self.b.__enter__)
+                self.inflight.append((ctx, expect))
+            return
+        aw = self.guarded() if kind == "decorated" else self.b.call(_gated)
         if isinstance(expect, tuple):
             with pytest.raises(CircuitOpenError) as ei:
                 aw.send(None)
@@ -1480,6 +1518,16 @@ class BreakerMachine(RuleBasedStateMachine):
     def finish_call(self, data, outcome):
         i = data.draw(hs.integers(0, len(self.inflight) - 1))
         aw, ticket = self.inflight.pop(i)
+        if isinstance(aw, contextvars.Context):
+            if outcome == "close":  # abandoned: the context dies with the block open
+                del aw
+                gc.collect()
+            else:
+                exc = {"success": None, "failure": Boom(), "excluded": KeyError(),
+                       "other": LookupError(), "cancel": asyncio.CancelledError()}[outcome]
+                assert aw.run(self.b.__exit__, type(exc) if exc else None, exc, None) is False
+            self.model.record(ticket, KIND[outcome], self.clock.t)
+            return
         if outcome == "cancel":
             with pytest.raises(asyncio.CancelledError):
                 aw.throw(asyncio.CancelledError())
@@ -1536,7 +1584,8 @@ class BreakerMachine(RuleBasedStateMachine):
 
     def teardown(self):
         for aw, _ in getattr(self, "inflight", []):
-            aw.close()
+            if not isinstance(aw, contextvars.Context):
+                aw.close()
 
 
 TestBreakerModel = BreakerMachine.TestCase
@@ -1596,6 +1645,11 @@ async def cycle():
     aw = f("never"); aw.close()
     aw = b.call(f, "dropped"); del aw
     b.stats(); repr(b); b.state; b.failure_count
+    class AC:
+        async def __call__(self, x):
+            return x
+    ac = b(AC())
+    await ac(1); ac(2).close()
     fb = CircuitBreaker(1, fallback=lambda *a: "fb"); fb.open()
     g = fb(f.__wrapped__)
     assert await g("x") == "fb"
