@@ -1154,7 +1154,7 @@ bc_start(BreakerCall *c, PyObject **res)
         if (rc < 0) {
             return PYGEN_ERROR;
         }
-        *res = Py_NewRef(Py_False);
+        *res = Py_NewRef(Py_None);  /* falsy: never suppresses; no StopIteration on 3.12+ */
         return PYGEN_RETURN;
     }
     default:
