@@ -586,10 +586,6 @@ bk_classify(Breaker *b, PyObject *exc)
     return bk_match(b, b->expected, b->expected_pred, exc, 1) ? OUT_FAILURE : OUT_SUCCESS;
 }
 
-/* Record the outcome of an admitted call: exc is NULL for success, else the exception it
- * raised (borrowed; the caller keeps it and re-raises it). Never fails: errors of a predicate
- * or a clock= are reported. Beware: runs Python code before (classification, clock) and after
- * (listeners) the commit; no exception may be set when it is called. */
 /* The closed, default-mode success: a few C instructions. 1 done, 0 take the general path. */
 static inline int
 bk_record_success_fast(Breaker *b, const bk_ticket *t)
@@ -604,6 +600,10 @@ bk_record_success_fast(Breaker *b, const bk_ticket *t)
     return 0;
 }
 
+/* Record the outcome of an admitted call: exc is NULL for success, else the exception it
+ * raised (borrowed; the caller keeps it and re-raises it). Never fails: errors of a predicate
+ * or a clock= are reported. Beware: runs Python code before (classification, clock) and after
+ * (listeners) the commit; no exception may be set when it is called. */
 static void
 bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
 {
