@@ -78,6 +78,15 @@ typedef struct fa_state {
     /* a reusable StopIteration(True) for tp_iternext on 3.12+ (see fa_set_stopiteration) */
     PyObject *stopiter_true;
 
+    /* breaker.c */
+    PyTypeObject *BreakerFunctionType;
+    PyObject *CircuitOpenError;
+    PyObject *CircuitState;
+    PyObject *bk_states[3];       /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */
+    PyObject *bk_str_throw;
+    PyObject *bk_str_close;
+    PyObject *bk_stopiter;        /* a reusable StopIteration for results on 3.12+ */
+
     /* interned method and attribute names */
     PyObject *str_create_future;
     PyObject *str_set_result;

@@ -317,8 +317,8 @@ op_send(PyObject *self, PyObject *arg)
 }
 
 /* Build the exception instance from throw()'s (typ[, val[, tb]]) as gen.throw does. */
-static PyObject *
-op_make_exc(PyObject *typ, PyObject *val, PyObject *tb)
+PyObject *
+fa_throw_exc(PyObject *typ, PyObject *val, PyObject *tb)
 {
     PyObject *exc = NULL;
     if (val == Py_None) {
@@ -390,7 +390,7 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
 #endif
-    PyObject *exc = op_make_exc(args[0], nargs > 1 ? args[1] : NULL,
+    PyObject *exc = fa_throw_exc(args[0], nargs > 1 ? args[1] : NULL,
                                 nargs > 2 ? args[2] : NULL);  // new ref
     if (exc == NULL) {
         return NULL;

@@ -6,14 +6,20 @@ Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock and Event (and more, se
 import asyncio as _asyncio
 
 from ._core import BoundedSemaphore, Event, Lock, Semaphore
+from ._core import CircuitBreaker, CircuitOpenError, CircuitState
+from ._compat_breaker import circuit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BoundedSemaphore",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CircuitState",
     "Event",
     "Lock",
     "Semaphore",
+    "circuit",
     "install",
     "uninstall",
     "installed",
