@@ -2700,7 +2700,8 @@ fa_breaker_init(PyObject *mod, fa_state *st)
         return -1;
     }
     st->BreakerFunctionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bf_spec, NULL);
-    if (st->BreakerFunctionType == NULL) {
+    if (st->BreakerFunctionType == NULL
+        || PyModule_AddObjectRef(mod, "BreakerFunction", (PyObject *)st->BreakerFunctionType) < 0) {
         return -1;
     }
     st->CircuitOpenError = PyType_FromModuleAndSpec(mod, &openerr_spec, PyExc_Exception);

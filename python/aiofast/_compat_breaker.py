@@ -28,7 +28,7 @@ CircuitBreakerError = CircuitOpenError
 _SYNC, _ASYNC, _GEN, _ASYNCGEN = 0, 1, 2, 3
 
 try:
-    from asyncio.coroutines import _is_coroutine  # asyncio.iscoroutinefunction's marker (<3.14)
+    from asyncio.coroutines import _is_coroutine  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # pragma: no cover
     _is_coroutine = None
 
