@@ -75,6 +75,24 @@ typedef struct fa_state {
     /* a reusable StopIteration(True) for tp_iternext on 3.12+ (see fa_set_stopiteration) */
     PyObject *stopiter_true;
 
+    /* the cache family (cache.c, memo.c) */
+    PyTypeObject *CacheIterType;
+    PyTypeObject *CacheKeysType;
+    PyTypeObject *CacheValuesType;
+    PyTypeObject *CacheItemsType;
+    PyTypeObject *FlightType;
+    PyObject *time_monotonic;     /* time.monotonic: a TTLCache with it reads the clock in C */
+    PyObject *Mapping;            /* collections.abc.Mapping */
+    PyObject *Set;                /* collections.abc.Set */
+    PyObject *CacheInfo;          /* functools._CacheInfo */
+    PyObject *kwd_mark;           /* separates positional from keyword arguments in memo keys */
+    PyObject *str_popitem;
+    PyObject *str_expire;
+    PyObject *str_missing;        /* "__missing__" */
+    PyObject *str_getsizeof;
+    PyObject *str_create_task;
+    PyObject *str_exception;
+
     /* interned method and attribute names */
     PyObject *str_create_future;
     PyObject *str_set_result;
