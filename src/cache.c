@@ -108,6 +108,7 @@ static void
 expire_internal(CacheObject *self, double now, ct_buf *out, ct_buf *trash)
 {
     Py_ssize_t ix;
+    uint64_t itver = self->t.itver;  // expiry only leaves holes: iterators may go on
     while ((ix = ct_next_expired(&self->t, now)) >= 0) {
         if (out != NULL) {
             if (out->n + 2 > out->cap && ct_buf_grow(out) < 0) {
@@ -120,6 +121,7 @@ expire_internal(CacheObject *self, double now, ct_buf *out, ct_buf *trash)
         self->currsize -= ct_remove(&self->t, ix, trash);
         self->expirations++;
     }
+    self->t.itver = itver;
     CHECK(self);
 }
 
@@ -1323,7 +1325,7 @@ new_iter(CacheObject *self, int kind)
     }
     it->cache = (CacheObject *)Py_NewRef(self);
     it->pos = 0;
-    it->version = self->t.version;
+    it->version = self->t.itver;
     it->kind = kind;
     PyObject_GC_Track(it);
     return (PyObject *)it;
@@ -1341,7 +1343,7 @@ iter_next(PyObject *op)
     if (c->is_ttl && cache_now(c, &now) < 0) {  // Beware: a Python timer
         return NULL;
     }
-    if (c->t.version != it->version) {
+    if (c->t.itver != it->version) {
         PyErr_Format(PyExc_RuntimeError, "%s changed size during iteration",
                      type_name((PyObject *)c));
         return NULL;
@@ -1405,7 +1407,7 @@ iter_length_hint(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     CacheIterObject *it = (CacheIterObject *)op;
     Py_ssize_t n = 0;
-    if (it->cache != NULL && it->cache->t.version == it->version) {
+    if (it->cache != NULL && it->cache->t.itver == it->version) {
         n = it->cache->t.used;
     }
     return PyLong_FromSsize_t(n);

@@ -27,7 +27,8 @@
  *   set again moves to the end of the array), and the heap for the others. Each is O(1)
  *   amortised or O(log n); no timer per entry.
  * - version changes on every structural change (insert, remove, rebuild, clear), never on a
- *   value update or an LRU move. Code that calls Python (__eq__ of a key, a timer, getsizeof, a
+ *   value update or an LRU move. itver, which iterators check, changes with it, except that
+ *   the owner may restore it after removing expired entries (holes do not disturb iteration). Code that calls Python (__eq__ of a key, a timer, getsizeof, a
  *   decref to zero) re-validates with it afterwards and restarts its lookup.
  * - nothing here calls Python code except ct_lookup (key __eq__); memory comes from PyMem (which
  *   never starts the garbage collector), so the table is consistent whenever the collector may
@@ -78,6 +79,7 @@ typedef struct {
     int sized;            /* keep sizes[] */
     int classed;          /* keep hpos[] from the start (the memoizer's in-flight entries) */
     uint64_t version;
+    uint64_t itver;       /* iterators' stamp: like version, but expiry may leave it alone */
 } ct_table;
 
 /* ------------------------------------------------------------------ object buffers */
@@ -559,6 +561,7 @@ ct_rebuild(ct_table *t, Py_ssize_t newcap, Py_ssize_t *track)
     t->fill = j;
     t->exp_head = exp_head;
     t->version++;
+    t->itver++;
     return 0;
 }
 
@@ -630,6 +633,7 @@ ct_insert(ct_table *t, PyObject *key, PyObject *value, Py_hash_t hash)
     ct_lru_append(t, (int32_t)ix);
     t->used++;
     t->version++;
+    t->itver++;
     return ix;
 }
 
@@ -649,6 +653,7 @@ ct_remove(ct_table *t, Py_ssize_t ix, ct_buf *trash)
     e->key = e->value = NULL;
     t->used--;
     t->version++;
+    t->itver++;
     while (t->nentries > 0 && t->entries[t->nentries - 1].key == NULL) {
         t->nentries--;  // reclaim trailing holes
     }
@@ -668,6 +673,9 @@ ct_move_to_end(ct_table *t, Py_ssize_t ix)
     if (ix == t->nentries - 1) {
         if (t->hpos != NULL && t->hpos[ix] >= 0) {
             ct_heap_remove(t, (int32_t)ix);
+        }
+        if (t->exp_head > ix) {
+            t->exp_head = ix;  // the scan passed it (it had another class); it may be default now
         }
         return ix;
     }
@@ -705,6 +713,7 @@ ct_move_to_end(ct_table *t, Py_ssize_t ix)
     e->prev = e->next = -1;
     t->index[slot] = (int32_t)nx;
     t->version++;
+    t->itver++;
     return nx;
 }
 
@@ -763,10 +772,11 @@ ct_clear(ct_table *t, ct_buf *trash)
     double *exp = t->exp;
     int32_t *hpos = t->hpos, *heap = t->heap;
     Py_ssize_t *sizes = t->sizes;
-    uint64_t version = t->version;
+    uint64_t version = t->version, itver = t->itver;
     int timed = t->timed, sized = t->sized, classed = t->classed;
     ct_init(t, timed, sized, classed);
     t->version = version + 1;
+    t->itver = itver + 1;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (entries[i].key != NULL) {
             if (trash != NULL) {
@@ -813,7 +823,7 @@ ct_sizeof(ct_table *t)
 
 #if FA_DEBUG
 /* Check every invariant listed at the top of this file. */
-static void
+static inline void
 ct_check(ct_table *t)
 {
     Py_ssize_t live = 0, nonempty = 0;

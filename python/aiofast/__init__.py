@@ -5,7 +5,7 @@ Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock and Event (and more, se
 """
 import asyncio as _asyncio
 
-from ._core import BoundedSemaphore, Event, Lock, Semaphore
+from ._core import BoundedSemaphore, Event, Lock, LRUCache, Semaphore, TTLCache
 
 __version__ = "0.1.0"
 
@@ -13,7 +13,9 @@ __all__ = [
     "BoundedSemaphore",
     "Event",
     "Lock",
+    "LRUCache",
     "Semaphore",
+    "TTLCache",
     "install",
     "uninstall",
     "installed",
