@@ -92,6 +92,7 @@ typedef struct fa_state {
     PyObject *str_getsizeof;
     PyObject *str_create_task;
     PyObject *str_exception;
+    PyObject *base_loop_time;     /* asyncio.BaseEventLoop.time (that is, time.monotonic()) */
 
     /* interned method and attribute names */
     PyObject *str_create_future;

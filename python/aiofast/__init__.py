@@ -5,12 +5,15 @@ Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock and Event (and more, se
 """
 import asyncio as _asyncio
 
+from ._compat_cache import alru_cache, cached
 from ._core import BoundedSemaphore, Event, Lock, LRUCache, Semaphore, TTLCache
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "alru_cache",
     "BoundedSemaphore",
+    "cached",
     "Event",
     "Lock",
     "LRUCache",
