@@ -18,9 +18,10 @@
  *   call for the same key from the computing thread itself calls the function directly.
  * - ttl: a result expires ttl seconds after its computation ended, by the memo's clock (timer=
  *   if given; for async functions the running loop's time(), as async-lru's call_later; else
- *   time.monotonic()). Expired results are dropped when found and, from the LRU end of the expiry order, on every
- *   miss. A flight never expires (class CT_NOEXP); its entry moves to the end of the array
- *   when it completes, so results expire in completion order (jitter: per-entry heap).
+ *   time.monotonic()). Expired results are dropped when found, and from the front of the
+ *   expiry order on every miss. A flight never expires (class CT_NOEXP); its entry moves to
+ *   the end of the array when it completes, so results expire in completion order (with
+ *   jitter: the per-entry heap).
  *
  * Invariants: an entry's value is a Flight exactly while that flight runs and is attached (a
  * flight finds its entry by key identity, so eviction or invalidation simply detaches it);
@@ -661,16 +662,22 @@ call_on_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     fa_waitq_unlink(op);
     int rc = 0;
     if (f->waiters.len == 0 && f->state == FL_RUNNING && f->task != NULL) {
-        ct_buf trash;
-        ct_buf_init(&trash);
-        Py_ssize_t ix = flight_entry(f);
-        if (ix >= 0) {
-            ct_remove(&f->memo->t, ix, &trash);
-            CHECK(f->memo);
-        }
-        ct_buf_flush(&trash);
         PyObject *task = Py_NewRef(f->task);
-        rc = fa_fut_cancel(op->st, task);  // Beware: loop code
+        int done = fa_fut_done(op->st, task);  // finished, its callback not run yet: keep it
+        if (done < 0) {
+            rc = -1;
+        }
+        else if (!done && f->waiters.len == 0 && f->state == FL_RUNNING) {
+            ct_buf trash;
+            ct_buf_init(&trash);
+            Py_ssize_t ix = flight_entry(f);
+            if (ix >= 0) {
+                ct_remove(&f->memo->t, ix, &trash);
+                CHECK(f->memo);
+            }
+            ct_buf_flush(&trash);
+            rc = fa_fut_cancel(op->st, task);  // Beware: loop code
+        }
         Py_DECREF(task);
     }
     Py_DECREF(f);

@@ -7,6 +7,7 @@ import collections.abc
 import copy
 import gc
 import math
+import os
 import random
 import subprocess
 import sys
@@ -1141,7 +1142,7 @@ LEAK_SCRIPT = textwrap.dedent("""
 
 
 def test_no_leaks():
-    env = {"PYTHONPATH": ":".join(sys.path)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, "-c", LEAK_SCRIPT], capture_output=True, text=True,
                          env=env, check=True).stdout.split()
     dobj, dlru, dttl, dmem = map(int, out)
