@@ -183,8 +183,14 @@ cache_find(CacheObject *self, PyObject *key, Py_hash_t hash, int touch, int *fre
     }
     double now;
     if (self->timer == NULL) {
-        now = fa_monotonic();
         ix = ct_lookup(t, key, hash);
+        if (ix >= 0) {
+            if (touch) {
+                ct_touch(t, ix);
+            }
+            *fresh = fa_monotonic_before(t->exp[ix]);
+        }
+        return ix;
     }
     else {
         for (;;) {
@@ -263,7 +269,7 @@ static int
 cache_set(CacheObject *self, PyObject *key, PyObject *value, int own_ttl, double item_ttl)
 {
     ct_table *t = &self->t;
-    Py_hash_t hash = PyObject_Hash(key);  // Beware: Python code
+    Py_hash_t hash = fa_hash(key);  // Beware: Python code
     if (hash == -1) {
         return -1;
     }
@@ -376,7 +382,7 @@ error:
 static int
 cache_del(CacheObject *self, PyObject *key)
 {
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return -1;
     }
@@ -636,15 +642,33 @@ static PyObject *
 cache_subscript(PyObject *op, PyObject *key)
 {
     CacheObject *self = (CacheObject *)op;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return NULL;
     }
+    ct_table *t = &self->t;
+    Py_ssize_t ix;
+    if (FA_LIKELY(self->timer == NULL)) {
+        /* the fast path: no Python code between the lookup and the answer */
+        ix = ct_lookup(t, key, hash);
+        if (FA_LIKELY(ix >= 0)) {
+            ct_touch(t, ix);
+            if (FA_LIKELY(!self->is_ttl || fa_monotonic_before(t->exp[ix]))) {
+                self->hits++;
+                return Py_NewRef(t->entries[ix].value);
+            }
+        }
+        if (ix == CT_ERROR) {
+            return NULL;
+        }
+        self->misses++;
+        return cache_missing(self, key);
+    }
     int fresh;
-    Py_ssize_t ix = cache_find(self, key, hash, 1, &fresh);
-    if (FA_LIKELY(ix >= 0 && fresh)) {
+    ix = cache_find(self, key, hash, 1, &fresh);
+    if (ix >= 0 && fresh) {
         self->hits++;
-        return Py_NewRef(self->t.entries[ix].value);
+        return Py_NewRef(t->entries[ix].value);
     }
     if (ix == CT_ERROR) {
         return NULL;
@@ -667,7 +691,7 @@ static int
 cache_contains(PyObject *op, PyObject *key)
 {
     CacheObject *self = (CacheObject *)op;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return -1;
     }
@@ -690,7 +714,7 @@ cache_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *key = args[0];
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return NULL;
     }
@@ -718,7 +742,7 @@ cache_pop(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *key = args[0];
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return NULL;
     }
@@ -780,7 +804,7 @@ cache_setdefault(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *key = args[0];
     PyObject *dflt = nargs > 1 ? args[1] : Py_None;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return NULL;
     }
@@ -1461,7 +1485,7 @@ view_contains(PyObject *op, PyObject *obj)
             return 0;
         }
         PyObject *key = PyTuple_GET_ITEM(obj, 0);
-        Py_hash_t hash = PyObject_Hash(key);
+        Py_hash_t hash = fa_hash(key);
         if (hash == -1) {
             return -1;
         }

@@ -560,7 +560,7 @@ call_start(FaOp *op, PyObject **res)
         return PYGEN_ERROR;
     }
     PyObject *key = op->arg;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return PYGEN_ERROR;
     }
@@ -832,7 +832,7 @@ memo_call_key(MemoObject *self, PyObject *key, PyObject *const *args, Py_ssize_t
               PyObject *kwnames)
 {
     fa_state *st = self->st;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return NULL;
     }
@@ -911,7 +911,7 @@ memo_cache_invalidate(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyO
     if (key == NULL) {
         return NULL;
     }
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     Py_ssize_t ix = hash == -1 ? CT_ERROR : ct_lookup(&self->t, key, hash);
     Py_DECREF(key);
     if (ix == CT_ERROR) {
@@ -937,7 +937,7 @@ memo_cache_contains(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObj
         return NULL;
     }
     double now = 0.0;
-    Py_hash_t hash = PyObject_Hash(key);
+    Py_hash_t hash = fa_hash(key);
     if (hash == -1 || (self->has_ttl && memo_now(self, &now) < 0)) {
         Py_DECREF(key);
         return NULL;

@@ -426,6 +426,18 @@ def test_ttl_zero_and_negative(cimpl):
         assert "a" not in c and len(c) == 0 and c.get("a") is None
 
 
+def test_ttl_default_clock_at_the_expiry_edge(cimpl):
+    # time.monotonic() itself: an item set with ttl 0 (or less) is expired at once, one with a
+    # long ttl is fresh (aiofast decides these with its coarse-then-precise clock read)
+    for ttl in (0, -1e-9, -100):
+        c = cimpl.TTLCache(maxsize=5, ttl=ttl)
+        c["a"] = 1
+        assert "a" not in c and c.get("a") is None and len(c) == 0
+    c = cimpl.TTLCache(maxsize=5, ttl=3600)
+    c["a"] = 1
+    assert "a" in c and c["a"] == 1 and c.get("a") == 1
+
+
 def test_ttl_infinite(cimpl):
     clock = Clock()
     c = cimpl.TTLCache(maxsize=5, ttl=math.inf, timer=clock)
