@@ -1807,7 +1807,8 @@ static PyType_Spec iter_spec = {
 };
 
 static PyMethodDef setview_methods[] = {
-    {"isdisjoint", view_isdisjoint, METH_O, "True if the view and other have no element in common."},
+    {"isdisjoint", view_isdisjoint, METH_O,
+     "True if the view and other have no element in common."},
     {NULL, NULL, 0, NULL},
 };
 

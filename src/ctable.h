@@ -28,8 +28,9 @@
  *   amortised or O(log n); no timer per entry.
  * - version changes on every structural change (insert, remove, rebuild, clear), never on a
  *   value update or an LRU move. itver, which iterators check, changes with it, except that
- *   the owner may restore it after removing expired entries (holes do not disturb iteration). Code that calls Python (__eq__ of a key, a timer, getsizeof, a
- *   decref to zero) re-validates with it afterwards and restarts its lookup.
+ *   the owner may restore it after removing expired entries (holes do not disturb iteration).
+ *   Code that calls Python (__eq__ of a key, a timer, getsizeof, a decref to zero)
+ *   re-validates with version afterwards and restarts its lookup.
  * - nothing here calls Python code except ct_lookup (key __eq__); memory comes from PyMem (which
  *   never starts the garbage collector), so the table is consistent whenever the collector may
  *   run. Removed keys and values go to a ct_buf and are released after the caller has committed.

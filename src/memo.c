@@ -168,8 +168,9 @@ call_packed(PyObject *func, PyObject *packed)
 /* ------------------------------------------------------------------ time and the table */
 
 /* The memo's clock: timer= if given; for an async function, the running loop's time() (read
- * in C when it is asyncio's own, time.monotonic()); else time.monotonic(). 0, or -1 with an
- * exception. Beware: a Python timer or loop.time() is Python code. */
+ * in C when it is asyncio's own, time.monotonic()); else time.monotonic(). 0; 1 when an async
+ * function's clock is unknown (no running loop: *now is time.monotonic(), not to be used to
+ * expire anything); -1 with an exception. Beware: a Python timer or loop.time() is Python. */
 static int
 memo_now(MemoObject *self, double *now)
 {
@@ -184,9 +185,10 @@ memo_now(MemoObject *self, double *now)
         }
         if (loop == Py_None || _PyType_Lookup(Py_TYPE(loop), self->st->str_time)
                                    == self->st->base_loop_time) {
+            int unknown = loop == Py_None;
             Py_DECREF(loop);
             *now = fa_monotonic();
-            return 0;
+            return unknown;
         }
         PyObject *args[1] = {loop};
         r = PyObject_VectorcallMethod(self->st->str_time, args,
@@ -761,11 +763,18 @@ retry:
         if (ix >= 0) {
             PyObject *v = t->entries[ix].value;
             if (!IS_FLIGHT(self->st, v)) {
-                self->hits++;  // fresh: memo_expire removed the expired ones
-                ct_touch(t, ix);
-                result = Py_NewRef(v);
-                goto done;
+                if (!self->has_ttl || now < t->exp[ix]) {
+                    self->hits++;
+                    ct_touch(t, ix);
+                    result = Py_NewRef(v);
+                    goto done;
+                }
+                ct_remove(t, ix, &trash);  // expired (a timer that went backwards)
+                ix = CT_NOTFOUND;
             }
+        }
+        if (ix >= 0) {
+            PyObject *v = t->entries[ix].value;
             other = (FlightObject *)Py_NewRef(v);
             if (other->owner == PyThread_get_thread_ident()) {
                 /* a recursive call from the computing thread: waiting would deadlock */
@@ -783,7 +792,8 @@ retry:
                 result = Py_NewRef(other->result);
                 goto done;
             }
-            if (other->exc != NULL && PyObject_TypeCheck(other->exc, (PyTypeObject *)PyExc_Exception)) {
+            if (other->exc != NULL
+                && PyObject_TypeCheck(other->exc, (PyTypeObject *)PyExc_Exception)) {
                 fa_restore_exc(Py_NewRef(other->exc));  // the computation's failure is ours
                 goto done;
             }
@@ -845,10 +855,11 @@ memo_call_key(MemoObject *self, PyObject *key, PyObject *const *args, Py_ssize_t
         return memo_call_sync(self, key, hash, args, nargs, kwnames);
     }
     double now = 0.0;
-    if (self->has_ttl && memo_now(self, &now) < 0) {
+    int clock = self->has_ttl ? memo_now(self, &now) : 0;
+    if (clock < 0) {
         return NULL;
     }
-    Py_ssize_t ix = ct_lookup(&self->t, key, hash);  // Beware: __eq__
+    Py_ssize_t ix = clock ? CT_NOTFOUND : ct_lookup(&self->t, key, hash);  // Beware: __eq__
     if (ix == CT_ERROR) {
         return NULL;
     }
@@ -938,9 +949,13 @@ memo_cache_contains(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObj
     }
     double now = 0.0;
     Py_hash_t hash = fa_hash(key);
-    if (hash == -1 || (self->has_ttl && memo_now(self, &now) < 0)) {
+    int clock = (hash != -1 && self->has_ttl) ? memo_now(self, &now) : 0;
+    if (hash == -1 || clock < 0) {
         Py_DECREF(key);
         return NULL;
+    }
+    if (clock > 0) {
+        now = -INFINITY;  // no loop, no clock: whatever is held counts
     }
     Py_ssize_t ix = ct_lookup(&self->t, key, hash);
     Py_DECREF(key);
@@ -961,8 +976,9 @@ memo_expire_now(MemoObject *self)
         return 0;
     }
     double now;
-    if (memo_now(self, &now) < 0) {
-        return -1;
+    int clock = memo_now(self, &now);
+    if (clock != 0) {
+        return clock < 0 ? -1 : 0;  // no loop: nothing can be said to have expired
     }
     ct_buf trash;
     ct_buf_init(&trash);
@@ -1380,7 +1396,8 @@ method_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         return r;
     }
     PyObject *small[8];
-    PyObject **newargs = total + 1 <= 8 ? small : PyMem_Malloc(sizeof(PyObject *) * (size_t)(total + 1));
+    PyObject **newargs = total + 1 <= 8 ? small
+                         : PyMem_Malloc(sizeof(PyObject *) * (size_t)(total + 1));
     if (newargs == NULL) {
         return PyErr_NoMemory();
     }

@@ -107,7 +107,8 @@ def test_lru_iteration_order_is_first_insertion(cimpl):
     del c["c"]
     c["c"] = 3
     assert list(c) == list("abdec")
-    assert repr(c) == "LRUCache({'a': 'a', 'b': 'B', 'd': 'd', 'e': 'e', 'c': 3}, maxsize=10, currsize=5)"
+    assert repr(c) == ("LRUCache({'a': 'a', 'b': 'B', 'd': 'd', 'e': 'e', 'c': 3}, maxsize=10, "
+                       "currsize=5)")
 
 
 def test_lru_popitem_order(cimpl):

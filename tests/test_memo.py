@@ -485,6 +485,27 @@ def test_ttl_counts_from_completion():
     run_virtual(main)
 
 
+def test_ttl_outside_the_loop_expires_nothing():
+    """An async function's results expire by its loop's clock: with no loop running there is
+    no clock, and cache_info() / cache_contains() report what is held."""
+
+    @aiofast.cached(ttl=10)
+    async def f(x):
+        return x
+
+    async def main():
+        await f(1)
+        await asyncio.sleep(20)
+        assert not f.cache_contains(1)
+        await f(2)
+
+    loop = VirtualClockLoop(start=time.monotonic() + 10**5)  # far from time.monotonic()
+    loop.run_until_complete(main())
+    assert f.cache_info().currsize == 1 and f.cache_contains(2)
+    assert loop.run_until_complete(f(2)) == 2 and f.cache_info().hits == 1
+    loop.close()
+
+
 def test_ttl_expired_results_are_reclaimed_on_miss():
     async def main():
         @aiofast.cached(ttl=1, maxsize=None)
