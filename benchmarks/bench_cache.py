@@ -3,9 +3,11 @@
     PYTHONPATH=python:. python benchmarks/bench_cache.py [--quick]
 
 Mapping cases time a loop of n operations over pre-built keys (the loop costs the same for
-every variant). "scale" cases compare aiofast with itself: the same operation on a cache of
-1,000,000 entries and on one of 1,000 (ratio below 1: the big cache is slower). The memory
-table (tracemalloc) gives the bytes each cache allocates per entry, keys and values excluded.
+every variant). "scale" cases time aiofast with 1,000,000 entries against itself with 1,000
+and against a dict and cachebox (a ratio below 1: that variant is faster than aiofast at 1M);
+uniform random access over a table that big is bound by memory latency, for a dict as much as
+for a cache. The memory table gives the bytes per entry, keys and values excluded: the growth
+of the resident set (what cachebox's Rust heap needs) and what tracemalloc saw.
 """
 import asyncio
 import random
@@ -78,33 +80,67 @@ def set_evict(make):
     return fn
 
 
-def scale_variants(kind):
-    """aiofast at 1,000,000 entries and at 1,000: get-hit and set-with-eviction."""
+def scale_variant(make, size, op):
+    """get: uniform random hits (keys equal to, not the same objects as, the stored ones);
+    set: random new keys into a full cache (a miss, an insertion and an eviction each)."""
+    rnd = random.Random(2)
+    state = {}
 
-    def make(size, op):
-        rnd = random.Random(2)
-        c = aiofast.LRUCache(size) if kind == "LRU" else aiofast.TTLCache(size, 3600)
+    def setup():
+        c = make(size)
         for i in range(size):
             c[i] = i
-        probe = [rnd.randrange(size) for _ in range(100_000)]
-        state = {"next": size}
+        state["c"] = c
+        state["probe"] = [rnd.randrange(size) for _ in range(100_000)]
+        state["fresh"] = iter(range(10**12, 10**13, 7919))  # never seen keys, scattered
 
-        def get(n):
-            i = 0
-            while i < n:
-                for k in probe[: min(len(probe), n - i)]:
-                    c[k]
-                i += len(probe)
+    def get(n):
+        if not state:
+            setup()
+        c, probe = state["c"], state["probe"]
+        i = 0
+        while i < n:
+            for k in probe[: min(len(probe), n - i)]:
+                c[k]
+            i += len(probe)
 
-        def put(n):
-            start = state["next"]
-            state["next"] = start + n
-            for i in range(start, start + n):
-                c[i] = i
+    def put(n):
+        if not state:
+            setup()
+        c, fresh = state["c"], state["fresh"]
+        for _ in range(n):
+            k = next(fresh)
+            c[k] = k
 
-        return get if op == "get" else put
+    return get if op == "get" else put
 
-    return make
+
+def scale_cases(n):
+    """aiofast at 1,000,000 entries against itself at 1,000 and against a dict and cachebox
+    at both sizes: the growth is the memory hierarchy's (a dict shows the same)."""
+    out = []
+    for kind in ("LRU", "TTL"):
+        ours = (lambda m: aiofast.LRUCache(m)) if kind == "LRU" else (
+            lambda m: aiofast.TTLCache(m, 3600))
+        box = (lambda m: cachebox.LRUCache(m)) if kind == "LRU" else (
+            lambda m: cachebox.TTLCache(m, 3600))
+        get_variants = {
+            "aiofast": sync_variant(scale_variant(ours, 1_000_000, "get")),
+            "aiofast@1k": sync_variant(scale_variant(ours, 1000, "get")),
+            "dict@1M": sync_variant(scale_variant(lambda m: {}, 1_000_000, "get")),
+            "dict@1k": sync_variant(scale_variant(lambda m: {}, 1000, "get")),
+            "cachebox@1M": sync_variant(scale_variant(box, 1_000_000, "get")),
+        }
+        out.append(Case(f"{kind}Cache get, 1M entries (uniform random)", get_variants, n,
+                        note="scale"))
+        set_variants = {
+            "aiofast": sync_variant(scale_variant(ours, 1_000_000, "set")),
+            "aiofast@1k": sync_variant(scale_variant(ours, 1000, "set")),
+            "cachebox@1M": sync_variant(scale_variant(box, 1_000_000, "set")),
+        }
+        out.append(Case(f"{kind}Cache set, 1M entries (random new keys)", set_variants,
+                        n // 2, note="scale"))
+    return out
 
 
 MEMORY_SCRIPT = """
@@ -252,15 +288,7 @@ def cases(quick=False):
             impl: sync_variant(set_evict(lambda m, impl=impl, factory=factory: factory(impl, m)))
             for impl in ("aiofast", "cachetools", "cachebox")}, n // 2))
     if not quick:
-        for kind in ("LRU", "TTL"):
-            big, small = scale_variants(kind)(1_000_000, "get"), scale_variants(kind)(1000, "get")
-            out.append(Case(f"{kind}Cache get, 1M entries", {
-                "aiofast": sync_variant(big), "aiofast@1k": sync_variant(small)}, n,
-                note="scale"))
-            big, small = scale_variants(kind)(1_000_000, "set"), scale_variants(kind)(1000, "set")
-            out.append(Case(f"{kind}Cache set, 1M entries", {
-                "aiofast": sync_variant(big), "aiofast@1k": sync_variant(small)}, n // 2,
-                note="scale"))
+        out.extend(scale_cases(n))
     for loop_name in ("asyncio", "uvloop"):
         out.append(Case("cached hit (async def)", memo_hit(loop_name), n // 2, loop=loop_name))
         out.append(Case("cached hit (method)", memo_method_hit(loop_name), n // 2,
