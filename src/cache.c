@@ -1261,6 +1261,281 @@ cache_copy(PyObject *op, PyObject *Py_UNUSED(ignored))
     return (PyObject *)n;
 }
 
+/* __reduce__: (type, constructor arguments, state). The state lists the items in iteration
+ * order as (key, value, size[, expiry time, own ttl]), then the LRU order as positions in that
+ * list, the counters, and the instance __dict__ (subclasses). Expiry times are the timer's, as
+ * cachetools pickles them. */
+static PyObject *
+cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    CacheObject *self = (CacheObject *)op;
+    fa_state *st = self->st;
+    PyObject *args = NULL, *items = NULL, *lru = NULL, *dict = NULL, *r = NULL;
+    PyObject *ms = self->maxsize_obj ? self->maxsize_obj : Py_None;
+    PyObject *gs = self->getsizeof_given ? self->getsizeof : Py_None;
+    if (ms == Py_None) {
+        ms = PyLong_FromLong(0);
+    }
+    else {
+        Py_INCREF(ms);
+    }
+    if (ms == NULL) {
+        return NULL;
+    }
+    if (self->is_ttl) {
+        PyObject *ttl = self->ttl_obj ? Py_NewRef(self->ttl_obj) : PyLong_FromLong(0);
+        args = ttl ? PyTuple_Pack(4, ms, ttl, self->timer ? self->timer : st->time_monotonic, gs)
+                   : NULL;
+        Py_XDECREF(ttl);
+    }
+    else {
+        args = PyTuple_Pack(2, ms, gs);
+    }
+    Py_DECREF(ms);
+    if (args == NULL) {
+        return NULL;
+    }
+    /* snapshot the table with our own references first: building tuples may run the GC */
+    ct_table *t = &self->t;
+    Py_ssize_t n = t->used, k = 0;
+    ct_buf buf;
+    ct_buf_init(&buf);
+    int32_t *pos = n ? PyMem_Malloc(sizeof(int32_t) * (size_t)t->nentries) : NULL;
+    double *exps = n && t->exp ? PyMem_Malloc(sizeof(double) * (size_t)n) : NULL;
+    int *own = n && t->exp ? PyMem_Malloc(sizeof(int) * (size_t)n) : NULL;
+    Py_ssize_t *sizes = n ? PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n) : NULL;
+    int32_t *order = n ? PyMem_Malloc(sizeof(int32_t) * (size_t)n) : NULL;
+    if (n && (!pos || !sizes || !order || (t->exp && (!exps || !own)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < t->nentries; i++) {
+        ct_entry *e = &t->entries[i];
+        if (e->key == NULL) {
+            continue;
+        }
+        if (buf.n + 2 > buf.cap && ct_buf_grow(&buf) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        buf.items[buf.n++] = Py_NewRef(e->key);
+        buf.items[buf.n++] = Py_NewRef(e->value);
+        pos[i] = (int32_t)k;
+        sizes[k] = t->sizes ? t->sizes[i] : 1;
+        if (t->exp) {
+            exps[k] = t->exp[i];
+            own[k] = t->hpos != NULL && t->hpos[i] >= 0;
+        }
+        k++;
+    }
+    Py_ssize_t j = 0;
+    for (int32_t ix = t->lru_head; ix >= 0; ix = t->entries[ix].next) {
+        order[j++] = pos[ix];
+    }
+    assert(j == n && k == n);
+    items = PyList_New(n);
+    lru = PyList_New(n);
+    if (items == NULL || lru == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = self->is_ttl
+            ? Py_BuildValue("(OOndO)", buf.items[2 * i], buf.items[2 * i + 1], sizes[i], exps[i],
+                            own[i] ? Py_True : Py_False)
+            : Py_BuildValue("(OOn)", buf.items[2 * i], buf.items[2 * i + 1], sizes[i]);
+        PyObject *o = PyLong_FromLong(order[i]);
+        if (item == NULL || o == NULL) {
+            Py_XDECREF(item);
+            Py_XDECREF(o);
+            goto done;
+        }
+        PyList_SET_ITEM(items, i, item);
+        PyList_SET_ITEM(lru, i, o);
+    }
+    if (Py_TYPE(op)->tp_dictoffset) {
+        dict = PyObject_GetAttrString(op, "__dict__");
+        if (dict == NULL) {
+            goto done;
+        }
+    }
+    r = Py_BuildValue("(O O (O O (KKKK) O))", (PyObject *)Py_TYPE(op), args, items, lru,
+                      self->hits, self->misses, self->evictions, self->expirations,
+                      dict ? dict : Py_None);
+done:
+    PyMem_Free(pos);
+    PyMem_Free(exps);
+    PyMem_Free(own);
+    PyMem_Free(sizes);
+    PyMem_Free(order);
+    ct_buf_flush(&buf);
+    Py_XDECREF(args);
+    Py_XDECREF(items);
+    Py_XDECREF(lru);
+    Py_XDECREF(dict);
+    return r;
+}
+
+/* __setstate__: restore what __reduce__ saved (after __init__ made an empty cache). */
+static PyObject *
+cache_setstate(PyObject *op, PyObject *state)
+{
+    CacheObject *self = (CacheObject *)op;
+    PyObject *items, *lru, *dict;
+    unsigned long long hits, misses, evictions, expirations;
+    if (!PyTuple_Check(state)
+        || !PyArg_ParseTuple(state, "O!O!(KKKK)O;invalid LRUCache/TTLCache state",
+                             &PyList_Type, &items, &PyList_Type, &lru, &hits, &misses,
+                             &evictions, &expirations, &dict)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "invalid LRUCache/TTLCache state");
+        }
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    if (PyList_GET_SIZE(lru) != n) {
+        PyErr_SetString(PyExc_ValueError,
+                        "invalid cache state: the LRU order is not a permutation");
+        return NULL;
+    }
+    items = PySequence_Tuple(items);  // our own snapshots: unpickled lists are not shared, but
+    lru = PySequence_Tuple(lru);      // __eq__ and __hash__ below may run arbitrary code
+    int32_t *ixs = n ? PyMem_Malloc(sizeof(int32_t) * (size_t)n) : NULL;
+    PyObject **keys = n ? PyMem_Calloc((size_t)n, sizeof(PyObject *)) : NULL;
+    Py_hash_t *hashes = n ? PyMem_Malloc(sizeof(Py_hash_t) * (size_t)n) : NULL;
+    ct_buf trash;
+    ct_buf_init(&trash);
+    PyObject *r = NULL;
+    if (items == NULL || lru == NULL || (n && (ixs == NULL || keys == NULL || hashes == NULL))) {
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    ct_clear(&self->t, &trash);
+    self->currsize = 0;
+    ct_table *t = &self->t;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i), *key, *value, *own = Py_False;
+        Py_ssize_t size;
+        double exp = 0.0;
+        int ok = self->is_ttl
+            ? PyArg_ParseTuple(item, "OOndO;invalid TTLCache item", &key, &value, &size, &exp,
+                               &own)
+            : PyArg_ParseTuple(item, "OOn;invalid LRUCache item", &key, &value, &size);
+        if (!ok) {
+            goto done;
+        }
+        if (size < 0 || size > self->maxsize - self->currsize || (!t->sized && size != 1)) {
+            PyErr_SetString(PyExc_ValueError, "invalid cache state: sizes exceed maxsize");
+            goto done;
+        }
+        int klass = PyObject_IsTrue(own);
+        if (klass < 0 || (self->is_ttl && isnan(exp))) {
+            if (klass >= 0) {
+                PyErr_SetString(PyExc_ValueError, "invalid cache state: nan expiry");
+            }
+            goto done;
+        }
+        Py_hash_t hash = fa_hash(key);
+        if (hash == -1) {
+            goto done;
+        }
+        Py_ssize_t ix = ct_lookup(t, key, hash);  // Beware: __eq__
+        if (ix == CT_ERROR) {
+            goto done;
+        }
+        if (ix >= 0) {
+            PyErr_SetString(PyExc_ValueError, "invalid cache state: a key appears twice");
+            goto done;
+        }
+        if (ct_reserve(t, NULL) < 0 || (klass && ct_enable_heap(t) < 0)) {
+            goto done;
+        }
+        ix = ct_insert(t, Py_NewRef(key), Py_NewRef(value), hash);
+        if (t->sizes) {
+            t->sizes[ix] = size;
+        }
+        self->currsize += size;
+        if (self->is_ttl) {
+            ct_set_exp(t, ix, exp, klass);
+        }
+        keys[i] = key;
+        hashes[i] = hash;
+    }
+    /* the inserts found no key twice, but __eq__ may have changed the table meanwhile: find
+     * each entry by identity (no Python code from here on), then restore the LRU order */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t ix = ct_find_ident(t, keys[i], hashes[i]);
+        if (ix < 0 || t->used != n) {
+            PyErr_SetString(PyExc_RuntimeError, "cache changed during __setstate__");
+            goto done;
+        }
+        ixs[i] = (int32_t)ix;
+    }
+    int32_t prev = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t p = PyLong_AsSsize_t(PyTuple_GET_ITEM(lru, i));
+        if (p < 0 || p >= n || ixs[p] < 0) {
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_ValueError,
+                                "invalid cache state: the LRU order is not a permutation");
+            }
+            /* undo the half-made links: keep the insertion order */
+            t->lru_head = t->lru_tail = -1;
+            for (Py_ssize_t q = 0; q < t->nentries; q++) {
+                if (t->entries[q].key != NULL) {
+                    ct_lru_append(t, (int32_t)q);
+                }
+            }
+            goto done;
+        }
+        int32_t ix = ixs[p];
+        ixs[p] = -1;  // each position once
+        t->entries[ix].prev = prev;
+        if (prev >= 0) {
+            t->entries[prev].next = ix;
+        }
+        else {
+            t->lru_head = ix;
+        }
+        prev = ix;
+    }
+    if (prev >= 0) {
+        t->entries[prev].next = -1;
+    }
+    t->lru_tail = prev;
+    self->hits = hits;
+    self->misses = misses;
+    self->evictions = evictions;
+    self->expirations = expirations;
+    CHECK(self);
+    if (dict != Py_None) {
+        if (!Py_TYPE(op)->tp_dictoffset || !PyDict_Check(dict)) {
+            PyErr_SetString(PyExc_TypeError, "invalid cache state: unexpected __dict__");
+            goto done;
+        }
+        PyObject *d = PyObject_GetAttrString(op, "__dict__");
+        int rc = d ? PyDict_Update(d, dict) : -1;
+        Py_XDECREF(d);
+        if (rc < 0) {
+            goto done;
+        }
+    }
+    r = Py_NewRef(Py_None);
+done:
+    if (r == NULL) {
+        CHECK(self);
+    }
+    PyMem_Free(ixs);
+    PyMem_Free(keys);
+    PyMem_Free(hashes);
+    Py_XDECREF(items);
+    Py_XDECREF(lru);
+    ct_buf_flush(&trash);
+    return r;
+}
+
 static PyObject *
 cache_sizeof(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
@@ -1675,6 +1950,9 @@ PyDoc_STRVAR(getsizeof_doc, "getsizeof($self, value, /)\n--\n\nThe size of value
              "answer, or 1.");
 PyDoc_STRVAR(copy_doc, "__copy__($self, /)\n--\n\nA shallow copy, with the same order and "
              "expiry times.");
+PyDoc_STRVAR(reduce_doc, "__reduce__($self, /)\n--\n\nPickle support: the items with their "
+             "order, sizes and expiry times, and the counters.");
+PyDoc_STRVAR(setstate_doc, "__setstate__($self, state, /)\n--\n\nRestore a pickled state.");
 PyDoc_STRVAR(sizeof_doc, "__sizeof__($self, /)\n--\n\nSize in memory, in bytes (the table; "
              "keys and values not included).");
 PyDoc_STRVAR(stats_doc, "stats($self, /)\n--\n\nA dict of the counters (hits, misses, "
@@ -1700,6 +1978,8 @@ PyDoc_STRVAR(length_hint_doc, "Private method returning an estimate of len(list(
     {"__missing__", cache_missing_method, METH_O, missing_doc}, \
     {"getsizeof", cache_getsizeof_method, METH_O, getsizeof_doc}, \
     {"__copy__", cache_copy, METH_NOARGS, copy_doc}, \
+    {"__reduce__", cache_reduce, METH_NOARGS, reduce_doc}, \
+    {"__setstate__", cache_setstate, METH_O, setstate_doc}, \
     {"__sizeof__", cache_sizeof, METH_NOARGS, sizeof_doc}, \
     {"stats", cache_stats, METH_NOARGS, stats_doc}, \
     {"reset_stats", cache_reset_stats, METH_NOARGS, reset_stats_doc}, \

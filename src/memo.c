@@ -1289,6 +1289,13 @@ memo_repr(PyObject *op)
     return r;
 }
 
+/* Pickled by name, as functions and functools.lru_cache wrappers are. */
+static PyObject *
+memo_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyObject_GetAttrString(op, "__qualname__");
+}
+
 static PyObject *
 memo_get_wrapped_func(PyObject *op, void *Py_UNUSED(c))
 {
@@ -1324,6 +1331,7 @@ PyDoc_STRVAR(cache_close_doc, "cache_close($self, /, *, wait=False)\n--\n\nRefus
 
 static PyMethodDef memo_methods[] = {
     {"cache_info", memo_cache_info, METH_NOARGS, cache_info_doc},
+    {"__reduce__", memo_reduce, METH_NOARGS, "Pickled by qualified name."},
     {"cache_clear", memo_cache_clear, METH_NOARGS, cache_clear_doc},
     {"cache_invalidate", (PyCFunction)(void (*)(void))memo_cache_invalidate,
      METH_FASTCALL | METH_KEYWORDS, cache_invalidate_doc},

@@ -8,6 +8,7 @@ import copy
 import gc
 import math
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -288,6 +289,63 @@ def test_equality_and_copy(cimpl):
     assert "c" not in c
     c["a"]
     assert d.popitem() == ("a", 1)  # the copy has its own order
+
+
+def _sizeof_len(v):
+    return len(v)
+
+
+class PickledLRU(aiofast.LRUCache):
+    pass
+
+
+@pytest.mark.parametrize("proto", [2, pickle.HIGHEST_PROTOCOL])
+def test_pickle_and_deepcopy(cimpl, proto):
+    def build():
+        c = cimpl.LRUCache(maxsize=10, getsizeof=_sizeof_len)
+        for k in "abcd":
+            c[k] = k * 2
+        c["a"]
+        return c
+
+    # (the LRU order is checked first: cachetools' == and items() mark every item used)
+    for d in (pickle.loads(pickle.dumps(build(), proto)), copy.deepcopy(build())):
+        assert type(d) is cimpl.LRUCache and list(d) == list("abcd")
+        assert d.currsize == 8 and d.maxsize == 10
+        assert [d.popitem()[0] for _ in range(4)] == ["b", "c", "d", "a"]
+    assert pickle.loads(pickle.dumps(build(), proto)) == {k: k * 2 for k in "abcd"}
+    t = cimpl.TTLCache(maxsize=10, ttl=5)
+    t["x"] = 1
+    t2 = pickle.loads(pickle.dumps(t, proto))
+    assert t2 == t and t2.ttl == 5 and t2["x"] == 1
+
+
+def test_pickle_keeps_expiry_counters_and_subclass_state():
+    t = aiofast.TTLCache(maxsize=10, ttl=50)
+    t.set("short", 1, ttl=0.5)
+    t["long"] = 2
+    t.get("nope")
+    d = pickle.loads(pickle.dumps(t))
+    assert d.hits == t.hits and d.misses == 1
+    assert d.expire(time.monotonic() + 10) == [("short", 1)]
+    p = PickledLRU(3)
+    p.note = "kept"
+    p[1] = 1
+    q = pickle.loads(pickle.dumps(p))
+    assert type(q) is PickledLRU and q.note == "kept" and q[1] == 1
+
+
+def test_bad_states_are_rejected():
+    c = aiofast.LRUCache(3)
+    for bad, exc in [((), TypeError), ("x", TypeError), (([], [0], (0, 0, 0, 0), None), ValueError),
+                     (([(1, 1, 1)], [5], (0, 0, 0, 0), None), ValueError),
+                     (([(1, 1, 1), (1, 2, 1)], [0, 1], (0, 0, 0, 0), None), ValueError),
+                     (([(1, 1, 1)] * 4, [0, 1, 2, 3], (0, 0, 0, 0), None), ValueError),
+                     (([(1, 1, 1), (2, 2, 1)], [0, 0], (0, 0, 0, 0), None), ValueError),
+                     (([([], 1, 1)], [0], (0, 0, 0, 0), None), TypeError)]:
+        with pytest.raises(exc):
+            c.__setstate__(bad)
+        check_consistent(c)
 
 
 def test_views(cimpl):
@@ -793,6 +851,12 @@ class CacheMachine(RuleBasedStateMachine):
     @rule()
     def copy(self):
         self.cache = copy.copy(self.cache)
+
+    @precondition(ready)
+    @rule()
+    def deepcopy(self):
+        """Through __reduce__/__setstate__ (what pickle uses), keeping our clock."""
+        self.cache = copy.deepcopy(self.cache, {id(self.clock): self.clock})
 
     @precondition(ready)
     @rule(n=st.integers(1, 40))

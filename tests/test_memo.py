@@ -458,6 +458,17 @@ def test_metadata():
     assert r() is None
 
 
+@aiofast.cached
+def module_level(x):
+    return x
+
+
+def test_pickled_by_name():
+    import pickle
+
+    assert pickle.loads(pickle.dumps(module_level)) is module_level
+
+
 # ------------------------------------------------------------------ TTL on virtual time
 
 
