@@ -81,6 +81,7 @@ typedef struct fa_state {
     PyTypeObject *CacheValuesType;
     PyTypeObject *CacheItemsType;
     PyTypeObject *FlightType;
+    PyTypeObject *HitType;
     PyObject *time_monotonic;     /* time.monotonic: a TTLCache with it reads the clock in C */
     PyObject *Mapping;            /* collections.abc.Mapping */
     PyObject *Set;                /* collections.abc.Set */

@@ -65,7 +65,8 @@ struct MemoObject {
     PyObject *ttl_obj;
     PyObject *dict;
     PyObject *weakreflist;
-    FaOp *hitcache;
+    PyObject *hitcache;      /* a HitObject, reused when nobody holds it */
+    PyObject *stopiter;      /* a StopIteration, reused by hits on 3.12+ (see hit_iternext) */
     Py_ssize_t maxsize;      /* -1: unbounded */
     double ttl, jitter;
     unsigned long long hits, misses;
@@ -82,6 +83,13 @@ typedef struct {
     MemoObject *memo;
     PyObject *self;          /* the instance */
 } MemoMethodObject;
+
+/* The awaitable a cache hit returns: already finished. */
+typedef struct {
+    PyObject_HEAD
+    MemoObject *memo;        /* strong, until consumed */
+    PyObject *value;         /* strong, until consumed */
+} HitObject;
 
 #define CHECK(m) CT_CHECK(&(m)->t)
 
@@ -226,6 +234,17 @@ memo_expire(MemoObject *self, double now, ct_buf *trash)
     self->t.itver = itver;
 }
 
+/* After entries were removed: drop the reusable StopIteration (if free), which still holds
+ * the value of the last hit, so that a removed value is not kept alive by it. Beware: may
+ * release that value (Python code); call it where the caller has committed. */
+static void
+memo_drop_stopiter(MemoObject *self)
+{
+    if (self->stopiter != NULL && Py_REFCNT(self->stopiter) == 1) {
+        Py_CLEAR(self->stopiter);
+    }
+}
+
 /* The entry of flight f, or CT_NOTFOUND if it was evicted, invalidated or cleared. */
 static Py_ssize_t
 flight_entry(FlightObject *f)
@@ -299,7 +318,7 @@ flight_settle_entry(FlightObject *f, PyObject *result)
             ct_remove(t, ix, &trash);
         }
         else if (m->has_ttl && (ct_reserve(t, &ix) < 0 || (m->rand && ct_enable_heap(t) < 0))) {
-            ct_remove(t, ix, &trash);  // out of memory: forget the result rather than keep a flight
+            ct_remove(t, ix, &trash);  // out of memory: forget the result, not keep a flight
             PyErr_Clear();
         }
         else {
@@ -313,7 +332,7 @@ flight_settle_entry(FlightObject *f, PyObject *result)
         }
         CHECK(m);
     }
-    ct_buf_flush(&trash);  // Beware: __del__ of the flight (no, we hold it) and evicted values
+    ct_buf_flush(&trash);  // Beware: __del__ of the replaced or removed value
     return 0;
 }
 
@@ -462,12 +481,13 @@ flight_done(PyObject *op, PyObject *task)
     Py_DECREF(f);
     Py_RETURN_NONE;
 error:
-    /* report, then still release the waiters with what we know */
+    /* report, forget the flight, and still give the waiters what we know (the result if we
+     * have it; else the exception; else cancellation) */
     PyErr_WriteUnraisable(op);
     flight_settle_entry(f, NULL);
     PyErr_Clear();
     Py_CLEAR(f->task);
-    flight_wake_all(f, NULL, exc);
+    flight_wake_all(f, result, exc);
     Py_XDECREF(result);
     Py_XDECREF(exc);
     Py_DECREF(f);
@@ -478,22 +498,290 @@ static PyMethodDef flight_done_def = {"_done", flight_done, METH_O, NULL};
 
 /* ------------------------------------------------------------------ the async ops */
 
-static PySendResult
-hit_start(FaOp *op, PyObject **res)
+/* A finished awaitable holding value: the reused one if nobody holds it. New ref, or NULL. */
+static PyObject *
+hit_new(MemoObject *m, PyObject *value)
 {
-    *res = op->arg;  // the reference moves to the caller
-    op->arg = NULL;
-    return PYGEN_RETURN;
+    HitObject *h = (HitObject *)m->hitcache;
+    if (h != NULL && Py_REFCNT(h) == 1) {
+        /* only the cache holds it: nobody can observe the reuse */
+        PyObject *old = h->value;
+        MemoObject *oldm = h->memo;
+        h->value = Py_NewRef(value);
+        h->memo = (MemoObject *)Py_NewRef((PyObject *)m);
+        Py_INCREF(h);
+        Py_XDECREF(old);  // Beware: a dropped, never awaited hit's value may be the last ref
+        Py_XDECREF((PyObject *)oldm);
+        return (PyObject *)h;
+    }
+    h = PyObject_GC_New(HitObject, m->st->HitType);
+    if (h == NULL) {
+        return NULL;
+    }
+    h->value = Py_NewRef(value);
+    h->memo = (MemoObject *)Py_NewRef((PyObject *)m);
+    PyObject_GC_Track(h);
+    if (m->hitcache == NULL) {
+        m->hitcache = Py_NewRef((PyObject *)h);
+    }
+    return (PyObject *)h;
+}
+
+/* Take the value out (the awaitable is finished afterwards); NULL with RuntimeError if it was
+ * already awaited. */
+static PyObject *
+hit_take(HitObject *h)
+{
+    PyObject *v = h->value;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return NULL;
+    }
+    h->value = NULL;
+    MemoObject *m = h->memo;
+    h->memo = NULL;
+    Py_XDECREF((PyObject *)m);
+    return v;
 }
 
 static PySendResult
-hit_resume(FaOp *Py_UNUSED(op), PyObject *value, PyObject **res)
+hit_am_send(PyObject *op, PyObject *Py_UNUSED(arg), PyObject **res)
 {
-    *res = Py_NewRef(value);
+    PyObject *v = hit_take((HitObject *)op);
+    if (v == NULL) {
+        return PYGEN_ERROR;
+    }
+    *res = v;
     return PYGEN_RETURN;
 }
 
-static const fa_opkind hit_kind = {"cached", hit_start, hit_resume, NULL};
+#if FA_PY312
+/* Can the memo's StopIteration carry another value? Only if nobody else holds it or its args,
+ * and nothing was attached to it (as module.c's stopiter_reusable). */
+static int
+stopiter_reusable(PyObject *exc)
+{
+    if (exc == NULL || Py_REFCNT(exc) != 1) {
+        return 0;
+    }
+    PyStopIterationObject *si = (PyStopIterationObject *)exc;
+    if (si->dict != NULL || si->notes != NULL || !PyTuple_CheckExact(si->args)
+        || PyTuple_GET_SIZE(si->args) != 1 || Py_REFCNT(si->args) != 1) {
+        return 0;
+    }
+    Py_CLEAR(si->traceback);
+    Py_CLEAR(si->context);
+    Py_CLEAR(si->cause);
+    si->suppress_context = 0;
+    return 1;
+}
+#endif
+
+/* Raise StopIteration(v) (steals v). From 3.12 `await` drives C awaitables through
+ * tp_iternext, so a value travels in a StopIteration: reuse the memo's when it is free instead
+ * of allocating one per hit. */
+static void
+hit_raise(MemoObject *m, PyObject *v)
+{
+#if FA_PY312
+    if (m != NULL && stopiter_reusable(m->stopiter)) {
+        PyStopIterationObject *si = (PyStopIterationObject *)m->stopiter;
+        Py_INCREF(si);  // ours to raise; a re-entrant hit (from a __del__ below) sees it busy
+        PyObject *old_value = si->value, *old_arg = PyTuple_GET_ITEM(si->args, 0);
+        si->value = Py_NewRef(v);
+        PyTuple_SET_ITEM(si->args, 0, v);  // steals v
+        Py_DECREF(old_value);  // Beware: may be the last reference (a value since evicted)
+        Py_DECREF(old_arg);
+        PyErr_SetRaisedException((PyObject *)si);
+        return;
+    }
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, v);  // new ref
+    Py_DECREF(v);
+    if (exc == NULL) {
+        return;
+    }
+    if (m != NULL && (m->stopiter == NULL || Py_REFCNT(m->stopiter) > 1)) {
+        Py_XSETREF(m->stopiter, Py_NewRef(exc));
+    }
+    PyErr_SetRaisedException(exc);
+#else
+    (void)m;
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, v);
+    Py_DECREF(v);
+    if (exc != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, exc);
+        Py_DECREF(exc);
+    }
+#endif
+}
+
+static PyObject *
+hit_iternext(PyObject *op)
+{
+    HitObject *h = (HitObject *)op;
+    MemoObject *m = (MemoObject *)Py_XNewRef((PyObject *)h->memo);
+    PyObject *v = hit_take(h);
+    if (v != NULL) {
+        if (v == Py_None) {
+            Py_DECREF(v);  // StopIteration(None) without one
+        }
+        else {
+            hit_raise(m, v);
+        }
+    }
+    Py_XDECREF((PyObject *)m);
+    return NULL;
+}
+
+static PyObject *
+hit_send(PyObject *op, PyObject *arg)
+{
+    HitObject *h = (HitObject *)op;
+    if (h->value != NULL && arg != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+        return NULL;
+    }
+    MemoObject *m = (MemoObject *)Py_XNewRef((PyObject *)h->memo);
+    PyObject *v = hit_take(h);
+    if (v != NULL) {
+        hit_raise(m, v);
+    }
+    Py_XDECREF((PyObject *)m);
+    return NULL;
+}
+
+/* throw() into an awaitable that never suspends: it is closed and the exception comes out. */
+static PyObject *
+hit_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    HitObject *h = (HitObject *)op;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *typ = args[0];
+    PyObject *exc;
+    if (PyExceptionInstance_Check(typ)) {
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        exc = nargs > 1 && args[1] != Py_None ? PyObject_CallOneArg(typ, args[1])
+                                              : PyObject_CallNoArgs(typ);
+        if (exc == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving from "
+                     "BaseException, not %s", Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    PyObject *v = h->value;
+    MemoObject *m = h->memo;
+    h->value = NULL;
+    h->memo = NULL;
+    Py_XDECREF(v);
+    Py_XDECREF((PyObject *)m);
+    fa_restore_exc(exc);
+    return NULL;
+}
+
+static PyObject *
+hit_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    HitObject *h = (HitObject *)op;
+    PyObject *v = h->value;
+    MemoObject *m = h->memo;
+    h->value = NULL;
+    h->memo = NULL;
+    Py_XDECREF(v);
+    Py_XDECREF((PyObject *)m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+hit_await(PyObject *op)
+{
+    return Py_NewRef(op);
+}
+
+static PyObject *
+hit_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<aiofast cached() awaitable at %p [%s]>", op,
+                                ((HitObject *)op)->value ? "created" : "done");
+}
+
+static PyObject *
+hit_get_name(PyObject *Py_UNUSED(op), void *Py_UNUSED(c))
+{
+    return PyUnicode_FromString("cached");
+}
+
+static int
+hit_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    HitObject *h = (HitObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)h->memo);
+    Py_VISIT(h->value);
+    return 0;
+}
+
+static int
+hit_clear(PyObject *op)
+{
+    HitObject *h = (HitObject *)op;
+    Py_CLEAR(h->memo);
+    Py_CLEAR(h->value);
+    return 0;
+}
+
+static void
+hit_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    hit_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef hit_methods[] = {
+    {"send", hit_send, METH_O, "send($self, value, /)\n--\n\nFinish: raise StopIteration."},
+    {"throw", (PyCFunction)(void (*)(void))hit_throw, METH_FASTCALL,
+     "throw($self, typ, val=None, tb=None, /)\n--\n\nClose and raise the exception."},
+    {"close", hit_close, METH_NOARGS, "close($self, /)\n--\n\nDrop the value."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef hit_getset[] = {
+    {"__name__", hit_get_name, NULL, NULL, NULL},
+    {"__qualname__", hit_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot hit_slots[] = {
+    {Py_tp_dealloc, hit_dealloc},
+    {Py_tp_traverse, hit_traverse},
+    {Py_tp_clear, hit_clear},
+    {Py_tp_repr, hit_repr},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, hit_iternext},
+    {Py_tp_methods, hit_methods},
+    {Py_tp_getset, hit_getset},
+    {Py_am_await, hit_await},
+    {Py_am_send, hit_am_send},
+    {Py_tp_doc, "The finished awaitable of a cache hit: awaiting it gives the cached value."},
+    {0, NULL},
+};
+
+static PyType_Spec hit_spec = {
+    .name = "aiofast._core.CachedResult",
+    .basicsize = sizeof(HitObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = hit_slots,
+};
 
 /* Start the computation of flight f (already in the table) with the packed arguments: the
  * coroutine in a Task on loop. -1 (the flight failed, its entry and waiters handled) or 0. */
@@ -540,6 +828,10 @@ flight_start(FlightObject *f, PyObject *loop, PyObject *packed)
     }
     /* the call or the task failed: nobody may wait for this flight any more */
     PyObject *exc = fa_fetch_exc();
+    if (exc == NULL) {
+        PyErr_SetString(PyExc_SystemError, "cached: the computation could not start");
+        exc = fa_fetch_exc();
+    }
     f->state = FL_DONE;
     Py_CLEAR(f->task);
     flight_settle_entry(f, NULL);
@@ -623,6 +915,7 @@ call_start(FaOp *op, PyObject **res)
         goto done;
     }
     ct_buf_flush(&trash);  // Beware: __del__ of evicted values
+    memo_drop_stopiter(self);
     PyObject *packed = Py_NewRef(op->arg2);
     Py_SETREF(op->arg, Py_NewRef((PyObject *)f));  // the op holds its flight
     Py_CLEAR(op->arg2);
@@ -641,6 +934,7 @@ call_start(FaOp *op, PyObject **res)
 done:
     Py_XDECREF(f);
     ct_buf_flush(&trash);
+    memo_drop_stopiter(self);
     Py_DECREF(loop);
     return r;
 }
@@ -812,6 +1106,7 @@ retry:
         goto done;
     }
     ct_buf_flush(&trash);  // Beware: __del__ of evicted values
+    memo_drop_stopiter(self);
     result = PyObject_Vectorcall(self->func, args, (size_t)nargs, kwnames);
     if (result == NULL) {
         f->exc = fa_fetch_exc();
@@ -832,6 +1127,7 @@ done:
     Py_XDECREF(other);
     Py_XDECREF(f);
     ct_buf_flush(&trash);
+    memo_drop_stopiter(self);
     return result;
 }
 
@@ -868,14 +1164,10 @@ memo_call_key(MemoObject *self, PyObject *key, PyObject *const *args, Py_ssize_t
         if (FA_LIKELY(!IS_FLIGHT(st, v) && (!self->has_ttl || now < self->t.exp[ix]))) {
             self->hits++;
             ct_touch(&self->t, ix);
-            v = Py_NewRef(v);  // before the op's allocation, which may run the GC
-            FaOp *op = fa_op_cached(st, &self->hitcache, &hit_kind, (PyObject *)self);
-            if (op == NULL) {
-                Py_DECREF(v);
-                return NULL;
-            }
-            op->arg = v;
-            return (PyObject *)op;
+            v = Py_NewRef(v);  // before the allocation, which may run the GC
+            PyObject *h = hit_new(self, v);
+            Py_DECREF(v);
+            return h;
         }
     }
     /* not a fresh result: decide when awaited */
@@ -936,6 +1228,7 @@ memo_cache_invalidate(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyO
     ct_remove(&self->t, ix, &trash);  // a flight goes on, detached: its waiters still get it
     CHECK(self);
     ct_buf_flush(&trash);
+    memo_drop_stopiter(self);
     Py_RETURN_TRUE;
 }
 
@@ -984,6 +1277,7 @@ memo_expire_now(MemoObject *self)
     ct_buf_init(&trash);
     memo_expire(self, now, &trash);
     ct_buf_flush(&trash);
+    memo_drop_stopiter(self);
     return 0;
 }
 
@@ -1007,6 +1301,7 @@ memo_cache_clear(PyObject *op, PyObject *Py_UNUSED(ignored))
     ct_clear(&self->t, &trash);  // flights go on, detached
     self->hits = self->misses = 0;
     ct_buf_flush(&trash);
+    memo_drop_stopiter(self);
     Py_RETURN_NONE;
 }
 
@@ -1089,8 +1384,7 @@ memo_cache_close(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
     if (PyList_GET_SIZE(tasks) == 0) {
         Py_DECREF(tasks);
-        FaOp *o = fa_op_new(self->st, &hit_kind, op, Py_None);
-        return (PyObject *)o;
+        return hit_new(self, Py_None);
     }
     if (!wait) {
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
@@ -1132,7 +1426,8 @@ memo_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->maxsize_obj);
     Py_VISIT(self->ttl_obj);
     Py_VISIT(self->dict);
-    Py_VISIT((PyObject *)self->hitcache);
+    Py_VISIT(self->hitcache);
+    Py_VISIT(self->stopiter);
     return ct_traverse(&self->t, visit, arg);
 }
 
@@ -1152,6 +1447,7 @@ memo_clear(PyObject *op)
     Py_CLEAR(self->ttl_obj);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->hitcache);
+    Py_CLEAR(self->stopiter);
     return 0;
 }
 
@@ -1611,5 +1907,19 @@ fa_memo_init(PyObject *mod, fa_state *st)
     if (st->FlightType == NULL) {
         return -1;
     }
+    st->HitType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &hit_spec, NULL);
+    if (st->HitType == NULL) {
+        return -1;
+    }
+    /* like FaOp: a coroutine for asyncio.iscoroutine(), create_task() and gather() */
+    PyObject *abc = PyImport_ImportModule("collections.abc");
+    PyObject *coro = abc ? PyObject_GetAttrString(abc, "Coroutine") : NULL;
+    Py_XDECREF(abc);
+    PyObject *r = coro ? PyObject_CallMethod(coro, "register", "O", st->HitType) : NULL;
+    Py_XDECREF(coro);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
     return 0;
 }

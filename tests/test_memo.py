@@ -67,6 +67,72 @@ async def test_hit_is_a_finished_c_awaitable():
 
 
 @pytest.mark.asyncio
+async def test_hit_awaitable_protocol():
+    @aiofast.cached
+    async def f(x):
+        return (x,)  # a tuple survives StopIteration whole
+
+    await f(1)
+    assert await f(1) == (1,)
+    h = f(1)
+    assert "cached" in repr(h) and h.__name__ == "cached"
+    with pytest.raises(StopIteration) as e:
+        h.send(None)
+    assert e.value.value == (1,) and e.value.args == ((1,),)
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited"):
+        h.send(None)
+    h = f(1)
+    with pytest.raises(ValueError, match="boom"):
+        h.throw(ValueError("boom"))
+    with pytest.raises(RuntimeError):
+        next(iter(h.__await__()))
+    h = f(1)
+    with pytest.raises(TypeError):
+        h.send(3)
+    h.close()
+    with pytest.raises(RuntimeError):
+        await h
+    # a StopIteration held by the caller is not reused under it
+    kept = []
+    for _ in range(3):
+        try:
+            f(1).send(None)
+        except StopIteration as exc:
+            kept.append(exc)
+    assert [k.value for k in kept] == [(1,)] * 3 and await f(1) == (1,)
+    results = await asyncio.gather(f(1), f(1), asyncio.create_task(f(1)))
+    assert results == [(1,)] * 3
+
+
+@pytest.mark.asyncio
+async def test_removed_values_are_released():
+    class V:
+        pass
+
+    @aiofast.cached(maxsize=1)
+    async def f(x):
+        return V()
+
+    # (each check comes after a sleep(0): until this task's step ends, the loop's handle that
+    # woke it still holds the future that delivered the first result)
+    first = await f(1)
+    assert await f(1) is first  # a hit: the value travelled in a StopIteration (3.12+)
+    r = weakref.ref(first)
+    del first
+    await f(2)  # evicts 1
+    await asyncio.sleep(0)
+    gc.collect()
+    assert r() is None
+    second = await f(2)
+    r2 = weakref.ref(second)
+    del second
+    f.cache_clear()
+    await asyncio.sleep(0)
+    gc.collect()
+    assert r2() is None
+
+
+@pytest.mark.asyncio
 async def test_single_flight():
     gate = asyncio.Event()
     calls = []
