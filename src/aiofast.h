@@ -86,6 +86,25 @@ typedef struct fa_state {
     PyObject *bk_str_throw;
     PyObject *bk_str_close;
     PyObject *bk_stopiter;        /* a reusable StopIteration for results on 3.12+ */
+    /* the cache family (cache.c, memo.c) */
+    PyTypeObject *CacheIterType;
+    PyTypeObject *CacheKeysType;
+    PyTypeObject *CacheValuesType;
+    PyTypeObject *CacheItemsType;
+    PyTypeObject *FlightType;
+    PyTypeObject *HitType;
+    PyObject *time_monotonic;     /* time.monotonic: a TTLCache with it reads the clock in C */
+    PyObject *Mapping;            /* collections.abc.Mapping */
+    PyObject *Set;                /* collections.abc.Set */
+    PyObject *CacheInfo;          /* functools._CacheInfo */
+    PyObject *kwd_mark;           /* separates positional from keyword arguments in memo keys */
+    PyObject *str_popitem;
+    PyObject *str_expire;
+    PyObject *str_missing;        /* "__missing__" */
+    PyObject *str_getsizeof;
+    PyObject *str_create_task;
+    PyObject *str_exception;
+    PyObject *base_loop_time;     /* asyncio.BaseEventLoop.time (that is, time.monotonic()) */
 
     /* interned method and attribute names */
     PyObject *str_create_future;

@@ -5,21 +5,35 @@ Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock and Event (and more, se
 """
 import asyncio as _asyncio
 
-from ._core import BoundedSemaphore, Event, Lock, Semaphore
-from ._core import CircuitBreaker, CircuitOpenError, CircuitState
 from ._compat_breaker import circuit
+from ._compat_cache import alru_cache, cached
+from ._core import (
+    BoundedSemaphore,
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    Event,
+    Lock,
+    LRUCache,
+    Semaphore,
+    TTLCache,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "alru_cache",
     "BoundedSemaphore",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
+    "cached",
     "Event",
     "Lock",
+    "LRUCache",
     "Semaphore",
     "circuit",
+    "TTLCache",
     "install",
     "uninstall",
     "installed",

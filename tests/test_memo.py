@@ -1,0 +1,1080 @@
+"""cached and alru_cache: the C memoizer.
+
+Async tests run on asyncio's loop and on uvloop (conftest). ``alru_cache`` tests taking
+``alru`` also run on async-lru's own decorator, the oracle. TTL tests run on the virtual clock.
+"""
+import asyncio
+import functools
+import gc
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+import weakref
+
+import async_lru
+import pytest
+
+import aiofast
+from virtual_time import VirtualClockLoop
+
+ALRU = {"aiofast": aiofast.alru_cache, "async_lru": async_lru.alru_cache}
+
+
+@pytest.fixture(params=sorted(ALRU))
+def alru(request):
+    return ALRU[request.param]
+
+
+async def spin(n=5):
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def run_virtual(coro_fn):
+    loop = VirtualClockLoop()
+    try:
+        return loop.run_until_complete(coro_fn())
+    finally:
+        loop.close()
+
+
+# ------------------------------------------------------------------ basics
+
+
+@pytest.mark.asyncio
+async def test_hit_is_a_finished_c_awaitable():
+    @aiofast.cached
+    async def f(x):
+        return [x]
+
+    first = await f(1)
+    tasks = len(asyncio.all_tasks())
+    aw = f(1)
+    assert not isinstance(aw, types.CoroutineType) and not asyncio.isfuture(aw)
+    assert asyncio.iscoroutine(aw)  # create_task() and gather() accept it
+    with pytest.raises(StopIteration) as e:
+        aw.send(None)  # done at the first step: nothing is yielded
+    assert e.value.value is first
+    assert len(asyncio.all_tasks()) == tasks
+    assert await f(1) is first
+    assert await asyncio.create_task(f(1)) is first
+    assert f.cache_info() == functools._CacheInfo(3, 1, 128, 1)
+
+
+@pytest.mark.asyncio
+async def test_hit_awaitable_protocol():
+    @aiofast.cached
+    async def f(x):
+        return (x,)  # a tuple survives StopIteration whole
+
+    await f(1)
+    assert await f(1) == (1,)
+    h = f(1)
+    assert "cached" in repr(h) and h.__name__ == "cached"
+    with pytest.raises(StopIteration) as e:
+        h.send(None)
+    assert e.value.value == (1,) and e.value.args == ((1,),)
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited"):
+        h.send(None)
+    h = f(1)
+    with pytest.raises(ValueError, match="boom"):
+        h.throw(ValueError("boom"))
+    with pytest.raises(RuntimeError):
+        next(iter(h.__await__()))
+    h = f(1)
+    with pytest.raises(TypeError):
+        h.send(3)
+    h.close()
+    with pytest.raises(RuntimeError):
+        await h
+    # a StopIteration held by the caller is not reused under it
+    kept = []
+    for _ in range(3):
+        try:
+            f(1).send(None)
+        except StopIteration as exc:
+            kept.append(exc)
+    assert [k.value for k in kept] == [(1,)] * 3 and await f(1) == (1,)
+    results = await asyncio.gather(f(1), f(1), asyncio.create_task(f(1)))
+    assert results == [(1,)] * 3
+
+
+@pytest.mark.asyncio
+async def test_removed_values_are_released():
+    class V:
+        pass
+
+    @aiofast.cached(maxsize=1)
+    async def f(x):
+        return V()
+
+    # (each check comes after a sleep(0): until this task's step ends, the loop's handle that
+    # woke it still holds the future that delivered the first result)
+    first = await f(1)
+    assert await f(1) is first  # a hit: the value travelled in a StopIteration (3.12+)
+    r = weakref.ref(first)
+    del first
+    await f(2)  # evicts 1
+    await asyncio.sleep(0)
+    gc.collect()
+    assert r() is None
+    second = await f(2)
+    r2 = weakref.ref(second)
+    del second
+    f.cache_clear()
+    await asyncio.sleep(0)
+    gc.collect()
+    assert r2() is None
+
+
+@pytest.mark.asyncio
+async def test_single_flight():
+    gate = asyncio.Event()
+    calls = []
+
+    @aiofast.cached
+    async def f(x):
+        calls.append(x)
+        await gate.wait()
+        return x * 10
+
+    tasks = [asyncio.create_task(f(3)) for _ in range(5)]
+    await spin()
+    assert calls == [3]
+    assert f.cache_contains(3) and f.cache_parameters()["tasks"] == 1
+    gate.set()
+    assert await asyncio.gather(*tasks) == [30] * 5
+    assert f.cache_info().hits == 4 and f.cache_info().misses == 1
+    assert await f(3) == 30 and calls == [3]
+    assert f.cache_parameters()["tasks"] == 0
+
+
+@pytest.mark.asyncio
+async def test_exception_is_shared_and_not_cached():
+    gate = asyncio.Event()
+    calls = []
+
+    @aiofast.cached
+    async def f(x):
+        calls.append(x)
+        await gate.wait()
+        raise ValueError(f"bad {x}")
+
+    tasks = [asyncio.create_task(f(1)) for _ in range(3)]
+    await spin()
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+    assert results[0] is results[1] is results[2]
+    assert not f.cache_contains(1) and f.cache_info().currsize == 0
+    with pytest.raises(ValueError, match="bad 1"):
+        await f(1)
+    assert calls == [1, 1]
+
+
+@pytest.mark.asyncio
+async def test_sync_raise_in_function_call():
+    @aiofast.cached
+    async def f(x):
+        return x
+
+    with pytest.raises(TypeError):
+        await f(1, 2, 3)
+    assert f.cache_info().currsize == 0 and f.cache_parameters()["tasks"] == 0
+    assert await f(1) == 1
+
+
+@pytest.mark.asyncio
+async def test_cancelling_one_waiter_keeps_the_computation():
+    gate = asyncio.Event()
+    calls = []
+
+    @aiofast.cached
+    async def f(x):
+        calls.append(x)
+        await gate.wait()
+        return x
+
+    first = asyncio.create_task(f(7))  # starts the computation
+    await spin()
+    second = asyncio.create_task(f(7))
+    await spin()
+    first.cancel("stop")
+    await spin()
+    assert first.cancelled()
+    gate.set()
+    assert await second == 7
+    assert calls == [7] and await f(7) == 7 and calls == [7]
+
+
+@pytest.mark.asyncio
+async def test_cancelling_every_waiter_cancels_the_computation():
+    gate = asyncio.Event()
+    seen = []
+
+    @aiofast.cached
+    async def f(x):
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        return x
+
+    tasks = [asyncio.create_task(f(1)) for _ in range(3)]
+    await spin()
+    for t in tasks:
+        t.cancel()
+    await spin()
+    assert all(t.cancelled() for t in tasks)
+    assert seen == ["cancelled"]
+    assert not f.cache_contains(1) and f.cache_parameters()["tasks"] == 0
+    gate.set()
+    assert await f(1) == 1
+
+
+@pytest.mark.asyncio
+async def test_cancellation_at_every_point_conserves_results():
+    """Three callers join one computation of four steps; every subset of them is cancelled at
+    every step. The survivors get the result; nothing is computed twice; nothing leaks."""
+    for step in range(8):
+        for mask in range(8):
+            calls, done, cancelled = [], [], []
+
+            @aiofast.cached
+            async def f(x):
+                calls.append(x)
+                try:
+                    for _ in range(4):
+                        await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    cancelled.append(x)
+                    raise
+                done.append(x)
+                return x + 1
+
+            tasks = []
+            for i in range(3):
+                tasks.append(asyncio.create_task(f(10)))
+                await asyncio.sleep(0)
+            for _ in range(step):
+                await asyncio.sleep(0)
+            for i in range(3):
+                if mask & (1 << i):
+                    tasks[i].cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            survivors = [r for r in results if not isinstance(r, BaseException)]
+            assert all(r == 11 for r in survivors), (step, mask, results)
+            for i, r in enumerate(results):
+                if isinstance(r, BaseException):
+                    assert mask & (1 << i) and isinstance(r, asyncio.CancelledError)
+            await spin()
+            assert len(done) + len(cancelled) == 1  # finished, or cancelled: never both
+            if survivors:
+                assert done == [10]
+            if cancelled:
+                assert mask == 7 and not survivors  # only when every caller left
+            finished = bool(done)
+            assert f.cache_contains(10) == finished, (step, mask, results, done, cancelled)
+            assert f.cache_parameters()["tasks"] == 0
+            assert await f(10) == 11
+            assert calls == ([10] if finished else [10, 10])
+
+
+@pytest.mark.asyncio
+async def test_computation_cancelled_from_outside():
+    gate = asyncio.Event()
+
+    @aiofast.cached
+    async def f():
+        await gate.wait()
+
+    waiters = [asyncio.create_task(f()) for _ in range(2)]
+    await spin()
+    (computation,) = [t for t in asyncio.all_tasks() if t not in waiters
+                      and t is not asyncio.current_task()]
+    computation.cancel()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert f.cache_info().currsize == 0
+
+
+@pytest.mark.asyncio
+async def test_cached_none_and_tuple_results():
+    @aiofast.cached
+    async def f(x):
+        return None if x == 0 else (x, x)
+
+    assert await f(0) is None and await f(0) is None
+    assert await f(1) == (1, 1) and await f(1) == (1, 1)
+
+
+# ------------------------------------------------------------------ keys
+
+
+CALLS = [((1,), {}), ((1,), {}), ((1.0,), {}), ((True,), {}), ((1,), {"a": 2}),
+         ((1,), {"a": 2}), ((1,), {"a": 2, "b": 3}), ((1,), {"b": 3, "a": 2}), (("x",), {}),
+         ((("x",),), {}), ((), {}), ((), {}), ((1, 2), {}), ((1.0, 2), {}), ((None,), {}),
+         ((None,), {}), ((1,), {"a": 2.0}), (("x",), {}), ((1.0,), {})]
+
+
+@pytest.mark.parametrize("typed", [False, True])
+def test_keys_follow_functools_lru_cache(typed):
+    """The same calls through functools.lru_cache and cached: the same hits and misses."""
+    outputs = {}
+    for name, deco in (("functools", functools.lru_cache(maxsize=None, typed=typed)),
+                       ("aiofast", aiofast.cached(maxsize=None, typed=typed))):
+        n = []
+
+        @deco
+        def f(*args, **kwargs):
+            n.append(1)
+            return len(n)
+
+        outputs[name] = ([f(*a, **kw) for a, kw in CALLS], f.cache_info())
+    assert outputs["aiofast"] == outputs["functools"]
+
+
+@pytest.mark.asyncio
+async def test_keys_async():
+    calls = []
+
+    @aiofast.cached(maxsize=None)
+    async def f(*args, **kwargs):
+        calls.append((args, kwargs))
+        return len(calls)
+
+    assert [await f(*a, **kw) for a, kw in CALLS] == _expected_async()
+    with pytest.raises(TypeError, match="unhashable"):
+        f([1])
+    with pytest.raises(TypeError, match="unhashable"):
+        f(1, a={})
+
+
+def _expected_async():
+    """What functools.lru_cache answers for CALLS (a counter of its misses)."""
+    n = []
+
+    @functools.lru_cache(maxsize=None)
+    def f(*args, **kwargs):
+        n.append(1)
+        return len(n)
+
+    return [f(*a, **kw) for a, kw in CALLS]
+
+
+@pytest.mark.asyncio
+async def test_custom_key():
+    @aiofast.cached(key=lambda x, *, scale=1: x % 10)
+    async def f(x, *, scale=1):
+        return x * scale
+
+    assert await f(3) == 3 and await f(13) == 3 and await f(13, scale=2) == 3
+    assert f.cache_contains(23) and f.cache_invalidate(33) and not f.cache_contains(3)
+    with pytest.raises(ValueError, match="typed is ignored"):
+        aiofast.cached(typed=True, key=lambda x: x)
+    with pytest.raises(TypeError):
+        aiofast.cached(key=3)
+
+    @aiofast.cached(key=lambda x: [x])
+    async def unhashable(x):
+        return x
+
+    with pytest.raises(TypeError):
+        unhashable(1)
+
+
+@pytest.mark.asyncio
+async def test_maxsize_lru_eviction():
+    calls = []
+
+    @aiofast.cached(maxsize=2)
+    async def f(x):
+        calls.append(x)
+        return x
+
+    for x in (1, 2, 1, 3, 2, 1):
+        await f(x)
+    # 1, 2 | 1 hit | 3 evicts 2 | 2 evicts 1 | 1 evicts 3
+    assert calls == [1, 2, 3, 2, 1]
+    assert f.cache_info() == functools._CacheInfo(1, 5, 2, 2)
+
+
+@pytest.mark.asyncio
+async def test_maxsize_zero_and_none():
+    calls = []
+
+    @aiofast.cached(maxsize=0)
+    async def f(x):
+        calls.append(x)
+        return x
+
+    assert await f(1) == await f(1) == 1 and calls == [1, 1]
+    assert f.cache_info() == functools._CacheInfo(0, 2, 0, 0)
+
+    @aiofast.cached(maxsize=None)
+    async def g(x):
+        return x
+
+    for i in range(1000):
+        await g(i)
+    assert g.cache_info().currsize == 1000 and g.cache_info().maxsize is None
+
+
+def test_argument_validation():
+    with pytest.raises(TypeError):
+        aiofast.cached(maxsize="3")
+    with pytest.raises(ValueError):
+        aiofast.cached(ttl=-1)
+    with pytest.raises(ValueError):
+        aiofast.cached(ttl=float("nan"))
+    with pytest.raises(TypeError):
+        aiofast.cached(ttl="1")
+    with pytest.raises(TypeError):
+        aiofast.cached()(3)
+
+
+@pytest.mark.asyncio
+async def test_invalidate_contains_clear():
+    gate = asyncio.Event()
+
+    @aiofast.cached
+    async def f(x):
+        await gate.wait()
+        return x
+
+    t = asyncio.create_task(f(1))
+    await spin()
+    assert f.cache_contains(1) and not f.cache_contains(2)
+    assert f.cache_invalidate(1) and not f.cache_invalidate(1)
+    gate.set()
+    assert await t == 1  # the detached computation still answers its caller
+    assert not f.cache_contains(1)  # but its result is not recorded
+    await f(1)
+    await f(1)
+    f.cache_clear()
+    assert f.cache_info() == functools._CacheInfo(0, 0, 128, 0)
+
+
+# ------------------------------------------------------------------ methods and metadata
+
+
+@pytest.mark.asyncio
+async def test_methods():
+    calls = []
+
+    class A:
+        def __init__(self, n):
+            self.n = n
+
+        @aiofast.cached
+        async def m(self, x):
+            calls.append((self.n, x))
+            return self.n * x
+
+        @classmethod
+        @aiofast.cached
+        async def c(cls, x):
+            return (cls.__name__, x)
+
+        @staticmethod
+        @aiofast.cached
+        async def s(x):
+            return -x
+
+    a, b = A(2), A(3)
+    assert await a.m(5) == 10 and await b.m(5) == 15 and await a.m(5) == 10
+    assert calls == [(2, 5), (3, 5)]
+    assert A.m.cache_info() == a.m.cache_info() and a.m.cache_info().hits == 1
+    assert await A.m(a, 5) == 10 and A.m.cache_info().hits == 2
+    assert a.m.cache_contains(5) and not a.m.cache_contains(6)
+    assert a.m.cache_invalidate(5) and not a.m.cache_contains(5) and b.m.cache_contains(5)
+    assert await A.c(1) == ("A", 1) and await a.c(1) == ("A", 1)
+    assert await A.s(4) == -4 and await a.s(4) == -4
+    assert a.m.__self__ is a and a.m.__func__ is A.__dict__["m"]
+    assert a.m.__name__ == "m" and a.m.__wrapped__ is A.__dict__["m"].__wrapped__
+
+
+def test_metadata():
+    async def f(x, y=1):
+        """Doc of f."""
+        return x
+
+    def g(x):
+        """Doc of g."""
+        return x
+
+    cf, cg = aiofast.cached(f), aiofast.cached(g)
+    assert cf.__name__ == "f" and cf.__doc__ == "Doc of f." and cf.__wrapped__ is f
+    assert cf.__module__ == f.__module__ and cf.__qualname__ == f.__qualname__
+    assert str(inspect.signature(cf)) == "(x, y=1)"
+    assert asyncio.iscoroutinefunction(cf) and not asyncio.iscoroutinefunction(cg)
+    if sys.version_info >= (3, 12):
+        assert inspect.iscoroutinefunction(cf)
+    assert cg(4) == 4 and cg.__doc__ == "Doc of g."
+    assert "cached" in repr(cf) and "hits:0" in repr(cf)
+    r = weakref.ref(cf)
+    del cf
+    gc.collect()
+    assert r() is None
+
+
+@aiofast.cached
+def module_level(x):
+    return x
+
+
+def test_pickled_by_name():
+    import pickle
+
+    assert pickle.loads(pickle.dumps(module_level)) is module_level
+
+
+# ------------------------------------------------------------------ TTL on virtual time
+
+
+def test_ttl_counts_from_completion():
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls = []
+
+        @aiofast.cached(ttl=10)
+        async def f(x):
+            calls.append(loop.time())
+            await asyncio.sleep(5)
+            return x
+
+        t0 = loop.time()
+        assert await f(1) == 1  # done at t0 + 5: fresh until t0 + 15
+        await asyncio.sleep(9.5)
+        assert loop.time() == t0 + 14.5
+        assert await f(1) == 1 and len(calls) == 1 and f.cache_contains(1)
+        await asyncio.sleep(1)
+        assert not f.cache_contains(1)
+        assert await f(1) == 1 and len(calls) == 2
+        assert f.cache_info().currsize == 1
+
+    run_virtual(main)
+
+
+def test_ttl_outside_the_loop_expires_nothing():
+    """An async function's results expire by its loop's clock: with no loop running there is
+    no clock, and cache_info() / cache_contains() report what is held."""
+
+    @aiofast.cached(ttl=10)
+    async def f(x):
+        return x
+
+    async def main():
+        await f(1)
+        await asyncio.sleep(20)
+        assert not f.cache_contains(1)
+        await f(2)
+
+    loop = VirtualClockLoop(start=time.monotonic() + 10**5)  # far from time.monotonic()
+    loop.run_until_complete(main())
+    assert f.cache_info().currsize == 1 and f.cache_contains(2)
+    assert loop.run_until_complete(f(2)) == 2 and f.cache_info().hits == 1
+    loop.close()
+
+
+def test_ttl_expired_results_are_reclaimed_on_miss():
+    async def main():
+        @aiofast.cached(ttl=1, maxsize=None)
+        async def f(x):
+            return x
+
+        for i in range(100):
+            await f(i)
+        await asyncio.sleep(2)
+        await f("new")
+        assert f.cache_info().currsize == 1
+
+    run_virtual(main)
+
+
+def test_ttl_with_explicit_timer():
+    now = [0.0]
+
+    @aiofast.cached(ttl=5, timer=lambda: now[0])
+    def f(x):
+        return [x]
+
+    a = f(1)
+    now[0] = 4.9
+    assert f(1) is a
+    now[0] = 5.0
+    assert f(1) is not a
+
+
+def test_alru_jitter_within_bounds():
+    async def main():
+        @aiofast.alru_cache(ttl=10, jitter=5, maxsize=None)
+        async def f(x):
+            return x
+
+        for i in range(50):
+            await f(i)
+        await asyncio.sleep(9.99)
+        assert f.cache_info().currsize == 50
+        await asyncio.sleep(5.02)
+        assert f.cache_info().currsize == 0
+
+    run_virtual(main)
+
+
+# ------------------------------------------------------------------ plain def and threads
+
+
+def test_sync_function_single_flight_across_threads():
+    started, release = threading.Event(), threading.Event()
+    calls = []
+
+    @aiofast.cached
+    def f(x):
+        calls.append(x)
+        started.set()
+        assert release.wait(10)
+        return [x]
+
+    results = []
+
+    def call():
+        results.append(f(1))
+
+    first = threading.Thread(target=call)
+    first.start()
+    assert started.wait(10)
+    others = [threading.Thread(target=call) for _ in range(3)]
+    for t in others:
+        t.start()
+    while f.cache_info().hits < 3:  # they found the computation and wait for it
+        time.sleep(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join()
+    assert calls == [1] and len(results) == 4
+    assert all(r is results[0] for r in results)
+    assert f(1) is results[0]
+
+
+def test_sync_exception_shared_and_interrupt_retried():
+    started, release = threading.Event(), threading.Event()
+    mode = ["fail"]
+    calls = []
+
+    @aiofast.cached
+    def f(x):
+        m = mode[0]
+        calls.append(m)
+        started.set()
+        assert release.wait(10)
+        if m == "fail":
+            raise ValueError("shared")
+        if m == "interrupt":
+            raise KeyboardInterrupt
+        return x
+
+    outcomes = []
+
+    def call():
+        try:
+            outcomes.append(f(1))
+        except BaseException as e:  # noqa: B036 - the test records what each thread got
+            outcomes.append(e)
+
+    for m in ("fail", "interrupt"):
+        outcomes.clear()
+        started.clear()
+        release.clear()
+        mode[0] = m
+        h0 = f.cache_info().hits
+        first = threading.Thread(target=call)
+        first.start()
+        assert started.wait(10)
+        other = threading.Thread(target=call)
+        other.start()
+        while f.cache_info().hits < h0 + 1:
+            time.sleep(0.001)
+        if m == "interrupt":
+            mode[0] = "ok"  # the waiting thread computes again, successfully
+        release.set()
+        first.join()
+        other.join()
+        if m == "fail":
+            assert len(outcomes) == 2 and outcomes[0] is outcomes[1]
+            assert isinstance(outcomes[0], ValueError)
+        else:
+            assert sorted(map(type, outcomes), key=str) == sorted([KeyboardInterrupt, int],
+                                                                  key=str)
+    assert calls == ["fail", "interrupt", "ok"]
+
+
+def test_sync_recursion_same_key_does_not_deadlock():
+    depth = []
+
+    @aiofast.cached
+    def f(x):
+        depth.append(x)
+        if len(depth) == 1:
+            return f(x) + 1  # the same key, from the computing thread
+        return 10
+
+    assert f(1) == 11 and f(1) == 11 and depth == [1, 1]
+
+
+def test_sync_hits_and_threads_counters_exact():
+    @aiofast.cached(maxsize=16)
+    def f(x):
+        return x
+
+    n, per = 4, 2000
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        ts = [threading.Thread(target=lambda s=s: [f((s * 7 + i) % 40) for i in range(per)])
+              for s in range(n)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    info = f.cache_info()
+    assert info.hits + info.misses == n * per and info.currsize <= 16
+
+
+# ------------------------------------------------------------------ hostile keys, values, loops
+
+
+@pytest.mark.asyncio
+async def test_key_eq_clearing_the_cache():
+    class K:
+        armed = False
+
+        def __hash__(self):
+            return 1
+
+        def __eq__(self, other):
+            if K.armed:
+                K.armed = False
+                f.cache_clear()
+            return self is other
+
+    @aiofast.cached
+    async def f(k):
+        return id(k)
+
+    k1, k2 = K(), K()
+    await f(k1)
+    K.armed = True
+    assert await f(k2) == id(k2)
+    assert f.cache_info().currsize == 1
+
+
+@pytest.mark.asyncio
+async def test_result_del_touching_the_memo():
+    class R:
+        def __del__(self):
+            f.cache_clear()
+            f.cache_info()
+
+    @aiofast.cached(maxsize=1)
+    async def f(x):
+        return R()
+
+    for i in range(20):
+        await f(i)
+    f.cache_clear()
+    assert f.cache_info().currsize == 0
+
+
+@pytest.mark.asyncio
+async def test_hash_raising():
+    class H:
+        def __hash__(self):
+            raise ZeroDivisionError
+
+    @aiofast.cached
+    async def f(x):
+        return x
+
+    with pytest.raises(ZeroDivisionError):
+        f(H())
+    with pytest.raises(ZeroDivisionError):
+        f.cache_contains(H())
+
+
+def test_results_survive_a_loop_change_and_stale_flights_are_replaced():
+    calls = []
+
+    @aiofast.cached
+    async def f(x):
+        calls.append(x)
+        await asyncio.sleep(0.001 if x == "slow" else 0)
+        return x
+
+    assert asyncio.run(f(1)) == 1
+    assert asyncio.run(f(1)) == 1 and calls == [1]
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(f("slow"))
+    loop.run_until_complete(asyncio.sleep(0))  # the computation is in flight on this loop
+    assert asyncio.run(f("slow")) == "slow"  # another loop: its own computation
+    assert calls == [1, "slow", "slow"]
+    task.cancel()
+    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+
+
+@pytest.mark.asyncio
+async def test_not_awaited_call_does_nothing():
+    calls = []
+
+    @aiofast.cached
+    async def f(x):
+        calls.append(x)
+        return x
+
+    aw = f(1)
+    aw.close()
+    del aw
+    await spin()
+    assert calls == [] and f.cache_info().currsize == 0
+
+
+@pytest.mark.asyncio
+async def test_close():
+    gate = asyncio.Event()
+
+    @aiofast.cached
+    async def f(x):
+        await gate.wait()
+        return x
+
+    t = asyncio.create_task(f(1))
+    await spin()
+    await f.cache_close()
+    await spin()
+    assert t.done()
+    with pytest.raises(asyncio.CancelledError):
+        t.result()
+    with pytest.raises(RuntimeError, match="closed"):
+        await f(2)
+    assert f.cache_parameters()["closed"] is True
+
+
+# ------------------------------------------------------------------ alru_cache vs async-lru
+
+
+@pytest.mark.asyncio
+async def test_alru_basic(alru):
+    calls = []
+
+    @alru
+    async def f(x):
+        calls.append(x)
+        return x * 2
+
+    @alru(maxsize=2, typed=True)
+    async def g(x):
+        calls.append(("g", x))
+        return x
+
+    assert [await f(1), await f(1), await f(2)] == [2, 2, 4]
+    assert f.cache_info() == functools._CacheInfo(1, 2, 128, 2)
+    assert f.cache_parameters() == {"maxsize": 128, "typed": False, "tasks": 0, "closed": False}
+    assert f.cache_contains(1) and not f.cache_contains(3)
+    assert f.cache_invalidate(1) is True and f.cache_invalidate(1) is False
+    for x in (1, 1.0, 2, 3, 1):
+        await g(x)
+    assert g.cache_info() == functools._CacheInfo(0, 5, 2, 2)
+    f.cache_clear()
+    assert f.cache_info() == functools._CacheInfo(0, 0, 128, 0)
+    assert asyncio.iscoroutinefunction(f) and f.__name__ == "f"
+
+
+@pytest.mark.asyncio
+async def test_alru_concurrent_and_failures(alru):
+    gate = asyncio.Event()
+    calls = []
+
+    @alru
+    async def f(x):
+        calls.append(x)
+        await gate.wait()
+        if x < 0:
+            raise KeyError(x)
+        return x
+
+    tasks = [asyncio.create_task(f(x)) for x in (1, 1, -1, -1)]
+    await spin()
+    gate.set()
+    res = await asyncio.gather(*tasks, return_exceptions=True)
+    assert res[:2] == [1, 1] and isinstance(res[2], KeyError) and res[2] is res[3]
+    assert calls == [1, -1]
+    assert f.cache_info().hits == 2 and f.cache_info().currsize == 1
+    with pytest.raises(KeyError):
+        await f(-1)
+    assert calls == [1, -1, -1]
+
+
+@pytest.mark.asyncio
+async def test_alru_cancel_rules(alru):
+    gate = asyncio.Event()
+    seen = []
+
+    @alru
+    async def f(x):
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            seen.append(x)
+            raise
+        return x
+
+    a1, a2 = asyncio.create_task(f(1)), asyncio.create_task(f(1))
+    await spin()
+    a1.cancel()
+    await spin()
+    assert seen == [] and f.cache_contains(1)
+    a2.cancel()
+    await spin()
+    assert seen == [1] and not f.cache_contains(1)
+
+
+@pytest.mark.asyncio
+async def test_alru_methods(alru):
+    class A:
+        @alru
+        async def m(self, x):
+            return (id(self), x)
+
+    a = A()
+    assert await a.m(1) == (id(a), 1) and await a.m(1) == (id(a), 1)
+    assert a.m.cache_info().hits == 1 and a.m.cache_contains(1)
+    assert a.m.cache_invalidate(1) and not a.m.cache_contains(1)
+
+
+@pytest.mark.asyncio
+async def test_alru_close(alru):
+    gate = asyncio.Event()
+
+    @alru
+    async def f(x):
+        await gate.wait()
+        return x
+
+    t = asyncio.create_task(f(1))
+    await spin()
+    await f.cache_close()
+    await spin()
+    assert t.done() and t.cancelled()
+    with pytest.raises(RuntimeError, match="alru_cache is closed"):
+        await f(1)
+
+
+def test_alru_ttl(alru):
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        @alru(ttl=3)
+        async def f(x):
+            await asyncio.sleep(1)
+            return loop.time()
+
+        t1 = await f(1)
+        await asyncio.sleep(2.5)
+        assert await f(1) == t1
+        await asyncio.sleep(1)
+        assert await f(1) > t1
+
+    run_virtual(main)
+
+
+def test_alru_validation(alru):
+    with pytest.raises(ValueError, match="jitter requires ttl"):
+        alru(jitter=1)
+    with pytest.raises(ValueError, match="typed is ignored"):
+        alru(typed=True, key=lambda x: x)
+    with pytest.raises(RuntimeError, match="Coroutine function is required"):
+        alru(lambda x: x)
+    with pytest.raises(NotImplementedError):
+        alru("nope")
+
+    async def coro(a, b):
+        return a + b
+
+    part = alru(functools.partial(coro, 1))
+    assert asyncio.run(part(2)) == 3
+
+
+# ------------------------------------------------------------------ leaks
+
+
+LEAK_SCRIPT = textwrap.dedent("""
+    import asyncio, gc, sys, tracemalloc
+    import aiofast
+
+    class V:
+        pass
+
+    async def one_round():
+        gate = asyncio.Event()
+
+        @aiofast.cached(maxsize=8, ttl=0.5)
+        async def f(x):
+            await gate.wait()
+            if x % 5 == 0:
+                raise ValueError(x)
+            return V()
+
+        @aiofast.alru_cache
+        async def g(x):
+            return [x]
+
+        tasks = [asyncio.create_task(f(i % 12)) for i in range(40)]
+        await asyncio.sleep(0)
+        for t in tasks[::3]:
+            t.cancel()
+        gate.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for i in range(30):
+            await g(i % 7)
+            await f(i % 3) if i % 3 else None
+        f.cache_invalidate(1)
+        f.cache_clear()
+        await g.cache_close()
+
+    def cycle(n):
+        for _ in range(n):
+            asyncio.run(one_round())
+
+    cycle(10)
+    gc.collect()
+    tracemalloc.start()
+    n0 = len(gc.get_objects())
+    r0 = sys.getrefcount(aiofast._core.Memo)
+    m0 = tracemalloc.get_traced_memory()[0]
+    cycle(100)
+    gc.collect()
+    n1 = len(gc.get_objects())
+    r1 = sys.getrefcount(aiofast._core.Memo)
+    m1 = tracemalloc.get_traced_memory()[0]
+    print(n1 - n0, r1 - r0, m1 - m0)
+""")
+
+
+def test_no_leaks():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-W", "error", "-c", LEAK_SCRIPT], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    dobj, dref, dmem = map(int, out.stdout.split())
+    assert dobj <= 10 and dref == 0 and dmem < 100_000
