@@ -75,6 +75,26 @@ typedef struct fa_state {
     /* a reusable StopIteration(True) for tp_iternext on 3.12+ (see fa_set_stopiteration) */
     PyObject *stopiter_true;
 
+    /* tokenbucket.c: the wrapper type of @bucket, and what the native clock shortcut compares
+     * against (asyncio's BaseEventLoop.time, its code and globals, the time module, monotonic) */
+    PyTypeObject *RateLimitedType;
+    PyObject *tb_base_time;       /* NULL: never read the clock natively */
+    PyObject *tb_base_time_code;
+    PyObject *tb_base_time_globals;
+    PyObject *tb_time_module;
+    PyObject *tb_time_dict;
+    PyObject *tb_monotonic;
+    PyObject *str_is_closed;
+    PyObject *str_monotonic;
+    /* <= 3.11: asyncio._get_running_loop() calls getpid() (a system call) each time; the
+     * bucket caches (thread-state holder, loop) instead, see tb_running_loop */
+    PyObject *str_rl_key;         /* "__asyncio_running_event_loop__" */
+    PyObject *tb_rl_holder;
+    PyObject *tb_rl_loop;
+    /* <= 3.12: the last loop whose time() was proven native, and its instance dict */
+    PyObject *tb_nat_loop;
+    PyObject *tb_nat_dict;
+
     /* interned method and attribute names */
     PyObject *str_create_future;
     PyObject *str_set_result;
@@ -92,6 +112,20 @@ typedef struct fa_state {
     PyObject *str_release;
     PyObject *str_locked;
     PyObject *str_append;
+
+    /* non-object fields (not traversed) */
+    unsigned long tb_fork_gen;     /* bumped in a forked child (os.register_at_fork) */
+    unsigned long tb_rl_fork_gen;  /* tb_fork_gen when tb_rl_holder was cached */
+    /* <= 3.11: dict version tags (PEP 509) at the last successful check, 0 = none */
+    unsigned long long tb_rl_dict_version;   /* the thread-state dict holding tb_rl_holder */
+    unsigned long long tb_globals_version;   /* asyncio.base_events globals, seen intact */
+    unsigned long long tb_timedict_version;  /* time.__dict__, seen intact */
+    /* <= 3.12: the proof that tb_nat_loop's time is native still holds while these match */
+    void *tb_nat_type;
+    PyObject **tb_nat_dictptr;
+    unsigned long long tb_nat_dver;
+    unsigned int tb_nat_tag;
+    int tb_nat_valid;
 } fa_state;
 
 /* Each family's file exports exactly one function; module.c calls them in order. */

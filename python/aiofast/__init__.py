@@ -5,15 +5,18 @@ Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock and Event (and more, se
 """
 import asyncio as _asyncio
 
-from ._core import BoundedSemaphore, Event, Lock, Semaphore
+from ._compat_limiter import AsyncLimiter
+from ._core import BoundedSemaphore, Event, Lock, Semaphore, TokenBucket
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncLimiter",
     "BoundedSemaphore",
     "Event",
     "Lock",
     "Semaphore",
+    "TokenBucket",
     "install",
     "uninstall",
     "installed",
