@@ -425,6 +425,58 @@ async def test_class_assignment_is_followed():
 
 
 @pytest.mark.asyncio
+async def test_instance_dict_replacement_is_followed():
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        return  # uvloop.Loop instances have no __dict__ to replace
+    b = TokenBucket(2)
+    assert b._clock()[1] is True
+    saved = loop.__dict__
+    loop.__dict__ = dict(saved, time=lambda: 31.0)
+    try:
+        assert b._clock() == (31.0, False)
+    finally:
+        loop.__dict__ = saved
+    assert b._clock()[1] is True
+
+
+def test_running_loop_per_thread():
+    """The bucket finds the loop running in the calling thread, whatever ran before."""
+    import threading
+
+    b = TokenBucket(2)
+    out = []
+
+    async def probe():
+        out.append(b._clock())
+
+    def in_thread(start):
+        loop = VirtualClockLoop(start=start)
+        try:
+            loop.run_until_complete(probe())
+        finally:
+            loop.close()
+
+    real = asyncio.new_event_loop()
+    try:
+        for start in (5.0, 6.0):
+            real.run_until_complete(probe())
+            th = threading.Thread(target=in_thread, args=(start,))
+            th.start()
+            th.join()
+            real.run_until_complete(probe())
+        in_thread(7.0)
+        real.run_until_complete(probe())
+    finally:
+        real.close()
+    virtual = [o for o in out if not o[1]]
+    assert virtual == [(5.0, False), (6.0, False), (7.0, False)]
+    assert [o[1] for o in out] == [True, False, True, True, False, True, False, True]
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        b._clock()
+
+
+@pytest.mark.asyncio
 async def test_subclass_time_is_followed():
     class Sub(asyncio.SelectorEventLoop):
         def time(self):
@@ -627,6 +679,36 @@ async def test_waiters_woken_only_when_they_proceed():
     assert wakes == [0]
     await asyncio.gather(*tasks)
     assert wakes == [0, 1, 2] and b.tokens == 0.0
+
+
+class EarlyTimers(VirtualClockLoop):
+    """Runs every timer `early` seconds before its time, as uvloop's millisecond rounding can."""
+
+    early = 0.0005
+
+    def call_at(self, when, callback, *args, context=None):
+        return super().call_at(when - self.early, callback, *args, context=context)
+
+
+def test_timer_that_runs_early_counts_as_on_time():
+    loop = EarlyTimers()
+    try:
+
+        async def main():
+            b = TokenBucket(4, capacity=1, initial=0)
+            t0 = now()
+            times = []
+            for _ in range(8):
+                await b.acquire()
+                times.append(now())
+            return t0, times
+
+        t0, times = loop.run_until_complete(main())
+        # each admitted when its (early) timer ran: no re-arm, no spin; and the schedule does
+        # not drift: the k-th token still arrives at k/4 s (less the loop's earliness)
+        assert times == [(t0 + (k + 1) / 4) - EarlyTimers.early for k in range(8)]
+    finally:
+        loop.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1267,16 +1349,18 @@ def test_no_leaks():
         gc.collect()
         tracemalloc.start()
         n0 = len(gc.get_objects()); r0 = sys.getrefcount(TokenBucket)
-        m0 = tracemalloc.get_traced_memory()[0]
-        for _ in range(5):
-            asyncio.run(main(200))
-        gc.collect()
+        grew = []
+        for phase in range(3):  # allocator caches settle in the first phases; a leak does not
+            m0 = tracemalloc.get_traced_memory()[0]
+            for _ in range(5):
+                asyncio.run(main(200))
+            gc.collect()
+            grew.append(tracemalloc.get_traced_memory()[0] - m0)
         n1 = len(gc.get_objects()); r1 = sys.getrefcount(TokenBucket)
-        m1 = tracemalloc.get_traced_memory()[0]
-        print(n0, n1, r0, r1, m0, m1)
+        print(n0, n1, r0, r1, grew)
         assert r1 == r0, (r0, r1)
         assert n1 - n0 < 50, (n0, n1)
-        assert m1 - m0 < 64 * 1024, (m0, m1)
+        assert grew[-1] < 16 * 1024, grew  # 1000 cycles: a leak of 16 bytes a cycle shows
         """
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
