@@ -86,14 +86,8 @@ typedef struct fa_state {
     PyObject *tb_monotonic;
     PyObject *str_is_closed;
     PyObject *str_monotonic;
-    /* <= 3.11: asyncio._get_running_loop() calls getpid() (a system call) each time; the
-     * bucket caches (thread-state holder, loop) instead, see tb_running_loop */
-    PyObject *str_rl_key;         /* "__asyncio_running_event_loop__" */
-    PyObject *tb_rl_holder;
-    PyObject *tb_rl_loop;
-    /* <= 3.12: the last loop whose time() was proven native, and its instance dict */
-    PyObject *tb_nat_loop;
-    PyObject *tb_nat_dict;
+    /* <= 3.12: a weak reference to the last loop whose time() was proven native */
+    PyObject *tb_nat_wr;
 
     /* interned method and attribute names */
     PyObject *str_create_future;
@@ -114,15 +108,21 @@ typedef struct fa_state {
     PyObject *str_append;
 
     /* non-object fields (not traversed) */
-    unsigned long tb_fork_gen;     /* bumped in a forked child (os.register_at_fork) */
-    unsigned long tb_rl_fork_gen;  /* tb_fork_gen when tb_rl_holder was cached */
-    /* <= 3.11: dict version tags (PEP 509) at the last successful check, 0 = none */
-    unsigned long long tb_rl_dict_version;   /* the thread-state dict holding tb_rl_holder */
-    unsigned long long tb_globals_version;   /* asyncio.base_events globals, seen intact */
-    unsigned long long tb_timedict_version;  /* time.__dict__, seen intact */
-    /* <= 3.12: the proof that tb_nat_loop's time is native still holds while these match */
+    /* <= 3.11: asyncio's _get_running_loop() calls getpid(), a system call, every time; the
+     * answer is cached while the thread-state dict that holds it is unmodified (see
+     * tb_running_loop_or_none). tb_rl_loop is borrowed: that dict owns it, through asyncio's
+     * holder, for as long as the version matches. */
+    PyObject *tb_rl_loop;
+    unsigned long long tb_rl_dict_version;   /* PEP 509 version of that dict, 0 = none */
+    unsigned long tb_fork_gen;               /* bumped in a forked child (os.register_at_fork) */
+    unsigned long tb_rl_fork_gen;            /* tb_fork_gen when tb_rl_loop was cached */
+    /* <= 3.13: dict versions of asyncio.base_events' globals and time.__dict__, seen intact */
+    unsigned long long tb_globals_version;
+    unsigned long long tb_timedict_version;
+    /* <= 3.12: the proof that tb_nat_wr's loop reads time natively holds while these match */
+    PyObject **tb_nat_dictptr;               /* into the loop (alive: it is the running loop) */
+    PyObject *tb_nat_dict;                   /* borrowed; its version tag rules out reuse */
     void *tb_nat_type;
-    PyObject **tb_nat_dictptr;
     unsigned long long tb_nat_dver;
     unsigned int tb_nat_tag;
     int tb_nat_valid;

@@ -295,7 +295,7 @@ tb_base_time_intact(fa_state *st)
 static inline int
 tb_verdict_holds(fa_state *st, PyObject *loop)
 {
-    if (loop != st->tb_nat_loop || !st->tb_nat_valid) {
+    if (!st->tb_nat_valid || PyWeakref_GET_OBJECT(st->tb_nat_wr) != loop) {
         return 0;
     }
     PyTypeObject *tp = Py_TYPE(loop);
@@ -310,9 +310,13 @@ tb_verdict_holds(fa_state *st, PyObject *loop)
     return tb_base_time_intact(st);
 }
 
-/* Remember that loop.time was just proven native (see tb_verdict_holds). On 3.11 and 3.12 this
- * materializes the loop's instance __dict__ (CPython keeps attributes in inline values until
- * something asks for the dict): a one-time change of storage, invisible to Python code. */
+/* Remember that loop.time was just proven native (see tb_verdict_holds). The loop is held
+ * weakly (a cache must not keep a dropped loop alive, nor delay its "unclosed event loop"
+ * warning); its dict is not held at all: while the loop lives and its dict slot holds a dict
+ * with the remembered version tag, it is the same, unmodified dict (tags are never reused).
+ * On 3.11 and 3.12 this materializes the loop's instance __dict__ (CPython keeps attributes
+ * in inline values until something asks for the dict): a one-time change of storage,
+ * invisible to Python code. */
 static void
 tb_verdict_store(fa_state *st, PyObject *loop)
 {
@@ -321,20 +325,25 @@ tb_verdict_store(fa_state *st, PyObject *loop)
     if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
         return;
     }
+    PyObject *wr = PyWeakref_NewRef(loop, NULL);  // new ref
+    if (wr == NULL) {
+        PyErr_Clear();  // no weak references: prove it every time
+        return;
+    }
     PyObject **dp = _PyObject_GetDictPtr(loop);
     if (dp == NULL) {
+        Py_DECREF(wr);
         return;  // no instance dict support, or it could not be made: prove it every time
     }
-    PyObject *old_loop = st->tb_nat_loop, *old_dict = st->tb_nat_dict;
-    st->tb_nat_loop = Py_NewRef(loop);
-    st->tb_nat_dict = Py_XNewRef(*dp);
+    PyObject *old = st->tb_nat_wr;
+    st->tb_nat_wr = wr;
+    st->tb_nat_dict = *dp;
     st->tb_nat_dictptr = dp;
     st->tb_nat_dver = *dp ? tb_dict_version(*dp) : 0;
     st->tb_nat_type = tp;
     st->tb_nat_tag = tp->tp_version_tag;
     st->tb_nat_valid = 1;
-    Py_XDECREF(old_dict);
-    Py_XDECREF(old_loop);  // Beware: may free an old loop; the cache is consistent already
+    Py_XDECREF(old);
 }
 #endif
 
@@ -454,46 +463,32 @@ tb_clock(TokenBucket *self, PyObject *loop)
 /* The running loop (new ref) or None.
  *
  * Up to 3.11, asyncio's C _get_running_loop() checks the holder's pid against getpid(), a
- * system call, on every call: that alone costs more than the rest of a fast acquire. Its holder
- * lives in the thread-state dict under "__asyncio_running_event_loop__", and
- * _set_running_loop() stores a new holder object on every call (when a loop starts or stops
- * running). So while the dict holds the very holder object we saw (we keep a strong reference,
- * its address cannot be reused) and no fork happened since (os.register_at_fork bumps
- * tb_fork_gen in the child, where asyncio's pid check would answer None), the answer is the
- * loop asyncio gave us for it. On a miss, ask asyncio and remember. We never read the holder's
- * private fields. 3.12 dropped the pid check (and the holder): there we just call it. */
+ * system call, on every call: that alone costs more than the rest of a fast acquire. The holder
+ * lives in the thread-state dict, which _set_running_loop() modifies whenever a loop starts or
+ * stops running in this thread (it stores a new holder, which owns the loop). So while that
+ * dict carries the PEP 509 version tag it had when asyncio last answered (tags are globally
+ * unique: same tag, same dict, unmodified since), and no fork happened since (in a child
+ * asyncio's pid check answers None; os.register_at_fork bumps tb_fork_gen there), the answer
+ * is the same, and the loop is alive (the dict owns the holder, the holder the loop). We never
+ * read asyncio's private holder. 3.12 dropped the pid check: there we just call it. */
 static inline PyObject *
 tb_running_loop_or_none(fa_state *st)
 {
 #if !FA_PY312
     PyObject *d = PyThreadState_GetDict();  // borrowed
-    if (FA_LIKELY(d != NULL && st->str_rl_key != NULL)) {
-        /* PEP 509: an unchanged version tag means this very dict, unmodified since */
+    if (FA_LIKELY(d != NULL && st->tb_fork_gen != (unsigned long)-1)) {
         uint64_t ver = tb_dict_version(d);
-        if (FA_LIKELY(ver == st->tb_rl_dict_version && st->tb_rl_fork_gen == st->tb_fork_gen)) {
+        if (FA_LIKELY(ver == st->tb_rl_dict_version && st->tb_rl_fork_gen == st->tb_fork_gen
+                      && st->tb_rl_loop != NULL)) {
             return Py_NewRef(st->tb_rl_loop);
-        }
-        PyObject *h = PyDict_GetItemWithError(d, st->str_rl_key);  // borrowed
-        if (h != NULL && h == st->tb_rl_holder && st->tb_rl_fork_gen == st->tb_fork_gen) {
-            st->tb_rl_dict_version = ver;
-            return Py_NewRef(st->tb_rl_loop);
-        }
-        if (h == NULL && PyErr_Occurred()) {
-            return NULL;
         }
         PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);  // new ref; C, no Python code
         if (loop == NULL) {
             return NULL;
         }
-        if (h != NULL) {
-            PyObject *old_h = st->tb_rl_holder, *old_l = st->tb_rl_loop;
-            st->tb_rl_holder = Py_NewRef(h);
-            st->tb_rl_loop = Py_NewRef(loop);
-            st->tb_rl_fork_gen = st->tb_fork_gen;
-            st->tb_rl_dict_version = tb_dict_version(d);
-            Py_XDECREF(old_h);
-            Py_XDECREF(old_l);  // Beware: may free an old loop (its __del__ runs)
-        }
+        st->tb_rl_loop = loop;  // borrowed from here on (see above)
+        st->tb_rl_fork_gen = st->tb_fork_gen;
+        st->tb_rl_dict_version = tb_dict_version(d);  // unchanged by that call
         return loop;
     }
 #endif
@@ -512,10 +507,10 @@ tb_clock_now(TokenBucket *self)
 #if TB_VERDICT_CACHE
     /* the hot case in one piece: the loop we proved native last time, still native, and the
      * bucket's stamp already on the monotonic clock */
-    if (FA_LIKELY(loop == st->tb_nat_loop && self->clock_loop == NULL && self->stamp_valid)) {
+    if (FA_LIKELY(self->clock_loop == NULL && self->stamp_valid)) {
         int held = tb_verdict_holds(st, loop);
         if (FA_LIKELY(held > 0)) {
-            Py_DECREF(loop);  // st->tb_nat_loop holds it
+            Py_DECREF(loop);  // the running loop: alive without us
             double now;
             if (tb_monotonic(&now) < 0) {
                 return -1;
@@ -2035,6 +2030,44 @@ tb_after_fork_in_child(PyObject *mod, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef tb_fork_def = {"_tokenbucket_after_fork", tb_after_fork_in_child, METH_NOARGS,
                                   NULL};
+
+/* Set up the running-loop cache of tb_running_loop_or_none, or disable it (tb_fork_gen = -1):
+ * it reads the thread-state dict, where the C _asyncio keeps the running loop (not asyncio's
+ * pure-Python fallback), and must forget its answer in a forked child. */
+static int
+tb_running_loop_cache_init(PyObject *mod, fa_state *st)
+{
+    if (!PyCFunction_Check(st->get_running_loop)) {
+        st->tb_fork_gen = (unsigned long)-1;
+        return 0;
+    }
+    PyObject *os = NULL, *reg = NULL, *hook = NULL, *args = NULL, *kw = NULL, *r = NULL;
+    int rc = -1;
+    if ((os = PyImport_ImportModule("os")) == NULL) {
+        goto done;
+    }
+    if ((reg = PyObject_GetAttrString(os, "register_at_fork")) == NULL) {
+        PyErr_Clear();  // no fork on this platform (and no getpid check in asyncio): no cache
+        st->tb_fork_gen = (unsigned long)-1;
+        rc = 0;
+        goto done;
+    }
+    if ((hook = PyCFunction_NewEx(&tb_fork_def, mod, NULL)) == NULL
+        || (args = PyTuple_New(0)) == NULL
+        || (kw = Py_BuildValue("{sO}", "after_in_child", hook)) == NULL
+        || (r = PyObject_Call(reg, args, kw)) == NULL) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(os);
+    Py_XDECREF(reg);
+    Py_XDECREF(hook);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    Py_XDECREF(r);
+    return rc;
+}
 #endif
 
 int
@@ -2045,33 +2078,7 @@ fa_tokenbucket_init(PyObject *mod, fa_state *st)
         return -1;
     }
 #if !FA_PY312
-    /* the running-loop cache (tb_running_loop_or_none) must forget its answer in a forked child */
-    PyObject *os = PyImport_ImportModule("os");
-    if (os == NULL) {
-        return -1;
-    }
-    PyObject *hook = PyCFunction_NewEx(&tb_fork_def, mod, NULL);
-    PyObject *reg = hook ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
-    Py_DECREF(os);
-    if (reg != NULL) {
-        PyObject *kw = Py_BuildValue("{sO}", "after_in_child", hook);
-        PyObject *empty = PyTuple_New(0);  // (owned below)
-        PyObject *r = kw ? PyObject_Call(reg, empty, kw) : NULL;
-        Py_XDECREF(kw);
-        Py_XDECREF(empty);
-        Py_XDECREF(r);
-        Py_DECREF(reg);
-        if (r == NULL) {
-            Py_XDECREF(hook);
-            return -1;
-        }
-        st->str_rl_key = PyUnicode_InternFromString("__asyncio_running_event_loop__");
-    }
-    else {
-        PyErr_Clear();  // no fork on this platform: never cache, always ask asyncio
-    }
-    Py_XDECREF(hook);
-    if (PyErr_Occurred()) {
+    if (tb_running_loop_cache_init(mod, st) < 0) {
         return -1;
     }
 #endif

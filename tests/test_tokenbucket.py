@@ -476,6 +476,32 @@ def test_running_loop_per_thread():
         b._clock()
 
 
+def test_forked_child_sees_no_running_loop():
+    code = textwrap.dedent(
+        """
+        import asyncio, os
+        from aiofast import TokenBucket
+
+        async def main():
+            b = TokenBucket(2)
+            b._clock(); b._clock()  # whatever the bucket caches about the running loop
+            pid = os.fork()
+            if pid == 0:  # asyncio: no loop runs in a forked child
+                try:
+                    b._clock()
+                except RuntimeError as e:
+                    os._exit(0 if "no running event loop" in str(e) else 2)
+                os._exit(1)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+
+        print(asyncio.run(main()))
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "0", p.stdout + p.stderr
+
+
 @pytest.mark.asyncio
 async def test_subclass_time_is_followed():
     class Sub(asyncio.SelectorEventLoop):
