@@ -8,11 +8,13 @@ Three parts, all on real time:
 2. accuracy: 1000 tokens/s, capacity 10, 20 greedy tasks for 2 s: how many are admitted,
    against rate * elapsed + capacity (and the same for aiolimiter);
 3. queue: N waiters queued on an empty bucket that admits one per timer wake-up; the cost per
-   admitted waiter as N grows (flat means O(1) per admission).
+   admitted waiter as N grows (flat means O(1) per admission), on a virtual clock (pure work)
+   and on real time (CPU per admission).
 
 Run: PYTHONPATH=python:. python benchmarks/bench_tokenbucket.py [--quick]
 """
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -208,7 +210,16 @@ def accuracy(loop_name="asyncio", rounds=3, duration=2.0):
 # ---------------------------------------------------------------------------- queue
 
 
-async def _drain(make, n):
+def _queued(limiter):
+    return limiter.waiting if isinstance(limiter, TokenBucket) else len(limiter._waiters)
+
+
+def _full(lim):
+    lim._level = lim.max_rate  # aiolimiter starts with full capacity: use it up
+    return lim
+
+
+async def _drain(make, n, timer):
     limiter = make()
     done = 0
 
@@ -219,33 +230,59 @@ async def _drain(make, n):
 
     tasks = [asyncio.create_task(waiter()) for _ in range(n)]
     for _ in range(3):
-        await asyncio.sleep(0)  # everyone is in line (the first takes the only token)
-    t = time.perf_counter()
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - t
+        await asyncio.sleep(0)  # everyone is in line
+    queued = _queued(limiter)
+    # The cyclic GC is off while it drains: with N tasks alive, each collection walks all of
+    # them, a cost of the heap (the same for any limiter), not of the limiter's algorithm.
+    gc.disable()
+    try:
+        t = timer()
+        await asyncio.gather(*tasks)
+        elapsed = timer() - t
+    finally:
+        gc.enable()
     assert done == n
-    return elapsed / (n - 1)
+    return elapsed / queued, queued
 
+
+# Virtual time (tests/virtual_time.py): the clock jumps to each timer, so a drain is pure work:
+# one timer wake-up and one task wake-up per admitted waiter, whatever the rate.
+VIRTUAL_RATE = 1024  # a power of two: aiolimiter can livelock on a virtual clock otherwise (see the note)
+# Real time: a token every 50 µs, slower than tasks line up; CPU time per admission (the drain
+# is paced by the rate and the machine is shared).
+REAL_RATE = 20_000
 
 QUEUE_MAKERS = {
-    # capacity 1, a token every microsecond: each admission needs its own timer wake-up
-    "aiofast": lambda: TokenBucket(1_000_000, capacity=1),
-    "aiolimiter": lambda: aiolimiter.AsyncLimiter(1, 1e-6),
+    "aiofast": lambda rate: TokenBucket(rate, capacity=1, initial=0),
+    "aiolimiter": lambda rate: _full(aiolimiter.AsyncLimiter(1, 1 / rate)),
 }
 
 
-def queue_curve(sizes=(1000, 2000, 5000, 10000), loop_name="asyncio", rounds=3):
+def _virtual_loops():
+    from tests.virtual_time import VirtualClockLoop, VirtualUVLoop
+
+    return {"asyncio": VirtualClockLoop, "uvloop": VirtualUVLoop}
+
+
+def queue_curve(sizes=(100, 1000, 2000, 5000, 10000), loop_name="asyncio", rounds=3,
+                virtual=True):
     rows = []
+    factory = _virtual_loops()[loop_name] if virtual else _loops()[loop_name]
+    rate = VIRTUAL_RATE if virtual else REAL_RATE
+    timer = time.perf_counter if virtual else time.process_time
     for n in sizes:
         for label, make in QUEUE_MAKERS.items():
-            samples = []
+            samples, queued = [], []
             for _ in range(rounds):
-                loop = _loops()[loop_name]()
+                loop = factory()
                 try:
-                    samples.append(loop.run_until_complete(_drain(make, n)))
+                    per, q = loop.run_until_complete(_drain(lambda: make(rate), n, timer))
                 finally:
                     loop.close()
-            rows.append({"impl": label, "loop": loop_name, "waiters": n,
+                samples.append(per)
+                queued.append(q)
+            rows.append({"impl": label, "loop": loop_name, "clock": "virtual" if virtual else
+                         "real", "waiters": n, "queued": min(queued),
                          "us_per_admitted": statistics.median(samples) * 1e6})
     return rows
 
@@ -257,14 +294,24 @@ def extras_markdown(acc, curve):
     for r in acc:
         lines.append(f"| {r['impl']} | {r['loop']} | {r['admitted']} | {r['expected']:.0f} | "
                      f"{r['error_pct']:+.2f}% |")
-    lines += ["", "### Queue: cost per admitted waiter as the line grows (one timer per admission)",
-              "", "| waiters | " + " | ".join(f"{k} (µs/admitted)" for k in QUEUE_MAKERS) + " |",
-              "|---:|" + "---:|" * len(QUEUE_MAKERS)]
-    by_n = {}
-    for r in curve:
-        by_n.setdefault(r["waiters"], {})[r["impl"]] = r["us_per_admitted"]
-    for n, v in sorted(by_n.items()):
-        lines.append(f"| {n} | " + " | ".join(f"{v[k]:.1f}" for k in QUEUE_MAKERS) + " |")
+    for clock, title in (("virtual", "virtual clock: wall time per admitted waiter, "
+                                     f"{VIRTUAL_RATE} tokens/s"),
+                         ("real", f"real time, {REAL_RATE} tokens/s: CPU time per admitted "
+                                  "waiter")):
+        rows = [r for r in curve if r["clock"] == clock]
+        if not rows:
+            continue
+        loops = sorted({r["loop"] for r in rows})
+        cols = [(lp, k) for lp in loops for k in QUEUE_MAKERS]
+        lines += ["", f"### Queue: N waiters in line, capacity 1, one timer per admission "
+                  f"({title})", "",
+                  "| waiters | " + " | ".join(f"{k}, {lp} (µs)" for lp, k in cols) + " |",
+                  "|---:|" + "---:|" * len(cols)]
+        by_n = {}
+        for r in rows:
+            by_n.setdefault(r["waiters"], {})[(r["loop"], r["impl"])] = r["us_per_admitted"]
+        for n, v in sorted(by_n.items()):
+            lines.append(f"| {n} | " + " | ".join(f"{v[c]:.2f}" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -272,8 +319,14 @@ def main():
     quick = "--quick" in sys.argv
     run_cases(cases(quick), 3 if quick else 7, "tokenbucket", TITLE)
     acc = accuracy(rounds=1 if quick else 3) + accuracy("uvloop", rounds=1 if quick else 3)
-    curve = queue_curve(sizes=(1000, 5000) if quick else (1000, 2000, 5000, 10000),
-                        rounds=1 if quick else 3)
+    sizes = (1000, 5000) if quick else (100, 1000, 2000, 5000, 10000)
+    rounds = 1 if quick else 3
+    curve = []
+    for loop_name in ("asyncio", "uvloop"):
+        curve += queue_curve(sizes, loop_name, rounds)
+    for loop_name in ("asyncio", "uvloop"):
+        curve += queue_curve((1000, 10000) if not quick else (1000,), loop_name, 1,
+                             virtual=False)
     md = extras_markdown(acc, curve)
     print(md)
     here = os.path.dirname(os.path.abspath(__file__))

@@ -86,6 +86,7 @@ typedef struct fa_state {
     PyObject *tb_monotonic;
     PyObject *str_is_closed;
     PyObject *str_monotonic;
+    PyObject *str_clock_resolution;
     /* <= 3.12: a weak reference to the last loop whose time() was proven native */
     PyObject *tb_nat_wr;
 

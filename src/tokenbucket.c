@@ -46,8 +46,11 @@ PyAPI_FUNC(int) _PyObject_GetMethod(PyObject *obj, PyObject *name, PyObject **me
 #define TB_VERDICT_CACHE (PY_VERSION_HEX < 0x030D0000)
 
 /* How early a loop may run a timer and still count as on time: uvloop rounds delays to whole
- * milliseconds; asyncio runs timers up to its clock resolution early (15.6 ms on Windows). */
-#define TB_EARLY_FIRE 0.016
+ * milliseconds (and its clock is in milliseconds); asyncio runs timers up to its clock
+ * resolution early (loop._clock_resolution: 1 ns on Linux, 15.6 ms on old Windows), so the
+ * allowance is the larger of TB_EARLY_FIRE and that, capped at TB_EARLY_FIRE_MAX. */
+#define TB_EARLY_FIRE 0.001
+#define TB_EARLY_FIRE_MAX 0.05
 
 #define OPF_ADMITTED 0x100  /* tokens taken for this op, future resolved */
 #define OPF_TIMEDOUT 0x200  /* deadline passed, future resolved, nothing taken */
@@ -899,6 +902,28 @@ tb_arm(TokenBucket *self, PyObject *loop)
     return 0;
 }
 
+/* See TB_EARLY_FIRE. */
+static double
+tb_early_fire(fa_state *st, PyObject *loop)
+{
+    double early = TB_EARLY_FIRE;
+    PyObject *r = PyObject_GetAttr(loop, st->str_clock_resolution);  // Beware: Python code
+    if (r == NULL) {
+        PyErr_Clear();  // not an asyncio loop (uvloop has none): the default
+        return early;
+    }
+    double d = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    if (d == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return early;
+    }
+    if (d > early) {  // NaN and negatives fail this
+        early = d < TB_EARLY_FIRE_MAX ? d : TB_EARLY_FIRE_MAX;
+    }
+    return early;
+}
+
 /* Bring the bucket up to date on its loop's clock, admit what can be admitted, time out what
  * is due, and arm the timer for what remains. fired_at: the time the timer was armed for (the
  * loop ran it, so that time has come, whatever rounding its clock does), or NAN.
@@ -933,7 +958,7 @@ tb_process(TokenBucket *self, double fired_at)
              * deficit; the stamp then leads the clock by what the loop ran early (never more
              * than TB_EARLY_FIRE), refills resume once the clock passes it, and the long-run
              * rate stays exact. */
-            double latest = self->last_read + TB_EARLY_FIRE;
+            double latest = self->last_read + tb_early_fire(st, loop);
             tb_refill(self, fired_at < latest ? fired_at : latest);
             fired_at = NAN;
         }
@@ -2074,7 +2099,8 @@ int
 fa_tokenbucket_init(PyObject *mod, fa_state *st)
 {
     if ((st->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL
-        || (st->str_monotonic = PyUnicode_InternFromString("monotonic")) == NULL) {
+        || (st->str_monotonic = PyUnicode_InternFromString("monotonic")) == NULL
+        || (st->str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
         return -1;
     }
 #if !FA_PY312

@@ -625,6 +625,28 @@ async def test_one_timer_no_polling():
 
 
 @VT
+async def test_rounding_never_spins():
+    """Rates that are not powers of two leave float deficits below the clock's resolution
+    (when == now): a deficit that flows in within one tick of the clock counts as none, so each
+    admission takes exactly one timer, and the schedule does not drift. (aiolimiter livelocks
+    here on a virtual clock: its next wake-up time rounds to now, forever.)"""
+    loop = asyncio.get_running_loop()
+    spy = TimerSpy(loop)
+    try:
+        for rate, per in ((1000, 1), (3, 0.7), (5000, 3600), (1e6, 1)):
+            b = TokenBucket(rate, per=per, capacity=1, initial=0)
+            t = now()
+            fired = spy.fired
+            for _ in range(50):
+                await b.acquire()
+                t = t + 1 * per / rate
+                assert now() == t
+            assert spy.fired - fired == 50
+    finally:
+        spy.close()
+
+
+@VT
 async def test_fifo_large_request_not_overtaken():
     b = TokenBucket(4, capacity=8, initial=0)
     t0 = now()
@@ -737,6 +759,67 @@ def test_timer_that_runs_early_counts_as_on_time():
         loop.close()
 
 
+class CoarseEarlyTimers(VirtualClockLoop):
+    """A loop whose clock resolution is 10 ms and which runs timers 5 ms early (as asyncio
+    does on a platform with a coarse clock)."""
+
+    def __init__(self):
+        super().__init__()
+        self._clock_resolution = 0.01
+
+    def call_at(self, when, callback, *args, context=None):
+        return super().call_at(when - 0.005, callback, *args, context=context)
+
+
+def test_early_timer_allowance_follows_the_loops_clock_resolution():
+    loop = CoarseEarlyTimers()
+    try:
+
+        async def main():
+            b = TokenBucket(4, capacity=1, initial=0)
+            t0 = now()
+            times = []
+            for _ in range(4):
+                await b.acquire()
+                times.append(now())
+            return t0, times
+
+        t0, times = loop.run_until_complete(main())
+        assert times == [(t0 + (k + 1) / 4) - 0.005 for k in range(4)]
+    finally:
+        loop.close()
+
+
+@VT
+async def test_early_timers_cannot_run_the_bucket_ahead():
+    """A loop that runs timers at once when they are due within its granularity (uvloop runs
+    delays under half a millisecond as call_soon) must not let admissions run ahead of the
+    clock by more than the allowance: 1 ms, here 16 tokens at 16384 tokens/s."""
+    loop = asyncio.get_running_loop()
+    orig = loop.call_at
+
+    def call_at(when, callback, *args, context=None):
+        if when - loop.time() < 0.0005:
+            return loop.call_soon(callback, *args, context=context)
+        return orig(when, callback, *args, context=context)
+
+    loop.call_at = call_at
+    try:
+        rate = 16384
+        b = TokenBucket(rate, capacity=1, initial=0)
+        t0 = now()
+        n = 0
+        while now() == t0:  # the clock stands still while the loop is busy
+            await b.acquire()
+            n += 1
+            if n > 1000:
+                break
+        # every token it gave out before the clock moved flowed in by t0 + 1 ms, at most
+        assert 1 < n <= rate * 0.001 + 1
+    finally:
+        del loop.call_at
+
+
 # ---------------------------------------------------------------------------------------------
 # timeouts
 
@@ -807,6 +890,27 @@ async def test_timeout_with_asyncio_timeout_also_works():
     assert now() == t0 + 0.5 and b.waiting == 0
     await b.acquire(4)
     assert now() == t0 + 1.0
+
+
+@VT
+async def test_cancel_the_waiter_with_the_earliest_deadline():
+    loop = asyncio.get_running_loop()
+    spy = TimerSpy(loop)
+    try:
+        b = TokenBucket(4, capacity=8, initial=0)
+        t0 = now()
+        head = asyncio.create_task(b.acquire(8))
+        timed = asyncio.create_task(b.acquire(1, timeout=0.5))
+        await settle()
+        timed.cancel()
+        await settle()
+        assert b.waiting == 1
+        await head
+        assert now() == t0 + 2
+        assert spy.max_pending == 1 and spy.live() == []
+        assert spy.fired <= 2  # the head's, and at most one for the stale deadline
+    finally:
+        spy.close()
 
 
 @VT
@@ -1013,6 +1117,10 @@ async def test_decorator():
     with pytest.raises(KeyError):
         await fail()
     assert now() == t0 + 0.5  # the token is spent even though it raised
+    with pytest.raises(TypeError):
+        await fetch()  # called (after the token) with a missing argument
+    assert now() == t0 + 0.75
+    t0 += 0.25
     results = await asyncio.gather(*(fetch(i) for i in range(4)))
     assert results == [0, 1, 2, 3] and now() == t0 + 1.5
 
@@ -1045,6 +1153,26 @@ async def test_decorator_on_methods_and_cancellation():
     with pytest.raises(asyncio.CancelledError):
         await t
     assert calls == ["/a", "/b"]
+
+
+@VT
+async def test_decorator_cancelled_while_running():
+    b = TokenBucket(4, capacity=4)
+    started = []
+
+    @b
+    async def slow():
+        started.append(now())
+        await asyncio.sleep(10)
+
+    t0 = now()
+    t = asyncio.create_task(slow())
+    await asyncio.sleep(0.125)
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    assert started == [t0] and b.waiting == 0
+    assert b.tokens == 3.5  # the token it spent stays spent: 4 - 1 + 0.5
 
 
 def test_decorator_bad_use():
@@ -1270,6 +1398,7 @@ async def test_limiter_amounts(Limiter):
     lim = Limiter(4, 1)
     t0 = now()
     await lim.acquire(0)
+    await asyncio.create_task(lim.acquire(0))
     with pytest.raises(ValueError):
         await lim.acquire(5)
     with pytest.raises(ValueError):

@@ -17,17 +17,8 @@ _acquire = TokenBucket.acquire
 _has_capacity = TokenBucket.has_capacity
 
 
-class _Done:
-    """An awaitable that finishes at once with None (acquire(0))."""
-
-    __slots__ = ()
-
-    def __await__(self):
-        return
-        yield  # pragma: no cover (makes this a generator)
-
-
-_DONE = _Done()
+async def _nothing():
+    """acquire(0): a coroutine (create_task accepts it) that finishes at once."""
 
 
 def _check(value, name, low, strict):
@@ -73,7 +64,7 @@ class AsyncLimiter(TokenBucket):
             return _acquire(self, amount)
         except ValueError:
             if amount == 0:
-                return _DONE
+                return _nothing()
             raise ValueError("Amount must be a number between 0 and the maximum capacity") from None
 
     def has_capacity(self, amount=1):
