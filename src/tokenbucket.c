@@ -991,12 +991,25 @@ tb_wake(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* Drop done (cancelled) ops at the head, so a newcomer is not queued behind the dead. */
+/* Drop done (cancelled) ops at the head, so a newcomer is not queued behind the dead; and all
+ * of them if their loop is closed (their tasks can never run again). */
 static int
 tb_purge_dead(TokenBucket *self)
 {
     fa_state *st = self->st;
     FaOp *op;
+    if (self->loop != NULL && self->waiters.len != 0) {
+        PyObject *loop = Py_NewRef(self->loop);
+        int closed = fa_call_bool(loop, st->str_is_closed);  // Beware: Python code
+        Py_DECREF(loop);
+        if (closed < 0) {
+            return -1;
+        }
+        if (closed) {
+            tb_abandon(self);
+            return 0;
+        }
+    }
     while ((op = self->waiters.head) != NULL) {
         Py_INCREF(op);
         PyObject *fut = Py_NewRef(op->fut);

@@ -1265,6 +1265,30 @@ def test_closed_loop_rebinds_cleanly(make):
         gc.collect()
 
 
+@pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
+def test_closed_loop_waiters_do_not_block_try_acquire(make):
+    b = TokenBucket(4, capacity=4, initial=0)
+    a = make()
+    tasks = [a.create_task(b.acquire(4)) for _ in range(2)]
+    a.run_until_complete(asyncio.sleep(0))
+    assert b.waiting == 2
+    for t in tasks:
+        t.cancel()
+    a.close()
+    c = make()
+    try:
+
+        async def later():
+            assert b.tokens == 0.0  # the bucket's stamp moves to this loop's clock
+            await asyncio.sleep(1)
+            return b.try_acquire(4), b.waiting
+
+        assert c.run_until_complete(later()) == (True, 0)
+    finally:
+        c.close()
+        gc.collect()
+
+
 def test_clock_switch_adds_nothing_for_the_gap():
     b = TokenBucket(4, capacity=8, initial=0)
     a = VirtualClockLoop(start=1_000_000.0)
