@@ -18,12 +18,16 @@
  * is woken unless it proceeds (or times out).
  *
  * Invariants:
- * - 0 <= level <= capacity; stamp is the last reading of the clock named by clock_loop.
+ * - 0 <= level <= capacity; stamp is the last reading of the clock named by clock_loop, or up to
+ *   the early-timer allowance after it (see tb_process).
+ * - the waiters of a loop that has closed are dropped at the next wait or fast check (their
+ *   tasks can never run again); `loop` is then re-bound.
  * - waiters: the ops not yet admitted, in arrival order (an op whose future was cancelled may
  *   stay until its task runs, or until the bucket meets it at the head and drops it).
  * - an admitted op has OPF_ADMITTED (its tokens are taken) until it resumes; a timed-out op has
  *   OPF_TIMEDOUT and took nothing; both are unlinked.
- * - timer is NULL or armed at timer_when on `loop` for min(head ready time, earliest deadline).
+ * - timer is NULL or armed at timer_when on `loop` for min(head ready time, earliest deadline),
+ *   or for an earlier deadline whose waiter left since (it then fires once, for nothing).
  * - dl is a binary min-heap of (when, seq, op) for ops that wait with a timeout; an entry is live
  *   iff its op is still linked in waiters (dl_live counts those); stale entries are dropped when
  *   they reach the top, or all at once when they outnumber the live ones.
@@ -289,7 +293,7 @@ tb_base_time_intact(fa_state *st)
 #endif
 
 #if TB_VERDICT_CACHE
-/* Does the proof that loop.time is native, made for st->tb_nat_loop, still hold? Nothing it
+/* Does the proof that loop.time is native, made for st->tb_nat_wr's loop, still hold? Nothing it
  * rests on changed: the object and its class (__class__ assignment changes the type; any
  * attribute change on the class or a base clears its version tag, and tags are never reused),
  * its instance __dict__ (materialized when the proof was stored, so every attribute store on
