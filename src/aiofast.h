@@ -105,6 +105,20 @@ typedef struct fa_state {
     PyObject *str_create_task;
     PyObject *str_exception;
     PyObject *base_loop_time;     /* asyncio.BaseEventLoop.time (that is, time.monotonic()) */
+    /* tokenbucket.c: the wrapper type of @bucket, and what the native clock shortcut compares
+     * against (asyncio's BaseEventLoop.time, its code and globals, the time module, monotonic) */
+    PyTypeObject *RateLimitedType;
+    PyObject *tb_base_time;       /* NULL: never read the clock natively */
+    PyObject *tb_base_time_code;
+    PyObject *tb_base_time_globals;
+    PyObject *tb_time_module;
+    PyObject *tb_time_dict;
+    PyObject *tb_monotonic;
+    PyObject *str_is_closed;
+    PyObject *str_monotonic;
+    PyObject *str_clock_resolution;
+    /* <= 3.12: a weak reference to the last loop whose time() was proven native */
+    PyObject *tb_nat_wr;
 
     /* interned method and attribute names */
     PyObject *str_create_future;
@@ -123,6 +137,26 @@ typedef struct fa_state {
     PyObject *str_release;
     PyObject *str_locked;
     PyObject *str_append;
+
+    /* non-object fields (not traversed) */
+    /* <= 3.11: asyncio's _get_running_loop() calls getpid(), a system call, every time; the
+     * answer is cached while the thread-state dict that holds it is unmodified (see
+     * tb_running_loop_or_none). tb_rl_loop is borrowed: that dict owns it, through asyncio's
+     * holder, for as long as the version matches. */
+    PyObject *tb_rl_loop;
+    unsigned long long tb_rl_dict_version;   /* PEP 509 version of that dict, 0 = none */
+    unsigned long tb_fork_gen;               /* bumped in a forked child (os.register_at_fork) */
+    unsigned long tb_rl_fork_gen;            /* tb_fork_gen when tb_rl_loop was cached */
+    /* <= 3.13: dict versions of asyncio.base_events' globals and time.__dict__, seen intact */
+    unsigned long long tb_globals_version;
+    unsigned long long tb_timedict_version;
+    /* <= 3.12: the proof that tb_nat_wr's loop reads time natively holds while these match */
+    PyObject **tb_nat_dictptr;               /* into the loop (alive: it is the running loop) */
+    PyObject *tb_nat_dict;                   /* borrowed; its version tag rules out reuse */
+    void *tb_nat_type;
+    unsigned long long tb_nat_dver;
+    unsigned int tb_nat_tag;
+    int tb_nat_valid;
 } fa_state;
 
 /* Each family's file exports exactly one function; module.c calls them in order. */

@@ -246,6 +246,7 @@ module_exec(PyObject *mod)
     if (fa_breaker_init(mod, st) < 0) return -1;
     if (fa_cache_init(mod, st) < 0) return -1;
     if (fa_memo_init(mod, st) < 0) return -1;
+    if (fa_tokenbucket_init(mod, st) < 0) return -1;
     return 0;
 }
 

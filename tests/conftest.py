@@ -16,7 +16,15 @@ import aiofast
 
 
 def pytest_asyncio_loop_factories(config, item):
-    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    factories = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    # Virtual-clock loops only for tests that name them:
+    # @pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
+    marker = item.get_closest_marker("asyncio")
+    if marker is not None and marker.kwargs.get("loop_factories"):
+        from virtual_time import VIRTUAL_LOOP_FACTORIES
+
+        factories.update(VIRTUAL_LOOP_FACTORIES)
+    return factories
 
 
 def _ns(**kw):

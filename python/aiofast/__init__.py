@@ -16,13 +16,16 @@ from ._core import (
     Lock,
     LRUCache,
     Semaphore,
+    TokenBucket,
     TTLCache,
 )
+from ._compat_limiter import AsyncLimiter
 
 __version__ = "0.1.0"
 
 __all__ = [
     "alru_cache",
+    "AsyncLimiter",
     "BoundedSemaphore",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -34,6 +37,7 @@ __all__ = [
     "Semaphore",
     "circuit",
     "TTLCache",
+    "TokenBucket",
     "install",
     "uninstall",
     "installed",

@@ -1,0 +1,2178 @@
+/*
+ * tokenbucket.c: TokenBucket, an async rate limiter (a token bucket), and RateLimited, the
+ * callable that `@bucket` wraps around an async function.
+ *
+ * Model. The bucket holds `level` tokens at time `stamp`, read on one clock: the loop's time()
+ * (`clock_loop`), or NULL for time.monotonic(), which is what every unpatched asyncio default
+ * loop's time() returns. Tokens flow in continuously, rate per `per` seconds, up to `capacity`:
+ * a reading now > stamp sets level = min(capacity, level + (now - stamp) * rate / per) and
+ * stamp = now. A reading <= stamp adds nothing (time never runs backwards), and a reading on
+ * another clock restarts the stamp there without adding anything (the gap is unknowable).
+ *
+ * Waiting. Strict FIFO: the head of `waiters` is the only op that can be admitted, and a newcomer
+ * never takes tokens while anyone waits, so a large request at the head is never overtaken. The
+ * bucket admits an op by taking its tokens, unlinking it and resolving its future (the tokens
+ * are handed over at wake time, as asyncio.Semaphore hands over permits); a cancelled admitted op
+ * gives them back. One loop.call_at handle (`timer`) is armed for the earlier of the head's ready
+ * time and the earliest deadline of a waiter with a timeout; nothing else is scheduled, no waiter
+ * is woken unless it proceeds (or times out).
+ *
+ * Invariants:
+ * - 0 <= level <= capacity; stamp is the last reading of the clock named by clock_loop, or up to
+ *   the early-timer allowance after it (see tb_process).
+ * - the waiters of a loop that has closed are dropped at the next wait or fast check (their
+ *   tasks can never run again); `loop` is then re-bound.
+ * - waiters: the ops not yet admitted, in arrival order (an op whose future was cancelled may
+ *   stay until its task runs, or until the bucket meets it at the head and drops it).
+ * - an admitted op has OPF_ADMITTED (its tokens are taken) until it resumes; a timed-out op has
+ *   OPF_TIMEDOUT and took nothing; both are unlinked.
+ * - timer is NULL or armed at timer_when on `loop` for min(head ready time, earliest deadline),
+ *   or for an earlier deadline whose waiter left since (it then fires once, for nothing).
+ * - dl is a binary min-heap of (when, seq, op) for ops that wait with a timeout; an entry is live
+ *   iff its op is still linked in waiters (dl_live counts those); stale entries are dropped when
+ *   they reach the top, or all at once when they outnumber the live ones.
+ * - processing is set while tb_process runs: a nested call (from Python code it calls) only
+ *   sets reprocess, and the outer call loops.
+ */
+#include "op.h"
+
+#include <float.h>
+
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
+/* 3.13 moved this declaration to the internal headers; the function is the same and exported. */
+PyAPI_FUNC(int) _PyObject_GetMethod(PyObject *obj, PyObject *name, PyObject **method);
+#endif
+/* The native clock shortcut needs _PyObject_GetMethod (checked on 3.10 to 3.13 only). */
+#define TB_NATIVE_CLOCK (PY_VERSION_HEX < 0x030E0000)
+/* Remembering the proof per loop needs every instance attribute store to change the version of
+ * the loop's materialized __dict__: true on 3.10 to 3.12 (tested), not on 3.13, where stores go
+ * to the inline values a materialized dict shares. */
+#define TB_VERDICT_CACHE (PY_VERSION_HEX < 0x030D0000)
+
+/* How early a loop may run a timer and still count as on time: uvloop rounds delays to whole
+ * milliseconds (and its clock is in milliseconds); asyncio runs timers up to its clock
+ * resolution early (loop._clock_resolution: 1 ns on Linux, 15.6 ms on old Windows), so the
+ * allowance is the larger of TB_EARLY_FIRE and that, capped at TB_EARLY_FIRE_MAX. */
+#define TB_EARLY_FIRE 0.001
+#define TB_EARLY_FIRE_MAX 0.05
+
+#define OPF_ADMITTED 0x100  /* tokens taken for this op, future resolved */
+#define OPF_TIMEDOUT 0x200  /* deadline passed, future resolved, nothing taken */
+#define OPF_TIMED 0x400     /* linked with a live deadline entry (counted in dl_live) */
+#define OPF_CALLING 0x800   /* RateLimited: the token is consumed, the function runs */
+
+typedef struct {
+    double when;
+    unsigned long long seq;
+    FaOp *op;  /* strong */
+} tb_deadline;
+
+typedef struct {
+    PyObject_HEAD
+    fa_state *st;
+    fa_waitq waiters;
+    PyObject *loop;        /* bound on the first wait (as _LoopBoundMixin), or NULL */
+    PyObject *clock_loop;  /* the loop whose time() stamp was read on; NULL: time.monotonic() */
+    PyObject *timer;       /* the one TimerHandle, or NULL */
+    PyObject *wake_cb;     /* the timer's callback (a builtin bound to self), made lazily */
+    FaOp *cache;
+    PyObject *weakreflist;
+    PyObject *rate_obj;    /* rate, per and capacity as given (the properties return them) */
+    PyObject *per_obj;
+    PyObject *cap_obj;
+    double rate;
+    double per;
+    double capacity;
+    double initial;
+    double level;
+    double stamp;
+    double last_read;      /* the clock as last read (stamp may lead it, see tb_process) */
+    double timer_when;
+    tb_deadline *dl;
+    Py_ssize_t dl_len;
+    Py_ssize_t dl_alloc;
+    Py_ssize_t dl_live;
+    unsigned long long dl_seq;
+    int stamp_valid;
+    int processing;
+    int reprocess;
+} TokenBucket;
+
+typedef struct {
+    PyObject_HEAD
+    fa_state *st;
+    PyObject *bucket;
+    PyObject *func;
+    FaOp *cache;
+    PyObject *dict;
+    PyObject *weakreflist;
+    vectorcallfunc vectorcall;
+} RateLimited;
+
+static int tb_process(TokenBucket *self, double fired_at);
+static PyObject *rl_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                               PyObject *kwnames);
+
+#if FA_DEBUG
+static void
+tb_check(TokenBucket *self)
+{
+    assert(self->level >= 0 && self->level <= self->capacity);
+    Py_ssize_t n = 0, timed = 0;
+    FaOp *prev = NULL;
+    for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
+        assert(op->queue == &self->waiters);
+        assert(op->prev == prev);
+        assert(!(op->flags & (OPF_ADMITTED | OPF_TIMEDOUT)));
+        timed += (op->flags & OPF_TIMED) != 0;
+        prev = op;
+        n++;
+    }
+    assert(prev == self->waiters.tail);
+    assert(n == self->waiters.len);
+    assert(timed == self->dl_live);
+    assert(self->dl_live <= self->dl_len);
+    for (Py_ssize_t i = 1; i < self->dl_len; i++) {
+        tb_deadline *p = &self->dl[(i - 1) / 2], *c = &self->dl[i];
+        assert(p->when < c->when || (p->when == c->when && p->seq < c->seq));
+    }
+}
+#define TB_CHECK(self) tb_check(self)
+#else
+#define TB_CHECK(self) ((void)0)
+#endif
+
+/* ------------------------------------------------------------------ arithmetic */
+
+/* Tokens that flow in over dt seconds (dt * rate / per, without overflowing on the way). */
+static inline double
+tb_inflow(TokenBucket *self, double dt)
+{
+    double x = dt * self->rate;
+    if (self->per == 1.0) {
+        return x;  // x / 1.0 == x (and dt * (rate / 1.0) == x when x overflows)
+    }
+    return isfinite(x) ? x / self->per : dt * (self->rate / self->per);
+}
+
+/* Seconds until `deficit` tokens have flowed in. */
+static inline double
+tb_seconds_for(TokenBucket *self, double deficit)
+{
+    double x = deficit * self->per;
+    return isfinite(x) ? x / self->rate : deficit * (self->per / self->rate);
+}
+
+static inline void
+tb_refill(TokenBucket *self, double now)
+{
+    if (now > self->stamp) {
+        if (self->level < self->capacity) {
+            double lv = self->level + tb_inflow(self, now - self->stamp);
+            self->level = lv < self->capacity ? lv : self->capacity;
+        }
+        self->stamp = now;
+    }
+}
+
+/* Can `need` tokens be taken now? A deficit that flows in within one tick of the clock (the
+ * float resolution of stamp) counts as none: the clock cannot tell those instants apart, and a
+ * timer armed for the ready time must find the tokens there despite rounding. */
+static inline int
+tb_enough(TokenBucket *self, double need)
+{
+    if (self->level >= need) {
+        return 1;
+    }
+    double tick = nextafter(self->stamp, INFINITY) - self->stamp;
+    return tb_seconds_for(self, need - self->level) <= tick;
+}
+
+static inline void
+tb_take(TokenBucket *self, double need)
+{
+    double lv = self->level - need;
+    self->level = lv > 0 ? lv : 0;  /* below 0 only by the one-tick rounding of tb_enough */
+}
+
+/* Give back tokens an admitted op did not use. Exact whatever time passed since they were
+ * taken: min(cap, min(cap, x - n + r) + n) == min(cap, x + r). */
+static inline void
+tb_refund(TokenBucket *self, double n)
+{
+    double lv = self->level + n;
+    self->level = lv < self->capacity ? lv : self->capacity;
+}
+
+/* ------------------------------------------------------------------ the clock */
+
+/* A dict's PEP 509 version tag: globally unique, changed by every modification. Maintained
+ * through 3.13 (deprecated for extensions since 3.12, removed in 3.14, where the native clock
+ * shortcut is off: TB_NATIVE_CLOCK). */
+#if TB_NATIVE_CLOCK
+static inline uint64_t
+tb_dict_version(PyObject *d)
+{
+#if FA_PY312
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    return ((PyDictObject *)d)->ma_version_tag;
+#if FA_PY312
+#pragma GCC diagnostic pop
+#endif
+}
+
+/* time.monotonic() as a double, bit for bit: time.monotonic() is
+ * PyFloat_FromDouble(_PyTime_AsSecondsDouble(t)) of the monotonic clock t in nanoseconds
+ * (PyTime_Monotonic / PyTime_AsSecondsDouble on 3.13). _PyTime_AsSecondsDouble(t) is
+ * (double)(t / 10**9) when t is a whole number of seconds, else (double)t / 1e9. Below 2**53
+ * (double)t is exact, and then both are (double)t / 1e9: an exact integer quotient is returned
+ * exactly by the correctly rounded division. So we skip its 64-bit modulo there, provided double
+ * arithmetic is done in double precision (FLT_EVAL_METHOD == 0, e.g. SSE2, not x87). */
+static inline double
+tb_ns_to_seconds(long long t)
+{
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    if (FA_LIKELY(t < (1LL << 53) && t > -(1LL << 53))) {
+        return (double)t / 1e9;
+    }
+#endif
+#if FA_PY313
+    return PyTime_AsSecondsDouble(t);
+#else
+    return _PyTime_AsSecondsDouble(t);
+#endif
+}
+
+static inline int
+tb_monotonic(double *out)
+{
+#if FA_PY313
+    PyTime_t t;
+    if (PyTime_Monotonic(&t) < 0) {
+        return -1;
+    }
+#else
+    _PyTime_t t;
+    if (_PyTime_GetMonotonicClockWithInfo(&t, NULL) < 0) {
+        return -1;
+    }
+#endif
+    *out = tb_ns_to_seconds((long long)t);
+    return 0;
+}
+
+/* Is asyncio's BaseEventLoop.time, `return time.monotonic()`, still exactly that? Its code
+ * object, the `time` global it reads and that module's `monotonic` must all be the originals. */
+static inline int
+tb_base_time_intact(fa_state *st)
+{
+    if (st->tb_base_time == NULL
+        || PyFunction_GET_CODE(st->tb_base_time) != st->tb_base_time_code) {
+        return 0;
+    }
+    /* PEP 509: both dicts unmodified since we last found them intact */
+    uint64_t gv = tb_dict_version(st->tb_base_time_globals);
+    uint64_t tv = tb_dict_version(st->tb_time_dict);
+    if (FA_LIKELY(gv == st->tb_globals_version && tv == st->tb_timedict_version)) {
+        return 1;
+    }
+    PyObject *tm = PyDict_GetItemWithError(st->tb_base_time_globals, st->str_time);  // borrowed
+    if (tm != st->tb_time_module) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    PyObject *mono = PyDict_GetItemWithError(st->tb_time_dict, st->str_monotonic);  // borrowed
+    if (mono != st->tb_monotonic) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    st->tb_globals_version = gv;
+    st->tb_timedict_version = tv;
+    return 1;
+}
+#endif
+
+#if TB_VERDICT_CACHE
+/* Does the proof that loop.time is native, made for st->tb_nat_wr's loop, still hold? Nothing it
+ * rests on changed: the object and its class (__class__ assignment changes the type; any
+ * attribute change on the class or a base clears its version tag, and tags are never reused),
+ * its instance __dict__ (materialized when the proof was stored, so every attribute store on
+ * the instance changes that dict's version tag), BaseEventLoop.time's code and the module
+ * dicts it reads. 1, 0, -1. */
+static inline int
+tb_verdict_holds(fa_state *st, PyObject *loop)
+{
+    if (!st->tb_nat_valid || PyWeakref_GET_OBJECT(st->tb_nat_wr) != loop) {
+        return 0;
+    }
+    PyTypeObject *tp = Py_TYPE(loop);
+    if ((void *)tp != st->tb_nat_type || !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        || tp->tp_version_tag != st->tb_nat_tag) {
+        return 0;
+    }
+    PyObject *d = *st->tb_nat_dictptr;
+    if (d != st->tb_nat_dict || (d != NULL && tb_dict_version(d) != st->tb_nat_dver)) {
+        return 0;
+    }
+    return tb_base_time_intact(st);
+}
+
+/* Remember that loop.time was just proven native (see tb_verdict_holds). The loop is held
+ * weakly (a cache must not keep a dropped loop alive, nor delay its "unclosed event loop"
+ * warning); its dict is not held at all: while the loop lives and its dict slot holds a dict
+ * with the remembered version tag, it is the same, unmodified dict (tags are never reused).
+ * On 3.11 and 3.12 this materializes the loop's instance __dict__ (CPython keeps attributes
+ * in inline values until something asks for the dict): a one-time change of storage,
+ * invisible to Python code. */
+static void
+tb_verdict_store(fa_state *st, PyObject *loop)
+{
+    PyTypeObject *tp = Py_TYPE(loop);
+    st->tb_nat_valid = 0;
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        return;
+    }
+    PyObject *wr = PyWeakref_NewRef(loop, NULL);  // new ref
+    if (wr == NULL) {
+        PyErr_Clear();  // no weak references: prove it every time
+        return;
+    }
+    PyObject **dp = _PyObject_GetDictPtr(loop);
+    if (dp == NULL) {
+        Py_DECREF(wr);
+        return;  // no instance dict support, or it could not be made: prove it every time
+    }
+    PyObject *old = st->tb_nat_wr;
+    st->tb_nat_wr = wr;
+    st->tb_nat_dict = *dp;
+    st->tb_nat_dictptr = dp;
+    st->tb_nat_dver = *dp ? tb_dict_version(*dp) : 0;
+    st->tb_nat_type = tp;
+    st->tb_nat_tag = tp->tp_version_tag;
+    st->tb_nat_valid = 1;
+    Py_XDECREF(old);
+}
+#endif
+
+/* Read loop.time() into *now. *native is set when the reading was taken natively because
+ * loop.time is provably the unpatched BaseEventLoop.time: found on the type (not shadowed by an
+ * instance attribute, no __getattribute__ override), identical to the function we loaded, with
+ * its code and the module globals it reads untouched. time.monotonic() then returns
+ * _PyTime_AsSecondsDouble(monotonic clock) (PyTime_* on 3.13), which is what we compute.
+ * Beware: a non-native time() is Python code. */
+static int
+tb_loop_time(fa_state *st, PyObject *loop, double *now, int *native)
+{
+    PyObject *r;
+#if TB_NATIVE_CLOCK
+#if TB_VERDICT_CACHE
+    int held = tb_verdict_holds(st, loop);
+    if (FA_LIKELY(held > 0)) {
+        *native = 1;
+        return tb_monotonic(now);
+    }
+    if (held < 0) {
+        return -1;
+    }
+#endif
+    PyObject *meth = NULL;
+    int unbound = _PyObject_GetMethod(loop, st->str_time, &meth);  // meth: new ref
+    if (meth == NULL) {
+        return -1;
+    }
+    if (unbound && meth == st->tb_base_time && st->tb_base_time != NULL) {
+        int ok = tb_base_time_intact(st);
+        if (ok > 0) {
+            Py_DECREF(meth);
+            *native = 1;
+#if TB_VERDICT_CACHE
+            tb_verdict_store(st, loop);
+#endif
+            return tb_monotonic(now);
+        }
+        if (ok < 0) {
+            Py_DECREF(meth);
+            return -1;
+        }
+    }
+    r = unbound ? PyObject_CallOneArg(meth, loop) : PyObject_CallNoArgs(meth);
+    Py_DECREF(meth);
+#else
+    PyObject *args[1] = {loop};
+    r = PyObject_VectorcallMethod(st->str_time, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+#endif
+    if (r == NULL) {
+        return -1;
+    }
+    double t = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!isfinite(t)) {
+        PyErr_SetString(PyExc_ValueError, "loop.time() returned a value that is not a finite "
+                        "number");
+        return -1;
+    }
+    *native = 0;
+    *now = t;
+    return 0;
+}
+
+/* Bring the bucket up to now on the clock of `loop` (borrowed; NULL or None when no loop runs:
+ * then the clock of the last loop, unless it is closed, else time.monotonic()).
+ * Beware: calls loop.time() and loop.is_closed(), Python code. */
+static int
+tb_clock(TokenBucket *self, PyObject *loop)
+{
+    fa_state *st = self->st;
+    double now;
+    int native = 1;
+    PyObject *held = NULL;  // a strong reference to the loop across its time()
+    if (loop == NULL || loop == Py_None) {
+        loop = NULL;
+        if (self->clock_loop != NULL) {
+            held = Py_NewRef(self->clock_loop);
+            int closed = fa_call_bool(held, st->str_is_closed);
+            if (closed < 0) {
+                Py_DECREF(held);
+                return -1;
+            }
+            if (closed) {
+                Py_CLEAR(held);
+            }
+            loop = held;
+        }
+    }
+    else {
+        held = Py_NewRef(loop);
+    }
+    int rc = loop != NULL ? tb_loop_time(st, loop, &now, &native) : tb_monotonic(&now);
+    if (rc < 0) {
+        Py_XDECREF(held);
+        return -1;
+    }
+    self->last_read = now;
+    PyObject *clock = native ? NULL : held;  // the clock this reading is on
+    if (!self->stamp_valid || clock != self->clock_loop) {
+        /* another clock: restart the stamp here, adding nothing for the unknowable gap */
+        self->stamp = now;
+        self->stamp_valid = 1;
+        Py_XSETREF(self->clock_loop, Py_XNewRef(clock));  // Beware: may drop the last ref to a loop
+    }
+    else {
+        tb_refill(self, now);
+    }
+    Py_XDECREF(held);
+    return 0;
+}
+
+/* The running loop (new ref) or None.
+ *
+ * Up to 3.11, asyncio's C _get_running_loop() checks the holder's pid against getpid(), a
+ * system call, on every call: that alone costs more than the rest of a fast acquire. The holder
+ * lives in the thread-state dict, which _set_running_loop() modifies whenever a loop starts or
+ * stops running in this thread (it stores a new holder, which owns the loop). So while that
+ * dict carries the PEP 509 version tag it had when asyncio last answered (tags are globally
+ * unique: same tag, same dict, unmodified since), and no fork happened since (in a child
+ * asyncio's pid check answers None; os.register_at_fork bumps tb_fork_gen there), the answer
+ * is the same, and the loop is alive (the dict owns the holder, the holder the loop). We never
+ * read asyncio's private holder. 3.12 dropped the pid check: there we just call it. */
+static inline PyObject *
+tb_running_loop_or_none(fa_state *st)
+{
+#if !FA_PY312
+    PyObject *d = PyThreadState_GetDict();  // borrowed
+    if (FA_LIKELY(d != NULL && st->tb_fork_gen != (unsigned long)-1)) {
+        uint64_t ver = tb_dict_version(d);
+        if (FA_LIKELY(ver == st->tb_rl_dict_version && st->tb_rl_fork_gen == st->tb_fork_gen
+                      && st->tb_rl_loop != NULL)) {
+            return Py_NewRef(st->tb_rl_loop);
+        }
+        PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);  // new ref; C, no Python code
+        if (loop == NULL) {
+            return NULL;
+        }
+        st->tb_rl_loop = loop;  // borrowed from here on (see above)
+        st->tb_rl_fork_gen = st->tb_fork_gen;
+        st->tb_rl_dict_version = tb_dict_version(d);  // unchanged by that call
+        return loop;
+    }
+#endif
+    return PyObject_CallNoArgs(st->get_running_loop);
+}
+
+/* tb_clock on the running loop. */
+static inline int
+tb_clock_now(TokenBucket *self)
+{
+    fa_state *st = self->st;
+    PyObject *loop = tb_running_loop_or_none(st);  // new ref
+    if (loop == NULL) {
+        return -1;
+    }
+#if TB_VERDICT_CACHE
+    /* the hot case in one piece: the loop we proved native last time, still native, and the
+     * bucket's stamp already on the monotonic clock */
+    if (FA_LIKELY(self->clock_loop == NULL && self->stamp_valid)) {
+        int held = tb_verdict_holds(st, loop);
+        if (FA_LIKELY(held > 0)) {
+            Py_DECREF(loop);  // the running loop: alive without us
+            double now;
+            if (tb_monotonic(&now) < 0) {
+                return -1;
+            }
+            self->last_read = now;
+            tb_refill(self, now);
+            return 0;
+        }
+    }
+#endif
+    int rc = tb_clock(self, loop);
+    Py_DECREF(loop);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the deadline heap */
+
+static inline int
+dl_less(const tb_deadline *a, const tb_deadline *b)
+{
+    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+}
+
+static void
+dl_sift_up(tb_deadline *h, Py_ssize_t i)
+{
+    tb_deadline x = h[i];
+    while (i > 0) {
+        Py_ssize_t p = (i - 1) / 2;
+        if (!dl_less(&x, &h[p])) {
+            break;
+        }
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = x;
+}
+
+static void
+dl_sift_down(tb_deadline *h, Py_ssize_t n, Py_ssize_t i)
+{
+    tb_deadline x = h[i];
+    for (;;) {
+        Py_ssize_t c = 2 * i + 1;
+        if (c >= n) {
+            break;
+        }
+        if (c + 1 < n && dl_less(&h[c + 1], &h[c])) {
+            c++;
+        }
+        if (!dl_less(&h[c], &x)) {
+            break;
+        }
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = x;
+}
+
+/* Room for one more entry: 0, or -1 with MemoryError. */
+static int
+dl_reserve(TokenBucket *self)
+{
+    if (self->dl_len < self->dl_alloc) {
+        return 0;
+    }
+    Py_ssize_t n = self->dl_alloc ? self->dl_alloc * 2 : 8;
+    tb_deadline *h = PyMem_Realloc(self->dl, (size_t)n * sizeof(tb_deadline));
+    if (h == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->dl = h;
+    self->dl_alloc = n;
+    return 0;
+}
+
+static inline int
+dl_is_live(TokenBucket *self, const tb_deadline *e)
+{
+    return e->op->queue == &self->waiters && (e->op->flags & OPF_TIMED);
+}
+
+/* Drop every stale entry (detach first, then decref). */
+static void
+dl_compact(TokenBucket *self)
+{
+    Py_ssize_t n = self->dl_len, k = 0, s = 0;
+    FaOp **stale = PyMem_Malloc(sizeof(FaOp *) * (size_t)(n ? n : 1));
+    if (stale == NULL) {
+        return;  // keep them; compaction is an optimisation
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (dl_is_live(self, &self->dl[i])) {
+            self->dl[k++] = self->dl[i];
+        }
+        else {
+            stale[s++] = self->dl[i].op;
+        }
+    }
+    self->dl_len = k;
+    for (Py_ssize_t i = k / 2 - 1; i >= 0; i--) {
+        dl_sift_down(self->dl, k, i);
+    }
+    for (Py_ssize_t i = 0; i < s; i++) {
+        Py_DECREF(stale[i]);
+    }
+    PyMem_Free(stale);
+}
+
+/* Pop the top entry; returns its op (the heap's strong reference) and its time. */
+static FaOp *
+dl_pop(TokenBucket *self, double *when)
+{
+    tb_deadline top = self->dl[0];
+    self->dl_len--;
+    if (self->dl_len > 0) {
+        self->dl[0] = self->dl[self->dl_len];
+        dl_sift_down(self->dl, self->dl_len, 0);
+    }
+    *when = top.when;
+    return top.op;
+}
+
+/* Drop stale entries from the top; returns the earliest live deadline or +inf. */
+static double
+dl_earliest(TokenBucket *self)
+{
+    while (self->dl_len > 0 && !dl_is_live(self, &self->dl[0])) {
+        double w;
+        FaOp *op = dl_pop(self, &w);
+        Py_DECREF(op);  // detached already
+    }
+    return self->dl_len > 0 ? self->dl[0].when : INFINITY;
+}
+
+static void
+dl_release_all(TokenBucket *self)
+{
+    tb_deadline *h = self->dl;
+    Py_ssize_t n = self->dl_len;
+    self->dl = NULL;
+    self->dl_len = self->dl_alloc = self->dl_live = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(h[i].op);
+    }
+    PyMem_Free(h);
+}
+
+/* ------------------------------------------------------------------ the waiter queue */
+
+/* Unlink a waiting op (the caller holds a reference). */
+static void
+tb_unlink(TokenBucket *self, FaOp *op)
+{
+    if (op->flags & OPF_TIMED) {
+        op->flags &= ~OPF_TIMED;
+        self->dl_live--;
+    }
+    fa_waitq_unlink(op);
+    if (self->dl_len > 32 && self->dl_len > 2 * self->dl_live) {
+        dl_compact(self);
+    }
+}
+
+/* Drop every waiter and the timer: the loop they belong to is closed, nothing can wake them. */
+static void
+tb_abandon(TokenBucket *self)
+{
+    for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
+        op->flags &= ~OPF_TIMED;
+    }
+    fa_waitq_release_all(&self->waiters);
+    dl_release_all(self);
+    Py_CLEAR(self->timer);  // closing the loop cancelled it
+}
+
+/* The running loop (new ref), binding the bucket to it on the first wait. A bucket bound to a
+ * loop that has since closed re-binds cleanly: its waiters there are dropped (their tasks can
+ * never run again). Waiting in another loop while the bound one is open is a RuntimeError. */
+static PyObject *
+tb_bind(TokenBucket *self)
+{
+    fa_state *st = self->st;
+    PyObject *loop = fa_running_loop(st);  // new ref
+    if (loop == NULL) {
+        return NULL;
+    }
+    if (self->loop == loop) {
+        return loop;
+    }
+    if (self->loop != NULL) {
+        PyObject *old = Py_NewRef(self->loop);
+        int closed = fa_call_bool(old, st->str_is_closed);  // Beware: Python code
+        Py_DECREF(old);
+        if (closed < 0) {
+            Py_DECREF(loop);
+            return NULL;
+        }
+        if (!closed) {
+            Py_DECREF(loop);
+            PyObject *r = PyObject_Repr((PyObject *)self);
+            if (r != NULL) {
+                PyErr_Format(PyExc_RuntimeError, "%U is bound to a different event loop", r);
+                Py_DECREF(r);
+            }
+            return NULL;
+        }
+        tb_abandon(self);
+    }
+    Py_XSETREF(self->loop, Py_NewRef(loop));
+    return loop;
+}
+
+/* ------------------------------------------------------------------ wake-ups and the timer */
+
+static PyObject *tb_wake(PyObject *op, PyObject *Py_UNUSED(ignored));
+
+static PyMethodDef tb_wake_def = {"_wake", tb_wake, METH_NOARGS, NULL};
+
+/* Resolve a waiter's future (the op is committed already). 1 done, 0 the future was done
+ * already (cancelled: the op is dead), -1 error. Beware: loop.call_soon runs. */
+static int
+tb_resolve(fa_state *st, FaOp *op)
+{
+    PyObject *fut = Py_NewRef(op->fut);
+    int rc = fa_fut_set_result(st, fut, Py_None);
+    Py_DECREF(fut);
+    if (rc == 0) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(st->InvalidStateError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/* Admit from the head while the tokens allow. 0, or -1 (state consistent). */
+static int
+tb_admit(TokenBucket *self)
+{
+    fa_state *st = self->st;
+    FaOp *op;
+    while ((op = self->waiters.head) != NULL) {
+        if (!tb_enough(self, op->num)) {
+            /* the head waits; unless its task was cancelled and it just has not left yet */
+            Py_INCREF(op);
+            PyObject *fut = Py_NewRef(op->fut);
+            int d = fa_fut_done(st, fut);  // Beware: Python code for foreign futures
+            Py_DECREF(fut);
+            if (d < 0) {
+                Py_DECREF(op);
+                return -1;
+            }
+            if (d && op->queue == &self->waiters) {
+                tb_unlink(self, op);  // dead: it will see it is unlinked when its task runs
+                Py_DECREF(op);
+                continue;
+            }
+            int head = self->waiters.head == op;
+            Py_DECREF(op);
+            if (head) {
+                break;
+            }
+            continue;  // the queue changed under us: look again
+        }
+        /* commit, then call out */
+        Py_INCREF(op);
+        tb_take(self, op->num);
+        tb_unlink(self, op);
+        op->flags |= OPF_ADMITTED | FA_OPF_WOKEN;
+        TB_CHECK(self);
+        int r = tb_resolve(st, op);  // Beware
+        if (r <= 0) {
+            /* dead (cancelled) or failing: it takes nothing */
+            op->flags &= ~(OPF_ADMITTED | FA_OPF_WOKEN);
+            tb_refund(self, op->num);
+        }
+        Py_DECREF(op);
+        if (r < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Time out every waiter whose deadline is <= stamp. Sets reprocess if the head left. */
+static int
+tb_expire(TokenBucket *self)
+{
+    fa_state *st = self->st;
+    while (self->dl_len > 0 && self->dl[0].when <= self->stamp) {
+        double when;
+        FaOp *op = dl_pop(self, &when);  // our reference now
+        if (op->queue != &self->waiters || !(op->flags & OPF_TIMED)) {
+            Py_DECREF(op);
+            continue;
+        }
+        if (self->waiters.head == op) {
+            self->reprocess = 1;
+        }
+        tb_unlink(self, op);
+        op->flags |= OPF_TIMEDOUT | FA_OPF_WOKEN;
+        TB_CHECK(self);
+        int r = tb_resolve(st, op);  // Beware
+        if (r == 0) {
+            op->flags &= ~FA_OPF_WOKEN;  // cancelled meanwhile: its cancellation wins
+        }
+        Py_DECREF(op);
+        if (r < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+tb_disarm(TokenBucket *self)
+{
+    PyObject *h = self->timer;
+    if (h == NULL) {
+        return 0;
+    }
+    self->timer = NULL;  // detach, then call out
+    PyObject *args[1] = {h};
+    PyObject *r = PyObject_VectorcallMethod(self->st->str_cancel, args,
+                                            1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(h);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Arm the one timer for min(head ready time, earliest deadline), or disarm it. */
+static int
+tb_arm(TokenBucket *self, PyObject *loop)
+{
+    double when = INFINITY;
+    FaOp *head = self->waiters.head;
+    if (head != NULL && head->num > self->level) {
+        when = self->stamp + tb_seconds_for(self, head->num - self->level);
+    }
+    double d = dl_earliest(self);
+    if (d < when) {
+        when = d;
+    }
+    if (!isfinite(when)) {
+        return tb_disarm(self);  // nothing to wait for (or forever: only cancellation ends it)
+    }
+    if (self->timer != NULL && self->timer_when == when) {
+        return 0;
+    }
+    if (tb_disarm(self) < 0) {
+        return -1;
+    }
+    if (self->wake_cb == NULL) {
+        self->wake_cb = PyCFunction_NewEx(&tb_wake_def, (PyObject *)self, NULL);
+        if (self->wake_cb == NULL) {
+            return -1;
+        }
+    }
+    PyObject *w = PyFloat_FromDouble(when);
+    if (w == NULL) {
+        return -1;
+    }
+    PyObject *args[3] = {loop, w, self->wake_cb};
+    PyObject *h = PyObject_VectorcallMethod(self->st->str_call_at, args,
+                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);  // Beware
+    Py_DECREF(w);
+    if (h == NULL) {
+        return -1;
+    }
+    if (self->timer != NULL) {
+        /* re-entered and armed meanwhile: keep one, go round again */
+        self->reprocess = 1;
+        PyObject *r = PyObject_CallMethodNoArgs(h, self->st->str_cancel);
+        Py_DECREF(h);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    self->timer = h;
+    self->timer_when = when;
+    return 0;
+}
+
+/* See TB_EARLY_FIRE. */
+static double
+tb_early_fire(fa_state *st, PyObject *loop)
+{
+    double early = TB_EARLY_FIRE;
+    PyObject *r = PyObject_GetAttr(loop, st->str_clock_resolution);  // Beware: Python code
+    if (r == NULL) {
+        PyErr_Clear();  // not an asyncio loop (uvloop has none): the default
+        return early;
+    }
+    double d = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    if (d == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return early;
+    }
+    if (d > early) {  // NaN and negatives fail this
+        early = d < TB_EARLY_FIRE_MAX ? d : TB_EARLY_FIRE_MAX;
+    }
+    return early;
+}
+
+/* Bring the bucket up to date on its loop's clock, admit what can be admitted, time out what
+ * is due, and arm the timer for what remains. fired_at: the time the timer was armed for (the
+ * loop ran it, so that time has come, whatever rounding its clock does), or NAN.
+ * Returns 0, or -1 with the state consistent. Beware: calls Python code throughout. */
+static int
+tb_process(TokenBucket *self, double fired_at)
+{
+    if (self->processing) {
+        self->reprocess = 1;
+        return 0;
+    }
+    fa_state *st = self->st;
+    int rc = 0;
+    self->processing = 1;
+    Py_INCREF(self);
+    do {
+        self->reprocess = 0;
+        if (self->loop == NULL) {
+            break;
+        }
+        PyObject *loop = Py_NewRef(self->loop);
+        int closed = fa_call_bool(loop, st->str_is_closed);
+        if (closed != 0) {
+            Py_DECREF(loop);
+            rc = closed < 0 ? -1 : 0;
+            break;  // closed: nothing can run there; the next wait re-binds
+        }
+        rc = tb_clock(self, loop);
+        if (rc == 0 && !isnan(fired_at)) {
+            /* The loop ran the timer, so its time has come, even if the clock reads a hair
+             * before it (see TB_EARLY_FIRE). Trusting that spares a re-arm for a rounding
+             * deficit; the stamp then leads the clock by what the loop ran early (never more
+             * than TB_EARLY_FIRE), refills resume once the clock passes it, and the long-run
+             * rate stays exact. */
+            double latest = self->last_read + tb_early_fire(st, loop);
+            tb_refill(self, fired_at < latest ? fired_at : latest);
+            fired_at = NAN;
+        }
+        if (rc == 0) {
+            rc = tb_admit(self);
+        }
+        if (rc == 0) {
+            rc = tb_expire(self);
+        }
+        if (rc == 0 && !self->reprocess) {
+            rc = tb_arm(self, loop);
+        }
+        Py_DECREF(loop);
+        TB_CHECK(self);
+    } while (rc == 0 && self->reprocess);
+    self->processing = 0;
+    Py_DECREF(self);
+    return rc;
+}
+
+static PyObject *
+tb_wake(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    TokenBucket *self = (TokenBucket *)op;
+    double when = self->timer_when;
+    Py_CLEAR(self->timer);  // it ran
+    if (tb_process(self, when) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Drop done (cancelled) ops at the head, so a newcomer is not queued behind the dead; and all
+ * of them if their loop is closed (their tasks can never run again). */
+static int
+tb_purge_dead(TokenBucket *self)
+{
+    fa_state *st = self->st;
+    FaOp *op;
+    if (self->loop != NULL && self->waiters.len != 0) {
+        PyObject *loop = Py_NewRef(self->loop);
+        int closed = fa_call_bool(loop, st->str_is_closed);  // Beware: Python code
+        Py_DECREF(loop);
+        if (closed < 0) {
+            return -1;
+        }
+        if (closed) {
+            tb_abandon(self);
+            return 0;
+        }
+    }
+    while ((op = self->waiters.head) != NULL) {
+        Py_INCREF(op);
+        PyObject *fut = Py_NewRef(op->fut);
+        int d = fa_fut_done(st, fut);  // Beware
+        Py_DECREF(fut);
+        if (d <= 0) {
+            Py_DECREF(op);
+            return d;
+        }
+        if (op->queue == &self->waiters) {
+            tb_unlink(self, op);
+        }
+        Py_DECREF(op);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ acquire */
+
+/* The op's timeout (op->arg, a float) or NULL. */
+static PySendResult
+tb_enqueue(FaOp *op, PyObject **res)
+{
+    TokenBucket *self = (TokenBucket *)op->owner;
+    fa_state *st = self->st;
+    double timeout = INFINITY;
+    if (op->arg != NULL) {
+        timeout = PyFloat_AS_DOUBLE(op->arg);
+        if (timeout <= 0) {
+            PyErr_Format(st->TimeoutError, "acquire() timed out after %R s: the tokens were "
+                         "not available at once", op->arg);
+            return PYGEN_ERROR;
+        }
+    }
+    int timed = isfinite(timeout);
+    if (timed && dl_reserve(self) < 0) {
+        return PYGEN_ERROR;
+    }
+    PyObject *loop = tb_bind(self);  // new ref
+    if (loop == NULL) {
+        return PYGEN_ERROR;
+    }
+    double deadline = 0;
+    if (timed) {
+        if (tb_clock(self, loop) < 0) {
+            Py_DECREF(loop);
+            return PYGEN_ERROR;
+        }
+        deadline = self->stamp + timeout;
+    }
+    PySendResult r = fa_op_wait_on(op, loop, &self->waiters, res);  // Beware: create_future
+    Py_DECREF(loop);
+    if (r != PYGEN_NEXT) {
+        return r;
+    }
+    if (timed && dl_reserve(self) == 0) {  // reserved above, unless Python code used it up
+        tb_deadline *e = &self->dl[self->dl_len];
+        e->when = deadline;
+        e->seq = self->dl_seq++;
+        e->op = (FaOp *)Py_NewRef(op);
+        self->dl_len++;
+        dl_sift_up(self->dl, self->dl_len - 1);
+        op->flags |= OPF_TIMED;
+        self->dl_live++;
+    }
+    else if (timed) {
+        PyErr_Clear();  /* out of memory: wait without the deadline rather than fail */
+    }
+    TB_CHECK(self);
+    if (tb_process(self, NAN) < 0) {
+        /* undo: nothing taken unless it was admitted meanwhile */
+        if (op->flags & OPF_ADMITTED) {
+            tb_refund(self, op->num);
+        }
+        if (op->queue == &self->waiters) {
+            tb_unlink(self, op);
+        }
+        Py_CLEAR(*res);
+        return PYGEN_ERROR;
+    }
+    return PYGEN_NEXT;
+}
+
+/* Take op->num tokens now (PYGEN_RETURN, *res = None) or queue up (PYGEN_NEXT). */
+static inline PySendResult
+tb_take_or_wait(FaOp *op, PyObject **res)
+{
+    TokenBucket *self = (TokenBucket *)op->owner;
+    if (FA_UNLIKELY(self->waiters.len != 0) && tb_purge_dead(self) < 0) {
+        return PYGEN_ERROR;
+    }
+    if (FA_LIKELY(self->waiters.len == 0)) {
+        if (tb_clock_now(self) < 0) {
+            return PYGEN_ERROR;
+        }
+        if (FA_LIKELY(self->waiters.len == 0 && tb_enough(self, op->num))) {
+            tb_take(self, op->num);
+            *res = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
+    }
+    return tb_enqueue(op, res);
+}
+
+static PySendResult
+tb_acquire_start(FaOp *op, PyObject **res)
+{
+    return tb_take_or_wait(op, res);
+}
+
+static PySendResult
+tb_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+{
+    if (op->flags & OPF_ADMITTED) {
+        op->flags &= ~OPF_ADMITTED;
+        *res = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    if (op->flags & OPF_TIMEDOUT) {
+        PyObject *n = PyFloat_FromDouble(op->num);
+        if (n != NULL) {
+            PyErr_Format(op->st->TimeoutError, "acquire(%R) timed out after %R s", n, op->arg);
+            Py_DECREF(n);
+        }
+        return PYGEN_ERROR;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "TokenBucket waiter resumed without being admitted");
+    return PYGEN_ERROR;
+}
+
+/* An exception reached a wait (cancellation, close): leave the line, give back what was taken,
+ * and let the next proceed if it now can. */
+static int
+tb_wait_exc(FaOp *op, PyObject *Py_UNUSED(exc))
+{
+    TokenBucket *self = (TokenBucket *)op->owner;
+    int changed = 0;
+    if (op->queue == &self->waiters) {
+        changed = self->waiters.head == op;
+        tb_unlink(self, op);
+    }
+    if (op->flags & OPF_ADMITTED) {
+        op->flags &= ~OPF_ADMITTED;
+        tb_refund(self, op->num);
+        changed = 1;
+    }
+    TB_CHECK(self);
+    if (changed) {
+        return tb_process(self, NAN);
+    }
+    return 0;
+}
+
+static const fa_opkind tb_acquire_kind = {
+    "TokenBucket.acquire", tb_acquire_start, tb_acquire_resume, tb_wait_exc,
+};
+
+static PySendResult
+tb_none_start(FaOp *Py_UNUSED(op), PyObject **res)
+{
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+tb_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
+{
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static const fa_opkind tb_aexit_kind = {"TokenBucket.__aexit__", tb_none_start, tb_none_resume,
+                                        NULL};
+
+/* ------------------------------------------------------------------ RateLimited calls */
+
+/* The token is ours: call the function (op->arg2 = (func, kwnames or None, *args,
+ * *kwvalues)) and `yield from` what it returns. */
+static PySendResult
+tb_call_run(FaOp *op, PyObject **res)
+{
+    op->flags |= OPF_CALLING;
+    PyObject *t = op->arg2;  // owned from here
+    op->arg2 = NULL;
+    PyObject **items = ((PyTupleObject *)t)->ob_item;
+    PyObject *kwnames = items[1] == Py_None ? NULL : items[1];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(t) - 2 - nkw;
+    PyObject *aw = PyObject_Vectorcall(items[0], items + 2, (size_t)nargs, kwnames);  // new ref
+    Py_DECREF(t);
+    if (aw == NULL) {
+        return PYGEN_ERROR;
+    }
+    PySendResult r = fa_op_delegate(op, aw, res);
+    Py_DECREF(aw);
+    return r;
+}
+
+static PySendResult
+tb_call_start(FaOp *op, PyObject **res)
+{
+    PySendResult r = tb_take_or_wait(op, res);
+    if (r != PYGEN_RETURN) {
+        return r;
+    }
+    Py_CLEAR(*res);
+    return tb_call_run(op, res);
+}
+
+static PySendResult
+tb_call_resume(FaOp *op, PyObject *value, PyObject **res)
+{
+    if (op->flags & OPF_CALLING) {
+        *res = Py_NewRef(value);  // the function's result
+        return PYGEN_RETURN;
+    }
+    PySendResult r = tb_acquire_resume(op, value, res);
+    if (r != PYGEN_RETURN) {
+        return r;
+    }
+    Py_CLEAR(*res);
+    return tb_call_run(op, res);
+}
+
+static int
+tb_call_exc(FaOp *op, PyObject *exc)
+{
+    if (op->flags & OPF_CALLING) {
+        return 0;  // the function raised: its token is spent
+    }
+    return tb_wait_exc(op, exc);
+}
+
+static const fa_opkind tb_call_kind = {
+    "RateLimited.__call__", tb_call_start, tb_call_resume, tb_call_exc,
+};
+
+/* ------------------------------------------------------------------ argument parsing */
+
+/* A real number as a double: 0, or -1 (TypeError naming the argument; ValueError when it is
+ * too large for a float). */
+static int
+tb_real(PyObject *obj, const char *name, double *out)
+{
+    double d;
+    if (PyFloat_CheckExact(obj)) {
+        *out = PyFloat_AS_DOUBLE(obj);
+        return 0;
+    }
+    if (PyComplex_Check(obj) || PyUnicode_Check(obj) || PyBytes_Check(obj)
+        || !PyNumber_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.100s", name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    d = PyFloat_AsDouble(obj);
+    if (d == -1.0 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s must be a finite number, got %R", name, obj);
+        }
+        else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.100s", name,
+                         Py_TYPE(obj)->tp_name);
+        }
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+/* Parse (a=..., b=...) from a vectorcall: positional or keyword, both optional. */
+static int
+tb_parse2(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+          const char *n0, const char *n1, PyObject **o0, PyObject **o1)
+{
+    Py_ssize_t max = n1 ? 2 : 1;
+    if (nargs > max) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)", fname,
+                     max, max == 1 ? "" : "s", nargs);
+        return -1;
+    }
+    if (nargs > 0) {
+        *o0 = args[0];
+    }
+    if (nargs > 1) {
+        *o1 = args[1];
+    }
+    if (kwnames == NULL) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *v = args[nargs + i];
+        int idx = -1;
+        if (PyUnicode_CompareWithASCIIString(k, n0) == 0) {
+            idx = 0;
+        }
+        else if (n1 && PyUnicode_CompareWithASCIIString(k, n1) == 0) {
+            idx = 1;
+        }
+        if (idx < 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, k);
+            return -1;
+        }
+        if (idx < nargs) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
+                         idx == 0 ? n0 : n1);
+            return -1;
+        }
+        if (idx == 0) {
+            *o0 = v;
+        }
+        else {
+            *o1 = v;
+        }
+    }
+    return 0;
+}
+
+/* A token count: > 0 and <= capacity. */
+static int
+tb_tokens_arg(TokenBucket *self, PyObject *obj, double *out)
+{
+    if (obj == NULL) {
+        *out = 1.0;  // capacity >= 1 always
+        return 0;
+    }
+    double n;
+    if (PyLong_CheckExact(obj)) {
+        n = PyLong_AsDouble(obj);
+        if (n == -1.0 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            int neg = PyObject_RichCompareBool(obj, Py_False, Py_LT);  // False == 0
+            if (neg < 0) {
+                return -1;
+            }
+            n = neg ? -INFINITY : INFINITY;
+        }
+    }
+    else if (tb_real(obj, "tokens", &n) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        n = INFINITY;  // too large for a float: larger than any capacity
+    }
+    if (!(n > 0)) {
+        PyErr_Format(PyExc_ValueError, "tokens must be > 0, got %R", obj);
+        return -1;
+    }
+    if (n > self->capacity) {
+        PyErr_Format(PyExc_ValueError, "tokens must be <= capacity (%R), got %R: the request "
+                     "could never be satisfied", self->cap_obj, obj);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+/* timeout: None (wait as long as it takes) or a number (<= 0: only if available at once). */
+static int
+tb_timeout_arg(PyObject *obj, PyObject **out)
+{
+    if (obj == NULL || obj == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    double t;
+    if (tb_real(obj, "timeout", &t) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
+                         Py_TYPE(obj)->tp_name);
+            return -1;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        t = INFINITY;
+    }
+    if (isnan(t)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a number or None, got nan");
+        return -1;
+    }
+    if (t == INFINITY) {
+        *out = NULL;
+        return 0;
+    }
+    *out = PyFloat_FromDouble(t);
+    return *out ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ methods */
+
+static PyObject *
+tb_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    double n = 1.0;
+    PyObject *timeout = NULL;
+    if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
+        PyObject *tok = NULL, *to = NULL;
+        if (tb_parse2("acquire", args, nargs, kwnames, "tokens", "timeout", &tok, &to) < 0
+            || tb_tokens_arg(self, tok, &n) < 0 || tb_timeout_arg(to, &timeout) < 0) {
+            return NULL;
+        }
+    }
+    FaOp *o = fa_op_cached(self->st, &self->cache, &tb_acquire_kind, op);
+    if (o == NULL) {
+        Py_XDECREF(timeout);
+        return NULL;
+    }
+    o->num = n;
+    Py_XSETREF(o->arg, timeout);
+    return (PyObject *)o;
+}
+
+static PyObject *
+tb_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    TokenBucket *self = (TokenBucket *)op;
+    FaOp *o = fa_op_cached(self->st, &self->cache, &tb_acquire_kind, op);
+    if (o != NULL) {
+        o->num = 1.0;
+    }
+    return (PyObject *)o;
+}
+
+static PyObject *
+tb_aexit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    return (PyObject *)fa_op_cached(self->st, &self->cache, &tb_aexit_kind, op);
+}
+
+/* Would acquire(n) finish at once? Refills; drops dead heads. 1, 0, -1. */
+static int
+tb_available(TokenBucket *self, double n)
+{
+    if (self->waiters.len != 0 && tb_purge_dead(self) < 0) {
+        return -1;
+    }
+    if (self->waiters.len != 0) {
+        return 0;
+    }
+    if (tb_clock_now(self) < 0) {
+        return -1;
+    }
+    return self->waiters.len == 0 && tb_enough(self, n);
+}
+
+static PyObject *
+tb_try_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    PyObject *tok = NULL;
+    double n;
+    if (tb_parse2("try_acquire", args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
+        || tb_tokens_arg(self, tok, &n) < 0) {
+        return NULL;
+    }
+    int ok = tb_available(self, n);
+    if (ok < 0) {
+        return NULL;
+    }
+    if (ok) {
+        tb_take(self, n);
+    }
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *
+tb_has_capacity(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    PyObject *tok = NULL;
+    double n;
+    if (tb_parse2("has_capacity", args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
+        || tb_tokens_arg(self, tok, &n) < 0) {
+        return NULL;
+    }
+    int ok = tb_available(self, n);
+    return ok < 0 ? NULL : PyBool_FromLong(ok);
+}
+
+static PyObject *
+tb_reset(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    TokenBucket *self = (TokenBucket *)op;
+    if (tb_clock_now(self) < 0) {
+        return NULL;
+    }
+    self->level = self->initial;
+    if (self->waiters.len != 0 && tb_process(self, NAN) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _clock(): (now, native) as the bucket reads the running loop's clock. For tests. */
+static PyObject *
+tb_private_clock(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    TokenBucket *self = (TokenBucket *)op;
+    PyObject *loop = tb_running_loop_or_none(self->st);  // the bucket's own way to find it
+    if (loop == NULL) {
+        return NULL;
+    }
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        PyErr_SetString(PyExc_RuntimeError, "no running event loop");
+        return NULL;
+    }
+    double now;
+    int native = 0;
+    int rc = tb_loop_time(self->st, loop, &now, &native);
+    Py_DECREF(loop);
+    if (rc < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(dO)", now, native ? Py_True : Py_False);
+}
+
+/* bucket(func): the decorator. */
+static PyObject *
+tb_call(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    fa_state *st = self->st;
+    if ((kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) || PyTuple_GET_SIZE(args) != 1) {
+        PyErr_SetString(PyExc_TypeError, "a TokenBucket decorates one async function: "
+                        "@bucket, then async def f(...)");
+        return NULL;
+    }
+    PyObject *func = PyTuple_GET_ITEM(args, 0);
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "a TokenBucket decorates an async function, not %.100s",
+                     Py_TYPE(func)->tp_name);
+        return NULL;
+    }
+    RateLimited *w = PyObject_GC_New(RateLimited, st->RateLimitedType);
+    if (w == NULL) {
+        return NULL;
+    }
+    w->st = st;
+    w->bucket = Py_NewRef(op);
+    w->func = Py_NewRef(func);
+    w->cache = NULL;
+    w->dict = NULL;
+    w->weakreflist = NULL;
+    w->vectorcall = rl_vectorcall;
+    PyObject_GC_Track(w);
+    /* functools.update_wrapper(w, func), and the coroutine-function marks */
+    PyObject *r = NULL;
+    PyObject *functools = PyImport_ImportModule("functools");
+    if (functools != NULL) {
+        r = PyObject_CallMethod(functools, "update_wrapper", "OO", (PyObject *)w, func);
+        Py_DECREF(functools);
+    }
+    if (r == NULL) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyObject *mod = PyImport_ImportModule("asyncio.coroutines");
+    if (mod == NULL) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    PyObject *mark = PyObject_GetAttrString(mod, "_is_coroutine");
+    Py_DECREF(mod);
+    if (mark == NULL) {
+        PyErr_Clear();  // gone in some future Python: nothing to mark
+    }
+    else {
+        int rc = PyObject_SetAttrString((PyObject *)w, "_is_coroutine", mark);
+        Py_DECREF(mark);
+        if (rc < 0) {
+            Py_DECREF(w);
+            return NULL;
+        }
+    }
+#if FA_PY312
+    mod = PyImport_ImportModule("inspect");
+    if (mod == NULL) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    r = PyObject_CallMethod(mod, "markcoroutinefunction", "O", (PyObject *)w);
+    Py_DECREF(mod);
+    if (r == NULL) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    Py_DECREF(r);
+#endif
+    return (PyObject *)w;
+}
+
+/* ------------------------------------------------------------------ construction */
+
+static PyObject *
+tb_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    fa_state *st = fa_state_from_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    TokenBucket *self = (TokenBucket *)tp->tp_alloc(tp, 0);  // zeroed
+    if (self == NULL) {
+        return NULL;
+    }
+    self->st = st;
+    /* a consistent bucket even if __init__ never runs: 1 token per second, full */
+    self->rate = self->per = self->capacity = self->initial = self->level = 1.0;
+    self->rate_obj = PyLong_FromLong(1);
+    if (self->rate_obj == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->per_obj = Py_NewRef(self->rate_obj);
+    self->cap_obj = Py_NewRef(self->rate_obj);
+    return (PyObject *)self;
+}
+
+static int
+tb_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    static char *kwlist[] = {"rate", "per", "capacity", "initial", NULL};
+    PyObject *rate_o, *per_o = NULL, *cap_o = Py_None, *init_o = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O$OO:TokenBucket", kwlist, &rate_o, &per_o,
+                                     &cap_o, &init_o)) {
+        return -1;
+    }
+    double rate, per = 1.0, cap, initial;
+    if (tb_real(rate_o, "rate", &rate) < 0) {
+        return -1;
+    }
+    if (!(rate > 0) || !isfinite(rate)) {
+        PyErr_Format(PyExc_ValueError, "rate must be a finite number > 0, got %R", rate_o);
+        return -1;
+    }
+    if (per_o != NULL) {
+        if (tb_real(per_o, "per", &per) < 0) {
+            return -1;
+        }
+        if (!(per > 0) || !isfinite(per)) {
+            PyErr_Format(PyExc_ValueError, "per must be a finite number of seconds > 0, got %R",
+                         per_o);
+            return -1;
+        }
+    }
+    PyObject *cap_obj;  // new ref
+    if (cap_o == Py_None) {
+        cap = rate >= 1 ? rate : 1.0;
+        cap_obj = rate >= 1 ? Py_NewRef(rate_o) : PyLong_FromLong(1);
+        if (cap_obj == NULL) {
+            return -1;
+        }
+    }
+    else {
+        if (tb_real(cap_o, "capacity", &cap) < 0) {
+            return -1;
+        }
+        if (!(cap >= 1) || !isfinite(cap)) {
+            PyErr_Format(PyExc_ValueError, "capacity must be a finite number >= 1, got %R",
+                         cap_o);
+            return -1;
+        }
+        cap_obj = Py_NewRef(cap_o);
+    }
+    if (init_o == Py_None) {
+        initial = cap;
+    }
+    else {
+        if (tb_real(init_o, "initial", &initial) < 0) {
+            Py_DECREF(cap_obj);
+            return -1;
+        }
+        if (!(initial >= 0 && initial <= cap)) {
+            PyErr_Format(PyExc_ValueError, "initial must be a number from 0 to capacity (%R), "
+                         "got %R", cap_obj, init_o);
+            Py_DECREF(cap_obj);
+            return -1;
+        }
+    }
+    if (self->waiters.len != 0) {
+        Py_DECREF(cap_obj);
+        PyErr_SetString(PyExc_RuntimeError, "cannot re-initialize a TokenBucket while tasks "
+                        "wait on it");
+        return -1;
+    }
+    self->rate = rate;
+    self->per = per;
+    self->capacity = cap;
+    self->initial = initial;
+    self->level = initial;
+    Py_XSETREF(self->rate_obj, Py_NewRef(rate_o));
+    Py_XSETREF(self->per_obj, per_o ? Py_NewRef(per_o) : PyFloat_FromDouble(1.0));
+    Py_XSETREF(self->cap_obj, cap_obj);
+    if (self->per_obj == NULL) {
+        return -1;
+    }
+    /* the clock starts now: the running loop's, else time.monotonic() */
+    self->stamp_valid = 0;
+    return tb_clock_now(self);
+}
+
+static int
+tb_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->loop);
+    Py_VISIT(self->clock_loop);
+    Py_VISIT(self->timer);
+    Py_VISIT(self->wake_cb);
+    Py_VISIT((PyObject *)self->cache);
+    Py_VISIT(self->rate_obj);
+    Py_VISIT(self->per_obj);
+    Py_VISIT(self->cap_obj);
+    for (Py_ssize_t i = 0; i < self->dl_len; i++) {
+        Py_VISIT((PyObject *)self->dl[i].op);
+    }
+    return fa_waitq_traverse(&self->waiters, visit, arg);
+}
+
+static int
+tb_clear(PyObject *op)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    for (FaOp *w = self->waiters.head; w != NULL; w = w->next) {
+        w->flags &= ~OPF_TIMED;
+    }
+    fa_waitq_release_all(&self->waiters);
+    dl_release_all(self);
+    Py_CLEAR(self->timer);
+    Py_CLEAR(self->wake_cb);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->clock_loop);
+    Py_CLEAR(self->cache);
+    Py_CLEAR(self->rate_obj);
+    Py_CLEAR(self->per_obj);
+    Py_CLEAR(self->cap_obj);
+    return 0;
+}
+
+static void
+tb_dealloc(PyObject *op)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    tb_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------ attributes and repr */
+
+static PyObject *
+tb_get_tokens(PyObject *op, void *Py_UNUSED(c))
+{
+    TokenBucket *self = (TokenBucket *)op;
+    if (tb_clock_now(self) < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(self->level);
+}
+
+static PyObject *
+tb_get_waiting(PyObject *op, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(((TokenBucket *)op)->waiters.len);
+}
+
+static PyObject *
+tb_get_rate(PyObject *op, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((TokenBucket *)op)->rate_obj);
+}
+
+static PyObject *
+tb_get_per(PyObject *op, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((TokenBucket *)op)->per_obj);
+}
+
+static PyObject *
+tb_get_capacity(PyObject *op, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((TokenBucket *)op)->cap_obj);
+}
+
+/* A number for repr: integral values without ".0", others as repr(float) to 9 digits. */
+static PyObject *
+tb_num_str(double x)
+{
+    if (x == floor(x) && fabs(x) < 1e15) {
+        return PyUnicode_FromFormat("%lld", (long long)x);
+    }
+    char *s = PyOS_double_to_string(x, 'g', 9, 0, NULL);
+    if (s == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromString(s);
+    PyMem_Free(s);
+    return r;
+}
+
+static PyObject *
+tb_repr(PyObject *op)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    if (tb_clock_now(self) < 0) {
+        PyErr_Clear();  // show the last known level
+    }
+    PyObject *base = NULL, *rate = NULL, *per = NULL, *lv = NULL, *cap = NULL, *r = NULL;
+    base = PyBaseObject_Type.tp_repr(op);
+    rate = tb_num_str(self->rate);
+    per = tb_num_str(self->per);
+    lv = tb_num_str(self->level);
+    cap = tb_num_str(self->capacity);
+    if (base && rate && per && lv && cap) {
+        PyObject *inner = PyUnicode_Substring(base, 1, PyUnicode_GET_LENGTH(base) - 1);
+        if (inner != NULL) {
+            r = PyUnicode_FromFormat("<%U [rate:%U/%Us, tokens:%U/%U, waiters:%zd]>", inner, rate,
+                                     per, lv, cap, self->waiters.len);
+            Py_DECREF(inner);
+        }
+    }
+    Py_XDECREF(base);
+    Py_XDECREF(rate);
+    Py_XDECREF(per);
+    Py_XDECREF(lv);
+    Py_XDECREF(cap);
+    return r;
+}
+
+/* ------------------------------------------------------------------ RateLimited */
+
+static PyObject *
+rl_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RateLimited *w = (RateLimited *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *t = PyTuple_New(2 + nargs + nkw);
+    if (t == NULL) {
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, Py_NewRef(w->func));
+    PyTuple_SET_ITEM(t, 1, Py_NewRef(kwnames ? kwnames : Py_None));
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        PyTuple_SET_ITEM(t, 2 + i, Py_NewRef(args[i]));
+    }
+    FaOp *o = fa_op_cached(w->st, &w->cache, &tb_call_kind, w->bucket);
+    if (o == NULL) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    o->num = 1.0;
+    Py_CLEAR(o->arg);  // no timeout
+    Py_XSETREF(o->arg2, t);
+    return (PyObject *)o;
+}
+
+static PyObject *
+rl_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+rl_repr(PyObject *op)
+{
+    RateLimited *w = (RateLimited *)op;
+    return PyUnicode_FromFormat("<rate-limited %R>", w->func);
+}
+
+static PyObject *
+rl_get_bucket(PyObject *op, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((RateLimited *)op)->bucket);
+}
+
+static int
+rl_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    RateLimited *w = (RateLimited *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(w->bucket);
+    Py_VISIT(w->func);
+    Py_VISIT((PyObject *)w->cache);
+    Py_VISIT(w->dict);
+    return 0;
+}
+
+static int
+rl_clear(PyObject *op)
+{
+    RateLimited *w = (RateLimited *)op;
+    Py_CLEAR(w->bucket);
+    Py_CLEAR(w->func);
+    Py_CLEAR(w->cache);
+    Py_CLEAR(w->dict);
+    return 0;
+}
+
+static void
+rl_dealloc(PyObject *op)
+{
+    RateLimited *w = (RateLimited *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (w->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    rl_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------ type specs */
+
+PyDoc_STRVAR(tb_doc,
+"TokenBucket(rate, per=1.0, *, capacity=None, initial=None)\n--\n\n"
+"An async rate limiter: `rate` tokens flow in every `per` seconds, continuously, up to\n"
+"`capacity` (default: rate, at least 1). It starts with `initial` tokens (default: full).\n"
+"Waiters are served strictly first come, first served, on the running loop's clock.");
+PyDoc_STRVAR(tb_acquire_doc, "acquire($self, /, tokens=1, timeout=None)\n--\n\n"
+"Wait until `tokens` are available and take them (first come, first served). With a timeout,\n"
+"raise TimeoutError after that many seconds without taking anything. Returns None.");
+PyDoc_STRVAR(tb_try_acquire_doc, "try_acquire($self, /, tokens=1)\n--\n\n"
+"Take `tokens` if they are available now and nobody waits; never waits. Returns a bool.");
+PyDoc_STRVAR(tb_has_capacity_doc, "has_capacity($self, /, tokens=1)\n--\n\n"
+"True if acquire(tokens) would finish at once (they are available and nobody waits).");
+PyDoc_STRVAR(tb_reset_doc, "reset($self, /)\n--\n\n"
+"Start over as constructed: `initial` tokens now. Waiters stay in line and proceed if they can.");
+PyDoc_STRVAR(tb_aenter_doc, "__aenter__($self, /)\n--\n\nacquire(1); returns None.");
+PyDoc_STRVAR(tb_aexit_doc, "__aexit__($self, exc_type, exc, tb, /)\n--\n\nNothing: the token "
+             "is spent.");
+PyDoc_STRVAR(tb_clock_doc, "_clock($self, /)\n--\n\n(now, native): the running loop's time as "
+             "the bucket reads it, and whether it was read natively. For tests.");
+
+static PyMethodDef tb_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))tb_acquire, METH_FASTCALL | METH_KEYWORDS,
+     tb_acquire_doc},
+    {"try_acquire", (PyCFunction)(void (*)(void))tb_try_acquire, METH_FASTCALL | METH_KEYWORDS,
+     tb_try_acquire_doc},
+    {"has_capacity", (PyCFunction)(void (*)(void))tb_has_capacity, METH_FASTCALL | METH_KEYWORDS,
+     tb_has_capacity_doc},
+    {"reset", tb_reset, METH_NOARGS, tb_reset_doc},
+    {"__aenter__", tb_aenter, METH_NOARGS, tb_aenter_doc},
+    {"__aexit__", (PyCFunction)(void (*)(void))tb_aexit, METH_FASTCALL, tb_aexit_doc},
+    {"_clock", tb_private_clock, METH_NOARGS, tb_clock_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef tb_getset[] = {
+    {"tokens", tb_get_tokens, NULL, "The tokens available now (a float).", NULL},
+    {"waiting", tb_get_waiting, NULL, "The number of tasks waiting in acquire().", NULL},
+    {"rate", tb_get_rate, NULL, "Tokens added every `per` seconds.", NULL},
+    {"per", tb_get_per, NULL, "The period, in seconds, over which `rate` tokens flow in.", NULL},
+    {"capacity", tb_get_capacity, NULL, "The most tokens the bucket holds (the largest burst).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef tb_members[] = {
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(TokenBucket, weakreflist), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot tb_slots[] = {
+    {Py_tp_new, tb_new},
+    {Py_tp_init, tb_init},
+    {Py_tp_dealloc, tb_dealloc},
+    {Py_tp_traverse, tb_traverse},
+    {Py_tp_clear, tb_clear},
+    {Py_tp_repr, tb_repr},
+    {Py_tp_call, tb_call},
+    {Py_tp_methods, tb_methods},
+    {Py_tp_getset, tb_getset},
+    {Py_tp_members, tb_members},
+    {Py_tp_doc, (void *)tb_doc},
+    {0, NULL},
+};
+
+static PyType_Spec tb_spec = {
+    .name = "aiofast.TokenBucket",
+    .basicsize = sizeof(TokenBucket),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = tb_slots,
+};
+
+static PyGetSetDef rl_getset[] = {
+    {"bucket", rl_get_bucket, NULL, "The TokenBucket each call takes a token from.", NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef rl_members[] = {
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(RateLimited, weakreflist), Py_READONLY, NULL},
+    {"__dictoffset__", Py_T_PYSSIZET, offsetof(RateLimited, dict), Py_READONLY, NULL},
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(RateLimited, vectorcall), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot rl_slots[] = {
+    {Py_tp_dealloc, rl_dealloc},
+    {Py_tp_traverse, rl_traverse},
+    {Py_tp_clear, rl_clear},
+    {Py_tp_repr, rl_repr},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, rl_descr_get},
+    {Py_tp_getset, rl_getset},
+    {Py_tp_members, rl_members},
+    {Py_tp_doc, "An async function rate-limited by a TokenBucket: each call takes one token "
+                "before it runs."},
+    {0, NULL},
+};
+
+static PyType_Spec rl_spec = {
+    .name = "aiofast._core.RateLimited",
+    .basicsize = sizeof(RateLimited),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = rl_slots,
+};
+
+#if !FA_PY312
+static PyObject *
+tb_after_fork_in_child(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    fa_get_state(mod)->tb_fork_gen++;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef tb_fork_def = {"_tokenbucket_after_fork", tb_after_fork_in_child, METH_NOARGS,
+                                  NULL};
+
+/* Set up the running-loop cache of tb_running_loop_or_none, or disable it (tb_fork_gen = -1):
+ * it reads the thread-state dict, where the C _asyncio keeps the running loop (not asyncio's
+ * pure-Python fallback), and must forget its answer in a forked child. */
+static int
+tb_running_loop_cache_init(PyObject *mod, fa_state *st)
+{
+    if (!PyCFunction_Check(st->get_running_loop)) {
+        st->tb_fork_gen = (unsigned long)-1;
+        return 0;
+    }
+    PyObject *os = NULL, *reg = NULL, *hook = NULL, *args = NULL, *kw = NULL, *r = NULL;
+    int rc = -1;
+    if ((os = PyImport_ImportModule("os")) == NULL) {
+        goto done;
+    }
+    if ((reg = PyObject_GetAttrString(os, "register_at_fork")) == NULL) {
+        PyErr_Clear();  // no fork on this platform (and no getpid check in asyncio): no cache
+        st->tb_fork_gen = (unsigned long)-1;
+        rc = 0;
+        goto done;
+    }
+    if ((hook = PyCFunction_NewEx(&tb_fork_def, mod, NULL)) == NULL
+        || (args = PyTuple_New(0)) == NULL
+        || (kw = Py_BuildValue("{sO}", "after_in_child", hook)) == NULL
+        || (r = PyObject_Call(reg, args, kw)) == NULL) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(os);
+    Py_XDECREF(reg);
+    Py_XDECREF(hook);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    Py_XDECREF(r);
+    return rc;
+}
+#endif
+
+int
+fa_tokenbucket_init(PyObject *mod, fa_state *st)
+{
+    if ((st->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL
+        || (st->str_monotonic = PyUnicode_InternFromString("monotonic")) == NULL
+        || (st->str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
+        return -1;
+    }
+#if !FA_PY312
+    if (tb_running_loop_cache_init(mod, st) < 0) {
+        return -1;
+    }
+#endif
+    /* what the native clock shortcut compares against (see tb_loop_time) */
+    PyObject *be = PyImport_ImportModule("asyncio.base_events");
+    if (be == NULL) {
+        return -1;
+    }
+    PyObject *cls = PyObject_GetAttrString(be, "BaseEventLoop");
+    Py_DECREF(be);
+    if (cls == NULL) {
+        return -1;
+    }
+    PyObject *fn = PyObject_GetAttrString(cls, "time");  // the plain function
+    Py_DECREF(cls);
+    if (fn == NULL) {
+        return -1;
+    }
+    if (PyFunction_Check(fn)) {
+        st->tb_base_time = fn;
+        st->tb_base_time_code = Py_NewRef(PyFunction_GET_CODE(fn));
+        st->tb_base_time_globals = Py_NewRef(PyFunction_GET_GLOBALS(fn));
+        st->tb_time_module = PyDict_GetItemWithError(st->tb_base_time_globals, st->str_time);
+        if (st->tb_time_module == NULL || !PyModule_Check(st->tb_time_module)) {
+            /* not the shape we know: never take the shortcut */
+            PyErr_Clear();
+            st->tb_time_module = NULL;
+            Py_CLEAR(st->tb_base_time);
+        }
+        else {
+            Py_INCREF(st->tb_time_module);
+            st->tb_time_dict = Py_NewRef(PyModule_GetDict(st->tb_time_module));
+            st->tb_monotonic = PyDict_GetItemWithError(st->tb_time_dict, st->str_monotonic);
+            if (st->tb_monotonic == NULL) {
+                PyErr_Clear();
+                Py_CLEAR(st->tb_base_time);
+            }
+            else {
+                Py_INCREF(st->tb_monotonic);
+            }
+        }
+    }
+    else {
+        Py_DECREF(fn);
+    }
+    if ((st->TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL) {
+        return -1;
+    }
+    st->RateLimitedType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &rl_spec, NULL);
+    if (st->RateLimitedType == NULL) {
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,1548 @@
+"""TokenBucket and AsyncLimiter.
+
+Time-dependent behaviour runs on virtual clocks (tests/virtual_time.py), on asyncio's loop and on
+uvloop: every `VT` test runs once on each. Rates, periods and start times are chosen so that the
+float arithmetic is exact (powers of two), which lets the tests assert exact times and levels;
+where a rate is not a power of two, the expected time is computed with the formula the bucket
+documents (deficit * per / rate), so equality is still exact.
+"""
+import asyncio
+import fractions
+import decimal
+import gc
+import inspect
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from unittest import mock
+
+import aiolimiter
+import pytest
+import uvloop
+
+import aiofast
+from aiofast import AsyncLimiter, TokenBucket
+
+from virtual_time import VirtualClockLoop, VirtualUVLoop
+
+VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
+
+
+def now():
+    return asyncio.get_running_loop().time()
+
+
+async def settle(n=5):
+    """Let every ready callback run (virtual time does not move while anything is ready)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+class TimerSpy:
+    """Wraps loop.call_at: counts the bucket's timers and the most ever pending at once."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.armed = 0
+        self.fired = 0
+        self.pending = []
+        self.max_pending = 0
+        self._orig = loop.call_at
+
+        def call_at(when, callback, *args, context=None):
+            if getattr(callback, "__name__", "") != "_wake":
+                return self._orig(when, callback, *args, context=context)
+            box = []
+
+            def run(*a):
+                self.fired += 1
+                self.pending.remove(box[0])
+                return callback(*a)
+
+            run.__name__ = "_wake"
+            h = self._orig(when, run, *args, context=context)
+            box.append(h)
+            self.armed += 1
+            self.pending = [p for p in self.pending if not p.cancelled()]
+            self.pending.append(h)
+            self.max_pending = max(self.max_pending, len(self.pending))
+            return h
+
+        loop.call_at = call_at
+
+    def live(self):
+        return [p for p in self.pending if not p.cancelled()]
+
+    def close(self):
+        del self.loop.call_at
+
+
+# ---------------------------------------------------------------------------------------------
+# construction and bad input (no loop needed)
+
+
+@VT
+async def test_defaults():
+    b = TokenBucket(10)
+    assert b.rate == 10 and b.per == 1.0 and b.capacity == 10
+    assert b.tokens == 10.0 and b.waiting == 0
+    b = TokenBucket(5000, per=3600)
+    assert (b.rate, b.per, b.capacity) == (5000, 3600, 5000)
+    # a rate below one per period still holds whole tokens: capacity defaults to at least 1
+    assert TokenBucket(0.5).capacity == 1
+    assert TokenBucket(10, capacity=3).capacity == 3
+    assert TokenBucket(10, initial=0).tokens == 0.0
+
+
+@VT
+async def test_fractional_capacity_and_tokens():
+    b = TokenBucket(1, capacity=2.5)
+    assert b.try_acquire(1.5) is True
+    assert b.tokens == 1.0
+    assert b.try_acquire(1.25) is False
+    assert b.try_acquire(1) is True
+    assert b.tokens == 0.0
+
+
+@VT
+async def test_exotic_numbers():
+    b = TokenBucket(fractions.Fraction(10), per=decimal.Decimal("2"), capacity=True)
+    assert b.capacity is True and b.rate == 10 and b.per == 2
+    assert b.try_acquire(fractions.Fraction(1, 2)) is True
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, exc, match",
+    [
+        ((0,), {}, ValueError, r"rate must be a finite number > 0, got 0"),
+        ((-1,), {}, ValueError, r"rate must be a finite number > 0, got -1"),
+        ((math.nan,), {}, ValueError, r"rate must be a finite number > 0, got nan"),
+        ((math.inf,), {}, ValueError, r"rate must be a finite number > 0, got inf"),
+        ((10**400,), {}, ValueError, r"rate must be a finite number"),
+        (("10",), {}, TypeError, r"rate must be a real number, not str"),
+        ((None,), {}, TypeError, r"rate must be a real number, not NoneType"),
+        ((1j,), {}, TypeError, r"rate must be a real number, not complex"),
+        ((10, 0), {}, ValueError, r"per must be a finite number of seconds > 0, got 0"),
+        ((10, -2.5), {}, ValueError, r"per must be a finite number of seconds > 0, got -2.5"),
+        ((10, math.nan), {}, ValueError, r"per must be .* got nan"),
+        ((10, math.inf), {}, ValueError, r"per must be .* got inf"),
+        ((10, "1"), {}, TypeError, r"per must be a real number, not str"),
+        ((10,), {"capacity": 0.5}, ValueError, r"capacity must be a finite number >= 1, got 0.5"),
+        ((10,), {"capacity": 0}, ValueError, r"capacity must be a finite number >= 1, got 0"),
+        ((10,), {"capacity": math.inf}, ValueError, r"capacity must be .* got inf"),
+        ((10,), {"capacity": math.nan}, ValueError, r"capacity must be .* got nan"),
+        ((10,), {"capacity": []}, TypeError, r"capacity must be a real number, not list"),
+        ((10,), {"initial": -1}, ValueError, r"initial must be a number from 0 to capacity \(10\)"),
+        ((10,), {"initial": 11}, ValueError, r"initial must be .* got 11"),
+        ((10,), {"initial": math.nan}, ValueError, r"initial must be .* got nan"),
+        ((10, 1, 10), {}, TypeError, r"at most 2 positional arguments"),
+        ((10,), {"loop": None}, TypeError, r"'loop' is an invalid keyword|unexpected keyword"),
+        ((), {}, TypeError, r"rate"),
+    ],
+)
+def test_bad_construction(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        TokenBucket(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["acquire", "try_acquire", "has_capacity"])
+@pytest.mark.parametrize(
+    "tokens, exc, match",
+    [
+        (0, ValueError, r"tokens must be > 0, got 0"),
+        (-1, ValueError, r"tokens must be > 0, got -1"),
+        (math.nan, ValueError, r"tokens must be > 0, got nan"),
+        (-math.inf, ValueError, r"tokens must be > 0, got -inf"),
+        (11, ValueError, r"tokens must be <= capacity \(10\), got 11: the request could never"),
+        (math.inf, ValueError, r"tokens must be <= capacity"),
+        (10**400, ValueError, r"tokens must be <= capacity"),
+        (-(10**400), ValueError, r"tokens must be > 0"),
+        ("1", TypeError, r"tokens must be a real number, not str"),
+        (None, TypeError, r"tokens must be a real number, not NoneType"),
+    ],
+)
+def test_bad_tokens(method, tokens, exc, match):
+    b = TokenBucket(10)
+    with pytest.raises(exc, match=match):
+        getattr(b, method)(tokens)
+    assert b.tokens == 10.0
+
+
+@pytest.mark.parametrize(
+    "timeout, exc, match",
+    [
+        (math.nan, ValueError, r"timeout must be a number or None, got nan"),
+        ("1", TypeError, r"timeout must be a number or None, not str"),
+        ([], TypeError, r"timeout must be a number or None, not list"),
+    ],
+)
+def test_bad_timeout(timeout, exc, match):
+    b = TokenBucket(10)
+    with pytest.raises(exc, match=match):
+        b.acquire(1, timeout=timeout)
+
+
+def test_bad_call_arguments():
+    b = TokenBucket(10)
+    with pytest.raises(TypeError, match=r"acquire\(\) takes at most 2 arguments \(3 given\)"):
+        b.acquire(1, 2, 3)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'amount'"):
+        b.acquire(amount=1)
+    with pytest.raises(TypeError, match=r"multiple values for argument 'tokens'"):
+        b.acquire(1, tokens=1)
+    with pytest.raises(TypeError, match=r"try_acquire\(\) takes at most 1 argument"):
+        b.try_acquire(1, 2)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'timeout'"):
+        b.has_capacity(timeout=1)
+
+
+def test_hostile_numbers():
+    class Boom:
+        def __float__(self):
+            raise RuntimeError("boom")
+
+    class NotFloat:
+        def __float__(self):
+            return "no"
+
+    b = TokenBucket(10)
+    with pytest.raises(RuntimeError, match="boom"):
+        TokenBucket(Boom())
+    with pytest.raises(RuntimeError, match="boom"):
+        b.try_acquire(Boom())
+    with pytest.raises(TypeError):
+        TokenBucket(NotFloat())
+    with pytest.raises(TypeError):
+        b.acquire(NotFloat())
+    assert b.tokens == 10.0 and b.waiting == 0
+
+
+def test_read_only_attributes():
+    b = TokenBucket(10)
+    for name in ("rate", "per", "capacity", "tokens", "waiting"):
+        with pytest.raises(AttributeError):
+            setattr(b, name, 1)
+
+
+@VT
+async def test_reinit():
+    b = TokenBucket(10)
+    b.__init__(4, per=2, capacity=8, initial=3)
+    assert (b.rate, b.per, b.capacity) == (4, 2, 8)
+    assert b.tokens == 3.0
+    with pytest.raises(ValueError):
+        b.__init__(0)
+
+
+def test_uninitialized_instance_is_consistent():
+    b = TokenBucket.__new__(TokenBucket)
+    assert b.rate == 1 and b.capacity == 1
+    assert b.try_acquire() in (True, False)
+    assert b.waiting == 0
+
+
+@VT
+async def test_repr():
+    b = TokenBucket(5000, per=3600, capacity=10, initial=2.5)
+    r = repr(b)
+    assert r.startswith("<aiofast.TokenBucket object at 0x")
+    assert "[rate:5000/3600s, tokens:2.5" in r and "/10, waiters:0]>" in r
+    assert "rate:0.5/1s" in repr(TokenBucket(0.5))
+
+
+def test_signatures():
+    assert str(inspect.signature(TokenBucket.acquire)) == "(self, /, tokens=1, timeout=None)"
+    assert str(inspect.signature(TokenBucket.try_acquire)) == "(self, /, tokens=1)"
+    assert str(inspect.signature(TokenBucket.has_capacity)) == "(self, /, tokens=1)"
+    assert str(inspect.signature(TokenBucket.reset)) == "(self, /)"
+    assert TokenBucket.__module__ == "aiofast"
+
+
+def test_exports():
+    assert aiofast.TokenBucket is TokenBucket
+    assert aiofast.AsyncLimiter is AsyncLimiter
+    assert issubclass(AsyncLimiter, TokenBucket)
+    assert {"TokenBucket", "AsyncLimiter"} <= set(aiofast.__all__)
+
+
+def test_unawaited_acquire_takes_nothing():
+    b = TokenBucket(10)
+    aw = b.acquire(5)
+    assert asyncio.iscoroutine(aw)
+    del aw
+    assert b.tokens == 10.0
+
+
+def test_sync_use_without_a_loop():
+    b = TokenBucket(1, per=1e9, capacity=3)
+    assert b.has_capacity(3) is True
+    assert b.try_acquire(2) is True
+    assert b.has_capacity(2) is False and b.try_acquire(2) is False
+    b.reset()
+    assert b.try_acquire(3) is True
+
+
+# ---------------------------------------------------------------------------------------------
+# the awaitable on the real loops
+
+
+@pytest.mark.asyncio
+async def test_fast_path_does_not_yield():
+    b = TokenBucket(10)
+    order = []
+
+    async def other():
+        order.append("other")
+
+    t = asyncio.get_running_loop().create_task(other())
+    assert await b.acquire() is None
+    async with b as v:
+        assert v is None
+    order.append("us")
+    await t
+    assert order == ["us", "other"]
+    assert b.waiting == 0
+
+
+@pytest.mark.asyncio
+async def test_acquire_is_a_coroutine_for_tasks():
+    b = TokenBucket(10, initial=0, per=1 / 1024)
+    aw = b.acquire()
+    assert asyncio.iscoroutine(aw)
+    await asyncio.create_task(aw)
+    await asyncio.wait_for(b.acquire(2), 10)
+
+
+@pytest.mark.asyncio
+async def test_native_clock_is_time_monotonic():
+    """Where the bucket reads the clock natively, it reads what loop.time() would return."""
+    loop = asyncio.get_running_loop()
+    b = TokenBucket(10)
+    native_expected = type(loop).time is asyncio.BaseEventLoop.time
+    for _ in range(3):
+        t1 = time.monotonic()
+        t, native = b._clock()
+        t2 = time.monotonic()
+        assert native is native_expected
+        if native:
+            assert t1 <= t <= t2 <= loop.time()
+        else:
+            assert t == loop.time()  # uvloop: libuv's cached loop time, read through time()
+
+
+# ---------------------------------------------------------------------------------------------
+# the clock: patched loop.time is followed (real loops)
+
+
+def _fake_clock(start=1e9):
+    # far ahead of any real clock: on uvloop the patched and the real readings are one clock
+    # (the loop's), and the bucket never lets time run backwards
+    box = [start]
+    return box, (lambda: box[0])
+
+
+@pytest.mark.asyncio
+async def test_instance_patch_of_loop_time_is_followed():
+    loop = asyncio.get_running_loop()
+    b = TokenBucket(2, initial=0)
+    b._clock()
+    b._clock()  # warm whatever the bucket remembers about this loop
+    box, fake = _fake_clock()
+    with mock.patch.object(loop, "time", fake):
+        assert b._clock() == (1e9, False)
+        b.reset()  # starts over now, on the fake clock
+        box[0] += 1.5
+        assert b.tokens == 2.0  # capacity
+        assert b.try_acquire(2) is True
+        box[0] += 0.25
+        assert b.tokens == 0.5
+    t, native = b._clock()
+    assert native is (type(loop).time is asyncio.BaseEventLoop.time)
+
+
+@pytest.mark.asyncio
+async def test_class_patch_of_loop_time_is_followed():
+    loop = asyncio.get_running_loop()
+    b = TokenBucket(2)
+    b._clock()
+    box, fake = _fake_clock(7.0)
+    with mock.patch.object(type(loop), "time", lambda self: box[0]):
+        assert b._clock() == (7.0, False)
+    if isinstance(loop, asyncio.BaseEventLoop):
+        with mock.patch.object(asyncio.BaseEventLoop, "time", lambda self: box[0]):
+            assert b._clock() == (7.0, False)
+        assert b._clock()[1] is True
+
+
+@pytest.mark.asyncio
+async def test_patched_time_module_is_followed():
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        assert b"uvloop" in type(loop).__module__.encode()
+        return  # uvloop's clock is libuv's: no time.monotonic involved
+    b = TokenBucket(2)
+    assert b._clock()[1] is True
+    with mock.patch("time.monotonic", lambda: 42.0):
+        assert b._clock() == (42.0, False)
+    assert b._clock()[1] is True
+
+    class FakeTime:
+        @staticmethod
+        def monotonic():
+            return 43.0
+
+    with mock.patch("asyncio.base_events.time", FakeTime):
+        assert b._clock() == (43.0, False)
+    assert b._clock()[1] is True
+    code = asyncio.BaseEventLoop.time.__code__
+    try:
+        asyncio.BaseEventLoop.time.__code__ = (lambda self: 44.0).__code__
+        assert b._clock() == (44.0, False)
+    finally:
+        asyncio.BaseEventLoop.time.__code__ = code
+    assert b._clock()[1] is True
+
+
+@pytest.mark.asyncio
+async def test_class_assignment_is_followed():
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        return  # uvloop.Loop is not BaseEventLoop: never native, nothing to switch
+    b = TokenBucket(2)
+    assert b._clock()[1] is True
+    orig = type(loop)
+
+    class Patched(orig):
+        def time(self):
+            return 99.0
+
+    loop.__class__ = Patched
+    try:
+        assert b._clock() == (99.0, False)
+    finally:
+        loop.__class__ = orig
+    assert b._clock()[1] is True
+
+
+@pytest.mark.asyncio
+async def test_instance_dict_replacement_is_followed():
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        return  # uvloop.Loop instances have no __dict__ to replace
+    b = TokenBucket(2)
+    assert b._clock()[1] is True
+    saved = loop.__dict__
+    loop.__dict__ = dict(saved, time=lambda: 31.0)
+    try:
+        assert b._clock() == (31.0, False)
+    finally:
+        loop.__dict__ = saved
+    assert b._clock()[1] is True
+
+
+def test_running_loop_per_thread():
+    """The bucket finds the loop running in the calling thread, whatever ran before."""
+    import threading
+
+    b = TokenBucket(2)
+    out = []
+
+    async def probe():
+        out.append(b._clock())
+
+    def in_thread(start):
+        loop = VirtualClockLoop(start=start)
+        try:
+            loop.run_until_complete(probe())
+        finally:
+            loop.close()
+
+    real = asyncio.new_event_loop()
+    try:
+        for start in (5.0, 6.0):
+            real.run_until_complete(probe())
+            th = threading.Thread(target=in_thread, args=(start,))
+            th.start()
+            th.join()
+            real.run_until_complete(probe())
+        in_thread(7.0)
+        real.run_until_complete(probe())
+    finally:
+        real.close()
+    virtual = [o for o in out if not o[1]]
+    assert virtual == [(5.0, False), (6.0, False), (7.0, False)]
+    assert [o[1] for o in out] == [True, False, True, True, False, True, False, True]
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        b._clock()
+
+
+def test_forked_child_sees_no_running_loop():
+    code = textwrap.dedent(
+        """
+        import asyncio, os
+        from aiofast import TokenBucket
+
+        async def main():
+            b = TokenBucket(2)
+            b._clock(); b._clock()  # whatever the bucket caches about the running loop
+            pid = os.fork()
+            if pid == 0:  # asyncio: no loop runs in a forked child
+                try:
+                    b._clock()
+                except RuntimeError as e:
+                    os._exit(0 if "no running event loop" in str(e) else 2)
+                os._exit(1)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+
+        print(asyncio.run(main()))
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "0", p.stdout + p.stderr
+
+
+@pytest.mark.asyncio
+async def test_subclass_time_is_followed():
+    class Sub(asyncio.SelectorEventLoop):
+        def time(self):
+            return 12.5
+
+    b = TokenBucket(2)
+
+    async def main():
+        return b._clock()
+
+    sub = Sub()
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, sub.run_until_complete,
+                                                                  main()) == (12.5, False)
+    finally:
+        sub.close()
+
+
+@pytest.mark.asyncio
+async def test_bad_loop_time():
+    loop = asyncio.get_running_loop()
+    b = TokenBucket(2, initial=0)
+    with mock.patch.object(loop, "time", lambda: math.nan):
+        with pytest.raises(ValueError, match="loop.time\\(\\) returned a value that is not a finite"):
+            b.try_acquire()
+    with mock.patch.object(loop, "time", lambda: "soon"):
+        with pytest.raises(TypeError):
+            b.try_acquire()
+
+    def boom():
+        raise ZeroDivisionError("clock")
+
+    with mock.patch.object(loop, "time", boom):
+        with pytest.raises(ZeroDivisionError, match="clock"):
+            await b.acquire()
+        with pytest.raises(ZeroDivisionError):
+            repr(b) and b.tokens
+    assert b.waiting == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# virtual time: refill arithmetic, bursts, waiting
+
+
+@VT
+async def test_refill_arithmetic():
+    t0 = now()
+    b = TokenBucket(8, per=2, capacity=16, initial=0)  # 4 tokens per second
+    assert b.tokens == 0.0
+    await asyncio.sleep(0.25)
+    assert b.tokens == 1.0
+    await asyncio.sleep(1.75)
+    assert b.tokens == 8.0
+    await asyncio.sleep(100)
+    assert b.tokens == 16.0  # capped
+    assert now() == t0 + 102
+
+
+@VT
+async def test_burst_then_wait_exactly():
+    b = TokenBucket(4, capacity=3)
+    t0 = now()
+    for _ in range(3):
+        await b.acquire()
+    assert now() == t0 and b.tokens == 0.0
+    await b.acquire()
+    assert now() == t0 + 0.25
+    await b.acquire(2)
+    assert now() == t0 + 0.75
+    assert b.tokens == 0.0
+
+
+@VT
+async def test_github_rate():
+    b = TokenBucket(5000, per=3600)
+    t0 = now()
+    for _ in range(5000):
+        assert b.try_acquire()
+    assert not b.try_acquire()
+    await b.acquire()
+    assert now() == t0 + 1 * 3600 / 5000
+    await b.acquire(3)
+    assert now() == (t0 + 3600 / 5000) + 3 * 3600 / 5000
+
+
+@VT
+async def test_initial_tokens_and_fractional_waits():
+    b = TokenBucket(2, capacity=4, initial=1.5)
+    t0 = now()
+    await b.acquire(1.5)
+    assert now() == t0
+    await b.acquire(0.5)
+    assert now() == t0 + 0.25
+    await b.acquire(4)
+    assert now() == t0 + 2.25
+
+
+@VT
+async def test_one_timer_no_polling():
+    loop = asyncio.get_running_loop()
+    spy = TimerSpy(loop)
+    try:
+        b = TokenBucket(4, capacity=8, initial=0)
+        t0 = now()
+        order = []
+
+        async def w(i, n):
+            await b.acquire(n)
+            order.append((i, now() - t0))
+
+        tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate([1, 4, 1, 2, 1])]
+        await asyncio.gather(*tasks)
+        assert order == [(0, 0.25), (1, 1.25), (2, 1.5), (3, 2.0), (4, 2.25)]
+        # one timer per admission, never two at once, none left behind
+        assert spy.max_pending == 1
+        assert spy.fired == 5
+        assert spy.live() == []
+    finally:
+        spy.close()
+
+
+@VT
+async def test_rounding_never_spins():
+    """Rates that are not powers of two leave float deficits below the clock's resolution
+    (when == now): a deficit that flows in within one tick of the clock counts as none, so each
+    admission takes exactly one timer, and the schedule does not drift. (aiolimiter livelocks
+    here on a virtual clock: its next wake-up time rounds to now, forever.)"""
+    loop = asyncio.get_running_loop()
+    spy = TimerSpy(loop)
+    try:
+        for rate, per in ((1000, 1), (3, 0.7), (5000, 3600), (1e6, 1)):
+            b = TokenBucket(rate, per=per, capacity=1, initial=0)
+            t = now()
+            fired = spy.fired
+            for _ in range(50):
+                await b.acquire()
+                t = t + 1 * per / rate
+                assert now() == t
+            assert spy.fired - fired == 50
+    finally:
+        spy.close()
+
+
+@VT
+async def test_fifo_large_request_not_overtaken():
+    b = TokenBucket(4, capacity=8, initial=0)
+    t0 = now()
+    order = []
+
+    async def w(name, n):
+        await b.acquire(n)
+        order.append((name, now() - t0))
+
+    big = asyncio.create_task(w("big", 8))
+    await settle()
+    smalls = [asyncio.create_task(w(f"s{i}", 1)) for i in range(3)]
+    await settle()
+    assert b.waiting == 4
+    await asyncio.sleep(1)  # 4 tokens in: enough for every small one, but the big one is first
+    assert order == [] and b.tokens == 4.0
+    assert b.has_capacity(1) is False and b.try_acquire(1) is False
+    await asyncio.gather(big, *smalls)
+    assert order == [("big", 2.0), ("s0", 2.25), ("s1", 2.5), ("s2", 2.75)]
+
+
+@VT
+async def test_newcomer_queues_behind_waiters():
+    b = TokenBucket(4, capacity=4, initial=0)
+    t0 = now()
+    order = []
+
+    async def w(name, n):
+        await b.acquire(n)
+        order.append((name, now() - t0))
+
+    first = asyncio.create_task(w("first", 4))
+    await asyncio.sleep(0.75)  # 3 tokens: not enough for first
+    second = asyncio.create_task(w("second", 1))
+    await settle()
+    assert b.waiting == 2 and order == []
+    await asyncio.gather(first, second)
+    assert order == [("first", 1.0), ("second", 1.25)]
+
+
+@VT
+async def test_thousands_of_waiters():
+    loop = asyncio.get_running_loop()
+    spy = TimerSpy(loop)
+    try:
+        n = 3000
+        b = TokenBucket(1024, capacity=1, initial=0)
+        t0 = now()
+        done = []
+
+        async def w(i):
+            await b.acquire()
+            done.append((i, now()))
+
+        tasks = [asyncio.create_task(w(i)) for i in range(n)]
+        await asyncio.gather(*tasks)
+        assert [i for i, _ in done] == list(range(n))
+        assert [t for _, t in done] == [t0 + (i + 1) / 1024 for i in range(n)]
+        assert spy.max_pending == 1 and spy.fired == n
+    finally:
+        spy.close()
+
+
+@VT
+async def test_waiters_woken_only_when_they_proceed():
+    b = TokenBucket(2, capacity=10, initial=0)
+    wakes = []
+
+    async def w(i, n):
+        await b.acquire(n)
+        wakes.append(i)
+
+    tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate([5, 1, 3])]
+    await asyncio.sleep(2.25)
+    assert wakes == []  # 4.5 tokens: the head (5) cannot go, nobody is woken
+    await asyncio.sleep(0.25)
+    await settle()
+    assert wakes == [0]
+    await asyncio.gather(*tasks)
+    assert wakes == [0, 1, 2] and b.tokens == 0.0
+
+
+class EarlyTimers(VirtualClockLoop):
+    """Runs every timer `early` seconds before its time, as uvloop's millisecond rounding can."""
+
+    early = 0.0005
+
+    def call_at(self, when, callback, *args, context=None):
+        return super().call_at(when - self.early, callback, *args, context=context)
+
+
+def test_timer_that_runs_early_counts_as_on_time():
+    loop = EarlyTimers()
+    try:
+
+        async def main():
+            b = TokenBucket(4, capacity=1, initial=0)
+            t0 = now()
+            times = []
+            for _ in range(8):
+                await b.acquire()
+                times.append(now())
+            return t0, times
+
+        t0, times = loop.run_until_complete(main())
+        # each admitted when its (early) timer ran: no re-arm, no spin; and the schedule does
+        # not drift: the k-th token still arrives at k/4 s (less the loop's earliness)
+        assert times == [(t0 + (k + 1) / 4) - EarlyTimers.early for k in range(8)]
+    finally:
+        loop.close()
+
+
+class CoarseEarlyTimers(VirtualClockLoop):
+    """A loop whose clock resolution is 10 ms and which runs timers 5 ms early (as asyncio
+    does on a platform with a coarse clock)."""
+
+    def __init__(self):
+        super().__init__()
+        self._clock_resolution = 0.01
+
+    def call_at(self, when, callback, *args, context=None):
+        return super().call_at(when - 0.005, callback, *args, context=context)
+
+
+def test_early_timer_allowance_follows_the_loops_clock_resolution():
+    loop = CoarseEarlyTimers()
+    try:
+
+        async def main():
+            b = TokenBucket(4, capacity=1, initial=0)
+            t0 = now()
+            times = []
+            for _ in range(4):
+                await b.acquire()
+                times.append(now())
+            return t0, times
+
+        t0, times = loop.run_until_complete(main())
+        assert times == [(t0 + (k + 1) / 4) - 0.005 for k in range(4)]
+    finally:
+        loop.close()
+
+
+@VT
+async def test_early_timers_cannot_run_the_bucket_ahead():
+    """A loop that runs timers at once when they are due within its granularity (uvloop runs
+    delays under half a millisecond as call_soon) must not let admissions run ahead of the
+    clock by more than the allowance: 1 ms, here 16 tokens at 16384 tokens/s."""
+    loop = asyncio.get_running_loop()
+    orig = loop.call_at
+
+    def call_at(when, callback, *args, context=None):
+        if when - loop.time() < 0.0005:
+            return loop.call_soon(callback, *args, context=context)
+        return orig(when, callback, *args, context=context)
+
+    loop.call_at = call_at
+    try:
+        rate = 16384
+        b = TokenBucket(rate, capacity=1, initial=0)
+        t0 = now()
+        n = 0
+        while now() == t0:  # the clock stands still while the loop is busy
+            await b.acquire()
+            n += 1
+            if n > 1000:
+                break
+        # every token it gave out before the clock moved flowed in by t0 + 1 ms, at most
+        assert 1 < n <= rate * 0.001 + 1
+    finally:
+        del loop.call_at
+
+
+# ---------------------------------------------------------------------------------------------
+# timeouts
+
+
+@VT
+async def test_timeout_takes_nothing():
+    b = TokenBucket(4, capacity=8, initial=0)
+    t0 = now()
+    with pytest.raises(TimeoutError, match=r"acquire\(8\.0\) timed out after 1\.0 s"):
+        await b.acquire(8, timeout=1)
+    assert now() == t0 + 1
+    assert b.tokens == 4.0 and b.waiting == 0
+    await b.acquire(8, timeout=1)
+    assert now() == t0 + 2
+
+
+@VT
+async def test_timeout_of_a_waiter_behind_the_head():
+    loop = asyncio.get_running_loop()
+    spy = TimerSpy(loop)
+    try:
+        b = TokenBucket(4, capacity=8, initial=0)
+        t0 = now()
+        head = asyncio.create_task(b.acquire(8))
+        await settle()
+        behind = asyncio.create_task(b.acquire(1, timeout=0.5))
+        late = asyncio.create_task(b.acquire(1, timeout=5))
+        await settle()
+        with pytest.raises(TimeoutError):
+            await behind
+        assert now() == t0 + 0.5 and b.waiting == 2
+        await head
+        assert now() == t0 + 2
+        await late
+        assert now() == t0 + 2.25
+        assert spy.max_pending == 1 and spy.live() == []
+    finally:
+        spy.close()
+
+
+@VT
+async def test_timeout_zero_and_negative():
+    b = TokenBucket(4, capacity=2)
+    t0 = now()
+    await b.acquire(2, timeout=0)  # available: no wait needed
+    for t in (0, -1, -math.inf):
+        with pytest.raises(TimeoutError, match="not available at once"):
+            await b.acquire(1, timeout=t)
+    assert now() == t0 and b.tokens == 0.0 and b.waiting == 0
+    await b.acquire(1, timeout=math.inf)
+    assert now() == t0 + 0.25
+
+
+@VT
+async def test_timeout_when_tokens_arrive_exactly_at_the_deadline():
+    b = TokenBucket(4, capacity=4, initial=0)
+    t0 = now()
+    await b.acquire(2, timeout=0.5)  # ready at 0.5 == deadline: tokens win
+    assert now() == t0 + 0.5
+
+
+@VT
+async def test_timeout_with_asyncio_timeout_also_works():
+    b = TokenBucket(4, capacity=4, initial=0)
+    t0 = now()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(b.acquire(4), 0.5)
+    assert now() == t0 + 0.5 and b.waiting == 0
+    await b.acquire(4)
+    assert now() == t0 + 1.0
+
+
+@VT
+async def test_cancel_the_waiter_with_the_earliest_deadline():
+    loop = asyncio.get_running_loop()
+    spy = TimerSpy(loop)
+    try:
+        b = TokenBucket(4, capacity=8, initial=0)
+        t0 = now()
+        head = asyncio.create_task(b.acquire(8))
+        timed = asyncio.create_task(b.acquire(1, timeout=0.5))
+        await settle()
+        timed.cancel()
+        await settle()
+        assert b.waiting == 1
+        await head
+        assert now() == t0 + 2
+        assert spy.max_pending == 1 and spy.live() == []
+        assert spy.fired <= 2  # the head's, and at most one for the stale deadline
+    finally:
+        spy.close()
+
+
+@VT
+async def test_many_timeouts_compact():
+    b = TokenBucket(1, capacity=1, initial=0)
+    # many waiters with long timeouts that succeed quickly: their deadline entries go stale
+    t0 = now()
+    for i in range(200):
+        await b.acquire(1, timeout=3600)
+    assert now() == t0 + 200
+    # and many that time out, behind a head that never can proceed in time
+    head = asyncio.create_task(b.acquire(1))
+    tasks = [asyncio.create_task(b.acquire(1, timeout=0.5 + i / 1024)) for i in range(100)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, TimeoutError) for r in results)
+    await head
+    assert now() == t0 + 201 and b.waiting == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# cancellation
+
+
+@VT
+async def test_cancel_head_lets_the_next_go():
+    b = TokenBucket(4, capacity=8, initial=0)
+    t0 = now()
+    head = asyncio.create_task(b.acquire(8))
+    await settle()
+    nxt = asyncio.create_task(b.acquire(2))
+    await asyncio.sleep(1)  # 4 tokens
+    head.cancel()
+    await settle()
+    assert nxt.done() and now() == t0 + 1
+    assert head.cancelled()
+    assert b.tokens == 2.0 and b.waiting == 0
+
+
+@VT
+async def test_cancel_middle_waiter():
+    b = TokenBucket(4, capacity=8, initial=0)
+    t0 = now()
+    order = []
+
+    caught = []
+
+    async def w(name, n):
+        try:
+            await b.acquire(n)
+        except asyncio.CancelledError as e:
+            caught.append(e.args)  # the very exception the task threw in, message and all
+            raise
+        order.append((name, now() - t0))
+
+    a = asyncio.create_task(w("a", 2))
+    m = asyncio.create_task(w("m", 4))
+    c = asyncio.create_task(w("c", 1))
+    await settle()
+    m.cancel("go away")
+    with pytest.raises(asyncio.CancelledError):
+        await m
+    assert caught == [("go away",)]
+    await asyncio.gather(a, c)
+    assert order == [("a", 0.5), ("c", 0.75)]
+    assert b.waiting == 0
+
+
+@VT
+async def test_cancel_after_being_admitted_gives_tokens_back():
+    b = TokenBucket(4, capacity=4, initial=0)
+    t0 = now()
+    first = asyncio.create_task(b.acquire(2))
+    second = asyncio.create_task(b.acquire(2))
+    await asyncio.sleep(0.5)  # first admitted now: its future holds a result, its task not run
+    assert b.waiting == 1
+    first.cancel()
+    await settle()
+    # first never took its 2 tokens: second (admitted at 1.0 otherwise) goes now
+    assert first.cancelled()
+    assert second.done() and now() == t0 + 0.5
+    assert b.tokens == 0.0
+
+
+@VT
+async def test_cancel_at_every_point_conserves_tokens():
+    """Cancel waiter k after a delay d, for a grid of (k, d): whatever is cancelled takes
+    nothing, every other waiter is admitted in order, and the tokens add up exactly."""
+    rate, cap = 8, 64
+    for k in range(4):
+        for d in (0, 0.125, 0.25, 0.375, 0.5, 1.0):
+            b = TokenBucket(rate, capacity=cap, initial=0)
+            t0 = now()
+            got = []
+
+            async def w(i, n):
+                await b.acquire(n)
+                got.append((i, n))
+
+            amounts = [2, 3, 1, 2]
+            tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate(amounts)]
+            await settle()
+            await asyncio.sleep(d)
+            tasks[k].cancel()
+            res = await asyncio.gather(*tasks, return_exceptions=True)
+            elapsed = now() - t0
+            taken = sum(n for _, n in got)
+            assert [i for i, _ in got] == sorted(i for i, _ in got)
+            assert b.tokens + taken == rate * elapsed  # no clamp: cap is far away
+            cancelled = isinstance(res[k], asyncio.CancelledError)
+            assert cancelled == (k not in [i for i, _ in got])
+            assert b.waiting == 0
+
+
+@VT
+async def test_throw_and_close_leave_the_line():
+    b = TokenBucket(4, capacity=4, initial=0)
+    aw = b.acquire(4)
+    fut = aw.send(None)
+    assert isinstance(fut, asyncio.Future) and b.waiting == 1
+    with pytest.raises(KeyError):
+        aw.throw(KeyError("x"))
+    assert b.waiting == 0
+    aw2 = b.acquire(4)
+    aw2.send(None)
+    assert b.waiting == 1
+    aw2.close()
+    assert b.waiting == 0
+    await b.acquire(4)
+
+
+@VT
+async def test_mass_cancellation():
+    b = TokenBucket(1, capacity=1, initial=0)
+    tasks = [asyncio.create_task(b.acquire()) for _ in range(2000)]
+    await settle()
+    assert b.waiting == 2000
+    for t in tasks[:-1]:
+        t.cancel()
+    await settle()
+    assert b.waiting == 1
+    t0 = now()
+    await tasks[-1]
+    assert now() == t0 + 1
+
+
+@VT
+async def test_dead_head_does_not_block_a_newcomer():
+    b = TokenBucket(4, capacity=4)
+    head = asyncio.create_task(b.acquire(4))  # takes the 4 at once when it runs
+    await settle()
+    blocked = asyncio.create_task(b.acquire(4))
+    await settle()
+    blocked.cancel()  # its future is cancelled; the task has not run its cleanup yet
+    await asyncio.sleep(1)
+    assert b.try_acquire(4) is True
+    await head
+    assert blocked.cancelled()
+
+
+# ---------------------------------------------------------------------------------------------
+# async with, decorator, reset, repr
+
+
+@VT
+async def test_async_with():
+    b = TokenBucket(4, capacity=1)
+    t0 = now()
+    for i in range(3):
+        async with b as v:
+            assert v is None
+    assert now() == t0 + 0.5
+    with pytest.raises(KeyError):
+        async with b:
+            raise KeyError
+    assert now() == t0 + 0.75 and b.tokens == 0.0
+
+
+@VT
+async def test_decorator():
+    b = TokenBucket(4, capacity=1)
+
+    @b
+    async def fetch(x, *, y=0):
+        """Fetch x."""
+        await asyncio.sleep(0)
+        return x + y
+
+    t0 = now()
+    assert await fetch(1) == 1
+    assert await fetch(1, y=2) == 3
+    assert now() == t0 + 0.25
+    assert fetch.__name__ == "fetch" and fetch.__doc__ == "Fetch x."
+    assert fetch.__wrapped__.__name__ == "fetch" and fetch.bucket is b
+    assert str(inspect.signature(fetch)) == "(x, *, y=0)"
+    assert asyncio.iscoroutinefunction(fetch)
+    if sys.version_info >= (3, 12):
+        assert inspect.iscoroutinefunction(fetch)
+    assert "rate-limited" in repr(fetch)
+
+    @b
+    async def fail():
+        raise KeyError("no")
+
+    with pytest.raises(KeyError):
+        await fail()
+    assert now() == t0 + 0.5  # the token is spent even though it raised
+    with pytest.raises(TypeError):
+        await fetch()  # called (after the token) with a missing argument
+    assert now() == t0 + 0.75
+    t0 += 0.25
+    results = await asyncio.gather(*(fetch(i) for i in range(4)))
+    assert results == [0, 1, 2, 3] and now() == t0 + 1.5
+
+
+@VT
+async def test_decorator_on_methods_and_cancellation():
+    b = TokenBucket(4, capacity=1, initial=0)
+    calls = []
+
+    class Client:
+        @b
+        async def get(self, path):
+            calls.append(path)
+            return (self, path)
+
+    c = Client()
+    t0 = now()
+    assert await c.get("/a") == (c, "/a")
+    assert await Client.get(c, "/b") == (c, "/b")
+    assert now() == t0 + 0.5
+    t = asyncio.create_task(c.get("/never"))
+    await settle()
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    assert calls == ["/a", "/b"] and b.waiting == 0
+    # cancelled before it ever ran: nothing called, no "never awaited" warning
+    t = asyncio.create_task(c.get("/never2"))
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    assert calls == ["/a", "/b"]
+
+
+@VT
+async def test_decorator_cancelled_while_running():
+    b = TokenBucket(4, capacity=4)
+    started = []
+
+    @b
+    async def slow():
+        started.append(now())
+        await asyncio.sleep(10)
+
+    t0 = now()
+    t = asyncio.create_task(slow())
+    await asyncio.sleep(0.125)
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    assert started == [t0] and b.waiting == 0
+    assert b.tokens == 3.5  # the token it spent stays spent: 4 - 1 + 0.5
+
+
+def test_decorator_bad_use():
+    b = TokenBucket(4)
+    with pytest.raises(TypeError, match="decorates an async function, not int"):
+        b(3)
+    with pytest.raises(TypeError, match="decorates one async function"):
+        b(print, print)
+
+    @b
+    def not_async():
+        return 3
+
+    with pytest.raises(TypeError, match="can't be used in 'await' expression"):
+        asyncio.run(not_async())
+
+
+@VT
+async def test_reset():
+    b = TokenBucket(4, capacity=4, initial=1)
+    t0 = now()
+    w = asyncio.create_task(b.acquire(4))
+    await asyncio.sleep(0.5)  # 3 tokens
+    b.reset()  # back to initial (1): the waiter stays
+    await settle()
+    assert not w.done() and b.tokens == 1.0
+    await w
+    assert now() == t0 + 1.25
+    full = TokenBucket(4, capacity=4)
+    await full.acquire(4)
+    full.reset()
+    assert full.tokens == 4.0
+
+
+@VT
+async def test_repr_shows_waiters():
+    b = TokenBucket(4, capacity=4, initial=0)
+    tasks = [asyncio.create_task(b.acquire(4)) for _ in range(3)]
+    await asyncio.sleep(0.5)
+    assert "[rate:4/1s, tokens:2/4, waiters:3]" in repr(b)
+    await asyncio.gather(*tasks)
+
+
+# ---------------------------------------------------------------------------------------------
+# loops: binding, closed loops, clock switches
+
+
+def test_bound_to_a_different_loop():
+    b = TokenBucket(4, capacity=4, initial=0)
+    a, c = VirtualClockLoop(), VirtualClockLoop()
+    try:
+        t = a.create_task(b.acquire(4))
+        a.run_until_complete(asyncio.sleep(0))
+        assert b.waiting == 1
+
+        async def other():
+            assert b.try_acquire(0.5) is False  # fast paths never check the loop
+            with pytest.raises(RuntimeError, match="is bound to a different event loop"):
+                await b.acquire(1)
+
+        c.run_until_complete(other())
+        a.run_until_complete(t)
+    finally:
+        a.close()
+        c.close()
+
+
+@pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
+def test_closed_loop_rebinds_cleanly(make):
+    b = TokenBucket(4, capacity=4, initial=0)
+    a = make()
+    tasks = [a.create_task(b.acquire(4)) for _ in range(3)]
+    a.run_until_complete(asyncio.sleep(0))
+    assert b.waiting == 3
+    for t in tasks:
+        t.cancel()  # as asyncio.run would; their cleanup never runs: the loop stops here
+    a.close()
+    c = make()
+    try:
+
+        async def again():
+            t0 = now()
+            await b.acquire(4)  # the dead waiters do not stand in line any more
+            return now() - t0
+
+        assert c.run_until_complete(again()) <= 1.0
+        assert b.waiting == 0
+    finally:
+        c.close()
+        gc.collect()
+
+
+@pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
+def test_closed_loop_waiters_do_not_block_try_acquire(make):
+    b = TokenBucket(4, capacity=4, initial=0)
+    a = make()
+    tasks = [a.create_task(b.acquire(4)) for _ in range(2)]
+    a.run_until_complete(asyncio.sleep(0))
+    assert b.waiting == 2
+    for t in tasks:
+        t.cancel()
+    a.close()
+    c = make()
+    try:
+
+        async def later():
+            assert b.tokens == 0.0  # the bucket's stamp moves to this loop's clock
+            await asyncio.sleep(1)
+            return b.try_acquire(4), b.waiting
+
+        assert c.run_until_complete(later()) == (True, 0)
+    finally:
+        c.close()
+        gc.collect()
+
+
+def test_clock_switch_adds_nothing_for_the_gap():
+    b = TokenBucket(4, capacity=8, initial=0)
+    a = VirtualClockLoop(start=1_000_000.0)
+    c = VirtualClockLoop(start=10.0)
+    try:
+        a.run_until_complete(asyncio.sleep(1))
+
+        async def level():
+            return b.tokens
+
+        assert a.run_until_complete(level()) == 0.0  # made outside: restarts on a's clock
+        a.run_until_complete(asyncio.sleep(1))
+        assert a.run_until_complete(level()) == 4.0
+        # c's clock is a million seconds behind: no refill for the gap, nothing lost either
+        assert c.run_until_complete(level()) == 4.0
+        c.run_until_complete(asyncio.sleep(0.5))
+        assert c.run_until_complete(level()) == 6.0
+    finally:
+        a.close()
+        c.close()
+
+
+def test_no_running_loop_reads_the_last_loops_clock():
+    b_loop = VirtualClockLoop()
+    try:
+
+        async def make():
+            return TokenBucket(4, per=3600, capacity=8, initial=0)  # one token in 15 minutes
+
+        b = b_loop.run_until_complete(make())
+        b_loop.run_until_complete(asyncio.sleep(3600))
+        assert b.tokens == 4.0  # no loop runs: the bucket reads b_loop's (virtual) clock
+    finally:
+        b_loop.close()
+    assert b.try_acquire(1)  # closed: back to time.monotonic(), which restarts the stamp
+    assert not b.try_acquire(3.5)  # nothing for the jump between clocks
+
+
+# ---------------------------------------------------------------------------------------------
+# re-entrancy
+
+
+@VT
+async def test_reentrant_loop_callbacks():
+    """A loop whose call_soon re-enters the bucket while it wakes waiters."""
+    loop = asyncio.get_running_loop()
+    b = TokenBucket(4, capacity=8, initial=0)
+    orig = loop.call_soon
+    seen = []
+
+    def call_soon(cb, *args, context=None):
+        seen.append((b.try_acquire(1), b.waiting, b.tokens))
+        b.reset()
+        return orig(cb, *args, context=context)
+
+    tasks = [asyncio.create_task(b.acquire(n)) for n in (2, 1, 3)]
+    await settle()
+    loop.call_soon = call_soon
+    try:
+        await asyncio.sleep(0.5)
+        await asyncio.gather(*tasks)
+    finally:
+        del loop.call_soon
+    assert seen and b.waiting == 0
+    assert 0 <= b.tokens <= 8
+
+
+@VT
+async def test_reentrant_timer_arming():
+    loop = asyncio.get_running_loop()
+    b = TokenBucket(4, capacity=8, initial=0)
+    orig = loop.call_at
+    depth = []
+
+    def call_at(when, cb, *args, context=None):
+        depth.append(1)
+        if len(depth) < 3:
+            asyncio.ensure_future(b.acquire(1))  # a waiter arrives while the timer is armed
+            b.has_capacity()
+        return orig(when, cb, *args, context=context)
+
+    loop.call_at = call_at
+    try:
+        await b.acquire(2)
+    finally:
+        del loop.call_at
+    await asyncio.sleep(2)
+    assert b.waiting == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# aiolimiter: the same scenarios on aiolimiter.AsyncLimiter and ours
+
+
+@pytest.fixture(params=["aiofast", "aiolimiter"])
+def Limiter(request):
+    return {"aiofast": AsyncLimiter, "aiolimiter": aiolimiter.AsyncLimiter}[request.param]
+
+
+@VT
+async def test_limiter_burst_then_rate(Limiter):
+    lim = Limiter(4, 1)
+    t0 = now()
+    for _ in range(4):
+        async with lim as v:
+            assert v is None
+    assert now() == t0
+    await lim.acquire()
+    assert now() == t0 + 0.25
+    for _ in range(8):
+        await lim.acquire()
+    assert now() == t0 + 2.25
+
+
+@VT
+async def test_limiter_attributes_and_defaults(Limiter):
+    lim = Limiter(10)
+    assert lim.max_rate == 10 and lim.time_period == 60
+    lim = Limiter(8, 2)
+    assert (lim.max_rate, lim.time_period) == (8, 2)
+    assert lim.has_capacity() and lim.has_capacity(8) and not lim.has_capacity(9)
+    assert lim.has_capacity(0)
+    await lim.acquire(8)
+    assert not lim.has_capacity()
+    await asyncio.sleep(0.25)
+    assert lim.has_capacity() and not lim.has_capacity(2)
+
+
+@VT
+async def test_limiter_amounts(Limiter):
+    lim = Limiter(4, 1)
+    t0 = now()
+    await lim.acquire(0)
+    await asyncio.create_task(lim.acquire(0))
+    with pytest.raises(ValueError):
+        await lim.acquire(5)
+    with pytest.raises(ValueError):
+        await lim.acquire(-1)
+    with pytest.raises(ValueError):
+        await lim.acquire(math.nan)
+    await lim.acquire(4)
+    await lim.acquire(amount=2)
+    assert now() == t0 + 0.5
+
+
+@VT
+async def test_limiter_fifo_equal_amounts(Limiter):
+    lim = Limiter(4, 1)
+    await lim.acquire(4)
+    t0 = now()
+    order = []
+
+    async def w(i):
+        await lim.acquire()
+        order.append((i, now() - t0))
+
+    await asyncio.gather(*(w(i) for i in range(6)))
+    assert order == [(i, (i + 1) / 4) for i in range(6)]
+
+
+@VT
+async def test_limiter_cancellation_keeps_capacity(Limiter):
+    lim = Limiter(4, 1)
+    await lim.acquire(4)
+    t0 = now()
+    a = asyncio.create_task(lim.acquire())
+    b = asyncio.create_task(lim.acquire())
+    await settle()
+    a.cancel()
+    await b
+    assert now() == t0 + 0.25
+    await lim.acquire(1)
+    assert now() == t0 + 0.5
+
+
+@VT
+async def test_limiter_long_run_rate(Limiter):
+    lim = Limiter(16, 2)
+    t0 = now()
+    n = 0
+    while now() - t0 < 10:
+        await lim.acquire()
+        n += 1
+    assert n == 16 + 8 * 10  # the burst, then 8 per second
+
+
+def test_limiter_validation():
+    with pytest.raises(ValueError, match="max_rate must be a finite number >= 1, got 0.5"):
+        AsyncLimiter(0.5)
+    with pytest.raises(ValueError, match="time_period must be a finite number > 0, got 0"):
+        AsyncLimiter(10, 0)
+    with pytest.raises(TypeError, match="max_rate must be a real number, not str"):
+        AsyncLimiter("10")
+    lim = AsyncLimiter(10, 1)
+    with pytest.raises(AttributeError):
+        lim.max_rate = 5
+    r = repr(lim)
+    assert r.startswith("<AsyncLimiter(max_rate=10, time_period=1) at 0x")
+    assert "[level: 0.000000, waiters: 0]>" in r
+
+
+# ---------------------------------------------------------------------------------------------
+# leaks
+
+
+def test_no_leaks():
+    code = textwrap.dedent(
+        """
+        import asyncio, gc, sys, tracemalloc
+        from aiofast import TokenBucket, AsyncLimiter
+
+        async def cycle():
+            b = TokenBucket(1e9, capacity=4, initial=0)
+            lim = AsyncLimiter(4, 1)
+            await b.acquire()
+            async with b:
+                pass
+            t = asyncio.create_task(b.acquire(4, timeout=10))
+            u = asyncio.create_task(b.acquire(4))
+            await asyncio.sleep(0)
+            t.cancel()
+            await asyncio.gather(t, u, return_exceptions=True)
+            with_timeout = asyncio.create_task(b.acquire(4, timeout=1e-9))
+            await asyncio.gather(with_timeout, return_exceptions=True)
+            @b
+            async def f(x):
+                return x
+            await f(1)
+            await lim.acquire()
+            b.try_acquire(); b.has_capacity(); b.reset(); repr(b)
+
+        async def main(n):
+            for _ in range(n):
+                await cycle()
+
+        asyncio.run(main(200))
+        gc.collect()
+        tracemalloc.start()
+        n0 = len(gc.get_objects()); r0 = sys.getrefcount(TokenBucket)
+        grew = []
+        for phase in range(3):  # allocator caches settle in the first phases; a leak does not
+            m0 = tracemalloc.get_traced_memory()[0]
+            for _ in range(5):
+                asyncio.run(main(200))
+            gc.collect()
+            grew.append(tracemalloc.get_traced_memory()[0] - m0)
+        n1 = len(gc.get_objects()); r1 = sys.getrefcount(TokenBucket)
+        print(n0, n1, r0, r1, grew)
+        assert r1 == r0, (r0, r1)
+        assert n1 - n0 < 50, (n0, n1)
+        assert grew[-1] < 16 * 1024, grew  # 1000 cycles: a leak of 16 bytes a cycle shows
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
