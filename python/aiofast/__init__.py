@@ -1,18 +1,32 @@
 """aiofast: fast, correct asyncio concurrency primitives, in C.
 
-Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock and Event (and more, see the README).
+Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock, Event, Queue, PriorityQueue and
+LifoQueue (and more, see the README).
 ``aiofast.install()`` puts them in place of asyncio's, ``aiofast.uninstall()`` restores asyncio's.
 """
 import asyncio as _asyncio
 
-from ._core import BoundedSemaphore, Event, Lock, Semaphore
+from ._core import (
+    BoundedSemaphore,
+    Event,
+    LifoQueue,
+    Lock,
+    PriorityQueue,
+    Queue,
+    QueueShutDown,
+    Semaphore,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BoundedSemaphore",
     "Event",
+    "LifoQueue",
     "Lock",
+    "PriorityQueue",
+    "Queue",
+    "QueueShutDown",
     "Semaphore",
     "install",
     "uninstall",
@@ -25,6 +39,9 @@ _REPLACEMENTS = {
     "BoundedSemaphore": (BoundedSemaphore, ("asyncio", "asyncio.locks")),
     "Lock": (Lock, ("asyncio", "asyncio.locks")),
     "Event": (Event, ("asyncio", "asyncio.locks")),
+    "Queue": (Queue, ("asyncio", "asyncio.queues")),
+    "PriorityQueue": (PriorityQueue, ("asyncio", "asyncio.queues")),
+    "LifoQueue": (LifoQueue, ("asyncio", "asyncio.queues")),
 }
 
 _originals = {}
