@@ -45,6 +45,8 @@
 typedef struct fa_state {
     /* types: the lock family (semaphore.c) and the awaitable (op.c) */
     PyTypeObject *OpType;
+    PyTypeObject *SpecialDescrType;
+    PyTypeObject *BoundType;
     PyTypeObject *SemaphoreType;
     PyTypeObject *BoundedSemaphoreType;
     PyTypeObject *LockType;
@@ -151,7 +153,9 @@ int fa_parse_init(PyObject *self, const char *defname, PyObject *args, PyObject 
                   const char *const *names, Py_ssize_t nnames, PyObject **out);
 
 /* Raise a value through StopIteration, without context chaining and without unpacking tuples.
- * Reuses st->stopiter_true for True when nobody else holds it. Always returns NULL. */
+ * With st (the interpreter's `await` path, tp_iternext), reuses st->stopiter_true for True when
+ * nobody else holds it; with st == NULL (Python-level send/throw, whose exception reaches Python
+ * code and gets a traceback) always a fresh instance. Always returns NULL. */
 PyObject *fa_set_stopiteration(fa_state *st, PyObject *value);
 
 /* The state of the module that defined tp or one of its bases (for tp_new of subclasses). */

@@ -154,7 +154,7 @@ fa_set_stopiteration(fa_state *st, PyObject *value)
     /* On 3.12+ `await` drives C awaitables through tp_iternext, so a value travels in a
      * StopIteration. One pre-built StopIteration(True) serves acquire() and wait() whenever
      * nobody else holds it; PyErr_SetRaisedException does no context chaining. */
-    if (value == Py_True) {
+    if (value == Py_True && st != NULL) {
         if (FA_LIKELY(stopiter_reusable(st->stopiter_true))) {
             PyErr_SetRaisedException(Py_NewRef(st->stopiter_true));
             return NULL;
@@ -171,10 +171,8 @@ fa_set_stopiteration(fa_state *st, PyObject *value)
         return NULL;
     }
 #if FA_PY312
-    if (value == Py_True && Py_REFCNT(st->stopiter_true) != 1) {
-        /* keep the cache; this one is a spare */
-    }
-    else if (value == Py_True) {
+    if (value == Py_True && st != NULL && Py_REFCNT(st->stopiter_true) == 1) {
+        /* the cached one was altered by someone: this fresh one becomes the cache */
         Py_SETREF(st->stopiter_true, Py_NewRef(exc));
     }
 #endif

@@ -13,10 +13,8 @@
 #include "op.h"
 
 static void
-op_finish(FaOp *op)
+op_finish_slow(FaOp *op)
 {
-    op->state = FA_OP_DONE;
-    op->flags = 0;
     if (op->queue != NULL) {
         fa_waitq_unlink(op);
     }
@@ -24,7 +22,24 @@ op_finish(FaOp *op)
     Py_CLEAR(op->fut);
     Py_CLEAR(op->arg);
     Py_CLEAR(op->arg2);
+}
+
+static inline void
+op_finish(FaOp *op)
+{
+    op->state = FA_OP_DONE;
+    op->flags = 0;
+    if (FA_UNLIKELY(((uintptr_t)op->queue | (uintptr_t)op->fut_iter | (uintptr_t)op->fut
+                     | (uintptr_t)op->arg | (uintptr_t)op->arg2) != 0)) {
+        op_finish_slow(op);
+    }
     Py_CLEAR(op->owner);  // Beware: may free the owner, which drops its cache slot; our caller holds op
+}
+
+void
+fa_op_reset(FaOp *op)
+{
+    op_finish(op);
 }
 
 FaOp *
@@ -47,28 +62,6 @@ fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg)
     op->state = FA_OP_INIT;
     op->flags = 0;
     PyObject_GC_Track(op);
-    return op;
-}
-
-FaOp *
-fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
-{
-    FaOp *op = *cache;
-    if (FA_LIKELY(op != NULL && Py_REFCNT(op) == 1)) {
-        /* Only the cache holds it: nobody can observe the reuse. */
-        if (FA_UNLIKELY(op->state != FA_OP_DONE)) {
-            op_finish(op);  // an INIT op that was created and dropped unawaited
-        }
-        op->kind = kind;
-        op->owner = Py_NewRef(owner);
-        op->state = FA_OP_INIT;
-        Py_INCREF(op);
-        return op;
-    }
-    op = fa_op_new(st, kind, owner, NULL);
-    if (op != NULL && *cache == NULL) {
-        *cache = (FaOp *)Py_NewRef(op);
-    }
     return op;
 }
 
@@ -218,6 +211,12 @@ static PySendResult
 op_send_impl(FaOp *op, PyObject *arg, PyObject **res)
 {
     PySendResult r;
+    if (FA_LIKELY(op->state == FA_OP_INIT)) {
+        op->state = FA_OP_RUNNING;
+        r = op->kind->start(op, res);
+        op_settle(op, r);
+        return r;
+    }
     switch (op->state) {
     case FA_OP_INIT:
         op->state = FA_OP_RUNNING;
@@ -272,6 +271,21 @@ op_iternext(PyObject *self)
     return NULL;
 }
 
+/* The Python-level send()/throw() raise a fresh StopIteration: one that reaches Python code
+ * gets a traceback (and so its frame), which the shared instance must not keep. */
+static PyObject *
+op_result_to_py(PySendResult r, PyObject *res)
+{
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_RETURN) {
+        fa_set_stopiteration(NULL, res);
+        Py_DECREF(res);
+    }
+    return NULL;
+}
+
 static PyObject *
 op_send(PyObject *self, PyObject *arg)
 {
@@ -282,14 +296,7 @@ op_send(PyObject *self, PyObject *arg)
     }
     PyObject *res = NULL;
     PySendResult r = op_send_impl(op, arg, &res);
-    if (r == PYGEN_NEXT) {
-        return res;
-    }
-    if (r == PYGEN_RETURN) {
-        fa_set_stopiteration(op->st, res);
-        Py_DECREF(res);
-    }
-    return NULL;
+    return op_result_to_py(r, res);
 }
 
 /* Build the exception instance from throw()'s (typ[, val[, tb]]) as gen.throw does. */
@@ -349,19 +356,6 @@ op_make_exc(PyObject *typ, PyObject *val, PyObject *tb)
         return NULL;
     }
     return exc;
-}
-
-static PyObject *
-op_result_to_py(FaOp *op, PySendResult r, PyObject *res)
-{
-    if (r == PYGEN_NEXT) {
-        return res;
-    }
-    if (r == PYGEN_RETURN) {
-        fa_set_stopiteration(op->st, res);
-        Py_DECREF(res);
-    }
-    return NULL;
 }
 
 static PyObject *
@@ -428,7 +422,7 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         r = op_fail(op, exc);
     }
     op_settle(op, r);
-    return op_result_to_py(op, r, res);
+    return op_result_to_py(r, res);
 }
 
 static PyObject *
@@ -637,9 +631,14 @@ fa_waitq_release_all(fa_waitq *q)
     PyMem_Free(ops);
 }
 
+static int fa_special_init(PyObject *mod, fa_state *st);
+
 int
 fa_op_init(PyObject *mod, fa_state *st)
 {
+    if (fa_special_init(mod, st) < 0) {
+        return -1;
+    }
     st->OpType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &op_spec, NULL);
     if (st->OpType == NULL) {
         return -1;
@@ -662,4 +661,350 @@ fa_op_init(PyObject *mod, fa_state *st)
     }
     Py_DECREF(r);
     return 0;
+}
+
+/* ------------------------------------------------------------------ special methods */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    fa_state *st;
+    fa_special_impl impl;
+    PyObject *name;           /* str */
+    PyTypeObject *owner_type; /* the type it was installed on (borrowed: the type holds us) */
+    Py_ssize_t slot_offset;
+    const char *doc;
+} FaSpecialDescr;
+
+static inline PyObject **
+special_slot(FaSpecialDescr *d, PyObject *obj)
+{
+    return (PyObject **)((char *)obj + d->slot_offset);
+}
+
+static PyObject *
+bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    FaBound *b = (FaBound *)callable;
+    FaSpecialDescr *d = (FaSpecialDescr *)b->descr;
+    if (FA_UNLIKELY(kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_Format(PyExc_TypeError, "%U() takes no keyword arguments", d->name);
+        return NULL;
+    }
+    PyObject *owner = b->owner;
+    if (FA_UNLIKELY(owner == NULL)) {
+        PyErr_Format(PyExc_ReferenceError, "the object %U was bound to no longer exists",
+                     d->name);
+        return NULL;
+    }
+    Py_INCREF(owner);
+    PyObject *r = d->impl(owner, args, PyVectorcall_NARGS(nargsf));
+    /* Only the caller and the instance's slot hold us: the caller drops its reference right
+     * after this call, so give up ours on the instance (whatever we returned holds it). */
+    if (b->owns && Py_REFCNT(b) <= 2) {
+        b->owns = 0;
+        Py_DECREF(owner);
+    }
+    Py_DECREF(owner);  // Beware: may free the instance, which clears b->owner
+    return r;
+}
+
+static int
+bound_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    FaBound *b = (FaBound *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(b->descr);
+    if (b->owns) {
+        Py_VISIT(b->owner);
+    }
+    return 0;
+}
+
+static int
+bound_clear(PyObject *self)
+{
+    FaBound *b = (FaBound *)self;
+    if (b->owns) {
+        b->owns = 0;
+        PyObject *o = b->owner;
+        b->owner = NULL;
+        Py_DECREF(o);
+    }
+    Py_CLEAR(b->descr);
+    return 0;
+}
+
+static void
+bound_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    bound_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+bound_repr(PyObject *self)
+{
+    FaBound *b = (FaBound *)self;
+    FaSpecialDescr *d = (FaSpecialDescr *)b->descr;
+    if (b->owner == NULL) {
+        return PyUnicode_FromFormat("<bound method %U of a deleted object>", d->name);
+    }
+    return PyUnicode_FromFormat("<bound method %s.%U of %R>", _PyType_Name(d->owner_type),
+                                d->name, b->owner);
+}
+
+static PyObject *
+bound_get_self(PyObject *self, void *Py_UNUSED(c))
+{
+    FaBound *b = (FaBound *)self;
+    return Py_NewRef(b->owner ? b->owner : Py_None);
+}
+
+static PyObject *
+bound_get_func(PyObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((FaBound *)self)->descr);
+}
+
+static PyObject *
+bound_get_name(PyObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((FaSpecialDescr *)((FaBound *)self)->descr)->name);
+}
+
+static PyGetSetDef bound_getset[] = {
+    {"__self__", bound_get_self, NULL, NULL, NULL},
+    {"__func__", bound_get_func, NULL, NULL, NULL},
+    {"__name__", bound_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef bound_members[] = {
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(FaBound, vectorcall), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot bound_slots[] = {
+    {Py_tp_dealloc, bound_dealloc},
+    {Py_tp_traverse, bound_traverse},
+    {Py_tp_clear, bound_clear},
+    {Py_tp_repr, bound_repr},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_getset, bound_getset},
+    {Py_tp_members, bound_members},
+    {0, NULL},
+};
+
+static PyType_Spec bound_spec = {
+    .name = "aiofast._core.BoundSpecial",
+    .basicsize = sizeof(FaBound),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = bound_slots,
+};
+
+static PyObject *
+descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    FaSpecialDescr *d = (FaSpecialDescr *)self;
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    if (!PyObject_TypeCheck(obj, d->owner_type)) {
+        PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%s' objects doesn't apply to a '%s' "
+                     "object", d->name, _PyType_Name(d->owner_type), Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyObject **slot = special_slot(d, obj);
+    FaBound *b = (FaBound *)*slot;
+    if (FA_LIKELY(b != NULL)) {
+        if (!b->owns) {
+            b->owns = 1;
+            Py_INCREF(obj);
+        }
+        return Py_NewRef(b);
+    }
+    b = PyObject_GC_New(FaBound, d->st->BoundType);
+    if (b == NULL) {
+        return NULL;
+    }
+    b->vectorcall = bound_vectorcall;
+    b->owner = Py_NewRef(obj);
+    b->owns = 1;
+    b->descr = Py_NewRef(self);
+    PyObject_GC_Track(b);
+    *slot = Py_NewRef(b);
+    return (PyObject *)b;
+}
+
+/* Lock.__aenter__(lock): the unbound call */
+static PyObject *
+descr_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    FaSpecialDescr *d = (FaSpecialDescr *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        PyErr_Format(PyExc_TypeError, "%U() takes no keyword arguments", d->name);
+        return NULL;
+    }
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError, "unbound method %s.%U() needs an argument",
+                     _PyType_Name(d->owner_type), d->name);
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], d->owner_type)) {
+        PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%s' objects doesn't apply to a '%s' "
+                     "object", d->name, _PyType_Name(d->owner_type), Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    return d->impl(args[0], args + 1, nargs - 1);
+}
+
+static PyObject *
+descr_repr(PyObject *self)
+{
+    FaSpecialDescr *d = (FaSpecialDescr *)self;
+    return PyUnicode_FromFormat("<method '%U' of '%s' objects>", d->name,
+                                _PyType_Name(d->owner_type));
+}
+
+static PyObject *
+descr_get_doc(PyObject *self, void *Py_UNUSED(c))
+{
+    FaSpecialDescr *d = (FaSpecialDescr *)self;
+    if (d->doc == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_FromString(d->doc);
+}
+
+static PyObject *
+descr_get_name(PyObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((FaSpecialDescr *)self)->name);
+}
+
+static PyObject *
+descr_get_qualname(PyObject *self, void *Py_UNUSED(c))
+{
+    FaSpecialDescr *d = (FaSpecialDescr *)self;
+    return PyUnicode_FromFormat("%s.%U", _PyType_Name(d->owner_type), d->name);
+}
+
+static PyObject *
+descr_get_objclass(PyObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef((PyObject *)((FaSpecialDescr *)self)->owner_type);
+}
+
+static PyGetSetDef descr_getset[] = {
+    {"__doc__", descr_get_doc, NULL, NULL, NULL},
+    {"__name__", descr_get_name, NULL, NULL, NULL},
+    {"__qualname__", descr_get_qualname, NULL, NULL, NULL},
+    {"__objclass__", descr_get_objclass, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef descr_members[] = {
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(FaSpecialDescr, vectorcall), Py_READONLY,
+     NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static int
+descr_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static void
+descr_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(((FaSpecialDescr *)self)->name);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot descr_slots[] = {
+    {Py_tp_dealloc, descr_dealloc},
+    {Py_tp_traverse, descr_traverse},
+    {Py_tp_repr, descr_repr},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, descr_get},
+    {Py_tp_getset, descr_getset},
+    {Py_tp_members, descr_members},
+    {0, NULL},
+};
+
+static PyType_Spec descr_spec = {
+    .name = "aiofast._core.SpecialMethod",
+    .basicsize = sizeof(FaSpecialDescr),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .slots = descr_slots,
+};
+
+int
+fa_special_add(fa_state *st, PyTypeObject *tp, const char *name, fa_special_impl impl,
+               Py_ssize_t slot_offset, const char *doc)
+{
+    FaSpecialDescr *d = PyObject_GC_New(FaSpecialDescr, st->SpecialDescrType);
+    if (d == NULL) {
+        return -1;
+    }
+    d->vectorcall = descr_vectorcall;
+    d->st = st;
+    d->impl = impl;
+    d->owner_type = tp;
+    d->slot_offset = slot_offset;
+    d->doc = doc;
+    d->name = PyUnicode_InternFromString(name);
+    PyObject_GC_Track(d);
+    if (d->name == NULL) {
+        Py_DECREF(d);
+        return -1;
+    }
+    int rc = PyObject_SetAttr((PyObject *)tp, d->name, (PyObject *)d);
+    Py_DECREF(d);
+    return rc;
+}
+
+void
+fa_special_clear(PyObject *self, PyObject **slot)
+{
+    FaBound *b = (FaBound *)*slot;
+    if (b == NULL) {
+        return;
+    }
+    *slot = NULL;
+    if (b->owner == self) {
+        if (b->owns) {
+            /* only from a GC clear: the collector holds self for the duration */
+            b->owns = 0;
+            b->owner = NULL;
+            Py_DECREF(self);
+        }
+        else {
+            b->owner = NULL;
+        }
+    }
+    Py_DECREF(b);
+}
+
+static int
+fa_special_init(PyObject *mod, fa_state *st)
+{
+    st->SpecialDescrType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &descr_spec, NULL);
+    if (st->SpecialDescrType == NULL) {
+        return -1;
+    }
+    st->BoundType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bound_spec, NULL);
+    return st->BoundType == NULL ? -1 : 0;
 }

@@ -154,9 +154,33 @@ void fa_waitq_release_all(fa_waitq *q);
 /* A new op of this kind for owner (strong reference taken), in state INIT. */
 FaOp *fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg);
 
-/* The same, reusing *cache when nobody else holds it (no allocation on the hot path). The cache
- * slot keeps one strong reference; the owner must visit and clear it. */
-FaOp *fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner);
+/* Finish an op that was never driven to the end (an INIT op dropped unawaited): state DONE,
+ * every reference dropped. */
+void fa_op_reset(FaOp *op);
+
+/* The same as fa_op_new, reusing *cache when nobody else holds it (no allocation on the hot
+ * path). The cache slot keeps one strong reference; the owner must visit and clear it. */
+static inline FaOp *
+fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
+{
+    FaOp *op = *cache;
+    if (FA_LIKELY(op != NULL && Py_REFCNT(op) == 1)) {
+        /* Only the cache holds it: nobody can observe the reuse. */
+        if (FA_UNLIKELY(op->state != FA_OP_DONE)) {
+            fa_op_reset(op);  // an INIT op that was created and dropped unawaited
+        }
+        op->kind = kind;
+        op->owner = Py_NewRef(owner);
+        op->state = FA_OP_INIT;
+        Py_INCREF(op);
+        return op;
+    }
+    op = fa_op_new(st, kind, owner, NULL);
+    if (op != NULL && *cache == NULL) {
+        *cache = (FaOp *)Py_NewRef(op);
+    }
+    return op;
+}
 
 /* Slow path of start/resume: create a future on the running loop (binding *loop_slot lazily as
  * _LoopBoundMixin does), link op at the back of q, and yield the future. Returns PYGEN_NEXT with
@@ -174,3 +198,43 @@ PySendResult fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res);
 #define FA_OPF_DELEGATE 0x2  /* fut_iter is a delegate iterator, not a future's */
 
 #endif
+
+/* ---- special methods without a bound-method allocation ----
+ *
+ * `async with x:` looks up x.__aenter__ and x.__aexit__ with _PyObject_LookupSpecial, which
+ * calls the descriptor's __get__: for a C method that allocates a bound method object (and a
+ * GC link) per lookup, twice per `async with`, which costs more than the whole uncontended
+ * acquire/release. A "special" descriptor instead hands out one bound callable cached on the
+ * instance (FaBound), so the steady state allocates nothing.
+ *
+ * Ownership: the instance's slot holds the FaBound strongly. The FaBound always points at the
+ * instance (borrowed; the instance clears the pointer when it goes), and holds a strong
+ * reference to it only while handed out (`owns`), which is what keeps `async with Lock():` on a
+ * temporary alive, as a bound method would. It gives that reference up at the end of a call
+ * when only the caller and the slot hold it (the interpreter drops its reference right after
+ * the call), so no reference cycle outlives an `async with`; in any other case the cycle is an
+ * ordinary one that the GC collects (both types traverse). */
+typedef PyObject *(*fa_special_impl)(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *owner;   /* borrowed unless owns */
+    PyObject *descr;   /* the FaSpecialDescr, strong */
+    int owns;
+} FaBound;
+
+/* Install descriptor `name` on type tp: calling it runs impl(self, args, nargs); slot_offset is
+ * the offset of a PyObject * field in the instance struct that caches the FaBound. */
+int fa_special_add(fa_state *st, PyTypeObject *tp, const char *name, fa_special_impl impl,
+                   Py_ssize_t slot_offset, const char *doc);
+
+/* For the instance's traverse / clear / dealloc. */
+static inline int
+fa_special_traverse(PyObject *slot, visitproc visit, void *arg)
+{
+    Py_VISIT(slot);
+    return 0;
+}
+
+void fa_special_clear(PyObject *self, PyObject **slot);

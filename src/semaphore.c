@@ -31,6 +31,8 @@ typedef struct {
     fa_waitq waiters;
     PyObject *loop;        /* _loop: NULL/None until the first wait binds it */
     FaOp *cache;           /* a reusable op for the uncontended path */
+    PyObject *aenter;      /* cached bound __aenter__ / __aexit__ (op.h, special methods) */
+    PyObject *aexit;
     PyObject *weakreflist;
     double value;          /* Semaphore: _value; Event: 0/1 */
     double bound;          /* BoundedSemaphore: _bound_value */
@@ -99,6 +101,8 @@ falock_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->loop);
     Py_VISIT((PyObject *)self->cache);
+    Py_VISIT(self->aenter);
+    Py_VISIT(self->aexit);
     return fa_waitq_traverse(&self->waiters, visit, arg);
 }
 
@@ -108,6 +112,8 @@ falock_clear(PyObject *op)
     FaLock *self = (FaLock *)op;
     Py_CLEAR(self->loop);
     Py_CLEAR(self->cache);
+    fa_special_clear(op, &self->aenter);
+    fa_special_clear(op, &self->aexit);
     fa_waitq_release_all(&self->waiters);
     return 0;
 }
@@ -554,8 +560,12 @@ static const fa_opkind aenter_delegate_kind = {"__aenter__", aenter_delegate_sta
                                                return_none_resume, NULL};
 
 static PyObject *
-falock_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
+falock_aenter(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError, "__aenter__() takes no arguments (%zd given)", nargs);
+        return NULL;
+    }
     FaLock *self = (FaLock *)op;
     const fa_opkind *kind;
     if (FA_UNLIKELY(self->ovr & OVR_ACQUIRE)) {
@@ -1041,8 +1051,8 @@ PyDoc_STRVAR(acquire_doc_lock, "acquire($self, /)\n--\n\nAcquire the lock; wait 
 PyDoc_STRVAR(release_doc_lock, "release($self, /)\n--\n\nRelease the lock, waking the first "
              "waiter. RuntimeError if it is not locked.");
 PyDoc_STRVAR(locked_doc_lock, "locked($self, /)\n--\n\nTrue if the lock is held.");
-PyDoc_STRVAR(aenter_doc, "__aenter__($self, /)\n--\n\nAcquire; returns None.");
-PyDoc_STRVAR(aexit_doc, "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRelease.");
+static const char aenter_doc[] = "__aenter__($self, /)\n--\n\nAcquire; returns None.";
+static const char aexit_doc[] = "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRelease.";
 PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
              "first use.");
 PyDoc_STRVAR(wait_doc, "wait($self, /)\n--\n\nWait until the event is set; returns True.");
@@ -1051,8 +1061,6 @@ PyDoc_STRVAR(set_doc, "set($self, /)\n--\n\nSet the event and wake every waiter.
 PyDoc_STRVAR(clear_doc, "clear($self, /)\n--\n\nReset the event.");
 
 #define COMMON_METHODS \
-    {"__aenter__", falock_aenter, METH_NOARGS, aenter_doc}, \
-    {"__aexit__", (PyCFunction)(void (*)(void))falock_aexit, METH_FASTCALL, aexit_doc}, \
     {"_get_loop", falock_private_get_loop, METH_NOARGS, get_loop_doc}
 
 static PyMethodDef sem_methods[] = {
@@ -1162,6 +1170,15 @@ fa_semaphore_init(PyObject *mod, fa_state *st)
     }
     if ((st->EventType = fa_add_type(mod, &event_spec, NULL, "Event")) == NULL) {
         return -1;
+    }
+    PyTypeObject *with_types[] = {st->SemaphoreType, st->LockType};
+    for (int i = 0; i < 2; i++) {
+        if (fa_special_add(st, with_types[i], "__aenter__", falock_aenter,
+                           offsetof(FaLock, aenter), aenter_doc) < 0
+            || fa_special_add(st, with_types[i], "__aexit__", falock_aexit,
+                              offsetof(FaLock, aexit), aexit_doc) < 0) {
+            return -1;
+        }
     }
     return 0;
 }

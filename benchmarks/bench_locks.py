@@ -1,0 +1,213 @@
+"""Lock family benchmarks: aiofast against asyncio, side by side, on both loops.
+
+Run: PYTHONPATH=python:. python benchmarks/bench_locks.py [--quick]
+"""
+import asyncio
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import aiofast  # noqa: E402
+from harness import Case, async_variant, run_cases  # noqa: E402
+from probe.build import load as load_probe  # noqa: E402
+
+TITLE = "Lock family: Semaphore, Lock, Event"
+perf = time.perf_counter
+
+
+def with_sem(cls):
+    async def run(n):
+        s = cls(1)
+        t0 = perf()
+        for _ in range(n):
+            async with s:
+                pass
+        return perf() - t0
+    return run
+
+
+def with_lock(cls):
+    async def run(n):
+        lk = cls()
+        t0 = perf()
+        for _ in range(n):
+            async with lk:
+                pass
+        return perf() - t0
+    return run
+
+
+def acquire_release(cls):
+    async def run(n):
+        s = cls(1)
+        acq = s.acquire
+        rel = s.release
+        t0 = perf()
+        for _ in range(n):
+            await acq()
+            rel()
+        return perf() - t0
+    return run
+
+
+def event_wait_set(cls):
+    async def run(n):
+        e = cls()
+        e.set()
+        t0 = perf()
+        for _ in range(n):
+            await e.wait()
+        return perf() - t0
+    return run
+
+
+def contended(cls, tasks=500, permits=10):
+    async def run(n):
+        # n = number of task passes through the semaphore
+        sem = cls(permits)
+
+        async def worker(k):
+            for _ in range(k):
+                async with sem:
+                    await asyncio.sleep(0)
+
+        per = max(1, n // tasks)
+        t0 = perf()
+        await asyncio.gather(*(worker(per) for _ in range(tasks)))
+        return (perf() - t0) * n / (per * tasks)
+    return run
+
+
+def cases(quick=False):
+    emptycm = load_probe()
+    k = 1 if quick else 4
+    out = []
+    for loop in ("asyncio", "uvloop"):
+        v = lambda f_ours, f_theirs, floor=None: {  # noqa: E731
+            "aiofast": async_variant(loop, f_ours),
+            "asyncio": async_variant(loop, f_theirs),
+            **({"empty C async CM": async_variant(loop, floor)} if floor else {}),
+        }
+        out.append(Case("uncontended `async with sem:`",
+                        v(with_sem(aiofast.Semaphore), with_sem(asyncio.Semaphore),
+                          with_sem(lambda _v: emptycm.EmptyCM())), 50_000 * k, loop))
+        out.append(Case("uncontended `async with lock:`",
+                        v(with_lock(aiofast.Lock), with_lock(asyncio.Lock),
+                          with_lock(emptycm.EmptyCM)), 50_000 * k, loop))
+        out.append(Case("`await sem.acquire(); sem.release()`",
+                        v(acquire_release(aiofast.Semaphore), acquire_release(asyncio.Semaphore)),
+                        50_000 * k, loop))
+        out.append(Case("`await lock.acquire(); lock.release()`",
+                        v(acquire_release(lambda _v: aiofast.Lock()),
+                          acquire_release(lambda _v: asyncio.Lock())), 50_000 * k, loop))
+        out.append(Case("`await event.wait()` (set)",
+                        v(event_wait_set(aiofast.Event), event_wait_set(asyncio.Event)),
+                        50_000 * k, loop))
+        out.append(Case("500 tasks through Semaphore(10), sleep(0) inside",
+                        v(contended(aiofast.Semaphore), contended(asyncio.Semaphore)),
+                        5_000 * k, loop))
+    return out
+
+
+# ---------------------------------------------------------------- mass cancellation curve
+
+
+async def _cancel_storm(cls, n, order):
+    sem = cls(0)
+    tasks = [asyncio.ensure_future(sem.acquire()) for _ in range(n)]
+    await asyncio.sleep(0)
+    seq = list(tasks)
+    if order == "newest-first":
+        seq.reverse()
+    elif order == "random":
+        random.Random(0).shuffle(seq)
+    t0 = perf()
+    for t in seq:
+        t.cancel()
+    # let every cancelled waiter run its cleanup: that is where asyncio's deque.remove costs
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return perf() - t0
+
+
+def cancellation_curve(quick=False, loop_name="asyncio"):
+    from harness import _loops
+
+    sizes_ours = [10_000, 25_000, 50_000, 100_000]
+    sizes_asyncio = [5_000, 10_000, 20_000] if quick else [5_000, 10_000, 20_000, 40_000]
+    rows = []
+    for order in ("newest-first", "oldest-first", "random"):
+        for label, cls, sizes in (("aiofast", aiofast.Semaphore, sizes_ours),
+                                  ("asyncio", asyncio.Semaphore, sizes_asyncio)):
+            for n in sizes:
+                loop = _loops()[loop_name]()
+                try:
+                    dt = loop.run_until_complete(_cancel_storm(cls, n, order))
+                finally:
+                    loop.close()
+                rows.append({"impl": label, "order": order, "n": n, "seconds": dt,
+                             "us_per_waiter": dt / n * 1e6})
+                print(f"  cancel {label:8s} {order:12s} n={n:>7}: {dt:8.3f} s "
+                      f"({dt / n * 1e6:7.2f} us/waiter)", file=sys.stderr, flush=True)
+    return rows
+
+
+def cancellation_markdown(rows):
+    lines = ["| waiters cancelled | order | aiofast s | aiofast us/waiter | asyncio s | asyncio us/waiter |",
+             "|---:|---|---:|---:|---:|---:|"]
+    by = {}
+    for r in rows:
+        by.setdefault((r["n"], r["order"]), {})[r["impl"]] = r
+    for (n, order), d in sorted(by.items()):
+        a = d.get("aiofast")
+        b = d.get("asyncio")
+        lines.append(
+            f"| {n:,} | {order} | {a['seconds']:.3f} | {a['us_per_waiter']:.2f} | "
+            if a else f"| {n:,} | {order} | - | - | ")
+        lines[-1] += (f"{b['seconds']:.3f} | {b['us_per_waiter']:.2f} |" if b else "- | - |")
+    return "\n".join(lines)
+
+
+def allocation_check(n=1_000_000):
+    """Blocks allocated across n uncontended `async with` (should be 0)."""
+    out = {}
+    for name, make in (("Semaphore", lambda: aiofast.Semaphore(1)), ("Lock", aiofast.Lock)):
+        prim = make()
+
+        async def run(k):
+            for _ in range(k):
+                async with prim:
+                    pass
+
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(run(1000))
+            before = sys.getallocatedblocks()
+            loop.run_until_complete(run(n))
+            after = sys.getallocatedblocks()
+        finally:
+            loop.close()
+        out[name] = after - before
+    return out
+
+
+def main(quick=False):
+    doc = run_cases(cases(quick), 3 if quick else 7, "locks", TITLE)
+    alloc = allocation_check(100_000 if quick else 1_000_000)
+    print("Allocated blocks across %s uncontended `async with`: %s (loop overhead included)\n"
+          % ("100,000" if quick else "1,000,000", alloc))
+    rows = cancellation_curve(quick)
+    print("### Mass cancellation of Semaphore(0) waiters (default loop)\n")
+    print(cancellation_markdown(rows))
+    import json
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        "locks-cancel-py%s%s.json" % sys.version_info[:2])
+    with open(path, "w") as f:
+        json.dump({"header": doc["header"], "allocations": alloc, "cancellation": rows}, f,
+                  indent=1)
+
+
+if __name__ == "__main__":
+    main("--quick" in sys.argv)

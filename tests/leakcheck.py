@@ -1,0 +1,109 @@
+"""Leak check runner: ``python tests/leakcheck.py SCENARIO`` runs one scenario many times.
+
+A scenario is a function in SCENARIOS that does one create / use / cancel / destroy cycle of a
+type. After a warm-up, the runner measures len(gc.get_objects()), the refcount of every aiofast
+type and tracemalloc's traced memory, runs many more cycles, measures again, and prints the
+deltas as JSON. tests/test_leaks.py asserts they are flat.
+"""
+import asyncio
+import gc
+import json
+import sys
+import tracemalloc
+
+import aiofast
+import aiofast._core as core
+
+SCENARIOS = {}
+
+
+def scenario(fn):
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+async def _spin(n=3):
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+@scenario
+async def lock_family():
+    sem = aiofast.Semaphore(1)
+    lock = aiofast.Lock()
+    ev = aiofast.Event()
+    bsem = aiofast.BoundedSemaphore(2)
+    async with sem, lock, bsem:
+        pass
+    await lock.acquire()
+    waiters = [asyncio.ensure_future(lock.acquire()) for _ in range(3)]
+    waiters += [asyncio.ensure_future(sem.acquire()) for _ in range(2)]
+    async with sem:
+        waiters += [asyncio.ensure_future(sem.acquire()) for _ in range(2)]
+        waiters.append(asyncio.ensure_future(ev.wait()))
+        await _spin()
+        waiters[0].cancel()
+        waiters[4].cancel()
+    lock.release()
+    ev.set()
+    await _spin(6)
+    for w in waiters:
+        if not w.done():
+            w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    if lock.locked():
+        lock.release()
+    # an op created and dropped without being awaited, and a closed one
+    sem.acquire()
+    op = lock.acquire()
+    op.close()
+    # a primitive dropped with waiters pending (its tasks are cancelled, then collected)
+    s0 = aiofast.Semaphore(0)
+    pend = [asyncio.ensure_future(s0.acquire()) for _ in range(3)]
+    await _spin()
+    for p in pend:
+        p.cancel()
+    await asyncio.gather(*pend, return_exceptions=True)
+    # a temporary used in async with
+    async with aiofast.Lock():
+        pass
+
+
+def core_types():
+    return {name: obj for name, obj in vars(core).items() if isinstance(obj, type)}
+
+
+def measure():
+    gc.collect()
+    gc.collect()
+    return (len(gc.get_objects()),
+            {n: sys.getrefcount(t) for n, t in core_types().items()},
+            tracemalloc.get_traced_memory()[0])
+
+
+def main(name, warmup=200, cycles=2000):
+    fn = SCENARIOS[name]
+
+    async def many(k):
+        for _ in range(k):
+            await fn()
+
+    tracemalloc.start()
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(many(warmup))
+        objs0, refs0, mem0 = measure()
+        loop.run_until_complete(many(cycles))
+        objs1, refs1, mem1 = measure()
+    finally:
+        loop.close()
+    print(json.dumps({
+        "objects": objs1 - objs0,
+        "type_refs": {n: refs1[n] - refs0[n] for n in refs0 if refs1[n] != refs0[n]},
+        "traced_bytes": mem1 - mem0,
+        "cycles": cycles,
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
