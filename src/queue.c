@@ -2267,6 +2267,7 @@ static PyGetSetDef queue_getset[] = {
     {"_finished", get_finished_attr, NULL, "The Event join() waits on.", NULL},
     {"_is_shutdown", get_is_shutdown, set_is_shutdown, NULL, NULL},
     {"_loop", get_loop_attr, set_loop_attr, NULL, NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
