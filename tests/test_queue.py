@@ -519,12 +519,21 @@ async def test_woken_then_cancelled_putter_passes_wakeup_on(qimpl):
 @pytest.mark.asyncio
 async def test_cancel_message_and_identity_survive(qimpl):
     q = qimpl.Queue()
-    t = asyncio.create_task(q.get())
+    caught = []
+
+    async def getter():
+        try:
+            await q.get()
+        except asyncio.CancelledError as e:
+            caught.append(e)
+            raise
+
+    t = asyncio.create_task(getter())
     await spin()
     t.cancel("stop now")
-    with pytest.raises(asyncio.CancelledError) as ei:
-        await t
-    assert ei.value.args == ("stop now",)
+    await asyncio.gather(t, return_exceptions=True)
+    assert t.cancelled()
+    assert caught[0].args == ("stop now",)
     assert len(q._getters) == 0
 
 
@@ -1206,3 +1215,490 @@ def test_destroyed_with_waiters_pending(qimpl):
         loop.close()
     gc.collect()
     assert r() is None
+
+
+# ---------------------------------------------------------------- PriorityQueue vs heapq
+
+LOG = []
+
+
+class K:
+    """An item whose comparisons are logged, to check that the heap asks heapq's questions."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+    def __lt__(self, other):
+        LOG.append(("lt", self.v, other.v))
+        return self.v < other.v
+
+    def __eq__(self, other):
+        LOG.append(("eq", self.v, other.v))
+        return self.v == other.v
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"K({self.v!r})"
+
+
+NUM = st.one_of(st.integers(-3, 3), st.integers(-(2**70), 2**70),
+                st.floats(allow_nan=True, allow_infinity=True),
+                st.sampled_from([0.0, -0.0, 1.0, 2**53, 2**53 + 1, float(2**53), True, False]))
+ITEM = st.one_of(
+    NUM,
+    st.tuples(NUM, st.integers(0, 5)),
+    st.tuples(st.integers(0, 3), NUM, st.text(max_size=1)),
+    st.tuples(st.integers(0, 2)),
+    st.tuples(),
+    st.text(max_size=2),
+    st.tuples(st.text(max_size=1), st.integers()),
+    st.tuples(st.integers(0, 2), st.one_of(st.integers(0, 2), st.text(max_size=1))),  # may raise
+    st.builds(K, st.integers(0, 4)),
+    st.tuples(st.integers(0, 2), st.builds(K, st.integers(0, 3))),
+)
+OPS = st.lists(st.one_of(st.tuples(st.just("push"), ITEM), st.just(("pop",))), max_size=60)
+
+
+def apply_heapq(heap, op):
+    """heapq's result for op, except that a failed op leaves the heap as it was (the issue's
+    rule for PriorityQueue: heapq itself keeps a pushed item that failed, or loses a popped one)."""
+    saved = list(heap)
+    try:
+        if op[0] == "push":
+            heapq.heappush(heap, op[1])
+            return ("ok", None)
+        return ("ok", heapq.heappop(heap))
+    except Exception as e:  # noqa: BLE001
+        heap[:] = saved
+        return ("raised", type(e), str(e))
+
+
+def apply_ours(q, op):
+    try:
+        if op[0] == "push":
+            q.put_nowait(op[1])
+            return ("ok", None)
+        return ("ok", q.get_nowait())
+    except asyncio.QueueEmpty:
+        return ("raised", IndexError, "index out of range")
+    except Exception as e:  # noqa: BLE001
+        return ("raised", type(e), str(e))
+
+
+@settings(max_examples=400, deadline=None)
+@given(ops=OPS)
+def test_aiofast_heap_matches_heapq_item_for_item(ops):
+    q = aiofast.PriorityQueue()
+    ref = []
+    for op in ops:
+        LOG.clear()
+        expect = apply_heapq(ref, op)
+        log_ref = list(LOG)
+        LOG.clear()
+        got = apply_ours(q, op)
+        if expect[0] == "ok":
+            assert got[0] == "ok" and got[1] is expect[1]
+            # the same questions, in the same order, to user comparisons
+            assert LOG == log_ref
+        else:
+            assert got[:2] == expect[:2] and got[2] == expect[2]
+        # the same objects in the same places (identity: NaN, -0.0, True vs 1 all distinguished)
+        assert len(q._queue) == len(ref) and all(a is b for a, b in zip(q._queue, ref))
+        assert q.qsize() == len(ref)
+
+
+def test_asyncio_priority_queue_is_heapq_in_order():
+    # the oracle side of the property above: asyncio's PriorityQueue is heapq on _queue
+    q = asyncio.PriorityQueue()
+    ref = []
+    for x in [(3, "c"), (1, "a"), (2, "b"), (1, "z"), (0.5, "h")]:
+        q.put_nowait(x)
+        heapq.heappush(ref, x)
+        assert q._queue == ref
+
+
+@pytest.mark.asyncio
+async def test_priority_queue_order_and_ties(qimpl):
+    q = qimpl.PriorityQueue()
+    items = [(2, i, f"p{i}") for i in range(5)] + [(1.5, 9, "x"), (1, 0, "a"), (-(10**40), 0, "big")]
+    random.Random(3).shuffle(items)
+    for x in items:
+        await q.put(x)
+    out = [await q.get() for _ in range(len(items))]
+    assert out == sorted(items)
+
+
+@dataclasses.dataclass(order=True)
+class Task:
+    priority: int
+    task_id: str = dataclasses.field(compare=False)
+    payload: dict = dataclasses.field(default_factory=dict, compare=False)
+
+
+@dataclasses.dataclass(order=True)
+class Job:
+    priority: float
+    seq: int
+    name: str = dataclasses.field(compare=False, default="")
+
+
+@dataclasses.dataclass(order=True, frozen=True)
+class KeyJob:
+    key: K
+    name: str = dataclasses.field(compare=False, default="")
+
+
+@dataclasses.dataclass(order=True)
+class NoFields:
+    x: int = dataclasses.field(compare=False, default=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("push"), st.builds(Task, st.integers(0, 5), st.text(max_size=2))),
+    st.tuples(st.just("push"), st.builds(Job, NUM, st.integers(0, 3))),
+    st.tuples(st.just("push"), st.builds(KeyJob, st.builds(K, st.integers(0, 3)))),
+    st.just(("pop",))), max_size=50))
+def test_aiofast_dataclass_items_match_heapq(ops):
+    # Task vs Job items in one heap make the comparison raise TypeError: also checked
+    q = aiofast.PriorityQueue()
+    ref = []
+    for op in ops:
+        LOG.clear()
+        expect = apply_heapq(ref, op)
+        log_ref = list(LOG)
+        LOG.clear()
+        got = apply_ours(q, op)
+        if expect[0] == "ok":
+            assert got[0] == "ok" and got[1] is expect[1]
+            assert LOG == log_ref
+        else:
+            assert got[:2] == expect[:2]
+        assert all(a is b for a, b in zip(q._queue, ref)) and len(q._queue) == len(ref)
+
+
+@pytest.mark.asyncio
+async def test_reference_task_processor(qimpl):
+    # the reference TaskProcessor: @dataclass(order=True) tasks, compare=False payloads
+    q = qimpl.PriorityQueue(maxsize=8)
+    done = []
+
+    async def producer(pid):
+        for i in range(20):
+            await q.put(Task(priority=(pid * 7 + i) % 4, task_id=f"{pid}-{i}"))
+
+    async def consumer():
+        while True:
+            t = await q.get()
+            done.append(t)
+            q.task_done()
+
+    consumers = [asyncio.create_task(consumer()) for _ in range(3)]
+    await asyncio.gather(*(producer(p) for p in range(3)))
+    await q.join()
+    for c in consumers:
+        c.cancel()
+    await asyncio.gather(*consumers, return_exceptions=True)
+    assert sorted(t.task_id for t in done) == sorted(f"{p}-{i}" for p in range(3) for i in range(20))
+    assert not NoFields(1) < NoFields(2)  # no compared field: never less, so FIFO-ish
+    q2 = qimpl.PriorityQueue()
+    for i in range(3):
+        q2.put_nowait(NoFields(i))
+    assert [q2.get_nowait().x for _ in range(3)] == [0, 1, 2]
+
+
+def test_aiofast_dataclass_lt_replaced_later_is_honoured():
+    @dataclasses.dataclass(order=True)
+    class D:
+        p: int
+
+    q = aiofast.PriorityQueue()
+    for p in (3, 1, 2):
+        q.put_nowait(D(p))  # the fast path learns D's generated __lt__
+    assert q.get_nowait().p == 1
+    q.get_nowait()
+    q.get_nowait()
+    D.__lt__ = lambda a, b: a.p > b.p  # from now on a max-heap
+    ref = []
+    for p in (5, 0, 4, 7):
+        d = D(p)
+        q.put_nowait(d)
+        heapq.heappush(ref, d)
+    assert all(a is b for a, b in zip(q._queue, ref))
+    assert [q.get_nowait().p for _ in range(4)] == [7, 5, 4, 0]
+
+
+def test_aiofast_dataclass_like_lt_that_is_not_generated_is_called():
+    # looks like a dataclass (same names, same exec'd origin) but compares the other way:
+    # the fast path must not take it for dataclasses' own __lt__
+    ns = {}
+    exec("def __lt__(self, other):\n"
+         "    if other.__class__ is self.__class__:\n"
+         "        return (self.p,) > (other.p,)\n"
+         "    return NotImplemented\n", ns)
+
+    @dataclasses.dataclass(order=True)
+    class D:
+        p: int
+
+    D.__lt__ = ns["__lt__"]
+    q = aiofast.PriorityQueue()
+    for p in (1, 3, 2):
+        q.put_nowait(D(p))
+    assert [q.get_nowait().p for _ in range(3)] == [3, 2, 1]
+
+
+def test_aiofast_dataclass_field_errors_and_properties():
+    @dataclasses.dataclass(order=True)
+    class D:
+        p: int
+
+    class E(D):
+        @property
+        def p(self):
+            raise LookupError("no p")
+
+        @p.setter
+        def p(self, v):
+            pass
+
+    q = aiofast.PriorityQueue()
+    q.put_nowait(E(1))
+    with pytest.raises(LookupError):
+        q.put_nowait(E(2))
+    assert q.qsize() == 1 and q._unfinished_tasks == 1
+
+
+# ---------------------------------------------------------------- hostile items (aiofast rules)
+
+
+class Boom(Exception):
+    pass
+
+
+class Fragile:
+    """Compares by value, raising on the n-th comparison (counted globally)."""
+
+    budget = None
+
+    def __init__(self, v):
+        self.v = v
+
+    def __lt__(self, other):
+        if Fragile.budget is not None:
+            Fragile.budget -= 1
+            if Fragile.budget < 0:
+                raise Boom(f"{self.v} < {other.v}")
+        return self.v < other.v
+
+
+def test_aiofast_raising_comparison_leaves_queue_exactly_as_it_was():
+    # asyncio (heapq) keeps the item a failed put pushed, and loses the item a failed get
+    # popped; the issue asks for neither: the queue must be exactly as before.
+    rnd = random.Random(7)
+    for trial in range(300):
+        q = aiofast.PriorityQueue()
+        Fragile.budget = None
+        for _ in range(rnd.randrange(1, 40)):
+            q.put_nowait(Fragile(rnd.randrange(50)))
+        before = list(q._queue)
+        tasks = q._unfinished_tasks
+        Fragile.budget = rnd.randrange(0, 8)
+        try:
+            if trial % 2:
+                q.put_nowait(Fragile(rnd.randrange(50)))
+            else:
+                got = q.get_nowait()
+        except Boom:
+            assert len(q._queue) == len(before)
+            assert all(a is b for a, b in zip(q._queue, before))
+            assert q._unfinished_tasks == tasks
+        else:
+            if trial % 2:
+                assert q.qsize() == len(before) + 1
+            else:
+                assert got is min(before, key=lambda f: f.v) or got.v == min(f.v for f in before)
+        Fragile.budget = None
+        # still a valid heap: drains in order
+        vals = [q.get_nowait().v for _ in range(q.qsize())]
+        assert vals == sorted(vals)
+
+
+@pytest.mark.asyncio
+async def test_aiofast_raising_comparison_in_awaited_get_and_put_loses_nothing():
+    q = aiofast.PriorityQueue()
+    for v in (5, 1, 3):
+        q.put_nowait(Fragile(v))
+    Fragile.budget = 0
+    try:
+        with pytest.raises(Boom):
+            await q.get()
+        with pytest.raises(Boom):
+            await q.put(Fragile(0))
+    finally:
+        Fragile.budget = None
+    assert q._unfinished_tasks == 3
+    assert [q.get_nowait().v for _ in range(3)] == [1, 3, 5]
+
+
+class Mutator:
+    """Runs `action` (once) from inside a comparison."""
+
+    action = None
+
+    def __init__(self, v):
+        self.v = v
+
+    def __lt__(self, other):
+        act, Mutator.action = Mutator.action, None
+        if act is not None:
+            act()
+        return self.v < other.v
+
+
+@pytest.mark.parametrize("action", ["get_nowait", "put_nowait", "clear", "append", "replace",
+                                    "setitem", "pop_list", "shutdown_immediate"])
+@pytest.mark.parametrize("op", ["put", "get"])
+def test_aiofast_comparison_that_mutates_the_queue(action, op):
+    q = aiofast.PriorityQueue()
+    for v in (4, 8, 6, 9, 10, 7):
+        q.put_nowait(Mutator(v))
+    acts = {
+        "get_nowait": q.get_nowait,
+        "put_nowait": lambda: q.put_nowait(Mutator(1)),
+        "clear": q._queue.clear,
+        "append": lambda: q._queue.append(Mutator(100)),
+        "replace": lambda: setattr(q, "_queue", [Mutator(3)]),
+        "setitem": lambda: q._queue.__setitem__(1, Mutator(50)),  # same size: undetectable
+        "pop_list": q._queue.pop,
+        "shutdown_immediate": lambda: q.shutdown(immediate=True),
+    }
+    Mutator.action = acts[action]
+    try:
+        if op == "put":
+            q.put_nowait(Mutator(5))
+        else:
+            q.get_nowait()
+    except RuntimeError as e:
+        assert "changed during" in str(e)
+        assert action != "setitem"
+    except aiofast.QueueShutDown:
+        assert False, "shutdown happened after the check"  # noqa: B011
+    else:
+        assert action == "setitem"
+    # whatever happened, the queue is usable and consistent
+    n = q.qsize()
+    assert n == len(q._queue)
+    for _ in range(n):
+        q.get_nowait()
+    assert q.empty()
+
+
+def test_aiofast_comparison_that_drops_the_last_reference():
+    # the heap holds the items it compares; a comparison that empties the list and the
+    # caller's references must not free what is being compared
+    q = aiofast.PriorityQueue()
+
+    class Dropper:
+        def __init__(self, v):
+            self.v = v
+
+        def __lt__(self, other):
+            q._queue.clear()
+            gc.collect()
+            return self.v < other.v
+
+    for v in (3, 2, 1):
+        try:
+            q.put_nowait(Dropper(v))
+        except RuntimeError:
+            pass
+    assert q.qsize() <= 1
+
+
+def test_aiofast_comparison_with_hostile_eq_in_tuple_ties():
+    class BadEq:
+        def __eq__(self, other):
+            raise Boom("eq")
+
+        __hash__ = object.__hash__
+
+    q = aiofast.PriorityQueue()
+    a, b = (1, BadEq()), (1, BadEq())
+    q.put_nowait(a)
+    with pytest.raises(Boom):
+        q.put_nowait(b)
+    assert q._queue == [a] and q._unfinished_tasks == 1
+    q.put_nowait((0, BadEq()))  # decided by the first element, natively
+    q.put_nowait((2, BadEq()))
+    assert q.qsize() == 3
+
+
+def test_item_del_reentering_during_shutdown():
+    # the first discarded item's __del__ takes the next item, whose __del__ takes the next...:
+    # asyncio ends with every item gone but only one marked done. Same here.
+    results = {}
+    for name, ns in QIMPLS.items():
+        q = ns.Queue()
+        seen = []
+
+        class Reenter:
+            def __del__(self):
+                seen.append(q.qsize())
+                try:
+                    q.get_nowait()
+                except (asyncio.QueueEmpty, ns.QueueShutDown):
+                    pass
+
+        for _ in range(3):
+            q.put_nowait(Reenter())
+        q.shutdown(immediate=True)
+        gc.collect()
+        results[name] = (q.qsize(), q._unfinished_tasks, seen)
+    assert results["aiofast"] == results["asyncio"] == (0, 2, [2, 1, 0])
+
+
+# ---------------------------------------------------------------- allocations
+
+
+def blocks_during(body, n=20_000):
+    for _ in range(n // 4):  # warm up interpreter caches and free lists
+        body()
+    before = sys.getallocatedblocks()
+    for _ in range(n):
+        body()
+    return sys.getallocatedblocks() - before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_aiofast_put_get_nowait_keep_no_allocation(kind):
+    q = getattr(aiofast, kind)()
+    items = [(i % 7, i) for i in range(16)]
+    for x in items:
+        q.put_nowait(x)
+
+    def body():
+        q.put_nowait(q.get_nowait())
+
+    assert abs(blocks_during(body)) <= 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_aiofast_awaited_put_get_keep_no_allocation(kind):
+    q = getattr(aiofast, kind)()
+    q.put_nowait((1, 2))
+
+    def step(aw):
+        try:
+            aw.send(None)
+        except StopIteration as e:
+            return e.value
+        raise AssertionError("an uncontended operation suspended")
+
+    def body():
+        step(q.put(step(q.get())))
+
+    assert abs(blocks_during(body)) <= 2
