@@ -99,27 +99,39 @@ waitq_check(fa_waitq *q)
 
 static int num_cmp(PyObject *x, PyObject *y);
 
-/* heap order, checked where it can be told without running Python code */
-static void
-heap_check(PyObject *heap)
+/* Is the heap in order, as far as can be told without running Python code (ints, floats and
+ * tuples whose first elements differ; NaN anywhere makes the order undefined)? 1 or 0. Code
+ * may edit q._queue directly, so only "in order before an operation => in order after" is an
+ * invariant (checked by heap_push/heap_pop in debug builds). */
+static int
+heap_in_order(PyObject *heap)
 {
     Py_ssize_t n = PyList_GET_SIZE(heap);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(heap, i);
+        if (PyTuple_CheckExact(a) && PyTuple_GET_SIZE(a) > 0) {
+            a = PyTuple_GET_ITEM(a, 0);
+        }
+        if (PyFloat_CheckExact(a) && isnan(PyFloat_AS_DOUBLE(a))) {
+            return 1;  /* undefined: nothing to check */
+        }
+    }
     for (Py_ssize_t i = 1; i < n; i++) {
         PyObject *a = PyList_GET_ITEM(heap, i);
         PyObject *b = PyList_GET_ITEM(heap, (i - 1) >> 1);
-        int c = 2;
+        int c;
         if (PyTuple_CheckExact(a) && PyTuple_CheckExact(b) && PyTuple_GET_SIZE(a) > 0
             && PyTuple_GET_SIZE(b) > 0) {
             c = num_cmp(PyTuple_GET_ITEM(a, 0), PyTuple_GET_ITEM(b, 0));
-            if (c == 0) {
-                c = 2;
-            }
         }
         else {
             c = num_cmp(a, b);
         }
-        assert(c == 2 || c >= 0);  /* never child < parent */
+        if (c == -1) {
+            return 0;  /* a child less than its parent */
+        }
     }
+    return 1;
 }
 
 static void
@@ -127,9 +139,6 @@ queue_check(FaQueue *self)
 {
     waitq_check(&self->getters);
     waitq_check(&self->putters);
-    if (self->native && self->kind == FA_PRIO) {
-        heap_check(self->queue);
-    }
 }
 #define FA_ASSERT_CONSISTENT(self) queue_check(self)
 #else
@@ -567,6 +576,9 @@ heap_push(FaQueue *self, PyObject *heap, PyObject *item)
     size_t version = self->version;
     Py_ssize_t pos = n;
     int rc = -1;
+#if FA_DEBUG
+    int in_order = heap_in_order(heap);
+#endif
     Py_INCREF(heap);
     Py_INCREF(item);
     while (pos > 0) {
@@ -594,6 +606,7 @@ heap_push(FaQueue *self, PyObject *heap, PyObject *item)
     }
     arr[pos] = item;  // the reference the append took moves here
     self->version++;
+    assert(!in_order || heap_in_order(heap));
     rc = 0;
 done:
     Py_DECREF(item);
@@ -635,6 +648,9 @@ heap_pop(FaQueue *self, PyObject *heap)
     int k = 0, j = 0;
     size_t version = self->version;
     PyObject *result = NULL;
+#if FA_DEBUG
+    int in_order = heap_in_order(heap);
+#endif
     Py_INCREF(heap);
     PyObject *newitem = Py_NewRef(PyList_GET_ITEM(heap, m));
     path[0] = 0;
@@ -674,6 +690,7 @@ heap_pop(FaQueue *self, PyObject *heap)
     arr[path[j]] = newitem;      // the list's reference from slot m moves here
     Py_SET_SIZE(heap, m);
     self->version++;
+    assert(!in_order || heap_in_order(heap));
 done:
     Py_DECREF(newitem);          // ours, taken above (on success the list still holds it)
     Py_DECREF(heap);
