@@ -22,6 +22,7 @@
 
 #define FA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define FA_NOINLINE __attribute__((noinline))
 
 #define FA_PY312 (PY_VERSION_HEX >= 0x030C0000)
 #define FA_PY313 (PY_VERSION_HEX >= 0x030D0000)
@@ -76,6 +77,15 @@ typedef struct fa_state {
 
     /* a reusable StopIteration(True) for tp_iternext on 3.12+ (see fa_set_stopiteration) */
     PyObject *stopiter_true;
+
+    /* breaker.c */
+    PyTypeObject *BreakerFunctionType;
+    PyObject *CircuitOpenError;
+    PyObject *CircuitState;
+    PyObject *bk_states[3];       /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */
+    PyObject *bk_str_throw;
+    PyObject *bk_str_close;
+    PyObject *bk_stopiter;        /* a reusable StopIteration for results on 3.12+ */
 
     /* queue.c: unbound C methods it calls directly, a dataclass probe cache, interned names */
     PyObject *q_WaitersViewType;  /* the live _getters/_putters view */

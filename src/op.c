@@ -207,16 +207,10 @@ op_settle(FaOp *op, PySendResult r)
     }
 }
 
-static PySendResult
-op_send_impl(FaOp *op, PyObject *arg, PyObject **res)
+static FA_NOINLINE PySendResult
+op_send_slow(FaOp *op, PyObject *arg, PyObject **res)
 {
     PySendResult r;
-    if (FA_LIKELY(op->state == FA_OP_INIT)) {
-        op->state = FA_OP_RUNNING;
-        r = op->kind->start(op, res);
-        op_settle(op, r);
-        return r;
-    }
     switch (op->state) {
     case FA_OP_INIT:
         op->state = FA_OP_RUNNING;
@@ -243,6 +237,29 @@ op_send_impl(FaOp *op, PyObject *arg, PyObject **res)
     }
     op_settle(op, r);
     return r;
+}
+
+static inline PySendResult
+op_send_impl(FaOp *op, PyObject *arg, PyObject **res)
+{
+    if (FA_LIKELY(op->state == FA_OP_INIT)) {
+        op->state = FA_OP_RUNNING;
+        PySendResult r = op->kind->start(op, res);
+        /* the common case: finished at once, holding nothing but the owner */
+        if (FA_LIKELY(r == PYGEN_RETURN
+                      && ((uintptr_t)op->queue | (uintptr_t)op->fut_iter | (uintptr_t)op->fut
+                          | (uintptr_t)op->arg | (uintptr_t)op->arg2) == 0)) {
+            op->state = FA_OP_DONE;
+            op->flags = 0;
+            PyObject *owner = op->owner;
+            op->owner = NULL;
+            Py_DECREF(owner);  // Beware: may free the owner; our caller holds op
+            return r;
+        }
+        op_settle(op, r);
+        return r;
+    }
+    return op_send_slow(op, arg, res);
 }
 
 static PySendResult
@@ -300,8 +317,8 @@ op_send(PyObject *self, PyObject *arg)
 }
 
 /* Build the exception instance from throw()'s (typ[, val[, tb]]) as gen.throw does. */
-static PyObject *
-op_make_exc(PyObject *typ, PyObject *val, PyObject *tb)
+PyObject *
+fa_throw_exc(PyObject *typ, PyObject *val, PyObject *tb)
 {
     PyObject *exc = NULL;
     if (val == Py_None) {
@@ -373,7 +390,7 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
 #endif
-    PyObject *exc = op_make_exc(args[0], nargs > 1 ? args[1] : NULL,
+    PyObject *exc = fa_throw_exc(args[0], nargs > 1 ? args[1] : NULL,
                                 nargs > 2 ? args[2] : NULL);  // new ref
     if (exc == NULL) {
         return NULL;

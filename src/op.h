@@ -197,6 +197,10 @@ PySendResult fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res);
 
 #define FA_OPF_DELEGATE 0x2  /* fut_iter is a delegate iterator, not a future's */
 
+/* The exception throw(typ[, val[, tb]]) raises, built as gen.throw builds it: a new reference,
+ * or NULL with TypeError for bad arguments. */
+PyObject *fa_throw_exc(PyObject *typ, PyObject *val, PyObject *tb);
+
 #endif
 
 /* ---- special methods without a bound-method allocation ----

@@ -314,15 +314,10 @@ sem_wake_after(FaLock *self)
 #endif
 }
 
-static PySendResult
-sem_acquire_start(FaOp *op, PyObject **res)
+static FA_NOINLINE PySendResult
+sem_acquire_slow(FaOp *op, PyObject **res)
 {
     FaLock *self = (FaLock *)op->owner;
-    if (FA_LIKELY(self->ovr == 0 && self->value > 0 && self->waiters.len == 0)) {
-        self->value -= 1;
-        *res = Py_NewRef(RET(op));
-        return PYGEN_RETURN;
-    }
     int locked = sem_locked_impl(self);
     if (locked < 0) {
         return PYGEN_ERROR;
@@ -334,6 +329,19 @@ sem_acquire_start(FaOp *op, PyObject **res)
     }
     self->waiters_made = 1;
     return fa_op_wait(op, &self->loop, &self->waiters, res);
+}
+
+/* The fast path is kept free of calls so it compiles without a stack frame. */
+static PySendResult
+sem_acquire_start(FaOp *op, PyObject **res)
+{
+    FaLock *self = (FaLock *)op->owner;
+    if (FA_LIKELY(self->ovr == 0 && self->value > 0 && self->waiters.len == 0)) {
+        self->value -= 1;
+        *res = Py_NewRef(RET(op));
+        return PYGEN_RETURN;
+    }
+    return sem_acquire_slow(op, res);
 }
 
 static PySendResult
@@ -395,14 +403,20 @@ static const fa_opkind sem_acquire_kind = {
     "Semaphore.acquire", sem_acquire_start, sem_acquire_resume, sem_acquire_exc,
 };
 
-static int
+static FA_NOINLINE int
+sem_release_slow(FaLock *self)
+{
+    return sem_wake_up_next(self) < 0 ? -1 : 0;
+}
+
+static inline int
 sem_release_impl(FaLock *self)
 {
     self->value += 1;
-    if (self->waiters.len == 0) {
+    if (FA_LIKELY(self->waiters.len == 0)) {
         return 0;
     }
-    return sem_wake_up_next(self) < 0 ? -1 : 0;
+    return sem_release_slow(self);
 }
 
 static int
@@ -423,8 +437,8 @@ sem_release_dispatch(FaLock *self)
 
 /* ------------------------------------------------------------------ Lock */
 
-static PySendResult
-lock_acquire_start(FaOp *op, PyObject **res)
+static FA_NOINLINE PySendResult
+lock_acquire_slow(FaOp *op, PyObject **res)
 {
     FaLock *self = (FaLock *)op->owner;
     if (!self->locked) {
@@ -440,6 +454,18 @@ lock_acquire_start(FaOp *op, PyObject **res)
     }
     self->waiters_made = 1;
     return fa_op_wait(op, &self->loop, &self->waiters, res);
+}
+
+static PySendResult
+lock_acquire_start(FaOp *op, PyObject **res)
+{
+    FaLock *self = (FaLock *)op->owner;
+    if (FA_LIKELY(!self->locked && self->waiters.len == 0)) {
+        self->locked = 1;
+        *res = Py_NewRef(RET(op));
+        return PYGEN_RETURN;
+    }
+    return lock_acquire_slow(op, res);
 }
 
 static PySendResult
@@ -495,14 +521,17 @@ static const fa_opkind lock_acquire_kind = {
     "Lock.acquire", lock_acquire_start, lock_acquire_resume, lock_acquire_exc,
 };
 
-static int
+static inline int
 lock_release_impl(FaLock *self)
 {
-    if (!self->locked) {
+    if (FA_UNLIKELY(!self->locked)) {
         PyErr_SetString(PyExc_RuntimeError, "Lock is not acquired.");
         return -1;
     }
     self->locked = 0;
+    if (FA_LIKELY(self->waiters.len == 0)) {
+        return 0;
+    }
     return lock_wake_up_first(self);
 }
 

@@ -740,3 +740,34 @@ def test_snapshot_waiters_is_a_copy():
         await t
 
     asyncio.run(main())
+
+
+@pytest.mark.asyncio
+async def test_wait_for_timeout_loses_nothing(impl):
+    sem = impl.Semaphore(1)
+    lock = impl.Lock()
+    await sem.acquire()
+    await lock.acquire()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(sem.acquire(), 0.001)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(lock.acquire(), 0.001)
+    assert not sem._waiters and not lock._waiters
+    sem.release()
+    lock.release()
+    assert sem._value == 1 and not lock.locked()
+    assert await asyncio.wait_for(sem.acquire(), 1) is True
+    assert await asyncio.wait_for(lock.acquire(), 1) is True
+
+
+@pytest.mark.asyncio
+async def test_taskgroup_and_gather_of_raw_awaitables(impl):
+    sem = impl.Semaphore(0)
+    ev = impl.Event()
+    futs = [asyncio.ensure_future(sem.acquire()) for _ in range(3)] + [
+        asyncio.ensure_future(ev.wait())]
+    await asyncio.sleep(0)
+    for _ in range(3):
+        sem.release()
+    ev.set()
+    assert await asyncio.gather(*futs) == [True, True, True, True]

@@ -16,11 +16,16 @@ from ._core import (
     QueueShutDown,
     Semaphore,
 )
+from ._core import CircuitBreaker, CircuitOpenError, CircuitState
+from ._compat_breaker import circuit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BoundedSemaphore",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CircuitState",
     "Event",
     "LifoQueue",
     "Lock",
@@ -28,6 +33,7 @@ __all__ = [
     "Queue",
     "QueueShutDown",
     "Semaphore",
+    "circuit",
     "install",
     "uninstall",
     "installed",
@@ -44,7 +50,7 @@ _REPLACEMENTS = {
     "LifoQueue": (LifoQueue, ("asyncio", "asyncio.queues")),
 }
 
-_originals = {}
+_originals: dict = {}
 
 
 def install():

@@ -1,0 +1,2735 @@
+/*
+ * breaker.c: CircuitBreaker, the functions it guards (BreakerFunction) and the awaitable that
+ * drives a guarded coroutine (BreakerCall), in C.
+ *
+ * The state machine. CLOSED lets every call through and counts outcomes: failure_threshold
+ * consecutive failures (default mode), or a failure rate / slow-call rate over a sliding window
+ * of the last `window` calls or of the last `window_time` seconds (rate mode), open it. OPEN
+ * rejects every call until recovery_timeout has passed; the next call then turns it HALF_OPEN,
+ * which lets at most half_open_max_calls probes run at once (the others are rejected at once):
+ * success_threshold successful probes close it, a failed probe reopens it.
+ *
+ * Tickets. Admission gives each call a ticket {gen, t0, probe}; gen is the generation of the
+ * state it was admitted in (every transition bumps it). An outcome moves the state machine only
+ * if its ticket's generation is still the current one; otherwise it only adds to the totals.
+ * So a call admitted while closed that ends after the circuit went half-open is not taken for a
+ * probe, and a probe that outlives its half-open period never frees a slot of the next one.
+ *
+ * Invariants:
+ * - probes == number of live tickets with probe=1 and gen == self->gen (HALF_OPEN only, else 0).
+ * - Every admitted ticket is settled exactly once: recorded (success, failure, ignored) or
+ *   released (ignored) when its holder dies unfinished.
+ * - Nothing is held across the guarded call: admission and recording are each one pure C
+ *   section. Python code (a clock=, an expected_exception predicate, listeners, logging) runs
+ *   before the section (classification, clock) or after it (listeners): commit, then call out.
+ *   With the GIL, plain-def calls from several threads therefore keep exact counts.
+ * - Transitions are queued as (old, new) pairs while listeners exist and delivered in order by
+ *   bk_dispatch after the commit; a listener that re-enters the breaker only queues more events.
+ */
+#include "op.h"
+
+#include <stdint.h>
+#include <time.h>
+#ifdef _WIN32
+#include <windows.h>
+#endif
+
+enum { BK_CLOSED = 0, BK_OPEN = 1, BK_HALF_OPEN = 2 };
+enum { OUT_SUCCESS = 0, OUT_FAILURE = 1, OUT_IGNORED = 2 };
+
+#define BK_NBUCKETS 20   /* a time window is kept as 20 buckets of window_time / 20 seconds */
+
+typedef struct {
+    uint64_t gen;  /* generation of the state the call was admitted in */
+    double t0;     /* admission time (read when slow calls are measured or not closed) */
+    int probe;     /* holds one of the half-open probe slots */
+} bk_ticket;
+
+typedef struct {
+    int64_t idx;   /* floor(t / bucket_width) of the outcomes it holds */
+    Py_ssize_t n, f, s;
+} bk_bucket;
+
+typedef struct BreakerCall BreakerCall;
+
+typedef struct {
+    PyObject_HEAD
+    fa_state *st;
+    /* configuration, fixed at construction */
+    PyObject *expected;      /* exception type, tuple of them, or predicate */
+    PyObject *exclude;       /* the same, or NULL */
+    PyObject *fallback;      /* callable or NULL */
+    PyObject *name;          /* str or None */
+    PyObject *clock;         /* callable or NULL (C monotonic clock) */
+    double recovery_timeout;
+    double failure_rate;     /* rate mode */
+    double slow_rate;        /* rate mode with slow calls */
+    double slow_duration;    /* slow_mode */
+    double window_time;      /* time_mode */
+    double bucket_width;
+    Py_ssize_t failure_threshold;
+    Py_ssize_t success_threshold;
+    Py_ssize_t half_open_max;
+    Py_ssize_t window;       /* count window size (rate mode, not time_mode) */
+    Py_ssize_t min_calls;
+    char expected_pred;
+    char exclude_pred;
+    char rate_mode;
+    char slow_mode;
+    char time_mode;
+    /* the state machine */
+    int state;
+    uint64_t gen;
+    double opened_at;
+    double last_now;         /* last clock reading: the fallback when a clock= raises */
+    Py_ssize_t failures;     /* default mode: consecutive failures; frozen while open */
+    Py_ssize_t successes;
+    Py_ssize_t probes;       /* half-open probes running */
+    /* rate mode window */
+    unsigned char *ring;     /* last `window` outcomes: bit 0 failure, bit 1 slow */
+    Py_ssize_t ring_pos;
+    bk_bucket *buckets;
+    Py_ssize_t win_n, win_f, win_s;
+    /* totals */
+    unsigned long long n_calls, n_succ, n_fail, n_ign, n_slow, n_rej, n_changes;
+    /* listeners and the transitions they have not been told about yet */
+    PyObject *listeners;     /* list or NULL */
+    unsigned char *ev;       /* (old, new) pairs */
+    Py_ssize_t ev_len, ev_cap, ev_head;
+    int dispatching;
+    PyObject *ctxvar;        /* ContextVar: stack of with-block tickets, made on first use */
+    BreakerCall *cache;      /* a BreakerCall reused while nobody else holds it */
+    BreakerCall *tcache;     /* a finished with-block ticket, for the next block */
+    PyObject *weakreflist;
+} Breaker;
+
+/* ------------------------------------------------------------------ BreakerCall */
+
+enum { CS_INIT = 0, CS_RUNNING, CS_WAITING, CS_DONE };
+enum { CM_CALL = 0, CM_ENTER, CM_EXIT, CM_TOKEN };
+
+#define CF_ADMITTED 0x1   /* holds a ticket: must record or release it */
+#define CF_DECORATED 0x2  /* @breaker on an async def: a failing fn(*args) is a bad call */
+#define CF_PREADMITTED 0x4  /* admitted before it was awaited (a plain def returned a coroutine) */
+
+struct BreakerCall {
+    PyObject_HEAD
+    fa_state *st;
+    Breaker *breaker;  /* strong, until done */
+    PyObject *fn;      /* the guarded callable; CM_TOKEN: the enclosing block's ticket */
+    PyObject *args;    /* tuple, when fn is called at admission or a fallback may be */
+    PyObject *kwargs;  /* dict or NULL */
+    PyObject *it;      /* INIT: the coroutine made at call time; WAITING: what is driven;
+                        * CM_TOKEN: the contextvars.Token of its push */
+    PyObject *exc;     /* CM_EXIT: the exception leaving the block, or NULL */
+    bk_ticket t;
+    int state;
+    int mode;
+    int flags;
+};
+
+typedef struct {
+    PyObject_HEAD
+    Breaker *breaker;
+    PyObject *fn;
+    PyObject *dict;
+    PyObject *weakreflist;
+    vectorcallfunc vectorcall;
+    int is_async;
+} BreakerFunction;
+
+/* ------------------------------------------------------------------ clock */
+
+static inline double
+bk_monotonic(void)
+{
+#if defined(CLOCK_MONOTONIC) && !defined(_WIN32)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.monotonic()'s clock on POSIX */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+#elif FA_PY313
+    PyTime_t t;
+    (void)PyTime_MonotonicRaw(&t);
+    return PyTime_AsSecondsDouble(t);
+#else
+    LARGE_INTEGER c, f;
+    QueryPerformanceCounter(&c);
+    QueryPerformanceFrequency(&f);
+    return (double)c.QuadPart / (double)f.QuadPart;
+#endif
+}
+
+/* The current time: 0, or -1 with an exception (a clock= that raised or returned nonsense).
+ * Beware: a clock= callable runs Python code. */
+static int
+bk_now(Breaker *b, double *now)
+{
+    if (FA_LIKELY(b->clock == NULL)) {
+        *now = b->last_now = bk_monotonic();
+        return 0;
+    }
+    PyObject *r = PyObject_CallNoArgs(b->clock);  // new ref
+    if (r == NULL) {
+        return -1;
+    }
+    double v = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    if (v == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(v)) {
+        PyErr_SetString(PyExc_ValueError, "CircuitBreaker clock() returned nan");
+        return -1;
+    }
+    *now = b->last_now = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ reporting */
+
+/* Hand the current exception to aiofast._compat_breaker._report_error (logging). Never fails:
+ * if logging itself fails, the error goes to sys.unraisablehook. Beware: Python code. */
+static void
+bk_report(Breaker *b, const char *what, PyObject *culprit)
+{
+    PyObject *exc = fa_fetch_exc();  // new ref
+    if (exc == NULL) {
+        return;
+    }
+    PyObject *r = NULL;
+    PyObject *mod = PyImport_ImportModule("aiofast._compat_breaker");  // new ref
+    if (mod != NULL) {
+        r = PyObject_CallMethod(mod, "_report_error", "OsOO", (PyObject *)b, what,
+                                culprit ? culprit : Py_None, exc);
+        Py_DECREF(mod);
+    }
+    if (r == NULL) {
+        PyErr_WriteUnraisable((PyObject *)b);
+    }
+    Py_XDECREF(r);
+    Py_DECREF(exc);
+}
+
+/* ------------------------------------------------------------------ events */
+
+static void
+bk_ev_push(Breaker *b, int from, int to)
+{
+    if (!b->dispatching && b->ev_head == b->ev_len) {
+        b->ev_head = b->ev_len = 0;
+    }
+    if (b->ev_len == b->ev_cap) {
+        Py_ssize_t cap = b->ev_cap ? b->ev_cap * 2 : 8;
+        unsigned char *ev = PyMem_Realloc(b->ev, (size_t)cap * 2);
+        if (ev == NULL) {
+            return;  /* out of memory: the listeners miss this one; the state is right */
+        }
+        b->ev = ev;
+        b->ev_cap = cap;
+    }
+    b->ev[2 * b->ev_len] = (unsigned char)from;
+    b->ev[2 * b->ev_len + 1] = (unsigned char)to;
+    b->ev_len++;
+}
+
+/* Tell the listeners about the queued transitions, in order. The caller's pending exception
+ * (if any) is kept. A listener that raises is reported and the others still run. If a listener
+ * changes the state, its transition is queued and delivered by this same loop, after the
+ * current one; a dispatch already running (re-entrant or in another thread) delivers ours. */
+static void
+bk_dispatch(Breaker *b)
+{
+    if (FA_LIKELY(b->ev_head == b->ev_len) || b->dispatching) {
+        return;
+    }
+    fa_state *st = b->st;
+    b->dispatching = 1;
+    Py_INCREF(b);
+    PyObject *saved = fa_fetch_exc();  // new ref or NULL
+    while (b->ev_head < b->ev_len) {
+        int from = b->ev[2 * b->ev_head];
+        int to = b->ev[2 * b->ev_head + 1];
+        b->ev_head++;
+        if (b->listeners == NULL) {
+            continue;
+        }
+        /* a snapshot: a listener may add or remove listeners */
+        PyObject *ls = PyList_GetSlice(b->listeners, 0, PY_SSIZE_T_MAX);  // new ref
+        if (ls == NULL) {
+            bk_report(b, "listener dispatch", NULL);
+            continue;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ls); i++) {
+            PyObject *fn = PyList_GET_ITEM(ls, i);  // borrowed (ls holds it)
+            PyObject *args[3] = {(PyObject *)b, st->bk_states[from], st->bk_states[to]};
+            PyObject *r = PyObject_Vectorcall(fn, args, 3, NULL);  // Beware: re-entrant code
+            if (r == NULL) {
+                bk_report(b, "listener", fn);
+            }
+            Py_XDECREF(r);
+        }
+        Py_DECREF(ls);
+    }
+    b->ev_head = b->ev_len = 0;
+    b->dispatching = 0;
+    if (saved != NULL) {
+        fa_restore_exc(saved);
+    }
+    Py_DECREF(b);
+}
+
+/* ------------------------------------------------------------------ the window (rate mode) */
+
+static inline int64_t
+bk_bucket_index(Breaker *b, double now)
+{
+    double q = floor(now / b->bucket_width);
+    if (!(q < 9.0e18)) {
+        q = 9.0e18;
+    }
+    else if (q < -9.0e18) {
+        q = -9.0e18;
+    }
+    return (int64_t)q;
+}
+
+static inline bk_bucket *
+bk_bucket_at(Breaker *b, int64_t k)
+{
+    int64_t i = k % BK_NBUCKETS;
+    if (i < 0) {
+        i += BK_NBUCKETS;
+    }
+    return &b->buckets[i];
+}
+
+static void
+bk_bucket_drop(Breaker *b, bk_bucket *bu)
+{
+    b->win_n -= bu->n;
+    b->win_f -= bu->f;
+    b->win_s -= bu->s;
+    bu->n = bu->f = bu->s = 0;
+}
+
+/* Drop the buckets that left the window at bucket index k. */
+static void
+bk_expire(Breaker *b, int64_t k)
+{
+    for (int i = 0; i < BK_NBUCKETS; i++) {
+        bk_bucket *bu = &b->buckets[i];
+        if (bu->n != 0 && bu->idx <= k - BK_NBUCKETS) {
+            bk_bucket_drop(b, bu);
+        }
+    }
+}
+
+static void
+bk_window_reset(Breaker *b)
+{
+    b->win_n = b->win_f = b->win_s = 0;
+    b->ring_pos = 0;
+    if (b->buckets != NULL) {
+        for (int i = 0; i < BK_NBUCKETS; i++) {
+            b->buckets[i].idx = INT64_MIN;
+            b->buckets[i].n = b->buckets[i].f = b->buckets[i].s = 0;
+        }
+    }
+}
+
+static void
+bk_window_add(Breaker *b, double now, int fail, int slow)
+{
+    if (b->time_mode) {
+        int64_t k = bk_bucket_index(b, now);
+        bk_expire(b, k);
+        bk_bucket *bu = bk_bucket_at(b, k);
+        if (bu->idx != k) {
+            bk_bucket_drop(b, bu);
+            bu->idx = k;
+        }
+        bu->n++;
+        bu->f += fail;
+        bu->s += slow;
+    }
+    else {
+        if (b->win_n == b->window) {
+            unsigned char old = b->ring[b->ring_pos];
+            b->win_n--;
+            b->win_f -= old & 1;
+            b->win_s -= (old >> 1) & 1;
+        }
+        b->ring[b->ring_pos] = (unsigned char)(fail | (slow << 1));
+        b->ring_pos = (b->ring_pos + 1) % b->window;
+    }
+    b->win_n++;
+    b->win_f += fail;
+    b->win_s += slow;
+}
+
+/* The window's totals as seen at `now`, without changing it (for the getters). */
+static void
+bk_window_view(Breaker *b, double now, Py_ssize_t *n, Py_ssize_t *f, Py_ssize_t *s)
+{
+    if (!b->time_mode) {
+        *n = b->win_n;
+        *f = b->win_f;
+        *s = b->win_s;
+        return;
+    }
+    int64_t k = bk_bucket_index(b, now);
+    *n = *f = *s = 0;
+    for (int i = 0; i < BK_NBUCKETS; i++) {
+        bk_bucket *bu = &b->buckets[i];
+        if (bu->n != 0 && bu->idx > k - BK_NBUCKETS) {
+            *n += bu->n;
+            *f += bu->f;
+            *s += bu->s;
+        }
+    }
+}
+
+static int
+bk_window_trips(Breaker *b)
+{
+    if (b->win_n < b->min_calls || b->win_n == 0) {
+        return 0;
+    }
+    double n = (double)b->win_n;
+    if ((double)b->win_f / n >= b->failure_rate) {
+        return 1;
+    }
+    return b->slow_mode && (double)b->win_s / n >= b->slow_rate;
+}
+
+/* ------------------------------------------------------------------ the state machine */
+
+/* Pure C: no Python code runs here. */
+static void
+bk_transition(Breaker *b, int to, double now)
+{
+    int from = b->state;
+    if (to == BK_OPEN) {
+        if (from == BK_CLOSED && b->rate_mode) {
+            Py_ssize_t n, f, s;  /* frozen: the window as it stands now */
+            bk_window_view(b, now, &n, &f, &s);
+            b->failures = f;
+            b->successes = n - f;
+        }
+        b->opened_at = now;
+    }
+    else {
+        b->failures = b->successes = 0;
+        if (to == BK_CLOSED && b->rate_mode) {
+            bk_window_reset(b);
+        }
+    }
+    b->probes = 0;
+    b->state = to;
+    b->gen++;
+    if (from != to) {
+        b->n_changes++;
+        if (b->listeners != NULL && PyList_GET_SIZE(b->listeners) > 0) {
+            bk_ev_push(b, from, to);
+        }
+    }
+}
+
+/* Settle a ticket with an outcome. Pure C. */
+static void
+bk_commit(Breaker *b, const bk_ticket *t, int out, int slow, double now)
+{
+    if (out == OUT_SUCCESS) {
+        b->n_succ++;
+    }
+    else if (out == OUT_FAILURE) {
+        b->n_fail++;
+    }
+    else {
+        b->n_ign++;
+    }
+    b->n_slow += (unsigned)slow;
+    if (t->gen != b->gen) {
+        return;  /* admitted under an earlier state: the totals only */
+    }
+    if (b->state == BK_HALF_OPEN) {
+        b->probes--;
+        if (out == OUT_IGNORED) {
+            return;
+        }
+        if (out == OUT_FAILURE || (slow && b->rate_mode)) {
+            b->failures += (out == OUT_FAILURE);
+            bk_transition(b, BK_OPEN, now);
+        }
+        else if (++b->successes >= b->success_threshold) {
+            bk_transition(b, BK_CLOSED, now);
+        }
+    }
+    else if (b->state == BK_CLOSED) {
+        if (out == OUT_IGNORED) {
+            return;
+        }
+        if (b->rate_mode) {
+            bk_window_add(b, now, out == OUT_FAILURE, slow);
+            if (bk_window_trips(b)) {
+                bk_transition(b, BK_OPEN, now);
+            }
+        }
+        else if (out == OUT_FAILURE) {
+            b->successes = 0;
+            if (++b->failures >= b->failure_threshold) {
+                bk_transition(b, BK_OPEN, now);
+            }
+        }
+        else {
+            b->failures = 0;
+            b->successes++;
+        }
+    }
+}
+
+/* A ticket whose call will never finish (its holder died, a with-block was never exited, the
+ * coroutine could not even be created): neither success nor failure. Pure C. */
+static inline void
+bk_release(Breaker *b, const bk_ticket *t)
+{
+    bk_commit(b, t, OUT_IGNORED, 0, 0.0);
+}
+
+/* Pure C part of admission. 1 admitted, 0 rejected (*remaining set). */
+static int
+bk_admit_at(Breaker *b, bk_ticket *t, double now, double *remaining)
+{
+    if (b->state == BK_OPEN) {
+        double until = b->opened_at + b->recovery_timeout;
+        if (now < until) {
+            b->n_rej++;
+            *remaining = until - now;
+            return 0;
+        }
+        bk_transition(b, BK_HALF_OPEN, now);
+    }
+    t->probe = 0;
+    if (b->state == BK_HALF_OPEN) {
+        if (b->probes >= b->half_open_max) {
+            b->n_rej++;
+            *remaining = 0.0;
+            return 0;
+        }
+        b->probes++;
+        t->probe = 1;
+    }
+    t->gen = b->gen;
+    t->t0 = now;
+    b->n_calls++;
+    return 1;
+}
+
+static void bk_reap_cache(Breaker *b);
+static void bk_reap_one(BreakerCall *c);
+static void bc_finish(BreakerCall *c);
+
+/* Ask to run a call: 1 admitted (ticket filled), 0 rejected (*remaining set), -1 error. */
+static inline int
+bk_admit(Breaker *b, bk_ticket *t, double *remaining)
+{
+    if (FA_LIKELY(b->state == BK_CLOSED && !b->slow_mode)) {
+        t->gen = b->gen;
+        t->probe = 0;
+        t->t0 = 0.0;
+        b->n_calls++;
+        return 1;
+    }
+    bk_reap_cache(b);
+    double now;
+    if (bk_now(b, &now) < 0) {  // Beware: a clock= runs Python code; decide after it
+        return -1;
+    }
+    int rc = bk_admit_at(b, t, now, remaining);
+    bk_dispatch(b);
+    return rc;
+}
+
+/* Does exc match spec (a type or tuple: no Python code; a predicate: Python code)? */
+static int
+bk_match(Breaker *b, PyObject *spec, int pred, PyObject *exc, int on_error)
+{
+    if (!pred) {
+        return PyErr_GivenExceptionMatches(exc, spec);
+    }
+    PyObject *r = PyObject_CallOneArg(spec, exc);  // Beware: user code
+    int v = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (v < 0) {
+        bk_report(b, spec == b->expected ? "expected_exception predicate" : "exclude predicate",
+                  spec);
+        return on_error;
+    }
+    return v;
+}
+
+static int
+bk_classify(Breaker *b, PyObject *exc)
+{
+    if (!PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_Exception)) {
+        /* CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit: never an outcome */
+        if (PyErr_GivenExceptionMatches(exc, b->st->CancelledError)
+            || PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)
+            || PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)
+            || PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
+            return OUT_IGNORED;
+        }
+    }
+    if (b->exclude != NULL && bk_match(b, b->exclude, b->exclude_pred, exc, 0)) {
+        return OUT_IGNORED;
+    }
+    return bk_match(b, b->expected, b->expected_pred, exc, 1) ? OUT_FAILURE : OUT_SUCCESS;
+}
+
+/* The closed, default-mode success: a few C instructions. 1 done, 0 take the general path. */
+static inline int
+bk_record_success_fast(Breaker *b, const bk_ticket *t)
+{
+    if (FA_LIKELY(b->state == BK_CLOSED && t->gen == b->gen && !b->rate_mode
+                  && !b->slow_mode)) {
+        b->n_succ++;
+        b->failures = 0;
+        b->successes++;
+        return 1;
+    }
+    return 0;
+}
+
+/* Record the outcome of an admitted call: exc is NULL for success, else the exception it
+ * raised (borrowed; the caller keeps it and re-raises it). Never fails: errors of a predicate
+ * or a clock= are reported. Beware: runs Python code before (classification, clock) and after
+ * (listeners) the commit; no exception may be set when it is called. */
+static void
+bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
+{
+    int out = exc ? bk_classify(b, exc) : OUT_SUCCESS;
+    if (out == OUT_SUCCESS && bk_record_success_fast(b, t)) {
+        return;
+    }
+    double now = 0.0;  /* only a closed default-mode success or ignored call has no use for it */
+    if (b->rate_mode || b->slow_mode || b->state != BK_CLOSED || out == OUT_FAILURE) {
+        if (bk_now(b, &now) < 0) {
+            bk_report(b, "clock", b->clock);
+            now = b->last_now;
+        }
+    }
+    int slow = b->slow_mode && out != OUT_IGNORED && now - t->t0 > b->slow_duration;
+    bk_commit(b, t, out, slow, now);
+    bk_dispatch(b);
+}
+
+/* The state as seen now: OPEN past its recovery timeout reads as HALF_OPEN (the transition
+ * itself happens at the next call). -1 on a clock error. */
+static int
+bk_effective_state(Breaker *b, double *now)
+{
+    bk_reap_cache(b);
+    if (bk_now(b, now) < 0) {
+        return -1;
+    }
+    if (b->state == BK_OPEN && *now >= b->opened_at + b->recovery_timeout) {
+        return BK_HALF_OPEN;
+    }
+    return b->state;
+}
+
+/* Counts as seen now (see failure_count / success_count). */
+static void
+bk_counts(Breaker *b, int eff, double now, Py_ssize_t *fails, Py_ssize_t *succs)
+{
+    if (eff != b->state) {  /* OPEN that reads as HALF_OPEN: a fresh half-open period */
+        *fails = *succs = 0;
+    }
+    else if (eff == BK_CLOSED && b->rate_mode) {
+        Py_ssize_t n, f, s;
+        bk_window_view(b, now, &n, &f, &s);
+        *fails = f;
+        *succs = n - f;
+    }
+    else {
+        *fails = b->failures;
+        *succs = b->successes;
+    }
+}
+
+/* ------------------------------------------------------------------ CircuitOpenError */
+
+static PyObject *
+bk_open_error_new(Breaker *b, double remaining)
+{
+    fa_state *st = b->st;
+    PyObject *rem = PyFloat_FromDouble(remaining);  // new ref
+    if (rem == NULL) {
+        return NULL;
+    }
+    PyObject *args = PyTuple_Pack(2, (PyObject *)b, rem);  // new ref
+    Py_DECREF(rem);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyTypeObject *tp = (PyTypeObject *)st->CircuitOpenError;
+    PyObject *exc = tp->tp_new(tp, args, NULL);  /* BaseException_new stores args */
+    Py_DECREF(args);
+    return exc;
+}
+
+static void
+bk_raise_open(Breaker *b, double remaining)
+{
+    PyObject *exc = bk_open_error_new(b, remaining);  // new ref
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+}
+
+static PyObject *
+openerr_args_item(PyObject *self, Py_ssize_t i)
+{
+    PyObject *args = ((PyBaseExceptionObject *)self)->args;
+    if (args != NULL && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > i) {
+        return Py_NewRef(PyTuple_GET_ITEM(args, i));
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+openerr_get_breaker(PyObject *self, void *Py_UNUSED(c))
+{
+    return openerr_args_item(self, 0);
+}
+
+static PyObject *
+openerr_get_remaining(PyObject *self, void *Py_UNUSED(c))
+{
+    return openerr_args_item(self, 1);
+}
+
+static PyObject *
+openerr_str(PyObject *self)
+{
+    PyObject *args = ((PyBaseExceptionObject *)self)->args;
+    if (args == NULL || !PyTuple_Check(args) || PyTuple_GET_SIZE(args) != 2
+        || !PyFloat_Check(PyTuple_GET_ITEM(args, 1))) {
+        return ((PyTypeObject *)PyExc_Exception)->tp_str(self);
+    }
+    PyObject *br = PyTuple_GET_ITEM(args, 0);  // borrowed
+    double rem = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(args, 1));
+    PyObject *name = PyObject_GetAttrString(br, "name");  // new ref
+    if (name == NULL) {
+        PyErr_Clear();
+        name = Py_NewRef(Py_None);
+    }
+    char *num = PyOS_double_to_string(rem, 'f', 3, 0, NULL);
+    if (num == NULL) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    PyObject *r;
+    if (name == Py_None) {
+        r = PyUnicode_FromFormat(rem > 0 ? "unnamed circuit breaker is open: %s s remaining"
+                                         : "unnamed circuit breaker is half-open with every probe "
+                                           "slot busy: %s s remaining", num);
+    }
+    else {
+        r = PyUnicode_FromFormat(rem > 0 ? "circuit breaker %R is open: %s s remaining"
+                                         : "circuit breaker %R is half-open with every probe "
+                                           "slot busy: %s s remaining", name, num);
+    }
+    PyMem_Free(num);
+    Py_DECREF(name);
+    return r;
+}
+
+static int
+openerr_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return ((PyTypeObject *)PyExc_Exception)->tp_traverse(self, visit, arg);
+}
+
+static int
+openerr_clear(PyObject *self)
+{
+    return ((PyTypeObject *)PyExc_Exception)->tp_clear(self);
+}
+
+static PyGetSetDef openerr_getset[] = {
+    {"breaker", openerr_get_breaker, NULL, "The CircuitBreaker that rejected the call.", NULL},
+    {"remaining", openerr_get_remaining, NULL,
+     "Seconds until the breaker lets a probe through (0.0 when half-open and busy).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot openerr_slots[] = {
+    {Py_tp_str, openerr_str},
+    {Py_tp_traverse, openerr_traverse},
+    {Py_tp_clear, openerr_clear},
+    {Py_tp_getset, openerr_getset},
+    {Py_tp_doc, "CircuitOpenError(breaker, remaining)\n--\n\n"
+                "Raised when a CircuitBreaker rejects a call: .breaker is the breaker, "
+                ".remaining the seconds until it lets a probe through."},
+    {0, NULL},
+};
+
+static PyType_Spec openerr_spec = {
+    .name = "aiofast.CircuitOpenError",
+    .basicsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = openerr_slots,
+};
+
+/* ------------------------------------------------------------------ with-block tickets */
+
+static BreakerCall *bc_new(Breaker *b, int mode);
+
+/* Admit a with-block and push its ticket on this context's stack: the ContextVar's value is
+ * the innermost ticket, which holds the enclosing one and the contextvars.Token that resets
+ * the variable (so a context that leaves every block keeps nothing). 0, or -1 (rejected:
+ * CircuitOpenError; or another error, with nothing admitted). */
+static int
+bk_enter(Breaker *b)
+{
+    bk_ticket t;
+    double remaining = 0.0;
+    int a = bk_admit(b, &t, &remaining);
+    if (a <= 0) {
+        if (a == 0) {
+            bk_raise_open(b, remaining);
+        }
+        return -1;
+    }
+    BreakerCall *tok = bc_new(b, CM_TOKEN);  // new ref
+    if (tok == NULL) {
+        bk_release(b, &t);
+        return -1;
+    }
+    tok->t = t;
+    tok->flags = CF_ADMITTED;  /* from here on, the ticket's death releases it */
+    int rc = -1;
+    if (b->ctxvar == NULL) {
+        b->ctxvar = PyContextVar_New("aiofast.CircuitBreaker.ticket", NULL);
+        if (b->ctxvar == NULL) {
+            goto done;
+        }
+    }
+    PyObject *prev = NULL;
+    if (PyContextVar_Get(b->ctxvar, NULL, &prev) < 0) {
+        goto done;
+    }
+    tok->fn = prev;  /* the enclosing ticket, or NULL */
+    tok->it = PyContextVar_Set(b->ctxvar, (PyObject *)tok);
+    rc = tok->it == NULL ? -1 : 0;
+done:
+    Py_DECREF(tok);
+    return rc;
+}
+
+/* Pop this context's innermost ticket and record exc (NULL: success) with it. 0 or -1. */
+static int
+bk_exit(Breaker *b, PyObject *exc)
+{
+    PyObject *top = NULL;
+    if (b->ctxvar != NULL && PyContextVar_Get(b->ctxvar, NULL, &top) < 0) {
+        return -1;
+    }
+    if (top == NULL || top == Py_None) {
+        Py_XDECREF(top);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "CircuitBreaker exited without a matching enter in this context "
+                        "(task or thread)");
+        return -1;
+    }
+    BreakerCall *tok = (BreakerCall *)top;  /* our reference */
+    if (tok->it == NULL || PyContextVar_Reset(b->ctxvar, tok->it) < 0) {
+        /* a token of another context: restore the enclosing ticket by hand */
+        PyErr_Clear();
+        PyObject *t2 = PyContextVar_Set(b->ctxvar, tok->fn ? tok->fn : Py_None);
+        if (t2 == NULL) {
+            Py_DECREF(tok);
+            return -1;
+        }
+        Py_DECREF(t2);
+    }
+    bk_ticket t = tok->t;
+    int admitted = tok->flags & CF_ADMITTED;
+    tok->flags &= ~CF_ADMITTED;
+    tok->state = CS_RUNNING;
+    bc_finish(tok);  /* done: it holds nothing now */
+    if (b->tcache == NULL && Py_REFCNT(tok) == 1) {
+        b->tcache = tok;  /* our reference goes to the slot */
+    }
+    else {
+        Py_DECREF(tok);
+    }
+    if (admitted) {
+        bk_record(b, &t, exc);  // Beware: Python code
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ BreakerCall */
+
+/* A new BreakerCall for b: the cached one when only the cache holds it (no allocation on the
+ * sequential path), else a fresh one. A done call holds no references, so the cache never keeps
+ * anything alive. One dropped unfinished (unawaited, or driven by hand and abandoned) is
+ * finished when reused, and by bk_reap_cache before any non-closed admission or state read, so
+ * a probe slot it holds is never seen busy. With-block tickets are taken out of their slot
+ * while in use (bk_exit puts them back): a live ticket references its context, and an
+ * abandoned context must stay collectable. */
+static BreakerCall *
+bc_new(Breaker *b, int mode)
+{
+    if (mode == CM_TOKEN && b->tcache != NULL) {
+        BreakerCall *t = b->tcache;  /* done, held by the slot only: take the slot's reference */
+        b->tcache = NULL;
+        t->breaker = (Breaker *)Py_NewRef(b);
+        t->state = CS_INIT;
+        t->mode = mode;
+        t->flags = 0;
+        return t;
+    }
+    BreakerCall **slot = mode == CM_TOKEN ? NULL : &b->cache;
+    BreakerCall *c = slot ? *slot : NULL;
+    if (FA_LIKELY(c != NULL && Py_REFCNT(c) == 1)) {
+        if (FA_UNLIKELY(c->state != CS_DONE)) {
+            /* dropped unfinished; an unawaited coroutine warns "never awaited", as Python's */
+            bk_reap_one(c);
+            c = *slot;  /* the reaping ran Python code */
+            if (c == NULL || Py_REFCNT(c) != 1 || c->state != CS_DONE) {
+                c = NULL;
+            }
+        }
+        if (c != NULL) {
+            Py_INCREF(c);
+        }
+    }
+    else {
+        c = NULL;
+    }
+    if (c == NULL) {
+        c = PyObject_GC_New(BreakerCall, b->st->BreakerCallType);
+        if (c == NULL) {
+            return NULL;
+        }
+        c->st = b->st;
+        c->fn = c->args = c->kwargs = c->it = c->exc = NULL;
+        c->breaker = NULL;
+        PyObject_GC_Track(c);
+        if (slot != NULL && *slot == NULL) {
+            *slot = (BreakerCall *)Py_NewRef(c);
+        }
+    }
+    c->breaker = (Breaker *)Py_NewRef(b);
+    c->state = CS_INIT;
+    c->mode = mode;
+    c->flags = 0;
+    c->t.gen = 0;
+    c->t.t0 = 0.0;
+    c->t.probe = 0;
+    return c;
+}
+
+/* The cached call, if only the cache holds it and it was abandoned unfinished (driven by hand
+ * and dropped): finish it now, so that a probe slot it holds is free before anyone looks. */
+static void
+bk_reap_one(BreakerCall *c)
+{
+    if (c != NULL && Py_REFCNT(c) == 1 && c->state != CS_DONE) {
+        Py_INCREF(c);
+        c->state = CS_RUNNING;
+        bc_finish(c);  // Beware: drops what the abandoned call held
+        Py_DECREF(c);
+    }
+}
+
+static void
+bk_reap_cache(Breaker *b)
+{
+    bk_reap_one(b->cache);
+}
+
+/* Close an unstarted coroutine made at call time, so it does not warn "never awaited". */
+static void
+bc_drop_it(BreakerCall *c)
+{
+    PyObject *it = c->it;
+    if (it == NULL) {
+        return;
+    }
+    c->it = NULL;
+    if (PyCoro_CheckExact(it)) {
+        PyObject *r = PyObject_CallMethodNoArgs(it, c->st->bk_str_close);
+        if (r == NULL) {
+            PyErr_Clear();  /* an unstarted coroutine closes without running anything */
+        }
+        Py_XDECREF(r);
+    }
+    Py_DECREF(it);
+}
+
+/* Finished: drop every reference. Beware: the decrefs may run Python code (the call is DONE
+ * by then), and may free the breaker, which drops its cache slot: the caller holds c. */
+static void
+bc_finish(BreakerCall *c)
+{
+    int unstarted = c->state == CS_INIT;
+    c->state = CS_DONE;
+    if (c->flags & CF_ADMITTED) {
+        c->flags &= ~CF_ADMITTED;
+        bk_release(c->breaker, &c->t);
+    }
+    if (unstarted) {
+        bc_drop_it(c);
+    }
+    Py_CLEAR(c->it);
+    Py_CLEAR(c->fn);
+    Py_CLEAR(c->args);
+    Py_CLEAR(c->kwargs);
+    Py_CLEAR(c->exc);
+    Py_CLEAR(c->breaker);
+}
+
+/* Is generator g from a @types.coroutine function (awaitable without __await__)? */
+static int
+is_iterable_coroutine(PyObject *g)
+{
+    PyObject *code = PyObject_GetAttrString(g, "gi_code");  // new ref
+    PyObject *flags = code ? PyObject_GetAttrString(code, "co_flags") : NULL;
+    Py_XDECREF(code);
+    long f = flags ? PyLong_AsLong(flags) : 0;
+    Py_XDECREF(flags);
+    PyErr_Clear();
+    return f != -1 && (f & CO_ITERABLE_COROUTINE);
+}
+
+/* The iterator that drives awaitable aw (stolen): a coroutine drives itself. *plain is set
+ * (and aw returned as is) when aw is not awaitable at all. */
+static PyObject *
+bc_await_iter(PyObject *aw, int *plain)
+{
+    *plain = 0;
+    if (PyCoro_CheckExact(aw)) {
+        return aw;
+    }
+    unaryfunc am_await = Py_TYPE(aw)->tp_as_async ? Py_TYPE(aw)->tp_as_async->am_await : NULL;
+    if (am_await == NULL) {
+        if (PyGen_CheckExact(aw) && is_iterable_coroutine(aw)) {
+            return aw;  /* a @types.coroutine generator */
+        }
+        *plain = 1;
+        return aw;
+    }
+    PyObject *it = am_await(aw);  // new ref
+    Py_DECREF(aw);
+    if (it != NULL && PyCoro_CheckExact(it)) {
+        Py_DECREF(it);
+        PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
+        return NULL;
+    }
+    return it;
+}
+
+/* The driven awaitable stopped (r2 RETURN with *val, or ERROR with the exception set): record
+ * the outcome if the call holds a ticket. */
+static PySendResult
+bc_step(BreakerCall *c, PySendResult r2, PyObject *val, PyObject **res)
+{
+    *res = val;
+    if (r2 == PYGEN_NEXT || !(c->flags & CF_ADMITTED)) {
+        return r2;
+    }
+    c->flags &= ~CF_ADMITTED;
+    if (r2 == PYGEN_RETURN) {
+        if (!bk_record_success_fast(c->breaker, &c->t)) {
+            bk_record(c->breaker, &c->t, NULL);  // Beware: Python code (listeners)
+        }
+        return r2;
+    }
+    PyObject *exc = fa_fetch_exc();  // new ref
+    if (exc == NULL) {
+        bk_release(c->breaker, &c->t);
+        PyErr_SetString(PyExc_SystemError, "aiofast: awaitable failed without an exception");
+        return PYGEN_ERROR;
+    }
+    bk_record(c->breaker, &c->t, exc);  // Beware: Python code
+    fa_restore_exc(exc);
+    return PYGEN_ERROR;
+}
+
+/* Start driving awaitable aw (stolen), or return it if it is a plain value. */
+static PySendResult
+bc_drive(BreakerCall *c, PyObject *aw, PyObject **res)
+{
+    int plain;
+    PyObject *it = bc_await_iter(aw, &plain);  // new ref
+    if (it == NULL) {
+        return bc_step(c, PYGEN_ERROR, NULL, res);
+    }
+    if (plain) {
+        return bc_step(c, PYGEN_RETURN, it, res);  /* a plain function's result */
+    }
+    c->it = it;
+    PyObject *val = NULL;
+    PySendResult r = PyIter_Send(it, Py_None, &val);
+    return bc_step(c, r, val, res);
+}
+
+static PySendResult
+bc_start_call(BreakerCall *c, PyObject **res)
+{
+    Breaker *b = c->breaker;
+    double remaining = 0.0;
+    int a = (c->flags & CF_PREADMITTED) ? 1
+            : bk_admit(b, &c->t, &remaining);  // Beware: a clock= and listeners may run
+    if (FA_UNLIKELY(a <= 0)) {
+        bc_drop_it(c);
+        if (a < 0) {
+            return PYGEN_ERROR;
+        }
+        if (b->fallback == NULL) {
+            bk_raise_open(b, remaining);
+            return PYGEN_ERROR;
+        }
+        PyObject *empty = PyTuple_New(0);
+        PyObject *r = empty ? PyObject_Call(b->fallback, c->args ? c->args : empty, c->kwargs)
+                            : NULL;  // Beware: user code
+        Py_XDECREF(empty);
+        if (r == NULL) {
+            return PYGEN_ERROR;
+        }
+        return bc_drive(c, r, res);  /* an awaitable fallback result is awaited */
+    }
+    c->flags |= CF_ADMITTED;
+    PyObject *aw = c->it;  /* the coroutine made at call time, if any */
+    c->it = NULL;
+    if (aw == NULL) {
+        PyObject *empty = PyTuple_New(0);
+        aw = empty ? PyObject_Call(c->fn, c->args ? c->args : empty, c->kwargs) : NULL;
+        Py_XDECREF(empty);  // Beware: user code (a plain function runs here)
+        Py_CLEAR(c->args);
+        Py_CLEAR(c->kwargs);
+        if (aw == NULL && (c->flags & CF_DECORATED)) {
+            /* making the coroutine failed (bad arguments): not an outcome of the call */
+            c->flags &= ~CF_ADMITTED;
+            bk_release(b, &c->t);
+            return PYGEN_ERROR;
+        }
+        if (aw == NULL) {
+            return bc_step(c, PYGEN_ERROR, NULL, res);
+        }
+    }
+    if (FA_LIKELY(PyCoro_CheckExact(aw))) {
+        c->it = aw;
+        PyObject *val = NULL;
+        PySendResult r = PyIter_Send(aw, Py_None, &val);
+        return bc_step(c, r, val, res);
+    }
+    return bc_drive(c, aw, res);
+}
+
+static PySendResult
+bc_start(BreakerCall *c, PyObject **res)
+{
+    Breaker *b = c->breaker;
+    switch (c->mode) {
+    case CM_CALL:
+        return bc_start_call(c, res);
+    case CM_ENTER:
+        if (bk_enter(b) < 0) {
+            return PYGEN_ERROR;
+        }
+        *res = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    case CM_EXIT: {
+        PyObject *exc = c->exc;
+        c->exc = NULL;
+        int rc = bk_exit(b, exc);
+        Py_XDECREF(exc);
+        if (rc < 0) {
+            return PYGEN_ERROR;
+        }
+        *res = Py_NewRef(Py_None);  /* falsy: never suppresses; no StopIteration on 3.12+ */
+        return PYGEN_RETURN;
+    }
+    default:
+        PyErr_SetString(PyExc_TypeError, "a CircuitBreaker ticket is not awaitable");
+        return PYGEN_ERROR;
+    }
+}
+
+static const char *
+bc_what(BreakerCall *c)
+{
+    static const char *const names[] = {"CircuitBreaker call", "CircuitBreaker.__aenter__",
+                                        "CircuitBreaker.__aexit__", "CircuitBreaker ticket"};
+    return names[c->mode];
+}
+
+static PySendResult
+bc_send_impl(BreakerCall *c, PyObject *arg, PyObject **res)
+{
+    PySendResult r;
+    switch (c->state) {
+    case CS_WAITING: {
+        c->state = CS_RUNNING;
+        PyObject *val = NULL;
+        PySendResult r2 = PyIter_Send(c->it, arg, &val);
+        r = bc_step(c, r2, val, res);
+        break;
+    }
+    case CS_INIT:
+        c->state = CS_RUNNING;
+        r = bc_start(c, res);
+        break;
+    case CS_RUNNING:
+        PyErr_Format(PyExc_ValueError, "%s already executing", bc_what(c));
+        return PYGEN_ERROR;
+    default:
+        PyErr_Format(PyExc_RuntimeError, "cannot reuse already awaited %s", bc_what(c));
+        return PYGEN_ERROR;
+    }
+    if (r == PYGEN_NEXT) {
+        c->state = CS_WAITING;
+    }
+    else {
+        bc_finish(c);
+    }
+    return r;
+}
+
+static PySendResult
+bc_am_send(PyObject *self, PyObject *arg, PyObject **res)
+{
+    return bc_send_impl((BreakerCall *)self, arg, res);
+}
+
+#if FA_PY312
+/* On 3.12+ `await` drives C awaitables through tp_iternext, so every result travels in a
+ * StopIteration. Reuse one when only we hold it (the interpreter drops it right after reading
+ * .value): no type call, no allocation but the args tuple. It keeps the last result referenced
+ * until the next one, a cache of one object. Steals value; 1 raised, 0 not reusable. */
+static int
+bc_raise_stop_cached(fa_state *st, PyObject *value)
+{
+    PyObject *exc = st->bk_stopiter;
+    if (exc == NULL || Py_REFCNT(exc) != 1) {
+        return 0;
+    }
+    PyStopIterationObject *si = (PyStopIterationObject *)exc;
+    if (si->dict != NULL || si->notes != NULL) {
+        return 0;  /* someone decorated it while they held it: make fresh ones from now on */
+    }
+    PyObject *args = PyTuple_Pack(1, value);  // new ref
+    if (args == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_CLEAR(si->traceback);
+    Py_CLEAR(si->context);
+    Py_CLEAR(si->cause);
+    si->suppress_context = 0;
+    Py_XSETREF(si->args, args);
+    Py_XSETREF(si->value, value);
+    PyErr_SetRaisedException(Py_NewRef(exc));
+    return 1;
+}
+#endif
+
+static PyObject *
+bc_result_to_py(BreakerCall *c, PySendResult r, PyObject *res, int iternext)
+{
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_RETURN) {
+        if (iternext && res == Py_None) {
+            Py_DECREF(res);
+            return NULL;  /* StopIteration(None) without making it */
+        }
+#if FA_PY312
+        if (iternext && bc_raise_stop_cached(c->st, res)) {
+            return NULL;
+        }
+#endif
+        fa_set_stopiteration(c->st, res);
+        Py_DECREF(res);
+    }
+    return NULL;
+}
+
+static PyObject *
+bc_iternext(PyObject *self)
+{
+    BreakerCall *c = (BreakerCall *)self;
+    PyObject *res = NULL;
+    PySendResult r = bc_send_impl(c, Py_None, &res);
+    return bc_result_to_py(c, r, res, 1);
+}
+
+static PyObject *
+bc_send(PyObject *self, PyObject *arg)
+{
+    BreakerCall *c = (BreakerCall *)self;
+    if (c->state == CS_INIT && arg != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+        return NULL;
+    }
+    PyObject *res = NULL;
+    PySendResult r = bc_send_impl(c, arg, &res);
+    return bc_result_to_py(c, r, res, 0);
+}
+
+static PyObject *
+bc_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    BreakerCall *c = (BreakerCall *)self;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
+        return NULL;
+    }
+#if FA_PY312
+    if (nargs > 1 && PyErr_WarnEx(PyExc_DeprecationWarning,
+                                  "the (type, exc, tb) signature of throw() is deprecated, "
+                                  "use the single-arg signature instead.", 1) < 0) {
+        return NULL;
+    }
+#endif
+    PyObject *exc = fa_throw_exc(args[0], nargs > 1 ? args[1] : NULL,
+                                 nargs > 2 ? args[2] : NULL);  // new ref
+    if (exc == NULL) {
+        return NULL;
+    }
+    if (c->state == CS_RUNNING) {
+        Py_DECREF(exc);
+        PyErr_Format(PyExc_ValueError, "%s already executing", bc_what(c));
+        return NULL;
+    }
+    if (c->state != CS_WAITING) {
+        /* not started (never admitted) or finished: the exception comes straight out */
+        if (c->state == CS_INIT) {
+            bc_finish(c);
+        }
+        fa_restore_exc(exc);
+        return NULL;
+    }
+    c->state = CS_RUNNING;
+    PyObject *it = c->it;
+    PyObject *val = NULL;
+    PySendResult r2;
+    if (PyCoro_CheckExact(it) || PyGen_CheckExact(it)
+        || PyObject_HasAttr(it, c->st->bk_str_throw)) {
+        PyObject *targs[2] = {it, exc};
+        PyObject *y = PyObject_VectorcallMethod(c->st->bk_str_throw, targs,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(exc);
+        if (y != NULL) {
+            c->state = CS_WAITING;
+            return y;
+        }
+        if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            PyObject *e = fa_fetch_exc();  // new ref
+            val = Py_NewRef(((PyStopIterationObject *)e)->value);
+            Py_DECREF(e);
+            r2 = PYGEN_RETURN;
+        }
+        else {
+            r2 = PYGEN_ERROR;
+        }
+    }
+    else {
+        fa_restore_exc(exc);  /* yield from an iterator without throw(): raised here */
+        r2 = PYGEN_ERROR;
+    }
+    PyObject *res = NULL;
+    PySendResult r = bc_step(c, r2, val, &res);
+    bc_finish(c);
+    return bc_result_to_py(c, r, res, 0);
+}
+
+static PyObject *
+bc_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    BreakerCall *c = (BreakerCall *)self;
+    if (c->state == CS_RUNNING) {
+        PyErr_Format(PyExc_ValueError, "%s already executing", bc_what(c));
+        return NULL;
+    }
+    int rc = 0;
+    if (c->state == CS_WAITING) {
+        c->state = CS_RUNNING;
+        PyObject *it = c->it;
+        if (PyObject_HasAttr(it, c->st->bk_str_close)) {
+            PyObject *r = PyObject_CallMethodNoArgs(it, c->st->bk_str_close);
+            rc = r ? 0 : -1;
+            Py_XDECREF(r);
+        }
+        if (rc < 0 && (c->flags & CF_ADMITTED)) {
+            /* the coroutine raised out of close(): that is its outcome */
+            PyObject *res = NULL;
+            (void)bc_step(c, PYGEN_ERROR, NULL, &res);
+        }
+        /* else: closed (GeneratorExit) is neither success nor failure: bc_finish releases */
+    }
+    bc_finish(c);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bc_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+bc_get_name(PyObject *self, void *Py_UNUSED(closure))
+{
+    BreakerCall *c = (BreakerCall *)self;
+    PyObject *named = c->fn ? c->fn : c->it;  /* the function, or the coroutine it made */
+    if (named != NULL) {
+        PyObject *n = PyObject_GetAttrString(named, "__qualname__");
+        if (n != NULL && PyUnicode_Check(n)) {
+            return n;
+        }
+        Py_XDECREF(n);
+        PyErr_Clear();
+    }
+    return PyUnicode_FromString(bc_what(c));
+}
+
+static PyObject *
+bc_repr(PyObject *self)
+{
+    BreakerCall *c = (BreakerCall *)self;
+    static const char *const names[] = {"created", "running", "waiting", "done"};
+    PyObject *name = bc_get_name(self, NULL);
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromFormat("<aiofast %s awaitable %U at %p [%s]>", bc_what(c), name,
+                                       self, names[c->state]);
+    Py_DECREF(name);
+    return r;
+}
+
+static int
+bc_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    BreakerCall *c = (BreakerCall *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT((PyObject *)c->breaker);
+    Py_VISIT(c->fn);
+    Py_VISIT(c->args);
+    Py_VISIT(c->kwargs);
+    Py_VISIT(c->it);
+    Py_VISIT(c->exc);
+    return 0;
+}
+
+static int
+bc_clear(PyObject *self)
+{
+    BreakerCall *c = (BreakerCall *)self;
+    if ((c->flags & CF_ADMITTED) && c->breaker != NULL) {
+        c->flags &= ~CF_ADMITTED;
+        bk_release(c->breaker, &c->t);
+    }
+    Py_CLEAR(c->fn);
+    Py_CLEAR(c->args);
+    Py_CLEAR(c->kwargs);
+    Py_CLEAR(c->it);
+    Py_CLEAR(c->exc);
+    Py_CLEAR(c->breaker);
+    return 0;
+}
+
+static void
+bc_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    bc_clear(self);  /* an admitted call that dies unfinished is neither success nor failure */
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+PyDoc_STRVAR(bc_send_doc, "send($self, value, /)\n--\n\nSend a value into the guarded "
+             "awaitable; return the next yielded value or raise StopIteration.");
+PyDoc_STRVAR(bc_throw_doc, "throw($self, typ, val=None, tb=None, /)\n--\n\nRaise an exception "
+             "in the guarded awaitable.");
+PyDoc_STRVAR(bc_close_doc, "close($self, /)\n--\n\nClose the guarded awaitable; the call counts "
+             "as neither success nor failure.");
+
+static PyMethodDef bc_methods[] = {
+    {"send", bc_send, METH_O, bc_send_doc},
+    {"throw", (PyCFunction)(void (*)(void))bc_throw, METH_FASTCALL, bc_throw_doc},
+    {"close", bc_close, METH_NOARGS, bc_close_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef bc_getset[] = {
+    {"__name__", bc_get_name, NULL, NULL, NULL},
+    {"__qualname__", bc_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot bc_slots[] = {
+    {Py_tp_dealloc, bc_dealloc},
+    {Py_tp_traverse, bc_traverse},
+    {Py_tp_clear, bc_clear},
+    {Py_tp_repr, bc_repr},
+    {Py_tp_iternext, bc_iternext},
+    {Py_tp_methods, bc_methods},
+    {Py_tp_getset, bc_getset},
+    {Py_am_await, bc_await},
+    {Py_am_send, bc_am_send},
+    {Py_tp_doc, "The awaitable of a call guarded by a CircuitBreaker."},
+    {0, NULL},
+};
+
+static PyType_Spec bc_spec = {
+    .name = "aiofast._core.BreakerCall",
+    .basicsize = sizeof(BreakerCall),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_IMMUTABLETYPE
+#endif
+    ,
+    .slots = bc_slots,
+};
+
+/* ------------------------------------------------------------------ BreakerFunction */
+
+/* args (a vectorcall array) into a tuple and kwnames into a dict */
+static int
+bc_store_args(BreakerCall *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    c->args = PyTuple_New(nargs);
+    if (c->args == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(c->args, i, Py_NewRef(args[i]));
+    }
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        c->kwargs = PyDict_New();
+        if (c->kwargs == NULL) {
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            if (PyDict_SetItem(c->kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+bf_call_async(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    BreakerFunction *f = (BreakerFunction *)self;
+    Breaker *b = f->breaker;
+    BreakerCall *c = bc_new(b, CM_CALL);  // new ref
+    if (c == NULL) {
+        return NULL;
+    }
+    c->flags = CF_DECORATED;
+    if (FA_LIKELY(b->state == BK_CLOSED && b->fallback == NULL)) {
+        /* the likely case: make the coroutine now, forwarding the arguments as they are */
+        c->it = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // Beware: user code
+        if (c->it == NULL) {
+            Py_DECREF(c);
+            return NULL;
+        }
+    }
+    else {
+        /* called at admission (the breaker may not let it run), with these arguments */
+        c->fn = Py_NewRef(f->fn);
+        if (bc_store_args(c, args, PyVectorcall_NARGS(nargsf), kwnames) < 0) {
+            Py_DECREF(c);
+            return NULL;
+        }
+    }
+    return (PyObject *)c;
+}
+
+static PyObject *
+bf_call_sync(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    BreakerFunction *f = (BreakerFunction *)self;
+    Breaker *b = f->breaker;
+    bk_ticket t;
+    double remaining = 0.0;
+    int a = bk_admit(b, &t, &remaining);
+    if (FA_UNLIKELY(a <= 0)) {
+        if (a == 0) {
+            if (b->fallback != NULL) {
+                return PyObject_Vectorcall(b->fallback, args, nargsf, kwnames);
+            }
+            bk_raise_open(b, remaining);
+        }
+        return NULL;
+    }
+    Py_INCREF(b);
+    PyObject *res = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // nothing held
+    if (FA_UNLIKELY(res != NULL && PyCoro_CheckExact(res))) {
+        /* an async callable that is not a coroutine function: the call ends when its
+         * coroutine does, so hand it back inside an awaitable that holds the ticket */
+        BreakerCall *c = bc_new(b, CM_CALL);
+        if (c == NULL) {
+            bk_release(b, &t);
+            Py_DECREF(res);
+            Py_DECREF(b);
+            return NULL;
+        }
+        c->t = t;
+        c->flags = CF_ADMITTED | CF_PREADMITTED;
+        c->it = res;
+        Py_DECREF(b);
+        return (PyObject *)c;
+    }
+    if (res != NULL) {
+        if (!bk_record_success_fast(b, &t)) {
+            bk_record(b, &t, NULL);
+        }
+    }
+    else {
+        PyObject *exc = fa_fetch_exc();  // new ref
+        bk_record(b, &t, exc);
+        fa_restore_exc(exc);
+    }
+    Py_DECREF(b);
+    return res;
+}
+
+static PyObject *
+bf_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+bf_delegate(PyObject *self, void *name)
+{
+    return PyObject_GetAttrString(((BreakerFunction *)self)->fn, (const char *)name);
+}
+
+static PyObject *
+bf_get_breaker(PyObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef((PyObject *)((BreakerFunction *)self)->breaker);
+}
+
+static PyObject *
+bf_repr(PyObject *self)
+{
+    BreakerFunction *f = (BreakerFunction *)self;
+    PyObject *name = PyObject_GetAttrString(self, "__qualname__");
+    if (name == NULL) {
+        PyErr_Clear();
+        name = PyObject_Repr(f->fn);
+        if (name == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *r = PyUnicode_FromFormat("<%sfunction %S guarded by a CircuitBreaker at %p>",
+                                       f->is_async ? "async " : "", name, self);
+    Py_DECREF(name);
+    return r;
+}
+
+static int
+bf_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    BreakerFunction *f = (BreakerFunction *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT((PyObject *)f->breaker);
+    Py_VISIT(f->fn);
+    Py_VISIT(f->dict);
+    return 0;
+}
+
+static int
+bf_clear(PyObject *self)
+{
+    BreakerFunction *f = (BreakerFunction *)self;
+    Py_CLEAR(f->breaker);
+    Py_CLEAR(f->fn);
+    Py_CLEAR(f->dict);
+    return 0;
+}
+
+static void
+bf_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (((BreakerFunction *)self)->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
+    }
+    bf_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyGetSetDef bf_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    /* function-like for inspect (_signature_is_functionlike), as Cython functions are: then
+     * inspect.iscoroutinefunction() reads the wrapped code's CO_COROUTINE on every version */
+    {"__code__", bf_delegate, NULL, NULL, "__code__"},
+    {"__defaults__", bf_delegate, NULL, NULL, "__defaults__"},
+    {"__kwdefaults__", bf_delegate, NULL, NULL, "__kwdefaults__"},
+    {"__globals__", bf_delegate, NULL, NULL, "__globals__"},
+    {"__closure__", bf_delegate, NULL, NULL, "__closure__"},
+    {"breaker", bf_get_breaker, NULL, "The CircuitBreaker guarding this function.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef bf_members[] = {
+    {"__dictoffset__", Py_T_PYSSIZET, offsetof(BreakerFunction, dict), Py_READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(BreakerFunction, weakreflist), Py_READONLY,
+     NULL},
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(BreakerFunction, vectorcall), Py_READONLY,
+     NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot bf_slots[] = {
+    {Py_tp_dealloc, bf_dealloc},
+    {Py_tp_traverse, bf_traverse},
+    {Py_tp_clear, bf_clear},
+    {Py_tp_repr, bf_repr},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, bf_descr_get},
+    {Py_tp_getset, bf_getset},
+    {Py_tp_members, bf_members},
+    {Py_tp_doc, "A function guarded by a CircuitBreaker (what @breaker returns)."},
+    {0, NULL},
+};
+
+static PyType_Spec bf_spec = {
+    .name = "aiofast._core.BreakerFunction",
+    .basicsize = sizeof(BreakerFunction),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_IMMUTABLETYPE
+#endif
+    ,
+    .slots = bf_slots,
+};
+
+/* ------------------------------------------------------------------ CircuitBreaker: decorate */
+
+static PyObject *
+bk_helper(const char *name)
+{
+    PyObject *mod = PyImport_ImportModule("aiofast._compat_breaker");  // new ref
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *f = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    return f;
+}
+
+/* breaker(fn): the guarded function. */
+static PyObject *
+breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    Breaker *b = (Breaker *)self;
+    fa_state *st = b->st;
+    PyObject *fn;
+    if ((kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0) || PyTuple_GET_SIZE(args) != 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "CircuitBreaker used as a decorator takes exactly one function");
+        return NULL;
+    }
+    fn = PyTuple_GET_ITEM(args, 0);
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "CircuitBreaker can only decorate a callable, not %.100s",
+                     Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    PyObject *kind_fn = bk_helper("_fn_kind");  // new ref
+    if (kind_fn == NULL) {
+        return NULL;
+    }
+    PyObject *kind_obj = PyObject_CallOneArg(kind_fn, fn);  // Beware: inspect runs
+    Py_DECREF(kind_fn);
+    if (kind_obj == NULL) {
+        return NULL;
+    }
+    long kind = PyLong_AsLong(kind_obj);
+    Py_DECREF(kind_obj);
+    if (kind == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (b->name == Py_None) {
+        PyObject *n = PyObject_GetAttrString(fn, "__qualname__");
+        if (n == NULL || !PyUnicode_Check(n)) {
+            Py_XDECREF(n);
+            PyErr_Clear();
+            n = PyObject_GetAttrString(fn, "__name__");
+        }
+        if (n != NULL && PyUnicode_Check(n)) {
+            Py_SETREF(b->name, n);
+        }
+        else {
+            Py_XDECREF(n);
+            PyErr_Clear();
+        }
+    }
+    if (kind >= 2) {
+        /* generator functions: a Python wrapper around _acquire() / _release() */
+        PyObject *wrap = bk_helper("_wrap_generator");
+        if (wrap == NULL) {
+            return NULL;
+        }
+        PyObject *r = PyObject_CallFunction(wrap, "OOl", self, fn, kind);
+        Py_DECREF(wrap);
+        return r;
+    }
+    BreakerFunction *f = PyObject_GC_New(BreakerFunction, st->BreakerFunctionType);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->breaker = (Breaker *)Py_NewRef(self);
+    f->fn = Py_NewRef(fn);
+    f->dict = NULL;
+    f->weakreflist = NULL;
+    f->is_async = (kind == 1);
+    f->vectorcall = f->is_async ? bf_call_async : bf_call_sync;
+    PyObject_GC_Track(f);
+    PyObject *finish = bk_helper("_finish_wrapper");
+    PyObject *r = finish ? PyObject_CallFunction(finish, "OOi", (PyObject *)f, fn, f->is_async)
+                         : NULL;
+    Py_XDECREF(finish);
+    if (r == NULL) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return (PyObject *)f;
+}
+
+/* ------------------------------------------------------------------ CircuitBreaker: methods */
+
+PyDoc_STRVAR(breaker_call_method_doc,
+"call($self, fn, /, *args, **kwargs)\n--\n\n"
+"Await fn(*args, **kwargs) under the breaker: fn may be an async or a plain function (an "
+"awaitable result is awaited). Rejected calls raise CircuitOpenError or return "
+"fallback(*args, **kwargs).");
+
+static PyObject *
+breaker_call_method(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Breaker *b = (Breaker *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call() missing required argument: 'fn'");
+        return NULL;
+    }
+    if (!PyCallable_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "call() needs a callable, not %.100s",
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    BreakerCall *c = bc_new(b, CM_CALL);  // new ref
+    if (c == NULL) {
+        return NULL;
+    }
+    c->fn = Py_NewRef(args[0]);
+    if (bc_store_args(c, args + 1, nargs - 1, kwnames) < 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    return (PyObject *)c;
+}
+
+static PyObject *
+breaker_aenter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return (PyObject *)bc_new((Breaker *)self, CM_ENTER);
+}
+
+static PyObject *
+breaker_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    BreakerCall *c = bc_new((Breaker *)self, CM_EXIT);
+    if (c == NULL) {
+        return NULL;
+    }
+    if (args[0] != Py_None) {
+        c->exc = Py_NewRef(args[1] != Py_None ? args[1] : args[0]);
+    }
+    return (PyObject *)c;
+}
+
+static PyObject *
+breaker_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (bk_enter((Breaker *)self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+breaker_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "__exit__() takes exactly 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *exc = args[0] == Py_None ? NULL : (args[1] != Py_None ? args[1] : args[0]);
+    if (bk_exit((Breaker *)self, exc) < 0) {
+        return NULL;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+breaker_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Breaker *b = (Breaker *)self;
+    bk_ticket t;
+    double remaining = 0.0;
+    int a = bk_admit(b, &t, &remaining);
+    if (a <= 0) {
+        if (a == 0) {
+            bk_raise_open(b, remaining);
+        }
+        return NULL;
+    }
+    BreakerCall *tok = bc_new(b, CM_TOKEN);
+    if (tok == NULL) {
+        bk_release(b, &t);
+        return NULL;
+    }
+    tok->t = t;
+    tok->flags = CF_ADMITTED;
+    return (PyObject *)tok;
+}
+
+static PyObject *
+breaker_release(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Breaker *b = (Breaker *)self;
+    if (nargs != 2 || !PyObject_TypeCheck(args[0], b->st->BreakerCallType)
+        || ((BreakerCall *)args[0])->mode != CM_TOKEN
+        || ((BreakerCall *)args[0])->breaker != b) {
+        PyErr_SetString(PyExc_TypeError, "_release(ticket, exc) takes a ticket from this "
+                        "breaker's _acquire() and an exception or None");
+        return NULL;
+    }
+    BreakerCall *tok = (BreakerCall *)args[0];
+    if (!(tok->flags & CF_ADMITTED)) {
+        PyErr_SetString(PyExc_RuntimeError, "CircuitBreaker ticket released twice");
+        return NULL;
+    }
+    tok->flags &= ~CF_ADMITTED;
+    bk_ticket t = tok->t;
+    bk_record(b, &t, args[1] == Py_None ? NULL : args[1]);
+    Py_RETURN_NONE;
+}
+
+static int
+bk_force(Breaker *b, int to)
+{
+    double now;
+    if (bk_now(b, &now) < 0) {
+        return -1;
+    }
+    if (b->state == BK_OPEN && to == BK_OPEN) {
+        b->opened_at = now;  /* trip again: the recovery timeout starts over */
+    }
+    else if (b->state == BK_CLOSED && to == BK_CLOSED) {
+        b->failures = b->successes = 0;  /* a reset */
+        if (b->rate_mode) {
+            bk_window_reset(b);
+        }
+    }
+    else if (b->state != to) {
+        bk_transition(b, to, now);
+    }
+    bk_dispatch(b);
+    return 0;
+}
+
+static PyObject *
+breaker_open(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return bk_force((Breaker *)self, BK_OPEN) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *
+breaker_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return bk_force((Breaker *)self, BK_CLOSED) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *
+breaker_half_open(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return bk_force((Breaker *)self, BK_HALF_OPEN) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *
+breaker_add_listener(PyObject *self, PyObject *fn)
+{
+    Breaker *b = (Breaker *)self;
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "listener must be callable as fn(breaker, old_state, "
+                     "new_state), not %.100s", Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    if (b->listeners == NULL && (b->listeners = PyList_New(0)) == NULL) {
+        return NULL;
+    }
+    if (PyList_Append(b->listeners, fn) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(fn);
+}
+
+static PyObject *
+breaker_remove_listener(PyObject *self, PyObject *fn)
+{
+    Breaker *b = (Breaker *)self;
+    if (b->listeners != NULL) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(b->listeners); i++) {
+            PyObject *item = Py_NewRef(PyList_GET_ITEM(b->listeners, i));
+            int eq = PyObject_RichCompareBool(item, fn, Py_EQ);  // Beware: user __eq__
+            Py_DECREF(item);
+            if (eq < 0) {
+                return NULL;
+            }
+            if (eq && i < PyList_GET_SIZE(b->listeners)) {
+                if (PySequence_DelItem(b->listeners, i) < 0) {
+                    return NULL;
+                }
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    PyErr_SetString(PyExc_ValueError, "remove_listener(fn): fn is not a listener");
+    return NULL;
+}
+
+static PyObject *
+breaker_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    int eff = bk_effective_state(b, &now);
+    if (eff < 0) {
+        return NULL;
+    }
+    Py_ssize_t fails, succs;
+    bk_counts(b, eff, now, &fails, &succs);
+    return Py_BuildValue("{sOsnsnsKsKsKsKsKsKsK}",
+                         "state", b->st->bk_states[eff],
+                         "failure_count", fails,
+                         "success_count", succs,
+                         "calls", b->n_calls,
+                         "successes", b->n_succ,
+                         "failures", b->n_fail,
+                         "ignored", b->n_ign,
+                         "slow_calls", b->n_slow,
+                         "rejections", b->n_rej,
+                         "state_changes", b->n_changes);
+}
+
+/* ------------------------------------------------------------------ CircuitBreaker: getters */
+
+static PyObject *
+breaker_get_state(PyObject *self, void *Py_UNUSED(c))
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    int eff = bk_effective_state(b, &now);
+    return eff < 0 ? NULL : Py_NewRef(b->st->bk_states[eff]);
+}
+
+static PyObject *
+breaker_get_count(PyObject *self, void *which)
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    int eff = bk_effective_state(b, &now);
+    if (eff < 0) {
+        return NULL;
+    }
+    Py_ssize_t fails, succs;
+    bk_counts(b, eff, now, &fails, &succs);
+    return PyLong_FromSsize_t(which ? succs : fails);
+}
+
+static PyObject *
+breaker_get_remaining(PyObject *self, void *Py_UNUSED(c))
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    if (bk_now(b, &now) < 0) {
+        return NULL;
+    }
+    double rem = 0.0;
+    if (b->state == BK_OPEN && now < b->opened_at + b->recovery_timeout) {
+        rem = b->opened_at + b->recovery_timeout - now;
+    }
+    return PyFloat_FromDouble(rem);
+}
+
+static PyObject *
+breaker_get_name(PyObject *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(((Breaker *)self)->name);
+}
+
+static PyObject *
+breaker_get_listeners(PyObject *self, void *Py_UNUSED(c))
+{
+    Breaker *b = (Breaker *)self;
+    return b->listeners ? PyList_AsTuple(b->listeners) : PyTuple_New(0);
+}
+
+static PyObject *
+opt_double(double v, int present)
+{
+    return present ? PyFloat_FromDouble(v) : Py_NewRef(Py_None);
+}
+
+static PyObject *
+breaker_get_config(PyObject *self, void *which)
+{
+    Breaker *b = (Breaker *)self;
+    switch ((int)(intptr_t)which) {
+    case 0: return PyLong_FromSsize_t(b->failure_threshold);
+    case 1: return PyFloat_FromDouble(b->recovery_timeout);
+    case 2: return PyLong_FromSsize_t(b->success_threshold);
+    case 3: return PyLong_FromSsize_t(b->half_open_max);
+    case 4: return Py_NewRef(b->expected);
+    case 5: return b->exclude ? Py_NewRef(b->exclude) : PyTuple_New(0);
+    case 6: return opt_double(b->failure_rate, b->rate_mode);
+    case 7: return b->rate_mode && !b->time_mode ? PyLong_FromSsize_t(b->window)
+                                                 : Py_NewRef(Py_None);
+    case 8: return opt_double(b->window_time, b->time_mode);
+    case 9: return b->rate_mode ? PyLong_FromSsize_t(b->min_calls) : Py_NewRef(Py_None);
+    case 10: return opt_double(b->slow_duration, b->slow_mode);
+    case 11: return opt_double(b->slow_rate, b->slow_mode && b->rate_mode);
+    case 12: return Py_NewRef(b->fallback ? b->fallback : Py_None);
+    default: return Py_NewRef(b->clock ? b->clock : Py_None);
+    }
+}
+
+static PyObject *
+breaker_repr(PyObject *self)
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    int eff = bk_effective_state(b, &now);
+    if (eff < 0) {
+        return NULL;
+    }
+    Py_ssize_t fails, succs;
+    bk_counts(b, eff, now, &fails, &succs);
+    PyObject *base = PyBaseObject_Type.tp_repr(self);  // new ref
+    if (base == NULL) {
+        return NULL;
+    }
+    PyObject *inner = PyUnicode_Substring(base, 1, PyUnicode_GET_LENGTH(base) - 1);
+    Py_DECREF(base);
+    if (inner == NULL) {
+        return NULL;
+    }
+    PyObject *detail;
+    if (eff == BK_OPEN) {
+        char *num = PyOS_double_to_string(b->opened_at + b->recovery_timeout - now, 'f', 3, 0,
+                                          NULL);
+        detail = num ? PyUnicode_FromFormat("open, %s s remaining", num) : NULL;
+        PyMem_Free(num);
+    }
+    else if (eff == BK_HALF_OPEN) {
+        detail = PyUnicode_FromFormat("half_open, probes:%zd/%zd, successes:%zd/%zd",
+                                      eff == b->state ? b->probes : 0, b->half_open_max, succs,
+                                      b->success_threshold);
+    }
+    else if (b->rate_mode) {
+        detail = PyUnicode_FromFormat("closed, failures:%zd of %zd calls", fails, fails + succs);
+    }
+    else {
+        detail = PyUnicode_FromFormat("closed, failures:%zd/%zd", fails, b->failure_threshold);
+    }
+    PyObject *r = NULL;
+    if (detail != NULL) {
+        r = b->name == Py_None ? PyUnicode_FromFormat("<%U [%U]>", inner, detail)
+                               : PyUnicode_FromFormat("<%U [%U, name=%R]>", inner, detail,
+                                                      b->name);
+        Py_DECREF(detail);
+    }
+    Py_DECREF(inner);
+    return r;
+}
+
+/* ------------------------------------------------------------------ CircuitBreaker: construction */
+
+/* An int >= lo (bool refused). 0 or -1. */
+static int
+parse_count(PyObject *v, const char *what, Py_ssize_t lo, Py_ssize_t *out)
+{
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %.100s", what, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow < 0 || (overflow == 0 && x < lo)) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= %zd, got %R", what, lo, v);
+        return -1;
+    }
+    if (overflow > 0 || x > (long long)(PY_SSIZE_T_MAX / 4)) {
+        PyErr_Format(PyExc_ValueError, "%s is too large, got %R", what, v);
+        return -1;
+    }
+    *out = (Py_ssize_t)x;
+    return 0;
+}
+
+/* A real number (int or float; bool refused). 0 or -1. */
+static int
+parse_number(PyObject *v, const char *what, double *out)
+{
+    if (PyBool_Check(v) || !(PyFloat_Check(v) || PyLong_Check(v))) {
+        PyErr_Format(PyExc_TypeError, "%s must be a number, got %.100s", what,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    double d = PyFloat_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(d)) {
+        PyErr_Format(PyExc_ValueError, "%s must not be nan", what);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+static int
+parse_rate(PyObject *v, const char *what, double *out)
+{
+    if (parse_number(v, what, out) < 0) {
+        return -1;
+    }
+    if (!(*out > 0.0 && *out <= 1.0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be in (0, 1], got %R", what, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+is_exc_class(PyObject *v)
+{
+    return PyType_Check(v) && PyType_IsSubtype((PyTypeObject *)v,
+                                               (PyTypeObject *)PyExc_BaseException);
+}
+
+/* An exception class, a tuple of them, or a predicate (a callable that is not a class).
+ * *out gets a new reference (a tuple stays a tuple). 0 or -1. */
+static int
+parse_exc_spec(PyObject *v, const char *what, PyObject **out, char *pred)
+{
+    *pred = 0;
+    if (is_exc_class(v)) {
+        *out = Py_NewRef(v);
+        return 0;
+    }
+    if (PyTuple_Check(v)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v); i++) {
+            PyObject *item = PyTuple_GET_ITEM(v, i);
+            if (!is_exc_class(item)) {
+                PyErr_Format(PyExc_TypeError, "%s must hold exception types, got %R in %R",
+                             what, item, v);
+                return -1;
+            }
+        }
+        *out = Py_NewRef(v);
+        return 0;
+    }
+    if (PyCallable_Check(v) && !PyType_Check(v)) {
+        *pred = 1;
+        *out = Py_NewRef(v);
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be an exception type, a tuple of exception types or "
+                 "a predicate fn(exc) -> bool, got %R", what, v);
+    return -1;
+}
+
+static PyObject *
+breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"failure_threshold", "recovery_timeout", "success_threshold",
+                             "half_open_max_calls", "expected_exception", "exclude",
+                             "failure_rate", "window", "window_time", "min_calls",
+                             "slow_call_duration", "slow_call_rate", "fallback", "name", "clock",
+                             NULL};
+    PyObject *o_ft = NULL, *o_rt = NULL, *o_st = NULL, *o_hm = NULL, *o_ee = NULL, *o_ex = NULL;
+    PyObject *o_fr = NULL, *o_w = NULL, *o_wt = NULL, *o_mc = NULL, *o_sd = NULL, *o_sr = NULL;
+    PyObject *o_fb = NULL, *o_name = NULL, *o_clock = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$OOOOOOOOOOOOO:CircuitBreaker", kwlist,
+                                     &o_ft, &o_rt, &o_st, &o_hm, &o_ee, &o_ex, &o_fr, &o_w,
+                                     &o_wt, &o_mc, &o_sd, &o_sr, &o_fb, &o_name, &o_clock)) {
+        return NULL;
+    }
+#define NONE(o) ((o) == NULL || (o) == Py_None)
+    fa_state *st = fa_state_from_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    Breaker *b = (Breaker *)tp->tp_alloc(tp, 0);  // zeroed
+    if (b == NULL) {
+        return NULL;
+    }
+    b->st = st;
+    b->failure_threshold = 5;
+    b->recovery_timeout = 30.0;
+    b->success_threshold = 1;
+    b->half_open_max = 1;
+    b->name = Py_NewRef(Py_None);
+    b->slow_rate = 1.0;
+    if (o_ft != NULL && parse_count(o_ft, "failure_threshold", 1, &b->failure_threshold) < 0) {
+        goto error;
+    }
+    if (o_rt != NULL) {
+        if (parse_number(o_rt, "recovery_timeout", &b->recovery_timeout) < 0) {
+            goto error;
+        }
+        if (b->recovery_timeout < 0) {
+            PyErr_Format(PyExc_ValueError, "recovery_timeout must be >= 0 seconds, got %R", o_rt);
+            goto error;
+        }
+    }
+    if (o_st != NULL && parse_count(o_st, "success_threshold", 1, &b->success_threshold) < 0) {
+        goto error;
+    }
+    if (o_hm != NULL && parse_count(o_hm, "half_open_max_calls", 1, &b->half_open_max) < 0) {
+        goto error;
+    }
+    if (parse_exc_spec(NONE(o_ee) ? PyExc_Exception : o_ee, "expected_exception", &b->expected,
+                       &b->expected_pred) < 0) {
+        goto error;
+    }
+    if (PyTuple_Check(b->expected) && PyTuple_GET_SIZE(b->expected) == 0) {
+        PyErr_SetString(PyExc_ValueError, "expected_exception=() would never count a failure");
+        goto error;
+    }
+    if (!NONE(o_ex)) {
+        if (parse_exc_spec(o_ex, "exclude", &b->exclude, &b->exclude_pred) < 0) {
+            goto error;
+        }
+        if (PyTuple_Check(b->exclude) && PyTuple_GET_SIZE(b->exclude) == 0) {
+            Py_CLEAR(b->exclude);
+        }
+    }
+    if (!NONE(o_fr)) {
+        if (parse_rate(o_fr, "failure_rate", &b->failure_rate) < 0) {
+            goto error;
+        }
+        b->rate_mode = 1;
+        if (o_ft != NULL) {
+            PyErr_SetString(PyExc_ValueError, "give failure_threshold (consecutive failures) or "
+                            "failure_rate (rate over a window), not both");
+            goto error;
+        }
+    }
+    if (!NONE(o_w) && !NONE(o_wt)) {
+        PyErr_SetString(PyExc_ValueError, "give window (calls) or window_time (seconds), "
+                        "not both");
+        goto error;
+    }
+    if (!b->rate_mode && (!NONE(o_w) || !NONE(o_wt) || !NONE(o_mc) || !NONE(o_sr))) {
+        PyErr_Format(PyExc_ValueError, "%s needs rate mode: give failure_rate too",
+                     !NONE(o_w) ? "window" : !NONE(o_wt) ? "window_time"
+                     : !NONE(o_mc) ? "min_calls" : "slow_call_rate");
+        goto error;
+    }
+    if (!NONE(o_wt)) {
+        if (parse_number(o_wt, "window_time", &b->window_time) < 0) {
+            goto error;
+        }
+        if (!(b->window_time > 0) || isinf(b->window_time)) {
+            PyErr_Format(PyExc_ValueError, "window_time must be a finite number of seconds > 0, "
+                         "got %R", o_wt);
+            goto error;
+        }
+        b->time_mode = 1;
+        b->bucket_width = b->window_time / BK_NBUCKETS;
+        b->min_calls = 10;
+    }
+    else if (b->rate_mode) {
+        b->window = 100;
+        if (!NONE(o_w) && parse_count(o_w, "window", 1, &b->window) < 0) {
+            goto error;
+        }
+        b->min_calls = b->window;
+    }
+    if (!NONE(o_mc)) {
+        if (parse_count(o_mc, "min_calls", 1, &b->min_calls) < 0) {
+            goto error;
+        }
+        if (!b->time_mode && b->min_calls > b->window) {
+            PyErr_Format(PyExc_ValueError, "min_calls (%zd) must be <= window (%zd)",
+                         b->min_calls, b->window);
+            goto error;
+        }
+    }
+    if (!NONE(o_sd)) {
+        if (parse_number(o_sd, "slow_call_duration", &b->slow_duration) < 0) {
+            goto error;
+        }
+        if (!(b->slow_duration > 0) || isinf(b->slow_duration)) {
+            PyErr_Format(PyExc_ValueError, "slow_call_duration must be a finite number of "
+                         "seconds > 0, got %R", o_sd);
+            goto error;
+        }
+        b->slow_mode = 1;
+    }
+    if (!NONE(o_sr)) {
+        if (!b->slow_mode) {
+            PyErr_SetString(PyExc_ValueError, "slow_call_rate needs slow_call_duration");
+            goto error;
+        }
+        if (parse_rate(o_sr, "slow_call_rate", &b->slow_rate) < 0) {
+            goto error;
+        }
+    }
+    if (!NONE(o_fb)) {
+        if (!PyCallable_Check(o_fb)) {
+            PyErr_Format(PyExc_TypeError, "fallback must be callable, got %.100s",
+                         Py_TYPE(o_fb)->tp_name);
+            goto error;
+        }
+        b->fallback = Py_NewRef(o_fb);
+    }
+    if (!NONE(o_name)) {
+        if (!PyUnicode_Check(o_name)) {
+            PyErr_Format(PyExc_TypeError, "name must be a str or None, got %.100s",
+                         Py_TYPE(o_name)->tp_name);
+            goto error;
+        }
+        Py_SETREF(b->name, Py_NewRef(o_name));
+    }
+    if (!NONE(o_clock)) {
+        if (!PyCallable_Check(o_clock)) {
+            PyErr_Format(PyExc_TypeError, "clock must be a callable returning seconds, got "
+                         "%.100s", Py_TYPE(o_clock)->tp_name);
+            goto error;
+        }
+        b->clock = Py_NewRef(o_clock);
+    }
+#undef NONE
+    if (b->rate_mode) {
+        if (b->time_mode) {
+            b->buckets = PyMem_Calloc(BK_NBUCKETS, sizeof(bk_bucket));
+            if (b->buckets == NULL) {
+                PyErr_NoMemory();
+                goto error;
+            }
+        }
+        else {
+            b->ring = PyMem_Calloc((size_t)b->window, 1);
+            if (b->ring == NULL) {
+                PyErr_NoMemory();
+                goto error;
+            }
+        }
+        bk_window_reset(b);
+    }
+    b->state = BK_CLOSED;
+    return (PyObject *)b;
+error:
+    Py_DECREF(b);
+    return NULL;
+}
+
+static int
+breaker_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Breaker *b = (Breaker *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(b->expected);
+    Py_VISIT(b->exclude);
+    Py_VISIT(b->fallback);
+    Py_VISIT(b->name);
+    Py_VISIT(b->clock);
+    Py_VISIT(b->listeners);
+    Py_VISIT(b->ctxvar);
+    Py_VISIT((PyObject *)b->cache);
+    Py_VISIT((PyObject *)b->tcache);
+    return 0;
+}
+
+static int
+breaker_clear(PyObject *self)
+{
+    Breaker *b = (Breaker *)self;
+    Py_CLEAR(b->expected);
+    Py_CLEAR(b->exclude);
+    Py_CLEAR(b->fallback);
+    Py_CLEAR(b->name);
+    Py_CLEAR(b->clock);
+    Py_CLEAR(b->listeners);
+    Py_CLEAR(b->ctxvar);
+    Py_CLEAR(b->cache);
+    Py_CLEAR(b->tcache);
+    return 0;
+}
+
+static void
+breaker_dealloc(PyObject *self)
+{
+    Breaker *b = (Breaker *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (b->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
+    }
+    breaker_clear(self);
+    PyMem_Free(b->ring);
+    PyMem_Free(b->buckets);
+    PyMem_Free(b->ev);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+PyDoc_STRVAR(aenter_doc, "__aenter__($self, /)\n--\n\nAdmit the block (or raise "
+             "CircuitOpenError).");
+PyDoc_STRVAR(aexit_doc, "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRecord the block's "
+             "outcome.");
+PyDoc_STRVAR(enter_doc, "__enter__($self, /)\n--\n\nAdmit the block (or raise "
+             "CircuitOpenError).");
+PyDoc_STRVAR(exit_doc, "__exit__($self, exc_type, exc, tb, /)\n--\n\nRecord the block's "
+             "outcome.");
+PyDoc_STRVAR(acquire_doc, "_acquire($self, /)\n--\n\nAdmit one call and return its ticket, or "
+             "raise CircuitOpenError. Settle it with _release(ticket, exc).");
+PyDoc_STRVAR(release_doc, "_release($self, ticket, exc, /)\n--\n\nRecord the outcome of the "
+             "call a ticket admitted: exc is None for success.");
+PyDoc_STRVAR(open_doc, "open($self, /)\n--\n\nTrip the breaker now: it rejects calls until "
+             "recovery_timeout has passed (again, if it was open).");
+PyDoc_STRVAR(close_doc, "close($self, /)\n--\n\nClose the breaker and clear its counts (a reset, "
+             "if it is closed already).");
+PyDoc_STRVAR(half_open_doc, "half_open($self, /)\n--\n\nLet probes through now.");
+PyDoc_STRVAR(add_listener_doc, "add_listener($self, fn, /)\n--\n\nCall fn(breaker, old_state, "
+             "new_state) on every state change; returns fn. A listener that raises is logged "
+             "(logger 'aiofast.breaker').");
+PyDoc_STRVAR(remove_listener_doc, "remove_listener($self, fn, /)\n--\n\nStop calling fn.");
+PyDoc_STRVAR(stats_doc, "stats($self, /)\n--\n\nA dict: state, failure_count, success_count, "
+             "and the totals calls, successes, failures, ignored, slow_calls, rejections, "
+             "state_changes.");
+
+static PyMethodDef breaker_methods[] = {
+    {"call", (PyCFunction)(void (*)(void))breaker_call_method, METH_FASTCALL | METH_KEYWORDS,
+     breaker_call_method_doc},
+    {"__aenter__", breaker_aenter, METH_NOARGS, aenter_doc},
+    {"__aexit__", (PyCFunction)(void (*)(void))breaker_aexit, METH_FASTCALL, aexit_doc},
+    {"__enter__", breaker_enter, METH_NOARGS, enter_doc},
+    {"__exit__", (PyCFunction)(void (*)(void))breaker_exit, METH_FASTCALL, exit_doc},
+    {"_acquire", breaker_acquire, METH_NOARGS, acquire_doc},
+    {"_release", (PyCFunction)(void (*)(void))breaker_release, METH_FASTCALL, release_doc},
+    {"open", breaker_open, METH_NOARGS, open_doc},
+    {"close", breaker_close, METH_NOARGS, close_doc},
+    {"half_open", breaker_half_open, METH_NOARGS, half_open_doc},
+    {"add_listener", breaker_add_listener, METH_O, add_listener_doc},
+    {"remove_listener", breaker_remove_listener, METH_O, remove_listener_doc},
+    {"stats", breaker_stats, METH_NOARGS, stats_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+#define CONFIG(name, i, doc) {name, breaker_get_config, NULL, doc, (void *)(intptr_t)(i)}
+
+static PyGetSetDef breaker_getset[] = {
+    {"state", breaker_get_state, NULL, "The CircuitState now (OPEN past its recovery timeout "
+     "reads HALF_OPEN).", NULL},
+    {"failure_count", breaker_get_count, NULL, "Failures counted now: consecutive ones (closed), "
+     "those in the window (rate mode), those that tripped it (open).", NULL},
+    {"success_count", breaker_get_count, NULL, "Successes counted now: since the last failure "
+     "(closed), in the window (rate mode), successful probes (half-open).", (void *)1},
+    {"remaining", breaker_get_remaining, NULL, "Seconds until an open breaker lets a probe "
+     "through; 0.0 otherwise.", NULL},
+    {"name", breaker_get_name, NULL, "The breaker's name (defaults to the first decorated "
+     "function's __qualname__).", NULL},
+    {"listeners", breaker_get_listeners, NULL, "The listeners, as a tuple.", NULL},
+    CONFIG("failure_threshold", 0, NULL),
+    CONFIG("recovery_timeout", 1, NULL),
+    CONFIG("success_threshold", 2, NULL),
+    CONFIG("half_open_max_calls", 3, NULL),
+    CONFIG("expected_exception", 4, NULL),
+    CONFIG("exclude", 5, NULL),
+    CONFIG("failure_rate", 6, NULL),
+    CONFIG("window", 7, NULL),
+    CONFIG("window_time", 8, NULL),
+    CONFIG("min_calls", 9, NULL),
+    CONFIG("slow_call_duration", 10, NULL),
+    CONFIG("slow_call_rate", 11, NULL),
+    CONFIG("fallback", 12, NULL),
+    CONFIG("clock", 13, NULL),
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef breaker_members[] = {
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(Breaker, weakreflist), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(breaker_doc,
+"CircuitBreaker(failure_threshold=5, recovery_timeout=30.0, *, success_threshold=1, "
+"half_open_max_calls=1, expected_exception=None, exclude=(), failure_rate=None, "
+"window=None, window_time=None, min_calls=None, slow_call_duration=None, slow_call_rate=None, "
+"fallback=None, name=None, clock=None)\n--\n\n"
+"A circuit breaker, in C. Use it as a decorator (async def or plain def), as `async with` / "
+"`with`, or with `await breaker.call(fn, *args, **kwargs)`. expected_exception=None means "
+"Exception.");
+
+static PyType_Slot breaker_slots[] = {
+    {Py_tp_new, breaker_new},
+    {Py_tp_dealloc, breaker_dealloc},
+    {Py_tp_traverse, breaker_traverse},
+    {Py_tp_clear, breaker_clear},
+    {Py_tp_repr, breaker_repr},
+    {Py_tp_call, breaker_call},
+    {Py_tp_methods, breaker_methods},
+    {Py_tp_getset, breaker_getset},
+    {Py_tp_members, breaker_members},
+    {Py_tp_doc, (void *)breaker_doc},
+    {0, NULL},
+};
+
+static PyType_Spec breaker_spec = {
+    .name = "aiofast.CircuitBreaker",
+    .basicsize = sizeof(Breaker),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = breaker_slots,
+};
+
+/* ------------------------------------------------------------------ init */
+
+static int
+make_circuit_state(PyObject *mod, fa_state *st)
+{
+    PyObject *enum_mod = PyImport_ImportModule("enum");
+    if (enum_mod == NULL) {
+        return -1;
+    }
+    PyObject *Enum = PyObject_GetAttrString(enum_mod, "Enum");
+    Py_DECREF(enum_mod);
+    if (Enum == NULL) {
+        return -1;
+    }
+    PyObject *names = Py_BuildValue("((ss)(ss)(ss))", "CLOSED", "closed", "OPEN", "open",
+                                    "HALF_OPEN", "half_open");
+    PyObject *kw = Py_BuildValue("{sssssO}", "module", "aiofast", "qualname", "CircuitState",
+                                 "type", (PyObject *)&PyUnicode_Type);
+    PyObject *cls = NULL;
+    if (names != NULL && kw != NULL) {
+        PyObject *a = Py_BuildValue("(sO)", "CircuitState", names);
+        if (a != NULL) {
+            cls = PyObject_Call(Enum, a, kw);
+            Py_DECREF(a);
+        }
+    }
+    Py_XDECREF(names);
+    Py_XDECREF(kw);
+    Py_DECREF(Enum);
+    if (cls == NULL) {
+        return -1;
+    }
+    st->CircuitState = cls;
+    PyObject *doc = PyUnicode_FromString(
+        "The state of a CircuitBreaker: CLOSED ('closed'), OPEN ('open'), HALF_OPEN "
+        "('half_open'). Members are str, so they compare equal to their values.");
+    if (doc == NULL || PyObject_SetAttrString(cls, "__doc__", doc) < 0) {
+        Py_XDECREF(doc);
+        return -1;
+    }
+    Py_DECREF(doc);
+    static const char *const members[3] = {"CLOSED", "OPEN", "HALF_OPEN"};
+    for (int i = 0; i < 3; i++) {
+        if ((st->bk_states[i] = PyObject_GetAttrString(cls, members[i])) == NULL) {
+            return -1;
+        }
+    }
+    return PyModule_AddObjectRef(mod, "CircuitState", cls);
+}
+
+int
+fa_breaker_init(PyObject *mod, fa_state *st)
+{
+    if ((st->bk_stopiter = PyObject_CallOneArg(PyExc_StopIteration, Py_None)) == NULL
+        || (st->bk_str_throw = PyUnicode_InternFromString("throw")) == NULL
+        || (st->bk_str_close = PyUnicode_InternFromString("close")) == NULL) {
+        return -1;
+    }
+    if ((st->BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL) {
+        return -1;
+    }
+    st->BreakerCallType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bc_spec, NULL);
+    if (st->BreakerCallType == NULL) {
+        return -1;
+    }
+    st->BreakerFunctionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bf_spec, NULL);
+    if (st->BreakerFunctionType == NULL
+        || PyModule_AddObjectRef(mod, "BreakerFunction", (PyObject *)st->BreakerFunctionType) < 0) {
+        return -1;
+    }
+    st->CircuitOpenError = PyType_FromModuleAndSpec(mod, &openerr_spec, PyExc_Exception);
+    if (st->CircuitOpenError == NULL) {
+        return -1;
+    }
+    fa_set_short_tpname((PyTypeObject *)st->CircuitOpenError, "CircuitOpenError");
+    if (PyModule_AddObjectRef(mod, "CircuitOpenError", st->CircuitOpenError) < 0) {
+        return -1;
+    }
+    if (make_circuit_state(mod, st) < 0) {
+        return -1;
+    }
+    /* asyncio.iscoroutine() (and so create_task) accepts the awaitable */
+    PyObject *abc = PyImport_ImportModule("collections.abc");
+    if (abc == NULL) {
+        return -1;
+    }
+    PyObject *coro = PyObject_GetAttrString(abc, "Coroutine");
+    Py_DECREF(abc);
+    if (coro == NULL) {
+        return -1;
+    }
+    PyObject *r = PyObject_CallMethod(coro, "register", "O", st->BreakerCallType);
+    Py_DECREF(coro);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}

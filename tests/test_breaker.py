@@ -1,0 +1,1691 @@
+"""aiofast.CircuitBreaker, CircuitState, CircuitOpenError and the `circuit` drop-in.
+
+Every timing rule runs on a virtual clock (clock=), never on real sleeps. Async tests run on
+both loops (conftest). The state machine is checked against a pure-Python model
+(tests/breaker_model.py) with hypothesis; the peers' known bugs have regression tests.
+"""
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import gc
+import inspect
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+import types
+
+import circuitbreaker
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as hs
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import aiofast
+from aiofast import CircuitBreaker, CircuitOpenError, CircuitState, circuit
+
+sys.path.insert(0, os.path.dirname(__file__))
+import breaker_model  # noqa: E402
+from virtual_time import VirtualClockLoop  # noqa: E402
+
+
+class Clock:
+    """A virtual clock for clock=: time moves only when the test says so."""
+
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, dt):
+        self.t += dt
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+class Boom(Exception):
+    pass
+
+
+def fail_n(breaker, n, exc=Boom):
+    @breaker
+    def f():
+        raise exc()
+
+    for _ in range(n):
+        with pytest.raises(exc):
+            f()
+
+
+# ------------------------------------------------------------------ construction
+
+
+def test_defaults_and_config():
+    b = CircuitBreaker()
+    assert b.state is CircuitState.CLOSED
+    assert (b.failure_threshold, b.recovery_timeout, b.success_threshold,
+            b.half_open_max_calls) == (5, 30.0, 1, 1)
+    assert b.expected_exception is Exception and b.exclude == ()
+    assert (b.failure_rate, b.window, b.window_time, b.min_calls, b.slow_call_duration,
+            b.slow_call_rate, b.fallback, b.clock, b.name) == (None,) * 9
+    assert (b.failure_count, b.success_count, b.remaining) == (0, 0, 0.0)
+    assert b.listeners == ()
+    assert b.stats() == dict(state=CircuitState.CLOSED, failure_count=0, success_count=0,
+                             calls=0, successes=0, failures=0, ignored=0, slow_calls=0,
+                             rejections=0, state_changes=0)
+
+
+def test_rate_mode_defaults():
+    b = CircuitBreaker(failure_rate=0.5)
+    assert (b.window, b.min_calls, b.window_time) == (100, 100, None)
+    b = CircuitBreaker(failure_rate=0.5, window=7)
+    assert (b.window, b.min_calls) == (7, 7)
+    b = CircuitBreaker(failure_rate=0.5, window_time=60)
+    assert (b.window, b.min_calls, b.window_time) == (None, 10, 60.0)
+    b = CircuitBreaker(failure_rate=1, slow_call_duration=2)
+    assert (b.failure_rate, b.slow_call_duration, b.slow_call_rate) == (1.0, 2.0, 1.0)
+
+
+def test_circuit_state_enum():
+    assert [m.value for m in CircuitState] == ["closed", "open", "half_open"]
+    assert CircuitState.OPEN == "open" and CircuitState("half_open") is CircuitState.HALF_OPEN
+    assert CircuitState.__module__ == "aiofast" and isinstance(CircuitState.CLOSED, str)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(failure_threshold=0), ValueError, r"failure_threshold must be >= 1, got 0"),
+    (dict(failure_threshold=-3), ValueError, r"failure_threshold must be >= 1"),
+    (dict(failure_threshold=2.0), TypeError, r"failure_threshold must be an int, got float"),
+    (dict(failure_threshold=True), TypeError, r"must be an int, got bool"),
+    (dict(failure_threshold=10**40), ValueError, r"failure_threshold is too large"),
+    (dict(recovery_timeout=-1), ValueError, r"recovery_timeout must be >= 0 seconds, got -1"),
+    (dict(recovery_timeout=math.nan), ValueError, r"recovery_timeout must not be nan"),
+    (dict(recovery_timeout="30"), TypeError, r"recovery_timeout must be a number, got str"),
+    (dict(success_threshold=0), ValueError, r"success_threshold must be >= 1"),
+    (dict(half_open_max_calls=0), ValueError, r"half_open_max_calls must be >= 1"),
+    (dict(half_open_max_calls=None), TypeError, r"half_open_max_calls must be an int"),
+    (dict(expected_exception=int), TypeError, r"expected_exception must be an exception type"),
+    (dict(expected_exception="ValueError"), TypeError, r"expected_exception must be"),
+    (dict(expected_exception=(ValueError, 3)), TypeError, r"must hold exception types, got 3"),
+    (dict(expected_exception=()), ValueError, r"would never count a failure"),
+    (dict(exclude=[KeyError]), TypeError, r"exclude must be an exception type"),
+    (dict(failure_rate=0), ValueError, r"failure_rate must be in \(0, 1\], got 0"),
+    (dict(failure_rate=1.5), ValueError, r"failure_rate must be in \(0, 1\], got 1.5"),
+    (dict(failure_rate=math.nan), ValueError, r"failure_rate must not be nan"),
+    (dict(failure_rate=-math.inf), ValueError, r"failure_rate must be in \(0, 1\]"),
+    (dict(failure_rate=0.5, window=0), ValueError, r"window must be >= 1, got 0"),
+    (dict(failure_rate=0.5, window_time=0), ValueError, r"window_time must be a finite"),
+    (dict(failure_rate=0.5, window_time=math.inf), ValueError, r"window_time must be a finite"),
+    (dict(failure_rate=0.5, window=5, window_time=5), ValueError, r"not both"),
+    (dict(failure_rate=0.5, failure_threshold=3), ValueError, r"not both"),
+    (dict(window=10), ValueError, r"window needs rate mode: give failure_rate too"),
+    (dict(window_time=10), ValueError, r"window_time needs rate mode"),
+    (dict(min_calls=3), ValueError, r"min_calls needs rate mode"),
+    (dict(failure_rate=0.5, window=5, min_calls=6), ValueError, r"min_calls \(6\) must be <= "
+                                                               r"window \(5\)"),
+    (dict(failure_rate=0.5, min_calls=0), ValueError, r"min_calls must be >= 1"),
+    (dict(slow_call_duration=0), ValueError, r"slow_call_duration must be a finite number"),
+    (dict(slow_call_duration=-1.0), ValueError, r"slow_call_duration must be a finite"),
+    (dict(slow_call_duration=math.inf), ValueError, r"slow_call_duration must be a finite"),
+    (dict(failure_rate=0.5, slow_call_rate=0.5), ValueError, r"slow_call_rate needs "
+                                                             r"slow_call_duration"),
+    (dict(slow_call_duration=1, slow_call_rate=0.5), ValueError, r"slow_call_rate needs rate"),
+    (dict(failure_rate=0.5, slow_call_duration=1, slow_call_rate=2), ValueError,
+     r"slow_call_rate must be in \(0, 1\]"),
+    (dict(fallback=3), TypeError, r"fallback must be callable, got int"),
+    (dict(name=3), TypeError, r"name must be a str or None, got int"),
+    (dict(clock=1.0), TypeError, r"clock must be a callable"),
+    (dict(bogus=1), TypeError, r"bogus"),
+])
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        CircuitBreaker(**kwargs)
+
+
+def test_bad_positional_arguments():
+    with pytest.raises(TypeError, match="at most 2"):
+        CircuitBreaker(1, 2, 3)
+    with pytest.raises(TypeError):
+        CircuitBreaker(1, 2, success_threshold=1, failure_threshold=3)
+
+
+def test_recovery_timeout_inf_stays_open(clock):
+    b = CircuitBreaker(1, math.inf, clock=clock)
+    fail_n(b, 1)
+    clock.advance(1e300)
+    assert b.state is CircuitState.OPEN and b.remaining == math.inf
+
+
+def test_not_subclassable_and_weakref():
+    import weakref
+
+    with pytest.raises(TypeError):
+        type("Sub", (CircuitBreaker,), {})
+    b = CircuitBreaker()
+    r = weakref.ref(b)
+    del b
+    gc.collect()
+    assert r() is None
+
+
+# ------------------------------------------------------------------ default (consecutive) mode
+
+
+def test_consecutive_failures_open_and_reject(clock):
+    b = CircuitBreaker(3, 10, clock=clock, name="db")
+    events = []
+    b.add_listener(lambda br, old, new: events.append((br, old, new)))
+
+    @b
+    def call(ok):
+        if not ok:
+            raise Boom("down")
+        return "up"
+
+    for outcome in (False, False, True, False, False):
+        if outcome:
+            assert call(True) == "up"
+        else:
+            with pytest.raises(Boom):
+                call(False)
+    assert b.state is CircuitState.CLOSED and b.failure_count == 2 and b.success_count == 0
+    with pytest.raises(Boom):
+        call(False)
+    assert b.state is CircuitState.OPEN and b.failure_count == 3
+    assert events == [(b, CircuitState.CLOSED, CircuitState.OPEN)]
+    clock.advance(4)
+    with pytest.raises(CircuitOpenError) as ei:
+        call(True)
+    err = ei.value
+    assert err.breaker is b and err.remaining == 6.0 and err.args == (b, 6.0)
+    assert str(err) == "circuit breaker 'db' is open: 6.000 s remaining"
+    assert b.remaining == 6.0
+    assert b.stats()["rejections"] == 1 and b.stats()["calls"] == 6
+
+
+def test_success_resets_consecutive_count(clock):
+    b = CircuitBreaker(2, clock=clock)
+
+    @b
+    def f(ok):
+        if not ok:
+            raise Boom
+        return ok
+
+    for _ in range(10):
+        with pytest.raises(Boom):
+            f(False)
+        assert f(True) is True
+    assert b.state == "closed" and b.success_count == 1 and b.failure_count == 0
+
+
+def test_half_open_probe_success_closes(clock):
+    b = CircuitBreaker(1, 5, clock=clock)
+    fail_n(b, 1)
+    clock.advance(4.999)
+    assert b.state is CircuitState.OPEN
+    clock.advance(0.001)
+    assert b.state is CircuitState.HALF_OPEN and b.remaining == 0.0
+    assert b.failure_count == 0
+    with b:
+        pass
+    assert b.state is CircuitState.CLOSED
+
+
+def test_half_open_probe_failure_reopens(clock):
+    b = CircuitBreaker(2, 5, clock=clock)
+    fail_n(b, 2)
+    clock.advance(5)
+    fail_n(b, 1)
+    assert b.state is CircuitState.OPEN and b.remaining == 5.0 and b.failure_count == 1
+    changes = b.stats()["state_changes"]
+    assert changes == 3  # closed->open->half_open->open
+
+
+def test_success_threshold(clock):
+    b = CircuitBreaker(1, 1, success_threshold=3, clock=clock)
+    fail_n(b, 1)
+    clock.advance(1)
+    for i in range(2):
+        with b:
+            pass
+        assert b.state is CircuitState.HALF_OPEN and b.success_count == i + 1
+    with b:
+        pass
+    assert b.state is CircuitState.CLOSED and b.success_count == 0
+
+
+def test_forced_transitions(clock):
+    b = CircuitBreaker(3, 10, clock=clock)
+    events = []
+    b.add_listener(lambda br, o, n: events.append((o.value, n.value)))
+    b.open()
+    assert b.state is CircuitState.OPEN and b.remaining == 10
+    clock.advance(6)
+    b.open()  # trips again: the timeout starts over
+    assert b.remaining == 10
+    b.half_open()
+    assert b.state is CircuitState.HALF_OPEN
+    b.half_open()
+    b.close()
+    fail_n(b, 2)
+    assert b.failure_count == 2
+    b.close()  # already closed: a reset
+    assert b.failure_count == 0
+    assert events == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+# ------------------------------------------------------------------ rate mode
+
+
+def test_count_window_failure_rate(clock):
+    b = CircuitBreaker(failure_rate=0.5, window=4, clock=clock)
+
+    @b
+    def f(ok):
+        if not ok:
+            raise Boom
+        return ok
+
+    def run(seq):
+        for ok in seq:
+            if ok:
+                f(True)
+            else:
+                with pytest.raises(Boom):
+                    f(False)
+
+    run([False, False, False])  # 3 calls < min_calls=4: no verdict yet
+    assert b.state is CircuitState.CLOSED and (b.failure_count, b.success_count) == (3, 0)
+    run([True])  # 4 calls, 3 failures: 75% >= 50%
+    assert b.state is CircuitState.OPEN and (b.failure_count, b.success_count) == (3, 1)
+    clock.advance(30)
+    run([True])  # probe succeeds; closing resets the window
+    assert b.state is CircuitState.CLOSED and (b.failure_count, b.success_count) == (0, 0)
+    run([True, True, False, True, False])  # window slides: T F T F -> 50%
+    assert b.state is CircuitState.OPEN
+
+
+def test_count_window_min_calls(clock):
+    b = CircuitBreaker(failure_rate=1.0, window=10, min_calls=2, clock=clock)
+    fail_n(b, 1)
+    assert b.state is CircuitState.CLOSED
+    fail_n(b, 1)
+    assert b.state is CircuitState.OPEN
+
+
+def test_time_window(clock):
+    # 20 buckets of 0.5 s: an outcome leaves the window 9.5 to 10 s after it was recorded
+    b = CircuitBreaker(failure_rate=0.5, window_time=10, min_calls=3, clock=clock)
+    clock.t = 1000.0
+    fail_n(b, 1)  # bucket [1000, 1000.5): leaves at 1010
+    clock.advance(0.4)
+    fail_n(b, 1)  # same bucket: leaves at 1010 too, 9.6 s after
+    clock.advance(9.5)  # 1009.9
+    assert (b.failure_count, b.success_count) == (2, 0)
+    clock.advance(0.1)  # 1010.0
+    assert b.failure_count == 0
+    fail_n(b, 2)
+    assert b.state is CircuitState.CLOSED  # only 2 calls in the window
+    clock.advance(9.0)
+    fail_n(b, 1)  # 3 failures in the window now
+    assert b.state is CircuitState.OPEN and b.failure_count == 3
+
+
+def test_slow_calls_open_in_rate_mode(clock):
+    b = CircuitBreaker(failure_rate=1.0, window=2, slow_call_duration=1.0, slow_call_rate=0.5,
+                       clock=clock)
+
+    @b
+    def work(dt):
+        clock.advance(dt)
+        return dt
+
+    work(1.0)  # exactly the threshold is not slow
+    assert b.stats()["slow_calls"] == 0
+    work(1.5)
+    assert b.stats()["slow_calls"] == 1 and b.state is CircuitState.OPEN
+    clock.advance(30)
+    work(2.0)  # a slow probe reopens it
+    assert b.state is CircuitState.OPEN and b.stats()["slow_calls"] == 2
+
+
+def test_slow_calls_counted_in_default_mode(clock):
+    b = CircuitBreaker(1, slow_call_duration=0.5, clock=clock)
+
+    @b
+    def work(dt):
+        clock.advance(dt)
+
+    work(0.6)
+    work(0.1)
+    assert b.stats()["slow_calls"] == 1 and b.state is CircuitState.CLOSED
+
+
+def test_slow_call_on_the_loop_clock():
+    loop = VirtualClockLoop()
+    try:
+        b = CircuitBreaker(failure_rate=1.0, window=1, slow_call_duration=1.0, clock=loop.time)
+
+        @b
+        async def sleepy(dt):
+            await asyncio.sleep(dt)
+            return dt
+
+        assert loop.run_until_complete(sleepy(0.5)) == 0.5
+        assert b.state is CircuitState.CLOSED
+        assert loop.run_until_complete(sleepy(2.0)) == 2.0
+        assert b.state is CircuitState.OPEN and b.stats()["slow_calls"] == 1
+    finally:
+        loop.close()
+
+
+# ------------------------------------------------------------------ what counts
+
+
+def test_expected_exception_type_tuple_predicate():
+    b = CircuitBreaker(1, expected_exception=(KeyError, OSError))
+    fail_n(b, 1, exc=ValueError)  # not expected: a success (resilience4j, circuitbreaker)
+    assert b.state is CircuitState.CLOSED and b.stats()["successes"] == 1
+    fail_n(b, 1, exc=FileNotFoundError)
+    assert b.state is CircuitState.OPEN
+
+    b = CircuitBreaker(1, expected_exception=lambda e: getattr(e, "code", 0) >= 500)
+
+    class HTTPError(Exception):
+        def __init__(self, code):
+            self.code = code
+
+    @b
+    def get(code):
+        raise HTTPError(code)
+
+    with pytest.raises(HTTPError):
+        get(404)
+    assert b.state is CircuitState.CLOSED
+    with pytest.raises(HTTPError):
+        get(503)
+    assert b.state is CircuitState.OPEN
+
+
+def test_exclude_is_neither(clock):
+    b = CircuitBreaker(1, 1, exclude=(KeyError,), clock=clock)
+    fail_n(b, 3, exc=KeyError)
+    assert b.state is CircuitState.CLOSED
+    assert b.stats()["ignored"] == 3 and b.stats()["successes"] == 0
+    b = CircuitBreaker(1, 1, exclude=lambda e: "business" in str(e), clock=clock)
+
+    @b
+    def f(msg):
+        raise Boom(msg)
+
+    with pytest.raises(Boom):
+        f("business rule")
+    assert b.state is CircuitState.CLOSED
+    with pytest.raises(Boom):
+        f("outage")
+    assert b.state is CircuitState.OPEN
+    # an excluded exception on a half-open probe frees its slot, decides nothing
+    clock.advance(1)
+    with pytest.raises(Boom):
+        f("business again")
+    assert b.state is CircuitState.HALF_OPEN and "probes:0/1" in repr(b)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, GeneratorExit,
+                                 asyncio.CancelledError])
+def test_base_exceptions_are_neither(exc, clock):
+    b = CircuitBreaker(1, 1, expected_exception=BaseException, clock=clock)
+    fail_n(b, 2, exc=exc)
+    assert b.state is CircuitState.CLOSED
+    assert b.stats()["ignored"] == 2 and b.stats()["failures"] == 0
+
+
+def test_raising_predicate_is_logged_and_counts_as_failure(caplog):
+    def pred(e):
+        raise RuntimeError("bad predicate")
+
+    b = CircuitBreaker(1, expected_exception=pred, name="p")
+    with caplog.at_level(logging.ERROR, logger="aiofast.breaker"):
+        fail_n(b, 1)  # the call's own exception still comes out
+    assert b.state is CircuitState.OPEN
+    assert "expected_exception predicate" in caplog.text and "bad predicate" in caplog.text
+
+    b = CircuitBreaker(1, exclude=pred)
+    with caplog.at_level(logging.ERROR, logger="aiofast.breaker"):
+        fail_n(b, 1)  # a broken exclude excludes nothing
+    assert b.state is CircuitState.OPEN
+
+
+# ------------------------------------------------------------------ the decorator
+
+
+def test_decorator_looks_like_the_function():
+    b = CircuitBreaker()
+
+    async def fetch(url: str, *, timeout: float = 1.0) -> bytes:
+        """Fetch url."""
+
+    fetch.custom = 7
+    g = b(fetch)
+    assert g.__name__ == "fetch" and g.__qualname__ == fetch.__qualname__
+    assert g.__doc__ == "Fetch url." and g.__module__ == __name__
+    assert g.__wrapped__ is fetch and g.custom == 7 and g.breaker is b
+    assert g.__annotations__ == fetch.__annotations__
+    assert inspect.signature(g) == inspect.signature(fetch)
+    assert inspect.iscoroutinefunction(g) and asyncio.iscoroutinefunction(g)
+    assert g.__code__ is fetch.__code__ and g.__kwdefaults__ == {"timeout": 1.0}
+    assert b.name == fetch.__qualname__  # the first decorated function names the breaker
+    assert "async function" in repr(g) and "fetch" in repr(g)
+
+    def plain(x):
+        return x
+
+    h = b(plain)
+    assert not inspect.iscoroutinefunction(h) and h(3) == 3
+    assert b.name == fetch.__qualname__
+
+
+def test_decorator_rejects_non_callables():
+    b = CircuitBreaker()
+    with pytest.raises(TypeError, match="only decorate a callable"):
+        b(3)
+    with pytest.raises(TypeError, match="exactly one function"):
+        b(print, print)
+
+
+@pytest.mark.asyncio
+async def test_methods_bind_self():
+    b = CircuitBreaker()
+
+    class Client:
+        def __init__(self, n):
+            self.n = n
+
+        @b
+        async def get(self, k, *, plus=0):
+            return self.n + k + plus
+
+        @b
+        def get_sync(self, k):
+            return self.n * k
+
+        @staticmethod
+        @b
+        async def static(k):
+            return -k
+
+        @classmethod
+        @b
+        def klass(cls, k):
+            return (cls, k)
+
+    c = Client(10)
+    assert await c.get(1, plus=2) == 13 and c.get_sync(3) == 30
+    assert await Client.get(c, 5) == 15
+    assert await c.static(4) == -4 and c.klass(1) == (Client, 1)
+    assert inspect.iscoroutinefunction(c.get) and inspect.iscoroutinefunction(Client.get)
+    assert c.get.__self__ is c and c.get.__func__ is Client.__dict__["get"]
+    assert inspect.signature(c.get) == inspect.signature(Client(0).get.__func__.__wrapped__
+                                                         .__get__(c))
+    assert b.stats()["calls"] == 5
+
+
+@pytest.mark.asyncio
+async def test_async_decorator_awaitable_protocol():
+    b = CircuitBreaker()
+
+    @b
+    async def f(x):
+        await asyncio.sleep(0)
+        return (x,)  # a tuple comes back as is (no StopIteration unpacking)
+
+    aw = f(1)
+    assert asyncio.iscoroutine(aw) and inspect.isawaitable(aw)
+    assert "created" in repr(aw) and aw.__qualname__.endswith("f")
+    assert await aw == (1,)
+    assert "done" in repr(aw)
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited"):
+        await aw
+    assert await asyncio.create_task(f(2)) == (2,)
+    assert await asyncio.gather(f(3), f(4)) == [(3,), (4,)]
+    assert await asyncio.wait_for(f(5), 10) == (5,)
+    assert b.stats()["successes"] == 5
+
+
+@pytest.mark.asyncio
+async def test_results_come_back_intact():
+    """Every kind of result, through await and by hand (3.12+ reuses one StopIteration)."""
+    b = CircuitBreaker()
+    big = list(range(1000))
+    values = [None, True, False, 0, (1, 2), (), "s", big, StopIteration("v"), ValueError("x")]
+
+    @b
+    async def ret(v):
+        return v
+
+    for v in values:
+        assert await ret(v) is v
+    for v in values[1:]:
+        aw = ret(v)
+        with pytest.raises(StopIteration) as si:
+            next(aw)
+        assert si.value.value is v and si.value.args == (v,)
+        kept = si.value
+        assert await ret(1) == 1 and kept.value is v  # a held StopIteration is not reused
+
+
+@pytest.mark.asyncio
+async def test_decorated_sync_and_async_failures():
+    b = CircuitBreaker(2)
+
+    @b
+    async def af():
+        await asyncio.sleep(0)
+        raise Boom("async")
+
+    @b
+    def sf():
+        raise Boom("sync")
+
+    with pytest.raises(Boom, match="async") as ei:
+        await af()
+    assert ei.value.__traceback__ is not None
+    with pytest.raises(Boom, match="sync"):
+        sf()
+    with pytest.raises(CircuitOpenError):
+        await af()
+    with pytest.raises(CircuitOpenError):
+        sf()
+    assert b.stats()["failures"] == 2 and b.stats()["rejections"] == 2
+
+
+@pytest.mark.asyncio
+async def test_bad_call_arguments_are_not_outcomes():
+    b = CircuitBreaker(1, fallback=lambda *a: "fb")
+
+    @b
+    async def f(x):
+        return x
+
+    with pytest.raises(TypeError):
+        await f(1, 2)  # fallback set: the coroutine is made at admission
+    b2 = CircuitBreaker(1)
+    g = b2(f.__wrapped__)
+    with pytest.raises(TypeError):
+        g(1, 2)  # made at call time
+    assert b.state is CircuitState.CLOSED and b2.state is CircuitState.CLOSED
+    assert b.stats()["failures"] == 0 and b.stats()["ignored"] == 1
+
+
+@pytest.mark.asyncio
+async def test_async_callable_that_is_not_a_coroutine_function(clock):
+    """A plain callable returning a coroutine is guarded until the coroutine ends."""
+    b = CircuitBreaker(1, 1, clock=clock)
+
+    class Client:
+        async def __call__(self, ok):
+            await asyncio.sleep(0)
+            if not ok:
+                raise Boom
+            return "ok"
+
+    g = b(Client())
+    assert not inspect.iscoroutinefunction(g)
+    assert await g(True) == "ok"
+    aw = g(False)
+    assert b.stats()["failures"] == 0  # not decided until the coroutine ends
+    with pytest.raises(Boom):
+        await aw
+    assert b.state is CircuitState.OPEN
+    clock.advance(1)
+    aw = g(True)  # admitted as the probe when called
+    assert "probes:1/1" in repr(b)
+    aw.close()  # never awaited: neither success nor failure, slot freed, no warning
+    assert "probes:0/1" in repr(b) and b.stats()["ignored"] == 1
+    assert await g(True) == "ok" and b.state is CircuitState.CLOSED
+
+
+def test_generator_functions(clock):
+    b = CircuitBreaker(1, 1, clock=clock)
+
+    @b
+    def gen(n):
+        yield from range(n)
+        if n == 0:
+            raise Boom
+        return "done"
+
+    assert list(gen(3)) == [0, 1, 2]
+    assert b.stats()["successes"] == 1
+    with pytest.raises(Boom):
+        list(gen(0))
+    with pytest.raises(CircuitOpenError):
+        next(gen(2))
+    assert gen.breaker is b and gen.__name__ == "gen"
+
+
+@pytest.mark.asyncio
+async def test_async_generator_functions():
+    b = CircuitBreaker(1, fallback=None)
+
+    @b
+    async def agen(n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+        if n == 0:
+            raise Boom
+
+    assert [i async for i in agen(3)] == [0, 1, 2]
+    with pytest.raises(Boom):
+        [i async for i in agen(0)]
+    with pytest.raises(CircuitOpenError):
+        await agen(1).__anext__()
+
+
+# ------------------------------------------------------------------ context managers and call()
+
+
+@pytest.mark.asyncio
+async def test_async_with_and_with():
+    b = CircuitBreaker(2)
+    async with b:
+        pass
+    with pytest.raises(Boom):
+        async with b:
+            raise Boom
+    with pytest.raises(Boom):
+        with b:
+            raise Boom
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):
+        async with b:
+            pytest.fail("ran while open")
+    with pytest.raises(CircuitOpenError):
+        with b:
+            pytest.fail("ran while open")
+    assert b.stats() | {"state": None} == dict(
+        state=None, failure_count=2, success_count=0, calls=3, successes=1, failures=2,
+        ignored=0, slow_calls=0, rejections=2, state_changes=1)
+
+
+def test_exit_without_enter():
+    b = CircuitBreaker()
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        b.__exit__(None, None, None)
+    with pytest.raises(TypeError):
+        b.__exit__(None, None)
+
+
+@pytest.mark.asyncio
+async def test_async_with_is_per_task(clock):
+    """Blocks of concurrent tasks are matched per task, so probes are not mixed up."""
+    b = CircuitBreaker(1, 1, half_open_max_calls=2, clock=clock)
+    b.open()
+    clock.advance(1)
+    gate = asyncio.Event()
+    order = []
+
+    async def probe(name, fail):
+        async with b:
+            order.append(name)
+            await gate.wait()
+            if fail:
+                raise Boom
+
+    t1 = asyncio.create_task(probe("a", fail=False))
+    t2 = asyncio.create_task(probe("b", fail=True))
+    await asyncio.sleep(0)
+    with pytest.raises(CircuitOpenError):
+        async with b:
+            pass
+    gate.set()
+    await t1
+    assert b.state is CircuitState.CLOSED  # a's success closed it; b is now stale
+    with pytest.raises(Boom):
+        await t2
+    assert b.state is CircuitState.CLOSED and b.failure_count == 0
+    assert b.stats()["failures"] == 1
+
+
+@pytest.mark.asyncio
+async def test_nested_with_blocks():
+    b = CircuitBreaker(5)
+    with b:
+        with pytest.raises(Boom):
+            async with b:
+                raise Boom
+        assert b.failure_count == 1
+    assert b.failure_count == 0 and b.stats()["calls"] == 2
+
+
+@pytest.mark.asyncio
+async def test_call_sync_async_and_awaitables():
+    b = CircuitBreaker(3)
+
+    async def add(a, b=0):
+        await asyncio.sleep(0)
+        return a + b
+
+    def mul(a, b=1):
+        return a * b
+
+    def make_future(v):
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(v)
+        return fut
+
+    assert await b.call(add, 1, b=2) == 3
+    assert await b.call(mul, 4, b=5) == 20
+    assert await b.call(make_future, "f") == "f"
+    assert await b.call(asyncio.sleep, 0, "slept") == "slept"
+
+    def boom():
+        raise Boom
+
+    with pytest.raises(Boom):
+        await b.call(boom)
+    assert b.stats()["successes"] == 4 and b.stats()["failures"] == 1
+    with pytest.raises(TypeError, match="missing required argument"):
+        b.call()
+    with pytest.raises(TypeError, match="needs a callable"):
+        b.call(3)
+
+
+@pytest.mark.asyncio
+async def test_fallback(clock):
+    seen = []
+
+    def fb(*args, **kwargs):
+        seen.append((args, kwargs))
+        return "fallback"
+
+    b = CircuitBreaker(1, 10, fallback=fb, clock=clock)
+
+    @b
+    async def af(x, *, y):
+        raise Boom
+
+    @b
+    def sf(x):
+        return x
+
+    with pytest.raises(Boom):
+        await af(1, y=2)
+    assert await af(3, y=4) == "fallback"
+    assert sf(5) == "fallback"
+    assert await b.call(sf, 6) == "fallback"
+    assert seen == [((3,), {"y": 4}), ((5,), {}), ((6,), {})]
+
+    async def afb(*args):
+        await asyncio.sleep(0)
+        return ("async fallback", args)
+
+    b2 = CircuitBreaker(1, fallback=afb)
+    b2.open()
+
+    @b2
+    async def g(x):
+        return x
+
+    assert await g(7) == ("async fallback", (7,))
+    with pytest.raises(CircuitOpenError):  # no fallback for blocks
+        async with b2:
+            pass
+    assert b.stats()["rejections"] == 3
+
+
+# ------------------------------------------------------------------ cancellation, the peers' bugs
+
+
+@pytest.mark.asyncio
+async def test_concurrent_half_open_callers_one_probe(clock):
+    """pybreaker/circuitbreaker/aiobreaker: every concurrent caller gets through in half-open."""
+    b = CircuitBreaker(1, 5, clock=clock)
+    b.open()
+    clock.advance(5)
+    running = []
+    gate = asyncio.Event()
+
+    @b
+    async def call(i):
+        running.append(i)
+        await gate.wait()
+        return i
+
+    tasks = [asyncio.create_task(call(i)) for i in range(10)]
+    await asyncio.sleep(0)
+    assert running == [0]
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] == 0
+    assert all(isinstance(r, CircuitOpenError) and r.remaining == 0.0 for r in results[1:])
+    assert "half-open with every probe slot busy" in str(results[1])
+    assert b.state is CircuitState.CLOSED
+
+
+@pytest.mark.asyncio
+async def test_half_open_max_calls(clock):
+    b = CircuitBreaker(1, 5, half_open_max_calls=3, success_threshold=3, clock=clock)
+    b.open()
+    clock.advance(5)
+    gate = asyncio.Event()
+
+    @b
+    async def call():
+        await gate.wait()
+
+    tasks = [asyncio.create_task(call()) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert "probes:3/3" in repr(b)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[:3] == [None] * 3
+    assert all(isinstance(r, CircuitOpenError) for r in results[3:])
+    assert b.state is CircuitState.CLOSED
+
+
+@pytest.mark.asyncio
+async def test_cancelled_probe_frees_its_slot(clock):
+    """A cancelled call is neither success nor failure, and a cancelled probe frees its slot."""
+    b = CircuitBreaker(1, 5, clock=clock)
+    b.open()
+    clock.advance(5)
+    started = asyncio.Event()
+
+    @b
+    async def hang():
+        started.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(hang())
+    await started.wait()
+    with pytest.raises(CircuitOpenError):
+        await hang()
+    task.cancel("stop")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert b.state is CircuitState.HALF_OPEN and b.stats()["ignored"] == 1
+    assert b.stats()["failures"] == 0
+
+    @b
+    async def ok():
+        return "probe"
+
+    assert await ok() == "probe"
+    assert b.state is CircuitState.CLOSED
+
+
+@pytest.mark.asyncio
+async def test_cancellation_in_closed_state_is_not_a_failure():
+    b = CircuitBreaker(1)
+
+    @b
+    async def slow():
+        await asyncio.sleep(3600)
+
+    for _ in range(3):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(slow(), 0.001)
+    assert b.state is CircuitState.CLOSED and b.stats()["ignored"] == 3
+
+
+@pytest.mark.asyncio
+async def test_coroutine_that_swallows_cancellation_succeeds():
+    b = CircuitBreaker(1)
+    started = asyncio.Event()
+
+    @b
+    async def stubborn():
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            return "cleaned up"
+
+    task = asyncio.create_task(stubborn())
+    await started.wait()
+    task.cancel()
+    assert await task == "cleaned up"
+    assert b.stats()["successes"] == 1
+
+
+@pytest.mark.asyncio
+async def test_stale_closed_call_is_not_a_probe(clock):
+    """A call admitted while closed that ends in half-open does not decide the probe."""
+    b = CircuitBreaker(1, 5, clock=clock)
+    gate = asyncio.Event()
+
+    @b
+    async def slow_ok():
+        await gate.wait()
+        return "late"
+
+    task = asyncio.create_task(slow_ok())
+    await asyncio.sleep(0)
+    b.open()
+    clock.advance(5)
+    hang = asyncio.Event()
+
+    @b
+    async def probe():
+        await hang.wait()
+
+    ptask = asyncio.create_task(probe())
+    await asyncio.sleep(0)
+    gate.set()
+    assert await task == "late"
+    assert b.state is CircuitState.HALF_OPEN and "probes:1/1" in repr(b)
+    ptask.cancel()
+    await asyncio.gather(ptask, return_exceptions=True)
+    assert b.stats()["successes"] == 1 and b.stats()["ignored"] == 1
+
+
+def test_awaitable_protocol_by_hand():
+    b = CircuitBreaker(1)
+
+    @types.coroutine
+    def step():
+        return (yield "suspended")
+
+    async def body():
+        got = await step()
+        if got == "fail":
+            raise Boom
+        return got
+
+    aw = b.call(body)
+    with pytest.raises(TypeError, match="non-None value"):
+        aw.send(1)
+    assert aw.send(None) == "suspended"
+    with pytest.raises(StopIteration) as si:
+        aw.send("value")
+    assert si.value.value == "value"
+    assert b.stats()["successes"] == 1
+
+    aw = b.call(body)
+    assert next(aw) == "suspended"
+    with pytest.raises(Boom):
+        aw.throw(Boom())
+    assert b.state is CircuitState.OPEN
+
+    b.close()
+    aw = b.call(body)
+    assert aw.send(None) == "suspended"
+    aw.close()  # GeneratorExit: neither
+    assert b.stats()["ignored"] == 1
+    aw.close()
+    with pytest.raises(RuntimeError, match="cannot reuse"):
+        aw.send(None)
+
+    aw = b.call(body)
+    with pytest.raises(Boom):
+        aw.throw(Boom)  # before start: never admitted
+    aw = b.call(body)
+    aw.close()
+    assert b.stats()["calls"] == 3
+
+
+def test_throw_into_an_iterator_without_throw():
+    b = CircuitBreaker(1)
+
+    class Aw:
+        def __await__(self):
+            return iter(["a", "b"])
+
+    aw = b.call(Aw)
+    assert aw.send(None) == "a"
+    with pytest.raises(Boom):
+        aw.throw(Boom("raised at the await"))
+    assert b.state is CircuitState.OPEN
+
+
+def test_reentrant_send_from_inside():
+    b = CircuitBreaker()
+    holder = []
+
+    async def body():
+        with pytest.raises(ValueError, match="already executing"):
+            holder[0].send(None)
+        return 1
+
+    aw = b.call(body)
+    holder.append(aw)
+    with pytest.raises(StopIteration):
+        aw.send(None)
+
+
+def test_abandoned_calls_free_their_probe_slots(clock):
+    """A with-block never exited (its context dropped) and a call driven by hand and dropped
+    hold their half-open slot only until they are gone."""
+    b = CircuitBreaker(1, 1, clock=clock)
+    b.open()
+    clock.advance(1)
+    ctx = contextvars.Context()
+    ctx.run(b.__enter__)
+    assert "probes:1/1" in repr(b)
+    del ctx
+    gc.collect()
+    assert "probes:0/1" in repr(b) and b.stats()["ignored"] == 1
+
+    @types.coroutine
+    def suspend():
+        yield
+
+    async def body():
+        await suspend()
+
+    aw = b.call(body)
+    aw.send(None)
+    assert "probes:1/1" in repr(b)
+    del aw
+    assert "probes:0/1" in repr(b) and b.stats()["ignored"] == 2
+    with b:
+        pass
+    assert b.state is CircuitState.CLOSED
+
+
+def test_unawaited_call_admits_nothing():
+    b = CircuitBreaker(1)
+
+    @b
+    async def f():
+        return 1
+
+    aw = f()
+    aw.close()  # closes the inner coroutine too: no "never awaited" warning
+    assert b.stats()["calls"] == 0
+
+
+# ------------------------------------------------------------------ listeners
+
+
+def test_listener_that_raises_is_logged(caplog, clock):
+    b = CircuitBreaker(1, 1, name="svc", clock=clock)
+    seen = []
+
+    def bad(br, old, new):
+        raise RuntimeError("listener broke")
+
+    b.add_listener(bad)
+    b.add_listener(lambda br, old, new: seen.append(new))
+
+    @b
+    def f():
+        raise Boom("the call's own error")
+
+    with caplog.at_level(logging.ERROR, logger="aiofast.breaker"):
+        with pytest.raises(Boom, match="the call's own error"):
+            f()
+    assert b.state is CircuitState.OPEN and seen == [CircuitState.OPEN]
+    assert "listener broke" in caplog.text and "'svc'" in caplog.text
+    rec = [r for r in caplog.records if r.name == "aiofast.breaker"][0]
+    assert rec.exc_info[0] is RuntimeError
+    b.remove_listener(bad)
+    with pytest.raises(ValueError):
+        b.remove_listener(bad)
+    with pytest.raises(TypeError, match="listener must be callable"):
+        b.add_listener(3)
+
+
+def test_reentrant_listener(clock):
+    b = CircuitBreaker(1, 1, clock=clock)
+    log = []
+
+    @b
+    def f(ok=True):
+        if not ok:
+            raise Boom
+        return "ran"
+
+    def listener(br, old, new):
+        log.append((old.value, new.value, br.state.value, br.stats()["state_changes"]))
+        if new is CircuitState.OPEN and len(log) == 1:
+            br.close()  # re-enter: a transition queued and delivered after this one
+        elif new is CircuitState.CLOSED and len(log) == 2:
+            assert f() == "ran"  # call the guarded function from the listener
+            br.add_listener(late)
+
+    def late(br, old, new):
+        log.append(("late", new.value))
+
+    assert b.add_listener(listener) is listener
+    with pytest.raises(Boom):
+        f(False)
+    assert log == [("closed", "open", "open", 1), ("open", "closed", "closed", 2)]
+    assert b.state is CircuitState.CLOSED and b.listeners == (listener, late)
+    b.open()
+    assert log[-2:] == [("closed", "open", "open", 3), ("late", "open")]
+
+
+def test_listener_removing_itself(clock):
+    b = CircuitBreaker(1, clock=clock)
+    calls = []
+
+    def once(br, old, new):
+        calls.append(new)
+        br.remove_listener(once)
+
+    b.add_listener(once)
+    b.open()
+    b.close()
+    assert calls == [CircuitState.OPEN] and b.listeners == ()
+
+
+# ------------------------------------------------------------------ clocks
+
+
+def test_default_clock_is_monotonic():
+    b = CircuitBreaker(1, 30)
+    b.open()
+    assert 29.0 < b.remaining <= 30.0
+    assert b.clock is None
+
+
+def test_clock_errors(caplog):
+    ticks = [1.0]
+
+    def clock():
+        if ticks[0] is None:
+            raise OSError("clock broke")
+        return ticks[0]
+
+    b = CircuitBreaker(1, 10, clock=clock)
+    ticks[0] = None
+    with caplog.at_level(logging.ERROR, logger="aiofast.breaker"):
+        fail_n(b, 1)  # recording falls back on the last reading, and logs
+    assert "clock broke" in caplog.text
+    with pytest.raises(OSError, match="clock broke"):  # admission while open needs the time
+        with b:
+            pass
+    ticks[0] = math.nan
+    with pytest.raises(ValueError, match="clock\\(\\) returned nan"):
+        b.state
+    ticks[0] = "soon"
+    with pytest.raises(TypeError):
+        b.remaining
+    ticks[0] = 11.0
+    assert b.state is CircuitState.HALF_OPEN
+
+
+# ------------------------------------------------------------------ threads
+
+
+def test_threads_keep_exact_counts():
+    b = CircuitBreaker(10**9, name="t")
+
+    @b
+    def work(i):
+        if i % 3 == 0:
+            raise KeyError(i)
+        return i
+
+    def run(n):
+        for i in range(n):
+            try:
+                work(i)
+            except KeyError:
+                pass
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        list(ex.map(run, [3000] * 8))
+    s = b.stats()
+    assert (s["calls"], s["successes"], s["failures"]) == (24000, 16000, 8000)
+
+
+def test_threads_with_transitions():
+    """Small thresholds, many threads, forced changes: invariants hold, nothing crashes."""
+    b = CircuitBreaker(3, 0.0, half_open_max_calls=2, success_threshold=2)
+    events = []
+    b.add_listener(lambda br, o, n: events.append((o, n)))
+    stop = threading.Event()
+
+    @b
+    def work(i):
+        if i % 4 == 0:
+            raise Boom
+        return i
+
+    def run(seed):
+        attempts = rejected = 0
+        for i in range(seed, seed + 2000):
+            attempts += 1
+            try:
+                work(i)
+            except Boom:
+                pass
+            except CircuitOpenError:
+                rejected += 1
+            if i % 500 == 0:
+                (b.open, b.close, b.half_open)[i % 3]()
+        return attempts, rejected
+
+    with concurrent.futures.ThreadPoolExecutor(6) as ex:
+        results = list(ex.map(run, range(0, 6000, 1000)))
+    stop.set()
+    s = b.stats()
+    attempts = sum(a for a, r in results)
+    assert s["calls"] + s["rejections"] == attempts
+    assert s["rejections"] == sum(r for a, r in results)
+    assert s["calls"] == s["successes"] + s["failures"] + s["ignored"]
+    assert len(events) == s["state_changes"]
+    # transitions chain: each starts where the previous ended
+    assert all(events[i][1] == events[i + 1][0] for i in range(len(events) - 1))
+
+
+@pytest.mark.asyncio
+async def test_run_in_executor():
+    b = CircuitBreaker(10**6)
+
+    @b
+    def blocking(i):
+        return i * 2
+
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        res = await asyncio.gather(*[loop.run_in_executor(ex, blocking, i) for i in range(200)])
+    assert res == [i * 2 for i in range(200)] and b.stats()["successes"] == 200
+
+
+# ------------------------------------------------------------------ circuit (drop-in)
+
+
+def test_circuit_bare_and_with_arguments():
+    @circuit
+    def plain():
+        return "ok"
+
+    assert plain() == "ok" and isinstance(plain.breaker, CircuitBreaker)
+    assert plain.breaker.failure_threshold == 5 and plain.breaker.recovery_timeout == 30
+    assert plain.breaker.name == plain.__qualname__
+
+    br = circuit(failure_threshold=2, recovery_timeout=10, name="svc",
+                 expected_exception=[KeyError, OSError])
+    assert isinstance(br, CircuitBreaker) and br.name == "svc"
+    assert br.expected_exception == (KeyError, OSError)
+
+    @br
+    async def a():
+        raise KeyError
+
+    @br
+    def s():
+        raise KeyError
+
+    assert inspect.iscoroutinefunction(a)
+    assert circuit(failure_threshold=None, recovery_timeout=0).recovery_timeout == 30
+    with pytest.raises(ValueError, match="cannot be a string"):
+        circuit(expected_exception="KeyError")
+    with pytest.raises(ValueError, match="does not look like a predicate"):
+        circuit(expected_exception=3)
+    assert aiofast._compat_breaker.CircuitBreakerError is CircuitOpenError
+
+
+def test_circuit_predicate_signature():
+    seen = []
+
+    def is_failure(exc_type, exc):
+        seen.append((exc_type, exc))
+        return exc_type is KeyError
+
+    @circuit(failure_threshold=1, expected_exception=is_failure)
+    def f(e):
+        raise e
+
+    with pytest.raises(ValueError):
+        f(ValueError("v"))
+    assert f.breaker.state is CircuitState.CLOSED
+    with pytest.raises(KeyError):
+        f(KeyError("k"))
+    assert f.breaker.state is CircuitState.OPEN
+    assert [t for t, e in seen] == [ValueError, KeyError]
+
+
+@pytest.mark.asyncio
+async def test_circuit_fallback_function():
+    async def fb(x):
+        return ("fb", x)
+
+    @circuit(failure_threshold=1, fallback_function=fb)
+    async def f(x):
+        raise OSError
+
+    with pytest.raises(OSError):
+        await f(1)
+    assert await f(2) == ("fb", 2)
+
+
+@pytest.mark.parametrize("impl", ["aiofast", "circuitbreaker"])
+@pytest.mark.asyncio
+async def test_circuit_same_as_circuitbreaker(impl):
+    """The drop-in against the package it replaces, where they agree (no timing)."""
+    deco = circuit if impl == "aiofast" else circuitbreaker.circuit
+    err = CircuitOpenError if impl == "aiofast" else circuitbreaker.CircuitBreakerError
+    outcomes = []
+
+    @deco(failure_threshold=3, recovery_timeout=1000, expected_exception=OSError, name="x")
+    async def f(kind):
+        if kind == "os":
+            raise OSError
+        if kind == "value":
+            raise ValueError  # not expected: resets the count, as a success does
+        return kind
+
+    for kind in ["os", "os", "value", "os", "os", "ok", "os", "os", "os", "ok", "os"]:
+        try:
+            outcomes.append(await f(kind))
+        except err:
+            outcomes.append("rejected")
+        except Exception as e:
+            outcomes.append(type(e).__name__)
+    assert outcomes == ["OSError", "OSError", "ValueError", "OSError", "OSError", "ok",
+                        "OSError", "OSError", "OSError", "rejected", "rejected"]
+
+
+# ------------------------------------------------------------------ repr, errors
+
+
+def test_repr_and_error_messages(clock):
+    b = CircuitBreaker(2, 10, clock=clock)
+    assert repr(b).endswith("[closed, failures:0/2]>")
+    b2 = CircuitBreaker(failure_rate=0.5, window=10, name="r")
+    assert repr(b2).endswith("[closed, failures:0 of 0 calls, name='r']>")
+    b.open()
+    assert repr(b).endswith("[open, 10.000 s remaining]>")
+    e = CircuitOpenError(b, 2.5)
+    assert str(e) == "unnamed circuit breaker is open: 2.500 s remaining"
+    assert e.breaker is b and e.remaining == 2.5
+    assert str(CircuitOpenError("custom")) == "custom" and CircuitOpenError().breaker is None
+    assert issubclass(CircuitOpenError, Exception) and CircuitOpenError.__module__ == "aiofast"
+    clock.advance(10)
+    assert "half_open, probes:0/1, successes:0/1" in repr(b)
+
+
+def test_exports_and_signatures():
+    for name in ("CircuitBreaker", "CircuitOpenError", "CircuitState", "circuit"):
+        assert name in aiofast.__all__ and getattr(aiofast, name) is not None
+    assert CircuitBreaker.__module__ == "aiofast"
+    sig = inspect.signature(CircuitBreaker)
+    assert list(sig.parameters)[:3] == ["failure_threshold", "recovery_timeout",
+                                        "success_threshold"]
+    assert sig.parameters["expected_exception"].default is None
+    assert CircuitBreaker(expected_exception=None).expected_exception is Exception
+    assert inspect.signature(CircuitBreaker.call).parameters["fn"].kind == \
+        inspect.Parameter.POSITIONAL_ONLY
+
+
+# ------------------------------------------------------------------ the model
+
+
+CONFIGS = hs.one_of(
+    hs.fixed_dictionaries(dict(
+        failure_threshold=hs.integers(1, 4),
+        recovery_timeout=hs.sampled_from([0.0, 1.0, 2.5]),
+        success_threshold=hs.integers(1, 3),
+        half_open_max_calls=hs.integers(1, 3),
+    ), optional=dict(slow_call_duration=hs.sampled_from([0.5, 1.0]))),
+    hs.fixed_dictionaries(dict(
+        failure_rate=hs.sampled_from([0.25, 0.5, 1.0]),
+        window=hs.integers(1, 6),
+        recovery_timeout=hs.sampled_from([0.0, 1.0, 2.5]),
+        success_threshold=hs.integers(1, 3),
+        half_open_max_calls=hs.integers(1, 3),
+    ), optional=dict(slow_call_duration=hs.sampled_from([0.5, 1.0]),
+                     slow_call_rate=hs.sampled_from([0.5, 1.0]))),
+    hs.fixed_dictionaries(dict(
+        failure_rate=hs.sampled_from([0.25, 0.5, 1.0]),
+        window_time=hs.sampled_from([1.0, 4.0, 10.0]),
+        min_calls=hs.integers(1, 4),
+        recovery_timeout=hs.sampled_from([0.0, 1.0, 2.5]),
+        half_open_max_calls=hs.integers(1, 3),
+    ), optional=dict(slow_call_duration=hs.sampled_from([0.5, 1.0]))),
+)
+
+OUTCOMES = ["success", "failure", "excluded", "other", "cancel", "close"]
+KIND = {"success": "success", "failure": "failure", "excluded": "ignored", "other": "success",
+        "cancel": "ignored", "close": "ignored"}
+
+
+@types.coroutine
+def _suspend():
+    return (yield "suspended")
+
+
+async def _gated():
+    outcome = await _suspend()
+    if outcome == "failure":
+        raise Boom
+    if outcome == "excluded":
+        raise KeyError("excluded")
+    if outcome == "other":
+        raise LookupError("not expected: counts as success")
+    return outcome
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    """Random calls (async in flight, interleaved; sync with a duration), outcomes,
+    cancellations, clock moves and forced transitions against breaker_model.Model."""
+
+    @initialize(cfg=CONFIGS)
+    def setup(self, cfg):
+        if "slow_call_rate" in cfg and "slow_call_duration" not in cfg:
+            cfg = {k: v for k, v in cfg.items() if k != "slow_call_rate"}
+        self.clock = Clock(100.0)
+        self.model = breaker_model.Model(**cfg)
+        self.b = CircuitBreaker(**cfg, expected_exception=(Boom,), exclude=KeyError,
+                                clock=self.clock)
+        self.events = []
+        self.b.add_listener(lambda br, o, n: self.events.append((o.value, n.value)))
+        self.guarded = self.b(_gated)
+        self.inflight = []
+
+    @rule(dt=hs.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 7.0]))
+    def advance(self, dt):
+        self.clock.advance(dt)
+
+    @rule(kind=hs.sampled_from(["decorated", "call", "block"]))
+    def start_call(self, kind):
+        expect = self.model.admit(self.clock.t)
+        if kind == "block":  # a with-block, in a context of its own: blocks interleave
+            ctx = contextvars.Context()
+            if isinstance(expect, tuple):
+                with pytest.raises(CircuitOpenError) as ei:
+                    ctx.run(self.b.__enter__)
+                assert ei.value.remaining == expect[1]
+            else:
+                ctx.run(self.b.__enter__)
+                self.inflight.append((ctx, expect))
+            return
+        aw = self.guarded() if kind == "decorated" else self.b.call(_gated)
+        if isinstance(expect, tuple):
+            with pytest.raises(CircuitOpenError) as ei:
+                aw.send(None)
+            assert ei.value.remaining == expect[1] and ei.value.breaker is self.b
+        else:
+            assert aw.send(None) == "suspended"
+            self.inflight.append((aw, expect))
+
+    @precondition(lambda self: self.inflight)
+    @rule(data=hs.data(), outcome=hs.sampled_from(OUTCOMES))
+    def finish_call(self, data, outcome):
+        i = data.draw(hs.integers(0, len(self.inflight) - 1))
+        aw, ticket = self.inflight.pop(i)
+        if isinstance(aw, contextvars.Context):
+            if outcome == "close":  # abandoned: the context dies with the block open
+                del aw
+                gc.collect()
+            else:
+                exc = {"success": None, "failure": Boom(), "excluded": KeyError(),
+                       "other": LookupError(), "cancel": asyncio.CancelledError()}[outcome]
+                assert aw.run(self.b.__exit__, type(exc) if exc else None, exc, None) is False
+            self.model.record(ticket, KIND[outcome], self.clock.t)
+            return
+        if outcome == "cancel":
+            with pytest.raises(asyncio.CancelledError):
+                aw.throw(asyncio.CancelledError())
+        elif outcome == "close":
+            aw.close()
+        else:
+            with pytest.raises((StopIteration, Boom, KeyError, LookupError)):
+                aw.send(outcome)
+        self.model.record(ticket, KIND[outcome], self.clock.t)
+
+    @rule(outcome=hs.sampled_from(["success", "failure", "excluded", "other"]),
+          duration=hs.sampled_from([0.0, 0.5, 0.75, 1.5]))
+    def sync_call(self, outcome, duration):
+        clock = self.clock
+
+        @self.b
+        def work():
+            clock.advance(duration)
+            if outcome == "failure":
+                raise Boom
+            if outcome == "excluded":
+                raise KeyError
+            if outcome == "other":
+                raise LookupError
+            return "done"
+
+        expect = self.model.admit(clock.t)
+        if isinstance(expect, tuple):
+            with pytest.raises(CircuitOpenError) as ei:
+                work()
+            assert ei.value.remaining == expect[1]
+            return
+        try:
+            work()
+        except (Boom, KeyError, LookupError):
+            pass
+        self.model.record(expect, KIND[outcome], clock.t)
+
+    @rule(to=hs.sampled_from(["open", "closed", "half_open"]))
+    def force(self, to):
+        getattr(self.b, {"open": "open", "closed": "close", "half_open": "half_open"}[to])()
+        self.model.force(to, self.clock.t)
+
+    @invariant()
+    def agrees(self):
+        if not hasattr(self, "b"):
+            return
+        now = self.clock.t
+        assert self.b.stats() == self.model.stats(now)
+        assert self.b.remaining == self.model.remaining(now)
+        assert self.b.state == self.model.effective(now)
+        assert (self.b.failure_count, self.b.success_count) == self.model.counts(now)
+        assert self.events == self.model.events
+
+    def teardown(self):
+        for aw, _ in getattr(self, "inflight", []):
+            if not isinstance(aw, contextvars.Context):
+                aw.close()
+
+
+TestBreakerModel = BreakerMachine.TestCase
+TestBreakerModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------------ leaks
+
+
+LEAK_SCRIPT = r"""
+import asyncio, gc, sys, tracemalloc
+from aiofast import CircuitBreaker, CircuitOpenError
+
+t = [0.0]
+clock = lambda: t[0]
+
+async def cycle():
+    b = CircuitBreaker(2, 1.0, half_open_max_calls=2, fallback=None, clock=clock)
+    b.add_listener(lambda br, o, n: None)
+    @b
+    async def f(kind):
+        await asyncio.sleep(0)
+        if kind == "fail":
+            raise ValueError
+        if kind == "hang":
+            await asyncio.sleep(3600)
+        return kind
+    @b
+    def s(kind):
+        if kind == "fail":
+            raise ValueError
+        return kind
+    await f("ok"); s("ok")
+    for _ in range(2):
+        try: await f("fail")
+        except ValueError: pass
+    try: await f("ok")
+    except CircuitOpenError: pass
+    try: s("ok")
+    except CircuitOpenError: pass
+    t[0] += 1.0
+    task = asyncio.ensure_future(f("hang"))
+    await asyncio.sleep(0)
+    task.cancel()
+    try: await task
+    except asyncio.CancelledError: pass
+    async with b:
+        pass
+    with b:
+        pass
+    try:
+        async with b:
+            raise KeyError
+    except KeyError: pass
+    await b.call(s, "x"); await b.call(f, "y")
+    aw = f("never"); aw.close()
+    aw = b.call(f, "dropped"); del aw
+    b.stats(); repr(b); b.state; b.failure_count
+    class AC:
+        async def __call__(self, x):
+            return x
+    ac = b(AC())
+    await ac(1); ac(2).close()
+    fb = CircuitBreaker(1, fallback=lambda *a: "fb"); fb.open()
+    g = fb(f.__wrapped__)
+    assert await g("x") == "fb"
+
+def snapshot():
+    gc.collect()
+    call_type = type(CircuitBreaker().call(print))
+    return (len(gc.get_objects()), sys.getrefcount(CircuitBreaker),
+            sys.getrefcount(CircuitOpenError), sys.getrefcount(call_type))
+
+async def main():
+    for _ in range(200):
+        await cycle()
+    before = snapshot()
+    tracemalloc.start()
+    for _ in range(2000):
+        await cycle()
+    gc.collect()
+    mem = tracemalloc.get_traced_memory()[0]
+    for _ in range(2000):
+        await cycle()
+    gc.collect()
+    mem2 = tracemalloc.get_traced_memory()[0]
+    after = snapshot()
+    print(before, after, mem, mem2)
+    assert after[1:] == before[1:], (before, after)
+    assert abs(after[0] - before[0]) < 50, (before, after)
+    assert mem2 - mem < 64 * 1024, (mem, mem2)
+
+asyncio.run(main())
+print("OK")
+"""
+
+
+def test_no_leaks():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", LEAK_SCRIPT], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
