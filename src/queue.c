@@ -97,7 +97,7 @@ waitq_check(fa_waitq *q)
     assert(n == q->len);
 }
 
-static int num_cmp(PyObject *x, PyObject *y);
+static inline int num_cmp(PyObject *x, PyObject *y);
 
 /* Is the heap in order, as far as can be told without running Python code (ints, floats and
  * tuples whose first elements differ; NaN anywhere makes the order undefined)? 1 or 0. Code
@@ -217,8 +217,11 @@ set_maxsize(FaQueue *self, PyObject *v)
 
 /* ------------------------------------------------------------------ comparisons (PriorityQueue) */
 
+#define FA_INLINE static inline __attribute__((always_inline))
+
+/* An exact int's value if it is small (fits the native fast comparison): 1, else 0. */
 #if FA_PY312
-static inline int
+FA_INLINE int
 long_small(PyObject *x, long long *out)
 {
     if (!PyUnstable_Long_IsCompact((PyLongObject *)x)) {
@@ -228,12 +231,31 @@ long_small(PyObject *x, long long *out)
     return 1;
 }
 #else
-static inline int
+/* 3.10/3.11: ob_size is the signed digit count (longintrepr.h, included by Python.h); zero has
+ * no digit to read */
+FA_INLINE int
 long_small(PyObject *x, long long *out)
 {
-    int overflow = 0;
-    *out = PyLong_AsLongLongAndOverflow(x, &overflow);
-    return overflow == 0;
+    const digit *d = ((PyLongObject *)x)->ob_digit;
+    Py_ssize_t size = Py_SIZE(x);
+    if (FA_LIKELY(size == 1)) {
+        *out = (long long)d[0];
+        return 1;
+    }
+    if (size == 0) {
+        *out = 0;
+        return 1;
+    }
+    if (size == -1) {
+        *out = -(long long)d[0];
+        return 1;
+    }
+    if (size == 2 || size == -2) {
+        long long v = (long long)d[0] | ((long long)d[1] << PyLong_SHIFT);
+        *out = size < 0 ? -v : v;
+        return 1;
+    }
+    return 0;
 }
 #endif
 
@@ -241,7 +263,7 @@ long_small(PyObject *x, long long *out)
 
 /* Three-way comparison of two exact ints/floats, natively: -1, 0, 1, or 2 when it cannot tell
  * (another type, NaN, an int too large to compare exactly here). Never runs Python code. */
-static int
+FA_INLINE int
 num_cmp(PyObject *x, PyObject *y)
 {
     double a, b;
@@ -508,15 +530,47 @@ done:
     return r;
 }
 
-/* a < b as heapq asks it; 1, 0, -1. *py is set when Python code may have run. */
-static int
-prio_lt(FaQueue *self, PyObject *a, PyObject *b, int *py)
+/* prio_lt when the native comparison could not tell: ties, other types. */
+static int __attribute__((noinline))
+prio_lt_slow(FaQueue *self, PyObject *a, PyObject *b, int *py)
 {
     PyTypeObject *ta = Py_TYPE(a);
     int r;
+    *py = 1;
+    Py_INCREF(a);
+    Py_INCREF(b);
     if (ta == &PyTuple_Type && Py_IS_TYPE(b, &PyTuple_Type)) {
-        Py_ssize_t na = PyTuple_GET_SIZE(a), nb = PyTuple_GET_SIZE(b);
-        if (na > 0 && nb > 0) {
+        r = items_lt(&PyTuple_GET_ITEM(a, 0), PyTuple_GET_SIZE(a), &PyTuple_GET_ITEM(b, 0),
+                     PyTuple_GET_SIZE(b));
+    }
+    else {
+        PyObject *fields = ta == Py_TYPE(b) ? dc_fields(self, ta) : NULL;  // borrowed
+        if (fields != NULL) {
+            Py_INCREF(fields);
+            r = dc_lt(a, b, fields);
+            Py_DECREF(fields);
+        }
+        else if (PyErr_Occurred()) {
+            r = -1;
+        }
+        else {
+            r = PyObject_RichCompareBool(a, b, Py_LT);  // Beware: user __lt__
+        }
+    }
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return r;
+}
+
+/* a < b as heapq asks it; 1, 0, -1. *py is set when Python code may have run. The native
+ * cases (ints, floats, tuples whose first elements differ and are ints or floats) are decided
+ * here without a call. */
+FA_INLINE int
+prio_lt(FaQueue *self, PyObject *a, PyObject *b, int *py)
+{
+    PyTypeObject *ta = Py_TYPE(a);
+    if (ta == &PyTuple_Type) {
+        if (Py_IS_TYPE(b, &PyTuple_Type) && PyTuple_GET_SIZE(a) > 0 && PyTuple_GET_SIZE(b) > 0) {
             PyObject *x = PyTuple_GET_ITEM(a, 0), *y = PyTuple_GET_ITEM(b, 0);
             if (x != y) {
                 int c = num_cmp(x, y);
@@ -525,36 +579,14 @@ prio_lt(FaQueue *self, PyObject *a, PyObject *b, int *py)
                 }
             }
         }
-        *py = 1;
-        Py_INCREF(a);
-        Py_INCREF(b);
-        r = items_lt(&PyTuple_GET_ITEM(a, 0), na, &PyTuple_GET_ITEM(b, 0), nb);
-        Py_DECREF(a);
-        Py_DECREF(b);
-        return r;
-    }
-    int c = num_cmp(a, b);
-    if (c != 2) {
-        return c < 0;
-    }
-    *py = 1;
-    Py_INCREF(a);
-    Py_INCREF(b);
-    PyObject *fields = ta == Py_TYPE(b) ? dc_fields(self, ta) : NULL;  // borrowed
-    if (fields != NULL) {
-        Py_INCREF(fields);
-        r = dc_lt(a, b, fields);
-        Py_DECREF(fields);
-    }
-    else if (PyErr_Occurred()) {
-        r = -1;
     }
     else {
-        r = PyObject_RichCompareBool(a, b, Py_LT);  // Beware: user __lt__
+        int c = num_cmp(a, b);
+        if (c != 2) {
+            return c < 0;
+        }
     }
-    Py_DECREF(a);
-    Py_DECREF(b);
-    return r;
+    return prio_lt_slow(self, a, b, py);
 }
 
 static int
