@@ -1575,6 +1575,62 @@ queue_private_get_loop(PyObject *op, PyObject *Py_UNUSED(ignored))
     return fa_get_loop(self->st, op, &self->loop);
 }
 
+/* pickle / copy, as asyncio's queues (plain Python objects) allow for an idle queue:
+ * (type, (maxsize,), state); __setstate__ assigns through the attributes. Waiting futures
+ * cannot be carried over (asyncio's pickling fails on them too). */
+static PyObject *
+queue_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaQueue *self = (FaQueue *)op;
+    if (self->getters.len || self->putters.len) {
+        PyErr_Format(PyExc_TypeError, "cannot pickle a %.100s with waiting getters or putters",
+                     Py_TYPE(op)->tp_name);
+        return NULL;
+    }
+    PyObject *state = self->dict ? PyDict_Copy(self->dict) : PyDict_New();  // new ref
+    if (state == NULL) {
+        return NULL;
+    }
+    PyObject *n = PyLong_FromSsize_t(self->unfinished);
+    if (n == NULL || (self->queue && PyDict_SetItemString(state, "_queue", self->queue) < 0)
+        || PyDict_SetItemString(state, "_unfinished_tasks", n) < 0
+        || PyDict_SetItemString(state, "_is_shutdown", self->shutdown ? Py_True : Py_False) < 0) {
+        Py_XDECREF(n);
+        Py_DECREF(state);
+        return NULL;
+    }
+    Py_DECREF(n);
+    PyObject *ms = self->maxsize ? self->maxsize : Py_None;
+    return Py_BuildValue("(O(O)N)", (PyObject *)Py_TYPE(op), ms, state);
+}
+
+static PyObject *
+queue_setstate(PyObject *op, PyObject *state)
+{
+    FaQueue *self = (FaQueue *)op;
+    if (!PyDict_Check(state)) {
+        PyErr_SetString(PyExc_TypeError, "state must be a dict");
+        return NULL;
+    }
+    PyObject *items = PyDict_Items(state);  // new ref: setattr may run Python code
+    if (items == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        if (PyObject_SetAttr(op, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1)) < 0) {
+            Py_DECREF(items);
+            return NULL;
+        }
+    }
+    Py_DECREF(items);
+    /* _finished follows the restored count, as it did when pickled (asyncio pickles the Event) */
+    if ((self->unfinished > 0 ? finished_clear(self) : finished_set(self)) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* Append text (a new reference, stolen) to *acc. */
 static int
 acc_append(PyObject **acc, PyObject *text)
@@ -2267,6 +2323,8 @@ PyDoc_STRVAR(format_doc, "_format($self, /)\n--\n\nThe state shown by repr() and
 PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
              "first use.");
 PyDoc_STRVAR(class_getitem_doc, "See PEP 585");
+PyDoc_STRVAR(reduce_doc, "__reduce__($self, /)\n--\n\nPickle and copy support (an idle queue).");
+PyDoc_STRVAR(setstate_doc, "__setstate__($self, state, /)\n--\n\nRestore pickled state.");
 
 static PyMethodDef queue_methods[] = {
     {"put", queue_put, METH_O, put_doc},
@@ -2286,6 +2344,8 @@ static PyMethodDef queue_methods[] = {
     {"_format", queue_format, METH_NOARGS, format_doc},
     {"_get_loop", queue_private_get_loop, METH_NOARGS, get_loop_doc},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
+    {"__reduce__", queue_reduce, METH_NOARGS, reduce_doc},
+    {"__setstate__", queue_setstate, METH_O, setstate_doc},
     {NULL, NULL, 0, NULL},
 };
 
