@@ -646,12 +646,16 @@ done:
     return rc;
 }
 
-/* Take the last item of a list (n > 0): a new reference. The list shrinks in place, as
- * list.pop() does within its allocation. */
+/* Take the last item of a list (n > 0): a new reference, or NULL. Exactly list.pop(): in place
+ * while the allocation stays over half used (list_resize's no-realloc case), else through
+ * list.pop() itself, which gives memory back (no Python code runs for a list). */
 static inline PyObject *
-list_take_last(PyObject *list)
+list_take_last(fa_state *st, PyObject *list)
 {
     Py_ssize_t n = PyList_GET_SIZE(list);
+    if (FA_UNLIKELY(n - 1 < (((PyListObject *)list)->allocated >> 1))) {
+        return call_method(list, st->q_str_pop, NULL);
+    }
     PyObject *item = PyList_GET_ITEM(list, n - 1);  // the list's reference becomes ours
     Py_SET_SIZE(list, n - 1);
     return item;
@@ -668,8 +672,9 @@ heap_pop(FaQueue *self, PyObject *heap)
         return NULL;
     }
     if (n == 1) {
-        self->version++;
-        return list_take_last(heap);
+        PyObject *item = list_take_last(self->st, heap);
+        self->version += item != NULL;
+        return item;
     }
     /* heapq: lastelt = pop(); returnitem = heap[0]; heap[0] = lastelt; siftup(heap, 0), where
      * siftup moves the smaller child up to a leaf, then siftdown bubbles lastelt back up. Both
@@ -714,13 +719,17 @@ heap_pop(FaQueue *self, PyObject *heap)
         j--;
     }
     /* commit: nothing below runs Python code */
+    PyObject *last = list_take_last(self->st, heap);  // newitem, the list's reference
+    if (last == NULL) {
+        goto done;
+    }
+    assert(last == newitem);
     PyObject **arr = &PyList_GET_ITEM(heap, 0);
     result = arr[0];             // the list's reference becomes the caller's
     for (int i = 0; i < j; i++) {
         arr[path[i]] = arr[path[i + 1]];
     }
-    arr[path[j]] = newitem;      // the list's reference from slot m moves here
-    Py_SET_SIZE(heap, m);
+    arr[path[j]] = last;         // and lastelt's moves here
     self->version++;
     assert(!in_order || heap_in_order(heap));
 done:
@@ -808,7 +817,7 @@ kind_get(FaQueue *self, int kind)
                 r = NULL;
             }
             else {
-                r = list_take_last(q);
+                r = list_take_last(st, q);
             }
         }
         else {
@@ -1143,7 +1152,10 @@ get_nowait_impl(FaQueue *self)
             goto empty;
         }
         if (self->kind == FA_LIFO) {
-            item = list_take_last(q);
+            item = list_take_last(self->st, q);
+            if (item == NULL) {
+                return NULL;
+            }
         }
         else {
             item = call_descr(self->st->q_deque_popleft, q, NULL);

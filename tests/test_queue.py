@@ -295,6 +295,19 @@ def test_queue_storage_is_live_and_of_asyncios_type(qimpl):
     assert p.qsize() == 4
 
 
+@pytest.mark.parametrize("kind", ["PriorityQueue", "LifoQueue"])
+def test_drained_list_gives_memory_back_like_list_pop(qimpl, kind):
+    q = getattr(qimpl, kind)()
+    ref = []
+    for i in range(20_000):
+        q.put_nowait((i % 7, i))
+        ref.append(i)
+    for _ in range(19_990):
+        q.get_nowait()
+        ref.pop()
+    assert sys.getsizeof(q._queue) == sys.getsizeof(ref)
+
+
 def test_private_attributes(qimpl):
     q = qimpl.Queue()
     assert q._unfinished_tasks == 0 and not q._getters and not q._putters
