@@ -120,6 +120,29 @@ typedef struct fa_state {
     /* <= 3.12: a weak reference to the last loop whose time() was proven native */
     PyObject *tb_nat_wr;
 
+    /* queue.c: unbound C methods it calls directly, a dataclass probe cache, interned names */
+    PyObject *q_WaitersViewType;  /* the live _getters/_putters view */
+    PyObject *q_deque_append;     /* collections.deque.append (a method descriptor) */
+    PyObject *q_deque_popleft;    /* collections.deque.popleft */
+    PyObject *q_event_set;        /* aiofast Event.set (for Queue._finished) */
+    PyObject *q_event_clear;      /* aiofast Event.clear */
+    PyObject *q_object_class;     /* object.__dict__['__class__'] */
+    PyObject *q_dc_refs;          /* {nfields: code of dataclasses' own generated __lt__} */
+    PyObject *q_str_init;         /* "_init" */
+    PyObject *q_str_put;          /* "_put" */
+    PyObject *q_str_get;          /* "_get" */
+    PyObject *q_str_full;
+    PyObject *q_str_empty;
+    PyObject *q_str_qsize;
+    PyObject *q_str_put_nowait;
+    PyObject *q_str_get_nowait;
+    PyObject *q_str_format;       /* "_format" */
+    PyObject *q_str_popleft;
+    PyObject *q_str_pop;
+    PyObject *q_str_wait;
+    PyObject *q_str_lt;           /* "__lt__" */
+    PyObject *q_str_class;        /* "__class__" */
+
     /* interned method and attribute names */
     PyObject *str_create_future;
     PyObject *str_set_result;

@@ -243,6 +243,7 @@ module_exec(PyObject *mod)
 
     if (fa_op_init(mod, st) < 0) return -1;
     if (fa_semaphore_init(mod, st) < 0) return -1;
+    if (fa_queue_init(mod, st) < 0) return -1;
     if (fa_breaker_init(mod, st) < 0) return -1;
     if (fa_cache_init(mod, st) < 0) return -1;
     if (fa_memo_init(mod, st) < 0) return -1;

@@ -6,6 +6,7 @@ type and tracemalloc's traced memory, runs many more cycles, measures again, and
 deltas as JSON. tests/test_leaks.py asserts they are flat.
 """
 import asyncio
+import dataclasses
 import gc
 import json
 import sys
@@ -67,6 +68,64 @@ async def lock_family():
     # a temporary used in async with
     async with aiofast.Lock():
         pass
+
+
+@dataclasses.dataclass(order=True)
+class Job:
+    priority: int
+    name: str = dataclasses.field(compare=False, default="")
+
+
+@scenario
+async def queue_family():
+    for cls in (aiofast.Queue, aiofast.PriorityQueue, aiofast.LifoQueue):
+        q = cls(2)
+        await q.put((1, "a"))
+        q.put_nowait((0, "b"))
+        putters = [asyncio.ensure_future(q.put((i, "p"))) for i in range(3)]
+        await _spin()
+        putters[1].cancel()
+        assert (await q.get())[1] in "ab"
+        q.task_done()
+        await _spin()
+        getters = [asyncio.ensure_future(q.get()) for _ in range(4)]
+        joiner = asyncio.ensure_future(q.join())
+        await _spin()
+        getters[0].cancel()
+        await _spin(6)
+        for t in putters + getters:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*putters, *getters, return_exceptions=True)
+        q._unfinished_tasks = 1
+        q.task_done()
+        await _spin()
+        assert joiner.done()
+        # views, a foreign waiter, an op closed mid-wait, an op dropped unawaited
+        q._getters.append(asyncio.get_running_loop().create_future())
+        repr(q._getters), list(q._putters), q._format(), repr(q)
+        q.put_nowait((5, "x"))
+        it = q.get()
+        it.close()
+        q.get()
+        q.shutdown(immediate=True)
+    for make in (lambda i: Job(i % 3, str(i)), lambda i: (i % 4, i), lambda i: i * 0.5):
+        p = aiofast.PriorityQueue()
+        for i in range(20):
+            p.put_nowait(make(i))
+        try:
+            p.put_nowait("other type")  # a comparison raises: nothing inserted
+        except TypeError:
+            pass
+        while not p.empty():
+            p.get_nowait()
+    # a queue dropped with waiters pending
+    q0 = aiofast.Queue()
+    pend = [asyncio.ensure_future(q0.get()) for _ in range(3)]
+    await _spin()
+    for t in pend:
+        t.cancel()
+    await asyncio.gather(*pend, return_exceptions=True)
 
 
 def core_types():

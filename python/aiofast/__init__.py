@@ -1,25 +1,31 @@
 """aiofast: fast, correct asyncio concurrency primitives, in C.
 
-Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock and Event (and more, see the README).
+Drop-ins for asyncio's Semaphore, BoundedSemaphore, Lock, Event, Queue, PriorityQueue and
+LifoQueue; TokenBucket (and AsyncLimiter), CircuitBreaker (and circuit), LRUCache, TTLCache,
+cached (and alru_cache): see the README.
 ``aiofast.install()`` puts them in place of asyncio's, ``aiofast.uninstall()`` restores asyncio's.
 """
 import asyncio as _asyncio
 
 from ._compat_breaker import circuit
 from ._compat_cache import alru_cache, cached
+from ._compat_limiter import AsyncLimiter
 from ._core import (
     BoundedSemaphore,
     CircuitBreaker,
     CircuitOpenError,
     CircuitState,
     Event,
+    LifoQueue,
     Lock,
     LRUCache,
+    PriorityQueue,
+    Queue,
+    QueueShutDown,
     Semaphore,
     TokenBucket,
     TTLCache,
 )
-from ._compat_limiter import AsyncLimiter
 
 __version__ = "0.1.0"
 
@@ -32,8 +38,12 @@ __all__ = [
     "CircuitState",
     "cached",
     "Event",
+    "LifoQueue",
     "Lock",
     "LRUCache",
+    "PriorityQueue",
+    "Queue",
+    "QueueShutDown",
     "Semaphore",
     "circuit",
     "TTLCache",
@@ -49,6 +59,9 @@ _REPLACEMENTS = {
     "BoundedSemaphore": (BoundedSemaphore, ("asyncio", "asyncio.locks")),
     "Lock": (Lock, ("asyncio", "asyncio.locks")),
     "Event": (Event, ("asyncio", "asyncio.locks")),
+    "Queue": (Queue, ("asyncio", "asyncio.queues")),
+    "PriorityQueue": (PriorityQueue, ("asyncio", "asyncio.queues")),
+    "LifoQueue": (LifoQueue, ("asyncio", "asyncio.queues")),
 }
 
 _originals: dict = {}

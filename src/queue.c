@@ -1,0 +1,2503 @@
+/*
+ * queue.c: Queue, PriorityQueue and LifoQueue, drop-ins for asyncio's.
+ *
+ * The algorithms are asyncio's (Lib/asyncio/queues.py of the Python we run on, SEMANTICS.md §5):
+ * waiters are popped when woken, a woken getter or putter re-checks in a loop (barging), a
+ * woken-then-cancelled waiter passes the wake-up on, shutdown() as in 3.13 on every version. What
+ * differs is where the pieces live:
+ *
+ * - the items stay in a real Python container, `_queue`, exactly as asyncio's: a collections.deque
+ *   (Queue) or a list (PriorityQueue, LifoQueue). It is live: a subclass's _put/_get, or code that
+ *   reads or clears q._queue, sees the same object. The C code drives it directly when it is the
+ *   exact type (deque methods called as unbound C methods; list items moved in place).
+ * - PriorityQueue's heap is heapq's algorithm in C over that list, with two differences: it does
+ *   every comparison first and moves items only afterwards, so a comparison that raises leaves the
+ *   queue exactly as it was; and ints/floats and the first element of tuples are compared
+ *   natively (full Python comparison on ties and for every other type), and items of a
+ *   @dataclass(order=True) class by their compared fields, without calling the generated __lt__.
+ *   The comparisons asked and their answers are heapq's, so the order is heapq's.
+ * - getters and putters are waiting operations in intrusive FIFOs (op.h), so a cancelled waiter
+ *   leaves in O(1) (asyncio's deque.remove makes mass cancellation quadratic). `_getters` and
+ *   `_putters` are live deque-like views of them (futures in, futures out).
+ * - `_finished` (asyncio's Event) is an aiofast Event made on first need; until then a flag.
+ *
+ * Invariants:
+ * - getters/putters hold the ops suspended in get()/put() that nobody has woken yet (plus inert
+ *   nodes for objects appended through the views); a waker pops the op before setting its
+ *   future's result and marks it FA_OPF_WOKEN; an op that resumes or fails unlinks itself if
+ *   still linked.
+ * - native is true iff no overridable method is overridden (except _init) and `_queue` is an
+ *   exact deque (Queue) or an exact list (PriorityQueue, LifoQueue); only then do the fast paths
+ *   touch the storage without dispatch.
+ * - version changes on every change of the storage made here (and on `_queue` assignment): a
+ *   comparison that calls Python code is followed by a check of version, list identity and size.
+ * - an exception out of a comparison or an allocation leaves the heap list untouched.
+ */
+#include "op.h"
+
+enum { FA_FIFO = 0, FA_PRIO, FA_LIFO };
+
+/* the overridable methods a subclass overrides (then asyncio's dispatch through self is used) */
+#define OVR_INIT 0x1
+#define OVR_PUT 0x2
+#define OVR_GET 0x4
+#define OVR_FULL 0x8
+#define OVR_EMPTY 0x10
+#define OVR_QSIZE 0x20
+#define OVR_PUT_NOWAIT 0x40
+#define OVR_GET_NOWAIT 0x80
+
+/* how full() reads _maxsize */
+enum { MS_UNBOUNDED = 0, MS_INT, MS_FLOAT, MS_OBJECT };
+
+typedef struct {
+    PyObject_HEAD
+    fa_state *st;
+    PyObject *queue;       /* _queue: the items; NULL until __init__ / _init set it */
+    PyObject *maxsize;     /* _maxsize, the object given */
+    PyObject *finished;    /* _finished: an aiofast Event, or NULL while fin_set stands for it */
+    PyObject *loop;        /* _loop: NULL/None until the first wait binds it */
+    fa_waitq getters;
+    fa_waitq putters;
+    FaOp *cache_get;       /* reusable ops for the uncontended paths */
+    FaOp *cache_put;
+    PyObject *dc_type;     /* dataclass compare cache: the item type, */
+    PyObject *dc_lt;       /* its __lt__ when examined, */
+    PyObject *dc_fields;   /* and the compared field names (a tuple), or None: not applicable */
+    PyObject *weakreflist;
+    PyObject *dict;
+    Py_ssize_t unfinished; /* _unfinished_tasks */
+    Py_ssize_t maxsize_n;  /* MS_INT: the bound (> 0) */
+    double maxsize_d;      /* MS_FLOAT: the bound (> 0 or NaN) */
+    size_t version;
+    int maxsize_kind;
+    int kind;              /* FA_FIFO, FA_PRIO, FA_LIFO: whose _init/_put/_get are inherited */
+    int ovr;               /* OVR_* */
+    int native;
+    int shutdown;          /* _is_shutdown */
+    int fin_set;           /* _finished.is_set() while finished is NULL */
+} FaQueue;
+
+static const char *const kind_names[] = {"Queue", "PriorityQueue", "LifoQueue"};
+
+#if FA_DEBUG
+static void
+waitq_check(fa_waitq *q)
+{
+    Py_ssize_t n = 0;
+    FaOp *prev = NULL;
+    for (FaOp *op = q->head; op != NULL; op = op->next) {
+        assert(op->queue == q);
+        assert(op->prev == prev);
+        assert(op->fut != NULL);
+        prev = op;
+        n++;
+    }
+    assert(q->tail == prev);
+    assert(n == q->len);
+}
+
+static inline int num_cmp(PyObject *x, PyObject *y);
+
+/* Is the heap in order, as far as can be told without running Python code (ints, floats and
+ * tuples whose first elements differ; NaN anywhere makes the order undefined)? 1 or 0. Code
+ * may edit q._queue directly, so only "in order before an operation => in order after" is an
+ * invariant (checked by heap_push/heap_pop in debug builds). */
+static int
+heap_in_order(PyObject *heap)
+{
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(heap, i);
+        if (PyTuple_CheckExact(a) && PyTuple_GET_SIZE(a) > 0) {
+            a = PyTuple_GET_ITEM(a, 0);
+        }
+        if (PyFloat_CheckExact(a) && isnan(PyFloat_AS_DOUBLE(a))) {
+            return 1;  /* undefined: nothing to check */
+        }
+    }
+    for (Py_ssize_t i = 1; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(heap, i);
+        PyObject *b = PyList_GET_ITEM(heap, (i - 1) >> 1);
+        int c;
+        if (PyTuple_CheckExact(a) && PyTuple_CheckExact(b) && PyTuple_GET_SIZE(a) > 0
+            && PyTuple_GET_SIZE(b) > 0) {
+            c = num_cmp(PyTuple_GET_ITEM(a, 0), PyTuple_GET_ITEM(b, 0));
+        }
+        else {
+            c = num_cmp(a, b);
+        }
+        if (c == -1) {
+            return 0;  /* a child less than its parent */
+        }
+    }
+    return 1;
+}
+
+static void
+queue_check(FaQueue *self)
+{
+    waitq_check(&self->getters);
+    waitq_check(&self->putters);
+}
+#define FA_ASSERT_CONSISTENT(self) queue_check(self)
+#else
+#define FA_ASSERT_CONSISTENT(self) ((void)0)
+#endif
+
+/* ------------------------------------------------------------------ small helpers */
+
+static int
+no_queue(FaQueue *self)
+{
+    PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '_queue'",
+                 Py_TYPE(self)->tp_name);
+    return -1;
+}
+
+static void
+update_native(FaQueue *self)
+{
+    PyObject *q = self->queue;
+    int exact = 0;
+    if (q != NULL) {
+        exact = self->kind == FA_FIFO ? Py_IS_TYPE(q, (PyTypeObject *)self->st->deque_type)
+                                      : PyList_CheckExact(q);
+    }
+    self->native = exact && (self->ovr & ~OVR_INIT) == 0;
+}
+
+/* obj.name() or obj.name(arg) as a new reference */
+static PyObject *
+call_method(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    PyObject *args[2] = {obj, arg};
+    size_t n = arg ? 2 : 1;
+    return PyObject_VectorcallMethod(name, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* descr(obj) or descr(obj, arg) for an unbound C method */
+static PyObject *
+call_descr(PyObject *descr, PyObject *obj, PyObject *arg)
+{
+    PyObject *args[2] = {obj, arg};
+    return PyObject_Vectorcall(descr, args, arg ? 2 : 1, NULL);
+}
+
+static int
+set_maxsize(FaQueue *self, PyObject *v)
+{
+    int kind = MS_OBJECT;
+    Py_ssize_t n = 0;
+    double d = 0.0;
+    if (PyLong_CheckExact(v) || PyBool_Check(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow < 0 || (overflow == 0 && x <= 0)) {
+            kind = MS_UNBOUNDED;
+        }
+        else {
+            kind = MS_INT;
+            n = (overflow > 0 || x > (long long)PY_SSIZE_T_MAX) ? PY_SSIZE_T_MAX : (Py_ssize_t)x;
+        }
+    }
+    else if (PyFloat_CheckExact(v)) {
+        d = PyFloat_AS_DOUBLE(v);
+        kind = d <= 0.0 ? MS_UNBOUNDED : MS_FLOAT;  /* NaN: never full, as `n >= nan` */
+    }
+    Py_XSETREF(self->maxsize, Py_NewRef(v));
+    self->maxsize_kind = kind;
+    self->maxsize_n = n;
+    self->maxsize_d = d;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ comparisons (PriorityQueue) */
+
+#define FA_INLINE static inline __attribute__((always_inline))
+
+/* An exact int's value if it is small (fits the native fast comparison): 1, else 0. */
+#if FA_PY312
+FA_INLINE int
+long_small(PyObject *x, long long *out)
+{
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)x)) {
+        return 0;
+    }
+    *out = (long long)PyUnstable_Long_CompactValue((PyLongObject *)x);
+    return 1;
+}
+#else
+/* 3.10/3.11: ob_size is the signed digit count (longintrepr.h, included by Python.h); zero has
+ * no digit to read */
+FA_INLINE int
+long_small(PyObject *x, long long *out)
+{
+    const digit *d = ((PyLongObject *)x)->ob_digit;
+    Py_ssize_t size = Py_SIZE(x);
+    if (FA_LIKELY(size == 1)) {
+        *out = (long long)d[0];
+        return 1;
+    }
+    if (size == 0) {
+        *out = 0;
+        return 1;
+    }
+    if (size == -1) {
+        *out = -(long long)d[0];
+        return 1;
+    }
+    if (size == 2 || size == -2) {
+        long long v = (long long)d[0] | ((long long)d[1] << PyLong_SHIFT);
+        *out = size < 0 ? -v : v;
+        return 1;
+    }
+    return 0;
+}
+#endif
+
+#define EXACT53 9007199254740992LL
+
+/* Three-way comparison of two exact ints/floats, natively: -1, 0, 1, or 2 when it cannot tell
+ * (another type, NaN, an int too large to compare exactly here). Never runs Python code. */
+FA_INLINE int
+num_cmp(PyObject *x, PyObject *y)
+{
+    double a, b;
+    long long p, q;
+    if (PyLong_CheckExact(x)) {
+        if (!long_small(x, &p)) {
+            return 2;
+        }
+        if (PyLong_CheckExact(y)) {
+            if (!long_small(y, &q)) {
+                return 2;
+            }
+            return (p > q) - (p < q);
+        }
+        if (!PyFloat_CheckExact(y) || p > EXACT53 || p < -EXACT53) {
+            return 2;
+        }
+        a = (double)p;
+        b = PyFloat_AS_DOUBLE(y);
+    }
+    else if (PyFloat_CheckExact(x)) {
+        a = PyFloat_AS_DOUBLE(x);
+        if (PyFloat_CheckExact(y)) {
+            b = PyFloat_AS_DOUBLE(y);
+        }
+        else if (PyLong_CheckExact(y) && long_small(y, &q) && q <= EXACT53 && q >= -EXACT53) {
+            b = (double)q;
+        }
+        else {
+            return 2;
+        }
+    }
+    else {
+        return 2;
+    }
+    if (isnan(a) || isnan(b)) {
+        return 2;
+    }
+    return (a > b) - (a < b);
+}
+
+/* v < w for sequences of items, exactly as tuple comparison does it (first item that is not
+ * identical or ==, then < on it, else the lengths), with ints and floats compared natively.
+ * The caller holds the containers of the items. 1, 0, -1. */
+static int
+items_lt(PyObject *const *v, Py_ssize_t vlen, PyObject *const *w, Py_ssize_t wlen)
+{
+    Py_ssize_t i;
+    for (i = 0; i < vlen && i < wlen; i++) {
+        PyObject *x = v[i], *y = w[i];
+        if (x == y) {
+            continue;
+        }
+        int c = num_cmp(x, y);
+        if (c == 0) {
+            continue;
+        }
+        if (c != 2) {
+            return c < 0;
+        }
+        int eq = PyObject_RichCompareBool(x, y, Py_EQ);  // Beware: user __eq__
+        if (eq < 0) {
+            return -1;
+        }
+        if (!eq) {
+            return PyObject_RichCompareBool(x, y, Py_LT);  // Beware: user __lt__
+        }
+    }
+    return vlen < wlen;
+}
+
+/* The code object of dataclasses' generated __lt__ for a class of k compared fields. */
+static PyObject *
+dc_ref_code(fa_state *st, Py_ssize_t k)
+{
+    PyObject *key = PyLong_FromSsize_t(k);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *code = PyDict_GetItemWithError(st->q_dc_refs, key);  // borrowed
+    if (code != NULL || PyErr_Occurred()) {
+        Py_DECREF(key);
+        return code;
+    }
+    PyObject *names = NULL, *mod = NULL, *cls = NULL, *lt = NULL;
+    names = PyList_New(k);
+    if (names == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *s = PyUnicode_FromFormat("f%zd", i);
+        if (s == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(names, i, s);
+    }
+    mod = PyImport_ImportModule("dataclasses");
+    if (mod == NULL) {
+        goto done;
+    }
+    PyObject *mk = PyObject_GetAttrString(mod, "make_dataclass");  // new ref
+    if (mk == NULL) {
+        goto done;
+    }
+    PyObject *args = Py_BuildValue("(sO)", "_AiofastProbe", names);
+    PyObject *kw = Py_BuildValue("{sO}", "order", Py_True);
+    if (args != NULL && kw != NULL) {
+        cls = PyObject_Call(mk, args, kw);
+    }
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    Py_DECREF(mk);
+    if (cls == NULL) {
+        goto done;
+    }
+    lt = PyObject_GetAttr(cls, st->q_str_lt);
+    if (lt == NULL) {
+        goto done;
+    }
+    if (!PyFunction_Check(lt)) {
+        PyErr_SetString(PyExc_TypeError, "dataclasses made a __lt__ that is not a function");
+        goto done;
+    }
+    if (PyDict_SetItem(st->q_dc_refs, key, PyFunction_GET_CODE(lt)) == 0) {
+        code = PyFunction_GET_CODE(lt);  // borrowed, now held by the dict
+    }
+done:
+    Py_DECREF(key);
+    Py_XDECREF(names);
+    Py_XDECREF(mod);
+    Py_XDECREF(cls);
+    Py_XDECREF(lt);
+    return code;
+}
+
+static int
+attr_equal(PyObject *a, PyObject *b, const char *name)
+{
+    PyObject *x = PyObject_GetAttrString(a, name);
+    if (x == NULL) {
+        return -1;
+    }
+    PyObject *y = PyObject_GetAttrString(b, name);
+    if (y == NULL) {
+        Py_DECREF(x);
+        return -1;
+    }
+    int r = PyObject_RichCompareBool(x, y, Py_EQ);
+    Py_DECREF(x);
+    Py_DECREF(y);
+    return r;
+}
+
+/* If lt is dataclasses' generated __lt__ (its code is the very code dataclasses generates for
+ * that many fields), a new reference to the tuple of compared field names; else None. The
+ * generated function is `if other.__class__ is self.__class__: return (self.f1, ...) <
+ * (other.f1, ...); return NotImplemented`, so for two items of the same type the comparison is
+ * the tuples' (attributes read self first, then other, as the tuple displays do). */
+static PyObject *
+dc_examine(fa_state *st, PyTypeObject *tp, PyObject *lt)
+{
+    if (!PyFunction_Check(lt) || tp->tp_getattro != PyObject_GenericGetAttr
+        || _PyType_Lookup(tp, st->q_str_class) != st->q_object_class
+        || PyFunction_GET_DEFAULTS(lt) != NULL || PyFunction_GET_KW_DEFAULTS(lt) != NULL
+        || PyFunction_GET_CLOSURE(lt) != NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *code = PyFunction_GET_CODE(lt);  // borrowed
+    PyObject *names = PyObject_GetAttrString(code, "co_names");  // new ref
+    if (names == NULL) {
+        return NULL;
+    }
+    PyObject *res = NULL;
+    Py_ssize_t n = PyTuple_Check(names) ? PyTuple_GET_SIZE(names) : 0;
+    if (n < 2 || !PyUnicode_Check(PyTuple_GET_ITEM(names, 0))
+        || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(names, 0), "__class__") != 0
+        || !PyUnicode_Check(PyTuple_GET_ITEM(names, n - 1))
+        || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(names, n - 1), "NotImplemented")
+               != 0) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *ref = dc_ref_code(st, n - 2);  // borrowed
+    if (ref == NULL) {
+        goto done;
+    }
+    static const char *const same[] = {"co_code", "co_consts", "co_varnames", "co_argcount",
+                                       "co_kwonlyargcount", "co_flags"};
+    for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
+        int eq = attr_equal(code, ref, same[i]);
+        if (eq < 0) {
+            goto done;
+        }
+        if (!eq) {
+            res = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    res = PyTuple_GetSlice(names, 1, n - 1);
+done:
+    Py_DECREF(names);
+    return res;
+}
+
+/* The compared fields of items of type tp when their __lt__ is dataclasses' own: a borrowed
+ * tuple, NULL with no error when not applicable, NULL with an error. */
+static PyObject *
+dc_fields(FaQueue *self, PyTypeObject *tp)
+{
+    fa_state *st = self->st;
+    if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) || tp->tp_getattro != PyObject_GenericGetAttr) {
+        return NULL;
+    }
+    PyObject *lt = _PyType_Lookup(tp, st->q_str_lt);  // borrowed
+    if (lt == NULL) {
+        return NULL;
+    }
+    if ((PyObject *)tp != self->dc_type || lt != self->dc_lt) {
+        Py_INCREF(lt);  // hold it across dc_examine, which imports and calls Python code
+        PyObject *fields = dc_examine(st, tp, lt);  // new ref
+        if (fields == NULL) {
+            Py_DECREF(lt);
+            return NULL;
+        }
+        Py_XSETREF(self->dc_type, Py_NewRef((PyObject *)tp));
+        Py_XSETREF(self->dc_lt, lt);
+        Py_XSETREF(self->dc_fields, fields);
+        if (_PyType_Lookup(tp, st->q_str_lt) != lt) {
+            return NULL;  // the class changed meanwhile: compare the slow way this time
+        }
+    }
+    return self->dc_fields == Py_None ? NULL : self->dc_fields;
+}
+
+/* a < b for two items of a dataclass type whose compared fields are `fields`; 1, 0, -1 */
+static int
+dc_lt(PyObject *a, PyObject *b, PyObject *fields)
+{
+    Py_ssize_t k = PyTuple_GET_SIZE(fields);
+    PyObject *stack[16];
+    PyObject **vals = k <= 8 ? stack : PyMem_Malloc(sizeof(PyObject *) * (size_t)(2 * k + 1));
+    if (vals == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t got = 0;
+    int r = -1;
+    for (Py_ssize_t i = 0; i < 2 * k; i++) {
+        PyObject *obj = i < k ? a : b;
+        vals[i] = PyObject_GetAttr(obj, PyTuple_GET_ITEM(fields, i % k));  // Beware: descriptors
+        if (vals[i] == NULL) {
+            goto done;
+        }
+        got++;
+    }
+    r = items_lt(vals, k, vals + k, k);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        Py_DECREF(vals[i]);
+    }
+    if (vals != stack) {
+        PyMem_Free(vals);
+    }
+    return r;
+}
+
+/* prio_lt when the native comparison could not tell: ties, other types. */
+static int __attribute__((noinline))
+prio_lt_slow(FaQueue *self, PyObject *a, PyObject *b, int *py)
+{
+    PyTypeObject *ta = Py_TYPE(a);
+    int r;
+    *py = 1;
+    Py_INCREF(a);
+    Py_INCREF(b);
+    if (ta == &PyTuple_Type && Py_IS_TYPE(b, &PyTuple_Type)) {
+        r = items_lt(&PyTuple_GET_ITEM(a, 0), PyTuple_GET_SIZE(a), &PyTuple_GET_ITEM(b, 0),
+                     PyTuple_GET_SIZE(b));
+    }
+    else {
+        PyObject *fields = ta == Py_TYPE(b) ? dc_fields(self, ta) : NULL;  // borrowed
+        if (fields != NULL) {
+            Py_INCREF(fields);
+            r = dc_lt(a, b, fields);
+            Py_DECREF(fields);
+        }
+        else if (PyErr_Occurred()) {
+            r = -1;
+        }
+        else {
+            r = PyObject_RichCompareBool(a, b, Py_LT);  // Beware: user __lt__
+        }
+    }
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return r;
+}
+
+/* a < b as heapq asks it; 1, 0, -1. *py is set when Python code may have run. The native
+ * cases (ints, floats, tuples whose first elements differ and are ints or floats) are decided
+ * here without a call. */
+FA_INLINE int
+prio_lt(FaQueue *self, PyObject *a, PyObject *b, int *py)
+{
+    PyTypeObject *ta = Py_TYPE(a);
+    if (ta == &PyTuple_Type) {
+        if (Py_IS_TYPE(b, &PyTuple_Type) && PyTuple_GET_SIZE(a) > 0 && PyTuple_GET_SIZE(b) > 0) {
+            PyObject *x = PyTuple_GET_ITEM(a, 0), *y = PyTuple_GET_ITEM(b, 0);
+            if (x != y) {
+                int c = num_cmp(x, y);
+                if (c == -1 || c == 1) {
+                    return c < 0;
+                }
+            }
+        }
+    }
+    else {
+        int c = num_cmp(a, b);
+        if (c != 2) {
+            return c < 0;
+        }
+    }
+    return prio_lt_slow(self, a, b, py);
+}
+
+static int
+heap_changed(FaQueue *self, PyObject *heap, Py_ssize_t n, size_t version)
+{
+    if (self->version != version || self->queue != heap || PyList_GET_SIZE(heap) != n) {
+        PyErr_Format(PyExc_RuntimeError, "%s changed during an item comparison",
+                     kind_names[FA_PRIO]);
+        return 1;
+    }
+    return 0;
+}
+
+/* heapq.heappush(heap, item): every comparison first, then the moves. 0 or -1 (heap untouched). */
+static int
+heap_push(FaQueue *self, PyObject *heap, PyObject *item)
+{
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    size_t version = self->version;
+    Py_ssize_t pos = n;
+    int rc = -1;
+#if FA_DEBUG
+    int in_order = heap_in_order(heap);
+#endif
+    Py_INCREF(heap);
+    Py_INCREF(item);
+    while (pos > 0) {
+        Py_ssize_t parentpos = (pos - 1) >> 1;
+        int py = 0;
+        int lt = prio_lt(self, item, PyList_GET_ITEM(heap, parentpos), &py);
+        if (lt < 0 || (py && heap_changed(self, heap, n, version))) {
+            goto done;
+        }
+        if (!lt) {
+            break;
+        }
+        pos = parentpos;
+    }
+    /* commit: nothing below runs Python code */
+    if (PyList_Append(heap, item) < 0) {
+        goto done;
+    }
+    PyObject **arr = &PyList_GET_ITEM(heap, 0);
+    Py_ssize_t p = n;
+    while (p > pos) {
+        Py_ssize_t parentpos = (p - 1) >> 1;
+        arr[p] = arr[parentpos];
+        p = parentpos;
+    }
+    arr[pos] = item;  // the reference the append took moves here
+    self->version++;
+    assert(!in_order || heap_in_order(heap));
+    rc = 0;
+done:
+    Py_DECREF(item);
+    Py_DECREF(heap);
+    return rc;
+}
+
+/* Take the last item of a list (n > 0): a new reference, or NULL. Exactly list.pop(): in place
+ * while the allocation stays over half used (list_resize's no-realloc case), else through
+ * list.pop() itself, which gives memory back (no Python code runs for a list). */
+static inline PyObject *
+list_take_last(fa_state *st, PyObject *list)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (FA_UNLIKELY(n - 1 < (((PyListObject *)list)->allocated >> 1))) {
+        return call_method(list, st->q_str_pop, NULL);
+    }
+    PyObject *item = PyList_GET_ITEM(list, n - 1);  // the list's reference becomes ours
+    Py_SET_SIZE(list, n - 1);
+    return item;
+}
+
+/* heapq.heappop(heap): every comparison first, then the moves. A new reference, or NULL with
+ * the heap untouched. */
+static PyObject *
+heap_pop(FaQueue *self, PyObject *heap)
+{
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    if (n == 0) {
+        PyErr_SetString(PyExc_IndexError, "index out of range");
+        return NULL;
+    }
+    if (n == 1) {
+        PyObject *item = list_take_last(self->st, heap);
+        self->version += item != NULL;
+        return item;
+    }
+    /* heapq: lastelt = pop(); returnitem = heap[0]; heap[0] = lastelt; siftup(heap, 0), where
+     * siftup moves the smaller child up to a leaf, then siftdown bubbles lastelt back up. Both
+     * phases compare only items still at their original places (derivation in the docs), so
+     * we find the path, then lastelt's place on it, and only then move anything. */
+    Py_ssize_t m = n - 1;  /* heap size after the pop */
+    Py_ssize_t path[8 * sizeof(Py_ssize_t) + 1];
+    int k = 0, j = 0;
+    size_t version = self->version;
+    PyObject *result = NULL;
+#if FA_DEBUG
+    int in_order = heap_in_order(heap);
+#endif
+    Py_INCREF(heap);
+    PyObject *newitem = Py_NewRef(PyList_GET_ITEM(heap, m));
+    path[0] = 0;
+    Py_ssize_t pos = 0, limit = m >> 1;
+    while (pos < limit) {
+        Py_ssize_t child = 2 * pos + 1;
+        if (child + 1 < m) {
+            int py = 0;
+            int lt = prio_lt(self, PyList_GET_ITEM(heap, child), PyList_GET_ITEM(heap, child + 1),
+                             &py);
+            if (lt < 0 || (py && heap_changed(self, heap, n, version))) {
+                goto done;
+            }
+            child += lt ^ 1;
+        }
+        path[++k] = child;
+        pos = child;
+    }
+    j = k;
+    while (j > 0) {
+        int py = 0;
+        int lt = prio_lt(self, newitem, PyList_GET_ITEM(heap, path[j]), &py);
+        if (lt < 0 || (py && heap_changed(self, heap, n, version))) {
+            goto done;
+        }
+        if (!lt) {
+            break;
+        }
+        j--;
+    }
+    /* commit: nothing below runs Python code */
+    PyObject *last = list_take_last(self->st, heap);  // newitem, the list's reference
+    if (last == NULL) {
+        goto done;
+    }
+    assert(last == newitem);
+    PyObject **arr = &PyList_GET_ITEM(heap, 0);
+    result = arr[0];             // the list's reference becomes the caller's
+    for (int i = 0; i < j; i++) {
+        arr[path[i]] = arr[path[i + 1]];
+    }
+    arr[path[j]] = last;         // and lastelt's moves here
+    self->version++;
+    assert(!in_order || heap_in_order(heap));
+done:
+    Py_DECREF(newitem);          // ours, taken above (on success the list still holds it)
+    Py_DECREF(heap);
+    return result;
+}
+
+/* ------------------------------------------------------------------ storage (_init/_put/_get) */
+
+static int
+kind_init(FaQueue *self, int kind)
+{
+    PyObject *q = kind == FA_FIFO ? PyObject_CallNoArgs(self->st->deque_type) : PyList_New(0);
+    if (q == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->queue, q);  // Beware: the old storage's items may run __del__
+    self->version++;
+    update_native(self);
+    return 0;
+}
+
+/* The base _put of the given kind on self._queue. */
+static int
+kind_put(FaQueue *self, int kind, PyObject *item)
+{
+    PyObject *q = self->queue;
+    if (q == NULL) {
+        return no_queue(self);
+    }
+    fa_state *st = self->st;
+    int rc = 0;
+    Py_INCREF(q);
+    if (kind == FA_PRIO) {
+        if (!PyList_Check(q)) {
+            PyErr_SetString(PyExc_TypeError, "heap argument must be a list");
+            rc = -1;
+        }
+        else {
+            rc = heap_push(self, q, item);
+        }
+    }
+    else if (kind == FA_LIFO && PyList_CheckExact(q)) {
+        rc = PyList_Append(q, item);
+        self->version++;
+    }
+    else {
+        PyObject *r = Py_IS_TYPE(q, (PyTypeObject *)st->deque_type)
+                          ? call_descr(st->q_deque_append, q, item)
+                          : call_method(q, st->str_append, item);  // Beware: a foreign container
+        self->version++;
+        rc = r ? 0 : -1;
+        Py_XDECREF(r);
+    }
+    Py_DECREF(q);
+    return rc;
+}
+
+/* The base _get of the given kind on self._queue: a new reference or NULL. */
+static PyObject *
+kind_get(FaQueue *self, int kind)
+{
+    PyObject *q = self->queue;
+    if (q == NULL) {
+        no_queue(self);
+        return NULL;
+    }
+    fa_state *st = self->st;
+    PyObject *r;
+    Py_INCREF(q);
+    if (kind == FA_PRIO) {
+        if (!PyList_Check(q)) {
+            PyErr_SetString(PyExc_TypeError, "heap argument must be a list");
+            r = NULL;
+        }
+        else {
+            r = heap_pop(self, q);
+        }
+    }
+    else if (kind == FA_LIFO) {
+        if (PyList_CheckExact(q)) {
+            if (PyList_GET_SIZE(q) == 0) {
+                PyErr_SetString(PyExc_IndexError, "pop from empty list");
+                r = NULL;
+            }
+            else {
+                r = list_take_last(st, q);
+            }
+        }
+        else {
+            r = call_method(q, st->q_str_pop, NULL);  // Beware: a foreign container
+        }
+        self->version++;
+    }
+    else {
+        r = Py_IS_TYPE(q, (PyTypeObject *)st->deque_type)
+                ? call_descr(st->q_deque_popleft, q, NULL)
+                : call_method(q, st->q_str_popleft, NULL);  // Beware: a foreign container
+        self->version++;
+    }
+    Py_DECREF(q);
+    return r;
+}
+
+/* self._put(item), honouring an override */
+static int
+q_put(FaQueue *self, PyObject *item)
+{
+    if (FA_UNLIKELY(self->ovr & OVR_PUT)) {
+        PyObject *r = call_method((PyObject *)self, self->st->q_str_put, item);  // Beware
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    return kind_put(self, self->kind, item);
+}
+
+/* self._get(), honouring an override */
+static PyObject *
+q_get(FaQueue *self)
+{
+    if (FA_UNLIKELY(self->ovr & OVR_GET)) {
+        return call_method((PyObject *)self, self->st->q_str_get, NULL);  // Beware
+    }
+    return kind_get(self, self->kind);
+}
+
+/* ------------------------------------------------------------------ size predicates */
+
+/* Queue.qsize: len(self._queue); -1 on error */
+static Py_ssize_t
+base_qsize(FaQueue *self)
+{
+    if (self->queue == NULL) {
+        return no_queue(self);
+    }
+    return PyObject_Size(self->queue);
+}
+
+/* Queue.empty: not self._queue; 1, 0, -1 */
+static int
+base_empty(FaQueue *self)
+{
+    PyObject *q = self->queue;
+    if (FA_LIKELY(self->native)) {
+        return Py_SIZE(q) == 0;
+    }
+    if (q == NULL) {
+        return no_queue(self);
+    }
+    Py_INCREF(q);
+    int r = PyObject_Not(q);  // Beware: a foreign container's __bool__/__len__
+    Py_DECREF(q);
+    return r;
+}
+
+static int
+q_empty(FaQueue *self)
+{
+    if (FA_UNLIKELY(self->ovr & OVR_EMPTY)) {
+        return fa_call_bool((PyObject *)self, self->st->q_str_empty);  // Beware
+    }
+    return base_empty(self);
+}
+
+/* Queue.full: False if self._maxsize <= 0 else self.qsize() >= self._maxsize; 1, 0, -1 */
+static int
+base_full(FaQueue *self)
+{
+    int kind = self->maxsize_kind;
+    if (kind == MS_UNBOUNDED) {
+        return 0;
+    }
+    if (kind != MS_OBJECT && !(self->ovr & OVR_QSIZE)) {
+        Py_ssize_t n = base_qsize(self);
+        if (n < 0) {
+            return -1;
+        }
+        return kind == MS_INT ? n >= self->maxsize_n : (double)n >= self->maxsize_d;
+    }
+    /* the Python way, for any _maxsize object or an overridden qsize() */
+    PyObject *ms = Py_NewRef(self->maxsize);
+    int r = -1;
+    PyObject *qs = NULL;
+    if (kind == MS_OBJECT) {
+        PyObject *zero = PyLong_FromLong(0);
+        if (zero == NULL) {
+            goto done;
+        }
+        int le = PyObject_RichCompareBool(ms, zero, Py_LE);  // Beware: user comparison
+        Py_DECREF(zero);
+        if (le != 0) {
+            r = le < 0 ? -1 : 0;
+            goto done;
+        }
+    }
+    if (self->ovr & OVR_QSIZE) {
+        qs = call_method((PyObject *)self, self->st->q_str_qsize, NULL);  // Beware
+    }
+    else {
+        Py_ssize_t n = base_qsize(self);
+        qs = n < 0 ? NULL : PyLong_FromSsize_t(n);
+    }
+    if (qs == NULL) {
+        goto done;
+    }
+    r = PyObject_RichCompareBool(qs, ms, Py_GE);  // Beware: user comparison
+done:
+    Py_XDECREF(qs);
+    Py_DECREF(ms);
+    return r;
+}
+
+static int
+q_full(FaQueue *self)
+{
+    if (FA_UNLIKELY(self->ovr & OVR_FULL)) {
+        return fa_call_bool((PyObject *)self, self->st->q_str_full);  // Beware
+    }
+    return base_full(self);
+}
+
+/* ------------------------------------------------------------------ waking, _finished */
+
+/* Wake a popped waiter if its future is still pending: 1 woken, 0 it was done, -1 error. */
+static int
+wake_op(fa_state *st, FaOp *op)
+{
+    if ((op->flags & FA_OPF_WOKEN) || op->fut == NULL) {
+        return 0;
+    }
+    PyObject *fut = Py_NewRef(op->fut);
+    int rc = fa_fut_done(st, fut);  // Beware: a loop's future type may run Python code
+    if (rc == 0 && op->fut == fut && !(op->flags & FA_OPF_WOKEN)) {
+        op->flags |= FA_OPF_WOKEN;
+        if (fa_fut_set_result(st, fut, Py_None) < 0) {  // Beware: loop.call_soon
+            op->flags &= ~FA_OPF_WOKEN;
+            rc = -1;
+        }
+        else {
+            rc = 1;
+        }
+    }
+    else if (rc > 0) {
+        rc = 0;
+    }
+    Py_DECREF(fut);
+    return rc;
+}
+
+/* _wakeup_next: pop waiters until one is pending, and wake it. 0 or -1. */
+static int
+wakeup_next(FaQueue *self, fa_waitq *q)
+{
+    FaOp *op;
+    while ((op = fa_waitq_popleft(q)) != NULL) {  // new ref
+        int r = wake_op(self->st, op);
+        Py_DECREF(op);
+        if (r != 0) {
+            FA_ASSERT_CONSISTENT(self);
+            return r < 0 ? -1 : 0;
+        }
+    }
+    return 0;
+}
+
+/* shutdown: pop and wake every waiter */
+static int
+wakeup_all(FaQueue *self, fa_waitq *q)
+{
+    FaOp *op;
+    while ((op = fa_waitq_popleft(q)) != NULL) {  // new ref
+        int r = wake_op(self->st, op);
+        Py_DECREF(op);
+        if (r < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* _finished, made on first need (a new reference) */
+static PyObject *
+get_finished(FaQueue *self)
+{
+    if (self->finished == NULL) {
+        PyObject *ev = PyObject_CallNoArgs((PyObject *)self->st->EventType);  // new ref
+        if (ev == NULL) {
+            return NULL;
+        }
+        if (self->fin_set) {
+            PyObject *r = call_descr(self->st->q_event_set, ev, NULL);  // no waiters yet
+            if (r == NULL) {
+                Py_DECREF(ev);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+        if (self->finished == NULL) {
+            self->finished = ev;
+        }
+        else {
+            Py_DECREF(ev);
+        }
+    }
+    return Py_NewRef(self->finished);
+}
+
+static int
+finished_clear(FaQueue *self)
+{
+    self->fin_set = 0;
+    if (self->finished == NULL) {
+        return 0;
+    }
+    PyObject *r = call_descr(self->st->q_event_clear, self->finished, NULL);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static int
+finished_set(FaQueue *self)
+{
+    self->fin_set = 1;
+    if (self->finished == NULL) {
+        return 0;
+    }
+    PyObject *ev = Py_NewRef(self->finished);
+    PyObject *r = call_descr(self->st->q_event_set, ev, NULL);  // Beware: wakes join()ers
+    Py_DECREF(ev);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ put_nowait / get_nowait */
+
+/* Queue.put_nowait as asyncio writes it, with the native path inlined. 0 or -1. */
+static int
+put_nowait_impl(FaQueue *self, PyObject *item)
+{
+    if (self->shutdown) {
+        PyErr_SetNone(self->st->QueueShutDown);
+        return -1;
+    }
+    if (FA_LIKELY(self->native)) {
+        PyObject *q = self->queue;
+        int full;
+        switch (self->maxsize_kind) {
+        case MS_UNBOUNDED:
+            full = 0;
+            break;
+        case MS_INT:
+            full = Py_SIZE(q) >= self->maxsize_n;
+            break;
+        case MS_FLOAT:
+            full = (double)Py_SIZE(q) >= self->maxsize_d;
+            break;
+        default:
+            full = base_full(self);
+            if (full < 0) {
+                return -1;
+            }
+        }
+        if (full) {
+            PyErr_SetNone(self->st->QueueFull);
+            return -1;
+        }
+    }
+    else {
+        int full = q_full(self);
+        if (full < 0) {
+            return -1;
+        }
+        if (full) {
+            PyErr_SetNone(self->st->QueueFull);
+            return -1;
+        }
+    }
+    if (FA_LIKELY(self->native) && self->kind != FA_PRIO) {
+        /* native is re-read: a _maxsize object's comparison above may have run Python code */
+        PyObject *q = self->queue;
+        if (self->kind == FA_LIFO) {
+            if (PyList_Append(q, item) < 0) {
+                return -1;
+            }
+        }
+        else {
+            PyObject *r = call_descr(self->st->q_deque_append, q, item);
+            if (r == NULL) {
+                return -1;
+            }
+            Py_DECREF(r);
+        }
+        self->version++;
+    }
+    else if (q_put(self, item) < 0) {
+        return -1;
+    }
+    self->unfinished++;
+    if (FA_UNLIKELY(self->finished != NULL) || self->fin_set) {
+        if (finished_clear(self) < 0) {
+            return -1;
+        }
+    }
+    if (self->getters.len && wakeup_next(self, &self->getters) < 0) {
+        return -1;
+    }
+    FA_ASSERT_CONSISTENT(self);
+    return 0;
+}
+
+/* Queue.get_nowait as asyncio writes it: a new reference or NULL. */
+static PyObject *
+get_nowait_impl(FaQueue *self)
+{
+    PyObject *item;
+    if (FA_LIKELY(self->native) && self->kind != FA_PRIO) {
+        PyObject *q = self->queue;
+        if (Py_SIZE(q) == 0) {
+            goto empty;
+        }
+        if (self->kind == FA_LIFO) {
+            item = list_take_last(self->st, q);
+            if (item == NULL) {
+                return NULL;
+            }
+        }
+        else {
+            item = call_descr(self->st->q_deque_popleft, q, NULL);
+            if (item == NULL) {
+                return NULL;
+            }
+        }
+        self->version++;
+    }
+    else {
+        int e = q_empty(self);
+        if (e < 0) {
+            return NULL;
+        }
+        if (e) {
+            goto empty;
+        }
+        item = q_get(self);
+        if (item == NULL) {
+            return NULL;
+        }
+    }
+    if (self->putters.len && wakeup_next(self, &self->putters) < 0) {
+        Py_DECREF(item);  /* as asyncio: the item is lost with the exception */
+        return NULL;
+    }
+    FA_ASSERT_CONSISTENT(self);
+    return item;
+empty:
+    PyErr_SetNone(self->shutdown ? self->st->QueueShutDown : self->st->QueueEmpty);
+    return NULL;
+}
+
+/* self.put_nowait(item) / self.get_nowait(), honouring overrides: new references */
+static PyObject *
+q_put_nowait(FaQueue *self, PyObject *item)
+{
+    if (FA_UNLIKELY(self->ovr & OVR_PUT_NOWAIT)) {
+        return call_method((PyObject *)self, self->st->q_str_put_nowait, item);  // Beware
+    }
+    if (put_nowait_impl(self, item) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *
+q_get_nowait(FaQueue *self)
+{
+    if (FA_UNLIKELY(self->ovr & OVR_GET_NOWAIT)) {
+        return call_method((PyObject *)self, self->st->q_str_get_nowait, NULL);  // Beware
+    }
+    return get_nowait_impl(self);
+}
+
+/* ------------------------------------------------------------------ get() / put() / join() */
+
+/* One turn of asyncio's `while self.empty(): ...wait...; return self.get_nowait()`. */
+static PySendResult
+get_step(FaOp *op, PyObject **res)
+{
+    FaQueue *self = (FaQueue *)op->owner;
+    int e = q_empty(self);
+    if (e < 0) {
+        return PYGEN_ERROR;
+    }
+    if (!e) {
+        PyObject *item = q_get_nowait(self);
+        if (item == NULL) {
+            return PYGEN_ERROR;
+        }
+        *res = item;
+        return PYGEN_RETURN;
+    }
+    if (self->shutdown) {
+        e = q_empty(self);  /* asyncio: `if self._is_shutdown and self.empty()` */
+        if (e < 0) {
+            return PYGEN_ERROR;
+        }
+        if (e) {
+            PyErr_SetNone(self->st->QueueShutDown);
+            return PYGEN_ERROR;
+        }
+    }
+    return fa_op_wait(op, &self->loop, &self->getters, res);
+}
+
+static PySendResult
+get_start(FaOp *op, PyObject **res)
+{
+    FaQueue *self = (FaQueue *)op->owner;
+    if (FA_LIKELY(self->native) && Py_SIZE(self->queue) > 0) {
+        PyObject *item = get_nowait_impl(self);
+        if (item == NULL) {
+            return PYGEN_ERROR;
+        }
+        *res = item;
+        return PYGEN_RETURN;
+    }
+    return get_step(op, res);
+}
+
+static PySendResult
+get_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+{
+    fa_waitq_unlink(op);  /* normally the waker popped it already */
+    op->flags &= ~FA_OPF_WOKEN;
+    return get_step(op, res);
+}
+
+/* Is the waiter's future cancelled? asyncio first calls fut.cancel() (a no-op when done), so
+ * a pending one becomes cancelled: 1, 0, -1. */
+static int
+cancel_waiter(fa_state *st, FaOp *op)
+{
+    if (op->flags & FA_OPF_WOKEN) {
+        return 0;  /* done with our result */
+    }
+    PyObject *fut = op->fut;
+    if (fut == NULL) {
+        return 1;
+    }
+    int c = fa_fut_cancelled(st, fut);
+    if (c != 0) {
+        return c;
+    }
+    PyObject *args[1] = {fut};
+    PyObject *r = PyObject_VectorcallMethod(st->str_cancel, args,
+                                            1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL) {
+        return -1;
+    }
+    c = PyObject_IsTrue(r);  /* True: it was pending and is cancelled now */
+    Py_DECREF(r);
+    return c;
+}
+
+/* asyncio's bare `except:` around `await getter` */
+static int
+get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
+{
+    FaQueue *self = (FaQueue *)op->owner;
+    int cancelled = cancel_waiter(self->st, op);
+    fa_waitq_unlink(op);
+    if (cancelled < 0) {
+        return -1;
+    }
+    int e = q_empty(self);
+    if (e < 0) {
+        return -1;
+    }
+    if (!e && !cancelled) {
+        /* woken by put_nowait(), but leaving: wake the next in line */
+        return wakeup_next(self, &self->getters);
+    }
+    return 0;
+}
+
+static const fa_opkind get_kind = {"Queue.get", get_start, get_resume, get_exc};
+
+/* One turn of asyncio's `while self.full(): ...wait...; return self.put_nowait(item)`. */
+static PySendResult
+put_step(FaOp *op, PyObject **res)
+{
+    FaQueue *self = (FaQueue *)op->owner;
+    int f = q_full(self);
+    if (f < 0) {
+        return PYGEN_ERROR;
+    }
+    if (!f) {
+        PyObject *r = q_put_nowait(self, op->arg);
+        if (r == NULL) {
+            return PYGEN_ERROR;
+        }
+        *res = r;
+        return PYGEN_RETURN;
+    }
+    if (self->shutdown) {
+        PyErr_SetNone(self->st->QueueShutDown);
+        return PYGEN_ERROR;
+    }
+    return fa_op_wait(op, &self->loop, &self->putters, res);
+}
+
+static PySendResult
+put_start(FaOp *op, PyObject **res)
+{
+    FaQueue *self = (FaQueue *)op->owner;
+    if (FA_LIKELY(self->native) && self->maxsize_kind == MS_UNBOUNDED) {
+        if (put_nowait_impl(self, op->arg) < 0) {
+            return PYGEN_ERROR;
+        }
+        *res = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    return put_step(op, res);
+}
+
+static PySendResult
+put_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+{
+    fa_waitq_unlink(op);
+    op->flags &= ~FA_OPF_WOKEN;
+    return put_step(op, res);
+}
+
+static int
+put_exc(FaOp *op, PyObject *Py_UNUSED(exc))
+{
+    FaQueue *self = (FaQueue *)op->owner;
+    int cancelled = cancel_waiter(self->st, op);
+    fa_waitq_unlink(op);
+    if (cancelled < 0) {
+        return -1;
+    }
+    int f = q_full(self);
+    if (f < 0) {
+        return -1;
+    }
+    if (!f && !cancelled) {
+        /* woken by get_nowait(), but leaving: wake the next in line */
+        return wakeup_next(self, &self->putters);
+    }
+    return 0;
+}
+
+static const fa_opkind put_kind = {"Queue.put", put_start, put_resume, put_exc};
+
+static PySendResult
+join_start(FaOp *op, PyObject **res)
+{
+    FaQueue *self = (FaQueue *)op->owner;
+    if (self->unfinished > 0) {
+        PyObject *ev = get_finished(self);  // new ref
+        if (ev == NULL) {
+            return PYGEN_ERROR;
+        }
+        PyObject *aw = call_method(ev, self->st->q_str_wait, NULL);  // new ref
+        Py_DECREF(ev);
+        if (aw == NULL) {
+            return PYGEN_ERROR;
+        }
+        PySendResult r = fa_op_delegate(op, aw, res);  // `await self._finished.wait()`
+        Py_DECREF(aw);
+        return r;
+    }
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+join_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
+{
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static const fa_opkind join_kind = {"Queue.join", join_start, join_resume, NULL};
+
+/* ------------------------------------------------------------------ methods */
+
+static PyObject *
+queue_put(PyObject *op, PyObject *item)
+{
+    FaQueue *self = (FaQueue *)op;
+    FaOp *o = fa_op_cached(self->st, &self->cache_put, &put_kind, op);
+    if (o != NULL) {
+        Py_XSETREF(o->arg, Py_NewRef(item));
+    }
+    return (PyObject *)o;
+}
+
+static PyObject *
+queue_get(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaQueue *self = (FaQueue *)op;
+    return (PyObject *)fa_op_cached(self->st, &self->cache_get, &get_kind, op);
+}
+
+static PyObject *
+queue_join(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaQueue *self = (FaQueue *)op;
+    return (PyObject *)fa_op_new(self->st, &join_kind, op, NULL);
+}
+
+static PyObject *
+queue_put_nowait(PyObject *op, PyObject *item)
+{
+    if (put_nowait_impl((FaQueue *)op, item) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+queue_get_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return get_nowait_impl((FaQueue *)op);
+}
+
+static PyObject *
+queue_qsize(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t n = base_qsize((FaQueue *)op);
+    return n < 0 ? NULL : PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+queue_empty(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    int r = base_empty((FaQueue *)op);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyObject *
+queue_full(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    int r = base_full((FaQueue *)op);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyObject *
+queue_task_done(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaQueue *self = (FaQueue *)op;
+    if (self->unfinished <= 0) {
+        PyErr_SetString(PyExc_ValueError, "task_done() called too many times");
+        return NULL;
+    }
+    self->unfinished--;
+    if (self->unfinished == 0 && finished_set(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+queue_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    FaQueue *self = (FaQueue *)op;
+    PyObject *immediate = Py_False;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "Queue.shutdown() takes from 1 to 2 positional arguments but %zd were given",
+                     nargs + 1);
+        return NULL;
+    }
+    if (nargs == 1) {
+        immediate = args[0];
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(key, "immediate") != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "Queue.shutdown() got an unexpected keyword argument '%S'", key);
+            return NULL;
+        }
+        if (nargs == 1) {
+            PyErr_SetString(PyExc_TypeError,
+                            "Queue.shutdown() got multiple values for argument 'immediate'");
+            return NULL;
+        }
+        immediate = args[nargs + i];
+    }
+    int imm = PyObject_IsTrue(immediate);
+    if (imm < 0) {
+        return NULL;
+    }
+    self->shutdown = 1;
+    if (imm) {
+        for (;;) {
+            int e = q_empty(self);
+            if (e < 0) {
+                return NULL;
+            }
+            if (e) {
+                break;
+            }
+            PyObject *item = q_get(self);  /* discarded through the overridable hook */
+            if (item == NULL) {
+                return NULL;
+            }
+            Py_DECREF(item);  // Beware: __del__
+            if (self->unfinished > 0) {
+                self->unfinished--;
+            }
+        }
+        if (self->unfinished == 0 && finished_set(self) < 0) {
+            return NULL;
+        }
+    }
+    /* all getters re-check queue-empty to raise QueueShutDown; all putters raise */
+    if (wakeup_all(self, &self->getters) < 0 || wakeup_all(self, &self->putters) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _init / _put / _get of each kind: what a subclass reaches with super() */
+#define KIND_METHODS(pfx, kind) \
+    static PyObject *pfx##_init_m(PyObject *op, PyObject *Py_UNUSED(maxsize)) \
+    { \
+        if (kind_init((FaQueue *)op, kind) < 0) { \
+            return NULL; \
+        } \
+        Py_RETURN_NONE; \
+    } \
+    static PyObject *pfx##_put_m(PyObject *op, PyObject *item) \
+    { \
+        if (kind_put((FaQueue *)op, kind, item) < 0) { \
+            return NULL; \
+        } \
+        Py_RETURN_NONE; \
+    } \
+    static PyObject *pfx##_get_m(PyObject *op, PyObject *Py_UNUSED(ignored)) \
+    { \
+        return kind_get((FaQueue *)op, kind); \
+    }
+KIND_METHODS(fifo, FA_FIFO)
+KIND_METHODS(prio, FA_PRIO)
+KIND_METHODS(lifo, FA_LIFO)
+
+static PyObject *
+queue_private_get_loop(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaQueue *self = (FaQueue *)op;
+    return fa_get_loop(self->st, op, &self->loop);
+}
+
+/* pickle / copy, as asyncio's queues (plain Python objects) allow for an idle queue:
+ * (type, (maxsize,), state); __setstate__ assigns through the attributes. Waiting futures
+ * cannot be carried over (asyncio's pickling fails on them too). */
+static PyObject *
+queue_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaQueue *self = (FaQueue *)op;
+    if (self->getters.len || self->putters.len) {
+        PyErr_Format(PyExc_TypeError, "cannot pickle a %.100s with waiting getters or putters",
+                     Py_TYPE(op)->tp_name);
+        return NULL;
+    }
+    PyObject *state = self->dict ? PyDict_Copy(self->dict) : PyDict_New();  // new ref
+    if (state == NULL) {
+        return NULL;
+    }
+    PyObject *n = PyLong_FromSsize_t(self->unfinished);
+    if (n == NULL || (self->queue && PyDict_SetItemString(state, "_queue", self->queue) < 0)
+        || PyDict_SetItemString(state, "_unfinished_tasks", n) < 0
+        || PyDict_SetItemString(state, "_is_shutdown", self->shutdown ? Py_True : Py_False) < 0) {
+        Py_XDECREF(n);
+        Py_DECREF(state);
+        return NULL;
+    }
+    Py_DECREF(n);
+    PyObject *ms = self->maxsize ? self->maxsize : Py_None;
+    return Py_BuildValue("(O(O)N)", (PyObject *)Py_TYPE(op), ms, state);
+}
+
+static PyObject *
+queue_setstate(PyObject *op, PyObject *state)
+{
+    FaQueue *self = (FaQueue *)op;
+    if (!PyDict_Check(state)) {
+        PyErr_SetString(PyExc_TypeError, "state must be a dict");
+        return NULL;
+    }
+    PyObject *items = PyDict_Items(state);  // new ref: setattr may run Python code
+    if (items == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        if (PyObject_SetAttr(op, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1)) < 0) {
+            Py_DECREF(items);
+            return NULL;
+        }
+    }
+    Py_DECREF(items);
+    /* _finished follows the restored count, as it did when pickled (asyncio pickles the Event) */
+    if ((self->unfinished > 0 ? finished_clear(self) : finished_set(self)) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Append text (a new reference, stolen) to *acc. */
+static int
+acc_append(PyObject **acc, PyObject *text)
+{
+    if (text == NULL) {
+        return -1;
+    }
+    PyObject *r = PyUnicode_Concat(*acc, text);
+    Py_DECREF(text);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_SETREF(*acc, r);
+    return 0;
+}
+
+static PyObject *
+queue_format(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaQueue *self = (FaQueue *)op;
+    PyObject *ms = Py_NewRef(self->maxsize ? self->maxsize : Py_None);
+    PyObject *acc = PyUnicode_FromFormat("maxsize=%R", ms);
+    Py_DECREF(ms);
+    if (acc == NULL) {
+        return NULL;
+    }
+    PyObject *q = Py_XNewRef(self->queue);
+    if (q != NULL) {
+        int t = PyObject_IsTrue(q);
+        if (t > 0) {
+            PyObject *lst = PySequence_List(q);
+            t = lst == NULL ? -1 : acc_append(&acc, PyUnicode_FromFormat(" _queue=%R", lst));
+            Py_XDECREF(lst);
+        }
+        Py_DECREF(q);
+        if (t < 0) {
+            goto error;
+        }
+    }
+    if (self->getters.len
+        && acc_append(&acc, PyUnicode_FromFormat(" _getters[%zd]", self->getters.len)) < 0) {
+        goto error;
+    }
+    if (self->putters.len
+        && acc_append(&acc, PyUnicode_FromFormat(" _putters[%zd]", self->putters.len)) < 0) {
+        goto error;
+    }
+    if (self->unfinished
+        && acc_append(&acc, PyUnicode_FromFormat(" tasks=%zd", self->unfinished)) < 0) {
+        goto error;
+    }
+    if (self->shutdown && acc_append(&acc, PyUnicode_FromString(" shutdown")) < 0) {
+        goto error;
+    }
+    return acc;
+error:
+    Py_DECREF(acc);
+    return NULL;
+}
+
+static PyObject *
+type_name(PyObject *op)
+{
+    return PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__name__");
+}
+
+static PyObject *
+queue_repr(PyObject *op)
+{
+    PyObject *name = type_name(op);
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *fmt = call_method(op, ((FaQueue *)op)->st->q_str_format, NULL);  // self._format()
+    PyObject *id = PyLong_FromVoidPtr(op);
+    PyObject *hex = id ? PyNumber_ToBase(id, 16) : NULL;
+    PyObject *r = NULL;
+    if (fmt != NULL && hex != NULL) {
+        r = PyUnicode_FromFormat("<%U at %U %S>", name, hex, fmt);
+    }
+    Py_DECREF(name);
+    Py_XDECREF(fmt);
+    Py_XDECREF(id);
+    Py_XDECREF(hex);
+    return r;
+}
+
+static PyObject *
+queue_str(PyObject *op)
+{
+    PyObject *name = type_name(op);
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *fmt = call_method(op, ((FaQueue *)op)->st->q_str_format, NULL);
+    PyObject *r = fmt ? PyUnicode_FromFormat("<%U %S>", name, fmt) : NULL;
+    Py_DECREF(name);
+    Py_XDECREF(fmt);
+    return r;
+}
+
+/* ------------------------------------------------------------------ construction, GC */
+
+static int
+queue_kind_of(fa_state *st, PyTypeObject *tp)
+{
+    PyObject *mro = tp->tp_mro;
+    if (mro != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+            PyObject *b = PyTuple_GET_ITEM(mro, i);
+            if (b == (PyObject *)st->PriorityQueueType) {
+                return FA_PRIO;
+            }
+            if (b == (PyObject *)st->LifoQueueType) {
+                return FA_LIFO;
+            }
+            if (b == (PyObject *)st->QueueType) {
+                return FA_FIFO;
+            }
+        }
+    }
+    return FA_FIFO;
+}
+
+static PyTypeObject *
+kind_type(fa_state *st, int kind)
+{
+    return kind == FA_PRIO ? st->PriorityQueueType
+           : kind == FA_LIFO ? st->LifoQueueType : st->QueueType;
+}
+
+static int
+find_overrides(FaQueue *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyTypeObject *base = kind_type(self->st, self->kind);
+    if (tp == base) {
+        return 0;
+    }
+    fa_state *st = self->st;
+    PyObject *names[] = {st->q_str_init, st->q_str_put, st->q_str_get, st->q_str_full,
+                         st->q_str_empty, st->q_str_qsize, st->q_str_put_nowait,
+                         st->q_str_get_nowait};
+    int ovr = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (_PyType_Lookup(tp, names[i]) != _PyType_Lookup(base, names[i])) {
+            ovr |= 1 << i;
+        }
+    }
+    return ovr;
+}
+
+static PyObject *
+queue_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    fa_state *st = fa_state_from_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    FaQueue *self = (FaQueue *)tp->tp_alloc(tp, 0);  // zeroed
+    if (self == NULL) {
+        return NULL;
+    }
+    self->st = st;
+    self->kind = queue_kind_of(st, tp);
+    self->fin_set = 1;
+    self->maxsize = PyLong_FromLong(0);
+    if (self->maxsize == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->ovr = find_overrides(self);
+    return (PyObject *)self;
+}
+
+static int
+queue_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    FaQueue *self = (FaQueue *)op;
+    static const char *const names[] = {"maxsize"};
+    PyObject *maxsize = NULL;
+    if (fa_parse_init(op, "Queue", args, kwargs, names, 1, &maxsize) < 0) {
+        return -1;
+    }
+    PyObject *zero = NULL;
+    if (maxsize == NULL) {
+        maxsize = zero = PyLong_FromLong(0);
+        if (zero == NULL) {
+            return -1;
+        }
+    }
+    int rc = -1;
+    if (set_maxsize(self, maxsize) < 0) {
+        goto done;
+    }
+    /* a second __init__ starts afresh, as asyncio's makes new deques and a new Event */
+    fa_waitq_release_all(&self->getters);
+    fa_waitq_release_all(&self->putters);
+    self->unfinished = 0;
+    self->fin_set = 1;
+    Py_CLEAR(self->finished);
+    self->ovr = find_overrides(self);
+    update_native(self);
+    if (self->ovr & OVR_INIT) {
+        PyObject *r = call_method(op, self->st->q_str_init, maxsize);  // Beware: subclass code
+        if (r == NULL) {
+            goto done;
+        }
+        Py_DECREF(r);
+    }
+    else if (kind_init(self, self->kind) < 0) {
+        goto done;
+    }
+    self->shutdown = 0;
+    rc = 0;
+done:
+    Py_XDECREF(zero);
+    return rc;
+}
+
+static int
+queue_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    FaQueue *self = (FaQueue *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->queue);
+    Py_VISIT(self->maxsize);
+    Py_VISIT(self->finished);
+    Py_VISIT(self->loop);
+    Py_VISIT((PyObject *)self->cache_get);
+    Py_VISIT((PyObject *)self->cache_put);
+    Py_VISIT(self->dc_type);
+    Py_VISIT(self->dc_lt);
+    Py_VISIT(self->dc_fields);
+    Py_VISIT(self->dict);
+    int r = fa_waitq_traverse(&self->getters, visit, arg);
+    if (r) {
+        return r;
+    }
+    return fa_waitq_traverse(&self->putters, visit, arg);
+}
+
+static int
+queue_clear(PyObject *op)
+{
+    FaQueue *self = (FaQueue *)op;
+    self->native = 0;
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->maxsize);
+    Py_CLEAR(self->finished);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->cache_get);
+    Py_CLEAR(self->cache_put);
+    Py_CLEAR(self->dc_type);
+    Py_CLEAR(self->dc_lt);
+    Py_CLEAR(self->dc_fields);
+    Py_CLEAR(self->dict);
+    fa_waitq_release_all(&self->getters);
+    fa_waitq_release_all(&self->putters);
+    return 0;
+}
+
+static void
+queue_dealloc(PyObject *op)
+{
+    FaQueue *self = (FaQueue *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    queue_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------ attributes */
+
+static PyObject *
+get_maxsize(PyObject *op, void *Py_UNUSED(c))
+{
+    FaQueue *self = (FaQueue *)op;
+    return Py_NewRef(self->maxsize ? self->maxsize : Py_None);
+}
+
+static int
+set_maxsize_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _maxsize");
+        return -1;
+    }
+    return set_maxsize((FaQueue *)op, v);
+}
+
+static PyObject *
+get_queue(PyObject *op, void *Py_UNUSED(c))
+{
+    FaQueue *self = (FaQueue *)op;
+    if (self->queue == NULL) {
+        no_queue(self);
+        return NULL;
+    }
+    return Py_NewRef(self->queue);
+}
+
+static int
+set_queue(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    FaQueue *self = (FaQueue *)op;
+    if (v == NULL && self->queue == NULL) {
+        return no_queue(self);
+    }
+    PyObject *old = self->queue;
+    self->queue = Py_XNewRef(v);
+    self->version++;
+    update_native(self);
+    Py_XDECREF(old);  // Beware: items' __del__
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the _getters/_putters view
+ *
+ * asyncio's _getters and _putters are deques of futures that code (CPython's own tests among it)
+ * reads, and occasionally writes: test_get_with_putters appends a bare loop future to _putters
+ * and expects get() to wake it. The view is a live deque-like window on the C FIFO: len, bool,
+ * iteration, indexing, `in`, repr, and append/popleft/remove/clear. An appended object gets a
+ * node of its own (an inert op holding it as its future), so the queue wakes it as asyncio would:
+ * `if not w.done(): w.set_result(None)`.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    FaQueue *owner;
+    int putters;
+} WaitersView;
+
+static fa_waitq *
+view_q(WaitersView *v)
+{
+    return v->putters ? &v->owner->putters : &v->owner->getters;
+}
+
+static PySendResult
+foreign_start(FaOp *Py_UNUSED(op), PyObject **Py_UNUSED(res))
+{
+    PyErr_SetString(PyExc_RuntimeError, "not an awaitable");
+    return PYGEN_ERROR;
+}
+
+static const fa_opkind foreign_kind = {"Queue._waiter", foreign_start, NULL, NULL};
+
+static PyObject *
+make_view(FaQueue *self, int putters)
+{
+    PyTypeObject *tp = (PyTypeObject *)self->st->q_WaitersViewType;
+    WaitersView *v = PyObject_GC_New(WaitersView, tp);
+    if (v == NULL) {
+        return NULL;
+    }
+    v->owner = (FaQueue *)Py_NewRef(self);
+    v->putters = putters;
+    PyObject_GC_Track(v);
+    return (PyObject *)v;
+}
+
+static int
+view_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)((WaitersView *)op)->owner);
+    return 0;
+}
+
+static int
+view_clear(PyObject *op)
+{
+    Py_CLEAR(((WaitersView *)op)->owner);
+    return 0;
+}
+
+static void
+view_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    view_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static int
+view_check(WaitersView *v)
+{
+    if (v->owner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "waiters view without its queue");
+        return -1;
+    }
+    return 0;
+}
+
+/* the futures, in order, as a new list */
+static PyObject *
+view_list(WaitersView *v)
+{
+    if (view_check(v) < 0) {
+        return NULL;
+    }
+    fa_waitq *q = view_q(v);
+    PyObject *l = PyList_New(q->len);
+    if (l == NULL) {
+        return NULL;
+    }
+    Py_ssize_t i = 0;
+    for (FaOp *op = q->head; op != NULL && i < q->len; op = op->next) {
+        PyList_SET_ITEM(l, i++, Py_NewRef(op->fut));  /* no Python code runs in this loop */
+    }
+    return l;
+}
+
+static Py_ssize_t
+view_len(PyObject *op)
+{
+    WaitersView *v = (WaitersView *)op;
+    return view_check(v) < 0 ? -1 : view_q(v)->len;
+}
+
+static PyObject *
+view_item(PyObject *op, Py_ssize_t i)
+{
+    WaitersView *v = (WaitersView *)op;
+    if (view_check(v) < 0) {
+        return NULL;
+    }
+    fa_waitq *q = view_q(v);
+    if (i < 0 || i >= q->len) {
+        PyErr_SetString(PyExc_IndexError, "deque index out of range");
+        return NULL;
+    }
+    FaOp *o = q->head;
+    while (i-- > 0) {
+        o = o->next;
+    }
+    return Py_NewRef(o->fut);
+}
+
+static PyObject *
+view_iter(PyObject *op)
+{
+    PyObject *l = view_list((WaitersView *)op);
+    if (l == NULL) {
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(l);
+    Py_DECREF(l);
+    return it;
+}
+
+static PyObject *
+view_repr(PyObject *op)
+{
+    PyObject *l = view_list((WaitersView *)op);
+    if (l == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromFormat("deque(%R)", l);
+    Py_DECREF(l);
+    return r;
+}
+
+static PyObject *
+view_append(PyObject *op, PyObject *fut)
+{
+    WaitersView *v = (WaitersView *)op;
+    if (view_check(v) < 0) {
+        return NULL;
+    }
+    FaOp *node = fa_op_new(v->owner->st, &foreign_kind, NULL, NULL);  // new ref
+    if (node == NULL) {
+        return NULL;
+    }
+    node->fut = Py_NewRef(fut);
+    fa_waitq_push(view_q(v), node);
+    Py_DECREF(node);  /* the queue holds it */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+view_popleft(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    WaitersView *v = (WaitersView *)op;
+    if (view_check(v) < 0) {
+        return NULL;
+    }
+    FaOp *node = fa_waitq_popleft(view_q(v));  // new ref
+    if (node == NULL) {
+        PyErr_SetString(PyExc_IndexError, "pop from an empty deque");
+        return NULL;
+    }
+    PyObject *fut = Py_NewRef(node->fut);
+    Py_DECREF(node);
+    return fut;
+}
+
+static PyObject *
+view_remove(PyObject *op, PyObject *x)
+{
+    WaitersView *v = (WaitersView *)op;
+    if (view_check(v) < 0) {
+        return NULL;
+    }
+    fa_waitq *q = view_q(v);
+    size_t version = q->version;
+    for (FaOp *node = q->head; node != NULL; node = node->next) {
+        FaOp *hold = (FaOp *)Py_NewRef(node);
+        PyObject *fut = Py_NewRef(node->fut);
+        int eq = PyObject_RichCompareBool(fut, x, Py_EQ);  // Beware: a foreign __eq__
+        Py_DECREF(fut);
+        if (eq < 0 || version != q->version) {
+            Py_DECREF(hold);
+            if (eq >= 0) {
+                PyErr_SetString(PyExc_RuntimeError, "deque mutated during iteration");
+            }
+            return NULL;
+        }
+        if (eq) {
+            fa_waitq_unlink(hold);
+            Py_DECREF(hold);
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(hold);
+    }
+    PyErr_SetString(PyExc_ValueError, "deque.remove(x): x not in deque");
+    return NULL;
+}
+
+static PyObject *
+view_clear_m(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    WaitersView *v = (WaitersView *)op;
+    if (view_check(v) < 0) {
+        return NULL;
+    }
+    fa_waitq_release_all(view_q(v));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef view_methods[] = {
+    {"append", view_append, METH_O, "append($self, future, /)\n--\n\nAdd a waiter at the back."},
+    {"popleft", view_popleft, METH_NOARGS, "popleft($self, /)\n--\n\nRemove and return the "
+     "first waiter's future."},
+    {"remove", view_remove, METH_O, "remove($self, future, /)\n--\n\nRemove the first waiter "
+     "whose future == future."},
+    {"clear", view_clear_m, METH_NOARGS, "clear($self, /)\n--\n\nRemove every waiter."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot view_slots[] = {
+    {Py_tp_dealloc, view_dealloc},
+    {Py_tp_traverse, view_traverse},
+    {Py_tp_clear, view_clear},
+    {Py_tp_repr, view_repr},
+    {Py_tp_iter, view_iter},
+    {Py_sq_length, view_len},
+    {Py_sq_item, view_item},
+    {Py_tp_methods, view_methods},
+    {Py_tp_doc, "A live, deque-like view of a queue's waiting getters or putters (futures)."},
+    {0, NULL},
+};
+
+static PyType_Spec view_spec = {
+    .name = "aiofast._core.QueueWaiters",
+    .basicsize = sizeof(WaitersView),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_IMMUTABLETYPE
+#endif
+    ,
+    .slots = view_slots,
+};
+
+static PyObject *
+get_getters(PyObject *op, void *Py_UNUSED(c))
+{
+    return make_view((FaQueue *)op, 0);
+}
+
+static PyObject *
+get_putters(PyObject *op, void *Py_UNUSED(c))
+{
+    return make_view((FaQueue *)op, 1);
+}
+
+static PyObject *
+get_unfinished(PyObject *op, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(((FaQueue *)op)->unfinished);
+}
+
+static int
+set_unfinished(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _unfinished_tasks");
+        return -1;
+    }
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "_unfinished_tasks must be an int, not %.100s",
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(v);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    ((FaQueue *)op)->unfinished = n;
+    return 0;
+}
+
+static PyObject *
+get_finished_attr(PyObject *op, void *Py_UNUSED(c))
+{
+    return get_finished((FaQueue *)op);
+}
+
+static PyObject *
+get_is_shutdown(PyObject *op, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(((FaQueue *)op)->shutdown);
+}
+
+static int
+set_is_shutdown(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _is_shutdown");
+        return -1;
+    }
+    int b = PyObject_IsTrue(v);
+    if (b < 0) {
+        return -1;
+    }
+    ((FaQueue *)op)->shutdown = b;
+    return 0;
+}
+
+static PyObject *
+get_loop_attr(PyObject *op, void *Py_UNUSED(c))
+{
+    FaQueue *self = (FaQueue *)op;
+    return Py_NewRef(self->loop ? self->loop : Py_None);
+}
+
+static int
+set_loop_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _loop");
+        return -1;
+    }
+    Py_XSETREF(((FaQueue *)op)->loop, Py_NewRef(v));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ type specs */
+
+PyDoc_STRVAR(put_doc, "put($self, item, /)\n--\n\nPut an item into the queue; wait while it is "
+             "full. Raises QueueShutDown if the queue has been shut down.");
+PyDoc_STRVAR(get_doc, "get($self, /)\n--\n\nRemove and return an item; wait while the queue is "
+             "empty. Raises QueueShutDown once a shut-down queue is empty.");
+PyDoc_STRVAR(put_nowait_doc, "put_nowait($self, item, /)\n--\n\nPut an item without blocking; "
+             "QueueFull if there is no free slot, QueueShutDown after shutdown().");
+PyDoc_STRVAR(get_nowait_doc, "get_nowait($self, /)\n--\n\nRemove and return an item if one is "
+             "available, else raise QueueEmpty (QueueShutDown after shutdown()).");
+PyDoc_STRVAR(qsize_doc, "qsize($self, /)\n--\n\nNumber of items in the queue.");
+PyDoc_STRVAR(empty_doc, "empty($self, /)\n--\n\nTrue if the queue is empty.");
+PyDoc_STRVAR(full_doc, "full($self, /)\n--\n\nTrue if there are maxsize items in the queue "
+             "(never, when maxsize <= 0).");
+PyDoc_STRVAR(task_done_doc, "task_done($self, /)\n--\n\nIndicate that a formerly enqueued task "
+             "is complete. ValueError if called more times than items were put.");
+PyDoc_STRVAR(join_doc, "join($self, /)\n--\n\nWait until every item put has been gotten and "
+             "marked done with task_done().");
+PyDoc_STRVAR(shutdown_doc, "shutdown($self, /, immediate=False)\n--\n\nShut the queue down: "
+             "put() raises QueueShutDown, get() once empty (at once if immediate, which also "
+             "discards the items and marks them done). Every blocked caller is woken.");
+PyDoc_STRVAR(init_doc, "_init($self, maxsize, /)\n--\n\nCreate the storage (overridable).");
+PyDoc_STRVAR(putp_doc, "_put($self, item, /)\n--\n\nStore an item (overridable).");
+PyDoc_STRVAR(getp_doc, "_get($self, /)\n--\n\nTake the next item (overridable).");
+PyDoc_STRVAR(format_doc, "_format($self, /)\n--\n\nThe state shown by repr() and str().");
+PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
+             "first use.");
+PyDoc_STRVAR(class_getitem_doc, "See PEP 585");
+PyDoc_STRVAR(reduce_doc, "__reduce__($self, /)\n--\n\nPickle and copy support (an idle queue).");
+PyDoc_STRVAR(setstate_doc, "__setstate__($self, state, /)\n--\n\nRestore pickled state.");
+
+static PyMethodDef queue_methods[] = {
+    {"put", queue_put, METH_O, put_doc},
+    {"get", queue_get, METH_NOARGS, get_doc},
+    {"put_nowait", queue_put_nowait, METH_O, put_nowait_doc},
+    {"get_nowait", queue_get_nowait, METH_NOARGS, get_nowait_doc},
+    {"qsize", queue_qsize, METH_NOARGS, qsize_doc},
+    {"empty", queue_empty, METH_NOARGS, empty_doc},
+    {"full", queue_full, METH_NOARGS, full_doc},
+    {"task_done", queue_task_done, METH_NOARGS, task_done_doc},
+    {"join", queue_join, METH_NOARGS, join_doc},
+    {"shutdown", (PyCFunction)(void (*)(void))queue_shutdown, METH_FASTCALL | METH_KEYWORDS,
+     shutdown_doc},
+    {"_init", fifo_init_m, METH_O, init_doc},
+    {"_put", fifo_put_m, METH_O, putp_doc},
+    {"_get", fifo_get_m, METH_NOARGS, getp_doc},
+    {"_format", queue_format, METH_NOARGS, format_doc},
+    {"_get_loop", queue_private_get_loop, METH_NOARGS, get_loop_doc},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
+    {"__reduce__", queue_reduce, METH_NOARGS, reduce_doc},
+    {"__setstate__", queue_setstate, METH_O, setstate_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef prio_methods[] = {
+    {"_init", prio_init_m, METH_O, init_doc},
+    {"_put", prio_put_m, METH_O, putp_doc},
+    {"_get", prio_get_m, METH_NOARGS, getp_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef lifo_methods[] = {
+    {"_init", lifo_init_m, METH_O, init_doc},
+    {"_put", lifo_put_m, METH_O, putp_doc},
+    {"_get", lifo_get_m, METH_NOARGS, getp_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef queue_getset[] = {
+    {"maxsize", get_maxsize, NULL, "Number of items allowed in the queue.", NULL},
+    {"_maxsize", get_maxsize, set_maxsize_attr, NULL, NULL},
+    {"_queue", get_queue, set_queue, "The items: a deque (Queue) or a list (PriorityQueue, "
+     "LifoQueue), live.", NULL},
+    {"_getters", get_getters, NULL, "A live deque-like view of the waiting get()s' futures.",
+     NULL},
+    {"_putters", get_putters, NULL, "A live deque-like view of the waiting put()s' futures.",
+     NULL},
+    {"_unfinished_tasks", get_unfinished, set_unfinished, NULL, NULL},
+    {"_finished", get_finished_attr, NULL, "The Event join() waits on.", NULL},
+    {"_is_shutdown", get_is_shutdown, set_is_shutdown, NULL, NULL},
+    {"_loop", get_loop_attr, set_loop_attr, NULL, NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef queue_members[] = {
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(FaQueue, weakreflist), Py_READONLY, NULL},
+    {"__dictoffset__", Py_T_PYSSIZET, offsetof(FaQueue, dict), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+#define FLAGS (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE)
+
+static PyType_Slot queue_slots[] = {
+    {Py_tp_new, queue_new},
+    {Py_tp_init, queue_init},
+    {Py_tp_dealloc, queue_dealloc},
+    {Py_tp_traverse, queue_traverse},
+    {Py_tp_clear, queue_clear},
+    {Py_tp_repr, queue_repr},
+    {Py_tp_str, queue_str},
+    {Py_tp_methods, queue_methods},
+    {Py_tp_getset, queue_getset},
+    {Py_tp_members, queue_members},
+    {Py_tp_doc, "Queue(maxsize=0)\n--\n\nA drop-in for asyncio.Queue, in C: a FIFO queue for "
+                "producer and consumer coroutines."},
+    {0, NULL},
+};
+
+static PyType_Spec queue_spec = {
+    .name = "aiofast.Queue", .basicsize = sizeof(FaQueue), .flags = FLAGS, .slots = queue_slots,
+};
+
+static PyType_Slot prio_slots[] = {
+    {Py_tp_dealloc, queue_dealloc},
+    {Py_tp_traverse, queue_traverse},
+    {Py_tp_clear, queue_clear},
+    {Py_tp_methods, prio_methods},
+    {Py_tp_doc, "PriorityQueue(maxsize=0)\n--\n\nA drop-in for asyncio.PriorityQueue, in C: "
+                "retrieves entries in priority order (lowest first), in heapq's order."},
+    {0, NULL},
+};
+
+static PyType_Spec prio_spec = {
+    .name = "aiofast.PriorityQueue", .basicsize = sizeof(FaQueue), .flags = FLAGS,
+    .slots = prio_slots,
+};
+
+static PyType_Slot lifo_slots[] = {
+    {Py_tp_dealloc, queue_dealloc},
+    {Py_tp_traverse, queue_traverse},
+    {Py_tp_clear, queue_clear},
+    {Py_tp_methods, lifo_methods},
+    {Py_tp_doc, "LifoQueue(maxsize=0)\n--\n\nA drop-in for asyncio.LifoQueue, in C: retrieves "
+                "the most recently added entries first."},
+    {0, NULL},
+};
+
+static PyType_Spec lifo_spec = {
+    .name = "aiofast.LifoQueue", .basicsize = sizeof(FaQueue), .flags = FLAGS,
+    .slots = lifo_slots,
+};
+
+int
+fa_queue_init(PyObject *mod, fa_state *st)
+{
+#define INTERN(field, text) \
+    if ((st->field = PyUnicode_InternFromString(text)) == NULL) return -1
+    INTERN(q_str_init, "_init");
+    INTERN(q_str_put, "_put");
+    INTERN(q_str_get, "_get");
+    INTERN(q_str_full, "full");
+    INTERN(q_str_empty, "empty");
+    INTERN(q_str_qsize, "qsize");
+    INTERN(q_str_put_nowait, "put_nowait");
+    INTERN(q_str_get_nowait, "get_nowait");
+    INTERN(q_str_format, "_format");
+    INTERN(q_str_popleft, "popleft");
+    INTERN(q_str_pop, "pop");
+    INTERN(q_str_wait, "wait");
+    INTERN(q_str_lt, "__lt__");
+    INTERN(q_str_class, "__class__");
+#undef INTERN
+    if ((st->q_deque_append = PyObject_GetAttrString(st->deque_type, "append")) == NULL
+        || (st->q_deque_popleft = PyObject_GetAttrString(st->deque_type, "popleft")) == NULL
+        || (st->q_event_set = PyObject_GetAttrString((PyObject *)st->EventType, "set")) == NULL
+        || (st->q_event_clear = PyObject_GetAttrString((PyObject *)st->EventType, "clear"))
+               == NULL
+        || (st->q_dc_refs = PyDict_New()) == NULL) {
+        return -1;
+    }
+    st->q_object_class = Py_XNewRef(_PyType_Lookup(&PyBaseObject_Type, st->q_str_class));
+    if (st->q_object_class == NULL) {
+        PyErr_SetString(PyExc_SystemError, "object.__class__ not found");
+        return -1;
+    }
+    st->q_WaitersViewType = PyType_FromModuleAndSpec(mod, &view_spec, NULL);
+    if (st->q_WaitersViewType == NULL) {
+        return -1;
+    }
+    if ((st->QueueType = fa_add_type(mod, &queue_spec, NULL, "Queue")) == NULL) {
+        return -1;
+    }
+    st->PriorityQueueType = fa_add_type(mod, &prio_spec, (PyObject *)st->QueueType,
+                                        "PriorityQueue");
+    if (st->PriorityQueueType == NULL) {
+        return -1;
+    }
+    st->LifoQueueType = fa_add_type(mod, &lifo_spec, (PyObject *)st->QueueType, "LifoQueue");
+    if (st->LifoQueueType == NULL) {
+        return -1;
+    }
+    return 0;
+}
