@@ -521,7 +521,12 @@ static int
 op_clear(PyObject *self)
 {
     FaOp *op = (FaOp *)self;
-    /* A linked op is kept alive by its queue; the owner's clear detaches the queue. */
+    /* A linked op is reachable from its owner, so the GC clears it only when the owner is
+     * garbage too: leave the queue first (the collector holds a reference to us, and the owner
+     * is alive while we hold op->owner), so a linked op never lacks its owner or future. */
+    if (op->queue != NULL) {
+        fa_waitq_unlink(op);
+    }
     Py_CLEAR(op->fut_iter);
     Py_CLEAR(op->fut);
     Py_CLEAR(op->arg);
@@ -629,6 +634,7 @@ fa_waitq_release_all(fa_waitq *q)
     q->head = q->tail = NULL;
     q->len = 0;
     q->version++;
+    FA_ASSERT_CONSISTENT_WITH(fa_waitq_check, q);
     while (op != NULL) {
         FaOp *next = op->next;
         op->prev = op->next = NULL;
