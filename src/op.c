@@ -99,6 +99,7 @@ fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res)
     /* commit: nothing below calls Python code */
     Py_XSETREF(op->fut, fut);
     Py_XSETREF(op->fut_iter, it);
+    op->flags &= ~FA_OPF_WOKEN;  // a new wait: nobody has woken it yet
     fa_waitq_push(q, op);
     *res = y;
     return PYGEN_NEXT;

@@ -306,7 +306,11 @@ static int
 wake_first_pending(FaLock *self, int take_permit)
 {
     fa_state *st = self->st;
-restart:;
+    int restarted = 0;
+restart:
+    if (restarted && take_permit && !(self->value > 0)) {
+        return 0;  // a re-entrant call meanwhile handed the permit out already
+    }
     size_t version = self->waiters.version;
     for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
         if ((op->flags & FA_OPF_WOKEN) || op->fut == NULL) {
@@ -316,11 +320,18 @@ restart:;
         PyObject *fut = Py_NewRef(op->fut);
         int d = fa_fut_done(st, fut);  // Beware: may re-enter
         if (d < 0 || version != self->waiters.version || op->queue != &self->waiters) {
+            int rc = 0;
+            if (d == 0 && op->fut != fut) {
+                /* done() finished the op (closed it): its future is still completed, without
+                 * a permit, so its task wakes to the op's error instead of hanging */
+                rc = fa_fut_set_result(st, fut, Py_True);  // Beware: loop.call_soon runs
+            }
             Py_DECREF(fut);
             Py_DECREF(op);
-            if (d < 0) {
+            if (d < 0 || rc < 0) {
                 return -1;
             }
+            restarted = 1;
             goto restart;
         }
         if (d) {
@@ -575,29 +586,46 @@ lock_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 static int
 lock_wake_up_first(FaLock *self)
 {
+    fa_state *st = self->st;
+restart:;
     FaOp *op = self->waiters.head;
-    if (op == NULL || (op->flags & FA_OPF_WOKEN) || op->fut == NULL) {
+    if (op == NULL || (op->flags & FA_OPF_WOKEN) || op->fut == NULL || self->locked) {
         return 0;
     }
-    fa_state *st = self->st;
     Py_INCREF(op);
     PyObject *fut = Py_NewRef(op->fut);
-    int d = fa_fut_done(st, fut);  // Beware: may re-enter
-    int rc = 0;
+    int d = fa_fut_done(st, fut);  // Beware: may re-enter (a future whose done() is Python code)
+    int rc = 0, again = 0;
     if (d < 0) {
         rc = -1;
     }
-    else if (!d && !(op->flags & FA_OPF_WOKEN)) {
-        op->flags |= FA_OPF_WOKEN;
-        FA_ASSERT_CONSISTENT(self);
-        if (fa_fut_set_result(st, fut, Py_True) < 0) {
-            op->flags &= ~FA_OPF_WOKEN;
-            rc = -1;
+    else {
+        /* Re-validate: done() may have finished the head's op (closed it), or woken it, or
+         * someone may hold the lock now. Only a live head gets the flag: a finished op must
+         * not carry it into its next use. */
+        int live = op == self->waiters.head && op->fut == fut;
+        if (!d && !(live && ((op->flags & FA_OPF_WOKEN) || self->locked))) {
+            if (live) {
+                op->flags |= FA_OPF_WOKEN;
+                FA_ASSERT_CONSISTENT(self);
+            }
+            /* a future whose op is gone is still completed, as asyncio would: its task wakes
+             * to the op's "cannot reuse" error instead of hanging */
+            if (fa_fut_set_result(st, fut, Py_True) < 0) {
+                if (live) {
+                    op->flags &= ~FA_OPF_WOKEN;
+                }
+                rc = -1;
+            }
+            FA_ASSERT_CONSISTENT(self);
         }
-        FA_ASSERT_CONSISTENT(self);
+        again = !live && rc == 0;  // and the new head, if any, gets the wake-up
     }
     Py_DECREF(fut);
     Py_DECREF(op);
+    if (again) {
+        goto restart;
+    }
     return rc;
 }
 
@@ -1173,10 +1201,18 @@ event_set(PyObject *op, PyObject *Py_UNUSED(ignored))
                 rc = -1;
             }
             else if (!d) {
-                w->flags |= FA_OPF_WOKEN;
-                FA_ASSERT_CONSISTENT(self);
+                /* re-checked: a re-entrant done() may have finished w, which must then not
+                 * carry the flag into its next use (its future is still completed) */
+                int live = w->queue == &self->waiters && w->fut == fut
+                           && !(w->flags & FA_OPF_WOKEN);
+                if (live) {
+                    w->flags |= FA_OPF_WOKEN;
+                    FA_ASSERT_CONSISTENT(self);
+                }
                 if (fa_fut_set_result(self->st, fut, Py_True) < 0) {
-                    w->flags &= ~FA_OPF_WOKEN;
+                    if (live) {
+                        w->flags &= ~FA_OPF_WOKEN;
+                    }
                     rc = -1;
                 }
             }
