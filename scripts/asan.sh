@@ -28,7 +28,9 @@ for v in "${VERSIONS[@]}"; do
     echo "=== ASan+UBSan, Python $v: build"
     py=$(AIOFAST_SANITIZE=address,undefined make_flavour_venv "$v" asan) \
         || { echo "=== ASan+UBSan, Python $v: BUILD FAILED"; status=1; continue; }
-    if ! ldd "$py" >/dev/null || ! ldd .venv-asan-"$v"/lib/python"$v"/site-packages/aiofast/_core*.so | grep -q libasan; then
+    # (no `ldd | grep -q` under pipefail: grep's early exit can fail ldd with SIGPIPE)
+    libs=$(ldd .venv-asan-"$v"/lib/python"$v"/site-packages/aiofast/_core*.so || true)
+    if [[ "$libs" != *libasan* ]]; then
         echo "=== ASan+UBSan, Python $v: the installed build is not sanitized"; status=1; continue
     fi
     logs=$(mktemp -d "${TMPDIR:-/tmp}/aiofast-asan-$v.XXXXXX")
