@@ -13,8 +13,10 @@ def test_stub_matches_module():
     env = dict(os.environ)
     installed = os.path.realpath(pkg_parent) in {os.path.realpath(p) for p in site.getsitepackages()}
     if not installed:
-        # a source tree on PYTHONPATH (in-place build): mypy finds the stub through MYPYPATH
+        # a source tree on PYTHONPATH (in-place build): mypy finds the stub through MYPYPATH,
+        # and the absolute path keeps the runtime import on this tree from another directory
         env["MYPYPATH"] = pkg_parent
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
     # run from an empty directory: from site-packages itself, mypy would take the modules there
     # (mypy_extensions.py) for user modules shadowing the library and refuse to check
     with tempfile.TemporaryDirectory() as cwd:
