@@ -1,9 +1,21 @@
-"""Build aiofast._core: every file in src/ links into one extension module."""
+"""Build aiofast._core: every file in src/ links into one extension module.
+
+Build flavours, chosen by environment variables (scripts/ use them; see docs/hardening.md):
+  AIOFAST_DEBUG=1                        -O0 -g3 -UNDEBUG: asserts and the FA_ASSERT_CONSISTENT
+                                         invariant checks after every mutation
+  AIOFAST_SANITIZE=address,undefined     the same plus -fsanitize=...; run under
+                                         LD_PRELOAD=libasan.so PYTHONMALLOC=malloc
+  AIOFAST_WERROR=1                       -Werror
+The flavour (and CC/CFLAGS) is remembered per output file: switching flavours always rebuilds,
+so a sanitized build can never be mistaken for an up-to-date release build, or the reverse.
+"""
 import glob
+import hashlib
+import json
 import os
-import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 debug = os.environ.get("AIOFAST_DEBUG") == "1"
 sanitize = os.environ.get("AIOFAST_SANITIZE")  # e.g. "address,undefined"
@@ -25,7 +37,35 @@ if sanitize:
 if werror:
     extra_compile_args.append("-Werror")
 
+FLAVOUR = json.dumps({"args": extra_compile_args, "link": extra_link_args,
+                      "undef": undef_macros, "cc": os.environ.get("CC"),
+                      "cflags": os.environ.get("CFLAGS"), "ldflags": os.environ.get("LDFLAGS")})
+
+
+class FlavouredBuildExt(build_ext):
+    """build_ext that rebuilds whenever the flags differ from the ones that made the output
+    (setuptools only compares timestamps, so an in-place sanitized .so would otherwise survive
+    a later plain build)."""
+
+    def build_extension(self, ext):
+        out = os.path.abspath(self.get_ext_fullpath(ext.name))
+        key = hashlib.sha1(out.encode()).hexdigest()[:16]
+        stamp = os.path.join(os.path.abspath(self.build_temp), f"flavour-{key}.json")
+        try:
+            with open(stamp) as f:
+                same = f.read() == FLAVOUR and os.path.exists(out)
+        except OSError:
+            same = False
+        if not same:
+            self.force = True
+        super().build_extension(ext)
+        os.makedirs(os.path.dirname(stamp), exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(FLAVOUR)
+
+
 setup(
+    cmdclass={"build_ext": FlavouredBuildExt},
     ext_modules=[
         Extension(
             "aiofast._core",

@@ -241,6 +241,11 @@ module_exec(PyObject *mod)
         return -1;
     }
 
+    /* _debug: 1 in builds with asserts and invariant checks (AIOFAST_DEBUG, the sanitizers) */
+    if (PyModule_AddIntConstant(mod, "_debug", FA_DEBUG) < 0) {
+        return -1;
+    }
+
     if (fa_op_init(mod, st) < 0) return -1;
     if (fa_semaphore_init(mod, st) < 0) return -1;
     if (fa_queue_init(mod, st) < 0) return -1;

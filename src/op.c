@@ -99,6 +99,7 @@ fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res)
     /* commit: nothing below calls Python code */
     Py_XSETREF(op->fut, fut);
     Py_XSETREF(op->fut_iter, it);
+    op->flags &= ~FA_OPF_WOKEN;  // a new wait: nobody has woken it yet
     fa_waitq_push(q, op);
     *res = y;
     return PYGEN_NEXT;
@@ -521,7 +522,12 @@ static int
 op_clear(PyObject *self)
 {
     FaOp *op = (FaOp *)self;
-    /* A linked op is kept alive by its queue; the owner's clear detaches the queue. */
+    /* A linked op is reachable from its owner, so the GC clears it only when the owner is
+     * garbage too: leave the queue first (the collector holds a reference to us, and the owner
+     * is alive while we hold op->owner), so a linked op never lacks its owner or future. */
+    if (op->queue != NULL) {
+        fa_waitq_unlink(op);
+    }
     Py_CLEAR(op->fut_iter);
     Py_CLEAR(op->fut);
     Py_CLEAR(op->arg);
@@ -629,6 +635,7 @@ fa_waitq_release_all(fa_waitq *q)
     q->head = q->tail = NULL;
     q->len = 0;
     q->version++;
+    FA_ASSERT_CONSISTENT_WITH(fa_waitq_check, q);
     while (op != NULL) {
         FaOp *next = op->next;
         op->prev = op->next = NULL;

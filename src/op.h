@@ -71,8 +71,57 @@ struct FaOp {
 /* Set by whoever calls set_result on op->fut: the future is done and not cancelled, so the
  * primitive can skip calling fut.cancelled() / fut.done() on it. */
 #define FA_OPF_WOKEN 0x1
+#define FA_OPF_DELEGATE 0x2  /* fut_iter is a delegate iterator, not a future's */
 
 /* ---- waiter queue ---- */
+
+#if FA_DEBUG
+/* The waiter queue's invariants (debug builds; see FA_ASSERT_CONSISTENT in aiofast.h): the
+ * links agree both ways, head/tail are the ends, len counts the linked ops (which also bounds
+ * the walk, so a cycle is caught), every linked op points back at this queue, is an FaOp still
+ * being driven (WAITING, or RUNNING: the op that is linking or unlinking itself, or one a
+ * re-entrant caller is driving) with its owner and the future it waits on, and never a
+ * delegating op (those wait on another awaitable, not in a queue). Reads C fields only. */
+static inline void
+fa_waitq_check(const fa_waitq *q)
+{
+    FA_CHECK(q->len >= 0, "waitq %p: len %zd", (void *)q, q->len);
+    FA_CHECK((q->head == NULL) == (q->tail == NULL) && (q->head == NULL) == (q->len == 0),
+             "waitq %p: head %p, tail %p, len %zd", (void *)q, (void *)q->head,
+             (void *)q->tail, q->len);
+    Py_ssize_t n = 0;
+    FaOp *prev = NULL;
+    for (FaOp *op = q->head; op != NULL; op = op->next) {
+        FA_CHECK(n < q->len, "waitq %p: more ops linked than len %zd (a cycle?)", (void *)q,
+                 q->len);
+        FA_CHECK(Py_REFCNT(op) >= 1 && op->st != NULL && Py_IS_TYPE(op, op->st->OpType),
+                 "waitq %p: item %zd (%p) is not a live FaOp", (void *)q, n, (void *)op);
+        FA_CHECK(op->queue == q, "waitq %p: op %p (%s) has queue %p", (void *)q, (void *)op,
+                 op->kind->name, (void *)op->queue);
+        FA_CHECK(op->prev == prev, "waitq %p: op %p has prev %p, expected %p", (void *)q,
+                 (void *)op, (void *)op->prev, (void *)prev);
+        /* INIT: an inert node that stands for a foreign future a user appended to a queue's
+         * live _getters/_putters view (queue.c); it is never driven */
+        FA_CHECK(op->state == FA_OP_WAITING || op->state == FA_OP_RUNNING
+                     || op->state == FA_OP_INIT,
+                 "waitq %p: op %p (%s) linked in state %d", (void *)q, (void *)op,
+                 op->kind->name, op->state);
+        FA_CHECK((op->owner != NULL || op->state == FA_OP_INIT) && op->fut != NULL,
+                 "waitq %p: op %p (%s) linked without owner (%p) or future (%p)", (void *)q,
+                 (void *)op, op->kind->name, (void *)op->owner, (void *)op->fut);
+        FA_CHECK(op->state != FA_OP_WAITING || op->fut_iter != NULL,
+                 "waitq %p: waiting op %p (%s) has no future iterator", (void *)q, (void *)op,
+                 op->kind->name);
+        FA_CHECK(!(op->flags & FA_OPF_DELEGATE), "waitq %p: delegating op %p (%s) linked",
+                 (void *)q, (void *)op, op->kind->name);
+        prev = op;
+        n++;
+    }
+    FA_CHECK(q->tail == prev, "waitq %p: tail %p, last linked op %p", (void *)q,
+             (void *)q->tail, (void *)prev);
+    FA_CHECK(n == q->len, "waitq %p: %zd ops linked, len %zd", (void *)q, n, q->len);
+}
+#endif
 
 static inline void
 fa_waitq_push(fa_waitq *q, FaOp *op)
@@ -91,6 +140,7 @@ fa_waitq_push(fa_waitq *q, FaOp *op)
     q->tail = op;
     q->len++;
     q->version++;
+    FA_ASSERT_CONSISTENT_WITH(fa_waitq_check, q);
 }
 
 /* Unlink op from its queue, if any. Drops the queue's reference: the caller must hold its own. */
@@ -117,6 +167,7 @@ fa_waitq_unlink(FaOp *op)
     op->queue = NULL;
     q->len--;
     q->version++;
+    FA_ASSERT_CONSISTENT_WITH(fa_waitq_check, q);
     assert(Py_REFCNT(op) > 1);
     Py_DECREF(op);
 }
@@ -169,6 +220,12 @@ fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
         if (FA_UNLIKELY(op->state != FA_OP_DONE)) {
             fa_op_reset(op);  // an INIT op that was created and dropped unawaited
         }
+#if FA_DEBUG
+        FA_CHECK(op->flags == 0 && op->queue == NULL && op->owner == NULL && op->fut == NULL
+                 && op->fut_iter == NULL && op->arg == NULL && op->arg2 == NULL,
+                 "a finished op %p (%s) kept state: flags %#x", (void *)op, op->kind->name,
+                 (unsigned)op->flags);
+#endif
         op->kind = kind;
         op->owner = Py_NewRef(owner);
         op->state = FA_OP_INIT;
@@ -194,8 +251,6 @@ PySendResult fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res
  * send/throw/close are forwarded to it; when it returns, kind->resume runs with its value; an
  * exception out of it goes through kind->on_exc like any other. */
 PySendResult fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res);
-
-#define FA_OPF_DELEGATE 0x2  /* fut_iter is a delegate iterator, not a future's */
 
 /* The exception throw(typ[, val[, tb]]) raises, built as gen.throw builds it: a new reference,
  * or NULL with TypeError for bad arguments. */

@@ -13,6 +13,14 @@
  * - an op has FA_OPF_WOKEN iff this object called set_result on its future (done, not cancelled).
  * - value and bound are exact integers below 2**53 when value_is_int (doubles keep asyncio's
  *   float semantics for Semaphore(1.5) as well).
+ * - Unless `unchecked` (the user wrote _value/_locked, bypassed the bound with
+ *   Semaphore.release(bsem), over-released a BoundedSemaphore while a permit was in flight to a
+ *   woken waiter (asyncio's check cannot see that), re-ran __init__ with waiters pending, or a
+ *   subclass overrides acquire/release/locked, all of which asyncio allows): an integer
+ *   Semaphore's value is >= 0,
+ *   a BoundedSemaphore's value <= its bound, and a Lock has at most one woken waiter, and none
+ *   while it is locked (the wake-up reserves the lock for that waiter).
+ * All of these are checked after every mutation in debug builds (falock_check, FA_CONSISTENT).
  */
 #include "op.h"
 
@@ -42,7 +50,76 @@ typedef struct {
     int family;            /* FA_SEM, FA_BSEM, FA_LOCK, FA_EVENT */
     int ovr;               /* OVR_* for subclasses */
     int waiters_made;      /* asyncio's _waiters is a deque, not None (Lock, Semaphore) */
+    int unchecked;         /* the counting invariants above no longer apply (see the top) */
 } FaLock;
+
+/* ------------------------------------------------------------------ debug invariants */
+
+#if FA_DEBUG
+static const fa_opkind sem_acquire_kind;
+static const fa_opkind lock_acquire_kind;
+static const fa_opkind event_wait_kind;
+
+static void
+falock_check(FaLock *self)
+{
+    static const char *const names[] = {"Semaphore", "BoundedSemaphore", "Lock", "Event"};
+    FA_CHECK(self->family >= FA_SEM && self->family <= FA_EVENT, "%p: family %d", (void *)self,
+             self->family);
+    const char *name = names[self->family];
+    fa_waitq_check(&self->waiters);
+    const fa_opkind *kind = self->family == FA_LOCK ? &lock_acquire_kind
+                            : self->family == FA_EVENT ? &event_wait_kind : &sem_acquire_kind;
+    Py_ssize_t woken = 0;
+    for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
+        FA_CHECK(op->owner == (PyObject *)self, "%s %p: waiter %p belongs to %p", name,
+                 (void *)self, (void *)op, (void *)op->owner);
+        FA_CHECK(op->kind == kind, "%s %p: waiter %p is a %s()", name, (void *)self, (void *)op,
+                 op->kind->name);
+        woken += (op->flags & FA_OPF_WOKEN) != 0;
+    }
+    FA_CHECK(self->waiters.len == 0 || self->waiters_made || self->family == FA_EVENT,
+             "%s %p: %zd waiters but _waiters is None", name, (void *)self, self->waiters.len);
+    FA_CHECK(self->cache == NULL || Py_IS_TYPE(self->cache, self->st->OpType),
+             "%s %p: cache %p is not an op", name, (void *)self, (void *)self->cache);
+    switch (self->family) {
+    case FA_SEM:
+    case FA_BSEM:
+        FA_CHECK(isfinite(self->value), "%s %p: value %g", name, (void *)self, self->value);
+        FA_CHECK(!self->value_is_int
+                 || (self->value == floor(self->value) && fabs(self->value) <= 9007199254740992.0),
+                 "%s %p: integer value %.17g", name, (void *)self, self->value);
+        FA_CHECK(self->locked == 0, "%s %p: locked %d", name, (void *)self, self->locked);
+        if (self->family == FA_BSEM) {
+            FA_CHECK(isfinite(self->bound) && self->bound >= 0
+                     && (!self->bound_is_int || self->bound == floor(self->bound)),
+                     "%s %p: bound %.17g", name, (void *)self, self->bound);
+        }
+        if (!self->unchecked) {
+            FA_CHECK(!self->value_is_int || self->value >= 0, "%s %p: value %.17g < 0", name,
+                     (void *)self, self->value);
+            FA_CHECK(self->family != FA_BSEM || self->value <= self->bound,
+                     "%s %p: value %.17g above the bound %.17g", name, (void *)self,
+                     self->value, self->bound);
+        }
+        break;
+    case FA_LOCK:
+        FA_CHECK(self->locked == 0 || self->locked == 1, "Lock %p: locked %d", (void *)self,
+                 self->locked);
+        if (!self->unchecked) {
+            FA_CHECK(woken <= 1, "Lock %p: %zd woken waiters", (void *)self, woken);
+            FA_CHECK(!(woken && self->locked), "Lock %p: locked with a woken waiter",
+                     (void *)self);
+        }
+        break;
+    case FA_EVENT:
+        FA_CHECK(self->value == 0 || self->value == 1, "Event %p: value %g", (void *)self,
+                 self->value);
+        break;
+    }
+}
+#endif
+#define FA_CONSISTENT falock_check
 
 #define RET(op) (((op)->flags & OPF_RETNONE) ? Py_None : Py_True)
 
@@ -115,6 +192,7 @@ falock_clear(PyObject *op)
     fa_special_clear(op, &self->aenter);
     fa_special_clear(op, &self->aexit);
     fa_waitq_release_all(&self->waiters);
+    FA_ASSERT_CONSISTENT(self);
     return 0;
 }
 
@@ -230,7 +308,11 @@ static int
 wake_first_pending(FaLock *self, int take_permit)
 {
     fa_state *st = self->st;
-restart:;
+    int restarted = 0;
+restart:
+    if (restarted && take_permit && !(self->value > 0)) {
+        return 0;  // a re-entrant call meanwhile handed the permit out already
+    }
     size_t version = self->waiters.version;
     for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
         if ((op->flags & FA_OPF_WOKEN) || op->fut == NULL) {
@@ -240,11 +322,18 @@ restart:;
         PyObject *fut = Py_NewRef(op->fut);
         int d = fa_fut_done(st, fut);  // Beware: may re-enter
         if (d < 0 || version != self->waiters.version || op->queue != &self->waiters) {
+            int rc = 0;
+            if (d == 0 && op->fut != fut) {
+                /* done() finished the op (closed it): its future is still completed, without
+                 * a permit, so its task wakes to the op's error instead of hanging */
+                rc = fa_fut_set_result(st, fut, Py_True);  // Beware: loop.call_soon runs
+            }
             Py_DECREF(fut);
             Py_DECREF(op);
-            if (d < 0) {
+            if (d < 0 || rc < 0) {
                 return -1;
             }
+            restarted = 1;
             goto restart;
         }
         if (d) {
@@ -257,12 +346,14 @@ restart:;
             self->value -= 1;
         }
         op->flags |= FA_OPF_WOKEN;
+        FA_ASSERT_CONSISTENT(self);
         int rc = fa_fut_set_result(st, fut, Py_True);  // Beware: loop.call_soon runs
         if (rc < 0) {
             op->flags &= ~FA_OPF_WOKEN;
             if (take_permit) {
                 self->value += 1;
             }
+            FA_ASSERT_CONSISTENT(self);
         }
         Py_DECREF(fut);
         Py_DECREF(op);
@@ -324,11 +415,14 @@ sem_acquire_slow(FaOp *op, PyObject **res)
     }
     if (!locked) {
         self->value -= 1;
+        FA_ASSERT_CONSISTENT(self);
         *res = Py_NewRef(RET(op));
         return PYGEN_RETURN;
     }
     self->waiters_made = 1;
-    return fa_op_wait(op, &self->loop, &self->waiters, res);
+    PySendResult r = fa_op_wait(op, &self->loop, &self->waiters, res);
+    FA_ASSERT_CONSISTENT(self);
+    return r;
 }
 
 /* The fast path is kept free of calls so it compiles without a stack frame. */
@@ -338,6 +432,7 @@ sem_acquire_start(FaOp *op, PyObject **res)
     FaLock *self = (FaLock *)op->owner;
     if (FA_LIKELY(self->ovr == 0 && self->value > 0 && self->waiters.len == 0)) {
         self->value -= 1;
+        FA_ASSERT_CONSISTENT(self);
         *res = Py_NewRef(RET(op));
         return PYGEN_RETURN;
     }
@@ -349,9 +444,11 @@ sem_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 {
     FaLock *self = (FaLock *)op->owner;
     fa_waitq_unlink(op);
+    FA_ASSERT_CONSISTENT(self);
     if (sem_wake_after(self) < 0) {
         return PYGEN_ERROR;
     }
+    FA_ASSERT_CONSISTENT(self);
     *res = Py_NewRef(RET(op));
     return PYGEN_RETURN;
 }
@@ -362,6 +459,7 @@ sem_acquire_exc(FaOp *op, PyObject *exc)
     FaLock *self = (FaLock *)op->owner;
     fa_state *st = self->st;
     fa_waitq_unlink(op);
+    FA_ASSERT_CONSISTENT(self);
     if (fa_is_cancelled_error(st, exc)) {
         int woken;  /* "fut.done() and not fut.cancelled()" (3.13) / "not fut.cancelled()" */
         if (op->flags & FA_OPF_WOKEN) {
@@ -384,6 +482,7 @@ sem_acquire_exc(FaOp *op, PyObject *exc)
         }
         if (woken) {
             self->value += 1;
+            FA_ASSERT_CONSISTENT(self);
 #if !FA_PY313
             if (sem_wake_up_next(self) < 0) {
                 return -1;
@@ -396,6 +495,7 @@ sem_acquire_exc(FaOp *op, PyObject *exc)
         return -1;
     }
 #endif
+    FA_ASSERT_CONSISTENT(self);
     return 0;
 }
 
@@ -413,6 +513,7 @@ static inline int
 sem_release_impl(FaLock *self)
 {
     self->value += 1;
+    FA_ASSERT_CONSISTENT(self);
     if (FA_LIKELY(self->waiters.len == 0)) {
         return 0;
     }
@@ -426,6 +527,18 @@ bsem_release_impl(FaLock *self)
         PyErr_SetString(PyExc_ValueError, "BoundedSemaphore released too many times");
         return -1;
     }
+#if FA_DEBUG
+    /* asyncio's check (kept) cannot see an over-release while a handed-over permit is in
+     * flight to a woken waiter: value + woken >= bound means nobody else holds one. Its value
+     * may then exceed the bound later, as with asyncio: stop checking that. */
+    Py_ssize_t woken = 0;
+    for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
+        woken += (op->flags & FA_OPF_WOKEN) != 0;
+    }
+    if (self->value + (double)woken >= self->bound) {
+        self->unchecked = 1;
+    }
+#endif
     return sem_release_impl(self);
 }
 
@@ -448,12 +561,15 @@ lock_acquire_slow(FaOp *op, PyObject **res)
         }
         if (!busy && !self->locked) {
             self->locked = 1;
+            FA_ASSERT_CONSISTENT(self);
             *res = Py_NewRef(RET(op));
             return PYGEN_RETURN;
         }
     }
     self->waiters_made = 1;
-    return fa_op_wait(op, &self->loop, &self->waiters, res);
+    PySendResult r = fa_op_wait(op, &self->loop, &self->waiters, res);
+    FA_ASSERT_CONSISTENT(self);
+    return r;
 }
 
 static PySendResult
@@ -462,6 +578,7 @@ lock_acquire_start(FaOp *op, PyObject **res)
     FaLock *self = (FaLock *)op->owner;
     if (FA_LIKELY(!self->locked && self->waiters.len == 0)) {
         self->locked = 1;
+        FA_ASSERT_CONSISTENT(self);
         *res = Py_NewRef(RET(op));
         return PYGEN_RETURN;
     }
@@ -474,6 +591,7 @@ lock_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
     FaLock *self = (FaLock *)op->owner;
     fa_waitq_unlink(op);
     self->locked = 1;  /* no re-check: the waker reserved it for us */
+    FA_ASSERT_CONSISTENT(self);
     *res = Py_NewRef(RET(op));
     return PYGEN_RETURN;
 }
@@ -482,27 +600,46 @@ lock_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 static int
 lock_wake_up_first(FaLock *self)
 {
+    fa_state *st = self->st;
+restart:;
     FaOp *op = self->waiters.head;
-    if (op == NULL || (op->flags & FA_OPF_WOKEN) || op->fut == NULL) {
+    if (op == NULL || (op->flags & FA_OPF_WOKEN) || op->fut == NULL || self->locked) {
         return 0;
     }
-    fa_state *st = self->st;
     Py_INCREF(op);
     PyObject *fut = Py_NewRef(op->fut);
-    int d = fa_fut_done(st, fut);  // Beware: may re-enter
-    int rc = 0;
+    int d = fa_fut_done(st, fut);  // Beware: may re-enter (a future whose done() is Python code)
+    int rc = 0, again = 0;
     if (d < 0) {
         rc = -1;
     }
-    else if (!d && !(op->flags & FA_OPF_WOKEN)) {
-        op->flags |= FA_OPF_WOKEN;
-        if (fa_fut_set_result(st, fut, Py_True) < 0) {
-            op->flags &= ~FA_OPF_WOKEN;
-            rc = -1;
+    else {
+        /* Re-validate: done() may have finished the head's op (closed it), or woken it, or
+         * someone may hold the lock now. Only a live head gets the flag: a finished op must
+         * not carry it into its next use. */
+        int live = op == self->waiters.head && op->fut == fut;
+        if (!d && !(live && ((op->flags & FA_OPF_WOKEN) || self->locked))) {
+            if (live) {
+                op->flags |= FA_OPF_WOKEN;
+                FA_ASSERT_CONSISTENT(self);
+            }
+            /* a future whose op is gone is still completed, as asyncio would: its task wakes
+             * to the op's "cannot reuse" error instead of hanging */
+            if (fa_fut_set_result(st, fut, Py_True) < 0) {
+                if (live) {
+                    op->flags &= ~FA_OPF_WOKEN;
+                }
+                rc = -1;
+            }
+            FA_ASSERT_CONSISTENT(self);
         }
+        again = !live && rc == 0;  // and the new head, if any, gets the wake-up
     }
     Py_DECREF(fut);
     Py_DECREF(op);
+    if (again) {
+        goto restart;
+    }
     return rc;
 }
 
@@ -511,6 +648,7 @@ lock_acquire_exc(FaOp *op, PyObject *exc)
 {
     FaLock *self = (FaLock *)op->owner;
     fa_waitq_unlink(op);
+    FA_ASSERT_CONSISTENT(self);
     if (fa_is_cancelled_error(self->st, exc) && !self->locked) {
         return lock_wake_up_first(self);
     }
@@ -529,6 +667,7 @@ lock_release_impl(FaLock *self)
         return -1;
     }
     self->locked = 0;
+    FA_ASSERT_CONSISTENT(self);
     if (FA_LIKELY(self->waiters.len == 0)) {
         return 0;
     }
@@ -645,6 +784,9 @@ falock_release(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 sem_release_method(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    if (((FaLock *)op)->family == FA_BSEM) {
+        ((FaLock *)op)->unchecked = 1;  // asyncio's Semaphore.release ignores the bound too
+    }
     if (sem_release_impl((FaLock *)op) < 0) {
         return NULL;
     }
@@ -748,6 +890,17 @@ sem_init_value(FaLock *self, PyObject *v)
     return 0;
 }
 
+/* End of every __init__: a re-run __init__ with waiters pending (asyncio orphans them, we keep
+ * them) or a subclass's overrides put the counts outside what the checks can know. */
+static void
+init_done(FaLock *self)
+{
+    if (self->waiters.len > 0 || self->ovr != 0) {
+        self->unchecked = 1;
+    }
+    FA_ASSERT_CONSISTENT(self);
+}
+
 static int
 sem_init(PyObject *op, PyObject *args, PyObject *kwargs)
 {
@@ -759,7 +912,11 @@ sem_init(PyObject *op, PyObject *args, PyObject *kwargs)
     }
     self->family = FA_SEM;
     self->ovr = find_overrides(op, self->st->SemaphoreType);
-    return value ? sem_init_value(self, value) : 0;
+    if (value != NULL && sem_init_value(self, value) < 0) {
+        return -1;
+    }
+    init_done(self);
+    return 0;
 }
 
 static int
@@ -776,13 +933,15 @@ bsem_init(PyObject *op, PyObject *args, PyObject *kwargs)
     if (value == NULL) {
         self->value = self->bound = 1;
         self->value_is_int = self->bound_is_int = 1;
-        return 0;
     }
-    if (sem_init_value(self, value) < 0) {
-        return -1;
+    else {
+        if (sem_init_value(self, value) < 0) {
+            return -1;
+        }
+        self->bound = self->value;
+        self->bound_is_int = self->value_is_int;
     }
-    self->bound = self->value;
-    self->bound_is_int = self->value_is_int;
+    init_done(self);
     return 0;
 }
 
@@ -795,6 +954,7 @@ lock_init(PyObject *op, PyObject *args, PyObject *kwargs)
     }
     self->family = FA_LOCK;
     self->ovr = find_overrides(op, self->st->LockType);
+    init_done(self);
     return 0;
 }
 
@@ -806,6 +966,7 @@ event_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->family = FA_EVENT;
+    init_done(self);
     return 0;
 }
 
@@ -819,6 +980,7 @@ event_init(PyObject *op, PyObject *args, PyObject *kwargs)
             if (fam == FA_EVENT) { \
                 s->value = 0; \
             } \
+            FA_ASSERT_CONSISTENT(s); \
         } \
         return (PyObject *)s; \
     }
@@ -871,6 +1033,8 @@ sem_set_value(PyObject *op, PyObject *v, void *Py_UNUSED(c))
     }
     self->value = d;
     self->value_is_int = is_int;
+    self->unchecked = 1;
+    FA_ASSERT_CONSISTENT(self);
     return 0;
 }
 
@@ -899,6 +1063,8 @@ lock_set_locked(PyObject *op, PyObject *v, void *Py_UNUSED(c))
         return -1;
     }
     ((FaLock *)op)->locked = b;
+    ((FaLock *)op)->unchecked = 1;
+    FA_ASSERT_CONSISTENT((FaLock *)op);
     return 0;
 }
 
@@ -975,13 +1141,16 @@ event_wait_start(FaOp *op, PyObject **res)
         *res = Py_NewRef(Py_True);
         return PYGEN_RETURN;
     }
-    return fa_op_wait(op, &self->loop, &self->waiters, res);
+    PySendResult r = fa_op_wait(op, &self->loop, &self->waiters, res);
+    FA_ASSERT_CONSISTENT(self);
+    return r;
 }
 
 static PySendResult
 event_wait_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 {
     fa_waitq_unlink(op);
+    FA_ASSERT_CONSISTENT((FaLock *)op->owner);
     *res = Py_NewRef(Py_True);
     return PYGEN_RETURN;
 }
@@ -990,6 +1159,7 @@ static int
 event_wait_exc(FaOp *op, PyObject *Py_UNUSED(exc))
 {
     fa_waitq_unlink(op);
+    FA_ASSERT_CONSISTENT((FaLock *)op->owner);
     return 0;
 }
 
@@ -1018,6 +1188,7 @@ event_set(PyObject *op, PyObject *Py_UNUSED(ignored))
         Py_RETURN_NONE;
     }
     self->value = 1;
+    FA_ASSERT_CONSISTENT(self);
     Py_ssize_t n = self->waiters.len;
     if (n == 0) {
         Py_RETURN_NONE;
@@ -1027,6 +1198,7 @@ event_set(PyObject *op, PyObject *Py_UNUSED(ignored))
     FaOp **ops = PyMem_Malloc(sizeof(FaOp *) * (size_t)n);
     if (ops == NULL) {
         self->value = 0;
+        FA_ASSERT_CONSISTENT(self);
         return PyErr_NoMemory();
     }
     Py_ssize_t k = 0;
@@ -1043,9 +1215,18 @@ event_set(PyObject *op, PyObject *Py_UNUSED(ignored))
                 rc = -1;
             }
             else if (!d) {
-                w->flags |= FA_OPF_WOKEN;
+                /* re-checked: a re-entrant done() may have finished w, which must then not
+                 * carry the flag into its next use (its future is still completed) */
+                int live = w->queue == &self->waiters && w->fut == fut
+                           && !(w->flags & FA_OPF_WOKEN);
+                if (live) {
+                    w->flags |= FA_OPF_WOKEN;
+                    FA_ASSERT_CONSISTENT(self);
+                }
                 if (fa_fut_set_result(self->st, fut, Py_True) < 0) {
-                    w->flags &= ~FA_OPF_WOKEN;
+                    if (live) {
+                        w->flags &= ~FA_OPF_WOKEN;
+                    }
                     rc = -1;
                 }
             }
@@ -1054,6 +1235,7 @@ event_set(PyObject *op, PyObject *Py_UNUSED(ignored))
         Py_DECREF(w);
     }
     PyMem_Free(ops);
+    FA_ASSERT_CONSISTENT(self);
     if (rc < 0) {
         return NULL;
     }
@@ -1064,6 +1246,7 @@ static PyObject *
 event_clear(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     ((FaLock *)op)->value = 0;
+    FA_ASSERT_CONSISTENT((FaLock *)op);
     Py_RETURN_NONE;
 }
 

@@ -7,12 +7,23 @@
   against asyncio itself (the oracle): a test asyncio fails does not describe asyncio.
 """
 import asyncio
+import os
 import types
 
 import pytest
 import uvloop  # noqa: F401  (an ImportError here fails the run: uvloop is required)
+from hypothesis import HealthCheck, settings
 
 import aiofast
+
+# Hypothesis profiles for the fuzzers (tests/test_fuzz_*.py), picked with HYPOTHESIS_PROFILE:
+# "ci" (the default) keeps the whole suite fast; "small" is for the slow runs (valgrind);
+# "thorough" is for a local hunt: HYPOTHESIS_PROFILE=thorough pytest tests/test_fuzz_locks.py
+_FUZZ = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=150, stateful_step_count=40, **_FUZZ)
+settings.register_profile("small", max_examples=15, stateful_step_count=25, **_FUZZ)
+settings.register_profile("thorough", max_examples=3000, stateful_step_count=80, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_asyncio_loop_factories(config, item):

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# AddressSanitizer + UndefinedBehaviorSanitizer over the WHOLE test suite.
+#
+# For each Python: build aiofast with AIOFAST_SANITIZE=address,undefined (-O0 -g, asserts and
+# the debug invariant checks on, -fno-sanitize-recover) into .venv-asan-3.X, then run every test
+# with the gcc sanitizer runtime preloaded and PYTHONMALLOC=malloc (so ASan sees every Python
+# object allocation). Subprocess tests (leak checks, CPython's lock tests, stubtest) inherit the
+# environment and run sanitized too. Every process writes its reports to a fresh log directory;
+# the run fails if any report appears there, whatever the tests said: zero reports.
+# Leak detection is off (CPython leaks by design at exit); leaks are checked by tests/test_leaks.py.
+#
+#   bash scripts/asan.sh                   # 3.10 3.11 3.12 3.13
+#   bash scripts/asan.sh 3.12              # some versions
+#   bash scripts/asan.sh 3.12 -- -k fuzz   # extra pytest arguments after --
+# HYPOTHESIS_PROFILE defaults to "ci" here as in the plain suite (see tests/conftest.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/_pythons.sh
+split_args "$@"
+unset CC  # the preloaded runtime is gcc's, so the build must be gcc's too
+libasan=$(gcc -print-file-name=libasan.so)
+if [ ! -e "$libasan" ]; then
+    echo "error: gcc's libasan.so not found (apt-get install gcc)" >&2
+    exit 1
+fi
+status=0
+for v in "${VERSIONS[@]}"; do
+    echo "=== ASan+UBSan, Python $v: build"
+    py=$(AIOFAST_SANITIZE=address,undefined make_flavour_venv "$v" asan) \
+        || { echo "=== ASan+UBSan, Python $v: BUILD FAILED"; status=1; continue; }
+    # (no `ldd | grep -q` under pipefail: grep's early exit can fail ldd with SIGPIPE)
+    libs=$(ldd .venv-asan-"$v"/lib/python"$v"/site-packages/aiofast/_core*.so || true)
+    if [[ "$libs" != *libasan* ]]; then
+        echo "=== ASan+UBSan, Python $v: the installed build is not sanitized"; status=1; continue
+    fi
+    logs=$(mktemp -d "${TMPDIR:-/tmp}/aiofast-asan-$v.XXXXXX")
+    echo "=== ASan+UBSan, Python $v: tests (reports in $logs)"
+    rc=0
+    PYTHONMALLOC=malloc LD_PRELOAD="$libasan" \
+    ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$logs/asan:${ASAN_OPTIONS_EXTRA:-}" \
+    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
+    HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}" \
+        run_suite "$py" "${PYTEST_ARGS[@]}" || rc=$?
+    if compgen -G "$logs/*" >/dev/null; then
+        echo "=== ASan+UBSan, Python $v: SANITIZER REPORTS:"
+        for f in "$logs"/*; do echo "--- $f"; cat "$f"; done
+        status=1
+    elif [ $rc -ne 0 ]; then
+        echo "=== ASan+UBSan, Python $v: TESTS FAILED (exit $rc)"
+        status=1
+    else
+        echo "=== ASan+UBSan, Python $v: clean (0 reports)"
+    fi
+    rm -rf "$logs"
+done
+exit $status

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Warnings as errors: compile aiofast with -Wall -Wextra -Werror (AIOFAST_WERROR=1) with gcc and
+# with clang, as the release build and as the debug build (whose invariant checkers exist only
+# there), for each Python. Build only, into a temporary directory: nothing is installed and the
+# in-place build is untouched.
+#
+#   bash scripts/werror.sh                 # 3.10 3.11 3.12 3.13
+#   bash scripts/werror.sh 3.13            # some versions
+#   COMPILERS="clang" bash scripts/werror.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/_pythons.sh
+split_args "$@"
+read -r -a compilers <<< "${COMPILERS:-gcc clang}"
+for cc in "${compilers[@]}"; do
+    if ! command -v "$cc" >/dev/null; then
+        echo "error: $cc not found (apt-get install -y $cc)" >&2
+        exit 1
+    fi
+done
+status=0
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/aiofast-werror.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+for v in "${VERSIONS[@]}"; do
+    py=$(make_build_venv "$v") || { echo "=== -Werror, Python $v: NO PYTHON"; status=1; continue; }
+    for cc in "${compilers[@]}"; do
+        for flavour in release debug; do
+            out="$tmp/$v-$cc-$flavour"
+            dbg=0
+            [ "$flavour" = debug ] && dbg=1
+            if CC="$cc" AIOFAST_WERROR=1 AIOFAST_DEBUG=$dbg "$py" setup.py -q build_ext \
+                    --build-lib "$out/lib" --build-temp "$out/tmp" >"$out.log" 2>&1; then
+                echo "=== -Werror, Python $v, $cc, $flavour: ok"
+            else
+                echo "=== -Werror, Python $v, $cc, $flavour: FAILED"
+                grep -v "^WARNING: Location" "$out.log" | tail -40
+                status=1
+            fi
+        done
+    done
+done
+exit $status

@@ -1,0 +1,188 @@
+"""Hostile loops: futures whose done()/cancelled() are Python code that re-enters the primitive.
+
+aiofast calls fut.done(), fut.cancelled() and fut.set_result() on whatever loop.create_future()
+returns; with a Future subclass those calls run arbitrary code in the middle of a wake-up. These
+tests re-enter from there (closing the waiting operation, cancelling, releasing, setting) and
+check the invariants that matter: no crash, no waiter stranded, nothing lost, and in debug builds
+the C-level invariant checks pass after every mutation.
+
+The same hooks are not compared with asyncio's classes: aiofast skips done()/cancelled() calls
+asyncio makes (a waiter it woke itself is known to be done), so the hooks fire at different
+moments by design.
+"""
+import asyncio
+import gc
+
+import pytest
+
+import aiofast
+
+
+class HookFuture(asyncio.Future):
+    """A future whose done() and cancelled() first run (and drop) a one-shot hook."""
+
+    hooks = []
+
+    def _fire(self):
+        if HookFuture.hooks:
+            HookFuture.hooks.pop(0)()
+
+    def done(self):
+        self._fire()
+        return super().done()
+
+    def cancelled(self):
+        self._fire()
+        return super().cancelled()
+
+
+class HookLoop(asyncio.SelectorEventLoop):
+    def create_future(self):
+        return HookFuture(loop=self)
+
+
+@pytest.fixture
+def loop():
+    lp = HookLoop()
+    HookFuture.hooks = []
+    yield lp
+    HookFuture.hooks = []
+    lp.close()
+
+
+def steps(loop, n=6):
+    for _ in range(n):
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+
+
+def reap(tasks):
+    """Forget finished tasks (and so their operations: a cached one can then be reused)."""
+    for t in tasks:
+        assert t.done()
+        t.cancelled() or t.exception()  # mark the exception retrieved
+    tasks.clear()
+    gc.collect()
+
+
+def test_event_waiter_closed_inside_done_is_not_flagged(loop):
+    # event.set() asks fut.done(); the hook closes the very operation that waits on it. The
+    # closed operation must not keep the "woken" flag: that flag survived into the next
+    # wait() through the per-object cache and made set() skip it forever (fixed).
+    ev = aiofast.Event()
+    t = [loop.create_task(ev.wait())]
+    steps(loop)
+    HookFuture.hooks = [t[0].get_coro().close]
+    ev.set()
+    steps(loop)
+    # its future was still completed, so the orphaned task ends instead of hanging
+    assert t[0].done() and isinstance(t[0].exception(), RuntimeError)
+    reap(t)
+    ev.clear()
+    t2 = loop.create_task(ev.wait())
+    steps(loop)
+    assert not t2.done()
+    ev.set()
+    steps(loop)
+    assert t2.done() and t2.result() is True
+
+
+def test_lock_head_closed_inside_done_wakes_the_next(loop):
+    lock = aiofast.Lock()
+
+    async def hold():
+        await lock.acquire()
+
+    loop.run_until_complete(hold())
+    t = [loop.create_task(lock.acquire()), loop.create_task(lock.acquire())]
+    steps(loop)
+    # release() asks the head's fut.done(): the hook closes the head's operation
+    HookFuture.hooks = [t[0].get_coro().close]
+    lock.release()
+    steps(loop)
+    assert t[0].done() and isinstance(t[0].exception(), RuntimeError)
+    # the wake-up went on to the new head: nobody is stranded on an unlocked lock
+    assert t[1].done() and t[1].result() is True
+    assert lock.locked()
+    lock.release()
+    reap(t)
+    # and the cached operation comes back clean
+    for _ in range(3):
+        t = loop.create_task(lock.acquire())
+        steps(loop)
+        assert t.result() is True
+        lock.release()
+    assert not lock.locked() and not lock._waiters
+
+
+def test_semaphore_waiter_closed_inside_done(loop):
+    sem = aiofast.Semaphore(0)
+    t = [loop.create_task(sem.acquire()), loop.create_task(sem.acquire())]
+    steps(loop)
+    HookFuture.hooks = [t[0].get_coro().close]
+    sem.release()
+    steps(loop)
+    assert t[0].done() and isinstance(t[0].exception(), RuntimeError)
+    # the permit went to the next waiter, not to the closed one
+    assert t[1].done() and t[1].result() is True
+    assert sem._value == 0 and not sem._waiters
+    sem.release()
+    reap(t)
+    t3 = loop.create_task(sem.acquire())
+    steps(loop)
+    assert t3.result() is True and sem._value == 0
+
+
+@pytest.mark.parametrize("kind", ["lock", "sem", "event"])
+def test_reentrant_hooks_never_strand_a_waiter(loop, kind):
+    # every done()/cancelled() call re-enters with some operation on the primitive
+    if kind == "lock":
+        prim = aiofast.Lock()
+    elif kind == "sem":
+        prim = aiofast.Semaphore(1)
+    else:
+        prim = aiofast.Event()
+    wait = prim.wait if kind == "event" else prim.acquire
+    tasks = []
+
+    def release():
+        if kind == "event":
+            prim.set()
+        elif kind == "lock":
+            if prim.locked():
+                prim.release()
+        else:
+            prim.release()
+
+    def spawn():
+        tasks.append(loop.create_task(wait()))
+
+    def cancel_oldest():
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+                return
+
+    def clear():
+        if kind == "event":
+            prim.clear()
+
+    actions = [release, spawn, cancel_oldest, clear, spawn, release]
+    for round_ in range(30):
+        HookFuture.hooks = [actions[(round_ + i) % len(actions)] for i in range(3)]
+        spawn()
+        steps(loop, 2)
+        if round_ % 3 == 0:
+            release()
+        steps(loop, 2)
+    HookFuture.hooks = []
+    # drain: keep releasing until every task is done; a stranded waiter never finishes
+    for _ in range(200):
+        if all(t.done() for t in tasks):
+            break
+        release()
+        steps(loop, 3)
+    assert all(t.done() for t in tasks)
+    assert not prim._waiters
+    for t in tasks:
+        assert t.cancelled() or t.result() is True

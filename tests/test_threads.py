@@ -1,0 +1,202 @@
+"""Cross-thread misuse: using a primitive from a thread other than its loop's.
+
+asyncio's primitives are not thread-safe and asyncio does not support this; aiofast must still
+never corrupt memory. Each use either works (under the GIL, as asyncio's pure-Python classes
+do) or raises a clean exception, exactly as asyncio's own class does where one is given (the
+`impl` tests run on both). These tests also run under ASan+UBSan and the debug build's invariant
+checks (scripts/asan.sh, scripts/debug.sh), which is where a memory error would show.
+
+The foreign-thread wake-ups are made while the loop's own thread is parked (joined on the
+worker), so the loop itself is never entered by two threads at once: uvloop (libuv) would race
+with itself there, which is not ours to test. The free-running stress test uses asyncio's loop
+for the same reason.
+"""
+import asyncio
+import sys
+import threading
+
+import pytest
+
+import aiofast
+
+
+def in_thread(fn):
+    """Run fn in a new thread and wait for it; what it returned or the exception it raised."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return out
+
+
+async def spin_until(pred, n=200):
+    for _ in range(n):
+        if pred():
+            return True
+        await asyncio.sleep(0)
+    return pred()
+
+
+@pytest.mark.asyncio
+async def test_release_from_another_thread_wakes_the_waiter(impl):
+    lock = impl.Lock()
+    await lock.acquire()
+    waiter = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0)
+    out = in_thread(lock.release)  # the loop thread is parked in join() meanwhile
+    assert out == {"value": None}
+    assert await spin_until(waiter.done)
+    assert waiter.result() is True and lock.locked()
+    lock.release()
+
+
+@pytest.mark.asyncio
+async def test_semaphore_and_event_from_another_thread(impl):
+    sem = impl.Semaphore(0)
+    ev = impl.Event()
+    a = asyncio.ensure_future(sem.acquire())
+    b = asyncio.ensure_future(ev.wait())
+    await asyncio.sleep(0)
+    assert in_thread(sem.release) == {"value": None}
+    assert in_thread(ev.set) == {"value": None}
+    assert await spin_until(lambda: a.done() and b.done())
+    assert a.result() is True and b.result() is True
+    assert sem._value == 0 and not sem._waiters
+
+
+def test_release_from_another_thread_in_debug_mode_raises(impl):
+    # asyncio's debug mode refuses call_soon from a foreign thread: release() reports it. The
+    # waiter's future is then finished but its task never scheduled (asyncio's Future sets its
+    # state before scheduling callbacks), so the waiter is stranded, with asyncio's class too.
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    try:
+        lock = impl.Lock()
+
+        async def main():
+            await lock.acquire()
+            waiter = asyncio.ensure_future(lock.acquire())
+            await asyncio.sleep(0)
+            out = in_thread(lock.release)
+            waiter._log_destroy_pending = False  # stranded by design (see above)
+            return out, waiter
+
+        out, waiter = loop.run_until_complete(main())
+        assert isinstance(out.get("error"), RuntimeError), out
+        assert "thread" in str(out["error"])
+        assert not lock.locked() and not waiter.done()
+        assert len(lock._waiters) == 1 and lock._waiters[0].done()
+    finally:
+        loop.close()
+
+
+def test_operation_made_in_one_thread_awaited_in_another(impl):
+    lock = impl.Lock()
+    made = in_thread(lock.acquire)["value"]  # created in a worker, not awaited there
+
+    async def use():
+        return await made
+
+    out = in_thread(lambda: asyncio.run(use()))
+    assert out == {"value": True}
+    assert lock.locked()
+    lock.release()
+
+
+def test_bound_to_a_loop_in_another_thread_raises(impl):
+    lock = impl.Lock()
+
+    async def bind():
+        await lock.acquire()
+        t = asyncio.ensure_future(lock.acquire())  # waits: binds the lock to this loop
+        await asyncio.sleep(0)
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(bind())
+        assert lock.locked()
+
+        async def contend():
+            await lock.acquire()  # locked: must wait, on the wrong loop
+
+        out = in_thread(lambda: asyncio.run(contend()))
+        assert isinstance(out.get("error"), RuntimeError)
+        assert "different event loop" in str(out["error"])
+        lock.release()
+        assert not lock.locked() and not lock._waiters
+    finally:
+        loop.close()
+
+
+def test_free_running_threads_hammering_shared_primitives():
+    """Threads with their own loops, and the main loop, use the same objects at once with tiny
+    GIL switch intervals: whatever interleaving happens, each call works or raises
+    RuntimeError (a wait on a loop the object is not bound to), and every permit comes back."""
+    sem = aiofast.Semaphore(1)
+    lock = aiofast.Lock()
+    ev = aiofast.Event()
+    errors = []
+    counts = {"sem": 0, "lock": 0}
+    nthreads = 3
+    barrier = threading.Barrier(nthreads + 1)
+
+    async def worker(rounds):
+        for i in range(rounds):
+            try:
+                async with sem:
+                    counts["sem"] += 1
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                async with lock:
+                    counts["lock"] += 1
+                    await asyncio.sleep(0)
+                if i % 7 == 0:
+                    ev.set()
+                    ev.clear()
+            except RuntimeError as e:
+                errors.append(str(e))
+                await asyncio.sleep(0)
+
+    def thread_main():
+        barrier.wait()
+        asyncio.run(worker(300))
+
+    async def main_loop(threads):
+        barrier.wait()
+        tasks = [asyncio.ensure_future(worker(10**9)) for _ in range(4)]
+        while any(t.is_alive() for t in threads):
+            await asyncio.sleep(0.0005)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=thread_main) for _ in range(nthreads)]
+        loop = asyncio.new_event_loop()
+        try:
+            for t in threads:
+                t.start()
+            loop.run_until_complete(main_loop(threads))
+        finally:
+            loop.close()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert all("different event loop" in e for e in errors), sorted(set(errors))[:5]
+    assert errors, "no contention across loops happened: the test tests nothing"
+    assert counts["sem"] > nthreads * 10 and counts["lock"] > nthreads * 10
+    # nothing lost, nothing duplicated: all permits are back, nobody is left waiting
+    assert sem._value == 1 and not sem._waiters
+    assert not lock.locked() and not lock._waiters
