@@ -3,7 +3,8 @@
 Build flavours, chosen by environment variables (scripts/ use them; see docs/hardening.md):
   AIOFAST_DEBUG=1                        -O0 -g3 -UNDEBUG: asserts and the FA_ASSERT_CONSISTENT
                                          invariant checks after every mutation
-  AIOFAST_SANITIZE=address,undefined     the same plus -fsanitize=...; run under
+  AIOFAST_SANITIZE=address,undefined     -O1 -g -fsanitize=... (asserts off unless
+                                         AIOFAST_DEBUG=1 too); run under
                                          LD_PRELOAD=libasan.so PYTHONMALLOC=malloc
   AIOFAST_WERROR=1                       -Werror
 The flavour (and CC/CFLAGS) is remembered per output file: switching flavours always rebuilds,
@@ -25,9 +26,13 @@ extra_compile_args = ["-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-missing-f
                       "-std=c11"]
 extra_link_args = []
 undef_macros = []
-if debug or sanitize:
+if debug:
     extra_compile_args += ["-O0", "-g3", "-fno-omit-frame-pointer"]
     undef_macros.append("NDEBUG")
+elif sanitize:
+    # the sanitizers check memory and UB on (nearly) the release code; the invariant walks of
+    # the debug build are a separate run (scripts/debug.sh), or add AIOFAST_DEBUG=1 for both
+    extra_compile_args += ["-O1", "-g", "-fno-omit-frame-pointer"]
 else:
     extra_compile_args += ["-O2"]
 if sanitize:

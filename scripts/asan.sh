@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # AddressSanitizer + UndefinedBehaviorSanitizer over the WHOLE test suite.
 #
-# For each Python: build aiofast with AIOFAST_SANITIZE=address,undefined (-O0 -g, asserts and
-# the debug invariant checks on, -fno-sanitize-recover) into .venv-asan-3.X, then run every test
+# For each Python: build aiofast with AIOFAST_SANITIZE=address,undefined (-O1 -g,
+# -fno-sanitize-recover; the invariant checks are scripts/debug.sh's) into .venv-asan-3.X, then
+# run every test
 # with the gcc sanitizer runtime preloaded and PYTHONMALLOC=malloc (so ASan sees every Python
 # object allocation). Subprocess tests (leak checks, CPython's lock tests, stubtest) inherit the
 # environment and run sanitized too. Every process writes its reports to a fresh log directory;

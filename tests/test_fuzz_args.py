@@ -189,6 +189,11 @@ ALLOWED = {
 }
 
 
+# A queue's storage (_queue) is a plain Python object a user may replace (asyncio allows it):
+# after `q._queue = ""`, put_nowait raises what "".append raises, in asyncio and here alike.
+STORAGE_ERRORS = {q: (AttributeError, IndexError) for q in ("Queue", "PriorityQueue", "LifoQueue")}
+
+
 def _smoke_lock(lock, loop):
     assert isinstance(lock.locked(), bool)
     if not lock.locked() and not lock._waiters:
@@ -325,7 +330,10 @@ def test_constructors(name, args, kwargs):
             obj = cls(*args, **kwargs)
         except CLEAN:
             return
-        repr(obj)
+        try:
+            repr(obj)
+        except CLEAN:
+            pass  # Queue(maxsize=<hostile>): asyncio keeps it as given, and its repr fails too
         SMOKE.get(name, lambda o, lp: None)(obj, lp)
     finally:
         lp.close()
@@ -345,7 +353,7 @@ def test_methods_and_attributes(name, data):
                 m = data.draw(st.sampled_from(methods), label="method")
                 args, kwargs = real_args(data.draw(ARGS, label="args"),
                                          data.draw(KWARGS, label="kwargs"))
-                allowed = ALLOWED.get((name, m), ())
+                allowed = ALLOWED.get((name, m), ()) + STORAGE_ERRORS.get(name, ())
                 try:
                     bound = getattr(obj, m)
                 except CLEAN:
