@@ -148,6 +148,7 @@ def test_free_running_threads_hammering_shared_primitives():
     counts = {"sem": 0, "lock": 0}
     nthreads = 3
     barrier = threading.Barrier(nthreads + 1)
+    hung = []
 
     async def worker(rounds):
         for i in range(rounds):
@@ -166,15 +167,32 @@ def test_free_running_threads_hammering_shared_primitives():
                 errors.append(str(e))
                 await asyncio.sleep(0)
 
+    async def ticking(coro):
+        # a wake-up made from another thread is a plain call_soon (asyncio has no thread-safe
+        # path for it), which does not interrupt a loop blocked in select(): tick, so such a
+        # wake-up is late instead of lost (asyncio's own classes behave the same)
+        async def tick():
+            while True:
+                await asyncio.sleep(0.001)
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            return await coro
+        finally:
+            ticker.cancel()
+
     def thread_main():
         barrier.wait()
-        asyncio.run(worker(300))
+        asyncio.run(ticking(worker(300)))
 
     async def main_loop(threads):
         barrier.wait()
         tasks = [asyncio.ensure_future(worker(10**9)) for _ in range(4)]
-        while any(t.is_alive() for t in threads):
+        for _ in range(240_000):  # a guard against a hang, never reached (about 2 minutes)
+            if not any(t.is_alive() for t in threads):
+                break
             await asyncio.sleep(0.0005)
+        hung.extend(t for t in threads if t.is_alive())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -182,7 +200,7 @@ def test_free_running_threads_hammering_shared_primitives():
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=thread_main) for _ in range(nthreads)]
+        threads = [threading.Thread(target=thread_main, daemon=True) for _ in range(nthreads)]
         loop = asyncio.new_event_loop()
         try:
             for t in threads:
@@ -191,9 +209,10 @@ def test_free_running_threads_hammering_shared_primitives():
         finally:
             loop.close()
         for t in threads:
-            t.join()
+            t.join(0 if hung else None)
     finally:
         sys.setswitchinterval(old)
+    assert not hung, "worker threads never finished"
     assert all("different event loop" in e for e in errors), sorted(set(errors))[:5]
     assert errors, "no contention across loops happened: the test tests nothing"
     assert counts["sem"] > nthreads * 10 and counts["lock"] > nthreads * 10
