@@ -21,7 +21,7 @@ import aiofast
 # sanitizer runs (scripts/asan.sh), "tiny" for valgrind (50x slower); "thorough" is for a local
 # hunt: HYPOTHESIS_PROFILE=thorough pytest tests/test_fuzz_locks.py
 _FUZZ = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("ci", max_examples=150, stateful_step_count=40, **_FUZZ)
+settings.register_profile("ci", max_examples=100, stateful_step_count=40, **_FUZZ)
 settings.register_profile("small", max_examples=30, stateful_step_count=30, **_FUZZ)
 settings.register_profile("tiny", max_examples=5, stateful_step_count=15, **_FUZZ)
 settings.register_profile("thorough", max_examples=3000, stateful_step_count=80, **_FUZZ)

@@ -188,6 +188,44 @@ def test_reentrant_hooks_never_strand_a_waiter(loop, kind):
         assert t.cancelled() or t.result() is True
 
 
+# ---------------------------------------------------------------- closed waiters
+
+
+@pytest.mark.parametrize("kind", ["Lock", "Semaphore", "BoundedSemaphore"])
+@pytest.mark.parametrize("mod", [aiofast, asyncio], ids=["aiofast", "asyncio"])
+def test_closing_a_woken_waiter_passes_the_wakeup_on(kind, mod):
+    # A waiter that was handed the lock/permit and is then closed (coro.close(), or its
+    # coroutine garbage-collected) before it runs. asyncio's classes only pass the wake-up on
+    # for CancelledError, so the next waiter is stranded forever beside a free lock (and the
+    # semaphore loses the permit). aiofast passes it on: a deliberate difference, found by the
+    # hostile-loop state machine. The asyncio run documents the difference.
+    loop = asyncio.new_event_loop()
+    try:
+        prim = getattr(mod, kind)() if kind == "Lock" else getattr(mod, kind)(1)
+        loop.run_until_complete(prim.acquire())
+        t = [loop.create_task(prim.acquire()), loop.create_task(prim.acquire())]
+        steps(loop)
+        prim.release()  # hands over to t[0], which has not run yet
+        t[0].get_coro().close()
+        t[0]._log_destroy_pending = False
+        steps(loop)
+        if mod is asyncio:
+            assert not t[1].done()  # stranded
+            t[1].cancel()
+            steps(loop)
+            return
+        assert t[1].done() and t[1].result() is True
+        assert t[0].done() and isinstance(t[0].exception(), RuntimeError)
+        prim.release()
+        if kind == "Lock":
+            assert not prim.locked()
+        else:
+            assert prim._value == 1  # the permit came back: nothing lost
+        assert not prim._waiters
+    finally:
+        loop.close()
+
+
 # ---------------------------------------------------------------- the same, fuzzed
 
 import hypothesis.strategies as st  # noqa: E402
