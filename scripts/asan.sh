@@ -13,7 +13,8 @@
 #   bash scripts/asan.sh                   # 3.10 3.11 3.12 3.13
 #   bash scripts/asan.sh 3.12              # some versions
 #   bash scripts/asan.sh 3.12 -- -k fuzz   # extra pytest arguments after --
-# HYPOTHESIS_PROFILE defaults to "ci" here as in the plain suite (see tests/conftest.py).
+# The fuzzers run with the "small" hypothesis profile here (HYPOTHESIS_PROFILE overrides it; the
+# plain suite, the debug build and local hunts run more examples, see tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
@@ -40,7 +41,7 @@ for v in "${VERSIONS[@]}"; do
     PYTHONMALLOC=malloc LD_PRELOAD="$libasan" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$logs/asan:${ASAN_OPTIONS_EXTRA:-}" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
-    HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}" \
+    HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-small}" \
         run_suite "$py" "${PYTEST_ARGS[@]}" || rc=$?
     if compgen -G "$logs/*" >/dev/null; then
         echo "=== ASan+UBSan, Python $v: SANITIZER REPORTS:"

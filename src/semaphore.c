@@ -460,7 +460,12 @@ sem_acquire_exc(FaOp *op, PyObject *exc)
     fa_state *st = self->st;
     fa_waitq_unlink(op);
     FA_ASSERT_CONSISTENT(self);
-    if (fa_is_cancelled_error(st, exc)) {
+    /* A woken waiter closed (GeneratorExit: coro.close(), or its coroutine garbage-collected)
+     * gives the permit it was handed back, like a cancelled one. asyncio's class only does
+     * that for CancelledError and so loses the permit for good (and, before 3.13, strands the
+     * next waiter): a deliberate difference, in a case where asyncio leaks. */
+    int closed = PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_GeneratorExit);
+    if (fa_is_cancelled_error(st, exc) || (closed && (op->flags & FA_OPF_WOKEN))) {
         int woken;  /* "fut.done() and not fut.cancelled()" (3.13) / "not fut.cancelled()" */
         if (op->flags & FA_OPF_WOKEN) {
             woken = 1;
@@ -649,7 +654,12 @@ lock_acquire_exc(FaOp *op, PyObject *exc)
     FaLock *self = (FaLock *)op->owner;
     fa_waitq_unlink(op);
     FA_ASSERT_CONSISTENT(self);
-    if (fa_is_cancelled_error(self->st, exc) && !self->locked) {
+    /* Pass the baton on cancellation (asyncio), and also when a woken waiter is closed
+     * (GeneratorExit: coro.close(), or its coroutine garbage-collected), where asyncio's class
+     * leaves the lock free with the next waiter never woken: a deliberate difference. */
+    int closed = PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_GeneratorExit);
+    if ((fa_is_cancelled_error(self->st, exc) || (closed && (op->flags & FA_OPF_WOKEN)))
+        && !self->locked) {
         return lock_wake_up_first(self);
     }
     return 0;

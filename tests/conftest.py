@@ -16,15 +16,17 @@ from hypothesis import HealthCheck, settings
 
 import aiofast
 
-# Hypothesis profiles for the fuzzers (tests/test_fuzz_*.py), picked with HYPOTHESIS_PROFILE:
-# "ci" (the default) keeps the whole suite fast; "small" is for the slow runs (valgrind);
-# "thorough" is for a local hunt: HYPOTHESIS_PROFILE=thorough pytest tests/test_fuzz_locks.py
+# Hypothesis profiles for the fuzzers (tests/test_fuzz_*.py, the state machines), picked with
+# HYPOTHESIS_PROFILE: "ci" (the default) keeps the whole suite fast; "small" is for the
+# sanitizer runs (scripts/asan.sh), "tiny" for valgrind (50x slower); "thorough" is for a local
+# hunt: HYPOTHESIS_PROFILE=thorough pytest tests/test_fuzz_locks.py
 _FUZZ = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 # "ci" is derandomized: the same examples every run, so CI judges the code, not the draw; the
 # other profiles explore (run them locally to hunt)
-settings.register_profile("ci", max_examples=150, stateful_step_count=40, derandomize=True,
+settings.register_profile("ci", max_examples=100, stateful_step_count=40, derandomize=True,
                           **_FUZZ)
-settings.register_profile("small", max_examples=15, stateful_step_count=25, **_FUZZ)
+settings.register_profile("small", max_examples=30, stateful_step_count=30, **_FUZZ)
+settings.register_profile("tiny", max_examples=5, stateful_step_count=15, **_FUZZ)
 settings.register_profile("thorough", max_examples=3000, stateful_step_count=80, **_FUZZ)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
