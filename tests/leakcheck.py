@@ -1,4 +1,5 @@
-"""Leak check runner: ``python tests/leakcheck.py SCENARIO`` runs one scenario many times.
+"""Leak check runner: ``python tests/leakcheck.py SCENARIO [asyncio|uvloop]`` runs one scenario
+many times, on a virtual clock (tests/virtual_time.py) on asyncio's loop or uvloop's.
 
 A scenario is a function in SCENARIOS that does one create / use / cancel / destroy cycle of a
 type. After a warm-up, the runner measures len(gc.get_objects()), the refcount of every aiofast
@@ -14,6 +15,9 @@ import tracemalloc
 
 import aiofast
 import aiofast._core as core
+import virtual_time
+
+LOOPS = {"asyncio": virtual_time.new_virtual_loop, "uvloop": virtual_time.new_virtual_uvloop}
 
 SCENARIOS = {}
 
@@ -128,6 +132,225 @@ async def queue_family():
     await asyncio.gather(*pend, return_exceptions=True)
 
 
+
+@scenario
+async def tokenbucket_family():
+    b = aiofast.TokenBucket(1e6, capacity=4, initial=0)
+    lim = aiofast.AsyncLimiter(4, 1)
+    await b.acquire()
+    async with b:
+        pass
+    waiters = [asyncio.ensure_future(b.acquire(4, timeout=10)), asyncio.ensure_future(b.acquire(4)),
+               asyncio.ensure_future(b.acquire(2, timeout=1e-9)), asyncio.ensure_future(b.acquire(1))]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    res = await asyncio.gather(*waiters, return_exceptions=True)
+    assert isinstance(res[0], asyncio.CancelledError) and res[1] is None, res
+    assert isinstance(res[2], TimeoutError) and res[3] is None, res
+
+    @b
+    async def f(x):
+        return x
+    assert await f(1) == 1
+    await lim.acquire()
+    async with lim:
+        pass
+    b.try_acquire(), b.has_capacity(2), b.tokens, b.waiting, repr(b), repr(lim)
+    b.reset()
+    try:
+        b.acquire(5)  # more than the capacity: raises at the call
+    except ValueError:
+        pass
+    op = b.acquire(0.5)
+    op.close()
+    b.acquire(1)  # dropped unawaited
+    # a bucket dropped with waiters pending, a timer armed
+    b0 = aiofast.TokenBucket(1, per=3600, initial=0)
+    pend = [asyncio.ensure_future(b0.acquire(1, timeout=60)) for _ in range(3)]
+    await _spin()
+    for t in pend:
+        t.cancel()
+    await asyncio.gather(*pend, return_exceptions=True)
+
+
+class _Boom(Exception):
+    pass
+
+
+@scenario
+async def breaker_family():
+    t = [0.0]
+    b = aiofast.CircuitBreaker(2, 1.0, half_open_max_calls=2, clock=lambda: t[0],
+                               expected_exception=lambda e: not isinstance(e, KeyError))
+    b.add_listener(lambda br, old, new: None)
+
+    @b
+    async def f(kind):
+        await asyncio.sleep(0)
+        if kind == "fail":
+            raise _Boom(kind)
+        if kind == "hang":
+            await asyncio.sleep(3600)
+        return kind
+
+    @b
+    def s(kind):
+        if kind == "fail":
+            raise _Boom(kind)
+        return kind
+
+    @b
+    async def agen(n):
+        for i in range(n):
+            yield i
+
+    assert await f("ok") == "ok" and s("ok") == "ok"
+    assert [i async for i in agen(3)] == [0, 1, 2]
+    for _ in range(2):
+        try:
+            await f("fail")
+        except _Boom:
+            pass
+    for call in (lambda: f("ok"), lambda: b.call(f, "ok")):
+        try:
+            await call()
+        except aiofast.CircuitOpenError:
+            pass
+    try:
+        s("ok")
+    except aiofast.CircuitOpenError:
+        pass
+    t[0] += 1.0
+    task = asyncio.ensure_future(f("hang"))
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    b.close()
+    async with b:
+        pass
+    with b:
+        pass
+    try:
+        async with b:
+            raise KeyError("excluded by the predicate")
+    except KeyError:
+        pass
+    await b.call(s, "x"), await b.call(f, "y")
+    aw = f("never")
+    aw.close()
+    aw = b.call(f, "dropped")
+    del aw
+    b.stats(), repr(b), b.state, b.failure_count, b.remaining
+    rate = aiofast.CircuitBreaker(failure_rate=0.5, window=4, min_calls=2, slow_call_duration=0.5,
+                                  clock=lambda: t[0], fallback=lambda *a: "fb")
+    g = rate(f.__wrapped__)
+    for kind in ("ok", "fail", "fail", "ok"):
+        try:
+            await g(kind)
+        except _Boom:
+            pass
+    assert await g("ok") == "fb"
+    timed = aiofast.CircuitBreaker(failure_rate=0.5, window_time=10, min_calls=2, clock=lambda: t[0])
+    for kind in ("fail", "ok", "fail"):
+        try:
+            timed.call(s, kind)
+        except (_Boom, aiofast.CircuitOpenError):
+            pass
+
+
+class _Key:
+    """A key with a Python __hash__/__eq__, so the tables call out to Python code."""
+    __slots__ = ("k",)
+
+    def __init__(self, k):
+        self.k = k
+
+    def __hash__(self):
+        return hash(self.k)
+
+    def __eq__(self, other):
+        return isinstance(other, _Key) and other.k == self.k
+
+
+@scenario
+async def cache_family():
+    lru = aiofast.LRUCache(8)
+    ttl = aiofast.TTLCache(8, 0.5)
+    sized = aiofast.TTLCache(20, 5, getsizeof=len)
+    loop = asyncio.get_running_loop()
+    for j in range(30):
+        lru[_Key(j)] = [j]
+        ttl[j] = object()
+        ttl.set(-j, [j], ttl=1000)
+        sized[(j, "k")] = "x" * (j % 5 + 1)
+        lru.get(_Key(j - 3))
+        ttl.get(j - 1)
+    lru.update({_Key(100): 1}, extra=2)
+    list(lru.items()), list(ttl.values()), list(sized.keys()), repr(lru), repr(ttl)
+    await asyncio.sleep(0.6)  # a virtual clock: expire the short-lived entries
+    ttl.expire(), lru.popitem(), sized.pop((29, "k"), None), lru.setdefault(_Key(7), 7)
+    try:
+        sized["big"] = "x" * 50  # larger than maxsize: not stored
+    except ValueError:
+        pass
+    try:
+        lru[[1]] = 1  # unhashable
+    except TypeError:
+        pass
+    lru["self"] = lru  # a cycle through the cache: the gc must collect it
+    ttl[-3] = 3
+    del ttl[-3]
+    assert len(lru) <= 8 and len(ttl) <= 8 and sized.currsize <= 20
+    ttl.clear()
+    assert loop.time() > 0
+
+
+@scenario
+async def memo_family():
+    gate = asyncio.Event()
+
+    @aiofast.cached(maxsize=8, ttl=0.5)
+    async def f(x):
+        await gate.wait()
+        if x % 5 == 0:
+            raise ValueError(x)
+        return [x]
+
+    @aiofast.alru_cache(maxsize=4)
+    async def g(x):
+        await asyncio.sleep(0)
+        return [x]
+
+    @aiofast.cached(maxsize=4)
+    def h(x):
+        return [x]
+
+    tasks = [asyncio.ensure_future(f(i % 12)) for i in range(30)]
+    await asyncio.sleep(0)
+    for t in tasks[::3]:
+        t.cancel()
+    gate.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for i in range(12):
+        await g(i % 7)
+        h(i % 6)
+        if i % 3:
+            await f(i % 3)
+    # the last caller of a computation cancelled: the computation is cancelled and forgotten
+    gate.clear()
+    lone = asyncio.ensure_future(f(99))
+    await _spin()
+    lone.cancel()
+    await asyncio.gather(lone, return_exceptions=True)
+    f(98).close()
+    f(97)  # dropped unawaited
+    await asyncio.sleep(1)  # virtual: the ttl passes
+    f.cache_info(), f.cache_contains(1), f.cache_invalidate(1), h.cache_info()
+    f.cache_clear()
+    h.cache_clear()
+    await g.cache_close()
+
+
 def core_types():
     return {name: obj for name, obj in vars(core).items() if isinstance(obj, type)}
 
@@ -140,7 +363,7 @@ def measure():
             tracemalloc.get_traced_memory()[0])
 
 
-def main(name, warmup=200, cycles=700):
+def main(name, loop_name="asyncio", warmup=150, cycles=400):
     """Warm up, then run `cycles` cycles three times, measuring after each segment. Allocator and
     cache effects are steps (a dict or freelist growing once; under ASan with
     PYTHONMALLOC=malloc a constant offset); a leak is a slope: it shows in every segment. So the
@@ -152,7 +375,7 @@ def main(name, warmup=200, cycles=700):
             await fn()
 
     tracemalloc.start()
-    loop = asyncio.new_event_loop()
+    loop = LOOPS[loop_name]()
     try:
         loop.run_until_complete(many(warmup))
         objs0, refs0, mem0 = measure()
@@ -175,4 +398,4 @@ def main(name, warmup=200, cycles=700):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -233,3 +233,109 @@ def test_free_running_threads_hammering_shared_primitives():
     # nothing lost, nothing duplicated: all permits are back, nobody is left waiting
     assert sem._value == 1 and not sem._waiters
     assert not lock.locked() and not lock._waiters
+
+
+def _hammer(thread_main, nthreads=3, rounds=300):
+    """Run thread_main(k, rounds) in nthreads threads at once, with a tiny GIL switch interval,
+    while the main thread runs its own loop on the same objects; the exceptions that escaped."""
+    escaped = []
+
+    def guarded(k):
+        try:
+            thread_main(k, rounds)
+        except BaseException as e:  # noqa: BLE001
+            escaped.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=guarded, args=(k,)) for k in range(nthreads)]
+        for t in threads:
+            t.start()
+        guarded(nthreads)
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    return escaped
+
+
+def test_free_running_threads_sharing_queues():
+    """Threads, each with its own loop, put and get on the same Queue, PriorityQueue and
+    LifoQueue: each call works, or (a wait on a loop the queue is not bound to) raises
+    RuntimeError; no item is lost or duplicated and the task accounting adds up."""
+    queues = [aiofast.Queue(), aiofast.PriorityQueue(), aiofast.LifoQueue()]
+    put, got, errors = [], [], []
+
+    async def worker(k, rounds):
+        for i in range(rounds):
+            for q in queues:
+                item = (i % 17, k, i)
+                q.put_nowait(item)
+                put.append(item)
+                try:
+                    got.append(q.get_nowait())
+                    q.task_done()
+                except asyncio.QueueEmpty:
+                    pass
+                if i % 5 == 0:
+                    try:
+                        got.append(await asyncio.wait_for(q.get(), 0.01))
+                        q.task_done()
+                    except RuntimeError as e:
+                        errors.append(str(e))
+                    except asyncio.TimeoutError:  # builtin TimeoutError on 3.11+
+                        pass
+            await asyncio.sleep(0)
+
+    escaped = _hammer(lambda k, rounds: asyncio.run(worker(k, rounds)))
+    assert escaped == []
+    assert all("different event loop" in e for e in errors), sorted(set(errors))[:5]
+    left = []
+    for q in queues:
+        assert q._unfinished_tasks == q.qsize()
+        assert not q._getters and not q._putters
+        while not q.empty():
+            left.append(q.get_nowait())
+            q.task_done()
+        assert q._unfinished_tasks == 0
+    assert sorted(got + left) == sorted(put)
+
+
+def test_free_running_threads_sharing_a_token_bucket():
+    """Threads, each with its own loop, take tokens from one bucket (waiting, with timeouts,
+    without waiting): each call works, times out having taken nothing, or raises RuntimeError
+    (a wait on a loop the bucket is not bound to); never more tokens are granted than flowed in,
+    and nobody is left waiting."""
+    import time
+
+    rate, capacity = 2000.0, 5.0
+    b = aiofast.TokenBucket(rate, capacity=capacity)
+    granted, errors = [], []
+
+    async def worker(k, rounds):
+        for i in range(rounds):
+            n = 1 + (i + k) % 3
+            try:
+                if i % 2:
+                    await b.acquire(n, timeout=0.005)
+                    granted.append(n)
+                elif b.try_acquire(n):
+                    granted.append(n)
+            except RuntimeError as e:
+                errors.append(str(e))
+            except TimeoutError:
+                pass
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+
+    t0 = time.monotonic()
+    escaped = _hammer(lambda k, rounds: asyncio.run(worker(k, rounds)), rounds=200)
+    elapsed = time.monotonic() - t0
+    assert escaped == []
+    assert all("different event loop" in e for e in errors), sorted(set(errors))[:5]
+    assert b.waiting == 0
+    assert 0 <= b.tokens <= capacity
+    # exact to the token: what was granted flowed in (the start-up level, then the rate)
+    assert sum(granted) <= capacity + rate * elapsed + 1e-6
+    assert granted
