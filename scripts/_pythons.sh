@@ -27,22 +27,36 @@ make_venv() {
     echo "$venv/bin/python"
 }
 
-# make_flavour_venv VERSION NAME: a venv in .venv-NAME-VERSION (e.g. .venv-asan-3.11) with
-# aiofast[test] installed from this tree, built with the flags in the environment
-# (AIOFAST_DEBUG=1, AIOFAST_SANITIZE=..., CC=...). aiofast itself is always rebuilt and
-# reinstalled, so the venv never runs a stale or differently flavoured build.
-make_flavour_venv() {
-    local v="$1" name="$2" py venv pipq
-    py=$(find_python "$v") || return 1
-    venv=".venv-$name-$v"
-    pipq=(-m pip install -q --disable-pip-version-check)
-    if [ ! -x "$venv/bin/python" ]; then
-        "$py" -m venv "$venv" || return 1
-        "$venv/bin/python" "${pipq[@]}" -U pip setuptools wheel || return 1
+# make_flavour_build VERSION NAME: aiofast built with the flags in the environment
+# (AIOFAST_DEBUG=1, AIOFAST_SANITIZE=..., CC=...) into .build-NAME-VERSION/ (the package's Python
+# files and the flavoured extension, always rebuilt from scratch), to run with the test venv
+# .venv-VERSION (made by make_venv if it is missing or incomplete): PYTHONPATH=that directory puts
+# it ahead of the venv's release install. One venv per Python serves every flavour, so the
+# reliability steps install nothing more. Sets FLAVOUR_PY (the interpreter) and FLAVOUR_PATH.
+make_flavour_build() {
+    local v="$1" name="$2" venv=".venv-$1" dir=".build-$2-$1"
+    if ! "$venv/bin/python" -c "import pytest, xdist, hypothesis, uvloop, aiofast" 2>/dev/null; then
+        make_venv "$v" test >/dev/null || return 1
     fi
-    "$venv/bin/python" "${pipq[@]}" ".[test]" || return 1
-    "$venv/bin/python" "${pipq[@]}" --no-deps --force-reinstall --no-build-isolation . || return 1
-    echo "$venv/bin/python"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r python/aiofast "$dir/aiofast"
+    rm -f "$dir"/aiofast/*.so
+    "$venv/bin/python" setup.py -q build_ext --build-lib "$dir" --build-temp "$dir/tmp" \
+        2>&1 | grep -v "^WARNING: Location" || true
+    if ! compgen -G "$dir/aiofast/_core*.so" >/dev/null; then
+        echo "error: the $name build for Python $v failed" >&2
+        return 1
+    fi
+    FLAVOUR_PY="$venv/bin/python"
+    FLAVOUR_PATH="$PWD/$dir"
+    local where
+    where=$(cd tests && PYTHONPATH="$FLAVOUR_PATH" "../$FLAVOUR_PY" -c \
+        'import aiofast._core as c; print(c.__file__)')
+    if [[ "$where" != "$FLAVOUR_PATH"/* ]]; then
+        echo "error: tests would import $where, not the $name build" >&2
+        return 1
+    fi
 }
 
 # make_build_venv VERSION: a venv in .venv-build-VERSION with just the build tools (setuptools,
@@ -79,12 +93,14 @@ split_args() {
 }
 
 # run_suite PY PYTEST_ARGS...: the test suite from tests/, as scripts/test.sh runs it (so that
-# `import aiofast` finds the venv's build, not the source tree). --capture=sys leaves the
-# process's own stderr alone: a sanitizer report or a failed invariant check (both written
-# straight to fd 2 just before the process dies) would otherwise vanish with pytest's capture.
+# `import aiofast` finds the venv's build, or PYTHONPATH's, not the source tree), on
+# TEST_JOBS pytest-xdist workers (default: one per core; TEST_JOBS=0: in one process).
+# --capture=sys leaves the process's own stderr alone: a sanitizer report or a failed invariant
+# check (both written straight to fd 2 just before the process dies) would otherwise vanish with
+# pytest's capture.
 run_suite() {
     local py="$1"
     shift
     (cd tests && "../$py" -m pytest -c ../pyproject.toml --rootdir .. -q -p no:randomly \
-        --capture=sys "$@")
+        --capture=sys -n "${TEST_JOBS:-auto}" "$@")
 }

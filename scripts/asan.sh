@@ -2,10 +2,10 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer over the WHOLE test suite.
 #
 # For each Python: build aiofast with AIOFAST_SANITIZE=address,undefined (-O1 -g,
-# -fno-sanitize-recover; the invariant checks are scripts/debug.sh's) into .venv-asan-3.X, then
-# run every test
-# with the gcc sanitizer runtime preloaded and PYTHONMALLOC=malloc (so ASan sees every Python
-# object allocation). Subprocess tests (leak checks, CPython's lock tests, stubtest) inherit the
+# -fno-sanitize-recover; the invariant checks are scripts/debug.sh's) into .build-asan-3.X, then
+# run every test (with the test venv .venv-3.X, on pytest-xdist workers) with the gcc
+# sanitizer runtime preloaded and PYTHONMALLOC=malloc (so ASan sees every Python object
+# allocation). Subprocess tests (leak checks, CPython's lock tests, stubtest) inherit the
 # environment and run sanitized too. Every process writes its reports to a fresh log directory;
 # the run fails if any report appears there, whatever the tests said: zero reports.
 # Leak detection is off (CPython leaks by design at exit); leaks are checked by tests/test_leaks.py.
@@ -28,21 +28,21 @@ fi
 status=0
 for v in "${VERSIONS[@]}"; do
     echo "=== ASan+UBSan, Python $v: build"
-    py=$(AIOFAST_SANITIZE=address,undefined make_flavour_venv "$v" asan) \
+    AIOFAST_SANITIZE=address,undefined make_flavour_build "$v" asan \
         || { echo "=== ASan+UBSan, Python $v: BUILD FAILED"; status=1; continue; }
     # (no `ldd | grep -q` under pipefail: grep's early exit can fail ldd with SIGPIPE)
-    libs=$(ldd .venv-asan-"$v"/lib/python"$v"/site-packages/aiofast/_core*.so || true)
+    libs=$(ldd "$FLAVOUR_PATH"/aiofast/_core*.so || true)
     if [[ "$libs" != *libasan* ]]; then
         echo "=== ASan+UBSan, Python $v: the installed build is not sanitized"; status=1; continue
     fi
     logs=$(mktemp -d "${TMPDIR:-/tmp}/aiofast-asan-$v.XXXXXX")
     echo "=== ASan+UBSan, Python $v: tests (reports in $logs)"
     rc=0
-    PYTHONMALLOC=malloc LD_PRELOAD="$libasan" \
+    PYTHONPATH="$FLAVOUR_PATH" PYTHONMALLOC=malloc LD_PRELOAD="$libasan" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$logs/asan:${ASAN_OPTIONS_EXTRA:-}" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
     HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-small}" \
-        run_suite "$py" "${PYTEST_ARGS[@]}" || rc=$?
+        run_suite "$FLAVOUR_PY" "${PYTEST_ARGS[@]}" || rc=$?
     if compgen -G "$logs/*" >/dev/null; then
         echo "=== ASan+UBSan, Python $v: SANITIZER REPORTS:"
         for f in "$logs"/*; do echo "--- $f"; cat "$f"; done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The debug build over the WHOLE test suite: aiofast built with AIOFAST_DEBUG=1 (-O0 -g3
 # -UNDEBUG: C asserts, and every type's FA_ASSERT_CONSISTENT invariant checks after every
-# mutation; see src/aiofast.h) into .venv-debug-3.X. A broken invariant stops the process with
+# mutation; see src/aiofast.h) into .build-debug-3.X, run with the test venv .venv-3.X on
+# pytest-xdist workers (scripts/_pythons.sh: make_flavour_build, run_suite). A broken invariant stops the process with
 # "aiofast invariant broken at file:line ..." and the Python traceback.
 #
 #   bash scripts/debug.sh                  # 3.10 3.11 3.12 3.13
@@ -13,15 +14,16 @@ split_args "$@"
 status=0
 for v in "${VERSIONS[@]}"; do
     echo "=== debug build, Python $v: build"
-    py=$(AIOFAST_DEBUG=1 make_flavour_venv "$v" debug) \
+    AIOFAST_DEBUG=1 make_flavour_build "$v" debug \
         || { echo "=== debug build, Python $v: BUILD FAILED"; status=1; continue; }
-    if [ "$("$py" -c 'import aiofast._core as c; print(c._debug)' 2>&1)" != "1" ]; then
+    export PYTHONPATH="$FLAVOUR_PATH"
+    if [ "$("$FLAVOUR_PY" -c 'import aiofast._core as c; print(c._debug)' 2>&1)" != "1" ]; then
         echo "=== debug build, Python $v: the installed build has no invariant checks"
         status=1
         continue
     fi
     echo "=== debug build, Python $v: tests"
-    if HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}" run_suite "$py" "${PYTEST_ARGS[@]}"; then
+    if HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}" run_suite "$FLAVOUR_PY" "${PYTEST_ARGS[@]}"; then
         echo "=== debug build, Python $v: passed"
     else
         echo "=== debug build, Python $v: FAILED"

@@ -13,7 +13,8 @@ for v in $PYTHONS; do
     py=$(make_venv "$v" test) || { echo "=== Python $v: INSTALL FAILED"; status=1; continue; }
     "$py" -c "import uvloop, aiofast, sys; print('aiofast', aiofast.__version__, 'uvloop', uvloop.__version__, 'python', sys.version.split()[0])"
     echo "=== Python $v: tests"
-    # run from tests/ so that `import aiofast` finds the installed package, not the source tree
-    (cd tests && "../$py" -m pytest -c ../pyproject.toml --rootdir .. -q -p no:randomly "$@") || status=1
+    # from tests/, so that `import aiofast` finds the installed package, not the source tree;
+    # on pytest-xdist workers, one per core (TEST_JOBS=N to choose, 0 for one process)
+    run_suite "$py" "$@" || status=1
 done
 exit $status
