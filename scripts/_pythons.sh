@@ -59,10 +59,15 @@ make_flavour_build() {
     fi
 }
 
-# make_build_venv VERSION: a venv in .venv-build-VERSION with just the build tools (setuptools,
-# wheel), for build-only checks (scripts/werror.sh). Prints the interpreter.
+# make_build_venv VERSION: an interpreter with the build tools (setuptools, wheel), for build-only
+# checks (scripts/werror.sh): the test venv .venv-VERSION if it is there, else a venv in
+# .venv-build-VERSION with just those. Prints the interpreter.
 make_build_venv() {
     local v="$1" py venv
+    if .venv-"$v"/bin/python -c "import setuptools" 2>/dev/null; then
+        echo ".venv-$v/bin/python"
+        return 0
+    fi
     py=$(find_python "$v") || return 1
     venv=".venv-build-$v"
     if [ ! -x "$venv/bin/python" ]; then
