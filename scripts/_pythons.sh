@@ -51,8 +51,9 @@ make_flavour_build() {
     FLAVOUR_PY="$venv/bin/python"
     FLAVOUR_PATH="$PWD/$dir"
     local where
+    # (found, not imported: a sanitized build imports only with its runtime preloaded)
     where=$(cd tests && PYTHONPATH="$FLAVOUR_PATH" "../$FLAVOUR_PY" -c \
-        'import aiofast._core as c; print(c.__file__)')
+        'import importlib.util as u; print(u.find_spec("aiofast").origin)')
     if [[ "$where" != "$FLAVOUR_PATH"/* ]]; then
         echo "error: tests would import $where, not the $name build" >&2
         return 1
