@@ -1,6 +1,6 @@
 """Build aiofast._core: every file in src/ links into one extension module.
 
-Build flavours, chosen by environment variables (scripts/ use them; see docs/hardening.md):
+Build flavours, chosen by environment variables (scripts/ use them; see the README, "Reliability"):
   AIOFAST_DEBUG=1                        -O0 -g3 -UNDEBUG: asserts and the FA_ASSERT_CONSISTENT
                                          invariant checks after every mutation
   AIOFAST_SANITIZE=address,undefined     -O1 -g -fsanitize=... (asserts off unless

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every reliability check, on every supported Python (see docs/hardening.md):
+# Every reliability check, on every supported Python (see the README, "Reliability"):
 #   1. -Werror builds with gcc and clang, release and debug      scripts/werror.sh
 #   2. the whole suite on the debug build (invariant checks)      scripts/debug.sh
 #   3. the whole suite under ASan + UBSan                          scripts/asan.sh

@@ -2,10 +2,10 @@
 
 aiolimiter's leaky bucket of size ``max_rate`` that drains at ``max_rate / time_period`` per
 second is the token bucket ``TokenBucket(max_rate, time_period, capacity=max_rate)``: its level
-is ``max_rate - tokens``. Where they differ (see docs/tokenbucket.md): waiters are served strictly
-first come, first served (aiolimiter serves smaller amounts first and lets a newcomer take
-capacity while others wait), ``has_capacity()`` is False while others wait, ``max_rate`` and
-``time_period`` are read-only, and ``max_rate`` must be at least 1.
+is ``max_rate - tokens``. Where they differ (see the README, "AsyncLimiter"): waiters are
+served strictly first come, first served (aiolimiter serves smaller amounts first and lets a
+newcomer take capacity while others wait), ``has_capacity()`` is False while others wait,
+``max_rate`` and ``time_period`` are read-only, and ``max_rate`` must be at least 1.
 """
 import math
 from collections.abc import Coroutine
