@@ -1329,8 +1329,8 @@ static const fa_opkind tb_call_kind = {
 
 /* ------------------------------------------------------------------ argument parsing */
 
-/* A real number as a double: 0, or -1 (TypeError naming the argument; ValueError when it is
- * too large for a float). */
+/* A real number as a double: 0, -1 (TypeError naming the argument, or the error its
+ * __float__/__index__ raised), or -2 (ValueError: too large for a float; see tb_huge_negative). */
 static int
 tb_real(PyObject *obj, const char *name, double *out)
 {
@@ -1350,6 +1350,7 @@ tb_real(PyObject *obj, const char *name, double *out)
         if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
             PyErr_Clear();
             PyErr_Format(PyExc_ValueError, "%s must be a finite number, got %R", name, obj);
+            return -2;
         }
         else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
@@ -1411,6 +1412,20 @@ tb_parse2(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *
     return 0;
 }
 
+/* Is obj, a number too large for a float (tb_real returned -2), negative? 1, 0, -1.
+ * Beware: Python code (__index__, __lt__). */
+static int
+tb_huge_negative(PyObject *obj)
+{
+    PyObject *v = PyIndex_Check(obj) ? PyNumber_Index(obj) : Py_NewRef(obj);  // new ref
+    if (v == NULL) {
+        return -1;
+    }
+    int neg = PyObject_RichCompareBool(v, Py_False, Py_LT);  // False == 0
+    Py_DECREF(v);
+    return neg;
+}
+
 /* A token count: > 0 and <= capacity. */
 static int
 tb_tokens_arg(TokenBucket *self, PyObject *obj, double *out)
@@ -1434,12 +1449,20 @@ tb_tokens_arg(TokenBucket *self, PyObject *obj, double *out)
             n = neg ? -INFINITY : INFINITY;
         }
     }
-    else if (tb_real(obj, "tokens", &n) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
-            return -1;
+    else {
+        int rc = tb_real(obj, "tokens", &n);
+        if (rc == -1) {
+            return -1;  // not a number, or its own error (a __float__ raising ValueError too)
         }
-        PyErr_Clear();
-        n = INFINITY;  // too large for a float: larger than any capacity
+        if (rc == -2) {
+            /* too large for a float: above any capacity, or below 0 */
+            PyErr_Clear();
+            int neg = tb_huge_negative(obj);
+            if (neg < 0) {
+                return -1;
+            }
+            n = neg ? -INFINITY : INFINITY;
+        }
     }
     if (!(n > 0)) {
         PyErr_Format(PyExc_ValueError, "tokens must be > 0, got %R", obj);
@@ -1463,18 +1486,23 @@ tb_timeout_arg(PyObject *obj, PyObject **out)
         return 0;
     }
     double t;
-    if (tb_real(obj, "timeout", &t) < 0) {
+    int rc = tb_real(obj, "timeout", &t);
+    if (rc == -2) {
+        /* too large for a float: no limit, or (below 0) only if available at once */
+        PyErr_Clear();
+        int neg = tb_huge_negative(obj);
+        if (neg < 0) {
+            return -1;
+        }
+        t = neg ? -INFINITY : INFINITY;
+    }
+    else if (rc < 0) {
         if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
                          Py_TYPE(obj)->tp_name);
-            return -1;
         }
-        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
-            return -1;
-        }
-        PyErr_Clear();
-        t = INFINITY;
+        return -1;
     }
     if (isnan(t)) {
         PyErr_SetString(PyExc_ValueError, "timeout must be a number or None, got nan");
