@@ -1820,7 +1820,18 @@ class TokenBucketMachine(RuleBasedStateMachine):
     def amounts(self, data):
         return data.draw(hs.integers(1, int(self.model.cap * 4)).map(lambda k: k / 4))
 
-    async def worker(self, i, n, timeout):
+    async def worker(self, i, n, timeout, how="acquire"):
+        if how == "async with":
+            async with self.b:
+                self.c_granted.append(i)
+            return
+        if how == "decorated":  # RateLimited: the call's own op kind
+            @self.b
+            async def limited():
+                self.c_granted.append(i)
+
+            await limited()
+            return
         try:
             if timeout is None:
                 await self.b.acquire(n)
@@ -1832,14 +1843,17 @@ class TokenBucketMachine(RuleBasedStateMachine):
         self.c_granted.append(i)
 
     # ---- rules
-    @rule(data=hs.data(), timeout=TIMEOUT)
-    def acquire(self, data, timeout):
+    @rule(data=hs.data(), timeout=TIMEOUT,
+          how=hs.sampled_from(["acquire", "acquire", "async with", "decorated"]))
+    def acquire(self, data, timeout, how):
         n = self.amounts(data)
+        if how != "acquire":
+            n, timeout = 1.0, None
         i = self.next_id
         self.next_id += 1
         self.model.begin_step()
         self.model.acquire(i, n, timeout, self.now())
-        self.tasks[i] = self.loop.create_task(self.worker(i, n, timeout))
+        self.tasks[i] = self.loop.create_task(self.worker(i, n, timeout, how))
         self.settle()
         self.model.begin_step()
 
@@ -2010,3 +2024,39 @@ class TokenBucketMachine(RuleBasedStateMachine):
 
 
 TestTokenBucketModel = TokenBucketMachine.TestCase
+
+
+# AsyncLimiter against aiolimiter itself, where the semantics are the same: one task at a time
+# (aiolimiter serves waiters smallest amount first and lets newcomers in while others wait; with
+# a single acquirer both are the leaky bucket of size max_rate draining at max_rate/time_period).
+
+
+async def _limiter_run(limiter, steps):
+    loop = asyncio.get_running_loop()
+    seen = []
+    for dt, amount, probe in steps:
+        await asyncio.sleep(dt)
+        seen.append(("capacity", limiter.has_capacity(probe)))
+        await limiter.acquire(amount)
+        seen.append(("acquired", loop.time()))
+    return seen
+
+
+from hypothesis import given  # noqa: E402
+
+
+@given(max_rate=hs.sampled_from([1, 2, 4, 8]), period=hs.sampled_from([0.5, 1, 2, 8]),
+       steps=hs.lists(hs.tuples(DT, hs.integers(0, 32), hs.integers(0, 32)), max_size=12))
+def test_limiter_sequential_same_as_aiolimiter(max_rate, period, steps):
+    steps = [(dt, min(a / 4, max_rate), min(p / 4, max_rate)) for dt, a, p in steps]
+    results = []
+    for cls in (AsyncLimiter, aiolimiter.AsyncLimiter):
+        loop = VirtualClockLoop(start=1000.0)
+        try:
+            async def main():
+                return await _limiter_run(cls(max_rate, period), steps)
+
+            results.append(loop.run_until_complete(main()))
+        finally:
+            loop.close()
+    assert results[0] == results[1]
