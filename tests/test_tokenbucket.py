@@ -1857,6 +1857,20 @@ class TokenBucketMachine(RuleBasedStateMachine):
         self.settle()
         self.model.begin_step()
 
+    @rule(data=hs.data(), k=hs.integers(10, 40))
+    def burst(self, data, k):
+        """Many timed waiters at once: the deadline heap grows, goes stale and compacts."""
+        self.model.begin_step()
+        for _ in range(k):
+            n = self.amounts(data)
+            timeout = data.draw(hs.sampled_from([0.25, 0.5, 1.0, 2.5, None]))
+            i = self.next_id
+            self.next_id += 1
+            self.model.acquire(i, n, timeout, self.now())
+            self.tasks[i] = self.loop.create_task(self.worker(i, n, timeout))
+        self.settle()
+        self.model.begin_step()
+
     @rule(data=hs.data(), take=hs.booleans())
     def try_acquire(self, data, take):
         n = self.amounts(data)
