@@ -1108,6 +1108,19 @@ tb_purge_dead(TokenBucket *self)
 
 /* ------------------------------------------------------------------ acquire */
 
+/* The ValueError of a request above the capacity (see tb_tokens_arg). */
+static PySendResult
+tb_over_capacity(TokenBucket *self, FaOp *op)
+{
+    PyObject *n = PyFloat_FromDouble(op->num);
+    if (n != NULL) {
+        PyErr_Format(PyExc_ValueError, "tokens must be <= capacity (%R), got %R: the request "
+                     "could never be satisfied", self->cap_obj, n);
+        Py_DECREF(n);
+    }
+    return PYGEN_ERROR;
+}
+
 /* The op's timeout (op->arg, a float) or NULL. */
 static PySendResult
 tb_enqueue(FaOp *op, PyObject **res)
@@ -1115,6 +1128,11 @@ tb_enqueue(FaOp *op, PyObject **res)
     TokenBucket *self = (TokenBucket *)op->owner;
     fa_state *st = self->st;
     double timeout = INFINITY;
+    if (FA_UNLIKELY(op->num > self->capacity)) {
+        /* re-initialized to a smaller capacity since acquire() checked the count (between the
+         * call and the await): it could never be satisfied */
+        return tb_over_capacity(self, op);
+    }
     if (op->arg != NULL) {
         timeout = PyFloat_AS_DOUBLE(op->arg);
         if (timeout <= 0) {
@@ -1143,6 +1161,12 @@ tb_enqueue(FaOp *op, PyObject **res)
     Py_DECREF(loop);
     if (r != PYGEN_NEXT) {
         return r;
+    }
+    if (FA_UNLIKELY(op->num > self->capacity)) {
+        /* the same, by Python code run since (loop.time(), create_future) */
+        tb_unlink(self, op);
+        Py_CLEAR(*res);
+        return tb_over_capacity(self, op);
     }
     if (timed && dl_reserve(self) == 0) {  // reserved above, unless Python code used it up
         tb_deadline *e = &self->dl[self->dl_len];

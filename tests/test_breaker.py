@@ -1633,6 +1633,9 @@ class BreakerMachine(RuleBasedStateMachine):
             else:
                 ctx.run(self.b.__enter__)
                 self.inflight.append((ctx, expect, None))
+            # a listener error the breaker logs keeps its traceback, whose frame keeps this
+            # frame (f_back) and its locals: an abandoned block's context must not be one
+            del ctx
             return
         box = [None]
         aw = self.guarded(box) if kind == "decorated" else self.b.call(_gated, box)

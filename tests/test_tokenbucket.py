@@ -203,6 +203,31 @@ def test_timeout_error_of_its_own_comes_out():
 
 
 @VT
+async def test_reinit_to_a_smaller_capacity_before_the_await():
+    # Found by the debug checker (a waiter asking for more than the capacity): acquire()
+    # checks the count when called, the bucket can be re-initialized before it is awaited (or
+    # by the timeout's own __float__), and such a waiter could never be admitted.
+    b = TokenBucket(8)
+    co = b.acquire(4)
+    b.__init__(1, initial=0)
+    with pytest.raises(ValueError, match=r"tokens must be <= capacity \(1\), got 4.0"):
+        await co
+    assert b.waiting == 0 and b.tokens == 0.0
+
+    class Shrinks:
+        def __float__(self):
+            b.__init__(2, initial=0)
+            return 5.0
+
+    b.__init__(8)
+    with pytest.raises(ValueError, match=r"tokens must be <= capacity \(2\), got 4.0"):
+        await b.acquire(4, timeout=Shrinks())
+    assert b.waiting == 0
+    await b.acquire(2)  # still usable: 2 tokens flow in within 1 s
+    assert b.waiting == 0 and b.tokens == 0.0
+
+
+@VT
 async def test_huge_negative_timeout_means_at_once():
     # Found by reading tb_timeout_arg for the state machine: a timeout too large for a float was
     # taken as "no limit" whatever its sign, so timeout=-10**400 waited for ever.
