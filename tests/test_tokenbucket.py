@@ -1630,6 +1630,7 @@ class BucketModel:
         self.granted = []        # ids in admission order
         self.timeouts = []       # ids in the order they timed out
         self.cancelled = []
+        self.errors = []         # ValueError at the await (see reconfigure_before_the_await)
         self.pending_run = []    # admitted in the current step, their tasks not run yet
         self.pending_timeouts = []  # timed out in the current step, their tasks not run yet
         self.amount = {}
@@ -1814,7 +1815,7 @@ class TokenBucketMachine(RuleBasedStateMachine):
     def setup(self, rate, per, capacity, fill):
         self.loop = VirtualClockLoop(start=1000.0)
         self.tasks = {}
-        self.c_granted, self.c_timeouts = [], []
+        self.c_granted, self.c_timeouts, self.c_errors = [], [], []
         self.next_id = 0
 
         async def make():
@@ -1882,6 +1883,7 @@ class TokenBucketMachine(RuleBasedStateMachine):
         self.settle()
         self.model.begin_step()
 
+    @precondition(lambda self: self.next_id < 50)  # one big burst per run is enough
     @rule(data=hs.data(), k=hs.integers(10, 40))
     def burst(self, data, k):
         """Many timed waiters at once: the deadline heap grows, goes stale and compacts."""
@@ -1969,6 +1971,35 @@ class TokenBucketMachine(RuleBasedStateMachine):
         self.model.configure(rate, per, capacity, capacity * fill, self.now())
         assert (self.b.rate, self.b.per, self.b.capacity) == (rate, per, capacity)
 
+    @precondition(lambda self: not self.model.queue)
+    @rule(data=hs.data(), capacity=hs.sampled_from([1, 2, 4, 8]))
+    def reconfigure_before_the_await(self, data, capacity):
+        """acquire(n) is checked when called; re-initialized to a smaller capacity before it is
+        awaited, it must fail rather than wait for ever."""
+        n = self.amounts(data)
+        co = self.b.acquire(n)
+        self.b.__init__(self.model.rate, self.model.per, capacity=capacity, initial=capacity)
+        self.model.configure(self.model.rate, self.model.per, capacity, capacity, self.now())
+        i = self.next_id
+        self.next_id += 1
+        self.model.begin_step()
+
+        async def stale():
+            try:
+                await co
+            except ValueError:
+                self.c_errors.append(i)
+                return
+            self.c_granted.append(i)
+
+        if n > capacity:
+            self.model.errors.append(i)
+        else:
+            self.model.acquire(i, n, None, self.now())
+        self.tasks[i] = self.loop.create_task(stale())
+        self.settle()
+        self.model.begin_step()
+
     @rule(data=hs.data(), how=hs.sampled_from(["acquire", "timeout", "try_acquire",
                                                "has_capacity", "init"]))
     def hostile_argument(self, data, how):
@@ -2044,6 +2075,7 @@ class TokenBucketMachine(RuleBasedStateMachine):
         assert self.b.waiting == len(m.queue)
         assert self.c_granted == m.granted
         assert self.c_timeouts == m.timeouts
+        assert self.c_errors == m.errors
         cancelled = sorted(i for i, t in self.tasks.items() if t.cancelled())
         assert cancelled == sorted(m.cancelled)
         assert sorted(i for i, t in self.tasks.items() if not t.done()) == sorted(
