@@ -1538,12 +1538,13 @@ class BreakerMachine(RuleBasedStateMachine):
             cfg = {k: v for k, v in cfg.items() if k != "slow_call_rate"}
         self.clock = Clock(100.0)
         self.model = breaker_model.Model(**cfg)
-        self.pred_action = None
+        self.pred_action = self.excl_action = None
         self.listener_mode = None
         self.predicate = predicate
         self.delivered = 0
         expected = self.hostile_predicate if predicate else (Boom, NeverRaised)
-        self.b = CircuitBreaker(**cfg, expected_exception=expected, exclude=KeyError,
+        exclude = self.hostile_exclude if predicate else KeyError
+        self.b = CircuitBreaker(**cfg, expected_exception=expected, exclude=exclude,
                                 clock=self.clock)
         self.events = []
         self.b.add_listener(lambda br, o, n: self.events.append((o.value, n.value)))
@@ -1553,15 +1554,35 @@ class BreakerMachine(RuleBasedStateMachine):
         self.inflight = []
 
     # ---- the hostile objects (C side) and their mirror (model side)
-    def hostile_predicate(self, exc):
-        act = self.pred_action
+    def _act(self, act):
         if act == "raise":
             raise RuntimeError("hostile predicate")
         if act in FORCE:
             getattr(self.b, FORCE[act])()
         elif act == "call":
             self.inner_ok()  # may raise CircuitOpenError: a predicate that raises
+
+    def hostile_predicate(self, exc):
+        self._act(self.pred_action)
         return isinstance(exc, Boom)
+
+    def hostile_exclude(self, exc):
+        self._act(self.excl_action)
+        return isinstance(exc, KeyError)
+
+    def _mirror(self, act):
+        """What _act does, in the model; True if the predicate raised."""
+        if act == "raise":
+            return True  # logged; expected_exception: a failure, exclude: not excluded
+        if act in FORCE:
+            self.model_force(act)
+        elif act == "call":
+            t = self.model_admit()
+            if isinstance(t, tuple):
+                return True  # CircuitOpenError out of the predicate
+            self.model.record(t, "success", self.clock.t)
+            self.deliver()
+        return False
 
     def hostile_listener(self, br, old, new):
         mode = self.listener_mode
@@ -1590,21 +1611,16 @@ class BreakerMachine(RuleBasedStateMachine):
         self.deliver()
 
     def model_outcome(self, outcome):
-        """The outcome kind as the breaker classifies it, running the predicate's mirror."""
+        """The outcome kind as the breaker classifies it, running the predicates' mirrors:
+        exclude first (raising: not excluded), then expected_exception (raising: a failure)."""
         kind = KIND[outcome]
-        if self.predicate and outcome in CLASSIFIED:
-            act = self.pred_action
-            if act == "raise":
-                return "failure"  # a raising predicate is logged; the call counts as a failure
-            if act in FORCE:
-                self.model_force(act)
-            elif act == "call":
-                t = self.model_admit()
-                if isinstance(t, tuple):
-                    return "failure"  # CircuitOpenError out of the predicate
-                self.model.record(t, "success", self.clock.t)
-                self.deliver()
-        return kind
+        if not self.predicate or outcome not in CLASSIFIED | {"excluded"}:
+            return kind
+        if not self._mirror(self.excl_action) and outcome == "excluded":
+            return "ignored"
+        if self._mirror(self.pred_action):
+            return "failure"
+        return "success" if outcome in ("excluded", "other") else "failure"
 
     def model_record(self, ticket, outcome):
         kind = self.model_outcome(outcome)
@@ -1612,9 +1628,10 @@ class BreakerMachine(RuleBasedStateMachine):
         self.deliver()
 
     # ---- rules
-    @rule(pred=hs.sampled_from(PRED_ACTIONS), listener=hs.sampled_from(LISTENER_MODES))
-    def hostility(self, pred, listener):
-        self.pred_action = pred
+    @rule(pred=hs.sampled_from(PRED_ACTIONS), excl=hs.sampled_from(PRED_ACTIONS),
+          listener=hs.sampled_from(LISTENER_MODES))
+    def hostility(self, pred, excl, listener):
+        self.pred_action, self.excl_action = pred, excl
         self.listener_mode = listener
 
     @rule(dt=hs.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 7.0]))
