@@ -1610,7 +1610,7 @@ def test_no_leaks():
 # A hypothesis state machine against a pure-Python model of the documented semantics
 
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as hs  # noqa: E402
 from hypothesis.stateful import (  # noqa: E402
     RuleBasedStateMachine, initialize, invariant, precondition, rule,
@@ -2111,9 +2111,6 @@ async def _limiter_run(limiter, steps):
         await limiter.acquire(amount)
         seen.append(("acquired", loop.time()))
     return seen
-
-
-from hypothesis import given  # noqa: E402
 
 
 @given(max_rate=hs.sampled_from([1, 2, 4, 8]), period=hs.sampled_from([0.5, 1, 2, 8]),
