@@ -25,6 +25,8 @@
  *   With the GIL, plain-def calls from several threads therefore keep exact counts.
  * - Transitions are queued as (old, new) pairs while listeners exist and delivered in order by
  *   bk_dispatch after the commit; a listener that re-enters the breaker only queues more events.
+ * These, and each mode's counters and window, are checked after every mutation in debug builds
+ * (breaker_check, breakercall_check: FA_CONSISTENT).
  */
 #include "op.h"
 
@@ -137,6 +139,14 @@ typedef struct {
     vectorcallfunc vectorcall;
     int is_async;
 } BreakerFunction;
+
+#if FA_DEBUG
+static void breaker_check(Breaker *b);
+static void breakercall_check(BreakerCall *c);
+#endif
+/* FA_ASSERT_CONSISTENT(breaker or call) (aiofast.h); the checkers are further down */
+#define FA_CONSISTENT(obj) \
+    _Generic((obj), Breaker *: breaker_check, BreakerCall *: breakercall_check)(obj)
 
 /* ------------------------------------------------------------------ clock */
 
@@ -272,6 +282,7 @@ bk_dispatch(Breaker *b)
     }
     b->ev_head = b->ev_len = 0;
     b->dispatching = 0;
+    FA_ASSERT_CONSISTENT(b);
     if (saved != NULL) {
         fa_restore_exc(saved);
     }
@@ -402,6 +413,170 @@ bk_window_trips(Breaker *b)
     return b->slow_mode && (double)b->win_s / n >= b->slow_rate;
 }
 
+#if FA_DEBUG
+/* The invariants at the top and those of each mode's counters, checked after every mutation
+ * (debug builds: FA_ASSERT_CONSISTENT). Reads C fields only. Live tickets are not linked
+ * anywhere, so "probes == live probe tickets" is checked per call (breakercall_check). */
+static void
+breaker_check(Breaker *b)
+{
+    /* configuration, as breaker_new validates it */
+    FA_CHECK(b->failure_threshold >= 1 && b->success_threshold >= 1 && b->half_open_max >= 1,
+             "Breaker %p: thresholds %zd/%zd, half-open max %zd", (void *)b,
+             b->failure_threshold, b->success_threshold, b->half_open_max);
+    FA_CHECK(b->recovery_timeout >= 0, "Breaker %p: recovery_timeout %g", (void *)b,
+             b->recovery_timeout);
+    /* (expected, name and the other objects may be cleared: breaker_clear, then a dying call
+     * releases its ticket) */
+    FA_CHECK(!b->time_mode || b->rate_mode, "Breaker %p: time mode outside rate mode", (void *)b);
+    if (b->rate_mode) {
+        FA_CHECK(b->failure_rate > 0 && b->failure_rate <= 1 && b->slow_rate > 0
+                     && b->slow_rate <= 1 && b->min_calls >= 1,
+                 "Breaker %p: failure_rate %g, slow_rate %g, min_calls %zd", (void *)b,
+                 b->failure_rate, b->slow_rate, b->min_calls);
+    }
+    FA_CHECK(!b->slow_mode || (b->slow_duration > 0 && isfinite(b->slow_duration)),
+             "Breaker %p: slow_duration %g", (void *)b, b->slow_duration);
+    FA_CHECK(b->listeners == NULL || PyList_CheckExact(b->listeners),
+             "Breaker %p: listeners %p is not a list", (void *)b, (void *)b->listeners);
+    FA_CHECK(b->cache == NULL || Py_IS_TYPE(b->cache, b->st->BreakerCallType),
+             "Breaker %p: cache %p", (void *)b, (void *)b->cache);
+    FA_CHECK(b->tcache == NULL
+                 || (Py_IS_TYPE(b->tcache, b->st->BreakerCallType)
+                     && b->tcache->state == CS_DONE && b->tcache->breaker == NULL),
+             "Breaker %p: ticket cache %p is not a finished ticket", (void *)b,
+             (void *)b->tcache);
+    /* the state machine */
+    FA_CHECK(b->state == BK_CLOSED || b->state == BK_OPEN || b->state == BK_HALF_OPEN,
+             "Breaker %p: state %d", (void *)b, b->state);
+    FA_CHECK(b->failures >= 0 && b->successes >= 0, "Breaker %p: failures %zd, successes %zd",
+             (void *)b, b->failures, b->successes);
+    FA_CHECK(b->probes >= 0 && b->probes <= b->half_open_max
+                 && (b->state == BK_HALF_OPEN || b->probes == 0),
+             "Breaker %p: %zd probes (max %zd) in state %d", (void *)b, b->probes,
+             b->half_open_max, b->state);
+    FA_CHECK(b->gen >= b->n_changes, "Breaker %p: generation %llu < %llu state changes",
+             (void *)b, (unsigned long long)b->gen, b->n_changes);
+    /* every settled ticket was admitted once; a slow call is a success or a failure */
+    FA_CHECK(b->n_succ + b->n_fail + b->n_ign <= b->n_calls
+                 && b->n_slow <= b->n_succ + b->n_fail,
+             "Breaker %p: %llu calls, %llu/%llu/%llu settled, %llu slow", (void *)b,
+             b->n_calls, b->n_succ, b->n_fail, b->n_ign, b->n_slow);
+    if (b->state == BK_HALF_OPEN) {
+        /* a failed probe reopens at once; enough successes close */
+        FA_CHECK(b->failures == 0 && b->successes < b->success_threshold,
+                 "Breaker %p: half-open with failures %zd, successes %zd/%zd", (void *)b,
+                 b->failures, b->successes, b->success_threshold);
+    }
+    else if (b->state == BK_CLOSED && !b->rate_mode) {
+        /* a run of failures or a run of successes, never both; the threshold opens it */
+        FA_CHECK(b->failures < b->failure_threshold && (b->failures == 0 || b->successes == 0),
+                 "Breaker %p: closed with failures %zd/%zd, successes %zd", (void *)b,
+                 b->failures, b->failure_threshold, b->successes);
+    }
+    else if (b->state == BK_CLOSED) {
+        /* rate mode counts in the window only */
+        FA_CHECK(b->failures == 0 && b->successes == 0,
+                 "Breaker %p: closed rate mode with failures %zd, successes %zd", (void *)b,
+                 b->failures, b->successes);
+    }
+    /* the window: its totals are the sums of what it holds */
+    FA_CHECK(b->win_n >= 0 && b->win_f >= 0 && b->win_s >= 0 && b->win_f <= b->win_n
+                 && b->win_s <= b->win_n,
+             "Breaker %p: window %zd calls, %zd failures, %zd slow", (void *)b, b->win_n,
+             b->win_f, b->win_s);
+    FA_CHECK(b->rate_mode || b->win_n == 0, "Breaker %p: window of %zd outside rate mode",
+             (void *)b, b->win_n);
+    FA_CHECK(!b->slow_mode || b->rate_mode || b->win_s == 0, "Breaker %p: slow window",
+             (void *)b);
+    if (b->rate_mode && b->time_mode) {
+        FA_CHECK(b->buckets != NULL && b->ring == NULL && b->bucket_width > 0
+                     && isfinite(b->bucket_width),
+                 "Breaker %p: buckets %p, ring %p, width %g", (void *)b, (void *)b->buckets,
+                 (void *)b->ring, b->bucket_width);
+        Py_ssize_t n = 0, f = 0, s = 0;
+        for (int i = 0; i < BK_NBUCKETS; i++) {
+            bk_bucket *bu = &b->buckets[i];
+            FA_CHECK(bu->n >= 0 && bu->f >= 0 && bu->s >= 0 && bu->f <= bu->n && bu->s <= bu->n,
+                     "Breaker %p: bucket %d holds %zd calls, %zd failures, %zd slow", (void *)b,
+                     i, bu->n, bu->f, bu->s);
+            FA_CHECK(bu->n == 0 || bu->idx == INT64_MIN || bk_bucket_at(b, bu->idx) == bu,
+                     "Breaker %p: bucket %d holds index %lld", (void *)b, i,
+                     (long long)bu->idx);
+            n += bu->n;
+            f += bu->f;
+            s += bu->s;
+        }
+        FA_CHECK(n == b->win_n && f == b->win_f && s == b->win_s,
+                 "Breaker %p: buckets hold %zd/%zd/%zd, window says %zd/%zd/%zd", (void *)b, n,
+                 f, s, b->win_n, b->win_f, b->win_s);
+    }
+    else if (b->rate_mode) {
+        FA_CHECK(b->ring != NULL && b->buckets == NULL && b->window >= 1
+                     && b->min_calls <= b->window && b->win_n <= b->window
+                     && b->ring_pos >= 0 && b->ring_pos < b->window
+                     && (b->win_n == b->window || b->ring_pos == b->win_n),
+                 "Breaker %p: ring %p of %zd, at %zd, holding %zd (min_calls %zd)", (void *)b,
+                 (void *)b->ring, b->window, b->ring_pos, b->win_n, b->min_calls);
+        Py_ssize_t f = 0, s = 0;
+        for (Py_ssize_t i = 1; i <= b->win_n; i++) {
+            unsigned char o = b->ring[(b->ring_pos - i + b->window) % b->window];
+            FA_CHECK(o <= 3 && (b->slow_mode || !(o & 2)), "Breaker %p: ring entry %u",
+                     (void *)b, (unsigned)o);
+            f += o & 1;
+            s += (o >> 1) & 1;
+        }
+        FA_CHECK(f == b->win_f && s == b->win_s,
+                 "Breaker %p: ring holds %zd failures, %zd slow; window says %zd, %zd",
+                 (void *)b, f, s, b->win_f, b->win_s);
+    }
+    if (b->state == BK_CLOSED && b->rate_mode) {
+        FA_CHECK(!bk_window_trips(b), "Breaker %p: closed with a window that trips (%zd of %zd "
+                 "failed, %zd slow)", (void *)b, b->win_f, b->win_n, b->win_s);
+    }
+    /* the transitions not yet told to the listeners */
+    FA_CHECK(b->ev_head >= 0 && b->ev_head <= b->ev_len && b->ev_len <= b->ev_cap
+                 && (b->ev_cap == 0 || b->ev != NULL)
+                 && (b->dispatching == 0 || b->dispatching == 1),
+             "Breaker %p: events %zd..%zd of %zd, dispatching %d", (void *)b, b->ev_head,
+             b->ev_len, b->ev_cap, b->dispatching);
+    for (Py_ssize_t i = b->ev_head; i < b->ev_len; i++) {
+        int from = b->ev[2 * i], to = b->ev[2 * i + 1];
+        FA_CHECK(from <= BK_HALF_OPEN && to <= BK_HALF_OPEN && from != to,
+                 "Breaker %p: event %zd is %d -> %d", (void *)b, i, from, to);
+    }
+}
+
+/* A call's ticket against its breaker: a live ticket of the current generation is a probe iff
+ * the breaker is half-open (then it holds one of the `probes` slots). */
+static void
+breakercall_check(BreakerCall *c)
+{
+    FA_CHECK(c->state >= CS_INIT && c->state <= CS_DONE && c->mode >= CM_CALL
+                 && c->mode <= CM_TOKEN,
+             "BreakerCall %p: state %d, mode %d", (void *)c, c->state, c->mode);
+    FA_CHECK(!(c->flags & CF_ADMITTED) || c->breaker != NULL,
+             "BreakerCall %p: admitted without a breaker", (void *)c);
+    FA_CHECK(c->state != CS_DONE
+                 || (!(c->flags & CF_ADMITTED) && c->it == NULL && c->args == NULL
+                     && c->kwargs == NULL && c->exc == NULL && c->breaker == NULL),
+             "BreakerCall %p: done but holds references (flags %#x)", (void *)c,
+             (unsigned)c->flags);
+    FA_CHECK(c->state != CS_WAITING || c->it != NULL, "BreakerCall %p: waiting on nothing",
+             (void *)c);
+    if ((c->flags & CF_ADMITTED) && c->t.gen == c->breaker->gen) {
+        FA_CHECK(c->t.probe == (c->breaker->state == BK_HALF_OPEN),
+                 "BreakerCall %p: probe %d in state %d of its generation", (void *)c,
+                 c->t.probe, c->breaker->state);
+        FA_CHECK(!c->t.probe || c->breaker->probes >= 1,
+                 "BreakerCall %p: a live probe, no probe slot taken", (void *)c);
+    }
+    if (c->breaker != NULL) {
+        breaker_check(c->breaker);
+    }
+}
+#endif
+
 /* ------------------------------------------------------------------ the state machine */
 
 /* Pure C: no Python code runs here. */
@@ -433,11 +608,21 @@ bk_transition(Breaker *b, int to, double now)
             bk_ev_push(b, from, to);
         }
     }
+    FA_ASSERT_CONSISTENT(b);
 }
 
+static void bk_commit_step(Breaker *b, const bk_ticket *t, int out, int slow, double now);
+
 /* Settle a ticket with an outcome. Pure C. */
-static void
+static inline void
 bk_commit(Breaker *b, const bk_ticket *t, int out, int slow, double now)
+{
+    bk_commit_step(b, t, out, slow, now);
+    FA_ASSERT_CONSISTENT(b);
+}
+
+static void
+bk_commit_step(Breaker *b, const bk_ticket *t, int out, int slow, double now)
 {
     if (out == OUT_SUCCESS) {
         b->n_succ++;
@@ -496,9 +681,19 @@ bk_release(Breaker *b, const bk_ticket *t)
     bk_commit(b, t, OUT_IGNORED, 0, 0.0);
 }
 
+static int bk_admit_step(Breaker *b, bk_ticket *t, double now, double *remaining);
+
 /* Pure C part of admission. 1 admitted, 0 rejected (*remaining set). */
-static int
+static inline int
 bk_admit_at(Breaker *b, bk_ticket *t, double now, double *remaining)
+{
+    int rc = bk_admit_step(b, t, now, remaining);
+    FA_ASSERT_CONSISTENT(b);
+    return rc;
+}
+
+static int
+bk_admit_step(Breaker *b, bk_ticket *t, double now, double *remaining)
 {
     if (b->state == BK_OPEN) {
         double until = b->opened_at + b->recovery_timeout;
@@ -538,6 +733,7 @@ bk_admit(Breaker *b, bk_ticket *t, double *remaining)
         t->probe = 0;
         t->t0 = 0.0;
         b->n_calls++;
+        FA_ASSERT_CONSISTENT(b);
         return 1;
     }
     bk_reap_cache(b);
@@ -595,6 +791,7 @@ bk_record_success_fast(Breaker *b, const bk_ticket *t)
         b->n_succ++;
         b->failures = 0;
         b->successes++;
+        FA_ASSERT_CONSISTENT(b);
         return 1;
     }
     return 0;
@@ -811,6 +1008,7 @@ bk_enter(Breaker *b)
     }
     tok->t = t;
     tok->flags = CF_ADMITTED;  /* from here on, the ticket's death releases it */
+    FA_ASSERT_CONSISTENT(tok);
     int rc = -1;
     if (b->ctxvar == NULL) {
         b->ctxvar = PyContextVar_New("aiofast.CircuitBreaker.ticket", NULL);
@@ -993,6 +1191,7 @@ bc_finish(BreakerCall *c)
     Py_CLEAR(c->kwargs);
     Py_CLEAR(c->exc);
     Py_CLEAR(c->breaker);
+    FA_ASSERT_CONSISTENT(c);
 }
 
 /* Is generator g from a @types.coroutine function (awaitable without __await__)? */
@@ -1106,6 +1305,7 @@ bc_start_call(BreakerCall *c, PyObject **res)
         return bc_drive(c, r, res);  /* an awaitable fallback result is awaited */
     }
     c->flags |= CF_ADMITTED;
+    FA_ASSERT_CONSISTENT(c);
     PyObject *aw = c->it;  /* the coroutine made at call time, if any */
     c->it = NULL;
     if (aw == NULL) {
@@ -1594,6 +1794,7 @@ bf_call_sync(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwn
         c->t = t;
         c->flags = CF_ADMITTED | CF_PREADMITTED;
         c->it = res;
+        FA_ASSERT_CONSISTENT(c);
         Py_DECREF(b);
         return (PyObject *)c;
     }
@@ -1925,6 +2126,7 @@ breaker_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
     }
     tok->t = t;
     tok->flags = CF_ADMITTED;
+    FA_ASSERT_CONSISTENT(tok);
     return (PyObject *)tok;
 }
 
@@ -1969,6 +2171,7 @@ bk_force(Breaker *b, int to)
     else if (b->state != to) {
         bk_transition(b, to, now);
     }
+    FA_ASSERT_CONSISTENT(b);
     bk_dispatch(b);
     return 0;
 }

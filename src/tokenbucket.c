@@ -33,6 +33,8 @@
  *   they reach the top, or all at once when they outnumber the live ones.
  * - processing is set while tb_process runs: a nested call (from Python code it calls) only
  *   sets reprocess, and the outer call loops.
+ * All of these are checked after every mutation in debug builds (tokenbucket_check,
+ * FA_CONSISTENT).
  */
 #include "op.h"
 
@@ -114,33 +116,98 @@ static PyObject *rl_vectorcall(PyObject *callable, PyObject *const *args, size_t
                                PyObject *kwnames);
 
 #if FA_DEBUG
+static const fa_opkind tb_acquire_kind;
+static const fa_opkind tb_call_kind;
+
+/* The invariants at the top, checked after every mutation (debug builds: FA_ASSERT_CONSISTENT).
+ * Reads C fields only. */
 static void
-tb_check(TokenBucket *self)
+tokenbucket_check(TokenBucket *self)
 {
-    assert(self->level >= 0 && self->level <= self->capacity);
-    Py_ssize_t n = 0, timed = 0;
-    FaOp *prev = NULL;
-    for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
-        assert(op->queue == &self->waiters);
-        assert(op->prev == prev);
-        assert(!(op->flags & (OPF_ADMITTED | OPF_TIMEDOUT)));
+    /* configuration: as tb_init validates it (tb_new's defaults satisfy it too) */
+    FA_CHECK(isfinite(self->rate) && self->rate > 0 && isfinite(self->per) && self->per > 0,
+             "TokenBucket %p: rate %g per %g", (void *)self, self->rate, self->per);
+    FA_CHECK(isfinite(self->capacity) && self->capacity >= 1, "TokenBucket %p: capacity %g",
+             (void *)self, self->capacity);
+    FA_CHECK(self->initial >= 0 && self->initial <= self->capacity,
+             "TokenBucket %p: initial %g, capacity %g", (void *)self, self->initial,
+             self->capacity);
+    /* (rate_obj & co. are not checked: tb_clear drops them, and a dying op may still report) */
+    /* the level: 0 <= level <= capacity (NaN fails both) */
+    FA_CHECK(self->level >= 0 && self->level <= self->capacity,
+             "TokenBucket %p: level %.17g outside [0, capacity %.17g]", (void *)self,
+             self->level, self->capacity);
+    /* the clock: a stamp is a finite reading */
+    FA_CHECK(!self->stamp_valid || (isfinite(self->stamp) && isfinite(self->last_read)),
+             "TokenBucket %p: stamp %g, last read %g", (void *)self, self->stamp,
+             self->last_read);
+    FA_CHECK((self->processing == 0 || self->processing == 1)
+                 && (self->reprocess == 0 || self->reprocess == 1),
+             "TokenBucket %p: processing %d, reprocess %d", (void *)self, self->processing,
+             self->reprocess);
+    FA_CHECK(self->cache == NULL || Py_IS_TYPE(self->cache, self->st->OpType),
+             "TokenBucket %p: cache %p is not an op", (void *)self, (void *)self->cache);
+    /* the timer: armed on the bound loop, for a finite time, with its callback */
+    FA_CHECK(self->timer == NULL
+                 || (self->loop != NULL && self->wake_cb != NULL && isfinite(self->timer_when)),
+             "TokenBucket %p: timer %p (at %g) with loop %p, callback %p", (void *)self,
+             (void *)self->timer, self->timer_when, (void *)self->loop, (void *)self->wake_cb);
+    /* waiters: a well-linked queue of this bucket's acquire/call ops, none admitted or timed
+     * out (those are unlinked), each asking for 0 < tokens <= capacity */
+    fa_waitq_check(&self->waiters);
+    FA_CHECK(self->waiters.len == 0 || self->loop != NULL,
+             "TokenBucket %p: %zd waiters but no bound loop", (void *)self, self->waiters.len);
+    Py_ssize_t timed = 0, n = 0;
+    for (FaOp *op = self->waiters.head; op != NULL && n < FA_WAITQ_CHECK_MAX;
+         op = op->next, n++) {
+        FA_CHECK(op->owner == (PyObject *)self, "TokenBucket %p: waiter %p belongs to %p",
+                 (void *)self, (void *)op, (void *)op->owner);
+        FA_CHECK(op->kind == &tb_acquire_kind || op->kind == &tb_call_kind,
+                 "TokenBucket %p: waiter %p is a %s()", (void *)self, (void *)op,
+                 op->kind->name);
+        FA_CHECK(!(op->flags & (OPF_ADMITTED | OPF_TIMEDOUT | OPF_CALLING | FA_OPF_WOKEN)),
+                 "TokenBucket %p: linked waiter %p has flags %#x", (void *)self, (void *)op,
+                 (unsigned)op->flags);
+        FA_CHECK(op->num > 0 && op->num <= self->capacity,
+                 "TokenBucket %p: waiter %p asks for %g of capacity %g", (void *)self,
+                 (void *)op, op->num, self->capacity);
         timed += (op->flags & OPF_TIMED) != 0;
-        prev = op;
-        n++;
     }
-    assert(prev == self->waiters.tail);
-    assert(n == self->waiters.len);
-    assert(timed == self->dl_live);
-    assert(self->dl_live <= self->dl_len);
-    for (Py_ssize_t i = 1; i < self->dl_len; i++) {
-        tb_deadline *p = &self->dl[(i - 1) / 2], *c = &self->dl[i];
-        assert(p->when < c->when || (p->when == c->when && p->seq < c->seq));
+    /* the deadline heap: ordered by (when, seq); its live entries are exactly the TIMED
+     * waiters, one each (dl_live counts them); stale ones wait to be dropped */
+    FA_CHECK(self->dl_len >= 0 && self->dl_len <= self->dl_alloc
+                 && (self->dl_alloc == 0 || self->dl != NULL),
+             "TokenBucket %p: deadline heap len %zd, alloc %zd, at %p", (void *)self,
+             self->dl_len, self->dl_alloc, (void *)self->dl);
+    FA_CHECK(self->dl_live >= 0 && self->dl_live <= self->dl_len
+                 && self->dl_live <= self->waiters.len,
+             "TokenBucket %p: %zd live deadlines, %zd entries, %zd waiters", (void *)self,
+             self->dl_live, self->dl_len, self->waiters.len);
+    if (self->waiters.len <= FA_WAITQ_CHECK_MAX) {
+        FA_CHECK(timed == self->dl_live, "TokenBucket %p: %zd timed waiters, dl_live %zd",
+                 (void *)self, timed, self->dl_live);
+    }
+    if (self->dl_len <= FA_WAITQ_CHECK_MAX) {
+        Py_ssize_t live = 0;
+        for (Py_ssize_t i = 0; i < self->dl_len; i++) {
+            tb_deadline *c = &self->dl[i];
+            FA_CHECK(c->op != NULL && Py_REFCNT(c->op) >= 1 && !isnan(c->when)
+                         && c->seq < self->dl_seq,
+                     "TokenBucket %p: deadline entry %zd (op %p, when %g, seq %llu)",
+                     (void *)self, i, (void *)c->op, c->when, c->seq);
+            if (i > 0) {
+                tb_deadline *p = &self->dl[(i - 1) / 2];
+                FA_CHECK(p->when < c->when || (p->when == c->when && p->seq < c->seq),
+                         "TokenBucket %p: deadline heap out of order at %zd", (void *)self, i);
+            }
+            live += c->op->queue == &self->waiters && (c->op->flags & OPF_TIMED);
+        }
+        FA_CHECK(live == self->dl_live, "TokenBucket %p: %zd live deadline entries, dl_live %zd",
+                 (void *)self, live, self->dl_live);
     }
 }
-#define TB_CHECK(self) tb_check(self)
-#else
-#define TB_CHECK(self) ((void)0)
 #endif
+#define FA_CONSISTENT tokenbucket_check
 
 /* ------------------------------------------------------------------ arithmetic */
 
@@ -463,6 +530,7 @@ tb_clock(TokenBucket *self, PyObject *loop)
     else {
         tb_refill(self, now);
     }
+    FA_ASSERT_CONSISTENT(self);
     Py_XDECREF(held);
     return 0;
 }
@@ -524,6 +592,7 @@ tb_clock_now(TokenBucket *self)
             }
             self->last_read = now;
             tb_refill(self, now);
+            FA_ASSERT_CONSISTENT(self);
             return 0;
         }
     }
@@ -681,6 +750,7 @@ tb_unlink(TokenBucket *self, FaOp *op)
     if (self->dl_len > 32 && self->dl_len > 2 * self->dl_live) {
         dl_compact(self);
     }
+    FA_ASSERT_CONSISTENT(self);
 }
 
 /* Drop every waiter and the timer: the loop they belong to is closed, nothing can wake them. */
@@ -693,6 +763,7 @@ tb_abandon(TokenBucket *self)
     fa_waitq_release_all(&self->waiters);
     dl_release_all(self);
     Py_CLEAR(self->timer);  // closing the loop cancelled it
+    FA_ASSERT_CONSISTENT(self);
 }
 
 /* The running loop (new ref), binding the bucket to it on the first wait. A bucket bound to a
@@ -729,6 +800,7 @@ tb_bind(TokenBucket *self)
         tb_abandon(self);
     }
     Py_XSETREF(self->loop, Py_NewRef(loop));
+    FA_ASSERT_CONSISTENT(self);
     return loop;
 }
 
@@ -790,7 +862,7 @@ tb_admit(TokenBucket *self)
         tb_take(self, op->num);
         tb_unlink(self, op);
         op->flags |= OPF_ADMITTED | FA_OPF_WOKEN;
-        TB_CHECK(self);
+        FA_ASSERT_CONSISTENT(self);
         int r = tb_resolve(st, op);  // Beware
         if (r <= 0) {
             /* dead (cancelled) or failing: it takes nothing */
@@ -822,7 +894,7 @@ tb_expire(TokenBucket *self)
         }
         tb_unlink(self, op);
         op->flags |= OPF_TIMEDOUT | FA_OPF_WOKEN;
-        TB_CHECK(self);
+        FA_ASSERT_CONSISTENT(self);
         int r = tb_resolve(st, op);  // Beware
         if (r == 0) {
             op->flags &= ~FA_OPF_WOKEN;  // cancelled meanwhile: its cancellation wins
@@ -843,6 +915,7 @@ tb_disarm(TokenBucket *self)
         return 0;
     }
     self->timer = NULL;  // detach, then call out
+    FA_ASSERT_CONSISTENT(self);
     PyObject *args[1] = {h};
     PyObject *r = PyObject_VectorcallMethod(self->st->str_cancel, args,
                                             1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -903,6 +976,7 @@ tb_arm(TokenBucket *self, PyObject *loop)
     }
     self->timer = h;
     self->timer_when = when;
+    FA_ASSERT_CONSISTENT(self);
     return 0;
 }
 
@@ -976,7 +1050,7 @@ tb_process(TokenBucket *self, double fired_at)
             rc = tb_arm(self, loop);
         }
         Py_DECREF(loop);
-        TB_CHECK(self);
+        FA_ASSERT_CONSISTENT(self);
     } while (rc == 0 && self->reprocess);
     self->processing = 0;
     Py_DECREF(self);
@@ -989,6 +1063,7 @@ tb_wake(PyObject *op, PyObject *Py_UNUSED(ignored))
     TokenBucket *self = (TokenBucket *)op;
     double when = self->timer_when;
     Py_CLEAR(self->timer);  // it ran
+    FA_ASSERT_CONSISTENT(self);
     if (tb_process(self, when) < 0) {
         return NULL;
     }
@@ -1033,6 +1108,19 @@ tb_purge_dead(TokenBucket *self)
 
 /* ------------------------------------------------------------------ acquire */
 
+/* The ValueError of a request above the capacity (see tb_tokens_arg). */
+static PySendResult
+tb_over_capacity(TokenBucket *self, FaOp *op)
+{
+    PyObject *n = PyFloat_FromDouble(op->num);
+    if (n != NULL) {
+        PyErr_Format(PyExc_ValueError, "tokens must be <= capacity (%R), got %R: the request "
+                     "could never be satisfied", self->cap_obj, n);
+        Py_DECREF(n);
+    }
+    return PYGEN_ERROR;
+}
+
 /* The op's timeout (op->arg, a float) or NULL. */
 static PySendResult
 tb_enqueue(FaOp *op, PyObject **res)
@@ -1040,6 +1128,11 @@ tb_enqueue(FaOp *op, PyObject **res)
     TokenBucket *self = (TokenBucket *)op->owner;
     fa_state *st = self->st;
     double timeout = INFINITY;
+    if (FA_UNLIKELY(op->num > self->capacity)) {
+        /* re-initialized to a smaller capacity since acquire() checked the count (between the
+         * call and the await): it could never be satisfied */
+        return tb_over_capacity(self, op);
+    }
     if (op->arg != NULL) {
         timeout = PyFloat_AS_DOUBLE(op->arg);
         if (timeout <= 0) {
@@ -1069,6 +1162,12 @@ tb_enqueue(FaOp *op, PyObject **res)
     if (r != PYGEN_NEXT) {
         return r;
     }
+    if (FA_UNLIKELY(op->num > self->capacity)) {
+        /* the same, by Python code run since (loop.time(), create_future) */
+        tb_unlink(self, op);
+        Py_CLEAR(*res);
+        return tb_over_capacity(self, op);
+    }
     if (timed && dl_reserve(self) == 0) {  // reserved above, unless Python code used it up
         tb_deadline *e = &self->dl[self->dl_len];
         e->when = deadline;
@@ -1082,7 +1181,7 @@ tb_enqueue(FaOp *op, PyObject **res)
     else if (timed) {
         PyErr_Clear();  /* out of memory: wait without the deadline rather than fail */
     }
-    TB_CHECK(self);
+    FA_ASSERT_CONSISTENT(self);
     if (tb_process(self, NAN) < 0) {
         /* undo: nothing taken unless it was admitted meanwhile */
         if (op->flags & OPF_ADMITTED) {
@@ -1111,6 +1210,7 @@ tb_take_or_wait(FaOp *op, PyObject **res)
         }
         if (FA_LIKELY(self->waiters.len == 0 && tb_enough(self, op->num))) {
             tb_take(self, op->num);
+            FA_ASSERT_CONSISTENT(self);
             *res = Py_NewRef(Py_None);
             return PYGEN_RETURN;
         }
@@ -1160,7 +1260,7 @@ tb_wait_exc(FaOp *op, PyObject *Py_UNUSED(exc))
         tb_refund(self, op->num);
         changed = 1;
     }
-    TB_CHECK(self);
+    FA_ASSERT_CONSISTENT(self);
     if (changed) {
         return tb_process(self, NAN);
     }
@@ -1253,8 +1353,8 @@ static const fa_opkind tb_call_kind = {
 
 /* ------------------------------------------------------------------ argument parsing */
 
-/* A real number as a double: 0, or -1 (TypeError naming the argument; ValueError when it is
- * too large for a float). */
+/* A real number as a double: 0, -1 (TypeError naming the argument, or the error its
+ * __float__/__index__ raised), or -2 (ValueError: too large for a float; see tb_huge_negative). */
 static int
 tb_real(PyObject *obj, const char *name, double *out)
 {
@@ -1274,6 +1374,7 @@ tb_real(PyObject *obj, const char *name, double *out)
         if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
             PyErr_Clear();
             PyErr_Format(PyExc_ValueError, "%s must be a finite number, got %R", name, obj);
+            return -2;
         }
         else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
@@ -1335,6 +1436,20 @@ tb_parse2(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *
     return 0;
 }
 
+/* Is obj, a number too large for a float (tb_real returned -2), negative? 1, 0, -1.
+ * Beware: Python code (__index__, __lt__). */
+static int
+tb_huge_negative(PyObject *obj)
+{
+    PyObject *v = PyIndex_Check(obj) ? PyNumber_Index(obj) : Py_NewRef(obj);  // new ref
+    if (v == NULL) {
+        return -1;
+    }
+    int neg = PyObject_RichCompareBool(v, Py_False, Py_LT);  // False == 0
+    Py_DECREF(v);
+    return neg;
+}
+
 /* A token count: > 0 and <= capacity. */
 static int
 tb_tokens_arg(TokenBucket *self, PyObject *obj, double *out)
@@ -1358,12 +1473,20 @@ tb_tokens_arg(TokenBucket *self, PyObject *obj, double *out)
             n = neg ? -INFINITY : INFINITY;
         }
     }
-    else if (tb_real(obj, "tokens", &n) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
-            return -1;
+    else {
+        int rc = tb_real(obj, "tokens", &n);
+        if (rc == -1) {
+            return -1;  // not a number, or its own error (a __float__ raising ValueError too)
         }
-        PyErr_Clear();
-        n = INFINITY;  // too large for a float: larger than any capacity
+        if (rc == -2) {
+            /* too large for a float: above any capacity, or below 0 */
+            PyErr_Clear();
+            int neg = tb_huge_negative(obj);
+            if (neg < 0) {
+                return -1;
+            }
+            n = neg ? -INFINITY : INFINITY;
+        }
     }
     if (!(n > 0)) {
         PyErr_Format(PyExc_ValueError, "tokens must be > 0, got %R", obj);
@@ -1387,18 +1510,23 @@ tb_timeout_arg(PyObject *obj, PyObject **out)
         return 0;
     }
     double t;
-    if (tb_real(obj, "timeout", &t) < 0) {
+    int rc = tb_real(obj, "timeout", &t);
+    if (rc == -2) {
+        /* too large for a float: no limit, or (below 0) only if available at once */
+        PyErr_Clear();
+        int neg = tb_huge_negative(obj);
+        if (neg < 0) {
+            return -1;
+        }
+        t = neg ? -INFINITY : INFINITY;
+    }
+    else if (rc < 0) {
         if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
                          Py_TYPE(obj)->tp_name);
-            return -1;
         }
-        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
-            return -1;
-        }
-        PyErr_Clear();
-        t = INFINITY;
+        return -1;
     }
     if (isnan(t)) {
         PyErr_SetString(PyExc_ValueError, "timeout must be a number or None, got nan");
@@ -1491,6 +1619,7 @@ tb_try_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *
     }
     if (ok) {
         tb_take(self, n);
+        FA_ASSERT_CONSISTENT(self);
     }
     return PyBool_FromLong(ok);
 }
@@ -1517,6 +1646,7 @@ tb_reset(PyObject *op, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     self->level = self->initial;
+    FA_ASSERT_CONSISTENT(self);
     if (self->waiters.len != 0 && tb_process(self, NAN) < 0) {
         return NULL;
     }
@@ -1730,6 +1860,7 @@ tb_init(PyObject *op, PyObject *args, PyObject *kwargs)
     }
     /* the clock starts now: the running loop's, else time.monotonic() */
     self->stamp_valid = 0;
+    FA_ASSERT_CONSISTENT(self);
     return tb_clock_now(self);
 }
 

@@ -1449,9 +1449,46 @@ CONFIGS = hs.one_of(
     ), optional=dict(slow_call_duration=hs.sampled_from([0.5, 1.0]))),
 )
 
-OUTCOMES = ["success", "failure", "excluded", "other", "cancel", "close"]
+OUTCOMES = ["success", "failure", "excluded", "other", "cancel", "close", "hostile",
+            "cancel_swallowed", "cancel_converted"]
 KIND = {"success": "success", "failure": "failure", "excluded": "ignored", "other": "success",
-        "cancel": "ignored", "close": "ignored"}
+        "cancel": "ignored", "close": "ignored", "hostile": "failure",
+        "cancel_swallowed": "success", "cancel_converted": "failure"}
+# the outcomes whose exception reaches expected_exception (a predicate then runs)
+CLASSIFIED = {"failure", "other", "hostile", "cancel_converted"}
+
+
+class HostileBoom(Boom):
+    """A failure whose comparisons and hash raise: the breaker must never need them."""
+
+    def __eq__(self, other):
+        raise RuntimeError("HostileBoom.__eq__")
+
+    def __hash__(self):
+        raise RuntimeError("HostileBoom.__hash__")
+
+
+class _RaisingMeta(type):
+    def __instancecheck__(cls, obj):
+        raise RuntimeError("__instancecheck__")
+
+    def __subclasscheck__(cls, sub):
+        raise RuntimeError("__subclasscheck__")
+
+
+class NeverRaised(Exception, metaclass=_RaisingMeta):
+    """In expected_exception's tuple: matching must not call its metaclass hooks."""
+
+
+_HOSTILE_VAR = contextvars.ContextVar("hostile")
+
+
+class _OnDel:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __del__(self):
+        self.fn()
 
 
 @types.coroutine
@@ -1459,10 +1496,19 @@ def _suspend():
     return (yield "suspended")
 
 
-async def _gated():
-    outcome = await _suspend()
+async def _gated(box=None):
+    try:
+        outcome = await _suspend()
+    except asyncio.CancelledError:
+        if box and box[0] == "cancel_swallowed":
+            return "swallowed"  # a coroutine that swallows its cancellation returns: success
+        if box and box[0] == "cancel_converted":
+            raise Boom("after cancellation")
+        raise
     if outcome == "failure":
         raise Boom
+    if outcome == "hostile":
+        raise HostileBoom
     if outcome == "excluded":
         raise KeyError("excluded")
     if outcome == "other":
@@ -1470,22 +1516,123 @@ async def _gated():
     return outcome
 
 
+FORCE = {"open": "open", "closed": "close", "half_open": "half_open"}
+PRED_ACTIONS = [None, "raise", "open", "closed", "half_open", "call"]
+LISTENER_MODES = [None, "raise", ("open", "closed"), ("half_open", "open"),
+                  ("closed", "half_open"), ("half_open", "closed")]
+
+
 class BreakerMachine(RuleBasedStateMachine):
     """Random calls (async in flight, interleaved; sync with a duration), outcomes,
-    cancellations, clock moves and forced transitions against breaker_model.Model."""
+    cancellations (also swallowed or turned into a failure by the coroutine), clock moves and
+    forced transitions against breaker_model.Model; with hostile objects: an expected_exception
+    predicate that raises or re-enters the breaker (forces it, calls a guarded function), a
+    listener that raises or forces a transition, an exception whose __eq__/__hash__ raise, a
+    type whose metaclass hooks raise, and an abandoned with-block whose context holds an object
+    whose __del__ forces the breaker. The machine mirrors each re-entry in the model at the point
+    the breaker documents it (classification before the commit, listeners after it, in order)."""
 
-    @initialize(cfg=CONFIGS)
-    def setup(self, cfg):
+    @initialize(cfg=CONFIGS, predicate=hs.booleans())
+    def setup(self, cfg, predicate):
         if "slow_call_rate" in cfg and "slow_call_duration" not in cfg:
             cfg = {k: v for k, v in cfg.items() if k != "slow_call_rate"}
         self.clock = Clock(100.0)
         self.model = breaker_model.Model(**cfg)
-        self.b = CircuitBreaker(**cfg, expected_exception=(Boom,), exclude=KeyError,
+        self.pred_action = self.excl_action = None
+        self.listener_mode = None
+        self.predicate = predicate
+        self.delivered = 0
+        expected = self.hostile_predicate if predicate else (Boom, NeverRaised)
+        exclude = self.hostile_exclude if predicate else KeyError
+        self.b = CircuitBreaker(**cfg, expected_exception=expected, exclude=exclude,
                                 clock=self.clock)
         self.events = []
         self.b.add_listener(lambda br, o, n: self.events.append((o.value, n.value)))
+        self.b.add_listener(self.hostile_listener)
         self.guarded = self.b(_gated)
+        self.inner_ok = self.b(lambda: "inner")
         self.inflight = []
+
+    # ---- the hostile objects (C side) and their mirror (model side)
+    def _act(self, act):
+        if act == "raise":
+            raise RuntimeError("hostile predicate")
+        if act in FORCE:
+            getattr(self.b, FORCE[act])()
+        elif act == "call":
+            self.inner_ok()  # may raise CircuitOpenError: a predicate that raises
+
+    def hostile_predicate(self, exc):
+        self._act(self.pred_action)
+        return isinstance(exc, Boom)
+
+    def hostile_exclude(self, exc):
+        self._act(self.excl_action)
+        return isinstance(exc, KeyError)
+
+    def _mirror(self, act):
+        """What _act does, in the model; True if the predicate raised."""
+        if act == "raise":
+            return True  # logged; expected_exception: a failure, exclude: not excluded
+        if act in FORCE:
+            self.model_force(act)
+        elif act == "call":
+            t = self.model_admit()
+            if isinstance(t, tuple):
+                return True  # CircuitOpenError out of the predicate
+            self.model.record(t, "success", self.clock.t)
+            self.deliver()
+        return False
+
+    def hostile_listener(self, br, old, new):
+        mode = self.listener_mode
+        if mode == "raise":
+            raise RuntimeError("hostile listener")
+        if mode and new.value == mode[0]:
+            getattr(br, FORCE[mode[1]])()
+
+    def deliver(self):
+        """The listeners run after each commit, on every transition in order; the hostile one
+        forces its transition, which is delivered after the current one."""
+        while self.delivered < len(self.model.events):
+            _, new = self.model.events[self.delivered]
+            self.delivered += 1
+            mode = self.listener_mode
+            if mode and mode != "raise" and new == mode[0]:
+                self.model.force(mode[1], self.clock.t)
+
+    def model_admit(self):
+        expect = self.model.admit(self.clock.t)
+        self.deliver()
+        return expect
+
+    def model_force(self, to):
+        self.model.force(to, self.clock.t)
+        self.deliver()
+
+    def model_outcome(self, outcome):
+        """The outcome kind as the breaker classifies it, running the predicates' mirrors:
+        exclude first (raising: not excluded), then expected_exception (raising: a failure)."""
+        kind = KIND[outcome]
+        if not self.predicate or outcome not in CLASSIFIED | {"excluded"}:
+            return kind
+        if not self._mirror(self.excl_action) and outcome == "excluded":
+            return "ignored"
+        if self._mirror(self.pred_action):
+            return "failure"
+        return "success" if outcome in ("excluded", "other") else "failure"
+
+    def model_record(self, ticket, outcome):
+        kind = self.model_outcome(outcome)
+        self.model.record(ticket, kind, self.clock.t)
+        self.deliver()
+
+    # ---- rules
+    @rule(pred=hs.sampled_from(PRED_ACTIONS), excl=hs.sampled_from(PRED_ACTIONS),
+          listener=hs.sampled_from(LISTENER_MODES))
+    def hostility(self, pred, excl, listener):
+        self.pred_action, self.excl_action = pred, excl
+        self.listener_mode = listener
 
     @rule(dt=hs.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 7.0]))
     def advance(self, dt):
@@ -1493,7 +1640,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @rule(kind=hs.sampled_from(["decorated", "call", "block"]))
     def start_call(self, kind):
-        expect = self.model.admit(self.clock.t)
+        expect = self.model_admit()
         if kind == "block":  # a with-block, in a context of its own: blocks interleave
             ctx = contextvars.Context()
             if isinstance(expect, tuple):
@@ -1502,43 +1649,64 @@ class BreakerMachine(RuleBasedStateMachine):
                 assert ei.value.remaining == expect[1]
             else:
                 ctx.run(self.b.__enter__)
-                self.inflight.append((ctx, expect))
+                self.inflight.append((ctx, expect, None))
+            # a listener error the breaker logs keeps its traceback, whose frame keeps this
+            # frame (f_back) and its locals: an abandoned block's context must not be one
+            del ctx
             return
-        aw = self.guarded() if kind == "decorated" else self.b.call(_gated)
+        box = [None]
+        aw = self.guarded(box) if kind == "decorated" else self.b.call(_gated, box)
         if isinstance(expect, tuple):
             with pytest.raises(CircuitOpenError) as ei:
                 aw.send(None)
             assert ei.value.remaining == expect[1] and ei.value.breaker is self.b
         else:
             assert aw.send(None) == "suspended"
-            self.inflight.append((aw, expect))
+            self.inflight.append((aw, expect, box))
 
     @precondition(lambda self: self.inflight)
-    @rule(data=hs.data(), outcome=hs.sampled_from(OUTCOMES))
-    def finish_call(self, data, outcome):
+    @rule(data=hs.data(), outcome=hs.sampled_from(OUTCOMES),
+          on_del=hs.sampled_from([None, "open", "closed", "half_open"]))
+    def finish_call(self, data, outcome, on_del):
         i = data.draw(hs.integers(0, len(self.inflight) - 1))
-        aw, ticket = self.inflight.pop(i)
+        aw, ticket, box = self.inflight.pop(i)
         if isinstance(aw, contextvars.Context):
+            if outcome in ("cancel_swallowed", "cancel_converted"):
+                outcome = "cancel"  # a block cannot swallow: same as a cancellation
             if outcome == "close":  # abandoned: the context dies with the block open
+                if on_del is not None:  # ... and with an object whose __del__ forces it
+                    b = self.b
+                    aw.run(_HOSTILE_VAR.set, _OnDel(lambda: getattr(b, FORCE[on_del])()))
                 del aw
                 gc.collect()
-            else:
-                exc = {"success": None, "failure": Boom(), "excluded": KeyError(),
-                       "other": LookupError(), "cancel": asyncio.CancelledError()}[outcome]
-                assert aw.run(self.b.__exit__, type(exc) if exc else None, exc, None) is False
-            self.model.record(ticket, KIND[outcome], self.clock.t)
+                # release and force, in whichever order the collector runs them, end the same
+                self.model.record(ticket, KIND[outcome], self.clock.t)
+                if on_del is not None:
+                    self.model_force(on_del)
+                return
+            exc = {"success": None, "failure": Boom(), "excluded": KeyError(),
+                   "other": LookupError(), "cancel": asyncio.CancelledError(),
+                   "hostile": HostileBoom()}[outcome]
+            assert aw.run(self.b.__exit__, type(exc) if exc else None, exc, None) is False
+            self.model_record(ticket, outcome)
             return
-        if outcome == "cancel":
-            with pytest.raises(asyncio.CancelledError):
-                aw.throw(asyncio.CancelledError())
+        if outcome.startswith("cancel"):
+            box[0] = outcome
+            if outcome == "cancel_swallowed":
+                with pytest.raises(StopIteration):
+                    aw.throw(asyncio.CancelledError())
+            else:
+                with pytest.raises(Boom if outcome == "cancel_converted"
+                                   else asyncio.CancelledError):
+                    aw.throw(asyncio.CancelledError())
         elif outcome == "close":
             aw.close()
         else:
             with pytest.raises((StopIteration, Boom, KeyError, LookupError)):
                 aw.send(outcome)
-        self.model.record(ticket, KIND[outcome], self.clock.t)
+        self.model_record(ticket, outcome)
 
-    @rule(outcome=hs.sampled_from(["success", "failure", "excluded", "other"]),
+    @rule(outcome=hs.sampled_from(["success", "failure", "excluded", "other", "hostile"]),
           duration=hs.sampled_from([0.0, 0.5, 0.75, 1.5]))
     def sync_call(self, outcome, duration):
         clock = self.clock
@@ -1548,13 +1716,15 @@ class BreakerMachine(RuleBasedStateMachine):
             clock.advance(duration)
             if outcome == "failure":
                 raise Boom
+            if outcome == "hostile":
+                raise HostileBoom
             if outcome == "excluded":
                 raise KeyError
             if outcome == "other":
                 raise LookupError
             return "done"
 
-        expect = self.model.admit(clock.t)
+        expect = self.model_admit()
         if isinstance(expect, tuple):
             with pytest.raises(CircuitOpenError) as ei:
                 work()
@@ -1564,12 +1734,12 @@ class BreakerMachine(RuleBasedStateMachine):
             work()
         except (Boom, KeyError, LookupError):
             pass
-        self.model.record(expect, KIND[outcome], clock.t)
+        self.model_record(expect, outcome)
 
     @rule(to=hs.sampled_from(["open", "closed", "half_open"]))
     def force(self, to):
-        getattr(self.b, {"open": "open", "closed": "close", "half_open": "half_open"}[to])()
-        self.model.force(to, self.clock.t)
+        getattr(self.b, FORCE[to])()
+        self.model_force(to)
 
     @invariant()
     def agrees(self):
@@ -1582,14 +1752,27 @@ class BreakerMachine(RuleBasedStateMachine):
         assert (self.b.failure_count, self.b.success_count) == self.model.counts(now)
         assert self.events == self.model.events
 
+    @invariant()
+    def conserved(self):
+        if not hasattr(self, "b"):
+            return
+        st = self.b.stats()
+        # every admitted call is settled exactly once: the unsettled ones are those in flight
+        settled = st["successes"] + st["failures"] + st["ignored"]
+        assert st["calls"] - settled == len(self.inflight)
+        assert st["slow_calls"] <= st["successes"] + st["failures"]
+
     def teardown(self):
-        for aw, _ in getattr(self, "inflight", []):
+        for aw, _, _ in getattr(self, "inflight", []):
             if not isinstance(aw, contextvars.Context):
                 aw.close()
 
 
 TestBreakerModel = BreakerMachine.TestCase
-TestBreakerModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
+TestBreakerModel.settings = settings(max_examples=max(150, settings.default.max_examples),
+                                     stateful_step_count=max(40,
+                                                             settings.default.stateful_step_count),
+                                     deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
 
 

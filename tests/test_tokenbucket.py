@@ -159,6 +159,14 @@ def test_bad_construction(args, kwargs, exc, match):
         (math.inf, ValueError, r"tokens must be <= capacity"),
         (10**400, ValueError, r"tokens must be <= capacity"),
         (-(10**400), ValueError, r"tokens must be > 0"),
+        # found by the state machine's hostile amounts: too large for a float and negative
+        # said "<= capacity"; a __float__ raising ValueError lost its own message
+        (fractions.Fraction(-(10**400)), ValueError, r"tokens must be > 0"),
+        (fractions.Fraction(10**400), ValueError, r"tokens must be <= capacity"),
+        (type("NegHuge", (), {"__index__": lambda s: -(10**400)})(), ValueError,
+         r"tokens must be > 0"),
+        (type("Bad", (), {"__float__": lambda s: float("x")})(), ValueError,
+         r"could not convert string to float"),
         ("1", TypeError, r"tokens must be a real number, not str"),
         (None, TypeError, r"tokens must be a real number, not NoneType"),
     ],
@@ -182,6 +190,56 @@ def test_bad_timeout(timeout, exc, match):
     b = TokenBucket(10)
     with pytest.raises(exc, match=match):
         b.acquire(1, timeout=timeout)
+
+
+def test_timeout_error_of_its_own_comes_out():
+    class Bad:
+        def __float__(self):
+            raise ValueError("mine")
+
+    b = TokenBucket(10)
+    with pytest.raises(ValueError, match="mine"):  # not taken for "too large: no limit"
+        b.acquire(1, timeout=Bad())
+
+
+@VT
+async def test_reinit_to_a_smaller_capacity_before_the_await():
+    # Found by the debug checker (a waiter asking for more than the capacity): acquire()
+    # checks the count when called, the bucket can be re-initialized before it is awaited (or
+    # by the timeout's own __float__), and such a waiter could never be admitted.
+    b = TokenBucket(8)
+    co = b.acquire(4)
+    b.__init__(1, initial=0)
+    with pytest.raises(ValueError, match=r"tokens must be <= capacity \(1\), got 4.0"):
+        await co
+    assert b.waiting == 0 and b.tokens == 0.0
+
+    class Shrinks:
+        def __float__(self):
+            b.__init__(2, initial=0)
+            return 5.0
+
+    b.__init__(8)
+    with pytest.raises(ValueError, match=r"tokens must be <= capacity \(2\), got 4.0"):
+        await b.acquire(4, timeout=Shrinks())
+    assert b.waiting == 0
+    await b.acquire(2)  # still usable: 2 tokens flow in within 1 s
+    assert b.waiting == 0 and b.tokens == 0.0
+
+
+@VT
+async def test_huge_negative_timeout_means_at_once():
+    # Found by reading tb_timeout_arg for the state machine: a timeout too large for a float was
+    # taken as "no limit" whatever its sign, so timeout=-10**400 waited for ever.
+    b = TokenBucket(4, capacity=2, initial=0)
+    t0 = now()
+    for t in (-(10**400), fractions.Fraction(-(10**400)),
+              type("NegHuge", (), {"__index__": lambda s: -(10**400)})()):
+        with pytest.raises(TimeoutError, match="not available at once"):
+            await b.acquire(1, timeout=t)
+    assert now() == t0 and b.waiting == 0
+    await b.acquire(1, timeout=10**400)  # positive: no limit
+    assert now() == t0 + 0.25
 
 
 def test_bad_call_arguments():
@@ -1546,3 +1604,527 @@ def test_no_leaks():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A hypothesis state machine against a pure-Python model of the documented semantics
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+from hypothesis.stateful import (  # noqa: E402
+    RuleBasedStateMachine, initialize, invariant, precondition, rule,
+)
+
+
+class BucketModel:
+    """The README's TokenBucket, restated for clarity: continuous refill up to capacity, strict
+    FIFO (only the head is admitted; a newcomer never takes tokens while anyone waits), tokens
+    taken when a waiter is admitted, handed back if it is cancelled before it runs, deadlines
+    expire after admission at the same instant. Every number the machine uses is dyadic, so the
+    same IEEE arithmetic as the C code is exact and levels and times compare with ==."""
+
+    def __init__(self, rate, per, capacity, initial, now):
+        self.configure(rate, per, capacity, initial, now)
+        self.queue = []          # [id, tokens, deadline or None, seq], arrival order
+        self.granted = []        # ids in admission order
+        self.timeouts = []       # ids in the order they timed out
+        self.cancelled = []
+        self.errors = []         # ValueError at the await (see reconfigure_before_the_await)
+        self.pending_run = []    # admitted in the current step, their tasks not run yet
+        self.pending_timeouts = []  # timed out in the current step, their tasks not run yet
+        self.amount = {}
+        self.seq = 0
+        self.taken = 0.0         # conservation: level == supply - taken
+        self.supply = self.level
+
+    def configure(self, rate, per, capacity, initial, now):
+        self.rate, self.per, self.cap = float(rate), float(per), float(capacity)
+        self.initial = float(initial)
+        self.level = self.initial
+        self.stamp = now
+        self.supply, self.taken = self.level, 0.0
+
+    def refill(self, now):
+        if now > self.stamp:
+            if self.level < self.cap:
+                add = min(self.cap, self.level + (now - self.stamp) * self.rate / self.per)
+                self.supply += add - self.level
+                self.level = add
+            self.stamp = now
+
+    def take(self, n):
+        self.level -= n
+        self.taken += n
+        assert self.level >= 0
+
+    def refund(self, n):
+        back = min(self.cap, self.level + n)
+        self.taken -= n
+        self.supply -= n - (back - self.level)  # what the cap cut off is as if never supplied
+        self.level = back
+
+    def next_event(self):
+        t = math.inf
+        if self.queue:
+            need = self.queue[0][1]
+            if need > self.level:
+                t = self.stamp + (need - self.level) * self.per / self.rate
+            t = min([t] + [w[2] for w in self.queue if w[2] is not None])
+        return t
+
+    def process(self, now):
+        """What the bucket does at `now`: admit from the head, then time out what is due,
+        and again while the head changes."""
+        self.refill(now)
+        while True:
+            while self.queue and self.queue[0][1] <= self.level:
+                i, n, _, _ = self.queue.pop(0)
+                self.take(n)
+                self.granted.append(i)
+                self.pending_run.append(i)
+            due = sorted((w for w in self.queue if w[2] is not None and w[2] <= self.stamp),
+                         key=lambda w: (w[2], w[3]))
+            if not due:
+                return
+            head_left = due and self.queue[0] in due
+            for w in due:
+                self.queue.remove(w)
+                self.timeouts.append(w[0])
+                self.pending_timeouts.append(w[0])
+            if not head_left:
+                return
+
+    def advance_to(self, t):
+        while True:
+            e = self.next_event()
+            if e > t:
+                self.refill(t)
+                return
+            self.process(e)
+
+    def acquire(self, i, n, timeout, now):
+        """'granted', 'timeout' (at once) or 'waiting'."""
+        self.amount[i] = n
+        self.refill(now)
+        if not self.queue and n <= self.level:
+            self.take(n)
+            self.granted.append(i)
+            return "granted"
+        if timeout is not None and timeout <= 0:
+            self.timeouts.append(i)
+            return "timeout"
+        self.queue.append([i, n, None if timeout is None else now + timeout, self.seq])
+        self.seq += 1
+        self.process(now)
+        return "waiting"
+
+    def try_acquire(self, n, now, take=True):
+        self.refill(now)
+        ok = not self.queue and n <= self.level
+        if ok and take:
+            self.take(n)
+        return ok
+
+    def reset(self, now):
+        self.refill(now)
+        self.supply += self.initial - self.level
+        self.level = self.initial
+        self.process(now)
+
+    def begin_step(self):
+        self.pending_run, self.pending_timeouts = [], []
+
+    def cancel(self, i, now):
+        for w in self.queue:
+            if w[0] == i:
+                head = w is self.queue[0]
+                self.queue.remove(w)
+                self.cancelled.append(i)
+                if head:
+                    self.process(now)
+                return
+        if i in self.pending_run:  # admitted, its task not run yet: it hands the tokens back
+            self.pending_run.remove(i)
+            self.granted.remove(i)
+            self.cancelled.append(i)
+            self.refund(self.amount[i])
+            self.process(now)
+        elif i in self.pending_timeouts:  # timed out, not run yet: cancellation wins
+            self.pending_timeouts.remove(i)
+            self.timeouts.remove(i)
+            self.cancelled.append(i)
+
+
+class Boom(Exception):
+    pass
+
+
+class RaisingIndex:
+    def __index__(self):
+        raise Boom("__index__")
+
+
+class RaisingFloat:
+    def __float__(self):
+        raise Boom("__float__")
+
+
+class FloatReturnsStr:
+    def __float__(self):
+        return "1"
+
+
+class HugeIndex:
+    def __index__(self):
+        return 10**400
+
+
+class FloatRaisesValueError:
+    def __float__(self):
+        raise ValueError("its own")
+
+
+def _hostile(cap):
+    return [float("nan"), float("inf"), -float("inf"), -1, 0, 0.0, -0.0, 10**400, -10**400,
+            cap + 0.25, "1", b"1", None, 1j, [], decimal.Decimal("NaN"), RaisingIndex(),
+            RaisingFloat(), FloatReturnsStr(), HugeIndex(), FloatRaisesValueError(),
+            fractions.Fraction(-(10**400))]
+
+
+DT = hs.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 3.0, 8.0])
+TIMEOUT = hs.sampled_from([None, None, None, 0.0, -1.0, 0.25, 1.0, 2.5, 6.0])
+
+
+async def _settle_loop():
+    loop = asyncio.get_running_loop()
+    for _ in range(1000):
+        await asyncio.sleep(0)
+        if not loop._ready:
+            return
+    raise AssertionError("the loop never settled")
+
+
+class TokenBucketMachine(RuleBasedStateMachine):
+    """Tasks acquiring random amounts (with and without timeouts), try_acquire/has_capacity,
+    cancellation of waiting and of just-woken tasks, reset, re-configuration, hostile amounts
+    and re-entrant ones, on a virtual clock against BucketModel."""
+
+    @initialize(rate=hs.sampled_from([0.5, 1, 2, 4]), per=hs.sampled_from([0.5, 1, 2.0]),
+                capacity=hs.sampled_from([1, 2, 3, 4, 8]), fill=hs.sampled_from([0, 0.5, 1]))
+    def setup(self, rate, per, capacity, fill):
+        self.loop = VirtualClockLoop(start=1000.0)
+        self.tasks = {}
+        self.c_granted, self.c_timeouts, self.c_errors = [], [], []
+        self.next_id = 0
+
+        async def make():
+            return TokenBucket(rate, per, capacity=capacity, initial=capacity * fill)
+
+        self.b = self.loop.run_until_complete(make())
+        self.model = BucketModel(rate, per, capacity, capacity * fill, self.now())
+
+    def teardown(self):
+        if not hasattr(self, "loop"):
+            return
+        for t in self.tasks.values():
+            t.cancel()
+        self.settle()
+        self.loop.close()
+
+    # ---- driving the loop
+    def now(self):
+        return self.loop.time()
+
+    def settle(self):
+        """Run everything ready, at the current virtual time."""
+        self.loop.run_until_complete(_settle_loop())
+
+    def live_timers(self):
+        return [h for h in self.loop._scheduled if not h.cancelled()]
+
+    def amounts(self, data):
+        return data.draw(hs.integers(1, int(self.model.cap * 4)).map(lambda k: k / 4))
+
+    async def worker(self, i, n, timeout, how="acquire"):
+        if how == "async with":
+            async with self.b:
+                self.c_granted.append(i)
+            return
+        if how == "decorated":  # RateLimited: the call's own op kind
+            @self.b
+            async def limited():
+                self.c_granted.append(i)
+
+            await limited()
+            return
+        try:
+            if timeout is None:
+                await self.b.acquire(n)
+            else:
+                await self.b.acquire(n, timeout=timeout)
+        except TimeoutError:
+            self.c_timeouts.append(i)
+            return
+        self.c_granted.append(i)
+
+    # ---- rules
+    @rule(data=hs.data(), timeout=TIMEOUT,
+          how=hs.sampled_from(["acquire", "acquire", "async with", "decorated"]))
+    def acquire(self, data, timeout, how):
+        n = self.amounts(data)
+        if how != "acquire":
+            n, timeout = 1.0, None
+        i = self.next_id
+        self.next_id += 1
+        self.model.begin_step()
+        self.model.acquire(i, n, timeout, self.now())
+        self.tasks[i] = self.loop.create_task(self.worker(i, n, timeout, how))
+        self.settle()
+        self.model.begin_step()
+
+    @precondition(lambda self: self.next_id < 50)  # one big burst per run is enough
+    @rule(data=hs.data(), k=hs.integers(10, 40))
+    def burst(self, data, k):
+        """Many timed waiters at once: the deadline heap grows, goes stale and compacts."""
+        self.model.begin_step()
+        for _ in range(k):
+            n = self.amounts(data)
+            timeout = data.draw(hs.sampled_from([0.25, 0.5, 1.0, 2.5, None]))
+            i = self.next_id
+            self.next_id += 1
+            self.model.acquire(i, n, timeout, self.now())
+            self.tasks[i] = self.loop.create_task(self.worker(i, n, timeout))
+        self.settle()
+        self.model.begin_step()
+
+    @rule(data=hs.data(), take=hs.booleans())
+    def try_acquire(self, data, take):
+        n = self.amounts(data)
+        got = self.b.try_acquire(n) if take else self.b.has_capacity(n)
+        assert got == self.model.try_acquire(n, self.now(), take)
+
+    @rule(dt=DT)
+    def advance(self, dt):
+        target = self.now() + dt
+        self.loop.run_until_complete(asyncio.sleep(dt))
+        assert self.now() == target
+        self.settle()
+        self.model.advance_to(target)
+        self.model.begin_step()
+
+    @precondition(lambda self: self.model.queue)
+    @rule(data=hs.data())
+    def wake_then_cancel(self, data):
+        """Jump to the bucket's timer, run that one loop iteration (the waiters it admits are
+        woken, their tasks not run yet), then cancel any unfinished task."""
+        timers = self.live_timers()
+        assert timers, "waiters but no timer: stranded"
+        when = min(h.when() for h in timers)
+        assert when <= self.model.next_event()
+        self.loop.advance(when - self.now())
+        self.loop.call_soon(self.loop.stop)
+        self.loop.run_forever()
+        self.model.begin_step()
+        self.model.advance_to(when)
+        unfinished = sorted(i for i, t in self.tasks.items() if not t.done())
+        assert unfinished == sorted([w[0] for w in self.model.queue] + self.model.pending_run
+                                    + self.model.pending_timeouts)
+        if unfinished:
+            i = data.draw(hs.sampled_from(unfinished))
+            self.tasks[i].cancel()
+            self.model.cancel(i, self.now())
+        self.settle()
+        self.model.begin_step()
+
+    @precondition(lambda self: self.model.queue)
+    @rule(data=hs.data())
+    def cancel_waiter(self, data):
+        i = data.draw(hs.sampled_from([w[0] for w in self.model.queue]))
+        self.tasks[i].cancel()
+        self.model.begin_step()
+        self.model.cancel(i, self.now())
+        self.settle()
+        self.model.begin_step()
+
+    @rule(data=hs.data(), cancel_woken=hs.booleans())
+    def reset(self, data, cancel_woken):
+        self.model.begin_step()
+        self.b.reset()
+        self.model.reset(self.now())
+        if cancel_woken and self.model.pending_run:  # handed their tokens, not run yet
+            i = data.draw(hs.sampled_from(self.model.pending_run))
+            assert not self.tasks[i].done()
+            self.tasks[i].cancel()
+            self.model.cancel(i, self.now())
+        self.settle()
+        self.model.begin_step()
+
+    @rule(rate=hs.sampled_from([0.5, 1, 2, 4]), per=hs.sampled_from([0.5, 1, 2.0]),
+          capacity=hs.sampled_from([1, 2, 4, 8]), fill=hs.sampled_from([0, 0.5, 1]))
+    def reconfigure(self, rate, per, capacity, fill):
+        if self.model.queue:
+            with pytest.raises(RuntimeError, match="while tasks wait"):
+                self.b.__init__(rate, per, capacity=capacity, initial=capacity * fill)
+            return
+        self.b.__init__(rate, per, capacity=capacity, initial=capacity * fill)
+        self.model.configure(rate, per, capacity, capacity * fill, self.now())
+        assert (self.b.rate, self.b.per, self.b.capacity) == (rate, per, capacity)
+
+    @precondition(lambda self: not self.model.queue)
+    @rule(data=hs.data(), capacity=hs.sampled_from([1, 2, 4, 8]))
+    def reconfigure_before_the_await(self, data, capacity):
+        """acquire(n) is checked when called; re-initialized to a smaller capacity before it is
+        awaited, it must fail rather than wait for ever."""
+        n = self.amounts(data)
+        co = self.b.acquire(n)
+        self.b.__init__(self.model.rate, self.model.per, capacity=capacity, initial=capacity)
+        self.model.configure(self.model.rate, self.model.per, capacity, capacity, self.now())
+        i = self.next_id
+        self.next_id += 1
+        self.model.begin_step()
+
+        async def stale():
+            try:
+                await co
+            except ValueError:
+                self.c_errors.append(i)
+                return
+            self.c_granted.append(i)
+
+        if n > capacity:
+            self.model.errors.append(i)
+        else:
+            self.model.acquire(i, n, None, self.now())
+        self.tasks[i] = self.loop.create_task(stale())
+        self.settle()
+        self.model.begin_step()
+
+    @rule(data=hs.data(), how=hs.sampled_from(["acquire", "timeout", "try_acquire",
+                                               "has_capacity", "init"]))
+    def hostile_argument(self, data, how):
+        bad = data.draw(hs.sampled_from(_hostile(self.model.cap)))
+        before = (self.b.tokens, self.b.waiting, len(self.live_timers()))
+        number = isinstance(bad, (int, float, fractions.Fraction, HugeIndex)) and not (
+            isinstance(bad, float) and math.isnan(bad))
+        if how == "timeout" and (bad is None or number):
+            return  # valid timeouts: None, numbers (<= 0: at once; too large: no limit)
+        if how == "init" and isinstance(bad, (int, float)) and 0 < bad < math.inf:
+            return  # a valid rate
+        with pytest.raises((ValueError, TypeError, Boom)):
+            if how == "acquire":
+                self.b.acquire(bad)
+            elif how == "timeout":
+                self.b.acquire(1, timeout=bad)
+            elif how == "try_acquire":
+                self.b.try_acquire(bad)
+            elif how == "has_capacity":
+                self.b.has_capacity(bad)
+            else:
+                self.b.__init__(bad, capacity=8)
+        self.model.refill(self.now())
+        assert (self.b.tokens, self.b.waiting, len(self.live_timers())) == before
+        assert (self.b.rate, self.b.per, self.b.capacity) == (
+            self.model.rate, self.model.per, self.model.cap)
+
+    @rule(data=hs.data(), inner=hs.sampled_from(["try_acquire", "reset"]),
+          where=hs.sampled_from(["float", "del"]))
+    def reentrant_amount(self, data, inner, where):
+        """An amount whose __float__ (or __del__) calls back into the bucket."""
+        n, m = self.amounts(data), self.amounts(data)
+        b, model, now = self.b, self.model, self.now()
+        log = []
+
+        def hook():
+            log.append(b.try_acquire(m) if inner == "try_acquire" else b.reset())
+
+        class Amount:
+            def __float__(self):
+                if where == "float":
+                    hook()
+                return n
+
+            def __del__(self):
+                if where == "del":
+                    hook()
+
+        def model_hook():
+            r = model.try_acquire(m, now) if inner == "try_acquire" else model.reset(now)
+            assert log == [r]
+
+        self.model.begin_step()
+        amount = Amount()
+        got = self.b.try_acquire(amount)
+        if where == "float":
+            model_hook()
+        assert got == self.model.try_acquire(n, now)
+        del amount
+        if where == "del":
+            model_hook()
+        self.settle()
+        self.model.begin_step()
+
+    # ---- invariants
+    @invariant()
+    def agrees_with_the_model(self):
+        if not hasattr(self, "b"):
+            return
+        m = self.model
+        m.refill(self.now())
+        assert self.b.tokens == m.level
+        assert self.b.waiting == len(m.queue)
+        assert self.c_granted == m.granted
+        assert self.c_timeouts == m.timeouts
+        assert self.c_errors == m.errors
+        cancelled = sorted(i for i, t in self.tasks.items() if t.cancelled())
+        assert cancelled == sorted(m.cancelled)
+        assert sorted(i for i, t in self.tasks.items() if not t.done()) == sorted(
+            w[0] for w in m.queue)
+        # conservation: what is there is what flowed in minus what was handed out
+        assert m.level == m.supply - m.taken and 0 <= m.level <= m.cap
+
+    @invariant()
+    def no_waiter_stranded(self):
+        if not hasattr(self, "b") or not self.model.queue:
+            return
+        m = self.model
+        assert m.queue[0][1] > m.level  # else the model would have admitted it
+        timers = self.live_timers()
+        assert len(timers) == 1  # one timer, at or before the next thing due
+        assert timers[0].when() <= m.next_event()
+
+
+TestTokenBucketModel = TokenBucketMachine.TestCase
+
+
+# AsyncLimiter against aiolimiter itself, where the semantics are the same: one task at a time
+# (aiolimiter serves waiters smallest amount first and lets newcomers in while others wait; with
+# a single acquirer both are the leaky bucket of size max_rate draining at max_rate/time_period).
+
+
+async def _limiter_run(limiter, steps):
+    loop = asyncio.get_running_loop()
+    seen = []
+    for dt, amount, probe in steps:
+        await asyncio.sleep(dt)
+        seen.append(("capacity", limiter.has_capacity(probe)))
+        await limiter.acquire(amount)
+        seen.append(("acquired", loop.time()))
+    return seen
+
+
+@given(max_rate=hs.sampled_from([1, 2, 4, 8]), period=hs.sampled_from([0.5, 1, 2, 8]),
+       steps=hs.lists(hs.tuples(DT, hs.integers(0, 32), hs.integers(0, 32)), max_size=12))
+def test_limiter_sequential_same_as_aiolimiter(max_rate, period, steps):
+    steps = [(dt, min(a / 4, max_rate), min(p / 4, max_rate)) for dt, a, p in steps]
+    results = []
+    for cls in (AsyncLimiter, aiolimiter.AsyncLimiter):
+        loop = VirtualClockLoop(start=1000.0)
+        try:
+            async def main():
+                return await _limiter_run(cls(max_rate, period), steps)
+
+            results.append(loop.run_until_complete(main()))
+        finally:
+            loop.close()
+    assert results[0] == results[1]
