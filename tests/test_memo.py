@@ -18,6 +18,10 @@ import weakref
 
 import async_lru
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
+                                 rule)
 
 import aiofast
 from virtual_time import VirtualClockLoop
@@ -1078,3 +1082,396 @@ def test_no_leaks():
     assert out.returncode == 0, out.stderr
     dobj, dref, dmem = map(int, out.stdout.split())
     assert dobj <= 10 and dref == 0 and dmem < 100_000
+
+
+# ------------------------------------------------------------------ hypothesis: single flight
+
+
+class Value:
+    """A distinct result object (callers must get this very object)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __repr__(self):
+        return f"Value({self.n})"
+
+
+class BadHash:
+    def __hash__(self):
+        raise ZeroDivisionError("hash")
+
+
+class BadEq:
+    """Collides with the int key h; its __eq__ raises."""
+
+    def __init__(self, h):
+        self.h = h
+
+    def __hash__(self):
+        return self.h
+
+    def __eq__(self, other):
+        raise ArithmeticError("eq")
+
+
+class MutatingEq:
+    """Collides with the int key h; its first __eq__ runs an action on the memo."""
+
+    def __init__(self, h, action=None):
+        self.h = h
+        self.action = action
+
+    def __hash__(self):
+        return self.h
+
+    def __eq__(self, other):
+        action, self.action = self.action, None
+        if action is not None:
+            action()
+        return self is other
+
+
+class Comp:
+    """A computation the model expects: the function's n-th run."""
+
+    def __init__(self, n, key):
+        self.n, self.key = n, key
+        self.state = "running"  # running, done, failed, cancelled
+        self.callers = []       # callers still waiting for it
+        self.attached = True    # its entry is in the table
+
+
+class Caller:
+    def __init__(self, n, key, task):
+        self.n, self.key, self.task = n, key, task
+        self.outcome = None     # None (waiting), ("value", v), ("exc", e), ("cancelled",)
+        self.comp = None
+
+
+class MemoModel:
+    """A single-flight memoizer with cached()'s documented semantics, in plain Python: one
+    computation per key at a time, shared by every caller that finds it in flight; results
+    (never exceptions or cancellations) stored with an expiry ttl after the computation ended;
+    a caller that is cancelled leaves the others waiting, and the last one to leave cancels the
+    computation and forgets it; eviction of the least recently used entry (results and
+    computations in flight alike: an evicted, invalidated or cleared computation goes on for its
+    callers, unrecorded); expired results are dropped on every miss and by cache_info()."""
+
+    def __init__(self, maxsize, ttl):
+        self.maxsize, self.ttl = maxsize, ttl
+        self.entries = {}  # key -> ["result", value, expires] or ["flight", Comp]
+        self.lru = []      # keys, least recently used first
+        self.hits = self.misses = 0
+        self.comps = []
+
+    def touch(self, k):
+        self.lru.remove(k)
+        self.lru.append(k)
+
+    def remove(self, k):
+        e = self.entries.pop(k)
+        self.lru.remove(k)
+        if e[0] == "flight":
+            e[1].attached = False
+
+    def expire(self, now):
+        if self.ttl is not None:
+            for k in [k for k, e in self.entries.items() if e[0] == "result" and not now < e[2]]:
+                self.remove(k)
+
+    def fresh(self, k, now):
+        e = self.entries.get(k)
+        return e is not None and (e[0] == "flight" or self.ttl is None or now < e[2])
+
+    def call_now(self, caller, now):
+        """The call itself: a fresh result is a hit at once."""
+        e = self.entries.get(caller.key)
+        if e is not None and e[0] == "result" and (self.ttl is None or now < e[2]):
+            self.hits += 1
+            self.touch(caller.key)
+            caller.outcome = ("value", e[1])
+            return True
+        return False
+
+    def call_start(self, caller, now):
+        """The first step of the awaitable: a result, joining the flight, or a new one."""
+        k = caller.key
+        self.expire(now)
+        e = self.entries.get(k)
+        if e is not None:
+            self.hits += 1
+            self.touch(k)
+            if e[0] == "result":
+                caller.outcome = ("value", e[1])
+            else:
+                caller.comp = e[1]
+                e[1].callers.append(caller)
+            return
+        self.misses += 1
+        while self.maxsize is not None and len(self.entries) >= self.maxsize:
+            self.remove(self.lru[0])
+        comp = Comp(len(self.comps), k)
+        self.comps.append(comp)
+        self.entries[k] = ["flight", comp]
+        self.lru.append(k)
+        caller.comp = comp
+        comp.callers.append(caller)
+
+    def finish(self, comp, outcome, now):
+        comp.state = {"value": "done", "exc": "failed", "cancelled": "cancelled"}[outcome[0]]
+        if comp.attached:
+            if outcome[0] == "value":
+                self.entries[comp.key] = ["result", outcome[1], now + (self.ttl or 0)]
+                comp.attached = False  # the entry keeps its place in the LRU order
+            else:
+                self.remove(comp.key)
+        for c in comp.callers:
+            c.outcome = outcome
+        comp.callers = []
+
+    def cancel_caller(self, caller):
+        caller.outcome = ("cancelled",)
+        comp = caller.comp
+        comp.callers.remove(caller)
+        if not comp.callers and comp.state == "running":
+            self.finish(comp, ("cancelled",), None)
+
+    def clear(self):
+        for k in list(self.entries):
+            self.remove(k)
+        self.hits = self.misses = 0
+
+
+memo_keys = st.integers(0, 3)
+
+
+class MemoMachine(RuleBasedStateMachine):
+    """cached() on a virtual clock against MemoModel: callers for random keys, computations
+    that the machine completes, fails or cancels, callers cancelled at random (the one that
+    started the computation included), time steps (ttl expiry), invalidation, clearing, and
+    keys whose __hash__/__eq__ raise or whose __eq__ clears or invalidates mid-lookup. After
+    every step: every computation the function ran is one the model started (so nothing ran
+    twice), every caller has exactly the outcome the model gives (none stranded), and the
+    memo's contents and counters are the model's."""
+
+    def __init__(self):
+        super().__init__()
+        self.loop = VirtualClockLoop()
+        self.model = None
+        self.callers = []
+        self.runs = []   # (key, future) per run of the function, in order
+        self.keys = set()
+
+    @initialize(maxsize=st.sampled_from([None, 1, 2, 3]), ttl=st.sampled_from([None, 1, 2.5]),
+                identity_key=st.booleans())
+    def create(self, maxsize, ttl, identity_key):
+        async def compute(key):
+            fut = asyncio.get_running_loop().create_future()
+            self.runs.append((key, fut, asyncio.current_task()))
+            return await fut
+
+        kw = {"key": (lambda key: key)} if identity_key else {}
+        self.f = aiofast.cached(maxsize=maxsize, ttl=ttl, **kw)(compute)
+        self.identity_key = identity_key
+        self.model = MemoModel(maxsize, ttl)
+
+    # ---- driving the loop
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def settle(self):
+        """Run every ready callback (time does not move: nothing here sleeps)."""
+        async def idle():
+            for _ in range(200):
+                await asyncio.sleep(0)
+                if not self.loop._ready:
+                    return
+            raise AssertionError("the loop never went idle")
+
+        self.run(idle())
+
+    def now(self):
+        return self.loop.time()
+
+    def _call(self, *keys):
+        """Call for each key (in one go: the calls are made before any of them runs), then let
+        the loop run: each awaitable's first step looks its key up again, in call order."""
+        async def call():
+            return [asyncio.ensure_future(self.f(key)) for key in keys]
+
+        tasks = self.run(call())
+        callers = []
+        for key, task in zip(keys, tasks):
+            caller = Caller(len(self.callers), key, task)
+            self.callers.append(caller)
+            self.keys.add(key)
+            if not self.model.call_now(caller, self.now()):
+                callers.append(caller)
+        for caller in callers:
+            self.model.call_start(caller, self.now())  # the task's first step, in settle()
+        self.settle()
+        return callers
+
+    def pending_comps(self):
+        return [c for c in self.model.comps if c.state == "running"]
+
+    def waiting_callers(self):
+        return [c for c in self.callers if c.outcome is None]
+
+    # ---- rules
+
+    @rule(keys=st.lists(memo_keys, min_size=1, max_size=4))
+    def call(self, keys):
+        self._call(*keys)
+
+    @precondition(lambda self: self.pending_comps())
+    @rule(data=st.data(), fail=st.booleans())
+    def finish(self, data, fail):
+        comp = data.draw(st.sampled_from(self.pending_comps()))
+        fut = self.runs[comp.n][1]
+        if fail:
+            outcome = ("exc", ValueError(f"computation {comp.n} failed"))
+            fut.set_exception(outcome[1])
+        else:
+            outcome = ("value", Value(comp.n))
+            fut.set_result(outcome[1])
+        self.model.finish(comp, outcome, self.now())
+        self.settle()
+
+    @precondition(lambda self: self.pending_comps())
+    @rule(data=st.data())
+    def cancel_computation(self, data):
+        """Cancelled from outside: every caller waiting for it is cancelled."""
+        comp = data.draw(st.sampled_from(self.pending_comps()))
+        self.runs[comp.n][2].cancel()
+        self.model.finish(comp, ("cancelled",), self.now())
+        self.settle()
+
+    @precondition(lambda self: self.waiting_callers())
+    @rule(data=st.data())
+    def cancel_caller(self, data):
+        """Any waiting caller, the one whose call started the computation included: the others
+        keep waiting; the last one to leave cancels the computation."""
+        caller = data.draw(st.sampled_from(self.waiting_callers()))
+        caller.task.cancel()
+        self.model.cancel_caller(caller)
+        self.settle()
+
+    @rule(dt=st.sampled_from([0.5, 1, 2, 3]))
+    def advance(self, dt):
+        self.loop.advance(dt)
+
+    @rule(k=memo_keys, everything=st.integers(0, 4))
+    def forget(self, k, everything):
+        """cache_invalidate(k) (True if an entry, even an expired one, was held), or now and
+        then cache_clear(). A computation in flight goes on for its callers, unrecorded."""
+        if everything == 0:
+            self.f.cache_clear()
+            self.model.clear()
+            return
+        had = k in self.model.entries
+        assert self.f.cache_invalidate(k) is had
+        if had:
+            self.model.remove(k)
+
+    @rule()
+    def hostile_hash(self):
+        async def call():
+            with pytest.raises(ZeroDivisionError):
+                self.f(BadHash())
+            with pytest.raises(ZeroDivisionError):
+                self.f.cache_contains(BadHash())
+
+        self.run(call())
+
+    def fresh_int_keys(self):
+        return sorted(k for k in self.model.entries if type(k) is int
+                      and self.model.fresh(k, self.now()))
+
+    @precondition(lambda self: self.identity_key and self.fresh_int_keys())
+    @rule(data=st.data())
+    def hostile_eq(self, data):
+        """A key colliding with a resident key whose __eq__ raises: the call, cache_contains
+        and cache_invalidate raise it and change nothing."""
+        k = data.draw(st.sampled_from(self.fresh_int_keys()))
+
+        async def call():
+            for op in (self.f, self.f.cache_contains, self.f.cache_invalidate):
+                with pytest.raises(ArithmeticError):
+                    op(BadEq(k))
+
+        self.run(call())
+
+    @precondition(lambda self: self.identity_key and self.fresh_int_keys())
+    @rule(data=st.data(), action=st.sampled_from(["clear", "invalidate"]))
+    def mutating_eq(self, data, action):
+        """A key colliding with a resident key whose __eq__ clears the memo or invalidates the
+        resident mid-lookup: the lookup starts again, and the call is a miss for the new key."""
+        k = data.draw(st.sampled_from(self.fresh_int_keys()))
+        if action == "clear":
+            act = self.f.cache_clear
+        else:
+            def act():
+                assert self.f.cache_invalidate(k)
+
+        probe = MutatingEq(k, act)
+        if action == "clear":
+            self.model.clear()
+        else:
+            self.model.remove(k)
+        (caller,) = self._call(probe)
+        assert probe.action is None  # it ran
+        assert caller.outcome is None and caller.comp is not None
+
+    # ---- invariants
+
+    @invariant()
+    def agree(self):
+        if self.model is None:
+            return
+        m = self.model
+        # every run of the function is a computation the model started: no duplicates
+        assert [key for key, _, _ in self.runs] == [c.key for c in m.comps]
+        # every caller has the model's outcome; the waiting ones wait (none stranded)
+        for c in self.callers:
+            t = c.task
+            if c.outcome is None:
+                assert not t.done(), (c.n, c.key)
+            elif c.outcome[0] == "value":
+                assert t.done() and not t.cancelled() and t.result() is c.outcome[1], c.n
+            elif c.outcome[0] == "exc":
+                assert t.done() and not t.cancelled() and t.exception() is c.outcome[1], c.n
+            else:
+                assert t.cancelled(), c.n
+        for comp in m.comps:
+            task = self.runs[comp.n][2]
+            assert task.done() == (comp.state != "running"), comp.n
+            assert task.cancelled() == (comp.state == "cancelled"), comp.n
+
+        async def contents():
+            now = self.now()
+            for k in self.keys:
+                assert self.f.cache_contains(k) == m.fresh(k, now), k
+            assert (self.f.hits, self.f.misses) == (m.hits, m.misses)
+            info = self.f.cache_info()  # expires
+            m.expire(now)
+            assert info.currsize == len(m.entries)
+            assert info.hits == m.hits and info.misses == m.misses
+            assert self.f.cache_parameters()["tasks"] == sum(
+                e[0] == "flight" for e in m.entries.values())
+
+        self.run(contents())
+
+    def teardown(self):
+        for c in self.callers:
+            c.task.cancel()
+        for _, _, task in self.runs:
+            task.cancel()
+        self.settle()
+        self.loop.close()
+
+
+MemoMachine.TestCase.settings = settings(deadline=None, suppress_health_check=list(HealthCheck))
+test_memo_state_machine = MemoMachine.TestCase
