@@ -327,6 +327,11 @@ cache_set(CacheObject *self, PyObject *key, PyObject *value, int own_ttl, double
             klass = 1;
         }
         exp = now + item_ttl;
+        if (isnan(exp)) {
+            /* an infinite time and ttl of opposite signs: expired at once (cachetools: not
+             * now < nan), and first in the expiry order (nan would break the heap's order) */
+            exp = -INFINITY;
+        }
         if (expire_dispatch(self, now, &trash) < 0) {  // Beware: a subclass's expire()
             goto error;
         }

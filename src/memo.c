@@ -419,8 +419,11 @@ flight_settle_entry(FlightObject *f, PyObject *result)
             ct_trash(&trash, e->value);
             e->value = Py_NewRef(result);
             if (m->has_ttl) {
+                double exp = now + ttl;
                 ix = ct_move_to_end(t, ix);
-                ct_set_exp(t, ix, now + ttl, m->rand != NULL);
+                /* an infinite clock and ttl of opposite signs: expired at once (nan would
+                 * break the expiry order) */
+                ct_set_exp(t, ix, isnan(exp) ? -INFINITY : exp, m->rand != NULL);
             }
         }
         CHECK(m);

@@ -586,6 +586,28 @@ def test_ttl_set_per_item_expiry_order():
     assert [k for k, _ in c.expire(1e9)] == [i for _, i in expected]
 
 
+def test_ttl_nan_expiry_is_expired_at_once():
+    """Found by the debug checker: an infinite time plus an infinite ttl of the other sign gave
+    a nan expiry, which no expiry time compares with, so the per-item heap lost its order: a
+    later item that had expired stayed below it, counted by len(). Such an item is expired at
+    once (as cachetools has it: not now < nan), and sorts first."""
+    clock = Clock(0.0)
+    c = aiofast.TTLCache(10, 5, timer=clock)
+    c.set("a", 1, ttl=3)
+    clock.now = -math.inf
+    c.set("nan", 2, ttl=math.inf)
+    clock.now = 0.0
+    c.set("b", 3, ttl=4)
+    c.set("c", 4, ttl=0.5)
+    clock.now = 1.0
+    assert "nan" not in c and "c" not in c
+    assert len(c) == 2 and sorted(c) == ["a", "b"] and c.currsize == 2
+    clock.now = math.inf
+    c.set("d", 5, ttl=-math.inf)  # the other sign
+    assert "d" not in c and len(c) == 0
+    check_consistent(c)
+
+
 def test_counters_and_stats():
     c = aiofast.LRUCache(maxsize=2)
     c[1] = 1

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import gc
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -614,6 +615,25 @@ def test_ttl_with_explicit_timer():
     assert f(1) is a
     now[0] = 5.0
     assert f(1) is not a
+
+
+def test_ttl_infinite_clock_and_ttl_expire_at_once():
+    """An infinite clock and ttl of opposite signs give no expiry time (nan): the result is
+    expired at once (the debug checker rejects nan expiry times, which break the order)."""
+    now = [-math.inf]
+    calls = []
+
+    @aiofast.cached(ttl=math.inf, timer=lambda: now[0])
+    def f(x):
+        calls.append(x)
+        return [x]
+
+    a = f(1)
+    assert f(1) is not a and calls == [1, 1]
+    now[0] = 0.0
+    b = f(2)
+    assert f(2) is b and calls == [1, 1, 2]
+    assert f.cache_info().currsize == 1
 
 
 def test_alru_jitter_within_bounds():
