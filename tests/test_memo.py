@@ -1315,19 +1315,30 @@ class MemoMachine(RuleBasedStateMachine):
     def now(self):
         return self.loop.time()
 
-    def _call(self, *keys):
+    def _call(self, *keys, cancel=()):
         """Call for each key (in one go: the calls are made before any of them runs), then let
-        the loop run: each awaitable's first step looks its key up again, in call order."""
-        async def call():
-            return [asyncio.ensure_future(self.f(key)) for key in keys]
+        the loop run: each awaitable's first step looks its key up again, in call order. The
+        callers flagged in cancel are cancelled before their first step: their call happened
+        (a hit at call time counts), their lookup never does."""
+        flags = [i < len(cancel) and cancel[i] for i in range(len(keys))]
 
-        tasks = self.run(call())
+        async def call():
+            tasks = [asyncio.ensure_future(self.f(key)) for key in keys]
+            for task, flag in zip(tasks, flags):
+                if flag:
+                    task.cancel()
+            return tasks
+
+        tasks = self.run(call())  # (the tasks' first steps run before this returns)
         callers = []
-        for key, task in zip(keys, tasks):
+        for key, task, flag in zip(keys, tasks, flags):
             caller = Caller(len(self.callers), key, task)
             self.callers.append(caller)
             self.keys.add(key)
-            if not self.model.call_now(caller, self.now()):
+            hit = self.model.call_now(caller, self.now())
+            if flag:
+                caller.outcome = ("cancelled",)
+            elif not hit:
                 callers.append(caller)
         for caller in callers:
             self.model.call_start(caller, self.now())  # the task's first step, in settle()
@@ -1342,13 +1353,17 @@ class MemoMachine(RuleBasedStateMachine):
 
     # ---- rules
 
-    @rule(keys=st.lists(memo_keys, min_size=1, max_size=4))
-    def call(self, keys):
-        self._call(*keys)
+    @rule(keys=st.lists(memo_keys, min_size=1, max_size=4),
+          cancel=st.lists(st.booleans(), max_size=4))
+    def call(self, keys, cancel):
+        self._call(*keys, cancel=cancel)
 
     @precondition(lambda self: self.pending_comps())
-    @rule(data=st.data(), fail=st.booleans())
-    def finish(self, data, fail):
+    @rule(data=st.data(), fail=st.booleans(), cancel=st.lists(st.booleans(), max_size=4))
+    def finish(self, data, fail, cancel):
+        """The computation returns or raises; callers flagged in cancel are cancelled at that
+        moment, before anything ran (the computation, first in the loop's queue, ends first:
+        its outcome is kept, and only the cancelled callers miss it)."""
         comp = data.draw(st.sampled_from(self.pending_comps()))
         fut = self.runs[comp.n][1]
         if fail:
@@ -1357,7 +1372,12 @@ class MemoMachine(RuleBasedStateMachine):
         else:
             outcome = ("value", Value(comp.n))
             fut.set_result(outcome[1])
+        leaving = [c for c, flag in zip(list(comp.callers), cancel) if flag]
+        for c in leaving:
+            c.task.cancel()
         self.model.finish(comp, outcome, self.now())
+        for c in leaving:
+            c.outcome = ("cancelled",)
         self.settle()
 
     @precondition(lambda self: self.pending_comps())
