@@ -1136,19 +1136,24 @@ class BadEq:
 
 
 class MutatingEq:
-    """Collides with the int key h; its first __eq__ runs an action on the memo."""
+    """Collides with the int key h; its __eq__ runs an action on the memo once, after `skip`
+    harmless comparisons."""
 
-    def __init__(self, h, action=None):
+    def __init__(self, h, action=None, skip=0):
         self.h = h
         self.action = action
+        self.skip = skip
 
     def __hash__(self):
         return self.h
 
     def __eq__(self, other):
-        action, self.action = self.action, None
-        if action is not None:
-            action()
+        if self.skip:
+            self.skip -= 1
+        else:
+            action, self.action = self.action, None
+            if action is not None:
+                action()
         return self is other
 
 
@@ -1445,10 +1450,12 @@ class MemoMachine(RuleBasedStateMachine):
         self.run(call())
 
     @precondition(lambda self: self.identity_key and self.fresh_int_keys())
-    @rule(data=st.data(), action=st.sampled_from(["clear", "invalidate"]))
-    def mutating_eq(self, data, action):
+    @rule(data=st.data(), action=st.sampled_from(["clear", "invalidate"]),
+          op=st.sampled_from(["call", "call late", "contains", "invalidate"]))
+    def mutating_eq(self, data, action, op):
         """A key colliding with a resident key whose __eq__ clears the memo or invalidates the
-        resident mid-lookup: the lookup starts again, and the call is a miss for the new key."""
+        resident mid-lookup (for a call: the lookup at the call, or the one at its first step):
+        the lookup starts again, and finds nothing (a call is a miss for the new key)."""
         k = data.draw(st.sampled_from(self.fresh_int_keys()))
         if action == "clear":
             act = self.f.cache_clear
@@ -1456,14 +1463,23 @@ class MemoMachine(RuleBasedStateMachine):
             def act():
                 assert self.f.cache_invalidate(k)
 
-        probe = MutatingEq(k, act)
+        probe = MutatingEq(k, act, skip=1 if op == "call late" else 0)
         if action == "clear":
             self.model.clear()
         else:
             self.model.remove(k)
-        (caller,) = self._call(probe)
+        if op.startswith("call"):
+            (caller,) = self._call(probe)
+            assert caller.outcome is None and caller.comp is not None
+        else:
+            async def lookup():
+                if op == "contains":
+                    assert self.f.cache_contains(probe) is False
+                else:
+                    assert self.f.cache_invalidate(probe) is False
+
+            self.run(lookup())
         assert probe.action is None  # it ran
-        assert caller.outcome is None and caller.comp is not None
 
     # ---- invariants
 
