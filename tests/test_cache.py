@@ -753,7 +753,14 @@ def model_from_cache(c, maxsize, ttl, sized):
 def sizeof_mod4(v):
     if type(v) is Poison:
         raise OSError("getsizeof refuses this value")
+    if type(v) is SizeMutator and v.action is not None:
+        action, v.action = v.action, None
+        action()
     return v % 4
+
+
+class SizeMutator(int):
+    """A value whose size getsizeof tells only after changing the cache (once)."""
 
 
 class Poison(int):
@@ -1120,6 +1127,39 @@ class CacheMachine(RuleBasedStateMachine):
             m.expire(self.clock.now)
         with pytest.raises(OSError, match="getsizeof refuses"):
             self.cache[k] = Poison(v)
+
+    @precondition(lambda self: self.ready() and self.model.sized)
+    @rule(k=keys_st, v=vals_st, action=st.sampled_from(["clear", "insert", "delete",
+                                                        "popitem"]))
+    def set_size_mutator(self, k, v, action):
+        """getsizeof changes the cache while an insert asks for the value's size (before the
+        insert's lookup): the insert then completes on what is left, and the cache stays
+        whole."""
+        c = self.cache
+
+        def act():
+            try:
+                if action == "clear":
+                    c.clear()
+                elif action == "insert":
+                    for n in range(5):
+                        c[("del", n)] = 1000 + n
+                elif action == "delete":
+                    c.pop(k, None)
+                else:
+                    c.popitem()
+            except (KeyError, ValueError):
+                pass  # empty, or a maxsize too small: not the point
+
+        value = SizeMutator(v)
+        value.action = act
+        self.extra.add((k, v))
+        self.disturbed = True
+        try:
+            c[k] = value
+        except ValueError as e:
+            assert "too large" in str(e) and v % 4 > self.model.maxsize
+        assert value.action is None  # it ran
 
     # ---- invariants
 
