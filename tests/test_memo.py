@@ -25,7 +25,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 import aiofast
-from virtual_time import VirtualClockLoop
+from virtual_time import VirtualClockLoop, VirtualUVLoop
 
 ALRU = {"aiofast": aiofast.alru_cache, "async_lru": async_lru.alru_cache}
 
@@ -1280,9 +1280,13 @@ class MemoMachine(RuleBasedStateMachine):
     twice), every caller has exactly the outcome the model gives (none stranded), and the
     memo's contents and counters are the model's."""
 
+    new_loop = VirtualClockLoop
+
     def __init__(self):
         super().__init__()
-        self.loop = VirtualClockLoop()
+        self.loop = self.new_loop()
+        self.ready = self.loop._ready if isinstance(self.loop, VirtualClockLoop) else \
+            self.loop._vready  # the loop's queue of ready callbacks
         self.model = None
         self.callers = []
         self.runs = []   # (key, future) per run of the function, in order
@@ -1311,7 +1315,7 @@ class MemoMachine(RuleBasedStateMachine):
         async def idle():
             for _ in range(200):
                 await asyncio.sleep(0)
-                if not self.loop._ready:
+                if not self.ready:
                     return
             raise AssertionError("the loop never went idle")
 
@@ -1529,5 +1533,11 @@ class MemoMachine(RuleBasedStateMachine):
         self.loop.close()
 
 
+class MemoMachineUV(MemoMachine):
+    new_loop = VirtualUVLoop
+
+
 MemoMachine.TestCase.settings = settings(deadline=None, suppress_health_check=list(HealthCheck))
+MemoMachineUV.TestCase.settings = MemoMachine.TestCase.settings
 test_memo_state_machine = MemoMachine.TestCase
+test_memo_state_machine_uvloop = MemoMachineUV.TestCase
