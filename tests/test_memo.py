@@ -9,6 +9,7 @@ import gc
 import inspect
 import math
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -1183,8 +1184,12 @@ class MemoModel:
     computations in flight alike: an evicted, invalidated or cleared computation goes on for its
     callers, unrecorded); expired results are dropped on every miss and by cache_info()."""
 
-    def __init__(self, maxsize, ttl):
+    def __init__(self, maxsize, ttl, jitter=None):
         self.maxsize, self.ttl = maxsize, ttl
+        # alru_cache's jitter: each result's ttl grows by random.random() * jitter, drawn
+        # when its computation ends; the model replays the same seeded draws
+        self.jitter = jitter
+        self.rand = random.Random(JITTER_SEED) if jitter else None
         self.entries = {}  # key -> ["result", value, expires] or ["flight", Comp]
         self.lru = []      # keys, least recently used first
         self.hits = self.misses = 0
@@ -1245,9 +1250,12 @@ class MemoModel:
 
     def finish(self, comp, outcome, now):
         comp.state = {"value": "done", "exc": "failed", "cancelled": "cancelled"}[outcome[0]]
+        ttl = self.ttl or 0
+        if outcome[0] == "value" and self.rand is not None:
+            ttl += self.rand.random() * self.jitter  # drawn even for a detached computation
         if comp.attached:
             if outcome[0] == "value":
-                self.entries[comp.key] = ["result", outcome[1], now + (self.ttl or 0)]
+                self.entries[comp.key] = ["result", outcome[1], now + ttl]
                 comp.attached = False  # the entry keeps its place in the LRU order
             else:
                 self.remove(comp.key)
@@ -1269,6 +1277,7 @@ class MemoModel:
 
 
 memo_keys = st.integers(0, 3)
+JITTER_SEED = 20261123
 
 
 class MemoMachine(RuleBasedStateMachine):
@@ -1293,17 +1302,23 @@ class MemoMachine(RuleBasedStateMachine):
         self.keys = set()
 
     @initialize(maxsize=st.sampled_from([None, 1, 2, 3]), ttl=st.sampled_from([None, 1, 2.5]),
-                identity_key=st.booleans())
-    def create(self, maxsize, ttl, identity_key):
+                identity_key=st.booleans(), jitter=st.booleans())
+    def create(self, maxsize, ttl, identity_key, jitter):
         async def compute(key):
             fut = asyncio.get_running_loop().create_future()
             self.runs.append((key, fut, asyncio.current_task()))
             return await fut
 
         kw = {"key": (lambda key: key)} if identity_key else {}
-        self.f = aiofast.cached(maxsize=maxsize, ttl=ttl, **kw)(compute)
+        if jitter and ttl is not None:
+            # alru_cache with jitter: per-result expiry times, in the table's expiry heap
+            random.seed(JITTER_SEED)
+            self.f = aiofast.alru_cache(maxsize=maxsize, ttl=ttl, jitter=1.5, **kw)(compute)
+            self.model = MemoModel(maxsize, ttl, 1.5)
+        else:
+            self.f = aiofast.cached(maxsize=maxsize, ttl=ttl, **kw)(compute)
+            self.model = MemoModel(maxsize, ttl)
         self.identity_key = identity_key
-        self.model = MemoModel(maxsize, ttl)
 
     # ---- driving the loop
 
