@@ -8,7 +8,7 @@
  * iteration order (first insertion for LRUCache, last set for TTLCache). Subclasses that
  * override popitem, expire, __missing__ or getsizeof are called as cachetools calls them.
  *
- * Invariants:
+ * Invariants (checked after every mutation by cache_check in debug builds):
  * - currsize == the sum of the sizes of the entries (their count when unsized) <= maxsize.
  * - the table is consistent whenever Python code can run: every operation first does what
  *   may call Python (hash, the timer, getsizeof, __eq__ during the lookup, a subclass's

@@ -23,10 +23,11 @@
  *   the end of the array when it completes, so results expire in completion order (with
  *   jitter: the per-entry heap).
  *
- * Invariants: an entry's value is a Flight exactly while that flight runs and is attached (a
- * flight finds its entry by key identity, so eviction or invalidation simply detaches it);
- * hits + misses counts the calls that went through the table; the table is changed only in
- * sections that run no Python code, as in cache.c.
+ * Invariants (checked after every mutation by memo_check in debug builds): an entry's value is
+ * a Flight exactly while that flight runs and is attached (a flight finds its entry by key
+ * identity, so eviction or invalidation simply detaches it); hits + misses counts the calls that
+ * went through the table; the table is changed only in sections that run no Python code, as in
+ * cache.c.
  */
 #include "ctable.h"
 #include "op.h"
