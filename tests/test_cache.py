@@ -750,6 +750,21 @@ def model_from_cache(c, maxsize, ttl, sized):
     return m
 
 
+class HostileClock(Clock):
+    """The TTLCache's timer: it can be armed to run an action on the cache when it is next
+    read (timers are Python code, read in the middle of lookups, inserts and iteration)."""
+
+    def __init__(self, now=100.0):
+        super().__init__(now)
+        self.armed = None
+
+    def __call__(self):
+        action, self.armed = self.armed, None
+        if action is not None:
+            action()
+        return self.now
+
+
 def sizeof_mod4(v):
     if type(v) is Poison:
         raise OSError("getsizeof refuses this value")
@@ -829,7 +844,7 @@ class CacheMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.clock = Clock(0.0)
+        self.clock = HostileClock(0.0)
         self.model = None
         self.fired = []       # hostile __del__ actions run so far
         self.del_errors = []  # unexpected exceptions inside them
@@ -1160,6 +1175,51 @@ class CacheMachine(RuleBasedStateMachine):
         except ValueError as e:
             assert "too large" in str(e) and v % 4 > self.model.maxsize
         assert value.action is None  # it ran
+
+    @precondition(lambda self: self.ready() and self.model.ttl is not None)
+    @rule(k=keys_st, v=vals_st,
+          action=st.sampled_from(["clear", "insert", "delete", "popitem", "expire"]),
+          op=st.sampled_from(["getitem", "get", "set", "set_ttl", "del", "pop", "contains",
+                              "setdefault", "len", "iter", "popitem", "expire", "items"]))
+    def hostile_timer(self, k, v, action, op):
+        """The timer changes the cache when the next operation reads it: lookups look again,
+        iteration reports the change, and the cache stays whole."""
+        c = self.cache
+
+        def act():
+            try:
+                if action == "clear":
+                    c.clear()
+                elif action == "insert":
+                    for n in range(5):
+                        c[("del", n)] = 1000 + n
+                elif action == "delete":
+                    c.pop(k, None)
+                elif action == "popitem":
+                    c.popitem()
+                else:
+                    c.expire(self.clock.now + 3)
+            except (KeyError, ValueError):
+                pass  # empty, or a maxsize too small: not the point
+
+        self.extra.add((k, v))
+        self.disturbed = True
+        self.clock.armed = act
+        ops = {"getitem": lambda: c[k], "get": lambda: c.get(k), "set": lambda: c.__setitem__(k, v),
+               "set_ttl": lambda: c.set(k, v, ttl=2), "del": lambda: c.__delitem__(k),
+               "pop": lambda: c.pop(k), "contains": lambda: k in c, "len": lambda: len(c),
+               "iter": lambda: list(c), "popitem": c.popitem, "expire": c.expire,
+               "setdefault": lambda: c.setdefault(k, v), "items": lambda: list(c.items())}
+        try:
+            ops[op]()
+        except KeyError:
+            assert op in ("getitem", "del", "pop", "popitem")
+        except ValueError as e:
+            assert "too large" in str(e) and op in ("set", "set_ttl", "setdefault")
+        except RuntimeError as e:
+            assert "changed size during iteration" in str(e) and op in ("iter", "items")
+        finally:
+            self.clock.armed = None
 
     # ---- invariants
 
