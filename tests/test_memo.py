@@ -1297,6 +1297,7 @@ class MemoMachine(RuleBasedStateMachine):
         self.ready = self.loop._ready if isinstance(self.loop, VirtualClockLoop) else \
             self.loop._vready  # the loop's queue of ready callbacks
         self.model = None
+        self.closed = False
         self.callers = []
         self.runs = []   # (key, future) per run of the function, in order
         self.keys = set()
@@ -1319,6 +1320,7 @@ class MemoMachine(RuleBasedStateMachine):
             self.f = aiofast.cached(maxsize=maxsize, ttl=ttl, **kw)(compute)
             self.model = MemoModel(maxsize, ttl)
         self.identity_key = identity_key
+        self.closed = False
 
     # ---- driving the loop
 
@@ -1345,6 +1347,14 @@ class MemoMachine(RuleBasedStateMachine):
         callers flagged in cancel are cancelled before their first step: their call happened
         (a hit at call time counts), their lookup never does."""
         flags = [i < len(cancel) and cancel[i] for i in range(len(keys))]
+        if self.closed:
+            async def refused():
+                for key in keys:
+                    with pytest.raises(RuntimeError, match="cached is closed|alru_cache is"):
+                        self.f(key)
+
+            self.run(refused())
+            return []
 
         async def call():
             tasks = [asyncio.ensure_future(self.f(key)) for key in keys]
@@ -1371,6 +1381,27 @@ class MemoMachine(RuleBasedStateMachine):
 
     def pending_comps(self):
         return [c for c in self.model.comps if c.state == "running"]
+
+    @precondition(lambda self: not self.closed)
+    @rule(really=st.integers(0, 3))
+    def close(self, really):
+        """cache_close() (now and then: it ends most of the story): calls are refused from now
+        on; the computations in the table are cancelled (their callers with them); detached ones
+        go on for their callers."""
+        if really:
+            return
+
+        async def close():
+            return asyncio.ensure_future(self.f.cache_close())
+
+        closing = self.run(close())
+        self.closed = True
+        for k, e in list(self.model.entries.items()):
+            if e[0] == "flight":
+                self.model.finish(e[1], ("cancelled",), None)
+        self.settle()
+        assert closing.done() and not closing.cancelled()
+        assert self.f.cache_parameters()["closed"] is True
 
     def waiting_callers(self):
         return [c for c in self.callers if c.outcome is None]
@@ -1454,7 +1485,7 @@ class MemoMachine(RuleBasedStateMachine):
         return sorted(k for k in self.model.entries if type(k) is int
                       and self.model.fresh(k, self.now()))
 
-    @precondition(lambda self: self.identity_key and self.fresh_int_keys())
+    @precondition(lambda self: self.identity_key and not self.closed and self.fresh_int_keys())
     @rule(data=st.data())
     def hostile_eq(self, data):
         """A key colliding with a resident key whose __eq__ raises: the call, cache_contains
@@ -1468,7 +1499,7 @@ class MemoMachine(RuleBasedStateMachine):
 
         self.run(call())
 
-    @precondition(lambda self: self.identity_key and self.fresh_int_keys())
+    @precondition(lambda self: self.identity_key and not self.closed and self.fresh_int_keys())
     @rule(data=st.data(), action=st.sampled_from(["clear", "invalidate"]),
           op=st.sampled_from(["call", "call late", "contains", "invalidate"]))
     def mutating_eq(self, data, action, op):
