@@ -8,7 +8,7 @@
  * iteration order (first insertion for LRUCache, last set for TTLCache). Subclasses that
  * override popitem, expire, __missing__ or getsizeof are called as cachetools calls them.
  *
- * Invariants:
+ * Invariants (checked after every mutation by cache_check in debug builds):
  * - currsize == the sum of the sizes of the entries (their count when unsized) <= maxsize.
  * - the table is consistent whenever Python code can run: every operation first does what
  *   may call Python (hash, the timer, getsizeof, __eq__ during the lookup, a subclass's
@@ -55,7 +55,40 @@ typedef struct {
     CacheObject *cache;
 } CacheViewObject;
 
-#define CHECK(self) CT_CHECK(&(self)->t)
+/* ------------------------------------------------------------------ debug invariants */
+
+#if FA_DEBUG
+/* The cache's invariants (see FA_ASSERT_CONSISTENT in aiofast.h): the table's own (ct_check,
+ * bounded for huge tables), currsize == the sum of the entries' sizes (their count when
+ * unsized) and 0 <= currsize <= maxsize after every completed mutation, a TTLCache's table keeps
+ * expiry times and never holds a memoizer's never-expiring class, a table keeps sizes only with
+ * a getsizeof. Reads C fields only. */
+static void
+cache_check(CacheObject *self)
+{
+    const ct_table *t = &self->t;
+    Py_ssize_t sum;
+    int full = ct_check(t, &sum);
+    FA_CHECK(t->timed == self->is_ttl, "cache %p: timed table %d, TTLCache %d", (void *)self,
+             t->timed, self->is_ttl);
+    FA_CHECK(!t->sized || self->getsizeof != NULL || t->used == 0,
+             "cache %p: a sized table of %zd entries without getsizeof", (void *)self, t->used);
+    FA_CHECK(self->maxsize >= 0 && self->currsize >= 0 && self->currsize <= self->maxsize,
+             "cache %p: currsize %zd, maxsize %zd", (void *)self, self->currsize, self->maxsize);
+    FA_CHECK(t->sized || self->currsize == t->used, "cache %p: currsize %zd, %zd entries",
+             (void *)self, self->currsize, t->used);
+    FA_CHECK(!full || sum == self->currsize, "cache %p: currsize %zd, the sizes add up to %zd",
+             (void *)self, self->currsize, sum);
+    if (t->hpos != NULL && full) {
+        for (Py_ssize_t i = 0; i < t->nentries; i++) {
+            FA_CHECK(t->entries[i].key == NULL || t->hpos[i] != CT_NOEXP,
+                     "cache %p: entry %zd never expires", (void *)self, i);
+        }
+    }
+}
+#endif
+#define FA_CONSISTENT cache_check
+#define CHECK(self) FA_ASSERT_CONSISTENT(self)
 
 static PyObject *
 key_error(PyObject *key)
@@ -178,6 +211,7 @@ cache_find(CacheObject *self, PyObject *key, Py_hash_t hash, int touch, int *fre
         ix = ct_lookup(t, key, hash);
         if (ix >= 0 && touch) {
             ct_touch(t, ix);
+            CHECK(self);
         }
         return ix;
     }
@@ -187,6 +221,7 @@ cache_find(CacheObject *self, PyObject *key, Py_hash_t hash, int touch, int *fre
         if (ix >= 0) {
             if (touch) {
                 ct_touch(t, ix);
+                CHECK(self);
             }
             *fresh = fa_monotonic_before(t->exp[ix]);
         }
@@ -210,6 +245,7 @@ cache_find(CacheObject *self, PyObject *key, Py_hash_t hash, int touch, int *fre
     if (ix >= 0) {
         if (touch) {
             ct_touch(t, ix);
+            CHECK(self);
         }
         *fresh = now < t->exp[ix];
     }
@@ -291,6 +327,11 @@ cache_set(CacheObject *self, PyObject *key, PyObject *value, int own_ttl, double
             klass = 1;
         }
         exp = now + item_ttl;
+        if (isnan(exp)) {
+            /* an infinite time and ttl of opposite signs: expired at once (cachetools: not
+             * now < nan), and first in the expiry order (nan would break the heap's order) */
+            exp = -INFINITY;
+        }
         if (expire_dispatch(self, now, &trash) < 0) {  // Beware: a subclass's expire()
             goto error;
         }
@@ -462,6 +503,7 @@ cache_tp_clear(PyObject *op)
     ct_trash(&trash, self->getsizeof);
     ct_trash(&trash, self->timer);
     self->getsizeof = self->timer = NULL;
+    CHECK(self);
     ct_buf_flush(&trash);
     Py_CLEAR(self->maxsize_obj);
     Py_CLEAR(self->ttl_obj);
@@ -575,7 +617,8 @@ cache_init_common(CacheObject *self, const char *name, PyObject *maxsize, PyObje
     ct_trash(&trash, self->getsizeof);
     self->getsizeof = gs;
     self->getsizeof_given = getsizeof != NULL;
-    ct_buf_flush(&trash);
+    CHECK(self);
+    ct_buf_flush(&trash);  // Beware: __del__ of the old items
     return 0;
 }
 
@@ -653,6 +696,7 @@ cache_subscript(PyObject *op, PyObject *key)
         ix = ct_lookup(t, key, hash);
         if (FA_LIKELY(ix >= 0)) {
             ct_touch(t, ix);
+            CHECK(self);
             if (FA_LIKELY(!self->is_ttl || fa_monotonic_before(t->exp[ix]))) {
                 self->hits++;
                 return Py_NewRef(t->entries[ix].value);
@@ -724,6 +768,7 @@ cache_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (ix >= 0 && fresh) {
         self->hits++;
         ct_touch(&self->t, ix);
+        CHECK(self);
         return Py_NewRef(self->t.entries[ix].value);
     }
     if (ix == CT_ERROR) {
@@ -812,6 +857,7 @@ cache_setdefault(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t ix = cache_find(self, key, hash, 0, &fresh);
     if (ix >= 0 && fresh) {
         ct_touch(&self->t, ix);
+        CHECK(self);
         return Py_NewRef(self->t.entries[ix].value);
     }
     if (ix == CT_ERROR) {
@@ -831,6 +877,7 @@ cache_clear_method(PyObject *op, PyObject *Py_UNUSED(ignored))
     ct_buf_init(&trash);
     ct_clear(&self->t, &trash);  // detach first, then release
     self->currsize = 0;
+    CHECK(self);
     ct_buf_flush(&trash);
     Py_RETURN_NONE;
 }
@@ -1413,6 +1460,7 @@ cache_setstate(PyObject *op, PyObject *state)
     }
     ct_clear(&self->t, &trash);
     self->currsize = 0;
+    CHECK(self);
     ct_table *t = &self->t;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GET_ITEM(items, i), *key, *value, *own = Py_False;
@@ -1461,6 +1509,7 @@ cache_setstate(PyObject *op, PyObject *state)
         }
         keys[i] = key;
         hashes[i] = hash;
+        CHECK(self);  // whole again before the next key's __hash__/__eq__
     }
     /* the inserts found no key twice, but __eq__ may have changed the table meanwhile: find
      * each entry by identity (no Python code from here on), then restore the LRU order */

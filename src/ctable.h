@@ -18,7 +18,7 @@
  *                    min-heap over (exp, position) for entries with their own ttl.
  *   sizes[cap]       (sized tables) the size of each entry, from getsizeof.
  *
- * Invariants (checked by ct_check in debug builds):
+ * Invariants (checked by ct_check in debug builds, through the owners' checkers):
  * - used == number of entries with key != NULL == length of the LRU list == slots in index[]
  *   holding an entry; nentries <= cap <= 3/4 of size; fill (the non-empty index slots, dummies
  *   included) <= cap, so probing always ends at an empty slot.
@@ -872,57 +872,221 @@ ct_sizeof(ct_table *t)
 }
 
 #if FA_DEBUG
-/* Check every invariant listed at the top of this file. */
+/* The table's invariants (debug builds; see FA_ASSERT_CONSISTENT in aiofast.h), checked by
+ * the owners' checkers (cache_check in cache.c, memo_check in memo.c) after every mutation.
+ * Reads C fields only: no Python code, no allocation, no exception (the stored hash of an exact
+ * str or int key is compared with the hash the key itself gives, which for those types is C).
+ *
+ * A table of up to CT_CHECK_FULL entry slots is walked whole: every live entry is findable
+ * from its stored hash (the probe sequence reaches its slot before an empty one), its LRU
+ * links agree both ways, its expiry class agrees with the heap; the index holds exactly `used`
+ * entry positions and `fill` non-empty slots; the LRU list, walked from head to tail, has
+ * `used` entries; the heap is in order. A larger table (the suite's 100,000-entry churns) gets
+ * the O(1) checks, the ends of the LRU list and of the array, the top of the heap and a
+ * rotating sample of entries (a full walk only at every CT_CHECK_EVERY-th check), so the debug
+ * suite stays fast.
+ *
+ * What is NOT checked: that the CT_DEFAULT entries from exp_head on are in expiry order. That
+ * holds only for a clock that never goes back (a user's timer may; a memoizer's results
+ * survive a change of event loop, whose clocks differ); breaking it makes expiry late, never
+ * the table inconsistent.
+ *
+ * Returns 1 after a full walk, with *sizesum the sum of the live entries' sizes (their count
+ * if the table is unsized), 0 after a partial one (*sizesum is then -1). */
+#define CT_CHECK_FULL 1024
+#define CT_CHECK_SAMPLE 64
+#define CT_CHECK_EVERY 64  /* a larger table is still walked whole at every 64th check */
+
 static inline void
-ct_check(ct_table *t)
+ct_check_entry(const ct_table *t, Py_ssize_t i)
 {
-    Py_ssize_t live = 0, nonempty = 0;
-    assert(t->nentries <= t->cap);
-    assert(t->exp_head <= t->nentries);
+    const ct_entry *e = &t->entries[i];
+    if (e->key == NULL) {
+        FA_CHECK(e->value == NULL, "table %p: hole %zd holds a value", (void *)t, i);
+        return;
+    }
+    FA_CHECK(e->value != NULL && Py_REFCNT(e->key) >= 1 && Py_REFCNT(e->value) >= 1,
+             "table %p: entry %zd: key %p value %p", (void *)t, i, (void *)e->key,
+             (void *)e->value);
+    if (PyUnicode_CheckExact(e->key) && ((PyASCIIObject *)e->key)->hash != -1) {
+        FA_CHECK(((PyASCIIObject *)e->key)->hash == e->hash,
+                 "table %p: entry %zd: stored hash %zd, the str's %zd", (void *)t, i,
+                 (Py_ssize_t)e->hash, (Py_ssize_t)((PyASCIIObject *)e->key)->hash);
+    }
+    else if (PyLong_CheckExact(e->key)) {
+        FA_CHECK(PyObject_Hash(e->key) == e->hash,
+                 "table %p: entry %zd: stored hash %zd is not its int's", (void *)t, i,
+                 (Py_ssize_t)e->hash);
+    }
+    /* findable from its stored hash: the probe sequence meets its slot before an empty one */
+    size_t mask = (size_t)t->size - 1;
+    size_t perturb = (size_t)e->hash;
+    size_t j = perturb & mask;
+    Py_ssize_t probes = 0;
+    while (t->index[j] != (int32_t)i) {
+        FA_CHECK(t->index[j] != CT_EMPTY && probes < t->size,
+                 "table %p: entry %zd (hash %zd) not findable: an empty slot after %zd probes",
+                 (void *)t, i, (Py_ssize_t)e->hash, probes);
+        perturb >>= 5;
+        j = (j * 5 + perturb + 1) & mask;
+        probes++;
+    }
+    /* LRU links, both ways */
+    FA_CHECK(e->prev >= -1 && e->prev < t->nentries && e->next >= -1 && e->next < t->nentries
+                 && e->prev != i && e->next != i,
+             "table %p: entry %zd: links %d/%d out of range", (void *)t, i, e->prev, e->next);
+    if (e->prev >= 0) {
+        FA_CHECK(t->entries[e->prev].key != NULL && t->entries[e->prev].next == i,
+                 "table %p: entry %zd: prev %d does not link back", (void *)t, i, e->prev);
+    }
+    else {
+        FA_CHECK(t->lru_head == i, "table %p: entry %zd has no prev but the head is %d",
+                 (void *)t, i, t->lru_head);
+    }
+    if (e->next >= 0) {
+        FA_CHECK(t->entries[e->next].key != NULL && t->entries[e->next].prev == i,
+                 "table %p: entry %zd: next %d does not link back", (void *)t, i, e->next);
+    }
+    else {
+        FA_CHECK(t->lru_tail == i, "table %p: entry %zd has no next but the tail is %d",
+                 (void *)t, i, t->lru_tail);
+    }
+    /* expiry class */
+    if (t->hpos != NULL) {
+        int32_t h = t->hpos[i];
+        FA_CHECK(h == CT_DEFAULT || h == CT_NOEXP || (h >= 0 && h < t->heaplen && t->heap[h] == i),
+                 "table %p: entry %zd: heap position %d (heap length %zd)", (void *)t, i, h,
+                 t->heaplen);
+        FA_CHECK(h != CT_DEFAULT || !t->timed || i >= t->exp_head,
+                 "table %p: default-class entry %zd before exp_head %zd", (void *)t, i,
+                 t->exp_head);
+        FA_CHECK(!t->timed || h == CT_NOEXP || !isnan(t->exp[i]),
+                 "table %p: entry %zd expires at nan", (void *)t, i);
+    }
+    else if (t->timed) {
+        FA_CHECK(i >= t->exp_head, "table %p: entry %zd before exp_head %zd", (void *)t, i,
+                 t->exp_head);
+        FA_CHECK(!isnan(t->exp[i]), "table %p: entry %zd expires at nan", (void *)t, i);
+    }
+    if (t->sizes != NULL) {
+        FA_CHECK(t->sizes[i] >= 0, "table %p: entry %zd: size %zd", (void *)t, i, t->sizes[i]);
+    }
+}
+
+static inline void
+ct_check_heap_item(const ct_table *t, Py_ssize_t k)
+{
+    int32_t ix = t->heap[k];
+    FA_CHECK(ix >= 0 && ix < t->nentries && t->entries[ix].key != NULL && t->hpos[ix] == k,
+             "table %p: heap[%zd] = %d is not a live entry pointing back", (void *)t, k, ix);
+    if (k > 0) {
+        FA_CHECK(!ct_hless((ct_table *)t, ix, t->heap[(k - 1) >> 1]),
+                 "table %p: heap[%zd] expires before its parent", (void *)t, k);
+    }
+}
+
+static inline int
+ct_check(const ct_table *t, Py_ssize_t *sizesum)
+{
+    *sizesum = -1;
+    FA_CHECK(t->used >= 0 && t->used <= t->nentries && t->nentries <= t->cap
+                 && t->fill <= t->cap && t->used <= t->fill,
+             "table %p: used %zd, nentries %zd, fill %zd, cap %zd", (void *)t, t->used,
+             t->nentries, t->fill, t->cap);
+    FA_CHECK(t->size == 0 ? (t->cap == 0 && t->index == NULL && t->entries == NULL)
+                          : ((t->size & (t->size - 1)) == 0 && t->cap <= t->size / 4 * 3
+                             && t->cap <= CT_MAXCAP && t->index != NULL && t->entries != NULL),
+             "table %p: size %zd, cap %zd", (void *)t, t->size, t->cap);
+    FA_CHECK(t->exp_head >= 0 && t->exp_head <= t->nentries, "table %p: exp_head %zd of %zd",
+             (void *)t, t->exp_head, t->nentries);
+    FA_CHECK((t->exp != NULL) == (t->timed && t->cap > 0), "table %p: timed %d, exp %p",
+             (void *)t, t->timed, (void *)t->exp);
+    FA_CHECK((t->sizes != NULL) == (t->sized && t->cap > 0), "table %p: sized %d, sizes %p",
+             (void *)t, t->sized, (void *)t->sizes);
+    FA_CHECK((t->hpos == NULL) == (t->heap == NULL) && (t->hpos == NULL || t->classed),
+             "table %p: hpos %p, heap %p, classed %d", (void *)t, (void *)t->hpos,
+             (void *)t->heap, t->classed);
+    FA_CHECK(t->heaplen >= 0 && t->heaplen <= t->used && (t->heaplen == 0 || t->hpos != NULL),
+             "table %p: heap length %zd, used %zd", (void *)t, t->heaplen, t->used);
+    FA_CHECK((t->lru_head < 0) == (t->used == 0) && (t->lru_tail < 0) == (t->used == 0)
+                 && t->lru_head < t->nentries && t->lru_tail < t->nentries,
+             "table %p: LRU head %d, tail %d, used %zd", (void *)t, t->lru_head, t->lru_tail,
+             t->used);
+    FA_CHECK(t->nentries == 0 || t->entries[t->nentries - 1].key != NULL,
+             "table %p: trailing hole at %zd not reclaimed", (void *)t, t->nentries - 1);
+    if (t->used > 0) {
+        FA_CHECK(t->entries[t->lru_head].prev == -1 && t->entries[t->lru_tail].next == -1,
+                 "table %p: LRU ends %d/%d are linked further", (void *)t, t->lru_head,
+                 t->lru_tail);
+    }
+    static size_t rotor = 0, nchecks = 0;
+    if (t->nentries > CT_CHECK_FULL && ++nchecks % CT_CHECK_EVERY != 0) {
+        /* partial: the ends of the array and of the LRU list, the top of the heap, and a
+         * sample that moves on at every check */
+        Py_ssize_t n = t->nentries;
+        for (Py_ssize_t i = 0; i < CT_CHECK_SAMPLE; i++) {
+            ct_check_entry(t, i);
+            ct_check_entry(t, n - 1 - i);
+            ct_check_entry(t, (Py_ssize_t)((rotor + (size_t)i * 7919) % (size_t)n));
+        }
+        rotor += 104729;
+        int32_t ix = t->lru_head;
+        for (Py_ssize_t i = 0; i < CT_CHECK_SAMPLE && ix >= 0; i++) {
+            ct_check_entry(t, ix);
+            ix = t->entries[ix].next;
+        }
+        ix = t->lru_tail;
+        for (Py_ssize_t i = 0; i < CT_CHECK_SAMPLE && ix >= 0; i++) {
+            ct_check_entry(t, ix);
+            ix = t->entries[ix].prev;
+        }
+        for (Py_ssize_t k = 0; k < t->heaplen && k < CT_CHECK_SAMPLE; k++) {
+            ct_check_heap_item(t, k);
+        }
+        return 0;
+    }
+    Py_ssize_t live = 0, sum = 0;
     for (Py_ssize_t i = 0; i < t->nentries; i++) {
-        ct_entry *e = &t->entries[i];
-        if (e->key == NULL) {
-            continue;
-        }
-        live++;
-        assert(t->index[ct_slot_of(t, i)] == i);
-        if (t->hpos != NULL) {
-            if (t->hpos[i] >= 0) {
-                assert(t->hpos[i] < t->heaplen && t->heap[t->hpos[i]] == i);
-            }
-            else if (t->hpos[i] == CT_DEFAULT && t->timed) {
-                assert(i >= t->exp_head);
-            }
-        }
-        else if (t->timed) {
-            assert(i >= t->exp_head);
+        ct_check_entry(t, i);
+        if (t->entries[i].key != NULL) {
+            live++;
+            sum += t->sizes ? t->sizes[i] : 1;
         }
     }
-    assert(live == t->used);
-    for (Py_ssize_t i = 0; i < t->size; i++) {
-        if (t->index[i] != CT_EMPTY) {
-            nonempty++;
-        }
+    FA_CHECK(live == t->used, "table %p: %zd live entries, used %zd", (void *)t, live, t->used);
+    Py_ssize_t nonempty = 0, pointing = 0;
+    for (Py_ssize_t j = 0; j < t->size; j++) {
+        int32_t ix = t->index[j];
+        FA_CHECK(ix == CT_EMPTY || ix == CT_DUMMY || (ix >= 0 && ix < t->nentries
+                                                       && t->entries[ix].key != NULL),
+                 "table %p: index slot %zd holds %d (nentries %zd)", (void *)t, j, ix,
+                 t->nentries);
+        nonempty += ix != CT_EMPTY;
+        pointing += ix >= 0;
     }
-    assert(nonempty == t->fill && t->fill <= t->cap);
+    /* every live entry has a slot (above), and there are exactly used such slots: a bijection */
+    FA_CHECK(nonempty == t->fill && pointing == t->used,
+             "table %p: %zd non-empty slots (fill %zd), %zd entry slots (used %zd)", (void *)t,
+             nonempty, t->fill, pointing, t->used);
     Py_ssize_t n = 0;
     int32_t prev = -1;
     for (int32_t ix = t->lru_head; ix >= 0; ix = t->entries[ix].next) {
-        assert(t->entries[ix].key != NULL);
-        assert(t->entries[ix].prev == prev);
+        FA_CHECK(n < t->used, "table %p: the LRU list is longer than used %zd (a cycle?)",
+                 (void *)t, t->used);
+        FA_CHECK(t->entries[ix].key != NULL && t->entries[ix].prev == prev,
+                 "table %p: LRU entry %d: key %p, prev %d (expected %d)", (void *)t, ix,
+                 (void *)t->entries[ix].key, t->entries[ix].prev, prev);
         prev = ix;
         n++;
-        assert(n <= t->used);
     }
-    assert(prev == t->lru_tail);
-    assert(n == t->used);
-    for (Py_ssize_t k = 1; k < t->heaplen; k++) {
-        assert(!ct_hless(t, t->heap[k], t->heap[(k - 1) >> 1]));
+    FA_CHECK(prev == t->lru_tail && n == t->used, "table %p: LRU list of %zd ends at %d, tail %d",
+             (void *)t, n, prev, t->lru_tail);
+    for (Py_ssize_t k = 0; k < t->heaplen; k++) {
+        ct_check_heap_item(t, k);
     }
+    *sizesum = sum;
+    return 1;
 }
-#define CT_CHECK(t) ct_check(t)
-#else
-#define CT_CHECK(t) ((void)0)
 #endif
 
 #endif

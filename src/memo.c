@@ -23,10 +23,11 @@
  *   the end of the array when it completes, so results expire in completion order (with
  *   jitter: the per-entry heap).
  *
- * Invariants: an entry's value is a Flight exactly while that flight runs and is attached (a
- * flight finds its entry by key identity, so eviction or invalidation simply detaches it);
- * hits + misses counts the calls that went through the table; the table is changed only in
- * sections that run no Python code, as in cache.c.
+ * Invariants (checked after every mutation by memo_check in debug builds): an entry's value is
+ * a Flight exactly while that flight runs and is attached (a flight finds its entry by key
+ * identity, so eviction or invalidation simply detaches it); hits + misses counts the calls that
+ * went through the table; the table is changed only in sections that run no Python code, as in
+ * cache.c.
  */
 #include "ctable.h"
 #include "op.h"
@@ -91,11 +92,103 @@ typedef struct {
     PyObject *value;         /* strong, until consumed */
 } HitObject;
 
-#define CHECK(m) CT_CHECK(&(m)->t)
+#define IS_FLIGHT(st, v) Py_IS_TYPE((v), (st)->FlightType)
+
+/* ------------------------------------------------------------------ debug invariants */
+
+#if FA_DEBUG
+static const fa_opkind call_kind;
+
+/* A flight's invariants: its waiter queue (fa_waitq_check) holds only this memo's call ops,
+ * each holding the flight; a synchronous flight has a lock and no waiters, and a thread owns it
+ * while it runs; a finished flight has no task. */
+static void
+flight_check(FlightObject *f)
+{
+    FA_CHECK(f->state == FL_RUNNING || f->state == FL_DONE, "flight %p: state %d", (void *)f,
+             f->state);
+    fa_waitq_check(&f->waiters);
+    if (!f->is_async) {
+        FA_CHECK(f->lock != NULL && f->waiters.len == 0 && f->task == NULL
+                     && (f->state != FL_RUNNING || f->owner != 0),
+                 "flight %p (sync): lock %p, %zd waiters, task %p, state %d, owner %lu",
+                 (void *)f, (void *)f->lock, f->waiters.len, (void *)f->task, f->state,
+                 f->owner);
+        return;
+    }
+    FA_CHECK(f->lock == NULL && f->result == NULL && f->exc == NULL,
+             "flight %p (async): lock %p, result %p, exc %p", (void *)f, (void *)f->lock,
+             (void *)f->result, (void *)f->exc);
+    FA_CHECK(f->state == FL_RUNNING || f->task == NULL,
+             "flight %p: finished but still holds its task %p", (void *)f, (void *)f->task);
+    if (f->waiters.len > FA_WAITQ_CHECK_MAX) {
+        return;
+    }
+    for (FaOp *op = f->waiters.head; op != NULL; op = op->next) {
+        FA_CHECK(op->kind == &call_kind && op->arg == (PyObject *)f
+                     && (f->memo == NULL || op->owner == (PyObject *)f->memo),
+                 "flight %p: waiter %p (%s) holds %p, owner %p", (void *)f, (void *)op,
+                 op->kind->name, (void *)op->arg, (void *)op->owner);
+    }
+}
+
+/* The memo's invariants (see FA_ASSERT_CONSISTENT in aiofast.h): the table's own (ct_check,
+ * bounded for huge tables); maxsize respected (maxsize 0: nothing is ever stored); a timed table
+ * exactly when there is a ttl; every flight in the table belongs to this memo, is keyed by the
+ * very key object and hash of its entry, and is consistent itself (flight_check: its waiters);
+ * with a ttl, exactly the flights have the never-expiring class; every entry was a miss since
+ * the last cache_clear (used <= misses); hits and misses never wrapped below zero; the reused
+ * awaitable and StopIteration are of their types. Reads C fields only. */
+static void
+memo_check(MemoObject *self)
+{
+    const ct_table *t = &self->t;
+    Py_ssize_t sum;
+    int full = ct_check(t, &sum);
+    fa_state *st = self->st;
+    FA_CHECK(self->maxsize < 0 || t->used <= self->maxsize, "memo %p: %zd entries, maxsize %zd",
+             (void *)self, t->used, self->maxsize);
+    FA_CHECK(t->timed == self->has_ttl && !t->sized, "memo %p: timed %d, sized %d, ttl %d",
+             (void *)self, t->timed, t->sized, self->has_ttl);
+    FA_CHECK((unsigned long long)t->used <= self->misses,
+             "memo %p: %zd entries but %llu misses", (void *)self, t->used, self->misses);
+    FA_CHECK(self->hits < (1ULL << 62) && self->misses < (1ULL << 62),
+             "memo %p: hits %llu, misses %llu (wrapped?)", (void *)self, self->hits,
+             self->misses);
+    FA_CHECK(self->hitcache == NULL || Py_IS_TYPE(self->hitcache, st->HitType),
+             "memo %p: hitcache %p", (void *)self, (void *)self->hitcache);
+    FA_CHECK(self->stopiter == NULL
+                 || PyObject_TypeCheck(self->stopiter, (PyTypeObject *)PyExc_StopIteration),
+             "memo %p: stopiter %p", (void *)self, (void *)self->stopiter);
+    Py_ssize_t n = full || t->nentries < CT_CHECK_FULL ? t->nentries : CT_CHECK_FULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const ct_entry *e = &t->entries[i];
+        if (e->key == NULL) {
+            continue;
+        }
+        int flight = IS_FLIGHT(st, e->value);
+        if (self->has_ttl && t->hpos != NULL) {
+            FA_CHECK(flight == (t->hpos[i] == CT_NOEXP),
+                     "memo %p: entry %zd: flight %d, expiry class %d", (void *)self, i, flight,
+                     t->hpos[i]);
+        }
+        if (flight) {
+            FlightObject *f = (FlightObject *)e->value;
+            FA_CHECK(f->memo == self && f->key == e->key && f->hash == e->hash
+                         && f->is_async == self->is_async,
+                     "memo %p: entry %zd: flight %p of memo %p, key %p (entry's %p)",
+                     (void *)self, i, (void *)f, (void *)f->memo, (void *)f->key,
+                     (void *)e->key);
+            flight_check(f);
+        }
+    }
+}
+#endif
+#define FA_CONSISTENT memo_check
+#define CHECK(m) FA_ASSERT_CONSISTENT(m)
 
 static PyObject *method_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                    PyObject *kwnames);
-#define IS_FLIGHT(st, v) Py_IS_TYPE((v), (st)->FlightType)
 
 /* ------------------------------------------------------------------ keys */
 
@@ -232,6 +325,7 @@ memo_expire(MemoObject *self, double now, ct_buf *trash)
         ct_remove(&self->t, ix, trash);
     }
     self->t.itver = itver;
+    CHECK(self);
 }
 
 /* After entries were removed: drop the reusable StopIteration (if free), which still holds
@@ -326,8 +420,11 @@ flight_settle_entry(FlightObject *f, PyObject *result)
             ct_trash(&trash, e->value);
             e->value = Py_NewRef(result);
             if (m->has_ttl) {
+                double exp = now + ttl;
                 ix = ct_move_to_end(t, ix);
-                ct_set_exp(t, ix, now + ttl, m->rand != NULL);
+                /* an infinite clock and ttl of opposite signs: expired at once (nan would
+                 * break the expiry order) */
+                ct_set_exp(t, ix, isnan(exp) ? -INFINITY : exp, m->rand != NULL);
             }
         }
         CHECK(m);
@@ -407,6 +504,7 @@ flight_wake_all(FlightObject *f, PyObject *result, PyObject *exc)
     fa_state *st = f->memo ? f->memo->st : NULL;
     FaOp *op;
     while ((op = fa_waitq_popleft(&f->waiters)) != NULL) {  // one at a time: callouts follow
+        FA_ASSERT_CONSISTENT_WITH(flight_check, f);
         PyObject *fut = op->fut ? Py_NewRef(op->fut) : NULL;
         if (st == NULL) {
             st = op->st;
@@ -450,6 +548,7 @@ flight_done(PyObject *op, PyObject *task)
     fa_state *st = f->memo->st;
     Py_INCREF(f);
     f->state = FL_DONE;
+    Py_CLEAR(f->task);  // not the last reference: the caller holds `task`
     PyObject *result = NULL, *exc = NULL;
     int cancelled = fa_fut_cancelled(st, task);
     if (cancelled < 0) {
@@ -474,7 +573,6 @@ flight_done(PyObject *op, PyObject *task)
     if (flight_settle_entry(f, result) < 0) {
         goto error;
     }
-    Py_CLEAR(f->task);
     flight_wake_all(f, result, exc);
     Py_XDECREF(result);
     Py_XDECREF(exc);
@@ -486,7 +584,6 @@ error:
     PyErr_WriteUnraisable(op);
     flight_settle_entry(f, NULL);
     PyErr_Clear();
-    Py_CLEAR(f->task);
     flight_wake_all(f, result, exc);
     Py_XDECREF(result);
     Py_XDECREF(exc);
@@ -890,6 +987,7 @@ call_start(FaOp *op, PyObject **res)
             if (!self->has_ttl || now < t->exp[ix]) {
                 self->hits++;
                 ct_touch(t, ix);
+                CHECK(self);
                 *res = Py_NewRef(v);
                 r = PYGEN_RETURN;
                 goto done;
@@ -904,6 +1002,7 @@ call_start(FaOp *op, PyObject **res)
                 Py_SETREF(op->arg, Py_NewRef(v));  // from now on the op holds its flight
                 Py_CLEAR(op->arg2);
                 r = fa_op_wait_on(op, loop, &other->waiters, res);
+                CHECK(self);
                 goto done;
             }
             ct_remove(t, ix, &trash);  // a flight of another loop: start our own
@@ -932,6 +1031,7 @@ call_start(FaOp *op, PyObject **res)
         }
     }
 done:
+    CHECK(self);
     Py_XDECREF(f);
     ct_buf_flush(&trash);
     memo_drop_stopiter(self);
@@ -956,6 +1056,7 @@ call_on_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     }
     FlightObject *f = (FlightObject *)Py_NewRef(op->arg);
     fa_waitq_unlink(op);
+    FA_ASSERT_CONSISTENT_WITH(flight_check, f);
     int rc = 0;
     if (f->waiters.len == 0 && f->state == FL_RUNNING && f->task != NULL) {
         PyObject *task = Py_NewRef(f->task);
@@ -1028,6 +1129,7 @@ memo_call_sync(MemoObject *self, PyObject *key, Py_hash_t hash, PyObject *const 
             if (!IS_FLIGHT(self->st, v) && (!self->has_ttl || now < t->exp[ix])) {
                 self->hits++;
                 ct_touch(t, ix);
+                CHECK(self);
                 return Py_NewRef(v);
             }
         }
@@ -1060,6 +1162,7 @@ retry:
                 if (!self->has_ttl || now < t->exp[ix]) {
                     self->hits++;
                     ct_touch(t, ix);
+                    CHECK(self);
                     result = Py_NewRef(v);
                     goto done;
                 }
@@ -1078,6 +1181,7 @@ retry:
             }
             self->hits++;
             ct_touch(t, ix);
+            CHECK(self);
             ct_buf_flush(&trash);
             if (flight_wait_sync(other) < 0) {
                 goto done;
@@ -1124,6 +1228,7 @@ retry:
         fa_restore_exc(Py_NewRef(f->exc));
     }
 done:
+    CHECK(self);
     Py_XDECREF(other);
     Py_XDECREF(f);
     ct_buf_flush(&trash);
@@ -1164,6 +1269,7 @@ memo_call_key(MemoObject *self, PyObject *key, PyObject *const *args, Py_ssize_t
         if (FA_LIKELY(!IS_FLIGHT(st, v) && (!self->has_ttl || now < self->t.exp[ix]))) {
             self->hits++;
             ct_touch(&self->t, ix);
+            CHECK(self);
             v = Py_NewRef(v);  // before the allocation, which may run the GC
             PyObject *h = hit_new(self, v);
             Py_DECREF(v);
@@ -1300,6 +1406,7 @@ memo_cache_clear(PyObject *op, PyObject *Py_UNUSED(ignored))
     ct_buf_init(&trash);
     ct_clear(&self->t, &trash);  // flights go on, detached
     self->hits = self->misses = 0;
+    CHECK(self);
     ct_buf_flush(&trash);
     memo_drop_stopiter(self);
     Py_RETURN_NONE;

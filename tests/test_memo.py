@@ -7,7 +7,9 @@ import asyncio
 import functools
 import gc
 import inspect
+import math
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -18,9 +20,13 @@ import weakref
 
 import async_lru
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
+                                 rule)
 
 import aiofast
-from virtual_time import VirtualClockLoop
+from virtual_time import VirtualClockLoop, VirtualUVLoop
 
 ALRU = {"aiofast": aiofast.alru_cache, "async_lru": async_lru.alru_cache}
 
@@ -612,6 +618,25 @@ def test_ttl_with_explicit_timer():
     assert f(1) is not a
 
 
+def test_ttl_infinite_clock_and_ttl_expire_at_once():
+    """An infinite clock and ttl of opposite signs give no expiry time (nan): the result is
+    expired at once (the debug checker rejects nan expiry times, which break the order)."""
+    now = [-math.inf]
+    calls = []
+
+    @aiofast.cached(ttl=math.inf, timer=lambda: now[0])
+    def f(x):
+        calls.append(x)
+        return [x]
+
+    a = f(1)
+    assert f(1) is not a and calls == [1, 1]
+    now[0] = 0.0
+    b = f(2)
+    assert f(2) is b and calls == [1, 1, 2]
+    assert f.cache_info().currsize == 1
+
+
 def test_alru_jitter_within_bounds():
     async def main():
         @aiofast.alru_cache(ttl=10, jitter=5, maxsize=None)
@@ -1078,3 +1103,487 @@ def test_no_leaks():
     assert out.returncode == 0, out.stderr
     dobj, dref, dmem = map(int, out.stdout.split())
     assert dobj <= 10 and dref == 0 and dmem < 100_000
+
+
+# ------------------------------------------------------------------ hypothesis: single flight
+
+
+class Value:
+    """A distinct result object (callers must get this very object)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __repr__(self):
+        return f"Value({self.n})"
+
+
+class BadHash:
+    def __hash__(self):
+        raise ZeroDivisionError("hash")
+
+
+class BadEq:
+    """Collides with the int key h; its __eq__ raises."""
+
+    def __init__(self, h):
+        self.h = h
+
+    def __hash__(self):
+        return self.h
+
+    def __eq__(self, other):
+        raise ArithmeticError("eq")
+
+
+class MutatingEq:
+    """Collides with the int key h; its __eq__ runs an action on the memo once, after `skip`
+    harmless comparisons."""
+
+    def __init__(self, h, action=None, skip=0):
+        self.h = h
+        self.action = action
+        self.skip = skip
+
+    def __hash__(self):
+        return self.h
+
+    def __eq__(self, other):
+        if self.skip:
+            self.skip -= 1
+        else:
+            action, self.action = self.action, None
+            if action is not None:
+                action()
+        return self is other
+
+
+class Comp:
+    """A computation the model expects: the function's n-th run."""
+
+    def __init__(self, n, key):
+        self.n, self.key = n, key
+        self.state = "running"  # running, done, failed, cancelled
+        self.callers = []       # callers still waiting for it
+        self.attached = True    # its entry is in the table
+
+
+class Caller:
+    def __init__(self, n, key, task):
+        self.n, self.key, self.task = n, key, task
+        self.outcome = None     # None (waiting), ("value", v), ("exc", e), ("cancelled",)
+        self.comp = None
+
+
+class MemoModel:
+    """A single-flight memoizer with cached()'s documented semantics, in plain Python: one
+    computation per key at a time, shared by every caller that finds it in flight; results
+    (never exceptions or cancellations) stored with an expiry ttl after the computation ended;
+    a caller that is cancelled leaves the others waiting, and the last one to leave cancels the
+    computation and forgets it; eviction of the least recently used entry (results and
+    computations in flight alike: an evicted, invalidated or cleared computation goes on for its
+    callers, unrecorded); expired results are dropped on every miss and by cache_info()."""
+
+    def __init__(self, maxsize, ttl, jitter=None):
+        self.maxsize, self.ttl = maxsize, ttl
+        # alru_cache's jitter: each result's ttl grows by random.random() * jitter, drawn
+        # when its computation ends; the model replays the same seeded draws
+        self.jitter = jitter
+        self.rand = random.Random(JITTER_SEED) if jitter else None
+        self.entries = {}  # key -> ["result", value, expires] or ["flight", Comp]
+        self.lru = []      # keys, least recently used first
+        self.hits = self.misses = 0
+        self.comps = []
+
+    def touch(self, k):
+        self.lru.remove(k)
+        self.lru.append(k)
+
+    def remove(self, k):
+        e = self.entries.pop(k)
+        self.lru.remove(k)
+        if e[0] == "flight":
+            e[1].attached = False
+
+    def expire(self, now):
+        if self.ttl is not None:
+            for k in [k for k, e in self.entries.items() if e[0] == "result" and not now < e[2]]:
+                self.remove(k)
+
+    def fresh(self, k, now):
+        e = self.entries.get(k)
+        return e is not None and (e[0] == "flight" or self.ttl is None or now < e[2])
+
+    def call_now(self, caller, now):
+        """The call itself: a fresh result is a hit at once."""
+        e = self.entries.get(caller.key)
+        if e is not None and e[0] == "result" and (self.ttl is None or now < e[2]):
+            self.hits += 1
+            self.touch(caller.key)
+            caller.outcome = ("value", e[1])
+            return True
+        return False
+
+    def call_start(self, caller, now):
+        """The first step of the awaitable: a result, joining the flight, or a new one."""
+        k = caller.key
+        self.expire(now)
+        e = self.entries.get(k)
+        if e is not None:
+            self.hits += 1
+            self.touch(k)
+            if e[0] == "result":
+                caller.outcome = ("value", e[1])
+            else:
+                caller.comp = e[1]
+                e[1].callers.append(caller)
+            return
+        self.misses += 1
+        while self.maxsize is not None and len(self.entries) >= self.maxsize:
+            self.remove(self.lru[0])
+        comp = Comp(len(self.comps), k)
+        self.comps.append(comp)
+        self.entries[k] = ["flight", comp]
+        self.lru.append(k)
+        caller.comp = comp
+        comp.callers.append(caller)
+
+    def finish(self, comp, outcome, now):
+        comp.state = {"value": "done", "exc": "failed", "cancelled": "cancelled"}[outcome[0]]
+        ttl = self.ttl or 0
+        if outcome[0] == "value" and self.rand is not None:
+            ttl += self.rand.random() * self.jitter  # drawn even for a detached computation
+        if comp.attached:
+            if outcome[0] == "value":
+                self.entries[comp.key] = ["result", outcome[1], now + ttl]
+                comp.attached = False  # the entry keeps its place in the LRU order
+            else:
+                self.remove(comp.key)
+        for c in comp.callers:
+            c.outcome = outcome
+        comp.callers = []
+
+    def cancel_caller(self, caller):
+        caller.outcome = ("cancelled",)
+        comp = caller.comp
+        comp.callers.remove(caller)
+        if not comp.callers and comp.state == "running":
+            self.finish(comp, ("cancelled",), None)
+
+    def clear(self):
+        for k in list(self.entries):
+            self.remove(k)
+        self.hits = self.misses = 0
+
+
+memo_keys = st.integers(0, 3)
+JITTER_SEED = 20261123
+
+
+class MemoMachine(RuleBasedStateMachine):
+    """cached() on a virtual clock against MemoModel: callers for random keys, computations
+    that the machine completes, fails or cancels, callers cancelled at random (the one that
+    started the computation included), time steps (ttl expiry), invalidation, clearing, and
+    keys whose __hash__/__eq__ raise or whose __eq__ clears or invalidates mid-lookup. After
+    every step: every computation the function ran is one the model started (so nothing ran
+    twice), every caller has exactly the outcome the model gives (none stranded), and the
+    memo's contents and counters are the model's."""
+
+    new_loop = VirtualClockLoop
+
+    def __init__(self):
+        super().__init__()
+        self.loop = self.new_loop()
+        self.ready = self.loop._ready if isinstance(self.loop, VirtualClockLoop) else \
+            self.loop._vready  # the loop's queue of ready callbacks
+        self.model = None
+        self.closed = False
+        self.callers = []
+        self.runs = []   # (key, future) per run of the function, in order
+        self.keys = set()
+
+    @initialize(maxsize=st.sampled_from([None, 1, 2, 3]), ttl=st.sampled_from([None, 1, 2.5]),
+                identity_key=st.booleans(), jitter=st.booleans())
+    def create(self, maxsize, ttl, identity_key, jitter):
+        async def compute(key):
+            fut = asyncio.get_running_loop().create_future()
+            self.runs.append((key, fut, asyncio.current_task()))
+            return await fut
+
+        kw = {"key": (lambda key: key)} if identity_key else {}
+        if jitter and ttl is not None:
+            # alru_cache with jitter: per-result expiry times, in the table's expiry heap
+            random.seed(JITTER_SEED)
+            self.f = aiofast.alru_cache(maxsize=maxsize, ttl=ttl, jitter=1.5, **kw)(compute)
+            self.model = MemoModel(maxsize, ttl, 1.5)
+        else:
+            self.f = aiofast.cached(maxsize=maxsize, ttl=ttl, **kw)(compute)
+            self.model = MemoModel(maxsize, ttl)
+        self.identity_key = identity_key
+        self.closed = False
+
+    # ---- driving the loop
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def settle(self):
+        """Run every ready callback (time does not move: nothing here sleeps)."""
+        async def idle():
+            for _ in range(200):
+                await asyncio.sleep(0)
+                if not self.ready:
+                    return
+            raise AssertionError("the loop never went idle")
+
+        self.run(idle())
+
+    def now(self):
+        return self.loop.time()
+
+    def _call(self, *keys, cancel=()):
+        """Call for each key (in one go: the calls are made before any of them runs), then let
+        the loop run: each awaitable's first step looks its key up again, in call order. The
+        callers flagged in cancel are cancelled before their first step: their call happened
+        (a hit at call time counts), their lookup never does."""
+        flags = [i < len(cancel) and cancel[i] for i in range(len(keys))]
+        if self.closed:
+            async def refused():
+                for key in keys:
+                    with pytest.raises(RuntimeError, match="cached is closed|alru_cache is"):
+                        self.f(key)
+
+            self.run(refused())
+            return []
+
+        async def call():
+            tasks = [asyncio.ensure_future(self.f(key)) for key in keys]
+            for task, flag in zip(tasks, flags):
+                if flag:
+                    task.cancel()
+            return tasks
+
+        tasks = self.run(call())  # (the tasks' first steps run before this returns)
+        callers = []
+        for key, task, flag in zip(keys, tasks, flags):
+            caller = Caller(len(self.callers), key, task)
+            self.callers.append(caller)
+            self.keys.add(key)
+            hit = self.model.call_now(caller, self.now())
+            if flag:
+                caller.outcome = ("cancelled",)
+            elif not hit:
+                callers.append(caller)
+        for caller in callers:
+            self.model.call_start(caller, self.now())  # the task's first step, in settle()
+        self.settle()
+        return callers
+
+    def pending_comps(self):
+        return [c for c in self.model.comps if c.state == "running"]
+
+    @precondition(lambda self: not self.closed)
+    @rule(really=st.integers(0, 3))
+    def close(self, really):
+        """cache_close() (now and then: it ends most of the story): calls are refused from now
+        on; the computations in the table are cancelled (their callers with them); detached ones
+        go on for their callers."""
+        if really:
+            return
+
+        async def close():
+            return asyncio.ensure_future(self.f.cache_close())
+
+        closing = self.run(close())
+        self.closed = True
+        for k, e in list(self.model.entries.items()):
+            if e[0] == "flight":
+                self.model.finish(e[1], ("cancelled",), None)
+        self.settle()
+        assert closing.done() and not closing.cancelled()
+        assert self.f.cache_parameters()["closed"] is True
+
+    def waiting_callers(self):
+        return [c for c in self.callers if c.outcome is None]
+
+    # ---- rules
+
+    @rule(keys=st.lists(memo_keys, min_size=1, max_size=4),
+          cancel=st.lists(st.booleans(), max_size=4))
+    def call(self, keys, cancel):
+        self._call(*keys, cancel=cancel)
+
+    @precondition(lambda self: self.pending_comps())
+    @rule(data=st.data(), fail=st.booleans(), cancel=st.lists(st.booleans(), max_size=4))
+    def finish(self, data, fail, cancel):
+        """The computation returns or raises; callers flagged in cancel are cancelled at that
+        moment, before anything ran (the computation, first in the loop's queue, ends first:
+        its outcome is kept, and only the cancelled callers miss it)."""
+        comp = data.draw(st.sampled_from(self.pending_comps()))
+        fut = self.runs[comp.n][1]
+        if fail:
+            outcome = ("exc", ValueError(f"computation {comp.n} failed"))
+            fut.set_exception(outcome[1])
+        else:
+            outcome = ("value", Value(comp.n))
+            fut.set_result(outcome[1])
+        leaving = [c for c, flag in zip(list(comp.callers), cancel) if flag]
+        for c in leaving:
+            c.task.cancel()
+        self.model.finish(comp, outcome, self.now())
+        for c in leaving:
+            c.outcome = ("cancelled",)
+        self.settle()
+
+    @precondition(lambda self: self.pending_comps())
+    @rule(data=st.data())
+    def cancel_computation(self, data):
+        """Cancelled from outside: every caller waiting for it is cancelled."""
+        comp = data.draw(st.sampled_from(self.pending_comps()))
+        self.runs[comp.n][2].cancel()
+        self.model.finish(comp, ("cancelled",), self.now())
+        self.settle()
+
+    @precondition(lambda self: self.waiting_callers())
+    @rule(data=st.data())
+    def cancel_caller(self, data):
+        """Any waiting caller, the one whose call started the computation included: the others
+        keep waiting; the last one to leave cancels the computation."""
+        caller = data.draw(st.sampled_from(self.waiting_callers()))
+        caller.task.cancel()
+        self.model.cancel_caller(caller)
+        self.settle()
+
+    @rule(dt=st.sampled_from([0.5, 1, 2, 3]))
+    def advance(self, dt):
+        self.loop.advance(dt)
+
+    @rule(k=memo_keys, everything=st.integers(0, 4))
+    def forget(self, k, everything):
+        """cache_invalidate(k) (True if an entry, even an expired one, was held), or now and
+        then cache_clear(). A computation in flight goes on for its callers, unrecorded."""
+        if everything == 0:
+            self.f.cache_clear()
+            self.model.clear()
+            return
+        had = k in self.model.entries
+        assert self.f.cache_invalidate(k) is had
+        if had:
+            self.model.remove(k)
+
+    @rule()
+    def hostile_hash(self):
+        async def call():
+            with pytest.raises(ZeroDivisionError):
+                self.f(BadHash())
+            with pytest.raises(ZeroDivisionError):
+                self.f.cache_contains(BadHash())
+
+        self.run(call())
+
+    def fresh_int_keys(self):
+        return sorted(k for k in self.model.entries if type(k) is int
+                      and self.model.fresh(k, self.now()))
+
+    @precondition(lambda self: self.identity_key and not self.closed and self.fresh_int_keys())
+    @rule(data=st.data())
+    def hostile_eq(self, data):
+        """A key colliding with a resident key whose __eq__ raises: the call, cache_contains
+        and cache_invalidate raise it and change nothing."""
+        k = data.draw(st.sampled_from(self.fresh_int_keys()))
+
+        async def call():
+            for op in (self.f, self.f.cache_contains, self.f.cache_invalidate):
+                with pytest.raises(ArithmeticError):
+                    op(BadEq(k))
+
+        self.run(call())
+
+    @precondition(lambda self: self.identity_key and not self.closed and self.fresh_int_keys())
+    @rule(data=st.data(), action=st.sampled_from(["clear", "invalidate"]),
+          op=st.sampled_from(["call", "call late", "contains", "invalidate"]))
+    def mutating_eq(self, data, action, op):
+        """A key colliding with a resident key whose __eq__ clears the memo or invalidates the
+        resident mid-lookup (for a call: the lookup at the call, or the one at its first step):
+        the lookup starts again, and finds nothing (a call is a miss for the new key)."""
+        k = data.draw(st.sampled_from(self.fresh_int_keys()))
+        if action == "clear":
+            act = self.f.cache_clear
+        else:
+            def act():
+                assert self.f.cache_invalidate(k)
+
+        probe = MutatingEq(k, act, skip=1 if op == "call late" else 0)
+        if action == "clear":
+            self.model.clear()
+        else:
+            self.model.remove(k)
+        if op.startswith("call"):
+            (caller,) = self._call(probe)
+            assert caller.outcome is None and caller.comp is not None
+        else:
+            async def lookup():
+                if op == "contains":
+                    assert self.f.cache_contains(probe) is False
+                else:
+                    assert self.f.cache_invalidate(probe) is False
+
+            self.run(lookup())
+        assert probe.action is None  # it ran
+
+    # ---- invariants
+
+    @invariant()
+    def agree(self):
+        if self.model is None:
+            return
+        m = self.model
+        # every run of the function is a computation the model started: no duplicates
+        assert [key for key, _, _ in self.runs] == [c.key for c in m.comps]
+        # every caller has the model's outcome; the waiting ones wait (none stranded)
+        for c in self.callers:
+            t = c.task
+            if c.outcome is None:
+                assert not t.done(), (c.n, c.key)
+            elif c.outcome[0] == "value":
+                assert t.done() and not t.cancelled() and t.result() is c.outcome[1], c.n
+            elif c.outcome[0] == "exc":
+                assert t.done() and not t.cancelled() and t.exception() is c.outcome[1], c.n
+            else:
+                assert t.cancelled(), c.n
+        for comp in m.comps:
+            task = self.runs[comp.n][2]
+            assert task.done() == (comp.state != "running"), comp.n
+            assert task.cancelled() == (comp.state == "cancelled"), comp.n
+
+        async def contents():
+            now = self.now()
+            for k in self.keys:
+                assert self.f.cache_contains(k) == m.fresh(k, now), k
+            assert (self.f.hits, self.f.misses) == (m.hits, m.misses)
+            info = self.f.cache_info()  # expires
+            m.expire(now)
+            assert info.currsize == len(m.entries)
+            assert info.hits == m.hits and info.misses == m.misses
+            assert self.f.cache_parameters()["tasks"] == sum(
+                e[0] == "flight" for e in m.entries.values())
+
+        self.run(contents())
+
+    def teardown(self):
+        for c in self.callers:
+            c.task.cancel()
+        for _, _, task in self.runs:
+            task.cancel()
+        self.settle()
+        self.loop.close()
+
+
+class MemoMachineUV(MemoMachine):
+    new_loop = VirtualUVLoop
+
+
+MemoMachine.TestCase.settings = settings(deadline=None, suppress_health_check=list(HealthCheck))
+MemoMachineUV.TestCase.settings = MemoMachine.TestCase.settings
+test_memo_state_machine = MemoMachine.TestCase
+test_memo_state_machine_uvloop = MemoMachineUV.TestCase
