@@ -1341,13 +1341,64 @@ get_start(FaOp *op, PyObject **res)
     return get_step(op, res);
 }
 
+/* A woken waiter's get()/put() failed for a reason of its own (an item's comparison raised,
+ * leaving the heap as it was): the wake-up it took must not be lost, or a waiter behind it
+ * stays asleep while items (room) are there. asyncio loses it (its heapq loses the item too,
+ * see the top); we pass it on, as for a woken waiter that is cancelled. Only on the native
+ * path: with overridden hooks asyncio's behaviour is kept exactly. The exception is kept. */
+static void
+pass_on_after_error(FaQueue *self, int putter)
+{
+    if (!self->native || self->shutdown) {
+        return;
+    }
+    fa_waitq *q = putter ? &self->putters : &self->getters;
+    if (q->len == 0) {
+        return;
+    }
+    Py_ssize_t n = Py_SIZE(self->queue);
+    int room;
+    if (!putter) {
+        room = n > 0;
+    }
+    else {
+        switch (self->maxsize_kind) {
+        case MS_UNBOUNDED:
+            room = 1;
+            break;
+        case MS_INT:
+            room = n < self->maxsize_n;
+            break;
+        case MS_FLOAT:
+            room = !((double)n >= self->maxsize_d);
+            break;
+        default:
+            room = 0;  /* a _maxsize object: asyncio's way (its comparison is Python code) */
+        }
+    }
+    if (!room) {
+        return;
+    }
+    PyObject *exc = fa_fetch_exc();
+    Py_INCREF(self);
+    if (wakeup_next(self, q) < 0) {
+        PyErr_Clear();  /* the first error is the one to report */
+    }
+    Py_DECREF(self);
+    fa_restore_exc(exc);
+}
+
 static PySendResult
 get_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 {
     fa_waitq_unlink(op);  /* normally the waker popped it already */
     op->flags &= ~FA_OPF_WOKEN;
     FA_ASSERT_CONSISTENT((FaQueue *)op->owner);
-    return get_step(op, res);
+    PySendResult r = get_step(op, res);
+    if (r == PYGEN_ERROR) {
+        pass_on_after_error((FaQueue *)op->owner, 0);
+    }
+    return r;
 }
 
 /* Is the waiter's future cancelled? asyncio first calls fut.cancel() (a no-op when done), so
@@ -1447,7 +1498,11 @@ put_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
     fa_waitq_unlink(op);
     op->flags &= ~FA_OPF_WOKEN;
     FA_ASSERT_CONSISTENT((FaQueue *)op->owner);
-    return put_step(op, res);
+    PySendResult r = put_step(op, res);
+    if (r == PYGEN_ERROR) {
+        pass_on_after_error((FaQueue *)op->owner, 1);
+    }
+    return r;
 }
 
 static int
