@@ -33,6 +33,7 @@ import re
 
 import hypothesis.strategies as st
 import pytest
+from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import aiofast
@@ -503,6 +504,9 @@ class LockFamilyMachine(RuleBasedStateMachine):
 
 for _kind in LOCKS + ("Event",):
     _machine = type(f"{_kind}Machine", (LockFamilyMachine,), {"KIND": _kind})
+    # cheap steps: twice the profile's steps per example (tests/conftest.py)
+    _machine.TestCase.settings = settings(
+        settings.default, stateful_step_count=2 * settings.default.stateful_step_count)
     globals()[f"Test{_kind}AgainstAsyncio"] = _machine.TestCase
 del _kind, _machine
 

@@ -1829,6 +1829,10 @@ import re as _re  # noqa: E402
 from hypothesis.stateful import (  # noqa: E402
     RuleBasedStateMachine, initialize, invariant, precondition, rule)
 
+# The machines are cheap per step: twice the profile's steps per example (tests/conftest.py)
+MACHINE_SETTINGS = settings(settings.default,
+                            stateful_step_count=2 * settings.default.stateful_step_count)
+
 from virtual_time import VirtualClockLoop, VirtualUVLoop  # noqa: E402
 
 _SIDES = {}          # side id -> MSide; items name their side by number (no reference cycle)
@@ -2065,7 +2069,8 @@ class QueueMachine(RuleBasedStateMachine):
     KIND = HOSTILE = None
     sides = ()
 
-    @initialize(maxsize=st.integers(0, 3), loop_name=st.sampled_from(["asyncio", "uvloop"]))
+    @initialize(maxsize=st.sampled_from([0, 0, 1, 2, 3, 5]),
+                loop_name=st.sampled_from(["asyncio", "uvloop"]))
     def setup(self, maxsize, loop_name, kind=None, hostile=None):
         kind = kind or self.KIND
         hostile = self.HOSTILE if hostile is None else hostile
@@ -2157,7 +2162,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.each(go)
 
     @precondition(lambda self: self.sides)
-    @rule(immediate=st.booleans(), now=st.integers(0, 3))
+    @rule(immediate=st.booleans(), now=st.integers(0, 5))
     def shutdown(self, immediate, now):
         if now:
             return  # rarely: a shut-down queue has little left to explore
@@ -2246,5 +2251,6 @@ for _kind in KINDS:
         _machine = type(f"{_kind}{'Hostile' if _hostile else 'Plain'}Machine", (QueueMachine,),
                         {"KIND": _kind, "HOSTILE": _hostile})
         globals()[_machine.__name__] = _machine
+        _machine.TestCase.settings = MACHINE_SETTINGS
         globals()[f"Test{_machine.__name__}"] = _machine.TestCase
 del _kind, _hostile, _machine
