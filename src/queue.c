@@ -157,7 +157,8 @@ queue_check_waiters(FaQueue *self, fa_waitq *q, const fa_opkind *kind, const cha
  * - native agrees with the storage type and the overrides; the cached _maxsize reading agrees
  *   with its kind (MS_INT: a bound > 0; MS_FLOAT: > 0 or NaN);
  * - _unfinished_tasks >= 0 and the finished flag is exactly "no unfinished task" (the Event,
- *   once made, is not read: user code may set or clear it, as asyncio's allows);
+ *   once made, is not read: user code may set or clear it, as asyncio's allows), except
+ *   during shutdown()'s drain (asyncio's order: count down, then set);
  * - once shut down, no get()/put() of ours waits (shutdown() wakes them all and none waits
  *   again), unless user code wrote _unfinished_tasks or _is_shutdown (`unchecked`);
  * - a PriorityQueue's list is in heap order (as far as natively comparable items tell) while
@@ -193,7 +194,9 @@ queue_check(FaQueue *self)
     if (!self->unchecked) {
         FA_CHECK(self->unfinished >= 0, "%s %p: %zd unfinished tasks", name, (void *)self,
                  self->unfinished);
-        FA_CHECK(self->fin_set == (self->unfinished == 0),
+        /* shutdown(immediate=True) counts the discarded items down and sets _finished after
+         * the drain, as asyncio does; an item's __del__ in between sees the count already 0 */
+        FA_CHECK(self->shutting || self->fin_set == (self->unfinished == 0),
                  "%s %p: finished flag %d with %zd unfinished tasks", name, (void *)self,
                  self->fin_set, self->unfinished);
         if (self->shutdown && self->native && !self->shutting) {
@@ -1673,19 +1676,19 @@ queue_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *
     }
     self->shutdown = 1;
     self->shutting++;  /* until every waiter is woken, some still wait (queue_check) */
-    PyObject *res = NULL;
+    PyObject *res = NULL, *exc = NULL;
     if (imm) {
         for (;;) {
             int e = q_empty(self);
             if (e < 0) {
-                goto done;
+                goto drain_failed;
             }
             if (e) {
                 break;
             }
             PyObject *item = q_get(self);  /* discarded through the overridable hook */
             if (item == NULL) {
-                goto done;
+                goto drain_failed;
             }
             Py_DECREF(item);  // Beware: __del__
             if (self->unfinished > 0) {
@@ -1693,11 +1696,25 @@ queue_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *
             }
         }
         if (self->unfinished == 0 && finished_set(self) < 0) {
-            goto done;
+            goto drain_failed;
         }
     }
+    goto wake;
+drain_failed:
+    /* an item's comparison (or a hook) raised while discarding: the queue is shut down all
+     * the same, so its waiters must still hear of it (asyncio leaves them waiting); the
+     * error is raised afterwards */
+    exc = fa_fetch_exc();
+wake:
     /* all getters re-check queue-empty to raise QueueShutDown; all putters raise */
     if (wakeup_all(self, &self->getters) < 0 || wakeup_all(self, &self->putters) < 0) {
+        if (exc == NULL) {
+            goto done;
+        }
+        PyErr_Clear();  /* the first error is the one to report */
+    }
+    if (exc != NULL) {
+        fa_restore_exc(exc);
         goto done;
     }
     res = Py_NewRef(Py_None);
