@@ -31,7 +31,12 @@
  *   touch the storage without dispatch.
  * - version changes on every change of the storage made here (and on `_queue` assignment): a
  *   comparison that calls Python code is followed by a check of version, list identity and size.
- * - an exception out of a comparison or an allocation leaves the heap list untouched.
+ * - an exception out of a comparison or an allocation leaves the heap list untouched; a woken
+ *   get()/put() that fails so passes its wake-up on (native path), and shutdown() wakes every
+ *   waiter even when discarding an item raises: no waiter sleeps beside an item or a free slot.
+ * - exposed: Python code has seen the `_queue` container (read, assigned, pickled); until then
+ *   only this file edits it, so the debug checker can require heap order. unchecked: user code
+ *   wrote _unfinished_tasks/_is_shutdown (asyncio allows it), so the count invariants are off.
  */
 #include "op.h"
 
