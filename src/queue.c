@@ -31,7 +31,12 @@
  *   touch the storage without dispatch.
  * - version changes on every change of the storage made here (and on `_queue` assignment): a
  *   comparison that calls Python code is followed by a check of version, list identity and size.
- * - an exception out of a comparison or an allocation leaves the heap list untouched.
+ * - an exception out of a comparison or an allocation leaves the heap list untouched; a woken
+ *   get()/put() that fails so passes its wake-up on (native path), and shutdown() wakes every
+ *   waiter even when discarding an item raises: no waiter sleeps beside an item or a free slot.
+ * - exposed: Python code has seen the `_queue` container (read, assigned, pickled); until then
+ *   only this file edits it, so the debug checker can require heap order. unchecked: user code
+ *   wrote _unfinished_tasks/_is_shutdown (asyncio allows it), so the count invariants are off.
  */
 #include "op.h"
 
@@ -76,33 +81,26 @@ typedef struct {
     int native;
     int shutdown;          /* _is_shutdown */
     int fin_set;           /* _finished.is_set() while finished is NULL */
+    int exposed;           /* _queue has been handed to or taken from Python code */
+    int unchecked;         /* user code wrote _unfinished_tasks or _is_shutdown (asyncio allows) */
+    int shutting;          /* shutdown() is draining or waking (its waiters are still linked) */
 } FaQueue;
 
 static const char *const kind_names[] = {"Queue", "PriorityQueue", "LifoQueue"};
 
 #if FA_DEBUG
-static void
-waitq_check(fa_waitq *q)
-{
-    Py_ssize_t n = 0;
-    FaOp *prev = NULL;
-    for (FaOp *op = q->head; op != NULL; op = op->next) {
-        assert(op->queue == q);
-        assert(op->prev == prev);
-        assert(op->fut != NULL);
-        prev = op;
-        n++;
-    }
-    assert(q->tail == prev);
-    assert(n == q->len);
-}
+static const fa_opkind get_kind;
+static const fa_opkind put_kind;
+static const fa_opkind foreign_kind;
 
 static inline int num_cmp(PyObject *x, PyObject *y);
 
 /* Is the heap in order, as far as can be told without running Python code (ints, floats and
  * tuples whose first elements differ; NaN anywhere makes the order undefined)? 1 or 0. Code
- * may edit q._queue directly, so only "in order before an operation => in order after" is an
- * invariant (checked by heap_push/heap_pop in debug builds). */
+ * may edit q._queue directly, so "in order" is checked by queue_check only while the list has
+ * never been seen by Python code (exposed == 0), and otherwise "in order before an operation
+ * => in order after" (heap_push/heap_pop in debug builds). Items of other types (a hostile
+ * __lt__ among them) are never compared here. */
 static int
 heap_in_order(PyObject *heap)
 {
@@ -134,11 +132,95 @@ heap_in_order(PyObject *heap)
     return 1;
 }
 
+/* The waiters of one FIFO: ours (owner self, the right kind, not yet woken: a waker pops an op
+ * before it sets the result) or inert nodes for futures appended through the views. */
+static void
+queue_check_waiters(FaQueue *self, fa_waitq *q, const fa_opkind *kind, const char *what)
+{
+    fa_waitq_check(q);
+    Py_ssize_t i = 0;
+    for (FaOp *op = q->head; op != NULL && i < FA_WAITQ_CHECK_MAX; op = op->next, i++) {
+        if (op->kind == &foreign_kind) {
+            FA_CHECK(op->owner == NULL && op->state == FA_OP_INIT,
+                     "%s %p: appended node %p has owner %p, state %d", what, (void *)self,
+                     (void *)op, (void *)op->owner, op->state);
+            continue;
+        }
+        FA_CHECK(op->kind == kind, "%s %p: waiter %p is a %s()", what, (void *)self, (void *)op,
+                 op->kind->name);
+        FA_CHECK(op->owner == (PyObject *)self, "%s %p: waiter %p belongs to %p", what,
+                 (void *)self, (void *)op, (void *)op->owner);
+        FA_CHECK(!(op->flags & FA_OPF_WOKEN), "%s %p: waiter %p still linked after its wake-up",
+                 what, (void *)self, (void *)op);
+        FA_CHECK(kind != &put_kind || op->arg != NULL, "%s %p: put() waiter %p without its item",
+                 what, (void *)self, (void *)op);
+    }
+}
+
+/* The queue's invariants (debug builds, FA_ASSERT_CONSISTENT after each mutation):
+ * - the waiter FIFOs (above);
+ * - native agrees with the storage type and the overrides; the cached _maxsize reading agrees
+ *   with its kind (MS_INT: a bound > 0; MS_FLOAT: > 0 or NaN);
+ * - _unfinished_tasks >= 0 and the finished flag is exactly "no unfinished task" (the Event,
+ *   once made, is not read: user code may set or clear it, as asyncio's allows), except
+ *   during shutdown()'s drain (asyncio's order: count down, then set);
+ * - once shut down, no get()/put() of ours waits (shutdown() wakes them all and none waits
+ *   again), unless user code wrote _unfinished_tasks or _is_shutdown (`unchecked`);
+ * - a PriorityQueue's list is in heap order (as far as natively comparable items tell) while
+ *   no Python code has seen it (`exposed`): only then can nothing but this file edit it. */
 static void
 queue_check(FaQueue *self)
 {
-    waitq_check(&self->getters);
-    waitq_check(&self->putters);
+    const char *name = kind_names[self->kind];
+    FA_CHECK(self->kind >= FA_FIFO && self->kind <= FA_LIFO, "%p: kind %d", (void *)self,
+             self->kind);
+    queue_check_waiters(self, &self->getters, &get_kind, name);
+    queue_check_waiters(self, &self->putters, &put_kind, name);
+    FA_CHECK(self->cache_get == NULL || self->cache_get->kind == &get_kind,
+             "%s %p: get cache %p", name, (void *)self, (void *)self->cache_get);
+    FA_CHECK(self->cache_put == NULL || self->cache_put->kind == &put_kind,
+             "%s %p: put cache %p", name, (void *)self, (void *)self->cache_put);
+    PyObject *q = self->queue;
+    int exact = 0;
+    if (q != NULL) {
+        exact = self->kind == FA_FIFO ? Py_IS_TYPE(q, (PyTypeObject *)self->st->deque_type)
+                                      : PyList_CheckExact(q);
+    }
+    FA_CHECK(self->native == (exact && (self->ovr & ~OVR_INIT) == 0),
+             "%s %p: native %d, storage exact %d, overrides %#x", name, (void *)self,
+             self->native, exact, self->ovr);
+    FA_CHECK(self->maxsize != NULL, "%s %p: no _maxsize", name, (void *)self);
+    FA_CHECK(self->maxsize_kind != MS_INT || self->maxsize_n > 0, "%s %p: int bound %zd", name,
+             (void *)self, self->maxsize_n);
+    FA_CHECK(self->maxsize_kind != MS_FLOAT || !(self->maxsize_d <= 0.0),
+             "%s %p: float bound %g", name, (void *)self, self->maxsize_d);
+    FA_CHECK(self->shutdown == 0 || self->shutdown == 1, "%s %p: shutdown %d", name,
+             (void *)self, self->shutdown);
+    if (!self->unchecked) {
+        FA_CHECK(self->unfinished >= 0, "%s %p: %zd unfinished tasks", name, (void *)self,
+                 self->unfinished);
+        /* shutdown(immediate=True) counts the discarded items down and sets _finished after
+         * the drain, as asyncio does; an item's __del__ in between sees the count already 0 */
+        FA_CHECK(self->shutting || self->fin_set == (self->unfinished == 0),
+                 "%s %p: finished flag %d with %zd unfinished tasks", name, (void *)self,
+                 self->fin_set, self->unfinished);
+        if (self->shutdown && self->native && !self->shutting) {
+            for (int w = 0; w < 2; w++) {
+                fa_waitq *wq = w ? &self->putters : &self->getters;
+                Py_ssize_t i = 0;
+                for (FaOp *op = wq->head; op != NULL && i < FA_WAITQ_CHECK_MAX;
+                     op = op->next, i++) {
+                    FA_CHECK(op->kind == &foreign_kind, "%s %p: %s() %p waits after shutdown",
+                             name, (void *)self, op->kind->name, (void *)op);
+                }
+            }
+        }
+    }
+    if (self->kind == FA_PRIO && q != NULL && PyList_CheckExact(q) && !self->exposed
+        && PyList_GET_SIZE(q) <= 4 * FA_WAITQ_CHECK_MAX) {
+        FA_CHECK(heap_in_order(q), "%s %p: heap of %zd items out of order", name, (void *)self,
+                 PyList_GET_SIZE(q));
+    }
 }
 #define FA_CONSISTENT queue_check  /* FA_ASSERT_CONSISTENT(self) runs it (aiofast.h) */
 #endif
@@ -636,7 +718,10 @@ heap_push(FaQueue *self, PyObject *heap, PyObject *item)
     }
     arr[pos] = item;  // the reference the append took moves here
     self->version++;
-    assert(!in_order || heap_in_order(heap));
+#if FA_DEBUG
+    FA_CHECK(!in_order || heap_in_order(heap), "PriorityQueue %p: heap of %zd items out of "
+             "order after an operation", (void *)self, PyList_GET_SIZE(heap));
+#endif
     rc = 0;
 done:
     Py_DECREF(item);
@@ -729,7 +814,10 @@ heap_pop(FaQueue *self, PyObject *heap)
     }
     arr[path[j]] = last;         // and lastelt's moves here
     self->version++;
-    assert(!in_order || heap_in_order(heap));
+#if FA_DEBUG
+    FA_CHECK(!in_order || heap_in_order(heap), "PriorityQueue %p: heap of %zd items out of "
+             "order after an operation", (void *)self, PyList_GET_SIZE(heap));
+#endif
 done:
     Py_DECREF(newitem);          // ours, taken above (on success the list still holds it)
     Py_DECREF(heap);
@@ -745,9 +833,12 @@ kind_init(FaQueue *self, int kind)
     if (q == NULL) {
         return -1;
     }
-    Py_XSETREF(self->queue, q);  // Beware: the old storage's items may run __del__
+    PyObject *old = self->queue;
+    self->queue = q;
+    self->exposed = 0;  /* a fresh container nobody else has seen */
     self->version++;
     update_native(self);
+    Py_XDECREF(old);  // Beware: the old storage's items may run __del__
     return 0;
 }
 
@@ -1238,7 +1329,9 @@ get_step(FaOp *op, PyObject **res)
             return PYGEN_ERROR;
         }
     }
-    return fa_op_wait(op, &self->loop, &self->getters, res);
+    PySendResult r = fa_op_wait(op, &self->loop, &self->getters, res);
+    FA_ASSERT_CONSISTENT(self);
+    return r;
 }
 
 static PySendResult
@@ -1256,12 +1349,64 @@ get_start(FaOp *op, PyObject **res)
     return get_step(op, res);
 }
 
+/* A woken waiter's get()/put() failed for a reason of its own (an item's comparison raised,
+ * leaving the heap as it was): the wake-up it took must not be lost, or a waiter behind it
+ * stays asleep while items (room) are there. asyncio loses it (its heapq loses the item too,
+ * see the top); we pass it on, as for a woken waiter that is cancelled. Only on the native
+ * path: with overridden hooks asyncio's behaviour is kept exactly. The exception is kept. */
+static void
+pass_on_after_error(FaQueue *self, int putter)
+{
+    if (!self->native || self->shutdown) {
+        return;
+    }
+    fa_waitq *q = putter ? &self->putters : &self->getters;
+    if (q->len == 0) {
+        return;
+    }
+    Py_ssize_t n = Py_SIZE(self->queue);
+    int room;
+    if (!putter) {
+        room = n > 0;
+    }
+    else {
+        switch (self->maxsize_kind) {
+        case MS_UNBOUNDED:
+            room = 1;
+            break;
+        case MS_INT:
+            room = n < self->maxsize_n;
+            break;
+        case MS_FLOAT:
+            room = !((double)n >= self->maxsize_d);
+            break;
+        default:
+            room = 0;  /* a _maxsize object: asyncio's way (its comparison is Python code) */
+        }
+    }
+    if (!room) {
+        return;
+    }
+    PyObject *exc = fa_fetch_exc();
+    Py_INCREF(self);
+    if (wakeup_next(self, q) < 0) {
+        PyErr_Clear();  /* the first error is the one to report */
+    }
+    Py_DECREF(self);
+    fa_restore_exc(exc);
+}
+
 static PySendResult
 get_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 {
     fa_waitq_unlink(op);  /* normally the waker popped it already */
     op->flags &= ~FA_OPF_WOKEN;
-    return get_step(op, res);
+    FA_ASSERT_CONSISTENT((FaQueue *)op->owner);
+    PySendResult r = get_step(op, res);
+    if (r == PYGEN_ERROR) {
+        pass_on_after_error((FaQueue *)op->owner, 0);
+    }
+    return r;
 }
 
 /* Is the waiter's future cancelled? asyncio first calls fut.cancel() (a no-op when done), so
@@ -1298,6 +1443,7 @@ get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     FaQueue *self = (FaQueue *)op->owner;
     int cancelled = cancel_waiter(self->st, op);
     fa_waitq_unlink(op);
+    FA_ASSERT_CONSISTENT(self);
     if (cancelled < 0) {
         return -1;
     }
@@ -1335,7 +1481,9 @@ put_step(FaOp *op, PyObject **res)
         PyErr_SetNone(self->st->QueueShutDown);
         return PYGEN_ERROR;
     }
-    return fa_op_wait(op, &self->loop, &self->putters, res);
+    PySendResult r = fa_op_wait(op, &self->loop, &self->putters, res);
+    FA_ASSERT_CONSISTENT(self);
+    return r;
 }
 
 static PySendResult
@@ -1357,7 +1505,12 @@ put_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 {
     fa_waitq_unlink(op);
     op->flags &= ~FA_OPF_WOKEN;
-    return put_step(op, res);
+    FA_ASSERT_CONSISTENT((FaQueue *)op->owner);
+    PySendResult r = put_step(op, res);
+    if (r == PYGEN_ERROR) {
+        pass_on_after_error((FaQueue *)op->owner, 1);
+    }
+    return r;
 }
 
 static int
@@ -1366,6 +1519,7 @@ put_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     FaQueue *self = (FaQueue *)op->owner;
     int cancelled = cancel_waiter(self->st, op);
     fa_waitq_unlink(op);
+    FA_ASSERT_CONSISTENT(self);
     if (cancelled < 0) {
         return -1;
     }
@@ -1488,6 +1642,7 @@ queue_task_done(PyObject *op, PyObject *Py_UNUSED(ignored))
     if (self->unfinished == 0 && finished_set(self) < 0) {
         return NULL;
     }
+    FA_ASSERT_CONSISTENT(self);
     Py_RETURN_NONE;
 }
 
@@ -1525,18 +1680,20 @@ queue_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *
         return NULL;
     }
     self->shutdown = 1;
+    self->shutting++;  /* until every waiter is woken, some still wait (queue_check) */
+    PyObject *res = NULL, *exc = NULL;
     if (imm) {
         for (;;) {
             int e = q_empty(self);
             if (e < 0) {
-                return NULL;
+                goto drain_failed;
             }
             if (e) {
                 break;
             }
             PyObject *item = q_get(self);  /* discarded through the overridable hook */
             if (item == NULL) {
-                return NULL;
+                goto drain_failed;
             }
             Py_DECREF(item);  // Beware: __del__
             if (self->unfinished > 0) {
@@ -1544,14 +1701,32 @@ queue_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *
             }
         }
         if (self->unfinished == 0 && finished_set(self) < 0) {
-            return NULL;
+            goto drain_failed;
         }
     }
+    goto wake;
+drain_failed:
+    /* an item's comparison (or a hook) raised while discarding: the queue is shut down all
+     * the same, so its waiters must still hear of it (asyncio leaves them waiting); the
+     * error is raised afterwards */
+    exc = fa_fetch_exc();
+wake:
     /* all getters re-check queue-empty to raise QueueShutDown; all putters raise */
     if (wakeup_all(self, &self->getters) < 0 || wakeup_all(self, &self->putters) < 0) {
-        return NULL;
+        if (exc == NULL) {
+            goto done;
+        }
+        PyErr_Clear();  /* the first error is the one to report */
     }
-    Py_RETURN_NONE;
+    if (exc != NULL) {
+        fa_restore_exc(exc);
+        goto done;
+    }
+    res = Py_NewRef(Py_None);
+done:
+    self->shutting--;
+    FA_ASSERT_CONSISTENT(self);
+    return res;
 }
 
 /* _init / _put / _get of each kind: what a subclass reaches with super() */
@@ -1602,6 +1777,7 @@ queue_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     PyObject *n = PyLong_FromSsize_t(self->unfinished);
+    self->exposed = 1;
     if (n == NULL || (self->queue && PyDict_SetItemString(state, "_queue", self->queue) < 0)
         || PyDict_SetItemString(state, "_unfinished_tasks", n) < 0
         || PyDict_SetItemString(state, "_is_shutdown", self->shutdown ? Py_True : Py_False) < 0) {
@@ -1841,6 +2017,7 @@ queue_init(PyObject *op, PyObject *args, PyObject *kwargs)
     fa_waitq_release_all(&self->putters);
     self->unfinished = 0;
     self->fin_set = 1;
+    self->unchecked = 0;
     Py_CLEAR(self->finished);
     self->ovr = find_overrides(self);
     update_native(self);
@@ -1855,6 +2032,7 @@ queue_init(PyObject *op, PyObject *args, PyObject *kwargs)
         goto done;
     }
     self->shutdown = 0;
+    FA_ASSERT_CONSISTENT(self);
     rc = 0;
 done:
     Py_XDECREF(zero);
@@ -1944,6 +2122,7 @@ get_queue(PyObject *op, void *Py_UNUSED(c))
         no_queue(self);
         return NULL;
     }
+    self->exposed = 1;  /* Python code may edit it from now on */
     return Py_NewRef(self->queue);
 }
 
@@ -1956,8 +2135,10 @@ set_queue(PyObject *op, PyObject *v, void *Py_UNUSED(c))
     }
     PyObject *old = self->queue;
     self->queue = Py_XNewRef(v);
+    self->exposed = 1;
     self->version++;
     update_native(self);
+    FA_ASSERT_CONSISTENT(self);
     Py_XDECREF(old);  // Beware: items' __del__
     return 0;
 }
@@ -2257,6 +2438,7 @@ set_unfinished(PyObject *op, PyObject *v, void *Py_UNUSED(c))
         return -1;
     }
     ((FaQueue *)op)->unfinished = n;
+    ((FaQueue *)op)->unchecked = 1;  /* asyncio lets code write any count */
     return 0;
 }
 
@@ -2284,6 +2466,7 @@ set_is_shutdown(PyObject *op, PyObject *v, void *Py_UNUSED(c))
         return -1;
     }
     ((FaQueue *)op)->shutdown = b;
+    ((FaQueue *)op)->unchecked = 1;
     return 0;
 }
 

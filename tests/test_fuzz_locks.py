@@ -13,6 +13,18 @@ callback saw, and the state the repr shows. Both loops are closed at the end aft
 what is left, and compared once more. Nothing lost, nothing duplicated, no waiter stranded: any
 of those would show as a difference from asyncio.
 
+Hostile objects: cancel messages whose __eq__/__hash__/__repr__ raise; done-callbacks on the
+tasks and on the waiters' own futures that release, acquire, cancel other tasks, set or clear;
+cancel messages and task results whose __del__ re-enters the primitive (release, cancel the
+first pending task, set/clear) when the finished task is dropped (the `forget` rule).
+
+Besides equality with asyncio, each side keeps a ledger checked whenever its loop has settled
+(nothing ready to run: the `settle` rule and the end): permits are conserved (a Semaphore's
+_value is its initial value + successful release()s - successful acquire()s, wherever they
+happened: tasks, callbacks, __del__, the driver; a Lock is locked iff one more acquire than
+release succeeded), and no waiter is stranded (no pending waiter while a permit is free, the
+Lock unlocked, or the Event set).
+
 Example counts come from the hypothesis profile (tests/conftest.py; HYPOTHESIS_PROFILE=thorough
 for a long local run).
 """
@@ -21,6 +33,7 @@ import re
 
 import hypothesis.strategies as st
 import pytest
+from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import aiofast
@@ -75,32 +88,76 @@ async def hold_for(n):
         await asyncio.sleep(0)
 
 
-async def with_block(prim, hold):
-    async with prim:
-        await hold_for(hold)
+async def with_block(side, hold):
+    entered = False
+    try:
+        async with side.prim:
+            entered = True
+            side.acquired += 1
+            await hold_for(hold)
+    except (RuntimeError, ValueError):
+        raise  # __aexit__'s release() failed (someone released it meanwhile): nothing released
+    except BaseException:
+        side.released += entered
+        raise
+    side.released += 1
     return "released"
 
 
-async def acquire_release(prim, hold):
-    got = await prim.acquire()
+async def acquire_release(side, hold):
+    got = await side.prim.acquire()
+    side.acquired += 1
     try:
         await hold_for(hold)
     finally:
-        prim.release()
+        side.release()
     return got
 
 
-async def timed(prim, timeout, hold, wait_name):
-    got = await asyncio.wait_for(getattr(prim, wait_name)(), timeout)
+async def counted(side, wait_name):
+    got = await getattr(side.prim, wait_name)()
+    side.acquired += wait_name == "acquire"
+    return got
+
+
+async def timed(side, timeout, hold, wait_name):
+    # the ledger counts inside wait_for: an acquire that wins against the timeout counts even
+    # where wait_for then drops its result (asyncio < 3.12)
+    got = await asyncio.wait_for(counted(side, wait_name), timeout)
     if wait_name == "acquire":
         await hold_for(hold)
-        prim.release()
+        side.release()
     return got
+
+
+class DelHook:
+    """A cancel message or task result whose __del__ re-enters the primitive."""
+
+    def __init__(self, side, action):
+        self.side, self.action = side, action
+
+    def __repr__(self):
+        return f"DelHook({self.action})"
+
+    def __del__(self):
+        side = self.side
+        try:
+            side.log.append(("__del__", self.action, side.act(self.action)))
+        except Exception as e:  # noqa: BLE001  (must not escape a __del__)
+            side.log.append(("__del__", self.action, type(e).__name__))
+
+
+async def returns_hook(side, action):
+    got = await (side.prim.acquire() if side.kind in LOCKS else side.prim.wait())
+    side.acquired += side.kind in LOCKS
+    return DelHook(side, action)
 
 
 def describe_exc(e):
-    # messages by identity: a Hostile must not be compared, and the same object went to both
-    args = tuple(a if isinstance(a, (str, int, type(None))) else ("obj", id(a)) for a in e.args)
+    # messages by identity: a Hostile must not be compared, and the same object went to both;
+    # a DelHook (one per side) by its repr
+    args = tuple(a if isinstance(a, (str, int, type(None)))
+                 else repr(a) if isinstance(a, DelHook) else ("obj", id(a)) for a in e.args)
     return type(e).__name__, args
 
 
@@ -114,7 +171,8 @@ def outcome(task):
             return ("cancelled",) + describe_exc(e)[1:]
     e = task.exception()
     if e is None:
-        return ("result", task.result())
+        r = task.result()
+        return ("result", repr(r) if isinstance(r, DelHook) else r)  # no reference kept
     return ("error",) + describe_exc(e)
 
 
@@ -124,9 +182,52 @@ class Side:
         cls = getattr(mod, kind)
         if variant == "subclass":
             cls = subclass_of(cls, kind)
+        self.kind = kind
         self.prim = cls() if value is None else cls(value)
+        self.initial = value
         self.tasks = []
+        self.raw = []        # tasks whose coroutine is the bare acquire() itself
+        self.forgotten = []  # outcomes of dropped tasks, by index
         self.log = []
+        self.acquired = self.released = 0
+
+    def release(self):
+        """prim.release(), counted in the ledger when it succeeds."""
+        r = self.prim.release()
+        self.released += 1
+        return r
+
+    def act(self, action):
+        """What a re-entrant callback or __del__ does; returns what it saw."""
+        p = self.prim
+        if action == "release" and self.kind in LOCKS:
+            return self.call(self.release)
+        if action == "set" and self.kind == "Event":
+            return self.call(p.set)
+        if action == "clear" and self.kind == "Event":
+            return self.call(p.clear)
+        if action == "cancel_next":
+            later = [x for x in self.tasks if x is not None and not x.done()]
+            return later[0].cancel() if later else None
+        if action == "spawn" and len(self.tasks) < MAX_TASKS:
+            coro = p.acquire() if self.kind in LOCKS else p.wait()
+            self.spawn(coro, raw=True)
+            return len(self.tasks)
+        return self.call(p.locked) if self.kind in LOCKS else p.is_set()
+
+    def spawn(self, coro, raw=False):
+        t = self.loop.create_task(coro)
+        self.tasks.append(t)
+        self.forgotten.append(None)
+        if raw and self.kind in LOCKS:
+            self.raw.append(t)
+        return t
+
+    def outcomes(self):
+        return [outcome(t) if t is not None else f for t, f in zip(self.tasks, self.forgotten)]
+
+    def live_tasks(self):
+        return [t for t in self.tasks if t is not None]
 
     def call(self, fn, *args):
         """Call fn and describe what happened: ('ok', result) or the exception."""
@@ -145,7 +246,7 @@ class Side:
         waiters = p._waiters
         s = {
             "waiters": None if waiters is None else [(f.done(), f.cancelled()) for f in waiters],
-            "tasks": [outcome(t) for t in self.tasks],
+            "tasks": self.outcomes(),
             "log": list(self.log),
             "repr": re.search(r"\[([^\]]*)\]>$", repr(p)).group(1),
             "time": self.loop.time(),
@@ -161,10 +262,41 @@ class Side:
                 s["_value"] = p._value
         return s
 
+    # ------------------------------------------------------------------ the ledger
+    def settle(self):
+        """Run until nothing is ready (timers may be pending)."""
+        for _ in range(200):
+            self.steps(1)
+            if not self.loop._ready:
+                return
+        raise AssertionError("the loop never settles")
+
+    def check_ledger(self):
+        """Permits conserved and no waiter stranded; call when the loop has settled."""
+        p = self.prim
+        raw_acquired = sum(1 for t in self.raw if t.done() and not t.cancelled()
+                           and t.exception() is None)
+        held = self.acquired + raw_acquired - self.released
+        waiters = list(p._waiters or ())
+        pending = [f for f in waiters if not f.done()]
+        # a waiter woken but not yet run (the permit is on its way to it): not stranded
+        woken = [f for f in waiters if f.done() and not f.cancelled()]
+        if self.kind == "Lock":
+            assert held in (0, 1), f"{held} holders of a Lock"
+            assert p.locked() == (held == 1), (p.locked(), held)
+            free = not p.locked()
+        elif self.kind == "Event":
+            free = p.is_set()
+        else:
+            assert p._value == self.initial - held, (p._value, self.initial, held)
+            free = p._value > 0
+        assert not (free and pending and not woken), \
+            f"{len(pending)} waiters stranded beside a free permit"
+
     def close(self):
         # cancel until everything is done (callbacks may start new tasks meanwhile)
         for _ in range(100):
-            pending = [t for t in self.tasks if not t.done()]
+            pending = [t for t in self.live_tasks() if not t.done()]
             if not pending:
                 break
             for t in pending:
@@ -194,10 +326,18 @@ class LockFamilyMachine(RuleBasedStateMachine):
         self.sides = (self.a, self.b)
 
     def teardown(self):
-        for side in self.sides:
-            side.close()
+        try:
+            for side in self.sides:
+                side.settle()
+            for side in self.sides:
+                side.check_ledger()  # before observing: outcome() may drop a DelHook message
+            if len(self.sides) == 2:
+                self.same_observable_state()
+        finally:
+            for side in self.sides:
+                side.close()
         if len(self.sides) == 2:
-            assert [outcome(t) for t in self.a.tasks] == [outcome(t) for t in self.b.tasks]
+            assert self.a.outcomes() == self.b.outcomes()
 
     def same(self, fn):
         """Run fn(side) on both sides; the outcomes must be equal."""
@@ -221,14 +361,15 @@ class LockFamilyMachine(RuleBasedStateMachine):
         def start(side):
             p = side.prim
             if how == "bare":
-                coro = getattr(p, wait_name)()
-            elif how == "with":
-                coro = with_block(p, hold)
+                side.spawn(getattr(p, wait_name)(), raw=True)
+                return
+            if how == "with":
+                coro = with_block(side, hold)
             elif how == "acquire_release":
-                coro = acquire_release(p, hold)
+                coro = acquire_release(side, hold)
             else:
-                coro = timed(p, timeout, hold, wait_name)
-            side.tasks.append(side.loop.create_task(coro))
+                coro = timed(side, timeout, hold, wait_name)
+            side.spawn(coro)
 
         for side in self.sides:
             start(side)
@@ -236,7 +377,7 @@ class LockFamilyMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.sides and self.kind in LOCKS)
     @rule()
     def release(self):
-        self.same(lambda side: side.call(side.prim.release))
+        self.same(lambda side: side.call(side.release))
 
     @precondition(lambda self: self.sides and self.kind == "Event")
     @rule()
@@ -248,10 +389,55 @@ class LockFamilyMachine(RuleBasedStateMachine):
     def clear(self):
         self.same(lambda side: side.call(side.prim.clear))
 
-    @precondition(lambda self: self.sides and self.a.tasks)
+    @precondition(lambda self: self.sides and self.a.live_tasks())
     @rule(i=st.integers(0, 10**6), msg=MESSAGES)
     def cancel(self, i, msg):
-        self.same(lambda side: side.tasks[i % len(side.tasks)].cancel(msg))
+        self.same(lambda side: side.live_tasks()[i % len(side.live_tasks())].cancel(msg))
+
+    @precondition(lambda self: self.sides and self.a.live_tasks())
+    @rule(i=st.integers(0, 10**6), action=st.sampled_from(["release", "cancel_next", "set",
+                                                           "clear", "state"]))
+    def cancel_with_del_message(self, i, action):
+        """Cancel with a message (one per side) whose __del__ re-enters the primitive."""
+        def go(side):
+            tasks = side.live_tasks()
+            return tasks[i % len(tasks)].cancel(DelHook(side, action))
+        self.same(go)
+
+    @precondition(lambda self: self.sides and len(self.a.tasks) < MAX_TASKS)
+    @rule(action=st.sampled_from(["release", "cancel_next", "set", "clear", "state"]))
+    def spawn_returning_del_hook(self, action):
+        """A task whose result's __del__ re-enters the primitive (when the task is forgotten)."""
+        for side in self.sides:
+            side.spawn(returns_hook(side, action))
+
+    @precondition(lambda self: self.sides and any(t is not None and t.done()
+                                                  for t in self.a.tasks))
+    @rule(i=st.integers(0, 10**6))
+    def forget(self, i):
+        """Drop a finished task: its result and cancel message die with it (__del__ runs)."""
+        def go(side):
+            done = [k for k, t in enumerate(side.tasks) if t is not None and t.done()]
+            k = done[i % len(done)]
+            side.forgotten[k] = outcome(side.tasks[k])
+            t = side.tasks[k]
+            side.tasks[k] = None
+            if t in side.raw:
+                # the ledger keeps what it needs: whether the bare acquire() succeeded
+                side.acquired += not t.cancelled() and t.exception() is None
+                side.raw.remove(t)
+            del t
+        for side in self.sides:
+            go(side)
+
+    @precondition(lambda self: self.sides)
+    @rule()
+    def settle(self):
+        for side in self.sides:
+            side.settle()
+        for side in self.sides:
+            side.check_ledger()
+        self.same_observable_state()
 
     @precondition(lambda self: self.sides)
     @rule(k=st.integers(1, 4))
@@ -266,37 +452,40 @@ class LockFamilyMachine(RuleBasedStateMachine):
             side.loop.advance(dt)
             side.steps(1)
 
-    @precondition(lambda self: self.sides and self.a.tasks)
+    @precondition(lambda self: self.sides and self.a.live_tasks())
     @rule(i=st.integers(0, 10**6),
           action=st.sampled_from(["release", "cancel_next", "state", "spawn", "set", "clear"]))
     def reentrant_callback(self, i, action):
         """A done-callback on a task that re-enters the primitive when the task finishes."""
-        kind = self.kind
-
         def install(side):
-            task = side.tasks[i % len(side.tasks)]
+            tasks = side.live_tasks()
+            task = tasks[i % len(tasks)]
             n = len(side.log)
 
             def cb(t):
-                p = side.prim
-                if action == "release" and kind in LOCKS:
-                    r = side.call(p.release)
-                elif action == "set" and kind == "Event":
-                    r = side.call(p.set)
-                elif action == "clear" and kind == "Event":
-                    r = side.call(p.clear)
-                elif action == "cancel_next":
-                    later = [x for x in side.tasks if not x.done()]
-                    r = later[0].cancel() if later else None
-                elif action == "spawn" and len(side.tasks) < MAX_TASKS:
-                    coro = p.acquire() if kind in LOCKS else p.wait()
-                    side.tasks.append(side.loop.create_task(coro))
-                    r = len(side.tasks)
-                else:
-                    r = side.call(p.locked) if kind in LOCKS else p.is_set()
+                r = side.act(action)
                 side.log.append((n, action, r, outcome(t)))
 
             task.add_done_callback(cb)
+
+        for side in self.sides:
+            install(side)
+
+    @precondition(lambda self: self.sides and self.a.prim._waiters)
+    @rule(i=st.integers(0, 10**6),
+          action=st.sampled_from(["release", "cancel_next", "state", "spawn", "set", "clear"]))
+    def waiter_future_callback(self, i, action):
+        """A done-callback on a waiter's own future (it runs before the woken task resumes)."""
+        def install(side):
+            futs = list(side.prim._waiters)
+            fut = futs[i % len(futs)]
+            n = len(side.log)
+
+            def cb(f):
+                r = side.act(action)
+                side.log.append((n, "future", action, r, f.cancelled()))
+
+            fut.add_done_callback(cb)
 
         for side in self.sides:
             install(side)
@@ -315,6 +504,9 @@ class LockFamilyMachine(RuleBasedStateMachine):
 
 for _kind in LOCKS + ("Event",):
     _machine = type(f"{_kind}Machine", (LockFamilyMachine,), {"KIND": _kind})
+    # cheap steps: twice the profile's steps per example (tests/conftest.py)
+    _machine.TestCase.settings = settings(
+        settings.default, stateful_step_count=2 * settings.default.stateful_step_count)
     globals()[f"Test{_kind}AgainstAsyncio"] = _machine.TestCase
 del _kind, _machine
 

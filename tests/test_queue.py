@@ -1684,6 +1684,109 @@ def test_aiofast_comparison_with_hostile_eq_in_tuple_ties():
     assert q.qsize() == 3
 
 
+class Once(Fragile):
+    """Compares by value; once armed, the next comparison raises (just that one)."""
+
+    armed = False
+
+    def __lt__(self, other):
+        if Once.armed:
+            Once.armed = False
+            raise Boom(f"{self.v} < {other.v}")
+        return self.v < other.v
+
+
+@pytest.mark.asyncio
+async def test_aiofast_woken_getter_whose_get_raises_passes_the_wakeup_on():
+    # found by QueueMachine: four getters wait, three items arrive (three wake-ups); the first
+    # woken getter's pop raises in a comparison (the heap stays as it was), so one item was
+    # left with the fourth getter never woken. asyncio strands it too (and its heapq loses an
+    # item); aiofast passes the wake-up on, as for a woken getter that is cancelled.
+    q = aiofast.PriorityQueue()
+    getters = [asyncio.ensure_future(q.get()) for _ in range(4)]
+    await spin(1)
+    for v in (1, 2, 3):
+        q.put_nowait(Once(v))
+    Once.armed = True  # the first pop's first comparison raises
+    await spin(5)
+    with pytest.raises(Boom):
+        getters[0].result()
+    assert [t.result().v for t in getters[1:]] == [1, 2, 3]
+    assert q.empty() and len(q._getters) == 0
+
+
+@pytest.mark.asyncio
+async def test_aiofast_woken_putter_whose_put_raises_passes_the_wakeup_on():
+    q = aiofast.PriorityQueue(2)
+    q.put_nowait(Once(1))
+    q.put_nowait(Once(2))
+    putters = [asyncio.ensure_future(q.put(Once(v))) for v in (5, 6)]
+    await spin(1)
+    assert q.get_nowait().v == 1  # room for one: the first putter is woken
+    Once.armed = True  # and its push raises
+    await spin(5)
+    with pytest.raises(Boom):
+        putters[0].result()
+    assert putters[1].done() and putters[1].result() is None
+    assert q.qsize() == 2 and len(q._putters) == 0
+    assert [q.get_nowait().v for _ in range(2)] == [2, 6]
+
+
+@pytest.mark.asyncio
+async def test_aiofast_shutdown_immediate_wakes_waiters_even_if_discarding_raises():
+    # found by QueueMachine: shutdown(immediate=True) discards the items through the heap; a
+    # comparison that raises there stopped it before it woke the waiters, so a putter (and,
+    # after a drain, getters) waited forever on a shut-down queue. asyncio does the same; aiofast
+    # wakes them all and then raises.
+    q = aiofast.PriorityQueue(3)
+    for v in (1, 2, 3):
+        q.put_nowait(Once(v))
+    putter = asyncio.ensure_future(q.put(Once(4)))
+    await spin(1)
+    Once.armed = True  # the first discard's pop raises
+    with pytest.raises(Boom):
+        q.shutdown(immediate=True)
+    await spin(3)
+    assert putter.done()
+    with pytest.raises(aiofast.QueueShutDown):
+        putter.result()
+    assert len(q._putters) == 0 and q._is_shutdown
+    assert q.qsize() == 3 and q._unfinished_tasks == 3  # nothing was discarded
+    q.shutdown(immediate=True)  # comparisons behave now
+    assert q.empty() and q._unfinished_tasks == 0 and q._finished.is_set()
+
+
+def test_item_del_reentering_after_the_count_reached_zero_during_shutdown():
+    # the count reaches 0 before the drain ends and _finished is set after it (asyncio's order);
+    # an item's __del__ in between sees that state (the debug checker allows it there)
+    results = {}
+    for name, ns in QIMPLS.items():
+        q = ns.Queue()
+        seen = []
+
+        class Reenter:
+            def __del__(self):
+                seen.append((q.qsize(), q._unfinished_tasks, q._finished.is_set()))
+                try:
+                    q.get_nowait()
+                except (asyncio.QueueEmpty, ns.QueueShutDown):
+                    pass
+
+        class Plain:
+            pass
+
+        q.put_nowait(Plain())
+        for _ in range(3):
+            q.put_nowait(Reenter())
+        for _ in range(3):
+            q.task_done()
+        q.shutdown(immediate=True)
+        gc.collect()
+        results[name] = (q.qsize(), q._unfinished_tasks, q._finished.is_set(), seen)
+    assert results["aiofast"] == results["asyncio"]
+    assert results["aiofast"][:3] == (0, 0, True)
+
+
 def test_item_del_reentering_during_shutdown():
     # the first discarded item's __del__ takes the next item, whose __del__ takes the next...:
     # asyncio ends with every item gone but only one marked done. Same here.
@@ -1749,3 +1852,466 @@ def test_aiofast_awaited_put_get_keep_no_allocation(kind):
         step(q.put(step(q.get())))
 
     assert abs(blocks_during(body)) <= 2
+
+
+# ---------------------------------------------------------------- state machine: hostile items
+#
+# QueueMachine drives a queue through random operations on a virtual-clock loop: put_nowait /
+# get_nowait bursts, waiting get()/put() tasks (some under wait_for with a timeout), join(),
+# task_done(), shutdown(), cancellation of any task at any point (so also woken-then-cancelled
+# waiters), loop steps and virtual-time steps. Two modes:
+#
+# - plain items: aiofast and asyncio (the oracle) run the same operations side by side and
+#   everything observable must be equal after every step (as the schedule fuzzer above);
+# - hostile items (aiofast alone: asyncio's heapq keeps or loses items by design, see above):
+#   items whose comparisons raise (__eq__/__lt__), return an object whose __bool__ raises,
+#   mutate the queue from inside a comparison (put_nowait/get_nowait), or whose __del__
+#   re-enters the queue (get_nowait/put_nowait) when dropped. A hostile comparison misbehaves
+#   once, at a drawn comparison, and otherwise answers truthfully.
+#
+# Both modes check conservation on every side after every step: every item put is got exactly
+# once, still in `_queue`, or was discarded by shutdown(immediate=True); an item whose put
+# raised (or was cancelled) is not in the queue; nothing is got twice; _unfinished_tasks is
+# exactly puts - task_done()s - immediate discards, and _finished follows it; a PriorityQueue's
+# list is in heap order by the items' true keys (no hostile comparison ever lies). After the
+# loop settles, no waiter is stranded: no pending getter while items are queued, no pending
+# putter while there is room, none at all after shutdown, no joiner with nothing unfinished.
+# At the end the queue is drained with every comparison behaving (in order, nothing lost) and
+# must still work.
+
+import re as _re  # noqa: E402
+
+from hypothesis.stateful import (  # noqa: E402
+    RuleBasedStateMachine, initialize, invariant, precondition, rule)
+
+# The machines are cheap per step: twice the profile's steps per example (tests/conftest.py)
+MACHINE_SETTINGS = settings(settings.default,
+                            stateful_step_count=2 * settings.default.stateful_step_count)
+
+from virtual_time import VirtualClockLoop, VirtualUVLoop  # noqa: E402
+
+_SIDES = {}          # side id -> MSide; items name their side by number (no reference cycle)
+_CALM = [False]      # True: every hostile item behaves (set for the final drain)
+HOSTILE_MODES = ("plain", "raise", "badbool", "mutate_put", "mutate_get", "del_get", "del_put")
+MAX_MTASKS = 24
+
+
+class BadBool:
+    __slots__ = ("truth", "boom")
+
+    def __init__(self, truth, boom):
+        self.truth, self.boom = truth, boom
+
+    def __bool__(self):
+        if self.boom:
+            raise Boom("__bool__")
+        return self.truth
+
+
+class MItem:
+    """An item known by its serial; `mode` says how it misbehaves (once, at comparison `fuse`)."""
+
+    __slots__ = ("serial", "side", "mode", "fuse")
+
+    def __init__(self, side, serial, mode, fuse):
+        self.serial, self.side, self.mode, self.fuse = serial, side, mode, fuse
+
+    def __repr__(self):
+        return f"<{self.serial}>"
+
+    def _now(self):
+        if _CALM[0] or self.fuse is None:
+            return False
+        if self.fuse > 0:
+            self.fuse -= 1
+            return False
+        self.fuse = None
+        return True
+
+    def __eq__(self, other):
+        if self.mode == "raise" and self._now():
+            raise Boom("__eq__")
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __lt__(self, other):
+        if not isinstance(other, MItem):
+            return NotImplemented
+        truth = self.serial < other.serial
+        mode = self.mode
+        if mode == "raise" and self._now():
+            raise Boom("__lt__")
+        if mode == "badbool":
+            return BadBool(truth, self._now())
+        if mode.startswith("mutate_") and self._now():
+            _SIDES[self.side].reenter(mode[7:])
+        return truth
+
+    def __del__(self):
+        side = _SIDES.get(self.side)
+        if side is None:
+            return
+        side.freed.add(self.serial)
+        if self.mode.startswith("del_") and not _CALM[0]:
+            side.reenter(self.mode[4:])
+
+
+def serial_of(item):
+    return (item[1] if type(item) is tuple else item).serial
+
+
+async def _m_get(side):
+    item = await side.q.get()
+    s = serial_of(item)
+    side.got.append(s)
+    return s  # the item is dropped here: its __del__ may re-enter
+
+
+async def _m_timed_get(side, timeout):
+    return await asyncio.wait_for(_m_get(side), timeout)
+
+
+async def _m_put(side, item):
+    s = serial_of(item)
+    try:
+        await side.q.put(item)
+    except BaseException:
+        side.failed.add(s)
+        raise
+    side.put_done(s)
+    return s
+
+
+class MSide:
+    """One queue on its own loop, with the ledger conservation is checked against."""
+
+    def __init__(self, sid, ns, kind, maxsize, loop_name):
+        self.sid = sid
+        _SIDES[sid] = self
+        self.loop = (VirtualUVLoop if loop_name == "uvloop" else VirtualClockLoop)()
+        self.ns = ns
+        self.q = getattr(ns, kind)(maxsize)
+        self.prio = kind == "PriorityQueue"
+        self.n = 0
+        self.put_ok, self.failed, self.freed, self.discardable = set(), set(), set(), set()
+        self.got, self.trace, self.tasks, self.joins = [], [], [], []
+        self.unfinished = 0
+
+    # ------------------------------------------------------------ items and the ledger
+    def make(self, mode="plain", fuse=0, prio=None):
+        s = self.n
+        self.n += 1
+        it = MItem(self.sid, s, mode, fuse)
+        return ((s % 3 if prio is None else prio), it) if self.prio else it
+
+    def put_done(self, s):
+        self.put_ok.add(s)
+        self.unfinished += 1
+
+    def reenter(self, action):
+        """What a hostile comparison or __del__ does to the queue."""
+        try:
+            if action == "get":
+                self.got.append(serial_of(self.q.get_nowait()))
+            else:
+                item = self.make()
+                s = serial_of(item)
+                try:
+                    self.q.put_nowait(item)
+                except BaseException:
+                    self.failed.add(s)
+                    raise
+                self.put_done(s)
+            self.trace.append(("reenter", action, "ok"))
+        except Exception as e:  # noqa: BLE001  (from a __del__: must not escape)
+            self.trace.append(("reenter", action, type(e).__name__))
+
+    # ------------------------------------------------------------ the loop
+    def step(self, k=1):
+        for _ in range(k):
+            self.loop.call_soon(self.loop.stop)
+            self.loop.run_forever()
+
+    def idle(self):
+        ready = getattr(self.loop, "_vready", None)
+        if ready is None:
+            return not self.loop._ready
+        # VirtualUVLoop keeps its timer tick in the ready queue while timers are pending
+        return len(ready) <= (self.loop._vtick is not None)
+
+    def settle(self):
+        for _ in range(200):
+            self.step()
+            if self.idle():
+                return
+        raise AssertionError("the loop never settles")
+
+    # ------------------------------------------------------------ observations
+    def queued(self):
+        """(prio, serial) or serial of every queued item, in list order, read through _format()
+        (the C checker's heap check stays on while no Python code holds the list)."""
+        text = self.q._format()
+        if self.prio:
+            return [(int(p), int(s)) for p, s in _re.findall(r"\((\d+), <(\d+)>\)", text)]
+        return [int(s) for s in _re.findall(r"<(\d+)>", text)]
+
+    def observable(self):
+        q = self.q
+        return (q._format(), q.qsize(), q.empty(), q.full(), len(q._getters), len(q._putters),
+                q._unfinished_tasks, q._finished.is_set(), [outcome(t) for t in self.tasks],
+                list(self.trace), list(self.got), sorted(self.put_ok), sorted(self.failed))
+
+    def check_conservation(self):
+        q = self.q
+        keys = self.queued()
+        queued = [k[1] for k in keys] if self.prio else keys
+        qs = set(queued)
+        got = set(self.got)
+        assert len(queued) == len(qs) == q.qsize(), ("duplicated", keys)
+        assert len(self.got) == len(got), ("got twice", self.got)
+        assert not qs & got, ("got but still queued", qs & got)
+        assert not qs & self.failed, ("a failed put left its item", qs & self.failed)
+        assert not self.put_ok & self.failed, self.put_ok & self.failed
+        assert got <= self.put_ok and qs <= self.put_ok, ("never put", (got | qs) - self.put_ok)
+        assert not qs & self.freed, ("queued yet freed", qs & self.freed)
+        lost = self.put_ok - got - qs - self.discardable
+        assert not lost, ("lost", lost)
+        assert q._unfinished_tasks == self.unfinished, (q._unfinished_tasks, self.unfinished)
+        assert q._finished.is_set() == (self.unfinished == 0)
+        if self.prio:
+            for i in range(1, len(keys)):
+                assert keys[(i - 1) // 2] <= keys[i], ("heap order", keys)
+
+    def check_not_stranded(self):
+        q = self.q
+        getters = [f for f in q._getters if not f.done()]
+        putters = [f for f in q._putters if not f.done()]
+        if q.qsize() > 0:
+            assert not getters, f"{len(getters)} getters wait while {q.qsize()} items are queued"
+        if not q.full():
+            assert not putters, f"{len(putters)} putters wait while there is room"
+        if q._is_shutdown:
+            assert not getters and not putters, "waiters left after shutdown"
+        if q._unfinished_tasks == 0:
+            assert all(t.done() for t in self.joins), "join() waits with nothing unfinished"
+
+    def close(self):
+        for _ in range(50):
+            pending = [t for t in self.tasks if not t.done()]
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            self.step()
+        for t in self.tasks:
+            if t.done() and not t.cancelled():
+                t.exception()  # retrieved: asyncio would log it otherwise
+        self.loop.close()
+        _SIDES.pop(self.sid, None)
+
+
+_MSIDE_IDS = iter(range(1 << 62))
+# (mode, fuse, priority): few priorities, so that ties reach the items' own comparisons
+ITEM_SPECS = st.lists(st.tuples(st.sampled_from(HOSTILE_MODES), st.integers(0, 3),
+                                st.integers(0, 1)), min_size=1, max_size=3)
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """One class, plain or hostile items (KIND, HOSTILE: one subclass each below, so each gets
+    the whole example budget)."""
+
+    KIND = HOSTILE = None
+    sides = ()
+
+    @initialize(maxsize=st.sampled_from([0, 0, 1, 2, 3, 5]),
+                loop_name=st.sampled_from(["asyncio", "uvloop"]))
+    def setup(self, maxsize, loop_name, kind=None, hostile=None):
+        kind = kind or self.KIND
+        hostile = self.HOSTILE if hostile is None else hostile
+        _CALM[0] = False
+        self.hostile = hostile
+        names = ("aiofast",) if hostile else ("aiofast", "asyncio")
+        self.sides = tuple(MSide(next(_MSIDE_IDS), QIMPLS[n], kind, maxsize, loop_name)
+                           for n in names)
+
+    def each(self, fn):
+        for side in self.sides:
+            fn(side)
+
+    def modes(self, specs):
+        return specs if self.hostile else [("plain", 0, p) for _, _, p in specs]
+
+    # ------------------------------------------------------------ operations
+    @precondition(lambda self: self.sides)
+    @rule(specs=ITEM_SPECS)
+    def put_nowait(self, specs):
+        specs = self.modes(specs)
+
+        def go(side):
+            for mode, fuse, prio in specs:
+                item = side.make(mode, fuse, prio)
+                s = serial_of(item)
+                try:
+                    side.q.put_nowait(item)
+                except Exception as e:  # noqa: BLE001
+                    side.failed.add(s)
+                    side.trace.append(("put_nowait", type(e).__name__))
+                else:
+                    side.put_done(s)
+                del item  # a del_* item that was not queued re-enters now
+        self.each(go)
+
+    @precondition(lambda self: self.sides)
+    @rule(n=st.integers(1, 3))
+    def get_nowait(self, n):
+        def go(side):
+            for _ in range(n):
+                try:
+                    s = serial_of(side.q.get_nowait())  # the item is dropped at once
+                except Exception as e:  # noqa: BLE001
+                    side.trace.append(("get_nowait", type(e).__name__))
+                else:
+                    side.got.append(s)
+        self.each(go)
+
+    @precondition(lambda self: self.sides and len(self.sides[0].tasks) < MAX_MTASKS)
+    @rule(n=st.integers(1, 3), timeout=st.sampled_from([None, None, 0, 0.5, 2.0]))
+    def spawn_getters(self, n, timeout):
+        def go(side):
+            for _ in range(n):
+                coro = _m_get(side) if timeout is None else _m_timed_get(side, timeout)
+                side.tasks.append(side.loop.create_task(coro))
+        self.each(go)
+
+    @precondition(lambda self: self.sides and len(self.sides[0].tasks) < MAX_MTASKS)
+    @rule(specs=ITEM_SPECS)
+    def spawn_putters(self, specs):
+        specs = self.modes(specs)
+
+        def go(side):
+            for mode, fuse, prio in specs:
+                side.tasks.append(side.loop.create_task(_m_put(side, side.make(mode, fuse, prio))))
+        self.each(go)
+
+    @precondition(lambda self: self.sides and len(self.sides[0].tasks) < MAX_MTASKS)
+    @rule()
+    def spawn_joiner(self):
+        def go(side):
+            t = side.loop.create_task(side.q.join())
+            side.tasks.append(t)
+            side.joins.append(t)
+        self.each(go)
+
+    @precondition(lambda self: self.sides)
+    @rule(n=st.integers(1, 2))
+    def task_done(self, n):
+        def go(side):
+            for _ in range(n):
+                try:
+                    side.q.task_done()
+                except ValueError:
+                    side.trace.append(("task_done", "ValueError"))
+                else:
+                    side.unfinished -= 1
+        self.each(go)
+
+    @precondition(lambda self: self.sides)
+    @rule(immediate=st.booleans(), now=st.integers(0, 5))
+    def shutdown(self, immediate, now):
+        if now:
+            return  # rarely: a shut-down queue has little left to explore
+
+        def go(side):
+            def serials():
+                keys = side.queued()
+                return {k[1] for k in keys} if side.prio else set(keys)
+
+            before = serials()
+            got = len(side.got)
+            try:
+                side.q.shutdown(immediate)
+            except Exception as e:  # noqa: BLE001  (an item's comparison while discarding)
+                side.trace.append(("shutdown", type(e).__name__))
+            if immediate:
+                discarded = before - set(side.got[got:]) - serials()
+                side.discardable |= discarded
+                side.unfinished = max(0, side.unfinished - len(discarded))
+        self.each(go)
+
+    @precondition(lambda self: self.sides and self.sides[0].tasks)
+    @rule(i=st.integers(0, 10**6))
+    def cancel(self, i):
+        self.each(lambda side: side.tasks[i % len(side.tasks)].cancel())
+
+    @precondition(lambda self: self.sides)
+    @rule(k=st.integers(1, 3))
+    def run(self, k):
+        self.each(lambda side: side.step(k))
+
+    @precondition(lambda self: self.sides)
+    @rule(dt=st.sampled_from([0.25, 1.0, 3.0]))
+    def advance(self, dt):
+        def go(side):
+            side.loop.advance(dt)
+            side.step()
+        self.each(go)
+
+    @precondition(lambda self: self.sides)
+    @rule()
+    def settle(self):
+        for side in self.sides:
+            side.settle()
+            side.check_not_stranded()
+
+    # ------------------------------------------------------------ the checks
+    @invariant()
+    def conserved_and_like_asyncio(self):
+        for side in self.sides:
+            side.check_conservation()
+        if len(self.sides) == 2:
+            a, b = (side.observable() for side in self.sides)
+            assert a == b, "\n".join(f"aiofast={x!r}\nasyncio={y!r}"
+                                     for x, y in zip(a, b) if x != y)
+
+    def teardown(self):
+        try:
+            _CALM[0] = True
+            for side in self.sides:
+                side.settle()
+                side.check_not_stranded()
+                side.check_conservation()
+                q = side.q
+                drained = []
+                while not q.empty():
+                    item = q.get_nowait()
+                    drained.append((item[0], item[1].serial) if side.prio else item.serial)
+                    del item
+                if side.prio:
+                    assert drained == sorted(drained), drained
+                side.got.extend(k[1] if side.prio else k for k in drained)
+                side.check_conservation()
+                # still usable
+                if q._is_shutdown:
+                    with pytest.raises(side.ns.QueueShutDown):
+                        q.put_nowait(side.make())
+                    with pytest.raises(side.ns.QueueShutDown):
+                        q.get_nowait()
+                else:
+                    x = side.make()
+                    q.put_nowait(x)
+                    assert q.get_nowait() is x
+        finally:
+            for side in self.sides:
+                side.close()
+            _CALM[0] = False
+
+
+for _kind in KINDS:
+    for _hostile in (False, True):
+        _machine = type(f"{_kind}{'Hostile' if _hostile else 'Plain'}Machine", (QueueMachine,),
+                        {"KIND": _kind, "HOSTILE": _hostile})
+        globals()[_machine.__name__] = _machine
+        _machine.TestCase.settings = MACHINE_SETTINGS
+        globals()[f"Test{_machine.__name__}"] = _machine.TestCase
+del _kind, _hostile, _machine
