@@ -8,12 +8,9 @@ import copy
 import functools
 import gc
 import math
-import os
 import pickle
 import random
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 import types
@@ -1551,52 +1548,4 @@ def test_threads_hammering_one_cache(kind):
 
 
 # ------------------------------------------------------------------ leaks
-
-
-LEAK_SCRIPT = textwrap.dedent("""
-    import gc, sys, tracemalloc
-    import aiofast
-
-    class V:
-        pass
-
-    def cycle(n):
-        for i in range(n):
-            c = aiofast.LRUCache(50)
-            t = aiofast.TTLCache(50, 0.0001)
-            s = aiofast.TTLCache(100, 5, getsizeof=lambda v: 1)
-            for j in range(200):
-                c[j] = V()
-                t[j] = V()
-                t.set(-j, V(), ttl=1000)
-                s[(j, "k")] = [j]
-                c.get(j - 3)
-                t.get(j - 1)
-            c.update({1: V()})
-            list(c.items()); list(t.values()); t.expire(); c.popitem(); s.pop((199, "k"))
-            c["self"] = c
-            c.clear()
-            del c, t, s
-
-    cycle(20)
-    gc.collect()
-    tracemalloc.start()
-    n0 = len(gc.get_objects())
-    r0 = [sys.getrefcount(aiofast.LRUCache), sys.getrefcount(aiofast.TTLCache)]
-    m0 = tracemalloc.get_traced_memory()[0]
-    cycle(200)
-    gc.collect()
-    n1 = len(gc.get_objects())
-    r1 = [sys.getrefcount(aiofast.LRUCache), sys.getrefcount(aiofast.TTLCache)]
-    m1 = tracemalloc.get_traced_memory()[0]
-    print(n1 - n0, r1[0] - r0[0], r1[1] - r0[1], m1 - m0)
-""")
-
-
-def test_no_leaks():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", LEAK_SCRIPT], capture_output=True, text=True,
-                         env=env, check=True).stdout.split()
-    dobj, dlru, dttl, dmem = map(int, out)
-    assert dobj <= 5 and dlru == 0 and dttl == 0
-    assert dmem < 50_000
+# (tests/test_leaks.py: cache_family / memo_family in tests/leakcheck.py, on both loops)

@@ -8,11 +8,8 @@ import functools
 import gc
 import inspect
 import math
-import os
 import random
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 import types
@@ -1041,68 +1038,7 @@ def test_alru_validation(alru):
 
 
 # ------------------------------------------------------------------ leaks
-
-
-LEAK_SCRIPT = textwrap.dedent("""
-    import asyncio, gc, sys, tracemalloc
-    import aiofast
-
-    class V:
-        pass
-
-    async def one_round():
-        gate = asyncio.Event()
-
-        @aiofast.cached(maxsize=8, ttl=0.5)
-        async def f(x):
-            await gate.wait()
-            if x % 5 == 0:
-                raise ValueError(x)
-            return V()
-
-        @aiofast.alru_cache
-        async def g(x):
-            return [x]
-
-        tasks = [asyncio.create_task(f(i % 12)) for i in range(40)]
-        await asyncio.sleep(0)
-        for t in tasks[::3]:
-            t.cancel()
-        gate.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for i in range(30):
-            await g(i % 7)
-            await f(i % 3) if i % 3 else None
-        f.cache_invalidate(1)
-        f.cache_clear()
-        await g.cache_close()
-
-    def cycle(n):
-        for _ in range(n):
-            asyncio.run(one_round())
-
-    cycle(10)
-    gc.collect()
-    tracemalloc.start()
-    n0 = len(gc.get_objects())
-    r0 = sys.getrefcount(aiofast._core.Memo)
-    m0 = tracemalloc.get_traced_memory()[0]
-    cycle(100)
-    gc.collect()
-    n1 = len(gc.get_objects())
-    r1 = sys.getrefcount(aiofast._core.Memo)
-    m1 = tracemalloc.get_traced_memory()[0]
-    print(n1 - n0, r1 - r0, m1 - m0)
-""")
-
-
-def test_no_leaks():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-W", "error", "-c", LEAK_SCRIPT], capture_output=True,
-                         text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    dobj, dref, dmem = map(int, out.stdout.split())
-    assert dobj <= 10 and dref == 0 and dmem < 100_000
+# (tests/test_leaks.py: cache_family / memo_family in tests/leakcheck.py, on both loops)
 
 
 # ------------------------------------------------------------------ hypothesis: single flight

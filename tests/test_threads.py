@@ -36,6 +36,22 @@ def in_thread(fn):
     return out
 
 
+async def ticking(coro):
+    """Await coro while a ticker keeps the loop from blocking for long. A wake-up made from
+    another thread is a plain call_soon (asyncio has no thread-safe path for it), which does not
+    interrupt a loop blocked in select() with no timer due: with the tick, such a wake-up is late
+    instead of lost (asyncio's own classes behave the same)."""
+    async def tick():
+        while True:
+            await asyncio.sleep(0.001)
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        return await coro
+    finally:
+        ticker.cancel()
+
+
 async def spin_until(pred, n=200):
     for _ in range(n):
         if pred():
@@ -173,20 +189,6 @@ def test_free_running_threads_hammering_shared_primitives():
                     met.set()
                 await asyncio.sleep(0)
 
-    async def ticking(coro):
-        # a wake-up made from another thread is a plain call_soon (asyncio has no thread-safe
-        # path for it), which does not interrupt a loop blocked in select(): tick, so such a
-        # wake-up is late instead of lost (asyncio's own classes behave the same)
-        async def tick():
-            while True:
-                await asyncio.sleep(0.001)
-
-        ticker = asyncio.ensure_future(tick())
-        try:
-            return await coro
-        finally:
-            ticker.cancel()
-
     def thread_main(k):
         asyncio.run(ticking(worker(300, met_the_lock[k])))
 
@@ -239,21 +241,8 @@ def _hammer(worker, nthreads=3, rounds=300):
     """Run asyncio.run(worker(k, rounds)) in nthreads threads at once, with a tiny GIL switch
     interval, and in the main thread too, all on the same objects; the exceptions that escaped.
 
-    A wake-up made from another thread is a plain call_soon (asyncio has no thread-safe path for
-    it), which does not interrupt a loop blocked in select() with no timer to wait for: each loop
-    ticks, so such a wake-up is late instead of lost (asyncio's own classes behave the same)."""
+    Each loop ticks (see `ticking`)."""
     escaped = []
-
-    async def ticking(coro):
-        async def tick():
-            while True:
-                await asyncio.sleep(0.001)
-
-        ticker = asyncio.ensure_future(tick())
-        try:
-            return await coro
-        finally:
-            ticker.cancel()
 
     def guarded(k):
         try:
