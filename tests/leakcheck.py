@@ -363,7 +363,7 @@ def measure():
             tracemalloc.get_traced_memory()[0])
 
 
-def main(name, loop_name="asyncio", warmup=150, cycles=400):
+def main(name, loop_name="asyncio", warmup=400, cycles=400):
     """Warm up, then run `cycles` cycles three times, measuring after each segment. Allocator and
     cache effects are steps (a dict or freelist growing once; under ASan with
     PYTHONMALLOC=malloc a constant offset); a leak is a slope: it shows in every segment. So the
