@@ -363,11 +363,12 @@ def measure():
             tracemalloc.get_traced_memory()[0])
 
 
-def main(name, loop_name="asyncio", warmup=400, cycles=400):
-    """Warm up, then run `cycles` cycles three times, measuring after each segment. Allocator and
-    cache effects are steps (a dict or freelist growing once; under ASan with
-    PYTHONMALLOC=malloc a constant offset); a leak is a slope: it shows in every segment. So the
-    smaller growth of the last two segments is what must be flat."""
+def main(name, loop_name="asyncio", warmup=400, cycles=400, segments=4):
+    """Warm up, then run `segments` segments of `cycles` cycles, measuring after each. The
+    interpreter's own caches settle slowly (seen: 11 KB, 2.4 KB, 1.2 KB, 1.1 KB over successive
+    segments under ASan) and allocator effects are steps (a dict growing once); a leak is a
+    slope: it shows in every segment. So the smallest growth of the segments after the first is
+    what must be flat."""
     fn = SCENARIOS[name]
 
     async def many(k):
@@ -378,21 +379,21 @@ def main(name, loop_name="asyncio", warmup=400, cycles=400):
     loop = LOOPS[loop_name]()
     try:
         loop.run_until_complete(many(warmup))
-        objs0, refs0, mem0 = measure()
-        loop.run_until_complete(many(cycles))
-        objs1, refs1, mem1 = measure()
-        loop.run_until_complete(many(cycles))
-        objs2, refs2, mem2 = measure()
-        loop.run_until_complete(many(cycles))
-        objs3, refs3, mem3 = measure()
+        points = [measure()]
+        for _ in range(segments):
+            loop.run_until_complete(many(cycles))
+            points.append(measure())
     finally:
         loop.close()
+    objs = [b[0] - a[0] for a, b in zip(points, points[1:])]
+    mem = [b[2] - a[2] for a, b in zip(points, points[1:])]
+    refs0, refs_end = points[0][1], points[-1][1]
     print(json.dumps({
-        "objects": min(objs2 - objs1, objs3 - objs2),
-        "objects_first_segment": objs1 - objs0,
-        "type_refs": {n: refs3[n] - refs0[n] for n in refs0 if refs3[n] != refs0[n]},
-        "traced_bytes": min(mem2 - mem1, mem3 - mem2),
-        "traced_bytes_segments": [mem1 - mem0, mem2 - mem1, mem3 - mem2],
+        "objects": min(objs[1:]),
+        "objects_first_segment": objs[0],
+        "type_refs": {n: refs_end[n] - refs0[n] for n in refs0 if refs_end[n] != refs0[n]},
+        "traced_bytes": min(mem[1:]),
+        "traced_bytes_segments": mem,
         "cycles": cycles,
     }))
 
