@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import types
+import weakref
 
 import circuitbreaker
 import pytest
@@ -1091,6 +1092,39 @@ def test_abandoned_calls_free_their_probe_slots(clock):
     with b:
         pass
     assert b.state is CircuitState.CLOSED
+
+
+@pytest.mark.asyncio
+async def test_dropped_pending_task_frees_its_call(clock):
+    """A task whose coroutine is a breaker call, dropped while it waits, is collected (the loop
+    reports it destroyed pending) and its call released: the breaker's cache of one call held
+    the call in use, so the task, its frames and its half-open probe slot lived as long as the
+    breaker (found by BreakerMachineOnLoop)."""
+    loop = asyncio.get_running_loop()
+    reports = []
+    loop.set_exception_handler(lambda loop, ctx: reports.append(ctx["message"]))
+    try:
+        b = CircuitBreaker(1, 1, clock=clock)
+        b.open()
+        clock.advance(1)
+
+        @b
+        async def probe(gate):
+            await gate
+
+        task = loop.create_task(probe(loop.create_future()))
+        await asyncio.sleep(0)
+        assert "probes:1/1" in repr(b)
+        dropped = weakref.ref(task)
+        del task
+        gc.collect()
+        assert dropped() is None
+        assert reports == ["Task was destroyed but it is pending!"]
+        assert "probes:0/1" in repr(b) and b.stats()["ignored"] == 1
+        assert await probe(asyncio.sleep(0)) is None  # the slot is free: a probe runs
+        assert b.state is CircuitState.CLOSED
+    finally:
+        loop.set_exception_handler(None)
 
 
 def test_unawaited_call_admits_nothing():
