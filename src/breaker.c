@@ -439,8 +439,10 @@ breaker_check(Breaker *b)
              "Breaker %p: slow_duration %g", (void *)b, b->slow_duration);
     FA_CHECK(b->listeners == NULL || PyList_CheckExact(b->listeners),
              "Breaker %p: listeners %p is not a list", (void *)b, (void *)b->listeners);
-    FA_CHECK(b->cache == NULL || Py_IS_TYPE(b->cache, b->st->BreakerCallType),
-             "Breaker %p: cache %p", (void *)b, (void *)b->cache);
+    FA_CHECK(b->cache == NULL
+                 || (Py_IS_TYPE(b->cache, b->st->BreakerCallType)
+                     && b->cache->state == CS_DONE && b->cache->mode != CM_TOKEN),
+             "Breaker %p: cache %p is not a finished call", (void *)b, (void *)b->cache);
     FA_CHECK(b->tcache == NULL
                  || (Py_IS_TYPE(b->tcache, b->st->BreakerCallType)
                      && b->tcache->state == CS_DONE && b->tcache->breaker == NULL),
@@ -720,8 +722,6 @@ bk_admit_step(Breaker *b, bk_ticket *t, double now, double *remaining)
     return 1;
 }
 
-static void bk_reap_cache(Breaker *b);
-static void bk_reap_one(BreakerCall *c);
 static void bc_finish(BreakerCall *c);
 
 /* Ask to run a call: 1 admitted (ticket filled), 0 rejected (*remaining set), -1 error. */
@@ -736,7 +736,6 @@ bk_admit(Breaker *b, bk_ticket *t, double *remaining)
         FA_ASSERT_CONSISTENT(b);
         return 1;
     }
-    bk_reap_cache(b);
     double now;
     if (bk_now(b, &now) < 0) {  // Beware: a clock= runs Python code; decide after it
         return -1;
@@ -825,7 +824,6 @@ bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
 static int
 bk_effective_state(Breaker *b, double *now)
 {
-    bk_reap_cache(b);
     if (bk_now(b, now) < 0) {
         return -1;
     }
@@ -1074,12 +1072,12 @@ bk_exit(Breaker *b, PyObject *exc)
 /* ------------------------------------------------------------------ BreakerCall */
 
 /* A new BreakerCall for b: the cached one when only the cache holds it (no allocation on the
- * sequential path), else a fresh one. A done call holds no references, so the cache never keeps
- * anything alive. One dropped unfinished (unawaited, or driven by hand and abandoned) is
- * finished when reused, and by bk_reap_cache before any non-closed admission or state read, so
- * a probe slot it holds is never seen busy. With-block tickets are taken out of their slot
- * while in use (bk_exit puts them back): a live ticket references its context, and an
- * abandoned context must stay collectable. */
+ * sequential path), else a fresh one. Calls, as with-block tickets, are taken out of their slot
+ * while in use (bc_finish puts them back; a done call holds no references, so the cache never
+ * keeps anything alive): a call in use may be a task's coroutine, and a task dropped pending
+ * must stay collectable -- a slot holding it kept the task, its frames and its probe slot
+ * alive as long as the breaker. One dropped unfinished (unawaited, or driven by hand and
+ * abandoned) is released when it dies (bc_clear). */
 static BreakerCall *
 bc_new(Breaker *b, int mode)
 {
@@ -1092,20 +1090,10 @@ bc_new(Breaker *b, int mode)
         t->flags = 0;
         return t;
     }
-    BreakerCall **slot = mode == CM_TOKEN ? NULL : &b->cache;
-    BreakerCall *c = slot ? *slot : NULL;
+    BreakerCall *c = mode == CM_TOKEN ? NULL : b->cache;
     if (FA_LIKELY(c != NULL && Py_REFCNT(c) == 1)) {
-        if (FA_UNLIKELY(c->state != CS_DONE)) {
-            /* dropped unfinished; an unawaited coroutine warns "never awaited", as Python's */
-            bk_reap_one(c);
-            c = *slot;  /* the reaping ran Python code */
-            if (c == NULL || Py_REFCNT(c) != 1 || c->state != CS_DONE) {
-                c = NULL;
-            }
-        }
-        if (c != NULL) {
-            Py_INCREF(c);
-        }
+        assert(c->state == CS_DONE);  /* only done calls go to the slot */
+        b->cache = NULL;  /* take the slot's reference */
     }
     else {
         c = NULL;
@@ -1119,9 +1107,6 @@ bc_new(Breaker *b, int mode)
         c->fn = c->args = c->kwargs = c->it = c->exc = NULL;
         c->breaker = NULL;
         PyObject_GC_Track(c);
-        if (slot != NULL && *slot == NULL) {
-            *slot = (BreakerCall *)Py_NewRef(c);
-        }
     }
     c->breaker = (Breaker *)Py_NewRef(b);
     c->state = CS_INIT;
@@ -1131,25 +1116,6 @@ bc_new(Breaker *b, int mode)
     c->t.t0 = 0.0;
     c->t.probe = 0;
     return c;
-}
-
-/* The cached call, if only the cache holds it and it was abandoned unfinished (driven by hand
- * and dropped): finish it now, so that a probe slot it holds is free before anyone looks. */
-static void
-bk_reap_one(BreakerCall *c)
-{
-    if (c != NULL && Py_REFCNT(c) == 1 && c->state != CS_DONE) {
-        Py_INCREF(c);
-        c->state = CS_RUNNING;
-        bc_finish(c);  // Beware: drops what the abandoned call held
-        Py_DECREF(c);
-    }
-}
-
-static void
-bk_reap_cache(Breaker *b)
-{
-    bk_reap_one(b->cache);
 }
 
 /* Close an unstarted coroutine made at call time, so it does not warn "never awaited". */
@@ -1184,6 +1150,9 @@ bc_finish(BreakerCall *c)
     }
     if (unstarted) {
         bc_drop_it(c);
+    }
+    if (c->mode != CM_TOKEN && c->breaker != NULL && c->breaker->cache == NULL) {
+        c->breaker->cache = (BreakerCall *)Py_NewRef(c);  /* done: back to the slot */
     }
     Py_CLEAR(c->it);
     Py_CLEAR(c->fn);

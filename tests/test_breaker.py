@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import types
+import weakref
 
 import circuitbreaker
 import pytest
@@ -29,7 +30,7 @@ from aiofast import CircuitBreaker, CircuitOpenError, CircuitState, circuit
 
 sys.path.insert(0, os.path.dirname(__file__))
 import breaker_model  # noqa: E402
-from virtual_time import VirtualClockLoop  # noqa: E402
+from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop  # noqa: E402
 
 
 class Clock:
@@ -1093,6 +1094,39 @@ def test_abandoned_calls_free_their_probe_slots(clock):
     assert b.state is CircuitState.CLOSED
 
 
+@pytest.mark.asyncio
+async def test_dropped_pending_task_frees_its_call(clock):
+    """A task whose coroutine is a breaker call, dropped while it waits, is collected (the loop
+    reports it destroyed pending) and its call released: the breaker's cache of one call held
+    the call in use, so the task, its frames and its half-open probe slot lived as long as the
+    breaker (found by BreakerMachineOnLoop)."""
+    loop = asyncio.get_running_loop()
+    reports = []
+    loop.set_exception_handler(lambda loop, ctx: reports.append(ctx["message"]))
+    try:
+        b = CircuitBreaker(1, 1, clock=clock)
+        b.open()
+        clock.advance(1)
+
+        @b
+        async def probe(gate):
+            await gate
+
+        task = loop.create_task(probe(loop.create_future()))
+        await asyncio.sleep(0)
+        assert "probes:1/1" in repr(b)
+        dropped = weakref.ref(task)
+        del task
+        gc.collect()
+        assert dropped() is None
+        assert reports == ["Task was destroyed but it is pending!"]
+        assert "probes:0/1" in repr(b) and b.stats()["ignored"] == 1
+        assert await probe(asyncio.sleep(0)) is None  # the slot is free: a probe runs
+        assert b.state is CircuitState.CLOSED
+    finally:
+        loop.set_exception_handler(None)
+
+
 def test_unawaited_call_admits_nothing():
     b = CircuitBreaker(1)
 
@@ -1496,9 +1530,9 @@ def _suspend():
     return (yield "suspended")
 
 
-async def _gated(box=None):
+async def _gated(box=None, gate=None):
     try:
-        outcome = await _suspend()
+        outcome = await (_suspend() if gate is None else gate)
     except asyncio.CancelledError:
         if box and box[0] == "cancel_swallowed":
             return "swallowed"  # a coroutine that swallows its cancellation returns: success
@@ -1654,6 +1688,10 @@ class BreakerMachine(RuleBasedStateMachine):
             # frame (f_back) and its locals: an abandoned block's context must not be one
             del ctx
             return
+        self.start_async(kind, expect)
+
+    def start_async(self, kind, expect):
+        """An async call, driven by hand (send/throw/close; BreakerMachineOnLoop: as a task)."""
         box = [None]
         aw = self.guarded(box) if kind == "decorated" else self.b.call(_gated, box)
         if isinstance(expect, tuple):
@@ -1690,6 +1728,10 @@ class BreakerMachine(RuleBasedStateMachine):
             assert aw.run(self.b.__exit__, type(exc) if exc else None, exc, None) is False
             self.model_record(ticket, outcome)
             return
+        self.finish_async(aw, box, outcome)
+        self.model_record(ticket, outcome)
+
+    def finish_async(self, aw, box, outcome):
         if outcome.startswith("cancel"):
             box[0] = outcome
             if outcome == "cancel_swallowed":
@@ -1704,7 +1746,6 @@ class BreakerMachine(RuleBasedStateMachine):
         else:
             with pytest.raises((StopIteration, Boom, KeyError, LookupError)):
                 aw.send(outcome)
-        self.model_record(ticket, outcome)
 
     @rule(outcome=hs.sampled_from(["success", "failure", "excluded", "other", "hostile"]),
           duration=hs.sampled_from([0.0, 0.5, 0.75, 1.5]))
@@ -1774,6 +1815,113 @@ TestBreakerModel.settings = settings(max_examples=max(150, settings.default.max_
                                                              settings.default.stateful_step_count),
                                      deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
+
+
+
+class BreakerMachineOnLoop(BreakerMachine):
+    """BreakerMachine with its async calls run as tasks on a loop (the other one drives them by
+    hand, without any loop): the same rules, model and invariants; a call's outcome is the
+    result its gate future gets, a cancellation is task.cancel(). The breaker itself never
+    touches a loop (its clock is clock=), so what differs is how the calls are driven: by the
+    loop's tasks, whose steps run in the loop's ready queue.
+
+    Not expressible on a task: closing a waiting call's coroutine (outcome "close"). A task owns
+    its coroutine; closed behind its back, the task would step a closed coroutine when its
+    future completes. A loop's way to close a waiting call is to drop the task pending: the
+    collector closes its coroutine (and the loop reports the task destroyed pending), and that is
+    what "close" does here."""
+
+    loop_factory = None  # set by the subclasses
+
+    def _loop(self):
+        if not hasattr(self, "loop"):
+            self.loop = self.loop_factory()
+            self.loop_reports = []
+            self.loop.set_exception_handler(
+                lambda loop, ctx: self.loop_reports.append(ctx["message"]))
+        return self.loop
+
+    def settle(self):
+        async def settle():
+            loop = asyncio.get_running_loop()
+            for _ in range(1000):
+                await asyncio.sleep(0)
+                if loop.ready_idle():
+                    return
+            raise AssertionError("the loop never settled")
+
+        self.loop.run_until_complete(settle())
+
+    def start_async(self, kind, expect):
+        loop = self._loop()
+        box = [None]
+        gate = loop.create_future()
+        aw = self.guarded(box, gate) if kind == "decorated" else self.b.call(_gated, box, gate)
+        task = loop.create_task(aw)
+        self.settle()
+        if isinstance(expect, tuple):
+            assert task.done()
+            exc = task.exception()
+            assert type(exc) is CircuitOpenError
+            assert exc.remaining == expect[1] and exc.breaker is self.b
+            gate.cancel()
+        else:
+            assert not task.done()
+            self.inflight.append(([task, gate], expect, box))
+        # a listener error the breaker logged while the task ran keeps its traceback, whose
+        # frames keep this frame (f_back): it must not keep a task that "close" drops
+        del task, gate, aw
+
+    def finish_async(self, aw, box, outcome):
+        task, gate = aw
+        if outcome == "close":  # dropped pending: the collector closes the call
+            aw.clear()  # the caller still holds the list
+            del task, gate
+            reports = len(self.loop_reports)
+            gc.collect()
+            assert self.loop_reports[reports:] == ["Task was destroyed but it is pending!"]
+            return
+        if outcome.startswith("cancel"):
+            box[0] = outcome
+            task.cancel()
+        else:
+            gate.set_result(outcome)
+        self.settle()
+        assert task.done()
+        if outcome == "cancel":
+            assert task.cancelled()
+        elif outcome == "cancel_swallowed":
+            assert task.result() == "swallowed"
+        elif outcome == "success":
+            assert task.result() == "success"
+        else:
+            exc = task.exception()
+            assert isinstance(exc, {"cancel_converted": Boom, "failure": Boom,
+                                    "hostile": HostileBoom, "excluded": KeyError,
+                                    "other": LookupError}[outcome]), exc
+
+    def teardown(self):
+        if not hasattr(self, "loop"):
+            return
+        tasks = [aw[0] for aw, _, _ in self.inflight if isinstance(aw, list)]
+        for task in tasks:
+            task.cancel()
+        self.settle()
+        assert all(t.cancelled() for t in tasks)
+        self.loop.close()
+
+
+class BreakerMachineAsyncio(BreakerMachineOnLoop):
+    loop_factory = VirtualClockLoop
+
+
+class BreakerMachineUV(BreakerMachineOnLoop):
+    loop_factory = SteppedVirtualUVLoop
+
+
+TestBreakerModelAsyncio = BreakerMachineAsyncio.TestCase
+TestBreakerModelUV = BreakerMachineUV.TestCase
+TestBreakerModelAsyncio.settings = TestBreakerModelUV.settings = TestBreakerModel.settings
 
 
 # ------------------------------------------------------------------ leaks

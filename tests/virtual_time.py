@@ -58,6 +58,22 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         else:
             self._vtime += timeout
 
+    # ---- for tests that drive the loop step by step (the state machines); see SteppedVirtualUVLoop
+
+    def ready_idle(self):
+        """Nothing is ready to run: the loop's next iteration would jump to a timer."""
+        return not self._ready
+
+    def live_timers(self):
+        """The scheduled timers not cancelled, as TimerHandles."""
+        return [h for h in self._scheduled if not h.cancelled()]
+
+    def run_due_once(self):
+        """One loop iteration at the current time: fire the timers due now (and run what was
+        ready), then stop; what they wake (tasks whose futures they completed) has not run yet."""
+        self.call_soon(self.stop)
+        self.run_forever()
+
 
 class VirtualUVLoop(uvloop.Loop):
     """uvloop's loop on a virtual clock.
@@ -134,6 +150,64 @@ class VirtualUVLoop(uvloop.Loop):
     def _vfire(handle):
         if not handle.cancelled():
             handle._run()
+
+
+class SteppedVirtualUVLoop(VirtualUVLoop):
+    """VirtualUVLoop for tests that drive it step by step (run_until_complete, stop, again), with
+    the same step helpers as VirtualClockLoop (ready_idle, live_timers, run_due_once).
+
+    It differs in one place: a stopping loop does not jump its clock. uvloop's stop() takes effect
+    a ready-batch later, and a tick that runs in that last batch finds nothing else ready and, in
+    VirtualUVLoop, jumps to the next timer: ``run_until_complete(asyncio.sleep(1))`` with a timer
+    at +5 pending returns at +5, that timer's callback queued for the next run. asyncio's virtual
+    loop never jumps while stopping (its select() is not reached), so a step-driven test sees the
+    two loops agree only with this guard. The tick stays queued, and jumps on the next run if the
+    loop is idle there."""
+
+    _vstopping = False
+
+    def stop(self):
+        self._vstopping = True
+        super().stop()
+
+    def run_forever(self):
+        self._vstopping = False
+        return super().run_forever()
+
+    def _vtick_run(self):
+        heap = self._vtimers
+        if self._vstopping and not self._vready and heap and heap[0][0] > self._vtime:
+            self._vtick = None
+            self._vschedule()  # the loop stops after this batch: look again on the next run
+            return
+        super()._vtick_run()
+
+    def ready_idle(self):
+        """Nothing is ready to run but the tick: the loop's next iteration would jump."""
+        tick = self._vtick
+        return all(h is tick for h in self._vready)
+
+    def live_timers(self):
+        return [h for _, _, h in self._vtimers if not h.cancelled()]
+
+    def run_due_once(self):
+        """As VirtualClockLoop.run_due_once: the timers due now run (in time order), then the
+        loop stops; what they wake has not run yet."""
+        heap = self._vtimers
+
+        def fire_due():
+            due = []
+            while heap and heap[0][0] <= self._vtime:
+                handle = heapq.heappop(heap)[2]
+                handle._scheduled = False
+                due.append(handle)
+            for handle in due:
+                if not handle.cancelled():
+                    handle._run()
+            self.stop()
+
+        self.call_soon(fire_due)
+        self.run_forever()
 
 
 def new_virtual_loop():
