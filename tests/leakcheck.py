@@ -241,6 +241,13 @@ async def breaker_family():
     aw = b.call(f, "dropped")
     del aw
     b.stats(), repr(b), b.state, b.failure_count, b.remaining
+
+    class AsyncCallable:
+        async def __call__(self, x):
+            return x
+    wrapped = b(AsyncCallable())
+    assert await wrapped(1) == 1
+    wrapped(2).close()
     rate = aiofast.CircuitBreaker(failure_rate=0.5, window=4, min_calls=2, slow_call_duration=0.5,
                                   clock=lambda: t[0], fallback=lambda *a: "fb")
     g = rate(f.__wrapped__)

@@ -13,7 +13,6 @@ import inspect
 import logging
 import math
 import os
-import subprocess
 import sys
 import threading
 import types
@@ -1924,99 +1923,4 @@ TestBreakerModelUV = BreakerMachineUV.TestCase
 TestBreakerModelAsyncio.settings = TestBreakerModelUV.settings = TestBreakerModel.settings
 
 
-# ------------------------------------------------------------------ leaks
-
-
-LEAK_SCRIPT = r"""
-import asyncio, gc, sys, tracemalloc
-from aiofast import CircuitBreaker, CircuitOpenError
-
-t = [0.0]
-clock = lambda: t[0]
-
-async def cycle():
-    b = CircuitBreaker(2, 1.0, half_open_max_calls=2, fallback=None, clock=clock)
-    b.add_listener(lambda br, o, n: None)
-    @b
-    async def f(kind):
-        await asyncio.sleep(0)
-        if kind == "fail":
-            raise ValueError
-        if kind == "hang":
-            await asyncio.sleep(3600)
-        return kind
-    @b
-    def s(kind):
-        if kind == "fail":
-            raise ValueError
-        return kind
-    await f("ok"); s("ok")
-    for _ in range(2):
-        try: await f("fail")
-        except ValueError: pass
-    try: await f("ok")
-    except CircuitOpenError: pass
-    try: s("ok")
-    except CircuitOpenError: pass
-    t[0] += 1.0
-    task = asyncio.ensure_future(f("hang"))
-    await asyncio.sleep(0)
-    task.cancel()
-    try: await task
-    except asyncio.CancelledError: pass
-    async with b:
-        pass
-    with b:
-        pass
-    try:
-        async with b:
-            raise KeyError
-    except KeyError: pass
-    await b.call(s, "x"); await b.call(f, "y")
-    aw = f("never"); aw.close()
-    aw = b.call(f, "dropped"); del aw
-    b.stats(); repr(b); b.state; b.failure_count
-    class AC:
-        async def __call__(self, x):
-            return x
-    ac = b(AC())
-    await ac(1); ac(2).close()
-    fb = CircuitBreaker(1, fallback=lambda *a: "fb"); fb.open()
-    g = fb(f.__wrapped__)
-    assert await g("x") == "fb"
-
-def snapshot():
-    gc.collect()
-    call_type = type(CircuitBreaker().call(print))
-    return (len(gc.get_objects()), sys.getrefcount(CircuitBreaker),
-            sys.getrefcount(CircuitOpenError), sys.getrefcount(call_type))
-
-async def main():
-    for _ in range(200):
-        await cycle()
-    before = snapshot()
-    tracemalloc.start()
-    for _ in range(2000):
-        await cycle()
-    gc.collect()
-    mem = tracemalloc.get_traced_memory()[0]
-    for _ in range(2000):
-        await cycle()
-    gc.collect()
-    mem2 = tracemalloc.get_traced_memory()[0]
-    after = snapshot()
-    print(before, after, mem, mem2)
-    assert after[1:] == before[1:], (before, after)
-    assert abs(after[0] - before[0]) < 50, (before, after)
-    assert mem2 - mem < 64 * 1024, (mem, mem2)
-
-asyncio.run(main())
-print("OK")
-"""
-
-
-def test_no_leaks():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    r = subprocess.run([sys.executable, "-c", LEAK_SCRIPT], capture_output=True, text=True,
-                       env=env, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+# leaks: tests/test_leaks.py runs breaker_family (tests/leakcheck.py) on both loops

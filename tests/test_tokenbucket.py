@@ -1551,59 +1551,7 @@ def test_limiter_validation():
 
 
 # ---------------------------------------------------------------------------------------------
-# leaks
-
-
-def test_no_leaks():
-    code = textwrap.dedent(
-        """
-        import asyncio, gc, sys, tracemalloc
-        from aiofast import TokenBucket, AsyncLimiter
-
-        async def cycle():
-            b = TokenBucket(1e9, capacity=4, initial=0)
-            lim = AsyncLimiter(4, 1)
-            await b.acquire()
-            async with b:
-                pass
-            t = asyncio.create_task(b.acquire(4, timeout=10))
-            u = asyncio.create_task(b.acquire(4))
-            await asyncio.sleep(0)
-            t.cancel()
-            await asyncio.gather(t, u, return_exceptions=True)
-            with_timeout = asyncio.create_task(b.acquire(4, timeout=1e-9))
-            await asyncio.gather(with_timeout, return_exceptions=True)
-            @b
-            async def f(x):
-                return x
-            await f(1)
-            await lim.acquire()
-            b.try_acquire(); b.has_capacity(); b.reset(); repr(b)
-
-        async def main(n):
-            for _ in range(n):
-                await cycle()
-
-        asyncio.run(main(200))
-        gc.collect()
-        tracemalloc.start()
-        n0 = len(gc.get_objects()); r0 = sys.getrefcount(TokenBucket)
-        grew = []
-        for phase in range(3):  # allocator caches settle in the first phases; a leak does not
-            m0 = tracemalloc.get_traced_memory()[0]
-            for _ in range(5):
-                asyncio.run(main(200))
-            gc.collect()
-            grew.append(tracemalloc.get_traced_memory()[0] - m0)
-        n1 = len(gc.get_objects()); r1 = sys.getrefcount(TokenBucket)
-        print(n0, n1, r0, r1, grew)
-        assert r1 == r0, (r0, r1)
-        assert n1 - n0 < 50, (n0, n1)
-        assert grew[-1] < 16 * 1024, grew  # 1000 cycles: a leak of 16 bytes a cycle shows
-        """
-    )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
+# leaks: tests/test_leaks.py runs tokenbucket_family (tests/leakcheck.py) on both loops
 
 
 # ---------------------------------------------------------------------------------------------
