@@ -29,7 +29,7 @@ from aiofast import CircuitBreaker, CircuitOpenError, CircuitState, circuit
 
 sys.path.insert(0, os.path.dirname(__file__))
 import breaker_model  # noqa: E402
-from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop  # noqa: E402
+from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, settle_loop  # noqa: E402
 
 
 class Clock:
@@ -1841,15 +1841,7 @@ class BreakerMachineOnLoop(BreakerMachine):
         return self.loop
 
     def settle(self):
-        async def settle():
-            loop = asyncio.get_running_loop()
-            for _ in range(1000):
-                await asyncio.sleep(0)
-                if loop.ready_idle():
-                    return
-            raise AssertionError("the loop never settled")
-
-        self.loop.run_until_complete(settle())
+        self.loop.run_until_complete(settle_loop())
 
     def start_async(self, kind, expect):
         loop = self._loop()

@@ -848,6 +848,30 @@ class CacheMachine(RuleBasedStateMachine):
         self.disturbed = False
         self.extra = set(DEL_PAIRS)  # (key, value) pairs hostile code may have inserted
 
+
+    def _mutation(self, action, k):
+        """What hostile code does to the cache mid-operation: clear it, insert five keys, delete
+        `k`, pop an item, or expire ahead of the clock."""
+        c = self.cache
+
+        def act():
+            try:
+                if action == "clear":
+                    c.clear()
+                elif action == "insert":
+                    for n in range(5):
+                        c[("del", n)] = 1000 + n
+                elif action == "delete":
+                    c.pop(k, None)
+                elif action == "expire":
+                    c.expire(self.clock.now + 3)
+                else:
+                    c.popitem()
+            except (KeyError, ValueError):
+                pass  # empty, or a maxsize too small: not the point
+
+        return act
+
     @precondition(lambda self: self.model is None)
     @rule(maxsize=st.integers(0, 8), timed=st.booleans(), sized=st.booleans())
     def create(self, maxsize, timed, sized):
@@ -1075,21 +1099,7 @@ class CacheMachine(RuleBasedStateMachine):
         middle of the lookup: the lookup starts again, the operation completes as if the key
         were absent, and the cache stays whole."""
         k = data.draw(st.sampled_from(sorted(k for k in self.model.data if type(k) is int)))
-        c = self.cache
-
-        def act():
-            try:
-                if action == "clear":
-                    c.clear()
-                elif action == "insert":
-                    for n in range(5):
-                        c[("del", n)] = 1000 + n
-                elif action == "delete":
-                    c.pop(k, None)
-                else:
-                    c.popitem()
-            except (KeyError, ValueError):
-                pass  # empty, or a maxsize too small: not the point
+        act = self._mutation(action, k)
 
         probe = MutatingEq(hash(k), act)
         self.extra.add((probe, v))
@@ -1149,19 +1159,7 @@ class CacheMachine(RuleBasedStateMachine):
         whole."""
         c = self.cache
 
-        def act():
-            try:
-                if action == "clear":
-                    c.clear()
-                elif action == "insert":
-                    for n in range(5):
-                        c[("del", n)] = 1000 + n
-                elif action == "delete":
-                    c.pop(k, None)
-                else:
-                    c.popitem()
-            except (KeyError, ValueError):
-                pass  # empty, or a maxsize too small: not the point
+        act = self._mutation(action, k)
 
         value = SizeMutator(v)
         value.action = act
@@ -1183,21 +1181,7 @@ class CacheMachine(RuleBasedStateMachine):
         iteration reports the change, and the cache stays whole."""
         c = self.cache
 
-        def act():
-            try:
-                if action == "clear":
-                    c.clear()
-                elif action == "insert":
-                    for n in range(5):
-                        c[("del", n)] = 1000 + n
-                elif action == "delete":
-                    c.pop(k, None)
-                elif action == "popitem":
-                    c.popitem()
-                else:
-                    c.expire(self.clock.now + 3)
-            except (KeyError, ValueError):
-                pass  # empty, or a maxsize too small: not the point
+        act = self._mutation(action, k)
 
         self.extra.add((k, v))
         self.disturbed = True

@@ -25,7 +25,7 @@ import uvloop
 import aiofast
 from aiofast import AsyncLimiter, TokenBucket
 
-from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, VirtualUVLoop
+from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, VirtualUVLoop, settle_loop
 
 VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
 
@@ -1744,15 +1744,6 @@ DT = hs.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 3.0, 8.0])
 TIMEOUT = hs.sampled_from([None, None, None, 0.0, -1.0, 0.25, 1.0, 2.5, 6.0])
 
 
-async def _settle_loop():
-    loop = asyncio.get_running_loop()
-    for _ in range(1000):
-        await asyncio.sleep(0)
-        if loop.ready_idle():
-            return
-    raise AssertionError("the loop never settled")
-
-
 class TokenBucketMachine(RuleBasedStateMachine):
     """Tasks acquiring random amounts (with and without timeouts), try_acquire/has_capacity,
     cancellation of waiting and of just-woken tasks, reset, re-configuration, hostile amounts
@@ -1790,7 +1781,7 @@ class TokenBucketMachine(RuleBasedStateMachine):
 
     def settle(self):
         """Run everything ready, at the current virtual time."""
-        self.loop.run_until_complete(_settle_loop())
+        self.loop.run_until_complete(settle_loop())
 
     def live_timers(self):
         return self.loop.live_timers()

@@ -210,6 +210,17 @@ class SteppedVirtualUVLoop(VirtualUVLoop):
         self.run_forever()
 
 
+async def settle_loop():
+    """Run whatever is ready on the running virtual loop (either kind) until nothing is, without
+    moving its clock."""
+    loop = asyncio.get_running_loop()
+    for _ in range(1000):
+        await asyncio.sleep(0)
+        if loop.ready_idle():
+            return
+    raise AssertionError("the loop never settled")
+
+
 def new_virtual_loop():
     return VirtualClockLoop()
 
