@@ -22,8 +22,11 @@ make_venv() {
     if [ ! -x "$venv/bin/python" ]; then
         "$py" -m venv "$venv" || return 1
     fi
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel || return 1
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check ".[$extras]" || return 1
+    # every dependency at the exact version constraints.txt names (the oracles included)
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt \
+        -U pip setuptools wheel || return 1
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt \
+        ".[$extras]" || return 1
     echo "$venv/bin/python"
 }
 
@@ -73,8 +76,8 @@ make_build_venv() {
     venv=".venv-build-$v"
     if [ ! -x "$venv/bin/python" ]; then
         "$py" -m venv "$venv" || return 1
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel \
-            || return 1
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt \
+            -U pip setuptools wheel || return 1
     fi
     echo "$venv/bin/python"
 }
