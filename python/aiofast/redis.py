@@ -28,6 +28,7 @@ ever put into a script's text: the key is KEYS[1], the numbers are ARGV.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import inspect
@@ -35,6 +36,7 @@ import math
 import os
 import re
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -138,7 +140,8 @@ _KEY_RE = re.compile(r"[A-Za-z0-9_.:{}/@#$%&*+=!?<>|~^()\[\],;-]{1,200}\Z")
 # forbids the script, a key holding something else) is a mistake to fix, and always raises.
 _TRANSIENT: tuple[type[BaseException], ...] = (
     _rexc.ConnectionError, _rexc.TimeoutError, _rexc.BusyLoadingError, _rexc.ReadOnlyError,
-    _rexc.TryAgainError, _rexc.ClusterDownError, OSError, asyncio.TimeoutError,
+    _rexc.TryAgainError, _rexc.ClusterDownError, _rexc.MasterDownError, OSError,
+    asyncio.TimeoutError,
 )
 _PERMANENT: tuple[type[BaseException], ...] = (
     _rexc.AuthenticationError, _rexc.AuthorizationError,
@@ -148,6 +151,191 @@ if sys.version_info >= (3, 11):
     _timeout = asyncio.timeout
 else:  # redis-py depends on async_timeout there
     from async_timeout import timeout as _timeout
+
+
+# ---------------------------------------------------------------------- the multiplexed link
+#
+# redis-py's command path (pool checkout, retries, a parser per connection) costs about 70 us
+# of CPU per round trip; one reply costs a few microseconds to parse. So every bucket of one
+# client on one loop shares one connection taken from the client's pool (connected and
+# authenticated by redis-py: TCP, Unix socket, TLS, ACL user, credential provider, db as the
+# client says), pipelined: a call writes its command and waits on a future; one reader task
+# resolves the futures in the order of the replies, which Redis sends in the order of the
+# commands. The client's aclose() closes that connection too (the pool disconnects the
+# connections in use); the next call then takes a new one. Clients that speak RESP3, or are not
+# a plain redis.asyncio.Redis (Cluster...), go through client.evalsha.
+
+_ERRORS = {
+    b"NOSCRIPT": _rexc.NoScriptError, b"NOPERM": _rexc.NoPermissionError,
+    b"WRONGPASS": _rexc.AuthenticationError, b"NOAUTH": _rexc.AuthenticationError,
+    b"LOADING": _rexc.BusyLoadingError, b"READONLY": _rexc.ReadOnlyError,
+    b"TRYAGAIN": _rexc.TryAgainError, b"CLUSTERDOWN": _rexc.ClusterDownError,
+    b"MASTERDOWN": _rexc.MasterDownError, b"OOM": _rexc.OutOfMemoryError,
+}
+
+
+def _pack(*args: Any) -> bytes:
+    """A command in RESP: an array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _parse(buf: bytearray, i: int) -> tuple[Any, int]:
+    """One RESP2 reply from buf[i:]: (value, end); raises _Incomplete. Errors are returned as
+    exception objects."""
+    j = buf.find(b"\r\n", i)
+    if j < 0:
+        raise _Incomplete
+    kind = buf[i]
+    if kind == 58:  # ':'
+        return int(buf[i + 1:j]), j + 2
+    if kind == 36:  # '$'
+        n = int(buf[i + 1:j])
+        if n < 0:
+            return None, j + 2
+        if len(buf) < j + 4 + n:
+            raise _Incomplete
+        return bytes(buf[j + 2:j + 2 + n]), j + 4 + n
+    if kind == 42:  # '*'
+        n = int(buf[i + 1:j])
+        out = []
+        pos = j + 2
+        for _ in range(n):
+            v, pos = _parse(buf, pos)
+            out.append(v)
+        return out, pos
+    if kind == 43:  # '+'
+        return bytes(buf[i + 1:j]), j + 2
+    if kind == 45:  # '-'
+        msg = bytes(buf[i + 1:j])
+        cls = _ERRORS.get(msg.split(b" ", 1)[0], _rexc.ResponseError)
+        return cls(msg.decode(errors="replace")), j + 2
+    raise _rexc.InvalidResponse(f"unexpected reply from Redis: {bytes(buf[i:j])!r}")
+
+
+class _Link:
+    """One pipelined connection: futures in command order, resolved by the reader task."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Any, conn: Any) -> None:
+        self.loop = loop
+        self.pool = pool
+        self.conn = conn
+        self.writer = conn._writer
+        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.lost: BaseException | None = None
+        self.reader = loop.create_task(self._read(conn._reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        buf = bytearray()
+        waiters = self.waiters
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise _rexc.ConnectionError("Redis closed the connection")
+                buf += data
+                pos = 0
+                while pos < len(buf) and waiters:
+                    try:
+                        value, pos2 = _parse(buf, pos)
+                    except _Incomplete:
+                        break
+                    pos = pos2
+                    fut = waiters.popleft()
+                    if not fut.done():  # (a caller that timed out or was cancelled)
+                        if isinstance(value, BaseException):
+                            fut.set_exception(value)
+                        else:
+                            fut.set_result(value)
+                del buf[:pos]
+        except BaseException as exc:  # noqa: BLE001 (the link is done; callers see why)
+            self.close(exc)
+            try:
+                await self.conn.disconnect()
+                await self.pool.release(self.conn)
+            except BaseException:  # noqa: BLE001,S110 (nothing more to do)
+                pass
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def close(self, exc: BaseException) -> None:
+        if self.lost is None:
+            if not isinstance(exc, _rexc.RedisError):
+                exc = _rexc.ConnectionError(f"connection to Redis lost: {exc!r}")
+            self.lost = exc
+            try:
+                self.writer.transport.abort()
+            except Exception:  # noqa: BLE001,S110 (already closed)
+                pass
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(_rexc.ConnectionError(str(self.lost)))
+
+    def send(self, payload: bytes) -> asyncio.Future[Any]:
+        fut = self.loop.create_future()
+        if self.lost is not None:
+            fut.set_exception(_rexc.ConnectionError(str(self.lost)))
+            return fut
+        self.waiters.append(fut)
+        self.writer.write(payload)
+        return fut
+
+
+class _Links:
+    """The link of one client on the running loop, (re)connected on demand."""
+
+    def __init__(self, client: Any) -> None:
+        self.pool = client.connection_pool
+        self.link: _Link | None = None
+
+    @staticmethod
+    def usable(client: Any) -> bool:
+        import redis.asyncio as ra
+        pool = getattr(client, "connection_pool", None)
+        if type(client) is not ra.Redis or pool is None:
+            return False
+        return str(pool.connection_kwargs.get("protocol") or 2) == "2"
+
+    async def get(self) -> _Link:
+        """The live link, or a new one (callers that find none connect each on their own: the
+        first to finish installs its link, the others give their connection back)."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await self.pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants a command name
+            conn = await self.pool.get_connection("EVALSHA")
+        link = self.link
+        if link is not None and link.lost is None and link.loop is loop:
+            await self.pool.release(conn)
+            return link
+        if getattr(conn, "_writer", None) is None or getattr(conn, "_reader", None) is None:
+            await conn.connect()
+        self.link = link = _Link(loop, self.pool, conn)
+        return link
+
+
+_links: weakref.WeakKeyDictionary[Any, _Links | None] = weakref.WeakKeyDictionary()
+
+
+def _links_of(client: Any) -> _Links | None:
+    try:
+        return _links[client]
+    except KeyError:
+        pass
+    except TypeError:
+        return None
+    links = _Links(client) if _Links.usable(client) else None
+    _links[client] = links
+    return links
 
 
 class RedisUnavailableError(ConnectionError):
@@ -194,13 +382,13 @@ class RedisTokenBucket:
     """
 
     __slots__ = ("_client", "_key", "_name", "_rate", "_per", "_capacity", "_interval_us",
-                 "_tau_us", "_tau_s", "_on_error", "_call_timeout", "_retry_interval", "_now",
+                 "_tau_us", "_cap", "_links", "_heads", "_tau_arg", "_one_arg", "_on_error", "_call_timeout", "_retry_interval", "_now",
                  "__weakref__")
 
     def __init__(self, client: Any, key: str, rate: float, per: float = 1.0, *,
                  capacity: float | None = None, prefix: str = "aiofast:tb:",
                  on_error: str = "raise", call_timeout: float | None = 1.0,
-                 retry_interval: float = 0.1) -> None:
+                 retry_interval: float = 0.1, multiplex: bool = True) -> None:
         if not isinstance(key, str) or not _KEY_RE.match(key):
             raise ValueError("key must be 1 to 200 printable ASCII characters without spaces, "
                              f"quotes or backslashes, got {key!r}")
@@ -230,13 +418,22 @@ class RedisTokenBucket:
         self._client = client
         self._name = key
         self._key = prefix + key
+        self._links = _links_of(client) if multiplex else None
+        kb = self._key.encode()
+        # each script's command up to its arguments (acquire 5, release 3, peek 2)
+        self._heads = {name: b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n$%d\r\n%s\r\n"
+                       % (4 + nargs, _SCRIPTS[name][1].encode(), len(kb), kb)
+                       for name, nargs in (("acquire", 5), ("release", 3), ("peek", 2))}
         self._rate = rate
         self._per = per
         self._capacity = capacity if capacity is not None else (rate if r >= 1 else 1)
         interval = p / r
         self._interval_us = interval * 1e6
         self._tau_us = cap * interval * 1e6
-        self._tau_s = cap * interval
+        self._cap = cap
+        # the scripts' arguments, as strings, computed once
+        self._tau_arg = _fmt(self._tau_us)
+        self._one_arg = _fmt(self._interval_us)
         self._on_error = on_error
         self._call_timeout = call_timeout
         self._retry_interval = ri
@@ -275,23 +472,41 @@ class RedisTokenBucket:
     async def _script(self, name: str, *args: str, limit: float | None = None) -> Any:
         """Run one script on the bucket's key: EVALSHA, loading it once on NOSCRIPT; bounded
         by call_timeout (or `limit`, if sooner). Raises what redis-py raises (or TimeoutError)."""
-        src, sha = _SCRIPTS[name]
-        client = self._client
         bound = self._call_timeout
         if limit is not None and bound is not None and limit < bound:
             bound = max(limit, 0.0)
         if bound is None:
-            try:
-                return await client.evalsha(sha, 1, self._key, *args)
-            except _rexc.NoScriptError:
-                await client.script_load(src)
-                return await client.evalsha(sha, 1, self._key, *args)
+            return await self._run(name, args)
         async with _timeout(bound):
+            return await self._run(name, args)
+
+    async def _run(self, name: str, args: tuple[str, ...]) -> Any:
+        src, sha = _SCRIPTS[name]
+        links = self._links
+        if links is None:
+            client = self._client
             try:
                 return await client.evalsha(sha, 1, self._key, *args)
             except _rexc.NoScriptError:
                 await client.script_load(src)
                 return await client.evalsha(sha, 1, self._key, *args)
+        link = links.link
+        if link is None or link.lost is not None or link.loop is not asyncio.get_running_loop():
+            link = await links.get()
+        payload = self._heads[name] + b"".join(
+            [b"$%d\r\n%s\r\n" % (len(a), a.encode() if a.__class__ is str else a)
+             for a in args])
+        try:
+            try:
+                return await link.send(payload)
+            except _rexc.NoScriptError:
+                await link.send(_pack("SCRIPT", "LOAD", src))
+                return await link.send(payload)
+        except asyncio.CancelledError:
+            # a timeout (or the caller's cancellation) with the reply still to come: a server
+            # that does not answer in time is not trusted with the next call (which reconnects)
+            link.close(_rexc.TimeoutError("a call to Redis timed out"))
+            raise
 
     def _failed(self, exc: BaseException) -> str:
         """The policy for an error of a round trip: re-raises what must be raised, else
@@ -303,14 +518,17 @@ class RedisTokenBucket:
                 f"Redis did not answer for {self._key!r}: {type(exc).__name__}: {exc}") from exc
         return self._on_error
 
-    def _cost(self, tokens: Any) -> float:
+    def _cost(self, tokens: Any) -> str:
+        """The cost of `tokens`, checked, as the scripts' argument (microseconds)."""
+        if tokens.__class__ is int and tokens == 1:
+            return self._one_arg
         n = _real(tokens, "tokens")
         if not (n > 0) or math.isnan(n):
             raise ValueError(f"tokens must be > 0, got {tokens!r}")
-        if n * self._interval_us > self._tau_us * (1 + 1e-15):
+        if n > self._cap:
             raise ValueError(f"tokens must be <= capacity ({self._capacity!r}), got {tokens!r}: "
                              "the request could never be satisfied")
-        return n * self._interval_us
+        return _fmt(n * self._interval_us)
 
     # ------------------------------------------------------------------ the API
 
@@ -319,7 +537,7 @@ class RedisTokenBucket:
         pending); never waits. One round trip."""
         cost = self._cost(tokens)
         try:
-            r = await self._script("acquire", _fmt(cost), _fmt(self._tau_us), "0", "", self._now)
+            r = await self._script("acquire", cost, self._tau_arg, "0", "", self._now)
         except Exception as exc:  # noqa: BLE001 (sorted by _failed)
             return self._failed(exc) == "allow"
         return r[0] == 1
@@ -345,7 +563,7 @@ class RedisTokenBucket:
             t = math.inf
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t
-        cost_s, tau_s = _fmt(cost), _fmt(self._tau_us)
+        cost_s, tau_s = cost, self._tau_arg
         rid = os.urandom(8).hex()  # this reservation's name in the key, to give it back
         while True:
             left = deadline - loop.time()
@@ -377,7 +595,7 @@ class RedisTokenBucket:
             if left > 0:
                 await asyncio.sleep(left)
             raise TimeoutError(f"acquire({tokens!r}) timed out after {timeout!r} s")
-        wait = float(r[1]) / 1e6
+        wait = self._delay(r)
         if wait <= 0:
             return
         try:
@@ -385,6 +603,12 @@ class RedisTokenBucket:
         except asyncio.CancelledError:
             await self._give_back(rid, cost_s)
             raise
+
+    @staticmethod
+    def _delay(reply: Any) -> float:
+        """How long to sleep for a reservation, from its reply: the wait the script computed,
+        counted from now (after the reply came: never sooner than the instant reserved)."""
+        return float(reply[1]) / 1e6
 
     async def _give_back(self, rid: str, cost_s: str) -> None:
         """A cancelled acquire(): its tokens go back if nobody took or reserved after it (else
@@ -400,7 +624,7 @@ class RedisTokenBucket:
         backlog = await self._backlog()
         if backlog is None:
             return self._on_error == "allow"
-        return backlog + cost <= self._tau_us
+        return backlog + float(cost) <= self._tau_us
 
     async def tokens(self) -> float:
         """The level now: from 0 (or while reservations wait) to ``capacity``."""
@@ -412,7 +636,7 @@ class RedisTokenBucket:
 
     async def _backlog(self) -> float | None:
         try:
-            return float(await self._script("peek", _fmt(self._tau_us), self._now))
+            return float(await self._script("peek", self._tau_arg, self._now))
         except Exception as exc:  # noqa: BLE001 (sorted by _failed)
             self._failed(exc)
             return None
