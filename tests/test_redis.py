@@ -386,11 +386,13 @@ def test_import_aiofast_does_not_import_redis():
 # ------------------------------------------------------------------ faults
 
 @pytest.mark.asyncio
-async def test_policies_while_the_server_is_down_and_recovery(own_server):
+@pytest.mark.parametrize("multiplex", [True, False])
+async def test_policies_while_the_server_is_down_and_recovery(own_server, multiplex):
     loop = asyncio.get_running_loop()
     async with Client(own_server.url, socket_connect_timeout=0.2) as c:
         buckets = {p: RedisTokenBucket(c, "k-" + p, 1, per=100, capacity=1, on_error=p,
-                                       call_timeout=0.3, retry_interval=0.05)
+                                       call_timeout=0.3, retry_interval=0.05,
+                                       multiplex=multiplex)
                    for p in ("raise", "allow", "deny")}
         for b in buckets.values():
             assert await b.try_acquire()
@@ -641,3 +643,37 @@ def test_fifo_by_reservation_across_processes(server, sync):
         seen[p] += 1
         seq.append((p, seen[p]))
     assert [(i, n) for _, i, n in wakes] == seq, wakes
+
+
+# ------------------------------------------------------------------ the two connection paths
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("multiplex", [True, False])
+async def test_concurrent_callers_on_either_path(server, multiplex):
+    """50 concurrent try_acquire() on a bucket of 20 (refilling once in 1000 s): exactly 20
+    admitted, on the shared pipelined connection as through client.evalsha."""
+    async with Client(server.url) as c:
+        b = RedisTokenBucket(c, fresh(), 1, per=1000, capacity=20, multiplex=multiplex)
+        got = await asyncio.gather(*[b.try_acquire() for _ in range(50)])
+        assert sum(got) == 20
+        assert (b._links is not None) is multiplex
+
+
+@pytest.mark.asyncio
+async def test_client_close_closes_the_shared_connection(server, sync):
+    """The client's aclose() closes the bucket's connection too (its pool disconnects the
+    connections in use); a call after that takes a new one."""
+    before = sync.info("clients")["connected_clients"]
+    c = redis.asyncio.Redis.from_url(server.url)
+    b = RedisTokenBucket(c, fresh(), 1, per=1000, capacity=2)
+    assert await b.try_acquire()
+    assert sync.info("clients")["connected_clients"] == before + 1
+    await c.aclose()
+    for _ in range(100):   # (the server sees the close a moment later)
+        if sync.info("clients")["connected_clients"] == before:
+            break
+        await asyncio.sleep(0.01)
+    assert sync.info("clients")["connected_clients"] == before
+    assert await b.try_acquire()
+    assert not await b.try_acquire()
+    await c.aclose()
