@@ -677,3 +677,19 @@ async def test_client_close_closes_the_shared_connection(server, sync):
     assert await b.try_acquire()
     assert not await b.try_acquire()
     await c.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_caller_leaves_the_others_alone(server):
+    """Cancelling one call whose reply is still to come does not disturb the other calls on
+    the shared connection (its reply is skipped when it comes)."""
+    async with Client(server.url) as c:
+        b = RedisTokenBucket(c, fresh(), 1, per=1000, capacity=20, on_error="raise")
+        assert await b.try_acquire()
+        calls = [asyncio.create_task(b.try_acquire()) for _ in range(10)]
+        await asyncio.sleep(0)   # all sent
+        calls[3].cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(done[3], asyncio.CancelledError)
+        assert all(x is True for i, x in enumerate(done) if i != 3)
+        assert await b.try_acquire()

@@ -477,8 +477,17 @@ class RedisTokenBucket:
             bound = max(limit, 0.0)
         if bound is None:
             return await self._run(name, args)
-        async with _timeout(bound):
-            return await self._run(name, args)
+        try:
+            async with _timeout(bound):
+                return await self._run(name, args)
+        except asyncio.TimeoutError:
+            # a server that does not answer in time is not trusted with the next call: drop
+            # the shared connection (its callers see a ConnectionError; the next call
+            # reconnects). A caller's own cancellation leaves it alone (its reply is skipped).
+            link = self._links.link if self._links is not None else None
+            if link is not None:
+                link.close(_rexc.TimeoutError("a call to Redis timed out"))
+            raise
 
     async def _run(self, name: str, args: tuple[str, ...]) -> Any:
         src, sha = _SCRIPTS[name]
@@ -497,16 +506,10 @@ class RedisTokenBucket:
             [b"$%d\r\n%s\r\n" % (len(a), a.encode() if a.__class__ is str else a)
              for a in args])
         try:
-            try:
-                return await link.send(payload)
-            except _rexc.NoScriptError:
-                await link.send(_pack("SCRIPT", "LOAD", src))
-                return await link.send(payload)
-        except asyncio.CancelledError:
-            # a timeout (or the caller's cancellation) with the reply still to come: a server
-            # that does not answer in time is not trusted with the next call (which reconnects)
-            link.close(_rexc.TimeoutError("a call to Redis timed out"))
-            raise
+            return await link.send(payload)
+        except _rexc.NoScriptError:
+            await link.send(_pack("SCRIPT", "LOAD", src))
+            return await link.send(payload)
 
     def _failed(self, exc: BaseException) -> str:
         """The policy for an error of a round trip: re-raises what must be raised, else
