@@ -64,7 +64,8 @@ def main():
         p.join()
     for name, calls in sorted(results):
         print(f"{name}: {calls} calls")
-    print(f"total: {sum(c for _, c in results)} calls (the quota allows at most 5 + 50 x 2 s = 105)")
+    total = sum(c for _, c in results)
+    print(f"total: {total} calls (the quota allows at most 5 + 50 x 2 s = 105)")
 
 
 if __name__ == "__main__":
