@@ -5,8 +5,8 @@ client library), on one redis-server this benchmark starts (127.0.0.1, persisten
 Each variant runs n sequential calls in one task (a process's throughput for one caller: each
 call is one round trip), then n calls spread over 16 concurrent tasks (aiofast pipelines them
 on one connection; redis-py and limits use a connection per concurrent call from the pool), on
-asyncio's default loop and on uvloop, through the harness (interleaved rounds, medians). The quota is the same for all, 100,000 per second, never
-exhausted, so every call admits.
+asyncio's default loop and on uvloop, through the harness (interleaved rounds, medians). The
+quota is the same for all, 100,000 per second, never exhausted, so every call admits.
 
 Run: PYTHONPATH=. python benchmarks/bench_redis.py [--quick] [--repeat N]
 """

@@ -379,10 +379,14 @@ class RedisTokenBucket:
     and ``acquire`` tries again every ``retry_interval`` seconds until it is admitted or its
     timeout passes). Configuration errors (authentication, ACL, a key holding something else)
     always raise.
+
+    ``multiplex=True`` (default): the buckets of one client share one connection of its pool,
+    pipelined (see above); ``False``: every call goes through ``client.evalsha``.
     """
 
     __slots__ = ("_client", "_key", "_name", "_rate", "_per", "_capacity", "_interval_us",
-                 "_tau_us", "_cap", "_links", "_heads", "_tau_arg", "_one_arg", "_on_error", "_call_timeout", "_retry_interval", "_now",
+                 "_tau_us", "_cap", "_links", "_heads", "_tau_arg", "_one_arg", "_on_error",
+                 "_call_timeout", "_retry_interval", "_now",
                  "__weakref__")
 
     def __init__(self, client: Any, key: str, rate: float, per: float = 1.0, *,
