@@ -104,7 +104,7 @@ def main():
         cases += [Case("try_acquire x16 tasks", variants(srv.url, loop, tasks=16), n, loop=loop,
                        note="16 concurrent callers in one process")
                   for loop in ("asyncio", "uvloop")]
-        run_cases(cases, 3 if a.quick else a.repeat, "bench_redis", TITLE)
+        run_cases(cases, 3 if a.quick else a.repeat, "redis", TITLE)
     finally:
         srv.close()
 
