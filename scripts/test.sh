@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Install aiofast and its test dependencies in one venv per Python version (.venv-3.X), then run
-# the whole test suite on each: asyncio's loop and uvloop, asyncio's classes as the oracle,
-# CPython's own asyncio tests under aiofast.install(). Fails if any version is missing.
-#   PYTHONS="3.11" bash scripts/test.sh      # a subset
+# Install aiofast and its test dependencies in one venv per Python version (.venv-3.X), at the
+# versions constraints.txt pins, then run the whole test suite on each: asyncio's loop and
+# uvloop, asyncio's classes and the peers as the oracle, CPython's own asyncio tests under
+# aiofast.install(). Ends with one table (Python x passed/failed/skipped) and `ALL PASSED` or
+# what failed; exits non-zero then. A missing Python fails.
+#   bash scripts/test.sh                          # every supported Python
+#   PYTHONS="3.11" bash scripts/test.sh -k queue  # a subset; extra arguments go to pytest
+#   bash scripts/test.sh --latest-peers           # the oracle tests against the newest releases
+#                                                 # of the peers (not part of CI's verdict)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
+. scripts/_summary.sh
+
+if [ "${1:-}" = "--latest-peers" ]; then
+    shift
+    exec bash scripts/latest-peers.sh "$@"
+fi
+
 PYTHONS=${PYTHONS:-"3.10 3.11 3.12 3.13"}
-status=0
 for v in $PYTHONS; do
     echo "=== Python $v: install"
-    py=$(make_venv "$v" test) || { echo "=== Python $v: INSTALL FAILED"; status=1; continue; }
+    if ! py=$(make_venv "$v" test); then
+        echo "=== Python $v: INSTALL FAILED"
+        record "$v" tests "INSTALL FAILED"
+        continue
+    fi
     "$py" -c "import uvloop, aiofast, sys; print('aiofast', aiofast.__version__, 'uvloop', uvloop.__version__, 'python', sys.version.split()[0])"
     echo "=== Python $v: tests"
     # from tests/, so that `import aiofast` finds the installed package, not the source tree;
     # on pytest-xdist workers, one per core (TEST_JOBS=N to choose, 0 for one process)
-    run_suite "$py" "$@" || status=1
+    run_recorded "$v" tests run_suite "$py" "$@" || true
 done
-exit $status
+print_summary
