@@ -1,4 +1,7 @@
-# Sourced by the scripts: find_python VERSION prints the interpreter for "3.11" etc., or fails.
+# Sourced by the scripts. Every supported Python, oldest first (the default of every script):
+ALL_PYTHONS="3.10 3.11 3.12 3.13 3.14 3.15"
+
+# find_python VERSION prints the interpreter for "3.11" etc., or fails.
 find_python() {
     local v="$1" p root
     if command -v pyenv >/dev/null 2>&1; then
@@ -12,6 +15,24 @@ find_python() {
     if command -v "python$v" >/dev/null 2>&1; then command -v "python$v"; return 0; fi
     echo "error: Python $v not found (pyenv root: $root)" >&2
     return 1
+}
+
+# chroot_only VERSION: true when this host has no Python VERSION but scripts/newpython.sh's chroot
+# provides it (and we are not already inside that chroot): the script then runs itself there,
+# for that version, through run_in_chroot.
+chroot_only() {
+    [ -z "${AIOFAST_IN_CHROOT:-}" ] || return 1
+    find_python "$1" >/dev/null 2>&1 && return 1
+    case " $(bash scripts/newpython.sh versions) " in *" $1 "*) return 0 ;; esac
+    return 1
+}
+
+# run_in_chroot "PACKAGES" COMMAND...: COMMAND in the chroot, in a copy of this work tree, with
+# these extra Debian packages installed there (e.g. "clang valgrind"; "" for none).
+run_in_chroot() {
+    local pkgs="$1"
+    shift
+    NEWPYTHON_PACKAGES="$pkgs" bash scripts/newpython.sh run "$@"
 }
 
 # make_venv VERSION EXTRAS: a venv in .venv-VERSION with aiofast[EXTRAS] installed from this tree
@@ -82,8 +103,8 @@ make_build_venv() {
     echo "$venv/bin/python"
 }
 
-# split_args ARGS...: the Python versions before an optional "--" go to VERSIONS (all four when
-# none is given), everything after it to PYTEST_ARGS (extra pytest arguments).
+# split_args ARGS...: the Python versions before an optional "--" go to VERSIONS (ALL_PYTHONS
+# when none is given), everything after it to PYTEST_ARGS (extra pytest arguments).
 split_args() {
     VERSIONS=()
     PYTEST_ARGS=()
@@ -97,7 +118,7 @@ split_args() {
         shift
     done
     if [ ${#VERSIONS[@]} -eq 0 ]; then
-        VERSIONS=(3.10 3.11 3.12 3.13)
+        read -r -a VERSIONS <<< "$ALL_PYTHONS"
     fi
 }
 
