@@ -35,6 +35,21 @@ run_in_chroot() {
     NEWPYTHON_PACKAGES="$pkgs" bash scripts/newpython.sh run "$@"
 }
 
+# run_chroot_part "PACKAGES" SCRIPT: for the scripts that take versions (split_args): the versions
+# of VERSIONS that only the chroot has run SCRIPT there, all in one chroot run, with PYTEST_ARGS
+# (and PACKAGES installed there); VERSIONS keeps the others, for the caller to run here.
+# Returns the chroot run's status (0 when there was nothing to run there).
+run_chroot_part() {
+    local pkgs="$1" script="$2" v host=() away=()
+    for v in "${VERSIONS[@]}"; do
+        if chroot_only "$v"; then away+=("$v"); else host+=("$v"); fi
+    done
+    VERSIONS=("${host[@]}")
+    [ ${#away[@]} -gt 0 ] || return 0
+    echo "=== Python ${away[*]}: not on this host, $script in the chroot (scripts/newpython.sh)"
+    run_in_chroot "$pkgs" bash "$script" "${away[@]}" -- "${PYTEST_ARGS[@]}"
+}
+
 # make_venv VERSION EXTRAS: a venv in .venv-VERSION with aiofast[EXTRAS] installed from this tree
 make_venv() {
     local v="$1" extras="$2" py venv

@@ -19,13 +19,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
 split_args "$@"
+status=0
+run_chroot_part "" scripts/asan.sh || status=1
 unset CC  # the preloaded runtime is gcc's, so the build must be gcc's too
 libasan=$(gcc -print-file-name=libasan.so)
 if [ ! -e "$libasan" ]; then
     echo "error: gcc's libasan.so not found (apt-get install gcc)" >&2
     exit 1
 fi
-status=0
 for v in "${VERSIONS[@]}"; do
     echo "=== ASan+UBSan, Python $v: build"
     AIOFAST_SANITIZE=address,undefined make_flavour_build "$v" asan \

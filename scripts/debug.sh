@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
 split_args "$@"
 status=0
+run_chroot_part "" scripts/debug.sh || status=1
 for v in "${VERSIONS[@]}"; do
     echo "=== debug build, Python $v: build"
     AIOFAST_DEBUG=1 make_flavour_build "$v" debug \

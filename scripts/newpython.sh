@@ -24,7 +24,9 @@ DIR=${AIOFAST_CHROOT:-/var/tmp/aiofast-sid}
 NEW_VERSIONS="3.14 3.15"
 # the scripts' settings a command run in the chroot sees (the rest of the environment stays out)
 PASS_VARS="PYTHONS TEST_JOBS HYPOTHESIS_PROFILE STEPS COMPILERS WERROR_JOBS VALGRIND_TESTS
-           VALGRIND_JOBS ASAN_OPTIONS_EXTRA AIOFAST_DEBUG AIOFAST_SANITIZE AIOFAST_WERROR CC CFLAGS"
+           VALGRIND_JOBS ASAN_OPTIONS_EXTRA AIOFAST_DEBUG AIOFAST_SANITIZE AIOFAST_WERROR CC CFLAGS
+           http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL
+           PIP_DEFAULT_TIMEOUT"
 PACKAGES="gcc,libc6-dev,ca-certificates"
 for v in $NEW_VERSIONS; do
     PACKAGES="$PACKAGES,python$v,python$v-dev,python$v-venv,libpython$v-testsuite"
@@ -137,9 +139,12 @@ prepare() {  # what `run` needs in the chroot before it enters it
         chroot "$DIR" dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
+        # (a snapshot mirror serves Release files past their Valid-Until date: accepted, as
+        # debootstrap does)
         echo "=== newpython: installing ${missing[*]} in the chroot"
         chroot "$DIR" env DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -c \
-            'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >/dev/null' \
+            'apt-get -o Acquire::Check-Valid-Until=false update -qq &&
+             apt-get install -y -qq --no-install-recommends "$@" >/dev/null' \
             sh "${missing[@]}"
     fi
 }

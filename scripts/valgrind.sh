@@ -30,6 +30,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
 split_args "$@"
+status=0
+run_chroot_part "valgrind" scripts/valgrind.sh || status=1
+if [ ${#VERSIONS[@]} -eq 0 ]; then exit $status; fi
 if ! command -v valgrind >/dev/null; then
     echo "error: valgrind not found (apt-get install -y valgrind)" >&2
     exit 1
@@ -42,7 +45,6 @@ done
 jobs=${VALGRIND_JOBS:-$(nproc)}
 logs=$(mktemp -d "${TMPDIR:-/tmp}/aiofast-valgrind.XXXXXX")
 trap 'rm -rf "$logs"' EXIT
-status=0
 
 run_one() {  # VERSION PY PATH: the subset under valgrind; its exit status goes to $logs/VERSION.rc
     local v="$1" py="$2" path="$3" rc=0

@@ -777,7 +777,7 @@ bound_repr(PyObject *self)
     if (b->owner == NULL) {
         return PyUnicode_FromFormat("<bound method %U of a deleted object>", d->name);
     }
-    return PyUnicode_FromFormat("<bound method %s.%U of %R>", _PyType_Name(d->owner_type),
+    return PyUnicode_FromFormat("<bound method %s.%U of %R>", fa_type_name(d->owner_type),
                                 d->name, b->owner);
 }
 
@@ -840,7 +840,7 @@ descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
     }
     if (!PyObject_TypeCheck(obj, d->owner_type)) {
         PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%s' objects doesn't apply to a '%s' "
-                     "object", d->name, _PyType_Name(d->owner_type), Py_TYPE(obj)->tp_name);
+                     "object", d->name, fa_type_name(d->owner_type), Py_TYPE(obj)->tp_name);
         return NULL;
     }
     PyObject **slot = special_slot(d, obj);
@@ -877,12 +877,12 @@ descr_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObj
     }
     if (nargs < 1) {
         PyErr_Format(PyExc_TypeError, "unbound method %s.%U() needs an argument",
-                     _PyType_Name(d->owner_type), d->name);
+                     fa_type_name(d->owner_type), d->name);
         return NULL;
     }
     if (!PyObject_TypeCheck(args[0], d->owner_type)) {
         PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%s' objects doesn't apply to a '%s' "
-                     "object", d->name, _PyType_Name(d->owner_type), Py_TYPE(args[0])->tp_name);
+                     "object", d->name, fa_type_name(d->owner_type), Py_TYPE(args[0])->tp_name);
         return NULL;
     }
     return d->impl(args[0], args + 1, nargs - 1);
@@ -893,7 +893,7 @@ descr_repr(PyObject *self)
 {
     FaSpecialDescr *d = (FaSpecialDescr *)self;
     return PyUnicode_FromFormat("<method '%U' of '%s' objects>", d->name,
-                                _PyType_Name(d->owner_type));
+                                fa_type_name(d->owner_type));
 }
 
 static PyObject *
@@ -916,7 +916,7 @@ static PyObject *
 descr_get_qualname(PyObject *self, void *Py_UNUSED(c))
 {
     FaSpecialDescr *d = (FaSpecialDescr *)self;
-    return PyUnicode_FromFormat("%s.%U", _PyType_Name(d->owner_type), d->name);
+    return PyUnicode_FromFormat("%s.%U", fa_type_name(d->owner_type), d->name);
 }
 
 static PyObject *
