@@ -87,11 +87,11 @@ make_flavour_build() {
         echo "error: the $name build for Python $v failed" >&2
         return 1
     fi
-    FLAVOUR_PY="$venv/bin/python"
+    FLAVOUR_PY="$PWD/$venv/bin/python"
     FLAVOUR_PATH="$PWD/$dir"
     local where
     # (found, not imported: a sanitized build imports only with its runtime preloaded)
-    where=$(cd tests && PYTHONPATH="$FLAVOUR_PATH" "../$FLAVOUR_PY" -c \
+    where=$(cd tests && PYTHONPATH="$FLAVOUR_PATH" "$FLAVOUR_PY" -c \
         'import importlib.util as u; print(u.find_spec("aiofast").origin)')
     if [[ "$where" != "$FLAVOUR_PATH"/* ]]; then
         echo "error: tests would import $where, not the $name build" >&2
@@ -146,6 +146,9 @@ split_args() {
 run_suite() {
     local py="$1"
     shift
-    (cd tests && "../$py" -m pytest -c ../pyproject.toml --rootdir .. -q -p no:randomly \
+    # (an absolute path: from 3.14 a venv's interpreter started as ../.venv-X/bin/python warns
+    # that sys.prefix is not what it expected, and every subprocess of the tests inherits it)
+    [[ "$py" = /* ]] || py="$PWD/$py"
+    (cd tests && "$py" -m pytest -c ../pyproject.toml --rootdir .. -q -p no:randomly \
         --capture=sys -n "${TEST_JOBS:-auto}" "$@")
 }

@@ -57,7 +57,7 @@ run_one() {  # VERSION PY PATH: the subset under valgrind; its exit status goes 
     echo "=== valgrind, Python $v: ${existing[*]}"
     (cd tests && PYTHONPATH="$path" PYTHONMALLOC=malloc \
         HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-tiny}" \
-        "${vg[@]}" "../$py" -m pytest -c ../pyproject.toml --rootdir .. -q -p no:randomly \
+        "${vg[@]}" "$py" -m pytest -c ../pyproject.toml --rootdir .. -q -p no:randomly \
         --capture=sys -k "not asyncio-asyncio and (not uvloop or test_smoke)" "${existing[@]}" \
         "${PYTEST_ARGS[@]}") || rc=$?
     if [ $rc -eq 0 ]; then
