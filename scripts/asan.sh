@@ -10,7 +10,7 @@
 # the run fails if any report appears there, whatever the tests said: zero reports.
 # Leak detection is off (CPython leaks by design at exit); leaks are checked by tests/test_leaks.py.
 #
-#   bash scripts/asan.sh                   # 3.10 3.11 3.12 3.13
+#   bash scripts/asan.sh                   # 3.10 to 3.15 (3.14, 3.15: in scripts/newpython.sh's chroot)
 #   bash scripts/asan.sh 3.12              # some versions
 #   bash scripts/asan.sh 3.12 -- -k fuzz   # extra pytest arguments after --
 # The fuzzers run with the "small" hypothesis profile here (HYPOTHESIS_PROFILE overrides it; the

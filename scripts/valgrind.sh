@@ -23,7 +23,7 @@
 # their propagation into the interpreter loop. Invalid reads/writes, use-after-free and bad frees
 # are still reported there; 3.10, 3.12 and 3.13 are clean with every check on.
 #
-#   bash scripts/valgrind.sh               # 3.10 3.11 3.12 3.13
+#   bash scripts/valgrind.sh               # 3.10 to 3.15 (3.14, 3.15: in scripts/newpython.sh's chroot)
 #   bash scripts/valgrind.sh 3.12 -- -x    # some versions, extra pytest arguments after --
 #   VALGRIND_TESTS="test_locks.py" bash scripts/valgrind.sh 3.13    # another subset
 set -euo pipefail
