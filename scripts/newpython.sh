@@ -171,6 +171,9 @@ enter() {
     for v in $PASS_VARS; do
         [ -n "${!v:-}" ] && envs+=("$v=${!v}")
     done
+    local commit
+    commit=$(git rev-parse --short HEAD 2>/dev/null || true)
+    [ -z "$commit" ] || envs+=("AIOFAST_COMMIT=$commit")  # (for the benchmarks' JSON)
     chroot "$DIR" env -i HOME=/root TERM="${TERM:-dumb}" LANG=C.UTF-8 \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         AIOFAST_IN_CHROOT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "${envs[@]}" \
