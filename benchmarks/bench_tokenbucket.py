@@ -330,8 +330,10 @@ def extras_markdown(acc, curve):
     return "\n".join(lines)
 
 
-def main():
-    quick = "--quick" in sys.argv
+def main(quick=None):
+    """Standalone (flags from sys.argv) or from run_all.py, which passes quick."""
+    if quick is None:
+        quick = "--quick" in sys.argv
     repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else None
     if "--extras-only" not in sys.argv:
         run_cases(cases(quick), repeat or (3 if quick else 7), "tokenbucket", TITLE)
