@@ -5,6 +5,7 @@
 #   bash scripts/newpython.sh ensure           # build the chroot (or reuse it), nothing else
 #   bash scripts/newpython.sh has 3.14         # exit 0 if the chroot is there with python3.14
 #   bash scripts/newpython.sh run CMD ARGS...  # CMD in the chroot, in a copy of this work tree
+#   bash scripts/newpython.sh fetch GLOB...     # copy what `run` wrote (e.g. benchmark results) back
 #   bash scripts/newpython.sh path             # print the chroot's directory
 #
 # The chroot (AIOFAST_CHROOT, default /var/tmp/aiofast-sid) is made once with debootstrap (about
@@ -23,7 +24,7 @@ cd "$(dirname "$0")/.."
 DIR=${AIOFAST_CHROOT:-/var/tmp/aiofast-sid}
 NEW_VERSIONS="3.14 3.15"
 # the scripts' settings a command run in the chroot sees (the rest of the environment stays out)
-PASS_VARS="PYTHONS TEST_JOBS HYPOTHESIS_PROFILE STEPS COMPILERS WERROR_JOBS VALGRIND_TESTS
+PASS_VARS="PYTHONS PY BENCH_ARGS TEST_JOBS HYPOTHESIS_PROFILE STEPS COMPILERS WERROR_JOBS VALGRIND_TESTS
            VALGRIND_JOBS ASAN_OPTIONS_EXTRA AIOFAST_DEBUG AIOFAST_SANITIZE AIOFAST_WERROR CC CFLAGS
            http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL
            PIP_DEFAULT_TIMEOUT"
@@ -183,12 +184,26 @@ enter() {
     return $rc
 }
 
+fetch() {  # copy files the last `run` wrote in the chroot's copy (globs, relative) back here
+    local src="$DIR$(copy_dir)" pat f n=0
+    for pat in "$@"; do
+        for f in "$src"/$pat; do
+            [ -e "$f" ] || continue
+            mkdir -p "$(dirname "${f#"$src"/}")"
+            cp -a "$f" "${f#"$src"/}"
+            n=$((n + 1))
+        done
+    done
+    echo "=== newpython: $n file(s) copied back from the chroot"
+}
+
 case "${1:-}" in
     ensure) ensure ;;
     has) chroot_ready && [ -x "$DIR/usr/bin/python${2:?version}" ] ;;
     path) echo "$DIR" ;;
     versions) echo "$NEW_VERSIONS" ;;
     run) shift; run "$@" ;;
+    fetch) shift; fetch "$@" ;;
     _enter) shift; enter "$@" ;;
     *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
