@@ -152,6 +152,13 @@ prepare() {  # what `run` needs in the chroot before it enters it
 
 run() {
     ensure
+    # one run at a time per work tree (they share its copy in the chroot); others wait here
+    mkdir -p "$DIR/work"
+    exec 9>"$DIR/work/.$(basename "$PWD").lock"
+    if ! flock -n 9; then
+        echo "=== newpython: waiting for another run from this work tree to end"
+        flock 9
+    fi
     copy_tree
     # In a mount namespace of its own when the host allows it: the binds vanish with the command
     # however it ends, and runs from several work trees at once do not unmount each other's.
