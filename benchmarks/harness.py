@@ -116,7 +116,8 @@ def git_commit():
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
                               capture_output=True, text=True, check=True).stdout.strip()
     except Exception:
-        return "unknown"
+        # no git here (scripts/newpython.sh's chroot runs a copy of the tree): the host's word
+        return os.environ.get("AIOFAST_COMMIT", "unknown")
 
 
 class Case:

@@ -3,6 +3,8 @@
 #   record VERSION WHAT OUTCOME   a row; OUTCOME is "passed N failed N skipped N" from pytest's
 #                                 closing line (pytest_outcome), or a word such as "INSTALL FAILED"
 #   run_recorded VERSION WHAT CMD...  runs CMD (its output shown as it comes), then records it
+#   run_nested VERSION CMD...     runs CMD, a nested run of a script that closes on print_summary
+#                                 (e.g. in scripts/newpython.sh's chroot), and takes its rows over
 #   print_summary                 the table and the verdict; returns 1 if any row failed
 SUMMARY_ROWS=()
 
@@ -44,8 +46,31 @@ run_recorded() {
     return "$rc"
 }
 
+run_nested() {
+    local v="$1" log rc rows row
+    shift
+    log=$(mktemp)
+    set +e
+    AIOFAST_SUMMARY_ROWS=1 "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    rows=$(grep -a '^SUMMARY-ROW|' "$log" || true)
+    rm -f "$log"
+    if [ -z "$rows" ]; then
+        record "$v" tests "NO RESULT (exit $rc)"
+        return 1
+    fi
+    while IFS= read -r row; do
+        SUMMARY_ROWS+=("${row#SUMMARY-ROW|}")
+    done <<<"$rows"
+    return "$rc"
+}
+
 print_summary() {
     local row v what outcome p f s e verdict="" ok
+    if [ -n "${AIOFAST_SUMMARY_ROWS:-}" ]; then  # for run_nested in the calling script
+        for row in "${SUMMARY_ROWS[@]}"; do echo "SUMMARY-ROW|$row"; done
+    fi
     echo
     printf '%-8s %-28s %8s %8s %8s %8s  %s\n' Python what passed failed skipped errors result
     for row in "${SUMMARY_ROWS[@]}"; do

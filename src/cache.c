@@ -104,7 +104,7 @@ key_error(PyObject *key)
 static const char *
 type_name(PyObject *self)
 {
-    return _PyType_Name(Py_TYPE(self));
+    return fa_type_name(Py_TYPE(self));
 }
 
 /* ------------------------------------------------------------------ time and expiry */
@@ -472,7 +472,7 @@ cache_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwarg
     if (tp != base) {
         PyObject *names[4] = {st->str_popitem, st->str_expire, st->str_missing, st->str_getsizeof};
         for (int i = 0; i < 4; i++) {
-            if (_PyType_Lookup(tp, names[i]) != _PyType_Lookup(base, names[i])) {
+            if (fa_type_lookup(tp, names[i]) != fa_type_lookup(base, names[i])) {
                 self->ovr |= 1 << i;
             }
         }
