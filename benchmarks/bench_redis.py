@@ -8,9 +8,8 @@ on one connection; redis-py and limits use a connection per concurrent call from
 asyncio's default loop and on uvloop, through the harness (interleaved rounds, medians). The
 quota is the same for all, 100,000 per second, never exhausted, so every call admits.
 
-Run: PYTHONPATH=. python benchmarks/bench_redis.py [--quick] [--repeat N]
+Run: python -m benchmarks --only redis [--quick] [--save]  (or this file, from the root)
 """
-import argparse
 import asyncio
 import os
 import sys
@@ -91,23 +90,21 @@ def variants(url, loop_name, tasks=1):
     }
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeat", type=int, default=5)
-    a = ap.parse_args()
+def main(quick=False):
     srv = RedisServer().start()
     try:
-        n = 500 if a.quick else 2000
+        n = 500 if quick else 2000
         cases = [Case("try_acquire", variants(srv.url, loop), n, loop=loop,
                       note="one caller: one round trip per call") for loop in ("asyncio", "uvloop")]
         cases += [Case("try_acquire x16 tasks", variants(srv.url, loop, tasks=16), n, loop=loop,
                        note="16 concurrent callers in one process")
                   for loop in ("asyncio", "uvloop")]
-        run_cases(cases, 3 if a.quick else a.repeat, "redis", TITLE)
+        run_cases(cases, 3 if quick else 5, "redis", TITLE)
     finally:
         srv.close()
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.harness import parse_args
+
+    main(parse_args(sys.argv[1:], __doc__)[0].quick)
