@@ -10,6 +10,7 @@ test session on 127.0.0.1, persistence off; a missing redis-server fails these t
   1,000 tokens/s) and FIFO by reservation order.
 """
 import asyncio
+import inspect
 import os
 import subprocess
 import sys
@@ -357,7 +358,7 @@ async def test_async_with_and_decorator(server):
         async def double(x):
             return 2 * x
 
-        assert asyncio.iscoroutinefunction(double) and double.__name__ == "double"
+        assert inspect.iscoroutinefunction(double) and double.__name__ == "double"
         assert await double(21) == 42
         assert await b.try_acquire()
         assert not await b.try_acquire()
