@@ -35,6 +35,13 @@
  *   sets reprocess, and the outer call loops.
  * All of these are checked after every mutation in debug builds (tokenbucket_check,
  * FA_CONSISTENT).
+ *
+ * aiolimiter's rules (`peer`, set for AsyncLimiter, the drop-in for aiolimiter.AsyncLimiter):
+ * a newcomer takes the tokens if they are there, whoever waits; waiters are served smallest
+ * amount first (then in arrival order), so `waiters` is sorted by (num, arrival); has_capacity()
+ * ignores the waiters; a bad amount raises when the acquire is awaited, not when it is called;
+ * and using the limiter in a new loop after its loop closed warns (RuntimeWarning), as
+ * aiolimiter does, and drops the waiters of the closed loop.
  */
 #include "op.h"
 
@@ -62,6 +69,14 @@ PyAPI_FUNC(int) _PyObject_GetMethod(PyObject *obj, PyObject *name, PyObject **me
 #define OPF_TIMEDOUT 0x200  /* deadline passed, future resolved, nothing taken */
 #define OPF_TIMED 0x400     /* linked with a live deadline entry (counted in dl_live) */
 #define OPF_CALLING 0x800   /* RateLimited: the token is consumed, the function runs */
+#define OPF_BADAMOUNT 0x1000 /* AsyncLimiter: an amount outside [0, max_rate], raised on start */
+
+/* aiolimiter's texts, word for word */
+#define TB_PEER_AMOUNT_ERROR "Amount must be a number between 0 and the maximum capacity"
+#define TB_PEER_REUSE_WARNING \
+    "This AsyncLimiter instance is being re-used across loops. Please create a new limiter " \
+    "per event loop as re-use can lead to undefined behaviour."
+
 
 typedef struct {
     double when;
@@ -98,6 +113,7 @@ typedef struct {
     int stamp_valid;
     int processing;
     int reprocess;
+    int peer;              /* aiolimiter's rules (AsyncLimiter, see the top) */
 } TokenBucket;
 
 typedef struct {
@@ -171,6 +187,9 @@ tokenbucket_check(TokenBucket *self)
         FA_CHECK(op->num > 0 && op->num <= self->capacity,
                  "TokenBucket %p: waiter %p asks for %g of capacity %g", (void *)self,
                  (void *)op, op->num, self->capacity);
+        FA_CHECK(!self->peer || op->prev == NULL || op->prev->num <= op->num,
+                 "TokenBucket %p: waiter %p (%g) after a larger one (%g)", (void *)self,
+                 (void *)op, op->num, op->prev ? op->prev->num : 0.0);
         timed += (op->flags & OPF_TIMED) != 0;
     }
     /* the deadline heap: ordered by (when, seq); its live entries are exactly the TIMED
@@ -570,6 +589,8 @@ tb_running_loop_or_none(fa_state *st)
     return PyObject_CallNoArgs(st->get_running_loop);
 }
 
+static int tb_peer_loop(TokenBucket *self, PyObject *loop);
+
 /* tb_clock on the running loop. */
 static inline int
 tb_clock_now(TokenBucket *self)
@@ -577,6 +598,11 @@ tb_clock_now(TokenBucket *self)
     fa_state *st = self->st;
     PyObject *loop = tb_running_loop_or_none(st);  // new ref
     if (loop == NULL) {
+        return -1;
+    }
+    if (FA_UNLIKELY(self->peer) && loop != self->loop && loop != Py_None
+        && tb_peer_loop(self, loop) < 0) {
+        Py_DECREF(loop);
         return -1;
     }
 #if TB_VERDICT_CACHE
@@ -764,6 +790,35 @@ tb_abandon(TokenBucket *self)
     dl_release_all(self);
     Py_CLEAR(self->timer);  // closing the loop cancelled it
     FA_ASSERT_CONSISTENT(self);
+}
+
+/* aiolimiter's rules: the limiter is used in `loop` (borrowed, running), not the one it knows.
+ * The first loop is remembered; after it closed, the next one takes its place, its waiters are
+ * dropped and a RuntimeWarning says so (aiolimiter's). While it is open, nothing changes here
+ * (taking tokens at once works in any loop; waiting in another is tb_bind's RuntimeError).
+ * Beware: loop.is_closed() and the warning (an error under -W error) run Python code. */
+static int
+tb_peer_loop(TokenBucket *self, PyObject *loop)
+{
+    if (self->loop != NULL) {
+        PyObject *old = Py_NewRef(self->loop);
+        int closed = fa_call_bool(old, self->st->str_is_closed);
+        Py_DECREF(old);
+        if (closed <= 0) {
+            return closed;
+        }
+        if (self->loop == loop) {
+            return 0;  // re-entered and re-bound meanwhile
+        }
+        tb_abandon(self);
+    }
+    int warn = self->loop != NULL;
+    Py_XSETREF(self->loop, Py_NewRef(loop));  // Beware: may drop the last ref to the old loop
+    FA_ASSERT_CONSISTENT(self);
+    if (warn) {
+        return PyErr_WarnEx(PyExc_RuntimeWarning, TB_PEER_REUSE_WARNING, 1);
+    }
+    return 0;
 }
 
 /* The running loop (new ref), binding the bucket to it on the first wait. A bucket bound to a
@@ -1108,6 +1163,36 @@ tb_purge_dead(TokenBucket *self)
 
 /* ------------------------------------------------------------------ acquire */
 
+/* aiolimiter's order: move op (just linked at the tail) back past every waiter asking for more,
+ * so the queue stays sorted by (amount, arrival). Usually no move at all (equal amounts). */
+static void
+tb_peer_place(TokenBucket *self, FaOp *op)
+{
+    fa_waitq *q = &self->waiters;
+    FaOp *before = op;  // op goes right before this one
+    while (before->prev != NULL && before->prev->num > op->num) {
+        before = before->prev;
+    }
+    if (before == op) {
+        return;
+    }
+    /* unlink op (the tail) by hand, keeping the queue's reference */
+    q->tail = op->prev;
+    q->tail->next = NULL;
+    /* and link it before `before` */
+    op->next = before;
+    op->prev = before->prev;
+    if (before->prev != NULL) {
+        before->prev->next = op;
+    }
+    else {
+        q->head = op;
+    }
+    before->prev = op;
+    q->version++;
+    FA_ASSERT_CONSISTENT(self);
+}
+
 /* The ValueError of a request above the capacity (see tb_tokens_arg). */
 static PySendResult
 tb_over_capacity(TokenBucket *self, FaOp *op)
@@ -1162,6 +1247,9 @@ tb_enqueue(FaOp *op, PyObject **res)
     if (r != PYGEN_NEXT) {
         return r;
     }
+    if (self->peer) {
+        tb_peer_place(self, op);
+    }
     if (FA_UNLIKELY(op->num > self->capacity)) {
         /* the same, by Python code run since (loop.time(), create_future) */
         tb_unlink(self, op);
@@ -1196,11 +1284,44 @@ tb_enqueue(FaOp *op, PyObject **res)
     return PYGEN_NEXT;
 }
 
+/* aiolimiter's rules (see the top): the tokens go to whoever asks while they are there. */
+static PySendResult
+tb_peer_take_or_wait(FaOp *op, PyObject **res)
+{
+    TokenBucket *self = (TokenBucket *)op->owner;
+    if (op->flags & OPF_BADAMOUNT) {
+        op->flags &= ~OPF_BADAMOUNT;
+        PyErr_SetString(PyExc_ValueError, TB_PEER_AMOUNT_ERROR);
+        return PYGEN_ERROR;
+    }
+    if (tb_clock_now(self) < 0) {
+        return PYGEN_ERROR;
+    }
+    if (op->num == 0) {
+        *res = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    if (tb_enough(self, op->num)) {
+        tb_take(self, op->num);
+        FA_ASSERT_CONSISTENT(self);
+        /* the head's ready time moved: re-arm */
+        if (FA_UNLIKELY(self->waiters.len != 0) && tb_process(self, NAN) < 0) {
+            return PYGEN_ERROR;  // the tokens are taken, as aiolimiter's would be
+        }
+        *res = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    return tb_enqueue(op, res);
+}
+
 /* Take op->num tokens now (PYGEN_RETURN, *res = None) or queue up (PYGEN_NEXT). */
 static inline PySendResult
 tb_take_or_wait(FaOp *op, PyObject **res)
 {
     TokenBucket *self = (TokenBucket *)op->owner;
+    if (FA_UNLIKELY(self->peer)) {
+        return tb_peer_take_or_wait(op, res);
+    }
     if (FA_UNLIKELY(self->waiters.len != 0) && tb_purge_dead(self) < 0) {
         return PYGEN_ERROR;
     }
@@ -1542,13 +1663,49 @@ tb_timeout_arg(PyObject *obj, PyObject **out)
 
 /* ------------------------------------------------------------------ methods */
 
+/* aiolimiter's acquire(amount=1): a real number (else TypeError now); one outside
+ * [0, max_rate] raises ValueError when awaited, as an `async def` would. *flags gets
+ * OPF_BADAMOUNT then. 0 or -1. */
+static int
+tb_peer_amount(TokenBucket *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+               double *out, int *flags)
+{
+    PyObject *amount = NULL;
+    if (tb_parse2("acquire", args, nargs, kwnames, "amount", NULL, &amount, NULL) < 0) {
+        return -1;
+    }
+    double n = 1.0;
+    if (amount != NULL) {
+        int rc = tb_real(amount, "amount", &n);
+        if (rc == -1) {
+            return -1;
+        }
+        if (rc == -2) {
+            PyErr_Clear();
+            n = INFINITY;  // too large for a float: out of range either way
+        }
+    }
+    if (!(n >= 0 && n <= self->capacity)) {  // NaN fails both
+        *flags |= OPF_BADAMOUNT;
+        n = 1.0;
+    }
+    *out = n;
+    return 0;
+}
+
 static PyObject *
 tb_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     TokenBucket *self = (TokenBucket *)op;
     double n = 1.0;
     PyObject *timeout = NULL;
-    if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
+    int flags = 0;
+    if (FA_UNLIKELY(self->peer) && (nargs != 0 || kwnames != NULL)) {
+        if (tb_peer_amount(self, args, nargs, kwnames, &n, &flags) < 0) {
+            return NULL;
+        }
+    }
+    else if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
         PyObject *tok = NULL, *to = NULL;
         if (tb_parse2("acquire", args, nargs, kwnames, "tokens", "timeout", &tok, &to) < 0
             || tb_tokens_arg(self, tok, &n) < 0 || tb_timeout_arg(to, &timeout) < 0) {
@@ -1561,6 +1718,7 @@ tb_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         return NULL;
     }
     o->num = n;
+    o->flags = (o->flags & ~OPF_BADAMOUNT) | flags;
     Py_XSETREF(o->arg, timeout);
     return (PyObject *)o;
 }
@@ -1572,6 +1730,7 @@ tb_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
     FaOp *o = fa_op_cached(self->st, &self->cache, &tb_acquire_kind, op);
     if (o != NULL) {
         o->num = 1.0;
+        o->flags &= ~OPF_BADAMOUNT;
     }
     return (PyObject *)o;
 }
@@ -1624,12 +1783,46 @@ tb_try_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *
     return PyBool_FromLong(ok);
 }
 
+/* aiolimiter's has_capacity(amount=1): would `amount` fit now, whoever waits. Any real number
+ * (the level plus it within max_rate). */
+static PyObject *
+tb_peer_has_capacity(TokenBucket *self, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames)
+{
+    PyObject *amount = NULL;
+    double n = 1.0;
+    if (tb_parse2("has_capacity", args, nargs, kwnames, "amount", NULL, &amount, NULL) < 0) {
+        return NULL;
+    }
+    if (amount != NULL) {
+        int rc = tb_real(amount, "amount", &n);
+        if (rc == -1) {
+            return NULL;
+        }
+        if (rc == -2) {
+            PyErr_Clear();
+            int neg = tb_huge_negative(amount);
+            if (neg < 0) {
+                return NULL;
+            }
+            n = neg ? -INFINITY : INFINITY;
+        }
+    }
+    if (tb_clock_now(self) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(tb_enough(self, n));
+}
+
 static PyObject *
 tb_has_capacity(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     TokenBucket *self = (TokenBucket *)op;
     PyObject *tok = NULL;
     double n;
+    if (FA_UNLIKELY(self->peer)) {
+        return tb_peer_has_capacity(self, args, nargs, kwnames);
+    }
     if (tb_parse2("has_capacity", args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
         || tb_tokens_arg(self, tok, &n) < 0) {
         return NULL;
@@ -1777,6 +1970,17 @@ tb_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
     self->per_obj = Py_NewRef(self->rate_obj);
     self->cap_obj = Py_NewRef(self->rate_obj);
     return (PyObject *)self;
+}
+
+/* AsyncLimiter's base: a TokenBucket on aiolimiter's rules (see the top). */
+static PyObject *
+tb_peer_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    PyObject *self = tb_new(tp, args, kwargs);
+    if (self != NULL) {
+        ((TokenBucket *)self)->peer = 1;
+    }
+    return self;
 }
 
 static int
@@ -2158,6 +2362,25 @@ static PyType_Spec tb_spec = {
     .slots = tb_slots,
 };
 
+static PyType_Slot tb_peer_slots[] = {
+    {Py_tp_new, tb_peer_new},
+    {Py_tp_traverse, tb_traverse},
+    {Py_tp_clear, tb_clear},
+    {Py_tp_dealloc, tb_dealloc},
+    {Py_tp_doc, "A TokenBucket on aiolimiter's rules, the base of aiofast.AsyncLimiter: a newcomer\n"
+                "takes the tokens if they are there, waiters are served smallest amount first,\n"
+                "has_capacity() ignores them, and reuse in a new loop after the first closed\n"
+                "warns."},
+    {0, NULL},
+};
+
+static PyType_Spec tb_peer_spec = {
+    .name = "aiofast._core.LeakyBucket",
+    .basicsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = tb_peer_slots,
+};
+
 static PyGetSetDef rl_getset[] = {
     {"bucket", rl_get_bucket, NULL, "The TokenBucket each call takes a token from.", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
@@ -2301,6 +2524,12 @@ fa_tokenbucket_init(PyObject *mod, fa_state *st)
     if ((st->TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL) {
         return -1;
     }
+    PyTypeObject *leaky = fa_add_type(mod, &tb_peer_spec, (PyObject *)st->TokenBucketType,
+                                      "LeakyBucket");
+    if (leaky == NULL) {
+        return -1;
+    }
+    Py_DECREF(leaky);  // the module holds it
     st->RateLimitedType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &rl_spec, NULL);
     if (st->RateLimitedType == NULL) {
         return -1;
