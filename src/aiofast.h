@@ -149,6 +149,7 @@ typedef struct fa_state {
     PyTypeObject *CacheKeysType;
     PyTypeObject *CacheValuesType;
     PyTypeObject *CacheItemsType;
+    PyTypeObject *CacheTimerType;
     PyTypeObject *FlightType;
     PyTypeObject *HitType;
     PyObject *time_monotonic;     /* time.monotonic: a TTLCache with it reads the clock in C */
@@ -160,6 +161,7 @@ typedef struct fa_state {
     PyObject *str_expire;
     PyObject *str_missing;        /* "__missing__" */
     PyObject *str_getsizeof;
+    PyObject *str_restore;
     PyObject *str_create_task;
     PyObject *str_exception;
     PyObject *base_loop_time;     /* asyncio.BaseEventLoop.time (that is, time.monotonic()) */
