@@ -1519,9 +1519,14 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
     if (restore == NULL) {
         goto done;
     }
-    r = Py_BuildValue("(O (O) (O O (KKKK) O))", restore, args, items, lru,
-                      self->hits, self->misses, self->evictions, self->expirations,
-                      dict ? dict : Py_None);
+    /* with time objects, the origin the expiry times count from comes last */
+    r = self->time_objects && self->time_origin != NULL
+        ? Py_BuildValue("(O (O) (O O (KKKK) O O))", restore, args, items, lru, self->hits,
+                        self->misses, self->evictions, self->expirations,
+                        dict ? dict : Py_None, self->time_origin)
+        : Py_BuildValue("(O (O) (O O (KKKK) O))", restore, args, items, lru, self->hits,
+                        self->misses, self->evictions, self->expirations,
+                        dict ? dict : Py_None);
 done:
     PyMem_Free(pos);
     PyMem_Free(exps);
@@ -1573,12 +1578,12 @@ static PyObject *
 cache_setstate(PyObject *op, PyObject *state)
 {
     CacheObject *self = (CacheObject *)op;
-    PyObject *items, *lru, *dict;
+    PyObject *items, *lru, *dict, *origin = NULL;
     unsigned long long hits, misses, evictions, expirations;
     if (!PyTuple_Check(state)
-        || !PyArg_ParseTuple(state, "O!O!(KKKK)O;invalid LRUCache/TTLCache state",
+        || !PyArg_ParseTuple(state, "O!O!(KKKK)O|O;invalid LRUCache/TTLCache state",
                              &PyList_Type, &items, &PyList_Type, &lru, &hits, &misses,
-                             &evictions, &expirations, &dict)) {
+                             &evictions, &expirations, &dict, &origin)) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_TypeError, "invalid LRUCache/TTLCache state");
         }
@@ -1704,6 +1709,9 @@ cache_setstate(PyObject *op, PyObject *state)
     self->misses = misses;
     self->evictions = evictions;
     self->expirations = expirations;
+    if (origin != NULL && self->time_objects) {
+        Py_XSETREF(self->time_origin, Py_NewRef(origin));
+    }
     CHECK(self);
     if (dict != Py_None) {
         if (!Py_TYPE(op)->tp_dictoffset || !PyDict_Check(dict)) {

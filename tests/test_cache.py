@@ -1632,11 +1632,28 @@ def test_timer_attribute_of_the_default_timer_freezes_monotonic(cimpl):
     assert 1 not in c
 
 
+class DatetimeClock:
+    """A picklable timer reading a test's local `now`."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def __call__(self):
+        return self.read()
+
+    def __reduce__(self):
+        return (_fixed_datetime, (self.read(),))
+
+
+def _fixed_datetime(when):
+    return lambda: when
+
+
 def test_ttl_as_a_timedelta_with_datetime_timer(cimpl):
     import datetime as dt
 
     now = dt.datetime(2026, 1, 1, 12, 0, 0)
-    clock = lambda: now  # noqa: E731
+    clock = DatetimeClock(lambda: now)
     c = cimpl.TTLCache(maxsize=2, ttl=dt.timedelta(hours=1), timer=clock)
     assert c.ttl == dt.timedelta(hours=1)
     c[1] = 1
@@ -1647,6 +1664,11 @@ def test_ttl_as_a_timedelta_with_datetime_timer(cimpl):
     assert 1 not in c and c[2] == 2
     assert c.expire(now + dt.timedelta(hours=1)) == [(1, 1), (2, 2)]  # 1 was left in place
     assert len(c) == 0
+
+    c[3] = 3
+    for d in (pickle.loads(pickle.dumps(c)), copy.deepcopy(c), copy.copy(c)):
+        assert d.expire(now + dt.timedelta(minutes=59)) == [] and d[3] == 3
+        assert d.expire(now + dt.timedelta(hours=1)) == [(3, 3)]
 
     late = cimpl.TTLCache(maxsize=1, ttl=dt.timedelta(days=1), timer=lambda: dt.datetime.max)
     with pytest.raises(OverflowError):
