@@ -27,6 +27,10 @@
  *   bk_dispatch after the commit; a listener that re-enters the breaker only queues more events.
  * These, and each mode's counters and window, are checked after every mutation in debug builds
  * (breaker_check, breakercall_check: FA_CONSISTENT).
+ *
+ * For the circuitbreaker package's drop-in (circuit, aiofast/_compat_breaker.py): `streak`
+ * counts failures since the last success whatever the state (circuitbreaker's failure_count),
+ * and with `peer` set the last failure is kept until a success (its last_failure).
  */
 #include "op.h"
 
@@ -87,6 +91,9 @@ typedef struct {
     Py_ssize_t failures;     /* default mode: consecutive failures; frozen while open */
     Py_ssize_t successes;
     Py_ssize_t probes;       /* half-open probes running */
+    Py_ssize_t streak;       /* failures since the last success or close(), in any state */
+    PyObject *last_failure;  /* peer: the exception of the last failure, until a success */
+    int peer;                /* circuitbreaker's drop-in: keeps last_failure */
     /* rate mode window */
     unsigned char *ring;     /* last `window` outcomes: bit 0 failure, bit 1 slow */
     Py_ssize_t ring_pos;
@@ -628,9 +635,11 @@ bk_commit_step(Breaker *b, const bk_ticket *t, int out, int slow, double now)
 {
     if (out == OUT_SUCCESS) {
         b->n_succ++;
+        b->streak = 0;
     }
     else if (out == OUT_FAILURE) {
         b->n_fail++;
+        b->streak++;
     }
     else {
         b->n_ign++;
@@ -786,8 +795,9 @@ static inline int
 bk_record_success_fast(Breaker *b, const bk_ticket *t)
 {
     if (FA_LIKELY(b->state == BK_CLOSED && t->gen == b->gen && !b->rate_mode
-                  && !b->slow_mode)) {
+                  && !b->slow_mode && b->last_failure == NULL)) {
         b->n_succ++;
+        b->streak = 0;
         b->failures = 0;
         b->successes++;
         FA_ASSERT_CONSISTENT(b);
@@ -816,6 +826,11 @@ bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
     }
     int slow = b->slow_mode && out != OUT_IGNORED && now - t->t0 > b->slow_duration;
     bk_commit(b, t, out, slow, now);
+    if (b->peer && out != OUT_IGNORED) {
+        PyObject *old = b->last_failure;
+        b->last_failure = out == OUT_FAILURE ? Py_NewRef(exc) : NULL;
+        Py_XDECREF(old);  // Beware: the old exception's frames may run __del__
+    }
     bk_dispatch(b);
 }
 
@@ -2133,6 +2148,7 @@ bk_force(Breaker *b, int to)
     }
     else if (b->state == BK_CLOSED && to == BK_CLOSED) {
         b->failures = b->successes = 0;  /* a reset */
+        b->streak = 0;
         if (b->rate_mode) {
             bk_window_reset(b);
         }
@@ -2140,7 +2156,14 @@ bk_force(Breaker *b, int to)
     else if (b->state != to) {
         bk_transition(b, to, now);
     }
+    PyObject *old = NULL;
+    if (to == BK_CLOSED) {
+        b->streak = 0;
+        old = b->last_failure;
+        b->last_failure = NULL;
+    }
     FA_ASSERT_CONSISTENT(b);
+    Py_XDECREF(old);  // Beware: __del__
     bk_dispatch(b);
     return 0;
 }
@@ -2203,6 +2226,48 @@ breaker_remove_listener(PyObject *self, PyObject *fn)
     }
     PyErr_SetString(PyExc_ValueError, "remove_listener(fn): fn is not a listener");
     return NULL;
+}
+
+/* _peer_mode(): circuitbreaker's drop-in keeps the last failure, and counts the time to its
+ * first recovery from now (its breakers start "opened" at construction). */
+static PyObject *
+breaker_peer_mode(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    if (bk_now(b, &now) < 0) {
+        return NULL;
+    }
+    b->peer = 1;
+    if (b->state == BK_CLOSED && b->n_changes == 0) {
+        b->opened_at = now;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+breaker_get_streak(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(((Breaker *)self)->streak);
+}
+
+static PyObject *
+breaker_get_last_failure(PyObject *self, void *Py_UNUSED(c))
+{
+    Breaker *b = (Breaker *)self;
+    return Py_NewRef(b->last_failure ? b->last_failure : Py_None);
+}
+
+/* opened_at + recovery_timeout - now, unclamped: negative once an open circuit may recover */
+static PyObject *
+breaker_get_open_remaining(PyObject *self, void *Py_UNUSED(c))
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    if (bk_now(b, &now) < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(b->opened_at + b->recovery_timeout - now);
 }
 
 static PyObject *
@@ -2661,6 +2726,7 @@ breaker_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->ctxvar);
     Py_VISIT((PyObject *)b->cache);
     Py_VISIT((PyObject *)b->tcache);
+    Py_VISIT(b->last_failure);
     return 0;
 }
 
@@ -2677,6 +2743,7 @@ breaker_clear(PyObject *self)
     Py_CLEAR(b->ctxvar);
     Py_CLEAR(b->cache);
     Py_CLEAR(b->tcache);
+    Py_CLEAR(b->last_failure);
     return 0;
 }
 
@@ -2737,6 +2804,9 @@ static PyMethodDef breaker_methods[] = {
     {"add_listener", breaker_add_listener, METH_O, add_listener_doc},
     {"remove_listener", breaker_remove_listener, METH_O, remove_listener_doc},
     {"stats", breaker_stats, METH_NOARGS, stats_doc},
+    {"_peer_mode", breaker_peer_mode, METH_NOARGS, "_peer_mode($self, /)\n--\n\nFor the "
+     "circuit drop-in: keep the last failure (_last_failure); the recovery time counts from "
+     "now."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2754,6 +2824,12 @@ static PyGetSetDef breaker_getset[] = {
     {"name", breaker_get_name, NULL, "The breaker's name (defaults to the first decorated "
      "function's __qualname__).", NULL},
     {"listeners", breaker_get_listeners, NULL, "The listeners, as a tuple.", NULL},
+    {"_failure_streak", breaker_get_streak, NULL, "Failures since the last success or close(), "
+     "in any state (circuitbreaker's failure_count).", NULL},
+    {"_last_failure", breaker_get_last_failure, NULL, "With _peer_mode(): the exception of the "
+     "last failure, until a success; else None.", NULL},
+    {"_open_remaining", breaker_get_open_remaining, NULL, "Seconds from now to the end of the "
+     "last open period (negative after it).", NULL},
     CONFIG("failure_threshold", 0, NULL),
     CONFIG("recovery_timeout", 1, NULL),
     CONFIG("success_threshold", 2, NULL),
@@ -2802,7 +2878,8 @@ static PyType_Slot breaker_slots[] = {
 static PyType_Spec breaker_spec = {
     .name = "aiofast.CircuitBreaker",
     .basicsize = sizeof(Breaker),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    /* subclassable: circuitbreaker's drop-in (and its users' cls=) subclass it */
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = breaker_slots,
 };
 
