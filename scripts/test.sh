@@ -2,6 +2,8 @@
 # Install aiofast and its test dependencies in one venv per Python version (.venv-3.X), then run
 # the whole test suite on each: asyncio's loop and uvloop, asyncio's classes as the oracle,
 # CPython's own asyncio tests under aiofast.install(). Fails if any version is missing.
+# Then, on each, the peers' own test suites against the drop-ins (scripts/peers.sh; skipped when
+# pytest arguments select a subset, unless PEERS=1).
 #   PYTHONS="3.11" bash scripts/test.sh      # a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +18,10 @@ for v in $PYTHONS; do
     # from tests/, so that `import aiofast` finds the installed package, not the source tree;
     # on pytest-xdist workers, one per core (TEST_JOBS=N to choose, 0 for one process)
     run_suite "$py" "$@" || status=1
+    # the peers' own test suites against the drop-ins (and against the peers themselves)
+    if [ $# -eq 0 ] || [ -n "${PEERS:-}" ]; then
+        echo "=== Python $v: the peers' own test suites"
+        bash scripts/peers.sh "$py" || status=1
+    fi
 done
 exit $status

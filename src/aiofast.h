@@ -157,6 +157,7 @@ typedef struct fa_state {
     PyObject *Set;                /* collections.abc.Set */
     PyObject *CacheInfo;          /* functools._CacheInfo */
     PyObject *kwd_mark;           /* separates positional from keyword arguments in memo keys */
+    PyObject *AlruCacheLoopResetWarning;  /* alru_cache used from a new event loop */
     PyObject *str_popitem;
     PyObject *str_expire;
     PyObject *str_missing;        /* "__missing__" */

@@ -23,6 +23,10 @@
  *   the end of the array when it completes, so results expire in completion order (with
  *   jitter: the per-entry heap).
  *
+ * alru_cache (async-lru 2.x): the memo remembers the event loop it is first called in; a call
+ * in another loop warns once (AlruCacheLoopResetWarning) and clears the cache (entries and
+ * counts) before going on in the new loop, as async-lru does.
+ *
  * Invariants (checked after every mutation by memo_check in debug builds): an entry's value is
  * a Flight exactly while that flight runs and is attached (a flight finds its entry by key
  * identity, so eviction or invalidation simply detaches it); hits + misses counts the calls that
@@ -76,6 +80,8 @@ struct MemoObject {
     int is_async;
     int closed;
     int alru;                /* made by alru_cache: its parameter dict and messages */
+    int warned_loop;         /* alru: the loop-change warning was given */
+    PyObject *first_loop;    /* alru: the loop of the calls, or NULL before the first */
 };
 
 typedef struct {
@@ -83,6 +89,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     MemoObject *memo;
     PyObject *self;          /* the instance */
+    PyObject *weakreflist;   /* weakly referenceable, as bound methods are */
 } MemoMethodObject;
 
 /* The awaitable a cache hit returns: already finished. */
@@ -264,6 +271,46 @@ call_packed(PyObject *func, PyObject *packed)
 {
     PyObject *kw = PyTuple_GET_ITEM(packed, 1);
     return PyObject_Call(func, PyTuple_GET_ITEM(packed, 0), kw == Py_None ? NULL : kw);
+}
+
+/* ------------------------------------------------------------------ alru_cache's loop */
+
+static PyObject *memo_cache_clear(PyObject *op, PyObject *Py_UNUSED(ignored));
+
+/* alru: called in `loop` (borrowed, running), not the remembered one. The first: remember it.
+ * Another: warn once (an error under -W error: then nothing changes), clear, re-bind. 0 or -1.
+ * Beware: the warning machinery and the cleared entries' __del__ run Python code. */
+static int
+memo_loop_changed(MemoObject *self, PyObject *loop)
+{
+    if (self->first_loop != NULL) {
+        if (!self->warned_loop) {
+            if (PyErr_WarnEx(self->st->AlruCacheLoopResetWarning,
+                             "alru_cache detected event loop change and auto-cleared stale "
+                             "entries. This is safe but unusual outside of tests "
+                             "(pytest-anyio, etc.).", 1) < 0) {
+                return -1;
+            }
+            self->warned_loop = 1;
+        }
+        PyObject *r = memo_cache_clear((PyObject *)self, NULL);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    Py_XSETREF(self->first_loop, Py_NewRef(loop));
+    return 0;
+}
+
+/* alru: check the running loop (new ref or None, borrowed here) against the remembered one. */
+static inline int
+memo_check_loop(MemoObject *self, PyObject *loop)
+{
+    if (FA_LIKELY(loop == self->first_loop) || loop == Py_None) {
+        return 0;
+    }
+    return memo_loop_changed(self, loop);
 }
 
 /* ------------------------------------------------------------------ time and the table */
@@ -959,6 +1006,10 @@ call_start(FaOp *op, PyObject **res)
     if (loop == NULL) {
         return PYGEN_ERROR;
     }
+    if (self->alru && memo_check_loop(self, loop) < 0) {
+        Py_DECREF(loop);
+        return PYGEN_ERROR;
+    }
     ct_buf trash;
     ct_buf_init(&trash);
     PySendResult r = PYGEN_ERROR;
@@ -1255,12 +1306,25 @@ memo_call_key(MemoObject *self, PyObject *key, PyObject *const *args, Py_ssize_t
     if (!self->is_async) {
         return memo_call_sync(self, key, hash, args, nargs, kwnames);
     }
+    int defer = 0;  /* decide when awaited, in the loop that runs it */
+    if (self->alru) {
+        PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);  // new ref (or None)
+        if (loop == NULL) {
+            return NULL;
+        }
+        defer = loop == Py_None;  /* called outside a loop: it may run in a new one */
+        int rc = memo_check_loop(self, loop);
+        Py_DECREF(loop);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
     double now = 0.0;
     int clock = self->has_ttl ? memo_now(self, &now) : 0;
     if (clock < 0) {
         return NULL;
     }
-    Py_ssize_t ix = clock ? CT_NOTFOUND : ct_lookup(&self->t, key, hash);  // Beware: __eq__
+    Py_ssize_t ix = clock || defer ? CT_NOTFOUND : ct_lookup(&self->t, key, hash);  // Beware
     if (ix == CT_ERROR) {
         return NULL;
     }
@@ -1535,6 +1599,7 @@ memo_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->dict);
     Py_VISIT(self->hitcache);
     Py_VISIT(self->stopiter);
+    Py_VISIT(self->first_loop);
     return ct_traverse(&self->t, visit, arg);
 }
 
@@ -1555,6 +1620,7 @@ memo_clear(PyObject *op)
     Py_CLEAR(self->dict);
     Py_CLEAR(self->hitcache);
     Py_CLEAR(self->stopiter);
+    Py_CLEAR(self->first_loop);
     return 0;
 }
 
@@ -1669,6 +1735,7 @@ memo_descr_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
     m->vectorcall = method_vectorcall;
     m->memo = (MemoObject *)Py_NewRef(op);
     m->self = Py_NewRef(obj);
+    m->weakreflist = NULL;
     PyObject_GC_Track(m);
     return (PyObject *)m;
 }
@@ -1910,6 +1977,9 @@ method_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
+    if (((MemoMethodObject *)op)->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
     method_clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -1932,6 +2002,8 @@ static PyGetSetDef method_getset[] = {
 
 static PyMemberDef method_members[] = {
     {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(MemoMethodObject, vectorcall), Py_READONLY,
+     NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(MemoMethodObject, weakreflist), Py_READONLY,
      NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -2000,6 +2072,15 @@ fa_memo_init(PyObject *mod, fa_state *st)
     }
     st->kwd_mark = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     if (st->kwd_mark == NULL) {
+        return -1;
+    }
+    st->AlruCacheLoopResetWarning = PyErr_NewExceptionWithDoc(
+        "aiofast.AlruCacheLoopResetWarning",
+        "Emitted once per alru_cache when it is called in a new event loop (and clears itself).",
+        PyExc_UserWarning, NULL);
+    if (st->AlruCacheLoopResetWarning == NULL
+        || PyModule_AddObjectRef(mod, "AlruCacheLoopResetWarning",
+                                 st->AlruCacheLoopResetWarning) < 0) {
         return -1;
     }
     st->MemoType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &memo_spec, NULL);

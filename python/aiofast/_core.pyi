@@ -351,6 +351,9 @@ class _CacheTimer:
     def __copy__(self) -> Self: ...
     def __getattr__(self, name: str) -> Any: ...
 
+class AlruCacheLoopResetWarning(UserWarning):
+    """Emitted once per alru_cache when it is called in a new event loop."""
+
 # ---- token bucket (src/tokenbucket.c)
 @disjoint_base
 class TokenBucket:

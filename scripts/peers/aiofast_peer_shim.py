@@ -37,12 +37,15 @@ def _circuitbreaker():
 def _async_lru():
     from aiofast import _compat_cache as cc
 
-    names = {"alru_cache": cc.alru_cache}
-    if hasattr(cc, "AlruCacheLoopResetWarning"):
-        names["AlruCacheLoopResetWarning"] = cc.AlruCacheLoopResetWarning
-    # typing-only names the suite's conftest imports for its annotations
+    names = {"alru_cache": cc.alru_cache,
+             "AlruCacheLoopResetWarning": cc.AlruCacheLoopResetWarning}
+    # typing-only names the suite imports: for annotations (_R, _LRUCacheWrapper), and
+    # _CacheParameters, the TypedDict of cache_parameters() (a plain dict at run time)
     names["_R"] = typing.TypeVar("_R")
     names["_LRUCacheWrapper"] = typing.Generic
+    names["_CacheParameters"] = typing.TypedDict(
+        "_CacheParameters", {"typed": bool, "maxsize": typing.Optional[int], "tasks": int,
+                             "closed": bool})
     return _module("async_lru", **names)
 
 
