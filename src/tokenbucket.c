@@ -2362,8 +2362,25 @@ static PyType_Spec tb_spec = {
     .slots = tb_slots,
 };
 
+PyDoc_STRVAR(tb_peer_acquire_doc, "acquire($self, /, amount=1)\n--\n\n"
+"Wait until `amount` capacity is available, then take it (aiolimiter's rules: capacity that is\n"
+"there goes to whoever asks; waiters are served smallest amount first). An amount outside\n"
+"[0, max_rate] raises ValueError when awaited; acquire(0) returns at once.");
+PyDoc_STRVAR(tb_peer_has_capacity_doc, "has_capacity($self, /, amount=1)\n--\n\n"
+"True if `amount` fits in the capacity available now, whoever waits.");
+
+/* the same C methods as TokenBucket's, with aiolimiter's parameter name in their signatures */
+static PyMethodDef tb_peer_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))tb_acquire, METH_FASTCALL | METH_KEYWORDS,
+     tb_peer_acquire_doc},
+    {"has_capacity", (PyCFunction)(void (*)(void))tb_has_capacity, METH_FASTCALL | METH_KEYWORDS,
+     tb_peer_has_capacity_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyType_Slot tb_peer_slots[] = {
     {Py_tp_new, tb_peer_new},
+    {Py_tp_methods, tb_peer_methods},
     {Py_tp_traverse, tb_traverse},
     {Py_tp_clear, tb_clear},
     {Py_tp_dealloc, tb_dealloc},

@@ -317,6 +317,10 @@ def test_signatures():
     assert str(inspect.signature(TokenBucket.has_capacity)) == "(self, /, tokens=1)"
     assert str(inspect.signature(TokenBucket.reset)) == "(self, /)"
     assert TokenBucket.__module__ == "aiofast"
+    # AsyncLimiter: aiolimiter's parameter names, on the same C methods
+    assert str(inspect.signature(AsyncLimiter.acquire)) == "(self, /, amount=1)"
+    assert str(inspect.signature(AsyncLimiter.has_capacity)) == "(self, /, amount=1)"
+    assert str(inspect.signature(aiolimiter.AsyncLimiter.acquire)).startswith("(self, amount")
 
 
 def test_exports():

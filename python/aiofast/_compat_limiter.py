@@ -10,8 +10,7 @@ acquire is awaited, and reuse in a new loop after the first closed warns. ``acqu
 see the README, "AsyncLimiter".
 """
 import math
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._core import LeakyBucket
 
@@ -51,14 +50,6 @@ class AsyncLimiter(LeakyBucket):
     def time_period(self) -> float:
         """The configured ``time_period``, in seconds."""
         return self.per
-
-    if TYPE_CHECKING:  # LeakyBucket's C methods, with aiolimiter's parameter name
-
-        def acquire(self, amount: float = 1) -> Coroutine[Any, Any, None]:  # type: ignore[override]
-            """Wait until ``amount`` capacity is available, then take it."""
-
-        def has_capacity(self, amount: float = 1) -> bool:  # type: ignore[override]
-            """True if ``amount`` fits now (whoever waits)."""
 
     def __repr__(self) -> str:
         level = float(self.max_rate) - self.tokens

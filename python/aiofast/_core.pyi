@@ -387,3 +387,5 @@ class TokenBucket:
 class LeakyBucket(TokenBucket):
     """AsyncLimiter's base: a TokenBucket on aiolimiter's rules (acquire and has_capacity take
     ``amount``)."""
+    def acquire(self, amount: float = 1) -> Coroutine[Any, Any, None]: ...  # type: ignore[override]
+    def has_capacity(self, amount: float = 1) -> bool: ...  # type: ignore[override]
