@@ -139,9 +139,11 @@ clk_proof_store(fa_state *st, PyObject *loop)
         dp = &st->clk_no_dict;
     }
     fa_dict_tag dtag = 0;
+#if !FA_INLINE_VALUES
     if (*dp != NULL && !fa_dict_tag_take(st->clk_watcher, *dp, &dtag)) {
         return;
     }
+#endif
     st->clk_nat_loop = loop;
     st->clk_nat_type = tp;
     st->clk_nat_ttag = ttag;

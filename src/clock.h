@@ -112,10 +112,10 @@ fa_mono_read(fa_state *st, fa_reading *r)
 }
 
 /* Does the remembered proof that `loop`'s time() is asyncio's own still hold? Nothing it rests
- * on may have changed: the loop and its class (__class__ assignment changes the
- * type; any change to the class or a base changes its tag), the instance __dict__ (the same
- * dict, unchanged: the dict tag; replacing it changes the pointer), BaseEventLoop.time's code,
- * and the module dicts it reads (the dict tags). */
+ * on may have changed: the loop and its class (__class__ assignment changes the type; any
+ * change to the class or a base changes its tag), the instance __dict__ (the same dict,
+ * unchanged: its tag, or from 3.13 still without `time`; replacing it changes the pointer),
+ * BaseEventLoop.time's code, and the module dicts it reads (their tags). */
 static inline int
 fa_loop_proven(fa_state *st, PyObject *loop)
 {
@@ -133,9 +133,27 @@ fa_loop_proven(fa_state *st, PyObject *loop)
         || PyFunction_GET_CODE(st->clk_base_time) != st->clk_base_code) {
         return 0;
     }
-    return (st->clk_nat_dict == NULL || fa_dict_tag_same(st->clk_nat_dict, st->clk_nat_dtag))
-           && fa_dict_tag_same(st->clk_base_globals, st->clk_globals_tag)
-           && fa_mono_proven(st);
+    if (!fa_dict_tag_same(st->clk_base_globals, st->clk_globals_tag) || !fa_mono_proven(st)) {
+        return 0;
+    }
+    PyObject *d = st->clk_nat_dict;
+    if (d == NULL) {
+        return 1;
+    }
+#if FA_INLINE_VALUES
+    /* an instance store may not have told the dict's watchers: look for `time` itself (a str
+     * key in a str-keyed dict: no Python code; anything else answers "prove it again") */
+    if (PyDict_GetItemWithError(d, st->str_time) != NULL) {
+        return 0;
+    }
+    if (FA_UNLIKELY(PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+#else
+    return fa_dict_tag_same(d, st->clk_nat_dtag);
+#endif
 }
 
 /* loop.time(): 0 or -1. Beware: a time() other than asyncio's own is Python code. */

@@ -7,7 +7,8 @@
  * - fa_type_tag(): a type's method-cache version tag, 0 when it has none. A tag changes whenever
  *   the type or any class in its MRO is modified, and is never reused: same tag, same
  *   unmodified type.
- * - dict tags (fa_dict_tag_take / fa_dict_tag_same): "this dict has not changed since".
+ * - dict tags (fa_dict_tag_take / fa_dict_tag_same): "this dict has not changed since" (for an
+ *   instance's __dict__ from 3.13, see FA_INLINE_VALUES).
  *   Up to 3.11, the dict's PEP 509 version (changed by every modification, never reused). From
  *   3.12, where those versions are deprecated (and gone in 3.14), the supported dict watchers:
  *   taking a tag watches the dict with the module state's watcher, whose callback bumps
@@ -23,6 +24,10 @@
 #include <time.h>
 
 #define FA_DICT_WATCHERS (PY_VERSION_HEX >= 0x030C0000)
+/* From 3.13 an instance's attributes live in inline values that its materialized __dict__
+ * shares: a store through the instance changes the dict's contents without telling its
+ * watchers (seen on 3.13), so a proof about an instance attribute looks it up every time. */
+#define FA_INLINE_VALUES (PY_VERSION_HEX >= 0x030D0000)
 
 /* ---- the monotonic clock ---- */
 
@@ -58,7 +63,9 @@ fa_seconds_double(long long ns)
 static inline unsigned int
 fa_type_tag(PyTypeObject *tp)
 {
-#ifdef Py_TPFLAGS_VALID_VERSION_TAG
+#if PY_VERSION_HEX < 0x030D0000
+    /* up to 3.12 a flag tells whether the tag is valid; from 3.13 the flag is no longer set, and
+     * an invalidated tag is 0 */
     if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
         return 0;
     }

@@ -149,14 +149,18 @@ async def warm(fam, obj):
 # patches of the running loop's time
 
 
+@pytest.mark.parametrize("own_time", [False, True], ids=["loop-time", "own-time"])
 @pytest.mark.parametrize("start", [10.0, 1e12], ids=["below", "above"])
-def test_instance_patch_of_loop_time(fam, loop_cls, start):
-    """Below: the aiolimiter case (a fake clock reading less than the real one froze the bucket
-    on a loop whose class has its own time())."""
+def test_instance_patch_of_loop_time(fam, loop_cls, start, own_time):
+    """Below, own-time: the aiolimiter case (a fake clock reading less than the real one froze
+    the bucket on a loop whose class has its own time()). loop-time: the loop class's time() is
+    asyncio's (read natively, the proof remembered) or uvloop's."""
 
     class Loop(loop_cls):
-        def time(self):
-            return super().time()
+        if own_time:
+
+            def time(self):
+                return super().time()
 
     async def main():
         loop = asyncio.get_running_loop()
