@@ -33,6 +33,7 @@
  * and with `peer` set the last failure is kept until a success (its last_failure).
  */
 #include "op.h"
+#include "clock.h"
 
 #include <stdint.h>
 #include <time.h>
@@ -66,7 +67,8 @@ typedef struct {
     PyObject *exclude;       /* the same, or NULL */
     PyObject *fallback;      /* callable or NULL */
     PyObject *name;          /* str or None */
-    PyObject *clock;         /* callable or NULL (C monotonic clock) */
+    PyObject *clock;         /* callable or NULL (time.monotonic) */
+    fa_clock clk;            /* the clock last read; times are on its scale (bk_now) */
     double recovery_timeout;
     double failure_rate;     /* rate mode */
     double slow_rate;        /* rate mode with slow calls */
@@ -157,48 +159,30 @@ static void breakercall_check(BreakerCall *c);
 
 /* ------------------------------------------------------------------ clock */
 
-static inline double
-bk_monotonic(void)
-{
-#if defined(CLOCK_MONOTONIC) && !defined(_WIN32)
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.monotonic()'s clock on POSIX */
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-#elif FA_PY313
-    PyTime_t t;
-    (void)PyTime_MonotonicRaw(&t);
-    return PyTime_AsSecondsDouble(t);
-#else
-    LARGE_INTEGER c, f;
-    QueryPerformanceCounter(&c);
-    QueryPerformanceFrequency(&f);
-    return (double)c.QuadPart / (double)f.QuadPart;
-#endif
-}
-
-/* The current time: 0, or -1 with an exception (a clock= that raised or returned nonsense).
- * Beware: a clock= callable runs Python code. */
+/* The current time on the breaker's own scale (clock.h: clock= if given, else time.monotonic as
+ * the time module has it; a new clock carries on from where the last one left): 0, or -1 with an
+ * exception (a clock that raised or returned nonsense). Beware: a clock= callable (or a patched
+ * time.monotonic) runs Python code, and so may the release of a clock read before. */
 static int
 bk_now(Breaker *b, double *now)
 {
+    fa_reading r;
     if (FA_LIKELY(b->clock == NULL)) {
-        *now = b->last_now = bk_monotonic();
-        return 0;
+        if (fa_mono_read(b->st, &r) < 0) {
+            return -1;
+        }
     }
-    PyObject *r = PyObject_CallNoArgs(b->clock);  // new ref
-    if (r == NULL) {
-        return -1;
+    else {
+        if (fa_user_read(b->clock, NULL, "clock()", &r.now) < 0) {
+            return -1;
+        }
+        r.kloop = NULL;
+        r.kfn = Py_NewRef(b->clock);
     }
-    double v = PyFloat_AsDouble(r);
-    Py_DECREF(r);
-    if (v == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(v)) {
-        PyErr_SetString(PyExc_ValueError, "CircuitBreaker clock() returned nan");
-        return -1;
-    }
-    *now = b->last_now = v;
+    PyObject *old_loop, *old_fn;
+    *now = b->last_now = fa_clock_advance(&b->clk, &r, &old_loop, &old_fn);
+    Py_XDECREF(old_loop);
+    Py_XDECREF(old_fn);
     return 0;
 }
 
@@ -2722,6 +2706,9 @@ breaker_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->fallback);
     Py_VISIT(b->name);
     Py_VISIT(b->clock);
+    if (fa_clock_traverse(&b->clk, visit, arg) < 0) {
+        return -1;
+    }
     Py_VISIT(b->listeners);
     Py_VISIT(b->ctxvar);
     Py_VISIT((PyObject *)b->cache);
@@ -2739,6 +2726,7 @@ breaker_clear(PyObject *self)
     Py_CLEAR(b->fallback);
     Py_CLEAR(b->name);
     Py_CLEAR(b->clock);
+    fa_clock_clear_refs(&b->clk);
     Py_CLEAR(b->listeners);
     Py_CLEAR(b->ctxvar);
     Py_CLEAR(b->cache);

@@ -31,6 +31,7 @@ typedef struct {
     PyObject *maxsize_obj;  /* maxsize as given */
     PyObject *getsizeof;    /* a callable, or NULL (every item has size 1) */
     PyObject *timer;        /* TTLCache: the timer as given; NULL for time.monotonic */
+    fa_clock clk;           /* TTLCache: the clock last read; expiry times are on its scale */
     PyObject *ttl_obj;      /* TTLCache: ttl as given */
     PyObject *timer_wrap;   /* TTLCache: the `timer` attribute (a CacheTimer), made on first use */
     PyObject *time_origin;  /* TTLCache with time objects (see cache_seconds): the first time
@@ -133,31 +134,57 @@ type_name(PyObject *self)
 
 /* ------------------------------------------------------------------ time and expiry */
 
-/* The current time of the cache's timer: 0, or -1 with an exception. Beware: a timer given by
- * the user is Python code. */
 static int cache_seconds(CacheObject *self, PyObject *time, double *out);
 
+/* The current time of the cache's timer (clock.h: time.monotonic as the time module has it,
+ * when no timer was given), on the cache's own scale (a new clock carries on from where the last
+ * one left); within `with cache.timer:`, the time read on entering it. 0, or -1 with an
+ * exception. Beware: a timer given by the user is Python code, and so may be the release of a
+ * clock read before. */
 static int
 cache_now(CacheObject *self, double *now)
 {
+    fa_reading r;
     CacheTimerObject *w = (CacheTimerObject *)self->timer_wrap;
-    PyObject *r;  // new ref
-    if (w != NULL && w->nesting > 0 && w->frozen != NULL) {
-        r = Py_NewRef(w->frozen);  // within `with cache.timer:`
-    }
-    else if (self->timer == NULL) {
-        *now = fa_monotonic();
-        return 0;
-    }
-    else {
-        r = PyObject_CallNoArgs(self->timer);
-        if (r == NULL) {
+    PyObject *frozen = w != NULL && w->nesting > 0 ? w->frozen : NULL;  // borrowed
+    if (self->timer == NULL) {
+        if (fa_mono_read(self->st, &r) < 0) {
             return -1;
         }
+        if (frozen != NULL) {
+            double f = PyFloat_AsDouble(frozen);  // a reading of this same clock
+            if (f == -1.0 && PyErr_Occurred()) {
+                fa_reading_release(&r);
+                return -1;
+            }
+            r.now = f;
+        }
     }
-    int rc = cache_seconds(self, r, now);
-    Py_DECREF(r);
-    return rc;
+    else {
+        if (frozen == NULL && !self->time_objects) {
+            if (fa_user_read(self->timer, NULL, "timer()", &r.now) < 0) {
+                return -1;
+            }
+        }
+        else {
+            PyObject *t = frozen != NULL ? Py_NewRef(frozen) : PyObject_CallNoArgs(self->timer);
+            if (t == NULL) {
+                return -1;
+            }
+            int rc = cache_seconds(self, t, &r.now);
+            Py_DECREF(t);
+            if (rc < 0) {
+                return -1;
+            }
+        }
+        r.kloop = NULL;
+        r.kfn = Py_NewRef(self->timer);
+    }
+    PyObject *old_loop, *old_fn;
+    *now = fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
+    Py_XDECREF(old_loop);
+    Py_XDECREF(old_fn);
+    return 0;
 }
 
 /* A time (the timer's, or expire's argument) in seconds. Usually a number. With time objects
@@ -199,6 +226,15 @@ cache_seconds(CacheObject *self, PyObject *time, double *out)
     }
     *out = d;
     return 0;
+}
+
+/* May expiry be judged by fa_monotonic_before, with no Python code? An LRUCache; a TTLCache on
+ * time.monotonic, still the original, on a scale that is that clock's own. */
+static inline int
+cache_clock_native(CacheObject *self)
+{
+    return !self->is_ttl || (self->clk.kfn == NULL && self->clk.offset == 0.0
+                             && fa_mono_proven(self->st));
 }
 
 /* Remove every expired entry (no Python code). With out, the removed (key, value) references
@@ -282,7 +318,7 @@ cache_find(CacheObject *self, PyObject *key, Py_hash_t hash, int touch, int *fre
         return ix;
     }
     double now;
-    if (cache_native_time(self)) {
+    if (cache_native_time(self) && cache_clock_native(self)) {
         ix = ct_lookup(t, key, hash);
         if (ix >= 0) {
             if (touch) {
@@ -569,6 +605,9 @@ cache_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->timer_wrap);
     Py_VISIT(self->time_origin);
     Py_VISIT(self->last_time);
+    if (fa_clock_traverse(&self->clk, visit, arg) < 0) {
+        return -1;
+    }
     return ct_traverse(&self->t, visit, arg);
 }
 
@@ -582,7 +621,11 @@ cache_tp_clear(PyObject *op)
     self->currsize = 0;
     ct_trash(&trash, self->getsizeof);
     ct_trash(&trash, self->timer);
+    ct_trash(&trash, self->clk.kloop);
+    ct_trash(&trash, self->clk.kfn);
     self->getsizeof = self->timer = NULL;
+    self->clk.kloop = self->clk.kfn = NULL;
+    self->clk.valid = 0;
     CHECK(self);
     ct_buf_flush(&trash);
     Py_CLEAR(self->maxsize_obj);
@@ -773,6 +816,15 @@ ttl_init(PyObject *op, PyObject *args, PyObject *kwargs)
     Py_CLEAR(self->timer_wrap);
     Py_CLEAR(self->time_origin);
     Py_CLEAR(self->last_time);
+    /* time.monotonic is the cache's clock from the start (cache_clock_native); a timer's is
+     * known at its first reading */
+    PyObject *old_loop = self->clk.kloop, *old_fn = self->clk.kfn;
+    self->clk.kloop = self->clk.kfn = NULL;
+    self->clk.valid = timer == NULL;
+    self->clk.offset = 0.0;
+    self->clk.last = timer == NULL ? fa_monotonic() : 0.0;
+    Py_XDECREF(old_loop);  // Beware: __init__ called again: may run Python code
+    Py_XDECREF(old_fn);
     return 0;
 }
 
@@ -798,7 +850,7 @@ cache_subscript(PyObject *op, PyObject *key)
     }
     ct_table *t = &self->t;
     Py_ssize_t ix;
-    if (FA_LIKELY(cache_native_time(self))) {
+    if (FA_LIKELY(cache_native_time(self) && cache_clock_native(self))) {
         /* the fast path: no Python code between the lookup and the answer */
         ix = ct_lookup(t, key, hash);
         if (FA_LIKELY(ix >= 0)) {
@@ -1121,6 +1173,7 @@ cache_expire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
                                : parse_ttl(args[0], &now, "time")) {
             return NULL;
         }
+        now = fa_clock_to_object(&self->clk, now);  // a time of the timer, on the cache's scale
     }
     else if (cache_now(self, &now) < 0) {
         return NULL;
@@ -1405,6 +1458,9 @@ cache_copy(PyObject *op, PyObject *Py_UNUSED(ignored))
     n->maxsize_obj = Py_XNewRef(self->maxsize_obj);
     n->getsizeof = Py_XNewRef(self->getsizeof);
     n->timer = Py_XNewRef(self->timer);
+    n->clk = self->clk;  // the same clock, the same scale
+    Py_XINCREF(n->clk.kloop);
+    Py_XINCREF(n->clk.kfn);
     n->ttl_obj = Py_XNewRef(self->ttl_obj);
     n->time_origin = Py_XNewRef(self->time_origin);  // its expiry times count from there too
     n->time_objects = self->time_objects;
@@ -1478,7 +1534,7 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
         pos[i] = (int32_t)k;
         sizes[k] = t->sizes ? t->sizes[i] : 1;
         if (t->exp) {
-            exps[k] = t->exp[i];
+            exps[k] = fa_clock_to_reading(&self->clk, t->exp[i]);  // on the timer's own scale
             own[k] = t->hpos != NULL && t->hpos[i] >= 0;
         }
         k++;
@@ -1656,7 +1712,7 @@ cache_setstate(PyObject *op, PyObject *state)
         }
         self->currsize += size;
         if (self->is_ttl) {
-            ct_set_exp(t, ix, exp, klass);
+            ct_set_exp(t, ix, fa_clock_to_object(&self->clk, exp), klass);
         }
         keys[i] = key;
         hashes[i] = hash;
@@ -2629,15 +2685,6 @@ fa_cache_init(PyObject *mod, fa_state *st)
     INTERN(str_getsizeof, "getsizeof");
     INTERN(str_restore, "_restore");
 #undef INTERN
-    PyObject *m = PyImport_ImportModule("time");
-    if (m == NULL) {
-        return -1;
-    }
-    st->time_monotonic = PyObject_GetAttrString(m, "monotonic");
-    Py_DECREF(m);
-    if (st->time_monotonic == NULL) {
-        return -1;
-    }
     PyObject *abc = PyImport_ImportModule("collections.abc");
     if (abc == NULL) {
         return -1;

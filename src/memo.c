@@ -65,6 +65,7 @@ struct MemoObject {
     PyObject *func;
     PyObject *keyfunc;       /* key=, or NULL */
     PyObject *timer;         /* NULL: the loop's time (async) or time.monotonic (see memo_now) */
+    fa_clock clk;            /* the clock last read (memo_now) */
     PyObject *rand;          /* random.random when jitter */
     PyObject *maxsize_obj;
     PyObject *ttl_obj;
@@ -315,51 +316,47 @@ memo_check_loop(MemoObject *self, PyObject *loop)
 
 /* ------------------------------------------------------------------ time and the table */
 
-/* The memo's clock: timer= if given; for an async function, the running loop's time() (read
- * in C when it is asyncio's own, time.monotonic()); else time.monotonic(). 0; 1 when an async
- * function's clock is unknown (no running loop: *now is time.monotonic(), not to be used to
- * expire anything); -1 with an exception. Beware: a Python timer or loop.time() is Python. */
+/* The memo's clock (clock.h): timer= if given; for an async function, the running loop's
+ * time() (read in C when it is asyncio's own); else time.monotonic as the time module has it.
+ * *now is on the memo's own scale (a new clock carries on from where the last one left). 0; 1
+ * when an async function's clock is unknown (no running loop: *now is time.monotonic(), not to
+ * be used to expire anything); -1 with an exception. Beware: a Python timer or loop.time() is
+ * Python code, and so may be the release of a clock read before. */
 static int
 memo_now(MemoObject *self, double *now)
 {
-    PyObject *r;
+    fa_state *st = self->st;
+    fa_reading r;
     if (self->timer != NULL) {
-        r = PyObject_CallNoArgs(self->timer);
+        if (fa_user_read(self->timer, NULL, "timer()", &r.now) < 0) {
+            return -1;
+        }
+        r.kloop = NULL;
+        r.kfn = Py_NewRef(self->timer);
     }
     else if (self->is_async) {
-        PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);  // new ref
+        PyObject *loop = fa_running_loop_or_none(st);  // new ref
         if (loop == NULL) {
             return -1;
         }
-        if (loop == Py_None || _PyType_Lookup(Py_TYPE(loop), self->st->str_time)
-                                   == self->st->base_loop_time) {
-            int unknown = loop == Py_None;
+        if (loop == Py_None) {
             Py_DECREF(loop);
             *now = fa_monotonic();
-            return unknown;
+            return 1;
         }
-        PyObject *args[1] = {loop};
-        r = PyObject_VectorcallMethod(self->st->str_time, args,
-                                      1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        int rc = fa_loop_read(st, loop, &r);
         Py_DECREF(loop);
+        if (rc < 0) {
+            return -1;
+        }
     }
-    else {
-        *now = fa_monotonic();
-        return 0;
-    }
-    if (r == NULL) {
+    else if (fa_mono_read(st, &r) < 0) {
         return -1;
     }
-    double d = PyFloat_AsDouble(r);
-    Py_DECREF(r);
-    if (d == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(d)) {
-        PyErr_SetString(PyExc_ValueError, "timer returned nan");
-        return -1;
-    }
-    *now = d;
+    PyObject *old_loop, *old_fn;
+    *now = fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
+    Py_XDECREF(old_loop);
+    Py_XDECREF(old_fn);
     return 0;
 }
 
@@ -1593,6 +1590,9 @@ memo_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->func);
     Py_VISIT(self->keyfunc);
     Py_VISIT(self->timer);
+    if (fa_clock_traverse(&self->clk, visit, arg) < 0) {
+        return -1;
+    }
     Py_VISIT(self->rand);
     Py_VISIT(self->maxsize_obj);
     Py_VISIT(self->ttl_obj);
@@ -1614,6 +1614,7 @@ memo_clear(PyObject *op)
     Py_CLEAR(self->func);
     Py_CLEAR(self->keyfunc);
     Py_CLEAR(self->timer);
+    fa_clock_clear_refs(&self->clk);
     Py_CLEAR(self->rand);
     Py_CLEAR(self->maxsize_obj);
     Py_CLEAR(self->ttl_obj);
@@ -2057,17 +2058,6 @@ fa_memo_init(PyObject *mod, fa_state *st)
     st->CacheInfo = PyObject_GetAttrString(functools, "_CacheInfo");
     Py_DECREF(functools);
     if (st->CacheInfo == NULL) {
-        return -1;
-    }
-    PyObject *be = PyImport_ImportModule("asyncio.base_events");
-    PyObject *bel = be ? PyObject_GetAttrString(be, "BaseEventLoop") : NULL;
-    Py_XDECREF(be);
-    if (bel == NULL) {
-        return -1;
-    }
-    st->base_loop_time = PyObject_GetAttrString(bel, "time");
-    Py_DECREF(bel);
-    if (st->base_loop_time == NULL) {
         return -1;
     }
     st->kwd_mark = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
