@@ -231,7 +231,9 @@ typedef struct fa_state {
     int clk_mono_ok;                         /* time.monotonic is the original ... */
     uint64_t clk_mono_tag;                   /* ... while the time module's dict has this tag */
     uint64_t clk_globals_tag;                /* BaseEventLoop.time's globals, seen intact */
-    int clk_nat_valid;                       /* clk_nat_loop reads time natively ... */
+    int clk_nat_valid;                       /* what clk_nat_loop's time() is (fa_loop_proven) */
+    PyObject *clk_nat_fn;                    /* NULL: asyncio's (native); else its class's own
+                                              * method (borrowed: the class owns it) ... */
     void *clk_nat_loop;                      /* (an address only: see fa_loop_proven) */
     void *clk_nat_type;                      /* ... while its type is this one, */
     unsigned int clk_nat_ttag;               /* with this tag, */

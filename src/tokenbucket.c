@@ -335,7 +335,7 @@ tb_clock_now(TokenBucket *self)
     /* the hot case in one piece: the loop proven native last time, still native, and the
      * bucket's stamp already on the monotonic clock */
     if (FA_LIKELY(self->stamp_valid && self->clk.kloop == NULL && self->clk.kfn == NULL
-                  && fa_loop_proven(st, loop))) {
+                  && fa_loop_proven(st, loop) == 1)) {
         Py_DECREF(loop);  // the running loop: alive without us
         double now = fa_monotonic();
         self->last_read = self->clk.last = now;
