@@ -131,7 +131,7 @@ clk_proof_store(fa_state *st, PyObject *loop, PyObject *fn)
     if (ttag == 0) {
         return;
     }
-    PyObject **dp = _PyObject_GetDictPtr(loop);
+    PyObject **dp = fa_object_dictptr(loop);
     if (dp == NULL) {
         if (PyErr_Occurred()) {
             PyErr_Clear();  // the dict could not be made: prove it every time
@@ -177,7 +177,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
     PyObject *fn = NULL;  // new ref: what loop.time resolves to
     int unbound = 0;      // fn is found on the type: call it with the loop
     if (tp->tp_getattro == PyObject_GenericGetAttr) {
-        PyObject *descr = _PyType_Lookup(tp, st->str_time);  // borrowed
+        PyObject *descr = fa_type_lookup(tp, st->str_time);  // borrowed
         Py_XINCREF(descr);
         descrgetfunc get = descr ? Py_TYPE(descr)->tp_descr_get : NULL;
         if (get != NULL && Py_TYPE(descr)->tp_descr_set != NULL) {
@@ -188,7 +188,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
             }
             goto call;
         }
-        PyObject **dp = _PyObject_GetDictPtr(loop);
+        PyObject **dp = fa_object_dictptr(loop);
         PyObject *d = dp != NULL ? Py_XNewRef(*dp) : NULL;
         if (d == NULL && PyErr_Occurred()) {
             PyErr_Clear();

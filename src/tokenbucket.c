@@ -1923,6 +1923,7 @@ static PyType_Spec tb_spec = {
 static PyGetSetDef rl_getset[] = {
     {"bucket", rl_get_bucket, NULL, "The TokenBucket each call takes a token from.", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    FA_WRAPPER_ANNOTATIONS_GETSET
     {NULL, NULL, NULL, NULL, NULL},
 };
 
