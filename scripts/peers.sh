@@ -6,6 +6,8 @@
 # `import aiolimiter` (etc.) inside the suite resolve to aiofast's drop-in; the only tests left
 # out are listed, each with its reason, in scripts/peers/deselected.txt.
 #   bash scripts/peers.sh .venv-3.13/bin/python [more venv pythons...]
+#   PEERS_ONLY=aiolimiter PEERS_TARGETS=aiofast bash scripts/peers.sh PY   # one suite, one target
+#   bash scripts/peers.sh --list                                         # the suites' names
 # The sdists are cached in $AIOFAST_PEERS_CACHE (default ~/.cache/aiofast-peers), outside the
 # checkout. One "peers: ..." line per suite and target; exit status 1 if any run against aiofast
 # fails, or any run against the peer itself does.
@@ -75,6 +77,7 @@ run_peer_suite() {
     local summary
     summary=$(grep -v "^$" "$log" | tail -1)
     summary=${summary//=/}
+    echo "${summary# }"  # pytest's closing line, for scripts/_summary.sh
     echo "peers: $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])') $peer $version vs $target: $([ $rc = 0 ] && echo PASS || echo FAIL) (${summary# })"
     if [ $rc != 0 ] && [ -n "${PEERS_VERBOSE:-1}" ]; then
         grep -E "^(FAILED|ERROR)" "$log" | sed 's/^/    /'
@@ -83,14 +86,21 @@ run_peer_suite() {
     return $rc
 }
 
+if [ "${1:-}" = "--list" ]; then
+    for s in "${SUITES[@]}"; do echo "${s%% *}"; done
+    exit 0
+fi
 status=0
 for py in "$@"; do
     for s in "${SUITES[@]}"; do
         read -r peer mod paths <<<"$s"
-        # shellcheck disable=SC2086
-        run_peer_suite "$py" "$peer" "$mod" peer $paths || status=1
-        # shellcheck disable=SC2086
-        run_peer_suite "$py" "$peer" "$mod" aiofast $paths || status=1
+        if [ -n "${PEERS_ONLY:-}" ] && [ "$peer" != "$PEERS_ONLY" ]; then
+            continue
+        fi
+        for target in ${PEERS_TARGETS:-peer aiofast}; do
+            # shellcheck disable=SC2086
+            run_peer_suite "$py" "$peer" "$mod" "$target" $paths || status=1
+        done
     done
 done
 exit $status

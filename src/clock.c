@@ -115,14 +115,15 @@ clk_base_time_intact(fa_state *st, int *remember)
     return 1;
 }
 
-/* Remember that loop's time() was just proven native (see fa_loop_proven). Neither the loop nor
- * its dict is held (a cache must not keep a dropped loop alive, nor delay its "unclosed event
- * loop" warning): while a dict slot holds a dict with the remembered tag, it is the same,
- * unmodified dict. Finding the slot may materialize
- * the loop's instance __dict__ (CPython keeps attributes inline until something asks for the
- * dict): a one-time change of storage, invisible to Python code. */
+/* Remember what loop's time() was just proven to be (see fa_loop_proven): asyncio's own
+ * (fn NULL) or its class's own method fn. Neither the loop nor its dict is held (a cache must
+ * not keep a dropped loop alive, nor delay its "unclosed event loop" warning): while a dict
+ * slot holds a dict with the remembered tag, it is the same, unmodified dict; fn is owned by
+ * the class, whose tag changes if it is replaced. Finding the slot may materialize the loop's
+ * instance __dict__ (CPython keeps attributes inline until something asks for the dict): a
+ * one-time change of storage, invisible to Python code. */
 static void
-clk_proof_store(fa_state *st, PyObject *loop)
+clk_proof_store(fa_state *st, PyObject *loop, PyObject *fn)
 {
     PyTypeObject *tp = Py_TYPE(loop);
     unsigned int ttag = fa_type_tag(tp);
@@ -130,7 +131,7 @@ clk_proof_store(fa_state *st, PyObject *loop)
     if (ttag == 0) {
         return;
     }
-    PyObject **dp = _PyObject_GetDictPtr(loop);
+    PyObject **dp = fa_object_dictptr(loop);
     if (dp == NULL) {
         if (PyErr_Occurred()) {
             PyErr_Clear();  // the dict could not be made: prove it every time
@@ -145,12 +146,27 @@ clk_proof_store(fa_state *st, PyObject *loop)
     }
 #endif
     st->clk_nat_loop = loop;
+    st->clk_nat_fn = fn;
     st->clk_nat_type = tp;
     st->clk_nat_ttag = ttag;
     st->clk_nat_dictptr = dp;
     st->clk_nat_dict = *dp;
     st->clk_nat_dtag = dtag;
     st->clk_nat_valid = 1;
+}
+
+/* The reading of a time() proven to be the loop class's own method (fa_loop_proven: 2). */
+int
+fa_loop_read_own(fa_state *st, PyObject *loop, fa_reading *r)
+{
+    PyObject *fn = Py_NewRef(st->clk_nat_fn);  // held across the call, which may change things
+    if (clk_call(fn, loop, "loop.time()", 1, &r->now) < 0) {  // Beware: Python code
+        Py_DECREF(fn);
+        return -1;
+    }
+    r->kloop = Py_NewRef(loop);
+    r->kfn = fn;
+    return 0;
 }
 
 int
@@ -161,7 +177,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
     PyObject *fn = NULL;  // new ref: what loop.time resolves to
     int unbound = 0;      // fn is found on the type: call it with the loop
     if (tp->tp_getattro == PyObject_GenericGetAttr) {
-        PyObject *descr = _PyType_Lookup(tp, st->str_time);  // borrowed
+        PyObject *descr = fa_type_lookup(tp, st->str_time);  // borrowed
         Py_XINCREF(descr);
         descrgetfunc get = descr ? Py_TYPE(descr)->tp_descr_get : NULL;
         if (get != NULL && Py_TYPE(descr)->tp_descr_set != NULL) {
@@ -172,7 +188,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
             }
             goto call;
         }
-        PyObject **dp = _PyObject_GetDictPtr(loop);
+        PyObject **dp = fa_object_dictptr(loop);
         PyObject *d = dp != NULL ? Py_XNewRef(*dp) : NULL;
         if (d == NULL && PyErr_Occurred()) {
             PyErr_Clear();
@@ -202,15 +218,18 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
                 if (ok) {
                     Py_DECREF(descr);
                     if (remember) {
-                        clk_proof_store(st, loop);
+                        clk_proof_store(st, loop, NULL);
                     }
                     r->now = fa_monotonic();
                     return 0;
                 }
             }
-            if (PyFunction_Check(descr) || Py_IS_TYPE(descr, &PyMethodDescr_Type)) {
-                fn = descr;
+            if (PyType_HasFeature(Py_TYPE(descr), Py_TPFLAGS_METHOD_DESCRIPTOR)) {
+                fn = descr;  // a function, a C method, uvloop's Cython method: no bound method
                 unbound = 1;
+                if (descr != st->clk_base_time) {
+                    clk_proof_store(st, loop, descr);  // next time, no lookup
+                }
             }
             else if (get != NULL) {
                 fn = get(descr, loop, (PyObject *)tp);  // Beware: Python code

@@ -91,6 +91,7 @@ void fa_clock_clear(fa_state *st);
 int fa_user_read(PyObject *fn, PyObject *self, const char *what, double *out);
 int fa_mono_read_slow(fa_state *st, fa_reading *r);
 int fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r);
+int fa_loop_read_own(fa_state *st, PyObject *loop, fa_reading *r);
 
 /* Is time.monotonic still the original (proven and nothing changed since)? */
 static inline int
@@ -111,11 +112,14 @@ fa_mono_read(fa_state *st, fa_reading *r)
     return fa_mono_read_slow(st, r);
 }
 
-/* Does the remembered proof that `loop`'s time() is asyncio's own still hold? Nothing it rests
- * on may have changed: the loop and its class (__class__ assignment changes the type; any
- * change to the class or a base changes its tag), the instance __dict__ (the same dict,
- * unchanged: its tag, or from 3.13 still without `time`; replacing it changes the pointer),
- * BaseEventLoop.time's code, and the module dicts it reads (their tags). */
+/* Does the remembered proof about `loop`'s time() still hold? 1: it is asyncio's own
+ * BaseEventLoop.time (read natively); 2: it is its class's own method st->clk_nat_fn, not
+ * shadowed (uvloop's Loop.time: called without a lookup); 0: prove it again. Nothing it rests on
+ * may have changed: the loop and its class (__class__ assignment changes the type; any change
+ * to the class or a base changes its tag, and the method is owned by the class), the instance
+ * __dict__ (the same dict, unchanged: its tag, or from 3.13 still without `time`; replacing it
+ * changes the pointer), and for 1, BaseEventLoop.time's code and the module dicts it reads
+ * (their tags). */
 static inline int
 fa_loop_proven(fa_state *st, PyObject *loop)
 {
@@ -129,16 +133,19 @@ fa_loop_proven(fa_state *st, PyObject *loop)
     }
     PyTypeObject *tp = Py_TYPE(loop);
     if ((void *)tp != st->clk_nat_type || fa_type_tag(tp) != st->clk_nat_ttag
-        || *st->clk_nat_dictptr != st->clk_nat_dict
-        || PyFunction_GET_CODE(st->clk_base_time) != st->clk_base_code) {
+        || *st->clk_nat_dictptr != st->clk_nat_dict) {
         return 0;
     }
-    if (!fa_dict_tag_same(st->clk_base_globals, st->clk_globals_tag) || !fa_mono_proven(st)) {
+    if (st->clk_nat_fn == NULL
+        && (PyFunction_GET_CODE(st->clk_base_time) != st->clk_base_code
+            || !fa_dict_tag_same(st->clk_base_globals, st->clk_globals_tag)
+            || !fa_mono_proven(st))) {
         return 0;
     }
+    int kind = st->clk_nat_fn == NULL ? 1 : 2;
     PyObject *d = st->clk_nat_dict;
     if (d == NULL) {
-        return 1;
+        return kind;
     }
 #if FA_INLINE_VALUES
     /* an instance store may not have told the dict's watchers: look for `time` itself (a str
@@ -150,20 +157,25 @@ fa_loop_proven(fa_state *st, PyObject *loop)
         PyErr_Clear();
         return 0;
     }
-    return 1;
+    return kind;
 #else
-    return fa_dict_tag_same(d, st->clk_nat_dtag);
+    return fa_dict_tag_same(d, st->clk_nat_dtag) ? kind : 0;
 #endif
 }
 
-/* loop.time(): 0 or -1. Beware: a time() other than asyncio's own is Python code. */
+/* loop.time(): 0 or -1. Beware: a time() other than asyncio's own is Python code (uvloop's is
+ * C, but a subclass's may not be). */
 static inline int
 fa_loop_read(fa_state *st, PyObject *loop, fa_reading *r)
 {
-    if (FA_LIKELY(fa_loop_proven(st, loop))) {
+    int kind = fa_loop_proven(st, loop);
+    if (FA_LIKELY(kind == 1)) {
         r->now = fa_monotonic();
         r->kloop = r->kfn = NULL;
         return 0;
+    }
+    if (kind == 2) {
+        return fa_loop_read_own(st, loop, r);
     }
     return fa_loop_read_slow(st, loop, r);
 }

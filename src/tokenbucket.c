@@ -361,7 +361,7 @@ tb_clock_now(TokenBucket *self)
     /* the hot case in one piece: the loop proven native last time, still native, and the
      * bucket's stamp already on the monotonic clock */
     if (FA_LIKELY(self->stamp_valid && self->clk.kloop == NULL && self->clk.kfn == NULL
-                  && fa_loop_proven(st, loop))) {
+                  && fa_loop_proven(st, loop) == 1)) {
         Py_DECREF(loop);  // the running loop: alive without us
         double now = fa_monotonic();
         self->last_read = self->clk.last = now;
@@ -2163,6 +2163,7 @@ static PyType_Spec tb_peer_spec = {
 static PyGetSetDef rl_getset[] = {
     {"bucket", rl_get_bucket, NULL, "The TokenBucket each call takes a token from.", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    FA_WRAPPER_ANNOTATIONS_GETSET
     {NULL, NULL, NULL, NULL, NULL},
 };
 
