@@ -248,8 +248,8 @@ class CircuitBreaker(_core.CircuitBreaker):
     def __init__(self, *args, **kwargs):
         pass  # all done by __new__ (aiofast.CircuitBreaker is configured there)
 
-    def __call__(self, wrapped):
-        return self.decorate(wrapped)
+    def __call__(self, fn, /):
+        return self.decorate(fn)
 
     def decorate(self, function):
         """Guard ``function`` with this breaker and register it in CircuitBreakerMonitor."""

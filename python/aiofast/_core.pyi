@@ -142,7 +142,7 @@ class BreakerFunction(Generic[_P, _R]):
     @property
     def __globals__(self) -> dict[str, Any]: ...
 
-@final
+@disjoint_base
 class CircuitBreaker:
     def __new__(
         cls,
