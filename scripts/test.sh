@@ -11,6 +11,9 @@
 #   PYTHONS="3.14 3.15" bash scripts/test.sh -k locks  # in the chroot
 #   bash scripts/test.sh --latest-peers                # the oracle tests against the newest
 #                                                      # releases of the peers (not in CI's verdict)
+# After the suite, on each version, the peers' own test suites against the drop-ins and against
+# the peers themselves (scripts/peers.sh), one row each; skipped when pytest arguments select a
+# subset, unless PEERS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
@@ -40,5 +43,14 @@ for v in $PYTHONS; do
     # from tests/, so that `import aiofast` finds the installed package, not the source tree;
     # on pytest-xdist workers, one per core (TEST_JOBS=N to choose, 0 for one process)
     run_recorded "$v" tests run_suite "$py" "$@" || true
+    if [ $# -eq 0 ] || [ -n "${PEERS:-}" ]; then
+        echo "=== Python $v: the peers' own test suites"
+        for peer in $(bash scripts/peers.sh --list); do
+            for target in aiofast peer; do
+                run_recorded "$v" "$peer vs $target" env PEERS_ONLY="$peer" \
+                    PEERS_TARGETS="$target" bash scripts/peers.sh "$py" || true
+            done
+        done
+    fi
 done
 print_summary

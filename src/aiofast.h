@@ -13,6 +13,7 @@
 #include "compat.h"
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define FA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FA_UNLIKELY(x) __builtin_expect(!!(x), 0)
@@ -133,34 +134,34 @@ typedef struct fa_state {
     PyTypeObject *CacheKeysType;
     PyTypeObject *CacheValuesType;
     PyTypeObject *CacheItemsType;
+    PyTypeObject *CacheTimerType;
     PyTypeObject *FlightType;
     PyTypeObject *HitType;
-    PyObject *time_monotonic;     /* time.monotonic: a TTLCache with it reads the clock in C */
+    PyObject *time_monotonic;     /* the original time.monotonic (clock.c) */
     PyObject *Mapping;            /* collections.abc.Mapping */
     PyObject *Set;                /* collections.abc.Set */
     PyObject *CacheInfo;          /* functools._CacheInfo */
     PyObject *kwd_mark;           /* separates positional from keyword arguments in memo keys */
+    PyObject *AlruCacheLoopResetWarning;  /* alru_cache used from a new event loop */
     PyObject *str_popitem;
     PyObject *str_expire;
     PyObject *str_missing;        /* "__missing__" */
     PyObject *str_getsizeof;
+    PyObject *str_restore;
     PyObject *str_create_task;
     PyObject *str_exception;
-    PyObject *base_loop_time;     /* asyncio.BaseEventLoop.time (that is, time.monotonic()) */
-    /* tokenbucket.c: the wrapper type of @bucket, and what the native clock shortcut compares
-     * against (asyncio's BaseEventLoop.time, its code and globals, the time module, monotonic) */
+    /* tokenbucket.c: the wrapper type of @bucket, and interned names */
     PyTypeObject *RateLimitedType;
-    PyObject *tb_base_time;       /* NULL: never read the clock natively */
-    PyObject *tb_base_time_code;
-    PyObject *tb_base_time_globals;
-    PyObject *tb_time_module;
-    PyObject *tb_time_dict;
-    PyObject *tb_monotonic;
     PyObject *str_is_closed;
-    PyObject *str_monotonic;
     PyObject *str_clock_resolution;
-    /* <= 3.12: a weak reference to the last loop whose time() was proven native */
-    PyObject *tb_nat_wr;
+    /* clock.h / clock.c: what the proof that a loop's time() is asyncio's own compares against
+     * (BaseEventLoop.time, its code and globals, the time module, its original monotonic) */
+    PyObject *clk_base_time;      /* NULL: never read a loop's time natively */
+    PyObject *clk_base_code;
+    PyObject *clk_base_globals;
+    PyObject *clk_time_module;
+    PyObject *clk_time_dict;
+    PyObject *str_monotonic;
 
     /* queue.c: unbound C methods it calls directly, a dataclass probe cache, interned names */
     PyObject *q_WaitersViewType;  /* the live _getters/_putters view */
@@ -204,24 +205,29 @@ typedef struct fa_state {
     PyObject *str_append;
 
     /* non-object fields (not traversed) */
-    /* <= 3.11: asyncio's _get_running_loop() calls getpid(), a system call, every time; the
-     * answer is cached while the thread-state dict that holds it is unmodified (see
-     * tb_running_loop_or_none). tb_rl_loop is borrowed: that dict owns it, through asyncio's
+    /* clock.h: <= 3.11, asyncio's _get_running_loop() calls getpid(), a system call, every
+     * time; the answer is cached while the thread-state dict that holds it is unmodified (see
+     * fa_running_loop_or_none). clk_rl_loop is borrowed: that dict owns it, through asyncio's
      * holder, for as long as the version matches. */
-    PyObject *tb_rl_loop;
-    unsigned long long tb_rl_dict_version;   /* PEP 509 version of that dict, 0 = none */
-    unsigned long tb_fork_gen;               /* bumped in a forked child (os.register_at_fork) */
-    unsigned long tb_rl_fork_gen;            /* tb_fork_gen when tb_rl_loop was cached */
-    /* <= 3.13: dict versions of asyncio.base_events' globals and time.__dict__, seen intact */
-    unsigned long long tb_globals_version;
-    unsigned long long tb_timedict_version;
-    /* <= 3.12: the proof that tb_nat_wr's loop reads time natively holds while these match */
-    PyObject **tb_nat_dictptr;               /* into the loop (alive: it is the running loop) */
-    PyObject *tb_nat_dict;                   /* borrowed; its version tag rules out reuse */
-    void *tb_nat_type;
-    unsigned long long tb_nat_dver;
-    unsigned int tb_nat_tag;
-    int tb_nat_valid;
+    PyObject *clk_rl_loop;
+    unsigned long long clk_rl_dict_version;  /* PEP 509 version of that dict, 0 = none */
+    unsigned long clk_fork_gen;              /* bumped in a forked child (os.register_at_fork) */
+    unsigned long clk_rl_fork_gen;           /* clk_fork_gen when clk_rl_loop was cached */
+    /* clock.h: the proofs, each holding while its tags match (compat.h's dict tags) */
+    int clk_watcher;                         /* this state's dict watcher (3.12+), or -1 */
+    int clk_mono_ok;                         /* time.monotonic is the original ... */
+    uint64_t clk_mono_tag;                   /* ... while the time module's dict has this tag */
+    uint64_t clk_globals_tag;                /* BaseEventLoop.time's globals, seen intact */
+    int clk_nat_valid;                       /* what clk_nat_loop's time() is (fa_loop_proven) */
+    PyObject *clk_nat_fn;                    /* NULL: asyncio's (native); else its class's own
+                                              * method (borrowed: the class owns it) ... */
+    void *clk_nat_loop;                      /* (an address only: see fa_loop_proven) */
+    void *clk_nat_type;                      /* ... while its type is this one, */
+    unsigned int clk_nat_ttag;               /* with this tag, */
+    PyObject **clk_nat_dictptr;              /* its __dict__ slot (into the loop: alive) */
+    PyObject *clk_nat_dict;                  /* holds this dict (borrowed; the tag rules out reuse) */
+    uint64_t clk_nat_dtag;                   /* with this tag */
+    PyObject *clk_no_dict;                   /* always NULL: the slot of a loop without __dict__ */
 } fa_state;
 
 /* Each family's file exports exactly one function; module.c calls them in order. */

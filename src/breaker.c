@@ -27,8 +27,13 @@
  *   bk_dispatch after the commit; a listener that re-enters the breaker only queues more events.
  * These, and each mode's counters and window, are checked after every mutation in debug builds
  * (breaker_check, breakercall_check: FA_CONSISTENT).
+ *
+ * For the circuitbreaker package's drop-in (circuit, aiofast/_compat_breaker.py): `streak`
+ * counts failures since the last success whatever the state (circuitbreaker's failure_count),
+ * and with `peer` set the last failure is kept until a success (its last_failure).
  */
 #include "op.h"
+#include "clock.h"
 
 #include <stdint.h>
 #include <time.h>
@@ -62,7 +67,8 @@ typedef struct {
     PyObject *exclude;       /* the same, or NULL */
     PyObject *fallback;      /* callable or NULL */
     PyObject *name;          /* str or None */
-    PyObject *clock;         /* callable or NULL (C monotonic clock) */
+    PyObject *clock;         /* callable or NULL (time.monotonic) */
+    fa_clock clk;            /* the clock last read; times are on its scale (bk_now) */
     double recovery_timeout;
     double failure_rate;     /* rate mode */
     double slow_rate;        /* rate mode with slow calls */
@@ -87,6 +93,9 @@ typedef struct {
     Py_ssize_t failures;     /* default mode: consecutive failures; frozen while open */
     Py_ssize_t successes;
     Py_ssize_t probes;       /* half-open probes running */
+    Py_ssize_t streak;       /* failures since the last success or close(), in any state */
+    PyObject *last_failure;  /* peer: the exception of the last failure, until a success */
+    int peer;                /* circuitbreaker's drop-in: keeps last_failure */
     /* rate mode window */
     unsigned char *ring;     /* last `window` outcomes: bit 0 failure, bit 1 slow */
     Py_ssize_t ring_pos;
@@ -150,48 +159,30 @@ static void breakercall_check(BreakerCall *c);
 
 /* ------------------------------------------------------------------ clock */
 
-static inline double
-bk_monotonic(void)
-{
-#if defined(CLOCK_MONOTONIC) && !defined(_WIN32)
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.monotonic()'s clock on POSIX */
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-#elif FA_PY313
-    PyTime_t t;
-    (void)PyTime_MonotonicRaw(&t);
-    return PyTime_AsSecondsDouble(t);
-#else
-    LARGE_INTEGER c, f;
-    QueryPerformanceCounter(&c);
-    QueryPerformanceFrequency(&f);
-    return (double)c.QuadPart / (double)f.QuadPart;
-#endif
-}
-
-/* The current time: 0, or -1 with an exception (a clock= that raised or returned nonsense).
- * Beware: a clock= callable runs Python code. */
+/* The current time on the breaker's own scale (clock.h: clock= if given, else time.monotonic as
+ * the time module has it; a new clock carries on from where the last one left): 0, or -1 with an
+ * exception (a clock that raised or returned nonsense). Beware: a clock= callable (or a patched
+ * time.monotonic) runs Python code, and so may the release of a clock read before. */
 static int
 bk_now(Breaker *b, double *now)
 {
+    fa_reading r;
     if (FA_LIKELY(b->clock == NULL)) {
-        *now = b->last_now = bk_monotonic();
-        return 0;
+        if (fa_mono_read(b->st, &r) < 0) {
+            return -1;
+        }
     }
-    PyObject *r = PyObject_CallNoArgs(b->clock);  // new ref
-    if (r == NULL) {
-        return -1;
+    else {
+        if (fa_user_read(b->clock, NULL, "clock()", &r.now) < 0) {
+            return -1;
+        }
+        r.kloop = NULL;
+        r.kfn = Py_NewRef(b->clock);
     }
-    double v = PyFloat_AsDouble(r);
-    Py_DECREF(r);
-    if (v == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(v)) {
-        PyErr_SetString(PyExc_ValueError, "CircuitBreaker clock() returned nan");
-        return -1;
-    }
-    *now = b->last_now = v;
+    PyObject *old_loop, *old_fn;
+    *now = b->last_now = fa_clock_advance(&b->clk, &r, &old_loop, &old_fn);
+    Py_XDECREF(old_loop);
+    Py_XDECREF(old_fn);
     return 0;
 }
 
@@ -628,9 +619,11 @@ bk_commit_step(Breaker *b, const bk_ticket *t, int out, int slow, double now)
 {
     if (out == OUT_SUCCESS) {
         b->n_succ++;
+        b->streak = 0;
     }
     else if (out == OUT_FAILURE) {
         b->n_fail++;
+        b->streak++;
     }
     else {
         b->n_ign++;
@@ -786,8 +779,9 @@ static inline int
 bk_record_success_fast(Breaker *b, const bk_ticket *t)
 {
     if (FA_LIKELY(b->state == BK_CLOSED && t->gen == b->gen && !b->rate_mode
-                  && !b->slow_mode)) {
+                  && !b->slow_mode && b->last_failure == NULL)) {
         b->n_succ++;
+        b->streak = 0;
         b->failures = 0;
         b->successes++;
         FA_ASSERT_CONSISTENT(b);
@@ -816,6 +810,11 @@ bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
     }
     int slow = b->slow_mode && out != OUT_IGNORED && now - t->t0 > b->slow_duration;
     bk_commit(b, t, out, slow, now);
+    if (b->peer && out != OUT_IGNORED) {
+        PyObject *old = b->last_failure;
+        b->last_failure = out == OUT_FAILURE ? Py_NewRef(exc) : NULL;
+        Py_XDECREF(old);  // Beware: the old exception's frames may run __del__
+    }
     bk_dispatch(b);
 }
 
@@ -2134,6 +2133,7 @@ bk_force(Breaker *b, int to)
     }
     else if (b->state == BK_CLOSED && to == BK_CLOSED) {
         b->failures = b->successes = 0;  /* a reset */
+        b->streak = 0;
         if (b->rate_mode) {
             bk_window_reset(b);
         }
@@ -2141,7 +2141,14 @@ bk_force(Breaker *b, int to)
     else if (b->state != to) {
         bk_transition(b, to, now);
     }
+    PyObject *old = NULL;
+    if (to == BK_CLOSED) {
+        b->streak = 0;
+        old = b->last_failure;
+        b->last_failure = NULL;
+    }
     FA_ASSERT_CONSISTENT(b);
+    Py_XDECREF(old);  // Beware: __del__
     bk_dispatch(b);
     return 0;
 }
@@ -2204,6 +2211,48 @@ breaker_remove_listener(PyObject *self, PyObject *fn)
     }
     PyErr_SetString(PyExc_ValueError, "remove_listener(fn): fn is not a listener");
     return NULL;
+}
+
+/* _peer_mode(): circuitbreaker's drop-in keeps the last failure, and counts the time to its
+ * first recovery from now (its breakers start "opened" at construction). */
+static PyObject *
+breaker_peer_mode(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    if (bk_now(b, &now) < 0) {
+        return NULL;
+    }
+    b->peer = 1;
+    if (b->state == BK_CLOSED && b->n_changes == 0) {
+        b->opened_at = now;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+breaker_get_streak(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(((Breaker *)self)->streak);
+}
+
+static PyObject *
+breaker_get_last_failure(PyObject *self, void *Py_UNUSED(c))
+{
+    Breaker *b = (Breaker *)self;
+    return Py_NewRef(b->last_failure ? b->last_failure : Py_None);
+}
+
+/* opened_at + recovery_timeout - now, unclamped: negative once an open circuit may recover */
+static PyObject *
+breaker_get_open_remaining(PyObject *self, void *Py_UNUSED(c))
+{
+    Breaker *b = (Breaker *)self;
+    double now;
+    if (bk_now(b, &now) < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(b->opened_at + b->recovery_timeout - now);
 }
 
 static PyObject *
@@ -2658,10 +2707,14 @@ breaker_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->fallback);
     Py_VISIT(b->name);
     Py_VISIT(b->clock);
+    if (fa_clock_traverse(&b->clk, visit, arg) < 0) {
+        return -1;
+    }
     Py_VISIT(b->listeners);
     Py_VISIT(b->ctxvar);
     Py_VISIT((PyObject *)b->cache);
     Py_VISIT((PyObject *)b->tcache);
+    Py_VISIT(b->last_failure);
     return 0;
 }
 
@@ -2674,10 +2727,12 @@ breaker_clear(PyObject *self)
     Py_CLEAR(b->fallback);
     Py_CLEAR(b->name);
     Py_CLEAR(b->clock);
+    fa_clock_clear_refs(&b->clk);
     Py_CLEAR(b->listeners);
     Py_CLEAR(b->ctxvar);
     Py_CLEAR(b->cache);
     Py_CLEAR(b->tcache);
+    Py_CLEAR(b->last_failure);
     return 0;
 }
 
@@ -2738,6 +2793,9 @@ static PyMethodDef breaker_methods[] = {
     {"add_listener", breaker_add_listener, METH_O, add_listener_doc},
     {"remove_listener", breaker_remove_listener, METH_O, remove_listener_doc},
     {"stats", breaker_stats, METH_NOARGS, stats_doc},
+    {"_peer_mode", breaker_peer_mode, METH_NOARGS, "_peer_mode($self, /)\n--\n\nFor the "
+     "circuit drop-in: keep the last failure (_last_failure); the recovery time counts from "
+     "now."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2755,6 +2813,12 @@ static PyGetSetDef breaker_getset[] = {
     {"name", breaker_get_name, NULL, "The breaker's name (defaults to the first decorated "
      "function's __qualname__).", NULL},
     {"listeners", breaker_get_listeners, NULL, "The listeners, as a tuple.", NULL},
+    {"_failure_streak", breaker_get_streak, NULL, "Failures since the last success or close(), "
+     "in any state (circuitbreaker's failure_count).", NULL},
+    {"_last_failure", breaker_get_last_failure, NULL, "With _peer_mode(): the exception of the "
+     "last failure, until a success; else None.", NULL},
+    {"_open_remaining", breaker_get_open_remaining, NULL, "Seconds from now to the end of the "
+     "last open period (negative after it).", NULL},
     CONFIG("failure_threshold", 0, NULL),
     CONFIG("recovery_timeout", 1, NULL),
     CONFIG("success_threshold", 2, NULL),
@@ -2803,7 +2867,8 @@ static PyType_Slot breaker_slots[] = {
 static PyType_Spec breaker_spec = {
     .name = "aiofast.CircuitBreaker",
     .basicsize = sizeof(Breaker),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    /* subclassable: circuitbreaker's drop-in (and its users' cls=) subclass it */
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = breaker_slots,
 };
 

@@ -31,7 +31,12 @@ typedef struct {
     PyObject *maxsize_obj;  /* maxsize as given */
     PyObject *getsizeof;    /* a callable, or NULL (every item has size 1) */
     PyObject *timer;        /* TTLCache: the timer as given; NULL for time.monotonic */
+    fa_clock clk;           /* TTLCache: the clock last read; expiry times are on its scale */
     PyObject *ttl_obj;      /* TTLCache: ttl as given */
+    PyObject *timer_wrap;   /* TTLCache: the `timer` attribute (a CacheTimer), made on first use */
+    PyObject *time_origin;  /* TTLCache with time objects (see cache_seconds): the first time
+                               read, from which times count in seconds; NULL until then */
+    PyObject *last_time;    /* TTLCache with time objects: the time last read */
     PyObject *weakreflist;
     Py_ssize_t maxsize;
     Py_ssize_t currsize;
@@ -40,7 +45,27 @@ typedef struct {
     int is_ttl;
     int ovr;                /* OVR_*: methods a subclass overrides */
     int getsizeof_given;    /* getsizeof came from __init__, not from a subclass method */
+    int time_objects;       /* TTLCache: ttl is not a number (a timedelta): times are objects */
 } CacheObject;
+
+/* A TTLCache's `timer` attribute, as cachetools has it: calling it reads the timer, and
+ * `with cache.timer as now:` freezes the time it returns, for the cache's own reads too, until
+ * the outermost `with` ends. Other attributes are the timer's. One per cache (a copy gets its
+ * own, on the same timer). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *timer;   /* the timer (time.monotonic by default) */
+    PyObject *frozen;  /* the time read on entering the outermost `with`, or NULL */
+    Py_ssize_t nesting;
+} CacheTimerObject;
+
+/* Is the cache's time time.monotonic(), read natively (no timer given, not frozen)? */
+static inline int
+cache_native_time(CacheObject *self)
+{
+    return self->timer == NULL
+           && (self->timer_wrap == NULL || ((CacheTimerObject *)self->timer_wrap)->nesting == 0);
+}
 
 typedef struct {
     PyObject_HEAD
@@ -109,21 +134,89 @@ type_name(PyObject *self)
 
 /* ------------------------------------------------------------------ time and expiry */
 
-/* The current time of the cache's timer: 0, or -1 with an exception. Beware: a timer given by
- * the user is Python code. */
+static int cache_seconds(CacheObject *self, PyObject *time, double *out);
+
+/* The current time of the cache's timer (clock.h: time.monotonic as the time module has it,
+ * when no timer was given), on the cache's own scale (a new clock carries on from where the last
+ * one left); within `with cache.timer:`, the time read on entering it. 0, or -1 with an
+ * exception. Beware: a timer given by the user is Python code, and so may be the release of a
+ * clock read before. */
 static int
 cache_now(CacheObject *self, double *now)
 {
+    fa_reading r;
+    CacheTimerObject *w = (CacheTimerObject *)self->timer_wrap;
+    PyObject *frozen = w != NULL && w->nesting > 0 ? w->frozen : NULL;  // borrowed
     if (self->timer == NULL) {
-        *now = fa_monotonic();
-        return 0;
+        if (fa_mono_read(self->st, &r) < 0) {
+            return -1;
+        }
+        if (frozen != NULL) {
+            double f = PyFloat_AsDouble(frozen);  // a reading of this same clock
+            if (f == -1.0 && PyErr_Occurred()) {
+                fa_reading_release(&r);
+                return -1;
+            }
+            r.now = f;
+        }
     }
-    PyObject *r = PyObject_CallNoArgs(self->timer);  // new ref
-    if (r == NULL) {
-        return -1;
+    else {
+        if (frozen == NULL && !self->time_objects) {
+            if (fa_user_read(self->timer, NULL, "timer()", &r.now) < 0) {
+                return -1;
+            }
+        }
+        else {
+            PyObject *t = frozen != NULL ? Py_NewRef(frozen) : PyObject_CallNoArgs(self->timer);
+            if (t == NULL) {
+                return -1;
+            }
+            int rc = cache_seconds(self, t, &r.now);
+            Py_DECREF(t);
+            if (rc < 0) {
+                return -1;
+            }
+        }
+        r.kloop = NULL;
+        r.kfn = Py_NewRef(self->timer);
     }
-    double d = PyFloat_AsDouble(r);
-    Py_DECREF(r);
+    PyObject *old_loop, *old_fn;
+    *now = fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
+    Py_XDECREF(old_loop);
+    Py_XDECREF(old_fn);
+    return 0;
+}
+
+/* A time (the timer's, or expire's argument) in seconds. Usually a number. With time objects
+ * (ttl given as a timedelta, the timer returning datetimes, as cachetools documents), the
+ * seconds since the first time read (time_origin): (time - origin).total_seconds(). 0 or -1.
+ * Beware: Python code (the time's arithmetic). */
+static int
+cache_seconds(CacheObject *self, PyObject *time, double *out)
+{
+    double d;
+    if (self->time_objects) {
+        if (self->time_origin == NULL) {
+            self->time_origin = Py_NewRef(time);
+        }
+        PyObject *origin = Py_NewRef(self->time_origin);
+        PyObject *delta = PyNumber_Subtract(time, origin);  // new ref
+        Py_DECREF(origin);
+        if (delta == NULL) {
+            return -1;
+        }
+        PyObject *secs = PyObject_CallMethod(delta, "total_seconds", NULL);
+        Py_DECREF(delta);
+        if (secs == NULL) {
+            return -1;
+        }
+        d = PyFloat_AsDouble(secs);
+        Py_DECREF(secs);
+        Py_XSETREF(self->last_time, Py_NewRef(time));
+    }
+    else {
+        d = PyFloat_AsDouble(time);
+    }
     if (d == -1.0 && PyErr_Occurred()) {
         return -1;
     }
@@ -131,8 +224,17 @@ cache_now(CacheObject *self, double *now)
         PyErr_SetString(PyExc_ValueError, "timer returned nan");
         return -1;
     }
-    *now = d;
+    *out = d;
     return 0;
+}
+
+/* May expiry be judged by fa_monotonic_before, with no Python code? An LRUCache; a TTLCache on
+ * time.monotonic, still the original, on a scale that is that clock's own. */
+static inline int
+cache_clock_native(CacheObject *self)
+{
+    return !self->is_ttl || (self->clk.kfn == NULL && self->clk.offset == 0.0
+                             && fa_mono_proven(self->st));
 }
 
 /* Remove every expired entry (no Python code). With out, the removed (key, value) references
@@ -216,7 +318,7 @@ cache_find(CacheObject *self, PyObject *key, Py_hash_t hash, int touch, int *fre
         return ix;
     }
     double now;
-    if (self->timer == NULL) {
+    if (cache_native_time(self) && cache_clock_native(self)) {
         ix = ct_lookup(t, key, hash);
         if (ix >= 0) {
             if (touch) {
@@ -316,6 +418,17 @@ cache_set(CacheObject *self, PyObject *key, PyObject *value, int own_ttl, double
     if (self->is_ttl) {
         if (cache_now(self, &now) < 0) {
             goto error;
+        }
+        if (self->time_objects && self->last_time != NULL) {
+            /* the expiry time as cachetools computes it: time + ttl (OverflowError near
+             * datetime.max, before anything changes) */
+            PyObject *lt = Py_NewRef(self->last_time);
+            PyObject *e = PyNumber_Add(lt, self->ttl_obj);  // Beware: Python code
+            Py_DECREF(lt);
+            if (e == NULL) {
+                goto error;
+            }
+            Py_DECREF(e);
         }
         if (!own_ttl) {
             item_ttl = self->ttl;
@@ -489,6 +602,12 @@ cache_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->getsizeof);
     Py_VISIT(self->timer);
     Py_VISIT(self->ttl_obj);
+    Py_VISIT(self->timer_wrap);
+    Py_VISIT(self->time_origin);
+    Py_VISIT(self->last_time);
+    if (fa_clock_traverse(&self->clk, visit, arg) < 0) {
+        return -1;
+    }
     return ct_traverse(&self->t, visit, arg);
 }
 
@@ -502,11 +621,18 @@ cache_tp_clear(PyObject *op)
     self->currsize = 0;
     ct_trash(&trash, self->getsizeof);
     ct_trash(&trash, self->timer);
+    ct_trash(&trash, self->clk.kloop);
+    ct_trash(&trash, self->clk.kfn);
     self->getsizeof = self->timer = NULL;
+    self->clk.kloop = self->clk.kfn = NULL;
+    self->clk.valid = 0;
     CHECK(self);
     ct_buf_flush(&trash);
     Py_CLEAR(self->maxsize_obj);
     Py_CLEAR(self->ttl_obj);
+    Py_CLEAR(self->timer_wrap);
+    Py_CLEAR(self->time_origin);
+    Py_CLEAR(self->last_time);
     return 0;
 }
 
@@ -648,12 +774,32 @@ ttl_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     double ttl = 0.0;
-    if (vals[1] != NULL && parse_ttl(vals[1], &ttl, "ttl") < 0) {
-        return -1;
-    }
     PyObject *timer = vals[2];
     if (timer == self->st->time_monotonic || timer == Py_None) {
         timer = NULL;  // None stands for time.monotonic: the signature can show it
+    }
+    /* a ttl that is a duration (a timedelta: has total_seconds()) with a timer of our own:
+     * times are objects (datetimes), see cache_seconds */
+    int time_objects = 0;
+    if (vals[1] != NULL && timer != NULL && !PyLong_Check(vals[1]) && !PyFloat_Check(vals[1])) {
+        PyObject *secs = PyObject_CallMethod(vals[1], "total_seconds", NULL);
+        if (secs == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                return -1;
+            }
+            PyErr_Clear();  // not a duration: parse_ttl says what is allowed
+        }
+        else {
+            ttl = PyFloat_AsDouble(secs);
+            Py_DECREF(secs);
+            if (ttl == -1.0 && PyErr_Occurred()) {
+                return -1;
+            }
+            time_objects = 1;
+        }
+    }
+    if (vals[1] != NULL && !time_objects && parse_ttl(vals[1], &ttl, "ttl") < 0) {
+        return -1;
     }
     if (timer != NULL && !PyCallable_Check(timer)) {
         PyErr_Format(PyExc_TypeError, "timer must be callable, got %.100s",
@@ -664,8 +810,21 @@ ttl_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->ttl = ttl;
+    self->time_objects = time_objects;
     Py_XSETREF(self->ttl_obj, Py_NewRef(vals[1]));
     Py_XSETREF(self->timer, Py_XNewRef(timer));
+    Py_CLEAR(self->timer_wrap);
+    Py_CLEAR(self->time_origin);
+    Py_CLEAR(self->last_time);
+    /* time.monotonic is the cache's clock from the start (cache_clock_native); a timer's is
+     * known at its first reading */
+    PyObject *old_loop = self->clk.kloop, *old_fn = self->clk.kfn;
+    self->clk.kloop = self->clk.kfn = NULL;
+    self->clk.valid = timer == NULL;
+    self->clk.offset = 0.0;
+    self->clk.last = timer == NULL ? fa_monotonic() : 0.0;
+    Py_XDECREF(old_loop);  // Beware: __init__ called again: may run Python code
+    Py_XDECREF(old_fn);
     return 0;
 }
 
@@ -691,7 +850,7 @@ cache_subscript(PyObject *op, PyObject *key)
     }
     ct_table *t = &self->t;
     Py_ssize_t ix;
-    if (FA_LIKELY(self->timer == NULL)) {
+    if (FA_LIKELY(cache_native_time(self) && cache_clock_native(self))) {
         /* the fast path: no Python code between the lookup and the answer */
         ix = ct_lookup(t, key, hash);
         if (FA_LIKELY(ix >= 0)) {
@@ -825,7 +984,15 @@ cache_popitem(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_ssize_t ix = self->t.lru_head;
     if (ix < 0) {
         Py_DECREF(pair);
-        PyErr_Format(PyExc_KeyError, "%s is empty", type_name(op));
+        /* KeyError('... is empty') from None, as cachetools raises it: no chained context */
+        PyObject *msg = PyUnicode_FromFormat("%s is empty", type_name(op));
+        PyObject *exc = msg ? PyObject_CallOneArg(PyExc_KeyError, msg) : NULL;
+        Py_XDECREF(msg);
+        if (exc != NULL) {
+            PyException_SetCause(exc, NULL);  // sets __suppress_context__
+            PyErr_SetObject(PyExc_KeyError, exc);
+            Py_DECREF(exc);
+        }
         return NULL;
     }
     ct_entry *e = &self->t.entries[ix];
@@ -993,16 +1160,6 @@ cache_missing_method(PyObject *Py_UNUSED(op), PyObject *key)
 }
 
 static PyObject *
-cache_getsizeof_method(PyObject *op, PyObject *value)
-{
-    CacheObject *self = (CacheObject *)op;
-    if (self->getsizeof != NULL && self->getsizeof_given) {
-        return PyObject_CallOneArg(self->getsizeof, value);
-    }
-    return PyLong_FromLong(1);  // Cache.getsizeof (a subclass's super().getsizeof() too)
-}
-
-static PyObject *
 cache_expire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     CacheObject *self = (CacheObject *)op;
@@ -1012,9 +1169,11 @@ cache_expire(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     }
     double now;
     if (nargs == 1 && args[0] != Py_None) {
-        if (parse_ttl(args[0], &now, "time") < 0) {
+        if (self->time_objects ? cache_seconds(self, args[0], &now)
+                               : parse_ttl(args[0], &now, "time")) {
             return NULL;
         }
+        now = fa_clock_to_object(&self->clk, now);  // a time of the timer, on the cache's scale
     }
     else if (cache_now(self, &now) < 0) {
         return NULL;
@@ -1299,7 +1458,12 @@ cache_copy(PyObject *op, PyObject *Py_UNUSED(ignored))
     n->maxsize_obj = Py_XNewRef(self->maxsize_obj);
     n->getsizeof = Py_XNewRef(self->getsizeof);
     n->timer = Py_XNewRef(self->timer);
+    n->clk = self->clk;  // the same clock, the same scale
+    Py_XINCREF(n->clk.kloop);
+    Py_XINCREF(n->clk.kfn);
     n->ttl_obj = Py_XNewRef(self->ttl_obj);
+    n->time_origin = Py_XNewRef(self->time_origin);  // its expiry times count from there too
+    n->time_objects = self->time_objects;
     n->getsizeof_given = self->getsizeof_given;
     n->maxsize = self->maxsize;
     n->currsize = self->currsize;
@@ -1317,7 +1481,7 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     CacheObject *self = (CacheObject *)op;
     fa_state *st = self->st;
-    PyObject *args = NULL, *items = NULL, *lru = NULL, *dict = NULL, *r = NULL;
+    PyObject *args = NULL, *items = NULL, *lru = NULL, *dict = NULL, *r = NULL, *restore = NULL;
     PyObject *ms = self->maxsize_obj ? self->maxsize_obj : Py_None;
     PyObject *gs = self->getsizeof_given ? self->getsizeof : Py_None;
     if (ms == Py_None) {
@@ -1370,7 +1534,7 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
         pos[i] = (int32_t)k;
         sizes[k] = t->sizes ? t->sizes[i] : 1;
         if (t->exp) {
-            exps[k] = t->exp[i];
+            exps[k] = fa_clock_to_reading(&self->clk, t->exp[i]);  // on the timer's own scale
             own[k] = t->hpos != NULL && t->hpos[i] >= 0;
         }
         k++;
@@ -1405,9 +1569,20 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
             goto done;
         }
     }
-    r = Py_BuildValue("(O O (O O (KKKK) O))", (PyObject *)Py_TYPE(op), args, items, lru,
-                      self->hits, self->misses, self->evictions, self->expirations,
-                      dict ? dict : Py_None);
+    /* rebuilt by type(self)._restore(args): the base class's __init__, never a subclass's,
+     * whose signature may differ (cachetools pickles without calling __init__ at all) */
+    restore = PyObject_GetAttr((PyObject *)Py_TYPE(op), st->str_restore);
+    if (restore == NULL) {
+        goto done;
+    }
+    /* with time objects, the origin the expiry times count from comes last */
+    r = self->time_objects && self->time_origin != NULL
+        ? Py_BuildValue("(O (O) (O O (KKKK) O O))", restore, args, items, lru, self->hits,
+                        self->misses, self->evictions, self->expirations,
+                        dict ? dict : Py_None, self->time_origin)
+        : Py_BuildValue("(O (O) (O O (KKKK) O))", restore, args, items, lru, self->hits,
+                        self->misses, self->evictions, self->expirations,
+                        dict ? dict : Py_None);
 done:
     PyMem_Free(pos);
     PyMem_Free(exps);
@@ -1419,7 +1594,39 @@ done:
     Py_XDECREF(items);
     Py_XDECREF(lru);
     Py_XDECREF(dict);
+    Py_XDECREF(restore);
     return r;
+}
+
+static int lru_init(PyObject *op, PyObject *args, PyObject *kwargs);
+static int ttl_init(PyObject *op, PyObject *args, PyObject *kwargs);
+
+/* cls._restore(args): a new cls instance, initialised by LRUCache's or TTLCache's own __init__
+ * with args (what __reduce__ saved), whatever cls.__init__ takes. */
+static PyObject *
+cache_restore(PyObject *cls, PyObject *args)
+{
+    if (!PyType_Check(cls) || !PyTuple_Check(args)) {
+        PyErr_SetString(PyExc_TypeError, "_restore(args): args must be a tuple");
+        return NULL;
+    }
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    PyObject *empty = PyTuple_New(0);
+    if (empty == NULL) {
+        return NULL;
+    }
+    PyObject *obj = tp->tp_new(tp, empty, NULL);
+    Py_DECREF(empty);
+    if (obj == NULL) {
+        return NULL;
+    }
+    CacheObject *self = (CacheObject *)obj;
+    int rc = self->is_ttl ? ttl_init(obj, args, NULL) : lru_init(obj, args, NULL);
+    if (rc < 0) {
+        Py_DECREF(obj);
+        return NULL;
+    }
+    return obj;
 }
 
 /* __setstate__: restore what __reduce__ saved (after __init__ made an empty cache). */
@@ -1427,12 +1634,12 @@ static PyObject *
 cache_setstate(PyObject *op, PyObject *state)
 {
     CacheObject *self = (CacheObject *)op;
-    PyObject *items, *lru, *dict;
+    PyObject *items, *lru, *dict, *origin = NULL;
     unsigned long long hits, misses, evictions, expirations;
     if (!PyTuple_Check(state)
-        || !PyArg_ParseTuple(state, "O!O!(KKKK)O;invalid LRUCache/TTLCache state",
+        || !PyArg_ParseTuple(state, "O!O!(KKKK)O|O;invalid LRUCache/TTLCache state",
                              &PyList_Type, &items, &PyList_Type, &lru, &hits, &misses,
-                             &evictions, &expirations, &dict)) {
+                             &evictions, &expirations, &dict, &origin)) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_TypeError, "invalid LRUCache/TTLCache state");
         }
@@ -1505,7 +1712,7 @@ cache_setstate(PyObject *op, PyObject *state)
         }
         self->currsize += size;
         if (self->is_ttl) {
-            ct_set_exp(t, ix, exp, klass);
+            ct_set_exp(t, ix, fa_clock_to_object(&self->clk, exp), klass);
         }
         keys[i] = key;
         hashes[i] = hash;
@@ -1558,6 +1765,9 @@ cache_setstate(PyObject *op, PyObject *state)
     self->misses = misses;
     self->evictions = evictions;
     self->expirations = expirations;
+    if (origin != NULL && self->time_objects) {
+        Py_XSETREF(self->time_origin, Py_NewRef(origin));
+    }
     CHECK(self);
     if (dict != Py_None) {
         if (!Py_TYPE(op)->tp_dictoffset || !PyDict_Check(dict)) {
@@ -1659,8 +1869,162 @@ static PyObject *
 cache_get_timer(PyObject *op, void *Py_UNUSED(c))
 {
     CacheObject *self = (CacheObject *)op;
-    return Py_NewRef(self->timer ? self->timer : self->st->time_monotonic);
+    if (self->timer_wrap == NULL) {
+        CacheTimerObject *w = PyObject_GC_New(CacheTimerObject, self->st->CacheTimerType);
+        if (w == NULL) {
+            return NULL;
+        }
+        w->timer = Py_NewRef(self->timer ? self->timer : self->st->time_monotonic);
+        w->frozen = NULL;
+        w->nesting = 0;
+        PyObject_GC_Track(w);
+        if (self->timer_wrap != NULL) {  // made meanwhile (the GC ran a __del__ that asked)
+            Py_DECREF(w);
+        }
+        else {
+            self->timer_wrap = (PyObject *)w;
+        }
+    }
+    return Py_NewRef(self->timer_wrap);
 }
+
+/* ------------------------------------------------------------------ the timer attribute */
+
+static PyObject *
+ctimer_call(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    CacheTimerObject *w = (CacheTimerObject *)op;
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "timer() takes no arguments");
+        return NULL;
+    }
+    if (w->nesting > 0 && w->frozen != NULL) {
+        return Py_NewRef(w->frozen);
+    }
+    return PyObject_CallNoArgs(w->timer);
+}
+
+static PyObject *
+ctimer_enter(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    CacheTimerObject *w = (CacheTimerObject *)op;
+    if (w->nesting == 0) {
+        PyObject *t = PyObject_CallNoArgs(w->timer);  // Beware: Python code
+        if (t == NULL) {
+            return NULL;
+        }
+        if (w->nesting == 0) {
+            Py_XSETREF(w->frozen, t);
+        }
+        else {
+            Py_DECREF(t);  // entered meanwhile: that time stands
+        }
+    }
+    w->nesting++;
+    return Py_NewRef(w->frozen);
+}
+
+static PyObject *
+ctimer_exit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    CacheTimerObject *w = (CacheTimerObject *)op;
+    if (w->nesting > 0 && --w->nesting == 0) {
+        Py_CLEAR(w->frozen);
+    }
+    Py_RETURN_NONE;
+}
+
+/* a new one on the same timer, not frozen (cachetools' __copy__ and __reduce__) */
+static PyObject *
+ctimer_copy(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    CacheTimerObject *w = (CacheTimerObject *)op;
+    CacheTimerObject *n = PyObject_GC_New(CacheTimerObject, Py_TYPE(op));
+    if (n == NULL) {
+        return NULL;
+    }
+    n->timer = Py_NewRef(w->timer);
+    n->frozen = NULL;
+    n->nesting = 0;
+    PyObject_GC_Track(n);
+    return (PyObject *)n;
+}
+
+/* Other attributes are the timer's (cachetools' __getattr__). */
+static PyObject *
+ctimer_getattro(PyObject *op, PyObject *name)
+{
+    PyObject *r = PyObject_GenericGetAttr(op, name);
+    if (r != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return r;
+    }
+    PyErr_Clear();
+    return PyObject_GetAttr(((CacheTimerObject *)op)->timer, name);
+}
+
+static PyObject *
+ctimer_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<TTLCache timer %R%s>", ((CacheTimerObject *)op)->timer,
+                                ((CacheTimerObject *)op)->nesting ? " (frozen)" : "");
+}
+
+static int
+ctimer_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CacheTimerObject *w = (CacheTimerObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(w->timer);
+    Py_VISIT(w->frozen);
+    return 0;
+}
+
+static int
+ctimer_clear(PyObject *op)
+{
+    CacheTimerObject *w = (CacheTimerObject *)op;
+    Py_CLEAR(w->timer);
+    Py_CLEAR(w->frozen);
+    return 0;
+}
+
+static void
+ctimer_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    ctimer_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef ctimer_methods[] = {
+    {"__enter__", ctimer_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nFreeze the time (outermost `with`) and return it."},
+    {"__exit__", (PyCFunction)(void (*)(void))ctimer_exit, METH_FASTCALL,
+     "__exit__($self, /, *exc)\n--\n\nUnfreeze after the outermost `with`."},
+    {"__copy__", ctimer_copy, METH_NOARGS,
+     "__copy__($self, /)\n--\n\nA new one on the same timer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot ctimer_slots[] = {
+    {Py_tp_call, ctimer_call},
+    {Py_tp_getattro, ctimer_getattro},
+    {Py_tp_repr, ctimer_repr},
+    {Py_tp_methods, ctimer_methods},
+    {Py_tp_traverse, ctimer_traverse},
+    {Py_tp_clear, ctimer_clear},
+    {Py_tp_dealloc, ctimer_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec ctimer_spec = {
+    .name = "aiofast._core.cache_timer",
+    .basicsize = sizeof(CacheTimerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = ctimer_slots,
+};
 
 /* ------------------------------------------------------------------ iteration */
 
@@ -1995,8 +2359,6 @@ PyDoc_STRVAR(values_doc, "values($self, /)\n--\n\nA view of the values.");
 PyDoc_STRVAR(items_doc, "items($self, /)\n--\n\nA view of the (key, value) pairs.");
 PyDoc_STRVAR(missing_doc, "__missing__($self, key, /)\n--\n\nCalled by cache[key] for a missing "
              "key; raises KeyError. Subclasses override it to compute values.");
-PyDoc_STRVAR(getsizeof_doc, "getsizeof($self, value, /)\n--\n\nThe size of value: getsizeof's "
-             "answer, or 1.");
 PyDoc_STRVAR(copy_doc, "__copy__($self, /)\n--\n\nA shallow copy, with the same order and "
              "expiry times.");
 PyDoc_STRVAR(reduce_doc, "__reduce__($self, /)\n--\n\nPickle support: the items with their "
@@ -2011,6 +2373,8 @@ PyDoc_STRVAR(expire_doc, "expire($self, time=None, /)\n--\n\nRemove the items ex
              "(default: now) and return them as a list of (key, value) pairs.");
 PyDoc_STRVAR(set_doc, "set($self, key, value, ttl=None)\n--\n\ncache[key] = value, with its own "
              "time to live when ttl is given.");
+PyDoc_STRVAR(restore_doc, "_restore($cls, args, /)\n--\n\nFor pickling: a new instance made "
+             "by the base class's __init__(*args), not the subclass's.");
 PyDoc_STRVAR(length_hint_doc, "Private method returning an estimate of len(list(it)).");
 
 #define CACHE_METHODS \
@@ -2025,9 +2389,9 @@ PyDoc_STRVAR(length_hint_doc, "Private method returning an estimate of len(list(
     {"values", cache_values, METH_NOARGS, values_doc}, \
     {"items", cache_items, METH_NOARGS, items_doc}, \
     {"__missing__", cache_missing_method, METH_O, missing_doc}, \
-    {"getsizeof", cache_getsizeof_method, METH_O, getsizeof_doc}, \
     {"__copy__", cache_copy, METH_NOARGS, copy_doc}, \
     {"__reduce__", cache_reduce, METH_NOARGS, reduce_doc}, \
+    {"_restore", cache_restore, METH_O | METH_CLASS, restore_doc}, \
     {"__setstate__", cache_setstate, METH_O, setstate_doc}, \
     {"__sizeof__", cache_sizeof, METH_NOARGS, sizeof_doc}, \
     {"stats", cache_stats, METH_NOARGS, stats_doc}, \
@@ -2195,6 +2559,112 @@ register_abc(PyObject *abc, const char *name, PyTypeObject *tp)
     return 0;
 }
 
+/* ------------------------------------------------------------------ the getsizeof attribute */
+
+/* `cache.getsizeof` as cachetools has it: the getsizeof callable given to __init__, else
+ * Cache.getsizeof, a plain function of one argument returning 1 (also on the class). A
+ * subclass's own getsizeof method shadows it. */
+typedef struct {
+    PyObject_HEAD
+    fa_state *st;
+    PyObject *one;  /* the plain function: getsizeof(value) -> 1 */
+} GetsizeofDescr;
+
+static PyObject *
+getsizeof_one(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(value))
+{
+    return PyLong_FromLong(1);
+}
+
+static PyMethodDef getsizeof_one_def = {
+    "getsizeof", getsizeof_one, METH_O,
+    "getsizeof(value, /)\n--\n\nThe size of an item when no getsizeof was given: 1."};
+
+static PyObject *
+gsd_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    GetsizeofDescr *d = (GetsizeofDescr *)op;
+    if (obj != NULL && obj != Py_None
+        && (PyObject_TypeCheck(obj, d->st->LRUCacheType)
+            || PyObject_TypeCheck(obj, d->st->TTLCacheType))) {
+        CacheObject *c = (CacheObject *)obj;
+        if (c->getsizeof_given && c->getsizeof != NULL) {
+            return Py_NewRef(c->getsizeof);
+        }
+    }
+    return Py_NewRef(d->one);
+}
+
+static int
+gsd_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((GetsizeofDescr *)op)->one);
+    return 0;
+}
+
+static int
+gsd_clear(PyObject *op)
+{
+    Py_CLEAR(((GetsizeofDescr *)op)->one);
+    return 0;
+}
+
+static void
+gsd_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    gsd_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot gsd_slots[] = {
+    {Py_tp_descr_get, gsd_get},
+    {Py_tp_traverse, gsd_traverse},
+    {Py_tp_clear, gsd_clear},
+    {Py_tp_dealloc, gsd_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec gsd_spec = {
+    .name = "aiofast._core.getsizeof_attribute",
+    .basicsize = sizeof(GetsizeofDescr),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = gsd_slots,
+};
+
+static PyTypeObject *internal_type(PyObject *mod, PyType_Spec *spec, const char *short_name);
+
+/* Put the getsizeof attribute in both classes (in place of the method). 0 or -1. */
+static int
+getsizeof_attribute_init(PyObject *mod, fa_state *st)
+{
+    PyTypeObject *tp = internal_type(mod, &gsd_spec, "getsizeof_attribute");  // new ref
+    if (tp == NULL) {
+        return -1;
+    }
+    GetsizeofDescr *d = PyObject_GC_New(GetsizeofDescr, tp);
+    Py_DECREF(tp);  // the instance holds it
+    if (d == NULL) {
+        return -1;
+    }
+    d->st = st;
+    d->one = PyCFunction_NewEx(&getsizeof_one_def, NULL, NULL);
+    PyObject_GC_Track(d);
+    int rc = -1;
+    if (d->one != NULL
+        && PyDict_SetItem(st->LRUCacheType->tp_dict, st->str_getsizeof, (PyObject *)d) == 0
+        && PyDict_SetItem(st->TTLCacheType->tp_dict, st->str_getsizeof, (PyObject *)d) == 0) {
+        PyType_Modified(st->LRUCacheType);
+        PyType_Modified(st->TTLCacheType);
+        rc = 0;
+    }
+    Py_DECREF(d);
+    return rc;
+}
+
 static PyTypeObject *
 internal_type(PyObject *mod, PyType_Spec *spec, const char *short_name)
 {
@@ -2214,16 +2684,8 @@ fa_cache_init(PyObject *mod, fa_state *st)
     INTERN(str_expire, "expire");
     INTERN(str_missing, "__missing__");
     INTERN(str_getsizeof, "getsizeof");
+    INTERN(str_restore, "_restore");
 #undef INTERN
-    PyObject *m = PyImport_ImportModule("time");
-    if (m == NULL) {
-        return -1;
-    }
-    st->time_monotonic = PyObject_GetAttrString(m, "monotonic");
-    Py_DECREF(m);
-    if (st->time_monotonic == NULL) {
-        return -1;
-    }
     PyObject *abc = PyImport_ImportModule("collections.abc");
     if (abc == NULL) {
         return -1;
@@ -2238,7 +2700,9 @@ fa_cache_init(PyObject *mod, fa_state *st)
         || (st->CacheIterType = internal_type(mod, &iter_spec, "cache_iterator")) == NULL
         || (st->CacheKeysType = internal_type(mod, &keys_spec, "cache_keys")) == NULL
         || (st->CacheValuesType = internal_type(mod, &values_spec, "cache_values")) == NULL
-        || (st->CacheItemsType = internal_type(mod, &items_spec, "cache_items")) == NULL) {
+        || (st->CacheItemsType = internal_type(mod, &items_spec, "cache_items")) == NULL
+        || (st->CacheTimerType = internal_type(mod, &ctimer_spec, "cache_timer")) == NULL
+        || getsizeof_attribute_init(mod, st) < 0) {
         goto done;
     }
     if (register_abc(abc, "MutableMapping", st->LRUCacheType) < 0

@@ -39,6 +39,7 @@
 #define AIOFAST_CTABLE_H
 
 #include "aiofast.h"
+#include "clock.h"
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -170,49 +171,6 @@ ct_buf_flush(ct_buf *b)
     }
     b->items = b->small;
     b->cap = (Py_ssize_t)(sizeof(b->small) / sizeof(b->small[0]));
-}
-
-/* ------------------------------------------------------------------ clock */
-
-/* time.monotonic() in C: the same clock and the same double on every platform where CPython
- * reads CLOCK_MONOTONIC (3.13 gives us its own function). */
-static inline double
-fa_monotonic(void)
-{
-#if FA_PY313
-    PyTime_t t;
-    (void)PyTime_MonotonicRaw(&t);
-    return PyTime_AsSecondsDouble(t);
-#elif defined(CLOCK_MONOTONIC) && !defined(__APPLE__)
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-    return (double)ns / 1e9;
-#else
-    return _PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock());
-#endif
-}
-
-/* Is time.monotonic() < exp? Reading CLOCK_MONOTONIC costs ~20 ns on x86 Linux; its coarse
- * variant (the same clock as of the last kernel tick, never ahead of it) costs ~4 ns. When the
- * coarse time is more than FA_COARSE_MARGIN before exp, the precise time is too, as long as the
- * kernel's tick is less than FA_COARSE_MARGIN late (ticks come every 1-10 ms): only items close
- * to their expiry pay for the precise clock. */
-#define FA_COARSE_MARGIN 0.02
-
-static inline int
-fa_monotonic_before(double exp)
-{
-#if defined(CLOCK_MONOTONIC_COARSE) && defined(__linux__)
-    struct timespec ts;
-    if (FA_LIKELY(clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)) {
-        double coarse = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-        if (FA_LIKELY(coarse + FA_COARSE_MARGIN < exp)) {
-            return 1;
-        }
-    }
-#endif
-    return fa_monotonic() < exp;
 }
 
 /* ------------------------------------------------------------------ basics */

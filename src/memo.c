@@ -23,6 +23,10 @@
  *   the end of the array when it completes, so results expire in completion order (with
  *   jitter: the per-entry heap).
  *
+ * alru_cache (async-lru 2.x): the memo remembers the event loop it is first called in; a call
+ * in another loop warns once (AlruCacheLoopResetWarning) and clears the cache (entries and
+ * counts) before going on in the new loop, as async-lru does.
+ *
  * Invariants (checked after every mutation by memo_check in debug builds): an entry's value is
  * a Flight exactly while that flight runs and is attached (a flight finds its entry by key
  * identity, so eviction or invalidation simply detaches it); hits + misses counts the calls that
@@ -61,6 +65,7 @@ struct MemoObject {
     PyObject *func;
     PyObject *keyfunc;       /* key=, or NULL */
     PyObject *timer;         /* NULL: the loop's time (async) or time.monotonic (see memo_now) */
+    fa_clock clk;            /* the clock last read (memo_now) */
     PyObject *rand;          /* random.random when jitter */
     PyObject *maxsize_obj;
     PyObject *ttl_obj;
@@ -76,6 +81,8 @@ struct MemoObject {
     int is_async;
     int closed;
     int alru;                /* made by alru_cache: its parameter dict and messages */
+    int warned_loop;         /* alru: the loop-change warning was given */
+    PyObject *first_loop;    /* alru: the loop of the calls, or NULL before the first */
 };
 
 typedef struct {
@@ -83,6 +90,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     MemoObject *memo;
     PyObject *self;          /* the instance */
+    PyObject *weakreflist;   /* weakly referenceable, as bound methods are */
 } MemoMethodObject;
 
 /* The awaitable a cache hit returns: already finished. */
@@ -266,53 +274,89 @@ call_packed(PyObject *func, PyObject *packed)
     return PyObject_Call(func, PyTuple_GET_ITEM(packed, 0), kw == Py_None ? NULL : kw);
 }
 
+/* ------------------------------------------------------------------ alru_cache's loop */
+
+static PyObject *memo_cache_clear(PyObject *op, PyObject *Py_UNUSED(ignored));
+
+/* alru: called in `loop` (borrowed, running), not the remembered one. The first: remember it.
+ * Another: warn once (an error under -W error: then nothing changes), clear, re-bind. 0 or -1.
+ * Beware: the warning machinery and the cleared entries' __del__ run Python code. */
+static int
+memo_loop_changed(MemoObject *self, PyObject *loop)
+{
+    if (self->first_loop != NULL) {
+        if (!self->warned_loop) {
+            if (PyErr_WarnEx(self->st->AlruCacheLoopResetWarning,
+                             "alru_cache detected event loop change and auto-cleared stale "
+                             "entries. This is safe but unusual outside of tests "
+                             "(pytest-anyio, etc.).", 1) < 0) {
+                return -1;
+            }
+            self->warned_loop = 1;
+        }
+        PyObject *r = memo_cache_clear((PyObject *)self, NULL);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    Py_XSETREF(self->first_loop, Py_NewRef(loop));
+    return 0;
+}
+
+/* alru: check the running loop (new ref or None, borrowed here) against the remembered one. */
+static inline int
+memo_check_loop(MemoObject *self, PyObject *loop)
+{
+    if (FA_LIKELY(loop == self->first_loop) || loop == Py_None) {
+        return 0;
+    }
+    return memo_loop_changed(self, loop);
+}
+
 /* ------------------------------------------------------------------ time and the table */
 
-/* The memo's clock: timer= if given; for an async function, the running loop's time() (read
- * in C when it is asyncio's own, time.monotonic()); else time.monotonic(). 0; 1 when an async
- * function's clock is unknown (no running loop: *now is time.monotonic(), not to be used to
- * expire anything); -1 with an exception. Beware: a Python timer or loop.time() is Python. */
+/* The memo's clock (clock.h): timer= if given; for an async function, the running loop's
+ * time() (read in C when it is asyncio's own); else time.monotonic as the time module has it.
+ * *now is on the memo's own scale (a new clock carries on from where the last one left). 0; 1
+ * when an async function's clock is unknown (no running loop: *now is time.monotonic(), not to
+ * be used to expire anything); -1 with an exception. Beware: a Python timer or loop.time() is
+ * Python code, and so may be the release of a clock read before. */
 static int
 memo_now(MemoObject *self, double *now)
 {
-    PyObject *r;
+    fa_state *st = self->st;
+    fa_reading r;
     if (self->timer != NULL) {
-        r = PyObject_CallNoArgs(self->timer);
+        if (fa_user_read(self->timer, NULL, "timer()", &r.now) < 0) {
+            return -1;
+        }
+        r.kloop = NULL;
+        r.kfn = Py_NewRef(self->timer);
     }
     else if (self->is_async) {
-        PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);  // new ref
+        PyObject *loop = fa_running_loop_or_none(st);  // new ref
         if (loop == NULL) {
             return -1;
         }
-        if (loop == Py_None || _PyType_Lookup(Py_TYPE(loop), self->st->str_time)
-                                   == self->st->base_loop_time) {
-            int unknown = loop == Py_None;
+        if (loop == Py_None) {
             Py_DECREF(loop);
             *now = fa_monotonic();
-            return unknown;
+            return 1;
         }
-        PyObject *args[1] = {loop};
-        r = PyObject_VectorcallMethod(self->st->str_time, args,
-                                      1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        int rc = fa_loop_read(st, loop, &r);
         Py_DECREF(loop);
+        if (rc < 0) {
+            return -1;
+        }
     }
-    else {
-        *now = fa_monotonic();
-        return 0;
-    }
-    if (r == NULL) {
+    else if (fa_mono_read(st, &r) < 0) {
         return -1;
     }
-    double d = PyFloat_AsDouble(r);
-    Py_DECREF(r);
-    if (d == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(d)) {
-        PyErr_SetString(PyExc_ValueError, "timer returned nan");
-        return -1;
-    }
-    *now = d;
+    PyObject *old_loop, *old_fn;
+    *now = fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
+    Py_XDECREF(old_loop);
+    Py_XDECREF(old_fn);
     return 0;
 }
 
@@ -959,6 +1003,10 @@ call_start(FaOp *op, PyObject **res)
     if (loop == NULL) {
         return PYGEN_ERROR;
     }
+    if (self->alru && memo_check_loop(self, loop) < 0) {
+        Py_DECREF(loop);
+        return PYGEN_ERROR;
+    }
     ct_buf trash;
     ct_buf_init(&trash);
     PySendResult r = PYGEN_ERROR;
@@ -1255,12 +1303,25 @@ memo_call_key(MemoObject *self, PyObject *key, PyObject *const *args, Py_ssize_t
     if (!self->is_async) {
         return memo_call_sync(self, key, hash, args, nargs, kwnames);
     }
+    int defer = 0;  /* decide when awaited, in the loop that runs it */
+    if (self->alru) {
+        PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);  // new ref (or None)
+        if (loop == NULL) {
+            return NULL;
+        }
+        defer = loop == Py_None;  /* called outside a loop: it may run in a new one */
+        int rc = memo_check_loop(self, loop);
+        Py_DECREF(loop);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
     double now = 0.0;
     int clock = self->has_ttl ? memo_now(self, &now) : 0;
     if (clock < 0) {
         return NULL;
     }
-    Py_ssize_t ix = clock ? CT_NOTFOUND : ct_lookup(&self->t, key, hash);  // Beware: __eq__
+    Py_ssize_t ix = clock || defer ? CT_NOTFOUND : ct_lookup(&self->t, key, hash);  // Beware
     if (ix == CT_ERROR) {
         return NULL;
     }
@@ -1529,12 +1590,16 @@ memo_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->func);
     Py_VISIT(self->keyfunc);
     Py_VISIT(self->timer);
+    if (fa_clock_traverse(&self->clk, visit, arg) < 0) {
+        return -1;
+    }
     Py_VISIT(self->rand);
     Py_VISIT(self->maxsize_obj);
     Py_VISIT(self->ttl_obj);
     Py_VISIT(self->dict);
     Py_VISIT(self->hitcache);
     Py_VISIT(self->stopiter);
+    Py_VISIT(self->first_loop);
     return ct_traverse(&self->t, visit, arg);
 }
 
@@ -1549,12 +1614,14 @@ memo_clear(PyObject *op)
     Py_CLEAR(self->func);
     Py_CLEAR(self->keyfunc);
     Py_CLEAR(self->timer);
+    fa_clock_clear_refs(&self->clk);
     Py_CLEAR(self->rand);
     Py_CLEAR(self->maxsize_obj);
     Py_CLEAR(self->ttl_obj);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->hitcache);
     Py_CLEAR(self->stopiter);
+    Py_CLEAR(self->first_loop);
     return 0;
 }
 
@@ -1669,6 +1736,7 @@ memo_descr_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
     m->vectorcall = method_vectorcall;
     m->memo = (MemoObject *)Py_NewRef(op);
     m->self = Py_NewRef(obj);
+    m->weakreflist = NULL;
     PyObject_GC_Track(m);
     return (PyObject *)m;
 }
@@ -1911,6 +1979,9 @@ method_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
+    if (((MemoMethodObject *)op)->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
     method_clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -1933,6 +2004,8 @@ static PyGetSetDef method_getset[] = {
 
 static PyMemberDef method_members[] = {
     {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(MemoMethodObject, vectorcall), Py_READONLY,
+     NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(MemoMethodObject, weakreflist), Py_READONLY,
      NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -1988,19 +2061,17 @@ fa_memo_init(PyObject *mod, fa_state *st)
     if (st->CacheInfo == NULL) {
         return -1;
     }
-    PyObject *be = PyImport_ImportModule("asyncio.base_events");
-    PyObject *bel = be ? PyObject_GetAttrString(be, "BaseEventLoop") : NULL;
-    Py_XDECREF(be);
-    if (bel == NULL) {
-        return -1;
-    }
-    st->base_loop_time = PyObject_GetAttrString(bel, "time");
-    Py_DECREF(bel);
-    if (st->base_loop_time == NULL) {
-        return -1;
-    }
     st->kwd_mark = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     if (st->kwd_mark == NULL) {
+        return -1;
+    }
+    st->AlruCacheLoopResetWarning = PyErr_NewExceptionWithDoc(
+        "aiofast.AlruCacheLoopResetWarning",
+        "Emitted once per alru_cache when it is called in a new event loop (and clears itself).",
+        PyExc_UserWarning, NULL);
+    if (st->AlruCacheLoopResetWarning == NULL
+        || PyModule_AddObjectRef(mod, "AlruCacheLoopResetWarning",
+                                 st->AlruCacheLoopResetWarning) < 0) {
         return -1;
     }
     st->MemoType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &memo_spec, NULL);

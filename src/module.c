@@ -8,6 +8,7 @@
  */
 #include "aiofast.h"
 #include "loop.h"
+#include "clock.h"
 
 #define FA_STATE_NOBJ ((offsetof(fa_state, str_append) - offsetof(fa_state, OpType)) \
                        / sizeof(PyObject *) + 1)
@@ -228,6 +229,7 @@ module_exec(PyObject *mod)
         return -1;
     }
 
+    if (fa_clock_init(mod, st) < 0) return -1;
     if (fa_op_init(mod, st) < 0) return -1;
     if (fa_semaphore_init(mod, st) < 0) return -1;
     if (fa_queue_init(mod, st) < 0) return -1;
@@ -259,6 +261,7 @@ module_clear(PyObject *mod)
     if (st == NULL) {
         return 0;
     }
+    fa_clock_clear(st);
     PyObject **objs = state_objs(st);
     for (size_t i = 0; i < FA_STATE_NOBJ; i++) {
         Py_CLEAR(objs[i]);

@@ -2,12 +2,13 @@
  * tokenbucket.c: TokenBucket, an async rate limiter (a token bucket), and RateLimited, the
  * callable that `@bucket` wraps around an async function.
  *
- * Model. The bucket holds `level` tokens at time `stamp`, read on one clock: the loop's time()
- * (`clock_loop`), or NULL for time.monotonic(), which is what every unpatched asyncio default
- * loop's time() returns. Tokens flow in continuously, rate per `per` seconds, up to `capacity`:
- * a reading now > stamp sets level = min(capacity, level + (now - stamp) * rate / per) and
- * stamp = now. A reading <= stamp adds nothing (time never runs backwards), and a reading on
- * another clock restarts the stamp there without adding anything (the gap is unknowable).
+ * Model. The bucket holds `level` tokens at time `stamp`, read on one clock (clock.h): the
+ * running loop's time(), which for every unpatched asyncio loop is time.monotonic(). Tokens
+ * flow in continuously, rate per `per` seconds, up to `capacity`: a reading now > stamp sets
+ * level = min(capacity, level + (now - stamp) * rate / per) and stamp = now. A reading on a new
+ * clock (another loop's or another time() callable's, or one below the last reading: a clock
+ * going backwards) restarts the stamp there without adding anything (the gap is unknowable),
+ * and moves the waiters' deadlines with it.
  *
  * Waiting. Strict FIFO: the head of `waiters` is the only op that can be admitted, and a newcomer
  * never takes tokens while anyone waits, so a large request at the head is never overtaken. The
@@ -18,7 +19,7 @@
  * is woken unless it proceeds (or times out).
  *
  * Invariants:
- * - 0 <= level <= capacity; stamp is the last reading of the clock named by clock_loop, or up to
+ * - 0 <= level <= capacity; stamp is the last reading of the clock named by clk, or up to
  *   the early-timer allowance after it (see tb_process).
  * - the waiters of a loop that has closed are dropped at the next wait or fast check (their
  *   tasks can never run again); `loop` is then re-bound.
@@ -35,21 +36,18 @@
  *   sets reprocess, and the outer call loops.
  * All of these are checked after every mutation in debug builds (tokenbucket_check,
  * FA_CONSISTENT).
+ *
+ * aiolimiter's rules (`peer`, set for AsyncLimiter, the drop-in for aiolimiter.AsyncLimiter):
+ * a newcomer takes the tokens if they are there, whoever waits; waiters are served smallest
+ * amount first (then in arrival order), so `waiters` is sorted by (num, arrival); has_capacity()
+ * ignores the waiters; a bad amount raises when the acquire is awaited, not when it is called;
+ * and using the limiter in a new loop after its loop closed warns (RuntimeWarning), as
+ * aiolimiter does, and drops the waiters of the closed loop.
  */
 #include "op.h"
+#include "clock.h"
 
 #include <float.h>
-
-#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
-/* 3.13 moved this declaration to the internal headers; the function is the same and exported. */
-PyAPI_FUNC(int) _PyObject_GetMethod(PyObject *obj, PyObject *name, PyObject **method);
-#endif
-/* The native clock shortcut needs _PyObject_GetMethod (checked on 3.10 to 3.13 only). */
-#define TB_NATIVE_CLOCK (PY_VERSION_HEX < 0x030E0000)
-/* Remembering the proof per loop needs every instance attribute store to change the version of
- * the loop's materialized __dict__: true on 3.10 to 3.12 (tested), not on 3.13, where stores go
- * to the inline values a materialized dict shares. */
-#define TB_VERDICT_CACHE (PY_VERSION_HEX < 0x030D0000)
 
 /* How early a loop may run a timer and still count as on time: uvloop rounds delays to whole
  * milliseconds (and its clock is in milliseconds); asyncio runs timers up to its clock
@@ -62,6 +60,14 @@ PyAPI_FUNC(int) _PyObject_GetMethod(PyObject *obj, PyObject *name, PyObject **me
 #define OPF_TIMEDOUT 0x200  /* deadline passed, future resolved, nothing taken */
 #define OPF_TIMED 0x400     /* linked with a live deadline entry (counted in dl_live) */
 #define OPF_CALLING 0x800   /* RateLimited: the token is consumed, the function runs */
+#define OPF_BADAMOUNT 0x1000 /* AsyncLimiter: an amount outside [0, max_rate], raised on start */
+
+/* aiolimiter's texts, word for word */
+#define TB_PEER_AMOUNT_ERROR "Amount must be a number between 0 and the maximum capacity"
+#define TB_PEER_REUSE_WARNING \
+    "This AsyncLimiter instance is being re-used across loops. Please create a new limiter " \
+    "per event loop as re-use can lead to undefined behaviour."
+
 
 typedef struct {
     double when;
@@ -74,7 +80,7 @@ typedef struct {
     fa_state *st;
     fa_waitq waiters;
     PyObject *loop;        /* bound on the first wait (as _LoopBoundMixin), or NULL */
-    PyObject *clock_loop;  /* the loop whose time() stamp was read on; NULL: time.monotonic() */
+    fa_clock clk;          /* the clock stamp was read on (its keys; last: last_read) */
     PyObject *timer;       /* the one TimerHandle, or NULL */
     PyObject *wake_cb;     /* the timer's callback (a builtin bound to self), made lazily */
     FaOp *cache;
@@ -98,6 +104,7 @@ typedef struct {
     int stamp_valid;
     int processing;
     int reprocess;
+    int peer;              /* aiolimiter's rules (AsyncLimiter, see the top) */
 } TokenBucket;
 
 typedef struct {
@@ -171,6 +178,9 @@ tokenbucket_check(TokenBucket *self)
         FA_CHECK(op->num > 0 && op->num <= self->capacity,
                  "TokenBucket %p: waiter %p asks for %g of capacity %g", (void *)self,
                  (void *)op, op->num, self->capacity);
+        FA_CHECK(!self->peer || op->prev == NULL || op->prev->num <= op->num,
+                 "TokenBucket %p: waiter %p (%g) after a larger one (%g)", (void *)self,
+                 (void *)op, op->num, op->prev ? op->prev->num : 0.0);
         timed += (op->flags & OPF_TIMED) != 0;
     }
     /* the deadline heap: ordered by (when, seq); its live entries are exactly the TIMED
@@ -273,220 +283,7 @@ tb_refund(TokenBucket *self, double n)
 
 /* ------------------------------------------------------------------ the clock */
 
-/* A dict's PEP 509 version tag: globally unique, changed by every modification. Maintained
- * through 3.13 (deprecated for extensions since 3.12, removed in 3.14, where the native clock
- * shortcut is off: TB_NATIVE_CLOCK). */
-#if TB_NATIVE_CLOCK
-static inline uint64_t
-tb_dict_version(PyObject *d)
-{
-#if FA_PY312
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-#endif
-    return ((PyDictObject *)d)->ma_version_tag;
-#if FA_PY312
-#pragma GCC diagnostic pop
-#endif
-}
-#endif
-
-/* time.monotonic() as a double, bit for bit: time.monotonic() is
- * PyFloat_FromDouble(_PyTime_AsSecondsDouble(t)) of the monotonic clock t in nanoseconds
- * (PyTime_Monotonic / PyTime_AsSecondsDouble on 3.13). _PyTime_AsSecondsDouble(t) is
- * (double)(t / 10**9) when t is a whole number of seconds, else (double)t / 1e9. Below 2**53
- * (double)t is exact, and then both are (double)t / 1e9: an exact integer quotient is returned
- * exactly by the correctly rounded division. So we skip its 64-bit modulo there, provided double
- * arithmetic is done in double precision (FLT_EVAL_METHOD == 0, e.g. SSE2, not x87). */
-static inline double
-tb_ns_to_seconds(long long t)
-{
-#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
-    if (FA_LIKELY(t < (1LL << 53) && t > -(1LL << 53))) {
-        return (double)t / 1e9;
-    }
-#endif
-#if FA_PY313
-    return PyTime_AsSecondsDouble(t);
-#else
-    return _PyTime_AsSecondsDouble(t);
-#endif
-}
-
-static inline int
-tb_monotonic(double *out)
-{
-#if FA_PY313
-    PyTime_t t;
-    if (PyTime_Monotonic(&t) < 0) {
-        return -1;
-    }
-#else
-    _PyTime_t t;
-    if (_PyTime_GetMonotonicClockWithInfo(&t, NULL) < 0) {
-        return -1;
-    }
-#endif
-    *out = tb_ns_to_seconds((long long)t);
-    return 0;
-}
-
-#if TB_NATIVE_CLOCK
-/* Is asyncio's BaseEventLoop.time, `return time.monotonic()`, still exactly that? Its code
- * object, the `time` global it reads and that module's `monotonic` must all be the originals. */
-static inline int
-tb_base_time_intact(fa_state *st)
-{
-    if (st->tb_base_time == NULL
-        || PyFunction_GET_CODE(st->tb_base_time) != st->tb_base_time_code) {
-        return 0;
-    }
-    /* PEP 509: both dicts unmodified since we last found them intact */
-    uint64_t gv = tb_dict_version(st->tb_base_time_globals);
-    uint64_t tv = tb_dict_version(st->tb_time_dict);
-    if (FA_LIKELY(gv == st->tb_globals_version && tv == st->tb_timedict_version)) {
-        return 1;
-    }
-    PyObject *tm = PyDict_GetItemWithError(st->tb_base_time_globals, st->str_time);  // borrowed
-    if (tm != st->tb_time_module) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    PyObject *mono = PyDict_GetItemWithError(st->tb_time_dict, st->str_monotonic);  // borrowed
-    if (mono != st->tb_monotonic) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    st->tb_globals_version = gv;
-    st->tb_timedict_version = tv;
-    return 1;
-}
-#endif
-
-#if TB_VERDICT_CACHE
-/* Does the proof that loop.time is native, made for st->tb_nat_wr's loop, still hold? Nothing it
- * rests on changed: the object and its class (__class__ assignment changes the type; any
- * attribute change on the class or a base clears its version tag, and tags are never reused),
- * its instance __dict__ (materialized when the proof was stored, so every attribute store on
- * the instance changes that dict's version tag), BaseEventLoop.time's code and the module
- * dicts it reads. 1, 0, -1. */
-static inline int
-tb_verdict_holds(fa_state *st, PyObject *loop)
-{
-    if (!st->tb_nat_valid || PyWeakref_GET_OBJECT(st->tb_nat_wr) != loop) {
-        return 0;
-    }
-    PyTypeObject *tp = Py_TYPE(loop);
-    if ((void *)tp != st->tb_nat_type || !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
-        || tp->tp_version_tag != st->tb_nat_tag) {
-        return 0;
-    }
-    PyObject *d = *st->tb_nat_dictptr;
-    if (d != st->tb_nat_dict || (d != NULL && tb_dict_version(d) != st->tb_nat_dver)) {
-        return 0;
-    }
-    return tb_base_time_intact(st);
-}
-
-/* Remember that loop.time was just proven native (see tb_verdict_holds). The loop is held
- * weakly (a cache must not keep a dropped loop alive, nor delay its "unclosed event loop"
- * warning); its dict is not held at all: while the loop lives and its dict slot holds a dict
- * with the remembered version tag, it is the same, unmodified dict (tags are never reused).
- * On 3.11 and 3.12 this materializes the loop's instance __dict__ (CPython keeps attributes
- * in inline values until something asks for the dict): a one-time change of storage,
- * invisible to Python code. */
-static void
-tb_verdict_store(fa_state *st, PyObject *loop)
-{
-    PyTypeObject *tp = Py_TYPE(loop);
-    st->tb_nat_valid = 0;
-    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
-        return;
-    }
-    PyObject *wr = PyWeakref_NewRef(loop, NULL);  // new ref
-    if (wr == NULL) {
-        PyErr_Clear();  // no weak references: prove it every time
-        return;
-    }
-    PyObject **dp = _PyObject_GetDictPtr(loop);
-    if (dp == NULL) {
-        Py_DECREF(wr);
-        return;  // no instance dict support, or it could not be made: prove it every time
-    }
-    PyObject *old = st->tb_nat_wr;
-    st->tb_nat_wr = wr;
-    st->tb_nat_dict = *dp;
-    st->tb_nat_dictptr = dp;
-    st->tb_nat_dver = *dp ? tb_dict_version(*dp) : 0;
-    st->tb_nat_type = tp;
-    st->tb_nat_tag = tp->tp_version_tag;
-    st->tb_nat_valid = 1;
-    Py_XDECREF(old);
-}
-#endif
-
-/* Read loop.time() into *now. *native is set when the reading was taken natively because
- * loop.time is provably the unpatched BaseEventLoop.time: found on the type (not shadowed by an
- * instance attribute, no __getattribute__ override), identical to the function we loaded, with
- * its code and the module globals it reads untouched. time.monotonic() then returns
- * _PyTime_AsSecondsDouble(monotonic clock) (PyTime_* on 3.13), which is what we compute.
- * Beware: a non-native time() is Python code. */
-static int
-tb_loop_time(fa_state *st, PyObject *loop, double *now, int *native)
-{
-    PyObject *r;
-#if TB_NATIVE_CLOCK
-#if TB_VERDICT_CACHE
-    int held = tb_verdict_holds(st, loop);
-    if (FA_LIKELY(held > 0)) {
-        *native = 1;
-        return tb_monotonic(now);
-    }
-    if (held < 0) {
-        return -1;
-    }
-#endif
-    PyObject *meth = NULL;
-    int unbound = _PyObject_GetMethod(loop, st->str_time, &meth);  // meth: new ref
-    if (meth == NULL) {
-        return -1;
-    }
-    if (unbound && meth == st->tb_base_time && st->tb_base_time != NULL) {
-        int ok = tb_base_time_intact(st);
-        if (ok > 0) {
-            Py_DECREF(meth);
-            *native = 1;
-#if TB_VERDICT_CACHE
-            tb_verdict_store(st, loop);
-#endif
-            return tb_monotonic(now);
-        }
-        if (ok < 0) {
-            Py_DECREF(meth);
-            return -1;
-        }
-    }
-    r = unbound ? PyObject_CallOneArg(meth, loop) : PyObject_CallNoArgs(meth);
-    Py_DECREF(meth);
-#else
-    PyObject *args[1] = {loop};
-    r = PyObject_VectorcallMethod(st->str_time, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-#endif
-    if (r == NULL) {
-        return -1;
-    }
-    double t = PyFloat_AsDouble(r);
-    Py_DECREF(r);
-    if (t == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!isfinite(t)) {
-        PyErr_SetString(PyExc_ValueError, "loop.time() returned a value that is not a finite "
-                        "number");
-        return -1;
-    }
-    *native = 0;
-    *now = t;
-    return 0;
-}
+static void tb_deadlines_shift(TokenBucket *self, double delta);
 
 /* Bring the bucket up to now on the clock of `loop` (borrowed; NULL or None when no loop runs:
  * then the clock of the last loop, unless it is closed, else time.monotonic()).
@@ -495,13 +292,11 @@ static int
 tb_clock(TokenBucket *self, PyObject *loop)
 {
     fa_state *st = self->st;
-    double now;
-    int native = 1;
     PyObject *held = NULL;  // a strong reference to the loop across its time()
     if (loop == NULL || loop == Py_None) {
         loop = NULL;
-        if (self->clock_loop != NULL) {
-            held = Py_NewRef(self->clock_loop);
+        if (self->clk.kloop != NULL) {
+            held = Py_NewRef(self->clk.kloop);
             int closed = fa_call_bool(held, st->str_is_closed);
             if (closed < 0) {
                 Py_DECREF(held);
@@ -516,89 +311,64 @@ tb_clock(TokenBucket *self, PyObject *loop)
     else {
         held = Py_NewRef(loop);
     }
-    int rc = loop != NULL ? tb_loop_time(st, loop, &now, &native) : tb_monotonic(&now);
+    fa_reading r;
+    int rc = loop != NULL ? fa_loop_read(st, loop, &r) : fa_mono_read(st, &r);
     if (rc < 0) {
         Py_XDECREF(held);
         return -1;
     }
-    self->last_read = now;
-    PyObject *clock = native ? NULL : held;  // the clock this reading is on
-    if (!self->stamp_valid || clock != self->clock_loop) {
-        /* another clock: restart the stamp here, adding nothing for the unknowable gap */
+    PyObject *old_loop = NULL, *old_fn = NULL;
+    double now = r.now;
+    if (!self->stamp_valid || !fa_clock_same(&self->clk, &r)) {
+        /* a new clock: restart the stamp here, adding nothing for the unknowable gap; the
+         * waiters' deadlines keep what they had left */
+        if (self->stamp_valid) {
+            tb_deadlines_shift(self, now - self->last_read);
+        }
         self->stamp = now;
         self->stamp_valid = 1;
-        Py_XSETREF(self->clock_loop, Py_XNewRef(clock));  // Beware: may drop the last ref to a loop
+        (void)fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
+        self->clk.offset = 0.0;  // the bucket keeps readings as they are (see tb_arm's call_at)
     }
     else {
+        (void)fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
         tb_refill(self, now);
     }
+    self->last_read = now;
     FA_ASSERT_CONSISTENT(self);
+    Py_XDECREF(old_loop);  // Beware: may drop the last reference to a loop or a clock
+    Py_XDECREF(old_fn);
     Py_XDECREF(held);
     return 0;
 }
 
-/* The running loop (new ref) or None.
- *
- * Up to 3.11, asyncio's C _get_running_loop() checks the holder's pid against getpid(), a
- * system call, on every call: that alone costs more than the rest of a fast acquire. The holder
- * lives in the thread-state dict, which _set_running_loop() modifies whenever a loop starts or
- * stops running in this thread (it stores a new holder, which owns the loop). So while that
- * dict carries the PEP 509 version tag it had when asyncio last answered (tags are globally
- * unique: same tag, same dict, unmodified since), and no fork happened since (in a child
- * asyncio's pid check answers None; os.register_at_fork bumps tb_fork_gen there), the answer
- * is the same, and the loop is alive (the dict owns the holder, the holder the loop). We never
- * read asyncio's private holder. 3.12 dropped the pid check: there we just call it. */
-static inline PyObject *
-tb_running_loop_or_none(fa_state *st)
-{
-#if !FA_PY312
-    PyObject *d = PyThreadState_GetDict();  // borrowed
-    if (FA_LIKELY(d != NULL && st->tb_fork_gen != (unsigned long)-1)) {
-        uint64_t ver = tb_dict_version(d);
-        if (FA_LIKELY(ver == st->tb_rl_dict_version && st->tb_rl_fork_gen == st->tb_fork_gen
-                      && st->tb_rl_loop != NULL)) {
-            return Py_NewRef(st->tb_rl_loop);
-        }
-        PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);  // new ref; C, no Python code
-        if (loop == NULL) {
-            return NULL;
-        }
-        st->tb_rl_loop = loop;  // borrowed from here on (see above)
-        st->tb_rl_fork_gen = st->tb_fork_gen;
-        st->tb_rl_dict_version = tb_dict_version(d);  // unchanged by that call
-        return loop;
-    }
-#endif
-    return PyObject_CallNoArgs(st->get_running_loop);
-}
+static int tb_peer_loop(TokenBucket *self, PyObject *loop);
 
 /* tb_clock on the running loop. */
 static inline int
 tb_clock_now(TokenBucket *self)
 {
     fa_state *st = self->st;
-    PyObject *loop = tb_running_loop_or_none(st);  // new ref
+    PyObject *loop = fa_running_loop_or_none(st);  // new ref
     if (loop == NULL) {
         return -1;
     }
-#if TB_VERDICT_CACHE
-    /* the hot case in one piece: the loop we proved native last time, still native, and the
-     * bucket's stamp already on the monotonic clock */
-    if (FA_LIKELY(self->clock_loop == NULL && self->stamp_valid)) {
-        int held = tb_verdict_holds(st, loop);
-        if (FA_LIKELY(held > 0)) {
-            Py_DECREF(loop);  // the running loop: alive without us
-            double now;
-            if (tb_monotonic(&now) < 0) {
-                return -1;
-            }
-            self->last_read = now;
-            tb_refill(self, now);
-            FA_ASSERT_CONSISTENT(self);
-            return 0;
-        }
+    if (FA_UNLIKELY(self->peer) && loop != self->loop && loop != Py_None
+        && tb_peer_loop(self, loop) < 0) {
+        Py_DECREF(loop);
+        return -1;
     }
-#endif
+    /* the hot case in one piece: the loop proven native last time, still native, and the
+     * bucket's stamp already on the monotonic clock */
+    if (FA_LIKELY(self->stamp_valid && self->clk.kloop == NULL && self->clk.kfn == NULL
+                  && fa_loop_proven(st, loop) == 1)) {
+        Py_DECREF(loop);  // the running loop: alive without us
+        double now = fa_monotonic();
+        self->last_read = self->clk.last = now;
+        tb_refill(self, now);
+        FA_ASSERT_CONSISTENT(self);
+        return 0;
+    }
     int rc = tb_clock(self, loop);
     Py_DECREF(loop);
     return rc;
@@ -768,6 +538,35 @@ tb_abandon(TokenBucket *self)
     FA_ASSERT_CONSISTENT(self);
 }
 
+/* aiolimiter's rules: the limiter is used in `loop` (borrowed, running), not the one it knows.
+ * The first loop is remembered; after it closed, the next one takes its place, its waiters are
+ * dropped and a RuntimeWarning says so (aiolimiter's). While it is open, nothing changes here
+ * (taking tokens at once works in any loop; waiting in another is tb_bind's RuntimeError).
+ * Beware: loop.is_closed() and the warning (an error under -W error) run Python code. */
+static int
+tb_peer_loop(TokenBucket *self, PyObject *loop)
+{
+    if (self->loop != NULL) {
+        PyObject *old = Py_NewRef(self->loop);
+        int closed = fa_call_bool(old, self->st->str_is_closed);
+        Py_DECREF(old);
+        if (closed <= 0) {
+            return closed;
+        }
+        if (self->loop == loop) {
+            return 0;  // re-entered and re-bound meanwhile
+        }
+        tb_abandon(self);
+    }
+    int warn = self->loop != NULL;
+    Py_XSETREF(self->loop, Py_NewRef(loop));  // Beware: may drop the last ref to the old loop
+    FA_ASSERT_CONSISTENT(self);
+    if (warn) {
+        return PyErr_WarnEx(PyExc_RuntimeWarning, TB_PEER_REUSE_WARNING, 1);
+    }
+    return 0;
+}
+
 /* The running loop (new ref), binding the bucket to it on the first wait. A bucket bound to a
  * loop that has since closed re-binds cleanly: its waiters there are dropped (their tasks can
  * never run again). Waiting in another loop while the bound one is open is a RuntimeError. */
@@ -927,6 +726,19 @@ tb_disarm(TokenBucket *self)
     }
     Py_DECREF(r);
     return 0;
+}
+
+/* A new clock: every deadline keeps the time it had left (delta: new reading - last reading).
+ * The heap order is unchanged. */
+static void
+tb_deadlines_shift(TokenBucket *self, double delta)
+{
+    if (!isfinite(delta)) {
+        return;
+    }
+    for (Py_ssize_t i = 0; i < self->dl_len; i++) {
+        self->dl[i].when += delta;
+    }
 }
 
 /* Arm the one timer for min(head ready time, earliest deadline), or disarm it. */
@@ -1110,6 +922,36 @@ tb_purge_dead(TokenBucket *self)
 
 /* ------------------------------------------------------------------ acquire */
 
+/* aiolimiter's order: move op (just linked at the tail) back past every waiter asking for more,
+ * so the queue stays sorted by (amount, arrival). Usually no move at all (equal amounts). */
+static void
+tb_peer_place(TokenBucket *self, FaOp *op)
+{
+    fa_waitq *q = &self->waiters;
+    FaOp *before = op;  // op goes right before this one
+    while (before->prev != NULL && before->prev->num > op->num) {
+        before = before->prev;
+    }
+    if (before == op) {
+        return;
+    }
+    /* unlink op (the tail) by hand, keeping the queue's reference */
+    q->tail = op->prev;
+    q->tail->next = NULL;
+    /* and link it before `before` */
+    op->next = before;
+    op->prev = before->prev;
+    if (before->prev != NULL) {
+        before->prev->next = op;
+    }
+    else {
+        q->head = op;
+    }
+    before->prev = op;
+    q->version++;
+    FA_ASSERT_CONSISTENT(self);
+}
+
 /* The ValueError of a request above the capacity (see tb_tokens_arg). */
 static PySendResult
 tb_over_capacity(TokenBucket *self, FaOp *op)
@@ -1164,6 +1006,9 @@ tb_enqueue(FaOp *op, PyObject **res)
     if (r != PYGEN_NEXT) {
         return r;
     }
+    if (self->peer) {
+        tb_peer_place(self, op);
+    }
     if (FA_UNLIKELY(op->num > self->capacity)) {
         /* the same, by Python code run since (loop.time(), create_future) */
         tb_unlink(self, op);
@@ -1198,11 +1043,44 @@ tb_enqueue(FaOp *op, PyObject **res)
     return PYGEN_NEXT;
 }
 
+/* aiolimiter's rules (see the top): the tokens go to whoever asks while they are there. */
+static PySendResult
+tb_peer_take_or_wait(FaOp *op, PyObject **res)
+{
+    TokenBucket *self = (TokenBucket *)op->owner;
+    if (op->flags & OPF_BADAMOUNT) {
+        op->flags &= ~OPF_BADAMOUNT;
+        PyErr_SetString(PyExc_ValueError, TB_PEER_AMOUNT_ERROR);
+        return PYGEN_ERROR;
+    }
+    if (tb_clock_now(self) < 0) {
+        return PYGEN_ERROR;
+    }
+    if (op->num == 0) {
+        *res = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    if (tb_enough(self, op->num)) {
+        tb_take(self, op->num);
+        FA_ASSERT_CONSISTENT(self);
+        /* the head's ready time moved: re-arm */
+        if (FA_UNLIKELY(self->waiters.len != 0) && tb_process(self, NAN) < 0) {
+            return PYGEN_ERROR;  // the tokens are taken, as aiolimiter's would be
+        }
+        *res = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    return tb_enqueue(op, res);
+}
+
 /* Take op->num tokens now (PYGEN_RETURN, *res = None) or queue up (PYGEN_NEXT). */
 static inline PySendResult
 tb_take_or_wait(FaOp *op, PyObject **res)
 {
     TokenBucket *self = (TokenBucket *)op->owner;
+    if (FA_UNLIKELY(self->peer)) {
+        return tb_peer_take_or_wait(op, res);
+    }
     if (FA_UNLIKELY(self->waiters.len != 0) && tb_purge_dead(self) < 0) {
         return PYGEN_ERROR;
     }
@@ -1544,13 +1422,49 @@ tb_timeout_arg(PyObject *obj, PyObject **out)
 
 /* ------------------------------------------------------------------ methods */
 
+/* aiolimiter's acquire(amount=1): a real number (else TypeError now); one outside
+ * [0, max_rate] raises ValueError when awaited, as an `async def` would. *flags gets
+ * OPF_BADAMOUNT then. 0 or -1. */
+static int
+tb_peer_amount(TokenBucket *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+               double *out, int *flags)
+{
+    PyObject *amount = NULL;
+    if (tb_parse2("acquire", args, nargs, kwnames, "amount", NULL, &amount, NULL) < 0) {
+        return -1;
+    }
+    double n = 1.0;
+    if (amount != NULL) {
+        int rc = tb_real(amount, "amount", &n);
+        if (rc == -1) {
+            return -1;
+        }
+        if (rc == -2) {
+            PyErr_Clear();
+            n = INFINITY;  // too large for a float: out of range either way
+        }
+    }
+    if (!(n >= 0 && n <= self->capacity)) {  // NaN fails both
+        *flags |= OPF_BADAMOUNT;
+        n = 1.0;
+    }
+    *out = n;
+    return 0;
+}
+
 static PyObject *
 tb_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     TokenBucket *self = (TokenBucket *)op;
     double n = 1.0;
     PyObject *timeout = NULL;
-    if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
+    int flags = 0;
+    if (FA_UNLIKELY(self->peer) && (nargs != 0 || kwnames != NULL)) {
+        if (tb_peer_amount(self, args, nargs, kwnames, &n, &flags) < 0) {
+            return NULL;
+        }
+    }
+    else if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
         PyObject *tok = NULL, *to = NULL;
         if (tb_parse2("acquire", args, nargs, kwnames, "tokens", "timeout", &tok, &to) < 0
             || tb_tokens_arg(self, tok, &n) < 0 || tb_timeout_arg(to, &timeout) < 0) {
@@ -1563,6 +1477,7 @@ tb_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         return NULL;
     }
     o->num = n;
+    o->flags = (o->flags & ~OPF_BADAMOUNT) | flags;
     Py_XSETREF(o->arg, timeout);
     return (PyObject *)o;
 }
@@ -1574,6 +1489,7 @@ tb_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
     FaOp *o = fa_op_cached(self->st, &self->cache, &tb_acquire_kind, op);
     if (o != NULL) {
         o->num = 1.0;
+        o->flags &= ~OPF_BADAMOUNT;
     }
     return (PyObject *)o;
 }
@@ -1626,12 +1542,46 @@ tb_try_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *
     return PyBool_FromLong(ok);
 }
 
+/* aiolimiter's has_capacity(amount=1): would `amount` fit now, whoever waits. Any real number
+ * (the level plus it within max_rate). */
+static PyObject *
+tb_peer_has_capacity(TokenBucket *self, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames)
+{
+    PyObject *amount = NULL;
+    double n = 1.0;
+    if (tb_parse2("has_capacity", args, nargs, kwnames, "amount", NULL, &amount, NULL) < 0) {
+        return NULL;
+    }
+    if (amount != NULL) {
+        int rc = tb_real(amount, "amount", &n);
+        if (rc == -1) {
+            return NULL;
+        }
+        if (rc == -2) {
+            PyErr_Clear();
+            int neg = tb_huge_negative(amount);
+            if (neg < 0) {
+                return NULL;
+            }
+            n = neg ? -INFINITY : INFINITY;
+        }
+    }
+    if (tb_clock_now(self) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(tb_enough(self, n));
+}
+
 static PyObject *
 tb_has_capacity(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     TokenBucket *self = (TokenBucket *)op;
     PyObject *tok = NULL;
     double n;
+    if (FA_UNLIKELY(self->peer)) {
+        return tb_peer_has_capacity(self, args, nargs, kwnames);
+    }
     if (tb_parse2("has_capacity", args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
         || tb_tokens_arg(self, tok, &n) < 0) {
         return NULL;
@@ -1660,7 +1610,7 @@ static PyObject *
 tb_private_clock(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     TokenBucket *self = (TokenBucket *)op;
-    PyObject *loop = tb_running_loop_or_none(self->st);  // the bucket's own way to find it
+    PyObject *loop = fa_running_loop_or_none(self->st);  // the bucket's own way to find it
     if (loop == NULL) {
         return NULL;
     }
@@ -1669,14 +1619,15 @@ tb_private_clock(PyObject *op, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RuntimeError, "no running event loop");
         return NULL;
     }
-    double now;
-    int native = 0;
-    int rc = tb_loop_time(self->st, loop, &now, &native);
+    fa_reading r;
+    int rc = fa_loop_read(self->st, loop, &r);
     Py_DECREF(loop);
     if (rc < 0) {
         return NULL;
     }
-    return Py_BuildValue("(dO)", now, native ? Py_True : Py_False);
+    int native = r.kloop == NULL && r.kfn == NULL;
+    fa_reading_release(&r);
+    return Py_BuildValue("(dO)", r.now, native ? Py_True : Py_False);
 }
 
 /* bucket(func): the decorator. */
@@ -1781,6 +1732,17 @@ tb_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
     return (PyObject *)self;
 }
 
+/* AsyncLimiter's base: a TokenBucket on aiolimiter's rules (see the top). */
+static PyObject *
+tb_peer_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    PyObject *self = tb_new(tp, args, kwargs);
+    if (self != NULL) {
+        ((TokenBucket *)self)->peer = 1;
+    }
+    return self;
+}
+
 static int
 tb_init(PyObject *op, PyObject *args, PyObject *kwargs)
 {
@@ -1872,7 +1834,9 @@ tb_traverse(PyObject *op, visitproc visit, void *arg)
     TokenBucket *self = (TokenBucket *)op;
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->loop);
-    Py_VISIT(self->clock_loop);
+    if (fa_clock_traverse(&self->clk, visit, arg) < 0) {
+        return -1;
+    }
     Py_VISIT(self->timer);
     Py_VISIT(self->wake_cb);
     Py_VISIT((PyObject *)self->cache);
@@ -1897,7 +1861,7 @@ tb_clear(PyObject *op)
     Py_CLEAR(self->timer);
     Py_CLEAR(self->wake_cb);
     Py_CLEAR(self->loop);
-    Py_CLEAR(self->clock_loop);
+    fa_clock_clear_refs(&self->clk);
     Py_CLEAR(self->cache);
     Py_CLEAR(self->rate_obj);
     Py_CLEAR(self->per_obj);
@@ -2160,6 +2124,42 @@ static PyType_Spec tb_spec = {
     .slots = tb_slots,
 };
 
+PyDoc_STRVAR(tb_peer_acquire_doc, "acquire($self, /, amount=1)\n--\n\n"
+"Wait until `amount` capacity is available, then take it (aiolimiter's rules: capacity that is\n"
+"there goes to whoever asks; waiters are served smallest amount first). An amount outside\n"
+"[0, max_rate] raises ValueError when awaited; acquire(0) returns at once.");
+PyDoc_STRVAR(tb_peer_has_capacity_doc, "has_capacity($self, /, amount=1)\n--\n\n"
+"True if `amount` fits in the capacity available now, whoever waits.");
+
+/* the same C methods as TokenBucket's, with aiolimiter's parameter name in their signatures */
+static PyMethodDef tb_peer_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))tb_acquire, METH_FASTCALL | METH_KEYWORDS,
+     tb_peer_acquire_doc},
+    {"has_capacity", (PyCFunction)(void (*)(void))tb_has_capacity, METH_FASTCALL | METH_KEYWORDS,
+     tb_peer_has_capacity_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot tb_peer_slots[] = {
+    {Py_tp_new, tb_peer_new},
+    {Py_tp_methods, tb_peer_methods},
+    {Py_tp_traverse, tb_traverse},
+    {Py_tp_clear, tb_clear},
+    {Py_tp_dealloc, tb_dealloc},
+    {Py_tp_doc, "A TokenBucket on aiolimiter's rules, the base of aiofast.AsyncLimiter: a newcomer\n"
+                "takes the tokens if they are there, waiters are served smallest amount first,\n"
+                "has_capacity() ignores them, and reuse in a new loop after the first closed\n"
+                "warns."},
+    {0, NULL},
+};
+
+static PyType_Spec tb_peer_spec = {
+    .name = "aiofast._core.LeakyBucket",
+    .basicsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = tb_peer_slots,
+};
+
 static PyGetSetDef rl_getset[] = {
     {"bucket", rl_get_bucket, NULL, "The TokenBucket each call takes a token from.", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
@@ -2196,114 +2196,22 @@ static PyType_Spec rl_spec = {
     .slots = rl_slots,
 };
 
-#if !FA_PY312
-static PyObject *
-tb_after_fork_in_child(PyObject *mod, PyObject *Py_UNUSED(ignored))
-{
-    fa_get_state(mod)->tb_fork_gen++;
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef tb_fork_def = {"_tokenbucket_after_fork", tb_after_fork_in_child, METH_NOARGS,
-                                  NULL};
-
-/* Set up the running-loop cache of tb_running_loop_or_none, or disable it (tb_fork_gen = -1):
- * it reads the thread-state dict, where the C _asyncio keeps the running loop (not asyncio's
- * pure-Python fallback), and must forget its answer in a forked child. */
-static int
-tb_running_loop_cache_init(PyObject *mod, fa_state *st)
-{
-    if (!PyCFunction_Check(st->get_running_loop)) {
-        st->tb_fork_gen = (unsigned long)-1;
-        return 0;
-    }
-    PyObject *os = NULL, *reg = NULL, *hook = NULL, *args = NULL, *kw = NULL, *r = NULL;
-    int rc = -1;
-    if ((os = PyImport_ImportModule("os")) == NULL) {
-        goto done;
-    }
-    if ((reg = PyObject_GetAttrString(os, "register_at_fork")) == NULL) {
-        PyErr_Clear();  // no fork on this platform (and no getpid check in asyncio): no cache
-        st->tb_fork_gen = (unsigned long)-1;
-        rc = 0;
-        goto done;
-    }
-    if ((hook = PyCFunction_NewEx(&tb_fork_def, mod, NULL)) == NULL
-        || (args = PyTuple_New(0)) == NULL
-        || (kw = Py_BuildValue("{sO}", "after_in_child", hook)) == NULL
-        || (r = PyObject_Call(reg, args, kw)) == NULL) {
-        goto done;
-    }
-    rc = 0;
-done:
-    Py_XDECREF(os);
-    Py_XDECREF(reg);
-    Py_XDECREF(hook);
-    Py_XDECREF(args);
-    Py_XDECREF(kw);
-    Py_XDECREF(r);
-    return rc;
-}
-#endif
-
 int
 fa_tokenbucket_init(PyObject *mod, fa_state *st)
 {
     if ((st->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL
-        || (st->str_monotonic = PyUnicode_InternFromString("monotonic")) == NULL
         || (st->str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
         return -1;
-    }
-#if !FA_PY312
-    if (tb_running_loop_cache_init(mod, st) < 0) {
-        return -1;
-    }
-#endif
-    /* what the native clock shortcut compares against (see tb_loop_time) */
-    PyObject *be = PyImport_ImportModule("asyncio.base_events");
-    if (be == NULL) {
-        return -1;
-    }
-    PyObject *cls = PyObject_GetAttrString(be, "BaseEventLoop");
-    Py_DECREF(be);
-    if (cls == NULL) {
-        return -1;
-    }
-    PyObject *fn = PyObject_GetAttrString(cls, "time");  // the plain function
-    Py_DECREF(cls);
-    if (fn == NULL) {
-        return -1;
-    }
-    if (PyFunction_Check(fn)) {
-        st->tb_base_time = fn;
-        st->tb_base_time_code = Py_NewRef(PyFunction_GET_CODE(fn));
-        st->tb_base_time_globals = Py_NewRef(PyFunction_GET_GLOBALS(fn));
-        st->tb_time_module = PyDict_GetItemWithError(st->tb_base_time_globals, st->str_time);
-        if (st->tb_time_module == NULL || !PyModule_Check(st->tb_time_module)) {
-            /* not the shape we know: never take the shortcut */
-            PyErr_Clear();
-            st->tb_time_module = NULL;
-            Py_CLEAR(st->tb_base_time);
-        }
-        else {
-            Py_INCREF(st->tb_time_module);
-            st->tb_time_dict = Py_NewRef(PyModule_GetDict(st->tb_time_module));
-            st->tb_monotonic = PyDict_GetItemWithError(st->tb_time_dict, st->str_monotonic);
-            if (st->tb_monotonic == NULL) {
-                PyErr_Clear();
-                Py_CLEAR(st->tb_base_time);
-            }
-            else {
-                Py_INCREF(st->tb_monotonic);
-            }
-        }
-    }
-    else {
-        Py_DECREF(fn);
     }
     if ((st->TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL) {
         return -1;
     }
+    PyTypeObject *leaky = fa_add_type(mod, &tb_peer_spec, (PyObject *)st->TokenBucketType,
+                                      "LeakyBucket");
+    if (leaky == NULL) {
+        return -1;
+    }
+    Py_DECREF(leaky);  // the module holds it
     st->RateLimitedType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &rl_spec, NULL);
     if (st->RateLimitedType == NULL) {
         return -1;

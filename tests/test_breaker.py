@@ -164,11 +164,17 @@ def test_recovery_timeout_inf_stays_open(clock):
     assert b.state is CircuitState.OPEN and b.remaining == math.inf
 
 
-def test_not_subclassable_and_weakref():
+def test_subclassable_and_weakref(clock):
     import weakref
 
-    with pytest.raises(TypeError):
-        type("Sub", (CircuitBreaker,), {})
+    class Sub(CircuitBreaker):
+        def __init__(self, *args, **kwargs):
+            self.extra = "x"
+
+    b = Sub(1, 10, clock=clock, name="s")
+    assert b.extra == "x" and b.failure_threshold == 1 and b.name == "s"
+    fail_n(b, 1)
+    assert b.state is CircuitState.OPEN
     b = CircuitBreaker()
     r = weakref.ref(b)
     del b
@@ -1426,6 +1432,119 @@ async def test_circuit_same_as_circuitbreaker(impl):
             outcomes.append(type(e).__name__)
     assert outcomes == ["OSError", "OSError", "ValueError", "OSError", "OSError", "ok",
                         "OSError", "OSError", "OSError", "rejected", "rejected"]
+
+
+@pytest.fixture(params=["aiofast", "circuitbreaker"])
+def cbpeer(request, monkeypatch):
+    """circuitbreaker's API: aiofast's drop-in or circuitbreaker itself, on a clock the test
+    moves (circuitbreaker reads time.monotonic through its module's `monotonic`)."""
+    fake = Clock()
+    if request.param == "aiofast":
+        mod = aiofast._compat_breaker
+
+        class Breaker(mod.CircuitBreaker):
+            def __new__(cls, *args, **kwargs):
+                return super().__new__(cls, *args, clock=fake, **kwargs)
+    else:
+        mod = circuitbreaker
+        monkeypatch.setattr(circuitbreaker, "monotonic", fake)
+        Breaker = circuitbreaker.CircuitBreaker
+    monkeypatch.setattr(mod.CircuitBreakerMonitor, "circuit_breakers", {})
+    return types.SimpleNamespace(mod=mod, Breaker=Breaker, clock=fake,
+                                 Error=getattr(mod, "CircuitBreakerError"))
+
+
+def test_circuitbreaker_api_through_open_and_half_open(cbpeer):
+    cb = cbpeer.Breaker(failure_threshold=2, recovery_timeout=10, name="svc")
+    calls = []
+
+    @cb
+    def f(exc=None):
+        calls.append(exc)
+        if exc is not None:
+            raise exc
+        return "ok"
+
+    assert str(cb) == "svc" and cb.closed and not cb.opened and cb.failure_count == 0
+    assert cb.last_failure is None and cb.open_remaining == 10
+    e1, e2, e3 = OSError(1), OSError(2), OSError(3)
+    with pytest.raises(OSError):
+        f(e1)
+    assert cb.closed and cb.failure_count == 1 and cb.last_failure is e1
+    with pytest.raises(OSError):
+        f(e2)
+    assert cb.opened and cb.state == "open" and cb.failure_count == 2 and cb.last_failure is e2
+    assert cb.open_remaining == 10
+    cbpeer.clock.advance(2.5)
+    assert cb.open_remaining == 8  # rounded up while open
+    with pytest.raises(cbpeer.Error):
+        f()
+    assert cb.failure_count == 2 and len(calls) == 2
+    cbpeer.clock.advance(8)
+    assert cb.state == "half_open" and not cb.opened and not cb.closed
+    assert cb.open_remaining == -1 and cb.failure_count == 2  # rounded down after it
+    with pytest.raises(OSError):
+        f(e3)  # the probe fails: open again, still counting
+    assert cb.opened and cb.failure_count == 3 and cb.last_failure is e3
+    assert cb.open_remaining == 10
+    cbpeer.clock.advance(10)
+    assert f() == "ok"
+    assert cb.closed and cb.failure_count == 0 and cb.last_failure is None
+
+
+def test_circuitbreaker_monitor_and_names(cbpeer):
+    Monitor = cbpeer.mod.CircuitBreakerMonitor
+    a = cbpeer.Breaker(failure_threshold=1, name="a")
+    b = cbpeer.Breaker()
+    assert str(b) == "unnamed_CircuitBreaker" and list(Monitor.get_circuits()) == []
+
+    def boom():
+        raise KeyError
+
+    fa, fb = a(boom), b(boom)
+    assert b.name == boom.__qualname__ and str(b) == boom.__qualname__
+    assert Monitor.get("a") is a and Monitor.get(boom.__qualname__) is b
+    assert Monitor.all_closed() and len(list(Monitor.get_closed())) == 2
+    with pytest.raises(KeyError):
+        fa()
+    assert not Monitor.all_closed()
+    assert list(Monitor.get_open()) == [a] and list(Monitor.get_closed()) == [b]
+    assert isinstance(cbpeer.Breaker(name="x").open_until, __import__("datetime").datetime)
+
+
+def test_circuitbreaker_subclass_options_and_calls(cbpeer):
+    def is_four(exc_type, exc):
+        return exc_type is KeyError and exc.args == (4,)
+
+    class Nervous(cbpeer.Breaker):
+        FAILURE_THRESHOLD = 1
+        EXPECTED_EXCEPTION = is_four
+
+    br = cbpeer.mod.circuit(cls=Nervous)
+    assert isinstance(br, Nervous)
+    assert br.is_failure(KeyError, KeyError(4)) and not br.is_failure(KeyError, KeyError(2))
+    assert not br.is_failure(ValueError, ValueError(4))
+    assert br.call(lambda x: x * 2, 21) == 42
+    assert list(br.call_generator(lambda n: iter(range(n)), 3)) == [0, 1, 2]
+    with pytest.raises(KeyError):
+        br.call(lambda: (_ for _ in ()).throw(KeyError(2)))
+    assert br.closed and br.failure_count == 0
+    with pytest.raises(KeyError):
+        br.call(lambda: (_ for _ in ()).throw(KeyError(4)))
+    assert br.opened and br.failure_count == 1
+    listed = cbpeer.mod.circuit(expected_exception=(KeyError, OSError))
+    assert listed.is_failure(OSError, OSError()) and not listed.is_failure(Exception, None)
+
+    def fb(*args, **kwargs):
+        return ("fallback", args, kwargs)
+
+    @cbpeer.mod.circuit(failure_threshold=1, fallback_function=fb)
+    def g(x, y=0):
+        raise OSError
+
+    with pytest.raises(OSError):
+        g(1)
+    assert g(2, y=3) == ("fallback", (2,), {"y": 3})
 
 
 # ------------------------------------------------------------------ repr, errors

@@ -1533,3 +1533,144 @@ def test_threads_hammering_one_cache(kind):
 
 # ------------------------------------------------------------------ leaks
 # (tests/test_leaks.py: cache_family / memo_family in tests/leakcheck.py, on both loops)
+
+
+# ------------------------------------------------------------------ cachetools' finer points (oracle)
+
+
+def test_popitem_of_an_empty_cache_has_no_context(cimpl):
+    for c in (cimpl.LRUCache(2), cimpl.TTLCache(2, 1)):
+        with pytest.raises(KeyError) as info:
+            c.popitem()
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def _subclasses_with_their_own_init(impl):
+    """Module-level (picklable) subclasses whose __init__ takes other arguments."""
+
+    class Lru(impl.LRUCache):
+        def __init__(self, maxsize, tag="x"):
+            super().__init__(maxsize)
+            self.tag = tag
+
+    class Ttl(impl.TTLCache):
+        def __init__(self, maxsize, ttl=math.inf, **kwargs):
+            super().__init__(maxsize, ttl=ttl, timer=Clock(), **kwargs)
+
+    for cls in (Lru, Ttl):
+        cls.__name__ = cls.__qualname__ = f"Own{cls.__name__}_{impl.name}"
+        globals()[cls.__name__] = cls
+    return Lru, Ttl
+
+
+OWN_INIT = {name: _subclasses_with_their_own_init(impl) for name, impl in IMPLS.items()}
+
+
+@pytest.mark.parametrize("proto", [2, pickle.HIGHEST_PROTOCOL])
+def test_pickle_and_deepcopy_of_a_subclass_with_its_own_init(cimpl, proto):
+    Lru, Ttl = OWN_INIT[cimpl.name]
+    for c in (Lru(2, tag="y"), Ttl(2)):
+        c.update({1: 1, 2: 2})
+        for d in (pickle.loads(pickle.dumps(c, proto)), copy.deepcopy(c)):
+            assert type(d) is type(c) and d == c and d is not c
+            assert (d.maxsize, d.currsize) == (2, 2)
+            assert getattr(d, "tag", None) == getattr(c, "tag", None)
+            d[3] = 3
+            assert len(d) == 2 and d[3] == 3 and len(c) == 2
+
+
+def test_getsizeof_attribute_is_the_callable_given(cimpl):
+    def size(value):
+        return value
+
+    c = cimpl.LRUCache(3, getsizeof=size)
+    assert c.getsizeof is size
+    assert copy.copy(c).getsizeof is size
+    d = cimpl.LRUCache(3)
+    assert d.getsizeof(12345) == 1
+    assert cimpl.LRUCache.getsizeof("anything") == 1
+
+    class Sized(cimpl.LRUCache):
+        def getsizeof(self, value):
+            return super().getsizeof(value) + len(value)
+
+    s = Sized(10)
+    s["a"] = "abc"
+    assert s.currsize == 4
+
+
+def test_timer_attribute_freezes_time(cimpl):
+    clock = Clock(0)
+    c = cimpl.TTLCache(maxsize=3, ttl=2, timer=clock)
+    assert c.timer() == 0 and c.timer is c.timer
+    c[1] = 1
+    clock.tick(1)
+    with c.timer as t:
+        assert t == 1
+        clock.tick(5)
+        assert c.timer() == 1
+        assert c[1] == 1  # the cache reads the frozen time too: not expired yet
+        with c.timer as t2:
+            assert t2 == 1
+        assert c.timer() == 1
+    assert c.timer() == 6
+    assert 1 not in c
+    assert c.timer.now == 6  # other attributes are the timer's
+    d = copy.copy(c)
+    assert d.timer is not c.timer
+    with c.timer:
+        clock.tick(1)
+        assert d.timer() == 7 and c.timer() == 6
+
+
+def test_timer_attribute_of_the_default_timer_freezes_monotonic(cimpl):
+    c = cimpl.TTLCache(maxsize=3, ttl=1e-9)
+    with c.timer as t:
+        c[1] = 1
+        assert c.timer() == t
+        assert c[1] == 1  # would have expired on a clock that moved
+    assert 1 not in c
+
+
+class DatetimeClock:
+    """A picklable timer reading a test's local `now`."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def __call__(self):
+        return self.read()
+
+    def __reduce__(self):
+        return (_fixed_datetime, (self.read(),))
+
+
+def _fixed_datetime(when):
+    return lambda: when
+
+
+def test_ttl_as_a_timedelta_with_datetime_timer(cimpl):
+    import datetime as dt
+
+    now = dt.datetime(2026, 1, 1, 12, 0, 0)
+    clock = DatetimeClock(lambda: now)
+    c = cimpl.TTLCache(maxsize=2, ttl=dt.timedelta(hours=1), timer=clock)
+    assert c.ttl == dt.timedelta(hours=1)
+    c[1] = 1
+    now += dt.timedelta(minutes=30)
+    c[2] = 2
+    assert c.expire(now) == [] and list(c) == [1, 2]
+    now += dt.timedelta(minutes=30)
+    assert 1 not in c and c[2] == 2
+    assert c.expire(now + dt.timedelta(hours=1)) == [(1, 1), (2, 2)]  # 1 was left in place
+    assert len(c) == 0
+
+    c[3] = 3
+    for d in (pickle.loads(pickle.dumps(c)), copy.deepcopy(c), copy.copy(c)):
+        assert d.expire(now + dt.timedelta(minutes=59)) == [] and d[3] == 3
+        assert d.expire(now + dt.timedelta(hours=1)) == [(3, 3)]
+
+    late = cimpl.TTLCache(maxsize=1, ttl=dt.timedelta(days=1), timer=lambda: dt.datetime.max)
+    with pytest.raises(OverflowError):
+        late["x"] = 1
+    assert "x" not in late and len(late) == 0 and late.currsize == 0 and late.expire() == []

@@ -158,6 +158,7 @@ FACTORIES = {
     "LRUCache": lambda: aiofast.LRUCache(8),
     "TTLCache": lambda: aiofast.TTLCache(8, 60),
     "TokenBucket": lambda: aiofast.TokenBucket(100),
+    "LeakyBucket": lambda: aiofast.AsyncLimiter(100),
     "Memo": lambda: aiofast.cached()(_coro_fn),
 }
 
@@ -183,6 +184,8 @@ ALLOWED = {
     ("CircuitBreaker", "call"): (BaseException,),  # includes CircuitOpenError
     ("CircuitBreaker", "__call__"): (BaseException,),
     ("TokenBucket", "acquire"): (TimeoutError,),
+    # aiolimiter's warning when a limiter is used in a new loop after its first closed
+    **{("LeakyBucket", m): (RuntimeWarning,) for m in ("acquire", "has_capacity", "__aenter__")},
     # an open breaker rejects: that is its job
     **{("CircuitBreaker", m): (aiofast.CircuitOpenError,)
        for m in ("__aenter__", "__enter__")},

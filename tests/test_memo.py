@@ -6,6 +6,7 @@ Async tests run on asyncio's loop and on uvloop (conftest). ``alru_cache`` tests
 import asyncio
 import functools
 import gc
+import warnings
 import inspect
 import math
 import random
@@ -17,6 +18,7 @@ import weakref
 
 import async_lru
 import pytest
+import uvloop
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
@@ -1524,3 +1526,74 @@ MemoMachine.TestCase.settings = settings(deadline=None, suppress_health_check=li
 MemoMachineUV.TestCase.settings = MemoMachine.TestCase.settings
 test_memo_state_machine = MemoMachine.TestCase
 test_memo_state_machine_uvloop = MemoMachineUV.TestCase
+
+
+# ------------------------------------------------------------------ async-lru 2.x's finer points
+
+
+ALRU_WARNING = {"aiofast": aiofast.AlruCacheLoopResetWarning,
+                "async_lru": async_lru.AlruCacheLoopResetWarning}
+
+
+@pytest.fixture(params=sorted(ALRU))
+def alru_and_warning(request):
+    return ALRU[request.param], ALRU_WARNING[request.param]
+
+
+@pytest.mark.asyncio
+async def test_bound_method_is_weakly_referenceable(alru):
+    import weakref
+
+    class A:
+        @alru
+        async def m(self, x):
+            return x
+
+    method = A().m
+    ref = weakref.ref(method)
+    assert ref() is method and await method(3) == 3
+    del method
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop],
+                         ids=["asyncio", "uvloop"])
+def test_new_loop_warns_once_and_clears(alru_and_warning, new_loop):
+    alru, Warning = alru_and_warning
+    calls = []
+
+    @alru(maxsize=10)
+    async def f(x):
+        calls.append(x)
+        return x * 2
+
+    async def twice_in_the_loop():
+        return [await f(1), await f(1)]  # a miss, then a hit
+
+    def run(main, warns):
+        loop = new_loop()
+        try:
+            if warns:
+                with pytest.warns(Warning, match="alru_cache detected event loop change"):
+                    return loop.run_until_complete(main())
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                return loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    assert run(twice_in_the_loop, warns=False) == [2, 2]
+    assert f.cache_info().hits == 1 and f.cache_info().misses == 1
+    assert run(twice_in_the_loop, warns=True) == [2, 2]  # cleared: computed again
+    assert calls == [1, 1]
+    assert f.cache_info().hits == 1 and f.cache_info().misses == 1  # counts restarted
+    # a coroutine made outside any loop, run in a third one: cleared again, no second warning
+    loop = new_loop()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert loop.run_until_complete(f(1)) == 2
+    finally:
+        loop.close()
+    assert calls == [1, 1, 1] and f.cache_info().misses == 1 and f.cache_info().hits == 0

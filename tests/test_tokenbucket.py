@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from unittest import mock
 
 import aiolimiter
@@ -317,6 +318,10 @@ def test_signatures():
     assert str(inspect.signature(TokenBucket.has_capacity)) == "(self, /, tokens=1)"
     assert str(inspect.signature(TokenBucket.reset)) == "(self, /)"
     assert TokenBucket.__module__ == "aiofast"
+    # AsyncLimiter: aiolimiter's parameter names, on the same C methods
+    assert str(inspect.signature(AsyncLimiter.acquire)) == "(self, /, amount=1)"
+    assert str(inspect.signature(AsyncLimiter.has_capacity)) == "(self, /, amount=1)"
+    assert str(inspect.signature(aiolimiter.AsyncLimiter.acquire)).startswith("(self, amount")
 
 
 def test_exports():
@@ -587,7 +592,7 @@ async def test_bad_loop_time():
     loop = asyncio.get_running_loop()
     b = TokenBucket(2, initial=0)
     with mock.patch.object(loop, "time", lambda: math.nan):
-        with pytest.raises(ValueError, match="loop.time\\(\\) returned a value that is not a finite"):
+        with pytest.raises(ValueError, match="loop.time\\(\\) returned nan: a clock must return a finite"):
             b.try_acquire()
     with mock.patch.object(loop, "time", lambda: "soon"):
         with pytest.raises(TypeError):
@@ -1534,6 +1539,105 @@ async def test_limiter_long_run_rate(Limiter):
         await lim.acquire()
         n += 1
     assert n == 16 + 8 * 10  # the burst, then 8 per second
+
+
+@VT
+async def test_limiter_smaller_request_goes_first(Limiter):
+    # aiolimiter's rules: a newcomer takes capacity that is there, even past a larger waiter,
+    # whose wait then grows (the timer is re-armed for it)
+    lim = Limiter(4, 1)
+    await lim.acquire(1)  # 3 left
+    t0 = now()
+    big = asyncio.create_task(lim.acquire(4))  # needs 1 more: 0.25 s
+    await settle()
+    assert not big.done()
+    await lim.acquire(1)  # 2 left: goes at once, past the waiter
+    assert now() == t0
+    await big  # needs 2 more now: 0.5 s
+    assert now() == t0 + 0.5
+
+
+@VT
+async def test_limiter_has_capacity_ignores_waiters(Limiter):
+    lim = Limiter(4, 1)
+    await lim.acquire(2)
+    big = asyncio.create_task(lim.acquire(4))
+    await settle()
+    assert not big.done()
+    assert lim.has_capacity(2) and lim.has_capacity() and not lim.has_capacity(3)
+    assert lim.has_capacity(0) and lim.has_capacity(-1) and not lim.has_capacity(5)
+    assert not lim.has_capacity(math.nan)
+    await big
+
+
+@VT
+async def test_limiter_waiters_served_smallest_amount_first(Limiter):
+    lim = Limiter(4, 1)
+    await lim.acquire(4)
+    t0 = now()
+    order = []
+
+    async def w(name, amount):
+        await lim.acquire(amount)
+        order.append((name, now() - t0))
+
+    tasks = []
+    for name, amount in [("a3", 3), ("b2", 2), ("c1", 1), ("d2", 2), ("e1", 1)]:
+        tasks.append(asyncio.create_task(w(name, amount)))
+        await settle()
+    await asyncio.gather(*tasks)
+    assert order == [("c1", 0.25), ("e1", 0.5), ("b2", 1.0), ("d2", 1.5), ("a3", 2.25)]
+
+
+@VT
+async def test_limiter_bad_amount_raises_when_awaited(Limiter):
+    lim = Limiter(4, 1)
+    for amount in (5, -1, math.nan, 10**400):
+        aw = lim.acquire(amount)  # no error yet: acquire is a coroutine
+        with pytest.raises(ValueError, match="Amount must be a number between 0 and the maximum"):
+            await aw
+    task = asyncio.create_task(lim.acquire(5))
+    with pytest.raises(ValueError):
+        await task
+    assert lim.has_capacity(4)  # nothing taken
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop],
+                         ids=["asyncio", "uvloop"])
+def test_limiter_reused_across_loops_warns(Limiter, new_loop):
+    lim = Limiter(8, 10000)  # nothing flows back in the few real milliseconds this takes
+    reuse = ("This AsyncLimiter instance is being re-used across loops. Please create a new "
+             "limiter per event loop")
+
+    async def use(wait):
+        await lim.acquire()  # the warning comes from here, in the task that awaits it
+        if wait:  # leave a waiter behind when the loop closes
+            task = asyncio.ensure_future(lim.acquire(8))
+            await asyncio.wait([task], timeout=0)
+            assert not task.done()
+            task.cancel()
+
+    def run(wait):
+        loop = new_loop()
+        try:
+            loop.run_until_complete(use(wait))
+        finally:
+            loop.close()
+
+    run(True)
+    with pytest.warns(RuntimeWarning, match=reuse):
+        run(False)  # the first loop closed with a waiter
+    with pytest.warns(RuntimeWarning, match=reuse):
+        run(False)  # the second closed without one
+    loop = new_loop()
+    try:
+        with pytest.warns(RuntimeWarning, match=reuse):
+            loop.run_until_complete(lim.acquire())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loop.run_until_complete(use(True))  # the same loop again: no warning
+    finally:
+        loop.close()
 
 
 def test_limiter_validation():

@@ -8,7 +8,7 @@ cached (and alru_cache): see the README.
 import asyncio as _asyncio
 
 from ._compat_breaker import circuit
-from ._compat_cache import alru_cache, cached
+from ._compat_cache import AlruCacheLoopResetWarning, alru_cache, cached
 from ._compat_limiter import AsyncLimiter
 from ._core import (
     BoundedSemaphore,
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "alru_cache",
+    "AlruCacheLoopResetWarning",
     "AsyncLimiter",
     "BoundedSemaphore",
     "CircuitBreaker",

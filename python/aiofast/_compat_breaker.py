@@ -8,17 +8,35 @@ decoration helpers and the error reporter. The hot paths live in C (src/breaker.
     @circuit                               # or @circuit(failure_threshold=3, recovery_timeout=10, ...)
     async def fetch(url): ...
 
-It returns an ``aiofast.CircuitBreaker`` (shared by every function it decorates), so the state,
-counts and half-open probing are aiofast's: one probe at a time in half-open (circuitbreaker lets
-every caller through), cancellation is neither success nor failure, monotonic clock.
+It returns a ``circuitbreaker``-compatible ``CircuitBreaker`` (this module's: a subclass of
+``aiofast.CircuitBreaker`` with circuitbreaker's API on top: ``opened``, ``closed``,
+``open_remaining``, ``open_until``, ``last_failure``, ``failure_count`` counted as
+circuitbreaker counts it, ``is_failure``, ``decorate``, ``call``/``call_generator``/
+``call_async``/``call_async_generator``, ``str()`` as the name, class attributes
+``FAILURE_THRESHOLD`` & co. for ``circuit(cls=...)``, registration in ``CircuitBreakerMonitor``).
+The state machine is aiofast's: one probe at a time in half-open (circuitbreaker lets every
+caller through), cancellation is neither success nor failure, monotonic clock.
 """
 import functools
 import inspect
 import logging
+import math
+from datetime import datetime, timedelta, timezone
 
-from ._core import CircuitBreaker, CircuitOpenError, CircuitState
+from . import _core
+from ._core import CircuitOpenError, CircuitState
 
-__all__ = ["circuit", "CircuitBreakerError", "CircuitBreaker", "CircuitOpenError", "CircuitState"]
+__all__ = [
+    "circuit",
+    "CircuitBreaker",
+    "CircuitBreakerError",
+    "CircuitBreakerMonitor",
+    "CircuitOpenError",
+    "CircuitState",
+    "STATE_CLOSED",
+    "STATE_OPEN",
+    "STATE_HALF_OPEN",
+]
 
 logger = logging.getLogger("aiofast.breaker")
 
@@ -135,23 +153,250 @@ def _adapt_expected(expected_exception):
     return is_failure
 
 
+STATE_CLOSED = "closed"
+STATE_OPEN = "open"
+STATE_HALF_OPEN = "half_open"
+
+
+def _failure_predicate(expected_exception):
+    """circuitbreaker's is_failure(exc_type, exc) for its expected_exception."""
+    if inspect.isclass(expected_exception) and issubclass(expected_exception, Exception):
+        types = (expected_exception,)
+    else:
+        try:
+            iter(expected_exception)
+        except TypeError:
+            if not callable(expected_exception) or inspect.isclass(expected_exception):
+                raise ValueError("expected_exception does not look like a predicate") from None
+            return expected_exception
+        if isinstance(expected_exception, (str, bytes)):
+            raise ValueError("expected_exception cannot be a string. Did you mean name?")
+        types = tuple(expected_exception)
+
+    def matches_types(thrown_type, _):
+        return issubclass(thrown_type, types)
+
+    return matches_types
+
+
+class CircuitBreakerMonitor:
+    """circuitbreaker's registry of the breakers that decorated something, by name."""
+
+    circuit_breakers: dict = {}
+
+    @classmethod
+    def register(cls, circuit_breaker):
+        cls.circuit_breakers[circuit_breaker.name] = circuit_breaker
+
+    @classmethod
+    def all_closed(cls):
+        return len(list(cls.get_open())) == 0
+
+    @classmethod
+    def get_circuits(cls):
+        return cls.circuit_breakers.values()
+
+    @classmethod
+    def get(cls, name):
+        return cls.circuit_breakers.get(name)
+
+    @classmethod
+    def get_open(cls):
+        for breaker in cls.get_circuits():
+            if breaker.opened:
+                yield breaker
+
+    @classmethod
+    def get_closed(cls):
+        for breaker in cls.get_circuits():
+            if breaker.closed:
+                yield breaker
+
+
+class CircuitBreaker(_core.CircuitBreaker):
+    """circuitbreaker's ``CircuitBreaker``, on aiofast's breaker: subclass it and set
+    ``FAILURE_THRESHOLD``, ``RECOVERY_TIMEOUT``, ``EXPECTED_EXCEPTION`` or
+    ``FALLBACK_FUNCTION`` for ``circuit(cls=...)``, as with circuitbreaker."""
+
+    FAILURE_THRESHOLD = 5
+    RECOVERY_TIMEOUT = 30
+    EXPECTED_EXCEPTION = Exception
+    FALLBACK_FUNCTION = None
+
+    def __new__(cls, failure_threshold=None, recovery_timeout=None, expected_exception=None,
+                name=None, fallback_function=None, **options):
+        """circuitbreaker's arguments; aiofast.CircuitBreaker's other keyword-only options
+        (clock=, success_threshold=, exclude=, ...) are accepted too."""
+        if not expected_exception:
+            # the class's own EXPECTED_EXCEPTION (from its __dict__: a plain function there is a
+            # predicate, not a method), else CircuitBreaker's
+            expected_exception = cls.__dict__.get("EXPECTED_EXCEPTION", Exception)
+        is_failure = _failure_predicate(expected_exception)
+        self = super().__new__(
+            cls,
+            failure_threshold or cls.FAILURE_THRESHOLD,
+            recovery_timeout or cls.RECOVERY_TIMEOUT,
+            expected_exception=_adapt_expected(expected_exception),
+            name=name,
+            fallback=fallback_function or cls.FALLBACK_FUNCTION,
+            **options,
+        )
+        self._peer_mode()
+        self.is_failure = is_failure
+        return self
+
+    def __init__(self, *args, **kwargs):
+        pass  # all done by __new__ (aiofast.CircuitBreaker is configured there)
+
+    def __call__(self, fn, /):
+        return self.decorate(fn)
+
+    def decorate(self, function):
+        """Guard ``function`` with this breaker and register it in CircuitBreakerMonitor."""
+        if type(self).opened is not _OPENED:
+            # `opened` was replaced on the class: ask it before each call, as circuitbreaker does
+            super().__call__(function)  # (names the breaker after function, as usual)
+            wrapper = _decorate_asking_opened(self, function)
+        else:
+            wrapper = super().__call__(function)
+        CircuitBreakerMonitor.register(self)
+        return wrapper
+
+    def call(self, func, *args, **kwargs):
+        """Call ``func`` under the breaker (circuitbreaker's plain call)."""
+        with self:
+            return func(*args, **kwargs)
+
+    def call_generator(self, func, *args, **kwargs):
+        """Iterate ``func(*args, **kwargs)`` under the breaker."""
+        with self:
+            yield from func(*args, **kwargs)
+
+    async def call_async(self, func, *args, **kwargs):
+        """Await ``func(*args, **kwargs)`` under the breaker."""
+        with self:
+            return await func(*args, **kwargs)
+
+    async def call_async_generator(self, func, *args, **kwargs):
+        """Iterate ``func(*args, **kwargs)`` asynchronously under the breaker."""
+        with self:
+            async for item in func(*args, **kwargs):
+                yield item
+
+    def reset(self):
+        """Close the circuit and clear its counts."""
+        self.close()
+
+    @property
+    def closed(self):
+        return self.state == STATE_CLOSED
+
+    opened = property(lambda self: _opened(self), doc="True while the circuit is open.")
+
+    @property
+    def open_remaining(self):
+        """Whole seconds until the circuit may recover (negative once it may)."""
+        remain = self._open_remaining
+        return math.ceil(remain) if remain > 0 else math.floor(remain)
+
+    @property
+    def open_until(self):
+        """The approximate datetime (UTC) when the circuit may recover."""
+        return datetime.now(timezone.utc) + timedelta(seconds=self.open_remaining)
+
+    @property
+    def failure_count(self):
+        """Failures since the last success, whatever the state (circuitbreaker's count)."""
+        return self._failure_streak
+
+    @property
+    def last_failure(self):
+        """The exception of the last failure, until a success."""
+        return self._last_failure
+
+    @property
+    def fallback_function(self):
+        return self.fallback
+
+    def __str__(self):
+        return self.name or "unnamed_CircuitBreaker"
+
+
+def _opened(self):
+    return self.state == STATE_OPEN
+
+
+_OPENED = CircuitBreaker.opened
+
+
+def _decorate_asking_opened(breaker, function):
+    """circuitbreaker's own wrappers, for a class whose `opened` was replaced."""
+    fallback = breaker.fallback
+    if inspect.isasyncgenfunction(function):
+
+        @functools.wraps(function)
+        async def gen_awrapper(*args, **kwargs):
+            if breaker.opened:
+                if fallback:
+                    async for item in fallback(*args, **kwargs):
+                        yield item
+                    return
+                raise CircuitBreakerError(str(breaker))
+            async for item in breaker.call_async_generator(function, *args, **kwargs):
+                yield item
+
+        return gen_awrapper
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def awrapper(*args, **kwargs):
+            if breaker.opened:
+                if fallback:
+                    return await fallback(*args, **kwargs)
+                raise CircuitBreakerError(str(breaker))
+            return await breaker.call_async(function, *args, **kwargs)
+
+        return awrapper
+    if inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def gen_wrapper(*args, **kwargs):
+            if breaker.opened:
+                if fallback:
+                    yield from fallback(*args, **kwargs)
+                    return
+                raise CircuitBreakerError(str(breaker))
+            yield from breaker.call_generator(function, *args, **kwargs)
+
+        return gen_wrapper
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if breaker.opened:
+            if fallback:
+                return fallback(*args, **kwargs)
+            raise CircuitBreakerError(str(breaker))
+        return breaker.call(function, *args, **kwargs)
+
+    return wrapper
+
+
 def circuit(failure_threshold=None, recovery_timeout=None, expected_exception=None, name=None,
-            fallback_function=None):
+            fallback_function=None, cls=CircuitBreaker):
     """Drop-in for ``circuitbreaker.circuit``: usable bare (``@circuit``) or with arguments.
 
-    Returns (or, bare, applies) an ``aiofast.CircuitBreaker`` with failure_threshold (default
-    5), recovery_timeout (default 30 s), expected_exception (a type, an iterable of types or a
+    Returns (or, bare, applies) a ``cls`` instance (this module's ``CircuitBreaker``, an
+    ``aiofast.CircuitBreaker``, or a subclass) with failure_threshold (default 5),
+    recovery_timeout (default 30 s), expected_exception (a type, an iterable of types or a
     predicate ``(exc_type, exc) -> bool``), name (default: the decorated function's qualified
     name) and fallback_function (called with the call's arguments instead of raising).
     """
     if callable(failure_threshold) and not isinstance(failure_threshold, int):
-        return CircuitBreaker()(failure_threshold)
-    # circuitbreaker takes any false value (None, 0) for "the default"
-    return CircuitBreaker(
-        failure_threshold or 5,
-        recovery_timeout or 30.0,
-        expected_exception=_adapt_expected(expected_exception),
+        return cls().decorate(failure_threshold)
+    return cls(
+        failure_threshold=failure_threshold,
+        recovery_timeout=recovery_timeout,
+        expected_exception=expected_exception,
         name=name,
-        fallback=fallback_function,
+        fallback_function=fallback_function,
     )
-

@@ -9,9 +9,9 @@ import inspect
 import math
 import sys
 
-from ._core import Memo
+from ._core import AlruCacheLoopResetWarning, Memo
 
-__all__ = ["cached", "alru_cache"]
+__all__ = ["cached", "alru_cache", "AlruCacheLoopResetWarning"]
 
 _MISSING = object()
 

@@ -5,12 +5,13 @@ from typing import Any, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
+from ._core import AlruCacheLoopResetWarning as AlruCacheLoopResetWarning
 from ._core import Memo
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-__all__ = ["cached", "alru_cache"]
+__all__ = ["cached", "alru_cache", "AlruCacheLoopResetWarning"]
 
 @overload
 def cached(maxsize: Callable[_P, _R], /) -> Memo[_P, _R]: ...

@@ -2,25 +2,19 @@
 
 aiolimiter's leaky bucket of size ``max_rate`` that drains at ``max_rate / time_period`` per
 second is the token bucket ``TokenBucket(max_rate, time_period, capacity=max_rate)``: its level
-is ``max_rate - tokens``. Where they differ (see the README, "AsyncLimiter"): waiters are
-served strictly first come, first served (aiolimiter serves smaller amounts first and lets a
-newcomer take capacity while others wait), ``has_capacity()`` is False while others wait,
-``max_rate`` and ``time_period`` are read-only, and ``max_rate`` must be at least 1.
+is ``max_rate - tokens``. Its C base, ``LeakyBucket``, follows aiolimiter's rules where they
+differ from TokenBucket's: a newcomer takes capacity that is there whoever waits, waiters are
+served smallest amount first, ``has_capacity()`` ignores them, a bad amount raises when the
+acquire is awaited, and reuse in a new loop after the first closed warns. ``acquire`` and
+``async with`` are TokenBucket's C methods: no Python frame per call. Differences that remain:
+see the README, "AsyncLimiter".
 """
 import math
-from collections.abc import Coroutine
 from typing import Any
 
-from ._core import TokenBucket
+from ._core import LeakyBucket
 
 __all__ = ["AsyncLimiter"]
-
-_acquire = TokenBucket.acquire
-_has_capacity = TokenBucket.has_capacity
-
-
-async def _nothing() -> None:
-    """acquire(0): a coroutine (create_task accepts it) that finishes at once."""
 
 
 def _check(value: Any, name: str, low: float, strict: bool) -> None:
@@ -32,7 +26,7 @@ def _check(value: Any, name: str, low: float, strict: bool) -> None:
         raise ValueError(f"{name} must be a finite number {rel} {low}, got {value!r}")
 
 
-class AsyncLimiter(TokenBucket):
+class AsyncLimiter(LeakyBucket):
     """A rate limiter with aiolimiter's API: up to ``max_rate`` acquisitions per
     ``time_period`` seconds, with bursts of up to ``max_rate``.
 
@@ -56,26 +50,6 @@ class AsyncLimiter(TokenBucket):
     def time_period(self) -> float:
         """The configured ``time_period``, in seconds."""
         return self.per
-
-    def acquire(self, amount: float = 1) -> Coroutine[Any, Any, None]:  # type: ignore[override]
-        """Wait until ``amount`` capacity is available, then take it.
-
-        Raises ValueError unless ``0 <= amount <= max_rate``; ``acquire(0)`` returns at once.
-        """
-        try:
-            return _acquire(self, amount)
-        except ValueError:
-            if amount == 0:
-                return _nothing()
-            raise ValueError("Amount must be a number between 0 and the maximum capacity") from None
-
-    def has_capacity(self, amount: float = 1) -> bool:
-        """True if ``acquire(amount)`` would not wait."""
-        try:
-            return _has_capacity(self, amount)
-        except ValueError:
-            # out of TokenBucket's domain (<= 0, nan, > max_rate): aiolimiter's own answer
-            return amount <= self.tokens
 
     def __repr__(self) -> str:
         level = float(self.max_rate) - self.tokens

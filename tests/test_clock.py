@@ -1,0 +1,367 @@
+"""One clock for every family: the same rules under every way people patch time.
+
+Each family (TokenBucket, CircuitBreaker, TTLCache, the memoizer) runs the same scenario: a
+period of 10 seconds starts, 5 seconds later it has not passed, 6 more and it has. The clock
+is moved by the test (a patched loop.time, time.monotonic, a loop class of its own, looptime's
+virtual time), never by real sleeps. A changed time() callable, or a clock going backwards, is
+a new clock: the family carries on from where it was, it never freezes.
+
+The bucket and the memoizer read the running loop's clock themselves; the breaker's clock= and
+the cache's timer= are given one that reads it. The default clocks (no clock=/timer=, a
+synchronous memoized function) are time.monotonic as the time module has it.
+"""
+
+import asyncio
+import time
+from unittest import mock
+
+import looptime
+import pytest
+import uvloop
+
+import aiofast
+from aiofast import CircuitBreaker, CircuitState, TokenBucket, TTLCache
+
+
+def loop_clock():
+    return asyncio.get_running_loop().time()
+
+
+class Boom(Exception):
+    pass
+
+
+class Bucket:
+    name = "bucket"
+
+    def make(self, clock=None):
+        return TokenBucket(1, per=10, initial=1)
+
+    async def start(self, b):
+        assert b.try_acquire() is True
+
+    async def done(self, b):
+        return b.tokens >= 1
+
+
+class Breaker:
+    name = "breaker"
+
+    def make(self, clock=loop_clock):
+        return CircuitBreaker(1, 10, clock=clock)
+
+    async def start(self, b):
+        @b
+        def f():
+            raise Boom()
+
+        with pytest.raises(Boom):
+            f()
+        assert b.state is CircuitState.OPEN
+
+    async def done(self, b):
+        return b.state is CircuitState.HALF_OPEN
+
+
+class Cache:
+    name = "ttlcache"
+
+    def make(self, clock=loop_clock):
+        return TTLCache(10, 10, timer=clock) if clock is not None else TTLCache(10, 10)
+
+    async def start(self, c):
+        c["k"] = 1
+        assert "k" in c
+
+    async def done(self, c):
+        return "k" not in c
+
+
+class Memo:
+    name = "memo"
+    seen = None
+
+    def make(self, clock=None):
+        calls = []
+
+        @aiofast.cached(ttl=10)
+        async def f():
+            calls.append(1)
+            return len(calls)
+
+        return f, calls
+
+    async def start(self, m):
+        f, calls = m
+        self.seen = await f()
+
+    async def done(self, m):
+        f, calls = m
+        return await f() != self.seen
+
+
+FAMILIES = [Bucket(), Breaker(), Cache(), Memo()]
+LOOPS = {"asyncio": asyncio.SelectorEventLoop, "uvloop": uvloop.Loop}
+
+
+@pytest.fixture(params=FAMILIES, ids=lambda f: f.name)
+def fam(request):
+    return request.param
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def loop_cls(request):
+    return LOOPS[request.param]
+
+
+def run_in(loop, main):
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+async def period(fam, obj, advance):
+    """Start the period, then check it across 5 and 11 seconds (advance(dt) moves the clock)."""
+    await fam.start(obj)
+    await advance(5)
+    assert not await fam.done(obj)
+    await advance(6)
+    assert await fam.done(obj)
+
+
+def boxed(start):
+    box = [start]
+
+    async def advance(dt):
+        box[0] += dt
+
+    return box, advance
+
+
+async def warm(fam, obj):
+    """Read the real clock a few times first: whatever the family remembers of it."""
+    for _ in range(3):
+        await fam.done(obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# patches of the running loop's time
+
+
+@pytest.mark.parametrize("own_time", [False, True], ids=["loop-time", "own-time"])
+@pytest.mark.parametrize("start", [10.0, 1e12], ids=["below", "above"])
+def test_instance_patch_of_loop_time(fam, loop_cls, start, own_time):
+    """Below, own-time: the aiolimiter case (a fake clock reading less than the real one froze
+    the bucket on a loop whose class has its own time()). loop-time: the loop class's time() is
+    asyncio's (read natively, the proof remembered) or uvloop's."""
+
+    class Loop(loop_cls):
+        if own_time:
+
+            def time(self):
+                return super().time()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        obj = fam.make()
+        await warm(fam, obj)
+        box, advance = boxed(start)
+        with mock.patch.object(loop, "time", lambda: box[0]):
+            await period(fam, obj, advance)
+
+    run_in(Loop(), main)
+
+
+def test_class_patch_of_loop_time(fam, loop_cls):
+    class Loop(loop_cls):
+        pass
+
+    async def main():
+        obj = fam.make()
+        await warm(fam, obj)
+        box, advance = boxed(50.0)
+        with mock.patch.object(Loop, "time", lambda self: box[0]):
+            await period(fam, obj, advance)
+
+    run_in(Loop(), main)
+
+
+def test_class_assignment(fam, loop_cls):
+    class Loop(loop_cls):
+        pass
+
+    box, advance = boxed(70.0)
+
+    class Patched(Loop):
+        def time(self):
+            return box[0]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        obj = fam.make()
+        await warm(fam, obj)
+        loop.__class__ = Patched
+        try:
+            await period(fam, obj, advance)
+        finally:
+            loop.__class__ = Loop
+
+    run_in(Loop(), main)
+
+
+def test_instance_dict_replacement(fam, loop_cls):
+    class Loop(loop_cls):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        obj = fam.make()
+        await warm(fam, obj)
+        box, advance = boxed(90.0)
+        saved = loop.__dict__
+        loop.__dict__ = dict(saved, time=lambda: box[0])
+        try:
+            await period(fam, obj, advance)
+        finally:
+            loop.__dict__ = saved
+
+    run_in(Loop(), main)
+
+
+def test_loop_subclass_with_its_own_time(fam, loop_cls):
+    box, advance = boxed(3.0)
+
+    class Loop(loop_cls):
+        def time(self):
+            return box[0]
+
+    async def main():
+        obj = fam.make()
+        await period(fam, obj, advance)
+
+    run_in(Loop(), main)
+
+
+def test_clock_going_backwards(fam, loop_cls):
+    """The same time() callable, reading less than before: a new clock, not a frozen object."""
+    box, advance = boxed(1e6)
+
+    class Loop(loop_cls):
+        def time(self):
+            return box[0]
+
+    async def main():
+        obj = fam.make()
+        await warm(fam, obj)
+        box[0] = 20.0
+        await period(fam, obj, advance)
+        box[0] = 1.0  # and again, in the middle of a period
+        await fam.start(obj)
+        await advance(5)
+        assert not await fam.done(obj)
+        box[0] = 0.5  # 5 of the 10 seconds went by before: 5 are left from this reading on
+        assert not await fam.done(obj)
+        await advance(4.9)
+        assert not await fam.done(obj)
+        await advance(0.2)
+        assert await fam.done(obj)
+
+    run_in(Loop(), main)
+
+
+def test_looptime_loop(fam):
+    """looptime's loop (its class overrides time() with a virtual clock): sleeping moves it.
+    looptime works with asyncio's loop classes only (it drives their selector)."""
+    loop = looptime.new_event_loop(start=0)
+    assert loop.time() == 0
+
+    async def advance(dt):
+        await asyncio.sleep(dt)
+
+    async def main():
+        obj = fam.make()
+        await period(fam, obj, advance)
+        assert asyncio.get_running_loop().time() == 11
+
+    run_in(loop, main)
+
+
+# ---------------------------------------------------------------------------------------------
+# patches of time.monotonic: asyncio's loop reads it, and so do the default clocks
+
+
+def test_time_monotonic_patch_under_asyncio_loop(fam):
+    class Loop(asyncio.SelectorEventLoop):
+        pass
+
+    async def main():
+        obj = fam.make(clock=None)  # the breaker and the cache on their default clock
+        await warm(fam, obj)
+        box, advance = boxed(30.0)
+        with mock.patch("time.monotonic", lambda: box[0]):
+            await period(fam, obj, advance)
+        box2, advance2 = boxed(5.0)  # and a second patch, reading less: a new clock again
+        with mock.patch("time.monotonic", lambda: box2[0]):
+            await period(fam, obj, advance2)
+
+    run_in(Loop(), main)
+
+
+@pytest.mark.parametrize("family", ["breaker", "ttlcache", "memo"])
+def test_time_monotonic_patch_default_clock_without_loop(family):
+    box, _ = boxed(30.0)
+    if family == "breaker":
+        b = CircuitBreaker(1, 10)
+        fail = b(lambda: (_ for _ in ()).throw(Boom()))
+        with mock.patch("time.monotonic", lambda: box[0]):
+            with pytest.raises(Boom):
+                fail()
+            box[0] += 5
+            assert b.state is CircuitState.OPEN
+            box[0] += 6
+            assert b.state is CircuitState.HALF_OPEN
+    elif family == "ttlcache":
+        c = TTLCache(10, 10)
+        with mock.patch("time.monotonic", lambda: box[0]):
+            c["k"] = 1
+            box[0] += 5
+            assert "k" in c
+            box[0] += 6
+            assert "k" not in c
+        c["j"] = 2  # back on the real clock: carried on, not expired by the jump
+        assert "j" in c
+    else:
+        calls = []
+
+        @aiofast.cached(ttl=10)
+        def f():
+            calls.append(1)
+            return len(calls)
+
+        with mock.patch("time.monotonic", lambda: box[0]):
+            assert f() == 1
+            box[0] += 5
+            assert f() == 1
+            box[0] += 6
+            assert f() == 2
+        assert f() == 2  # back on the real clock: carried on
+
+
+def test_native_clock_is_followed_again_after_patches():
+    """After every kind of patch is undone, the bucket reads time.monotonic() natively again."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        b = TokenBucket(2)
+        assert b._clock()[1] is True
+        with mock.patch.object(loop, "time", lambda: 1.0):
+            assert b._clock() == (1.0, False)
+        assert b._clock()[1] is True
+        with mock.patch("time.monotonic", lambda: 2.0):
+            assert b._clock() == (2.0, False)
+        t1 = time.monotonic()
+        t, native = b._clock()
+        assert native is True and t1 <= t <= time.monotonic()
+
+    run_in(asyncio.SelectorEventLoop(), main)
