@@ -12,6 +12,9 @@ synchronous memoized function) are time.monotonic as the time module has it.
 """
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import time
 from unittest import mock
 
@@ -365,3 +368,48 @@ def test_native_clock_is_followed_again_after_patches():
         assert native is True and t1 <= t <= time.monotonic()
 
     run_in(asyncio.SelectorEventLoop(), main)
+
+
+def test_more_module_states_than_dict_watchers():
+    """Each module state takes one of the interpreter's few dict watchers (3.12+). Ten states
+    (module objects made from the one extension) run out of them: a state without one proves
+    every reading from scratch, and still follows every patch."""
+    code = textwrap.dedent(
+        """
+        import asyncio, importlib.util
+        from unittest import mock
+        import aiofast._core as first
+
+        spec = importlib.util.find_spec("aiofast._core")
+        mods = []
+        for _ in range(10):
+            m = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(m)
+            mods.append(m)
+
+        async def main():
+            for core in (first, mods[-1]):
+                loop = asyncio.get_running_loop()
+                b = core.TokenBucket(2)
+                for _ in range(3):
+                    assert b._clock()[1] is True
+                with mock.patch.object(loop, "time", lambda: 5.0):
+                    assert b._clock() == (5.0, False)
+                assert b._clock()[1] is True
+                with mock.patch("time.monotonic", lambda: 6.0):
+                    assert b._clock() == (6.0, False)
+                assert b._clock()[1] is True
+                box = [100.0]
+                c = core.TTLCache(4, 10)
+                with mock.patch("time.monotonic", lambda: box[0]):
+                    c["k"] = 1
+                    box[0] += 11
+                    assert "k" not in c
+
+        asyncio.run(main())
+        del mods, m
+        print("ok")
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
