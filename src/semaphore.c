@@ -369,7 +369,10 @@ restart:
         Py_INCREF(op);
         PyObject *fut = Py_NewRef(op->fut);
         int d = fa_fut_done(st, fut);  // Beware: may re-enter
-        if (d < 0 || version != self->waiters.version || op->queue != &self->waiters) {
+        int own = !fa_op_is_foreign(op);
+        /* a foreign future that is not done gets the wake-up whatever its done() changed, as
+         * asyncio's loop wakes the future it just asked; our own ops are re-validated */
+        if (d < 0 || (own && (version != self->waiters.version || op->queue != &self->waiters))) {
             int rc = 0;
             if (d == 0 && op->fut != fut) {
                 /* done() finished the op (closed it): its future is still completed, without
@@ -391,7 +394,6 @@ restart:
         }
         /* commit, then call out (an appended foreign future is never flagged: like asyncio's
          * deque entry, it stays and is asked done() again next time) */
-        int own = !fa_op_is_foreign(op);
         if (take_permit) {
             self->value -= 1;
         }
@@ -712,7 +714,9 @@ restart:;
             }
             FA_ASSERT_CONSISTENT(self);
         }
-        again = !head && rc == 0;  // and the new head, if any, gets the wake-up
+        /* an own op that done() finished never takes the lock: the new head gets the wake-up
+         * (a foreign head that left was woken, as asyncio's would be: it has the turn) */
+        again = !head && !fa_op_is_foreign(op) && rc == 0;
     }
     Py_DECREF(fut);
     Py_DECREF(op);

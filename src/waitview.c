@@ -421,7 +421,7 @@ view_remove(PyObject *op, PyObject *x)
         }
         Py_DECREF(hold);
     }
-    PyErr_SetString(PyExc_ValueError, "deque.remove(x): x not in deque");
+    PyErr_Format(PyExc_ValueError, "%R is not in deque", x);  // deque's message
     return NULL;
 }
 
