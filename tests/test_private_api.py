@@ -9,7 +9,8 @@ reads, writes, calls or overrides, run against aiofast and against asyncio (the 
   ``_get_loop`` exist with asyncio's behaviour, and a subclass's override of one is called
   exactly where asyncio calls it (the call logs are compared with asyncio's).
 * asyncpg's pool queue (a LifoQueue subclass overriding ``_get``, reading ``_queue`` and calling
-  ``self._wakeup_next(self._putters)``) behaves as on asyncio.
+  ``self._wakeup_next(self._putters)``) behaves as on asyncio, alone and inside asyncpg's real
+  Pool (asyncpg_pool_probe.py: a fake connection, no server).
 * Hostile cases: foreign objects in the views while the primitive wakes, cancels and is
   released; a waiter removed through the view while it is being woken.
 
@@ -17,6 +18,9 @@ Tests named ``*_aiofast_*`` check aiofast-only behaviour, each saying why.
 """
 import asyncio
 import collections
+import json
+import os
+import subprocess
 import sys
 from unittest import mock
 
@@ -31,6 +35,7 @@ LOCKS = ("Lock", "Semaphore", "BoundedSemaphore", "Event")
 QUEUES = ("Queue", "PriorityQueue", "LifoQueue")
 IMPLS = {"aiofast": aiofast, "asyncio": asyncio}
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(params=sorted(IMPLS))
@@ -606,6 +611,25 @@ def test_asyncpg_pool_queue_under_install(loop_name):
         assert run() == expected
     finally:
         aiofast.uninstall()
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_asyncpg_pool_without_a_server(loop_name):
+    # asyncpg's real Pool (its queue subclass, its min-size maintenance) over a fake connection,
+    # in a fresh interpreter: under aiofast.install() it must do what it does on asyncio
+    def run(impl):
+        proc = subprocess.run(
+            [sys.executable, os.path.join(HERE, "asyncpg_pool_probe.py"), impl, loop_name],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONWARNINGS": "error"})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    ours, theirs = run("aiofast"), run("asyncio")
+    assert ours[0] == ["init", 2, "aiofast.LifoQueue"]
+    assert theirs[0] == ["init", 2, "asyncio.queues.LifoQueue"]
+    assert ours[1:] == theirs[1:]
+    assert ["refilled", True, 2] in theirs and theirs[-1] == ["closed", True, 0]
 
 
 # ---------------------------------------------------------------- hostile
