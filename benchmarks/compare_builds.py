@@ -1,8 +1,9 @@
 """Side by side: the aiofast installed here against aiofast built from another git revision, in
 the same process, interleaved by the harness (A B A B ...), on both loops.
 
-Run (from the repository, with the venv that has this tree's build installed):
-    python benchmarks/compare_builds.py main locks queue     # REV, then which bench files
+Run (with the venv that has this tree's build installed; JSON only with --save, as for every
+benchmark):
+    python -m benchmarks.compare_builds main locks queue     # REV, then which bench files
 
 The other revision is exported with `git archive`, built with this interpreter into a temporary
 directory, and imported under the package name ``aiofast_old`` (its extension keeps its own
@@ -18,9 +19,10 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+if __package__ in (None, ""):  # run as a file: the repository root on the path
+    sys.path.insert(0, os.path.dirname(HERE))
 
-from harness import Case, run_cases  # noqa: E402
+from benchmarks.harness import Case, run_cases, save_to_repo  # noqa: E402
 
 
 def build_old(rev, where):
@@ -62,15 +64,17 @@ def paired_cases(bench, old):
     return out
 
 
-def main(rev, names):
+def main(rev, names, save=False):
+    save_to_repo(save)
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, build_old(rev, tmp))
         old = importlib.import_module("aiofast_old")
         for name in names:
-            bench = importlib.import_module(f"bench_{name}")
+            bench = importlib.import_module(f"benchmarks.bench_{name}")
             run_cases(paired_cases(bench, old), 7, f"compare-{name}",
                       f"{bench.TITLE}: this build against {rev}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:] or ["locks", "queue"])
+    args = [a for a in sys.argv[1:] if a != "--save"]
+    main(args[0], args[1:] or ["locks", "queue"], save="--save" in sys.argv)

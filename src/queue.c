@@ -1108,6 +1108,20 @@ get_finished(FaQueue *self)
     return Py_NewRef(self->finished);
 }
 
+/* self._finished.set() / .clear(): our Event's C method, or, for an object code assigned to
+ * _finished (asyncio lets it), its own method. 0 or -1. */
+static int
+finished_call(FaQueue *self, PyObject *descr, const char *name)
+{
+    PyObject *ev = Py_NewRef(self->finished);
+    PyObject *r = Py_IS_TYPE(ev, self->st->EventType)
+                      ? call_descr(descr, ev, NULL)             // Beware: set() wakes join()ers
+                      : PyObject_CallMethod(ev, name, NULL);    // Beware: any object's code
+    Py_DECREF(ev);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 static int
 finished_clear(FaQueue *self)
 {
@@ -1115,9 +1129,7 @@ finished_clear(FaQueue *self)
     if (self->finished == NULL) {
         return 0;
     }
-    PyObject *r = call_descr(self->st->q_event_clear, self->finished, NULL);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    return finished_call(self, self->st->q_event_clear, "clear");
 }
 
 static int
@@ -1127,11 +1139,7 @@ finished_set(FaQueue *self)
     if (self->finished == NULL) {
         return 0;
     }
-    PyObject *ev = Py_NewRef(self->finished);
-    PyObject *r = call_descr(self->st->q_event_set, ev, NULL);  // Beware: wakes join()ers
-    Py_DECREF(ev);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    return finished_call(self, self->st->q_event_set, "set");
 }
 
 /* ------------------------------------------------------------------ put_nowait / get_nowait */
@@ -2252,6 +2260,19 @@ get_finished_attr(PyObject *op, void *Py_UNUSED(c))
     return get_finished((FaQueue *)op);
 }
 
+/* _finished = event: join() then waits on it, and the queue sets and clears it (asyncio's
+ * queue uses whatever object the attribute holds) */
+static int
+set_finished_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _finished");
+        return -1;
+    }
+    Py_XSETREF(((FaQueue *)op)->finished, Py_NewRef(v));  // Beware: the old one's __del__
+    return 0;
+}
+
 static PyObject *
 get_is_shutdown(PyObject *op, void *Py_UNUSED(c))
 {
@@ -2374,7 +2395,7 @@ static PyGetSetDef queue_getset[] = {
     {"_putters", get_putters, set_putters, "A live deque-like view of the waiting put()s' "
      "futures.", NULL},
     {"_unfinished_tasks", get_unfinished, set_unfinished, NULL, NULL},
-    {"_finished", get_finished_attr, NULL, "The Event join() waits on.", NULL},
+    {"_finished", get_finished_attr, set_finished_attr, "The Event join() waits on.", NULL},
     {"_is_shutdown", get_is_shutdown, set_is_shutdown, NULL, NULL},
     {"_loop", get_loop_attr, set_loop_attr, NULL, NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},

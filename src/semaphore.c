@@ -164,10 +164,10 @@ find_overrides(PyObject *self, PyTypeObject *base)
     PyObject *wake = ((FaLock *)self)->family == FA_LOCK ? st->str_wake_up_first
                                                          : st->str_wake_up_next;
     if (((FaLock *)self)->family != FA_EVENT
-        && _PyType_Lookup(tp, wake) != _PyType_Lookup(base, wake)) {
+        && fa_type_lookup(tp, wake) != fa_type_lookup(base, wake)) {
         ovr |= OVR_WAKE;
     }
-    if (_PyType_Lookup(tp, st->str_get_loop) != _PyType_Lookup(base, st->str_get_loop)) {
+    if (fa_type_lookup(tp, st->str_get_loop) != fa_type_lookup(base, st->str_get_loop)) {
         ovr |= OVR_GET_LOOP;
     }
     return ovr;

@@ -321,6 +321,38 @@ async def test_get_loop(mod, name):
         prim._get_loop()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("event", ("asyncio", "aiofast", "subclass"))
+async def test_finished_can_be_replaced(mod, event):
+    calls = []
+
+    class LoggingEvent(aiofast.Event):
+        def set(self):
+            calls.append("set")
+            super().set()
+
+        def clear(self):
+            calls.append("clear")
+            super().clear()
+
+    ev = {"asyncio": asyncio.Event, "aiofast": aiofast.Event, "subclass": LoggingEvent}[event]()
+    ev.set()
+    calls.clear()
+    q = mod.Queue()
+    q._finished = ev
+    assert q._finished is ev
+    q.put_nowait(1)
+    assert not ev.is_set()
+    j = asyncio.create_task(q.join())
+    await spin()
+    assert not j.done()
+    q.get_nowait()
+    q.task_done()
+    assert ev.is_set()
+    await j
+    assert calls == (["clear", "set"] if event == "subclass" else [])
+
+
 # ---------------------------------------------------------------- overrides are honoured
 
 
