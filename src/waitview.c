@@ -421,7 +421,11 @@ view_remove(PyObject *op, PyObject *x)
         }
         Py_DECREF(hold);
     }
-    PyErr_Format(PyExc_ValueError, "%R is not in deque", x);  // deque's message
+#if FA_PY314
+    PyErr_SetString(PyExc_ValueError, "deque.remove(x): x not in deque");  // deque's message
+#else
+    PyErr_Format(PyExc_ValueError, "%R is not in deque", x);
+#endif
     return NULL;
 }
 

@@ -147,6 +147,20 @@ async def test_cpython_test_repr_pattern(mod, name):
     assert "waiters" not in repr(prim)
 
 
+def test_view_errors_are_deques(mod):
+    views = {"Event": mod.Event()._waiters, "Queue": mod.Queue()._getters}
+    x = object()
+    for view in views.values():
+        for op in (lambda w: w.remove(x), lambda w: w.popleft(), lambda w: w.pop(),
+                   lambda w: w[0]):
+            with pytest.raises((ValueError, IndexError)) as ours:
+                op(view)
+            with pytest.raises((ValueError, IndexError)) as deques:
+                op(collections.deque())
+            assert type(ours.value) is type(deques.value)
+            assert str(ours.value) == str(deques.value)
+
+
 @pytest.mark.asyncio
 async def test_foreign_future_in_lock_waiters_is_woken_like_asyncio(mod):
     loop = asyncio.get_running_loop()
