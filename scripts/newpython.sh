@@ -136,7 +136,8 @@ prepare() {  # what `run` needs in the chroot before it enters it
         cp -L /etc/ssl/certs/ca-certificates.crt "$DIR/etc/ssl/certs/ca-certificates.crt"
     fi
     local p missing=()
-    for p in ${NEWPYTHON_PACKAGES:-}; do
+    # redis-server always: the test suite's Redis tests start a real one (tests/redis_server.py)
+    for p in redis-server ${NEWPYTHON_PACKAGES:-}; do
         chroot "$DIR" dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,110 @@
+"""aiofast.redis.RedisTokenBucket.try_acquire against a raw EVALSHA of the same script through
+redis-py, and against the peer limits (limits.aio, its Redis storage on the same redis-py
+client library), on one redis-server this benchmark starts (127.0.0.1, persistence off).
+
+Each variant runs n sequential calls in one task (a process's throughput for one caller: each
+call is one round trip), then n calls spread over 16 concurrent tasks (aiofast pipelines them
+on one connection; redis-py and limits use a connection per concurrent call from the pool), on
+asyncio's default loop and on uvloop, through the harness (interleaved rounds, medians). The
+quota is the same for all, 100,000 per second, never exhausted, so every call admits.
+
+Run: python -m benchmarks --only redis [--quick] [--save]  (or this file, from the root)
+"""
+import asyncio
+import os
+import sys
+import time
+import uuid
+
+import redis.asyncio
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+
+from aiofast.redis import _SCRIPTS, RedisTokenBucket
+from benchmarks.harness import Case, async_variant, run_cases
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from redis_server import RedisServer  # noqa: E402
+
+TITLE = "RedisTokenBucket.try_acquire (one round trip) against raw EVALSHA and limits"
+RATE = 100_000
+
+
+def variants(url, loop_name, tasks=1):
+    """The four variants; with tasks > 1, n calls spread over that many concurrent tasks."""
+
+    async def spread(n, call):
+        if tasks == 1:
+            for _ in range(n):
+                await call()
+            return
+
+        async def worker(k):
+            for _ in range(k):
+                await call()
+        await asyncio.gather(*[worker(n // tasks) for _ in range(tasks)])
+
+    async def ours(n):
+        c = redis.asyncio.Redis.from_url(url)
+        b = RedisTokenBucket(c, uuid.uuid4().hex, RATE)
+        await b.try_acquire()
+        t = time.perf_counter()
+        await spread(n, b.try_acquire)
+        dt = time.perf_counter() - t
+        await c.aclose()
+        return dt
+
+    async def raw(n):
+        c = redis.asyncio.Redis.from_url(url)
+        src, sha = _SCRIPTS["acquire"]
+        await c.script_load(src)
+        key = "aiofast:tb:" + uuid.uuid4().hex
+        interval = 1e6 / RATE
+        args = (repr(interval), repr(RATE * interval), "0", "", "")
+        t = time.perf_counter()
+        await spread(n, lambda: c.evalsha(sha, 1, key, *args))
+        dt = time.perf_counter() - t
+        await c.aclose()
+        return dt
+
+    def peer(strategy):
+        async def run(n):
+            storage = RedisStorage("async+" + url, implementation="redispy")
+            lim = strategy(storage)
+            item = RateLimitItemPerSecond(RATE)
+            key = uuid.uuid4().hex
+            await lim.hit(item, key)
+            t = time.perf_counter()
+            await spread(n, lambda: lim.hit(item, key))
+            dt = time.perf_counter() - t
+            await storage.reset()
+            return dt
+        return run
+
+    return {
+        "aiofast": async_variant(loop_name, ours),
+        "raw EVALSHA (redis-py)": async_variant(loop_name, raw),
+        "limits MovingWindow": async_variant(loop_name, peer(MovingWindowRateLimiter)),
+        "limits FixedWindow": async_variant(loop_name, peer(FixedWindowRateLimiter)),
+    }
+
+
+def main(quick=False):
+    srv = RedisServer().start()
+    try:
+        n = 500 if quick else 2000
+        cases = [Case("try_acquire", variants(srv.url, loop), n, loop=loop,
+                      note="one caller: one round trip per call") for loop in ("asyncio", "uvloop")]
+        cases += [Case("try_acquire x16 tasks", variants(srv.url, loop, tasks=16), n, loop=loop,
+                       note="16 concurrent callers in one process")
+                  for loop in ("asyncio", "uvloop")]
+        run_cases(cases, 3 if quick else 5, "redis", TITLE)
+    finally:
+        srv.close()
+
+
+if __name__ == "__main__":
+    from benchmarks.harness import parse_args
+
+    main(parse_args(sys.argv[1:], __doc__)[0].quick)
