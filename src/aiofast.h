@@ -91,6 +91,7 @@ typedef struct fa_state {
     PyTypeObject *OpType;
     PyTypeObject *SpecialDescrType;
     PyTypeObject *BoundType;
+    PyObject *WaitersViewType;    /* waitview.c: the live _waiters/_getters/_putters view */
     PyTypeObject *SemaphoreType;
     PyTypeObject *BoundedSemaphoreType;
     PyTypeObject *LockType;
@@ -164,7 +165,6 @@ typedef struct fa_state {
     PyObject *str_monotonic;
 
     /* queue.c: unbound C methods it calls directly, a dataclass probe cache, interned names */
-    PyObject *q_WaitersViewType;  /* the live _getters/_putters view */
     PyObject *q_deque_append;     /* collections.deque.append (a method descriptor) */
     PyObject *q_deque_popleft;    /* collections.deque.popleft */
     PyObject *q_event_set;        /* aiofast Event.set (for Queue._finished) */
@@ -185,6 +185,10 @@ typedef struct fa_state {
     PyObject *q_str_wait;
     PyObject *q_str_lt;           /* "__lt__" */
     PyObject *q_str_class;        /* "__class__" */
+    PyObject *q_str_wakeup_next;  /* "_wakeup_next" */
+    /* semaphore.c: the helpers asyncio calls through self */
+    PyObject *str_wake_up_first;  /* "_wake_up_first" (Lock) */
+    PyObject *str_wake_up_next;   /* "_wake_up_next" (Semaphore) */
 
     /* interned method and attribute names */
     PyObject *str_create_future;
@@ -202,6 +206,7 @@ typedef struct fa_state {
     PyObject *str_acquire;
     PyObject *str_release;
     PyObject *str_locked;
+    PyObject *str_get_loop;       /* "_get_loop" */
     PyObject *str_append;
 
     /* non-object fields (not traversed) */

@@ -186,6 +186,7 @@ module_exec(PyObject *mod)
     INTERN(str_acquire, "acquire");
     INTERN(str_release, "release");
     INTERN(str_locked, "locked");
+    INTERN(str_get_loop, "_get_loop");
     INTERN(str_append, "append");
 #undef INTERN
 

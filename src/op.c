@@ -118,6 +118,24 @@ fa_op_wait(FaOp *op, PyObject **loop_slot, fa_waitq *q, PyObject **res)
 }
 
 PySendResult
+fa_op_wait_self(FaOp *op, int get_loop_overridden, PyObject **loop_slot, fa_waitq *q,
+                PyObject **res)
+{
+    if (FA_LIKELY(!get_loop_overridden)) {
+        return fa_op_wait(op, loop_slot, q, res);
+    }
+    PyObject *args[1] = {op->owner};
+    PyObject *loop = PyObject_VectorcallMethod(op->st->str_get_loop, args,  // Beware: user code
+                                               1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (loop == NULL) {
+        return PYGEN_ERROR;
+    }
+    PySendResult r = fa_op_wait_on(op, loop, q, res);
+    Py_DECREF(loop);
+    return r;
+}
+
+PySendResult
 fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res)
 {
     PyObject *it;  // new ref
@@ -592,36 +610,6 @@ static PyType_Spec op_spec = {
     .slots = op_slots,
 };
 
-PyObject *
-fa_waitq_snapshot(fa_state *st, fa_waitq *q)
-{
-    PyObject *d = PyObject_CallNoArgs(st->deque_type);  // new ref
-    if (d == NULL) {
-        return NULL;
-    }
-    /* Collect first: appending to a deque runs no Python code, but be strict anyway. */
-    size_t version = q->version;
-    for (FaOp *op = q->head; op != NULL; op = op->next) {
-        if (op->fut == NULL) {
-            continue;
-        }
-        PyObject *args[2] = {d, op->fut};
-        PyObject *r = PyObject_VectorcallMethod(st->str_append, args,
-                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (r == NULL) {
-            Py_DECREF(d);
-            return NULL;
-        }
-        Py_DECREF(r);
-        if (version != q->version) {
-            Py_DECREF(d);
-            PyErr_SetString(PyExc_RuntimeError, "waiters changed during snapshot");
-            return NULL;
-        }
-    }
-    return d;
-}
-
 void
 fa_waitq_release_all(fa_waitq *q)
 {
@@ -660,7 +648,7 @@ static int fa_special_init(PyObject *mod, fa_state *st);
 int
 fa_op_init(PyObject *mod, fa_state *st)
 {
-    if (fa_special_init(mod, st) < 0) {
+    if (fa_special_init(mod, st) < 0 || fa_waitview_init(mod, st) < 0) {
         return -1;
     }
     st->OpType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &op_spec, NULL);

@@ -72,6 +72,7 @@ struct FaOp {
  * primitive can skip calling fut.cancelled() / fut.done() on it. */
 #define FA_OPF_WOKEN 0x1
 #define FA_OPF_DELEGATE 0x2  /* fut_iter is a delegate iterator, not a future's */
+#define FA_OPF_VIEWMARK 0x4  /* waitview.c: set only inside fa_waitview_assign */
 
 /* ---- waiter queue ---- */
 
@@ -205,11 +206,36 @@ fa_waitq_traverse(fa_waitq *q, visitproc visit, void *arg)
     return 0;
 }
 
-/* A new deque holding the waiter futures in queue order: the `_waiters` snapshot. */
-PyObject *fa_waitq_snapshot(fa_state *st, fa_waitq *q);
-
 /* Detach every op from q and drop the queue's references safely. */
 void fa_waitq_release_all(fa_waitq *q);
+
+/* ---- the live view of a waiter queue (waitview.c) ----
+ *
+ * asyncio's deques of waiter futures (_waiters, _getters, _putters), as a live window on q.
+ * Objects appended through it get inert nodes of fa_foreign_kind: no owner, state INIT, the
+ * object in op->fut. A primitive wakes them as asyncio wakes its futures (done()? set_result)
+ * and never drives them, never marks them FA_OPF_WOKEN, and never counts them as its own. */
+extern const fa_opkind fa_foreign_kind;
+
+static inline int
+fa_op_is_foreign(const FaOp *op)
+{
+    return op->kind == &fa_foreign_kind;
+}
+
+/* A new view of q, which lives inside owner (the view holds owner). */
+PyObject *fa_waitview_new(fa_state *st, PyObject *owner, fa_waitq *q);
+
+/* The queue obj is a view of, or NULL (no error) if obj is not a view. */
+fa_waitq *fa_waitview_queue(fa_state *st, PyObject *obj);
+
+/* `_waiters = iterable`: q's contents become the iterable's items, in order. An item that is
+ * the future of an op linked in q keeps that op (relinked in the new place); any other item
+ * gets a foreign node; an op left out is unlinked (it still wakes on its future). iterable
+ * NULL: empty. 0 or -1 (q unchanged). */
+int fa_waitview_assign(fa_state *st, fa_waitq *q, PyObject *iterable);
+
+int fa_waitview_init(PyObject *mod, fa_state *st);
 
 /* ---- operations ---- */
 
@@ -254,6 +280,11 @@ fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
  * _LoopBoundMixin does), link op at the back of q, and yield the future. Returns PYGEN_NEXT with
  * *res set, or PYGEN_ERROR. */
 PySendResult fa_op_wait(FaOp *op, PyObject **loop_slot, fa_waitq *q, PyObject **res);
+
+/* The same as asyncio's `self._get_loop().create_future()`: with get_loop_overridden (a
+ * subclass defines its own _get_loop), owner._get_loop() is called for the loop. */
+PySendResult fa_op_wait_self(FaOp *op, int get_loop_overridden, PyObject **loop_slot,
+                             fa_waitq *q, PyObject **res);
 
 /* The same with a loop the caller already has (a new reference is taken). */
 PySendResult fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res);

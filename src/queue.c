@@ -51,6 +51,10 @@ enum { FA_FIFO = 0, FA_PRIO, FA_LIFO };
 #define OVR_QSIZE 0x20
 #define OVR_PUT_NOWAIT 0x40
 #define OVR_GET_NOWAIT 0x80
+#define OVR_WAKEUP_NEXT 0x100
+#define OVR_GET_LOOP 0x200
+/* overrides the native paths honour themselves (they only touch the storage otherwise) */
+#define OVR_KEEPS_NATIVE (OVR_INIT | OVR_WAKEUP_NEXT | OVR_GET_LOOP)
 
 /* how full() reads _maxsize */
 enum { MS_UNBOUNDED = 0, MS_INT, MS_FLOAT, MS_OBJECT };
@@ -91,7 +95,6 @@ static const char *const kind_names[] = {"Queue", "PriorityQueue", "LifoQueue"};
 #if FA_DEBUG
 static const fa_opkind get_kind;
 static const fa_opkind put_kind;
-static const fa_opkind foreign_kind;
 
 static inline int num_cmp(PyObject *x, PyObject *y);
 
@@ -140,7 +143,7 @@ queue_check_waiters(FaQueue *self, fa_waitq *q, const fa_opkind *kind, const cha
     fa_waitq_check(q);
     Py_ssize_t i = 0;
     for (FaOp *op = q->head; op != NULL && i < FA_WAITQ_CHECK_MAX; op = op->next, i++) {
-        if (op->kind == &foreign_kind) {
+        if (fa_op_is_foreign(op)) {
             FA_CHECK(op->owner == NULL && op->state == FA_OP_INIT,
                      "%s %p: appended node %p has owner %p, state %d", what, (void *)self,
                      (void *)op, (void *)op->owner, op->state);
@@ -186,7 +189,7 @@ queue_check(FaQueue *self)
         exact = self->kind == FA_FIFO ? Py_IS_TYPE(q, (PyTypeObject *)self->st->deque_type)
                                       : PyList_CheckExact(q);
     }
-    FA_CHECK(self->native == (exact && (self->ovr & ~OVR_INIT) == 0),
+    FA_CHECK(self->native == (exact && (self->ovr & ~OVR_KEEPS_NATIVE) == 0),
              "%s %p: native %d, storage exact %d, overrides %#x", name, (void *)self,
              self->native, exact, self->ovr);
     FA_CHECK(self->maxsize != NULL, "%s %p: no _maxsize", name, (void *)self);
@@ -210,7 +213,7 @@ queue_check(FaQueue *self)
                 Py_ssize_t i = 0;
                 for (FaOp *op = wq->head; op != NULL && i < FA_WAITQ_CHECK_MAX;
                      op = op->next, i++) {
-                    FA_CHECK(op->kind == &foreign_kind, "%s %p: %s() %p waits after shutdown",
+                    FA_CHECK(fa_op_is_foreign(op), "%s %p: %s() %p waits after shutdown",
                              name, (void *)self, op->kind->name, (void *)op);
                 }
             }
@@ -244,7 +247,7 @@ update_native(FaQueue *self)
         exact = self->kind == FA_FIFO ? Py_IS_TYPE(q, (PyTypeObject *)self->st->deque_type)
                                       : PyList_CheckExact(q);
     }
-    self->native = exact && (self->ovr & ~OVR_INIT) == 0;
+    self->native = exact && (self->ovr & ~OVR_KEEPS_NATIVE) == 0;
 }
 
 /* obj.name() or obj.name(arg) as a new reference */
@@ -1060,6 +1063,24 @@ wakeup_all(FaQueue *self, fa_waitq *q)
     return 0;
 }
 
+/* self._wakeup_next(self._getters / self._putters), honouring an override (which gets a view,
+ * as asyncio's gets the deque). 0 or -1. */
+static int
+q_wakeup_next(FaQueue *self, fa_waitq *q)
+{
+    if (FA_UNLIKELY(self->ovr & OVR_WAKEUP_NEXT)) {
+        PyObject *view = fa_waitview_new(self->st, (PyObject *)self, q);  // new ref
+        if (view == NULL) {
+            return -1;
+        }
+        PyObject *r = call_method((PyObject *)self, self->st->q_str_wakeup_next, view);  // Beware
+        Py_DECREF(view);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    return wakeup_next(self, q);
+}
+
 /* _finished, made on first need (a new reference) */
 static PyObject *
 get_finished(FaQueue *self)
@@ -1087,6 +1108,20 @@ get_finished(FaQueue *self)
     return Py_NewRef(self->finished);
 }
 
+/* self._finished.set() / .clear(): our Event's C method, or, for an object code assigned to
+ * _finished (asyncio lets it), its own method. 0 or -1. */
+static int
+finished_call(FaQueue *self, PyObject *descr, const char *name)
+{
+    PyObject *ev = Py_NewRef(self->finished);
+    PyObject *r = Py_IS_TYPE(ev, self->st->EventType)
+                      ? call_descr(descr, ev, NULL)             // Beware: set() wakes join()ers
+                      : PyObject_CallMethod(ev, name, NULL);    // Beware: any object's code
+    Py_DECREF(ev);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 static int
 finished_clear(FaQueue *self)
 {
@@ -1094,9 +1129,7 @@ finished_clear(FaQueue *self)
     if (self->finished == NULL) {
         return 0;
     }
-    PyObject *r = call_descr(self->st->q_event_clear, self->finished, NULL);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    return finished_call(self, self->st->q_event_clear, "clear");
 }
 
 static int
@@ -1106,11 +1139,7 @@ finished_set(FaQueue *self)
     if (self->finished == NULL) {
         return 0;
     }
-    PyObject *ev = Py_NewRef(self->finished);
-    PyObject *r = call_descr(self->st->q_event_set, ev, NULL);  // Beware: wakes join()ers
-    Py_DECREF(ev);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    return finished_call(self, self->st->q_event_set, "set");
 }
 
 /* ------------------------------------------------------------------ put_nowait / get_nowait */
@@ -1183,7 +1212,8 @@ put_nowait_impl(FaQueue *self, PyObject *item)
             return -1;
         }
     }
-    if (self->getters.len && wakeup_next(self, &self->getters) < 0) {
+    if ((self->getters.len | (self->ovr & OVR_WAKEUP_NEXT))
+        && q_wakeup_next(self, &self->getters) < 0) {
         return -1;
     }
     FA_ASSERT_CONSISTENT(self);
@@ -1227,7 +1257,8 @@ get_nowait_impl(FaQueue *self)
             return NULL;
         }
     }
-    if (self->putters.len && wakeup_next(self, &self->putters) < 0) {
+    if ((self->putters.len | (self->ovr & OVR_WAKEUP_NEXT))
+        && q_wakeup_next(self, &self->putters) < 0) {
         Py_DECREF(item);  /* as asyncio: the item is lost with the exception */
         return NULL;
     }
@@ -1289,7 +1320,8 @@ get_step(FaOp *op, PyObject **res)
             return PYGEN_ERROR;
         }
     }
-    PySendResult r = fa_op_wait(op, &self->loop, &self->getters, res);
+    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->getters,
+                                     res);
     FA_ASSERT_CONSISTENT(self);
     return r;
 }
@@ -1317,7 +1349,7 @@ get_start(FaOp *op, PyObject **res)
 static void
 pass_on_after_error(FaQueue *self, int putter)
 {
-    if (!self->native || self->shutdown) {
+    if (!self->native || self->shutdown || (self->ovr & OVR_WAKEUP_NEXT)) {
         return;
     }
     fa_waitq *q = putter ? &self->putters : &self->getters;
@@ -1413,7 +1445,7 @@ get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     }
     if (!e && !cancelled) {
         /* woken by put_nowait(), but leaving: wake the next in line */
-        return wakeup_next(self, &self->getters);
+        return q_wakeup_next(self, &self->getters);
     }
     return 0;
 }
@@ -1441,7 +1473,8 @@ put_step(FaOp *op, PyObject **res)
         PyErr_SetNone(self->st->QueueShutDown);
         return PYGEN_ERROR;
     }
-    PySendResult r = fa_op_wait(op, &self->loop, &self->putters, res);
+    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->putters,
+                                     res);
     FA_ASSERT_CONSISTENT(self);
     return r;
 }
@@ -1489,7 +1522,7 @@ put_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     }
     if (!f && !cancelled) {
         /* woken by get_nowait(), but leaving: wake the next in line */
-        return wakeup_next(self, &self->putters);
+        return q_wakeup_next(self, &self->putters);
     }
     return 0;
 }
@@ -1713,6 +1746,53 @@ KIND_METHODS(fifo, FA_FIFO)
 KIND_METHODS(prio, FA_PRIO)
 KIND_METHODS(lifo, FA_LIFO)
 
+/* Queue._wakeup_next(waiters): wake the first waiter in waiters whose future is not done,
+ * dropping the ones before it, as asyncio's does for its deques. A view of this queue's own
+ * FIFOs is served in C; anything else (another queue's view, a user's deque) the way asyncio's
+ * code runs it: `while waiters: w = waiters.popleft(); if not w.done(): w.set_result(None)`. */
+static PyObject *
+queue_wakeup_next_m(PyObject *op, PyObject *waiters)
+{
+    FaQueue *self = (FaQueue *)op;
+    fa_state *st = self->st;
+    fa_waitq *q = fa_waitview_queue(st, waiters);
+    if (q == &self->getters || q == &self->putters) {
+        if (wakeup_next(self, q) < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    int rc = 0;
+    Py_INCREF(waiters);
+    for (;;) {
+        int more = PyObject_IsTrue(waiters);  // Beware: any object's __bool__/__len__
+        if (more <= 0) {
+            rc = more;
+            break;
+        }
+        PyObject *w = call_method(waiters, st->q_str_popleft, NULL);  // new ref
+        if (w == NULL) {
+            rc = -1;
+            break;
+        }
+        int done = fa_fut_done(st, w);
+        if (done == 0) {
+            rc = fa_fut_set_result(st, w, Py_None);
+        }
+        Py_DECREF(w);
+        if (done != 1) {
+            rc = done < 0 ? -1 : rc;
+            break;
+        }
+    }
+    Py_DECREF(waiters);
+    if (rc < 0) {
+        return NULL;
+    }
+    FA_ASSERT_CONSISTENT(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 queue_private_get_loop(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
@@ -1919,7 +1999,7 @@ find_overrides(FaQueue *self)
     fa_state *st = self->st;
     PyObject *names[] = {st->q_str_init, st->q_str_put, st->q_str_get, st->q_str_full,
                          st->q_str_empty, st->q_str_qsize, st->q_str_put_nowait,
-                         st->q_str_get_nowait};
+                         st->q_str_get_nowait, st->q_str_wakeup_next, st->str_get_loop};
     int ovr = 0;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (fa_type_lookup(tp, names[i]) != fa_type_lookup(base, names[i])) {
@@ -2103,276 +2183,48 @@ set_queue(PyObject *op, PyObject *v, void *Py_UNUSED(c))
     return 0;
 }
 
-/* ------------------------------------------------------------------ the _getters/_putters view
- *
- * asyncio's _getters and _putters are deques of futures that code (CPython's own tests among it)
- * reads, and occasionally writes: test_get_with_putters appends a bare loop future to _putters
- * and expects get() to wake it. The view is a live deque-like window on the C FIFO: len, bool,
- * iteration, indexing, `in`, repr, and append/popleft/remove/clear. An appended object gets a
- * node of its own (an inert op holding it as its future), so the queue wakes it as asyncio would:
- * `if not w.done(): w.set_result(None)`.
- */
-
-typedef struct {
-    PyObject_HEAD
-    FaQueue *owner;
-    int putters;
-} WaitersView;
-
-static fa_waitq *
-view_q(WaitersView *v)
-{
-    return v->putters ? &v->owner->putters : &v->owner->getters;
-}
-
-static PySendResult
-foreign_start(FaOp *Py_UNUSED(op), PyObject **Py_UNUSED(res))
-{
-    PyErr_SetString(PyExc_RuntimeError, "not an awaitable");
-    return PYGEN_ERROR;
-}
-
-static const fa_opkind foreign_kind = {"Queue._waiter", foreign_start, NULL, NULL};
-
-static PyObject *
-make_view(FaQueue *self, int putters)
-{
-    PyTypeObject *tp = (PyTypeObject *)self->st->q_WaitersViewType;
-    WaitersView *v = PyObject_GC_New(WaitersView, tp);
-    if (v == NULL) {
-        return NULL;
-    }
-    v->owner = (FaQueue *)Py_NewRef(self);
-    v->putters = putters;
-    PyObject_GC_Track(v);
-    return (PyObject *)v;
-}
-
-static int
-view_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT((PyObject *)((WaitersView *)op)->owner);
-    return 0;
-}
-
-static int
-view_clear(PyObject *op)
-{
-    Py_CLEAR(((WaitersView *)op)->owner);
-    return 0;
-}
-
-static void
-view_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    view_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
-static int
-view_check(WaitersView *v)
-{
-    if (v->owner == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "waiters view without its queue");
-        return -1;
-    }
-    return 0;
-}
-
-/* the futures, in order, as a new list */
-static PyObject *
-view_list(WaitersView *v)
-{
-    if (view_check(v) < 0) {
-        return NULL;
-    }
-    fa_waitq *q = view_q(v);
-    PyObject *l = PyList_New(q->len);
-    if (l == NULL) {
-        return NULL;
-    }
-    Py_ssize_t i = 0;
-    for (FaOp *op = q->head; op != NULL && i < q->len; op = op->next) {
-        PyList_SET_ITEM(l, i++, Py_NewRef(op->fut));  /* no Python code runs in this loop */
-    }
-    return l;
-}
-
-static Py_ssize_t
-view_len(PyObject *op)
-{
-    WaitersView *v = (WaitersView *)op;
-    return view_check(v) < 0 ? -1 : view_q(v)->len;
-}
-
-static PyObject *
-view_item(PyObject *op, Py_ssize_t i)
-{
-    WaitersView *v = (WaitersView *)op;
-    if (view_check(v) < 0) {
-        return NULL;
-    }
-    fa_waitq *q = view_q(v);
-    if (i < 0 || i >= q->len) {
-        PyErr_SetString(PyExc_IndexError, "deque index out of range");
-        return NULL;
-    }
-    FaOp *o = q->head;
-    while (i-- > 0) {
-        o = o->next;
-    }
-    return Py_NewRef(o->fut);
-}
-
-static PyObject *
-view_iter(PyObject *op)
-{
-    PyObject *l = view_list((WaitersView *)op);
-    if (l == NULL) {
-        return NULL;
-    }
-    PyObject *it = PyObject_GetIter(l);
-    Py_DECREF(l);
-    return it;
-}
-
-static PyObject *
-view_repr(PyObject *op)
-{
-    PyObject *l = view_list((WaitersView *)op);
-    if (l == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyUnicode_FromFormat("deque(%R)", l);
-    Py_DECREF(l);
-    return r;
-}
-
-static PyObject *
-view_append(PyObject *op, PyObject *fut)
-{
-    WaitersView *v = (WaitersView *)op;
-    if (view_check(v) < 0) {
-        return NULL;
-    }
-    FaOp *node = fa_op_new(v->owner->st, &foreign_kind, NULL, NULL);  // new ref
-    if (node == NULL) {
-        return NULL;
-    }
-    node->fut = Py_NewRef(fut);
-    fa_waitq_push(view_q(v), node);
-    Py_DECREF(node);  /* the queue holds it */
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-view_popleft(PyObject *op, PyObject *Py_UNUSED(ignored))
-{
-    WaitersView *v = (WaitersView *)op;
-    if (view_check(v) < 0) {
-        return NULL;
-    }
-    FaOp *node = fa_waitq_popleft(view_q(v));  // new ref
-    if (node == NULL) {
-        PyErr_SetString(PyExc_IndexError, "pop from an empty deque");
-        return NULL;
-    }
-    PyObject *fut = Py_NewRef(node->fut);
-    Py_DECREF(node);
-    return fut;
-}
-
-static PyObject *
-view_remove(PyObject *op, PyObject *x)
-{
-    WaitersView *v = (WaitersView *)op;
-    if (view_check(v) < 0) {
-        return NULL;
-    }
-    fa_waitq *q = view_q(v);
-    size_t version = q->version;
-    for (FaOp *node = q->head; node != NULL; node = node->next) {
-        FaOp *hold = (FaOp *)Py_NewRef(node);
-        PyObject *fut = Py_NewRef(node->fut);
-        int eq = PyObject_RichCompareBool(fut, x, Py_EQ);  // Beware: a foreign __eq__
-        Py_DECREF(fut);
-        if (eq < 0 || version != q->version) {
-            Py_DECREF(hold);
-            if (eq >= 0) {
-                PyErr_SetString(PyExc_RuntimeError, "deque mutated during iteration");
-            }
-            return NULL;
-        }
-        if (eq) {
-            fa_waitq_unlink(hold);
-            Py_DECREF(hold);
-            Py_RETURN_NONE;
-        }
-        Py_DECREF(hold);
-    }
-    PyErr_SetString(PyExc_ValueError, "deque.remove(x): x not in deque");
-    return NULL;
-}
-
-static PyObject *
-view_clear_m(PyObject *op, PyObject *Py_UNUSED(ignored))
-{
-    WaitersView *v = (WaitersView *)op;
-    if (view_check(v) < 0) {
-        return NULL;
-    }
-    fa_waitq_release_all(view_q(v));
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef view_methods[] = {
-    {"append", view_append, METH_O, "append($self, future, /)\n--\n\nAdd a waiter at the back."},
-    {"popleft", view_popleft, METH_NOARGS, "popleft($self, /)\n--\n\nRemove and return the "
-     "first waiter's future."},
-    {"remove", view_remove, METH_O, "remove($self, future, /)\n--\n\nRemove the first waiter "
-     "whose future == future."},
-    {"clear", view_clear_m, METH_NOARGS, "clear($self, /)\n--\n\nRemove every waiter."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyType_Slot view_slots[] = {
-    {Py_tp_dealloc, view_dealloc},
-    {Py_tp_traverse, view_traverse},
-    {Py_tp_clear, view_clear},
-    {Py_tp_repr, view_repr},
-    {Py_tp_iter, view_iter},
-    {Py_sq_length, view_len},
-    {Py_sq_item, view_item},
-    {Py_tp_methods, view_methods},
-    {Py_tp_doc, "A live, deque-like view of a queue's waiting getters or putters (futures)."},
-    {0, NULL},
-};
-
-static PyType_Spec view_spec = {
-    .name = "aiofast._core.QueueWaiters",
-    .basicsize = sizeof(WaitersView),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-#ifdef Py_TPFLAGS_IMMUTABLETYPE
-             | Py_TPFLAGS_IMMUTABLETYPE
-#endif
-    ,
-    .slots = view_slots,
-};
-
+/* _getters / _putters: live deque-like views of the waiter FIFOs (waitview.c). asyncio's are
+ * deques of futures that code reads and writes (CPython's test_get_with_putters appends a bare
+ * loop future to _putters and expects get() to wake it); assigning one replaces the FIFO's
+ * contents, as assigning asyncio's attribute replaces its deque. */
 static PyObject *
 get_getters(PyObject *op, void *Py_UNUSED(c))
 {
-    return make_view((FaQueue *)op, 0);
+    FaQueue *self = (FaQueue *)op;
+    return fa_waitview_new(self->st, op, &self->getters);
 }
 
 static PyObject *
 get_putters(PyObject *op, void *Py_UNUSED(c))
 {
-    return make_view((FaQueue *)op, 1);
+    FaQueue *self = (FaQueue *)op;
+    return fa_waitview_new(self->st, op, &self->putters);
+}
+
+static int
+set_waiters(FaQueue *self, fa_waitq *q, PyObject *v, const char *name)
+{
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "cannot delete %s", name);
+        return -1;
+    }
+    if (fa_waitview_assign(self->st, q, v) < 0) {
+        return -1;
+    }
+    FA_ASSERT_CONSISTENT(self);
+    return 0;
+}
+
+static int
+set_getters(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    return set_waiters((FaQueue *)op, &((FaQueue *)op)->getters, v, "_getters");
+}
+
+static int
+set_putters(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    return set_waiters((FaQueue *)op, &((FaQueue *)op)->putters, v, "_putters");
 }
 
 static PyObject *
@@ -2406,6 +2258,19 @@ static PyObject *
 get_finished_attr(PyObject *op, void *Py_UNUSED(c))
 {
     return get_finished((FaQueue *)op);
+}
+
+/* _finished = event: join() then waits on it, and the queue sets and clears it (asyncio's
+ * queue uses whatever object the attribute holds) */
+static int
+set_finished_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _finished");
+        return -1;
+    }
+    Py_XSETREF(((FaQueue *)op)->finished, Py_NewRef(v));  // Beware: the old one's __del__
+    return 0;
 }
 
 static PyObject *
@@ -2475,6 +2340,9 @@ PyDoc_STRVAR(getp_doc, "_get($self, /)\n--\n\nTake the next item (overridable)."
 PyDoc_STRVAR(format_doc, "_format($self, /)\n--\n\nThe state shown by repr() and str().");
 PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
              "first use.");
+PyDoc_STRVAR(wakeup_next_doc, "_wakeup_next($self, waiters, /)\n--\n\nWake the first waiter "
+             "in waiters (_getters or _putters) whose future is not done, dropping the ones "
+             "before it.");
 PyDoc_STRVAR(class_getitem_doc, "See PEP 585");
 PyDoc_STRVAR(reduce_doc, "__reduce__($self, /)\n--\n\nPickle and copy support (an idle queue).");
 PyDoc_STRVAR(setstate_doc, "__setstate__($self, state, /)\n--\n\nRestore pickled state.");
@@ -2496,6 +2364,7 @@ static PyMethodDef queue_methods[] = {
     {"_get", fifo_get_m, METH_NOARGS, getp_doc},
     {"_format", queue_format, METH_NOARGS, format_doc},
     {"_get_loop", queue_private_get_loop, METH_NOARGS, get_loop_doc},
+    {"_wakeup_next", queue_wakeup_next_m, METH_O, wakeup_next_doc},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {"__reduce__", queue_reduce, METH_NOARGS, reduce_doc},
     {"__setstate__", queue_setstate, METH_O, setstate_doc},
@@ -2521,12 +2390,12 @@ static PyGetSetDef queue_getset[] = {
     {"_maxsize", get_maxsize, set_maxsize_attr, NULL, NULL},
     {"_queue", get_queue, set_queue, "The items: a deque (Queue) or a list (PriorityQueue, "
      "LifoQueue), live.", NULL},
-    {"_getters", get_getters, NULL, "A live deque-like view of the waiting get()s' futures.",
-     NULL},
-    {"_putters", get_putters, NULL, "A live deque-like view of the waiting put()s' futures.",
-     NULL},
+    {"_getters", get_getters, set_getters, "A live deque-like view of the waiting get()s' "
+     "futures.", NULL},
+    {"_putters", get_putters, set_putters, "A live deque-like view of the waiting put()s' "
+     "futures.", NULL},
     {"_unfinished_tasks", get_unfinished, set_unfinished, NULL, NULL},
-    {"_finished", get_finished_attr, NULL, "The Event join() waits on.", NULL},
+    {"_finished", get_finished_attr, set_finished_attr, "The Event join() waits on.", NULL},
     {"_is_shutdown", get_is_shutdown, set_is_shutdown, NULL, NULL},
     {"_loop", get_loop_attr, set_loop_attr, NULL, NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
@@ -2610,6 +2479,7 @@ fa_queue_init(PyObject *mod, fa_state *st)
     INTERN(q_str_wait, "wait");
     INTERN(q_str_lt, "__lt__");
     INTERN(q_str_class, "__class__");
+    INTERN(q_str_wakeup_next, "_wakeup_next");
 #undef INTERN
     if ((st->q_deque_append = PyObject_GetAttrString(st->deque_type, "append")) == NULL
         || (st->q_deque_popleft = PyObject_GetAttrString(st->deque_type, "popleft")) == NULL
@@ -2622,10 +2492,6 @@ fa_queue_init(PyObject *mod, fa_state *st)
     st->q_object_class = Py_XNewRef(fa_type_lookup(&PyBaseObject_Type, st->q_str_class));
     if (st->q_object_class == NULL) {
         PyErr_SetString(PyExc_SystemError, "object.__class__ not found");
-        return -1;
-    }
-    st->q_WaitersViewType = PyType_FromModuleAndSpec(mod, &view_spec, NULL);
-    if (st->q_WaitersViewType == NULL) {
         return -1;
     }
     if ((st->QueueType = fa_add_type(mod, &queue_spec, NULL, "Queue")) == NULL) {

@@ -30,6 +30,8 @@ enum { FA_SEM = 0, FA_BSEM, FA_LOCK, FA_EVENT };
 #define OVR_ACQUIRE 0x1
 #define OVR_RELEASE 0x2
 #define OVR_LOCKED 0x4
+#define OVR_WAKE 0x8       /* Lock._wake_up_first / Semaphore._wake_up_next */
+#define OVR_GET_LOOP 0x10  /* _get_loop */
 
 #define OPF_RETNONE 0x100  /* __aenter__: return None instead of True */
 
@@ -72,13 +74,21 @@ falock_check(FaLock *self)
                             : self->family == FA_EVENT ? &event_wait_kind : &sem_acquire_kind;
     Py_ssize_t woken = 0;
     for (FaOp *op = self->waiters.head; op != NULL; op = op->next) {
+        if (fa_op_is_foreign(op)) {
+            /* an object appended through the _waiters view: woken, never driven or flagged */
+            FA_CHECK(op->owner == NULL && op->state == FA_OP_INIT && op->flags == 0,
+                     "%s %p: appended node %p has owner %p, state %d, flags %#x", name,
+                     (void *)self, (void *)op, (void *)op->owner, op->state,
+                     (unsigned)op->flags);
+            continue;
+        }
         FA_CHECK(op->owner == (PyObject *)self, "%s %p: waiter %p belongs to %p", name,
                  (void *)self, (void *)op, (void *)op->owner);
         FA_CHECK(op->kind == kind, "%s %p: waiter %p is a %s()", name, (void *)self, (void *)op,
                  op->kind->name);
         woken += (op->flags & FA_OPF_WOKEN) != 0;
     }
-    FA_CHECK(self->waiters.len == 0 || self->waiters_made || self->family == FA_EVENT,
+    FA_CHECK(self->waiters.len == 0 || self->waiters_made,
              "%s %p: %zd waiters but _waiters is None", name, (void *)self, self->waiters.len);
     FA_CHECK(self->cache == NULL || Py_IS_TYPE(self->cache, self->st->OpType),
              "%s %p: cache %p is not an op", name, (void *)self, (void *)self->cache);
@@ -131,7 +141,8 @@ num_to_py(double v, int is_int)
     return is_int ? PyLong_FromDouble(v) : PyFloat_FromDouble(v);
 }
 
-/* Which of acquire/release/locked does Py_TYPE(self) override relative to base? */
+/* Which of acquire/release/locked, the family's wake-up helper and _get_loop does Py_TYPE(self)
+ * override relative to base? (asyncio calls each through self.) self->family must be set. */
 static int
 find_overrides(PyObject *self, PyTypeObject *base)
 {
@@ -149,6 +160,15 @@ find_overrides(PyObject *self, PyTypeObject *base)
     }
     if (fa_type_lookup(tp, st->str_locked) != fa_type_lookup(base, st->str_locked)) {
         ovr |= OVR_LOCKED;
+    }
+    PyObject *wake = ((FaLock *)self)->family == FA_LOCK ? st->str_wake_up_first
+                                                         : st->str_wake_up_next;
+    if (((FaLock *)self)->family != FA_EVENT
+        && fa_type_lookup(tp, wake) != fa_type_lookup(base, wake)) {
+        ovr |= OVR_WAKE;
+    }
+    if (fa_type_lookup(tp, st->str_get_loop) != fa_type_lookup(base, st->str_get_loop)) {
+        ovr |= OVR_GET_LOOP;
     }
     return ovr;
 }
@@ -229,14 +249,42 @@ falock_set_loop_attr(PyObject *op, PyObject *value, void *Py_UNUSED(c))
     return 0;
 }
 
+/* _waiters: None until the first wait (Lock, Semaphore: asyncio creates its deque lazily), then
+ * a live deque-like view of the waiter list (waitview.c): code that appends a future (or a mock,
+ * as CPython's test_repr does) to asyncio's deque reaches the primitive itself. Assigning an
+ * iterable replaces the list's contents; assigning None empties it and reads back None. */
 static PyObject *
 falock_get_waiters(PyObject *op, void *Py_UNUSED(c))
 {
     FaLock *self = (FaLock *)op;
-    if (!self->waiters_made && self->family != FA_EVENT) {
+    if (!self->waiters_made) {
         Py_RETURN_NONE;
     }
-    return fa_waitq_snapshot(self->st, &self->waiters);
+    return fa_waitview_new(self->st, op, &self->waiters);
+}
+
+static int
+falock_set_waiters(PyObject *op, PyObject *v, void *Py_UNUSED(c))
+{
+    FaLock *self = (FaLock *)op;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _waiters");
+        return -1;
+    }
+    int own = 0;
+    for (FaOp *w = self->waiters.head; w != NULL; w = w->next) {
+        own |= !fa_op_is_foreign(w);
+    }
+    if (fa_waitview_assign(self->st, &self->waiters, v == Py_None ? NULL : v) < 0) {
+        return -1;
+    }
+    self->waiters_made = v != Py_None;
+    if (own) {
+        /* a waiter left out (asyncio orphans it) takes what it was handed out of the count */
+        self->unchecked = 1;
+    }
+    FA_ASSERT_CONSISTENT(self);
+    return 0;
 }
 
 static PyObject *
@@ -321,7 +369,10 @@ restart:
         Py_INCREF(op);
         PyObject *fut = Py_NewRef(op->fut);
         int d = fa_fut_done(st, fut);  // Beware: may re-enter
-        if (d < 0 || version != self->waiters.version || op->queue != &self->waiters) {
+        int own = !fa_op_is_foreign(op);
+        /* a foreign future that is not done gets the wake-up whatever its done() changed, as
+         * asyncio's loop wakes the future it just asked; our own ops are re-validated */
+        if (d < 0 || (own && (version != self->waiters.version || op->queue != &self->waiters))) {
             int rc = 0;
             if (d == 0 && op->fut != fut) {
                 /* done() finished the op (closed it): its future is still completed, without
@@ -341,15 +392,18 @@ restart:
             Py_DECREF(op);
             continue;
         }
-        /* commit, then call out */
+        /* commit, then call out (an appended foreign future is never flagged: like asyncio's
+         * deque entry, it stays and is asked done() again next time) */
         if (take_permit) {
             self->value -= 1;
         }
-        op->flags |= FA_OPF_WOKEN;
+        if (own) {
+            op->flags |= FA_OPF_WOKEN;
+        }
         FA_ASSERT_CONSISTENT(self);
         int rc = fa_fut_set_result(st, fut, Py_True);  // Beware: loop.call_soon runs
         if (rc < 0) {
-            op->flags &= ~FA_OPF_WOKEN;
+            op->flags &= ~(own ? FA_OPF_WOKEN : 0);
             if (take_permit) {
                 self->value += 1;
             }
@@ -379,9 +433,26 @@ sem_locked_impl(FaLock *self)
     return any_not_cancelled(self);
 }
 
+/* self._wake_up_next(), honouring an override: 1 woke one (3.13+: the override's answer is
+ * true), 0 none, -1 error */
 static int
 sem_wake_up_next(FaLock *self)
 {
+    if (FA_UNLIKELY(self->ovr & OVR_WAKE)) {
+        PyObject *args[1] = {(PyObject *)self};
+        PyObject *r = PyObject_VectorcallMethod(self->st->str_wake_up_next, args,  // Beware
+                                                1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL) {
+            return -1;
+        }
+#if FA_PY313
+        int b = PyObject_IsTrue(r);
+#else
+        int b = 0;  /* asyncio's returns None before 3.13 */
+#endif
+        Py_DECREF(r);
+        return b;
+    }
     return wake_first_pending(self, 1);
 }
 
@@ -420,7 +491,8 @@ sem_acquire_slow(FaOp *op, PyObject **res)
         return PYGEN_RETURN;
     }
     self->waiters_made = 1;
-    PySendResult r = fa_op_wait(op, &self->loop, &self->waiters, res);
+    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->waiters,
+                                     res);
     FA_ASSERT_CONSISTENT(self);
     return r;
 }
@@ -519,7 +591,7 @@ sem_release_impl(FaLock *self)
 {
     self->value += 1;
     FA_ASSERT_CONSISTENT(self);
-    if (FA_LIKELY(self->waiters.len == 0)) {
+    if (FA_LIKELY((self->waiters.len | self->ovr) == 0)) {
         return 0;
     }
     return sem_release_slow(self);
@@ -572,7 +644,8 @@ lock_acquire_slow(FaOp *op, PyObject **res)
         }
     }
     self->waiters_made = 1;
-    PySendResult r = fa_op_wait(op, &self->loop, &self->waiters, res);
+    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->waiters,
+                                     res);
     FA_ASSERT_CONSISTENT(self);
     return r;
 }
@@ -601,14 +674,16 @@ lock_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
     return PYGEN_RETURN;
 }
 
-/* _wake_up_first: only the head, and only if its future is not done */
+/* _wake_up_first: only the head, and only if its future is not done. Not while the lock is
+ * held, unless `force` (asyncio's method, called directly, does not look at the lock). */
 static int
-lock_wake_up_first(FaLock *self)
+lock_wake_up_first(FaLock *self, int force)
 {
     fa_state *st = self->st;
 restart:;
     FaOp *op = self->waiters.head;
-    if (op == NULL || (op->flags & FA_OPF_WOKEN) || op->fut == NULL || self->locked) {
+    if (op == NULL || (op->flags & FA_OPF_WOKEN) || op->fut == NULL
+        || (self->locked && !force)) {
         return 0;
     }
     Py_INCREF(op);
@@ -622,8 +697,9 @@ restart:;
         /* Re-validate: done() may have finished the head's op (closed it), or woken it, or
          * someone may hold the lock now. Only a live head gets the flag: a finished op must
          * not carry it into its next use. */
-        int live = op == self->waiters.head && op->fut == fut;
-        if (!d && !(live && ((op->flags & FA_OPF_WOKEN) || self->locked))) {
+        int head = op == self->waiters.head && op->fut == fut;
+        int live = head && !fa_op_is_foreign(op);  /* a foreign future is never flagged */
+        if (!d && !(head && ((op->flags & FA_OPF_WOKEN) || (self->locked && !force)))) {
             if (live) {
                 op->flags |= FA_OPF_WOKEN;
                 FA_ASSERT_CONSISTENT(self);
@@ -638,7 +714,9 @@ restart:;
             }
             FA_ASSERT_CONSISTENT(self);
         }
-        again = !live && rc == 0;  // and the new head, if any, gets the wake-up
+        /* an own op that done() finished never takes the lock: the new head gets the wake-up
+         * (a foreign head that left was woken, as asyncio's would be: it has the turn) */
+        again = !head && !fa_op_is_foreign(op) && rc == 0;
     }
     Py_DECREF(fut);
     Py_DECREF(op);
@@ -646,6 +724,18 @@ restart:;
         goto restart;
     }
     return rc;
+}
+
+/* self._wake_up_first(), honouring an override. 0 or -1. */
+static FA_NOINLINE int
+lock_wake_dispatch(FaLock *self)
+{
+    if (FA_UNLIKELY(self->ovr & OVR_WAKE)) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->str_wake_up_first);
+        Py_XDECREF(r);  // Beware: subclass code
+        return r ? 0 : -1;
+    }
+    return self->waiters.len ? lock_wake_up_first(self, 0) : 0;
 }
 
 static int
@@ -660,7 +750,7 @@ lock_acquire_exc(FaOp *op, PyObject *exc)
     int closed = PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_GeneratorExit);
     if ((fa_is_cancelled_error(self->st, exc) || (closed && (op->flags & FA_OPF_WOKEN)))
         && !self->locked) {
-        return lock_wake_up_first(self);
+        return lock_wake_dispatch(self);
     }
     return 0;
 }
@@ -678,10 +768,10 @@ lock_release_impl(FaLock *self)
     }
     self->locked = 0;
     FA_ASSERT_CONSISTENT(self);
-    if (FA_LIKELY(self->waiters.len == 0)) {
+    if (FA_LIKELY((self->waiters.len | self->ovr) == 0)) {
         return 0;
     }
-    return lock_wake_up_first(self);
+    return lock_wake_dispatch(self);
 }
 
 /* ------------------------------------------------------------------ async with (Lock, Semaphore) */
@@ -823,6 +913,43 @@ falock_locked(PyObject *op, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(l);
 }
 
+/* Lock._wake_up_first(), as asyncio's: wake the head waiter if its future is not done, whether
+ * or not the lock is held (asyncio's callers only call it when it is free). */
+static PyObject *
+lock_wake_up_first_m(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    if (self->locked && self->waiters.len) {
+        self->unchecked = 1;  /* a waiter woken beside the holder: both run, as with asyncio */
+    }
+    if (lock_wake_up_first(self, 1) < 0) {
+        return NULL;
+    }
+    FA_ASSERT_CONSISTENT(self);
+    Py_RETURN_NONE;
+}
+
+/* Semaphore._wake_up_next(), as asyncio's: hand a permit to the first waiter whose future is
+ * not done (value -= 1, even below zero); True if one was woken (3.13+), None before 3.13. */
+static PyObject *
+sem_wake_up_next_m(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FaLock *self = (FaLock *)op;
+    if (!(self->value > 0) && self->waiters.len) {
+        self->unchecked = 1;  /* the value may go below zero, as asyncio's does */
+    }
+    int r = wake_first_pending(self, 1);
+    if (r < 0) {
+        return NULL;
+    }
+    FA_ASSERT_CONSISTENT(self);
+#if FA_PY313
+    return PyBool_FromLong(r);
+#else
+    Py_RETURN_NONE;
+#endif
+}
+
 /* ------------------------------------------------------------------ construction */
 
 /* Semaphore's value: ints (exact below 2**53) and finite floats, as asyncio accepts them. */
@@ -905,7 +1032,7 @@ sem_init_value(FaLock *self, PyObject *v)
 static void
 init_done(FaLock *self)
 {
-    if (self->waiters.len > 0 || self->ovr != 0) {
+    if (self->waiters.len > 0 || (self->ovr & ~OVR_GET_LOOP) != 0) {
         self->unchecked = 1;
     }
     FA_ASSERT_CONSISTENT(self);
@@ -976,6 +1103,8 @@ event_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->family = FA_EVENT;
+    self->ovr = find_overrides(op, self->st->EventType);
+    self->waiters_made = 1;
     init_done(self);
     return 0;
 }
@@ -989,6 +1118,7 @@ event_init(PyObject *op, PyObject *args, PyObject *kwargs)
             s->family = fam; \
             if (fam == FA_EVENT) { \
                 s->value = 0; \
+                s->waiters_made = 1; /* asyncio's Event makes its deque at once */ \
             } \
             FA_ASSERT_CONSISTENT(s); \
         } \
@@ -1151,7 +1281,9 @@ event_wait_start(FaOp *op, PyObject **res)
         *res = Py_NewRef(Py_True);
         return PYGEN_RETURN;
     }
-    PySendResult r = fa_op_wait(op, &self->loop, &self->waiters, res);
+    self->waiters_made = 1;
+    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->waiters,
+                                     res);
     FA_ASSERT_CONSISTENT(self);
     return r;
 }
@@ -1228,7 +1360,7 @@ event_set(PyObject *op, PyObject *Py_UNUSED(ignored))
                 /* re-checked: a re-entrant done() may have finished w, which must then not
                  * carry the flag into its next use (its future is still completed) */
                 int live = w->queue == &self->waiters && w->fut == fut
-                           && !(w->flags & FA_OPF_WOKEN);
+                           && !(w->flags & FA_OPF_WOKEN) && !fa_op_is_foreign(w);
                 if (live) {
                     w->flags |= FA_OPF_WOKEN;
                     FA_ASSERT_CONSISTENT(self);
@@ -1277,6 +1409,10 @@ static const char aenter_doc[] = "__aenter__($self, /)\n--\n\nAcquire; returns N
 static const char aexit_doc[] = "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRelease.";
 PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
              "first use.");
+PyDoc_STRVAR(wake_up_first_doc, "_wake_up_first($self, /)\n--\n\nWake the first waiter if "
+             "its future is not done.");
+PyDoc_STRVAR(wake_up_next_doc, "_wake_up_next($self, /)\n--\n\nHand a permit to the first "
+             "waiter whose future is not done.");
 PyDoc_STRVAR(wait_doc, "wait($self, /)\n--\n\nWait until the event is set; returns True.");
 PyDoc_STRVAR(is_set_doc, "is_set($self, /)\n--\n\nTrue if the event is set.");
 PyDoc_STRVAR(set_doc, "set($self, /)\n--\n\nSet the event and wake every waiter.");
@@ -1289,6 +1425,7 @@ static PyMethodDef sem_methods[] = {
     {"acquire", falock_acquire, METH_NOARGS, acquire_doc_sem},
     {"release", sem_release_method, METH_NOARGS, release_doc_sem},
     {"locked", falock_locked, METH_NOARGS, locked_doc_sem},
+    {"_wake_up_next", sem_wake_up_next_m, METH_NOARGS, wake_up_next_doc},
     COMMON_METHODS,
     {NULL, NULL, 0, NULL},
 };
@@ -1302,6 +1439,7 @@ static PyMethodDef lock_methods[] = {
     {"acquire", falock_acquire, METH_NOARGS, acquire_doc_lock},
     {"release", falock_release, METH_NOARGS, release_doc_lock},
     {"locked", falock_locked, METH_NOARGS, locked_doc_lock},
+    {"_wake_up_first", lock_wake_up_first_m, METH_NOARGS, wake_up_first_doc},
     COMMON_METHODS,
     {NULL, NULL, 0, NULL},
 };
@@ -1317,7 +1455,8 @@ static PyMethodDef event_methods[] = {
 
 #define COMMON_GETSET \
     {"_loop", falock_get_loop_attr, falock_set_loop_attr, NULL, NULL}, \
-    {"_waiters", falock_get_waiters, NULL, "A snapshot (deque) of the waiter futures.", NULL}
+    {"_waiters", falock_get_waiters, falock_set_waiters, "A live deque-like view of the "  \
+     "waiters' futures (None until the first wait, for Lock and Semaphore).", NULL}
 
 static PyGetSetDef sem_getset[] = {
     {"_value", sem_get_value, sem_set_value, NULL, NULL},
@@ -1379,6 +1518,10 @@ SPEC(event, "aiofast.Event", event_new, event_init, event_repr, event_methods, e
 int
 fa_semaphore_init(PyObject *mod, fa_state *st)
 {
+    if ((st->str_wake_up_first = PyUnicode_InternFromString("_wake_up_first")) == NULL
+        || (st->str_wake_up_next = PyUnicode_InternFromString("_wake_up_next")) == NULL) {
+        return -1;
+    }
     if ((st->SemaphoreType = fa_add_type(mod, &sem_spec, NULL, "Semaphore")) == NULL) {
         return -1;
     }

@@ -72,6 +72,32 @@ async def lock_family():
     # a temporary used in async with
     async with aiofast.Lock():
         pass
+    # the live _waiters views: foreign futures appended, woken, removed, reordered, replaced;
+    # the helpers called directly; a view kept past its lock
+    loop = asyncio.get_running_loop()
+    lk = aiofast.Lock()
+    await lk.acquire()
+    waiting = [asyncio.ensure_future(lk.acquire()) for _ in range(2)]
+    await _spin()
+    lk._waiters.appendleft(loop.create_future())
+    done = loop.create_future()
+    done.set_result(None)
+    lk._waiters.extend([loop.create_future(), done])
+    lk._waiters = list(reversed(list(lk._waiters)))
+    view = lk._waiters
+    lk.release()
+    lk._wake_up_first()
+    view.remove(view[0])
+    repr(view), list(view), len(view), view.count(None)
+    for w in waiting:
+        w.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    s1 = aiofast.Semaphore(0)
+    s1._waiters = [loop.create_future()]
+    s1.release()
+    s1._wake_up_next()
+    s1._waiters = None
+    del lk, view, done
 
 
 @dataclasses.dataclass(order=True)
@@ -108,6 +134,10 @@ async def queue_family():
         # views, a foreign waiter, an op closed mid-wait, an op dropped unawaited
         q._getters.append(asyncio.get_running_loop().create_future())
         repr(q._getters), list(q._putters), q._format(), repr(q)
+        q._putters = [asyncio.get_running_loop().create_future()]
+        q._wakeup_next(q._putters)
+        q._wakeup_next([])
+        q._finished = aiofast.Event()
         q.put_nowait((5, "x"))
         it = q.get()
         it.close()

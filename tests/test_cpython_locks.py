@@ -1,9 +1,7 @@
 """CPython's own tests for Lock, Event, Semaphore, BoundedSemaphore (and Condition and Barrier,
 which build on Lock), run with aiofast.install() in effect, on the Python running the suite.
 
-Every test must pass except the ones listed in EXPECTED_DIVERGENCES, each with its reason; the
-set of failing tests must equal that list exactly (a new failure fails, and so does a listed test
-that starts passing), and no test may be skipped.
+Every test must pass, and no test may be skipped.
 """
 import json
 import os
@@ -11,18 +9,6 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-# test id suffix -> why aiofast cannot pass it
-EXPECTED_DIVERGENCES = {
-    "test_locks.EventTests.test_repr": (
-        "appends a mock.Mock() to ev._waiters; aiofast's _waiters is a read-only snapshot of its "
-        "O(1)-removal waiter list (issue 2 allows this), so the Mock never reaches the event"
-    ),
-    "test_locks.SemaphoreTests.test_repr": (
-        "assigns sem._waiters = collections.deque() and appends Mocks to it; _waiters is a "
-        "read-only snapshot for the same reason"
-    ),
-}
 
 
 def _short(test_id):
@@ -45,10 +31,6 @@ def test_cpython_lock_tests_pass_under_install():
     assert res["ran"] > 50
     assert "aiofast" in res["installed"][0]
     failed = {_short(t): tb for t, tb in {**res["failures"], **res["errors"]}.items()}
-    unexpected = {k: v for k, v in failed.items() if k not in EXPECTED_DIVERGENCES}
-    assert not unexpected, "\n\n".join(f"{k}\n{v}" for k, v in unexpected.items())
-    assert set(failed) == set(EXPECTED_DIVERGENCES), (
-        "listed divergences that now pass: " + ", ".join(sorted(set(EXPECTED_DIVERGENCES) - set(failed)))
-    )
+    assert not failed, "\n\n".join(f"{k}\n{v}" for k, v in failed.items())
     assert res["skipped"] == {}, res["skipped"]
     assert res["unexpected_successes"] == []

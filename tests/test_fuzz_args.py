@@ -195,6 +195,11 @@ ALLOWED = {
 # A queue's storage (_queue) is a plain Python object a user may replace (asyncio allows it):
 # after `q._queue = ""`, put_nowait raises what "".append raises, in asyncio and here alike.
 STORAGE_ERRORS = {q: (AttributeError, IndexError) for q in ("Queue", "PriorityQueue", "LifoQueue")}
+# The same for the lock family's waiters: `_waiters` (like asyncio's deque) holds whatever code
+# put there; once the fuzzer has written it, a method that asks those objects done() or
+# cancelled() raises what they raise, in asyncio and here alike. The smoke check then starts
+# from an emptied list.
+WAITER_ATTRS = ("_waiters", "_getters", "_putters")
 
 
 def _smoke_lock(lock, loop):
@@ -349,6 +354,7 @@ def test_methods_and_attributes(name, data):
     methods, attrs = members(cls)
     obj = make(name)
     lp = VirtualClockLoop()
+    waiters_written = False
     try:
         for _ in range(data.draw(st.integers(1, 6), label="calls")):
             what = data.draw(st.sampled_from(["method"] * 3 + ["attr"] * bool(attrs)), label="kind")
@@ -357,6 +363,8 @@ def test_methods_and_attributes(name, data):
                 args, kwargs = real_args(data.draw(ARGS, label="args"),
                                          data.draw(KWARGS, label="kwargs"))
                 allowed = ALLOWED.get((name, m), ()) + STORAGE_ERRORS.get(name, ())
+                if waiters_written:
+                    allowed += (AttributeError, TypeError)
                 try:
                     bound = getattr(obj, m)
                 except CLEAN:
@@ -371,16 +379,21 @@ def test_methods_and_attributes(name, data):
                         getattr(obj, a)
                     elif op == "set":
                         setattr(obj, a, value)
+                        waiters_written |= a in WAITER_ATTRS
                     else:
                         delattr(obj, a)
                 except CLEAN + (AttributeError,):
                     pass
             try:
                 repr(obj)
-            except CLEAN:
+            except CLEAN + ((AttributeError,) if waiters_written else ()):
                 pass  # e.g. a Queue whose _queue was set to an int: asyncio's repr fails too
         gc.collect(0)  # traverse/clear of what the calls left (young objects: cheap)
         # the object still works
+        if waiters_written:
+            for a in WAITER_ATTRS:
+                if hasattr(obj, a) and getattr(obj, a) is not None:
+                    getattr(obj, a).clear()
         if name in SMOKE:
             fresh_loop = VirtualClockLoop()
             try:

@@ -13,6 +13,11 @@ callback saw, and the state the repr shows. Both loops are closed at the end aft
 what is left, and compared once more. Nothing lost, nothing duplicated, no waiter stranded: any
 of those would show as a difference from asyncio.
 
+Code that writes asyncio's private `_waiters` deque: loop futures (pending or done) appended at
+either end, then cancelled, completed or removed again; the waiters reversed by assigning a new
+deque. asyncio wakes such a future as one of its own (it takes the lock's turn or a permit), and
+so must aiofast; the ledger below is not kept once a foreign future took part.
+
 Hostile objects: cancel messages whose __eq__/__hash__/__repr__ raise; done-callbacks on the
 tasks and on the waiters' own futures that release, acquire, cancel other tasks, set or clear;
 cancel messages and task results whose __del__ re-enters the primitive (release, cancel the
@@ -29,6 +34,7 @@ Example counts come from the hypothesis profile (tests/conftest.py; HYPOTHESIS_P
 for a long local run).
 """
 import asyncio
+import collections
 import re
 
 import hypothesis.strategies as st
@@ -190,6 +196,7 @@ class Side:
         self.forgotten = []  # outcomes of dropped tasks, by index
         self.log = []
         self.acquired = self.released = 0
+        self.foreign = []    # loop futures appended to _waiters by the driver
 
     def release(self):
         """prim.release(), counted in the ledger when it succeeds."""
@@ -273,6 +280,8 @@ class Side:
 
     def check_ledger(self):
         """Permits conserved and no waiter stranded; call when the loop has settled."""
+        if self.foreign:
+            return  # a foreign future may hold a permit, or the turn, for good (as in asyncio)
         p = self.prim
         raw_acquired = sum(1 for t in self.raw if t.done() and not t.cancelled()
                            and t.exception() is None)
@@ -378,6 +387,44 @@ class LockFamilyMachine(RuleBasedStateMachine):
     @rule()
     def release(self):
         self.same(lambda side: side.call(side.release))
+
+    @precondition(lambda self: self.sides and len(self.a.foreign) < 6)
+    @rule(front=st.booleans(), done=st.booleans())
+    def append_foreign(self, front, done):
+        """A loop future appended to _waiters, pending or already done, at either end."""
+        def go(side):
+            p = side.prim
+            if p._waiters is None:
+                p._waiters = collections.deque()
+            fut = side.loop.create_future()
+            if done:
+                fut.set_result("foreign")
+            (p._waiters.appendleft if front else p._waiters.append)(fut)
+            side.foreign.append(fut)
+            return len(p._waiters)
+        self.same(go)
+
+    @precondition(lambda self: self.sides and self.a.foreign)
+    @rule(i=st.integers(0, 10**6), how=st.sampled_from(["remove", "cancel", "set_result"]))
+    def touch_foreign(self, i, how):
+        """Remove an appended future from _waiters (wherever it stands), or finish it."""
+        def go(side):
+            fut = side.foreign[i % len(side.foreign)]
+            if how == "remove":
+                return side.call(side.prim._waiters.remove, fut)
+            if how == "cancel":
+                return fut.cancel()
+            return side.call(fut.set_result, "foreign")
+        self.same(go)
+
+    @precondition(lambda self: self.sides and self.a.prim._waiters)
+    @rule()
+    def reverse_waiters(self):
+        """Assign _waiters a new deque of the same futures, in reverse order."""
+        def go(side):
+            side.prim._waiters = collections.deque(reversed(list(side.prim._waiters)))
+            return len(side.prim._waiters)
+        self.same(go)
 
     @precondition(lambda self: self.sides and self.kind == "Event")
     @rule()

@@ -1,11 +1,11 @@
 """Lock, Event, Semaphore, BoundedSemaphore: behaviour, run against aiofast and against asyncio.
 
 Every test taking ``impl`` runs on aiofast's class and on asyncio's (the oracle); every async test
-runs on asyncio's loop and on uvloop (conftest). Tests that need aiofast-only behaviour (the
-snapshot ``_waiters``, stricter validation) say so in their name.
+runs on asyncio's loop and on uvloop (conftest). Tests that need aiofast-only behaviour (stricter
+validation) say so in their name. The private helpers and the live ``_waiters`` view are tested
+in test_private_api.py.
 """
 import asyncio
-import collections
 import gc
 import random
 import re
@@ -725,21 +725,6 @@ def test_install_uninstall_idempotent():
         aiofast.uninstall()
     assert (asyncio.Lock, asyncio.Semaphore, asyncio.BoundedSemaphore, asyncio.Event) == orig
     assert not aiofast.installed()
-
-
-def test_snapshot_waiters_is_a_copy():
-    async def main():
-        sem = aiofast.Semaphore(0)
-        t = asyncio.create_task(sem.acquire())
-        await asyncio.sleep(0)
-        w = sem._waiters
-        assert isinstance(w, collections.deque) and len(w) == 1
-        w.clear()  # changing the snapshot changes nothing
-        assert len(sem._waiters) == 1
-        sem.release()
-        await t
-
-    asyncio.run(main())
 
 
 @pytest.mark.asyncio
