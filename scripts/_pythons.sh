@@ -17,6 +17,15 @@ find_python() {
     return 1
 }
 
+# pip_quiet PY ARGS...: PY -m pip install -q ARGS, without the notes about configured package
+# locations that do not exist on this machine (they are not the project's)
+pip_quiet() {
+    local py="$1"
+    shift
+    "$py" -m pip install -q --disable-pip-version-check "$@" \
+        2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
+}
+
 # chroot_only VERSION: true when this host has no Python VERSION but scripts/newpython.sh's chroot
 # provides it (and we are not already inside that chroot): the script then runs itself there,
 # for that version, through run_in_chroot.
@@ -59,10 +68,8 @@ make_venv() {
         "$py" -m venv "$venv" || return 1
     fi
     # every dependency at the exact version constraints.txt names (the oracles included)
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt \
-        -U pip setuptools wheel || return 1
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt \
-        ".[$extras]" || return 1
+    pip_quiet "$venv/bin/python" -c constraints.txt -U pip setuptools wheel || return 1
+    pip_quiet "$venv/bin/python" -c constraints.txt ".[$extras]" || return 1
     echo "$venv/bin/python"
 }
 
