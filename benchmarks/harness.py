@@ -159,6 +159,10 @@ def header():
         "machine": platform.machine(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # the machine's 1-minute load average when the run ended, against its core count: a
+        # shared machine busy with other jobs moves every figure (judge a run by it)
+        "loadavg": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
     }
 
 

@@ -52,6 +52,11 @@ def table(family):
     commits = sorted({docs[v]["header"]["commit"] for v in versions})
     cpus = sorted({docs[v]["header"]["cpu"] for v in versions})
     out.append("")
+    for v in versions:
+        h = docs[v]["header"]
+        if h.get("loadavg") is not None and h["loadavg"] > h.get("cores", 1):
+            out.append(f"**Python {v} was measured on a busy machine (load {h['loadavg']} on "
+                       f"{h.get('cores')} cores): not comparable; rerun before quoting.**")
     out.append(f"Speed-up = their median time / aiofast's (aiofast's own median in brackets); "
                f"{', '.join(cpus)}; commit {', '.join(commits)}.")
     return "\n".join(out)

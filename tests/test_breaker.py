@@ -1403,10 +1403,6 @@ async def test_circuit_fallback_function():
     assert await f(2) == ("fb", 2)
 
 
-# circuitbreaker itself (2.1.3, its latest release) calls asyncio.iscoroutinefunction, deprecated
-# from 3.14: that warning is the oracle's, about its own code, not the behaviour compared here
-@pytest.mark.filterwarnings(
-    "ignore:'asyncio.iscoroutinefunction' is deprecated:DeprecationWarning:circuitbreaker")
 @pytest.mark.parametrize("impl", ["aiofast", "circuitbreaker"])
 @pytest.mark.asyncio
 async def test_circuit_same_as_circuitbreaker(impl):
