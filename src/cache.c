@@ -5,7 +5,10 @@
  * "value too large", popitem of the least recently used item, __missing__, TTLCache's lazy
  * expiry (expired items stay invisible until expire() runs, which every insert, len(),
  * currsize, popitem and repr do), expire() returning the expired (key, value) pairs, and the
- * iteration order (first insertion for LRUCache, last set for TTLCache). Subclasses that
+ * iteration order (first insertion for both: a key set again keeps its place, as in a dict;
+ * a TTLCache iterates over a snapshot of its keys taken at the first next(), skipping the ones
+ * gone or expired when reached, so setting or deleting items meanwhile raises nothing, as in
+ * cachetools since 8.0.2 / 7.3.3). Subclasses that
  * override popitem, expire, __missing__ or getsizeof are called as cachetools calls them.
  *
  * Invariants (checked after every mutation by cache_check in debug builds):
@@ -70,9 +73,13 @@ cache_native_time(CacheObject *self)
 typedef struct {
     PyObject_HEAD
     CacheObject *cache;  /* NULL once exhausted */
-    Py_ssize_t pos;
+    Py_ssize_t pos;      /* LRUCache: in the entries; TTLCache: in keys[] */
     uint64_t version;
     int kind;            /* 0 keys, 1 values, 2 items */
+    int started;         /* TTLCache: keys[] was taken (at the first next()) */
+    PyObject **keys;     /* TTLCache: strong references to the keys in insertion order */
+    Py_hash_t *hashes;
+    Py_ssize_t nkeys;
 } CacheIterObject;
 
 typedef struct {
@@ -581,6 +588,7 @@ cache_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwarg
     self->st = st;
     self->is_ttl = PyType_IsSubtype(tp, st->TTLCacheType);
     ct_init(&self->t, self->is_ttl, 0, 0);
+    self->t.ordered = self->is_ttl;  // first-insertion order beside the expiry order
     PyTypeObject *base = self->is_ttl ? st->TTLCacheType : st->LRUCacheType;
     if (tp != base) {
         PyObject *names[4] = {st->str_popitem, st->str_expire, st->str_missing, st->str_getsizeof};
@@ -736,6 +744,7 @@ cache_init_common(CacheObject *self, const char *name, PyObject *maxsize, PyObje
     ct_buf_init(&trash);
     ct_clear(&self->t, &trash);
     ct_init(&self->t, self->is_ttl, gs != NULL, 0);
+    self->t.ordered = self->is_ttl;
     self->currsize = 0;
     self->maxsize = ms;
     ct_trash(&trash, self->maxsize_obj);
@@ -1268,18 +1277,25 @@ cache_snapshot(CacheObject *self)
     ct_buf buf;
     ct_buf_init(&buf);
     ct_table *t = &self->t;
-    for (Py_ssize_t i = 0; i < t->nentries; i++) {
+    int32_t *order;
+    if (ct_order(t, &order) < 0) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < t->used; k++) {
+        Py_ssize_t i = order[k];
         ct_entry *e = &t->entries[i];
-        if (e->key == NULL || (self->is_ttl && !(now < t->exp[i]))) {
+        if (self->is_ttl && !(now < t->exp[i])) {
             continue;
         }
         if (buf.n + 2 > buf.cap && ct_buf_grow(&buf) < 0) {
+            PyMem_Free(order);
             ct_buf_flush(&buf);
             return PyErr_NoMemory();
         }
         buf.items[buf.n++] = Py_NewRef(e->key);
         buf.items[buf.n++] = Py_NewRef(e->value);
     }
+    PyMem_Free(order);
     /* Python code may run from here on (the dict compares keys): we hold our own references */
     PyObject *d = PyDict_New();
     for (Py_ssize_t i = 0; d != NULL && i < buf.n; i += 2) {
@@ -1421,6 +1437,7 @@ cache_copy(PyObject *op, PyObject *Py_UNUSED(ignored))
     c->exp = NULL;
     c->hpos = c->heap = NULL;
     c->sizes = NULL;
+    c->seq = NULL;
     if (t->cap > 0) {
         c->index = PyMem_Malloc(sizeof(int32_t) * (size_t)t->size);
         c->entries = PyMem_Malloc(sizeof(ct_entry) * (size_t)t->cap);
@@ -1428,10 +1445,12 @@ cache_copy(PyObject *op, PyObject *Py_UNUSED(ignored))
         c->hpos = t->hpos ? PyMem_Malloc(sizeof(int32_t) * (size_t)t->cap) : NULL;
         c->heap = t->heap ? PyMem_Malloc(sizeof(int32_t) * (size_t)t->cap) : NULL;
         c->sizes = t->sizes ? PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)t->cap) : NULL;
+        c->seq = t->seq ? PyMem_Malloc(sizeof(int64_t) * (size_t)t->cap) : NULL;
         if (!c->index || !c->entries || (t->exp && !c->exp) || (t->hpos && !c->hpos)
-            || (t->heap && !c->heap) || (t->sizes && !c->sizes)) {
-            ct_free_arrays(c->index, c->entries, c->exp, c->hpos, c->heap, c->sizes);
+            || (t->heap && !c->heap) || (t->sizes && !c->sizes) || (t->seq && !c->seq)) {
+            ct_free_arrays(c->index, c->entries, c->exp, c->hpos, c->heap, c->sizes, c->seq);
             ct_init(c, t->timed, t->sized, t->classed);
+            c->ordered = t->ordered;
             Py_DECREF(n);
             return PyErr_NoMemory();
         }
@@ -1446,6 +1465,9 @@ cache_copy(PyObject *op, PyObject *Py_UNUSED(ignored))
         }
         if (t->sizes) {
             memcpy(c->sizes, t->sizes, sizeof(Py_ssize_t) * (size_t)t->cap);
+        }
+        if (t->seq) {
+            memcpy(c->seq, t->seq, sizeof(int64_t) * (size_t)t->cap);
         }
         for (Py_ssize_t i = 0; i < t->nentries; i++) {
             if (c->entries[i].key != NULL) {
@@ -1472,9 +1494,9 @@ cache_copy(PyObject *op, PyObject *Py_UNUSED(ignored))
     return (PyObject *)n;
 }
 
-/* __reduce__: (type, constructor arguments, state). The state lists the items in iteration
- * order as (key, value, size[, expiry time, own ttl]), then the LRU order as positions in that
- * list, the counters, and the instance __dict__ (subclasses). Expiry times are the timer's, as
+/* __reduce__: (type, constructor arguments, state). The state lists the items in the table's
+ * order (for TTLCache: the expiry order) as (key, value, size[, expiry time, own ttl, insertion
+ * stamp]), then the LRU order as positions in that list, the counters, and the instance __dict__ (subclasses). Expiry times are the timer's, as
  * cachetools pickles them. */
 static PyObject *
 cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -1513,10 +1535,11 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
     ct_buf_init(&buf);
     int32_t *pos = n ? PyMem_Malloc(sizeof(int32_t) * (size_t)t->nentries) : NULL;
     double *exps = n && t->exp ? PyMem_Malloc(sizeof(double) * (size_t)n) : NULL;
+    long long *seqs = n && t->seq ? PyMem_Malloc(sizeof(long long) * (size_t)n) : NULL;
     int *own = n && t->exp ? PyMem_Malloc(sizeof(int) * (size_t)n) : NULL;
     Py_ssize_t *sizes = n ? PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n) : NULL;
     int32_t *order = n ? PyMem_Malloc(sizeof(int32_t) * (size_t)n) : NULL;
-    if (n && (!pos || !sizes || !order || (t->exp && (!exps || !own)))) {
+    if (n && (!pos || !sizes || !order || (t->exp && (!exps || !own)) || (t->seq && !seqs))) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1537,6 +1560,9 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
             exps[k] = fa_clock_to_reading(&self->clk, t->exp[i]);  // on the timer's own scale
             own[k] = t->hpos != NULL && t->hpos[i] >= 0;
         }
+        if (seqs) {
+            seqs[k] = (long long)t->seq[i];
+        }
         k++;
     }
     Py_ssize_t j = 0;
@@ -1551,8 +1577,8 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = self->is_ttl
-            ? Py_BuildValue("(OOndO)", buf.items[2 * i], buf.items[2 * i + 1], sizes[i], exps[i],
-                            own[i] ? Py_True : Py_False)
+            ? Py_BuildValue("(OOndOL)", buf.items[2 * i], buf.items[2 * i + 1], sizes[i], exps[i],
+                            own[i] ? Py_True : Py_False, seqs[i])
             : Py_BuildValue("(OOn)", buf.items[2 * i], buf.items[2 * i + 1], sizes[i]);
         PyObject *o = PyLong_FromLong(order[i]);
         if (item == NULL || o == NULL) {
@@ -1586,6 +1612,7 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
 done:
     PyMem_Free(pos);
     PyMem_Free(exps);
+    PyMem_Free(seqs);
     PyMem_Free(own);
     PyMem_Free(sizes);
     PyMem_Free(order);
@@ -1656,10 +1683,12 @@ cache_setstate(PyObject *op, PyObject *state)
     int32_t *ixs = n ? PyMem_Malloc(sizeof(int32_t) * (size_t)n) : NULL;
     PyObject **keys = n ? PyMem_Calloc((size_t)n, sizeof(PyObject *)) : NULL;
     Py_hash_t *hashes = n ? PyMem_Malloc(sizeof(Py_hash_t) * (size_t)n) : NULL;
+    int64_t *stamps = n ? PyMem_Malloc(sizeof(int64_t) * 2 * (size_t)n) : NULL;
     ct_buf trash;
     ct_buf_init(&trash);
     PyObject *r = NULL;
-    if (items == NULL || lru == NULL || (n && (ixs == NULL || keys == NULL || hashes == NULL))) {
+    if (items == NULL || lru == NULL
+        || (n && (ixs == NULL || keys == NULL || hashes == NULL || stamps == NULL))) {
         if (!PyErr_Occurred()) {
             PyErr_NoMemory();
         }
@@ -1673,9 +1702,10 @@ cache_setstate(PyObject *op, PyObject *state)
         PyObject *item = PyTuple_GET_ITEM(items, i), *key, *value, *own = Py_False;
         Py_ssize_t size;
         double exp = 0.0;
+        long long stamp = (long long)i;  // a state without stamps: insertion = table order
         int ok = self->is_ttl
-            ? PyArg_ParseTuple(item, "OOndO;invalid TTLCache item", &key, &value, &size, &exp,
-                               &own)
+            ? PyArg_ParseTuple(item, "OOndO|L;invalid TTLCache item", &key, &value, &size, &exp,
+                               &own, &stamp)
             : PyArg_ParseTuple(item, "OOn;invalid LRUCache item", &key, &value, &size);
         if (!ok) {
             goto done;
@@ -1714,6 +1744,8 @@ cache_setstate(PyObject *op, PyObject *state)
         if (self->is_ttl) {
             ct_set_exp(t, ix, fa_clock_to_object(&self->clk, exp), klass);
         }
+        stamps[2 * i] = stamp;
+        stamps[2 * i + 1] = i;
         keys[i] = key;
         hashes[i] = hash;
         CHECK(self);  // whole again before the next key's __hash__/__eq__
@@ -1727,6 +1759,14 @@ cache_setstate(PyObject *op, PyObject *state)
             goto done;
         }
         ixs[i] = (int32_t)ix;
+    }
+    if (t->seq != NULL) {
+        /* the insertion order: the items ranked by their stamps (ties: table order), as the
+         * seqs 0..n-1 that the inserts gave out */
+        qsort(stamps, (size_t)n, 2 * sizeof(int64_t), ct_seq_cmp);
+        for (Py_ssize_t k = 0; k < n; k++) {
+            t->seq[ixs[stamps[2 * k + 1]]] = k;
+        }
     }
     int32_t prev = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -1789,6 +1829,7 @@ done:
     PyMem_Free(ixs);
     PyMem_Free(keys);
     PyMem_Free(hashes);
+    PyMem_Free(stamps);
     Py_XDECREF(items);
     Py_XDECREF(lru);
     ct_buf_flush(&trash);
@@ -2039,8 +2080,129 @@ new_iter(CacheObject *self, int kind)
     it->pos = 0;
     it->version = self->t.itver;
     it->kind = kind;
+    it->started = 0;
+    it->keys = NULL;
+    it->hashes = NULL;
+    it->nkeys = 0;
     PyObject_GC_Track(it);
     return (PyObject *)it;
+}
+
+/* What the iterator yields for one item: the key, the value or a (key, value) pair. */
+static PyObject *
+iter_result(int kind, PyObject *key, PyObject *value)
+{
+    if (kind == 0) {
+        return Py_NewRef(key);
+    }
+    if (kind == 1) {
+        return Py_NewRef(value);
+    }
+    PyObject *k = Py_NewRef(key), *v = Py_NewRef(value);  // ours: the allocation may run the GC
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(k);
+        Py_DECREF(v);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, k);
+    PyTuple_SET_ITEM(pair, 1, v);
+    return pair;
+}
+
+/* Drop a TTLCache iterator's snapshot. Detached first: a key's decref may run Python code. */
+static void
+iter_drop_keys(CacheIterObject *it)
+{
+    PyObject **keys = it->keys;
+    Py_ssize_t n = it->nkeys;
+    PyMem_Free(it->hashes);
+    it->keys = NULL;
+    it->hashes = NULL;
+    it->nkeys = 0;
+    it->pos = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(keys[i]);
+    }
+    PyMem_Free(keys);
+}
+
+/* The end of the iteration: the iterator lets go of its cache and its snapshot. */
+static PyObject *
+iter_exhausted(CacheIterObject *it)
+{
+    CacheObject *c = it->cache;
+    it->cache = NULL;
+    iter_drop_keys(it);
+    Py_XDECREF(c);
+    return NULL;
+}
+
+/* TTLCache: the keys in insertion order, taken at the first next() as cachetools takes its
+ * list of keys; no Python code runs while it is taken. */
+static int
+iter_take_keys(CacheIterObject *it, CacheObject *c)
+{
+    ct_table *t = &c->t;
+    int32_t *order;
+    if (ct_order(t, &order) < 0) {
+        return -1;
+    }
+    Py_ssize_t n = t->used;
+    if (n == 0) {
+        return 0;
+    }
+    PyObject **keys = PyMem_Malloc(sizeof(PyObject *) * (size_t)n);
+    Py_hash_t *hashes = PyMem_Malloc(sizeof(Py_hash_t) * (size_t)n);
+    if (keys == NULL || hashes == NULL) {
+        PyMem_Free(order);
+        PyMem_Free(keys);
+        PyMem_Free(hashes);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        ct_entry *e = &t->entries[order[k]];
+        keys[k] = Py_NewRef(e->key);
+        hashes[k] = e->hash;
+    }
+    PyMem_Free(order);
+    it->keys = keys;
+    it->hashes = hashes;
+    it->nkeys = n;
+    it->pos = 0;
+    return 0;
+}
+
+/* TTLCache: each key of the snapshot that is still present and fresh when reached. Setting or
+ * deleting items meanwhile raises nothing (items may expire meanwhile anyway). */
+static PyObject *
+ttl_iter_next(CacheIterObject *it, CacheObject *c)
+{
+    if (!it->started) {
+        it->started = 1;
+        if (iter_take_keys(it, c) < 0) {
+            return NULL;
+        }
+    }
+    while (it->pos < it->nkeys) {
+        Py_ssize_t i = it->pos++;
+        PyObject *key = Py_NewRef(it->keys[i]);
+        Py_hash_t hash = it->hashes[i];
+        Py_INCREF(c);
+        int fresh;
+        Py_ssize_t ix = cache_find(c, key, hash, 0, &fresh);  // Beware: __eq__, the timer
+        PyObject *r = NULL;
+        if (ix >= 0 && fresh) {
+            r = iter_result(it->kind, key, c->t.entries[ix].value);
+        }
+        Py_DECREF(key);
+        Py_DECREF(c);
+        if (r != NULL || ix == CT_ERROR || (ix >= 0 && fresh)) {
+            return r;  // an item, or an error
+        }
+    }
+    return iter_exhausted(it);
 }
 
 static PyObject *
@@ -2051,9 +2213,8 @@ iter_next(PyObject *op)
     if (c == NULL) {
         return NULL;
     }
-    double now = 0.0;
-    if (c->is_ttl && cache_now(c, &now) < 0) {  // Beware: a Python timer
-        return NULL;
+    if (c->is_ttl) {
+        return ttl_iter_next(it, c);
     }
     if (c->t.itver != it->version) {
         PyErr_Format(PyExc_RuntimeError, "%s changed size during iteration",
@@ -2064,43 +2225,32 @@ iter_next(PyObject *op)
     while (it->pos < t->nentries) {
         Py_ssize_t i = it->pos++;
         ct_entry *e = &t->entries[i];
-        if (e->key == NULL || (c->is_ttl && !(now < t->exp[i]))) {
+        if (e->key == NULL) {
             continue;
         }
-        if (it->kind == 0) {
-            return Py_NewRef(e->key);
-        }
-        if (it->kind == 1) {
-            return Py_NewRef(e->value);
-        }
-        PyObject *k = Py_NewRef(e->key), *v = Py_NewRef(e->value);
-        PyObject *pair = PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(k);
-            Py_DECREF(v);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(pair, 0, k);
-        PyTuple_SET_ITEM(pair, 1, v);
-        return pair;
+        return iter_result(it->kind, e->key, e->value);
     }
-    it->cache = NULL;
-    Py_DECREF(c);
-    return NULL;
+    return iter_exhausted(it);
 }
 
 static int
 iter_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    CacheIterObject *it = (CacheIterObject *)op;
     Py_VISIT(Py_TYPE(op));
-    Py_VISIT((PyObject *)((CacheIterObject *)op)->cache);
+    Py_VISIT((PyObject *)it->cache);
+    for (Py_ssize_t i = 0; i < it->nkeys; i++) {
+        Py_VISIT(it->keys[i]);
+    }
     return 0;
 }
 
 static int
 iter_clear(PyObject *op)
 {
-    Py_CLEAR(((CacheIterObject *)op)->cache);
+    CacheIterObject *it = (CacheIterObject *)op;
+    Py_CLEAR(it->cache);
+    iter_drop_keys(it);
     return 0;
 }
 
@@ -2119,7 +2269,10 @@ iter_length_hint(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     CacheIterObject *it = (CacheIterObject *)op;
     Py_ssize_t n = 0;
-    if (it->cache != NULL && it->cache->t.itver == it->version) {
+    if (it->cache != NULL && it->cache->is_ttl) {
+        n = it->started ? it->nkeys - it->pos : it->cache->t.used;
+    }
+    else if (it->cache != NULL && it->cache->t.itver == it->version) {
         n = it->cache->t.used;
     }
     return PyLong_FromSsize_t(n);

@@ -17,6 +17,10 @@
  *                    computation in flight), or the entry's position in heap[], a binary
  *                    min-heap over (exp, position) for entries with their own ttl.
  *   sizes[cap]       (sized tables) the size of each entry, from getsizeof.
+ *   seq[cap]         (ordered tables: TTLCache) each entry's first-insertion stamp, from
+ *                    next_seq: the array is in expiry order, so the order a mapping iterates
+ *                    in (a key set again keeps its place, as in a dict) is kept beside it;
+ *                    ct_order sorts the live entries by it.
  *
  * Invariants (checked by ct_check in debug builds, through the owners' checkers):
  * - used == number of entries with key != NULL == length of the LRU list == slots in index[]
@@ -26,6 +30,8 @@
  *   default entries in expiry order by walking the array from exp_head (an entry whose expiry is
  *   set again moves to the end of the array), and the heap for the others. Each is O(1)
  *   amortised or O(log n); no timer per entry.
+ * - (ordered tables) every live entry's seq is in [0, next_seq), and no two are equal; a
+ *   moved or rebuilt entry keeps its seq.
  * - version changes on every structural change (insert, remove, rebuild, clear), never on a
  *   value update or an LRU move. itver, which iterators check, changes with it, except that
  *   the owner may restore it after removing expired entries (holes do not disturb iteration).
@@ -41,6 +47,7 @@
 #include "aiofast.h"
 #include "clock.h"
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -68,6 +75,7 @@ typedef struct {
     int32_t *hpos;
     int32_t *heap;
     Py_ssize_t *sizes;
+    int64_t *seq;
     Py_ssize_t size;      /* index slots, 0 before the first insert */
     Py_ssize_t cap;       /* entry slots */
     Py_ssize_t nentries;  /* entry slots in use, holes included */
@@ -80,6 +88,8 @@ typedef struct {
     int timed;            /* keep exp[] */
     int sized;            /* keep sizes[] */
     int classed;          /* keep hpos[] from the start (the memoizer's in-flight entries) */
+    int ordered;          /* keep seq[] (set after ct_init; ct_clear keeps it) */
+    int64_t next_seq;
     uint64_t version;
     uint64_t itver;       /* iterators' stamp: like version, but expiry may leave it alone */
 } ct_table;
@@ -464,8 +474,9 @@ ct_heap_remove(ct_table *t, int32_t ix)
 
 static inline void
 ct_free_arrays(int32_t *index, ct_entry *entries, double *exp, int32_t *hpos, int32_t *heap,
-               Py_ssize_t *sizes)
+               Py_ssize_t *sizes, int64_t *seq)
 {
+    PyMem_Free(seq);
     PyMem_Free(index);
     PyMem_Free(entries);
     PyMem_Free(exp);
@@ -498,11 +509,13 @@ ct_rebuild(ct_table *t, Py_ssize_t newcap, Py_ssize_t *track)
     int32_t *hpos = (t->hpos || t->classed) ? PyMem_Malloc(sizeof(int32_t) * (size_t)newcap) : NULL;
     int32_t *heap = (t->hpos || t->classed) ? PyMem_Malloc(sizeof(int32_t) * (size_t)newcap) : NULL;
     Py_ssize_t *sizes = t->sized ? PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)newcap) : NULL;
+    int64_t *seq = t->ordered ? PyMem_Malloc(sizeof(int64_t) * (size_t)newcap) : NULL;
     int32_t *remap = t->nentries ? PyMem_Malloc(sizeof(int32_t) * (size_t)t->nentries) : NULL;
     if (index == NULL || entries == NULL || (t->timed && exp == NULL)
         || ((t->hpos || t->classed) && (hpos == NULL || heap == NULL))
-        || (t->sized && sizes == NULL) || (t->nentries && remap == NULL)) {
-        ct_free_arrays(index, entries, exp, hpos, heap, sizes);
+        || (t->sized && sizes == NULL) || (t->ordered && seq == NULL)
+        || (t->nentries && remap == NULL)) {
+        ct_free_arrays(index, entries, exp, hpos, heap, sizes, seq);
         PyMem_Free(remap);
         PyErr_NoMemory();
         return -1;
@@ -528,6 +541,9 @@ ct_rebuild(ct_table *t, Py_ssize_t newcap, Py_ssize_t *track)
         }
         if (sizes) {
             sizes[j] = t->sizes[i];
+        }
+        if (seq) {
+            seq[j] = t->seq[i];
         }
         index[ct_free_slot(index, newsize, e->hash)] = (int32_t)j;
         j++;
@@ -556,13 +572,14 @@ ct_rebuild(ct_table *t, Py_ssize_t newcap, Py_ssize_t *track)
         exp_head = j;
     }
     PyMem_Free(remap);
-    ct_free_arrays(t->index, t->entries, t->exp, t->hpos, t->heap, t->sizes);
+    ct_free_arrays(t->index, t->entries, t->exp, t->hpos, t->heap, t->sizes, t->seq);
     t->index = index;
     t->entries = entries;
     t->exp = exp;
     t->hpos = hpos;
     t->heap = heap;
     t->sizes = sizes;
+    t->seq = seq;
     t->size = newsize;
     t->cap = newcap;
     t->nentries = j;
@@ -632,6 +649,9 @@ ct_insert(ct_table *t, PyObject *key, PyObject *value, Py_hash_t hash)
     }
     if (t->sizes) {
         t->sizes[ix] = 1;
+    }
+    if (t->seq) {
+        t->seq[ix] = t->next_seq++;
     }
     size_t slot = ct_free_slot(t->index, t->size, hash);
     if (t->index[slot] == CT_EMPTY) {
@@ -717,6 +737,9 @@ ct_move_to_end(ct_table *t, Py_ssize_t ix)
     if (t->sizes) {
         t->sizes[nx] = t->sizes[ix];
     }
+    if (t->seq) {
+        t->seq[nx] = t->seq[ix];  // keeps its place in the iteration order
+    }
     e->key = e->value = NULL;
     e->prev = e->next = -1;
     t->index[slot] = (int32_t)nx;
@@ -780,9 +803,11 @@ ct_clear(ct_table *t, ct_buf *trash)
     double *exp = t->exp;
     int32_t *hpos = t->hpos, *heap = t->heap;
     Py_ssize_t *sizes = t->sizes;
+    int64_t *seq = t->seq;
     uint64_t version = t->version, itver = t->itver;
-    int timed = t->timed, sized = t->sized, classed = t->classed;
+    int timed = t->timed, sized = t->sized, classed = t->classed, ordered = t->ordered;
     ct_init(t, timed, sized, classed);
+    t->ordered = ordered;
     t->version = version + 1;
     t->itver = itver + 1;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -797,7 +822,7 @@ ct_clear(ct_table *t, ct_buf *trash)
             }
         }
     }
-    ct_free_arrays(index, entries, exp, hpos, heap, sizes);
+    ct_free_arrays(index, entries, exp, hpos, heap, sizes, seq);
 }
 
 static inline int
@@ -826,7 +851,65 @@ ct_sizeof(ct_table *t)
     if (t->sizes) {
         n += sizeof(Py_ssize_t) * (size_t)t->cap;
     }
+    if (t->seq) {
+        n += sizeof(int64_t) * (size_t)t->cap;
+    }
     return n;
+}
+
+static int
+ct_seq_cmp(const void *a, const void *b)
+{
+    const int64_t *x = a, *y = b;  // (seq, position) pairs, lexicographic
+    return x[0] != y[0] ? (x[0] > y[0]) - (x[0] < y[0]) : (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+/* The positions of the live entries in iteration order: first insertion (seq) for an ordered
+ * table, else array order. A new PyMem array of t->used positions (*out, NULL when empty);
+ * -1 on MemoryError. No Python code runs. */
+static inline int
+ct_order(ct_table *t, int32_t **out)
+{
+    Py_ssize_t n = t->used, k = 0;
+    *out = NULL;
+    if (n == 0) {
+        return 0;
+    }
+    int32_t *pos = PyMem_Malloc(sizeof(int32_t) * (size_t)n);
+    if (pos == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int sorted = 1;
+    for (Py_ssize_t i = 0; i < t->nentries; i++) {
+        if (t->entries[i].key != NULL) {
+            if (k > 0 && t->seq != NULL && t->seq[i] < t->seq[pos[k - 1]]) {
+                sorted = 0;
+            }
+            pos[k++] = (int32_t)i;
+        }
+    }
+    assert(k == n);
+    if (!sorted) {
+        /* (seq, position) pairs, sorted by seq (distinct: no ties) */
+        int64_t *pairs = PyMem_Malloc(sizeof(int64_t) * 2 * (size_t)n);
+        if (pairs == NULL) {
+            PyMem_Free(pos);
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            pairs[2 * i] = t->seq[pos[i]];
+            pairs[2 * i + 1] = pos[i];
+        }
+        qsort(pairs, (size_t)n, 2 * sizeof(int64_t), ct_seq_cmp);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            pos[i] = (int32_t)pairs[2 * i + 1];
+        }
+        PyMem_Free(pairs);
+    }
+    *out = pos;
+    return 0;
 }
 
 #if FA_DEBUG
@@ -844,6 +927,8 @@ ct_sizeof(ct_table *t)
  * rotating sample of entries (a full walk only at every CT_CHECK_EVERY-th check), so the debug
  * suite stays fast.
  *
+ * An ordered table's seqs are each in range, and (up to CT_CHECK_SEQ entry slots) distinct.
+ *
  * What is NOT checked: that the CT_DEFAULT entries from exp_head on are in expiry order. That
  * holds only for a clock that never goes back (a user's timer may; a memoizer's results
  * survive a change of event loop, whose clocks differ); breaking it makes expiry late, never
@@ -854,6 +939,7 @@ ct_sizeof(ct_table *t)
 #define CT_CHECK_FULL 1024
 #define CT_CHECK_SAMPLE 64
 #define CT_CHECK_EVERY 64  /* a larger table is still walked whole at every 64th check */
+#define CT_CHECK_SEQ 128   /* seqs compared pairwise up to this many entry slots */
 
 static inline void
 ct_check_entry(const ct_table *t, Py_ssize_t i)
@@ -929,6 +1015,11 @@ ct_check_entry(const ct_table *t, Py_ssize_t i)
     if (t->sizes != NULL) {
         FA_CHECK(t->sizes[i] >= 0, "table %p: entry %zd: size %zd", (void *)t, i, t->sizes[i]);
     }
+    if (t->seq != NULL) {
+        FA_CHECK(t->seq[i] >= 0 && t->seq[i] < t->next_seq,
+                 "table %p: entry %zd: seq %lld, next_seq %lld", (void *)t, i,
+                 (long long)t->seq[i], (long long)t->next_seq);
+    }
 }
 
 static inline void
@@ -961,6 +1052,8 @@ ct_check(const ct_table *t, Py_ssize_t *sizesum)
              (void *)t, t->timed, (void *)t->exp);
     FA_CHECK((t->sizes != NULL) == (t->sized && t->cap > 0), "table %p: sized %d, sizes %p",
              (void *)t, t->sized, (void *)t->sizes);
+    FA_CHECK((t->seq != NULL) == (t->ordered && t->cap > 0), "table %p: ordered %d, seq %p",
+             (void *)t, t->ordered, (void *)t->seq);
     FA_CHECK((t->hpos == NULL) == (t->heap == NULL) && (t->hpos == NULL || t->classed),
              "table %p: hpos %p, heap %p, classed %d", (void *)t, (void *)t->hpos,
              (void *)t->heap, t->classed);
@@ -1041,6 +1134,16 @@ ct_check(const ct_table *t, Py_ssize_t *sizesum)
              (void *)t, n, prev, t->lru_tail);
     for (Py_ssize_t k = 0; k < t->heaplen; k++) {
         ct_check_heap_item(t, k);
+    }
+    if (t->seq != NULL && t->nentries <= CT_CHECK_SEQ) {
+        /* no two live entries share a seq (pairwise: small tables only) */
+        for (Py_ssize_t i = 0; i < t->nentries; i++) {
+            for (Py_ssize_t j = i + 1; t->entries[i].key != NULL && j < t->nentries; j++) {
+                FA_CHECK(t->entries[j].key == NULL || t->seq[i] != t->seq[j],
+                         "table %p: entries %zd and %zd share seq %lld", (void *)t, i, j,
+                         (long long)t->seq[i]);
+            }
+        }
     }
     *sizesum = sum;
     return 1;

@@ -7,9 +7,11 @@ type and tracemalloc's traced memory, runs many more cycles, measures again, and
 deltas as JSON. tests/test_leaks.py asserts they are flat.
 """
 import asyncio
+import copy
 import dataclasses
 import gc
 import json
+import pickle
 import sys
 import tracemalloc
 
@@ -295,6 +297,10 @@ async def breaker_family():
             pass
 
 
+class _Box:
+    """A key hashed by identity, with room for a reference back (a cycle)."""
+
+
 class _Key:
     """A key with a Python __hash__/__eq__, so the tables call out to Python code."""
     __slots__ = ("k",)
@@ -324,6 +330,16 @@ async def cache_family():
         ttl.get(j - 1)
     lru.update({_Key(100): 1}, extra=2)
     list(lru.items()), list(ttl.values()), list(sized.keys()), repr(lru), repr(ttl)
+    box = _Box()
+    ttl[box] = 0
+    it = iter(ttl.items())  # a TTLCache iterator's snapshot of keys: left half-way, mutated
+    next(it), next(it)
+    box.it = it  # a cycle through the snapshot (key -> iterator -> key): the gc collects it
+    del ttl[box]
+    for k in sized:
+        sized[k] = "y"
+    next(iter(ttl))
+    pickle.loads(pickle.dumps(sized)), copy.copy(ttl)
     await asyncio.sleep(0.6)  # a virtual clock: expire the short-lived entries
     ttl.expire(), lru.popitem(), sized.pop((29, "k"), None), lru.setdefault(_Key(7), 7)
     try:

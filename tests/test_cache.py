@@ -426,12 +426,64 @@ def test_ttl_expire_returns_items_in_expiry_order(cimpl):
     for k in "abcd":
         c[k] = k.upper()
         clock.tick(1)
-    c["b"] = "B2"  # set again: expires later, iterates last
-    assert list(c) == ["a", "c", "d", "b"]
+    c["b"] = "B2"  # set again: expires later, keeps its place in the iteration
+    assert list(c) == ["a", "b", "c", "d"]
+    assert list(c.items()) == [("a", "A"), ("b", "B2"), ("c", "C"), ("d", "D")]
+    assert repr(c).endswith("({'a': 'A', 'b': 'B2', 'c': 'C', 'd': 'D'}, maxsize=10, currsize=4)")
+    assert list(copy.copy(c)) == ["a", "b", "c", "d"]
     assert c.expire(clock.now + 5) == []
     assert c.expire(110.5) == [("a", "A")]
     assert c.expire(200) == [("c", "C"), ("d", "D"), ("b", "B2")]
     assert len(c) == 0
+
+
+def test_ttl_iteration_is_first_insertion_order(cimpl):
+    clock = Clock()
+    c = cimpl.TTLCache(maxsize=10, ttl=10, timer=clock)
+    for k in "abcde":
+        c[k] = k
+        clock.tick(1)
+    c["c"] = "c2"
+    c["a"] = "a2"
+    del c["b"]
+    c["b"] = "b2"  # deleted, then set: a new key, last
+    assert list(c) == ["a", "c", "d", "e", "b"]
+    clock.tick(9)  # d and e expire (at 113 and 114); a, c, b were set at 105
+    assert list(c) == ["a", "c", "b"]
+    assert c.popitem() == ("c", "c2")  # the least recently used, whatever the iteration order
+    c["c"] = "c3"  # popped: a new key again, last
+    assert list(c) == ["a", "b", "c"]
+    assert c.expire(clock.now + 100) == [("a", "a2"), ("b", "b2"), ("c", "c3")]
+
+
+def test_ttl_iteration_over_a_snapshot(cimpl):
+    """Setting or deleting items while iterating raises nothing: the keys are taken at the
+    first next(), and each is yielded if still present and fresh when reached."""
+    clock = Clock()
+    c = cimpl.TTLCache(maxsize=10, ttl=10, timer=clock)
+    c.update(a=1, b=2, c=3, d=4)
+    seen = []
+    for k in c:
+        seen.append(k)
+        c[k] = c[k] * 10  # set again: keeps its place, neither skipped nor repeated
+        if k == "a":
+            del c["c"]
+            c["z"] = 26  # after the snapshot: not yielded
+    assert seen == ["a", "b", "d"]
+    assert list(c.values()) == [10, 20, 40, 26]
+    assert list(c.items()) == [("a", 10), ("b", 20), ("d", 40), ("z", 26)]
+    it = iter(c)
+    c["y"] = 25  # before the first next(): in the snapshot
+    assert list(it) == ["a", "b", "d", "z", "y"]
+    it = iter(c.items())
+    assert next(it) == ("a", 10)
+    clock.tick(20)  # everything expires meanwhile: the rest is skipped
+    assert list(it) == []
+    c["q"] = 1
+    it = iter(c)
+    assert next(it) == "q"
+    c.clear()
+    assert list(it) == []
 
 
 def test_ttl_expired_items_stay_until_expire(cimpl):
@@ -673,7 +725,7 @@ class Model:
 
     def __init__(self, maxsize, ttl, sized):
         self.maxsize, self.ttl, self.sized = maxsize, ttl, sized
-        self.data = {}  # key -> [value, size, expires, seq]
+        self.data = {}  # key -> [value, size, expires, set order, first-insertion order]
         self.lru = []   # least recently used first
         self.seq = 0
 
@@ -715,15 +767,15 @@ class Model:
         ttl = self.ttl if ttl is None else ttl
         expires = now + ttl if self.ttl is not None else math.inf
         self.seq += 1
-        if k in self.data:
-            self.data[k] = [v, size, expires, self.seq]
+        if k in self.data:  # set again: expires in its new place, iterates in its old one
+            self.data[k] = [v, size, expires, self.seq, self.data[k][4]]
             self.touch(k)
         else:
-            self.data[k] = [v, size, expires, self.seq]
+            self.data[k] = [v, size, expires, self.seq, self.seq]
             self.lru.append(k)
 
     def order(self, now):
-        return [k for k, e in sorted(self.data.items(), key=lambda kv: kv[1][3])
+        return [k for k, e in sorted(self.data.items(), key=lambda kv: kv[1][4])
                 if now < e[2]] if self.ttl is not None else list(self.data)
 
 
@@ -732,8 +784,9 @@ vals_st = st.integers(0, 40)
 
 
 def model_from_cache(c, maxsize, ttl, sized):
-    """A Model of what the cache actually holds (its pickled state: items in iteration order
-    with their sizes and expiry times, the LRU order), after hostile code made the model's
+    """A Model of what the cache actually holds (its pickled state: items in the table's order
+    (for a TTLCache the expiry order) with their sizes, expiry times and insertion stamps, the
+    LRU order), after hostile code made the model's
     prediction impossible. Values are stored as plain ints (the model never holds a hostile
     value, so the cache's reference is the last one)."""
     _, _, (items, lru, _, _) = c.__reduce__()
@@ -742,7 +795,9 @@ def model_from_cache(c, maxsize, ttl, sized):
         key, value, size = item[:3]
         expires = item[3] if ttl is not None else math.inf
         m.seq += 1
-        m.data[key] = [int(value), size, expires, m.seq]
+        first = item[5] if ttl is not None else m.seq
+        m.data[key] = [int(value), size, expires, m.seq, first]
+    m.seq = max([m.seq] + [e[4] for e in m.data.values()])
     m.lru = [items[i][0] for i in lru]
     return m
 
@@ -1178,7 +1233,7 @@ class CacheMachine(RuleBasedStateMachine):
                               "setdefault", "len", "iter", "popitem", "expire", "items"]))
     def hostile_timer(self, k, v, action, op):
         """The timer changes the cache when the next operation reads it: lookups look again,
-        iteration reports the change, and the cache stays whole."""
+        iteration goes on over its snapshot, and the cache stays whole."""
         c = self.cache
 
         act = self._mutation(action, k)
@@ -1197,8 +1252,6 @@ class CacheMachine(RuleBasedStateMachine):
             assert op in ("getitem", "del", "pop", "popitem")
         except ValueError as e:
             assert "too large" in str(e) and op in ("set", "set_ttl", "setdefault")
-        except RuntimeError as e:
-            assert "changed size during iteration" in str(e) and op in ("iter", "items")
         finally:
             self.clock.armed = None
 
@@ -1404,9 +1457,11 @@ def test_getsizeof_and_timer_mutating_the_cache():
     armed.append(1)
     assert t.get(2) is None  # found, then the timer emptied the cache: looked up again
     armed.append(1)
-    with pytest.raises(RuntimeError, match="changed size during iteration"):
-        list(t)
+    # the timer, read at the first key, replaces every key by an equal one: each is found
     assert list(t) == [("t", i) for i in range(100)]
+    t[1] = 1
+    armed.append(1)
+    assert list(t) == [("t", i) for i in range(100)]  # 1 was taken, then gone when reached
     check_consistent(t)
 
 
@@ -1510,8 +1565,8 @@ def test_threads_hammering_one_cache(kind):
                 elif rnd.random() < 0.1:
                     try:
                         list(c.items())
-                    except RuntimeError as e:  # a writer raced the iteration: reported
-                        assert "changed size during iteration" in str(e)
+                    except RuntimeError as e:  # a writer raced an LRUCache's iteration
+                        assert "changed size during iteration" in str(e) and kind == "lru"
                 else:
                     assert 0 <= len(c) <= 64
         except BaseException as e:  # pragma: no cover - a failure path
