@@ -13,7 +13,15 @@ import aiofast
 N = 20_000
 
 
-def blocks_during(body, n=N):
+def blocks_during(body, n=N, tries=3):
+    """The change in allocated blocks over n runs of body, the smallest of `tries` measurements.
+    sys.getallocatedblocks() (like tracemalloc) counts every thread's allocations: a pytest-xdist
+    worker's messaging thread can allocate during one measurement on a loaded machine, while an
+    allocation made by body shows in every measurement (n blocks or more)."""
+    return min((blocks_during_once(body, n) for _ in range(tries)), key=abs)
+
+
+def blocks_during_once(body, n):
     async def run(k):
         for _ in range(k):
             await body()
@@ -91,15 +99,23 @@ def test_uncontended_paths_do_not_allocate_transiently(name):
 
     for _ in range(100):
         one()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(2000):
-            one()
-        cur, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert cur - base <= 512
+
+    def measure():
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            for _ in range(2000):
+                one()
+            cur, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return cur - base, peak - base
+
+    # the smallest of three measurements: tracemalloc traces every thread (see blocks_during),
+    # while what one() allocates shows in each of them
+    runs = [measure() for _ in range(3)]
+    kept, peak = min(r[0] for r in runs), min(r[1] for r in runs)
+    assert kept <= 512
     # a StopIteration caught by `except ... as e` is kept until the next one: allow one object
-    assert peak - base <= 1024, (name, peak - base)
+    assert peak <= 1024, (name, peak)
