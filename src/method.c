@@ -324,7 +324,7 @@ static PyType_Spec bound_spec = {
     .name = "aiofast._core.BoundSpecial",
     .basicsize = sizeof(FaBound),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-             | Py_TPFLAGS_HAVE_VECTORCALL,
+             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = bound_slots,
 };
 
@@ -510,8 +510,11 @@ static PyType_Slot md_slots[] = {
 static PyType_Spec md_spec = {
     .name = "aiofast._core.AsyncMethod",
     .basicsize = sizeof(FaMethod),
+    /* immutable: CPython's specializer only caches descriptors of immutable types
+     * (LOAD_ATTR_METHOD_*: `obj.put(x)` then skips the method lookup) */
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR
+             | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = md_slots,
 };
 

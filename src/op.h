@@ -224,12 +224,14 @@ FaOp *fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *
 void fa_op_reset(FaOp *op);
 
 /* A recycled op is a new object to tracemalloc: its allocation traceback becomes the current
- * one, as CPython does for objects it takes from a free list. Costs one test of a flag while
- * tracemalloc is off. */
+ * one, as CPython does for objects it takes from a free list (so the "never awaited" warning
+ * of a dropped op shows where that op was made). While tracemalloc is off this costs a call
+ * that reads one flag. */
 static inline void
 fa_op_retrace(FaOp *op)
 {
-#if PY_VERSION_HEX >= 0x030E0000
+#if FA_PY313
+    /* tracemalloc registers a reference tracer when started; CREATE updates the traceback */
     void *data = NULL;
     PyRefTracer tracer = PyRefTracer_GetTracer(&data);
     if (FA_UNLIKELY(tracer != NULL)) {
@@ -237,7 +239,13 @@ fa_op_retrace(FaOp *op)
         tracer((PyObject *)op, PyRefTracer_CREATE, data);
     }
 #else
-    /* the memory block starts at the GC header, two pointers before the object */
+#if FA_PY312
+    if (FA_LIKELY(!_PyTraceMalloc_IsTracing())) {
+        return;
+    }
+#endif
+    /* the memory block starts at the GC header, two pointers before the object; an already
+     * traced block gets the current traceback (and nothing happens while not tracing) */
     (void)PyTraceMalloc_Track(0, (uintptr_t)op - 2 * sizeof(void *),
                               sizeof(FaOp) + 2 * sizeof(void *));
 #endif
