@@ -1,14 +1,15 @@
 """CircuitBreaker: the closed-state call (the price of the happy path) and the open-state
 rejection, against the bare function and the Python circuit breakers.
 
-    PYTHONPATH=python:. python benchmarks/bench_breaker.py [--quick]
+    python -m benchmarks --only breaker [--quick] [--save]   (or python benchmarks/bench_breaker.py)
 
 Peers: circuitbreaker and pybreaker (project bench extras); aiobreaker and purgatory are used
 when importable (e.g. `pip install --target /tmp/bkpeers aiobreaker purgatory` and
-PYTHONPATH=python:.:/tmp/bkpeers). pybreaker's call_async needs tornado, so it appears in the
+PYTHONPATH=/tmp/bkpeers). pybreaker's call_async needs tornado, so it appears in the
 plain-def rows only. "bare" is the undecorated function: its ratio below 1 is our overhead.
 """
 import asyncio
+import os
 import sys
 import time
 from datetime import timedelta
@@ -25,7 +26,10 @@ try:
 except ImportError:  # optional peer
     purgatory = None
 
-from aiofast import CircuitBreaker, CircuitOpenError
+if __package__ in (None, ""):  # run as a file: the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aiofast import CircuitBreaker, CircuitOpenError  # noqa: E402
 from benchmarks.harness import Case, async_variant, run_cases, sync_variant
 
 TITLE = "CircuitBreaker"
@@ -236,6 +240,11 @@ def cases(quick=False):
     return out
 
 
-if __name__ == "__main__":
-    quick = "--quick" in sys.argv
+def main(quick=False):
     run_cases(cases(quick), 3 if quick else 7, "breaker", TITLE)
+
+
+if __name__ == "__main__":
+    from benchmarks.harness import parse_args
+
+    main(parse_args(sys.argv[1:], __doc__)[0].quick)

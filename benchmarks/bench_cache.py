@@ -1,6 +1,6 @@
 """Caches: LRUCache / TTLCache against cachetools and cachebox, cached against async-lru.
 
-    PYTHONPATH=python:. python benchmarks/bench_cache.py [--quick]
+    python -m benchmarks --only cache [--quick] [--save]   (or python benchmarks/bench_cache.py)
 
 Mapping cases time a loop of n operations over pre-built keys (the loop costs the same for
 every variant). "scale" cases time aiofast with 1,000,000 entries against itself with 1,000
@@ -10,16 +10,20 @@ for a cache. The memory table gives the bytes per entry, keys and values exclude
 of the resident set (what cachebox's Rust heap needs) and what tracemalloc saw.
 """
 import asyncio
+import os
 import random
 import sys
 import time
 
-import async_lru
-import cachebox
-import cachetools
+if __package__ in (None, ""):  # run as a file: the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import aiofast
-from benchmarks.harness import Case, async_variant, run_cases, sync_variant
+import async_lru  # noqa: E402
+import cachebox  # noqa: E402
+import cachetools  # noqa: E402
+
+import aiofast  # noqa: E402
+from benchmarks.harness import Case, async_variant, run_cases, sync_variant  # noqa: E402
 
 TITLE = "Caches: mappings and the async memoizer"
 
@@ -298,8 +302,13 @@ def cases(quick=False):
     return out
 
 
-if __name__ == "__main__":
-    quick = "--quick" in sys.argv
+def main(quick=False):
     run_cases(cases(quick), 3 if quick else 7, "cache", TITLE)
     n_mem = 100_000 if quick else 1_000_000
     print(memory_markdown(memory_per_entry(n_mem), n_mem))
+
+
+if __name__ == "__main__":
+    from benchmarks.harness import parse_args
+
+    main(parse_args(sys.argv[1:], __doc__)[0].quick)

@@ -1,6 +1,6 @@
 """Lock family benchmarks: aiofast against asyncio, side by side, on both loops.
 
-Run: PYTHONPATH=python:. python benchmarks/bench_locks.py [--quick]
+Run: python -m benchmarks --only locks [--quick] [--save]   (or python benchmarks/bench_locks.py)
 """
 import asyncio
 import os
@@ -8,11 +8,12 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):  # run as a file: the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import aiofast  # noqa: E402
-from harness import Case, async_variant, run_cases  # noqa: E402
-from probe.build import load as load_probe  # noqa: E402
+from benchmarks.harness import Case, async_variant, run_cases, write_json  # noqa: E402
+from benchmarks.probe.build import load as load_probe  # noqa: E402
 
 TITLE = "Lock family: Semaphore, Lock, Event"
 perf = time.perf_counter
@@ -132,7 +133,7 @@ async def _cancel_storm(cls, n, order):
 
 
 def cancellation_curve(quick=False, loop_name="asyncio"):
-    from harness import _loops
+    from benchmarks.harness import _loops
 
     sizes_ours = [10_000, 25_000, 50_000, 100_000]
     sizes_asyncio = [5_000, 10_000, 20_000] if quick else [5_000, 10_000, 20_000, 40_000]
@@ -204,13 +205,11 @@ def main(quick=False):
     rows = cancellation_curve(quick)
     print("### Mass cancellation of Semaphore(0) waiters (default loop)\n")
     print(cancellation_markdown(rows))
-    import json
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        "locks-cancel-py%s%s.json" % sys.version_info[:2])
-    with open(path, "w") as f:
-        json.dump({"header": doc["header"], "allocations": alloc, "cancellation": rows}, f,
-                  indent=1)
+    write_json("locks-cancel", {"header": doc["header"], "allocations": alloc,
+                                "cancellation": rows})
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    from benchmarks.harness import parse_args
+
+    main(parse_args(sys.argv[1:], __doc__)[0].quick)

@@ -1,6 +1,6 @@
 """Queue family benchmarks: aiofast against asyncio (and bare heapq), side by side.
 
-Run: PYTHONPATH=python:. python benchmarks/bench_queue.py [--quick]
+Run: python -m benchmarks --only queue [--quick] [--save]   (or python benchmarks/bench_queue.py)
 
 Cases: put_nowait + get_nowait on PriorityQueue ((i % 1024, i) tuples; @dataclass(order=True)
 items), on Queue and LifoQueue; awaited put/get in one task; a bounded producer/consumer
@@ -16,10 +16,11 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):  # run as a file: the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import aiofast  # noqa: E402
-from harness import Case, async_variant, run_cases  # noqa: E402
+from benchmarks.harness import Case, async_variant, run_cases, write_json  # noqa: E402
 
 TITLE = "Queue family: Queue, PriorityQueue, LifoQueue"
 perf = time.perf_counter
@@ -280,7 +281,7 @@ async def _cancel_getters(cls, n, order):
 
 
 def cancellation_curve(quick=False, loop_name="asyncio"):
-    from harness import _loops
+    from benchmarks.harness import _loops
 
     sizes_ours = [10_000, 100_000] if quick else [10_000, 25_000, 50_000, 100_000]
     sizes_asyncio = [5_000, 10_000, 20_000] if quick else [5_000, 10_000, 20_000, 40_000]
@@ -321,11 +322,10 @@ def main(quick=False):
     rows = cancellation_curve(quick)
     print("### Cancelling many waiting `Queue.get()`s (default loop)\n")
     print(cancellation_markdown(rows))
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        "queue-cancel-py%s%s.json" % sys.version_info[:2])
-    with open(path, "w") as f:
-        json.dump({"header": doc["header"], "cancellation": rows}, f, indent=1)
+    write_json("queue-cancel", {"header": doc["header"], "cancellation": rows})
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    from benchmarks.harness import parse_args
+
+    main(parse_args(sys.argv[1:], __doc__)[0].quick)

@@ -11,22 +11,25 @@ Three parts, all on real time:
    admitted waiter as N grows (flat means O(1) per admission), on a virtual clock (pure work)
    and on real time (CPU per admission).
 
-Run: PYTHONPATH=python:. python benchmarks/bench_tokenbucket.py [--quick] [--repeat N]
+Run: python -m benchmarks --only tokenbucket [--quick] [--save]
+     python benchmarks/bench_tokenbucket.py [--quick] [--save] [--repeat N]
      [--speed-only | --extras-only]
 """
 import asyncio
 import gc
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 
-import aiolimiter
+if __package__ in (None, ""):  # run as a file: the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aiofast import AsyncLimiter, TokenBucket
-from benchmarks.harness import Case, _loops, async_variant, header, run_cases, sync_variant
+import aiolimiter  # noqa: E402
+
+from aiofast import AsyncLimiter, TokenBucket  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Case, _loops, async_variant, header, run_cases, sync_variant, write_json)
 
 TITLE = "TokenBucket: acquire with tokens available, against aiolimiter.AsyncLimiter"
 
@@ -330,12 +333,11 @@ def extras_markdown(acc, curve):
     return "\n".join(lines)
 
 
-def main():
-    quick = "--quick" in sys.argv
-    repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else None
-    if "--extras-only" not in sys.argv:
+def main(quick=False, repeat=None, part="all"):
+    """part: "all", "speed" (the harness table only) or "extras" (accuracy and queue only)."""
+    if part != "extras":
         run_cases(cases(quick), repeat or (3 if quick else 7), "tokenbucket", TITLE)
-    if "--speed-only" in sys.argv:
+    if part == "speed":
         return
     acc = accuracy(rounds=1 if quick else 3) + accuracy("uvloop", rounds=1 if quick else 3)
     sizes = (1000, 5000) if quick else (100, 1000, 2000, 5000, 10000)
@@ -348,13 +350,14 @@ def main():
                              virtual=False)
     md = extras_markdown(acc, curve)
     print(md)
-    here = os.path.dirname(os.path.abspath(__file__))
-    ver = "".join(platform.python_version_tuple()[:2])
-    path = os.path.join(here, "results", f"tokenbucket-extras-py{ver}.json")
-    with open(path, "w") as f:
-        json.dump({"header": header(), "accuracy": acc, "queue": curve}, f, indent=1)
-    print(f"\n(JSON: {os.path.relpath(path)})")
+    path = write_json("tokenbucket-extras", {"header": header(), "accuracy": acc, "queue": curve})
+    print(f"\n(JSON: {path})")
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.harness import parse_args
+
+    _args, _rest = parse_args(sys.argv[1:], __doc__)
+    main(_args.quick,
+         int(_rest[_rest.index("--repeat") + 1]) if "--repeat" in _rest else None,
+         "speed" if "--speed-only" in _rest else "extras" if "--extras-only" in _rest else "all")

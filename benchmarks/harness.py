@@ -17,11 +17,53 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 OURS = "aiofast"
 
 LOOPS = {}
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAVED = os.path.join(HERE, "results")  # the figures the README quotes (tracked)
+# Where this run writes its JSON: a scratch directory unless asked (--save) to replace the
+# tracked figures in benchmarks/results/.
+RESULTS_DIR = os.environ.get("AIOFAST_BENCH_OUT") or os.path.join(
+    tempfile.gettempdir(), "aiofast-benchmarks")
+
+
+def save_to_repo(save=True):
+    """Write this run's JSON over the tracked figures (benchmarks/results/)."""
+    global RESULTS_DIR
+    if save:
+        RESULTS_DIR = SAVED
+
+
+def results_path(name):
+    """The JSON file for ``name`` (e.g. "queue", "locks-cancel") on this Python."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    ver = "".join(platform.python_version_tuple()[:2])
+    return os.path.join(RESULTS_DIR, f"{name}-py{ver}.json")
+
+
+def write_json(name, doc):
+    path = results_path(name)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    return path
+
+
+def parse_args(argv, doc=None):
+    """The options every benchmark module takes when run on its own."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and sizes (a smoke run)")
+    ap.add_argument("--save", action="store_true",
+                    help="write the JSON over benchmarks/results/ (the README's figures)")
+    args, rest = ap.parse_known_args(argv)
+    save_to_repo(args.save)
+    return args, rest
 
 
 def _loops():
@@ -74,7 +116,8 @@ def git_commit():
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
                               capture_output=True, text=True, check=True).stdout.strip()
     except Exception:
-        return "unknown"
+        # no git here (scripts/newpython.sh's chroot runs a copy of the tree): the host's word
+        return os.environ.get("AIOFAST_COMMIT", "unknown")
 
 
 class Case:
@@ -147,14 +190,9 @@ def run_cases(cases, repeat, out_name, title):
         print(f"  {c.name} [{c.loop or '-'}] ...", file=sys.stderr, flush=True)
         results.append(c.run(repeat).result())
     doc = {"header": header(), "title": title, "results": results}
-    here = os.path.dirname(os.path.abspath(__file__))
-    os.makedirs(os.path.join(here, "results"), exist_ok=True)
-    ver = "".join(platform.python_version_tuple()[:2])
-    path = os.path.join(here, "results", f"{out_name}-py{ver}.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+    path = write_json(out_name, doc)
     md = markdown(results, title)
     print(md)
     print(f"\n(python {doc['header']['python']}, {doc['header']['cpu']}, commit "
-          f"{doc['header']['commit']}; JSON: {os.path.relpath(path)})\n")
+          f"{doc['header']['commit']}; JSON: {path})\n")
     return doc

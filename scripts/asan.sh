@@ -10,7 +10,7 @@
 # the run fails if any report appears there, whatever the tests said: zero reports.
 # Leak detection is off (CPython leaks by design at exit); leaks are checked by tests/test_leaks.py.
 #
-#   bash scripts/asan.sh                   # 3.10 3.11 3.12 3.13
+#   bash scripts/asan.sh                   # 3.10 to 3.15 (3.14, 3.15: in scripts/newpython.sh's chroot)
 #   bash scripts/asan.sh 3.12              # some versions
 #   bash scripts/asan.sh 3.12 -- -k fuzz   # extra pytest arguments after --
 # The fuzzers run with the "small" hypothesis profile here (HYPOTHESIS_PROFILE overrides it; the
@@ -19,13 +19,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
 split_args "$@"
+status=0
+run_chroot_part "" scripts/asan.sh || status=1
 unset CC  # the preloaded runtime is gcc's, so the build must be gcc's too
 libasan=$(gcc -print-file-name=libasan.so)
 if [ ! -e "$libasan" ]; then
     echo "error: gcc's libasan.so not found (apt-get install gcc)" >&2
     exit 1
 fi
-status=0
 for v in "${VERSIONS[@]}"; do
     echo "=== ASan+UBSan, Python $v: build"
     AIOFAST_SANITIZE=address,undefined make_flavour_build "$v" asan \

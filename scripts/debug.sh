@@ -5,13 +5,14 @@
 # pytest-xdist workers (scripts/_pythons.sh: make_flavour_build, run_suite). A broken invariant stops the process with
 # "aiofast invariant broken at file:line ..." and the Python traceback.
 #
-#   bash scripts/debug.sh                  # 3.10 3.11 3.12 3.13
+#   bash scripts/debug.sh                  # 3.10 to 3.15 (3.14, 3.15: in scripts/newpython.sh's chroot)
 #   bash scripts/debug.sh 3.11 -- -x       # some versions, extra pytest arguments after --
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
 split_args "$@"
 status=0
+run_chroot_part "" scripts/debug.sh || status=1
 for v in "${VERSIONS[@]}"; do
     echo "=== debug build, Python $v: build"
     AIOFAST_DEBUG=1 make_flavour_build "$v" debug \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every reliability check, on every supported Python (see the README, "Reliability"):
+# Every reliability check, on every supported Python (see the README, "Reliability"; a Python the
+# host lacks, 3.14 or 3.15, runs in scripts/newpython.sh's chroot):
 #   1. -Werror builds with gcc and clang, release and debug      scripts/werror.sh
 #   2. the whole suite on the debug build (invariant checks)      scripts/debug.sh
 #   3. the whole suite under ASan + UBSan                          scripts/asan.sh
@@ -9,11 +10,12 @@
 # status is non-zero if any failed. Needs gcc, clang and valgrind (apt-get install -y valgrind
 # clang). Prints the time each step took.
 #
-#   bash scripts/hardening.sh              # 3.10 3.11 3.12 3.13
+#   bash scripts/hardening.sh              # 3.10 to 3.15
 #   bash scripts/hardening.sh 3.12         # some versions
 #   STEPS="asan debug" bash scripts/hardening.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/_pythons.sh
 read -r -a steps <<< "${STEPS:-werror debug asan valgrind}"
 status=0
 summary=()
@@ -29,7 +31,7 @@ for step in "${steps[@]}"; do
     fi
     summary+=("$(printf '%-9s %-7s %4ds' "$step" "$result" $((SECONDS - t0)))")
 done
-echo "##### hardening summary (Pythons: ${*:-3.10 3.11 3.12 3.13})"
+echo "##### hardening summary (Pythons: ${*:-$ALL_PYTHONS})"
 printf '%s\n' "${summary[@]}"
 echo "total $((SECONDS - t_all))s"
 exit $status

@@ -23,13 +23,16 @@
 # their propagation into the interpreter loop. Invalid reads/writes, use-after-free and bad frees
 # are still reported there; 3.10, 3.12 and 3.13 are clean with every check on.
 #
-#   bash scripts/valgrind.sh               # 3.10 3.11 3.12 3.13
+#   bash scripts/valgrind.sh               # 3.10 to 3.15 (3.14, 3.15: in scripts/newpython.sh's chroot)
 #   bash scripts/valgrind.sh 3.12 -- -x    # some versions, extra pytest arguments after --
 #   VALGRIND_TESTS="test_locks.py" bash scripts/valgrind.sh 3.13    # another subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
 split_args "$@"
+status=0
+run_chroot_part "valgrind" scripts/valgrind.sh || status=1
+if [ ${#VERSIONS[@]} -eq 0 ]; then exit $status; fi
 if ! command -v valgrind >/dev/null; then
     echo "error: valgrind not found (apt-get install -y valgrind)" >&2
     exit 1
@@ -42,7 +45,6 @@ done
 jobs=${VALGRIND_JOBS:-$(nproc)}
 logs=$(mktemp -d "${TMPDIR:-/tmp}/aiofast-valgrind.XXXXXX")
 trap 'rm -rf "$logs"' EXIT
-status=0
 
 run_one() {  # VERSION PY PATH: the subset under valgrind; its exit status goes to $logs/VERSION.rc
     local v="$1" py="$2" path="$3" rc=0
@@ -55,7 +57,7 @@ run_one() {  # VERSION PY PATH: the subset under valgrind; its exit status goes 
     echo "=== valgrind, Python $v: ${existing[*]}"
     (cd tests && PYTHONPATH="$path" PYTHONMALLOC=malloc \
         HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-tiny}" \
-        "${vg[@]}" "../$py" -m pytest -c ../pyproject.toml --rootdir .. -q -p no:randomly \
+        "${vg[@]}" "$py" -m pytest -c ../pyproject.toml --rootdir .. -q -p no:randomly \
         --capture=sys -k "not asyncio-asyncio and (not uvloop or test_smoke)" "${existing[@]}" \
         "${PYTEST_ARGS[@]}") || rc=$?
     if [ $rc -eq 0 ]; then

@@ -4,7 +4,7 @@
 # there), for each Python. Build only, into a temporary directory: nothing is installed and the
 # in-place build is untouched. The builds run WERROR_JOBS at a time (default: one per core).
 #
-#   bash scripts/werror.sh                 # 3.10 3.11 3.12 3.13
+#   bash scripts/werror.sh                 # 3.10 to 3.15 (3.14, 3.15: in scripts/newpython.sh's chroot)
 #   bash scripts/werror.sh 3.13            # some versions
 #   COMPILERS="clang" bash scripts/werror.sh
 set -euo pipefail
@@ -12,13 +12,18 @@ cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
 split_args "$@"
 read -r -a compilers <<< "${COMPILERS:-gcc clang}"
-for cc in "${compilers[@]}"; do
-    if ! command -v "$cc" >/dev/null; then
-        echo "error: $cc not found (apt-get install -y $cc)" >&2
-        exit 1
-    fi
-done
 status=0
+pkgs=""
+[[ " ${compilers[*]} " != *" clang "* ]] || pkgs="clang"
+run_chroot_part "$pkgs" scripts/werror.sh || status=1
+if [ ${#VERSIONS[@]} -gt 0 ]; then
+    for cc in "${compilers[@]}"; do
+        if ! command -v "$cc" >/dev/null; then
+            echo "error: $cc not found (apt-get install -y $cc)" >&2
+            exit 1
+        fi
+    done
+fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/aiofast-werror.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 jobs=${WERROR_JOBS:-$(nproc)}

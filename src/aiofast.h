@@ -1,7 +1,7 @@
 /*
  * aiofast.h: the umbrella header of aiofast._core.
  *
- * Python.h, version shims, the module state (fa_state) that holds every type, imported asyncio
+ * compat.h (Python.h and every version difference), the module state (fa_state) that holds every type, imported asyncio
  * object and interned name, and the fa_<family>_init prototypes each primitive file exports.
  *
  * Invariants: no C globals; every object caches the fa_state * of the module that made it; every
@@ -10,29 +10,13 @@
 #ifndef AIOFAST_H
 #define AIOFAST_H
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <structmember.h>
+#include "compat.h"
 #include <math.h>
 #include <stddef.h>
-
-#if PY_VERSION_HEX < 0x030A0000
-#error "aiofast needs CPython 3.10 or newer"
-#endif
 
 #define FA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define FA_NOINLINE __attribute__((noinline))
-
-#define FA_PY312 (PY_VERSION_HEX >= 0x030C0000)
-#define FA_PY313 (PY_VERSION_HEX >= 0x030D0000)
-
-#ifndef Py_T_PYSSIZET
-#define Py_T_PYSSIZET T_PYSSIZET
-#define Py_T_OBJECT_EX T_OBJECT_EX
-#define Py_T_OBJECT T_OBJECT
-#define Py_READONLY READONLY
-#endif
 
 /* Debug build (-UNDEBUG): invariant checks after every mutation. */
 #ifndef NDEBUG

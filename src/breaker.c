@@ -1902,6 +1902,7 @@ bf_dealloc(PyObject *self)
 
 static PyGetSetDef bf_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    FA_WRAPPER_ANNOTATIONS_GETSET
     /* function-like for inspect (_signature_is_functionlike), as Cython functions are: then
      * inspect.iscoroutinefunction() reads the wrapped code's CO_COROUTINE on every version */
     {"__code__", bf_delegate, NULL, NULL, "__code__"},

@@ -104,7 +104,7 @@ key_error(PyObject *key)
 static const char *
 type_name(PyObject *self)
 {
-    return _PyType_Name(Py_TYPE(self));
+    return fa_type_name(Py_TYPE(self));
 }
 
 /* ------------------------------------------------------------------ time and expiry */
@@ -472,7 +472,7 @@ cache_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwarg
     if (tp != base) {
         PyObject *names[4] = {st->str_popitem, st->str_expire, st->str_missing, st->str_getsizeof};
         for (int i = 0; i < 4; i++) {
-            if (_PyType_Lookup(tp, names[i]) != _PyType_Lookup(base, names[i])) {
+            if (fa_type_lookup(tp, names[i]) != fa_type_lookup(base, names[i])) {
                 self->ovr |= 1 << i;
             }
         }
@@ -652,8 +652,8 @@ ttl_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     PyObject *timer = vals[2];
-    if (timer == self->st->time_monotonic) {
-        timer = NULL;
+    if (timer == self->st->time_monotonic || timer == Py_None) {
+        timer = NULL;  // None stands for time.monotonic: the signature can show it
     }
     if (timer != NULL && !PyCallable_Check(timer)) {
         PyErr_Format(PyExc_TypeError, "timer must be callable, got %.100s",
@@ -2105,10 +2105,11 @@ CACHE_SPEC(lru, "aiofast.LRUCache", lru_init, lru_methods, lru_getset,
            "LRUCache(maxsize, getsizeof=None)\n--\n\n"
            "A least-recently-used cache: a drop-in for cachetools.LRUCache, in C.")
 CACHE_SPEC(ttl, "aiofast.TTLCache", ttl_init, ttl_methods, ttl_getset,
-           "TTLCache(maxsize, ttl, timer=time.monotonic, getsizeof=None)\n--\n\n"
+           "TTLCache(maxsize, ttl, timer=None, getsizeof=None)\n--\n\n"
            "A least-recently-used cache whose items expire ttl seconds after they are set: a "
            "drop-in for cachetools.TTLCache, in C, with set(key, value, ttl) for a per-item "
-           "time to live.")
+           "time to live. timer: a callable returning seconds; None (the default) stands for "
+           "time.monotonic.")
 
 static PyMethodDef iter_methods[] = {
     {"__length_hint__", iter_length_hint, METH_NOARGS, length_hint_doc},

@@ -139,38 +139,4 @@ fa_is_cancelled_error(fa_state *st, PyObject *exc)
     return PyObject_TypeCheck(exc, (PyTypeObject *)st->CancelledError);
 }
 
-/* The current exception as one object (a new reference, or NULL if none); clears it. */
-static inline PyObject *
-fa_fetch_exc(void)
-{
-#if FA_PY312
-    return PyErr_GetRaisedException();
-#else
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    if (t == NULL) {
-        return NULL;
-    }
-    PyErr_NormalizeException(&t, &v, &tb);
-    if (tb != NULL) {
-        PyException_SetTraceback(v, tb);
-        Py_DECREF(tb);
-    }
-    Py_DECREF(t);
-    return v;
-#endif
-}
-
-/* Raise exc (steals the reference), with no context chaining. */
-static inline void
-fa_restore_exc(PyObject *exc)
-{
-#if FA_PY312
-    PyErr_SetRaisedException(exc);
-#else
-    PyObject *tb = PyException_GetTraceback(exc);  // new ref or NULL
-    PyErr_Restore(Py_NewRef(Py_TYPE(exc)), exc, tb);
-#endif
-}
-
 #endif

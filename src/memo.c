@@ -1759,6 +1759,7 @@ static PyMethodDef memo_methods[] = {
 
 static PyGetSetDef memo_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    FA_WRAPPER_ANNOTATIONS_GETSET
     {"_func", memo_get_wrapped_func, NULL, "The function whose results are cached.", NULL},
     {"hits", memo_get_hits, NULL, "Calls answered from the cache or by joining a computation.",
      NULL},

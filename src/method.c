@@ -44,7 +44,7 @@ static int
 md_type_error(FaMethod *d, PyObject *obj)
 {
     PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%s' objects doesn't apply to a '%s' "
-                 "object", d->name, _PyType_Name(d->owner_type), Py_TYPE(obj)->tp_name);
+                 "object", d->name, fa_type_name(d->owner_type), Py_TYPE(obj)->tp_name);
     return -1;
 }
 
@@ -379,7 +379,7 @@ md_repr(PyObject *self)
 {
     FaMethod *d = (FaMethod *)self;
     return PyUnicode_FromFormat("<method '%U' of '%s' objects>", d->name,
-                                _PyType_Name(d->owner_type));
+                                fa_type_name(d->owner_type));
 }
 
 static PyObject *
@@ -626,7 +626,7 @@ md_add(fa_state *st, PyTypeObject *tp, const char *name, PyCFunction meth, int f
     d->owner_type = tp;
     d->slot_offset = slot_offset;
     d->name = PyUnicode_InternFromString(name);
-    d->qualname = PyUnicode_FromFormat("%s.%s", _PyType_Name(tp), name);
+    d->qualname = PyUnicode_FromFormat("%s.%s", fa_type_name(tp), name);
     d->doc = d->textsig = d->proto = NULL;
     d->weakreflist = NULL;
     PyObject_GC_Track(d);

@@ -23,26 +23,8 @@ static struct PyModuleDef module_def;
 fa_state *
 fa_state_from_type(PyTypeObject *tp)
 {
-#if PY_VERSION_HEX >= 0x030B0000
-    PyObject *mod = PyType_GetModuleByDef(tp, &module_def);  // borrowed
+    PyObject *mod = fa_type_module_by_def(tp, &module_def);  // borrowed
     return mod ? fa_get_state(mod) : NULL;
-#else
-    PyObject *mro = tp->tp_mro;
-    if (mro != NULL) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
-            PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
-            if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
-                continue;
-            }
-            PyObject *mod = ((PyHeapTypeObject *)base)->ht_module;  // borrowed
-            if (mod != NULL && PyModule_GetDef(mod) == &module_def) {
-                return fa_get_state(mod);
-            }
-        }
-    }
-    PyErr_Format(PyExc_TypeError, "%s is not an aiofast type", tp->tp_name);
-    return NULL;
-#endif
 }
 
 PyTypeObject *
@@ -97,11 +79,11 @@ fa_parse_init(PyObject *self, const char *defname, PyObject *args, PyObject *kwa
             }
         }
         if (i == nnames) {
-#if !FA_PY312 && PY_VERSION_HEX < 0x030B0000
+#if !FA_PY311
             if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "loop") == 0) {
                 PyErr_Format(PyExc_TypeError,
                              "As of 3.10, the *loop* parameter was removed from %s() since it "
-                             "is no longer necessary", _PyType_Name(Py_TYPE(self)));
+                             "is no longer necessary", fa_type_name(Py_TYPE(self)));
                 return -1;
             }
 #else

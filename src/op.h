@@ -225,45 +225,11 @@ void fa_op_reset(FaOp *op);
 
 /* A recycled op is a new object to tracemalloc: its allocation traceback becomes the current
  * one, as CPython does for objects it takes from a free list (so the "never awaited" warning
- * of a dropped op shows where that op was made). While tracemalloc is off this costs a call
- * that reads one flag. */
-#if !FA_PY312
-/* 3.10 and 3.11 export tracemalloc's configuration (declared in an internal header): reading its
- * flag inline saves a call per recycled op. The layout is that of those two (frozen) versions. */
-struct fa_tracemalloc_config {
-    int initialized;
-    int tracing;
-    int max_nframe;
-};
-PyAPI_DATA(struct fa_tracemalloc_config) _Py_tracemalloc_config;
-#endif
-
+ * of a dropped op shows where that op was made). While tracemalloc is off this reads one flag. */
 static inline void
 fa_op_retrace(FaOp *op)
 {
-#if FA_PY313
-    /* tracemalloc registers a reference tracer when started; CREATE updates the traceback */
-    void *data = NULL;
-    PyRefTracer tracer = PyRefTracer_GetTracer(&data);
-    if (FA_UNLIKELY(tracer != NULL)) {
-        tracer((PyObject *)op, PyRefTracer_DESTROY, data);
-        tracer((PyObject *)op, PyRefTracer_CREATE, data);
-    }
-#else
-#if FA_PY312
-    if (FA_LIKELY(!_PyTraceMalloc_IsTracing())) {
-        return;
-    }
-#else
-    if (FA_LIKELY(!_Py_tracemalloc_config.tracing)) {
-        return;
-    }
-#endif
-    /* the memory block starts at the GC header, two pointers before the object; an already
-     * traced block gets the current traceback (and nothing happens while not tracing) */
-    (void)PyTraceMalloc_Track(0, (uintptr_t)op - 2 * sizeof(void *),
-                              sizeof(FaOp) + 2 * sizeof(void *));
-#endif
+    fa_tracemalloc_renew((PyObject *)op, sizeof(FaOp));
 }
 
 /* An op of this kind for owner (strong reference taken), in state INIT, reusing the one in the
@@ -340,6 +306,30 @@ PySendResult fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res);
  * or NULL with TypeError for bad arguments. */
 PyObject *fa_throw_exc(PyObject *typ, PyObject *val, PyObject *tb);
 
+/* ---- decorated-function wrappers: annotations as a function has them ----
+ *
+ * From 3.14 a function's annotations are computed lazily, on first access, by its __annotate__
+ * function, and functools.update_wrapper copies __annotate__ instead of __annotations__. A
+ * function has both as descriptors; a C wrapper (BreakerFunction, RateLimited, Memo) has only
+ * its instance __dict__, where update_wrapper puts __annotate__, so it would have no
+ * __annotations__ at all. FA_WRAPPER_ANNOTATIONS_GETSET (in the wrapper type's getset table)
+ * gives it a function's behaviour, with both values kept in the instance __dict__:
+ * __annotations__ is __annotate__(1) on first access (a forward reference is resolved then,
+ * not at decoration time), kept afterwards, or {} when __annotate__ is None; setting
+ * __annotate__ to a callable forgets the kept value; setting or deleting __annotations__ sets
+ * __annotate__ to None. The same errors as a function's. Until 3.13 update_wrapper copies
+ * __annotations__ itself and the table entry is empty. */
+#if FA_PY314
+PyObject *fa_wrapper_get_annotations(PyObject *self, void *closure);
+int fa_wrapper_set_annotations(PyObject *self, PyObject *value, void *closure);
+PyObject *fa_wrapper_get_annotate(PyObject *self, void *closure);
+int fa_wrapper_set_annotate(PyObject *self, PyObject *value, void *closure);
+#define FA_WRAPPER_ANNOTATIONS_GETSET \
+    {"__annotations__", fa_wrapper_get_annotations, fa_wrapper_set_annotations, NULL, NULL}, \
+    {"__annotate__", fa_wrapper_get_annotate, fa_wrapper_set_annotate, NULL, NULL},
+#else
+#define FA_WRAPPER_ANNOTATIONS_GETSET
+#endif
 
 /* ---- awaitable methods: coroutine functions to inspect, free to call (method.c) ----
  *

@@ -299,46 +299,6 @@ set_maxsize(FaQueue *self, PyObject *v)
 
 #define FA_INLINE static inline __attribute__((always_inline))
 
-/* An exact int's value if it is small (fits the native fast comparison): 1, else 0. */
-#if FA_PY312
-FA_INLINE int
-long_small(PyObject *x, long long *out)
-{
-    if (!PyUnstable_Long_IsCompact((PyLongObject *)x)) {
-        return 0;
-    }
-    *out = (long long)PyUnstable_Long_CompactValue((PyLongObject *)x);
-    return 1;
-}
-#else
-/* 3.10/3.11: ob_size is the signed digit count (longintrepr.h, included by Python.h); zero has
- * no digit to read */
-FA_INLINE int
-long_small(PyObject *x, long long *out)
-{
-    const digit *d = ((PyLongObject *)x)->ob_digit;
-    Py_ssize_t size = Py_SIZE(x);
-    if (FA_LIKELY(size == 1)) {
-        *out = (long long)d[0];
-        return 1;
-    }
-    if (size == 0) {
-        *out = 0;
-        return 1;
-    }
-    if (size == -1) {
-        *out = -(long long)d[0];
-        return 1;
-    }
-    if (size == 2 || size == -2) {
-        long long v = (long long)d[0] | ((long long)d[1] << PyLong_SHIFT);
-        *out = size < 0 ? -v : v;
-        return 1;
-    }
-    return 0;
-}
-#endif
-
 #define EXACT53 9007199254740992LL
 
 /* Three-way comparison of two exact ints/floats, natively: -1, 0, 1, or 2 when it cannot tell
@@ -349,11 +309,11 @@ num_cmp(PyObject *x, PyObject *y)
     double a, b;
     long long p, q;
     if (PyLong_CheckExact(x)) {
-        if (!long_small(x, &p)) {
+        if (!fa_long_small(x, &p)) {
             return 2;
         }
         if (PyLong_CheckExact(y)) {
-            if (!long_small(y, &q)) {
+            if (!fa_long_small(y, &q)) {
                 return 2;
             }
             return (p > q) - (p < q);
@@ -369,7 +329,7 @@ num_cmp(PyObject *x, PyObject *y)
         if (PyFloat_CheckExact(y)) {
             b = PyFloat_AS_DOUBLE(y);
         }
-        else if (PyLong_CheckExact(y) && long_small(y, &q) && q <= EXACT53 && q >= -EXACT53) {
+        else if (PyLong_CheckExact(y) && fa_long_small(y, &q) && q <= EXACT53 && q >= -EXACT53) {
             b = (double)q;
         }
         else {
@@ -506,7 +466,7 @@ static PyObject *
 dc_examine(fa_state *st, PyTypeObject *tp, PyObject *lt)
 {
     if (!PyFunction_Check(lt) || tp->tp_getattro != PyObject_GenericGetAttr
-        || _PyType_Lookup(tp, st->q_str_class) != st->q_object_class
+        || fa_type_lookup(tp, st->q_str_class) != st->q_object_class
         || PyFunction_GET_DEFAULTS(lt) != NULL || PyFunction_GET_KW_DEFAULTS(lt) != NULL
         || PyFunction_GET_CLOSURE(lt) != NULL) {
         Py_RETURN_NONE;
@@ -557,7 +517,7 @@ dc_fields(FaQueue *self, PyTypeObject *tp)
     if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) || tp->tp_getattro != PyObject_GenericGetAttr) {
         return NULL;
     }
-    PyObject *lt = _PyType_Lookup(tp, st->q_str_lt);  // borrowed
+    PyObject *lt = fa_type_lookup(tp, st->q_str_lt);  // borrowed
     if (lt == NULL) {
         return NULL;
     }
@@ -571,7 +531,7 @@ dc_fields(FaQueue *self, PyTypeObject *tp)
         Py_XSETREF(self->dc_type, Py_NewRef((PyObject *)tp));
         Py_XSETREF(self->dc_lt, lt);
         Py_XSETREF(self->dc_fields, fields);
-        if (_PyType_Lookup(tp, st->q_str_lt) != lt) {
+        if (fa_type_lookup(tp, st->q_str_lt) != lt) {
             return NULL;  // the class changed meanwhile: compare the slow way this time
         }
     }
@@ -1962,7 +1922,7 @@ find_overrides(FaQueue *self)
                          st->q_str_get_nowait};
     int ovr = 0;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (_PyType_Lookup(tp, names[i]) != _PyType_Lookup(base, names[i])) {
+        if (fa_type_lookup(tp, names[i]) != fa_type_lookup(base, names[i])) {
             ovr |= 1 << i;
         }
     }
@@ -2664,7 +2624,7 @@ fa_queue_init(PyObject *mod, fa_state *st)
         || (st->q_dc_refs = PyDict_New()) == NULL) {
         return -1;
     }
-    st->q_object_class = Py_XNewRef(_PyType_Lookup(&PyBaseObject_Type, st->q_str_class));
+    st->q_object_class = Py_XNewRef(fa_type_lookup(&PyBaseObject_Type, st->q_str_class));
     if (st->q_object_class == NULL) {
         PyErr_SetString(PyExc_SystemError, "object.__class__ not found");
         return -1;

@@ -141,13 +141,13 @@ find_overrides(PyObject *self, PyTypeObject *base)
     }
     fa_state *st = ((FaLock *)self)->st;
     int ovr = 0;
-    if (_PyType_Lookup(tp, st->str_acquire) != _PyType_Lookup(base, st->str_acquire)) {
+    if (fa_type_lookup(tp, st->str_acquire) != fa_type_lookup(base, st->str_acquire)) {
         ovr |= OVR_ACQUIRE;
     }
-    if (_PyType_Lookup(tp, st->str_release) != _PyType_Lookup(base, st->str_release)) {
+    if (fa_type_lookup(tp, st->str_release) != fa_type_lookup(base, st->str_release)) {
         ovr |= OVR_RELEASE;
     }
-    if (_PyType_Lookup(tp, st->str_locked) != _PyType_Lookup(base, st->str_locked)) {
+    if (fa_type_lookup(tp, st->str_locked) != fa_type_lookup(base, st->str_locked)) {
         ovr |= OVR_LOCKED;
     }
     return ovr;

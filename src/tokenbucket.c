@@ -289,6 +289,7 @@ tb_dict_version(PyObject *d)
 #pragma GCC diagnostic pop
 #endif
 }
+#endif
 
 /* time.monotonic() as a double, bit for bit: time.monotonic() is
  * PyFloat_FromDouble(_PyTime_AsSecondsDouble(t)) of the monotonic clock t in nanoseconds
@@ -330,6 +331,7 @@ tb_monotonic(double *out)
     return 0;
 }
 
+#if TB_NATIVE_CLOCK
 /* Is asyncio's BaseEventLoop.time, `return time.monotonic()`, still exactly that? Its code
  * object, the `time` global it reads and that module's `monotonic` must all be the originals. */
 static inline int
@@ -2166,6 +2168,7 @@ static PyType_Spec tb_spec = {
 static PyGetSetDef rl_getset[] = {
     {"bucket", rl_get_bucket, NULL, "The TokenBucket each call takes a token from.", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    FA_WRAPPER_ANNOTATIONS_GETSET
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -13,7 +13,8 @@ import types
 
 import pytest
 import uvloop  # noqa: F401  (an ImportError here fails the run: uvloop is required)
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import aiofast
 
@@ -30,6 +31,21 @@ settings.register_profile("small", max_examples=30, stateful_step_count=30, **_F
 settings.register_profile("tiny", max_examples=5, stateful_step_count=15, **_FUZZ)
 settings.register_profile("thorough", max_examples=3000, stateful_step_count=80, **_FUZZ)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_prng_registered():
+    """Hypothesis registers its own PRNG at its first test in a thread, and warns (an error here)
+    unless the gc can see who holds it (gc.get_referrers). From 3.14 the gc does not see the
+    thread-local dict that holds it once that dict is frozen (_collect_only_what_the_test_made
+    below), so the first hypothesis test of each process failed there. One example at the start
+    of the session, before any freeze, registers it with its holder in plain view."""
+    @given(st.none())
+    @settings(max_examples=1, database=None, derandomize=True)
+    def register(_):
+        pass
+
+    register()
 
 
 def pytest_asyncio_loop_factories(config, item):

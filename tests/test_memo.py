@@ -23,6 +23,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 import aiofast
+from pycompat import asyncio_iscoroutinefunction
 from virtual_time import VirtualClockLoop, VirtualUVLoop
 
 ALRU = {"aiofast": aiofast.alru_cache, "async_lru": async_lru.alru_cache}
@@ -516,7 +517,7 @@ def test_metadata():
     assert cf.__name__ == "f" and cf.__doc__ == "Doc of f." and cf.__wrapped__ is f
     assert cf.__module__ == f.__module__ and cf.__qualname__ == f.__qualname__
     assert str(inspect.signature(cf)) == "(x, y=1)"
-    assert asyncio.iscoroutinefunction(cf) and not asyncio.iscoroutinefunction(cg)
+    assert asyncio_iscoroutinefunction(cf) and not asyncio_iscoroutinefunction(cg)
     if sys.version_info >= (3, 12):
         assert inspect.iscoroutinefunction(cf)
     assert cg(4) == 4 and cg.__doc__ == "Doc of g."
@@ -919,7 +920,7 @@ async def test_alru_basic(alru):
     assert g.cache_info() == functools._CacheInfo(0, 5, 2, 2)
     f.cache_clear()
     assert f.cache_info() == functools._CacheInfo(0, 0, 128, 0)
-    assert asyncio.iscoroutinefunction(f) and f.__name__ == "f"
+    assert asyncio_iscoroutinefunction(f) and f.__name__ == "f"
 
 
 @pytest.mark.asyncio

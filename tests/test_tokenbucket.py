@@ -25,6 +25,7 @@ import uvloop
 import aiofast
 from aiofast import AsyncLimiter, TokenBucket
 
+from pycompat import asyncio_iscoroutinefunction
 from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, VirtualUVLoop, settle_loop
 
 VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
@@ -1166,7 +1167,7 @@ async def test_decorator():
     assert fetch.__name__ == "fetch" and fetch.__doc__ == "Fetch x."
     assert fetch.__wrapped__.__name__ == "fetch" and fetch.bucket is b
     assert str(inspect.signature(fetch)) == "(x, *, y=0)"
-    assert asyncio.iscoroutinefunction(fetch)
+    assert asyncio_iscoroutinefunction(fetch)
     if sys.version_info >= (3, 12):
         assert inspect.iscoroutinefunction(fetch)
     assert "rate-limited" in repr(fetch)
