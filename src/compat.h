@@ -179,24 +179,21 @@ PyAPI_DATA(struct fa_tracemalloc_config) _Py_tracemalloc_config;
 #endif
 
 /* Tell tracemalloc that the GC object obj (of that basicsize, no managed dict) is a new object
- * made here, as CPython's free lists do (_Py_NewReference): an already traced memory block gets
- * the current traceback. Nothing but a flag test while tracemalloc is off. 3.13+: through the
- * reference tracer tracemalloc installs when started (PyRefTracer, public); before: the tracing
- * flag (3.12: _PyTraceMalloc_IsTracing, private; 3.10/3.11: the exported configuration), then
- * PyTraceMalloc_Track on the block, which starts at the GC header two pointers before obj. */
+ * made here, as CPython's free lists do (_Py_NewReference): its memory block gets the current
+ * traceback (and is traced from now on if it was made before tracing started). Nothing but a
+ * flag test while tracemalloc is off: 3.13+, whether a reference tracer is installed
+ * (tracemalloc installs one when started; PyRefTracer, public); 3.12, _PyTraceMalloc_IsTracing
+ * (private); 3.10/3.11, the exported configuration. Then PyTraceMalloc_Track on the block, which
+ * starts at the GC header two pointers before obj. */
 static inline void
 fa_tracemalloc_renew(PyObject *obj, size_t basicsize)
 {
 #if FA_PY313
-    (void)basicsize;  // the tracer knows the block
     void *data = NULL;
-    PyRefTracer tracer = PyRefTracer_GetTracer(&data);
-    if (__builtin_expect(tracer != NULL, 0)) {
-        tracer(obj, PyRefTracer_DESTROY, data);
-        tracer(obj, PyRefTracer_CREATE, data);
+    if (__builtin_expect(PyRefTracer_GetTracer(&data) == NULL, 1)) {
+        return;
     }
-#else
-#if FA_PY312
+#elif FA_PY312
     if (__builtin_expect(!_PyTraceMalloc_IsTracing(), 1)) {
         return;
     }
@@ -207,7 +204,6 @@ fa_tracemalloc_renew(PyObject *obj, size_t basicsize)
 #endif
     (void)PyTraceMalloc_Track(0, (uintptr_t)obj - 2 * sizeof(void *),
                               basicsize + 2 * sizeof(void *));
-#endif
 }
 
 #endif
