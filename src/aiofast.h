@@ -87,11 +87,12 @@ fa_check_failed(const char *file, int line, const char *func, const char *cond, 
 /* Every field from OpType to str_append is an object pointer (module.c traverses them as an
  * array): add new object fields inside that range, and non-object fields after it. */
 typedef struct fa_state {
-    /* types: the lock family (semaphore.c) and the awaitable (op.c) */
+    /* types: the lock family (semaphore.c), the awaitable (op.c), its methods (method.c) */
     PyTypeObject *OpType;
     PyTypeObject *SpecialDescrType;
     PyTypeObject *BoundType;
     PyObject *WaitersViewType;    /* waitview.c: the live _waiters/_getters/_putters view */
+    PyObject *coro_mark;          /* inspect._is_coroutine_mark (3.12+), or NULL */
     PyTypeObject *SemaphoreType;
     PyTypeObject *BoundedSemaphoreType;
     PyTypeObject *LockType;

@@ -122,6 +122,7 @@ enum { CM_CALL = 0, CM_ENTER, CM_EXIT, CM_TOKEN };
 #define CF_ADMITTED 0x1   /* holds a ticket: must record or release it */
 #define CF_DECORATED 0x2  /* @breaker on an async def: a failing fn(*args) is a bad call */
 #define CF_PREADMITTED 0x4  /* admitted before it was awaited (a plain def returned a coroutine) */
+#define CF_DISCARDED 0x8  /* dropped by us on an error before anyone saw it: no "never awaited" */
 
 struct BreakerCall {
     PyObject_HEAD
@@ -1619,10 +1620,45 @@ bc_clear(PyObject *self)
     return 0;
 }
 
+/* asyncio's coroutines record where they were made when origin tracking is on; ours do not */
+static PyObject *
+bc_get_origin(PyObject *Py_UNUSED(self), void *Py_UNUSED(closure))
+{
+    Py_RETURN_NONE;
+}
+
+/* Dropped without ever being started: warn as an un-awaited coroutine does. A coroutine made
+ * at call time (a decorated async def) warns by itself when it goes; tickets are internal. */
+static void
+bc_finalize(PyObject *self)
+{
+    BreakerCall *c = (BreakerCall *)self;
+    if (c->state != CS_INIT || c->breaker == NULL || c->mode == CM_TOKEN || c->it != NULL
+        || (c->flags & CF_DISCARDED)) {
+        return;
+    }
+    PyObject *exc = fa_fetch_exc();  // new ref or NULL
+    PyObject *name = bc_get_name(self, NULL);  // new ref
+    if (name == NULL) {
+        PyErr_WriteUnraisable(self);
+    }
+    else {
+        fa_warn_unawaited(self, name);
+        Py_DECREF(name);
+    }
+    if (exc != NULL) {
+        fa_restore_exc(exc);  // what was in flight when the op died
+    }
+}
+
 static void
 bc_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    if (FA_UNLIKELY(((BreakerCall *)self)->state == CS_INIT)
+        && PyObject_CallFinalizerFromDealloc(self) < 0) {
+        return;  // resurrected by the warning (a recorder keeps it as the source)
+    }
     PyObject_GC_UnTrack(self);
     bc_clear(self);  /* an admitted call that dies unfinished is neither success nor failure */
     tp->tp_free(self);
@@ -1646,6 +1682,7 @@ static PyMethodDef bc_methods[] = {
 static PyGetSetDef bc_getset[] = {
     {"__name__", bc_get_name, NULL, NULL, NULL},
     {"__qualname__", bc_get_name, NULL, NULL, NULL},
+    {"cr_origin", bc_get_origin, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1653,6 +1690,7 @@ static PyType_Slot bc_slots[] = {
     {Py_tp_dealloc, bc_dealloc},
     {Py_tp_traverse, bc_traverse},
     {Py_tp_clear, bc_clear},
+    {Py_tp_finalize, bc_finalize},
     {Py_tp_repr, bc_repr},
     {Py_tp_iternext, bc_iternext},
     {Py_tp_methods, bc_methods},
@@ -1675,6 +1713,14 @@ static PyType_Spec bc_spec = {
 };
 
 /* ------------------------------------------------------------------ BreakerFunction */
+
+/* Drop a call we made and could not hand out (an error while making it). */
+static void
+bc_discard(BreakerCall *c)
+{
+    c->flags |= CF_DISCARDED;
+    Py_DECREF(c);
+}
 
 /* args (a vectorcall array) into a tuple and kwnames into a dict */
 static int
@@ -1715,7 +1761,7 @@ bf_call_async(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
         /* the likely case: make the coroutine now, forwarding the arguments as they are */
         c->it = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // Beware: user code
         if (c->it == NULL) {
-            Py_DECREF(c);
+            bc_discard(c);
             return NULL;
         }
     }
@@ -1723,7 +1769,7 @@ bf_call_async(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
         /* called at admission (the breaker may not let it run), with these arguments */
         c->fn = Py_NewRef(f->fn);
         if (bc_store_args(c, args, PyVectorcall_NARGS(nargsf), kwnames) < 0) {
-            Py_DECREF(c);
+            bc_discard(c);
             return NULL;
         }
     }
@@ -2023,7 +2069,7 @@ breaker_call_method(PyObject *self, PyObject *const *args, size_t nargsf, PyObje
     }
     c->fn = Py_NewRef(args[0]);
     if (bc_store_args(c, args + 1, nargs - 1, kwnames) < 0) {
-        Py_DECREF(c);
+        bc_discard(c);
         return NULL;
     }
     return (PyObject *)c;
@@ -2778,11 +2824,16 @@ PyDoc_STRVAR(stats_doc, "stats($self, /)\n--\n\nA dict: state, failure_count, su
              "and the totals calls, successes, failures, ignored, slow_calls, rejections, "
              "state_changes.");
 
-static PyMethodDef breaker_methods[] = {
+/* the awaitable methods: coroutine functions to inspect (fa_methods_add) */
+static PyMethodDef breaker_async_methods[] = {
     {"call", (PyCFunction)(void (*)(void))breaker_call_method, METH_FASTCALL | METH_KEYWORDS,
      breaker_call_method_doc},
     {"__aenter__", breaker_aenter, METH_NOARGS, aenter_doc},
     {"__aexit__", (PyCFunction)(void (*)(void))breaker_aexit, METH_FASTCALL, aexit_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef breaker_methods[] = {
     {"__enter__", breaker_enter, METH_NOARGS, enter_doc},
     {"__exit__", (PyCFunction)(void (*)(void))breaker_exit, METH_FASTCALL, exit_doc},
     {"_acquire", breaker_acquire, METH_NOARGS, acquire_doc},
@@ -2930,7 +2981,8 @@ fa_breaker_init(PyObject *mod, fa_state *st)
         || (st->bk_str_close = PyUnicode_InternFromString("close")) == NULL) {
         return -1;
     }
-    if ((st->BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL) {
+    if ((st->BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL
+        || fa_methods_add(st, st->BreakerType, breaker_async_methods) < 0) {
         return -1;
     }
     st->BreakerCallType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bc_spec, NULL);

@@ -298,4 +298,45 @@ fa_dict_tag_same(PyObject *d, fa_dict_tag tag)
 }
 #endif
 
+/* ------------------------------------------------------------------ tracemalloc */
+
+#if !FA_PY312
+/* 3.10 and 3.11 export tracemalloc's configuration (declared in an internal header); reading
+ * its flag inline saves a call. The layout is that of those two (frozen) versions. */
+struct fa_tracemalloc_config {
+    int initialized;
+    int tracing;
+    int max_nframe;
+};
+PyAPI_DATA(struct fa_tracemalloc_config) _Py_tracemalloc_config;
+#endif
+
+/* Tell tracemalloc that the GC object obj (of that basicsize, no managed dict) is a new object
+ * made here, as CPython's free lists do (_Py_NewReference): its memory block gets the current
+ * traceback (and is traced from now on if it was made before tracing started). Nothing but a
+ * flag test while tracemalloc is off: 3.13+, whether a reference tracer is installed
+ * (tracemalloc installs one when started; PyRefTracer, public); 3.12, _PyTraceMalloc_IsTracing
+ * (private); 3.10/3.11, the exported configuration. Then PyTraceMalloc_Track on the block, which
+ * starts at the GC header two pointers before obj. */
+static inline void
+fa_tracemalloc_renew(PyObject *obj, size_t basicsize)
+{
+#if FA_PY313
+    void *data = NULL;
+    if (__builtin_expect(PyRefTracer_GetTracer(&data) == NULL, 1)) {
+        return;
+    }
+#elif FA_PY312
+    if (__builtin_expect(!_PyTraceMalloc_IsTracing(), 1)) {
+        return;
+    }
+#else
+    if (__builtin_expect(!_Py_tracemalloc_config.tracing, 1)) {
+        return;
+    }
+#endif
+    (void)PyTraceMalloc_Track(0, (uintptr_t)obj - 2 * sizeof(void *),
+                              basicsize + 2 * sizeof(void *));
+}
+
 #endif

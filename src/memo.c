@@ -1129,7 +1129,18 @@ call_on_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     return rc;
 }
 
-static const fa_opkind call_kind = {"cached", call_start, call_resume, call_on_exc};
+/* the op stands for a call of the decorated function: its qualname is the function's */
+static PyObject *
+call_qualname(FaOp *op)
+{
+    if (op->owner == NULL) {
+        return NULL;  // finished: the kind's name
+    }
+    return PyObject_GetAttrString(((MemoObject *)op->owner)->func, "__qualname__");
+}
+
+static const fa_opkind call_kind = {"cached", call_start, call_resume, call_on_exc,
+                                    call_qualname};
 
 /* ------------------------------------------------------------------ the sync path */
 

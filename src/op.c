@@ -24,6 +24,26 @@ op_finish_slow(FaOp *op)
     Py_CLEAR(op->arg2);
 }
 
+/* A finished op goes back into its reuse slot (if the slot is still empty) and lets go of the
+ * slot's holder. Runs before the owner is released: the owner (or home_obj) keeps the slot
+ * alive until then. */
+static inline void
+op_go_home(FaOp *op)
+{
+    FaOp **home = op->home;
+    if (home != NULL) {
+        op->home = NULL;
+        if (*home == NULL) {
+            *home = (FaOp *)Py_NewRef(op);
+        }
+        if (FA_UNLIKELY(op->home_obj != NULL)) {
+            PyObject *h = op->home_obj;
+            op->home_obj = NULL;
+            Py_DECREF(h);  // Beware: may free the holder, which drops its slot; our caller holds op
+        }
+    }
+}
+
 static inline void
 op_finish(FaOp *op)
 {
@@ -33,7 +53,10 @@ op_finish(FaOp *op)
                      | (uintptr_t)op->arg | (uintptr_t)op->arg2) != 0)) {
         op_finish_slow(op);
     }
-    Py_CLEAR(op->owner);  // Beware: may free the owner, which drops its cache slot; our caller holds op
+    PyObject *owner = op->owner;
+    op->owner = NULL;
+    op_go_home(op);
+    Py_XDECREF(owner);  // Beware: may free the owner, which drops its slot; our caller holds op
 }
 
 void
@@ -58,6 +81,8 @@ fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg)
     op->fut_iter = NULL;
     op->prev = op->next = NULL;
     op->queue = NULL;
+    op->home = NULL;
+    op->home_obj = NULL;
     op->num = 0.0;
     op->state = FA_OP_INIT;
     op->flags = 0;
@@ -272,6 +297,7 @@ op_send_impl(FaOp *op, PyObject *arg, PyObject **res)
             op->flags = 0;
             PyObject *owner = op->owner;
             op->owner = NULL;
+            op_go_home(op);
             Py_DECREF(owner);  // Beware: may free the owner; our caller holds op
             return r;
         }
@@ -509,9 +535,84 @@ op_await(PyObject *self)
 }
 
 static PyObject *
+op_qualname(FaOp *op)
+{
+    if (op->kind->qualname != NULL) {
+        PyObject *q = op->kind->qualname(op);
+        if (q != NULL || PyErr_Occurred()) {
+            return q;
+        }
+    }
+    return PyUnicode_FromString(op->kind->name);
+}
+
+static PyObject *
 op_get_name(PyObject *self, void *Py_UNUSED(closure))
 {
-    return PyUnicode_FromString(((FaOp *)self)->kind->name);
+    return op_qualname((FaOp *)self);
+}
+
+/* asyncio's coroutines record where they were made when origin tracking is on; ours do not */
+static PyObject *
+op_get_origin(PyObject *Py_UNUSED(self), void *Py_UNUSED(closure))
+{
+    Py_RETURN_NONE;
+}
+
+void
+fa_warn_unawaited(PyObject *coro, PyObject *qualname)
+{
+    /* As CPython's own: through warnings._warn_unawaited_coroutine, which passes source=coro
+     * (tracemalloc's "Object allocated at" lines); if that is missing or broken (shutdown),
+     * report what went wrong and warn directly. An "error" filter turns the warning into a
+     * RuntimeWarning exception: that is the warning, reported as unraisable, no fallback. */
+    int warned = 0;
+    PyObject *name = PyUnicode_FromString("warnings");  // new ref
+    PyObject *mod = name ? PyImport_GetModule(name) : NULL;  // new ref; no import at shutdown
+    Py_XDECREF(name);
+    if (mod != NULL) {
+        PyObject *fn = PyObject_GetAttrString(mod, "_warn_unawaited_coroutine");
+        Py_DECREF(mod);
+        if (fn != NULL) {
+            PyObject *res = PyObject_CallOneArg(fn, coro);  // Beware: Python code
+            Py_DECREF(fn);
+            if (res != NULL || PyErr_ExceptionMatches(PyExc_RuntimeWarning)) {
+                warned = 1;
+            }
+            Py_XDECREF(res);
+        }
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable(coro);
+    }
+    if (!warned && PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%S' was never awaited",
+                                    qualname) < 0) {
+        PyErr_WriteUnraisable(coro);
+    }
+}
+
+/* Dropped without ever being started (never awaited, sent to or closed): warn as an un-awaited
+ * coroutine does. An idle op in a reuse slot is DONE, and an inert queue node has no owner, so
+ * neither warns; this runs only when an op dies, never on the awaited path. */
+static void
+op_finalize(PyObject *self)
+{
+    FaOp *op = (FaOp *)self;
+    if (op->state != FA_OP_INIT || op->owner == NULL) {
+        return;
+    }
+    PyObject *exc = fa_fetch_exc();  // new ref or NULL
+    PyObject *qualname = op_qualname(op);  // new ref
+    if (qualname == NULL) {
+        PyErr_WriteUnraisable(self);
+    }
+    else {
+        fa_warn_unawaited(self, qualname);
+        Py_DECREF(qualname);
+    }
+    if (exc != NULL) {
+        fa_restore_exc(exc);  // what was in flight when the op died
+    }
 }
 
 static PyObject *
@@ -533,6 +634,7 @@ op_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(op->arg2);
     Py_VISIT(op->fut);
     Py_VISIT(op->fut_iter);
+    Py_VISIT(op->home_obj);
     return 0;
 }
 
@@ -550,6 +652,8 @@ op_clear(PyObject *self)
     Py_CLEAR(op->fut);
     Py_CLEAR(op->arg);
     Py_CLEAR(op->arg2);
+    op->home = NULL;  // the slot may go with its holder: never go back to it
+    Py_CLEAR(op->home_obj);
     Py_CLEAR(op->owner);
     return 0;
 }
@@ -558,6 +662,10 @@ static void
 op_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    if (FA_UNLIKELY(((FaOp *)self)->state == FA_OP_INIT)
+        && PyObject_CallFinalizerFromDealloc(self) < 0) {
+        return;  // resurrected by the warning (a recorder keeps it as the source)
+    }
     PyObject_GC_UnTrack(self);
     assert(((FaOp *)self)->queue == NULL);
     op_clear(self);
@@ -582,6 +690,7 @@ static PyMethodDef op_methods[] = {
 static PyGetSetDef op_getset[] = {
     {"__name__", op_get_name, NULL, NULL, NULL},
     {"__qualname__", op_get_name, NULL, NULL, NULL},
+    {"cr_origin", op_get_origin, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -589,6 +698,7 @@ static PyType_Slot op_slots[] = {
     {Py_tp_dealloc, op_dealloc},
     {Py_tp_traverse, op_traverse},
     {Py_tp_clear, op_clear},
+    {Py_tp_finalize, op_finalize},
     {Py_tp_repr, op_repr},
     {Py_tp_iternext, op_iternext},
     {Py_tp_methods, op_methods},
@@ -643,12 +753,10 @@ fa_waitq_release_all(fa_waitq *q)
     PyMem_Free(ops);
 }
 
-static int fa_special_init(PyObject *mod, fa_state *st);
-
 int
 fa_op_init(PyObject *mod, fa_state *st)
 {
-    if (fa_special_init(mod, st) < 0 || fa_waitview_init(mod, st) < 0) {
+    if (fa_method_init(mod, st) < 0 || fa_waitview_init(mod, st) < 0) {
         return -1;
     }
     st->OpType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &op_spec, NULL);
@@ -673,352 +781,6 @@ fa_op_init(PyObject *mod, fa_state *st)
     }
     Py_DECREF(r);
     return 0;
-}
-
-/* ------------------------------------------------------------------ special methods */
-
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    fa_state *st;
-    fa_special_impl impl;
-    PyObject *name;           /* str */
-    PyTypeObject *owner_type; /* the type it was installed on (borrowed: the type holds us) */
-    Py_ssize_t slot_offset;
-    const char *doc;
-} FaSpecialDescr;
-
-static inline PyObject **
-special_slot(FaSpecialDescr *d, PyObject *obj)
-{
-    return (PyObject **)((char *)obj + d->slot_offset);
-}
-
-static PyObject *
-bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
-{
-    FaBound *b = (FaBound *)callable;
-    FaSpecialDescr *d = (FaSpecialDescr *)b->descr;
-    if (FA_UNLIKELY(kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
-        PyErr_Format(PyExc_TypeError, "%U() takes no keyword arguments", d->name);
-        return NULL;
-    }
-    PyObject *owner = b->owner;
-    if (FA_UNLIKELY(owner == NULL)) {
-        PyErr_Format(PyExc_ReferenceError, "the object %U was bound to no longer exists",
-                     d->name);
-        return NULL;
-    }
-    Py_INCREF(owner);
-    PyObject *r = d->impl(owner, args, PyVectorcall_NARGS(nargsf));
-    /* Only the caller and the instance's slot hold us: the caller drops its reference right
-     * after this call, so give up ours on the instance (whatever we returned holds it). */
-    if (b->owns && Py_REFCNT(b) <= 2) {
-        b->owns = 0;
-        Py_DECREF(owner);
-    }
-    Py_DECREF(owner);  // Beware: may free the instance, which clears b->owner
-    return r;
-}
-
-static int
-bound_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    FaBound *b = (FaBound *)self;
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(b->descr);
-    if (b->owns) {
-        Py_VISIT(b->owner);
-    }
-    return 0;
-}
-
-static int
-bound_clear(PyObject *self)
-{
-    FaBound *b = (FaBound *)self;
-    if (b->owns) {
-        b->owns = 0;
-        PyObject *o = b->owner;
-        b->owner = NULL;
-        Py_DECREF(o);
-    }
-    Py_CLEAR(b->descr);
-    return 0;
-}
-
-static void
-bound_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    bound_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-static PyObject *
-bound_repr(PyObject *self)
-{
-    FaBound *b = (FaBound *)self;
-    FaSpecialDescr *d = (FaSpecialDescr *)b->descr;
-    if (b->owner == NULL) {
-        return PyUnicode_FromFormat("<bound method %U of a deleted object>", d->name);
-    }
-    return PyUnicode_FromFormat("<bound method %s.%U of %R>", fa_type_name(d->owner_type),
-                                d->name, b->owner);
-}
-
-static PyObject *
-bound_get_self(PyObject *self, void *Py_UNUSED(c))
-{
-    FaBound *b = (FaBound *)self;
-    return Py_NewRef(b->owner ? b->owner : Py_None);
-}
-
-static PyObject *
-bound_get_func(PyObject *self, void *Py_UNUSED(c))
-{
-    return Py_NewRef(((FaBound *)self)->descr);
-}
-
-static PyObject *
-bound_get_name(PyObject *self, void *Py_UNUSED(c))
-{
-    return Py_NewRef(((FaSpecialDescr *)((FaBound *)self)->descr)->name);
-}
-
-static PyGetSetDef bound_getset[] = {
-    {"__self__", bound_get_self, NULL, NULL, NULL},
-    {"__func__", bound_get_func, NULL, NULL, NULL},
-    {"__name__", bound_get_name, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMemberDef bound_members[] = {
-    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(FaBound, vectorcall), Py_READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyType_Slot bound_slots[] = {
-    {Py_tp_dealloc, bound_dealloc},
-    {Py_tp_traverse, bound_traverse},
-    {Py_tp_clear, bound_clear},
-    {Py_tp_repr, bound_repr},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_getset, bound_getset},
-    {Py_tp_members, bound_members},
-    {0, NULL},
-};
-
-static PyType_Spec bound_spec = {
-    .name = "aiofast._core.BoundSpecial",
-    .basicsize = sizeof(FaBound),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-             | Py_TPFLAGS_HAVE_VECTORCALL,
-    .slots = bound_slots,
-};
-
-static PyObject *
-descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    FaSpecialDescr *d = (FaSpecialDescr *)self;
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(self);
-    }
-    if (!PyObject_TypeCheck(obj, d->owner_type)) {
-        PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%s' objects doesn't apply to a '%s' "
-                     "object", d->name, fa_type_name(d->owner_type), Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    PyObject **slot = special_slot(d, obj);
-    FaBound *b = (FaBound *)*slot;
-    if (FA_LIKELY(b != NULL)) {
-        if (!b->owns) {
-            b->owns = 1;
-            Py_INCREF(obj);
-        }
-        return Py_NewRef(b);
-    }
-    b = PyObject_GC_New(FaBound, d->st->BoundType);
-    if (b == NULL) {
-        return NULL;
-    }
-    b->vectorcall = bound_vectorcall;
-    b->owner = Py_NewRef(obj);
-    b->owns = 1;
-    b->descr = Py_NewRef(self);
-    PyObject_GC_Track(b);
-    *slot = Py_NewRef(b);
-    return (PyObject *)b;
-}
-
-/* Lock.__aenter__(lock): the unbound call */
-static PyObject *
-descr_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
-{
-    FaSpecialDescr *d = (FaSpecialDescr *)callable;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        PyErr_Format(PyExc_TypeError, "%U() takes no keyword arguments", d->name);
-        return NULL;
-    }
-    if (nargs < 1) {
-        PyErr_Format(PyExc_TypeError, "unbound method %s.%U() needs an argument",
-                     fa_type_name(d->owner_type), d->name);
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(args[0], d->owner_type)) {
-        PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%s' objects doesn't apply to a '%s' "
-                     "object", d->name, fa_type_name(d->owner_type), Py_TYPE(args[0])->tp_name);
-        return NULL;
-    }
-    return d->impl(args[0], args + 1, nargs - 1);
-}
-
-static PyObject *
-descr_repr(PyObject *self)
-{
-    FaSpecialDescr *d = (FaSpecialDescr *)self;
-    return PyUnicode_FromFormat("<method '%U' of '%s' objects>", d->name,
-                                fa_type_name(d->owner_type));
-}
-
-static PyObject *
-descr_get_doc(PyObject *self, void *Py_UNUSED(c))
-{
-    FaSpecialDescr *d = (FaSpecialDescr *)self;
-    if (d->doc == NULL) {
-        Py_RETURN_NONE;
-    }
-    return PyUnicode_FromString(d->doc);
-}
-
-static PyObject *
-descr_get_name(PyObject *self, void *Py_UNUSED(c))
-{
-    return Py_NewRef(((FaSpecialDescr *)self)->name);
-}
-
-static PyObject *
-descr_get_qualname(PyObject *self, void *Py_UNUSED(c))
-{
-    FaSpecialDescr *d = (FaSpecialDescr *)self;
-    return PyUnicode_FromFormat("%s.%U", fa_type_name(d->owner_type), d->name);
-}
-
-static PyObject *
-descr_get_objclass(PyObject *self, void *Py_UNUSED(c))
-{
-    return Py_NewRef((PyObject *)((FaSpecialDescr *)self)->owner_type);
-}
-
-static PyGetSetDef descr_getset[] = {
-    {"__doc__", descr_get_doc, NULL, NULL, NULL},
-    {"__name__", descr_get_name, NULL, NULL, NULL},
-    {"__qualname__", descr_get_qualname, NULL, NULL, NULL},
-    {"__objclass__", descr_get_objclass, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMemberDef descr_members[] = {
-    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(FaSpecialDescr, vectorcall), Py_READONLY,
-     NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static int
-descr_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    return 0;
-}
-
-static void
-descr_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(((FaSpecialDescr *)self)->name);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-static PyType_Slot descr_slots[] = {
-    {Py_tp_dealloc, descr_dealloc},
-    {Py_tp_traverse, descr_traverse},
-    {Py_tp_repr, descr_repr},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, descr_get},
-    {Py_tp_getset, descr_getset},
-    {Py_tp_members, descr_members},
-    {0, NULL},
-};
-
-static PyType_Spec descr_spec = {
-    .name = "aiofast._core.SpecialMethod",
-    .basicsize = sizeof(FaSpecialDescr),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
-    .slots = descr_slots,
-};
-
-int
-fa_special_add(fa_state *st, PyTypeObject *tp, const char *name, fa_special_impl impl,
-               Py_ssize_t slot_offset, const char *doc)
-{
-    FaSpecialDescr *d = PyObject_GC_New(FaSpecialDescr, st->SpecialDescrType);
-    if (d == NULL) {
-        return -1;
-    }
-    d->vectorcall = descr_vectorcall;
-    d->st = st;
-    d->impl = impl;
-    d->owner_type = tp;
-    d->slot_offset = slot_offset;
-    d->doc = doc;
-    d->name = PyUnicode_InternFromString(name);
-    PyObject_GC_Track(d);
-    if (d->name == NULL) {
-        Py_DECREF(d);
-        return -1;
-    }
-    int rc = PyObject_SetAttr((PyObject *)tp, d->name, (PyObject *)d);
-    Py_DECREF(d);
-    return rc;
-}
-
-void
-fa_special_clear(PyObject *self, PyObject **slot)
-{
-    FaBound *b = (FaBound *)*slot;
-    if (b == NULL) {
-        return;
-    }
-    *slot = NULL;
-    if (b->owner == self) {
-        if (b->owns) {
-            /* only from a GC clear: the collector holds self for the duration */
-            b->owns = 0;
-            b->owner = NULL;
-            Py_DECREF(self);
-        }
-        else {
-            b->owner = NULL;
-        }
-    }
-    Py_DECREF(b);
-}
-
-static int
-fa_special_init(PyObject *mod, fa_state *st)
-{
-    st->SpecialDescrType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &descr_spec, NULL);
-    if (st->SpecialDescrType == NULL) {
-        return -1;
-    }
-    st->BoundType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bound_spec, NULL);
-    return st->BoundType == NULL ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------ wrappers' annotations */

@@ -47,6 +47,8 @@ typedef struct fa_opkind {
     PySendResult (*start)(FaOp *op, PyObject **res);
     PySendResult (*resume)(FaOp *op, PyObject *value, PyObject **res);
     int (*on_exc)(FaOp *op, PyObject *exc);
+    /* optional: the op's __qualname__ when it is not the fixed name (a new reference) */
+    PyObject *(*qualname)(FaOp *op);
 } fa_opkind;
 
 enum { FA_OP_INIT = 0, FA_OP_RUNNING, FA_OP_WAITING, FA_OP_DONE };
@@ -63,6 +65,8 @@ struct FaOp {
     FaOp *prev;          /* links, valid while queue != NULL */
     FaOp *next;
     fa_waitq *queue;     /* the waiter queue this op is linked in, or NULL */
+    FaOp **home;         /* the reuse slot it goes back to when done (see fa_op_cached), or NULL */
+    PyObject *home_obj;  /* strong: the object holding *home when that is not owner, or NULL */
     double num;          /* kind-specific number (tokens, deadline) */
     int state;
     int flags;           /* kind-specific flags; FA_OPF_WOKEN is shared */
@@ -242,39 +246,74 @@ int fa_waitview_init(PyObject *mod, fa_state *st);
 /* A new op of this kind for owner (strong reference taken), in state INIT. */
 FaOp *fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg);
 
-/* Finish an op that was never driven to the end (an INIT op dropped unawaited): state DONE,
- * every reference dropped. */
+/* Finish an op that was never driven to the end: state DONE, every reference dropped. */
 void fa_op_reset(FaOp *op);
 
-/* The same as fa_op_new, reusing *cache when nobody else holds it (no allocation on the hot
- * path). The cache slot keeps one strong reference; the owner must visit and clear it. */
+/* A recycled op is a new object to tracemalloc: its allocation traceback becomes the current
+ * one, as CPython does for objects it takes from a free list (so the "never awaited" warning
+ * of a dropped op shows where that op was made). While tracemalloc is off this reads one flag. */
+static inline void
+fa_op_retrace(FaOp *op)
+{
+    fa_tracemalloc_renew((PyObject *)op, sizeof(FaOp));
+}
+
+/* An op of this kind for owner (strong reference taken), in state INIT, reusing the one in the
+ * reuse slot *cache when only the slot holds it (no allocation on the hot path).
+ *
+ * The slot holds a strong reference to an idle (DONE) op. Handing it out moves that reference
+ * to the caller and leaves the slot empty; the op remembers the slot (home) and goes back into
+ * it when it finishes, if the slot is still empty. So an op that is handed out and dropped
+ * without ever being started really dies (and warns, as an un-awaited coroutine does), and a
+ * recycled op never warns. The slot lives in holder, which the op keeps alive until it is home:
+ * fa_op_cached is for slots inside owner itself (owner is held anyway); fa_op_cached_in for a
+ * slot in another object. The holder visits and clears its slot. */
 static inline FaOp *
-fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
+fa_op_cached_in(fa_state *st, PyObject *holder, FaOp **cache, const fa_opkind *kind,
+                PyObject *owner)
 {
     FaOp *op = *cache;
     if (FA_LIKELY(op != NULL && Py_REFCNT(op) == 1)) {
-        /* Only the cache holds it: nobody can observe the reuse. */
-        if (FA_UNLIKELY(op->state != FA_OP_DONE)) {
-            fa_op_reset(op);  // an INIT op that was created and dropped unawaited
-        }
+        /* Only the slot holds it: nobody can observe the reuse. */
 #if FA_DEBUG
-        FA_CHECK(op->flags == 0 && op->queue == NULL && op->owner == NULL && op->fut == NULL
-                 && op->fut_iter == NULL && op->arg == NULL && op->arg2 == NULL,
-                 "a finished op %p (%s) kept state: flags %#x", (void *)op, op->kind->name,
-                 (unsigned)op->flags);
+        FA_CHECK(op->state == FA_OP_DONE && op->flags == 0 && op->queue == NULL
+                     && op->owner == NULL && op->fut == NULL && op->fut_iter == NULL
+                     && op->arg == NULL && op->arg2 == NULL && op->home == NULL
+                     && op->home_obj == NULL,
+                 "an idle op %p (%s) kept state: state %d, flags %#x", (void *)op,
+                 op->kind->name, op->state, (unsigned)op->flags);
 #endif
+        *cache = NULL;  // the slot's reference is now the caller's
+        fa_op_retrace(op);
         op->kind = kind;
         op->owner = Py_NewRef(owner);
         op->state = FA_OP_INIT;
-        Py_INCREF(op);
-        return op;
     }
-    op = fa_op_new(st, kind, owner, NULL);
-    if (op != NULL && *cache == NULL) {
-        *cache = (FaOp *)Py_NewRef(op);
+    else {
+        op = fa_op_new(st, kind, owner, NULL);
+        if (op == NULL) {
+            return NULL;
+        }
+    }
+    op->home = cache;
+    if (holder != owner) {
+        op->home_obj = Py_NewRef(holder);
     }
     return op;
 }
+
+static inline FaOp *
+fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
+{
+    return fa_op_cached_in(st, owner, cache, kind, owner);
+}
+
+/* Emit the warning of an un-awaited coroutine for coro, as CPython does when one is dropped
+ * unstarted: RuntimeWarning "coroutine '<qualname>' was never awaited", through the warnings
+ * module's own helper (so the tracemalloc origin of coro is shown when tracing), else directly.
+ * Never raises: a failure (or an "error" filter) is reported as unraisable. The caller saves
+ * and restores any exception in flight. */
+void fa_warn_unawaited(PyObject *coro, PyObject *qualname);
 
 /* Slow path of start/resume: create a future on the running loop (binding *loop_slot lazily as
  * _LoopBoundMixin does), link op at the back of q, and yield the future. Returns PYGEN_NEXT with
@@ -323,18 +362,28 @@ int fa_wrapper_set_annotate(PyObject *self, PyObject *value, void *closure);
 #define FA_WRAPPER_ANNOTATIONS_GETSET
 #endif
 
-#endif
-
-/* ---- special methods without a bound-method allocation ----
+/* ---- awaitable methods: coroutine functions to inspect, free to call (method.c) ----
  *
- * `async with x:` looks up x.__aenter__ and x.__aexit__ with _PyObject_LookupSpecial, which
- * calls the descriptor's __get__: for a C method that allocates a bound method object (and a
- * GC link) per lookup, twice per `async with`, which costs more than the whole uncontended
- * acquire/release. A "special" descriptor instead hands out one bound callable cached on the
- * instance (FaBound), so the steady state allocates nothing.
+ * Every method that returns an awaitable (acquire, wait, put, get, join, __aenter__, ...) is an
+ * FaMethod descriptor rather than a plain C method, for two reasons:
  *
- * Ownership: the instance's slot holds the FaBound strongly. The FaBound always points at the
- * instance (borrowed; the instance clears the pointer when it goes), and holds a strong
+ * - Libraries decide whether to await a callable's result with inspect.iscoroutinefunction /
+ *   asyncio.iscoroutinefunction. The descriptor is function-like as inspect understands it: a
+ *   __code__ flagged CO_COROUTINE (from a prototype `async def` with the method's signature),
+ *   __name__, __qualname__, __defaults__, __kwdefaults__, __annotations__, __text_signature__,
+ *   and on 3.12+ inspect.markcoroutinefunction's marker. `obj.put` is a real bound method
+ *   (types.MethodType) over it, exactly as for a Python `async def`.
+ * - Calls cost nothing extra: the type has Py_TPFLAGS_METHOD_DESCRIPTOR, so `obj.put(x)` is
+ *   an unbound vectorcall with obj as the first argument and no bound object is made; only a
+ *   plain attribute read (`f = obj.put`) makes one, as for Python functions.
+ *
+ * Special methods (__aenter__/__aexit__ of the lock family): `async with x:` looks them up with
+ * _PyObject_LookupSpecial before 3.14, which calls __get__ and would allocate a bound method
+ * twice per `async with`, more than the whole uncontended acquire/release. Their descriptor
+ * instead hands out one bound callable cached on the instance (FaBound), function-like too.
+ *
+ * FaBound ownership: the instance's slot holds the FaBound strongly. The FaBound always points
+ * at the instance (borrowed; the instance clears the pointer when it goes), and holds a strong
  * reference to it only while handed out (`owns`), which is what keeps `async with Lock():` on a
  * temporary alive, as a bound method would. It gives that reference up at the end of a call
  * when only the caller and the slot hold it (the interpreter drops its reference right after
@@ -346,12 +395,19 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *owner;   /* borrowed unless owns */
-    PyObject *descr;   /* the FaSpecialDescr, strong */
+    PyObject *descr;   /* the FaMethod, strong */
+    PyObject *weakreflist;
     int owns;
 } FaBound;
 
-/* Install descriptor `name` on type tp: calling it runs impl(self, args, nargs); slot_offset is
- * the offset of a PyObject * field in the instance struct that caches the FaBound. */
+/* Install each PyMethodDef of defs (METH_NOARGS, METH_O, METH_FASTCALL, optionally with
+ * METH_KEYWORDS; ml_doc must start with a text signature "name($self, ...)\n--\n\n") on tp as
+ * an awaitable method. Call after the type is made, before it is used. */
+int fa_methods_add(fa_state *st, PyTypeObject *tp, PyMethodDef *defs);
+
+/* Install special method `name` on type tp: calling it runs impl(self, args, nargs); slot_offset
+ * is the offset of a PyObject * field in the instance struct that caches the FaBound. doc as
+ * for fa_methods_add. */
 int fa_special_add(fa_state *st, PyTypeObject *tp, const char *name, fa_special_impl impl,
                    Py_ssize_t slot_offset, const char *doc);
 
@@ -364,3 +420,8 @@ fa_special_traverse(PyObject *slot, visitproc visit, void *arg)
 }
 
 void fa_special_clear(PyObject *self, PyObject **slot);
+
+/* Make the method types (called by fa_op_init). */
+int fa_method_init(PyObject *mod, fa_state *st);
+
+#endif

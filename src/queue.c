@@ -1450,7 +1450,7 @@ get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     return 0;
 }
 
-static const fa_opkind get_kind = {"Queue.get", get_start, get_resume, get_exc};
+static const fa_opkind get_kind = {"Queue.get", get_start, get_resume, get_exc, NULL};
 
 /* One turn of asyncio's `while self.full(): ...wait...; return self.put_nowait(item)`. */
 static PySendResult
@@ -1527,7 +1527,7 @@ put_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     return 0;
 }
 
-static const fa_opkind put_kind = {"Queue.put", put_start, put_resume, put_exc};
+static const fa_opkind put_kind = {"Queue.put", put_start, put_resume, put_exc, NULL};
 
 static PySendResult
 join_start(FaOp *op, PyObject **res)
@@ -1558,7 +1558,7 @@ join_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
     return PYGEN_RETURN;
 }
 
-static const fa_opkind join_kind = {"Queue.join", join_start, join_resume, NULL};
+static const fa_opkind join_kind = {"Queue.join", join_start, join_resume, NULL, NULL};
 
 /* ------------------------------------------------------------------ methods */
 
@@ -2347,16 +2347,21 @@ PyDoc_STRVAR(class_getitem_doc, "See PEP 585");
 PyDoc_STRVAR(reduce_doc, "__reduce__($self, /)\n--\n\nPickle and copy support (an idle queue).");
 PyDoc_STRVAR(setstate_doc, "__setstate__($self, state, /)\n--\n\nRestore pickled state.");
 
-static PyMethodDef queue_methods[] = {
+/* the awaitable methods: coroutine functions to inspect (fa_methods_add) */
+static PyMethodDef queue_async_methods[] = {
     {"put", queue_put, METH_O, put_doc},
     {"get", queue_get, METH_NOARGS, get_doc},
+    {"join", queue_join, METH_NOARGS, join_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef queue_methods[] = {
     {"put_nowait", queue_put_nowait, METH_O, put_nowait_doc},
     {"get_nowait", queue_get_nowait, METH_NOARGS, get_nowait_doc},
     {"qsize", queue_qsize, METH_NOARGS, qsize_doc},
     {"empty", queue_empty, METH_NOARGS, empty_doc},
     {"full", queue_full, METH_NOARGS, full_doc},
     {"task_done", queue_task_done, METH_NOARGS, task_done_doc},
-    {"join", queue_join, METH_NOARGS, join_doc},
     {"shutdown", (PyCFunction)(void (*)(void))queue_shutdown, METH_FASTCALL | METH_KEYWORDS,
      shutdown_doc},
     {"_init", fifo_init_m, METH_O, init_doc},
@@ -2494,7 +2499,8 @@ fa_queue_init(PyObject *mod, fa_state *st)
         PyErr_SetString(PyExc_SystemError, "object.__class__ not found");
         return -1;
     }
-    if ((st->QueueType = fa_add_type(mod, &queue_spec, NULL, "Queue")) == NULL) {
+    if ((st->QueueType = fa_add_type(mod, &queue_spec, NULL, "Queue")) == NULL
+        || fa_methods_add(st, st->QueueType, queue_async_methods) < 0) {
         return -1;
     }
     st->PriorityQueueType = fa_add_type(mod, &prio_spec, (PyObject *)st->QueueType,

@@ -577,7 +577,7 @@ sem_acquire_exc(FaOp *op, PyObject *exc)
 }
 
 static const fa_opkind sem_acquire_kind = {
-    "Semaphore.acquire", sem_acquire_start, sem_acquire_resume, sem_acquire_exc,
+    "Semaphore.acquire", sem_acquire_start, sem_acquire_resume, sem_acquire_exc, NULL,
 };
 
 static FA_NOINLINE int
@@ -756,7 +756,7 @@ lock_acquire_exc(FaOp *op, PyObject *exc)
 }
 
 static const fa_opkind lock_acquire_kind = {
-    "Lock.acquire", lock_acquire_start, lock_acquire_resume, lock_acquire_exc,
+    "Lock.acquire", lock_acquire_start, lock_acquire_resume, lock_acquire_exc, NULL,
 };
 
 static inline int
@@ -807,9 +807,10 @@ return_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **r
     return PYGEN_RETURN;
 }
 
-static const fa_opkind lock_aexit_kind = {"Lock.__aexit__", aexit_start, return_none_resume, NULL};
+static const fa_opkind lock_aexit_kind = {"Lock.__aexit__", aexit_start, return_none_resume, NULL,
+                                          NULL};
 static const fa_opkind sem_aexit_kind = {"Semaphore.__aexit__", aexit_start, return_none_resume,
-                                         NULL};
+                                         NULL, NULL};
 
 /* __aenter__ of a subclass that overrides acquire(): `await self.acquire(); return None` */
 static PySendResult
@@ -825,7 +826,7 @@ aenter_delegate_start(FaOp *op, PyObject **res)
 }
 
 static const fa_opkind aenter_delegate_kind = {"__aenter__", aenter_delegate_start,
-                                               return_none_resume, NULL};
+                                               return_none_resume, NULL, NULL};
 
 static PyObject *
 falock_aenter(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
@@ -1306,7 +1307,7 @@ event_wait_exc(FaOp *op, PyObject *Py_UNUSED(exc))
 }
 
 static const fa_opkind event_wait_kind = {
-    "Event.wait", event_wait_start, event_wait_resume, event_wait_exc,
+    "Event.wait", event_wait_start, event_wait_resume, event_wait_exc, NULL,
 };
 
 static PyObject *
@@ -1421,8 +1422,23 @@ PyDoc_STRVAR(clear_doc, "clear($self, /)\n--\n\nReset the event.");
 #define COMMON_METHODS \
     {"_get_loop", falock_private_get_loop, METH_NOARGS, get_loop_doc}
 
-static PyMethodDef sem_methods[] = {
+/* the awaitable methods: coroutine functions to inspect (fa_methods_add) */
+static PyMethodDef sem_async_methods[] = {
     {"acquire", falock_acquire, METH_NOARGS, acquire_doc_sem},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef lock_async_methods[] = {
+    {"acquire", falock_acquire, METH_NOARGS, acquire_doc_lock},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef event_async_methods[] = {
+    {"wait", event_wait, METH_NOARGS, wait_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef sem_methods[] = {
     {"release", sem_release_method, METH_NOARGS, release_doc_sem},
     {"locked", falock_locked, METH_NOARGS, locked_doc_sem},
     {"_wake_up_next", sem_wake_up_next_m, METH_NOARGS, wake_up_next_doc},
@@ -1436,7 +1452,6 @@ static PyMethodDef bsem_methods[] = {
 };
 
 static PyMethodDef lock_methods[] = {
-    {"acquire", falock_acquire, METH_NOARGS, acquire_doc_lock},
     {"release", falock_release, METH_NOARGS, release_doc_lock},
     {"locked", falock_locked, METH_NOARGS, locked_doc_lock},
     {"_wake_up_first", lock_wake_up_first_m, METH_NOARGS, wake_up_first_doc},
@@ -1445,7 +1460,6 @@ static PyMethodDef lock_methods[] = {
 };
 
 static PyMethodDef event_methods[] = {
-    {"wait", event_wait, METH_NOARGS, wait_doc},
     {"is_set", event_is_set, METH_NOARGS, is_set_doc},
     {"set", event_set, METH_NOARGS, set_doc},
     {"clear", event_clear, METH_NOARGS, clear_doc},
@@ -1534,6 +1548,11 @@ fa_semaphore_init(PyObject *mod, fa_state *st)
         return -1;
     }
     if ((st->EventType = fa_add_type(mod, &event_spec, NULL, "Event")) == NULL) {
+        return -1;
+    }
+    if (fa_methods_add(st, st->SemaphoreType, sem_async_methods) < 0
+        || fa_methods_add(st, st->LockType, lock_async_methods) < 0
+        || fa_methods_add(st, st->EventType, event_async_methods) < 0) {
         return -1;
     }
     PyTypeObject *with_types[] = {st->SemaphoreType, st->LockType};

@@ -1148,7 +1148,7 @@ tb_wait_exc(FaOp *op, PyObject *Py_UNUSED(exc))
 }
 
 static const fa_opkind tb_acquire_kind = {
-    "TokenBucket.acquire", tb_acquire_start, tb_acquire_resume, tb_wait_exc,
+    "TokenBucket.acquire", tb_acquire_start, tb_acquire_resume, tb_wait_exc, NULL,
 };
 
 static PySendResult
@@ -1166,7 +1166,7 @@ tb_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
 }
 
 static const fa_opkind tb_aexit_kind = {"TokenBucket.__aexit__", tb_none_start, tb_none_resume,
-                                        NULL};
+                                        NULL, NULL};
 
 /* ------------------------------------------------------------------ RateLimited calls */
 
@@ -1228,7 +1228,7 @@ tb_call_exc(FaOp *op, PyObject *exc)
 }
 
 static const fa_opkind tb_call_kind = {
-    "RateLimited.__call__", tb_call_start, tb_call_resume, tb_call_exc,
+    "RateLimited.__call__", tb_call_start, tb_call_resume, tb_call_exc, NULL,
 };
 
 /* ------------------------------------------------------------------ argument parsing */
@@ -1981,7 +1981,7 @@ rl_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject
     for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
         PyTuple_SET_ITEM(t, 2 + i, Py_NewRef(args[i]));
     }
-    FaOp *o = fa_op_cached(w->st, &w->cache, &tb_call_kind, w->bucket);
+    FaOp *o = fa_op_cached_in(w->st, callable, &w->cache, &tb_call_kind, w->bucket);
     if (o == NULL) {
         Py_DECREF(t);
         return NULL;
@@ -2073,16 +2073,21 @@ PyDoc_STRVAR(tb_aexit_doc, "__aexit__($self, exc_type, exc, tb, /)\n--\n\nNothin
 PyDoc_STRVAR(tb_clock_doc, "_clock($self, /)\n--\n\n(now, native): the running loop's time as "
              "the bucket reads it, and whether it was read natively. For tests.");
 
-static PyMethodDef tb_methods[] = {
+/* the awaitable methods: coroutine functions to inspect (fa_methods_add) */
+static PyMethodDef tb_async_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))tb_acquire, METH_FASTCALL | METH_KEYWORDS,
      tb_acquire_doc},
+    {"__aenter__", tb_aenter, METH_NOARGS, tb_aenter_doc},
+    {"__aexit__", (PyCFunction)(void (*)(void))tb_aexit, METH_FASTCALL, tb_aexit_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef tb_methods[] = {
     {"try_acquire", (PyCFunction)(void (*)(void))tb_try_acquire, METH_FASTCALL | METH_KEYWORDS,
      tb_try_acquire_doc},
     {"has_capacity", (PyCFunction)(void (*)(void))tb_has_capacity, METH_FASTCALL | METH_KEYWORDS,
      tb_has_capacity_doc},
     {"reset", tb_reset, METH_NOARGS, tb_reset_doc},
-    {"__aenter__", tb_aenter, METH_NOARGS, tb_aenter_doc},
-    {"__aexit__", (PyCFunction)(void (*)(void))tb_aexit, METH_FASTCALL, tb_aexit_doc},
     {"_clock", tb_private_clock, METH_NOARGS, tb_clock_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -2131,10 +2136,15 @@ PyDoc_STRVAR(tb_peer_acquire_doc, "acquire($self, /, amount=1)\n--\n\n"
 PyDoc_STRVAR(tb_peer_has_capacity_doc, "has_capacity($self, /, amount=1)\n--\n\n"
 "True if `amount` fits in the capacity available now, whoever waits.");
 
-/* the same C methods as TokenBucket's, with aiolimiter's parameter name in their signatures */
-static PyMethodDef tb_peer_methods[] = {
+/* the same C methods as TokenBucket's, with aiolimiter's parameter name in their signatures
+ * (acquire a coroutine function to inspect, as TokenBucket's: fa_methods_add) */
+static PyMethodDef tb_peer_async_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))tb_acquire, METH_FASTCALL | METH_KEYWORDS,
      tb_peer_acquire_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef tb_peer_methods[] = {
     {"has_capacity", (PyCFunction)(void (*)(void))tb_has_capacity, METH_FASTCALL | METH_KEYWORDS,
      tb_peer_has_capacity_doc},
     {NULL, NULL, 0, NULL},
@@ -2203,12 +2213,17 @@ fa_tokenbucket_init(PyObject *mod, fa_state *st)
         || (st->str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
         return -1;
     }
-    if ((st->TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL) {
+    if ((st->TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL
+        || fa_methods_add(st, st->TokenBucketType, tb_async_methods) < 0) {
         return -1;
     }
     PyTypeObject *leaky = fa_add_type(mod, &tb_peer_spec, (PyObject *)st->TokenBucketType,
                                       "LeakyBucket");
     if (leaky == NULL) {
+        return -1;
+    }
+    if (fa_methods_add(st, leaky, tb_peer_async_methods) < 0) {
+        Py_DECREF(leaky);
         return -1;
     }
     Py_DECREF(leaky);  // the module holds it

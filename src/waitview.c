@@ -34,7 +34,7 @@ foreign_start(FaOp *Py_UNUSED(op), PyObject **Py_UNUSED(res))
     return PYGEN_ERROR;
 }
 
-const fa_opkind fa_foreign_kind = {"foreign waiter", foreign_start, NULL, NULL};
+const fa_opkind fa_foreign_kind = {"foreign waiter", foreign_start, NULL, NULL, NULL};
 
 PyObject *
 fa_waitview_new(fa_state *st, PyObject *owner, fa_waitq *q)

@@ -14,6 +14,7 @@ import json
 import pickle
 import sys
 import tracemalloc
+import warnings
 
 import aiofast
 import aiofast._core as core
@@ -27,6 +28,16 @@ SCENARIOS = {}
 def scenario(fn):
     SCENARIOS[fn.__name__] = fn
     return fn
+
+
+def dropped_unawaited(make, qualname):
+    """An awaitable made and dropped without being awaited: it warns at once, with the text of
+    an un-awaited coroutine."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+    got = [(w.category, str(w.message)) for w in caught]
+    assert got == [(RuntimeWarning, f"coroutine '{qualname}' was never awaited")], got
 
 
 async def _spin(n=3):
@@ -61,7 +72,7 @@ async def lock_family():
     if lock.locked():
         lock.release()
     # an op created and dropped without being awaited, and a closed one
-    sem.acquire()
+    dropped_unawaited(sem.acquire, "Semaphore.acquire")
     op = lock.acquire()
     op.close()
     # a primitive dropped with waiters pending (its tasks are cancelled, then collected)
@@ -143,7 +154,7 @@ async def queue_family():
         q.put_nowait((5, "x"))
         it = q.get()
         it.close()
-        q.get()
+        dropped_unawaited(q.get, "Queue.get")
         q.shutdown(immediate=True)
     for make in (lambda i: Job(i % 3, str(i)), lambda i: (i % 4, i), lambda i: i * 0.5):
         p = aiofast.PriorityQueue()
@@ -195,7 +206,7 @@ async def tokenbucket_family():
         pass
     op = b.acquire(0.5)
     op.close()
-    b.acquire(1)  # dropped unawaited
+    dropped_unawaited(lambda: b.acquire(1), "TokenBucket.acquire")
     # a bucket dropped with waiters pending, a timer armed
     b0 = aiofast.TokenBucket(1, per=3600, initial=0)
     pend = [asyncio.ensure_future(b0.acquire(1, timeout=60)) for _ in range(3)]
@@ -270,8 +281,7 @@ async def breaker_family():
     await b.call(s, "x"), await b.call(f, "y")
     aw = f("never")
     aw.close()
-    aw = b.call(f, "dropped")
-    del aw
+    dropped_unawaited(lambda: b.call(f, "dropped"), "breaker_family.<locals>.f")
     b.stats(), repr(b), b.state, b.failure_count, b.remaining
 
     class AsyncCallable:
@@ -292,7 +302,7 @@ async def breaker_family():
     timed = aiofast.CircuitBreaker(failure_rate=0.5, window_time=10, min_calls=2, clock=lambda: t[0])
     for kind in ("fail", "ok", "fail"):
         try:
-            timed.call(s, kind)
+            await timed.call(s, kind)
         except (_Boom, aiofast.CircuitOpenError):
             pass
 
@@ -396,7 +406,7 @@ async def memo_family():
     lone.cancel()
     await asyncio.gather(lone, return_exceptions=True)
     f(98).close()
-    f(97)  # dropped unawaited
+    dropped_unawaited(lambda: f(97), "memo_family.<locals>.f")
     await asyncio.sleep(1)  # virtual: the ttl passes
     f.cache_info(), f.cache_contains(1), f.cache_invalidate(1), h.cache_info()
     f.cache_clear()

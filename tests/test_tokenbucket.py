@@ -335,7 +335,8 @@ def test_unawaited_acquire_takes_nothing():
     b = TokenBucket(10)
     aw = b.acquire(5)
     assert asyncio.iscoroutine(aw)
-    del aw
+    with pytest.warns(RuntimeWarning, match="coroutine 'TokenBucket.acquire' was never awaited"):
+        del aw
     assert b.tokens == 10.0
 
 
