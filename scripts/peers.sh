@@ -8,6 +8,7 @@
 #   bash scripts/peers.sh .venv-3.13/bin/python [more venv pythons...]
 #   PEERS_ONLY=aiolimiter PEERS_TARGETS=aiofast bash scripts/peers.sh PY   # one suite, one target
 #   bash scripts/peers.sh --list                                         # the suites' names
+#   PEERS_PYTEST_ARGS="-x --tb=short" bash scripts/peers.sh PY                # more pytest options
 # The sdists are cached in $AIOFAST_PEERS_CACHE (default ~/.cache/aiofast-peers), outside the
 # checkout. One "peers: ..." line per suite and target; exit status 1 if any run against aiofast
 # fails, or any run against the peer itself does.
@@ -72,7 +73,7 @@ run_peer_suite() {
     pyabs=$(cd "$(dirname "$py")" && pwd)/$(basename "$py")
     (cd "$dir" && AIOFAST_PEER_SHIM="$shim" PYTHONPATH="$ROOT/scripts/peers" \
         "$pyabs" -m pytest -c "$ROOT/scripts/peers/pytest.ini" --rootdir . -p aiofast_peer_shim --timeout "$TIMEOUT" \
-        -q "${deselect[@]}" "$@") >"$log" 2>&1
+        -q ${PEERS_PYTEST_ARGS:-} "${deselect[@]}" "$@") >"$log" 2>&1
     local rc=$?
     local summary
     summary=$(grep -v "^$" "$log" | tail -1)
@@ -81,6 +82,7 @@ run_peer_suite() {
     echo "peers: $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])') $peer $version vs $target: $([ $rc = 0 ] && echo PASS || echo FAIL) (${summary# })"
     if [ $rc != 0 ] && [ -n "${PEERS_VERBOSE:-1}" ]; then
         grep -E "^(FAILED|ERROR)" "$log" | sed 's/^/    /'
+        grep -E "^E " "$log" | head -20 | sed 's/^/    /'  # what the first failures said
     fi
     rm -f "$log"
     return $rc

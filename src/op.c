@@ -807,7 +807,14 @@ fa_wrapper_get_annotations(PyObject *self, void *Py_UNUSED(closure))
     if (PyDict_GetItemStringRef(dict, "__annotate__", &annotate) < 0) {
         goto done;
     }
-    if (annotate != NULL && PyCallable_Check(annotate)) {
+    if (annotate == NULL) {
+        /* update_wrapper found neither on what was wrapped (a partial, a callable object): no
+         * annotations here either, as with functools.lru_cache's wrapper */
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '__annotations__'",
+                     Py_TYPE(self)->tp_name);
+        goto done;
+    }
+    if (PyCallable_Check(annotate)) {
         PyObject *format = PyLong_FromLong(1);  // annotationlib.Format.VALUE
         if (format == NULL) {
             goto done;
@@ -865,7 +872,9 @@ fa_wrapper_get_annotate(PyObject *self, void *Py_UNUSED(closure))
     }
     PyObject *annotate = NULL;
     if (PyDict_GetItemStringRef(dict, "__annotate__", &annotate) == 0) {
-        annotate = Py_NewRef(Py_None);
+        /* never set: what was wrapped had none (see fa_wrapper_get_annotations) */
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '__annotate__'",
+                     Py_TYPE(self)->tp_name);
     }
     Py_DECREF(dict);
     return annotate;

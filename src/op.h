@@ -346,7 +346,8 @@ PyObject *fa_throw_exc(PyObject *typ, PyObject *val, PyObject *tb);
  * __annotations__ at all. FA_WRAPPER_ANNOTATIONS_GETSET (in the wrapper type's getset table)
  * gives it a function's behaviour, with both values kept in the instance __dict__:
  * __annotations__ is __annotate__(1) on first access (a forward reference is resolved then,
- * not at decoration time), kept afterwards, or {} when __annotate__ is None; setting
+ * not at decoration time), kept afterwards, or {} when __annotate__ is None; neither exists when
+ * update_wrapper found neither on what was wrapped (a partial, as lru_cache's wrapper); setting
  * __annotate__ to a callable forgets the kept value; setting or deleting __annotations__ sets
  * __annotate__ to None. The same errors as a function's. Until 3.13 update_wrapper copies
  * __annotations__ itself and the table entry is empty. */

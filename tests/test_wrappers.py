@@ -68,3 +68,22 @@ def test_metadata_as_functools_wraps(name):
     assert asyncio_iscoroutinefunction(w)
     if sys.version_info >= (3, 12):  # inspect.markcoroutinefunction
         assert inspect.iscoroutinefunction(w)
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+def test_wrapping_what_has_no_annotations(name):
+    """A partial has neither __annotations__ nor __annotate__: a C wrapper of it has neither
+    either, as functools.lru_cache's (async-lru's own suite checks this of alru_cache's bound
+    methods)."""
+    async def impl(x: int) -> int:
+        return x
+
+    w, oracle = WRAPPERS[name](functools.partial(impl)), functools.lru_cache(functools.partial(impl))
+    for attr in ("__annotations__", "__annotate__"):
+        assert hasattr(w, attr) == hasattr(oracle, attr), attr
+        assert not hasattr(w, attr)
+
+    class Api:
+        meth = aiofast.alru_cache(functools.partial(impl))
+
+    assert not hasattr(Api().meth, "__annotations__")
