@@ -112,6 +112,14 @@ class Named:
         return self.name
 
 
+# The fuzzer calls every method with random arguments and "self"s, and settle() drives or closes
+# what comes back; an operation it cannot reach (found by the thorough profile, and once under
+# ASan on 3.15: two unstarted 'Lock.acquire' operations of test_unbound_methods_with_wrong_self)
+# is dropped unstarted and warns "never awaited", which is right for it to do. The warning and its
+# text are tested in test_coroutine_methods.py; here it is not the subject, crashes are.
+pytestmark = pytest.mark.filterwarnings("ignore:coroutine '.*' was never awaited:RuntimeWarning")
+
+
 def real(x):
     return FIXED[x.name] if isinstance(x, Named) else x
 
