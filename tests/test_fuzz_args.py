@@ -190,6 +190,9 @@ ALLOWED = {
        for m in ("get_nowait", "put_nowait", "get", "put", "shutdown", "join", "task_done")},
     # the storage hook on an empty queue: what asyncio's deque.popleft / list.pop raise
     **{(q, "_get"): (IndexError,) for q in ("Queue", "PriorityQueue", "LifoQueue")},
+    # _wakeup_next(waiters) on what is not a deque of futures: asyncio's loop
+    # (`while waiters: waiters.popleft()...`) raises what the object raises
+    **{(q, "_wakeup_next"): (AttributeError,) for q in ("Queue", "PriorityQueue", "LifoQueue")},
     # mappings raise KeyError for a missing key, as every mapping does
     **{(c, m): (KeyError,) for c in ("LRUCache", "TTLCache")
        for m in ("__getitem__", "__delitem__", "pop", "popitem", "__missing__")},
