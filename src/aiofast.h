@@ -120,8 +120,8 @@ typedef struct fa_state {
     PyObject *deque_type;         /* collections.deque */
     PyObject *TimeoutError;       /* builtins.TimeoutError (asyncio.TimeoutError is it on 3.11+) */
 
-    /* a reusable StopIteration(True) for tp_iternext on 3.12+ (see fa_set_stopiteration) */
-    PyObject *stopiter_true;
+    /* the engine's reusable StopIteration for results on 3.12+ (op.c, fa_op_raise_result) */
+    PyObject *stopiter;
 
     /* breaker.c */
     PyTypeObject *BreakerFunctionType;
@@ -260,12 +260,6 @@ fa_set_short_tpname(PyTypeObject *tp, const char *name)
 
 /* Add a heap type made from spec to the module, with the bare tp_name; NULL on error. */
 PyTypeObject *fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name);
-
-/* Raise a value through StopIteration, without context chaining and without unpacking tuples.
- * With st (the interpreter's `await` path, tp_iternext), reuses st->stopiter_true for True when
- * nobody else holds it; with st == NULL (Python-level send/throw, whose exception reaches Python
- * code and gets a traceback) always a fresh instance. Always returns NULL. */
-PyObject *fa_set_stopiteration(fa_state *st, PyObject *value);
 
 /* The state of the module that defined tp or one of its bases (for tp_new of subclasses). */
 fa_state *fa_state_from_type(PyTypeObject *tp);

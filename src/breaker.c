@@ -1426,7 +1426,7 @@ bc_result_to_py(BreakerCall *c, PySendResult r, PyObject *res, int iternext)
             return NULL;
         }
 #endif
-        fa_set_stopiteration(c->st, res);
+        fa_op_raise_fresh(res);
         Py_DECREF(res);
     }
     return NULL;

@@ -381,6 +381,7 @@ memo_drop_stopiter(MemoObject *self)
     if (self->stopiter != NULL && Py_REFCNT(self->stopiter) == 1) {
         Py_CLEAR(self->stopiter);
     }
+    fa_op_forget_result(self->st);
 }
 
 /* The entry of flight f, or CT_NOTFOUND if it was evicted, invalidated or cleared. */
@@ -1140,7 +1141,7 @@ call_qualname(FaOp *op)
 }
 
 static const fa_opkind call_kind = {"cached", call_start, call_resume, call_on_exc,
-                                    call_qualname};
+                                    call_qualname, FA_OPK_KEEP_RESULT};
 
 /* ------------------------------------------------------------------ the sync path */
 

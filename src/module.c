@@ -45,65 +45,6 @@ fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_
     return tp;
 }
 
-#if FA_PY312
-/* Is the cached StopIteration(True) untouched and held by nobody else? */
-static int
-stopiter_reusable(PyObject *exc)
-{
-    if (exc == NULL || Py_REFCNT(exc) != 1) {
-        return 0;
-    }
-    PyStopIterationObject *si = (PyStopIterationObject *)exc;
-    if (si->value != Py_True || si->dict != NULL || si->notes != NULL
-        || !PyTuple_CheckExact(si->args) || PyTuple_GET_SIZE(si->args) != 1
-        || PyTuple_GET_ITEM(si->args, 0) != Py_True) {
-        return 0;
-    }
-    /* a previous catcher may have left a traceback or context on it */
-    Py_CLEAR(si->traceback);
-    Py_CLEAR(si->context);
-    Py_CLEAR(si->cause);
-    si->suppress_context = 0;
-    return 1;
-}
-#endif
-
-PyObject *
-fa_set_stopiteration(fa_state *st, PyObject *value)
-{
-#if !FA_PY312
-    (void)st;
-#endif
-#if FA_PY312
-    /* On 3.12+ `await` drives C awaitables through tp_iternext, so a value travels in a
-     * StopIteration. One pre-built StopIteration(True) serves acquire() and wait() whenever
-     * nobody else holds it; PyErr_SetRaisedException does no context chaining. */
-    if (value == Py_True && st != NULL) {
-        if (FA_LIKELY(stopiter_reusable(st->stopiter_true))) {
-            PyErr_SetRaisedException(Py_NewRef(st->stopiter_true));
-            return NULL;
-        }
-    }
-#endif
-    if (value == Py_None) {
-        PyErr_SetNone(PyExc_StopIteration);
-        return NULL;
-    }
-    /* Build the instance explicitly: PyErr_SetObject(StopIteration, tuple) would unpack it. */
-    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);  // new ref
-    if (exc == NULL) {
-        return NULL;
-    }
-#if FA_PY312
-    if (value == Py_True && st != NULL && Py_REFCNT(st->stopiter_true) == 1) {
-        /* the cached one was altered by someone: this fresh one becomes the cache */
-        Py_SETREF(st->stopiter_true, Py_NewRef(exc));
-    }
-#endif
-    fa_restore_exc(exc);
-    return NULL;
-}
-
 static int
 module_exec(PyObject *mod)
 {
@@ -161,11 +102,6 @@ module_exec(PyObject *mod)
     if (PyModule_AddObjectRef(mod, "QueueShutDown", st->QueueShutDown) < 0) {
         return -1;
     }
-    st->stopiter_true = PyObject_CallOneArg(PyExc_StopIteration, Py_True);
-    if (st->stopiter_true == NULL) {
-        return -1;
-    }
-
     /* _debug: 1 in builds with asserts and invariant checks (AIOFAST_DEBUG, the sanitizers) */
     if (PyModule_AddIntConstant(mod, "_debug", FA_DEBUG) < 0) {
         return -1;

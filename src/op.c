@@ -91,6 +91,14 @@ fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg)
 }
 
 PySendResult
+fa_op_ready_start(FaOp *op, PyObject **res)
+{
+    *res = op->arg;  // the op's reference becomes the result
+    op->arg = NULL;
+    return PYGEN_RETURN;
+}
+
+PySendResult
 fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res)
 {
     fa_state *st = op->st;
@@ -313,6 +321,112 @@ op_am_send(PyObject *self, PyObject *arg, PyObject **res)
     return op_send_impl((FaOp *)self, arg, res);
 }
 
+/* ---- the result's StopIteration ----
+ *
+ * From 3.12 `await` drives a C awaitable through tp_iternext, so every value it returns travels
+ * in a StopIteration, which the interpreter reads and drops at once. The engine keeps one
+ * (st->stopiter) and raises it again whenever nobody else holds it, swapping the value in place:
+ * no allocation per result. It keeps the last value referenced until the next result or until
+ * fa_op_forget_result (for families that must not keep a removed value alive). Before 3.12,
+ * `await` uses am_send and no StopIteration is made. */
+
+#if FA_PY312
+/* Can the cached StopIteration carry another value: held by nobody else, its args a 1-tuple
+ * held only by it, nothing attached by a catcher? Clears what a catcher left (traceback,
+ * context). */
+static inline int
+stop_reusable(PyObject *exc)
+{
+    if (exc == NULL || Py_REFCNT(exc) != 1) {
+        return 0;
+    }
+    PyStopIterationObject *si = (PyStopIterationObject *)exc;
+    if (si->dict != NULL || si->notes != NULL || !PyTuple_CheckExact(si->args)
+        || PyTuple_GET_SIZE(si->args) != 1 || Py_REFCNT(si->args) != 1) {
+        return 0;
+    }
+    Py_CLEAR(si->traceback);
+    Py_CLEAR(si->context);
+    Py_CLEAR(si->cause);
+    si->suppress_context = 0;
+    return 1;
+}
+
+/* Put value (stolen) into the free cached StopIteration. Beware: the old value's release may
+ * run Python code; the caller has taken its own reference to si first, so a re-entrant result
+ * finds the cache busy. */
+static void
+stop_swap(PyStopIterationObject *si, PyObject *value)
+{
+    if (si->value == value) {
+        Py_DECREF(value);
+        return;
+    }
+    PyObject *old_value = si->value, *old_arg = PyTuple_GET_ITEM(si->args, 0);
+    PyTuple_SET_ITEM(si->args, 0, Py_NewRef(value));
+    si->value = value;
+    Py_XDECREF(old_value);
+    Py_XDECREF(old_arg);
+}
+#endif
+
+PyObject *
+fa_op_raise_fresh(PyObject *value)
+{
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);  // new ref
+    if (exc == NULL) {
+        return NULL;
+    }
+    fa_restore_exc(exc);
+    return exc;
+}
+
+void
+fa_op_raise_result(fa_state *st, PyObject *value)
+{
+    if (value == Py_None) {
+        Py_DECREF(value);  // StopIteration(None) without making one: the interpreter's rule
+        return;
+    }
+#if FA_PY312
+    PyObject *exc = st->stopiter;
+    if (FA_LIKELY(stop_reusable(exc))) {
+        Py_INCREF(exc);  // ours to raise
+        stop_swap((PyStopIterationObject *)exc, value);
+        PyErr_SetRaisedException(exc);
+        return;
+    }
+    PyObject *fresh = fa_op_raise_fresh(value);
+    Py_DECREF(value);
+    if (fresh != NULL) {
+        Py_XSETREF(st->stopiter, Py_NewRef(fresh));  // a busy or altered one is let go
+    }
+#else
+    (void)st;
+    fa_op_raise_fresh(value);
+    Py_DECREF(value);
+#endif
+}
+
+void
+fa_op_forget_result(fa_state *st)
+{
+#if FA_PY312
+    PyObject *exc = st->stopiter;
+    if (exc != NULL && ((PyStopIterationObject *)exc)->value != Py_None && stop_reusable(exc)) {
+        Py_INCREF(exc);
+        stop_swap((PyStopIterationObject *)exc, Py_NewRef(Py_None));  // Beware: the old value
+        Py_DECREF(exc);
+    }
+#else
+    (void)st;
+#endif
+}
+
 static PyObject *
 op_iternext(PyObject *self)
 {
@@ -323,12 +437,14 @@ op_iternext(PyObject *self)
         return res;
     }
     if (r == PYGEN_RETURN) {
-        if (res == Py_None) {
-            Py_DECREF(res);
-            return NULL;  // StopIteration(None) without allocating it
+        if (FA_LIKELY(res == Py_True || res == Py_False || res == Py_None
+                      || (op->kind->flags & FA_OPK_KEEP_RESULT))) {
+            fa_op_raise_result(op->st, res);
         }
-        fa_set_stopiteration(op->st, res);
-        Py_DECREF(res);
+        else {
+            fa_op_raise_fresh(res);
+            Py_DECREF(res);
+        }
     }
     return NULL;
 }
@@ -342,7 +458,7 @@ op_result_to_py(PySendResult r, PyObject *res)
         return res;
     }
     if (r == PYGEN_RETURN) {
-        fa_set_stopiteration(NULL, res);
+        fa_op_raise_fresh(res);
         Py_DECREF(res);
     }
     return NULL;
@@ -593,12 +709,13 @@ fa_warn_unawaited(PyObject *coro, PyObject *qualname)
 
 /* Dropped without ever being started (never awaited, sent to or closed): warn as an un-awaited
  * coroutine does. An idle op in a reuse slot is DONE, and an inert queue node has no owner, so
- * neither warns; this runs only when an op dies, never on the awaited path. */
+ * neither warns, nor does a quiet one (a ready value); this runs only when an op dies, never
+ * on the awaited path. */
 static void
 op_finalize(PyObject *self)
 {
     FaOp *op = (FaOp *)self;
-    if (op->state != FA_OP_INIT || op->owner == NULL) {
+    if (op->state != FA_OP_INIT || op->owner == NULL || (op->flags & FA_OPF_QUIET)) {
         return;
     }
     PyObject *exc = fa_fetch_exc();  // new ref or NULL

@@ -49,7 +49,14 @@ typedef struct fa_opkind {
     int (*on_exc)(FaOp *op, PyObject *exc);
     /* optional: the op's __qualname__ when it is not the fixed name (a new reference) */
     PyObject *(*qualname)(FaOp *op);
+    unsigned flags;    /* FA_OPK_* */
 } fa_opkind;
+
+/* The engine's reusable StopIteration (fa_op_raise_result) may carry this kind's results, and
+ * so keep the last one alive until the next result: for kinds whose results are held elsewhere
+ * anyway and that call fa_op_forget_result when they let a value go. Without it only True and
+ * False travel in the reusable one; other results get a fresh StopIteration on 3.12+. */
+#define FA_OPK_KEEP_RESULT 0x1
 
 enum { FA_OP_INIT = 0, FA_OP_RUNNING, FA_OP_WAITING, FA_OP_DONE };
 
@@ -77,6 +84,7 @@ struct FaOp {
 #define FA_OPF_WOKEN 0x1
 #define FA_OPF_DELEGATE 0x2  /* fut_iter is a delegate iterator, not a future's */
 #define FA_OPF_VIEWMARK 0x4  /* waitview.c: set only inside fa_waitview_assign */
+#define FA_OPF_QUIET 0x8     /* dropped unstarted, it does not warn "never awaited" */
 
 /* ---- waiter queue ---- */
 
@@ -308,6 +316,29 @@ fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
     return fa_op_cached_in(st, owner, cache, kind, owner);
 }
 
+/* ---- ready values: kinds that finish at once with a value known when the op is made ----
+ *
+ * (a cache hit). The kind's start is fa_op_ready_start; fa_op_ready makes the op from the reuse
+ * slot *cache of owner (as fa_op_cached) with value (borrowed) in op->arg. Its first send
+ * returns the value, without a future or a loop. Such an op is quiet: dropped unawaited, it
+ * does not warn, since nothing was left undone. */
+PySendResult fa_op_ready_start(FaOp *op, PyObject **res);
+
+static inline FaOp *
+fa_op_ready(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner, PyObject *value)
+{
+    assert(kind->start == fa_op_ready_start);
+    value = Py_NewRef(value);  // before the allocation, which may run the GC
+    FaOp *op = fa_op_cached(st, cache, kind, owner);
+    if (op == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    op->arg = value;
+    op->flags |= FA_OPF_QUIET;
+    return op;
+}
+
 /* Emit the warning of an un-awaited coroutine for coro, as CPython does when one is dropped
  * unstarted: RuntimeWarning "coroutine '<qualname>' was never awaited", through the warnings
  * module's own helper (so the tracemalloc origin of coro is shown when tracing), else directly.
@@ -332,6 +363,21 @@ PySendResult fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res
  * send/throw/close are forwarded to it; when it returns, kind->resume runs with its value; an
  * exception out of it goes through kind->on_exc like any other. */
 PySendResult fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res);
+
+/* Return value (stolen) from tp_iternext: StopIteration(value) raised (nothing for None, the
+ * interpreter's rule), the engine's one reusable instance on 3.12+ when nobody else holds it. */
+void fa_op_raise_result(fa_state *st, PyObject *value);
+
+/* A fresh StopIteration(value) raised (value borrowed), for the Python-level send()/throw(): an
+ * exception that reaches Python code gets a traceback (and so a frame), which the shared
+ * instance must not keep. Built explicitly, so a tuple is not unpacked. Returns the instance
+ * (borrowed: the raised one) or NULL. */
+PyObject *fa_op_raise_fresh(PyObject *value);
+
+/* Let the reusable StopIteration drop the last value it carried (if nobody holds it), for a
+ * family that has just removed a value and must not keep it alive. Beware: may release that
+ * value (Python code). */
+void fa_op_forget_result(fa_state *st);
 
 /* The exception throw(typ[, val[, tb]]) raises, built as gen.throw builds it: a new reference,
  * or NULL with TypeError for bad arguments. */
