@@ -138,7 +138,6 @@ typedef struct fa_state {
     PyTypeObject *CacheItemsType;
     PyTypeObject *CacheTimerType;
     PyTypeObject *FlightType;
-    PyTypeObject *HitType;
     PyObject *time_monotonic;     /* the original time.monotonic (clock.c) */
     PyObject *Mapping;            /* collections.abc.Mapping */
     PyObject *Set;                /* collections.abc.Set */

@@ -71,8 +71,7 @@ struct MemoObject {
     PyObject *ttl_obj;
     PyObject *dict;
     PyObject *weakreflist;
-    PyObject *hitcache;      /* a HitObject, reused when nobody holds it */
-    PyObject *stopiter;      /* a StopIteration, reused by hits on 3.12+ (see hit_iternext) */
+    FaOp *hitcache;          /* the reuse slot of hits' ops (fa_op_ready) */
     Py_ssize_t maxsize;      /* -1: unbounded */
     double ttl, jitter;
     unsigned long long hits, misses;
@@ -92,13 +91,6 @@ typedef struct {
     PyObject *self;          /* the instance */
     PyObject *weakreflist;   /* weakly referenceable, as bound methods are */
 } MemoMethodObject;
-
-/* The awaitable a cache hit returns: already finished. */
-typedef struct {
-    PyObject_HEAD
-    MemoObject *memo;        /* strong, until consumed */
-    PyObject *value;         /* strong, until consumed */
-} HitObject;
 
 #define IS_FLIGHT(st, v) Py_IS_TYPE((v), (st)->FlightType)
 
@@ -163,11 +155,8 @@ memo_check(MemoObject *self)
     FA_CHECK(self->hits < (1ULL << 62) && self->misses < (1ULL << 62),
              "memo %p: hits %llu, misses %llu (wrapped?)", (void *)self, self->hits,
              self->misses);
-    FA_CHECK(self->hitcache == NULL || Py_IS_TYPE(self->hitcache, st->HitType),
+    FA_CHECK(self->hitcache == NULL || Py_IS_TYPE(self->hitcache, st->OpType),
              "memo %p: hitcache %p", (void *)self, (void *)self->hitcache);
-    FA_CHECK(self->stopiter == NULL
-                 || PyObject_TypeCheck(self->stopiter, (PyTypeObject *)PyExc_StopIteration),
-             "memo %p: stopiter %p", (void *)self, (void *)self->stopiter);
     Py_ssize_t n = full || t->nentries < CT_CHECK_FULL ? t->nentries : CT_CHECK_FULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         const ct_entry *e = &t->entries[i];
@@ -372,15 +361,13 @@ memo_expire(MemoObject *self, double now, ct_buf *trash)
     CHECK(self);
 }
 
-/* After entries were removed: drop the reusable StopIteration (if free), which still holds
- * the value of the last hit, so that a removed value is not kept alive by it. Beware: may
- * release that value (Python code); call it where the caller has committed. */
+/* After entries were removed: the engine's reusable StopIteration may still hold the value of
+ * the last hit (our kinds let it: FA_OPK_KEEP_RESULT); let it go, so that a removed value is
+ * not kept alive by it. Beware: may release that value (Python code); call it where the caller
+ * has committed. */
 static void
 memo_drop_stopiter(MemoObject *self)
 {
-    if (self->stopiter != NULL && Py_REFCNT(self->stopiter) == 1) {
-        Py_CLEAR(self->stopiter);
-    }
     fa_op_forget_result(self->st);
 }
 
@@ -640,290 +627,16 @@ static PyMethodDef flight_done_def = {"_done", flight_done, METH_O, NULL};
 
 /* ------------------------------------------------------------------ the async ops */
 
-/* A finished awaitable holding value: the reused one if nobody holds it. New ref, or NULL. */
+/* A cache hit (and cache_close() with nothing to wait for): an op that is already finished,
+ * from the memo's reuse slot. It carries its value in the engine's StopIteration on 3.12+. */
+static const fa_opkind hit_kind = {"cached", fa_op_ready_start, NULL, NULL, NULL,
+                                   FA_OPK_KEEP_RESULT};
+
 static PyObject *
 hit_new(MemoObject *m, PyObject *value)
 {
-    HitObject *h = (HitObject *)m->hitcache;
-    if (h != NULL && Py_REFCNT(h) == 1) {
-        /* only the cache holds it: nobody can observe the reuse */
-        PyObject *old = h->value;
-        MemoObject *oldm = h->memo;
-        h->value = Py_NewRef(value);
-        h->memo = (MemoObject *)Py_NewRef((PyObject *)m);
-        Py_INCREF(h);
-        Py_XDECREF(old);  // Beware: a dropped, never awaited hit's value may be the last ref
-        Py_XDECREF((PyObject *)oldm);
-        return (PyObject *)h;
-    }
-    h = PyObject_GC_New(HitObject, m->st->HitType);
-    if (h == NULL) {
-        return NULL;
-    }
-    h->value = Py_NewRef(value);
-    h->memo = (MemoObject *)Py_NewRef((PyObject *)m);
-    PyObject_GC_Track(h);
-    if (m->hitcache == NULL) {
-        m->hitcache = Py_NewRef((PyObject *)h);
-    }
-    return (PyObject *)h;
+    return (PyObject *)fa_op_ready(m->st, &m->hitcache, &hit_kind, (PyObject *)m, value);
 }
-
-/* Take the value out (the awaitable is finished afterwards); NULL with RuntimeError if it was
- * already awaited. */
-static PyObject *
-hit_take(HitObject *h)
-{
-    PyObject *v = h->value;
-    if (v == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
-        return NULL;
-    }
-    h->value = NULL;
-    MemoObject *m = h->memo;
-    h->memo = NULL;
-    Py_XDECREF((PyObject *)m);
-    return v;
-}
-
-static PySendResult
-hit_am_send(PyObject *op, PyObject *Py_UNUSED(arg), PyObject **res)
-{
-    PyObject *v = hit_take((HitObject *)op);
-    if (v == NULL) {
-        return PYGEN_ERROR;
-    }
-    *res = v;
-    return PYGEN_RETURN;
-}
-
-#if FA_PY312
-/* Can the memo's StopIteration carry another value? Only if nobody else holds it or its args,
- * and nothing was attached to it (as module.c's stopiter_reusable). */
-static int
-stopiter_reusable(PyObject *exc)
-{
-    if (exc == NULL || Py_REFCNT(exc) != 1) {
-        return 0;
-    }
-    PyStopIterationObject *si = (PyStopIterationObject *)exc;
-    if (si->dict != NULL || si->notes != NULL || !PyTuple_CheckExact(si->args)
-        || PyTuple_GET_SIZE(si->args) != 1 || Py_REFCNT(si->args) != 1) {
-        return 0;
-    }
-    Py_CLEAR(si->traceback);
-    Py_CLEAR(si->context);
-    Py_CLEAR(si->cause);
-    si->suppress_context = 0;
-    return 1;
-}
-#endif
-
-/* Raise StopIteration(v) (steals v). From 3.12 `await` drives C awaitables through
- * tp_iternext, so a value travels in a StopIteration: reuse the memo's when it is free instead
- * of allocating one per hit. */
-static void
-hit_raise(MemoObject *m, PyObject *v)
-{
-#if FA_PY312
-    if (m != NULL && stopiter_reusable(m->stopiter)) {
-        PyStopIterationObject *si = (PyStopIterationObject *)m->stopiter;
-        Py_INCREF(si);  // ours to raise; a re-entrant hit (from a __del__ below) sees it busy
-        PyObject *old_value = si->value, *old_arg = PyTuple_GET_ITEM(si->args, 0);
-        si->value = Py_NewRef(v);
-        PyTuple_SET_ITEM(si->args, 0, v);  // steals v
-        Py_DECREF(old_value);  // Beware: may be the last reference (a value since evicted)
-        Py_DECREF(old_arg);
-        PyErr_SetRaisedException((PyObject *)si);
-        return;
-    }
-    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, v);  // new ref
-    Py_DECREF(v);
-    if (exc == NULL) {
-        return;
-    }
-    if (m != NULL && (m->stopiter == NULL || Py_REFCNT(m->stopiter) > 1)) {
-        Py_XSETREF(m->stopiter, Py_NewRef(exc));
-    }
-    PyErr_SetRaisedException(exc);
-#else
-    (void)m;
-    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, v);
-    Py_DECREF(v);
-    if (exc != NULL) {
-        PyErr_SetObject(PyExc_StopIteration, exc);
-        Py_DECREF(exc);
-    }
-#endif
-}
-
-static PyObject *
-hit_iternext(PyObject *op)
-{
-    HitObject *h = (HitObject *)op;
-    MemoObject *m = (MemoObject *)Py_XNewRef((PyObject *)h->memo);
-    PyObject *v = hit_take(h);
-    if (v != NULL) {
-        if (v == Py_None) {
-            Py_DECREF(v);  // StopIteration(None) without one
-        }
-        else {
-            hit_raise(m, v);
-        }
-    }
-    Py_XDECREF((PyObject *)m);
-    return NULL;
-}
-
-static PyObject *
-hit_send(PyObject *op, PyObject *arg)
-{
-    HitObject *h = (HitObject *)op;
-    if (h->value != NULL && arg != Py_None) {
-        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
-        return NULL;
-    }
-    MemoObject *m = (MemoObject *)Py_XNewRef((PyObject *)h->memo);
-    PyObject *v = hit_take(h);
-    if (v != NULL) {
-        hit_raise(m, v);
-    }
-    Py_XDECREF((PyObject *)m);
-    return NULL;
-}
-
-/* throw() into an awaitable that never suspends: it is closed and the exception comes out. */
-static PyObject *
-hit_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    HitObject *h = (HitObject *)op;
-    if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
-        return NULL;
-    }
-    PyObject *typ = args[0];
-    PyObject *exc;
-    if (PyExceptionInstance_Check(typ)) {
-        exc = Py_NewRef(typ);
-    }
-    else if (PyExceptionClass_Check(typ)) {
-        exc = nargs > 1 && args[1] != Py_None ? PyObject_CallOneArg(typ, args[1])
-                                              : PyObject_CallNoArgs(typ);
-        if (exc == NULL) {
-            return NULL;
-        }
-    }
-    else {
-        PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving from "
-                     "BaseException, not %s", Py_TYPE(typ)->tp_name);
-        return NULL;
-    }
-    PyObject *v = h->value;
-    MemoObject *m = h->memo;
-    h->value = NULL;
-    h->memo = NULL;
-    Py_XDECREF(v);
-    Py_XDECREF((PyObject *)m);
-    fa_restore_exc(exc);
-    return NULL;
-}
-
-static PyObject *
-hit_close(PyObject *op, PyObject *Py_UNUSED(ignored))
-{
-    HitObject *h = (HitObject *)op;
-    PyObject *v = h->value;
-    MemoObject *m = h->memo;
-    h->value = NULL;
-    h->memo = NULL;
-    Py_XDECREF(v);
-    Py_XDECREF((PyObject *)m);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-hit_await(PyObject *op)
-{
-    return Py_NewRef(op);
-}
-
-static PyObject *
-hit_repr(PyObject *op)
-{
-    return PyUnicode_FromFormat("<aiofast cached() awaitable at %p [%s]>", op,
-                                ((HitObject *)op)->value ? "created" : "done");
-}
-
-static PyObject *
-hit_get_name(PyObject *Py_UNUSED(op), void *Py_UNUSED(c))
-{
-    return PyUnicode_FromString("cached");
-}
-
-static int
-hit_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    HitObject *h = (HitObject *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT((PyObject *)h->memo);
-    Py_VISIT(h->value);
-    return 0;
-}
-
-static int
-hit_clear(PyObject *op)
-{
-    HitObject *h = (HitObject *)op;
-    Py_CLEAR(h->memo);
-    Py_CLEAR(h->value);
-    return 0;
-}
-
-static void
-hit_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    hit_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
-static PyMethodDef hit_methods[] = {
-    {"send", hit_send, METH_O, "send($self, value, /)\n--\n\nFinish: raise StopIteration."},
-    {"throw", (PyCFunction)(void (*)(void))hit_throw, METH_FASTCALL,
-     "throw($self, typ, val=None, tb=None, /)\n--\n\nClose and raise the exception."},
-    {"close", hit_close, METH_NOARGS, "close($self, /)\n--\n\nDrop the value."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef hit_getset[] = {
-    {"__name__", hit_get_name, NULL, NULL, NULL},
-    {"__qualname__", hit_get_name, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot hit_slots[] = {
-    {Py_tp_dealloc, hit_dealloc},
-    {Py_tp_traverse, hit_traverse},
-    {Py_tp_clear, hit_clear},
-    {Py_tp_repr, hit_repr},
-    {Py_tp_iter, PyObject_SelfIter},
-    {Py_tp_iternext, hit_iternext},
-    {Py_tp_methods, hit_methods},
-    {Py_tp_getset, hit_getset},
-    {Py_am_await, hit_await},
-    {Py_am_send, hit_am_send},
-    {Py_tp_doc, "The finished awaitable of a cache hit: awaiting it gives the cached value."},
-    {0, NULL},
-};
-
-static PyType_Spec hit_spec = {
-    .name = "aiofast._core.CachedResult",
-    .basicsize = sizeof(HitObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = hit_slots,
-};
 
 /* Start the computation of flight f (already in the table) with the packed arguments: the
  * coroutine in a Task on loop. -1 (the flight failed, its entry and waiters handled) or 0. */
@@ -1609,8 +1322,7 @@ memo_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->maxsize_obj);
     Py_VISIT(self->ttl_obj);
     Py_VISIT(self->dict);
-    Py_VISIT(self->hitcache);
-    Py_VISIT(self->stopiter);
+    Py_VISIT((PyObject *)self->hitcache);
     Py_VISIT(self->first_loop);
     return ct_traverse(&self->t, visit, arg);
 }
@@ -1632,7 +1344,6 @@ memo_clear(PyObject *op)
     Py_CLEAR(self->ttl_obj);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->hitcache);
-    Py_CLEAR(self->stopiter);
     Py_CLEAR(self->first_loop);
     return 0;
 }
@@ -2098,19 +1809,5 @@ fa_memo_init(PyObject *mod, fa_state *st)
     if (st->FlightType == NULL) {
         return -1;
     }
-    st->HitType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &hit_spec, NULL);
-    if (st->HitType == NULL) {
-        return -1;
-    }
-    /* like FaOp: a coroutine for asyncio.iscoroutine(), create_task() and gather() */
-    PyObject *abc = PyImport_ImportModule("collections.abc");
-    PyObject *coro = abc ? PyObject_GetAttrString(abc, "Coroutine") : NULL;
-    Py_XDECREF(abc);
-    PyObject *r = coro ? PyObject_CallMethod(coro, "register", "O", st->HitType) : NULL;
-    Py_XDECREF(coro);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
     return 0;
 }

@@ -541,7 +541,9 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     FaOp *op = (FaOp *)self;
     if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
+        PyErr_Format(PyExc_TypeError, nargs < 1 ? "throw expected at least 1 argument, got %zd"
+                                                : "throw expected at most 3 arguments, got %zd",
+                     nargs);
         return NULL;
     }
 #if FA_PY312
@@ -817,6 +819,7 @@ static PyType_Slot op_slots[] = {
     {Py_tp_clear, op_clear},
     {Py_tp_finalize, op_finalize},
     {Py_tp_repr, op_repr},
+    {Py_tp_iter, PyObject_SelfIter},  /* iter(op.__await__()), as a coroutine's wrapper */
     {Py_tp_iternext, op_iternext},
     {Py_tp_methods, op_methods},
     {Py_tp_getset, op_getset},

@@ -110,6 +110,85 @@ async def test_hit_awaitable_protocol():
     assert results == [(1,)] * 3
 
 
+def _traceback_here():
+    try:
+        raise KeyError("for its traceback")
+    except KeyError as e:
+        return e.__traceback__
+
+
+THROWS = {
+    "class": lambda tb: (ValueError,),
+    "instance": lambda tb: (ValueError("boom"),),
+    "class, value": lambda tb: (ValueError, "v"),
+    "class, tuple value": lambda tb: (ValueError, ("a", 1)),
+    "class, instance value": lambda tb: (ValueError, ValueError("same")),
+    "class, None, tb": lambda tb: (ValueError, None, tb),
+    "class, value, tb": lambda tb: (ValueError, ("a", 1), tb),
+    "instance, None, tb": lambda tb: (ValueError("t"), None, tb),
+    "instance, value": lambda tb: (ValueError("i"), "x"),
+    "class, value, not a tb": lambda tb: (ValueError, "x", "tb"),
+    "not an exception": lambda tb: (1,),
+    "no arguments": lambda tb: (),
+    "four arguments": lambda tb: (ValueError, None, None, None),
+}
+
+
+def _throw_outcome(aw, args):
+    """What aw.throw(*args) raises, the warnings it gives, and what a send afterwards raises."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(BaseException) as e:
+            aw.throw(*args)
+    with pytest.raises(BaseException) as after:
+        aw.send(None)
+    return e.value, [(w.category, str(w.message)) for w in caught], after.value
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", sorted(THROWS))
+async def test_hit_throw_as_a_coroutine(case):
+    """throw() into a hit's awaitable (finished at once, never started) behaves as throw() into
+    an unstarted coroutine that would return the value: the same exception built from the same
+    arguments (a tuple value is the arguments, a traceback is attached), the same TypeErrors,
+    the 3-argument form's DeprecationWarning (3.12+), and closed afterwards."""
+    @aiofast.cached
+    async def f(x):
+        return x
+
+    async def real(x):
+        return x
+
+    await f(1)
+    tb = _traceback_here()
+    args = THROWS[case](tb)
+    hits = f.cache_info().hits
+    ours = _throw_outcome(f(1), args)
+    assert f.cache_info().hits == hits + 1
+    coro = real(1)
+    theirs = _throw_outcome(coro, args)
+    coro.close()
+    (exc, warned, after), (oexc, owarned, oafter) = ours, theirs
+    assert (type(exc), exc.args) == (type(oexc), oexc.args)
+    assert warned == owarned
+    if 1 < len(args) <= 3 and sys.version_info >= (3, 12):
+        assert [c for c, _ in warned] == [DeprecationWarning]
+    if args and isinstance(args[0], BaseException) and isinstance(exc, ValueError):
+        assert exc is args[0] and oexc is args[0]
+    if tb in args and isinstance(exc, ValueError):
+        def chain(t):
+            while t is not None:
+                yield t
+                t = t.tb_next
+        assert tb in list(chain(exc.__traceback__))
+    if isinstance(exc, ValueError):  # thrown in: closed, as the coroutine is
+        assert type(after) is type(oafter) is RuntimeError
+        assert "cannot reuse already awaited" in str(after)
+    else:  # refused: the coroutine was not closed by it, it still returns its value
+        assert type(after) is type(oafter) is StopIteration
+        assert after.value == oafter.value == 1
+
+
 @pytest.mark.asyncio
 async def test_removed_values_are_released():
     class V:
