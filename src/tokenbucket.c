@@ -84,6 +84,8 @@ typedef struct {
     PyObject *timer;       /* the one TimerHandle, or NULL */
     PyObject *wake_cb;     /* the timer's callback (a builtin bound to self), made lazily */
     FaOp *cache;
+    PyObject *aenter;      /* cached bound __aenter__ / __aexit__ (op.h, special methods) */
+    PyObject *aexit;
     PyObject *weakreflist;
     PyObject *rate_obj;    /* rate, per and capacity as given (the properties return them) */
     PyObject *per_obj;
@@ -1483,8 +1485,12 @@ tb_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
 }
 
 static PyObject *
-tb_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
+tb_aenter(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError, "__aenter__() takes no arguments (%zd given)", nargs);
+        return NULL;
+    }
     TokenBucket *self = (TokenBucket *)op;
     FaOp *o = fa_op_cached(self->st, &self->cache, &tb_acquire_kind, op);
     if (o != NULL) {
@@ -1840,6 +1846,8 @@ tb_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->timer);
     Py_VISIT(self->wake_cb);
     Py_VISIT((PyObject *)self->cache);
+    Py_VISIT(self->aenter);
+    Py_VISIT(self->aexit);
     Py_VISIT(self->rate_obj);
     Py_VISIT(self->per_obj);
     Py_VISIT(self->cap_obj);
@@ -1863,6 +1871,8 @@ tb_clear(PyObject *op)
     Py_CLEAR(self->loop);
     fa_clock_clear_refs(&self->clk);
     Py_CLEAR(self->cache);
+    fa_special_clear(op, &self->aenter);
+    fa_special_clear(op, &self->aexit);
     Py_CLEAR(self->rate_obj);
     Py_CLEAR(self->per_obj);
     Py_CLEAR(self->cap_obj);
@@ -2067,9 +2077,9 @@ PyDoc_STRVAR(tb_has_capacity_doc, "has_capacity($self, /, tokens=1)\n--\n\n"
 "True if acquire(tokens) would finish at once (they are available and nobody waits).");
 PyDoc_STRVAR(tb_reset_doc, "reset($self, /)\n--\n\n"
 "Start over as constructed: `initial` tokens now. Waiters stay in line and proceed if they can.");
-PyDoc_STRVAR(tb_aenter_doc, "__aenter__($self, /)\n--\n\nacquire(1); returns None.");
-PyDoc_STRVAR(tb_aexit_doc, "__aexit__($self, exc_type, exc, tb)\n--\n\nNothing: the token "
-             "is spent.");
+static const char tb_aenter_doc[] = "__aenter__($self, /)\n--\n\nacquire(1); returns None.";
+static const char tb_aexit_doc[] = "__aexit__($self, exc_type, exc, tb)\n--\n\nNothing: the "
+                                   "token is spent.";
 PyDoc_STRVAR(tb_clock_doc, "_clock($self, /)\n--\n\n(now, native): the running loop's time as "
              "the bucket reads it, and whether it was read natively. For tests.");
 
@@ -2077,8 +2087,6 @@ PyDoc_STRVAR(tb_clock_doc, "_clock($self, /)\n--\n\n(now, native): the running l
 static PyMethodDef tb_async_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))tb_acquire, METH_FASTCALL | METH_KEYWORDS,
      tb_acquire_doc},
-    {"__aenter__", tb_aenter, METH_NOARGS, tb_aenter_doc},
-    {"__aexit__", (PyCFunction)(void (*)(void))tb_aexit, METH_FASTCALL, tb_aexit_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2214,7 +2222,11 @@ fa_tokenbucket_init(PyObject *mod, fa_state *st)
         return -1;
     }
     if ((st->TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL
-        || fa_methods_add(st, st->TokenBucketType, tb_async_methods) < 0) {
+        || fa_methods_add(st, st->TokenBucketType, tb_async_methods) < 0
+        || fa_special_add(st, st->TokenBucketType, "__aenter__", tb_aenter,
+                          offsetof(TokenBucket, aenter), tb_aenter_doc) < 0
+        || fa_special_add(st, st->TokenBucketType, "__aexit__", tb_aexit,
+                          offsetof(TokenBucket, aexit), tb_aexit_doc) < 0) {
         return -1;
     }
     PyTypeObject *leaky = fa_add_type(mod, &tb_peer_spec, (PyObject *)st->TokenBucketType,

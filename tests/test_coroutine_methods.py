@@ -148,10 +148,30 @@ def test_bound_method_pickles_as_asyncio_does(cls):
     assert put.__func__ is cls.put
 
 
+WITH_TYPES = [aiofast.Lock, aiofast.Semaphore, aiofast.TokenBucket]
+
+
+@pytest.mark.parametrize("cls", WITH_TYPES, ids=lambda c: c.__name__)
+def test_special_methods_are_bound_once(cls):
+    """`async with x:` looks __aenter__/__aexit__ up on every block: the bound callables are
+    made once per instance and cached, so a block allocates none."""
+    x = cls(1) if cls is aiofast.TokenBucket else cls()
+    assert x.__aenter__ is x.__aenter__ and x.__aexit__ is x.__aexit__
+    assert x.__aenter__.__self__ is x and x.__aenter__.__name__ == "__aenter__"
+    assert inspect.iscoroutinefunction(x.__aenter__) and inspect.iscoroutinefunction(x.__aexit__)
+
+    async def main():
+        for _ in range(3):
+            async with x:
+                pass
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("cls", [aiofast.Lock, asyncio.Lock, aiofast.Semaphore,
-                                 asyncio.Semaphore])
+                                 asyncio.Semaphore, aiofast.TokenBucket])
 def test_special_method_bound_weakref_and_pickle(cls):
-    lock = cls()
+    lock = cls(1) if cls is aiofast.TokenBucket else cls()
     aenter = lock.__aenter__
     assert weakref.ref(aenter)() is aenter
     try:
