@@ -28,8 +28,15 @@
 #include "op.h"
 #include "clock.h"
 #include "breaker_sm.h"
+#include "shm.h"
 
+#include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
+#if FA_BK_HAVE_SHARED
+#include <signal.h>
+#include <sys/mman.h>
+#endif
 
 enum { BK_CLOSED = FA_BK_CLOSED, BK_OPEN = FA_BK_OPEN, BK_HALF_OPEN = FA_BK_HALF_OPEN };
 enum { OUT_SUCCESS = FA_BK_SUCCESS, OUT_FAILURE = FA_BK_FAILURE, OUT_IGNORED = FA_BK_IGNORED };
@@ -51,8 +58,14 @@ typedef struct {
     char expected_pred;
     char exclude_pred;
     /* the state machine: a record of fa_bk_sm_size(&sm->cfg) bytes (breaker_sm.h) */
-    fa_bk_sm *sm;
+    fa_bk_sm *sm;            /* shared=: a snapshot of the shared record, for the getters */
     fa_bk_totals tot;
+#if FA_BK_HAVE_SHARED
+    fa_bk_shared *sh;        /* shared=: the record every process shares, else NULL */
+    fa_shm shm;
+    PyObject *shared;        /* shared=: its name, else NULL */
+    int sh_testing;          /* a test segment: virtual time and the crash hook */
+#endif
     double last_now;         /* last clock reading: the fallback when a clock= raises */
     PyObject *last_failure;  /* peer: the exception of the last failure, until a success */
     int peer;                /* circuitbreaker's drop-in: keeps last_failure */
@@ -103,6 +116,12 @@ typedef struct {
     int is_async;
 } BreakerFunction;
 
+#if FA_BK_HAVE_SHARED
+#define BK_SHARED(b) ((b)->sh != NULL)
+#else
+#define BK_SHARED(b) 0
+#endif
+
 #if FA_DEBUG
 static void breaker_check(Breaker *b);
 static void breakercall_check(BreakerCall *c);
@@ -120,6 +139,17 @@ static void breakercall_check(BreakerCall *c);
 static int
 bk_now(Breaker *b, double *now)
 {
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        /* the host's one clock; a test segment's own virtual time instead (_shared_advance) */
+        int64_t ns = fa_shm_now_ns();
+        if (b->sh_testing) {
+            ns = atomic_load_explicit(&b->sh->clock_offset_ns, memory_order_relaxed);
+        }
+        *now = b->last_now = (double)ns / 1e9;
+        return 0;
+    }
+#endif
     fa_reading r;
     if (FA_LIKELY(b->clock == NULL)) {
         if (fa_mono_read(b->st, &r) < 0) {
@@ -255,8 +285,9 @@ breaker_check(Breaker *b)
                      && b->tcache->state == CS_DONE && b->tcache->breaker == NULL),
              "Breaker %p: ticket cache %p is not a finished ticket", (void *)b,
              (void *)b->tcache);
-    FA_CHECK(b->sm->gen >= b->tot.changes, "Breaker %p: generation %llu < %llu state changes",
-             (void *)b, (unsigned long long)b->sm->gen, b->tot.changes);
+    FA_CHECK(BK_SHARED(b) || b->sm->gen >= b->tot.changes,
+             "Breaker %p: generation %llu < %llu state changes", (void *)b,
+             (unsigned long long)b->sm->gen, b->tot.changes);
     /* every settled ticket was admitted once; a slow call is a success or a failure */
     FA_CHECK(b->tot.succ + b->tot.fail + b->tot.ign <= b->tot.calls
                  && b->tot.slow <= b->tot.succ + b->tot.fail,
@@ -292,7 +323,8 @@ breakercall_check(BreakerCall *c)
              (unsigned)c->flags);
     FA_CHECK(c->state != CS_WAITING || c->it != NULL, "BreakerCall %p: waiting on nothing",
              (void *)c);
-    if ((c->flags & CF_ADMITTED) && c->t.gen == c->breaker->sm->gen) {
+    /* (a shared breaker's record changes under other processes: checked under its mutex) */
+    if ((c->flags & CF_ADMITTED) && !BK_SHARED(c->breaker) && c->t.gen == c->breaker->sm->gen) {
         FA_CHECK(c->t.probe == (c->breaker->sm->state == BK_HALF_OPEN),
                  "BreakerCall %p: probe %d in state %d of its generation", (void *)c,
                  c->t.probe, (int)c->breaker->sm->state);
@@ -306,25 +338,100 @@ breakercall_check(BreakerCall *c)
 #endif
 /* ------------------------------------------------------------------ driving the state machine */
 
-/* After a step of the machine that began in state `from` with `changes` transitions counted:
- * queue the transition it made, if any, for the listeners (a step makes at most one). */
+/* After a step of the machine from state `from` to `to`, with `changes` transitions counted
+ * before it: queue the transition it made, if any, for the listeners (a step makes at most
+ * one). */
 static inline void
-bk_note(Breaker *b, int from, unsigned long long changes)
+bk_note(Breaker *b, int from, int to, unsigned long long changes)
 {
     if (b->tot.changes != changes && b->listeners != NULL
         && PyList_GET_SIZE(b->listeners) > 0) {
-        bk_ev_push(b, from, b->sm->state);
+        bk_ev_push(b, from, to);
     }
 }
+
+#if FA_BK_HAVE_SHARED
+/* The shared record's mutex: the copy to change, or NULL with an OSError set. Nothing between
+ * this and bk_sh_end may call Python code. */
+static fa_bk_sm *
+bk_sh_begin(Breaker *b)
+{
+    fa_bk_sm *w;
+    int rc = fa_bk_sh_lock(b->sh, &w);
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    return w;
+}
+
+/* Publish w, release the mutex. */
+static inline void
+bk_sh_end(Breaker *b, fa_bk_sm *w)
+{
+#if FA_DEBUG
+    fa_bk_sh_check(w, b);
+#endif
+    fa_bk_sh_publish(b->sh, w);
+}
+
+/* A settlement that could not take the mutex (it never fails in practice: a dead owner's
+ * mutex is recovered): reported, the caller's exception kept. */
+static void
+bk_sh_lost(Breaker *b, int err)
+{
+    PyObject *saved = fa_fetch_exc();  // new ref or NULL
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    PyErr_WriteUnraisable((PyObject *)b);
+    if (saved != NULL) {
+        fa_restore_exc(saved);
+    }
+}
+
+/* Copy the shared record into b->sm (what the getters read). 0 or -1. */
+static int
+bk_sh_sync(Breaker *b)
+{
+    fa_bk_sm *w = bk_sh_begin(b);
+    if (w == NULL) {
+        return -1;
+    }
+    memcpy(b->sm, w, fa_bk_sm_size(&w->cfg));
+    bk_sh_end(b, w);
+    FA_ASSERT_CONSISTENT(b);
+    return 0;
+}
+#endif
 
 /* Settle a ticket with an outcome. Pure C. */
 static inline void
 bk_commit(Breaker *b, const bk_ticket *t, int out, int slow, double now)
 {
-    int from = b->sm->state;
     unsigned long long changes = b->tot.changes;
+    int from, to;
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        fa_bk_sm *w;
+        int err = fa_bk_sh_lock(b->sh, &w);
+        if (err != 0) {
+            bk_sh_lost(b, err);
+            return;
+        }
+        from = w->state;
+        fa_bk_sh_commit(w, &b->tot, t, out, slow, now);
+        to = w->state;
+        bk_sh_end(b, w);
+        bk_note(b, from, to, changes);
+        FA_ASSERT_CONSISTENT(b);
+        return;
+    }
+#endif
+    from = b->sm->state;
     fa_bk_commit(b->sm, &b->tot, t, out, slow, now);
-    bk_note(b, from, changes);
+    to = b->sm->state;
+    bk_note(b, from, to, changes);
     FA_ASSERT_CONSISTENT(b);
 }
 
@@ -336,16 +443,46 @@ bk_release(Breaker *b, const bk_ticket *t)
     bk_commit(b, t, OUT_IGNORED, 0, 0.0);
 }
 
-/* Pure C part of admission. 1 admitted, 0 rejected (*remaining set). */
+/* Pure C part of admission. 1 admitted, 0 rejected (*remaining set), -1 error (shared: the
+ * mutex could not be taken). */
 static inline int
 bk_admit_at(Breaker *b, bk_ticket *t, double now, double *remaining)
 {
-    int from = b->sm->state;
     unsigned long long changes = b->tot.changes;
-    int rc = fa_bk_admit(b->sm, &b->tot, t, now, remaining);
-    bk_note(b, from, changes);
+    int from, to, rc;
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        fa_bk_sm *w = bk_sh_begin(b);
+        if (w == NULL) {
+            return -1;
+        }
+        from = w->state;
+        rc = fa_bk_sh_admit(w, &b->tot, t, now, remaining);
+        to = w->state;
+        bk_sh_end(b, w);
+        bk_note(b, from, to, changes);
+        FA_ASSERT_CONSISTENT(b);
+        return rc;
+    }
+#endif
+    from = b->sm->state;
+    rc = fa_bk_admit(b->sm, &b->tot, t, now, remaining);
+    to = b->sm->state;
+    bk_note(b, from, to, changes);
     FA_ASSERT_CONSISTENT(b);
     return rc;
+}
+
+/* Is the breaker closed (a hint: it may change before the call is admitted)? */
+static inline int
+bk_looks_closed(Breaker *b)
+{
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        return (atomic_load_explicit(&b->sh->word, memory_order_relaxed) & 3) == BK_CLOSED;
+    }
+#endif
+    return b->sm->state == BK_CLOSED;
 }
 
 static void bc_finish(BreakerCall *c);
@@ -354,10 +491,25 @@ static void bc_finish(BreakerCall *c);
 static inline int
 bk_admit(Breaker *b, bk_ticket *t, double *remaining)
 {
-    if (FA_LIKELY(fa_bk_admit_closed(b->sm, &b->tot, t))) {
-        FA_ASSERT_CONSISTENT(b);
-        return 1;
+    if (FA_LIKELY(!BK_SHARED(b))) {
+        if (FA_LIKELY(fa_bk_admit_closed(b->sm, &b->tot, t))) {
+            FA_ASSERT_CONSISTENT(b);
+            return 1;
+        }
     }
+#if FA_BK_HAVE_SHARED
+    else {
+        /* closed: the generation from the published word, no mutex */
+        uint64_t w = atomic_load_explicit(&b->sh->word, memory_order_acquire);
+        if (FA_LIKELY((w & 3) == BK_CLOSED && !b->sm->cfg.slow_mode)) {
+            t->gen = w >> 3;
+            t->probe = 0;
+            t->t0 = 0.0;
+            b->tot.calls++;
+            return 1;
+        }
+    }
+#endif
     double now;
     if (bk_now(b, &now) < 0) {  // Beware: a clock= runs Python code; decide after it
         return -1;
@@ -407,10 +559,22 @@ bk_classify(Breaker *b, PyObject *exc)
 static inline int
 bk_record_success_fast(Breaker *b, const bk_ticket *t)
 {
-    if (FA_LIKELY(b->last_failure == NULL && fa_bk_success_closed(b->sm, &b->tot, t))) {
-        FA_ASSERT_CONSISTENT(b);
+    if (FA_LIKELY(!BK_SHARED(b))) {
+        if (FA_LIKELY(b->last_failure == NULL && fa_bk_success_closed(b->sm, &b->tot, t))) {
+            FA_ASSERT_CONSISTENT(b);
+            return 1;
+        }
+        return 0;
+    }
+#if FA_BK_HAVE_SHARED
+    /* a clean closed record of the ticket's generation: only the success count moves */
+    uint64_t w = atomic_load_explicit(&b->sh->word, memory_order_acquire);
+    if (FA_LIKELY(w == ((t->gen << 3) | 4 | BK_CLOSED) && b->last_failure == NULL)) {
+        atomic_fetch_add_explicit(&b->sh->fast_succ, 1, memory_order_relaxed);
+        b->tot.succ++;
         return 1;
     }
+#endif
     return 0;
 }
 
@@ -427,7 +591,8 @@ bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
     }
     const fa_bk_config *cfg = &b->sm->cfg;
     double now = 0.0;  /* only a closed default-mode success or ignored call has no use for it */
-    if (cfg->rate_mode || cfg->slow_mode || b->sm->state != BK_CLOSED || out == OUT_FAILURE) {
+    if (cfg->rate_mode || cfg->slow_mode || !bk_looks_closed(b) || out == OUT_FAILURE
+        || BK_SHARED(b)) {
         if (bk_now(b, &now) < 0) {
             bk_report(b, "clock", b->clock);
             now = b->last_now;
@@ -443,12 +608,24 @@ bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
     bk_dispatch(b);
 }
 
+/* The current time, and b->sm up to date (a shared breaker's record copied). 0 or -1. */
+static int
+bk_view(Breaker *b, double *now)
+{
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b) && bk_sh_sync(b) < 0) {
+        return -1;
+    }
+#endif
+    return bk_now(b, now);
+}
+
 /* The state as seen now: OPEN past its recovery timeout reads as HALF_OPEN (the transition
  * itself happens at the next call). -1 on a clock error. */
 static int
 bk_effective_state(Breaker *b, double *now)
 {
-    if (bk_now(b, now) < 0) {
+    if (bk_view(b, now) < 0) {
         return -1;
     }
     return fa_bk_effective(b->sm, *now);
@@ -1369,7 +1546,7 @@ bf_call_async(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
         return NULL;
     }
     c->flags = CF_DECORATED;
-    if (FA_LIKELY(b->sm->state == BK_CLOSED && b->fallback == NULL)) {
+    if (FA_LIKELY(bk_looks_closed(b) && b->fallback == NULL)) {
         /* the likely case: make the coroutine now, forwarding the arguments as they are */
         c->it = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // Beware: user code
         if (c->it == NULL) {
@@ -1786,10 +1963,27 @@ bk_force(Breaker *b, int to)
     if (bk_now(b, &now) < 0) {
         return -1;
     }
-    int from = b->sm->state;
     unsigned long long changes = b->tot.changes;
-    fa_bk_force(b->sm, &b->tot, to, now);
-    bk_note(b, from, changes);
+    int from, now_state;
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        fa_bk_sm *w = bk_sh_begin(b);
+        if (w == NULL) {
+            return -1;
+        }
+        from = w->state;
+        fa_bk_sh_force(w, &b->tot, to, now);
+        now_state = w->state;
+        bk_sh_end(b, w);
+    }
+    else
+#endif
+    {
+        from = b->sm->state;
+        fa_bk_force(b->sm, &b->tot, to, now);
+        now_state = b->sm->state;
+    }
+    bk_note(b, from, now_state, changes);
     PyObject *old = NULL;
     if (to == BK_CLOSED) {
         old = b->last_failure;
@@ -1868,6 +2062,10 @@ breaker_peer_mode(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     Breaker *b = (Breaker *)self;
     double now;
+    if (BK_SHARED(b)) {
+        PyErr_SetString(PyExc_TypeError, "circuit() does not take a shared CircuitBreaker");
+        return NULL;
+    }
     if (bk_now(b, &now) < 0) {
         return NULL;
     }
@@ -1877,6 +2075,117 @@ breaker_peer_mode(PyObject *self, PyObject *Py_UNUSED(ignored))
     }
     Py_RETURN_NONE;
 }
+
+static PyObject *
+breaker_get_shared(PyObject *self, void *Py_UNUSED(c))
+{
+#if FA_BK_HAVE_SHARED
+    Breaker *b = (Breaker *)self;
+    if (b->shared != NULL) {
+        return Py_NewRef(b->shared);
+    }
+#else
+    (void)self;
+#endif
+    Py_RETURN_NONE;
+}
+
+#if FA_BK_HAVE_SHARED
+/* The private test hooks of a shared breaker: only on a segment made with _testing=True (its
+ * configuration says so, so no other breaker shares it), never on a real one. */
+static int
+bk_sh_testing(Breaker *b, const char *what)
+{
+    if (b->sh == NULL || !b->sh_testing) {
+        PyErr_Format(PyExc_RuntimeError, "%s is a test hook: only for a breaker made with "
+                     "shared=..., _testing=True", what);
+        return 0;
+    }
+    return 1;
+}
+
+/* _shared_advance(seconds): move a test segment's virtual time on, for every process. */
+static PyObject *
+breaker_shared_advance(PyObject *self, PyObject *arg)
+{
+    Breaker *b = (Breaker *)self;
+    if (!bk_sh_testing(b, "_shared_advance()")) {
+        return NULL;
+    }
+    double dt = PyFloat_AsDouble(arg);
+    if (dt == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(dt >= 0 && dt < 1e9)) {
+        PyErr_Format(PyExc_ValueError, "_shared_advance() needs 0 <= seconds < 1e9, got %R", arg);
+        return NULL;
+    }
+    atomic_fetch_add(&b->sh->clock_offset_ns, (int64_t)llround(dt * 1e9));
+    Py_RETURN_NONE;
+}
+
+/* _shared_info(): what the tests look at in the shared record (a consistent copy). */
+static PyObject *
+breaker_shared_info(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Breaker *b = (Breaker *)self;
+    if (b->sh == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "not a shared breaker");
+        return NULL;
+    }
+    fa_bk_sm *w = bk_sh_begin(b);
+    if (w == NULL) {
+        return NULL;
+    }
+    int64_t n = w->cfg.half_open_max;
+    int32_t pids[FA_BK_SH_PROBES_MAX];
+    memcpy(pids, fa_bk_sh_slots(w), (size_t)n * sizeof(int32_t));
+    int state = w->state;
+    unsigned long long gen = w->gen;
+    long long probes = w->probes, failures = w->failures, successes = w->successes;
+    long long streak = w->streak;
+    bk_sh_end(b, w);
+    unsigned long long rec = atomic_load(&b->sh->recoveries);
+    PyObject *slots = PyList_New(0);
+    if (slots == NULL) {
+        return NULL;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromLong(pids[i]);
+        if (v == NULL || PyList_Append(slots, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(slots);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return Py_BuildValue("{sisKsLsLsLsLsKsN}", "state", state, "gen", gen, "probes", probes,
+                         "failures", failures, "successes", successes, "streak", streak,
+                         "recoveries", rec, "probe_pids", slots);
+}
+
+/* _shared_crash(): take the mutex, scribble over the copy being written, and die by SIGKILL:
+ * what a process killed in the middle of an update leaves (test segments only). */
+static PyObject *
+breaker_shared_crash(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Breaker *b = (Breaker *)self;
+    if (!bk_sh_testing(b, "_shared_crash()")) {
+        return NULL;
+    }
+    fa_bk_sm *w = bk_sh_begin(b);
+    if (w == NULL) {
+        return NULL;
+    }
+    /* half an update: a new word published, the copy garbage, never flipped */
+    atomic_store(&b->sh->word, ((w->gen + 1) << 3) | 4 | BK_CLOSED);
+    memset(w, 0xA5, b->sh->copy_size);
+    kill(getpid(), SIGKILL);
+    for (;;) {
+        pause();
+    }
+}
+#endif
 
 static PyObject *
 breaker_get_streak(PyObject *self, void *Py_UNUSED(c))
@@ -1897,7 +2206,7 @@ breaker_get_open_remaining(PyObject *self, void *Py_UNUSED(c))
 {
     Breaker *b = (Breaker *)self;
     double now;
-    if (bk_now(b, &now) < 0) {
+    if (bk_view(b, &now) < 0) {
         return NULL;
     }
     return PyFloat_FromDouble(b->sm->opened_at + b->sm->cfg.recovery_timeout - now);
@@ -1957,7 +2266,7 @@ breaker_get_remaining(PyObject *self, void *Py_UNUSED(c))
 {
     Breaker *b = (Breaker *)self;
     double now;
-    if (bk_now(b, &now) < 0) {
+    if (bk_view(b, &now) < 0) {
         return NULL;
     }
     double rem = 0.0;
@@ -2162,6 +2471,148 @@ parse_exc_spec(PyObject *v, const char *what, PyObject **out, char *pred)
     return -1;
 }
 
+/* ------------------------------------------------------------------ CircuitBreaker: shared= */
+
+/* What a shared breaker's segment holds as its configuration: the machine's, and whether it is
+ * a test segment (virtual time, the crash hook): a test segment and a real one never mix. */
+typedef struct {
+    fa_bk_config cfg;
+    uint8_t testing;
+    uint8_t pad_[7];
+} bk_sh_config;
+
+#if FA_BK_HAVE_SHARED
+static int
+bk_repr_add(PyObject *parts, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *p = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (p == NULL) {
+        return -1;
+    }
+    int rc = PyList_Append(parts, p);
+    Py_DECREF(p);
+    return rc;
+}
+
+static int
+bk_repr_add_double(PyObject *parts, const char *name, double v)
+{
+    PyObject *f = PyFloat_FromDouble(v);
+    if (f == NULL) {
+        return -1;
+    }
+    int rc = bk_repr_add(parts, "%s=%R", name, f);
+    Py_DECREF(f);
+    return rc;
+}
+
+/* The configuration as the constructor's keywords (for the mismatch error). */
+static PyObject *
+bk_sh_config_repr(const void *config)
+{
+    const bk_sh_config *sc = config;
+    const fa_bk_config *c = &sc->cfg;
+    PyObject *parts = PyList_New(0);
+    if (parts == NULL) {
+        return NULL;
+    }
+    PyObject *r = NULL;
+    if ((c->rate_mode ? bk_repr_add_double(parts, "failure_rate", c->failure_rate)
+                      : bk_repr_add(parts, "failure_threshold=%lld",
+                                    (long long)c->failure_threshold)) < 0
+        || bk_repr_add_double(parts, "recovery_timeout", c->recovery_timeout) < 0
+        || bk_repr_add(parts, "success_threshold=%lld", (long long)c->success_threshold) < 0
+        || bk_repr_add(parts, "half_open_max_calls=%lld", (long long)c->half_open_max) < 0
+        || (c->rate_mode && c->time_mode
+            && bk_repr_add_double(parts, "window_time", c->window_time) < 0)
+        || (c->rate_mode && !c->time_mode
+            && bk_repr_add(parts, "window=%lld", (long long)c->window) < 0)
+        || (c->rate_mode && bk_repr_add(parts, "min_calls=%lld", (long long)c->min_calls) < 0)
+        || (c->slow_mode && bk_repr_add_double(parts, "slow_call_duration", c->slow_duration) < 0)
+        || (c->slow_mode && c->rate_mode
+            && bk_repr_add_double(parts, "slow_call_rate", c->slow_rate) < 0)
+        || (sc->testing && bk_repr_add(parts, "_testing=True") < 0)) {
+        goto done;
+    }
+    PyObject *sep = PyUnicode_FromString(", ");
+    if (sep != NULL) {
+        PyObject *body = PyUnicode_Join(sep, parts);
+        Py_DECREF(sep);
+        if (body != NULL) {
+            r = PyUnicode_FromFormat("CircuitBreaker(%U)", body);
+            Py_DECREF(body);
+        }
+    }
+done:
+    Py_DECREF(parts);
+    return r;
+}
+#endif
+
+/* Open (or create) the shared record named `name` for b, whose b->sm holds the configuration.
+ * 0, or -1 with an exception (nothing kept open). */
+static int
+bk_sh_open(Breaker *b, PyObject *name, int testing, PyObject *clock)
+{
+#if FA_BK_HAVE_SHARED
+    if (clock != NULL && clock != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "clock= cannot be given with shared=: a shared "
+                        "breaker runs on the host's monotonic clock (CLOCK_MONOTONIC), the one "
+                        "clock every process reads");
+        return -1;
+    }
+    const fa_bk_config *cfg = &b->sm->cfg;
+    if (cfg->half_open_max > FA_BK_SH_PROBES_MAX) {
+        PyErr_Format(PyExc_ValueError, "half_open_max_calls of a shared breaker must be <= %d, "
+                     "got %lld", FA_BK_SH_PROBES_MAX, (long long)cfg->half_open_max);
+        return -1;
+    }
+    if (cfg->rate_mode && !cfg->time_mode && cfg->window > FA_BK_SH_WINDOW_MAX) {
+        PyErr_Format(PyExc_ValueError, "window of a shared breaker must be <= %d calls, got %lld",
+                     FA_BK_SH_WINDOW_MAX, (long long)cfg->window);
+        return -1;
+    }
+    bk_sh_config sc;
+    memset(&sc, 0, sizeof(sc));
+    sc.cfg = *cfg;
+    sc.testing = (uint8_t)(testing != 0);
+    if (fa_shm_open(name, FA_SHM_KIND_BREAKER, &sc, sizeof(sc), fa_bk_sh_payload_size(cfg),
+                    bk_sh_config_repr, &b->shm) < 0) {
+        return -1;
+    }
+    fa_bk_shared *sh = b->shm.payload;
+    if (b->shm.created) {
+        int rc = fa_bk_sh_init(sh, cfg);
+        if (rc != 0) {
+            shm_unlink(b->shm.path);  /* never published: nobody else uses it */
+            fa_shm_close(&b->shm);
+            errno = rc;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (sc.testing) {
+            atomic_store(&sh->clock_offset_ns, 1000000000000LL);  /* virtual time starts at 1000 s */
+        }
+        fa_shm_publish(&b->shm);
+    }
+    b->sh = sh;
+    b->sh_testing = sc.testing;
+    b->shared = Py_NewRef(name);
+    if (bk_sh_sync(b) < 0) {
+        return -1;
+    }
+    return 0;
+#else
+    (void)b; (void)name; (void)testing; (void)clock;
+    PyErr_SetString(PyExc_NotImplementedError, "shared= needs process-shared robust mutexes "
+                    "and POSIX shared memory (Linux, FreeBSD)");
+    return -1;
+#endif
+}
+
 static PyObject *
 breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
@@ -2169,13 +2620,15 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
                              "half_open_max_calls", "expected_exception", "exclude",
                              "failure_rate", "window", "window_time", "min_calls",
                              "slow_call_duration", "slow_call_rate", "fallback", "name", "clock",
-                             NULL};
+                             "shared", "_testing", NULL};
     PyObject *o_ft = NULL, *o_rt = NULL, *o_st = NULL, *o_hm = NULL, *o_ee = NULL, *o_ex = NULL;
     PyObject *o_fr = NULL, *o_w = NULL, *o_wt = NULL, *o_mc = NULL, *o_sd = NULL, *o_sr = NULL;
-    PyObject *o_fb = NULL, *o_name = NULL, *o_clock = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$OOOOOOOOOOOOO:CircuitBreaker", kwlist,
+    PyObject *o_fb = NULL, *o_name = NULL, *o_clock = NULL, *o_shared = NULL;
+    int testing = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$OOOOOOOOOOOOOOp:CircuitBreaker", kwlist,
                                      &o_ft, &o_rt, &o_st, &o_hm, &o_ee, &o_ex, &o_fr, &o_w,
-                                     &o_wt, &o_mc, &o_sd, &o_sr, &o_fb, &o_name, &o_clock)) {
+                                     &o_wt, &o_mc, &o_sd, &o_sr, &o_fb, &o_name, &o_clock,
+                                     &o_shared, &testing)) {
         return NULL;
     }
 #define NONE(o) ((o) == NULL || (o) == Py_None)
@@ -2326,7 +2779,6 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         }
         b->clock = Py_NewRef(o_clock);
     }
-#undef NONE
     size_t size = fa_bk_sm_size(&cfg);
     b->sm = size ? PyMem_Malloc(size) : NULL;
     if (b->sm == NULL) {
@@ -2334,6 +2786,16 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         goto error;
     }
     fa_bk_sm_init(b->sm, &cfg);
+    if (!NONE(o_shared)) {
+        if (bk_sh_open(b, o_shared, testing, o_clock) < 0) {
+            goto error;
+        }
+    }
+    else if (testing) {
+        PyErr_SetString(PyExc_ValueError, "_testing needs shared=");
+        goto error;
+    }
+#undef NONE
     return (PyObject *)b;
 error:
     Py_DECREF(b);
@@ -2358,6 +2820,9 @@ breaker_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT((PyObject *)b->cache);
     Py_VISIT((PyObject *)b->tcache);
     Py_VISIT(b->last_failure);
+#if FA_BK_HAVE_SHARED
+    Py_VISIT(b->shared);
+#endif
     return 0;
 }
 
@@ -2376,6 +2841,9 @@ breaker_clear(PyObject *self)
     Py_CLEAR(b->cache);
     Py_CLEAR(b->tcache);
     Py_CLEAR(b->last_failure);
+#if FA_BK_HAVE_SHARED
+    Py_CLEAR(b->shared);
+#endif
     return 0;
 }
 
@@ -2389,6 +2857,11 @@ breaker_dealloc(PyObject *self)
         PyObject_ClearWeakRefs(self);
     }
     breaker_clear(self);
+#if FA_BK_HAVE_SHARED
+    fa_shm_close(&b->shm);
+    b->sh = NULL;
+    Py_CLEAR(b->shared);
+#endif
     PyMem_Free(b->sm);
     PyMem_Free(b->ev);
     tp->tp_free(self);
@@ -2440,6 +2913,15 @@ static PyMethodDef breaker_methods[] = {
     {"add_listener", breaker_add_listener, METH_O, add_listener_doc},
     {"remove_listener", breaker_remove_listener, METH_O, remove_listener_doc},
     {"stats", breaker_stats, METH_NOARGS, stats_doc},
+#if FA_BK_HAVE_SHARED
+    {"_shared_advance", breaker_shared_advance, METH_O, "_shared_advance($self, seconds, /)"
+     "\n--\n\nTest hook (shared=..., _testing=True only): move the segment's virtual time on."},
+    {"_shared_info", breaker_shared_info, METH_NOARGS, "_shared_info($self, /)\n--\n\n"
+     "Test hook: the shared record's state, generation, counts, probe slot owners and how "
+     "many times a dead owner's mutex was recovered."},
+    {"_shared_crash", breaker_shared_crash, METH_NOARGS, "_shared_crash($self, /)\n--\n\n"
+     "Test hook (shared=..., _testing=True only): die by SIGKILL halfway through an update."},
+#endif
     {"_peer_mode", breaker_peer_mode, METH_NOARGS, "_peer_mode($self, /)\n--\n\nFor the "
      "circuit drop-in: keep the last failure (_last_failure); the recovery time counts from "
      "now."},
@@ -2460,6 +2942,8 @@ static PyGetSetDef breaker_getset[] = {
     {"name", breaker_get_name, NULL, "The breaker's name (defaults to the first decorated "
      "function's __qualname__).", NULL},
     {"listeners", breaker_get_listeners, NULL, "The listeners, as a tuple.", NULL},
+    {"shared", breaker_get_shared, NULL, "The name of the shared segment holding the state "
+     "(shared=), or None for a breaker of this process only.", NULL},
     {"_failure_streak", breaker_get_streak, NULL, "Failures since the last success or close(), "
      "in any state (circuitbreaker's failure_count).", NULL},
     {"_last_failure", breaker_get_last_failure, NULL, "With _peer_mode(): the exception of the "
@@ -2492,7 +2976,7 @@ PyDoc_STRVAR(breaker_doc,
 "CircuitBreaker(failure_threshold=5, recovery_timeout=30.0, *, success_threshold=1, "
 "half_open_max_calls=1, expected_exception=None, exclude=(), failure_rate=None, "
 "window=None, window_time=None, min_calls=None, slow_call_duration=None, slow_call_rate=None, "
-"fallback=None, name=None, clock=None)\n--\n\n"
+"fallback=None, name=None, clock=None, shared=None)\n--\n\n"
 "A circuit breaker, in C. Use it as a decorator (async def or plain def), as `async with` / "
 "`with`, or with `await breaker.call(fn, *args, **kwargs)`. expected_exception=None means "
 "Exception.");

@@ -408,3 +408,164 @@ fa_bk_sm_check(const fa_bk_sm *sm, const void *owner)
     }
 }
 #endif
+
+/* ------------------------------------------------------------------ shared by processes */
+
+#if FA_BK_HAVE_SHARED
+#include <errno.h>
+#include <signal.h>
+#include <unistd.h>
+
+int
+fa_bk_sh_init(fa_bk_shared *sh, const fa_bk_config *cfg)
+{
+    pthread_mutexattr_t attr;
+    int rc = pthread_mutexattr_init(&attr);
+    if (rc != 0) {
+        return rc;
+    }
+    if ((rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)) == 0
+        && (rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)) == 0) {
+        rc = pthread_mutex_init(&sh->mu, &attr);
+    }
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0) {
+        return rc;
+    }
+    sh->copy_size = (uint32_t)fa_bk_sh_copy_size(cfg);
+    fa_bk_sm *sm = fa_bk_sh_copy(sh, 0);
+    fa_bk_sm_init(sm, cfg);
+    memset(fa_bk_sh_slots(sm), 0, (size_t)cfg->half_open_max * sizeof(int32_t));
+    atomic_store(&sh->cur, 0);
+    atomic_store(&sh->fast_succ, 0);
+    atomic_store(&sh->word, fa_bk_sh_word_of(sm));
+    return 0;
+}
+
+/* A dead process held the mutex: its update may have stored the word of a record it never
+ * published. Move the generation past anything it could have published and free the probe
+ * slots of the half-open period (its probes' outcomes will not count). */
+static void
+bk_sh_recover(fa_bk_sm *w)
+{
+    w->gen += 2;
+    if (w->state == FA_BK_HALF_OPEN) {
+        w->probes = 0;
+        memset(fa_bk_sh_slots(w), 0, (size_t)w->cfg.half_open_max * sizeof(int32_t));
+    }
+}
+
+int
+fa_bk_sh_lock(fa_bk_shared *sh, fa_bk_sm **work)
+{
+    int rc = pthread_mutex_lock(&sh->mu);
+    int recovered = 0;
+    if (rc == EOWNERDEAD) {
+        rc = pthread_mutex_consistent(&sh->mu);
+        recovered = 1;
+        atomic_fetch_add(&sh->recoveries, 1);
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    uint32_t cur = atomic_load_explicit(&sh->cur, memory_order_relaxed) & 1;
+    fa_bk_sm *src = fa_bk_sh_copy(sh, cur);
+    fa_bk_sm *w = fa_bk_sh_copy(sh, cur ^ 1);
+    memcpy(w, src, sh->copy_size);
+    if (recovered) {
+        bk_sh_recover(w);
+    }
+    int64_t d = atomic_exchange(&sh->fast_succ, 0);
+    if (d > 0 && w->state == FA_BK_CLOSED && !w->cfg.rate_mode && w->failures == 0) {
+        w->successes += d;
+    }
+    *work = w;
+    return 0;
+}
+
+void
+fa_bk_sh_publish(fa_bk_shared *sh, fa_bk_sm *work)
+{
+    /* the word first: a process killed between the two stores leaves a word that names a
+     * generation the recovery moves past (bk_sh_recover) */
+    atomic_store_explicit(&sh->word, fa_bk_sh_word_of(work), memory_order_release);
+    uint32_t cur = atomic_load_explicit(&sh->cur, memory_order_relaxed) & 1;
+    atomic_store_explicit(&sh->cur, cur ^ 1, memory_order_release);
+    pthread_mutex_unlock(&sh->mu);
+}
+
+/* After a step: a transition (a new generation) frees every probe slot. */
+static inline void
+bk_sh_after(fa_bk_sm *w, uint64_t gen)
+{
+    if (w->gen != gen) {
+        memset(fa_bk_sh_slots(w), 0, (size_t)w->cfg.half_open_max * sizeof(int32_t));
+    }
+}
+
+int
+fa_bk_sh_admit(fa_bk_sm *w, fa_bk_totals *tot, fa_bk_ticket *t, double now, double *remaining)
+{
+    int32_t *slots = fa_bk_sh_slots(w);
+    if (w->state == FA_BK_HALF_OPEN && w->probes >= w->cfg.half_open_max) {
+        /* every slot taken: free those whose owner is gone (a pid reused since by another
+         * process keeps its slot until that process ends or the half-open period does) */
+        for (int64_t i = 0; i < w->cfg.half_open_max; i++) {
+            if (slots[i] != 0 && kill((pid_t)slots[i], 0) < 0 && errno == ESRCH) {
+                slots[i] = 0;
+                w->probes--;
+            }
+        }
+    }
+    uint64_t gen = w->gen;
+    int rc = fa_bk_admit(w, tot, t, now, remaining);
+    bk_sh_after(w, gen);
+    if (rc == 1 && t->probe) {
+        int64_t i = 0;
+        while (i < w->cfg.half_open_max - 1 && slots[i] != 0) {
+            i++;
+        }
+        slots[i] = (int32_t)getpid();
+        t->probe = (int)i + 1;
+    }
+    return rc;
+}
+
+void
+fa_bk_sh_commit(fa_bk_sm *w, fa_bk_totals *tot, const fa_bk_ticket *t, int out, int slow,
+                double now)
+{
+    if (t->probe > 0 && t->probe <= w->cfg.half_open_max && t->gen == w->gen
+        && w->state == FA_BK_HALF_OPEN) {
+        fa_bk_sh_slots(w)[t->probe - 1] = 0;
+    }
+    uint64_t gen = w->gen;
+    fa_bk_commit(w, tot, t, out, slow, now);
+    bk_sh_after(w, gen);
+}
+
+void
+fa_bk_sh_force(fa_bk_sm *w, fa_bk_totals *tot, int to, double now)
+{
+    uint64_t gen = w->gen;
+    fa_bk_force(w, tot, to, now);
+    bk_sh_after(w, gen);
+}
+
+#if FA_DEBUG
+void
+fa_bk_sh_check(fa_bk_sm *w, const void *owner)
+{
+    fa_bk_sm_check(w, owner);
+    const int32_t *slots = fa_bk_sh_slots(w);
+    int64_t held = 0;
+    for (int64_t i = 0; i < w->cfg.half_open_max; i++) {
+        FA_CHECK(slots[i] >= 0, "shared breaker %p: probe slot %lld holds pid %d", owner,
+                 (long long)i, (int)slots[i]);
+        held += slots[i] != 0;
+    }
+    FA_CHECK(held == w->probes, "shared breaker %p: %lld probe slots held, %lld probes", owner,
+             (long long)held, (long long)w->probes);
+}
+#endif
+#endif

@@ -195,4 +195,109 @@ fa_bk_success_closed(fa_bk_sm *sm, fa_bk_totals *tot, const fa_bk_ticket *t)
 void fa_bk_sm_check(const fa_bk_sm *sm, const void *owner);
 #endif
 
+/* ------------------------------------------------------------------ shared by processes
+ *
+ * A record that every process of the host shares (CircuitBreaker(shared=...)) lives in a
+ * segment's payload (shm.h) as fa_bk_shared: a robust process-shared mutex, the published
+ * state word, and two copies of the record, each followed by its probe slots (the pid that
+ * holds each half-open probe slot, 0 when free).
+ *
+ * Updates (fa_bk_sh_lock ... fa_bk_sh_publish) run under the mutex and never call Python code:
+ * copy the published record into the other copy, change that one, store the state word, then
+ * flip `cur` to it. A process killed at any instruction of an update leaves the published copy
+ * intact (it only wrote the other one); the next locker gets EOWNERDEAD, marks the mutex
+ * consistent and carries on from the published copy, with the generation moved past anything
+ * the dead process may have published (so tickets of the interrupted update match nothing) and
+ * the probe slots of the interrupted half-open period freed.
+ *
+ * The state word, (gen << 3) | clean << 2 | state, lets the closed path skip the mutex: a closed
+ * admission reads its generation from it, and a success of a "clean" closed record (default
+ * mode, no failure counted, no failure streak) changes nothing that decides a transition, so it
+ * only adds to fast_succ (folded into the record's success count by the next update).
+ * Invariants (under the mutex): word describes copy[cur]; the probe slots of copy[cur] hold
+ * exactly `probes` pids (0 outside HALF_OPEN).
+ */
+#if defined(__linux__) || defined(__FreeBSD__)
+#define FA_BK_HAVE_SHARED 1
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define FA_BK_SH_PROBES_MAX 1024    /* half_open_max_calls of a shared breaker */
+#define FA_BK_SH_WINDOW_MAX 100000  /* window of a shared breaker (each update copies it) */
+
+typedef struct {
+    pthread_mutex_t mu;
+    _Alignas(8) _Atomic uint64_t word;
+    _Atomic uint32_t cur;               /* the published copy: 0 or 1 */
+    uint32_t copy_size;                 /* bytes of one copy (record and probe slots) */
+    _Atomic int64_t fast_succ;          /* closed successes not yet folded into the record */
+    _Atomic int64_t clock_offset_ns;    /* test segments only: virtual time (see breaker.c) */
+    _Atomic uint64_t recoveries;        /* mutexes recovered from a dead owner */
+    _Alignas(64) unsigned char copies[];
+} fa_bk_shared;
+
+static inline uint64_t
+fa_bk_sh_word_of(const fa_bk_sm *sm)
+{
+    uint64_t clean = sm->state == FA_BK_CLOSED && !sm->cfg.rate_mode && !sm->cfg.slow_mode
+                     && sm->failures == 0 && sm->streak == 0;
+    return (sm->gen << 3) | (clean << 2) | (uint64_t)sm->state;
+}
+
+/* Bytes of one copy for cfg: the record and its probe slots, 64-aligned. */
+static inline size_t
+fa_bk_sh_copy_size(const fa_bk_config *cfg)
+{
+    return (fa_bk_sm_size(cfg) + (size_t)cfg->half_open_max * sizeof(int32_t) + 63)
+           & ~(size_t)63;
+}
+
+static inline size_t
+fa_bk_sh_payload_size(const fa_bk_config *cfg)
+{
+    return sizeof(fa_bk_shared) + 2 * fa_bk_sh_copy_size(cfg);
+}
+
+static inline fa_bk_sm *
+fa_bk_sh_copy(fa_bk_shared *sh, uint32_t i)
+{
+    return (fa_bk_sm *)(void *)(sh->copies + (size_t)i * sh->copy_size);
+}
+
+static inline int32_t *
+fa_bk_sh_slots(fa_bk_sm *sm)
+{
+    return (int32_t *)(void *)((char *)sm + fa_bk_sm_size(&sm->cfg));
+}
+
+/* The creator: a closed record in copy 0, the mutex, the word. 0, or an errno value. */
+int fa_bk_sh_init(fa_bk_shared *sh, const fa_bk_config *cfg);
+
+/* Take the mutex and return the copy to change (a copy of the published record). 0, or an
+ * errno value (the mutex could not be taken: nothing held). */
+int fa_bk_sh_lock(fa_bk_shared *sh, fa_bk_sm **work);
+
+/* Publish *work (the copy fa_bk_sh_lock returned) and release the mutex. */
+void fa_bk_sh_publish(fa_bk_shared *sh, fa_bk_sm *work);
+
+/* Admission under the mutex (the work copy): reclaims the probe slots of dead owners when every
+ * slot is taken, and gives a probe its slot (t->probe = slot + 1). As fa_bk_admit. */
+int fa_bk_sh_admit(fa_bk_sm *w, fa_bk_totals *tot, fa_bk_ticket *t, double now,
+                   double *remaining);
+
+/* Settle a ticket under the mutex (frees its probe slot). As fa_bk_commit. */
+void fa_bk_sh_commit(fa_bk_sm *w, fa_bk_totals *tot, const fa_bk_ticket *t, int out, int slow,
+                     double now);
+
+/* fa_bk_force under the mutex. */
+void fa_bk_sh_force(fa_bk_sm *w, fa_bk_totals *tot, int to, double now);
+
+#if FA_DEBUG
+/* The record's invariants and its probe slots'. */
+void fa_bk_sh_check(fa_bk_sm *w, const void *owner);
+#endif
+#else
+#define FA_BK_HAVE_SHARED 0
+#endif
+
 #endif
