@@ -21,6 +21,9 @@ import textwrap
 import time
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as hs
+from hypothesis.stateful import initialize
 
 import aiofast
 from aiofast import CircuitBreaker, CircuitOpenError, CircuitState
@@ -149,6 +152,41 @@ def test_base_exceptions_are_neither_shared(shared_rig):
 
 def test_listener_that_raises_is_logged_shared(shared_rig, caplog):
     tb.test_listener_that_raises_is_logged(caplog, shared_rig)
+
+
+class SharedBreakerMachine(tb.BreakerMachine):
+    """test_breaker's model-based machine (random calls in flight, outcomes, cancellations,
+    clock moves, forced transitions, hostile predicates and listeners that re-enter) on a shared
+    breaker, against the same model."""
+
+    @initialize(cfg=tb.CONFIGS, predicate=hs.booleans())
+    def setup(self, cfg, predicate):
+        self.segment = fresh_name()
+        clock = SharedClock(1000.0)  # a test segment's time starts at 1000 s
+        saved = tb.CircuitBreaker, tb.Clock
+
+        def make(*args, clock=None, **kwargs):
+            b = CircuitBreaker(*args, shared=self.segment, _testing=True, **kwargs)
+            clock.breakers.append(b)
+            return b
+
+        tb.CircuitBreaker, tb.Clock = make, lambda t: clock
+        try:
+            super().setup(cfg, predicate)
+        finally:
+            tb.CircuitBreaker, tb.Clock = saved
+        assert self.b.shared == self.segment and self.clock is clock
+
+    def teardown(self):
+        super().teardown()
+        if hasattr(self, "segment"):
+            unlink(self.segment)
+
+
+TestSharedBreakerModel = SharedBreakerMachine.TestCase
+TestSharedBreakerModel.settings = settings(max_examples=max(100, settings.default.max_examples),
+                                           stateful_step_count=40, deadline=None,
+                                           suppress_health_check=[HealthCheck.too_slow])
 
 
 # ------------------------------------------------------------------ one process, two objects
