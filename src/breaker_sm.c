@@ -462,6 +462,10 @@ fa_bk_sh_lock(fa_bk_shared *sh, fa_bk_sm **work)
     int recovered = 0;
     if (rc == EOWNERDEAD) {
         rc = pthread_mutex_consistent(&sh->mu);
+        if (rc != 0) {
+            pthread_mutex_unlock(&sh->mu);
+            return rc;
+        }
         recovered = 1;
         atomic_fetch_add(&sh->recoveries, 1);
     }
