@@ -433,13 +433,15 @@ def test_killed_halfway_through_an_update(names, workers):
 
 def test_killed_at_random_instants(names, workers):
     """Workers hammering the record are SIGKILLed at random instants, many times: each time the
-    breaker stays usable and consistent (the debug build checks every invariant at each update)."""
+    breaker stays usable and consistent (the debug build checks every invariant at each update).
+    The window is large so that an update (which copies it) is most of a worker's time: most
+    kills land inside the mutex, and the owner-death recovery runs."""
     n = names()
-    cfg = dict(failure_threshold=3, recovery_timeout=0.5, half_open_max_calls=2, shared=n,
-               _testing=True)
+    cfg = dict(failure_rate=0.5, window=100_000, recovery_timeout=0.5, half_open_max_calls=2,
+               shared=n, _testing=True)
     here = CircuitBreaker(**cfg)
     rng = random.Random(1234)
-    for _ in range(25):
+    for _ in range(12):
         ws = workers(2, **cfg)
         for w in ws:
             assert w.ask("spin") == "spinning"
@@ -450,16 +452,14 @@ def test_killed_at_random_instants(names, workers):
         assert info["state"] in (0, 1, 2)
         held = sum(1 for p in info["probe_pids"] if p)
         assert held == info["probes"] <= 2
-        if info["state"] == 0:
-            assert 0 <= info["failures"] < 3
-        # usable: the dead probe holders' slots are reclaimed; force a known state and go on
-        here.close()
-        tb.fail_n(here, 3)
+        # usable: force a known state and go through a whole cycle
+        here.open()
         assert here.state is CircuitState.OPEN
         here._shared_advance(0.5)
         with here:
             pass
-        assert here.state is CircuitState.CLOSED
+        assert here.state is CircuitState.CLOSED and here.failure_count == 0
+    assert here._shared_info()["recoveries"] >= 1
 
 
 # ------------------------------------------------------------------ errors
