@@ -155,6 +155,8 @@ typedef struct fa_state {
     PyTypeObject *RateLimitedType;
     PyObject *str_is_closed;
     PyObject *str_clock_resolution;
+    /* shm.c: the error of an unusable shared segment */
+    PyObject *SharedSegmentError;
     /* clock.h / clock.c: what the proof that a loop's time() is asyncio's own compares against
      * (BaseEventLoop.time, its code and globals, the time module, its original monotonic) */
     PyObject *clk_base_time;      /* NULL: never read a loop's time natively */

@@ -23,8 +23,10 @@ from ._core import (
     Queue,
     QueueShutDown,
     Semaphore,
+    SharedSegmentError,
     TokenBucket,
     TTLCache,
+    shared_unlink,
 )
 
 __version__ = "0.1.0"
@@ -46,6 +48,8 @@ __all__ = [
     "Queue",
     "QueueShutDown",
     "Semaphore",
+    "SharedSegmentError",
+    "shared_unlink",
     "circuit",
     "TTLCache",
     "TokenBucket",
