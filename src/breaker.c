@@ -77,6 +77,8 @@ typedef struct {
     PyObject *ctxvar;        /* ContextVar: stack of with-block tickets, made on first use */
     BreakerCall *cache;      /* a BreakerCall reused while nobody else holds it */
     BreakerCall *tcache;     /* a finished with-block ticket, for the next block */
+    PyObject *aenter;        /* cached bound __aenter__ / __aexit__ (op.h, special methods) */
+    PyObject *aexit;
     PyObject *weakreflist;
 } Breaker;
 
@@ -1865,8 +1867,12 @@ breaker_call_method(PyObject *self, PyObject *const *args, size_t nargsf, PyObje
 }
 
 static PyObject *
-breaker_aenter(PyObject *self, PyObject *Py_UNUSED(ignored))
+breaker_aenter(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError, "__aenter__() takes no arguments (%zd given)", nargs);
+        return NULL;
+    }
     return (PyObject *)bc_new((Breaker *)self, CM_ENTER);
 }
 
@@ -2819,6 +2825,8 @@ breaker_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->ctxvar);
     Py_VISIT((PyObject *)b->cache);
     Py_VISIT((PyObject *)b->tcache);
+    Py_VISIT(b->aenter);
+    Py_VISIT(b->aexit);
     Py_VISIT(b->last_failure);
 #if FA_BK_HAVE_SHARED
     Py_VISIT(b->shared);
@@ -2840,6 +2848,8 @@ breaker_clear(PyObject *self)
     Py_CLEAR(b->ctxvar);
     Py_CLEAR(b->cache);
     Py_CLEAR(b->tcache);
+    fa_special_clear(self, &b->aenter);
+    fa_special_clear(self, &b->aexit);
     Py_CLEAR(b->last_failure);
 #if FA_BK_HAVE_SHARED
     Py_CLEAR(b->shared);
@@ -2868,10 +2878,10 @@ breaker_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
-PyDoc_STRVAR(aenter_doc, "__aenter__($self, /)\n--\n\nAdmit the block (or raise "
-             "CircuitOpenError).");
-PyDoc_STRVAR(aexit_doc, "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRecord the block's "
-             "outcome.");
+static const char aenter_doc[] = "__aenter__($self, /)\n--\n\nAdmit the block (or raise "
+                                 "CircuitOpenError).";
+static const char aexit_doc[] = "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRecord the "
+                                "block's outcome.";
 PyDoc_STRVAR(enter_doc, "__enter__($self, /)\n--\n\nAdmit the block (or raise "
              "CircuitOpenError).");
 PyDoc_STRVAR(exit_doc, "__exit__($self, exc_type, exc, tb, /)\n--\n\nRecord the block's "
@@ -2897,8 +2907,6 @@ PyDoc_STRVAR(stats_doc, "stats($self, /)\n--\n\nA dict: state, failure_count, su
 static PyMethodDef breaker_async_methods[] = {
     {"call", (PyCFunction)(void (*)(void))breaker_call_method, METH_FASTCALL | METH_KEYWORDS,
      breaker_call_method_doc},
-    {"__aenter__", breaker_aenter, METH_NOARGS, aenter_doc},
-    {"__aexit__", (PyCFunction)(void (*)(void))breaker_aexit, METH_FASTCALL, aexit_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -3062,7 +3070,11 @@ fa_breaker_init(PyObject *mod, fa_state *st)
         return -1;
     }
     if ((st->BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL
-        || fa_methods_add(st, st->BreakerType, breaker_async_methods) < 0) {
+        || fa_methods_add(st, st->BreakerType, breaker_async_methods) < 0
+        || fa_special_add(st, st->BreakerType, "__aenter__", breaker_aenter,
+                          offsetof(Breaker, aenter), aenter_doc) < 0
+        || fa_special_add(st, st->BreakerType, "__aexit__", breaker_aexit,
+                          offsetof(Breaker, aexit), aexit_doc) < 0) {
         return -1;
     }
     st->BreakerCallType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bc_spec, NULL);

@@ -148,7 +148,7 @@ def test_bound_method_pickles_as_asyncio_does(cls):
     assert put.__func__ is cls.put
 
 
-WITH_TYPES = [aiofast.Lock, aiofast.Semaphore, aiofast.TokenBucket]
+WITH_TYPES = [aiofast.Lock, aiofast.Semaphore, aiofast.TokenBucket, aiofast.CircuitBreaker]
 
 
 @pytest.mark.parametrize("cls", WITH_TYPES, ids=lambda c: c.__name__)
@@ -169,7 +169,8 @@ def test_special_methods_are_bound_once(cls):
 
 
 @pytest.mark.parametrize("cls", [aiofast.Lock, asyncio.Lock, aiofast.Semaphore,
-                                 asyncio.Semaphore, aiofast.TokenBucket])
+                                 asyncio.Semaphore, aiofast.TokenBucket,
+                                 aiofast.CircuitBreaker])
 def test_special_method_bound_weakref_and_pickle(cls):
     lock = cls(1) if cls is aiofast.TokenBucket else cls()
     aenter = lock.__aenter__
