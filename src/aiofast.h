@@ -103,7 +103,6 @@ typedef struct fa_state {
     PyTypeObject *LifoQueueType;
     PyTypeObject *TokenBucketType;
     PyTypeObject *BreakerType;
-    PyTypeObject *BreakerCallType;
     PyTypeObject *LRUCacheType;
     PyTypeObject *TTLCacheType;
     PyTypeObject *MemoType;
@@ -128,9 +127,6 @@ typedef struct fa_state {
     PyObject *CircuitOpenError;
     PyObject *CircuitState;
     PyObject *bk_states[3];       /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */
-    PyObject *bk_str_throw;
-    PyObject *bk_str_close;
-    PyObject *bk_stopiter;        /* a reusable StopIteration for results on 3.12+ */
     /* the cache family (cache.c, memo.c) */
     PyTypeObject *CacheIterType;
     PyTypeObject *CacheKeysType;
@@ -208,6 +204,8 @@ typedef struct fa_state {
     PyObject *str_acquire;
     PyObject *str_release;
     PyObject *str_locked;
+    PyObject *str_throw;
+    PyObject *str_close;
     PyObject *str_get_loop;       /* "_get_loop" */
     PyObject *str_append;
 

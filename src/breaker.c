@@ -1,6 +1,6 @@
 /*
  * breaker.c: CircuitBreaker, the functions it guards (BreakerFunction) and the awaitable that
- * drives a guarded coroutine (BreakerCall), in C.
+ * drives a guarded coroutine (a kind of FaOp, op.h), in C.
  *
  * The state machine itself (states, tickets and generations, the rate mode's window) is plain
  * data in breaker_sm.c/.h: a Breaker owns one record (b->sm) and its own totals (b->tot), and
@@ -43,8 +43,6 @@ enum { OUT_SUCCESS = FA_BK_SUCCESS, OUT_FAILURE = FA_BK_FAILURE, OUT_IGNORED = F
 
 typedef fa_bk_ticket bk_ticket;
 
-typedef struct BreakerCall BreakerCall;
-
 typedef struct {
     PyObject_HEAD
     fa_state *st;
@@ -75,38 +73,12 @@ typedef struct {
     Py_ssize_t ev_len, ev_cap, ev_head;
     int dispatching;
     PyObject *ctxvar;        /* ContextVar: stack of with-block tickets, made on first use */
-    BreakerCall *cache;      /* a BreakerCall reused while nobody else holds it */
-    BreakerCall *tcache;     /* a finished with-block ticket, for the next block */
+    FaOp *cache;             /* reuse slot of its ops: calls, __aenter__, __aexit__ */
+    FaOp *tcache;            /* reuse slot of with-block tickets */
     PyObject *aenter;        /* cached bound __aenter__ / __aexit__ (op.h, special methods) */
     PyObject *aexit;
     PyObject *weakreflist;
 } Breaker;
-
-/* ------------------------------------------------------------------ BreakerCall */
-
-enum { CS_INIT = 0, CS_RUNNING, CS_WAITING, CS_DONE };
-enum { CM_CALL = 0, CM_ENTER, CM_EXIT, CM_TOKEN };
-
-#define CF_ADMITTED 0x1   /* holds a ticket: must record or release it */
-#define CF_DECORATED 0x2  /* @breaker on an async def: a failing fn(*args) is a bad call */
-#define CF_PREADMITTED 0x4  /* admitted before it was awaited (a plain def returned a coroutine) */
-#define CF_DISCARDED 0x8  /* dropped by us on an error before anyone saw it: no "never awaited" */
-
-struct BreakerCall {
-    PyObject_HEAD
-    fa_state *st;
-    Breaker *breaker;  /* strong, until done */
-    PyObject *fn;      /* the guarded callable; CM_TOKEN: the enclosing block's ticket */
-    PyObject *args;    /* tuple, when fn is called at admission or a fallback may be */
-    PyObject *kwargs;  /* dict or NULL */
-    PyObject *it;      /* INIT: the coroutine made at call time; WAITING: what is driven;
-                        * CM_TOKEN: the contextvars.Token of its push */
-    PyObject *exc;     /* CM_EXIT: the exception leaving the block, or NULL */
-    bk_ticket t;
-    int state;
-    int mode;
-    int flags;
-};
 
 typedef struct {
     PyObject_HEAD
@@ -118,6 +90,12 @@ typedef struct {
     int is_async;
 } BreakerFunction;
 
+/* Kind-specific flags of the breaker's ops (FaOp.flags; see "the breaker's ops" below) */
+#define BOPF_ADMITTED 0x100     /* holds a ticket: must record or release it */
+#define BOPF_DECORATED 0x200    /* @breaker on an async def: a failing fn(*args) is a bad call */
+#define BOPF_PREADMITTED 0x400  /* admitted before it was awaited (a plain def made a coroutine) */
+#define BOPF_MADE 0x800         /* arg is the coroutine made at call time, not started */
+
 #if FA_BK_HAVE_SHARED
 #define BK_SHARED(b) ((b)->sh != NULL)
 #else
@@ -126,11 +104,11 @@ typedef struct {
 
 #if FA_DEBUG
 static void breaker_check(Breaker *b);
-static void breakercall_check(BreakerCall *c);
+static void bk_op_check(FaOp *op);
 #endif
 /* FA_ASSERT_CONSISTENT(breaker or call) (aiofast.h); the checkers are further down */
 #define FA_CONSISTENT(obj) \
-    _Generic((obj), Breaker *: breaker_check, BreakerCall *: breakercall_check)(obj)
+    _Generic((obj), Breaker *: breaker_check, FaOp *: bk_op_check)(obj)
 
 /* ------------------------------------------------------------------ clock */
 
@@ -279,12 +257,11 @@ breaker_check(Breaker *b)
     FA_CHECK(b->listeners == NULL || PyList_CheckExact(b->listeners),
              "Breaker %p: listeners %p is not a list", (void *)b, (void *)b->listeners);
     FA_CHECK(b->cache == NULL
-                 || (Py_IS_TYPE(b->cache, b->st->BreakerCallType)
-                     && b->cache->state == CS_DONE && b->cache->mode != CM_TOKEN),
-             "Breaker %p: cache %p is not a finished call", (void *)b, (void *)b->cache);
+                 || (Py_IS_TYPE(b->cache, b->st->OpType) && b->cache->state == FA_OP_DONE),
+             "Breaker %p: cache %p is not a finished op", (void *)b, (void *)b->cache);
     FA_CHECK(b->tcache == NULL
-                 || (Py_IS_TYPE(b->tcache, b->st->BreakerCallType)
-                     && b->tcache->state == CS_DONE && b->tcache->breaker == NULL),
+                 || (Py_IS_TYPE(b->tcache, b->st->OpType) && b->tcache->state == FA_OP_DONE
+                     && b->tcache->owner == NULL),
              "Breaker %p: ticket cache %p is not a finished ticket", (void *)b,
              (void *)b->tcache);
     FA_CHECK(BK_SHARED(b) || b->sm->gen >= b->tot.changes,
@@ -308,33 +285,28 @@ breaker_check(Breaker *b)
     }
 }
 
-/* A call's ticket against its breaker: a live ticket of the current generation is a probe iff
+/* An op's ticket against its breaker: a live ticket of the current generation is a probe iff
  * the breaker is half-open (then it holds one of the `probes` slots). */
 static void
-breakercall_check(BreakerCall *c)
+bk_op_check(FaOp *op)
 {
-    FA_CHECK(c->state >= CS_INIT && c->state <= CS_DONE && c->mode >= CM_CALL
-                 && c->mode <= CM_TOKEN,
-             "BreakerCall %p: state %d, mode %d", (void *)c, c->state, c->mode);
-    FA_CHECK(!(c->flags & CF_ADMITTED) || c->breaker != NULL,
-             "BreakerCall %p: admitted without a breaker", (void *)c);
-    FA_CHECK(c->state != CS_DONE
-                 || (!(c->flags & CF_ADMITTED) && c->it == NULL && c->args == NULL
-                     && c->kwargs == NULL && c->exc == NULL && c->breaker == NULL),
-             "BreakerCall %p: done but holds references (flags %#x)", (void *)c,
-             (unsigned)c->flags);
-    FA_CHECK(c->state != CS_WAITING || c->it != NULL, "BreakerCall %p: waiting on nothing",
-             (void *)c);
+    Breaker *b = (Breaker *)op->owner;
+    FA_CHECK(!(op->flags & BOPF_ADMITTED) || b != NULL, "breaker op %p (%s): admitted without "
+             "a breaker", (void *)op, op->kind->name);
+    FA_CHECK(op->state != FA_OP_DONE || !(op->flags & (BOPF_ADMITTED | BOPF_MADE)),
+             "breaker op %p (%s): done but holds a ticket or a coroutine (flags %#x)", (void *)op,
+             op->kind->name, (unsigned)op->flags);
     /* (a shared breaker's record changes under other processes: checked under its mutex) */
-    if ((c->flags & CF_ADMITTED) && !BK_SHARED(c->breaker) && c->t.gen == c->breaker->sm->gen) {
-        FA_CHECK(c->t.probe == (c->breaker->sm->state == BK_HALF_OPEN),
-                 "BreakerCall %p: probe %d in state %d of its generation", (void *)c,
-                 c->t.probe, (int)c->breaker->sm->state);
-        FA_CHECK(!c->t.probe || c->breaker->sm->probes >= 1,
-                 "BreakerCall %p: a live probe, no probe slot taken", (void *)c);
+    if ((op->flags & BOPF_ADMITTED) && !BK_SHARED(b) && op->u64 == b->sm->gen) {
+        int probe = op->i32 != 0;
+        FA_CHECK(probe == (b->sm->state == BK_HALF_OPEN),
+                 "breaker op %p: probe %d in state %d of its generation", (void *)op, probe,
+                 (int)b->sm->state);
+        FA_CHECK(!probe || b->sm->probes >= 1, "breaker op %p: a live probe, no probe slot taken",
+                 (void *)op);
     }
-    if (c->breaker != NULL) {
-        breaker_check(c->breaker);
+    if (b != NULL) {
+        breaker_check(b);
     }
 }
 #endif
@@ -486,8 +458,6 @@ bk_looks_closed(Breaker *b)
 #endif
     return b->sm->state == BK_CLOSED;
 }
-
-static void bc_finish(BreakerCall *c);
 
 /* Ask to run a call: 1 admitted (ticket filled), 0 rejected (*remaining set), -1 error. */
 static inline int
@@ -770,16 +740,310 @@ static PyType_Spec openerr_spec = {
     .slots = openerr_slots,
 };
 
-/* ------------------------------------------------------------------ with-block tickets */
+static int bk_enter(Breaker *b);
+static int bk_exit(Breaker *b, PyObject *exc);
 
-static BreakerCall *bc_new(Breaker *b, int mode);
+/* ------------------------------------------------------------------ the breaker's ops */
 
-/* Admit a with-block and push its ticket on this context's stack: the ContextVar's value is
- * the innermost ticket, which holds the enclosing one and the contextvars.Token that resets
- * the variable (so a context that leaves every block keeps nothing). 0, or -1 (rejected:
- * CircuitOpenError; or another error, with nothing admitted). */
+/* The calls it guards, __aenter__/__aexit__ and the with-block tickets are FaOps (op.h) of four
+ * kinds. The engine drives them (send/throw/close, the reuse slots, the never-awaited warning,
+ * the StopIteration of a result); the kinds admit, record and release:
+ *
+ * - a call (bk_call_kind): arg is the guarded callable, or with BOPF_MADE the coroutine made at
+ *   call time (not started yet); arg2/arg3 the positional (tuple) and keyword (dict or NULL)
+ *   arguments, when fn is called at admission or a fallback may be. Its first send admits it:
+ *   rejected, it raises CircuitOpenError or hands over to fallback(*args, **kwargs) (awaited if
+ *   awaitable); admitted, it awaits what the call returns (fa_op_delegate; a plain value is the
+ *   result). The outcome is recorded in resume (success) or on_exc (the exception, classified;
+ *   GeneratorExit of close(): neither success nor failure).
+ * - __aenter__ / __aexit__ (bk_enter_kind, bk_exit_kind) finish at once: they push and pop a
+ *   with-block ticket. __aexit__'s arg is the exception leaving the block, or NULL.
+ * - a ticket (bk_ticket_kind): never awaited (quiet); arg is the enclosing block's ticket, arg2
+ *   the contextvars.Token of its push. _acquire() hands one out too.
+ *
+ * A ticket's (gen, t0, probe) is kept in (u64, num, i32). Every admitted op holds
+ * BOPF_ADMITTED until it records or releases: the drop hook releases it when the op is finished
+ * or dies unfinished (neither success nor failure), and closes a coroutine made at call time
+ * that was never started (so it does not warn "never awaited"; one that dies with its op does
+ * warn, as the coroutine of a dropped call would). */
+
+static inline bk_ticket
+op_ticket(const FaOp *op)
+{
+    bk_ticket t = {op->u64, op->num, op->i32};
+    return t;
+}
+
+/* The op holds ticket t from now on. */
+static inline void
+op_admit(FaOp *op, const bk_ticket *t)
+{
+    op->u64 = t->gen;
+    op->num = t->t0;
+    op->i32 = t->probe;
+    op->flags |= BOPF_ADMITTED;
+}
+
+/* Give the op's ticket up: neither success nor failure. Pure C. */
+static void
+op_release(FaOp *op)
+{
+    if (op->flags & BOPF_ADMITTED) {
+        op->flags &= ~BOPF_ADMITTED;
+        bk_ticket t = op_ticket(op);
+        bk_release((Breaker *)op->owner, &t);
+    }
+}
+
+/* Record the outcome of the op's call, if it holds a ticket: exc NULL for success. Beware:
+ * Python code (classification, clock, listeners). */
+static void
+op_record(FaOp *op, PyObject *exc)
+{
+    if (!(op->flags & BOPF_ADMITTED)) {
+        return;
+    }
+    op->flags &= ~BOPF_ADMITTED;
+    Breaker *b = (Breaker *)op->owner;
+    bk_ticket t = op_ticket(op);
+    if (exc == NULL && bk_record_success_fast(b, &t)) {
+        return;
+    }
+    bk_record(b, &t, exc);
+}
+
+/* Close an unstarted coroutine made at call time, so it does not warn "never awaited". */
+static void
+bc_close_made(FaOp *op)
+{
+    if (!(op->flags & BOPF_MADE)) {
+        return;
+    }
+    op->flags &= ~BOPF_MADE;
+    PyObject *it = op->arg;
+    op->arg = NULL;
+    if (it == NULL) {
+        return;
+    }
+    if (PyCoro_CheckExact(it)) {
+        PyObject *r = PyObject_CallMethodNoArgs(it, op->st->str_close);
+        if (r == NULL) {
+            PyErr_Clear();  /* an unstarted coroutine closes without running anything */
+        }
+        Py_XDECREF(r);
+    }
+    Py_DECREF(it);
+}
+
+static void
+bc_drop(FaOp *op, int dying)
+{
+    op_release(op);
+    if (!dying) {
+        bc_close_made(op);
+    }
+}
+
+/* The call failed (the exception is set): record it, re-raise it. */
+static PySendResult
+bc_failed(FaOp *op)
+{
+    PyObject *exc = fa_fetch_exc();  // new ref
+    if (exc == NULL) {
+        op_release(op);
+        PyErr_SetString(PyExc_SystemError, "aiofast: awaitable failed without an exception");
+        return PYGEN_ERROR;
+    }
+    op_record(op, exc);  // Beware: Python code
+    fa_restore_exc(exc);
+    return PYGEN_ERROR;
+}
+
+static PySendResult
+bc_call_resume(FaOp *op, PyObject *value, PyObject **res)
+{
+    op_record(op, NULL);  // Beware: Python code (listeners)
+    *res = Py_NewRef(value);
+    return PYGEN_RETURN;
+}
+
 static int
-bk_enter(Breaker *b)
+bc_call_exc(FaOp *op, PyObject *exc)
+{
+    if (PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
+        op_release(op);  /* closed: neither success nor failure */
+    }
+    else {
+        op_record(op, exc);  // Beware: Python code
+    }
+    return 0;
+}
+
+/* Await aw (stolen), what the call or the fallback returned; a plain value is the result. */
+static PySendResult
+bc_await(FaOp *op, PyObject *aw, PyObject **res)
+{
+    PySendResult r;
+    if (FA_UNLIKELY(!fa_op_awaitable(aw))) {
+        r = bc_call_resume(op, aw, res);  /* a plain function's result */
+        Py_DECREF(aw);
+        return r;
+    }
+    r = fa_op_delegate(op, aw, res);  // Beware: the coroutine runs
+    Py_DECREF(aw);
+    return r == PYGEN_ERROR ? bc_failed(op) : r;
+}
+
+/* fn(*arg2, **arg3) */
+static PyObject *
+bc_call_stored(FaOp *op, PyObject *fn)
+{
+    if (op->arg2 != NULL) {
+        return PyObject_Call(fn, op->arg2, op->arg3);
+    }
+    PyObject *empty = PyTuple_New(0);
+    PyObject *r = empty ? PyObject_Call(fn, empty, op->arg3) : NULL;
+    Py_XDECREF(empty);
+    return r;
+}
+
+static PySendResult
+bc_call_start(FaOp *op, PyObject **res)
+{
+    Breaker *b = (Breaker *)op->owner;
+    if (!(op->flags & BOPF_PREADMITTED)) {
+        bk_ticket t;
+        double remaining = 0.0;
+        int a = bk_admit(b, &t, &remaining);  // Beware: a clock= and listeners may run
+        if (FA_UNLIKELY(a <= 0)) {
+            bc_close_made(op);
+            if (a < 0) {
+                return PYGEN_ERROR;
+            }
+            if (b->fallback == NULL) {
+                bk_raise_open(b, remaining);
+                return PYGEN_ERROR;
+            }
+            PyObject *r = bc_call_stored(op, b->fallback);  // Beware: user code
+            if (r == NULL) {
+                return PYGEN_ERROR;
+            }
+            return bc_await(op, r, res);  /* an awaitable fallback result is awaited */
+        }
+        op_admit(op, &t);
+    }
+    FA_ASSERT_CONSISTENT(op);
+    PyObject *aw;  // new ref
+    if (op->flags & BOPF_MADE) {
+        op->flags &= ~BOPF_MADE;  /* it stays in arg, which names the op */
+        aw = Py_NewRef(op->arg);
+    }
+    else {
+        aw = bc_call_stored(op, op->arg);  // Beware: user code (a plain function runs here)
+        Py_CLEAR(op->arg2);
+        Py_CLEAR(op->arg3);
+        if (aw == NULL) {
+            if (op->flags & BOPF_DECORATED) {
+                /* making the coroutine failed (bad arguments): not an outcome of the call */
+                op_release(op);
+                return PYGEN_ERROR;
+            }
+            return bc_failed(op);
+        }
+    }
+    return bc_await(op, aw, res);
+}
+
+/* the op stands for a call of the guarded function: its qualname is the function's (or that
+ * of the coroutine made at call time, or of what is awaited) */
+static PyObject *
+bc_call_qualname(FaOp *op)
+{
+    PyObject *named = op->arg != NULL ? op->arg : op->fut_iter;
+    if (named == NULL) {
+        return NULL;  // the kind's name
+    }
+    PyObject *n = PyObject_GetAttrString(named, "__qualname__");
+    if (n != NULL && PyUnicode_Check(n)) {
+        return n;
+    }
+    Py_XDECREF(n);
+    PyErr_Clear();
+    return NULL;
+}
+
+static const fa_opkind bk_call_kind = {"CircuitBreaker call", bc_call_start, bc_call_resume,
+                                       bc_call_exc, bc_call_qualname, FA_OPK_KEEP_RESULT,
+                                       bc_drop};
+
+static PySendResult
+bc_enter_start(FaOp *op, PyObject **res)
+{
+    if (bk_enter((Breaker *)op->owner) < 0) {
+        return PYGEN_ERROR;
+    }
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+bc_exit_start(FaOp *op, PyObject **res)
+{
+    PyObject *exc = op->arg;  // ours now
+    op->arg = NULL;
+    int rc = bk_exit((Breaker *)op->owner, exc);
+    Py_XDECREF(exc);
+    if (rc < 0) {
+        return PYGEN_ERROR;
+    }
+    *res = Py_NewRef(Py_None);  /* falsy: never suppresses */
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+bc_ticket_start(FaOp *Py_UNUSED(op), PyObject **Py_UNUSED(res))
+{
+    PyErr_SetString(PyExc_TypeError, "a CircuitBreaker ticket is not awaitable");
+    return PYGEN_ERROR;
+}
+
+static const fa_opkind bk_enter_kind = {"CircuitBreaker.__aenter__", bc_enter_start, NULL, NULL,
+                                        NULL, 0, NULL};
+static const fa_opkind bk_exit_kind = {"CircuitBreaker.__aexit__", bc_exit_start, NULL, NULL,
+                                       NULL, 0, NULL};
+static const fa_opkind bk_ticket_kind = {"CircuitBreaker ticket", bc_ticket_start, NULL, NULL,
+                                         NULL, 0, bc_drop};
+
+/* A new op of kind for b, from the breaker's reuse slot (calls, __aenter__, __aexit__) or its
+ * ticket slot: no allocation on the sequential path. An op in use is out of its slot (a call in
+ * use may be a task's coroutine, and a task dropped pending must stay collectable) and goes
+ * back when it finishes; one dropped unfinished releases its ticket when it dies. */
+static inline FaOp *
+bc_new(Breaker *b, const fa_opkind *kind)
+{
+    return fa_op_cached(b->st, kind == &bk_ticket_kind ? &b->tcache : &b->cache, kind,
+                        (PyObject *)b);
+}
+
+/* A ticket op holding t (released if the op cannot be made). New ref or NULL. */
+static FaOp *
+bk_ticket_new(Breaker *b, const bk_ticket *t)
+{
+    FaOp *tok = bc_new(b, &bk_ticket_kind);  // new ref
+    if (tok == NULL) {
+        bk_release(b, t);
+        return NULL;
+    }
+    tok->flags |= FA_OPF_QUIET;
+    op_admit(tok, t);  /* from here on, the ticket's death releases it */
+    FA_ASSERT_CONSISTENT(tok);
+    return tok;
+}
+
+/* Admit one call and return a ticket op holding its ticket (new ref), or NULL (rejected:
+ * CircuitOpenError; or another error, with nothing admitted). */
+static FaOp *
+bk_admit_ticket(Breaker *b)
 {
     bk_ticket t;
     double remaining = 0.0;
@@ -788,16 +1052,31 @@ bk_enter(Breaker *b)
         if (a == 0) {
             bk_raise_open(b, remaining);
         }
-        return -1;
+        return NULL;
     }
-    BreakerCall *tok = bc_new(b, CM_TOKEN);  // new ref
+    return bk_ticket_new(b, &t);
+}
+
+static inline int
+bk_is_ticket(Breaker *b, PyObject *obj)
+{
+    return Py_IS_TYPE(obj, b->st->OpType) && ((FaOp *)obj)->kind == &bk_ticket_kind
+           && ((FaOp *)obj)->owner == (PyObject *)b;
+}
+
+/* ------------------------------------------------------------------ with-block tickets */
+
+/* Admit a with-block and push its ticket on this context's stack: the ContextVar's value is
+ * the innermost ticket, which holds the enclosing one and the contextvars.Token that resets
+ * the variable (so a context that leaves every block keeps nothing). 0, or -1 (rejected:
+ * CircuitOpenError; or another error, with nothing admitted). */
+static int
+bk_enter(Breaker *b)
+{
+    FaOp *tok = bk_admit_ticket(b);  // new ref
     if (tok == NULL) {
-        bk_release(b, &t);
         return -1;
     }
-    tok->t = t;
-    tok->flags = CF_ADMITTED;  /* from here on, the ticket's death releases it */
-    FA_ASSERT_CONSISTENT(tok);
     int rc = -1;
     if (b->ctxvar == NULL) {
         b->ctxvar = PyContextVar_New("aiofast.CircuitBreaker.ticket", NULL);
@@ -809,11 +1088,11 @@ bk_enter(Breaker *b)
     if (PyContextVar_Get(b->ctxvar, NULL, &prev) < 0) {
         goto done;
     }
-    tok->fn = prev;  /* the enclosing ticket, or NULL */
-    tok->it = PyContextVar_Set(b->ctxvar, (PyObject *)tok);
-    rc = tok->it == NULL ? -1 : 0;
+    tok->arg = prev;  /* the enclosing ticket, or NULL */
+    tok->arg2 = PyContextVar_Set(b->ctxvar, (PyObject *)tok);
+    rc = tok->arg2 == NULL ? -1 : 0;
 done:
-    Py_DECREF(tok);
+    Py_DECREF(tok);  /* on an error it dies here, and its ticket is released */
     return rc;
 }
 
@@ -832,705 +1111,56 @@ bk_exit(Breaker *b, PyObject *exc)
                         "(task or thread)");
         return -1;
     }
-    BreakerCall *tok = (BreakerCall *)top;  /* our reference */
-    if (tok->it == NULL || PyContextVar_Reset(b->ctxvar, tok->it) < 0) {
+    FaOp *tok = (FaOp *)top;  /* our reference */
+    if (tok->arg2 == NULL || PyContextVar_Reset(b->ctxvar, tok->arg2) < 0) {
         /* a token of another context: restore the enclosing ticket by hand */
         PyErr_Clear();
-        PyObject *t2 = PyContextVar_Set(b->ctxvar, tok->fn ? tok->fn : Py_None);
+        PyObject *t2 = PyContextVar_Set(b->ctxvar, tok->arg ? tok->arg : Py_None);
         if (t2 == NULL) {
             Py_DECREF(tok);
             return -1;
         }
         Py_DECREF(t2);
     }
-    bk_ticket t = tok->t;
-    int admitted = tok->flags & CF_ADMITTED;
-    tok->flags &= ~CF_ADMITTED;
-    tok->state = CS_RUNNING;
-    bc_finish(tok);  /* done: it holds nothing now */
-    if (b->tcache == NULL && Py_REFCNT(tok) == 1) {
-        b->tcache = tok;  /* our reference goes to the slot */
-    }
-    else {
-        Py_DECREF(tok);
-    }
+    bk_ticket t = op_ticket(tok);
+    int admitted = tok->flags & BOPF_ADMITTED;
+    tok->flags &= ~BOPF_ADMITTED;
+    fa_op_reset(tok);  /* done: it holds nothing now, and goes back to the ticket slot */
+    Py_DECREF(tok);
     if (admitted) {
         bk_record(b, &t, exc);  // Beware: Python code
     }
     return 0;
 }
 
-/* ------------------------------------------------------------------ BreakerCall */
-
-/* A new BreakerCall for b: the cached one when only the cache holds it (no allocation on the
- * sequential path), else a fresh one. Calls, as with-block tickets, are taken out of their slot
- * while in use (bc_finish puts them back; a done call holds no references, so the cache never
- * keeps anything alive): a call in use may be a task's coroutine, and a task dropped pending
- * must stay collectable -- a slot holding it kept the task, its frames and its probe slot
- * alive as long as the breaker. One dropped unfinished (unawaited, or driven by hand and
- * abandoned) is released when it dies (bc_clear). */
-static BreakerCall *
-bc_new(Breaker *b, int mode)
-{
-    if (mode == CM_TOKEN && b->tcache != NULL) {
-        BreakerCall *t = b->tcache;  /* done, held by the slot only: take the slot's reference */
-        b->tcache = NULL;
-        t->breaker = (Breaker *)Py_NewRef(b);
-        t->state = CS_INIT;
-        t->mode = mode;
-        t->flags = 0;
-        return t;
-    }
-    BreakerCall *c = mode == CM_TOKEN ? NULL : b->cache;
-    if (FA_LIKELY(c != NULL && Py_REFCNT(c) == 1)) {
-        assert(c->state == CS_DONE);  /* only done calls go to the slot */
-        b->cache = NULL;  /* take the slot's reference */
-    }
-    else {
-        c = NULL;
-    }
-    if (c == NULL) {
-        c = PyObject_GC_New(BreakerCall, b->st->BreakerCallType);
-        if (c == NULL) {
-            return NULL;
-        }
-        c->st = b->st;
-        c->fn = c->args = c->kwargs = c->it = c->exc = NULL;
-        c->breaker = NULL;
-        PyObject_GC_Track(c);
-    }
-    c->breaker = (Breaker *)Py_NewRef(b);
-    c->state = CS_INIT;
-    c->mode = mode;
-    c->flags = 0;
-    c->t.gen = 0;
-    c->t.t0 = 0.0;
-    c->t.probe = 0;
-    return c;
-}
-
-/* Close an unstarted coroutine made at call time, so it does not warn "never awaited". */
-static void
-bc_drop_it(BreakerCall *c)
-{
-    PyObject *it = c->it;
-    if (it == NULL) {
-        return;
-    }
-    c->it = NULL;
-    if (PyCoro_CheckExact(it)) {
-        PyObject *r = PyObject_CallMethodNoArgs(it, c->st->bk_str_close);
-        if (r == NULL) {
-            PyErr_Clear();  /* an unstarted coroutine closes without running anything */
-        }
-        Py_XDECREF(r);
-    }
-    Py_DECREF(it);
-}
-
-/* Finished: drop every reference. Beware: the decrefs may run Python code (the call is DONE
- * by then), and may free the breaker, which drops its cache slot: the caller holds c. */
-static void
-bc_finish(BreakerCall *c)
-{
-    int unstarted = c->state == CS_INIT;
-    c->state = CS_DONE;
-    if (c->flags & CF_ADMITTED) {
-        c->flags &= ~CF_ADMITTED;
-        bk_release(c->breaker, &c->t);
-    }
-    if (unstarted) {
-        bc_drop_it(c);
-    }
-    if (c->mode != CM_TOKEN && c->breaker != NULL && c->breaker->cache == NULL) {
-        c->breaker->cache = (BreakerCall *)Py_NewRef(c);  /* done: back to the slot */
-    }
-    Py_CLEAR(c->it);
-    Py_CLEAR(c->fn);
-    Py_CLEAR(c->args);
-    Py_CLEAR(c->kwargs);
-    Py_CLEAR(c->exc);
-    Py_CLEAR(c->breaker);
-    FA_ASSERT_CONSISTENT(c);
-}
-
-/* Is generator g from a @types.coroutine function (awaitable without __await__)? */
-static int
-is_iterable_coroutine(PyObject *g)
-{
-    PyObject *code = PyObject_GetAttrString(g, "gi_code");  // new ref
-    PyObject *flags = code ? PyObject_GetAttrString(code, "co_flags") : NULL;
-    Py_XDECREF(code);
-    long f = flags ? PyLong_AsLong(flags) : 0;
-    Py_XDECREF(flags);
-    PyErr_Clear();
-    return f != -1 && (f & CO_ITERABLE_COROUTINE);
-}
-
-/* The iterator that drives awaitable aw (stolen): a coroutine drives itself. *plain is set
- * (and aw returned as is) when aw is not awaitable at all. */
-static PyObject *
-bc_await_iter(PyObject *aw, int *plain)
-{
-    *plain = 0;
-    if (PyCoro_CheckExact(aw)) {
-        return aw;
-    }
-    unaryfunc am_await = Py_TYPE(aw)->tp_as_async ? Py_TYPE(aw)->tp_as_async->am_await : NULL;
-    if (am_await == NULL) {
-        if (PyGen_CheckExact(aw) && is_iterable_coroutine(aw)) {
-            return aw;  /* a @types.coroutine generator */
-        }
-        *plain = 1;
-        return aw;
-    }
-    PyObject *it = am_await(aw);  // new ref
-    Py_DECREF(aw);
-    if (it != NULL && PyCoro_CheckExact(it)) {
-        Py_DECREF(it);
-        PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
-        return NULL;
-    }
-    return it;
-}
-
-/* The driven awaitable stopped (r2 RETURN with *val, or ERROR with the exception set): record
- * the outcome if the call holds a ticket. */
-static PySendResult
-bc_step(BreakerCall *c, PySendResult r2, PyObject *val, PyObject **res)
-{
-    *res = val;
-    if (r2 == PYGEN_NEXT || !(c->flags & CF_ADMITTED)) {
-        return r2;
-    }
-    c->flags &= ~CF_ADMITTED;
-    if (r2 == PYGEN_RETURN) {
-        if (!bk_record_success_fast(c->breaker, &c->t)) {
-            bk_record(c->breaker, &c->t, NULL);  // Beware: Python code (listeners)
-        }
-        return r2;
-    }
-    PyObject *exc = fa_fetch_exc();  // new ref
-    if (exc == NULL) {
-        bk_release(c->breaker, &c->t);
-        PyErr_SetString(PyExc_SystemError, "aiofast: awaitable failed without an exception");
-        return PYGEN_ERROR;
-    }
-    bk_record(c->breaker, &c->t, exc);  // Beware: Python code
-    fa_restore_exc(exc);
-    return PYGEN_ERROR;
-}
-
-/* Start driving awaitable aw (stolen), or return it if it is a plain value. */
-static PySendResult
-bc_drive(BreakerCall *c, PyObject *aw, PyObject **res)
-{
-    int plain;
-    PyObject *it = bc_await_iter(aw, &plain);  // new ref
-    if (it == NULL) {
-        return bc_step(c, PYGEN_ERROR, NULL, res);
-    }
-    if (plain) {
-        return bc_step(c, PYGEN_RETURN, it, res);  /* a plain function's result */
-    }
-    c->it = it;
-    PyObject *val = NULL;
-    PySendResult r = PyIter_Send(it, Py_None, &val);
-    return bc_step(c, r, val, res);
-}
-
-static PySendResult
-bc_start_call(BreakerCall *c, PyObject **res)
-{
-    Breaker *b = c->breaker;
-    double remaining = 0.0;
-    int a = (c->flags & CF_PREADMITTED) ? 1
-            : bk_admit(b, &c->t, &remaining);  // Beware: a clock= and listeners may run
-    if (FA_UNLIKELY(a <= 0)) {
-        bc_drop_it(c);
-        if (a < 0) {
-            return PYGEN_ERROR;
-        }
-        if (b->fallback == NULL) {
-            bk_raise_open(b, remaining);
-            return PYGEN_ERROR;
-        }
-        PyObject *empty = PyTuple_New(0);
-        PyObject *r = empty ? PyObject_Call(b->fallback, c->args ? c->args : empty, c->kwargs)
-                            : NULL;  // Beware: user code
-        Py_XDECREF(empty);
-        if (r == NULL) {
-            return PYGEN_ERROR;
-        }
-        return bc_drive(c, r, res);  /* an awaitable fallback result is awaited */
-    }
-    c->flags |= CF_ADMITTED;
-    FA_ASSERT_CONSISTENT(c);
-    PyObject *aw = c->it;  /* the coroutine made at call time, if any */
-    c->it = NULL;
-    if (aw == NULL) {
-        PyObject *empty = PyTuple_New(0);
-        aw = empty ? PyObject_Call(c->fn, c->args ? c->args : empty, c->kwargs) : NULL;
-        Py_XDECREF(empty);  // Beware: user code (a plain function runs here)
-        Py_CLEAR(c->args);
-        Py_CLEAR(c->kwargs);
-        if (aw == NULL && (c->flags & CF_DECORATED)) {
-            /* making the coroutine failed (bad arguments): not an outcome of the call */
-            c->flags &= ~CF_ADMITTED;
-            bk_release(b, &c->t);
-            return PYGEN_ERROR;
-        }
-        if (aw == NULL) {
-            return bc_step(c, PYGEN_ERROR, NULL, res);
-        }
-    }
-    if (FA_LIKELY(PyCoro_CheckExact(aw))) {
-        c->it = aw;
-        PyObject *val = NULL;
-        PySendResult r = PyIter_Send(aw, Py_None, &val);
-        return bc_step(c, r, val, res);
-    }
-    return bc_drive(c, aw, res);
-}
-
-static PySendResult
-bc_start(BreakerCall *c, PyObject **res)
-{
-    Breaker *b = c->breaker;
-    switch (c->mode) {
-    case CM_CALL:
-        return bc_start_call(c, res);
-    case CM_ENTER:
-        if (bk_enter(b) < 0) {
-            return PYGEN_ERROR;
-        }
-        *res = Py_NewRef(Py_None);
-        return PYGEN_RETURN;
-    case CM_EXIT: {
-        PyObject *exc = c->exc;
-        c->exc = NULL;
-        int rc = bk_exit(b, exc);
-        Py_XDECREF(exc);
-        if (rc < 0) {
-            return PYGEN_ERROR;
-        }
-        *res = Py_NewRef(Py_None);  /* falsy: never suppresses; no StopIteration on 3.12+ */
-        return PYGEN_RETURN;
-    }
-    default:
-        PyErr_SetString(PyExc_TypeError, "a CircuitBreaker ticket is not awaitable");
-        return PYGEN_ERROR;
-    }
-}
-
-static const char *
-bc_what(BreakerCall *c)
-{
-    static const char *const names[] = {"CircuitBreaker call", "CircuitBreaker.__aenter__",
-                                        "CircuitBreaker.__aexit__", "CircuitBreaker ticket"};
-    return names[c->mode];
-}
-
-static PySendResult
-bc_send_impl(BreakerCall *c, PyObject *arg, PyObject **res)
-{
-    PySendResult r;
-    switch (c->state) {
-    case CS_WAITING: {
-        c->state = CS_RUNNING;
-        PyObject *val = NULL;
-        PySendResult r2 = PyIter_Send(c->it, arg, &val);
-        r = bc_step(c, r2, val, res);
-        break;
-    }
-    case CS_INIT:
-        c->state = CS_RUNNING;
-        r = bc_start(c, res);
-        break;
-    case CS_RUNNING:
-        PyErr_Format(PyExc_ValueError, "%s already executing", bc_what(c));
-        return PYGEN_ERROR;
-    default:
-        PyErr_Format(PyExc_RuntimeError, "cannot reuse already awaited %s", bc_what(c));
-        return PYGEN_ERROR;
-    }
-    if (r == PYGEN_NEXT) {
-        c->state = CS_WAITING;
-    }
-    else {
-        bc_finish(c);
-    }
-    return r;
-}
-
-static PySendResult
-bc_am_send(PyObject *self, PyObject *arg, PyObject **res)
-{
-    return bc_send_impl((BreakerCall *)self, arg, res);
-}
-
-#if FA_PY312
-/* On 3.12+ `await` drives C awaitables through tp_iternext, so every result travels in a
- * StopIteration. Reuse one when only we hold it (the interpreter drops it right after reading
- * .value): no type call, no allocation but the args tuple. It keeps the last result referenced
- * until the next one, a cache of one object. Steals value; 1 raised, 0 not reusable. */
-static int
-bc_raise_stop_cached(fa_state *st, PyObject *value)
-{
-    PyObject *exc = st->bk_stopiter;
-    if (exc == NULL || Py_REFCNT(exc) != 1) {
-        return 0;
-    }
-    PyStopIterationObject *si = (PyStopIterationObject *)exc;
-    if (si->dict != NULL || si->notes != NULL) {
-        return 0;  /* someone decorated it while they held it: make fresh ones from now on */
-    }
-    PyObject *args = PyTuple_Pack(1, value);  // new ref
-    if (args == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_CLEAR(si->traceback);
-    Py_CLEAR(si->context);
-    Py_CLEAR(si->cause);
-    si->suppress_context = 0;
-    Py_XSETREF(si->args, args);
-    Py_XSETREF(si->value, value);
-    PyErr_SetRaisedException(Py_NewRef(exc));
-    return 1;
-}
-#endif
-
-static PyObject *
-bc_result_to_py(BreakerCall *c, PySendResult r, PyObject *res, int iternext)
-{
-    if (r == PYGEN_NEXT) {
-        return res;
-    }
-    if (r == PYGEN_RETURN) {
-        if (iternext && res == Py_None) {
-            Py_DECREF(res);
-            return NULL;  /* StopIteration(None) without making it */
-        }
-#if FA_PY312
-        if (iternext && bc_raise_stop_cached(c->st, res)) {
-            return NULL;
-        }
-#endif
-        fa_op_raise_fresh(res);
-        Py_DECREF(res);
-    }
-    return NULL;
-}
-
-static PyObject *
-bc_iternext(PyObject *self)
-{
-    BreakerCall *c = (BreakerCall *)self;
-    PyObject *res = NULL;
-    PySendResult r = bc_send_impl(c, Py_None, &res);
-    return bc_result_to_py(c, r, res, 1);
-}
-
-static PyObject *
-bc_send(PyObject *self, PyObject *arg)
-{
-    BreakerCall *c = (BreakerCall *)self;
-    if (c->state == CS_INIT && arg != Py_None) {
-        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
-        return NULL;
-    }
-    PyObject *res = NULL;
-    PySendResult r = bc_send_impl(c, arg, &res);
-    return bc_result_to_py(c, r, res, 0);
-}
-
-static PyObject *
-bc_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    BreakerCall *c = (BreakerCall *)self;
-    if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
-        return NULL;
-    }
-#if FA_PY312
-    if (nargs > 1 && PyErr_WarnEx(PyExc_DeprecationWarning,
-                                  "the (type, exc, tb) signature of throw() is deprecated, "
-                                  "use the single-arg signature instead.", 1) < 0) {
-        return NULL;
-    }
-#endif
-    PyObject *exc = fa_throw_exc(args[0], nargs > 1 ? args[1] : NULL,
-                                 nargs > 2 ? args[2] : NULL);  // new ref
-    if (exc == NULL) {
-        return NULL;
-    }
-    if (c->state == CS_RUNNING) {
-        Py_DECREF(exc);
-        PyErr_Format(PyExc_ValueError, "%s already executing", bc_what(c));
-        return NULL;
-    }
-    if (c->state != CS_WAITING) {
-        /* not started (never admitted) or finished: the exception comes straight out */
-        if (c->state == CS_INIT) {
-            bc_finish(c);
-        }
-        fa_restore_exc(exc);
-        return NULL;
-    }
-    c->state = CS_RUNNING;
-    PyObject *it = c->it;
-    PyObject *val = NULL;
-    PySendResult r2;
-    if (PyCoro_CheckExact(it) || PyGen_CheckExact(it)
-        || PyObject_HasAttr(it, c->st->bk_str_throw)) {
-        PyObject *targs[2] = {it, exc};
-        PyObject *y = PyObject_VectorcallMethod(c->st->bk_str_throw, targs,
-                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        Py_DECREF(exc);
-        if (y != NULL) {
-            c->state = CS_WAITING;
-            return y;
-        }
-        if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
-            PyObject *e = fa_fetch_exc();  // new ref
-            val = Py_NewRef(((PyStopIterationObject *)e)->value);
-            Py_DECREF(e);
-            r2 = PYGEN_RETURN;
-        }
-        else {
-            r2 = PYGEN_ERROR;
-        }
-    }
-    else {
-        fa_restore_exc(exc);  /* yield from an iterator without throw(): raised here */
-        r2 = PYGEN_ERROR;
-    }
-    PyObject *res = NULL;
-    PySendResult r = bc_step(c, r2, val, &res);
-    bc_finish(c);
-    return bc_result_to_py(c, r, res, 0);
-}
-
-static PyObject *
-bc_close(PyObject *self, PyObject *Py_UNUSED(ignored))
-{
-    BreakerCall *c = (BreakerCall *)self;
-    if (c->state == CS_RUNNING) {
-        PyErr_Format(PyExc_ValueError, "%s already executing", bc_what(c));
-        return NULL;
-    }
-    int rc = 0;
-    if (c->state == CS_WAITING) {
-        c->state = CS_RUNNING;
-        PyObject *it = c->it;
-        if (PyObject_HasAttr(it, c->st->bk_str_close)) {
-            PyObject *r = PyObject_CallMethodNoArgs(it, c->st->bk_str_close);
-            rc = r ? 0 : -1;
-            Py_XDECREF(r);
-        }
-        if (rc < 0 && (c->flags & CF_ADMITTED)) {
-            /* the coroutine raised out of close(): that is its outcome */
-            PyObject *res = NULL;
-            (void)bc_step(c, PYGEN_ERROR, NULL, &res);
-        }
-        /* else: closed (GeneratorExit) is neither success nor failure: bc_finish releases */
-    }
-    bc_finish(c);
-    if (rc < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-bc_await(PyObject *self)
-{
-    return Py_NewRef(self);
-}
-
-static PyObject *
-bc_get_name(PyObject *self, void *Py_UNUSED(closure))
-{
-    BreakerCall *c = (BreakerCall *)self;
-    PyObject *named = c->fn ? c->fn : c->it;  /* the function, or the coroutine it made */
-    if (named != NULL) {
-        PyObject *n = PyObject_GetAttrString(named, "__qualname__");
-        if (n != NULL && PyUnicode_Check(n)) {
-            return n;
-        }
-        Py_XDECREF(n);
-        PyErr_Clear();
-    }
-    return PyUnicode_FromString(bc_what(c));
-}
-
-static PyObject *
-bc_repr(PyObject *self)
-{
-    BreakerCall *c = (BreakerCall *)self;
-    static const char *const names[] = {"created", "running", "waiting", "done"};
-    PyObject *name = bc_get_name(self, NULL);
-    if (name == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyUnicode_FromFormat("<aiofast %s awaitable %U at %p [%s]>", bc_what(c), name,
-                                       self, names[c->state]);
-    Py_DECREF(name);
-    return r;
-}
-
-static int
-bc_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    BreakerCall *c = (BreakerCall *)self;
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT((PyObject *)c->breaker);
-    Py_VISIT(c->fn);
-    Py_VISIT(c->args);
-    Py_VISIT(c->kwargs);
-    Py_VISIT(c->it);
-    Py_VISIT(c->exc);
-    return 0;
-}
-
-static int
-bc_clear(PyObject *self)
-{
-    BreakerCall *c = (BreakerCall *)self;
-    if ((c->flags & CF_ADMITTED) && c->breaker != NULL) {
-        c->flags &= ~CF_ADMITTED;
-        bk_release(c->breaker, &c->t);
-    }
-    Py_CLEAR(c->fn);
-    Py_CLEAR(c->args);
-    Py_CLEAR(c->kwargs);
-    Py_CLEAR(c->it);
-    Py_CLEAR(c->exc);
-    Py_CLEAR(c->breaker);
-    return 0;
-}
-
-/* asyncio's coroutines record where they were made when origin tracking is on; ours do not */
-static PyObject *
-bc_get_origin(PyObject *Py_UNUSED(self), void *Py_UNUSED(closure))
-{
-    Py_RETURN_NONE;
-}
-
-/* Dropped without ever being started: warn as an un-awaited coroutine does. A coroutine made
- * at call time (a decorated async def) warns by itself when it goes; tickets are internal. */
-static void
-bc_finalize(PyObject *self)
-{
-    BreakerCall *c = (BreakerCall *)self;
-    if (c->state != CS_INIT || c->breaker == NULL || c->mode == CM_TOKEN || c->it != NULL
-        || (c->flags & CF_DISCARDED)) {
-        return;
-    }
-    PyObject *exc = fa_fetch_exc();  // new ref or NULL
-    PyObject *name = bc_get_name(self, NULL);  // new ref
-    if (name == NULL) {
-        PyErr_WriteUnraisable(self);
-    }
-    else {
-        fa_warn_unawaited(self, name);
-        Py_DECREF(name);
-    }
-    if (exc != NULL) {
-        fa_restore_exc(exc);  // what was in flight when the op died
-    }
-}
-
-static void
-bc_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    if (FA_UNLIKELY(((BreakerCall *)self)->state == CS_INIT)
-        && PyObject_CallFinalizerFromDealloc(self) < 0) {
-        return;  // resurrected by the warning (a recorder keeps it as the source)
-    }
-    PyObject_GC_UnTrack(self);
-    bc_clear(self);  /* an admitted call that dies unfinished is neither success nor failure */
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-PyDoc_STRVAR(bc_send_doc, "send($self, value, /)\n--\n\nSend a value into the guarded "
-             "awaitable; return the next yielded value or raise StopIteration.");
-PyDoc_STRVAR(bc_throw_doc, "throw($self, typ, val=None, tb=None, /)\n--\n\nRaise an exception "
-             "in the guarded awaitable.");
-PyDoc_STRVAR(bc_close_doc, "close($self, /)\n--\n\nClose the guarded awaitable; the call counts "
-             "as neither success nor failure.");
-
-static PyMethodDef bc_methods[] = {
-    {"send", bc_send, METH_O, bc_send_doc},
-    {"throw", (PyCFunction)(void (*)(void))bc_throw, METH_FASTCALL, bc_throw_doc},
-    {"close", bc_close, METH_NOARGS, bc_close_doc},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef bc_getset[] = {
-    {"__name__", bc_get_name, NULL, NULL, NULL},
-    {"__qualname__", bc_get_name, NULL, NULL, NULL},
-    {"cr_origin", bc_get_origin, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot bc_slots[] = {
-    {Py_tp_dealloc, bc_dealloc},
-    {Py_tp_traverse, bc_traverse},
-    {Py_tp_clear, bc_clear},
-    {Py_tp_finalize, bc_finalize},
-    {Py_tp_repr, bc_repr},
-    {Py_tp_iternext, bc_iternext},
-    {Py_tp_methods, bc_methods},
-    {Py_tp_getset, bc_getset},
-    {Py_am_await, bc_await},
-    {Py_am_send, bc_am_send},
-    {Py_tp_doc, "The awaitable of a call guarded by a CircuitBreaker."},
-    {0, NULL},
-};
-
-static PyType_Spec bc_spec = {
-    .name = "aiofast._core.BreakerCall",
-    .basicsize = sizeof(BreakerCall),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-#ifdef Py_TPFLAGS_IMMUTABLETYPE
-             | Py_TPFLAGS_IMMUTABLETYPE
-#endif
-    ,
-    .slots = bc_slots,
-};
-
 /* ------------------------------------------------------------------ BreakerFunction */
 
 /* Drop a call we made and could not hand out (an error while making it). */
 static void
-bc_discard(BreakerCall *c)
+bc_discard(FaOp *c)
 {
-    c->flags |= CF_DISCARDED;
+    c->flags |= FA_OPF_QUIET;  /* nobody saw it: no "never awaited" */
     Py_DECREF(c);
 }
 
 /* args (a vectorcall array) into a tuple and kwnames into a dict */
 static int
-bc_store_args(BreakerCall *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+bc_store_args(FaOp *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    c->args = PyTuple_New(nargs);
-    if (c->args == NULL) {
+    c->arg2 = PyTuple_New(nargs);
+    if (c->arg2 == NULL) {
         return -1;
     }
     for (Py_ssize_t i = 0; i < nargs; i++) {
-        PyTuple_SET_ITEM(c->args, i, Py_NewRef(args[i]));
+        PyTuple_SET_ITEM(c->arg2, i, Py_NewRef(args[i]));
     }
     if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        c->kwargs = PyDict_New();
-        if (c->kwargs == NULL) {
+        c->arg3 = PyDict_New();
+        if (c->arg3 == NULL) {
             return -1;
         }
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            if (PyDict_SetItem(c->kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+            if (PyDict_SetItem(c->arg3, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
                 return -1;
             }
         }
@@ -1543,22 +1173,24 @@ bf_call_async(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
 {
     BreakerFunction *f = (BreakerFunction *)self;
     Breaker *b = f->breaker;
-    BreakerCall *c = bc_new(b, CM_CALL);  // new ref
+    FaOp *c = bc_new(b, &bk_call_kind);  // new ref
     if (c == NULL) {
         return NULL;
     }
-    c->flags = CF_DECORATED;
+    c->flags |= BOPF_DECORATED;
     if (FA_LIKELY(bk_looks_closed(b) && b->fallback == NULL)) {
-        /* the likely case: make the coroutine now, forwarding the arguments as they are */
-        c->it = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // Beware: user code
-        if (c->it == NULL) {
+        /* the likely case: make the coroutine now, forwarding the arguments as they are; it
+         * warns by itself if it is dropped unawaited */
+        c->arg = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // Beware: user code
+        if (c->arg == NULL) {
             bc_discard(c);
             return NULL;
         }
+        c->flags |= BOPF_MADE | FA_OPF_QUIET;
     }
     else {
         /* called at admission (the breaker may not let it run), with these arguments */
-        c->fn = Py_NewRef(f->fn);
+        c->arg = Py_NewRef(f->fn);
         if (bc_store_args(c, args, PyVectorcall_NARGS(nargsf), kwnames) < 0) {
             bc_discard(c);
             return NULL;
@@ -1589,16 +1221,16 @@ bf_call_sync(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwn
     if (FA_UNLIKELY(res != NULL && PyCoro_CheckExact(res))) {
         /* an async callable that is not a coroutine function: the call ends when its
          * coroutine does, so hand it back inside an awaitable that holds the ticket */
-        BreakerCall *c = bc_new(b, CM_CALL);
+        FaOp *c = bc_new(b, &bk_call_kind);
         if (c == NULL) {
             bk_release(b, &t);
             Py_DECREF(res);
             Py_DECREF(b);
             return NULL;
         }
-        c->t = t;
-        c->flags = CF_ADMITTED | CF_PREADMITTED;
-        c->it = res;
+        op_admit(c, &t);
+        c->flags |= BOPF_PREADMITTED | BOPF_MADE | FA_OPF_QUIET;
+        c->arg = res;
         FA_ASSERT_CONSISTENT(c);
         Py_DECREF(b);
         return (PyObject *)c;
@@ -1854,11 +1486,11 @@ breaker_call_method(PyObject *self, PyObject *const *args, size_t nargsf, PyObje
                      Py_TYPE(args[0])->tp_name);
         return NULL;
     }
-    BreakerCall *c = bc_new(b, CM_CALL);  // new ref
+    FaOp *c = bc_new(b, &bk_call_kind);  // new ref
     if (c == NULL) {
         return NULL;
     }
-    c->fn = Py_NewRef(args[0]);
+    c->arg = Py_NewRef(args[0]);
     if (bc_store_args(c, args + 1, nargs - 1, kwnames) < 0) {
         bc_discard(c);
         return NULL;
@@ -1873,7 +1505,7 @@ breaker_aenter(PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t narg
         PyErr_Format(PyExc_TypeError, "__aenter__() takes no arguments (%zd given)", nargs);
         return NULL;
     }
-    return (PyObject *)bc_new((Breaker *)self, CM_ENTER);
+    return (PyObject *)bc_new((Breaker *)self, &bk_enter_kind);
 }
 
 static PyObject *
@@ -1883,12 +1515,12 @@ breaker_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    BreakerCall *c = bc_new((Breaker *)self, CM_EXIT);
+    FaOp *c = bc_new((Breaker *)self, &bk_exit_kind);
     if (c == NULL) {
         return NULL;
     }
     if (args[0] != Py_None) {
-        c->exc = Py_NewRef(args[1] != Py_None ? args[1] : args[0]);
+        c->arg = Py_NewRef(args[1] != Py_None ? args[1] : args[0]);
     }
     return (PyObject *)c;
 }
@@ -1919,45 +1551,25 @@ breaker_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 breaker_acquire(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    Breaker *b = (Breaker *)self;
-    bk_ticket t;
-    double remaining = 0.0;
-    int a = bk_admit(b, &t, &remaining);
-    if (a <= 0) {
-        if (a == 0) {
-            bk_raise_open(b, remaining);
-        }
-        return NULL;
-    }
-    BreakerCall *tok = bc_new(b, CM_TOKEN);
-    if (tok == NULL) {
-        bk_release(b, &t);
-        return NULL;
-    }
-    tok->t = t;
-    tok->flags = CF_ADMITTED;
-    FA_ASSERT_CONSISTENT(tok);
-    return (PyObject *)tok;
+    return (PyObject *)bk_admit_ticket((Breaker *)self);
 }
 
 static PyObject *
 breaker_release(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Breaker *b = (Breaker *)self;
-    if (nargs != 2 || !PyObject_TypeCheck(args[0], b->st->BreakerCallType)
-        || ((BreakerCall *)args[0])->mode != CM_TOKEN
-        || ((BreakerCall *)args[0])->breaker != b) {
+    if (nargs != 2 || !bk_is_ticket(b, args[0])) {
         PyErr_SetString(PyExc_TypeError, "_release(ticket, exc) takes a ticket from this "
                         "breaker's _acquire() and an exception or None");
         return NULL;
     }
-    BreakerCall *tok = (BreakerCall *)args[0];
-    if (!(tok->flags & CF_ADMITTED)) {
+    FaOp *tok = (FaOp *)args[0];
+    if (!(tok->flags & BOPF_ADMITTED)) {
         PyErr_SetString(PyExc_RuntimeError, "CircuitBreaker ticket released twice");
         return NULL;
     }
-    tok->flags &= ~CF_ADMITTED;
-    bk_ticket t = tok->t;
+    tok->flags &= ~BOPF_ADMITTED;
+    bk_ticket t = op_ticket(tok);
     bk_record(b, &t, args[1] == Py_None ? NULL : args[1]);
     Py_RETURN_NONE;
 }
@@ -3064,21 +2676,12 @@ make_circuit_state(PyObject *mod, fa_state *st)
 int
 fa_breaker_init(PyObject *mod, fa_state *st)
 {
-    if ((st->bk_stopiter = PyObject_CallOneArg(PyExc_StopIteration, Py_None)) == NULL
-        || (st->bk_str_throw = PyUnicode_InternFromString("throw")) == NULL
-        || (st->bk_str_close = PyUnicode_InternFromString("close")) == NULL) {
-        return -1;
-    }
     if ((st->BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL
         || fa_methods_add(st, st->BreakerType, breaker_async_methods) < 0
         || fa_special_add(st, st->BreakerType, "__aenter__", breaker_aenter,
                           offsetof(Breaker, aenter), aenter_doc) < 0
         || fa_special_add(st, st->BreakerType, "__aexit__", breaker_aexit,
                           offsetof(Breaker, aexit), aexit_doc) < 0) {
-        return -1;
-    }
-    st->BreakerCallType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bc_spec, NULL);
-    if (st->BreakerCallType == NULL) {
         return -1;
     }
     st->BreakerFunctionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bf_spec, NULL);
@@ -3097,21 +2700,5 @@ fa_breaker_init(PyObject *mod, fa_state *st)
     if (make_circuit_state(mod, st) < 0) {
         return -1;
     }
-    /* asyncio.iscoroutine() (and so create_task) accepts the awaitable */
-    PyObject *abc = PyImport_ImportModule("collections.abc");
-    if (abc == NULL) {
-        return -1;
-    }
-    PyObject *coro = PyObject_GetAttrString(abc, "Coroutine");
-    Py_DECREF(abc);
-    if (coro == NULL) {
-        return -1;
-    }
-    PyObject *r = PyObject_CallMethod(coro, "register", "O", st->BreakerCallType);
-    Py_DECREF(coro);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
     return 0;
 }

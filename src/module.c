@@ -71,6 +71,8 @@ module_exec(PyObject *mod)
     INTERN(str_locked, "locked");
     INTERN(str_get_loop, "_get_loop");
     INTERN(str_append, "append");
+    INTERN(str_throw, "throw");
+    INTERN(str_close, "close");
 #undef INTERN
 
     PyObject *m;

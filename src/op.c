@@ -4,8 +4,8 @@
  *
  * Invariants:
  * - state INIT: owner set, nothing else; WAITING: fut and fut_iter set (and, unless delegating,
- *   the op is linked in a waiter queue); DONE: owner, arg, arg2, fut, fut_iter all NULL and the
- *   op unlinked.
+ *   the op is linked in a waiter queue); DONE: owner, arg, arg2, arg3, fut, fut_iter all NULL
+ *   and the op unlinked; kind->drop (if any) has run.
  * - Every way out of WAITING (send, throw, close) ends in exactly one of kind->resume or
  *   kind->on_exc, so the primitive's bookkeeping runs exactly once per wait.
  * - A thrown exception is re-raised as the same instance (task.cancel(msg) keeps its message).
@@ -22,6 +22,7 @@ op_finish_slow(FaOp *op)
     Py_CLEAR(op->fut);
     Py_CLEAR(op->arg);
     Py_CLEAR(op->arg2);
+    Py_CLEAR(op->arg3);
 }
 
 /* A finished op goes back into its reuse slot (if the slot is still empty) and lets go of the
@@ -47,10 +48,13 @@ op_go_home(FaOp *op)
 static inline void
 op_finish(FaOp *op)
 {
+    if (op->kind->drop != NULL) {
+        op->kind->drop(op, 0);  // Beware: may close a coroutine (Python code)
+    }
     op->state = FA_OP_DONE;
     op->flags = 0;
     if (FA_UNLIKELY(((uintptr_t)op->queue | (uintptr_t)op->fut_iter | (uintptr_t)op->fut
-                     | (uintptr_t)op->arg | (uintptr_t)op->arg2) != 0)) {
+                     | (uintptr_t)op->arg | (uintptr_t)op->arg2 | (uintptr_t)op->arg3) != 0)) {
         op_finish_slow(op);
     }
     PyObject *owner = op->owner;
@@ -77,6 +81,7 @@ fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg)
     op->owner = Py_XNewRef(owner);
     op->arg = Py_XNewRef(arg);
     op->arg2 = NULL;
+    op->arg3 = NULL;
     op->fut = NULL;
     op->fut_iter = NULL;
     op->prev = op->next = NULL;
@@ -84,6 +89,8 @@ fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg)
     op->home = NULL;
     op->home_obj = NULL;
     op->num = 0.0;
+    op->u64 = 0;
+    op->i32 = 0;
     op->state = FA_OP_INIT;
     op->flags = 0;
     PyObject_GC_Track(op);
@@ -168,6 +175,27 @@ fa_op_wait_self(FaOp *op, int get_loop_overridden, PyObject **loop_slot, fa_wait
     return r;
 }
 
+/* Is generator g from a @types.coroutine function (awaitable without __await__)? */
+static int
+is_iterable_coroutine(PyObject *g)
+{
+    PyObject *code = PyObject_GetAttrString(g, "gi_code");  // new ref
+    PyObject *flags = code ? PyObject_GetAttrString(code, "co_flags") : NULL;
+    Py_XDECREF(code);
+    long f = flags ? PyLong_AsLong(flags) : 0;
+    Py_XDECREF(flags);
+    PyErr_Clear();
+    return f != -1 && (f & CO_ITERABLE_COROUTINE);
+}
+
+int
+fa_op_awaitable(PyObject *obj)
+{
+    return PyCoro_CheckExact(obj)
+           || (Py_TYPE(obj)->tp_as_async != NULL && Py_TYPE(obj)->tp_as_async->am_await != NULL)
+           || (PyGen_CheckExact(obj) && is_iterable_coroutine(obj));
+}
+
 PySendResult
 fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res)
 {
@@ -178,13 +206,23 @@ fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res)
     else {
         unaryfunc am_await = Py_TYPE(awaitable)->tp_as_async
                                  ? Py_TYPE(awaitable)->tp_as_async->am_await : NULL;
-        if (am_await == NULL) {
+        if (am_await != NULL) {
+            it = am_await(awaitable);
+            if (it == NULL) {
+                return PYGEN_ERROR;
+            }
+            if (PyCoro_CheckExact(it)) {
+                Py_DECREF(it);
+                PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
+                return PYGEN_ERROR;
+            }
+        }
+        else if (PyGen_CheckExact(awaitable) && is_iterable_coroutine(awaitable)) {
+            it = Py_NewRef(awaitable);  // a @types.coroutine generator drives itself
+        }
+        else {
             PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
                          Py_TYPE(awaitable)->tp_name);
-            return PYGEN_ERROR;
-        }
-        it = am_await(awaitable);
-        if (it == NULL) {
             return PYGEN_ERROR;
         }
     }
@@ -300,7 +338,8 @@ op_send_impl(FaOp *op, PyObject *arg, PyObject **res)
         /* the common case: finished at once, holding nothing but the owner */
         if (FA_LIKELY(r == PYGEN_RETURN
                       && ((uintptr_t)op->queue | (uintptr_t)op->fut_iter | (uintptr_t)op->fut
-                          | (uintptr_t)op->arg | (uintptr_t)op->arg2) == 0)) {
+                          | (uintptr_t)op->arg | (uintptr_t)op->arg2 | (uintptr_t)op->arg3)
+                             == 0)) {
             op->state = FA_OP_DONE;
             op->flags = 0;
             PyObject *owner = op->owner;
@@ -573,13 +612,20 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PySendResult r;
     PyObject *res = NULL;
     if (op->flags & FA_OPF_DELEGATE) {
-        /* yield from: the delegate sees the exception first */
-        PyObject *y = NULL;
-        PyObject *targs[2] = {op->fut_iter, exc};
-        PyObject *name = PyUnicode_InternFromString("throw");
-        y = name ? PyObject_VectorcallMethod(name, targs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
-                 : NULL;
-        Py_XDECREF(name);
+        /* yield from: the delegate sees the exception first; one without throw() cannot, and
+         * the exception is raised here */
+        PyObject *it = op->fut_iter;
+        if (!PyCoro_CheckExact(it) && !PyGen_CheckExact(it)
+            && !PyObject_HasAttr(it, op->st->str_throw)) {
+            Py_CLEAR(op->fut_iter);
+            op->flags &= ~FA_OPF_DELEGATE;
+            r = op_fail(op, exc);
+            op_settle(op, r);
+            return op_result_to_py(r, res);
+        }
+        PyObject *targs[2] = {it, exc};
+        PyObject *y = PyObject_VectorcallMethod(op->st->str_throw, targs,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(exc);
         if (y != NULL) {
             op->state = FA_OP_WAITING;
@@ -588,9 +634,9 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *val = NULL;
         if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
             PyObject *e = fa_fetch_exc();
-            val = PyObject_GetAttrString(e, "value");
+            val = Py_NewRef(((PyStopIterationObject *)e)->value);
             Py_DECREF(e);
-            r = val ? op_after_wait(op, PYGEN_RETURN, val, &res) : op_after_wait(op, PYGEN_ERROR, NULL, &res);
+            r = op_after_wait(op, PYGEN_RETURN, val, &res);
         }
         else {
             r = op_after_wait(op, PYGEN_ERROR, NULL, &res);
@@ -618,28 +664,44 @@ op_close(PyObject *self, PyObject *Py_UNUSED(ignored))
         Py_RETURN_NONE;
     }
     op->state = FA_OP_RUNNING;
-    int rc = 0;
+    PyObject *exc = NULL;  // what reaches the wait: GeneratorExit, or the delegate's close() error
     if (op->flags & FA_OPF_DELEGATE) {
-        PyObject *name = PyUnicode_InternFromString("close");
-        PyObject *r = NULL;
-        if (name != NULL && PyObject_HasAttr(op->fut_iter, name)) {
-            r = PyObject_CallMethodNoArgs(op->fut_iter, name);
-            rc = r ? 0 : -1;
-            Py_XDECREF(r);
+        PyObject *it = op->fut_iter;
+        int has = PyObject_HasAttr(it, op->st->str_close);
+        PyObject *r = has ? PyObject_CallMethodNoArgs(it, op->st->str_close) : NULL;
+        if (has && r == NULL) {
+            exc = fa_fetch_exc();  // new ref
         }
-        Py_XDECREF(name);
+        Py_XDECREF(r);
+        Py_CLEAR(op->fut_iter);
+        op->flags &= ~FA_OPF_DELEGATE;
     }
-    if (rc == 0 && op->kind->on_exc != NULL) {
-        PyObject *exc = PyObject_CallNoArgs(PyExc_GeneratorExit);  // new ref
+    int raised = exc != NULL;
+    if (exc == NULL && op->kind->on_exc != NULL) {
+        exc = PyObject_CallNoArgs(PyExc_GeneratorExit);  // new ref
         if (exc == NULL) {
-            rc = -1;
+            op_finish(op);
+            return NULL;
         }
-        else {
-            rc = op->kind->on_exc(op, exc);  // Beware: Python code
-            Py_DECREF(exc);
-        }
+    }
+    int rc = 0;
+    if (exc != NULL && op->kind->on_exc != NULL) {
+        rc = op->kind->on_exc(op, exc);  // Beware: Python code
     }
     op_finish(op);
+    if (raised) {
+        if (rc < 0) {
+            PyObject *exc2 = fa_fetch_exc();
+            if (exc2 != NULL) {
+                PyException_SetContext(exc2, exc);  // steals exc
+                fa_restore_exc(exc2);
+                return NULL;
+            }
+        }
+        fa_restore_exc(exc);  // the delegate's own error comes out of close()
+        return NULL;
+    }
+    Py_XDECREF(exc);
     if (rc < 0) {
         return NULL;
     }
@@ -739,6 +801,18 @@ op_repr(PyObject *self)
 {
     FaOp *op = (FaOp *)self;
     static const char *const names[] = {"created", "running", "waiting", "done"};
+    if (op->kind->qualname != NULL && op->owner != NULL) {
+        /* the op stands for a call of a function: name it */
+        PyObject *q = op->kind->qualname(op);  // new ref
+        if (q != NULL && PyUnicode_Check(q)) {
+            PyObject *r = PyUnicode_FromFormat("<aiofast %s() awaitable %U at %p [%s]>",
+                                               op->kind->name, q, self, names[op->state]);
+            Py_DECREF(q);
+            return r;
+        }
+        Py_XDECREF(q);
+        PyErr_Clear();
+    }
     return PyUnicode_FromFormat("<aiofast %s() awaitable at %p [%s]>", op->kind->name, self,
                                 names[op->state]);
 }
@@ -751,6 +825,7 @@ op_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(op->owner);
     Py_VISIT(op->arg);
     Py_VISIT(op->arg2);
+    Py_VISIT(op->arg3);
     Py_VISIT(op->fut);
     Py_VISIT(op->fut_iter);
     Py_VISIT(op->home_obj);
@@ -761,6 +836,9 @@ static int
 op_clear(PyObject *self)
 {
     FaOp *op = (FaOp *)self;
+    if (op->kind->drop != NULL && op->owner != NULL) {
+        op->kind->drop(op, 1);
+    }
     /* A linked op is reachable from its owner, so the GC clears it only when the owner is
      * garbage too: leave the queue first (the collector holds a reference to us, and the owner
      * is alive while we hold op->owner), so a linked op never lacks its owner or future. */
@@ -771,6 +849,7 @@ op_clear(PyObject *self)
     Py_CLEAR(op->fut);
     Py_CLEAR(op->arg);
     Py_CLEAR(op->arg2);
+    Py_CLEAR(op->arg3);
     op->home = NULL;  // the slot may go with its holder: never go back to it
     Py_CLEAR(op->home_obj);
     Py_CLEAR(op->owner);

@@ -14,9 +14,16 @@
  *   resume(op, value, &res)  runs when the future finished with a result. Same contract; it may
  *                            wait again (queues loop while empty or full).
  *   on_exc(op, exc)          runs when an exception reaches the wait: thrown in by the Task
- *                            (cancellation), raised by the future, or GeneratorExit from close().
- *                            It does the bookkeeping (unlink, hand the permit back, wake the
- *                            next); the same exception instance is then re-raised.
+ *                            (cancellation), raised by the future or the awaitable it delegates
+ *                            to, or GeneratorExit from close(). It does the bookkeeping (unlink,
+ *                            hand the permit back, wake the next, record a breaker's failure);
+ *                            the same exception instance is then re-raised.
+ *
+ * and optionally qualname (the op's name when it stands for a user's function) and drop (give
+ * up kind-specific state when the op finishes or dies unfinished). A kind that finishes with a
+ * value known at once is a ready value (fa_op_ready); one that awaits another awaitable (a
+ * subclass's acquire(), a guarded call, a fallback) uses fa_op_delegate. A circuit breaker's
+ * guarded calls, cache hits and every primitive's operations are all kinds of this one type.
  *
  * States: INIT -> RUNNING (inside start/resume) -> WAITING (yielded a future) -> ... -> DONE.
  * A finished op drops its owner, future and argument, so a cached op holds nothing.
@@ -50,6 +57,10 @@ typedef struct fa_opkind {
     /* optional: the op's __qualname__ when it is not the fixed name (a new reference) */
     PyObject *(*qualname)(FaOp *op);
     unsigned flags;    /* FA_OPK_* */
+    /* optional: the op finishes (dying 0) or is cleared on its way out (dying 1) while it may
+     * still hold kind-specific state (a breaker's ticket, a coroutine it has not started): give
+     * that up. Runs before the engine drops the op's references; must not fail. */
+    void (*drop)(FaOp *op, int dying);
 } fa_opkind;
 
 /* The engine's reusable StopIteration (fa_op_raise_result) may carry this kind's results, and
@@ -67,6 +78,7 @@ struct FaOp {
     PyObject *owner;     /* the primitive, strong, while not DONE */
     PyObject *arg;       /* kind-specific argument (a queue item, a delegate), strong or NULL */
     PyObject *arg2;      /* kind-specific second argument, strong or NULL */
+    PyObject *arg3;      /* kind-specific third argument, strong or NULL */
     PyObject *fut;       /* the waiter future, from fa_op_wait until DONE */
     PyObject *fut_iter;  /* fut.__await__() while WAITING */
     FaOp *prev;          /* links, valid while queue != NULL */
@@ -75,6 +87,8 @@ struct FaOp {
     FaOp **home;         /* the reuse slot it goes back to when done (see fa_op_cached), or NULL */
     PyObject *home_obj;  /* strong: the object holding *home when that is not owner, or NULL */
     double num;          /* kind-specific number (tokens, deadline) */
+    uint64_t u64;        /* kind-specific integers (a breaker ticket's generation, probe slot) */
+    int i32;
     int state;
     int flags;           /* kind-specific flags; FA_OPF_WOKEN is shared */
 };
@@ -286,7 +300,8 @@ fa_op_cached_in(fa_state *st, PyObject *holder, FaOp **cache, const fa_opkind *k
 #if FA_DEBUG
         FA_CHECK(op->state == FA_OP_DONE && op->flags == 0 && op->queue == NULL
                      && op->owner == NULL && op->fut == NULL && op->fut_iter == NULL
-                     && op->arg == NULL && op->arg2 == NULL && op->home == NULL
+                     && op->arg == NULL && op->arg2 == NULL && op->arg3 == NULL
+                     && op->home == NULL
                      && op->home_obj == NULL,
                  "an idle op %p (%s) kept state: state %d, flags %#x", (void *)op,
                  op->kind->name, op->state, (unsigned)op->flags);
@@ -359,10 +374,17 @@ PySendResult fa_op_wait_self(FaOp *op, int get_loop_overridden, PyObject **loop_
 /* The same with a loop the caller already has (a new reference is taken). */
 PySendResult fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res);
 
-/* For kinds that delegate to another awaitable (a subclass's own acquire()): `yield from` it.
- * send/throw/close are forwarded to it; when it returns, kind->resume runs with its value; an
- * exception out of it goes through kind->on_exc like any other. */
+/* For kinds that delegate to another awaitable (a subclass's own acquire(), a guarded call, a
+ * fallback): `await` it. send/throw/close are forwarded to it (throw into an iterator without
+ * throw() raises in the op, as `yield from` does); when it returns, kind->resume runs with its
+ * value; an exception out of it once it has been suspended goes through kind->on_exc like any
+ * other (also one its close() raises). On the first step nothing but the returned PySendResult
+ * tells: an error then (not awaitable, or raised at once) is the kind's to handle. */
 PySendResult fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res);
+
+/* Can obj be awaited: a coroutine, an object with __await__, or a generator made by a
+ * @types.coroutine function? (Never raises.) */
+int fa_op_awaitable(PyObject *obj);
 
 /* Return value (stolen) from tp_iternext: StopIteration(value) raised (nothing for None, the
  * interpreter's rule), the engine's one reusable instance on 3.12+ when nobody else holds it. */
