@@ -12,6 +12,7 @@
  */
 #include "op.h"
 
+/* Unlink, and drop every reference but the owner's. */
 static void
 op_finish_slow(FaOp *op)
 {
@@ -842,14 +843,7 @@ op_clear(PyObject *self)
     /* A linked op is reachable from its owner, so the GC clears it only when the owner is
      * garbage too: leave the queue first (the collector holds a reference to us, and the owner
      * is alive while we hold op->owner), so a linked op never lacks its owner or future. */
-    if (op->queue != NULL) {
-        fa_waitq_unlink(op);
-    }
-    Py_CLEAR(op->fut_iter);
-    Py_CLEAR(op->fut);
-    Py_CLEAR(op->arg);
-    Py_CLEAR(op->arg2);
-    Py_CLEAR(op->arg3);
+    op_finish_slow(op);
     op->home = NULL;  // the slot may go with its holder: never go back to it
     Py_CLEAR(op->home_obj);
     Py_CLEAR(op->owner);
