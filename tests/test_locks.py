@@ -15,6 +15,7 @@ import weakref
 import pytest
 
 import aiofast
+from helpers import error_of, spin
 
 PY313 = sys.version_info >= (3, 13)
 
@@ -26,20 +27,7 @@ RGX_REPR = re.compile(
 pytestmark = pytest.mark.filterwarnings("error")
 
 
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
 # ---------------------------------------------------------------- construction and messages
-
-
-def error_of(fn):
-    try:
-        fn()
-    except BaseException as e:  # noqa: BLE001
-        return type(e), str(e)
-    return None
 
 
 @pytest.mark.parametrize(

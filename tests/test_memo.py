@@ -25,28 +25,12 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 import aiofast
+from helpers import ORACLES, oracle_fixture, run_virtual, spin
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import VirtualClockLoop, VirtualUVLoop
 
-ALRU = {"aiofast": aiofast.alru_cache, "async_lru": async_lru.alru_cache}
-
-
-@pytest.fixture(params=sorted(ALRU))
-def alru(request):
-    return ALRU[request.param]
-
-
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-def run_virtual(coro_fn):
-    loop = VirtualClockLoop()
-    try:
-        return loop.run_until_complete(coro_fn())
-    finally:
-        loop.close()
+ALRU = ORACLES["alru"]
+alru = oracle_fixture("alru", "alru")
 
 
 # ------------------------------------------------------------------ basics

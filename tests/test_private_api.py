@@ -28,25 +28,13 @@ import pytest
 import uvloop
 
 import aiofast
-
-PY313 = sys.version_info >= (3, 13)
+from helpers import HERE, LOOPS, ORACLES, PY313, oracle_fixture, spin
 
 LOCKS = ("Lock", "Semaphore", "BoundedSemaphore", "Event")
 QUEUES = ("Queue", "PriorityQueue", "LifoQueue")
-IMPLS = {"aiofast": aiofast, "asyncio": asyncio}
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(params=sorted(IMPLS))
-def mod(request):
-    """aiofast, or asyncio (the oracle): both expose the classes under the same names."""
-    return IMPLS[request.param]
-
-
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
+IMPLS = ORACLES["modules"]
+mod = oracle_fixture("modules", "mod",
+                     "aiofast, or asyncio (the oracle): both expose the classes under the same names.")
 
 
 def private(obj):

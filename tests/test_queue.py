@@ -2,8 +2,8 @@
 
 Every test taking ``qimpl`` runs on aiofast's classes and on asyncio's (the oracle); every async
 test runs on asyncio's loop and on uvloop (conftest). On Pythons before 3.13, asyncio has no
-``shutdown()``: there the oracle is asyncio's Queue with 3.13's shutdown code added verbatim
-(``_Shutdown313`` below), since aiofast offers 3.13's shutdown on every version.
+``shutdown()``: there the oracle is asyncio's Queue with 3.13's shutdown code added
+(``_Shutdown313`` in helpers.py), since aiofast offers 3.13's shutdown on every version.
 
 Tests named ``*_aiofast_*`` check behaviour asyncio does not have, each saying why: the issue asks
 that a comparison that raises leaves a PriorityQueue exactly as it was (heapq inserts the item
@@ -27,158 +27,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import aiofast
-
-PY313 = sys.version_info >= (3, 13)
+from helpers import LOOPS, ORACLES, PY313, error_of, oracle_fixture, outcome, spin
 
 pytestmark = pytest.mark.filterwarnings("error")
 
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-
-# ---------------------------------------------------------------- the oracle
-
-if PY313:
-    _ORACLE_SHUTDOWN = asyncio.QueueShutDown
-    OracleQueue, OraclePriorityQueue, OracleLifoQueue = (
-        asyncio.Queue, asyncio.PriorityQueue, asyncio.LifoQueue)
-else:
-    _ORACLE_SHUTDOWN = aiofast.QueueShutDown
-    QueueShutDown = aiofast.QueueShutDown
-
-    class _Shutdown313:
-        """asyncio 3.13's shutdown logic (Lib/asyncio/queues.py of 3.13.0), on an older Queue."""
-
-        def __init__(self, maxsize=0):
-            super().__init__(maxsize)
-            self._is_shutdown = False
-
-        def _format(self):
-            result = super()._format()
-            if self._is_shutdown:
-                result += ' shutdown'
-            return result
-
-        async def put(self, item):
-            while self.full():
-                if self._is_shutdown:
-                    raise QueueShutDown
-                putter = self._get_loop().create_future()
-                self._putters.append(putter)
-                try:
-                    await putter
-                except:  # noqa: E722
-                    putter.cancel()
-                    try:
-                        self._putters.remove(putter)
-                    except ValueError:
-                        pass
-                    if not self.full() and not putter.cancelled():
-                        self._wakeup_next(self._putters)
-                    raise
-            return self.put_nowait(item)
-
-        def put_nowait(self, item):
-            if self._is_shutdown:
-                raise QueueShutDown
-            return super().put_nowait(item)
-
-        async def get(self):
-            while self.empty():
-                if self._is_shutdown and self.empty():
-                    raise QueueShutDown
-                getter = self._get_loop().create_future()
-                self._getters.append(getter)
-                try:
-                    await getter
-                except:  # noqa: E722
-                    getter.cancel()
-                    try:
-                        self._getters.remove(getter)
-                    except ValueError:
-                        pass
-                    if not self.empty() and not getter.cancelled():
-                        self._wakeup_next(self._getters)
-                    raise
-            return self.get_nowait()
-
-        def get_nowait(self):
-            if self.empty():
-                if self._is_shutdown:
-                    raise QueueShutDown
-                raise asyncio.QueueEmpty
-            item = self._get()
-            self._wakeup_next(self._putters)
-            return item
-
-        def shutdown(self, immediate=False):
-            self._is_shutdown = True
-            if immediate:
-                while not self.empty():
-                    self._get()
-                    if self._unfinished_tasks > 0:
-                        self._unfinished_tasks -= 1
-                if self._unfinished_tasks == 0:
-                    self._finished.set()
-            while self._getters:
-                getter = self._getters.popleft()
-                if not getter.done():
-                    getter.set_result(None)
-            while self._putters:
-                putter = self._putters.popleft()
-                if not putter.done():
-                    putter.set_result(None)
-
-    class OracleQueue(_Shutdown313, asyncio.Queue):
-        pass
-
-    class OraclePriorityQueue(_Shutdown313, asyncio.PriorityQueue):
-        pass
-
-    class OracleLifoQueue(_Shutdown313, asyncio.LifoQueue):
-        pass
-
-    for _cls, _name in ((OracleQueue, "Queue"), (OraclePriorityQueue, "PriorityQueue"),
-                        (OracleLifoQueue, "LifoQueue")):
-        _cls.__name__ = _name  # repr shows type(self).__name__; pickle finds __qualname__
-
-QIMPLS = {
-    "aiofast": types.SimpleNamespace(
-        name="aiofast", Queue=aiofast.Queue, PriorityQueue=aiofast.PriorityQueue,
-        LifoQueue=aiofast.LifoQueue, QueueShutDown=aiofast.QueueShutDown),
-    "asyncio": types.SimpleNamespace(
-        name="asyncio", Queue=OracleQueue, PriorityQueue=OraclePriorityQueue,
-        LifoQueue=OracleLifoQueue, QueueShutDown=_ORACLE_SHUTDOWN),
-}
+QIMPLS = ORACLES["queues"]
 KINDS = ("Queue", "PriorityQueue", "LifoQueue")
-
-
-@pytest.fixture(params=sorted(QIMPLS))
-def qimpl(request):
-    """aiofast's queues, or asyncio's (the oracle)."""
-    return QIMPLS[request.param]
-
-
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-def error_of(fn):
-    try:
-        fn()
-    except BaseException as e:  # noqa: BLE001
-        return type(e), str(e)
-    return None
-
-
-def outcome(task):
-    if not task.done():
-        return ("pending",)
-    if task.cancelled():
-        return ("cancelled",)
-    exc = task.exception()
-    if exc is not None:
-        return ("raised", type(exc).__name__)
-    return ("ok", task.result())
+qimpl = oracle_fixture("queues", "qimpl", "aiofast's queues, or asyncio's (the oracle).")
 
 
 # ---------------------------------------------------------------- construction, sizes, messages

@@ -18,6 +18,7 @@ import threading
 import pytest
 
 import aiofast
+from helpers import spin_until
 
 
 def in_thread(fn):
@@ -50,14 +51,6 @@ async def ticking(coro):
         return await coro
     finally:
         ticker.cancel()
-
-
-async def spin_until(pred, n=200):
-    for _ in range(n):
-        if pred():
-            return True
-        await asyncio.sleep(0)
-    return pred()
 
 
 @pytest.mark.asyncio

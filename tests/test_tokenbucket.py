@@ -26,6 +26,7 @@ import uvloop
 import aiofast
 from aiofast import AsyncLimiter, TokenBucket
 
+from helpers import spin
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, VirtualUVLoop, settle_loop
 
@@ -34,12 +35,6 @@ VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
 
 def now():
     return asyncio.get_running_loop().time()
-
-
-async def settle(n=5):
-    """Let every ready callback run (virtual time does not move while anything is ready)."""
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 class TimerSpy:
@@ -724,9 +719,9 @@ async def test_fifo_large_request_not_overtaken():
         order.append((name, now() - t0))
 
     big = asyncio.create_task(w("big", 8))
-    await settle()
+    await spin()
     smalls = [asyncio.create_task(w(f"s{i}", 1)) for i in range(3)]
-    await settle()
+    await spin()
     assert b.waiting == 4
     await asyncio.sleep(1)  # 4 tokens in: enough for every small one, but the big one is first
     assert order == [] and b.tokens == 4.0
@@ -748,7 +743,7 @@ async def test_newcomer_queues_behind_waiters():
     first = asyncio.create_task(w("first", 4))
     await asyncio.sleep(0.75)  # 3 tokens: not enough for first
     second = asyncio.create_task(w("second", 1))
-    await settle()
+    await spin()
     assert b.waiting == 2 and order == []
     await asyncio.gather(first, second)
     assert order == [("first", 1.0), ("second", 1.25)]
@@ -790,7 +785,7 @@ async def test_waiters_woken_only_when_they_proceed():
     await asyncio.sleep(2.25)
     assert wakes == []  # 4.5 tokens: the head (5) cannot go, nobody is woken
     await asyncio.sleep(0.25)
-    await settle()
+    await spin()
     assert wakes == [0]
     await asyncio.gather(*tasks)
     assert wakes == [0, 1, 2] and b.tokens == 0.0
@@ -911,10 +906,10 @@ async def test_timeout_of_a_waiter_behind_the_head():
         b = TokenBucket(4, capacity=8, initial=0)
         t0 = now()
         head = asyncio.create_task(b.acquire(8))
-        await settle()
+        await spin()
         behind = asyncio.create_task(b.acquire(1, timeout=0.5))
         late = asyncio.create_task(b.acquire(1, timeout=5))
-        await settle()
+        await spin()
         with pytest.raises(TimeoutError):
             await behind
         assert now() == t0 + 0.5 and b.waiting == 2
@@ -968,9 +963,9 @@ async def test_cancel_the_waiter_with_the_earliest_deadline():
         t0 = now()
         head = asyncio.create_task(b.acquire(8))
         timed = asyncio.create_task(b.acquire(1, timeout=0.5))
-        await settle()
+        await spin()
         timed.cancel()
-        await settle()
+        await spin()
         assert b.waiting == 1
         await head
         assert now() == t0 + 2
@@ -1006,11 +1001,11 @@ async def test_cancel_head_lets_the_next_go():
     b = TokenBucket(4, capacity=8, initial=0)
     t0 = now()
     head = asyncio.create_task(b.acquire(8))
-    await settle()
+    await spin()
     nxt = asyncio.create_task(b.acquire(2))
     await asyncio.sleep(1)  # 4 tokens
     head.cancel()
-    await settle()
+    await spin()
     assert nxt.done() and now() == t0 + 1
     assert head.cancelled()
     assert b.tokens == 2.0 and b.waiting == 0
@@ -1035,7 +1030,7 @@ async def test_cancel_middle_waiter():
     a = asyncio.create_task(w("a", 2))
     m = asyncio.create_task(w("m", 4))
     c = asyncio.create_task(w("c", 1))
-    await settle()
+    await spin()
     m.cancel("go away")
     with pytest.raises(asyncio.CancelledError):
         await m
@@ -1054,7 +1049,7 @@ async def test_cancel_after_being_admitted_gives_tokens_back():
     await asyncio.sleep(0.5)  # first admitted now: its future holds a result, its task not run
     assert b.waiting == 1
     first.cancel()
-    await settle()
+    await spin()
     # first never took its 2 tokens: second (admitted at 1.0 otherwise) goes now
     assert first.cancelled()
     assert second.done() and now() == t0 + 0.5
@@ -1078,7 +1073,7 @@ async def test_cancel_at_every_point_conserves_tokens():
 
             amounts = [2, 3, 1, 2]
             tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate(amounts)]
-            await settle()
+            await spin()
             await asyncio.sleep(d)
             tasks[k].cancel()
             res = await asyncio.gather(*tasks, return_exceptions=True)
@@ -1112,11 +1107,11 @@ async def test_throw_and_close_leave_the_line():
 async def test_mass_cancellation():
     b = TokenBucket(1, capacity=1, initial=0)
     tasks = [asyncio.create_task(b.acquire()) for _ in range(2000)]
-    await settle()
+    await spin()
     assert b.waiting == 2000
     for t in tasks[:-1]:
         t.cancel()
-    await settle()
+    await spin()
     assert b.waiting == 1
     t0 = now()
     await tasks[-1]
@@ -1127,9 +1122,9 @@ async def test_mass_cancellation():
 async def test_dead_head_does_not_block_a_newcomer():
     b = TokenBucket(4, capacity=4)
     head = asyncio.create_task(b.acquire(4))  # takes the 4 at once when it runs
-    await settle()
+    await spin()
     blocked = asyncio.create_task(b.acquire(4))
-    await settle()
+    await spin()
     blocked.cancel()  # its future is cancelled; the task has not run its cleanup yet
     await asyncio.sleep(1)
     assert b.try_acquire(4) is True
@@ -1209,7 +1204,7 @@ async def test_decorator_on_methods_and_cancellation():
     assert await Client.get(c, "/b") == (c, "/b")
     assert now() == t0 + 0.5
     t = asyncio.create_task(c.get("/never"))
-    await settle()
+    await spin()
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t
@@ -1264,7 +1259,7 @@ async def test_reset():
     w = asyncio.create_task(b.acquire(4))
     await asyncio.sleep(0.5)  # 3 tokens
     b.reset()  # back to initial (1): the waiter stays
-    await settle()
+    await spin()
     assert not w.done() and b.tokens == 1.0
     await w
     assert now() == t0 + 1.25
@@ -1412,7 +1407,7 @@ async def test_reentrant_loop_callbacks():
         return orig(cb, *args, context=context)
 
     tasks = [asyncio.create_task(b.acquire(n)) for n in (2, 1, 3)]
-    await settle()
+    await spin()
     loop.call_soon = call_soon
     try:
         await asyncio.sleep(0.5)
@@ -1523,7 +1518,7 @@ async def test_limiter_cancellation_keeps_capacity(Limiter):
     t0 = now()
     a = asyncio.create_task(lim.acquire())
     b = asyncio.create_task(lim.acquire())
-    await settle()
+    await spin()
     a.cancel()
     await b
     assert now() == t0 + 0.25
@@ -1550,7 +1545,7 @@ async def test_limiter_smaller_request_goes_first(Limiter):
     await lim.acquire(1)  # 3 left
     t0 = now()
     big = asyncio.create_task(lim.acquire(4))  # needs 1 more: 0.25 s
-    await settle()
+    await spin()
     assert not big.done()
     await lim.acquire(1)  # 2 left: goes at once, past the waiter
     assert now() == t0
@@ -1563,7 +1558,7 @@ async def test_limiter_has_capacity_ignores_waiters(Limiter):
     lim = Limiter(4, 1)
     await lim.acquire(2)
     big = asyncio.create_task(lim.acquire(4))
-    await settle()
+    await spin()
     assert not big.done()
     assert lim.has_capacity(2) and lim.has_capacity() and not lim.has_capacity(3)
     assert lim.has_capacity(0) and lim.has_capacity(-1) and not lim.has_capacity(5)
@@ -1585,7 +1580,7 @@ async def test_limiter_waiters_served_smallest_amount_first(Limiter):
     tasks = []
     for name, amount in [("a3", 3), ("b2", 2), ("c1", 1), ("d2", 2), ("e1", 1)]:
         tasks.append(asyncio.create_task(w(name, amount)))
-        await settle()
+        await spin()
     await asyncio.gather(*tasks)
     assert order == [("c1", 0.25), ("e1", 0.5), ("b2", 1.0), ("d2", 1.5), ("a3", 2.25)]
 
