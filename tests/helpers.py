@@ -55,9 +55,9 @@ async def spin_until(pred, n=200):
     return pred()
 
 
-async def started(aw, n=5):
-    """aw as a task, once it has run as far as it can (typically: blocked waiting)."""
-    task = asyncio.ensure_future(aw)
+async def started(coro, n=5):
+    """coro as a task, once it has run as far as it can (typically: blocked waiting)."""
+    task = asyncio.create_task(coro)
     await spin(n)
     return task
 

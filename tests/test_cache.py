@@ -13,7 +13,6 @@ import random
 import sys
 import threading
 import time
-import types
 import weakref
 
 import cachetools

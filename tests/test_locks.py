@@ -15,7 +15,7 @@ import weakref
 import pytest
 
 import aiofast
-from helpers import error_of, spin
+from helpers import error_of, spin, started
 
 PY313 = sys.version_info >= (3, 13)
 
@@ -205,16 +205,14 @@ async def test_event_basic(impl):
 @pytest.mark.asyncio
 async def test_event_set_clear_before_waiter_runs(impl):
     ev = impl.Event()
-    t = asyncio.create_task(ev.wait())
-    await spin()
+    t = await started(ev.wait())
     ev.set()
     ev.clear()
     ev.set()
     ev.set()
     assert await t is True
     ev.clear()
-    t2 = asyncio.create_task(ev.wait())
-    await spin()
+    t2 = await started(ev.wait())
     t2.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t2
@@ -285,15 +283,13 @@ async def test_semaphore_fifo_and_handoff(impl):
 async def test_semaphore_locked_fifo_rule(impl):
     sem = impl.Semaphore(1)
     await sem.acquire()
-    t = asyncio.create_task(sem.acquire())
-    await spin()
+    t = await started(sem.acquire())
     sem.release()  # handed to t
     sem.release()  # value 1, but t has not run yet
     assert sem._value == 1
     assert sem.locked()  # a non-cancelled waiter is queued
     # a newcomer must not barge in front of t
-    newcomer = asyncio.create_task(sem.acquire())
-    await spin()
+    newcomer = await started(sem.acquire())
     assert t.done() and newcomer.done()
     assert sem._value == 0
 
@@ -302,8 +298,7 @@ async def test_semaphore_locked_fifo_rule(impl):
 async def test_lock_newcomer_bypasses_only_cancelled_waiters(impl):
     lock = impl.Lock()
     await lock.acquire()
-    t = asyncio.create_task(lock.acquire())
-    await spin()
+    t = await started(lock.acquire())
     t.cancel()  # cancels its future synchronously
     lock.release()
     # free, and every queued waiter is cancelled: a newcomer takes it at once
@@ -319,8 +314,7 @@ async def test_woken_then_cancelled_lock_passes_baton(impl):
     lock = impl.Lock()
     await lock.acquire()
     t1 = asyncio.create_task(lock.acquire())
-    t2 = asyncio.create_task(lock.acquire())
-    await spin()
+    t2 = await started(lock.acquire())
     lock.release()  # wakes t1
     t1.cancel()  # before it runs
     await spin()
@@ -335,8 +329,7 @@ async def test_woken_then_cancelled_lock_passes_baton(impl):
 async def test_woken_then_cancelled_semaphore_returns_permit(impl):
     sem = impl.Semaphore(0)
     t1 = asyncio.create_task(sem.acquire())
-    t2 = asyncio.create_task(sem.acquire())
-    await spin()
+    t2 = await started(sem.acquire())
     sem.release()  # handed to t1
     t1.cancel()
     await spin()
@@ -359,8 +352,7 @@ async def test_cancel_message_and_identity_survive(impl):
             caught.append(e)
             raise
 
-    t = asyncio.create_task(w())
-    await spin()
+    t = await started(w())
     t.cancel("my message")
     with pytest.raises(asyncio.CancelledError) as ei:
         await t
@@ -424,8 +416,7 @@ async def test_condition_with_our_lock(impl):
 async def test_bounded_semaphore_checks_after_handoff(impl):
     b = impl.BoundedSemaphore(1)
     await b.acquire()
-    t = asyncio.create_task(b.acquire())
-    await spin()
+    t = await started(b.acquire())
     b.release()  # handed to t: _value stays 0
     b.release()  # asyncio accepts this (the check reads _value after hand-off)
     with pytest.raises(ValueError):

@@ -25,7 +25,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 import aiofast
-from helpers import ORACLES, oracle_fixture, run_virtual, spin
+from helpers import ORACLES, oracle_fixture, run_virtual, spin, started
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import VirtualClockLoop, VirtualUVLoop
 
@@ -192,8 +192,7 @@ async def test_cancelling_one_waiter_keeps_the_computation():
 
     first = asyncio.create_task(f(7))  # starts the computation
     await spin()
-    second = asyncio.create_task(f(7))
-    await spin()
+    second = await started(f(7))
     first.cancel("stop")
     await spin()
     assert first.cancelled()
@@ -438,8 +437,7 @@ async def test_invalidate_contains_clear():
         await gate.wait()
         return x
 
-    t = asyncio.create_task(f(1))
-    await spin()
+    t = await started(f(1))
     assert f.cache_contains(1) and not f.cache_contains(2)
     assert f.cache_invalidate(1) and not f.cache_invalidate(1)
     gate.set()
@@ -867,8 +865,7 @@ async def test_close():
         await gate.wait()
         return x
 
-    t = asyncio.create_task(f(1))
-    await spin()
+    t = await started(f(1))
     await f.cache_close()
     await spin()
     assert t.done()
@@ -980,8 +977,7 @@ async def test_alru_close(alru):
         await gate.wait()
         return x
 
-    t = asyncio.create_task(f(1))
-    await spin()
+    t = await started(f(1))
     await f.cache_close()
     await spin()
     assert t.done() and t.cancelled()

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import aiofast
-from helpers import LOOPS, ORACLES, PY313, error_of, oracle_fixture, outcome, spin
+from helpers import LOOPS, ORACLES, PY313, error_of, oracle_fixture, outcome, spin, started
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -249,8 +249,7 @@ async def test_pickling_with_waiters_fails(qimpl):
     import pickle
 
     q = qimpl.Queue()
-    t = asyncio.create_task(q.get())
-    await spin()
+    t = await started(q.get())
     with pytest.raises(Exception):  # asyncio: its futures do not pickle; aiofast: TypeError
         pickle.dumps(q)
     t.cancel()
@@ -280,8 +279,7 @@ async def test_get_returns_the_item_itself(qimpl):
         assert await q.put(x) is None
     for x in odd:
         assert await q.get() is x
-    t = asyncio.create_task(q.get())
-    await spin()
+    t = await started(q.get())
     await q.put((7, 8))
     assert await t == (7, 8)
 
@@ -371,8 +369,7 @@ async def test_barging_and_requeue_at_the_back(qimpl):
     async def getter(name):
         log.append((name, await q.get()))
 
-    t1 = asyncio.create_task(getter("t1"))
-    await spin()
+    t1 = await started(getter("t1"))
     t2 = asyncio.create_task(getter("t2"))
     await spin()
     assert len(q._getters) == 2
@@ -430,8 +427,7 @@ async def test_cancel_message_and_identity_survive(qimpl):
             caught.append(e)
             raise
 
-    t = asyncio.create_task(getter())
-    await spin()
+    t = await started(getter())
     t.cancel("stop now")
     await asyncio.gather(t, return_exceptions=True)
     assert t.cancelled()
@@ -470,8 +466,7 @@ async def test_protocol_close_and_throw_while_waiting(qimpl):
 async def test_waiter_views_are_live(qimpl):
     loop = asyncio.get_running_loop()
     q = qimpl.Queue(1)
-    t = asyncio.create_task(q.get())
-    await spin()
+    t = await started(q.get())
     assert len(q._getters) == 1 and bool(q._getters)
     (fut,) = list(q._getters)
     assert q._getters[0] is fut and q._getters[-1] is fut and fut in q._getters
@@ -516,8 +511,7 @@ async def test_put_and_get_dispatch_like_asyncio(qimpl):
 
     q = Q(1)
     assert await q.put(1) == ("stored", 1)
-    t = asyncio.create_task(q.put(2))
-    await spin()
+    t = await started(q.put(2))
     assert await q.get() == ("got", 1)
     assert await t == ("stored", 2)
 
@@ -634,8 +628,7 @@ async def test_subclass_with_its_own_storage(qimpl):
     await s.put("x")
     await s.put("y")
     assert s.full() and s._format() == "maxsize=2 tasks=2"
-    t = asyncio.create_task(s.put("z"))
-    await spin()
+    t = await started(s.put("z"))
     assert {await s.get(), await s.get()} == {"x", "y"}
     await t
     assert await s.get() == "z"
@@ -689,8 +682,7 @@ async def test_join_releases_every_joiner_together(qimpl):
 async def test_join_cancelled_then_join_again(qimpl):
     q = qimpl.Queue()
     q.put_nowait(1)
-    j = asyncio.create_task(q.join())
-    await spin()
+    j = await started(q.join())
     j.cancel()
     await spin()
     assert j.cancelled()

@@ -26,7 +26,7 @@ import uvloop
 import aiofast
 from aiofast import AsyncLimiter, TokenBucket
 
-from helpers import spin
+from helpers import run_in, spin, started
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, VirtualUVLoop, settle_loop
 
@@ -35,6 +35,20 @@ VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
 
 def now():
     return asyncio.get_running_loop().time()
+
+
+class Admissions:
+    """Each acquire() made through it records (name, seconds since this was made) when it
+    returns: the order and times of a bucket's or limiter's admissions."""
+
+    def __init__(self, b):
+        self.b = b
+        self.t0 = now()
+        self.order = []
+
+    async def acquire(self, name, *args):
+        await self.b.acquire(*args)
+        self.order.append((name, now() - self.t0))
 
 
 class TimerSpy:
@@ -74,6 +88,12 @@ class TimerSpy:
 
     def close(self):
         del self.loop.call_at
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,17 +684,10 @@ async def test_initial_tokens_and_fractional_waits():
 
 @VT
 async def test_one_timer_no_polling():
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
+    with TimerSpy(asyncio.get_running_loop()) as spy:
         b = TokenBucket(4, capacity=8, initial=0)
-        t0 = now()
-        order = []
-
-        async def w(i, n):
-            await b.acquire(n)
-            order.append((i, now() - t0))
-
+        log = Admissions(b)
+        order, w = log.order, log.acquire
         tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate([1, 4, 1, 2, 1])]
         await asyncio.gather(*tasks)
         assert order == [(0, 0.25), (1, 1.25), (2, 1.5), (3, 2.0), (4, 2.25)]
@@ -682,8 +695,6 @@ async def test_one_timer_no_polling():
         assert spy.max_pending == 1
         assert spy.fired == 5
         assert spy.live() == []
-    finally:
-        spy.close()
 
 
 @VT
@@ -692,9 +703,7 @@ async def test_rounding_never_spins():
     (when == now): a deficit that flows in within one tick of the clock counts as none, so each
     admission takes exactly one timer, and the schedule does not drift. (aiolimiter livelocks
     here on a virtual clock: its next wake-up time rounds to now, forever.)"""
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
+    with TimerSpy(asyncio.get_running_loop()) as spy:
         for rate, per in ((1000, 1), (3, 0.7), (5000, 3600), (1e6, 1)):
             b = TokenBucket(rate, per=per, capacity=1, initial=0)
             t = now()
@@ -704,22 +713,14 @@ async def test_rounding_never_spins():
                 t = t + 1 * per / rate
                 assert now() == t
             assert spy.fired - fired == 50
-    finally:
-        spy.close()
 
 
 @VT
 async def test_fifo_large_request_not_overtaken():
     b = TokenBucket(4, capacity=8, initial=0)
-    t0 = now()
-    order = []
-
-    async def w(name, n):
-        await b.acquire(n)
-        order.append((name, now() - t0))
-
-    big = asyncio.create_task(w("big", 8))
-    await spin()
+    log = Admissions(b)
+    order, w = log.order, log.acquire
+    big = await started(w("big", 8))
     smalls = [asyncio.create_task(w(f"s{i}", 1)) for i in range(3)]
     await spin()
     assert b.waiting == 4
@@ -733,17 +734,11 @@ async def test_fifo_large_request_not_overtaken():
 @VT
 async def test_newcomer_queues_behind_waiters():
     b = TokenBucket(4, capacity=4, initial=0)
-    t0 = now()
-    order = []
-
-    async def w(name, n):
-        await b.acquire(n)
-        order.append((name, now() - t0))
-
+    log = Admissions(b)
+    order, w = log.order, log.acquire
     first = asyncio.create_task(w("first", 4))
     await asyncio.sleep(0.75)  # 3 tokens: not enough for first
-    second = asyncio.create_task(w("second", 1))
-    await spin()
+    second = await started(w("second", 1))
     assert b.waiting == 2 and order == []
     await asyncio.gather(first, second)
     assert order == [("first", 1.0), ("second", 1.25)]
@@ -751,9 +746,7 @@ async def test_newcomer_queues_behind_waiters():
 
 @VT
 async def test_thousands_of_waiters():
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
+    with TimerSpy(asyncio.get_running_loop()) as spy:
         n = 3000
         b = TokenBucket(1024, capacity=1, initial=0)
         t0 = now()
@@ -768,8 +761,6 @@ async def test_thousands_of_waiters():
         assert [i for i, _ in done] == list(range(n))
         assert [t for _, t in done] == [t0 + (i + 1) / 1024 for i in range(n)]
         assert spy.max_pending == 1 and spy.fired == n
-    finally:
-        spy.close()
 
 
 @VT
@@ -800,56 +791,43 @@ class EarlyTimers(VirtualClockLoop):
         return super().call_at(when - self.early, callback, *args, context=context)
 
 
+def admission_times(loop, n):
+    """On loop (closed after): the start, and when each of n acquire()s returned, of a bucket
+    at 4 tokens/s holding at most 1, starting empty."""
+
+    async def main():
+        b = TokenBucket(4, capacity=1, initial=0)
+        t0 = now()
+        times = []
+        for _ in range(n):
+            await b.acquire()
+            times.append(now())
+        return t0, times
+
+    return run_in(loop, main)
+
+
 def test_timer_that_runs_early_counts_as_on_time():
-    loop = EarlyTimers()
-    try:
-
-        async def main():
-            b = TokenBucket(4, capacity=1, initial=0)
-            t0 = now()
-            times = []
-            for _ in range(8):
-                await b.acquire()
-                times.append(now())
-            return t0, times
-
-        t0, times = loop.run_until_complete(main())
-        # each admitted when its (early) timer ran: no re-arm, no spin; and the schedule does
-        # not drift: the k-th token still arrives at k/4 s (less the loop's earliness)
-        assert times == [(t0 + (k + 1) / 4) - EarlyTimers.early for k in range(8)]
-    finally:
-        loop.close()
+    t0, times = admission_times(EarlyTimers(), 8)
+    # each admitted when its (early) timer ran: no re-arm, no spin; and the schedule does
+    # not drift: the k-th token still arrives at k/4 s (less the loop's earliness)
+    assert times == [(t0 + (k + 1) / 4) - EarlyTimers.early for k in range(8)]
 
 
-class CoarseEarlyTimers(VirtualClockLoop):
+class CoarseEarlyTimers(EarlyTimers):
     """A loop whose clock resolution is 10 ms and which runs timers 5 ms early (as asyncio
     does on a platform with a coarse clock)."""
+
+    early = 0.005
 
     def __init__(self):
         super().__init__()
         self._clock_resolution = 0.01
 
-    def call_at(self, when, callback, *args, context=None):
-        return super().call_at(when - 0.005, callback, *args, context=context)
-
 
 def test_early_timer_allowance_follows_the_loops_clock_resolution():
-    loop = CoarseEarlyTimers()
-    try:
-
-        async def main():
-            b = TokenBucket(4, capacity=1, initial=0)
-            t0 = now()
-            times = []
-            for _ in range(4):
-                await b.acquire()
-                times.append(now())
-            return t0, times
-
-        t0, times = loop.run_until_complete(main())
-        assert times == [(t0 + (k + 1) / 4) - 0.005 for k in range(4)]
-    finally:
-        loop.close()
+    t0, times = admission_times(CoarseEarlyTimers(), 4)
+    assert times == [(t0 + (k + 1) / 4) - 0.005 for k in range(4)]
 
 
 @VT
@@ -900,16 +878,12 @@ async def test_timeout_takes_nothing():
 
 @VT
 async def test_timeout_of_a_waiter_behind_the_head():
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
+    with TimerSpy(asyncio.get_running_loop()) as spy:
         b = TokenBucket(4, capacity=8, initial=0)
         t0 = now()
-        head = asyncio.create_task(b.acquire(8))
-        await spin()
+        head = await started(b.acquire(8))
         behind = asyncio.create_task(b.acquire(1, timeout=0.5))
-        late = asyncio.create_task(b.acquire(1, timeout=5))
-        await spin()
+        late = await started(b.acquire(1, timeout=5))
         with pytest.raises(TimeoutError):
             await behind
         assert now() == t0 + 0.5 and b.waiting == 2
@@ -918,8 +892,6 @@ async def test_timeout_of_a_waiter_behind_the_head():
         await late
         assert now() == t0 + 2.25
         assert spy.max_pending == 1 and spy.live() == []
-    finally:
-        spy.close()
 
 
 @VT
@@ -956,14 +928,11 @@ async def test_timeout_with_asyncio_timeout_also_works():
 
 @VT
 async def test_cancel_the_waiter_with_the_earliest_deadline():
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
+    with TimerSpy(asyncio.get_running_loop()) as spy:
         b = TokenBucket(4, capacity=8, initial=0)
         t0 = now()
         head = asyncio.create_task(b.acquire(8))
-        timed = asyncio.create_task(b.acquire(1, timeout=0.5))
-        await spin()
+        timed = await started(b.acquire(1, timeout=0.5))
         timed.cancel()
         await spin()
         assert b.waiting == 1
@@ -971,8 +940,6 @@ async def test_cancel_the_waiter_with_the_earliest_deadline():
         assert now() == t0 + 2
         assert spy.max_pending == 1 and spy.live() == []
         assert spy.fired <= 2  # the head's, and at most one for the stale deadline
-    finally:
-        spy.close()
 
 
 @VT
@@ -1000,8 +967,7 @@ async def test_many_timeouts_compact():
 async def test_cancel_head_lets_the_next_go():
     b = TokenBucket(4, capacity=8, initial=0)
     t0 = now()
-    head = asyncio.create_task(b.acquire(8))
-    await spin()
+    head = await started(b.acquire(8))
     nxt = asyncio.create_task(b.acquire(2))
     await asyncio.sleep(1)  # 4 tokens
     head.cancel()
@@ -1029,8 +995,7 @@ async def test_cancel_middle_waiter():
 
     a = asyncio.create_task(w("a", 2))
     m = asyncio.create_task(w("m", 4))
-    c = asyncio.create_task(w("c", 1))
-    await spin()
+    c = await started(w("c", 1))
     m.cancel("go away")
     with pytest.raises(asyncio.CancelledError):
         await m
@@ -1123,8 +1088,7 @@ async def test_dead_head_does_not_block_a_newcomer():
     b = TokenBucket(4, capacity=4)
     head = asyncio.create_task(b.acquire(4))  # takes the 4 at once when it runs
     await spin()
-    blocked = asyncio.create_task(b.acquire(4))
-    await spin()
+    blocked = await started(b.acquire(4))
     blocked.cancel()  # its future is cancelled; the task has not run its cleanup yet
     await asyncio.sleep(1)
     assert b.try_acquire(4) is True
@@ -1203,8 +1167,7 @@ async def test_decorator_on_methods_and_cancellation():
     assert await c.get("/a") == (c, "/a")
     assert await Client.get(c, "/b") == (c, "/b")
     assert now() == t0 + 0.5
-    t = asyncio.create_task(c.get("/never"))
-    await spin()
+    t = await started(c.get("/never"))
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t
@@ -1302,53 +1265,52 @@ def test_bound_to_a_different_loop():
         c.close()
 
 
-@pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
-def test_closed_loop_rebinds_cleanly(make):
+def left_on_a_closed_loop(make, n):
+    """A bucket (4 tokens/s, capacity 4, empty) with n waiters on a loop of make() that was
+    then closed: their tasks cancelled, as asyncio.run would, but their cleanup never run (the
+    loop stops there)."""
     b = TokenBucket(4, capacity=4, initial=0)
     a = make()
-    tasks = [a.create_task(b.acquire(4)) for _ in range(3)]
+    tasks = [a.create_task(b.acquire(4)) for _ in range(n)]
     a.run_until_complete(asyncio.sleep(0))
-    assert b.waiting == 3
+    assert b.waiting == n
     for t in tasks:
-        t.cancel()  # as asyncio.run would; their cleanup never runs: the loop stops here
+        t.cancel()
     a.close()
-    c = make()
+    return b
+
+
+def run_then_collect(loop, main):
     try:
-
-        async def again():
-            t0 = now()
-            await b.acquire(4)  # the dead waiters do not stand in line any more
-            return now() - t0
-
-        assert c.run_until_complete(again()) <= 1.0
-        assert b.waiting == 0
+        return run_in(loop, main)
     finally:
-        c.close()
         gc.collect()
+
+
+@pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
+def test_closed_loop_rebinds_cleanly(make):
+    b = left_on_a_closed_loop(make, 3)
+
+    async def again():
+        t0 = now()
+        await b.acquire(4)  # the dead waiters do not stand in line any more
+        return now() - t0, b.waiting
+
+    waited, waiting = run_then_collect(make(), again)
+    assert waited <= 1.0
+    assert waiting == 0
 
 
 @pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
 def test_closed_loop_waiters_do_not_block_try_acquire(make):
-    b = TokenBucket(4, capacity=4, initial=0)
-    a = make()
-    tasks = [a.create_task(b.acquire(4)) for _ in range(2)]
-    a.run_until_complete(asyncio.sleep(0))
-    assert b.waiting == 2
-    for t in tasks:
-        t.cancel()
-    a.close()
-    c = make()
-    try:
+    b = left_on_a_closed_loop(make, 2)
 
-        async def later():
-            assert b.tokens == 0.0  # the bucket's stamp moves to this loop's clock
-            await asyncio.sleep(1)
-            return b.try_acquire(4), b.waiting
+    async def later():
+        assert b.tokens == 0.0  # the bucket's stamp moves to this loop's clock
+        await asyncio.sleep(1)
+        return b.try_acquire(4), b.waiting
 
-        assert c.run_until_complete(later()) == (True, 0)
-    finally:
-        c.close()
-        gc.collect()
+    assert run_then_collect(make(), later) == (True, 0)
 
 
 def test_clock_switch_adds_nothing_for_the_gap():
@@ -1500,13 +1462,8 @@ async def test_limiter_amounts(Limiter):
 async def test_limiter_fifo_equal_amounts(Limiter):
     lim = Limiter(4, 1)
     await lim.acquire(4)
-    t0 = now()
-    order = []
-
-    async def w(i):
-        await lim.acquire()
-        order.append((i, now() - t0))
-
+    log = Admissions(lim)
+    order, w = log.order, log.acquire
     await asyncio.gather(*(w(i) for i in range(6)))
     assert order == [(i, (i + 1) / 4) for i in range(6)]
 
@@ -1517,8 +1474,7 @@ async def test_limiter_cancellation_keeps_capacity(Limiter):
     await lim.acquire(4)
     t0 = now()
     a = asyncio.create_task(lim.acquire())
-    b = asyncio.create_task(lim.acquire())
-    await spin()
+    b = await started(lim.acquire())
     a.cancel()
     await b
     assert now() == t0 + 0.25
@@ -1557,8 +1513,7 @@ async def test_limiter_smaller_request_goes_first(Limiter):
 async def test_limiter_has_capacity_ignores_waiters(Limiter):
     lim = Limiter(4, 1)
     await lim.acquire(2)
-    big = asyncio.create_task(lim.acquire(4))
-    await spin()
+    big = await started(lim.acquire(4))
     assert not big.done()
     assert lim.has_capacity(2) and lim.has_capacity() and not lim.has_capacity(3)
     assert lim.has_capacity(0) and lim.has_capacity(-1) and not lim.has_capacity(5)
@@ -1570,13 +1525,8 @@ async def test_limiter_has_capacity_ignores_waiters(Limiter):
 async def test_limiter_waiters_served_smallest_amount_first(Limiter):
     lim = Limiter(4, 1)
     await lim.acquire(4)
-    t0 = now()
-    order = []
-
-    async def w(name, amount):
-        await lim.acquire(amount)
-        order.append((name, now() - t0))
-
+    log = Admissions(lim)
+    order, w = log.order, log.acquire
     tasks = []
     for name, amount in [("a3", 3), ("b2", 2), ("c1", 1), ("d2", 2), ("e1", 1)]:
         tasks.append(asyncio.create_task(w(name, amount)))
