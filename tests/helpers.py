@@ -1,9 +1,11 @@
 """What the test files share: letting a loop run, capturing errors, fake clocks, and the oracle
 registry.
 
-* ``spin(n)``, ``spin_until(pred)``, ``started(aw)``: let the running loop run what is ready.
+* ``spin(n)``, ``spin_until(pred)``, ``started(coro)``, ``all_started(coros)``: let the running loop run what is ready.
 * ``error_of(fn)``, ``outcome(task)``: what a call raised, how a task ended, as comparable values
   (a test compares them between aiofast and its oracle).
+* ``fast_thread_switching()``, ``in_threads(targets)``: threads interleaving as finely as
+  the interpreter lets them.
 * ``Clock``: a fake timer for ``timer=`` / ``clock=`` arguments; time moves only when the test
   says so. (Virtual-time event loops are in virtual_time.py.)
 * ``LOOPS``: a fresh loop of each kind the suite runs on, by name.
@@ -18,10 +20,12 @@ registry.
 * ``run_cpython_suite(*modules)``: CPython's own asyncio tests with aiofast.install() in effect.
 """
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import types
 
 import aiolimiter
@@ -62,6 +66,13 @@ async def started(coro, n=5):
     return task
 
 
+async def all_started(coros, n=5):
+    """started() for each of coros: the tasks, once they have run as far as they can."""
+    tasks = [asyncio.create_task(coro) for coro in coros]
+    await spin(n)
+    return tasks
+
+
 def run_in(loop, main):
     """Run main() to completion on loop, then close loop."""
     try:
@@ -75,6 +86,34 @@ def run_virtual(main):
     from virtual_time import VirtualClockLoop
 
     return run_in(VirtualClockLoop(), main)
+
+
+# ---------------------------------------------------------------- threads
+
+
+@contextlib.contextmanager
+def fast_thread_switching(interval=1e-6):
+    """The interpreter switches between threads every `interval` seconds meanwhile (as often as
+    it can with the default), so that threads interleave as finely as they can."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def in_threads(targets, meanwhile=None):
+    """Run each of targets in a thread of its own, all at once under fast_thread_switching();
+    meanwhile(), if given, runs in this thread while they do. Returns when all have ended."""
+    with fast_thread_switching():
+        threads = [threading.Thread(target=target) for target in targets]
+        for t in threads:
+            t.start()
+        if meanwhile is not None:
+            meanwhile()
+        for t in threads:
+            t.join()
 
 
 # ---------------------------------------------------------------- error capture

@@ -11,7 +11,6 @@ import math
 import pickle
 import random
 import sys
-import threading
 import time
 import weakref
 
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import aiofast
-from helpers import ORACLES, Clock, oracle_fixture
+from helpers import ORACLES, Clock, in_threads, oracle_fixture
 
 IMPLS = ORACLES["caches"]
 cimpl = oracle_fixture("caches", "cimpl")
@@ -1524,8 +1523,6 @@ def test_threads_hammering_one_cache(kind):
     nthreads, nops = 4, 3000
     gets = [0] * nthreads
     errors = []
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
 
     def work(tid):
         rnd = random.Random(tid)
@@ -1550,14 +1547,7 @@ def test_threads_hammering_one_cache(kind):
         except BaseException as e:  # pragma: no cover - a failure path
             errors.append(e)
 
-    try:
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(nthreads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    in_threads(functools.partial(work, i) for i in range(nthreads))
     assert errors == []
     assert c.hits + c.misses == sum(gets)
     check_consistent(c)

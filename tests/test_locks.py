@@ -15,7 +15,7 @@ import weakref
 import pytest
 
 import aiofast
-from helpers import error_of, spin, started
+from helpers import all_started, error_of, spin, started
 
 PY313 = sys.version_info >= (3, 13)
 
@@ -189,8 +189,7 @@ async def test_event_basic(impl):
         assert await ev.wait() is True
         order.append(i)
 
-    tasks = [asyncio.create_task(waiter(i)) for i in range(3)]
-    await spin()
+    tasks = await all_started(waiter(i) for i in range(3))
     assert order == [] and len(ev._waiters) == 3
     ev.set()
     ev.set()
@@ -264,8 +263,7 @@ async def test_semaphore_fifo_and_handoff(impl):
         await sem.acquire()
         order.append(i)
 
-    tasks = [asyncio.create_task(w(i)) for i in range(3)]
-    await spin()
+    tasks = await all_started(w(i) for i in range(3))
     assert len(sem._waiters) == 3
     sem.release()
     sem.release()
@@ -399,8 +397,7 @@ async def test_condition_with_our_lock(impl):
             await cond.wait()
             results.append(i)
 
-    tasks = [asyncio.create_task(waiter(i)) for i in range(3)]
-    await spin()
+    tasks = await all_started(waiter(i) for i in range(3))
     async with cond:
         cond.notify(2)
     await spin(10)

@@ -25,12 +25,27 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 import aiofast
-from helpers import ORACLES, oracle_fixture, run_virtual, spin, started
+from helpers import ORACLES, all_started, in_threads, oracle_fixture, run_virtual, spin, started
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import VirtualClockLoop, VirtualUVLoop
 
 ALRU = ORACLES["alru"]
 alru = oracle_fixture("alru", "alru")
+
+
+def gated(deco, result=lambda x: x):
+    """A gate (an asyncio.Event), a list of calls, and f(x), decorated with deco, which appends
+    x to the calls, waits for the gate, then returns result(x)."""
+    gate = asyncio.Event()
+    calls = []
+
+    @deco
+    async def f(x):
+        calls.append(x)
+        await gate.wait()
+        return result(x)
+
+    return gate, calls, f
 
 
 # ------------------------------------------------------------------ basics
@@ -124,17 +139,9 @@ async def test_removed_values_are_released():
 
 @pytest.mark.asyncio
 async def test_single_flight():
-    gate = asyncio.Event()
-    calls = []
+    gate, calls, f = gated(aiofast.cached, lambda x: x * 10)
 
-    @aiofast.cached
-    async def f(x):
-        calls.append(x)
-        await gate.wait()
-        return x * 10
-
-    tasks = [asyncio.create_task(f(3)) for _ in range(5)]
-    await spin()
+    tasks = await all_started(f(3) for _ in range(5))
     assert calls == [3]
     assert f.cache_contains(3) and f.cache_parameters()["tasks"] == 1
     gate.set()
@@ -146,17 +153,12 @@ async def test_single_flight():
 
 @pytest.mark.asyncio
 async def test_exception_is_shared_and_not_cached():
-    gate = asyncio.Event()
-    calls = []
-
-    @aiofast.cached
-    async def f(x):
-        calls.append(x)
-        await gate.wait()
+    def bad(x):
         raise ValueError(f"bad {x}")
 
-    tasks = [asyncio.create_task(f(1)) for _ in range(3)]
-    await spin()
+    gate, calls, f = gated(aiofast.cached, bad)
+
+    tasks = await all_started(f(1) for _ in range(3))
     gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, ValueError) for r in results)
@@ -181,14 +183,7 @@ async def test_sync_raise_in_function_call():
 
 @pytest.mark.asyncio
 async def test_cancelling_one_waiter_keeps_the_computation():
-    gate = asyncio.Event()
-    calls = []
-
-    @aiofast.cached
-    async def f(x):
-        calls.append(x)
-        await gate.wait()
-        return x
+    gate, calls, f = gated(aiofast.cached)
 
     first = asyncio.create_task(f(7))  # starts the computation
     await spin()
@@ -215,8 +210,7 @@ async def test_cancelling_every_waiter_cancels_the_computation():
             raise
         return x
 
-    tasks = [asyncio.create_task(f(1)) for _ in range(3)]
-    await spin()
+    tasks = await all_started(f(1) for _ in range(3))
     for t in tasks:
         t.cancel()
     await spin()
@@ -283,8 +277,7 @@ async def test_computation_cancelled_from_outside():
     async def f():
         await gate.wait()
 
-    waiters = [asyncio.create_task(f()) for _ in range(2)]
-    await spin()
+    waiters = await all_started(f() for _ in range(2))
     (computation,) = [t for t in asyncio.all_tasks() if t not in waiters
                       and t is not asyncio.current_task()]
     computation.cancel()
@@ -430,13 +423,7 @@ def test_argument_validation():
 
 @pytest.mark.asyncio
 async def test_invalidate_contains_clear():
-    gate = asyncio.Event()
-
-    @aiofast.cached
-    async def f(x):
-        await gate.wait()
-        return x
-
+    gate, _, f = gated(aiofast.cached)
     t = await started(f(1))
     assert f.cache_contains(1) and not f.cache_contains(2)
     assert f.cache_invalidate(1) and not f.cache_invalidate(1)
@@ -741,17 +728,7 @@ def test_sync_hits_and_threads_counters_exact():
         return x
 
     n, per = 4, 2000
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        ts = [threading.Thread(target=lambda s=s: [f((s * 7 + i) % 40) for i in range(per)])
-              for s in range(n)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    in_threads(lambda s=s: [f((s * 7 + i) % 40) for i in range(per)] for s in range(n))
     info = f.cache_info()
     assert info.hits + info.misses == n * per and info.currsize <= 16
 
@@ -858,13 +835,7 @@ async def test_not_awaited_call_does_nothing():
 
 @pytest.mark.asyncio
 async def test_close():
-    gate = asyncio.Event()
-
-    @aiofast.cached
-    async def f(x):
-        await gate.wait()
-        return x
-
+    gate, _, f = gated(aiofast.cached)
     t = await started(f(1))
     await f.cache_close()
     await spin()
@@ -908,19 +879,14 @@ async def test_alru_basic(alru):
 
 @pytest.mark.asyncio
 async def test_alru_concurrent_and_failures(alru):
-    gate = asyncio.Event()
-    calls = []
-
-    @alru
-    async def f(x):
-        calls.append(x)
-        await gate.wait()
+    def positive(x):
         if x < 0:
             raise KeyError(x)
         return x
 
-    tasks = [asyncio.create_task(f(x)) for x in (1, 1, -1, -1)]
-    await spin()
+    gate, calls, f = gated(alru, positive)
+
+    tasks = await all_started(f(x) for x in (1, 1, -1, -1))
     gate.set()
     res = await asyncio.gather(*tasks, return_exceptions=True)
     assert res[:2] == [1, 1] and isinstance(res[2], KeyError) and res[2] is res[3]
@@ -970,13 +936,7 @@ async def test_alru_methods(alru):
 
 @pytest.mark.asyncio
 async def test_alru_close(alru):
-    gate = asyncio.Event()
-
-    @alru
-    async def f(x):
-        await gate.wait()
-        return x
-
+    gate, _, f = gated(alru)
     t = await started(f(1))
     await f.cache_close()
     await spin()

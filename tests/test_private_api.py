@@ -27,7 +27,7 @@ from unittest import mock
 import pytest
 
 import aiofast
-from helpers import HERE, LOOPS, ORACLES, PY313, oracle_fixture, spin, started
+from helpers import HERE, LOOPS, ORACLES, PY313, all_started, oracle_fixture, spin, started
 
 LOCKS = ("Lock", "Semaphore", "BoundedSemaphore", "Event")
 QUEUES = ("Queue", "PriorityQueue", "LifoQueue")
@@ -226,8 +226,7 @@ async def test_assigning_waiters_reorders_them(mod):
         await sem.acquire()
         order.append(tag)
 
-    tasks = [asyncio.create_task(take(k)) for k in "abc"]
-    await spin()
+    tasks = await all_started(take(k) for k in "abc")
     futs = list(sem._waiters)
     sem._waiters = collections.deque(reversed(futs))
     assert list(sem._waiters) == futs[::-1]
@@ -273,8 +272,7 @@ async def test_semaphore_wake_up_next(mod, name):
     none_woken = sem._wake_up_next()
     assert none_woken is (False if PY313 else None) and sem._value == 1
     await sem.acquire()
-    tasks = [asyncio.create_task(sem.acquire()) for _ in range(2)]
-    await spin()
+    tasks = await all_started(sem.acquire() for _ in range(2))
     sem._value = 1
     woken = sem._wake_up_next()
     assert woken is (True if PY313 else None) and sem._value == 0
@@ -506,8 +504,7 @@ async def test_an_override_of_wakeup_next_replaces_the_wake_up(mod, name):
                     w.set_result(None)
 
     q = Q()
-    getters = [asyncio.create_task(q.get()) for _ in range(3)]
-    await spin()
+    getters = await all_started(q.get() for _ in range(3))
     q.put_nowait("x")
     await spin()
     assert len(woken) == 3 and sum(t.done() for t in getters) == 1

@@ -26,7 +26,7 @@ import uvloop
 import aiofast
 from aiofast import AsyncLimiter, TokenBucket
 
-from helpers import run_in, spin, started
+from helpers import all_started, run_in, spin, started
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, VirtualUVLoop, settle_loop
 
@@ -721,8 +721,7 @@ async def test_fifo_large_request_not_overtaken():
     log = Admissions(b)
     order, w = log.order, log.acquire
     big = await started(w("big", 8))
-    smalls = [asyncio.create_task(w(f"s{i}", 1)) for i in range(3)]
-    await spin()
+    smalls = await all_started(w(f"s{i}", 1) for i in range(3))
     assert b.waiting == 4
     await asyncio.sleep(1)  # 4 tokens in: enough for every small one, but the big one is first
     assert order == [] and b.tokens == 4.0
@@ -1037,8 +1036,7 @@ async def test_cancel_at_every_point_conserves_tokens():
                 got.append((i, n))
 
             amounts = [2, 3, 1, 2]
-            tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate(amounts)]
-            await spin()
+            tasks = await all_started(w(i, n) for i, n in enumerate(amounts))
             await asyncio.sleep(d)
             tasks[k].cancel()
             res = await asyncio.gather(*tasks, return_exceptions=True)
@@ -1071,8 +1069,7 @@ async def test_throw_and_close_leave_the_line():
 @VT
 async def test_mass_cancellation():
     b = TokenBucket(1, capacity=1, initial=0)
-    tasks = [asyncio.create_task(b.acquire()) for _ in range(2000)]
-    await spin()
+    tasks = await all_started(b.acquire() for _ in range(2000))
     assert b.waiting == 2000
     for t in tasks[:-1]:
         t.cancel()
@@ -1368,8 +1365,7 @@ async def test_reentrant_loop_callbacks():
         b.reset()
         return orig(cb, *args, context=context)
 
-    tasks = [asyncio.create_task(b.acquire(n)) for n in (2, 1, 3)]
-    await spin()
+    tasks = await all_started(b.acquire(n) for n in (2, 1, 3))
     loop.call_soon = call_soon
     try:
         await asyncio.sleep(0.5)
