@@ -1,7 +1,9 @@
 """What the test files share: letting a loop run, capturing errors, fake clocks, and the oracle
 registry.
 
-* ``spin(n)``, ``spin_until(pred)``, ``started(coro)``, ``all_started(coros)``: let the running loop run what is ready.
+* ``spin(n)``, ``spin_until(pred)``, ``started(coro)``, ``all_started(coros)``: let the running
+  loop run what is ready; ``catching_cancel(aw, caught)``: the CancelledError that went through
+  an await.
 * ``error_of(fn)``, ``outcome(task)``: what a call raised, how a task ended, as comparable values
   (a test compares them between aiofast and its oracle).
 * ``fast_thread_switching()``, ``in_threads(targets)``: threads interleaving as finely as
@@ -71,6 +73,15 @@ async def all_started(coros, n=5):
     tasks = [asyncio.create_task(coro) for coro in coros]
     await spin(n)
     return tasks
+
+
+async def catching_cancel(aw, caught):
+    """Await aw; a CancelledError raised there is appended to caught, then goes on."""
+    try:
+        return await aw
+    except asyncio.CancelledError as e:
+        caught.append(e)
+        raise
 
 
 def run_in(loop, main):

@@ -15,7 +15,7 @@ import weakref
 import pytest
 
 import aiofast
-from helpers import all_started, error_of, spin, started
+from helpers import all_started, catching_cancel, error_of, spin, started
 
 PY313 = sys.version_info >= (3, 13)
 
@@ -342,15 +342,7 @@ async def test_cancel_message_and_identity_survive(impl):
     lock = impl.Lock()
     await lock.acquire()
     caught = []
-
-    async def w():
-        try:
-            await lock.acquire()
-        except asyncio.CancelledError as e:
-            caught.append(e)
-            raise
-
-    t = await started(w())
+    t = await started(catching_cancel(lock.acquire(), caught))
     t.cancel("my message")
     with pytest.raises(asyncio.CancelledError) as ei:
         await t

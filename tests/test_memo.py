@@ -33,19 +33,25 @@ ALRU = ORACLES["alru"]
 alru = oracle_fixture("alru", "alru")
 
 
-def gated(deco, result=lambda x: x):
-    """A gate (an asyncio.Event), a list of calls, and f(x), decorated with deco, which appends
-    x to the calls, waits for the gate, then returns result(x)."""
-    gate = asyncio.Event()
+def recording(deco, result=lambda x: x, gate=None):
+    """A list of calls, and f(x), decorated with deco, which appends x to the calls, waits for
+    the gate (an asyncio.Event) if there is one, then returns result(x)."""
     calls = []
 
     @deco
     async def f(x):
         calls.append(x)
-        await gate.wait()
+        if gate is not None:
+            await gate.wait()
         return result(x)
 
-    return gate, calls, f
+    return calls, f
+
+
+def gated(deco, result=lambda x: x):
+    """recording() with a gate: the gate, the calls, f."""
+    gate = asyncio.Event()
+    return (gate, *recording(deco, result, gate))
 
 
 # ------------------------------------------------------------------ basics
@@ -373,12 +379,7 @@ async def test_custom_key():
 
 @pytest.mark.asyncio
 async def test_maxsize_lru_eviction():
-    calls = []
-
-    @aiofast.cached(maxsize=2)
-    async def f(x):
-        calls.append(x)
-        return x
+    calls, f = recording(aiofast.cached(maxsize=2))
 
     for x in (1, 2, 1, 3, 2, 1):
         await f(x)
@@ -389,12 +390,7 @@ async def test_maxsize_lru_eviction():
 
 @pytest.mark.asyncio
 async def test_maxsize_zero_and_none():
-    calls = []
-
-    @aiofast.cached(maxsize=0)
-    async def f(x):
-        calls.append(x)
-        return x
+    calls, f = recording(aiofast.cached(maxsize=0))
 
     assert await f(1) == await f(1) == 1 and calls == [1, 1]
     assert f.cache_info() == functools._CacheInfo(0, 2, 0, 0)
@@ -819,12 +815,7 @@ def test_results_survive_a_loop_change_and_stale_flights_are_replaced():
 
 @pytest.mark.asyncio
 async def test_not_awaited_call_does_nothing():
-    calls = []
-
-    @aiofast.cached
-    async def f(x):
-        calls.append(x)
-        return x
+    calls, f = recording(aiofast.cached)
 
     aw = f(1)
     aw.close()
@@ -852,12 +843,7 @@ async def test_close():
 
 @pytest.mark.asyncio
 async def test_alru_basic(alru):
-    calls = []
-
-    @alru
-    async def f(x):
-        calls.append(x)
-        return x * 2
+    calls, f = recording(alru, lambda x: x * 2)
 
     @alru(maxsize=2, typed=True)
     async def g(x):
@@ -1501,12 +1487,7 @@ async def test_bound_method_is_weakly_referenceable(alru):
                          ids=["asyncio", "uvloop"])
 def test_new_loop_warns_once_and_clears(alru_and_warning, new_loop):
     alru, Warning = alru_and_warning
-    calls = []
-
-    @alru(maxsize=10)
-    async def f(x):
-        calls.append(x)
-        return x * 2
+    calls, f = recording(alru(maxsize=10), lambda x: x * 2)
 
     async def twice_in_the_loop():
         return [await f(1), await f(1)]  # a miss, then a hit

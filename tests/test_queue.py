@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import aiofast
-from helpers import LOOPS, ORACLES, PY313, error_of, oracle_fixture, outcome, spin, started
+from helpers import LOOPS, ORACLES, PY313, catching_cancel, error_of, oracle_fixture, outcome, spin, started
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -419,15 +419,7 @@ async def test_woken_then_cancelled_putter_passes_wakeup_on(qimpl):
 async def test_cancel_message_and_identity_survive(qimpl):
     q = qimpl.Queue()
     caught = []
-
-    async def getter():
-        try:
-            await q.get()
-        except asyncio.CancelledError as e:
-            caught.append(e)
-            raise
-
-    t = await started(getter())
+    t = await started(catching_cancel(q.get(), caught))
     t.cancel("stop now")
     await asyncio.gather(t, return_exceptions=True)
     assert t.cancelled()
@@ -1182,25 +1174,33 @@ def apply_ours(q, op):
         return ("raised", type(e), str(e))
 
 
+def check_step_against_heapq(q, ref, op, same_message=True):
+    """Apply op to our PriorityQueue q and to ref with heapq: the same outcome (an error's
+    message too, if same_message), the same questions to user comparisons, the same heap."""
+    LOG.clear()
+    expect = apply_heapq(ref, op)
+    log_ref = list(LOG)
+    LOG.clear()
+    got = apply_ours(q, op)
+    if expect[0] == "ok":
+        assert got[0] == "ok" and got[1] is expect[1]
+        # the same questions, in the same order, to user comparisons
+        assert LOG == log_ref
+    else:
+        assert got[:2] == expect[:2]
+        if same_message:
+            assert got[2] == expect[2]
+    # the same objects in the same places (identity: NaN, -0.0, True vs 1 all distinguished)
+    assert len(q._queue) == len(ref) and all(a is b for a, b in zip(q._queue, ref))
+
+
 @settings(max_examples=400, deadline=None)
 @given(ops=OPS)
 def test_aiofast_heap_matches_heapq_item_for_item(ops):
     q = aiofast.PriorityQueue()
     ref = []
     for op in ops:
-        LOG.clear()
-        expect = apply_heapq(ref, op)
-        log_ref = list(LOG)
-        LOG.clear()
-        got = apply_ours(q, op)
-        if expect[0] == "ok":
-            assert got[0] == "ok" and got[1] is expect[1]
-            # the same questions, in the same order, to user comparisons
-            assert LOG == log_ref
-        else:
-            assert got[:2] == expect[:2] and got[2] == expect[2]
-        # the same objects in the same places (identity: NaN, -0.0, True vs 1 all distinguished)
-        assert len(q._queue) == len(ref) and all(a is b for a, b in zip(q._queue, ref))
+        check_step_against_heapq(q, ref, op)
         assert q.qsize() == len(ref)
 
 
@@ -1261,17 +1261,7 @@ def test_aiofast_dataclass_items_match_heapq(ops):
     q = aiofast.PriorityQueue()
     ref = []
     for op in ops:
-        LOG.clear()
-        expect = apply_heapq(ref, op)
-        log_ref = list(LOG)
-        LOG.clear()
-        got = apply_ours(q, op)
-        if expect[0] == "ok":
-            assert got[0] == "ok" and got[1] is expect[1]
-            assert LOG == log_ref
-        else:
-            assert got[:2] == expect[:2]
-        assert all(a is b for a, b in zip(q._queue, ref)) and len(q._queue) == len(ref)
+        check_step_against_heapq(q, ref, op, same_message=False)
 
 
 @pytest.mark.asyncio
@@ -1603,6 +1593,21 @@ async def test_aiofast_shutdown_immediate_wakes_waiters_even_if_discarding_raise
     assert q.empty() and q._unfinished_tasks == 0 and q._finished.is_set()
 
 
+def reentering_item(ns, q, seen, state):
+    """A class whose instances, when deleted, append state() to seen, then take an item from q
+    (a queue of implementation ns) if there is one."""
+
+    class Reenter:
+        def __del__(self):
+            seen.append(state())
+            try:
+                q.get_nowait()
+            except (asyncio.QueueEmpty, ns.QueueShutDown):
+                pass
+
+    return Reenter
+
+
 def test_item_del_reentering_after_the_count_reached_zero_during_shutdown():
     # the count reaches 0 before the drain ends and _finished is set after it (asyncio's order);
     # an item's __del__ in between sees that state (the debug checker allows it there)
@@ -1610,14 +1615,8 @@ def test_item_del_reentering_after_the_count_reached_zero_during_shutdown():
     for name, ns in QIMPLS.items():
         q = ns.Queue()
         seen = []
-
-        class Reenter:
-            def __del__(self):
-                seen.append((q.qsize(), q._unfinished_tasks, q._finished.is_set()))
-                try:
-                    q.get_nowait()
-                except (asyncio.QueueEmpty, ns.QueueShutDown):
-                    pass
+        Reenter = reentering_item(
+            ns, q, seen, lambda q=q: (q.qsize(), q._unfinished_tasks, q._finished.is_set()))
 
         class Plain:
             pass
@@ -1641,14 +1640,7 @@ def test_item_del_reentering_during_shutdown():
     for name, ns in QIMPLS.items():
         q = ns.Queue()
         seen = []
-
-        class Reenter:
-            def __del__(self):
-                seen.append(q.qsize())
-                try:
-                    q.get_nowait()
-                except (asyncio.QueueEmpty, ns.QueueShutDown):
-                    pass
+        Reenter = reentering_item(ns, q, seen, q.qsize)
 
         for _ in range(3):
             q.put_nowait(Reenter())
