@@ -514,43 +514,17 @@ async def test_subclass_hooks_are_called_exactly_as_asyncio_calls_them(kind):
     counts = {}
 
     def make(base):
-        class Counting(base):
-            def _count(self, name):
-                counts[base.__name__ + "." + name] = counts.get(base.__name__ + "." + name, 0) + 1
+        # a subclass overriding each hook with one that counts its calls, then calls base's
+        def counting(hook):
+            def method(self, *args):
+                counts[base.__name__ + "." + hook] = counts.get(base.__name__ + "." + hook, 0) + 1
+                return getattr(base, hook)(self, *args)
 
-            def _init(self, maxsize):
-                self._count("_init")
-                super()._init(maxsize)
+            method.__name__ = hook
+            return method
 
-            def _put(self, item):
-                self._count("_put")
-                super()._put(item)
-
-            def _get(self):
-                self._count("_get")
-                return super()._get()
-
-            def qsize(self):
-                self._count("qsize")
-                return super().qsize()
-
-            def empty(self):
-                self._count("empty")
-                return super().empty()
-
-            def full(self):
-                self._count("full")
-                return super().full()
-
-            def put_nowait(self, item):
-                self._count("put_nowait")
-                return super().put_nowait(item)
-
-            def get_nowait(self):
-                self._count("get_nowait")
-                return super().get_nowait()
-
-        return Counting
+        hooks = ("_init", "_put", "_get", "qsize", "empty", "full", "put_nowait", "get_nowait")
+        return type("Counting", (base,), {hook: counting(hook) for hook in hooks})
 
     results = {}
     for name, ns in QIMPLS.items():
@@ -1288,20 +1262,30 @@ async def test_reference_task_processor(qimpl):
     await asyncio.gather(*consumers, return_exceptions=True)
     assert sorted(t.task_id for t in done) == sorted(f"{p}-{i}" for p in range(3) for i in range(20))
     assert not NoFields(1) < NoFields(2)  # no compared field: never less, so FIFO-ish
-    q2 = qimpl.PriorityQueue()
-    for i in range(3):
-        q2.put_nowait(NoFields(i))
+    q2 = filled(qimpl.PriorityQueue(), (NoFields(i) for i in range(3)))
     assert [q2.get_nowait().x for _ in range(3)] == [0, 1, 2]
 
 
-def test_aiofast_dataclass_lt_replaced_later_is_honoured():
+def filled(q, items):
+    for x in items:
+        q.put_nowait(x)
+    return q
+
+
+def new_ordered_dataclass():
+    """A new class D(p: int), dataclass(order=True): each test changes its own."""
+
     @dataclasses.dataclass(order=True)
     class D:
         p: int
 
-    q = aiofast.PriorityQueue()
-    for p in (3, 1, 2):
-        q.put_nowait(D(p))  # the fast path learns D's generated __lt__
+    return D
+
+
+def test_aiofast_dataclass_lt_replaced_later_is_honoured():
+    D = new_ordered_dataclass()
+    # the fast path learns D's generated __lt__
+    q = filled(aiofast.PriorityQueue(), (D(p) for p in (3, 1, 2)))
     assert q.get_nowait().p == 1
     q.get_nowait()
     q.get_nowait()
@@ -1324,23 +1308,14 @@ def test_aiofast_dataclass_like_lt_that_is_not_generated_is_called():
          "        return (self.p,) > (other.p,)\n"
          "    return NotImplemented\n", ns)
 
-    @dataclasses.dataclass(order=True)
-    class D:
-        p: int
-
+    D = new_ordered_dataclass()
     D.__lt__ = ns["__lt__"]
-    q = aiofast.PriorityQueue()
-    for p in (1, 3, 2):
-        q.put_nowait(D(p))
+    q = filled(aiofast.PriorityQueue(), (D(p) for p in (1, 3, 2)))
     assert [q.get_nowait().p for _ in range(3)] == [3, 2, 1]
 
 
 def test_aiofast_dataclass_field_errors_and_properties():
-    @dataclasses.dataclass(order=True)
-    class D:
-        p: int
-
-    class E(D):
+    class E(new_ordered_dataclass()):
         @property
         def p(self):
             raise LookupError("no p")
