@@ -863,6 +863,15 @@ def tolerant(fn):
     return step
 
 
+def ready_rule(**strategies):
+    """A tolerant() rule of CacheMachine that runs once the machine is set up."""
+
+    def decorate(fn):
+        return precondition(lambda self: self.ready())(rule(**strategies)(tolerant(fn)))
+
+    return decorate
+
+
 class CacheMachine(RuleBasedStateMachine):
     """The caches against Model, plus hostile keys and values: __hash__/__eq__ that raise,
     __eq__ that mutates the cache mid-lookup, values whose __del__ re-enters the cache, and a
@@ -936,9 +945,7 @@ class CacheMachine(RuleBasedStateMachine):
             self.cache.set(k, value, ttl=ttl)
         return True
 
-    @precondition(ready)
-    @rule(k=keys_st, v=vals_st)
-    @tolerant
+    @ready_rule(k=keys_st, v=vals_st)
     def setitem(self, k, v):
         self._set(k, v)
 
@@ -948,9 +955,7 @@ class CacheMachine(RuleBasedStateMachine):
     def set_ttl(self, k, v, ttl):
         self._set(k, v, ttl)
 
-    @precondition(ready)
-    @rule(k=keys_st)
-    @tolerant
+    @ready_rule(k=keys_st)
     def getitem(self, k):
         m = self.model
         now = self.clock.now
@@ -962,9 +967,7 @@ class CacheMachine(RuleBasedStateMachine):
             with pytest.raises(KeyError):
                 self.cache[k]
 
-    @precondition(ready)
-    @rule(k=keys_st)
-    @tolerant
+    @ready_rule(k=keys_st)
     def get(self, k):
         m = self.model
         if m.fresh(k, self.clock.now):
@@ -973,9 +976,7 @@ class CacheMachine(RuleBasedStateMachine):
         else:
             assert self.cache.get(k, "d") == "d"
 
-    @precondition(ready)
-    @rule(k=keys_st)
-    @tolerant
+    @ready_rule(k=keys_st)
     def delitem(self, k):
         m = self.model
         if k in m.data:
@@ -987,9 +988,7 @@ class CacheMachine(RuleBasedStateMachine):
         with pytest.raises(KeyError):
             del self.cache[k]
 
-    @precondition(ready)
-    @rule(k=keys_st)
-    @tolerant
+    @ready_rule(k=keys_st)
     def pop(self, k):
         m = self.model
         if m.fresh(k, self.clock.now):
@@ -999,9 +998,7 @@ class CacheMachine(RuleBasedStateMachine):
         else:
             assert self.cache.pop(k, "d") == "d"
 
-    @precondition(ready)
-    @rule()
-    @tolerant
+    @ready_rule()
     def popitem(self):
         m = self.model
         if m.ttl is not None:
@@ -1026,9 +1023,7 @@ class CacheMachine(RuleBasedStateMachine):
     def expire(self):
         assert self.cache.expire() == self.model.expire(self.clock.now)
 
-    @precondition(ready)
-    @rule(k=keys_st, v=vals_st)
-    @tolerant
+    @ready_rule(k=keys_st, v=vals_st)
     def setdefault(self, k, v):
         m = self.model
         if m.fresh(k, self.clock.now):
@@ -1048,15 +1043,11 @@ class CacheMachine(RuleBasedStateMachine):
     def contains(self, k):
         assert (k in self.cache) == self.model.fresh(k, self.clock.now)
 
-    @precondition(ready)
-    @rule()
-    @tolerant
+    @ready_rule()
     def copy(self):
         self.cache = copy.copy(self.cache)
 
-    @precondition(ready)
-    @rule()
-    @tolerant
+    @ready_rule()
     def deepcopy(self):
         """Through __reduce__/__setstate__ (what pickle uses), keeping our clock. Hostile
         values are copied too; the originals die with the old cache, re-entering the new."""
@@ -1064,9 +1055,7 @@ class CacheMachine(RuleBasedStateMachine):
         keep.update((id(k), k) for k in self.model.data if isinstance(k, MutatingEq))
         self.cache = copy.deepcopy(self.cache, keep)  # (keys compared by identity: kept)
 
-    @precondition(ready)
-    @rule(n=st.integers(1, 40))
-    @tolerant
+    @ready_rule(n=st.integers(1, 40))
     def churn(self, n):
         """Insert and delete fresh keys: holes, compaction and rebuilds of the table."""
         m = self.model
@@ -1083,9 +1072,7 @@ class CacheMachine(RuleBasedStateMachine):
                 m.remove(k)
                 del self.cache[k]
 
-    @precondition(ready)
-    @rule()
-    @tolerant
+    @ready_rule()
     def clear(self):
         self.cache.clear()
         self.model.data.clear()
@@ -1153,9 +1140,7 @@ class CacheMachine(RuleBasedStateMachine):
         finally:
             probe.action = None
 
-    @precondition(ready)
-    @rule(k=keys_st, v=vals_st, action=st.sampled_from(DEL_ACTIONS))
-    @tolerant
+    @ready_rule(k=keys_st, v=vals_st, action=st.sampled_from(DEL_ACTIONS))
     def set_hostile_value(self, k, v, action):
         """A value whose __del__ re-enters the cache once the cache drops it."""
         value = DelInt(v)
@@ -1167,9 +1152,7 @@ class CacheMachine(RuleBasedStateMachine):
         finally:
             del value
 
-    @precondition(ready)
-    @rule(k=keys_st, v=vals_st)
-    @tolerant
+    @ready_rule(k=keys_st, v=vals_st)
     def set_poison(self, k, v):
         """A value whose getsizeof raises: the insert fails before changing anything (but the
         expiry a TTLCache runs first); without getsizeof it is an ordinary value."""

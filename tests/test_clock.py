@@ -172,6 +172,20 @@ def loop_reading(loop_cls, start):
 # patches of the running loop's time
 
 
+def period_under(fam, Loop, patch, start):
+    """On a loop of class Loop: an object of fam, warmed on the loop's own clock, then the
+    period while patch(loop, read) is in effect, read() reading a box from start on."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        obj = await warmed(fam)
+        box, advance = boxed(start)
+        with patch(loop, lambda: box[0]):
+            await period(fam, obj, advance)
+
+    run_in(Loop(), main)
+
+
 @pytest.mark.parametrize("own_time", [False, True], ids=["loop-time", "own-time"])
 @pytest.mark.parametrize("start", [10.0, 1e12], ids=["below", "above"])
 def test_instance_patch_of_loop_time(fam, loop_cls, start, own_time):
@@ -185,56 +199,37 @@ def test_instance_patch_of_loop_time(fam, loop_cls, start, own_time):
             def time(self):
                 return super().time()
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        obj = await warmed(fam)
-        box, advance = boxed(start)
-        with mock.patch.object(loop, "time", lambda: box[0]):
-            await period(fam, obj, advance)
-
-    run_in(Loop(), main)
+    period_under(fam, Loop, lambda loop, read: mock.patch.object(loop, "time", read), start)
 
 
 def test_class_patch_of_loop_time(fam, loop_cls):
     class Loop(loop_cls):
         pass
 
-    async def main():
-        obj = await warmed(fam)
-        box, advance = boxed(50.0)
-        with mock.patch.object(Loop, "time", lambda self: box[0]):
-            await period(fam, obj, advance)
-
-    run_in(Loop(), main)
+    period_under(fam, Loop,
+                 lambda loop, read: mock.patch.object(Loop, "time", lambda self: read()), 50.0)
 
 
 def test_class_assignment(fam, loop_cls):
     class Loop(loop_cls):
         pass
 
-    Patched, box, advance = loop_reading(Loop, 70.0)
+    def patch(loop, read):
+        class Patched(Loop):
+            def time(self):
+                return read()
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        obj = await warmed(fam)
-        with swapped(loop, "__class__", Patched):
-            await period(fam, obj, advance)
+        return swapped(loop, "__class__", Patched)
 
-    run_in(Loop(), main)
+    period_under(fam, Loop, patch, 70.0)
 
 
 def test_instance_dict_replacement(fam, loop_cls):
     class Loop(loop_cls):
         pass
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        obj = await warmed(fam)
-        box, advance = boxed(90.0)
-        with swapped(loop, "__dict__", dict(loop.__dict__, time=lambda: box[0])):
-            await period(fam, obj, advance)
-
-    run_in(Loop(), main)
+    period_under(fam, Loop,
+                 lambda loop, read: swapped(loop, "__dict__", dict(loop.__dict__, time=read)), 90.0)
 
 
 def test_loop_subclass_with_its_own_time(fam, loop_cls):

@@ -687,10 +687,8 @@ async def test_one_timer_no_polling():
     with TimerSpy(asyncio.get_running_loop()) as spy:
         b = TokenBucket(4, capacity=8, initial=0)
         log = Admissions(b)
-        order, w = log.order, log.acquire
-        tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate([1, 4, 1, 2, 1])]
-        await asyncio.gather(*tasks)
-        assert order == [(0, 0.25), (1, 1.25), (2, 1.5), (3, 2.0), (4, 2.25)]
+        await asyncio.gather(*(log.acquire(i, n) for i, n in enumerate([1, 4, 1, 2, 1])))
+        assert log.order == [(0, 0.25), (1, 1.25), (2, 1.5), (3, 2.0), (4, 2.25)]
         # one timer per admission, never two at once, none left behind
         assert spy.max_pending == 1
         assert spy.fired == 5
