@@ -1826,6 +1826,15 @@ class MSide:
         it = MItem(self.sid, s, mode, fuse)
         return ((s % 3 if prio is None else prio), it) if self.prio else it
 
+    def attempt(self, name, fn, errors=Exception):
+        """fn(): True if it returned; False if it raised one of errors, noted in the trace."""
+        try:
+            fn()
+        except errors as e:
+            self.trace.append((name, type(e).__name__))
+            return False
+        return True
+
     def put_done(self, s):
         self.put_ok.add(s)
         self.unfinished += 1
@@ -1988,12 +1997,8 @@ class QueueMachine(RuleBasedStateMachine):
     def get_nowait(self, n):
         def go(side):
             for _ in range(n):
-                try:
-                    s = serial_of(side.q.get_nowait())  # the item is dropped at once
-                except Exception as e:  # noqa: BLE001
-                    side.trace.append(("get_nowait", type(e).__name__))
-                else:
-                    side.got.append(s)
+                # the item is dropped at once
+                side.attempt("get_nowait", lambda: side.got.append(serial_of(side.q.get_nowait())))
         self.each(go)
 
     @precondition(lambda self: self.sides and len(self.sides[0].tasks) < MAX_MTASKS)
@@ -2029,11 +2034,7 @@ class QueueMachine(RuleBasedStateMachine):
     def task_done(self, n):
         def go(side):
             for _ in range(n):
-                try:
-                    side.q.task_done()
-                except ValueError:
-                    side.trace.append(("task_done", "ValueError"))
-                else:
+                if side.attempt("task_done", side.q.task_done, ValueError):
                     side.unfinished -= 1
         self.each(go)
 

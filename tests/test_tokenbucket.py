@@ -26,7 +26,7 @@ import uvloop
 import aiofast
 from aiofast import AsyncLimiter, TokenBucket
 
-from helpers import all_started, run_in, spin, started
+from helpers import all_started, oracle_fixture, run_in, spin, started
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, VirtualUVLoop, settle_loop
 
@@ -35,6 +35,12 @@ VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
 
 def now():
     return asyncio.get_running_loop().time()
+
+
+def bucket_and_now(*args, **kwargs):
+    """TokenBucket(*args, **kwargs), and the running loop's time once it is made."""
+    b = TokenBucket(*args, **kwargs)
+    return b, now()
 
 
 class Admissions:
@@ -248,8 +254,7 @@ async def test_reinit_to_a_smaller_capacity_before_the_await():
 async def test_huge_negative_timeout_means_at_once():
     # Found by reading tb_timeout_arg for the state machine: a timeout too large for a float was
     # taken as "no limit" whatever its sign, so timeout=-10**400 waited for ever.
-    b = TokenBucket(4, capacity=2, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=2, initial=0)
     for t in (-(10**400), fractions.Fraction(-(10**400)),
               type("NegHuge", (), {"__index__": lambda s: -(10**400)})()):
         with pytest.raises(TimeoutError, match="not available at once"):
@@ -645,8 +650,7 @@ async def test_refill_arithmetic():
 
 @VT
 async def test_burst_then_wait_exactly():
-    b = TokenBucket(4, capacity=3)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=3)
     for _ in range(3):
         await b.acquire()
     assert now() == t0 and b.tokens == 0.0
@@ -659,8 +663,7 @@ async def test_burst_then_wait_exactly():
 
 @VT
 async def test_github_rate():
-    b = TokenBucket(5000, per=3600)
-    t0 = now()
+    b, t0 = bucket_and_now(5000, per=3600)
     for _ in range(5000):
         assert b.try_acquire()
     assert not b.try_acquire()
@@ -672,8 +675,7 @@ async def test_github_rate():
 
 @VT
 async def test_initial_tokens_and_fractional_waits():
-    b = TokenBucket(2, capacity=4, initial=1.5)
-    t0 = now()
+    b, t0 = bucket_and_now(2, capacity=4, initial=1.5)
     await b.acquire(1.5)
     assert now() == t0
     await b.acquire(0.5)
@@ -745,8 +747,7 @@ async def test_newcomer_queues_behind_waiters():
 async def test_thousands_of_waiters():
     with TimerSpy(asyncio.get_running_loop()) as spy:
         n = 3000
-        b = TokenBucket(1024, capacity=1, initial=0)
-        t0 = now()
+        b, t0 = bucket_and_now(1024, capacity=1, initial=0)
         done = []
 
         async def w(i):
@@ -793,8 +794,7 @@ def admission_times(loop, n):
     at 4 tokens/s holding at most 1, starting empty."""
 
     async def main():
-        b = TokenBucket(4, capacity=1, initial=0)
-        t0 = now()
+        b, t0 = bucket_and_now(4, capacity=1, initial=0)
         times = []
         for _ in range(n):
             await b.acquire()
@@ -843,8 +843,7 @@ async def test_early_timers_cannot_run_the_bucket_ahead():
     loop.call_at = call_at
     try:
         rate = 16384
-        b = TokenBucket(rate, capacity=1, initial=0)
-        t0 = now()
+        b, t0 = bucket_and_now(rate, capacity=1, initial=0)
         n = 0
         while now() == t0:  # the clock stands still while the loop is busy
             await b.acquire()
@@ -863,8 +862,7 @@ async def test_early_timers_cannot_run_the_bucket_ahead():
 
 @VT
 async def test_timeout_takes_nothing():
-    b = TokenBucket(4, capacity=8, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=8, initial=0)
     with pytest.raises(TimeoutError, match=r"acquire\(8\.0\) timed out after 1\.0 s"):
         await b.acquire(8, timeout=1)
     assert now() == t0 + 1
@@ -876,8 +874,7 @@ async def test_timeout_takes_nothing():
 @VT
 async def test_timeout_of_a_waiter_behind_the_head():
     with TimerSpy(asyncio.get_running_loop()) as spy:
-        b = TokenBucket(4, capacity=8, initial=0)
-        t0 = now()
+        b, t0 = bucket_and_now(4, capacity=8, initial=0)
         head = await started(b.acquire(8))
         behind = asyncio.create_task(b.acquire(1, timeout=0.5))
         late = await started(b.acquire(1, timeout=5))
@@ -893,8 +890,7 @@ async def test_timeout_of_a_waiter_behind_the_head():
 
 @VT
 async def test_timeout_zero_and_negative():
-    b = TokenBucket(4, capacity=2)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=2)
     await b.acquire(2, timeout=0)  # available: no wait needed
     for t in (0, -1, -math.inf):
         with pytest.raises(TimeoutError, match="not available at once"):
@@ -906,16 +902,14 @@ async def test_timeout_zero_and_negative():
 
 @VT
 async def test_timeout_when_tokens_arrive_exactly_at_the_deadline():
-    b = TokenBucket(4, capacity=4, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=4, initial=0)
     await b.acquire(2, timeout=0.5)  # ready at 0.5 == deadline: tokens win
     assert now() == t0 + 0.5
 
 
 @VT
 async def test_timeout_with_asyncio_timeout_also_works():
-    b = TokenBucket(4, capacity=4, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=4, initial=0)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(b.acquire(4), 0.5)
     assert now() == t0 + 0.5 and b.waiting == 0
@@ -926,8 +920,7 @@ async def test_timeout_with_asyncio_timeout_also_works():
 @VT
 async def test_cancel_the_waiter_with_the_earliest_deadline():
     with TimerSpy(asyncio.get_running_loop()) as spy:
-        b = TokenBucket(4, capacity=8, initial=0)
-        t0 = now()
+        b, t0 = bucket_and_now(4, capacity=8, initial=0)
         head = asyncio.create_task(b.acquire(8))
         timed = await started(b.acquire(1, timeout=0.5))
         timed.cancel()
@@ -962,8 +955,7 @@ async def test_many_timeouts_compact():
 
 @VT
 async def test_cancel_head_lets_the_next_go():
-    b = TokenBucket(4, capacity=8, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=8, initial=0)
     head = await started(b.acquire(8))
     nxt = asyncio.create_task(b.acquire(2))
     await asyncio.sleep(1)  # 4 tokens
@@ -976,8 +968,7 @@ async def test_cancel_head_lets_the_next_go():
 
 @VT
 async def test_cancel_middle_waiter():
-    b = TokenBucket(4, capacity=8, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=8, initial=0)
     order = []
 
     caught = []
@@ -1004,8 +995,7 @@ async def test_cancel_middle_waiter():
 
 @VT
 async def test_cancel_after_being_admitted_gives_tokens_back():
-    b = TokenBucket(4, capacity=4, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=4, initial=0)
     first = asyncio.create_task(b.acquire(2))
     second = asyncio.create_task(b.acquire(2))
     await asyncio.sleep(0.5)  # first admitted now: its future holds a result, its task not run
@@ -1025,8 +1015,7 @@ async def test_cancel_at_every_point_conserves_tokens():
     rate, cap = 8, 64
     for k in range(4):
         for d in (0, 0.125, 0.25, 0.375, 0.5, 1.0):
-            b = TokenBucket(rate, capacity=cap, initial=0)
-            t0 = now()
+            b, t0 = bucket_and_now(rate, capacity=cap, initial=0)
             got = []
 
             async def w(i, n):
@@ -1097,8 +1086,7 @@ async def test_dead_head_does_not_block_a_newcomer():
 
 @VT
 async def test_async_with():
-    b = TokenBucket(4, capacity=1)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=1)
     for i in range(3):
         async with b as v:
             assert v is None
@@ -1212,8 +1200,7 @@ def test_decorator_bad_use():
 
 @VT
 async def test_reset():
-    b = TokenBucket(4, capacity=4, initial=1)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=4, initial=1)
     w = asyncio.create_task(b.acquire(4))
     await asyncio.sleep(0.5)  # 3 tokens
     b.reset()  # back to initial (1): the waiter stays
@@ -1401,9 +1388,7 @@ async def test_reentrant_timer_arming():
 # aiolimiter: the same scenarios on aiolimiter.AsyncLimiter and ours
 
 
-@pytest.fixture(params=["aiofast", "aiolimiter"])
-def Limiter(request):
-    return {"aiofast": AsyncLimiter, "aiolimiter": aiolimiter.AsyncLimiter}[request.param]
+Limiter = oracle_fixture("limiter", "Limiter")
 
 
 @VT
