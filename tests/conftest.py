@@ -60,7 +60,7 @@ def pytest_asyncio_loop_factories(config, item):
 
 
 impl = oracle_fixture("locks", "impl",
-                      "The implementation under test: aiofast's classes, or asyncio's as the oracle.")
+                      "The classes under test: aiofast's, or asyncio's (the oracle).")
 
 
 @pytest.fixture(autouse=True)

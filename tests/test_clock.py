@@ -228,8 +228,10 @@ def test_instance_dict_replacement(fam, loop_cls):
     class Loop(loop_cls):
         pass
 
-    period_under(fam, Loop,
-                 lambda loop, read: swapped(loop, "__dict__", dict(loop.__dict__, time=read)), 90.0)
+    def patch(loop, read):
+        return swapped(loop, "__dict__", dict(loop.__dict__, time=read))
+
+    period_under(fam, Loop, patch, 90.0)
 
 
 def test_loop_subclass_with_its_own_time(fam, loop_cls):

@@ -33,7 +33,7 @@ LOCKS = ("Lock", "Semaphore", "BoundedSemaphore", "Event")
 QUEUES = ("Queue", "PriorityQueue", "LifoQueue")
 IMPLS = ORACLES["modules"]
 mod = oracle_fixture("modules", "mod",
-                     "aiofast, or asyncio (the oracle): both expose the classes under the same names.")
+                     "aiofast, or asyncio (the oracle): the classes under the same names in both.")
 
 
 def private(obj):

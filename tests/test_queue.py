@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import aiofast
-from helpers import LOOPS, ORACLES, PY313, catching_cancel, error_of, oracle_fixture, outcome, spin, started
+from helpers import (LOOPS, ORACLES, PY313, catching_cancel, error_of, oracle_fixture, outcome,
+                     spin, started)
 
 pytestmark = pytest.mark.filterwarnings("error")
 
