@@ -25,32 +25,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiofast.redis import _SCRIPTS, RedisTokenBucket, RedisUnavailableError
-from redis_server import RedisServer
+from redis_server import RedisServer, loop_clock_as_server_clock
 
 VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="session")
-def server():
-    srv = RedisServer().start()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def own_server():
-    """A server of this test's own, to kill and restart."""
-    srv = RedisServer().start()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def sync(server):
-    c = redis.Redis.from_url(server.url)
-    yield c
-    c.close()
 
 
 def fresh():
@@ -192,14 +170,7 @@ class VBucket(RedisTokenBucket):
     """The server's clock read from the loop's virtual clock (tests only)."""
 
     __slots__ = ()
-
-    @property
-    def _now(self):
-        return repr(asyncio.get_running_loop().time() * 1e6)
-
-    @_now.setter
-    def _now(self, value):
-        pass
+    _now = loop_clock_as_server_clock()
 
     def _delay(self, reply):
         # the instant reserved, on the loop's clock (the server's here): exact, although the
