@@ -132,8 +132,25 @@ if type(tat) == 'table' then return tat end
 return f(tat - now)
 """
 
+# LEASE(key; interval, need, most, tau, now) -> {tokens taken, now, wait}.
+# Takes as many tokens as are available now, at most `most`, if at least `need` are (the test
+# of ACQUIRE for `need`: nobody waits and they have flowed in); else takes nothing (0) and says
+# how long until `need` would be there (if nobody else took them).
+_LEASE = _PRELUDE + """
+local now = clock(ARGV[5])
+local tat = read_tat(KEYS[1], now)
+if type(tat) == 'table' then return tat end
+local iv, need, tau = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local wait = tat + need * iv - tau - now
+if wait > 0 then return {'0', f(now), f(wait)} end
+local k = math.max(need, math.min(tonumber(ARGV[3]), (tau - (tat - now)) / iv))
+store(KEYS[1], tat + k * iv, now, '')
+return {f(k), f(now), '0'}
+"""
+
 _SCRIPTS = {name: (src, hashlib.sha1(src.encode()).hexdigest())
-            for name, src in (("acquire", _ACQUIRE), ("release", _RELEASE), ("peek", _PEEK))}
+            for name, src in (("acquire", _ACQUIRE), ("release", _RELEASE), ("peek", _PEEK),
+                              ("lease", _LEASE))}
 
 # Key names: printable ASCII without spaces, quotes or backslashes (so they read the same in
 # logs and redis-cli), at most 200 characters, after a prefix that keeps them apart from other
@@ -496,15 +513,30 @@ class RedisTokenBucket(_Scripted):
 
     ``multiplex=True`` (default): the buckets of one client share one connection of its pool,
     pipelined (see above); ``False``: every call goes through ``client.evalsha``.
+
+    Leasing for hot keys (``lease=N``, from 1 to ``capacity`` tokens): ``try_acquire()`` takes,
+    in one round trip, as many tokens as have flowed in (at most N held by the process, at
+    least what the call needs) and spends them locally, with no round trip, until they run out;
+    a refused lease tells when the tokens missing will have flowed in, and until then the
+    process refuses without asking. ``acquire()`` spends leased tokens first, and otherwise
+    reserves exactly its own. The cost: tokens a process holds were taken from Redis earlier,
+    so in any window of w seconds the fleet admits at most ``rate * w / per + capacity +
+    processes * N`` tokens (instead of ``rate * w / per + capacity``), never more than the
+    bucket gave out in all; and tokens held by a process that stops asking are lost to the
+    others (at most ``processes * N`` at any instant). Under demand below the rate, one round
+    trip serves N calls; when the fleet asks for more than the rate, a lease finds about what
+    flowed in since the last one (a token or so) and saves little.
     """
 
     __slots__ = ("_name", "_rate", "_per", "_capacity", "_interval_us", "_tau_us", "_cap",
-                 "_tau_arg", "_one_arg", "_retry_interval", "_now")
+                 "_tau_arg", "_one_arg", "_retry_interval", "_lease", "_stash", "_refill",
+                 "_dry_until", "_now")
 
     def __init__(self, client: Any, key: str, rate: float, per: float = 1.0, *,
                  capacity: float | None = None, prefix: str = "aiofast:tb:",
                  on_error: str = "raise", call_timeout: float | None = 1.0,
-                 retry_interval: float = 0.1, multiplex: bool = True) -> None:
+                 retry_interval: float = 0.1, multiplex: bool = True,
+                 lease: float | None = None) -> None:
         self._check(key, prefix, on_error, call_timeout)
         r = _real(rate, "rate")
         if not (r > 0 and math.isfinite(r)):
@@ -523,8 +555,17 @@ class RedisTokenBucket(_Scripted):
             raise ValueError(f"retry_interval must be a finite number > 0, got {retry_interval!r}")
         self._name = key
         self._key = prefix + key
-        self._setup(client, (self._key,), _SCRIPTS, {"acquire": 5, "release": 3, "peek": 2},
-                    multiplex)
+        if lease is not None:
+            ls = _real(lease, "lease")
+            if not (1 <= ls <= cap):
+                raise ValueError(f"lease must be a number of tokens from 1 to capacity "
+                                 f"({cap:g}), got {lease!r}")
+        self._lease = None if lease is None else float(lease)
+        self._stash = 0.0
+        self._refill: asyncio.Future[Any] | None = None
+        self._dry_until = -math.inf
+        self._setup(client, (self._key,), _SCRIPTS,
+                    {"acquire": 5, "release": 3, "peek": 2, "lease": 5}, multiplex)
         self._rate = rate
         self._per = per
         self._capacity = capacity if capacity is not None else (rate if r >= 1 else 1)
@@ -573,15 +614,77 @@ class RedisTokenBucket(_Scripted):
 
     # ------------------------------------------------------------------ the API
 
+    @property
+    def lease(self) -> float | None:
+        """The most tokens one round trip takes for this process to spend locally (None: no
+        leasing)."""
+        return self._lease
+
+    @property
+    def leased(self) -> float:
+        """The tokens this process holds from its leases (taken from Redis, not yet spent)."""
+        return self._stash
+
     async def try_acquire(self, tokens: float = 1) -> bool:
         """Take ``tokens`` if they are available now and nobody waits (no reservation is
-        pending); never waits. One round trip."""
+        pending); never waits. One round trip (with ``lease``: only when the tokens this
+        process leased run out)."""
         cost = self._cost(tokens)
+        if self._lease is not None:
+            n = 1.0 if cost is self._one_arg else float(cost) / self._interval_us
+            if n <= self._lease:
+                return await self._leased(n)
         try:
             r = await self._script("acquire", cost, self._tau_arg, "0", "", self._now)
         except Exception as exc:  # noqa: BLE001 (sorted by _failed)
             return self._failed(exc) == "allow"
         return r[0] == 1
+
+    async def _leased(self, n: float) -> bool:
+        """try_acquire(n) with leasing: from the tokens this process holds, taking a new
+        lease when they do not suffice (as many tokens as are available, at most `lease` held
+        in all, at least what is missing). One lease at a time per bucket: concurrent callers
+        wait for the one in flight, then look again. A lease refused says when the tokens
+        missing will have flowed in: until then, refused without asking."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._stash >= n:
+                self._stash -= n
+                return True
+            if loop.time() < self._dry_until:
+                return False
+            fut = self._refill
+            if fut is not None:
+                got = await asyncio.shield(fut)
+                if got is False:
+                    return False
+                if isinstance(got, BaseException):
+                    return self._failed(got) == "allow"
+                continue
+            fut = self._refill = loop.create_future()
+            result: Any = None   # what the waiters see: True (look again), False, an error
+            sent = loop.time()
+            try:
+                most = (self._lease or 0.0) - self._stash
+                r = await self._script("lease", self._one_arg, _fmt(n - self._stash),
+                                       _fmt(most), self._tau_arg, self._now)
+                got_n = float(r[0])
+                if got_n > 0:
+                    self._stash += got_n
+                    result = True
+                else:
+                    self._dry_until = sent + float(r[2]) / 1e6
+                    result = False
+            except Exception as exc:  # noqa: BLE001 (sorted by _failed)
+                result = exc
+            finally:
+                # (cancelled: None, the waiters look again)
+                self._refill = None
+                fut.set_result(result)
+            if result is False:
+                return False
+            if isinstance(result, BaseException):
+                return self._failed(result) == "allow"
 
     async def acquire(self, tokens: float = 1, timeout: float | None = None) -> None:
         """Wait until ``tokens`` are available, take them. With ``timeout`` (seconds), raise
@@ -589,8 +692,14 @@ class RedisTokenBucket(_Scripted):
         available at once; ``None``/``inf``: no limit.
 
         One round trip reserves the tokens and returns the instant they will have flowed in;
-        the task then sleeps until that instant (one timer)."""
+        the task then sleeps until that instant (one timer). With ``lease``, tokens this
+        process holds are spent first (no round trip); a reservation is never leased."""
         cost = self._cost(tokens)
+        if self._stash:
+            n = 1.0 if cost is self._one_arg else float(cost) / self._interval_us
+            if self._stash >= n:
+                self._stash -= n
+                return
         if timeout is not None:
             t = _real(timeout, "timeout")
             if math.isnan(t):
@@ -683,7 +792,10 @@ class RedisTokenBucket(_Scripted):
             return None
 
     async def reset(self) -> None:
-        """Start over: full (deletes the key). Reservations already made keep their instants."""
+        """Start over: full (deletes the key). Reservations already made keep their instants;
+        the tokens this process leased are dropped."""
+        self._stash = 0.0
+        self._dry_until = -math.inf
         try:
             if self._call_timeout is None:
                 await self._client.delete(self._key)
