@@ -38,6 +38,7 @@ import math
 import os
 import re
 import sys
+import types
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -1043,6 +1044,7 @@ _STATES: tuple[Any, ...] = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState
 _UNSUPPORTED = ("failure_rate", "window", "window_time", "min_calls", "slow_call_duration",
                 "slow_call_rate", "fallback", "clock")
 _log = logging.getLogger("aiofast.breaker")
+_CoroutineType = types.CoroutineType
 
 # the with-blocks a task is in: (breaker, ticket, enclosing), innermost first
 _blocks: contextvars.ContextVar[tuple[Any, Any, Any] | None] = contextvars.ContextVar(
@@ -1084,9 +1086,10 @@ class RedisCircuitBreaker:
 
     __slots__ = ("_store", "_proto", "_threshold", "_recovery", "_success_threshold",
                  "_half_max", "_expected", "_expected_pred", "_exclude", "_exclude_pred",
-                 "_listeners", "_s", "_o", "_g", "_f", "_fetched", "_open_until",
-                 "_offline_until", "_probes_here", "_recovery_arg", "_lease_arg", "_ttl_arg",
-                 "_threshold_arg", "_success_arg", "_half_arg", "_totals", "__weakref__")
+                 "_listeners", "_s", "_o", "_g", "_f", "_fetched", "_fresh_until",
+                 "_open_until", "_offline_until", "_probes_here", "_recovery_arg", "_lease_arg",
+                 "_ttl_arg", "_threshold_arg", "_success_arg", "_half_arg", "_totals",
+                 "__weakref__")
 
     def __init__(self, failure_threshold: int = 5, recovery_timeout: float = 30.0, *,
                  store: RedisBreakerStore, success_threshold: int = 1,
@@ -1130,6 +1133,7 @@ class RedisCircuitBreaker:
         self._g = "0"
         self._f = 0
         self._fetched = -math.inf        # loop time when the request that brought it left
+        self._fresh_until = -math.inf    # closed, fresh and online until then: no round trip
         self._open_until = -math.inf     # loop time when an open breaker may let a probe go
         self._offline_until = -math.inf  # loop time until which Redis is not asked again
         self._probes_here = 0            # probes of this process in flight
@@ -1227,7 +1231,7 @@ class RedisCircuitBreaker:
             r = await store._script(name, *args, store._now)
         except Exception as exc:  # noqa: BLE001 (sorted by _failed)
             self._totals["store_errors"] += 1
-            self._fetched = -math.inf
+            self._fetched = self._fresh_until = -math.inf
             self._offline_until = loop.time() + store._retry_interval
             store._failed(exc)  # raises for "raise" and for configuration errors
             return None
@@ -1241,6 +1245,7 @@ class RedisCircuitBreaker:
             o, g, now = o.decode(), g.decode(), now.decode()
         self._s, self._o, self._g, self._f = s, o, g, f
         self._fetched = sent
+        self._fresh_until = sent + self._store._max_staleness if s == 0 else -math.inf
         if s == 1:
             # counted from when the request left: never later than the server's instant
             self._open_until = sent + (float(o) + self._recovery * 1e6 - float(now)) / 1e6
@@ -1298,7 +1303,7 @@ class RedisCircuitBreaker:
         now = loop.time()
         if now < self._offline_until:
             return self._offline()
-        if now - self._fetched > self._store._max_staleness:
+        if now - self._fetched >= self._store._max_staleness:
             if await self._ask("state") is None:
                 return self._offline()
             now = loop.time()
@@ -1398,16 +1403,14 @@ class RedisCircuitBreaker:
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Admit a call of ``fn(*args, **kwargs)`` (awaited if it returns an awaitable), record
         its outcome, return its result; or raise CircuitOpenError."""
-        loop = asyncio.get_running_loop()
-        if (self._s == 0 and loop.time() - self._fetched <= self._store._max_staleness
-                and loop.time() >= self._offline_until):
+        if asyncio.get_running_loop().time() < self._fresh_until:
             self._totals["calls"] += 1
             ticket: tuple[str | None, str | None] = (self._g, None)
         else:
             ticket = await self._admit()
         try:
             result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
+            if result.__class__ is _CoroutineType or inspect.isawaitable(result):
                 result = await result
         except BaseException as exc:
             await self._settle(ticket, exc)
