@@ -245,7 +245,15 @@ def _parse(buf: bytearray, i: int) -> tuple[Any, int]:
 
 
 class _Link:
-    """One pipelined connection: futures in command order, resolved by the reader task."""
+    """One pipelined connection: futures in command order, resolved as the replies come.
+
+    Each command may have a deadline (loop time; None: none), kept beside its future. One
+    watchdog timer per link, at the earliest deadline it knows of, bounds them all (a timer per
+    call costs a quarter of a call's CPU): when it fires, a command still unanswered past its
+    deadline fails with TimeoutError, and the connection is dropped (a server that does not
+    answer in time is not trusted with the next command; the other callers see a
+    ConnectionError, the next call reconnects); otherwise it is set again at the earliest
+    deadline still pending."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Any, conn: Any) -> None:
         self.loop = loop
@@ -253,41 +261,75 @@ class _Link:
         self.conn = conn
         self.writer = conn._writer
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.deadlines: collections.deque[float | None] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
         self.lost: BaseException | None = None
-        self.reader = loop.create_task(self._read(conn._reader))
+        self.buf = bytearray()
+        # the replies go straight to this link: its protocol takes the place of the stream's
+        # (which still hears of the connection's end, for redis-py's own close)
+        transport = self.writer.transport
+        self.stream_protocol = transport.get_protocol()
+        transport.set_protocol(_LinkProtocol(self, self.stream_protocol))
+        pending = getattr(conn._reader, "_buffer", None)
+        if pending:
+            data = bytes(pending)
+            pending.clear()
+            self.feed(data)
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        buf = bytearray()
+    def _watch(self) -> None:
+        self.timer = None
+        self.timer_at = math.inf
+        now = self.loop.time()
+        earliest = math.inf
+        late = []
+        for fut, when in zip(self.waiters, self.deadlines):
+            if when is None or fut.done():
+                continue
+            if when <= now:
+                late.append(fut)
+            elif when < earliest:
+                earliest = when
+        if late:
+            for fut in late:
+                fut.set_exception(asyncio.TimeoutError())
+            self.close(_rexc.TimeoutError("a call to Redis timed out"))
+        elif earliest < math.inf:
+            self.timer_at = earliest
+            self.timer = self.loop.call_at(earliest, self._watch)
+
+    def feed(self, data: bytes) -> None:
+        """Replies came: resolve the futures they answer, in order."""
+        buf = self.buf
+        buf += data
         waiters = self.waiters
+        deadlines = self.deadlines
+        pos = 0
         try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    raise _rexc.ConnectionError("Redis closed the connection")
-                buf += data
-                pos = 0
-                while pos < len(buf) and waiters:
-                    try:
-                        value, pos2 = _parse(buf, pos)
-                    except _Incomplete:
-                        break
-                    pos = pos2
-                    fut = waiters.popleft()
-                    if not fut.done():  # (a caller that timed out or was cancelled)
-                        if isinstance(value, BaseException):
-                            fut.set_exception(value)
-                        else:
-                            fut.set_result(value)
-                del buf[:pos]
-        except BaseException as exc:  # noqa: BLE001 (the link is done; callers see why)
+            while pos < len(buf) and waiters:
+                try:
+                    value, pos2 = _parse(buf, pos)
+                except _Incomplete:
+                    break
+                pos = pos2
+                fut = waiters.popleft()
+                deadlines.popleft()
+                if not fut.done():  # (a caller that timed out or was cancelled)
+                    if isinstance(value, BaseException):
+                        fut.set_exception(value)
+                    else:
+                        fut.set_result(value)
+        except Exception as exc:  # noqa: BLE001 (a reply we cannot read: the link is done)
             self.close(exc)
-            try:
-                await self.conn.disconnect()
-                await self.pool.release(self.conn)
-            except BaseException:  # noqa: BLE001,S110 (nothing more to do)
-                pass
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            return
+        del buf[:pos]
+
+    async def _dispose(self) -> None:
+        try:
+            await self.conn.disconnect()
+            await self.pool.release(self.conn)
+        except BaseException:  # noqa: BLE001,S110 (nothing more to do)
+            pass
 
     def close(self, exc: BaseException) -> None:
         if self.lost is None:
@@ -298,19 +340,56 @@ class _Link:
                 self.writer.transport.abort()
             except Exception:  # noqa: BLE001,S110 (already closed)
                 pass
+            self.loop.create_task(self._dispose())
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+        self.deadlines.clear()
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(_rexc.ConnectionError(str(self.lost)))
 
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
+    def send(self, payload: bytes, deadline: float | None = None) -> asyncio.Future[Any]:
         fut = self.loop.create_future()
         if self.lost is not None:
             fut.set_exception(_rexc.ConnectionError(str(self.lost)))
             return fut
         self.waiters.append(fut)
+        self.deadlines.append(deadline)
         self.writer.write(payload)
+        if deadline is not None and deadline < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self._watch)
         return fut
+
+
+class _LinkProtocol(asyncio.Protocol):
+    """The protocol of a link's connection: replies to the link, the end to both."""
+
+    def __init__(self, link: _Link, stream: Any) -> None:
+        self.link = link
+        self.stream = stream
+
+    def data_received(self, data: bytes) -> None:
+        self.link.feed(data)
+
+    def eof_received(self) -> bool:
+        self.link.close(_rexc.ConnectionError("Redis closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.close(exc if exc is not None
+                        else _rexc.ConnectionError("Redis closed the connection"))
+        self.stream.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.stream.resume_writing()
 
 
 class _Links:
@@ -440,6 +519,14 @@ class _Scripted:
         bound = self._call_timeout
         if limit is not None and bound is not None and limit < bound:
             bound = max(limit, 0.0)
+        links = self._links
+        if links is not None:
+            link = links.link
+            loop = asyncio.get_running_loop()
+            if link is not None and link.lost is None and link.loop is loop:
+                # connected: the link's watchdog bounds the wait (no timer of our own)
+                return await self._send(link, name, args,
+                                        None if bound is None else loop.time() + bound)
         if bound is None:
             return await self._run(name, args)
         try:
@@ -455,9 +542,9 @@ class _Scripted:
             raise
 
     async def _run(self, name: str, args: tuple[str, ...]) -> Any:
-        src, sha = self._scripts[name]
         links = self._links
         if links is None:
+            src, sha = self._scripts[name]
             client = self._client
             try:
                 return await client.evalsha(sha, len(self._keys), *self._keys, *args)
@@ -467,14 +554,18 @@ class _Scripted:
         link = links.link
         if link is None or link.lost is not None or link.loop is not asyncio.get_running_loop():
             link = await links.get()
+        return await self._send(link, name, args, None)
+
+    async def _send(self, link: _Link, name: str, args: tuple[str, ...],
+                    deadline: float | None) -> Any:
         payload = self._heads[name] + b"".join(
             [b"$%d\r\n%s\r\n" % (len(a), a.encode() if a.__class__ is str else a)
              for a in args])
         try:
-            return await link.send(payload)
+            return await link.send(payload, deadline)
         except _rexc.NoScriptError:
-            await link.send(_pack("SCRIPT", "LOAD", src))
-            return await link.send(payload)
+            await link.send(_pack("SCRIPT", "LOAD", self._scripts[name][0]), deadline)
+            return await link.send(payload, deadline)
 
     def _failed(self, exc: BaseException) -> str:
         """The policy for an error of a round trip: re-raises what must be raised, else
