@@ -1,4 +1,8 @@
-"""aiofast.redis: a token bucket shared by every process and host through one Redis key.
+"""aiofast.redis: a token bucket and a circuit breaker shared by every process and host
+through Redis.
+
+The breaker (``RedisCircuitBreaker(..., store=RedisBreakerStore(client, key))``) is described
+with its scripts, further down. What follows is the token bucket's model.
 
 ``RedisTokenBucket(client, key, rate, per=1.0, *, capacity=None)`` has ``TokenBucket``'s API and
 semantics where a network allows (the differences are listed on the class), on redis-py's
@@ -1203,7 +1207,7 @@ class RedisCircuitBreaker:
                                      half_open_max_calls=half_open_max_calls,
                                      expected_exception=expected_exception, exclude=exclude,
                                      name=name)
-        if store._breaker is not None:
+        if store._breaker is not None and store._breaker() is not None:
             raise ValueError("this RedisBreakerStore already serves a breaker: give each "
                              "breaker a store of its own")
         store._breaker = weakref.ref(self)
