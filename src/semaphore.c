@@ -2,7 +2,7 @@
  * semaphore.c: Semaphore, BoundedSemaphore, Lock and Event, drop-ins for asyncio's.
  *
  * The four share one struct (FaLock). Their algorithms are asyncio's (Lib/asyncio/locks.py of
- * the Python we are built for, see SEMANTICS.md): FIFO fairness, permits handed off at wake time
+ * the Python we are built for): FIFO fairness, permits handed off at wake time
  * (Semaphore), the baton passed on by a woken-then-cancelled waiter, the 3.13 Semaphore wake-all
  * rule under FA_PY313. What differs is the waiter structure: an intrusive list of the waiting
  * operations (op.h) instead of a deque of futures, so a cancelled waiter leaves in O(1).
@@ -1407,7 +1407,7 @@ PyDoc_STRVAR(release_doc_lock, "release($self, /)\n--\n\nRelease the lock, wakin
              "waiter. RuntimeError if it is not locked.");
 PyDoc_STRVAR(locked_doc_lock, "locked($self, /)\n--\n\nTrue if the lock is held.");
 static const char aenter_doc[] = "__aenter__($self, /)\n--\n\nAcquire; returns None.";
-static const char aexit_doc[] = "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRelease.";
+static const char aexit_doc[] = "__aexit__($self, exc_type, exc, tb)\n--\n\nRelease.";
 PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
              "first use.");
 PyDoc_STRVAR(wake_up_first_doc, "_wake_up_first($self, /)\n--\n\nWake the first waiter if "
