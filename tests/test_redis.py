@@ -12,6 +12,7 @@ test session on 127.0.0.1, persistence off; a missing redis-server fails these t
 import asyncio
 import inspect
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -594,6 +595,49 @@ async def test_server_killed_and_restarted_under_load(own_server):
         # after recovery: a fresh bucket of the server, at most full
         for b in buckets:
             assert 0 <= await b.tokens() <= 5
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_does_not_answer(own_server):
+    """The server stopped (SIGSTOP: connected, silent): on the shared connection, every call
+    ends at its own deadline (call_timeout, or an acquire()'s timeout when sooner), however
+    many calls are pending; then the connection is dropped, and the next call after the
+    server is back reconnects."""
+    loop = asyncio.get_running_loop()
+    async with Client(own_server.url) as c:
+        # (capacity 20: the calls that timed out may still run when the server resumes, as
+        # their commands were sent: a timeout never says that nothing was taken)
+        quick = RedisTokenBucket(c, fresh(), 1, per=100, capacity=20, call_timeout=0.2)
+        slow = RedisTokenBucket(c, fresh(), 1, per=100, capacity=20, call_timeout=5)
+        assert await quick.try_acquire() and await slow.try_acquire()
+        own_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = loop.time()
+            ends = {}
+
+            async def timed(name, coro):
+                try:
+                    await coro
+                except (RedisUnavailableError, TimeoutError) as exc:
+                    ends[name] = (type(exc).__name__, loop.time() - t0)
+
+            await asyncio.gather(
+                timed("slow acquire, timeout 0.4", slow.acquire(timeout=0.4)),
+                timed("quick try", quick.try_acquire()),
+                *[timed(f"quick try {i}", quick.try_acquire()) for i in range(5)])
+            assert ends["quick try"][0] == "RedisUnavailableError"
+            assert 0.2 <= ends["quick try"][1] < 0.35
+            # (the quick ones' deadline dropped the connection: the slow one failed then too)
+            assert ends["slow acquire, timeout 0.4"][1] < 0.35
+            assert all(e[1] < 0.35 for e in ends.values()) and len(ends) == 7
+            # alone, an acquire()'s own timeout bounds its call (call_timeout is 5 s)
+            t0 = loop.time()
+            with pytest.raises(TimeoutError):
+                await slow.acquire(timeout=0.3)
+            assert 0.3 <= loop.time() - t0 < 0.45
+        finally:
+            own_server.proc.send_signal(signal.SIGCONT)
+        assert await quick.try_acquire() and await slow.try_acquire()
 
 
 @pytest.fixture

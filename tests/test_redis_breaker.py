@@ -532,6 +532,55 @@ async def test_policies_while_the_server_is_down_and_recovery(own_server):
 
 
 @pytest.mark.asyncio
+async def test_server_killed_and_restarted_under_load(own_server):
+    """4 tasks per policy call through their breaker while the server is killed and restarted:
+    every call ends within call_timeout (plus the call's own 10 ms and scheduling), as the
+    policy says; after recovery every breaker admits and records again."""
+    loop = asyncio.get_running_loop()
+    seen = {p: set() for p in ("raise", "allow", "deny")}
+    longest = 0.0
+    stop = False
+
+    async def job():
+        await asyncio.sleep(0.01)
+        return "ok"
+
+    async with redis.asyncio.Redis.from_url(own_server.url, socket_connect_timeout=0.2) as c:
+        bs = {p: RedisCircuitBreaker(50, 60, store=RedisBreakerStore(
+            c, fresh(), on_error=p, call_timeout=0.25, max_staleness=0.05, retry_interval=0.05))
+            for p in seen}
+
+        async def caller(p):
+            nonlocal longest
+            while not stop:
+                t0 = loop.time()
+                try:
+                    await bs[p].call(job)
+                    seen[p].add("ok")
+                except RedisUnavailableError:
+                    seen[p].add("unavailable")
+                except CircuitUnavailableError:
+                    seen[p].add("denied")
+                longest = max(longest, loop.time() - t0)
+                await asyncio.sleep(0.005)
+
+        tasks = [asyncio.create_task(caller(p)) for p in seen for _ in range(4)]
+        await asyncio.sleep(0.3)
+        own_server.kill()
+        await asyncio.sleep(0.6)
+        own_server.start()
+        await asyncio.sleep(0.6)
+        recovered = {p: b.stats()["successes"] for p, b in bs.items()}
+        await asyncio.sleep(0.3)
+        stop = True
+        await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert seen == {"raise": {"ok", "unavailable"}, "allow": {"ok"}, "deny": {"ok", "denied"}}
+    assert longest <= 0.25 + 0.01 + 0.1
+    assert all(bs[p].stats()["successes"] > recovered[p] for p in seen)
+    assert all(b.state == CLOSED for b in bs.values())
+
+
+@pytest.mark.asyncio
 async def test_a_server_that_does_not_answer(own_server):
     """The server stopped (SIGSTOP: connected, silent): every call ends within call_timeout,
     per policy; an outcome that cannot be recorded does not hide the call's result."""

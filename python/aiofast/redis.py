@@ -605,7 +605,8 @@ class RedisTokenBucket(_Scripted):
     ``tokens()`` says ``capacity``); ``"deny"`` refuses (``try_acquire`` False, ``tokens()`` 0,
     and ``acquire`` tries again every ``retry_interval`` seconds until it is admitted or its
     timeout passes). Configuration errors (authentication, ACL, a key holding something else)
-    always raise.
+    always raise. A call that timed out may still be run by the server later (its command was
+    sent): its tokens may be spent although the caller was told of an error.
 
     ``multiplex=True`` (default): the buckets of one client share one connection of its pool,
     pipelined (see above); ``False``: every call goes through ``client.evalsha``.
