@@ -1141,6 +1141,7 @@ _UNSUPPORTED = ("failure_rate", "window", "window_time", "min_calls", "slow_call
                 "slow_call_rate", "fallback", "clock")
 _log = logging.getLogger("aiofast.breaker")
 _CoroutineType = types.CoroutineType
+_get_running_loop = asyncio.get_running_loop
 
 # the with-blocks a task is in: (breaker, ticket, enclosing), innermost first
 _blocks: contextvars.ContextVar[tuple[Any, Any, Any] | None] = contextvars.ContextVar(
@@ -1185,6 +1186,7 @@ class RedisCircuitBreaker:
                  "_listeners", "_s", "_o", "_g", "_f", "_fetched", "_fresh_until",
                  "_open_until", "_offline_until", "_probes_here", "_recovery_arg", "_lease_arg",
                  "_ttl_arg", "_threshold_arg", "_success_arg", "_half_arg", "_totals",
+                 "_fast_calls", "_fast_successes",
                  "__weakref__")
 
     def __init__(self, failure_threshold: int = 5, recovery_timeout: float = 30.0, *,
@@ -1240,6 +1242,7 @@ class RedisCircuitBreaker:
         self._threshold_arg = str(self._threshold)
         self._success_arg = str(self._success_threshold)
         self._half_arg = str(self._half_max)
+        self._fast_calls = self._fast_successes = 0   # (the closed calls with no round trip)
         self._totals = dict.fromkeys(("calls", "successes", "failures", "ignored",
                                       "rejections", "state_changes", "round_trips",
                                       "store_errors"), 0)
@@ -1307,7 +1310,10 @@ class RedisCircuitBreaker:
         """A dict: the local view (state, failure_count) and this process's totals: calls,
         successes, failures, ignored, rejections, state_changes (made here), round_trips,
         store_errors."""
-        return {"state": self.state, "failure_count": self._f, **self._totals}
+        totals = dict(self._totals)
+        totals["calls"] += self._fast_calls
+        totals["successes"] += self._fast_successes
+        return {"state": self.state, "failure_count": self._f, **totals}
 
     def __repr__(self) -> str:
         return (f"<aiofast.redis.RedisCircuitBreaker object at {id(self):#x} "
@@ -1499,9 +1505,10 @@ class RedisCircuitBreaker:
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Admit a call of ``fn(*args, **kwargs)`` (awaited if it returns an awaitable), record
         its outcome, return its result; or raise CircuitOpenError."""
-        if asyncio.get_running_loop().time() < self._fresh_until:
-            self._totals["calls"] += 1
-            ticket: tuple[str | None, str | None] = (self._g, None)
+        if _get_running_loop().time() < self._fresh_until:
+            self._fast_calls += 1
+            ticket: tuple[str | None, str | None] | None = None   # (self._g, None)
+            gen = self._g
         else:
             ticket = await self._admit()
         try:
@@ -1509,12 +1516,12 @@ class RedisCircuitBreaker:
             if result.__class__ is _CoroutineType or inspect.isawaitable(result):
                 result = await result
         except BaseException as exc:
-            await self._settle(ticket, exc)
+            await self._settle(ticket or (gen, None), exc)
             raise
-        if ticket[1] is None and not self._f:
-            self._totals["successes"] += 1   # closed, nothing to reset: no round trip
+        if ticket is None and not self._f:
+            self._fast_successes += 1   # closed, nothing to reset: no round trip
         else:
-            await self._settle(ticket, None)
+            await self._settle(ticket or (gen, None), None)
         return result
 
     def __call__(self, func: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
