@@ -1,9 +1,10 @@
 """A worker process on a shared TokenBucket, for tests/test_shared_bucket.py.
 
-    python shm_worker.py accuracy NAME LOOP    prints "ready", reads "START END" from stdin
-        (time.monotonic_ns values: CLOCK_MONOTONIC is the host's one clock), then acquire() in a
-        loop (and try_acquire every millisecond) from START to END; prints the number admitted
-        before END.
+    python shm_worker.py accuracy NAME LOOP TASKS    prints "ready", reads "START END" from
+        stdin (time.monotonic_ns values: CLOCK_MONOTONIC is the host's one clock), then TASKS
+        tasks acquire() in a loop (and one try_acquire()s every millisecond) from START to END;
+        prints the number admitted before END. Many tasks: requests are always in flight, so the
+        bucket never idles while the process is descheduled on a loaded machine.
     python shm_worker.py spawner NAME LOOP TALLY  forks victims on request (see spawner()).
     python shm_worker.py fifo NAME LOOP                  on a virtual clock: reads commands from
         stdin, one per line: "reserve N" starts acquire(N) and answers "tat <ns>" once it has
@@ -28,7 +29,7 @@ def new_loop(name):
     return uvloop.new_event_loop() if name == "uvloop" else asyncio.new_event_loop()
 
 
-def accuracy(name, loop_name):
+def accuracy(name, loop_name, tasks):
     bucket = aiofast.TokenBucket(1000, capacity=10, shared=name)
     loop = new_loop(loop_name)
     print("ready", flush=True)
@@ -59,7 +60,7 @@ def accuracy(name, loop_name):
 
     async def main():
         # enough requests in flight that the bucket never idles while a worker is descheduled
-        await asyncio.gather(*[acquirer() for _ in range(8)], trier())
+        await asyncio.gather(*[acquirer() for _ in range(tasks)], trier())
 
     try:
         loop.run_until_complete(main())
@@ -133,7 +134,7 @@ def fifo(name, loop_name):
 if __name__ == "__main__":
     mode, name, loop_name = sys.argv[1:4]
     if mode == "accuracy":
-        accuracy(name, loop_name)
+        accuracy(name, loop_name, int(sys.argv[4]))
     elif mode == "spawner":
         spawner(name, loop_name, sys.argv[4])
     else:

@@ -592,10 +592,10 @@ def test_fifo_by_reservation_order_across_processes(name, loop_name):
     assert served == sorted(served)            # the order of service is the reservation order
 
 
-def start_steady(name, loop_name, workers, seconds):
+def start_steady(name, loop_name, workers, seconds, tasks):
     """Start workers running acquire loops from a common instant, once all are ready; returns
     them and the window (CLOCK_MONOTONIC ns)."""
-    procs = [subprocess.Popen([sys.executable, WORKER, "accuracy", name, loop_name],
+    procs = [subprocess.Popen([sys.executable, WORKER, "accuracy", name, loop_name, str(tasks)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(workers)]
     for p in procs:
@@ -617,7 +617,7 @@ def steady_counts(procs):
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
 def test_accuracy_four_processes(name, loop_name):
     TokenBucket(1000, capacity=10, shared=name)      # created (full) before the window
-    counts = steady_counts(start_steady(name, loop_name, 4, 2.0)[0])
+    counts = steady_counts(start_steady(name, loop_name, 4, 2.0, 40)[0])
     total = sum(counts)
     bound = 1000 * 2.0 + 10
     assert all(c > 0 for c in counts), counts
@@ -635,7 +635,7 @@ def test_workers_killed_at_random_instants(name, loop_name, tmp_path):
     spawner = subprocess.Popen([sys.executable, WORKER, "spawner", name, loop_name, str(tally)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     seconds = 2.0
-    steady, start, end = start_steady(name, loop_name, 2, seconds)
+    steady, start, end = start_steady(name, loop_name, 2, seconds, 20)
     kills = 0
     try:
         time.sleep(max(0, (start - time.monotonic_ns()) / 1e9))
@@ -643,7 +643,7 @@ def test_workers_killed_at_random_instants(name, loop_name, tmp_path):
             spawner.stdin.write("fork\n")
             spawner.stdin.flush()
             pid = int(spawner.stdout.readline())
-            time.sleep(rnd.uniform(0.002, 0.04))
+            time.sleep(rnd.uniform(0.005, 0.1))   # (the steady workers reserve ~40 ms ahead)
             os.kill(pid, signal.SIGKILL)
             kills += 1
     finally:
@@ -652,7 +652,7 @@ def test_workers_killed_at_random_instants(name, loop_name, tmp_path):
         assert spawner.wait(timeout=30) == 0
     counts = steady_counts(steady)
     assert all(c > 0 for c in counts), counts       # the others kept working
-    assert kills >= 20
+    assert kills >= 10
     victims_taken = tally.stat().st_size if tally.exists() else 0
     assert victims_taken > 0
     total = sum(counts) + victims_taken
