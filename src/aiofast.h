@@ -265,14 +265,6 @@ fa_set_short_tpname(PyTypeObject *tp, const char *name)
 /* Add a heap type made from spec to the module, with the bare tp_name; NULL on error. */
 PyTypeObject *fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name);
 
-/* Parse the arguments of a Python-style __init__(self, a=..., b=...) with asyncio's messages:
- * "Sem.__init__() takes from 1 to 2 positional arguments but 3 were given",
- * "Sem.__init__() got an unexpected keyword argument 'loop'" (on 3.10, asyncio's own text for
- * loop=), "Sem.__init__() got multiple values for argument 'value'". out[] entries not given keep
- * their values. Returns 0 or -1. */
-int fa_parse_init(PyObject *self, const char *defname, PyObject *args, PyObject *kwargs,
-                  const char *const *names, Py_ssize_t nnames, PyObject **out);
-
 /* Raise a value through StopIteration, without context chaining and without unpacking tuples.
  * With st (the interpreter's `await` path, tp_iternext), reuses st->stopiter_true for True when
  * nobody else holds it; with st == NULL (Python-level send/throw, whose exception reaches Python
@@ -287,5 +279,7 @@ fa_get_state(PyObject *mod)
 {
     return (fa_state *)PyModule_GetState(mod);
 }
+
+#include "args.h"
 
 #endif

@@ -28,6 +28,11 @@ typedef struct {
     PyObject *doc;             /* str or None, without the text signature */
     PyObject *textsig;         /* str "($self, item, /)" or None */
     PyObject *proto;           /* the prototype async function */
+    PyObject *kwparams;        /* METH_O/METH_FASTCALL whose parameters are not all positional-only
+                                  (asyncio's `def put(self, item)`): their names, a tuple of str;
+                                  else NULL (keywords refused) */
+    Py_ssize_t posonly;        /* how many of kwparams are positional-only */
+    Py_ssize_t nparams;        /* len(kwparams), or -1 without kwparams */
     PyObject *weakreflist;
 } FaMethod;
 
@@ -48,6 +53,32 @@ md_type_error(FaMethod *d, PyObject *obj)
     return -1;
 }
 
+/* A method without METH_KEYWORDS called with keywords that name its parameters: bind them to
+ * positions (Python's messages on a wrong call) and call it positionally. */
+static FA_NOINLINE PyObject *
+md_call_keywords(FaMethod *d, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
+{
+    enum { MAX = 8 };  /* md_setup only sets kwparams for at most MAX parameters */
+    const char *names[MAX];
+    PyObject *bound[MAX];
+    Py_ssize_t n = PyTuple_GET_SIZE(d->kwparams);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        names[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(d->kwparams, i));
+        if (names[i] == NULL) {
+            return NULL;
+        }
+    }
+    if (fa_bind_slow(PyUnicode_AsUTF8(d->qualname), names, n, d->posonly, args, nargs, kwnames,
+                     bound) < 0) {
+        return NULL;
+    }
+    if (d->flags == METH_O) {
+        return d->meth(self, bound[0]);
+    }
+    return ((fa_fastcall)(void (*)(void))d->meth)(self, bound, n);
+}
+
 /* Call the C function with self and the rest of the arguments, checking them fully: the path
  * of every unusual call (errors, an empty kwnames tuple, ...). */
 static FA_NOINLINE PyObject *
@@ -56,6 +87,9 @@ md_call_checked(FaMethod *d, PyObject *self, PyObject *const *args, Py_ssize_t n
 {
     if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 0) {
         kwnames = NULL;
+    }
+    if (d->kwparams != NULL && (kwnames != NULL || nargs != PyTuple_GET_SIZE(d->kwparams))) {
+        return md_call_keywords(d, self, args, nargs, kwnames);
     }
     if (kwnames != NULL && !(d->flags & METH_KEYWORDS)) {
         PyErr_Format(PyExc_TypeError, "%U() takes no keyword arguments", d->qualname);
@@ -163,7 +197,8 @@ bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObj
     }
     Py_INCREF(owner);
     PyObject *r;
-    if (FA_LIKELY(kwnames == NULL && d->flags == METH_FASTCALL)) {
+    if (FA_LIKELY(kwnames == NULL && d->flags == METH_FASTCALL
+                  && (d->nparams < 0 || PyVectorcall_NARGS(nargsf) == d->nparams))) {
         r = ((fa_fastcall)(void (*)(void))d->meth)(owner, args, PyVectorcall_NARGS(nargsf));
     }
     else {
@@ -486,6 +521,7 @@ md_dealloc(PyObject *self)
         PyObject_ClearWeakRefs(self);
     }
     md_clear(self);
+    Py_CLEAR(d->kwparams);
     Py_CLEAR(d->name);
     Py_CLEAR(d->qualname);
     Py_CLEAR(d->doc);
@@ -521,6 +557,44 @@ static PyType_Spec md_spec = {
 /* Split "put($self, item, /)\n--\n\nDoc." into the text signature "($self, item, /)" and the
  * doc, and make the prototype `async def put(self, item, /): pass` (qualname, module and doc
  * set), whose code is flagged CO_COROUTINE. */
+/* kwparams and posonly from the prototype's code: set when the method takes a fixed number of
+ * required parameters (no defaults, no *args) that are not all positional-only. */
+static int
+md_keyword_params(FaMethod *d)
+{
+    PyObject *code = PyObject_GetAttrString(d->proto, "__code__");
+    PyObject *names = code ? PyObject_GetAttrString(code, "co_varnames") : NULL;
+    PyObject *argc = code ? PyObject_GetAttrString(code, "co_argcount") : NULL;
+    PyObject *posc = code ? PyObject_GetAttrString(code, "co_posonlyargcount") : NULL;
+    PyObject *flags = code ? PyObject_GetAttrString(code, "co_flags") : NULL;
+    PyObject *defaults = PyObject_GetAttrString(d->proto, "__defaults__");
+    int rc = -1;
+    if (names == NULL || argc == NULL || posc == NULL || flags == NULL || defaults == NULL) {
+        goto done;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(argc) - 1, posonly = PyLong_AsSsize_t(posc) - 1;
+    long f = PyLong_AsLong(flags);
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    rc = 0;
+    if (n >= 1 && n <= 8 && posonly < n && defaults == Py_None
+        && !(f & (CO_VARARGS | CO_VARKEYWORDS)) && (d->flags != METH_O || n == 1)) {
+        d->kwparams = PyTuple_GetSlice(names, 1, n + 1);
+        d->posonly = posonly < 0 ? 0 : posonly;
+        d->nparams = n;
+        rc = d->kwparams ? 0 : -1;
+    }
+done:
+    Py_XDECREF(code);
+    Py_XDECREF(names);
+    Py_XDECREF(argc);
+    Py_XDECREF(posc);
+    Py_XDECREF(flags);
+    Py_XDECREF(defaults);
+    return rc;
+}
+
 static int
 md_setup(FaMethod *d, const char *doc)
 {
@@ -575,6 +649,9 @@ md_setup(FaMethod *d, const char *doc)
         }
         goto done;
     }
+    if ((d->flags == METH_O || d->flags == METH_FASTCALL) && md_keyword_params(d) < 0) {
+        goto done;
+    }
     mod = PyObject_GetAttrString((PyObject *)d->owner_type, "__module__");
     if (mod == NULL || PyObject_SetAttrString(d->proto, "__qualname__", d->qualname) < 0
         || PyObject_SetAttrString(d->proto, "__module__", mod) < 0
@@ -627,7 +704,9 @@ md_add(fa_state *st, PyTypeObject *tp, const char *name, PyCFunction meth, int f
     d->slot_offset = slot_offset;
     d->name = PyUnicode_InternFromString(name);
     d->qualname = PyUnicode_FromFormat("%s.%s", fa_type_name(tp), name);
-    d->doc = d->textsig = d->proto = NULL;
+    d->doc = d->textsig = d->proto = d->kwparams = NULL;
+    d->posonly = 0;
+    d->nparams = -1;
     d->weakreflist = NULL;
     PyObject_GC_Track(d);
     int rc = -1;

@@ -1,7 +1,7 @@
 /*
  * module.c: aiofast._core. Multi-phase init; the module state (fa_state) is filled here and by
  * each family's fa_<family>_init, in order. Also the helpers shared by every family: type
- * creation, Python-style __init__ argument parsing with asyncio's messages, and StopIteration.
+ * creation and StopIteration (argument parsing is in args.c).
  *
  * Invariant: every PyObject * field of fa_state is either NULL or a strong reference, visited by
  * module_traverse and released by module_clear.
@@ -44,65 +44,6 @@ fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_
         return NULL;
     }
     return tp;
-}
-
-int
-fa_parse_init(PyObject *self, const char *defname, PyObject *args, PyObject *kwargs,
-              const char *const *names, Py_ssize_t nnames, PyObject **out)
-{
-    /* all parameters are positional-or-keyword with defaults, as in asyncio's __init__s */
-    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
-    if (nargs > nnames) {
-        if (nnames == 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s.__init__() takes 1 positional argument but %zd were given",
-                         defname, nargs + 1);
-        }
-        else {
-            PyErr_Format(PyExc_TypeError,
-                         "%s.__init__() takes from 1 to %zd positional arguments but %zd were given",
-                         defname, nnames + 1, nargs + 1);
-        }
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        out[i] = PyTuple_GET_ITEM(args, i);
-    }
-    if (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0) {
-        return 0;
-    }
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(kwargs, &pos, &key, &value)) {
-        Py_ssize_t i;
-        for (i = 0; i < nnames; i++) {
-            if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, names[i]) == 0) {
-                break;
-            }
-        }
-        if (i == nnames) {
-#if !FA_PY311
-            if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "loop") == 0) {
-                PyErr_Format(PyExc_TypeError,
-                             "As of 3.10, the *loop* parameter was removed from %s() since it "
-                             "is no longer necessary", fa_type_name(Py_TYPE(self)));
-                return -1;
-            }
-#else
-            (void)self;
-#endif
-            PyErr_Format(PyExc_TypeError, "%s.__init__() got an unexpected keyword argument '%S'",
-                         defname, key);
-            return -1;
-        }
-        if (i < nargs) {
-            PyErr_Format(PyExc_TypeError, "%s.__init__() got multiple values for argument '%s'",
-                         defname, names[i]);
-            return -1;
-        }
-        out[i] = value;
-    }
-    return 0;
 }
 
 #if FA_PY312

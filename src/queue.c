@@ -2315,11 +2315,11 @@ set_loop_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
 
 /* ------------------------------------------------------------------ type specs */
 
-PyDoc_STRVAR(put_doc, "put($self, item, /)\n--\n\nPut an item into the queue; wait while it is "
+PyDoc_STRVAR(put_doc, "put($self, item)\n--\n\nPut an item into the queue; wait while it is "
              "full. Raises QueueShutDown if the queue has been shut down.");
 PyDoc_STRVAR(get_doc, "get($self, /)\n--\n\nRemove and return an item; wait while the queue is "
              "empty. Raises QueueShutDown once a shut-down queue is empty.");
-PyDoc_STRVAR(put_nowait_doc, "put_nowait($self, item, /)\n--\n\nPut an item without blocking; "
+PyDoc_STRVAR(put_nowait_doc, "put_nowait($self, item)\n--\n\nPut an item without blocking; "
              "QueueFull if there is no free slot, QueueShutDown after shutdown().");
 PyDoc_STRVAR(get_nowait_doc, "get_nowait($self, /)\n--\n\nRemove and return an item if one is "
              "available, else raise QueueEmpty (QueueShutDown after shutdown()).");
@@ -2334,18 +2334,29 @@ PyDoc_STRVAR(join_doc, "join($self, /)\n--\n\nWait until every item put has been
 PyDoc_STRVAR(shutdown_doc, "shutdown($self, /, immediate=False)\n--\n\nShut the queue down: "
              "put() raises QueueShutDown, get() once empty (at once if immediate, which also "
              "discards the items and marks them done). Every blocked caller is woken.");
-PyDoc_STRVAR(init_doc, "_init($self, maxsize, /)\n--\n\nCreate the storage (overridable).");
-PyDoc_STRVAR(putp_doc, "_put($self, item, /)\n--\n\nStore an item (overridable).");
+PyDoc_STRVAR(init_doc, "_init($self, maxsize)\n--\n\nCreate the storage (overridable).");
+PyDoc_STRVAR(putp_doc, "_put($self, item)\n--\n\nStore an item (overridable).");
 PyDoc_STRVAR(getp_doc, "_get($self, /)\n--\n\nTake the next item (overridable).");
 PyDoc_STRVAR(format_doc, "_format($self, /)\n--\n\nThe state shown by repr() and str().");
 PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
              "first use.");
-PyDoc_STRVAR(wakeup_next_doc, "_wakeup_next($self, waiters, /)\n--\n\nWake the first waiter "
+PyDoc_STRVAR(wakeup_next_doc, "_wakeup_next($self, waiters)\n--\n\nWake the first waiter "
              "in waiters (_getters or _putters) whose future is not done, dropping the ones "
              "before it.");
 PyDoc_STRVAR(class_getitem_doc, "See PEP 585");
 PyDoc_STRVAR(reduce_doc, "__reduce__($self, /)\n--\n\nPickle and copy support (an idle queue).");
 PyDoc_STRVAR(setstate_doc, "__setstate__($self, state, /)\n--\n\nRestore pickled state.");
+
+/* the methods asyncio writes as `def m(self, arg)`: the argument may be passed by keyword */
+FA_ONE_ARG_METHOD(queue_put_nowait_kw, queue_put_nowait, "Queue.put_nowait", "item")
+FA_ONE_ARG_METHOD(queue_wakeup_next_kw, queue_wakeup_next_m, "Queue._wakeup_next", "waiters")
+FA_ONE_ARG_METHOD(fifo_init_kw, fifo_init_m, "Queue._init", "maxsize")
+FA_ONE_ARG_METHOD(fifo_put_kw, fifo_put_m, "Queue._put", "item")
+FA_ONE_ARG_METHOD(prio_init_kw, prio_init_m, "PriorityQueue._init", "maxsize")
+FA_ONE_ARG_METHOD(prio_put_kw, prio_put_m, "PriorityQueue._put", "item")
+FA_ONE_ARG_METHOD(lifo_init_kw, lifo_init_m, "LifoQueue._init", "maxsize")
+FA_ONE_ARG_METHOD(lifo_put_kw, lifo_put_m, "LifoQueue._put", "item")
+#define FA_KW_METH(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
 
 /* the awaitable methods: coroutine functions to inspect (fa_methods_add) */
 static PyMethodDef queue_async_methods[] = {
@@ -2356,7 +2367,7 @@ static PyMethodDef queue_async_methods[] = {
 };
 
 static PyMethodDef queue_methods[] = {
-    {"put_nowait", queue_put_nowait, METH_O, put_nowait_doc},
+    {"put_nowait", FA_KW_METH(queue_put_nowait_kw), put_nowait_doc},
     {"get_nowait", queue_get_nowait, METH_NOARGS, get_nowait_doc},
     {"qsize", queue_qsize, METH_NOARGS, qsize_doc},
     {"empty", queue_empty, METH_NOARGS, empty_doc},
@@ -2364,12 +2375,12 @@ static PyMethodDef queue_methods[] = {
     {"task_done", queue_task_done, METH_NOARGS, task_done_doc},
     {"shutdown", (PyCFunction)(void (*)(void))queue_shutdown, METH_FASTCALL | METH_KEYWORDS,
      shutdown_doc},
-    {"_init", fifo_init_m, METH_O, init_doc},
-    {"_put", fifo_put_m, METH_O, putp_doc},
+    {"_init", FA_KW_METH(fifo_init_kw), init_doc},
+    {"_put", FA_KW_METH(fifo_put_kw), putp_doc},
     {"_get", fifo_get_m, METH_NOARGS, getp_doc},
     {"_format", queue_format, METH_NOARGS, format_doc},
     {"_get_loop", queue_private_get_loop, METH_NOARGS, get_loop_doc},
-    {"_wakeup_next", queue_wakeup_next_m, METH_O, wakeup_next_doc},
+    {"_wakeup_next", FA_KW_METH(queue_wakeup_next_kw), wakeup_next_doc},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {"__reduce__", queue_reduce, METH_NOARGS, reduce_doc},
     {"__setstate__", queue_setstate, METH_O, setstate_doc},
@@ -2377,15 +2388,15 @@ static PyMethodDef queue_methods[] = {
 };
 
 static PyMethodDef prio_methods[] = {
-    {"_init", prio_init_m, METH_O, init_doc},
-    {"_put", prio_put_m, METH_O, putp_doc},
+    {"_init", FA_KW_METH(prio_init_kw), init_doc},
+    {"_put", FA_KW_METH(prio_put_kw), putp_doc},
     {"_get", prio_get_m, METH_NOARGS, getp_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef lifo_methods[] = {
-    {"_init", lifo_init_m, METH_O, init_doc},
-    {"_put", lifo_put_m, METH_O, putp_doc},
+    {"_init", FA_KW_METH(lifo_init_kw), init_doc},
+    {"_put", FA_KW_METH(lifo_put_kw), putp_doc},
     {"_get", lifo_get_m, METH_NOARGS, getp_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -1407,7 +1407,7 @@ PyDoc_STRVAR(release_doc_lock, "release($self, /)\n--\n\nRelease the lock, wakin
              "waiter. RuntimeError if it is not locked.");
 PyDoc_STRVAR(locked_doc_lock, "locked($self, /)\n--\n\nTrue if the lock is held.");
 static const char aenter_doc[] = "__aenter__($self, /)\n--\n\nAcquire; returns None.";
-static const char aexit_doc[] = "__aexit__($self, exc_type, exc, tb, /)\n--\n\nRelease.";
+static const char aexit_doc[] = "__aexit__($self, exc_type, exc, tb)\n--\n\nRelease.";
 PyDoc_STRVAR(get_loop_doc, "_get_loop($self, /)\n--\n\nThe running loop, binding to it on "
              "first use.");
 PyDoc_STRVAR(wake_up_first_doc, "_wake_up_first($self, /)\n--\n\nWake the first waiter if "

@@ -1932,7 +1932,7 @@ PyDoc_STRVAR(tb_has_capacity_doc, "has_capacity($self, /, tokens=1)\n--\n\n"
 PyDoc_STRVAR(tb_reset_doc, "reset($self, /)\n--\n\n"
 "Start over as constructed: `initial` tokens now. Waiters stay in line and proceed if they can.");
 PyDoc_STRVAR(tb_aenter_doc, "__aenter__($self, /)\n--\n\nacquire(1); returns None.");
-PyDoc_STRVAR(tb_aexit_doc, "__aexit__($self, exc_type, exc, tb, /)\n--\n\nNothing: the token "
+PyDoc_STRVAR(tb_aexit_doc, "__aexit__($self, exc_type, exc, tb)\n--\n\nNothing: the token "
              "is spent.");
 PyDoc_STRVAR(tb_clock_doc, "_clock($self, /)\n--\n\n(now, native): the running loop's time as "
              "the bucket reads it, and whether it was read natively. For tests.");

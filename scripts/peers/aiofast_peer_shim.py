@@ -21,24 +21,22 @@ def _module(name, **names):
     return mod
 
 
-def _aiolimiter():
-    import aiofast
+def _public(peer):
+    """The public names of aiofast.compat.<peer>, the module users import instead of the peer."""
+    mod = importlib.import_module(f"aiofast.compat.{peer}")
+    return {n: getattr(mod, n) for n in mod.__all__}
 
-    return _module("aiolimiter", AsyncLimiter=aiofast.AsyncLimiter)
+
+def _aiolimiter():
+    return _module("aiolimiter", **_public("aiolimiter"))
 
 
 def _circuitbreaker():
-    from aiofast import _compat_breaker as cb
-
-    names = {n: getattr(cb, n) for n in cb.__all__}
-    return _module("circuitbreaker", **names)
+    return _module("circuitbreaker", **_public("circuitbreaker"))
 
 
 def _async_lru():
-    from aiofast import _compat_cache as cc
-
-    names = {"alru_cache": cc.alru_cache,
-             "AlruCacheLoopResetWarning": cc.AlruCacheLoopResetWarning}
+    names = _public("async_lru")
     # typing-only names the suite imports: for annotations (_R, _LRUCacheWrapper), and
     # _CacheParameters, the TypedDict of cache_parameters() (a plain dict at run time)
     names["_R"] = typing.TypeVar("_R")
@@ -52,14 +50,11 @@ def _async_lru():
 def _cachetools():
     # the real package (its Cache base, decorators and key functions), with aiofast's
     # LRUCache and TTLCache in place of its own
-    import aiofast
-
     real = importlib.import_module("cachetools")
     mod = _module("cachetools", **{k: v for k, v in vars(real).items()
                                    if not k.startswith("__")})
     mod.__path__ = real.__path__
-    mod.LRUCache = aiofast.LRUCache
-    mod.TTLCache = aiofast.TTLCache
+    mod.__dict__.update(_public("cachetools"))
     return mod
 
 
