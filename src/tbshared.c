@@ -852,7 +852,7 @@ PyDoc_STRVAR(tbs_try_acquire_doc, "try_acquire($self, /, tokens=1)\n--\n\n"
 PyDoc_STRVAR(tbs_has_capacity_doc, "has_capacity($self, /, tokens=1)\n--\n\n"
 "True if acquire(tokens) would finish at once.");
 PyDoc_STRVAR(tbs_aenter_doc, "__aenter__($self, /)\n--\n\nacquire(1); returns None.");
-PyDoc_STRVAR(tbs_aexit_doc, "__aexit__($self, exc_type, exc, tb, /)\n--\n\nNothing: the token "
+PyDoc_STRVAR(tbs_aexit_doc, "__aexit__($self, exc_type, exc, tb)\n--\n\nNothing: the token "
              "is spent.");
 PyDoc_STRVAR(tbs_tat_doc, "_tat($self, /)\n--\n\nThe theoretical arrival time in the segment, "
              "in ns. For tests.");
