@@ -635,7 +635,7 @@ def test_workers_killed_at_random_instants(name, loop_name, tmp_path):
     spawner = subprocess.Popen([sys.executable, WORKER, "spawner", name, loop_name, str(tally)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     seconds = 2.0
-    steady, start, end = start_steady(name, loop_name, 2, seconds, 20)
+    steady, start, end = start_steady(name, loop_name, 2, seconds, 40)
     kills = 0
     try:
         time.sleep(max(0, (start - time.monotonic_ns()) / 1e9))
@@ -643,7 +643,7 @@ def test_workers_killed_at_random_instants(name, loop_name, tmp_path):
             spawner.stdin.write("fork\n")
             spawner.stdin.flush()
             pid = int(spawner.stdout.readline())
-            time.sleep(rnd.uniform(0.005, 0.1))   # (the steady workers reserve ~40 ms ahead)
+            time.sleep(rnd.uniform(0.005, 0.2))   # (the steady workers reserve ~80 ms ahead)
             os.kill(pid, signal.SIGKILL)
             kills += 1
     finally:
@@ -652,7 +652,7 @@ def test_workers_killed_at_random_instants(name, loop_name, tmp_path):
         assert spawner.wait(timeout=30) == 0
     counts = steady_counts(steady)
     assert all(c > 0 for c in counts), counts       # the others kept working
-    assert kills >= 10
+    assert kills >= 8
     victims_taken = tally.stat().st_size if tally.exists() else 0
     assert victims_taken > 0
     total = sum(counts) + victims_taken
