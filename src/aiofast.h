@@ -154,8 +154,12 @@ typedef struct fa_state {
     PyObject *str_exception;
     /* tokenbucket.c: the wrapper type of @bucket, and interned names */
     PyTypeObject *RateLimitedType;
+    PyTypeObject *SharedTokenBucketType;  /* tbshared.c */
+    PyObject *str_shared;
     PyObject *str_is_closed;
     PyObject *str_clock_resolution;
+    /* shm.c: the error of an unusable shared segment */
+    PyObject *SharedSegmentError;
     /* clock.h / clock.c: what the proof that a loop's time() is asyncio's own compares against
      * (BaseEventLoop.time, its code and globals, the time module, its original monotonic) */
     PyObject *clk_base_time;      /* NULL: never read a loop's time natively */

@@ -9,6 +9,7 @@
 #include "aiofast.h"
 #include "loop.h"
 #include "clock.h"
+#include "shm.h"
 
 #define FA_STATE_NOBJ ((offsetof(fa_state, str_append) - offsetof(fa_state, OpType)) \
                        / sizeof(PyObject *) + 1)
@@ -172,6 +173,7 @@ module_exec(PyObject *mod)
     }
 
     if (fa_clock_init(mod, st) < 0) return -1;
+    if (fa_shm_init(mod, st) < 0) return -1;
     if (fa_op_init(mod, st) < 0) return -1;
     if (fa_semaphore_init(mod, st) < 0) return -1;
     if (fa_queue_init(mod, st) < 0) return -1;

@@ -23,8 +23,11 @@ from ._core import (
     Queue,
     QueueShutDown,
     Semaphore,
+    SharedSegmentError,
+    SharedTokenBucket,
     TokenBucket,
     TTLCache,
+    shared_unlink,
 )
 
 __version__ = "0.1.0"
@@ -46,6 +49,9 @@ __all__ = [
     "Queue",
     "QueueShutDown",
     "Semaphore",
+    "SharedSegmentError",
+    "SharedTokenBucket",
+    "shared_unlink",
     "circuit",
     "TTLCache",
     "TokenBucket",
