@@ -1,7 +1,7 @@
 /*
  * queue.c: Queue, PriorityQueue and LifoQueue, drop-ins for asyncio's.
  *
- * The algorithms are asyncio's (Lib/asyncio/queues.py of the Python we run on, SEMANTICS.md §5):
+ * The algorithms are asyncio's (Lib/asyncio/queues.py of the Python we run on):
  * waiters are popped when woken, a woken getter or putter re-checks in a loop (barging), a
  * woken-then-cancelled waiter passes the wake-up on, shutdown() as in 3.13 on every version. What
  * differs is where the pieces live:

@@ -2,7 +2,7 @@
  * semaphore.c: Semaphore, BoundedSemaphore, Lock and Event, drop-ins for asyncio's.
  *
  * The four share one struct (FaLock). Their algorithms are asyncio's (Lib/asyncio/locks.py of
- * the Python we are built for, see SEMANTICS.md): FIFO fairness, permits handed off at wake time
+ * the Python we are built for): FIFO fairness, permits handed off at wake time
  * (Semaphore), the baton passed on by a woken-then-cancelled waiter, the 3.13 Semaphore wake-all
  * rule under FA_PY313. What differs is the waiter structure: an intrusive list of the waiting
  * operations (op.h) instead of a deque of futures, so a cancelled waiter leaves in O(1).
