@@ -420,9 +420,10 @@ _SHARED = f"leak-breaker.{os.getpid()}"
 
 @scenario
 async def shared_breaker():
-    """A shared breaker opened (mapped) and dropped (unmapped) each cycle: calls, a failure that
-    opens it, a rejection, a probe, the getters. The segment lives across cycles."""
+    """A shared breaker's segment created (mapped), used and removed each cycle, then the object
+    dropped (unmapped): calls, a failure that opens it, a rejection, a probe, the getters."""
     b = aiofast.CircuitBreaker(2, 1.0, half_open_max_calls=2, shared=_SHARED, _testing=True)
+    aiofast.shared_unlink(_SHARED)  # the object keeps its mapping; nothing left behind
     b.add_listener(lambda br, old, new: None)
 
     @b
@@ -510,10 +511,4 @@ def main(name, loop_name="asyncio", warmup=400, cycles=400, segments=6):
 
 
 if __name__ == "__main__":
-    try:
-        main(*sys.argv[1:3])
-    finally:
-        try:
-            aiofast.shared_unlink(_SHARED)
-        except FileNotFoundError:
-            pass
+    main(*sys.argv[1:3])
