@@ -60,27 +60,27 @@ def names():
 
 
 class SharedClock:
-    """test_breaker's Clock for shared breakers: advancing it advances the virtual time of every
-    segment made with it (each test breaker has its own segment)."""
+    """The tests' Clock (helpers.Clock) for shared breakers: advancing it advances the virtual
+    time of every segment made with it (each test breaker has its own segment)."""
 
-    def __init__(self, t=1000.0):
-        self._t = t
+    def __init__(self, now=1000.0):
+        self._now = now
         self.breakers = []
 
     @property
-    def t(self):
-        return self._t
+    def now(self):
+        return self._now
 
-    @t.setter
-    def t(self, v):
-        self.advance(v - self._t)
+    @now.setter
+    def now(self, v):
+        self.advance(v - self._now)
 
     def __call__(self):
-        return self._t
+        return self._now
 
     def advance(self, dt):
         assert dt >= 0
-        self._t += dt
+        self._now += dt
         for b in self.breakers:
             b._shared_advance(dt)
 
