@@ -8,8 +8,16 @@
  * needs Python: the clock, classification of outcomes, listeners, the awaitable and the
  * wrappers.
  *
+ * shared=name: the record lives in a shared-memory segment every process of the host opens
+ * (breaker_sm.h, fa_bk_shared: a robust process-shared mutex, a published state word, two
+ * copies of the record). Then b->sm is only this process's snapshot of it, refreshed under the
+ * mutex for the getters (bk_view); admission and recording go to the segment (bk_sh_begin /
+ * bk_sh_end around the same fa_bk_* steps), the closed path through the published word alone.
+ * The listeners, classification, totals and the clock's reading stay this process's own.
+ *
  * Invariants:
- * - probes == number of live tickets with probe=1 and gen == sm->gen (HALF_OPEN only, else 0).
+ * - probes == number of live tickets with probe != 0 and gen == sm->gen (HALF_OPEN only, else
+ *   0; a shared ticket's probe is its slot + 1).
  * - Every admitted ticket is settled exactly once: recorded (success, failure, ignored) or
  *   released (ignored) when its holder dies unfinished.
  * - Nothing is held across the guarded call: admission and recording are each one pure C

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -187,6 +188,41 @@ TestSharedBreakerModel = SharedBreakerMachine.TestCase
 TestSharedBreakerModel.settings = settings(max_examples=max(100, settings.default.max_examples),
                                            stateful_step_count=40, deadline=None,
                                            suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------------ the closed path
+
+
+def test_closed_calls_allocate_nothing(names):
+    """A closed call on a shared breaker reads the published word and takes no mutex: nothing is
+    allocated, not even transiently (the same as the in-process breaker's plain-def call)."""
+    b = CircuitBreaker(10**9, shared=names())
+
+    @b
+    def f(x):
+        return x
+
+    def run(n):
+        for _ in range(n):
+            f(None)
+
+    run(200)
+    grown = []
+    for _ in range(3):  # the smallest of three: another thread may allocate during one
+        before = sys.getallocatedblocks()
+        run(20_000)
+        grown.append(sys.getallocatedblocks() - before)
+    assert min(grown, key=abs) in range(-2, 3)
+    tracemalloc.start()
+    try:
+        run(100)
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        run(5_000)
+        assert tracemalloc.get_traced_memory()[1] - base < 512
+    finally:
+        tracemalloc.stop()
+    assert b.stats()["calls"] == 200 + 60_000 + 5_100 and b.success_count == 65_300
 
 
 # ------------------------------------------------------------------ one process, two objects
