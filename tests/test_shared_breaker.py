@@ -520,6 +520,20 @@ def test_mismatched_configuration(names):
     assert b.name == "other" and b.shared == n
 
 
+@pytest.mark.parametrize("what", ["state", "layout"])
+def test_corrupted_record_is_refused(names, what):
+    """A segment whose record was scribbled over (a stray write of a process of the same user):
+    the next opener gets a clear error, never a crash."""
+    n = names()
+    b = CircuitBreaker(2, 5, shared=n, _testing=True)
+    b._shared_corrupt(what)
+    del b  # (the scribbler itself is not to be used any more)
+    with pytest.raises(aiofast.SharedSegmentError, match="corrupted CircuitBreaker record"):
+        CircuitBreaker(2, 5, shared=n, _testing=True)
+    aiofast.shared_unlink(n)
+    assert CircuitBreaker(2, 5, shared=n, _testing=True).state is CircuitState.CLOSED
+
+
 def segments():
     return {x for x in os.listdir(SHM_DIR) if x.startswith("aiofast.")}
 
@@ -556,6 +570,8 @@ def test_test_hooks_refuse_real_segments(names):
         b._shared_advance(5)
     with pytest.raises(RuntimeError, match="test hook"):
         b._shared_crash()
+    with pytest.raises(RuntimeError, match="test hook"):
+        b._shared_corrupt("state")
     with pytest.raises(RuntimeError, match="not a shared breaker"):
         CircuitBreaker()._shared_info()
     assert b.state is CircuitState.CLOSED
