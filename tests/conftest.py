@@ -75,3 +75,32 @@ def _collect_only_what_the_test_made():
         yield
     finally:
         gc.unfreeze()
+
+
+# ------------------------------------------------------------------ a real redis-server
+
+@pytest.fixture(scope="session")
+def server():
+    """One redis-server for the session's Redis tests (tests/redis_server.py)."""
+    from redis_server import RedisServer
+    srv = RedisServer().start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def own_server():
+    """A redis-server of the test's own, to kill, stop and restart."""
+    from redis_server import RedisServer
+    srv = RedisServer().start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def sync(server):
+    """A synchronous redis-py client of the session's server."""
+    import redis
+    c = redis.Redis.from_url(server.url)
+    yield c
+    c.close()

@@ -7,6 +7,7 @@ type and tracemalloc's traced memory, runs many more cycles, measures again, and
 deltas as JSON. tests/test_leaks.py asserts they are flat.
 """
 import asyncio
+import os
 import copy
 import dataclasses
 import gc
@@ -215,6 +216,46 @@ async def tokenbucket_family():
     for t in pend:
         t.cancel()
     await asyncio.gather(*pend, return_exceptions=True)
+
+
+@scenario
+async def shared_tokenbucket():
+    name = f"leakcheck.{os.getpid()}"
+    b = aiofast.TokenBucket(1e6, capacity=4, initial=0, shared=name)
+    await b.acquire()
+    async with b:
+        pass
+    waiters = [asyncio.ensure_future(b.acquire(4, timeout=10)), asyncio.ensure_future(b.acquire(4)),
+               asyncio.ensure_future(b.acquire(2, timeout=1e-9)), asyncio.ensure_future(b.acquire(1))]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    res = await asyncio.gather(*waiters, return_exceptions=True)
+    # (real time at a million tokens a second: the first may be served before its cancellation)
+    assert res[0] is None or isinstance(res[0], asyncio.CancelledError), res
+    assert res[1] is None and res[3] is None, res
+    assert res[2] is None or isinstance(res[2], TimeoutError), res
+
+    @b
+    async def f(x):
+        return x
+    assert await f(1) == 1
+    b.try_acquire(), b.has_capacity(2), b.tokens, b.waiting, repr(b)
+    try:
+        b.acquire(5)  # more than the capacity: raises at the call
+    except ValueError:
+        pass
+    op = b.acquire(0.5)
+    op.close()
+    dropped_unawaited(lambda: b.acquire(1), "SharedTokenBucket.acquire")
+    # a bucket dropped with a reservation pending, its timer armed
+    b0 = aiofast.TokenBucket(1, per=3600, initial=0, shared=name + ".slow")
+    pend = [asyncio.ensure_future(b0.acquire(1, timeout=60)) for _ in range(3)]
+    await _spin()
+    for t in pend:
+        t.cancel()
+    await asyncio.gather(*pend, return_exceptions=True)
+    aiofast.shared_unlink(name)
+    aiofast.shared_unlink(name + ".slow")
 
 
 class _Boom(Exception):
