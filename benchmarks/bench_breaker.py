@@ -230,13 +230,40 @@ def closed_with(loop, n):
                  "circuitbreaker": async_variant(loop, theirs_run)}, n, loop=loop)
 
 
+def _shared_name(what):
+    """A segment of this run only, removed when the process ends."""
+    import atexit
+
+    import aiofast
+
+    name = f"bench-breaker.{os.getpid()}.{what}"
+    atexit.register(aiofast.shared_unlink, name)
+    return name
+
+
+def closed_shared_sync(n):
+    shared = CircuitBreaker(BIG, shared=_shared_name("sync"))
+    return Case("closed: plain def, shared= (theirs: in-process)",
+                {"aiofast": sync_variant(_sync_loop(shared(_sync_raw))),
+                 "in-process": sync_variant(_sync_loop(CircuitBreaker(BIG)(_sync_raw)))}, n,
+                note="the same breaker with its state in a segment every process shares")
+
+
+def closed_shared_async(loop, n):
+    shared = CircuitBreaker(BIG, shared=_shared_name(f"async-{loop}"))
+    return Case("closed: await async def, shared= (theirs: in-process)",
+                {"aiofast": async_variant(loop, _async_loop(shared(_raw))),
+                 "in-process": async_variant(loop, _async_loop(CircuitBreaker(BIG)(_raw)))},
+                n, loop=loop)
+
+
 def cases(quick=False):
     n = 4000 if quick else 20000
     out = []
     for loop in ("asyncio", "uvloop"):
         out += [closed_async(loop, n), open_async(loop, n), open_async_fallback(loop, n),
-                closed_with(loop, n)]
-    out += [closed_sync(n * 2), open_sync(n * 2)]
+                closed_with(loop, n), closed_shared_async(loop, n)]
+    out += [closed_sync(n * 2), open_sync(n * 2), closed_shared_sync(n * 2)]
     return out
 
 

@@ -2,21 +2,22 @@
  * breaker.c: CircuitBreaker, the functions it guards (BreakerFunction) and the awaitable that
  * drives a guarded coroutine (BreakerCall), in C.
  *
- * The state machine. CLOSED lets every call through and counts outcomes: failure_threshold
- * consecutive failures (default mode), or a failure rate / slow-call rate over a sliding window
- * of the last `window` calls or of the last `window_time` seconds (rate mode), open it. OPEN
- * rejects every call until recovery_timeout has passed; the next call then turns it HALF_OPEN,
- * which lets at most half_open_max_calls probes run at once (the others are rejected at once):
- * success_threshold successful probes close it, a failed probe reopens it.
+ * The state machine itself (states, tickets and generations, the rate mode's window) is plain
+ * data in breaker_sm.c/.h: a Breaker owns one record (b->sm) and its own totals (b->tot), and
+ * drives the record through fa_bk_admit / fa_bk_commit / fa_bk_force. This file adds what
+ * needs Python: the clock, classification of outcomes, listeners, the awaitable and the
+ * wrappers.
  *
- * Tickets. Admission gives each call a ticket {gen, t0, probe}; gen is the generation of the
- * state it was admitted in (every transition bumps it). An outcome moves the state machine only
- * if its ticket's generation is still the current one; otherwise it only adds to the totals.
- * So a call admitted while closed that ends after the circuit went half-open is not taken for a
- * probe, and a probe that outlives its half-open period never frees a slot of the next one.
+ * shared=name: the record lives in a shared-memory segment every process of the host opens
+ * (breaker_sm.h, fa_bk_shared: a robust process-shared mutex, a published state word, two
+ * copies of the record). Then b->sm is only this process's snapshot of it, refreshed under the
+ * mutex for the getters (bk_view); admission and recording go to the segment (bk_sh_begin /
+ * bk_sh_end around the same fa_bk_* steps), the closed path through the published word alone.
+ * The listeners, classification, totals and the clock's reading stay this process's own.
  *
  * Invariants:
- * - probes == number of live tickets with probe=1 and gen == self->gen (HALF_OPEN only, else 0).
+ * - probes == number of live tickets with probe != 0 and gen == sm->gen (HALF_OPEN only, else
+ *   0; a shared ticket's probe is its slot + 1).
  * - Every admitted ticket is settled exactly once: recorded (success, failure, ignored) or
  *   released (ignored) when its holder dies unfinished.
  * - Nothing is held across the guarded call: admission and recording are each one pure C
@@ -25,7 +26,7 @@
  *   With the GIL, plain-def calls from several threads therefore keep exact counts.
  * - Transitions are queued as (old, new) pairs while listeners exist and delivered in order by
  *   bk_dispatch after the commit; a listener that re-enters the breaker only queues more events.
- * These, and each mode's counters and window, are checked after every mutation in debug builds
+ * These, and the record's own invariants, are checked after every mutation in debug builds
  * (breaker_check, breakercall_check: FA_CONSISTENT).
  *
  * For the circuitbreaker package's drop-in (circuit, aiofast/_compat_breaker.py): `streak`
@@ -34,28 +35,21 @@
  */
 #include "op.h"
 #include "clock.h"
+#include "breaker_sm.h"
+#include "shm.h"
 
+#include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
-#include <time.h>
-#ifdef _WIN32
-#include <windows.h>
+#if FA_BK_HAVE_SHARED
+#include <signal.h>
+#include <sys/mman.h>
 #endif
 
-enum { BK_CLOSED = 0, BK_OPEN = 1, BK_HALF_OPEN = 2 };
-enum { OUT_SUCCESS = 0, OUT_FAILURE = 1, OUT_IGNORED = 2 };
+enum { BK_CLOSED = FA_BK_CLOSED, BK_OPEN = FA_BK_OPEN, BK_HALF_OPEN = FA_BK_HALF_OPEN };
+enum { OUT_SUCCESS = FA_BK_SUCCESS, OUT_FAILURE = FA_BK_FAILURE, OUT_IGNORED = FA_BK_IGNORED };
 
-#define BK_NBUCKETS 20   /* a time window is kept as 20 buckets of window_time / 20 seconds */
-
-typedef struct {
-    uint64_t gen;  /* generation of the state the call was admitted in */
-    double t0;     /* admission time (read when slow calls are measured or not closed) */
-    int probe;     /* holds one of the half-open probe slots */
-} bk_ticket;
-
-typedef struct {
-    int64_t idx;   /* floor(t / bucket_width) of the outcomes it holds */
-    Py_ssize_t n, f, s;
-} bk_bucket;
+typedef fa_bk_ticket bk_ticket;
 
 typedef struct BreakerCall BreakerCall;
 
@@ -69,40 +63,20 @@ typedef struct {
     PyObject *name;          /* str or None */
     PyObject *clock;         /* callable or NULL (time.monotonic) */
     fa_clock clk;            /* the clock last read; times are on its scale (bk_now) */
-    double recovery_timeout;
-    double failure_rate;     /* rate mode */
-    double slow_rate;        /* rate mode with slow calls */
-    double slow_duration;    /* slow_mode */
-    double window_time;      /* time_mode */
-    double bucket_width;
-    Py_ssize_t failure_threshold;
-    Py_ssize_t success_threshold;
-    Py_ssize_t half_open_max;
-    Py_ssize_t window;       /* count window size (rate mode, not time_mode) */
-    Py_ssize_t min_calls;
     char expected_pred;
     char exclude_pred;
-    char rate_mode;
-    char slow_mode;
-    char time_mode;
-    /* the state machine */
-    int state;
-    uint64_t gen;
-    double opened_at;
+    /* the state machine: a record of fa_bk_sm_size(&sm->cfg) bytes (breaker_sm.h) */
+    fa_bk_sm *sm;            /* shared=: a snapshot of the shared record, for the getters */
+    fa_bk_totals tot;
+#if FA_BK_HAVE_SHARED
+    fa_bk_shared *sh;        /* shared=: the record every process shares, else NULL */
+    fa_shm shm;
+    PyObject *shared;        /* shared=: its name, else NULL */
+    int sh_testing;          /* a test segment: virtual time and the crash hook */
+#endif
     double last_now;         /* last clock reading: the fallback when a clock= raises */
-    Py_ssize_t failures;     /* default mode: consecutive failures; frozen while open */
-    Py_ssize_t successes;
-    Py_ssize_t probes;       /* half-open probes running */
-    Py_ssize_t streak;       /* failures since the last success or close(), in any state */
     PyObject *last_failure;  /* peer: the exception of the last failure, until a success */
     int peer;                /* circuitbreaker's drop-in: keeps last_failure */
-    /* rate mode window */
-    unsigned char *ring;     /* last `window` outcomes: bit 0 failure, bit 1 slow */
-    Py_ssize_t ring_pos;
-    bk_bucket *buckets;
-    Py_ssize_t win_n, win_f, win_s;
-    /* totals */
-    unsigned long long n_calls, n_succ, n_fail, n_ign, n_slow, n_rej, n_changes;
     /* listeners and the transitions they have not been told about yet */
     PyObject *listeners;     /* list or NULL */
     unsigned char *ev;       /* (old, new) pairs */
@@ -150,6 +124,12 @@ typedef struct {
     int is_async;
 } BreakerFunction;
 
+#if FA_BK_HAVE_SHARED
+#define BK_SHARED(b) ((b)->sh != NULL)
+#else
+#define BK_SHARED(b) 0
+#endif
+
 #if FA_DEBUG
 static void breaker_check(Breaker *b);
 static void breakercall_check(BreakerCall *c);
@@ -167,6 +147,17 @@ static void breakercall_check(BreakerCall *c);
 static int
 bk_now(Breaker *b, double *now)
 {
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        /* the host's one clock; a test segment's own virtual time instead (_shared_advance) */
+        int64_t ns = fa_shm_now_ns();
+        if (b->sh_testing) {
+            ns = atomic_load_explicit(&b->sh->clock_offset_ns, memory_order_relaxed);
+        }
+        *now = b->last_now = (double)ns / 1e9;
+        return 0;
+    }
+#endif
     fa_reading r;
     if (FA_LIKELY(b->clock == NULL)) {
         if (fa_mono_read(b->st, &r) < 0) {
@@ -280,155 +271,17 @@ bk_dispatch(Breaker *b)
     }
     Py_DECREF(b);
 }
-
-/* ------------------------------------------------------------------ the window (rate mode) */
-
-static inline int64_t
-bk_bucket_index(Breaker *b, double now)
-{
-    double q = floor(now / b->bucket_width);
-    if (!(q < 9.0e18)) {
-        q = 9.0e18;
-    }
-    else if (q < -9.0e18) {
-        q = -9.0e18;
-    }
-    return (int64_t)q;
-}
-
-static inline bk_bucket *
-bk_bucket_at(Breaker *b, int64_t k)
-{
-    int64_t i = k % BK_NBUCKETS;
-    if (i < 0) {
-        i += BK_NBUCKETS;
-    }
-    return &b->buckets[i];
-}
-
-static void
-bk_bucket_drop(Breaker *b, bk_bucket *bu)
-{
-    b->win_n -= bu->n;
-    b->win_f -= bu->f;
-    b->win_s -= bu->s;
-    bu->n = bu->f = bu->s = 0;
-}
-
-/* Drop the buckets that left the window at bucket index k. */
-static void
-bk_expire(Breaker *b, int64_t k)
-{
-    for (int i = 0; i < BK_NBUCKETS; i++) {
-        bk_bucket *bu = &b->buckets[i];
-        if (bu->n != 0 && bu->idx <= k - BK_NBUCKETS) {
-            bk_bucket_drop(b, bu);
-        }
-    }
-}
-
-static void
-bk_window_reset(Breaker *b)
-{
-    b->win_n = b->win_f = b->win_s = 0;
-    b->ring_pos = 0;
-    if (b->buckets != NULL) {
-        for (int i = 0; i < BK_NBUCKETS; i++) {
-            b->buckets[i].idx = INT64_MIN;
-            b->buckets[i].n = b->buckets[i].f = b->buckets[i].s = 0;
-        }
-    }
-}
-
-static void
-bk_window_add(Breaker *b, double now, int fail, int slow)
-{
-    if (b->time_mode) {
-        int64_t k = bk_bucket_index(b, now);
-        bk_expire(b, k);
-        bk_bucket *bu = bk_bucket_at(b, k);
-        if (bu->idx != k) {
-            bk_bucket_drop(b, bu);
-            bu->idx = k;
-        }
-        bu->n++;
-        bu->f += fail;
-        bu->s += slow;
-    }
-    else {
-        if (b->win_n == b->window) {
-            unsigned char old = b->ring[b->ring_pos];
-            b->win_n--;
-            b->win_f -= old & 1;
-            b->win_s -= (old >> 1) & 1;
-        }
-        b->ring[b->ring_pos] = (unsigned char)(fail | (slow << 1));
-        b->ring_pos = (b->ring_pos + 1) % b->window;
-    }
-    b->win_n++;
-    b->win_f += fail;
-    b->win_s += slow;
-}
-
-/* The window's totals as seen at `now`, without changing it (for the getters). */
-static void
-bk_window_view(Breaker *b, double now, Py_ssize_t *n, Py_ssize_t *f, Py_ssize_t *s)
-{
-    if (!b->time_mode) {
-        *n = b->win_n;
-        *f = b->win_f;
-        *s = b->win_s;
-        return;
-    }
-    int64_t k = bk_bucket_index(b, now);
-    *n = *f = *s = 0;
-    for (int i = 0; i < BK_NBUCKETS; i++) {
-        bk_bucket *bu = &b->buckets[i];
-        if (bu->n != 0 && bu->idx > k - BK_NBUCKETS) {
-            *n += bu->n;
-            *f += bu->f;
-            *s += bu->s;
-        }
-    }
-}
-
-static int
-bk_window_trips(Breaker *b)
-{
-    if (b->win_n < b->min_calls || b->win_n == 0) {
-        return 0;
-    }
-    double n = (double)b->win_n;
-    if ((double)b->win_f / n >= b->failure_rate) {
-        return 1;
-    }
-    return b->slow_mode && (double)b->win_s / n >= b->slow_rate;
-}
-
 #if FA_DEBUG
-/* The invariants at the top and those of each mode's counters, checked after every mutation
- * (debug builds: FA_ASSERT_CONSISTENT). Reads C fields only. Live tickets are not linked
- * anywhere, so "probes == live probe tickets" is checked per call (breakercall_check). */
+/* The invariants at the top and the record's own (fa_bk_sm_check), checked after every
+ * mutation (debug builds: FA_ASSERT_CONSISTENT). Reads C fields only. Live tickets are not
+ * linked anywhere, so "probes == live probe tickets" is checked per call (breakercall_check). */
 static void
 breaker_check(Breaker *b)
 {
-    /* configuration, as breaker_new validates it */
-    FA_CHECK(b->failure_threshold >= 1 && b->success_threshold >= 1 && b->half_open_max >= 1,
-             "Breaker %p: thresholds %zd/%zd, half-open max %zd", (void *)b,
-             b->failure_threshold, b->success_threshold, b->half_open_max);
-    FA_CHECK(b->recovery_timeout >= 0, "Breaker %p: recovery_timeout %g", (void *)b,
-             b->recovery_timeout);
     /* (expected, name and the other objects may be cleared: breaker_clear, then a dying call
      * releases its ticket) */
-    FA_CHECK(!b->time_mode || b->rate_mode, "Breaker %p: time mode outside rate mode", (void *)b);
-    if (b->rate_mode) {
-        FA_CHECK(b->failure_rate > 0 && b->failure_rate <= 1 && b->slow_rate > 0
-                     && b->slow_rate <= 1 && b->min_calls >= 1,
-                 "Breaker %p: failure_rate %g, slow_rate %g, min_calls %zd", (void *)b,
-                 b->failure_rate, b->slow_rate, b->min_calls);
-    }
-    FA_CHECK(!b->slow_mode || (b->slow_duration > 0 && isfinite(b->slow_duration)),
-             "Breaker %p: slow_duration %g", (void *)b, b->slow_duration);
+    FA_CHECK(b->sm != NULL, "Breaker %p: no state machine", (void *)b);
+    fa_bk_sm_check(b->sm, b);
     FA_CHECK(b->listeners == NULL || PyList_CheckExact(b->listeners),
              "Breaker %p: listeners %p is not a list", (void *)b, (void *)b->listeners);
     FA_CHECK(b->cache == NULL
@@ -440,94 +293,14 @@ breaker_check(Breaker *b)
                      && b->tcache->state == CS_DONE && b->tcache->breaker == NULL),
              "Breaker %p: ticket cache %p is not a finished ticket", (void *)b,
              (void *)b->tcache);
-    /* the state machine */
-    FA_CHECK(b->state == BK_CLOSED || b->state == BK_OPEN || b->state == BK_HALF_OPEN,
-             "Breaker %p: state %d", (void *)b, b->state);
-    FA_CHECK(b->failures >= 0 && b->successes >= 0, "Breaker %p: failures %zd, successes %zd",
-             (void *)b, b->failures, b->successes);
-    FA_CHECK(b->probes >= 0 && b->probes <= b->half_open_max
-                 && (b->state == BK_HALF_OPEN || b->probes == 0),
-             "Breaker %p: %zd probes (max %zd) in state %d", (void *)b, b->probes,
-             b->half_open_max, b->state);
-    FA_CHECK(b->gen >= b->n_changes, "Breaker %p: generation %llu < %llu state changes",
-             (void *)b, (unsigned long long)b->gen, b->n_changes);
+    FA_CHECK(BK_SHARED(b) || b->sm->gen >= b->tot.changes,
+             "Breaker %p: generation %llu < %llu state changes", (void *)b,
+             (unsigned long long)b->sm->gen, b->tot.changes);
     /* every settled ticket was admitted once; a slow call is a success or a failure */
-    FA_CHECK(b->n_succ + b->n_fail + b->n_ign <= b->n_calls
-                 && b->n_slow <= b->n_succ + b->n_fail,
+    FA_CHECK(b->tot.succ + b->tot.fail + b->tot.ign <= b->tot.calls
+                 && b->tot.slow <= b->tot.succ + b->tot.fail,
              "Breaker %p: %llu calls, %llu/%llu/%llu settled, %llu slow", (void *)b,
-             b->n_calls, b->n_succ, b->n_fail, b->n_ign, b->n_slow);
-    if (b->state == BK_HALF_OPEN) {
-        /* a failed probe reopens at once; enough successes close */
-        FA_CHECK(b->failures == 0 && b->successes < b->success_threshold,
-                 "Breaker %p: half-open with failures %zd, successes %zd/%zd", (void *)b,
-                 b->failures, b->successes, b->success_threshold);
-    }
-    else if (b->state == BK_CLOSED && !b->rate_mode) {
-        /* a run of failures or a run of successes, never both; the threshold opens it */
-        FA_CHECK(b->failures < b->failure_threshold && (b->failures == 0 || b->successes == 0),
-                 "Breaker %p: closed with failures %zd/%zd, successes %zd", (void *)b,
-                 b->failures, b->failure_threshold, b->successes);
-    }
-    else if (b->state == BK_CLOSED) {
-        /* rate mode counts in the window only */
-        FA_CHECK(b->failures == 0 && b->successes == 0,
-                 "Breaker %p: closed rate mode with failures %zd, successes %zd", (void *)b,
-                 b->failures, b->successes);
-    }
-    /* the window: its totals are the sums of what it holds */
-    FA_CHECK(b->win_n >= 0 && b->win_f >= 0 && b->win_s >= 0 && b->win_f <= b->win_n
-                 && b->win_s <= b->win_n,
-             "Breaker %p: window %zd calls, %zd failures, %zd slow", (void *)b, b->win_n,
-             b->win_f, b->win_s);
-    FA_CHECK(b->rate_mode || b->win_n == 0, "Breaker %p: window of %zd outside rate mode",
-             (void *)b, b->win_n);
-    FA_CHECK(!b->slow_mode || b->rate_mode || b->win_s == 0, "Breaker %p: slow window",
-             (void *)b);
-    if (b->rate_mode && b->time_mode) {
-        FA_CHECK(b->buckets != NULL && b->ring == NULL && b->bucket_width > 0
-                     && isfinite(b->bucket_width),
-                 "Breaker %p: buckets %p, ring %p, width %g", (void *)b, (void *)b->buckets,
-                 (void *)b->ring, b->bucket_width);
-        Py_ssize_t n = 0, f = 0, s = 0;
-        for (int i = 0; i < BK_NBUCKETS; i++) {
-            bk_bucket *bu = &b->buckets[i];
-            FA_CHECK(bu->n >= 0 && bu->f >= 0 && bu->s >= 0 && bu->f <= bu->n && bu->s <= bu->n,
-                     "Breaker %p: bucket %d holds %zd calls, %zd failures, %zd slow", (void *)b,
-                     i, bu->n, bu->f, bu->s);
-            FA_CHECK(bu->n == 0 || bu->idx == INT64_MIN || bk_bucket_at(b, bu->idx) == bu,
-                     "Breaker %p: bucket %d holds index %lld", (void *)b, i,
-                     (long long)bu->idx);
-            n += bu->n;
-            f += bu->f;
-            s += bu->s;
-        }
-        FA_CHECK(n == b->win_n && f == b->win_f && s == b->win_s,
-                 "Breaker %p: buckets hold %zd/%zd/%zd, window says %zd/%zd/%zd", (void *)b, n,
-                 f, s, b->win_n, b->win_f, b->win_s);
-    }
-    else if (b->rate_mode) {
-        FA_CHECK(b->ring != NULL && b->buckets == NULL && b->window >= 1
-                     && b->min_calls <= b->window && b->win_n <= b->window
-                     && b->ring_pos >= 0 && b->ring_pos < b->window
-                     && (b->win_n == b->window || b->ring_pos == b->win_n),
-                 "Breaker %p: ring %p of %zd, at %zd, holding %zd (min_calls %zd)", (void *)b,
-                 (void *)b->ring, b->window, b->ring_pos, b->win_n, b->min_calls);
-        Py_ssize_t f = 0, s = 0;
-        for (Py_ssize_t i = 1; i <= b->win_n; i++) {
-            unsigned char o = b->ring[(b->ring_pos - i + b->window) % b->window];
-            FA_CHECK(o <= 3 && (b->slow_mode || !(o & 2)), "Breaker %p: ring entry %u",
-                     (void *)b, (unsigned)o);
-            f += o & 1;
-            s += (o >> 1) & 1;
-        }
-        FA_CHECK(f == b->win_f && s == b->win_s,
-                 "Breaker %p: ring holds %zd failures, %zd slow; window says %zd, %zd",
-                 (void *)b, f, s, b->win_f, b->win_s);
-    }
-    if (b->state == BK_CLOSED && b->rate_mode) {
-        FA_CHECK(!bk_window_trips(b), "Breaker %p: closed with a window that trips (%zd of %zd "
-                 "failed, %zd slow)", (void *)b, b->win_f, b->win_n, b->win_s);
-    }
+             b->tot.calls, b->tot.succ, b->tot.fail, b->tot.ign, b->tot.slow);
     /* the transitions not yet told to the listeners */
     FA_CHECK(b->ev_head >= 0 && b->ev_head <= b->ev_len && b->ev_len <= b->ev_cap
                  && (b->ev_cap == 0 || b->ev != NULL)
@@ -558,11 +331,12 @@ breakercall_check(BreakerCall *c)
              (unsigned)c->flags);
     FA_CHECK(c->state != CS_WAITING || c->it != NULL, "BreakerCall %p: waiting on nothing",
              (void *)c);
-    if ((c->flags & CF_ADMITTED) && c->t.gen == c->breaker->gen) {
-        FA_CHECK(c->t.probe == (c->breaker->state == BK_HALF_OPEN),
+    /* (a shared breaker's record changes under other processes: checked under its mutex) */
+    if ((c->flags & CF_ADMITTED) && !BK_SHARED(c->breaker) && c->t.gen == c->breaker->sm->gen) {
+        FA_CHECK(c->t.probe == (c->breaker->sm->state == BK_HALF_OPEN),
                  "BreakerCall %p: probe %d in state %d of its generation", (void *)c,
-                 c->t.probe, c->breaker->state);
-        FA_CHECK(!c->t.probe || c->breaker->probes >= 1,
+                 c->t.probe, (int)c->breaker->sm->state);
+        FA_CHECK(!c->t.probe || c->breaker->sm->probes >= 1,
                  "BreakerCall %p: a live probe, no probe slot taken", (void *)c);
     }
     if (c->breaker != NULL) {
@@ -570,103 +344,103 @@ breakercall_check(BreakerCall *c)
     }
 }
 #endif
+/* ------------------------------------------------------------------ driving the state machine */
 
-/* ------------------------------------------------------------------ the state machine */
-
-/* Pure C: no Python code runs here. */
-static void
-bk_transition(Breaker *b, int to, double now)
+/* After a step of the machine from state `from` to `to`, with `changes` transitions counted
+ * before it: queue the transition it made, if any, for the listeners (a step makes at most
+ * one). */
+static inline void
+bk_note(Breaker *b, int from, int to, unsigned long long changes)
 {
-    int from = b->state;
-    if (to == BK_OPEN) {
-        if (from == BK_CLOSED && b->rate_mode) {
-            Py_ssize_t n, f, s;  /* frozen: the window as it stands now */
-            bk_window_view(b, now, &n, &f, &s);
-            b->failures = f;
-            b->successes = n - f;
-        }
-        b->opened_at = now;
+    if (b->tot.changes != changes && b->listeners != NULL
+        && PyList_GET_SIZE(b->listeners) > 0) {
+        bk_ev_push(b, from, to);
     }
-    else {
-        b->failures = b->successes = 0;
-        if (to == BK_CLOSED && b->rate_mode) {
-            bk_window_reset(b);
-        }
-    }
-    b->probes = 0;
-    b->state = to;
-    b->gen++;
-    if (from != to) {
-        b->n_changes++;
-        if (b->listeners != NULL && PyList_GET_SIZE(b->listeners) > 0) {
-            bk_ev_push(b, from, to);
-        }
-    }
-    FA_ASSERT_CONSISTENT(b);
 }
 
-static void bk_commit_step(Breaker *b, const bk_ticket *t, int out, int slow, double now);
+#if FA_BK_HAVE_SHARED
+/* The shared record's mutex: the copy to change, or NULL with an OSError set. Nothing between
+ * this and bk_sh_end may call Python code. */
+static fa_bk_sm *
+bk_sh_begin(Breaker *b)
+{
+    fa_bk_sm *w;
+    int rc = fa_bk_sh_lock(b->sh, &w);
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    return w;
+}
+
+/* Publish w, release the mutex. */
+static inline void
+bk_sh_end(Breaker *b, fa_bk_sm *w)
+{
+#if FA_DEBUG
+    fa_bk_sh_check(w, b);
+#endif
+    fa_bk_sh_publish(b->sh, w);
+}
+
+/* A settlement that could not take the mutex (it never fails in practice: a dead owner's
+ * mutex is recovered): reported, the caller's exception kept. */
+static void
+bk_sh_lost(Breaker *b, int err)
+{
+    PyObject *saved = fa_fetch_exc();  // new ref or NULL
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    PyErr_WriteUnraisable((PyObject *)b);
+    if (saved != NULL) {
+        fa_restore_exc(saved);
+    }
+}
+
+/* Copy the shared record into b->sm (what the getters read). 0 or -1. */
+static int
+bk_sh_sync(Breaker *b)
+{
+    fa_bk_sm *w = bk_sh_begin(b);
+    if (w == NULL) {
+        return -1;
+    }
+    memcpy(b->sm, w, fa_bk_sm_size(&w->cfg));
+    bk_sh_end(b, w);
+    FA_ASSERT_CONSISTENT(b);
+    return 0;
+}
+#endif
 
 /* Settle a ticket with an outcome. Pure C. */
 static inline void
 bk_commit(Breaker *b, const bk_ticket *t, int out, int slow, double now)
 {
-    bk_commit_step(b, t, out, slow, now);
+    unsigned long long changes = b->tot.changes;
+    int from, to;
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        fa_bk_sm *w;
+        int err = fa_bk_sh_lock(b->sh, &w);
+        if (err != 0) {
+            bk_sh_lost(b, err);
+            return;
+        }
+        from = w->state;
+        fa_bk_sh_commit(w, &b->tot, t, out, slow, now);
+        to = w->state;
+        bk_sh_end(b, w);
+        bk_note(b, from, to, changes);
+        FA_ASSERT_CONSISTENT(b);
+        return;
+    }
+#endif
+    from = b->sm->state;
+    fa_bk_commit(b->sm, &b->tot, t, out, slow, now);
+    to = b->sm->state;
+    bk_note(b, from, to, changes);
     FA_ASSERT_CONSISTENT(b);
-}
-
-static void
-bk_commit_step(Breaker *b, const bk_ticket *t, int out, int slow, double now)
-{
-    if (out == OUT_SUCCESS) {
-        b->n_succ++;
-        b->streak = 0;
-    }
-    else if (out == OUT_FAILURE) {
-        b->n_fail++;
-        b->streak++;
-    }
-    else {
-        b->n_ign++;
-    }
-    b->n_slow += (unsigned)slow;
-    if (t->gen != b->gen) {
-        return;  /* admitted under an earlier state: the totals only */
-    }
-    if (b->state == BK_HALF_OPEN) {
-        b->probes--;
-        if (out == OUT_IGNORED) {
-            return;
-        }
-        if (out == OUT_FAILURE || (slow && b->rate_mode)) {
-            b->failures += (out == OUT_FAILURE);
-            bk_transition(b, BK_OPEN, now);
-        }
-        else if (++b->successes >= b->success_threshold) {
-            bk_transition(b, BK_CLOSED, now);
-        }
-    }
-    else if (b->state == BK_CLOSED) {
-        if (out == OUT_IGNORED) {
-            return;
-        }
-        if (b->rate_mode) {
-            bk_window_add(b, now, out == OUT_FAILURE, slow);
-            if (bk_window_trips(b)) {
-                bk_transition(b, BK_OPEN, now);
-            }
-        }
-        else if (out == OUT_FAILURE) {
-            b->successes = 0;
-            if (++b->failures >= b->failure_threshold) {
-                bk_transition(b, BK_OPEN, now);
-            }
-        }
-        else {
-            b->failures = 0;
-            b->successes++;
-        }
-    }
 }
 
 /* A ticket whose call will never finish (its holder died, a with-block was never exited, the
@@ -677,43 +451,46 @@ bk_release(Breaker *b, const bk_ticket *t)
     bk_commit(b, t, OUT_IGNORED, 0, 0.0);
 }
 
-static int bk_admit_step(Breaker *b, bk_ticket *t, double now, double *remaining);
-
-/* Pure C part of admission. 1 admitted, 0 rejected (*remaining set). */
+/* Pure C part of admission. 1 admitted, 0 rejected (*remaining set), -1 error (shared: the
+ * mutex could not be taken). */
 static inline int
 bk_admit_at(Breaker *b, bk_ticket *t, double now, double *remaining)
 {
-    int rc = bk_admit_step(b, t, now, remaining);
+    unsigned long long changes = b->tot.changes;
+    int from, to, rc;
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        fa_bk_sm *w = bk_sh_begin(b);
+        if (w == NULL) {
+            return -1;
+        }
+        from = w->state;
+        rc = fa_bk_sh_admit(w, &b->tot, t, now, remaining);
+        to = w->state;
+        bk_sh_end(b, w);
+        bk_note(b, from, to, changes);
+        FA_ASSERT_CONSISTENT(b);
+        return rc;
+    }
+#endif
+    from = b->sm->state;
+    rc = fa_bk_admit(b->sm, &b->tot, t, now, remaining);
+    to = b->sm->state;
+    bk_note(b, from, to, changes);
     FA_ASSERT_CONSISTENT(b);
     return rc;
 }
 
-static int
-bk_admit_step(Breaker *b, bk_ticket *t, double now, double *remaining)
+/* Is the breaker closed (a hint: it may change before the call is admitted)? */
+static inline int
+bk_looks_closed(Breaker *b)
 {
-    if (b->state == BK_OPEN) {
-        double until = b->opened_at + b->recovery_timeout;
-        if (now < until) {
-            b->n_rej++;
-            *remaining = until - now;
-            return 0;
-        }
-        bk_transition(b, BK_HALF_OPEN, now);
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        return (atomic_load_explicit(&b->sh->word, memory_order_relaxed) & 3) == BK_CLOSED;
     }
-    t->probe = 0;
-    if (b->state == BK_HALF_OPEN) {
-        if (b->probes >= b->half_open_max) {
-            b->n_rej++;
-            *remaining = 0.0;
-            return 0;
-        }
-        b->probes++;
-        t->probe = 1;
-    }
-    t->gen = b->gen;
-    t->t0 = now;
-    b->n_calls++;
-    return 1;
+#endif
+    return b->sm->state == BK_CLOSED;
 }
 
 static void bc_finish(BreakerCall *c);
@@ -722,14 +499,25 @@ static void bc_finish(BreakerCall *c);
 static inline int
 bk_admit(Breaker *b, bk_ticket *t, double *remaining)
 {
-    if (FA_LIKELY(b->state == BK_CLOSED && !b->slow_mode)) {
-        t->gen = b->gen;
-        t->probe = 0;
-        t->t0 = 0.0;
-        b->n_calls++;
-        FA_ASSERT_CONSISTENT(b);
-        return 1;
+    if (FA_LIKELY(!BK_SHARED(b))) {
+        if (FA_LIKELY(fa_bk_admit_closed(b->sm, &b->tot, t))) {
+            FA_ASSERT_CONSISTENT(b);
+            return 1;
+        }
     }
+#if FA_BK_HAVE_SHARED
+    else {
+        /* closed: the generation from the published word, no mutex */
+        uint64_t w = atomic_load_explicit(&b->sh->word, memory_order_acquire);
+        if (FA_LIKELY((w & 3) == BK_CLOSED && !b->sm->cfg.slow_mode)) {
+            t->gen = w >> 3;
+            t->probe = 0;
+            t->t0 = 0.0;
+            b->tot.calls++;
+            return 1;
+        }
+    }
+#endif
     double now;
     if (bk_now(b, &now) < 0) {  // Beware: a clock= runs Python code; decide after it
         return -1;
@@ -779,15 +567,22 @@ bk_classify(Breaker *b, PyObject *exc)
 static inline int
 bk_record_success_fast(Breaker *b, const bk_ticket *t)
 {
-    if (FA_LIKELY(b->state == BK_CLOSED && t->gen == b->gen && !b->rate_mode
-                  && !b->slow_mode && b->last_failure == NULL)) {
-        b->n_succ++;
-        b->streak = 0;
-        b->failures = 0;
-        b->successes++;
-        FA_ASSERT_CONSISTENT(b);
+    if (FA_LIKELY(!BK_SHARED(b))) {
+        if (FA_LIKELY(b->last_failure == NULL && fa_bk_success_closed(b->sm, &b->tot, t))) {
+            FA_ASSERT_CONSISTENT(b);
+            return 1;
+        }
+        return 0;
+    }
+#if FA_BK_HAVE_SHARED
+    /* a clean closed record of the ticket's generation: only the success count moves */
+    uint64_t w = atomic_load_explicit(&b->sh->word, memory_order_acquire);
+    if (FA_LIKELY(w == ((t->gen << 3) | 4 | BK_CLOSED) && b->last_failure == NULL)) {
+        atomic_fetch_add_explicit(&b->sh->fast_succ, 1, memory_order_relaxed);
+        b->tot.succ++;
         return 1;
     }
+#endif
     return 0;
 }
 
@@ -802,14 +597,16 @@ bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
     if (out == OUT_SUCCESS && bk_record_success_fast(b, t)) {
         return;
     }
+    const fa_bk_config *cfg = &b->sm->cfg;
     double now = 0.0;  /* only a closed default-mode success or ignored call has no use for it */
-    if (b->rate_mode || b->slow_mode || b->state != BK_CLOSED || out == OUT_FAILURE) {
+    if (cfg->rate_mode || cfg->slow_mode || !bk_looks_closed(b) || out == OUT_FAILURE
+        || BK_SHARED(b)) {
         if (bk_now(b, &now) < 0) {
             bk_report(b, "clock", b->clock);
             now = b->last_now;
         }
     }
-    int slow = b->slow_mode && out != OUT_IGNORED && now - t->t0 > b->slow_duration;
+    int slow = cfg->slow_mode && out != OUT_IGNORED && now - t->t0 > cfg->slow_duration;
     bk_commit(b, t, out, slow, now);
     if (b->peer && out != OUT_IGNORED) {
         PyObject *old = b->last_failure;
@@ -819,37 +616,37 @@ bk_record(Breaker *b, const bk_ticket *t, PyObject *exc)
     bk_dispatch(b);
 }
 
+/* The current time, and b->sm up to date (a shared breaker's record copied). 0 or -1. */
+static int
+bk_view(Breaker *b, double *now)
+{
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b) && bk_sh_sync(b) < 0) {
+        return -1;
+    }
+#endif
+    return bk_now(b, now);
+}
+
 /* The state as seen now: OPEN past its recovery timeout reads as HALF_OPEN (the transition
  * itself happens at the next call). -1 on a clock error. */
 static int
 bk_effective_state(Breaker *b, double *now)
 {
-    if (bk_now(b, now) < 0) {
+    if (bk_view(b, now) < 0) {
         return -1;
     }
-    if (b->state == BK_OPEN && *now >= b->opened_at + b->recovery_timeout) {
-        return BK_HALF_OPEN;
-    }
-    return b->state;
+    return fa_bk_effective(b->sm, *now);
 }
 
 /* Counts as seen now (see failure_count / success_count). */
 static void
 bk_counts(Breaker *b, int eff, double now, Py_ssize_t *fails, Py_ssize_t *succs)
 {
-    if (eff != b->state) {  /* OPEN that reads as HALF_OPEN: a fresh half-open period */
-        *fails = *succs = 0;
-    }
-    else if (eff == BK_CLOSED && b->rate_mode) {
-        Py_ssize_t n, f, s;
-        bk_window_view(b, now, &n, &f, &s);
-        *fails = f;
-        *succs = n - f;
-    }
-    else {
-        *fails = b->failures;
-        *succs = b->successes;
-    }
+    int64_t f, s;
+    fa_bk_counts(b->sm, eff, now, &f, &s);
+    *fails = (Py_ssize_t)f;
+    *succs = (Py_ssize_t)s;
 }
 
 /* ------------------------------------------------------------------ CircuitOpenError */
@@ -1757,7 +1554,7 @@ bf_call_async(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
         return NULL;
     }
     c->flags = CF_DECORATED;
-    if (FA_LIKELY(b->state == BK_CLOSED && b->fallback == NULL)) {
+    if (FA_LIKELY(bk_looks_closed(b) && b->fallback == NULL)) {
         /* the likely case: make the coroutine now, forwarding the arguments as they are */
         c->it = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // Beware: user code
         if (c->it == NULL) {
@@ -2174,22 +1971,29 @@ bk_force(Breaker *b, int to)
     if (bk_now(b, &now) < 0) {
         return -1;
     }
-    if (b->state == BK_OPEN && to == BK_OPEN) {
-        b->opened_at = now;  /* trip again: the recovery timeout starts over */
-    }
-    else if (b->state == BK_CLOSED && to == BK_CLOSED) {
-        b->failures = b->successes = 0;  /* a reset */
-        b->streak = 0;
-        if (b->rate_mode) {
-            bk_window_reset(b);
+    unsigned long long changes = b->tot.changes;
+    int from, now_state;
+#if FA_BK_HAVE_SHARED
+    if (BK_SHARED(b)) {
+        fa_bk_sm *w = bk_sh_begin(b);
+        if (w == NULL) {
+            return -1;
         }
+        from = w->state;
+        fa_bk_sh_force(w, &b->tot, to, now);
+        now_state = w->state;
+        bk_sh_end(b, w);
     }
-    else if (b->state != to) {
-        bk_transition(b, to, now);
+    else
+#endif
+    {
+        from = b->sm->state;
+        fa_bk_force(b->sm, &b->tot, to, now);
+        now_state = b->sm->state;
     }
+    bk_note(b, from, now_state, changes);
     PyObject *old = NULL;
     if (to == BK_CLOSED) {
-        b->streak = 0;
         old = b->last_failure;
         b->last_failure = NULL;
     }
@@ -2266,20 +2070,164 @@ breaker_peer_mode(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     Breaker *b = (Breaker *)self;
     double now;
+    if (BK_SHARED(b)) {
+        PyErr_SetString(PyExc_TypeError, "circuit() does not take a shared CircuitBreaker");
+        return NULL;
+    }
     if (bk_now(b, &now) < 0) {
         return NULL;
     }
     b->peer = 1;
-    if (b->state == BK_CLOSED && b->n_changes == 0) {
-        b->opened_at = now;
+    if (b->sm->state == BK_CLOSED && b->tot.changes == 0) {
+        b->sm->opened_at = now;
     }
     Py_RETURN_NONE;
 }
 
 static PyObject *
+breaker_get_shared(PyObject *self, void *Py_UNUSED(c))
+{
+#if FA_BK_HAVE_SHARED
+    Breaker *b = (Breaker *)self;
+    if (b->shared != NULL) {
+        return Py_NewRef(b->shared);
+    }
+#else
+    (void)self;
+#endif
+    Py_RETURN_NONE;
+}
+
+#if FA_BK_HAVE_SHARED
+/* The private test hooks of a shared breaker: only on a segment made with _testing=True (its
+ * configuration says so, so no other breaker shares it), never on a real one. */
+static int
+bk_sh_testing(Breaker *b, const char *what)
+{
+    if (b->sh == NULL || !b->sh_testing) {
+        PyErr_Format(PyExc_RuntimeError, "%s is a test hook: only for a breaker made with "
+                     "shared=..., _testing=True", what);
+        return 0;
+    }
+    return 1;
+}
+
+/* _shared_advance(seconds): move a test segment's virtual time on, for every process. */
+static PyObject *
+breaker_shared_advance(PyObject *self, PyObject *arg)
+{
+    Breaker *b = (Breaker *)self;
+    if (!bk_sh_testing(b, "_shared_advance()")) {
+        return NULL;
+    }
+    double dt = PyFloat_AsDouble(arg);
+    if (dt == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(dt >= 0 && dt < 1e9)) {
+        PyErr_Format(PyExc_ValueError, "_shared_advance() needs 0 <= seconds < 1e9, got %R", arg);
+        return NULL;
+    }
+    atomic_fetch_add(&b->sh->clock_offset_ns, (int64_t)llround(dt * 1e9));
+    Py_RETURN_NONE;
+}
+
+/* _shared_info(): what the tests look at in the shared record (a consistent copy). */
+static PyObject *
+breaker_shared_info(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Breaker *b = (Breaker *)self;
+    if (b->sh == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "not a shared breaker");
+        return NULL;
+    }
+    fa_bk_sm *w = bk_sh_begin(b);
+    if (w == NULL) {
+        return NULL;
+    }
+    int64_t n = w->cfg.half_open_max;
+    int32_t pids[FA_BK_SH_PROBES_MAX];
+    memcpy(pids, fa_bk_sh_slots(w), (size_t)n * sizeof(int32_t));
+    int state = w->state;
+    unsigned long long gen = w->gen;
+    long long probes = w->probes, failures = w->failures, successes = w->successes;
+    long long streak = w->streak;
+    bk_sh_end(b, w);
+    unsigned long long rec = atomic_load(&b->sh->recoveries);
+    PyObject *slots = PyList_New(0);
+    if (slots == NULL) {
+        return NULL;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromLong(pids[i]);
+        if (v == NULL || PyList_Append(slots, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(slots);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return Py_BuildValue("{sisKsLsLsLsLsKsN}", "state", state, "gen", gen, "probes", probes,
+                         "failures", failures, "successes", successes, "streak", streak,
+                         "recoveries", rec, "probe_pids", slots);
+}
+
+/* _shared_corrupt(what): scribble over the segment as a stray write would ("state": the state
+ * of both copies; "layout": the copy size), for the tests of an opener's checks. */
+static PyObject *
+breaker_shared_corrupt(PyObject *self, PyObject *what)
+{
+    Breaker *b = (Breaker *)self;
+    if (!bk_sh_testing(b, "_shared_corrupt()")) {
+        return NULL;
+    }
+    if (PyUnicode_Check(what) && PyUnicode_CompareWithASCIIString(what, "layout") == 0) {
+        b->sh->copy_size ^= 0x5A5A0000u;
+    }
+    else if (PyUnicode_Check(what) && PyUnicode_CompareWithASCIIString(what, "state") == 0) {
+        fa_bk_sm *w = bk_sh_begin(b);
+        if (w == NULL) {
+            return NULL;
+        }
+        fa_bk_sh_copy(b->sh, 0)->state = 7;
+        fa_bk_sh_copy(b->sh, 1)->state = 7;
+        fa_bk_sh_unlock(b->sh);
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "_shared_corrupt() takes 'state' or 'layout', got %R",
+                     what);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _shared_crash(): take the mutex, scribble over the copy being written, and die by SIGKILL:
+ * what a process killed in the middle of an update leaves (test segments only). */
+static PyObject *
+breaker_shared_crash(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Breaker *b = (Breaker *)self;
+    if (!bk_sh_testing(b, "_shared_crash()")) {
+        return NULL;
+    }
+    fa_bk_sm *w = bk_sh_begin(b);
+    if (w == NULL) {
+        return NULL;
+    }
+    /* half an update: a new word published, the copy garbage, never flipped */
+    atomic_store(&b->sh->word, ((w->gen + 1) << 3) | 4 | BK_CLOSED);
+    memset(w, 0xA5, b->sh->copy_size);
+    kill(getpid(), SIGKILL);
+    for (;;) {
+        pause();
+    }
+}
+#endif
+
+static PyObject *
 breaker_get_streak(PyObject *self, void *Py_UNUSED(c))
 {
-    return PyLong_FromSsize_t(((Breaker *)self)->streak);
+    return PyLong_FromLongLong(((Breaker *)self)->sm->streak);
 }
 
 static PyObject *
@@ -2295,10 +2243,10 @@ breaker_get_open_remaining(PyObject *self, void *Py_UNUSED(c))
 {
     Breaker *b = (Breaker *)self;
     double now;
-    if (bk_now(b, &now) < 0) {
+    if (bk_view(b, &now) < 0) {
         return NULL;
     }
-    return PyFloat_FromDouble(b->opened_at + b->recovery_timeout - now);
+    return PyFloat_FromDouble(b->sm->opened_at + b->sm->cfg.recovery_timeout - now);
 }
 
 static PyObject *
@@ -2316,13 +2264,13 @@ breaker_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
                          "state", b->st->bk_states[eff],
                          "failure_count", fails,
                          "success_count", succs,
-                         "calls", b->n_calls,
-                         "successes", b->n_succ,
-                         "failures", b->n_fail,
-                         "ignored", b->n_ign,
-                         "slow_calls", b->n_slow,
-                         "rejections", b->n_rej,
-                         "state_changes", b->n_changes);
+                         "calls", b->tot.calls,
+                         "successes", b->tot.succ,
+                         "failures", b->tot.fail,
+                         "ignored", b->tot.ign,
+                         "slow_calls", b->tot.slow,
+                         "rejections", b->tot.rej,
+                         "state_changes", b->tot.changes);
 }
 
 /* ------------------------------------------------------------------ CircuitBreaker: getters */
@@ -2355,12 +2303,12 @@ breaker_get_remaining(PyObject *self, void *Py_UNUSED(c))
 {
     Breaker *b = (Breaker *)self;
     double now;
-    if (bk_now(b, &now) < 0) {
+    if (bk_view(b, &now) < 0) {
         return NULL;
     }
     double rem = 0.0;
-    if (b->state == BK_OPEN && now < b->opened_at + b->recovery_timeout) {
-        rem = b->opened_at + b->recovery_timeout - now;
+    if (b->sm->state == BK_OPEN && now < b->sm->opened_at + b->sm->cfg.recovery_timeout) {
+        rem = b->sm->opened_at + b->sm->cfg.recovery_timeout - now;
     }
     return PyFloat_FromDouble(rem);
 }
@@ -2389,19 +2337,21 @@ breaker_get_config(PyObject *self, void *which)
 {
     Breaker *b = (Breaker *)self;
     switch ((int)(intptr_t)which) {
-    case 0: return PyLong_FromSsize_t(b->failure_threshold);
-    case 1: return PyFloat_FromDouble(b->recovery_timeout);
-    case 2: return PyLong_FromSsize_t(b->success_threshold);
-    case 3: return PyLong_FromSsize_t(b->half_open_max);
+    case 0: return PyLong_FromLongLong(b->sm->cfg.failure_threshold);
+    case 1: return PyFloat_FromDouble(b->sm->cfg.recovery_timeout);
+    case 2: return PyLong_FromLongLong(b->sm->cfg.success_threshold);
+    case 3: return PyLong_FromLongLong(b->sm->cfg.half_open_max);
     case 4: return Py_NewRef(b->expected);
     case 5: return b->exclude ? Py_NewRef(b->exclude) : PyTuple_New(0);
-    case 6: return opt_double(b->failure_rate, b->rate_mode);
-    case 7: return b->rate_mode && !b->time_mode ? PyLong_FromSsize_t(b->window)
-                                                 : Py_NewRef(Py_None);
-    case 8: return opt_double(b->window_time, b->time_mode);
-    case 9: return b->rate_mode ? PyLong_FromSsize_t(b->min_calls) : Py_NewRef(Py_None);
-    case 10: return opt_double(b->slow_duration, b->slow_mode);
-    case 11: return opt_double(b->slow_rate, b->slow_mode && b->rate_mode);
+    case 6: return opt_double(b->sm->cfg.failure_rate, b->sm->cfg.rate_mode);
+    case 7: return b->sm->cfg.rate_mode && !b->sm->cfg.time_mode
+                   ? PyLong_FromLongLong(b->sm->cfg.window) : Py_NewRef(Py_None);
+    case 8: return opt_double(b->sm->cfg.window_time, b->sm->cfg.time_mode);
+    case 9: return b->sm->cfg.rate_mode ? PyLong_FromLongLong(b->sm->cfg.min_calls)
+                                        : Py_NewRef(Py_None);
+    case 10: return opt_double(b->sm->cfg.slow_duration, b->sm->cfg.slow_mode);
+    case 11: return opt_double(b->sm->cfg.slow_rate,
+                               b->sm->cfg.slow_mode && b->sm->cfg.rate_mode);
     case 12: return Py_NewRef(b->fallback ? b->fallback : Py_None);
     default: return Py_NewRef(b->clock ? b->clock : Py_None);
     }
@@ -2429,21 +2379,23 @@ breaker_repr(PyObject *self)
     }
     PyObject *detail;
     if (eff == BK_OPEN) {
-        char *num = PyOS_double_to_string(b->opened_at + b->recovery_timeout - now, 'f', 3, 0,
-                                          NULL);
+        char *num = PyOS_double_to_string(b->sm->opened_at + b->sm->cfg.recovery_timeout - now,
+                                          'f', 3, 0, NULL);
         detail = num ? PyUnicode_FromFormat("open, %s s remaining", num) : NULL;
         PyMem_Free(num);
     }
     else if (eff == BK_HALF_OPEN) {
         detail = PyUnicode_FromFormat("half_open, probes:%zd/%zd, successes:%zd/%zd",
-                                      eff == b->state ? b->probes : 0, b->half_open_max, succs,
-                                      b->success_threshold);
+                                      (Py_ssize_t)(eff == b->sm->state ? b->sm->probes : 0),
+                                      (Py_ssize_t)b->sm->cfg.half_open_max, succs,
+                                      (Py_ssize_t)b->sm->cfg.success_threshold);
     }
-    else if (b->rate_mode) {
+    else if (b->sm->cfg.rate_mode) {
         detail = PyUnicode_FromFormat("closed, failures:%zd of %zd calls", fails, fails + succs);
     }
     else {
-        detail = PyUnicode_FromFormat("closed, failures:%zd/%zd", fails, b->failure_threshold);
+        detail = PyUnicode_FromFormat("closed, failures:%zd/%zd", fails,
+                                      (Py_ssize_t)b->sm->cfg.failure_threshold);
     }
     PyObject *r = NULL;
     if (detail != NULL) {
@@ -2460,7 +2412,7 @@ breaker_repr(PyObject *self)
 
 /* An int >= lo (bool refused). 0 or -1. */
 static int
-parse_count(PyObject *v, const char *what, Py_ssize_t lo, Py_ssize_t *out)
+parse_count(PyObject *v, const char *what, Py_ssize_t lo, int64_t *out)
 {
     if (!PyLong_Check(v) || PyBool_Check(v)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, got %.100s", what, Py_TYPE(v)->tp_name);
@@ -2479,7 +2431,7 @@ parse_count(PyObject *v, const char *what, Py_ssize_t lo, Py_ssize_t *out)
         PyErr_Format(PyExc_ValueError, "%s is too large, got %R", what, v);
         return -1;
     }
-    *out = (Py_ssize_t)x;
+    *out = (int64_t)x;
     return 0;
 }
 
@@ -2556,6 +2508,176 @@ parse_exc_spec(PyObject *v, const char *what, PyObject **out, char *pred)
     return -1;
 }
 
+/* ------------------------------------------------------------------ CircuitBreaker: shared= */
+
+/* What a shared breaker's segment holds as its configuration: the machine's, and whether it is
+ * a test segment (virtual time, the crash hook): a test segment and a real one never mix. */
+typedef struct {
+    fa_bk_config cfg;
+    uint8_t testing;
+    uint8_t pad_[7];
+} bk_sh_config;
+
+#if FA_BK_HAVE_SHARED
+static int
+bk_repr_add(PyObject *parts, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *p = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (p == NULL) {
+        return -1;
+    }
+    int rc = PyList_Append(parts, p);
+    Py_DECREF(p);
+    return rc;
+}
+
+static int
+bk_repr_add_double(PyObject *parts, const char *name, double v)
+{
+    PyObject *f = PyFloat_FromDouble(v);
+    if (f == NULL) {
+        return -1;
+    }
+    int rc = bk_repr_add(parts, "%s=%R", name, f);
+    Py_DECREF(f);
+    return rc;
+}
+
+/* The configuration as the constructor's keywords (for the mismatch error). */
+static PyObject *
+bk_sh_config_repr(const void *config)
+{
+    const bk_sh_config *sc = config;
+    const fa_bk_config *c = &sc->cfg;
+    PyObject *parts = PyList_New(0);
+    if (parts == NULL) {
+        return NULL;
+    }
+    PyObject *r = NULL;
+    if ((c->rate_mode ? bk_repr_add_double(parts, "failure_rate", c->failure_rate)
+                      : bk_repr_add(parts, "failure_threshold=%lld",
+                                    (long long)c->failure_threshold)) < 0
+        || bk_repr_add_double(parts, "recovery_timeout", c->recovery_timeout) < 0
+        || bk_repr_add(parts, "success_threshold=%lld", (long long)c->success_threshold) < 0
+        || bk_repr_add(parts, "half_open_max_calls=%lld", (long long)c->half_open_max) < 0
+        || (c->rate_mode && c->time_mode
+            && bk_repr_add_double(parts, "window_time", c->window_time) < 0)
+        || (c->rate_mode && !c->time_mode
+            && bk_repr_add(parts, "window=%lld", (long long)c->window) < 0)
+        || (c->rate_mode && bk_repr_add(parts, "min_calls=%lld", (long long)c->min_calls) < 0)
+        || (c->slow_mode && bk_repr_add_double(parts, "slow_call_duration", c->slow_duration) < 0)
+        || (c->slow_mode && c->rate_mode
+            && bk_repr_add_double(parts, "slow_call_rate", c->slow_rate) < 0)
+        || (sc->testing && bk_repr_add(parts, "_testing=True") < 0)) {
+        goto done;
+    }
+    PyObject *sep = PyUnicode_FromString(", ");
+    if (sep != NULL) {
+        PyObject *body = PyUnicode_Join(sep, parts);
+        Py_DECREF(sep);
+        if (body != NULL) {
+            r = PyUnicode_FromFormat("CircuitBreaker(%U)", body);
+            Py_DECREF(body);
+        }
+    }
+done:
+    Py_DECREF(parts);
+    return r;
+}
+#endif
+
+/* Open (or create) the shared record named `name` for b, whose b->sm holds the configuration.
+ * 0, or -1 with an exception (nothing kept open). */
+static int
+bk_sh_open(Breaker *b, PyObject *name, int testing, PyObject *clock)
+{
+#if FA_BK_HAVE_SHARED
+    if (clock != NULL && clock != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "clock= cannot be given with shared=: a shared "
+                        "breaker runs on the host's monotonic clock (CLOCK_MONOTONIC), the one "
+                        "clock every process reads");
+        return -1;
+    }
+    const fa_bk_config *cfg = &b->sm->cfg;
+    if (cfg->half_open_max > FA_BK_SH_PROBES_MAX) {
+        PyErr_Format(PyExc_ValueError, "half_open_max_calls of a shared breaker must be <= %d, "
+                     "got %lld", FA_BK_SH_PROBES_MAX, (long long)cfg->half_open_max);
+        return -1;
+    }
+    if (cfg->rate_mode && !cfg->time_mode && cfg->window > FA_BK_SH_WINDOW_MAX) {
+        PyErr_Format(PyExc_ValueError, "window of a shared breaker must be <= %d calls, got %lld",
+                     FA_BK_SH_WINDOW_MAX, (long long)cfg->window);
+        return -1;
+    }
+    bk_sh_config sc;
+    memset(&sc, 0, sizeof(sc));
+    sc.cfg = *cfg;
+    sc.testing = (uint8_t)(testing != 0);
+    if (fa_shm_open(name, FA_SHM_KIND_BREAKER, &sc, sizeof(sc), fa_bk_sh_payload_size(cfg),
+                    bk_sh_config_repr, &b->shm) < 0) {
+        return -1;
+    }
+    fa_bk_shared *sh = b->shm.payload;
+    if (!b->shm.created) {
+        /* someone else's: the layer checked its header and configuration; check the record */
+        fa_bk_sm *w = NULL;
+        int rc = fa_bk_sh_layout_sane(sh, cfg) ? fa_bk_sh_lock(sh, &w) : -1;
+        int sane = rc == 0 && fa_bk_sh_record_sane(w, cfg);
+        if (rc == 0) {
+            if (sane) {
+                fa_bk_sh_publish(sh, w);  /* (a recovery of a dead owner's mutex included) */
+            }
+            else {
+                fa_bk_sh_unlock(sh);
+            }
+        }
+        if (!sane) {
+            fa_shm_close(&b->shm);
+            if (rc > 0) {
+                errno = rc;
+                PyErr_SetFromErrno(PyExc_OSError);
+            }
+            else {
+                PyErr_Format(b->st->SharedSegmentError, "shared segment %R holds a corrupted "
+                             "CircuitBreaker record (remove it with aiofast.shared_unlink(%R) "
+                             "once no process uses it)", name, name);
+            }
+            return -1;
+        }
+    }
+    else {
+        int rc = fa_bk_sh_init(sh, cfg);
+        if (rc != 0) {
+            shm_unlink(b->shm.path);  /* never published: nobody else uses it */
+            fa_shm_close(&b->shm);
+            errno = rc;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (sc.testing) {
+            /* a test segment's virtual time starts at 1000 s */
+            atomic_store(&sh->clock_offset_ns, 1000000000000LL);
+        }
+        fa_shm_publish(&b->shm);
+    }
+    b->sh = sh;
+    b->sh_testing = sc.testing;
+    b->shared = Py_NewRef(name);
+    if (bk_sh_sync(b) < 0) {
+        return -1;
+    }
+    return 0;
+#else
+    (void)b; (void)name; (void)testing; (void)clock;
+    PyErr_SetString(PyExc_NotImplementedError, "shared= needs process-shared robust mutexes "
+                    "and POSIX shared memory (Linux, FreeBSD)");
+    return -1;
+#endif
+}
+
 static PyObject *
 breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
@@ -2563,13 +2685,15 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
                              "half_open_max_calls", "expected_exception", "exclude",
                              "failure_rate", "window", "window_time", "min_calls",
                              "slow_call_duration", "slow_call_rate", "fallback", "name", "clock",
-                             NULL};
+                             "shared", "_testing", NULL};
     PyObject *o_ft = NULL, *o_rt = NULL, *o_st = NULL, *o_hm = NULL, *o_ee = NULL, *o_ex = NULL;
     PyObject *o_fr = NULL, *o_w = NULL, *o_wt = NULL, *o_mc = NULL, *o_sd = NULL, *o_sr = NULL;
-    PyObject *o_fb = NULL, *o_name = NULL, *o_clock = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$OOOOOOOOOOOOO:CircuitBreaker", kwlist,
+    PyObject *o_fb = NULL, *o_name = NULL, *o_clock = NULL, *o_shared = NULL;
+    int testing = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$OOOOOOOOOOOOOOp:CircuitBreaker", kwlist,
                                      &o_ft, &o_rt, &o_st, &o_hm, &o_ee, &o_ex, &o_fr, &o_w,
-                                     &o_wt, &o_mc, &o_sd, &o_sr, &o_fb, &o_name, &o_clock)) {
+                                     &o_wt, &o_mc, &o_sd, &o_sr, &o_fb, &o_name, &o_clock,
+                                     &o_shared, &testing)) {
         return NULL;
     }
 #define NONE(o) ((o) == NULL || (o) == Py_None)
@@ -2582,28 +2706,30 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     b->st = st;
-    b->failure_threshold = 5;
-    b->recovery_timeout = 30.0;
-    b->success_threshold = 1;
-    b->half_open_max = 1;
+    fa_bk_config cfg;
+    memset(&cfg, 0, sizeof(cfg));  /* padding too: records are compared as bytes */
+    cfg.failure_threshold = 5;
+    cfg.recovery_timeout = 30.0;
+    cfg.success_threshold = 1;
+    cfg.half_open_max = 1;
     b->name = Py_NewRef(Py_None);
-    b->slow_rate = 1.0;
-    if (o_ft != NULL && parse_count(o_ft, "failure_threshold", 1, &b->failure_threshold) < 0) {
+    cfg.slow_rate = 1.0;
+    if (o_ft != NULL && parse_count(o_ft, "failure_threshold", 1, &cfg.failure_threshold) < 0) {
         goto error;
     }
     if (o_rt != NULL) {
-        if (parse_number(o_rt, "recovery_timeout", &b->recovery_timeout) < 0) {
+        if (parse_number(o_rt, "recovery_timeout", &cfg.recovery_timeout) < 0) {
             goto error;
         }
-        if (b->recovery_timeout < 0) {
+        if (cfg.recovery_timeout < 0) {
             PyErr_Format(PyExc_ValueError, "recovery_timeout must be >= 0 seconds, got %R", o_rt);
             goto error;
         }
     }
-    if (o_st != NULL && parse_count(o_st, "success_threshold", 1, &b->success_threshold) < 0) {
+    if (o_st != NULL && parse_count(o_st, "success_threshold", 1, &cfg.success_threshold) < 0) {
         goto error;
     }
-    if (o_hm != NULL && parse_count(o_hm, "half_open_max_calls", 1, &b->half_open_max) < 0) {
+    if (o_hm != NULL && parse_count(o_hm, "half_open_max_calls", 1, &cfg.half_open_max) < 0) {
         goto error;
     }
     if (parse_exc_spec(NONE(o_ee) ? PyExc_Exception : o_ee, "expected_exception", &b->expected,
@@ -2623,10 +2749,10 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         }
     }
     if (!NONE(o_fr)) {
-        if (parse_rate(o_fr, "failure_rate", &b->failure_rate) < 0) {
+        if (parse_rate(o_fr, "failure_rate", &cfg.failure_rate) < 0) {
             goto error;
         }
-        b->rate_mode = 1;
+        cfg.rate_mode = 1;
         if (o_ft != NULL) {
             PyErr_SetString(PyExc_ValueError, "give failure_threshold (consecutive failures) or "
                             "failure_rate (rate over a window), not both");
@@ -2638,59 +2764,59 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
                         "not both");
         goto error;
     }
-    if (!b->rate_mode && (!NONE(o_w) || !NONE(o_wt) || !NONE(o_mc) || !NONE(o_sr))) {
+    if (!cfg.rate_mode && (!NONE(o_w) || !NONE(o_wt) || !NONE(o_mc) || !NONE(o_sr))) {
         PyErr_Format(PyExc_ValueError, "%s needs rate mode: give failure_rate too",
                      !NONE(o_w) ? "window" : !NONE(o_wt) ? "window_time"
                      : !NONE(o_mc) ? "min_calls" : "slow_call_rate");
         goto error;
     }
     if (!NONE(o_wt)) {
-        if (parse_number(o_wt, "window_time", &b->window_time) < 0) {
+        if (parse_number(o_wt, "window_time", &cfg.window_time) < 0) {
             goto error;
         }
-        if (!(b->window_time > 0) || isinf(b->window_time)) {
+        if (!(cfg.window_time > 0) || isinf(cfg.window_time)) {
             PyErr_Format(PyExc_ValueError, "window_time must be a finite number of seconds > 0, "
                          "got %R", o_wt);
             goto error;
         }
-        b->time_mode = 1;
-        b->bucket_width = b->window_time / BK_NBUCKETS;
-        b->min_calls = 10;
+        cfg.time_mode = 1;
+        cfg.bucket_width = cfg.window_time / FA_BK_NBUCKETS;
+        cfg.min_calls = 10;
     }
-    else if (b->rate_mode) {
-        b->window = 100;
-        if (!NONE(o_w) && parse_count(o_w, "window", 1, &b->window) < 0) {
+    else if (cfg.rate_mode) {
+        cfg.window = 100;
+        if (!NONE(o_w) && parse_count(o_w, "window", 1, &cfg.window) < 0) {
             goto error;
         }
-        b->min_calls = b->window;
+        cfg.min_calls = cfg.window;
     }
     if (!NONE(o_mc)) {
-        if (parse_count(o_mc, "min_calls", 1, &b->min_calls) < 0) {
+        if (parse_count(o_mc, "min_calls", 1, &cfg.min_calls) < 0) {
             goto error;
         }
-        if (!b->time_mode && b->min_calls > b->window) {
-            PyErr_Format(PyExc_ValueError, "min_calls (%zd) must be <= window (%zd)",
-                         b->min_calls, b->window);
+        if (!cfg.time_mode && cfg.min_calls > cfg.window) {
+            PyErr_Format(PyExc_ValueError, "min_calls (%lld) must be <= window (%lld)",
+                         (long long)cfg.min_calls, (long long)cfg.window);
             goto error;
         }
     }
     if (!NONE(o_sd)) {
-        if (parse_number(o_sd, "slow_call_duration", &b->slow_duration) < 0) {
+        if (parse_number(o_sd, "slow_call_duration", &cfg.slow_duration) < 0) {
             goto error;
         }
-        if (!(b->slow_duration > 0) || isinf(b->slow_duration)) {
+        if (!(cfg.slow_duration > 0) || isinf(cfg.slow_duration)) {
             PyErr_Format(PyExc_ValueError, "slow_call_duration must be a finite number of "
                          "seconds > 0, got %R", o_sd);
             goto error;
         }
-        b->slow_mode = 1;
+        cfg.slow_mode = 1;
     }
     if (!NONE(o_sr)) {
-        if (!b->slow_mode) {
+        if (!cfg.slow_mode) {
             PyErr_SetString(PyExc_ValueError, "slow_call_rate needs slow_call_duration");
             goto error;
         }
-        if (parse_rate(o_sr, "slow_call_rate", &b->slow_rate) < 0) {
+        if (parse_rate(o_sr, "slow_call_rate", &cfg.slow_rate) < 0) {
             goto error;
         }
     }
@@ -2718,25 +2844,23 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         }
         b->clock = Py_NewRef(o_clock);
     }
-#undef NONE
-    if (b->rate_mode) {
-        if (b->time_mode) {
-            b->buckets = PyMem_Calloc(BK_NBUCKETS, sizeof(bk_bucket));
-            if (b->buckets == NULL) {
-                PyErr_NoMemory();
-                goto error;
-            }
-        }
-        else {
-            b->ring = PyMem_Calloc((size_t)b->window, 1);
-            if (b->ring == NULL) {
-                PyErr_NoMemory();
-                goto error;
-            }
-        }
-        bk_window_reset(b);
+    size_t size = fa_bk_sm_size(&cfg);
+    b->sm = size ? PyMem_Malloc(size) : NULL;
+    if (b->sm == NULL) {
+        PyErr_NoMemory();
+        goto error;
     }
-    b->state = BK_CLOSED;
+    fa_bk_sm_init(b->sm, &cfg);
+    if (!NONE(o_shared)) {
+        if (bk_sh_open(b, o_shared, testing, o_clock) < 0) {
+            goto error;
+        }
+    }
+    else if (testing) {
+        PyErr_SetString(PyExc_ValueError, "_testing needs shared=");
+        goto error;
+    }
+#undef NONE
     return (PyObject *)b;
 error:
     Py_DECREF(b);
@@ -2761,6 +2885,9 @@ breaker_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT((PyObject *)b->cache);
     Py_VISIT((PyObject *)b->tcache);
     Py_VISIT(b->last_failure);
+#if FA_BK_HAVE_SHARED
+    Py_VISIT(b->shared);
+#endif
     return 0;
 }
 
@@ -2779,6 +2906,9 @@ breaker_clear(PyObject *self)
     Py_CLEAR(b->cache);
     Py_CLEAR(b->tcache);
     Py_CLEAR(b->last_failure);
+#if FA_BK_HAVE_SHARED
+    Py_CLEAR(b->shared);
+#endif
     return 0;
 }
 
@@ -2792,8 +2922,12 @@ breaker_dealloc(PyObject *self)
         PyObject_ClearWeakRefs(self);
     }
     breaker_clear(self);
-    PyMem_Free(b->ring);
-    PyMem_Free(b->buckets);
+#if FA_BK_HAVE_SHARED
+    fa_shm_close(&b->shm);
+    b->sh = NULL;
+    Py_CLEAR(b->shared);
+#endif
+    PyMem_Free(b->sm);
     PyMem_Free(b->ev);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -2844,6 +2978,18 @@ static PyMethodDef breaker_methods[] = {
     {"add_listener", breaker_add_listener, METH_O, add_listener_doc},
     {"remove_listener", breaker_remove_listener, METH_O, remove_listener_doc},
     {"stats", breaker_stats, METH_NOARGS, stats_doc},
+#if FA_BK_HAVE_SHARED
+    {"_shared_advance", breaker_shared_advance, METH_O, "_shared_advance($self, seconds, /)"
+     "\n--\n\nTest hook (shared=..., _testing=True only): move the segment's virtual time on."},
+    {"_shared_info", breaker_shared_info, METH_NOARGS, "_shared_info($self, /)\n--\n\n"
+     "Test hook: the shared record's state, generation, counts, probe slot owners and how "
+     "many times a dead owner's mutex was recovered."},
+    {"_shared_corrupt", breaker_shared_corrupt, METH_O, "_shared_corrupt($self, what, /)\n--"
+     "\n\nTest hook (shared=..., _testing=True only): scribble over the segment ('state' or "
+     "'layout')."},
+    {"_shared_crash", breaker_shared_crash, METH_NOARGS, "_shared_crash($self, /)\n--\n\n"
+     "Test hook (shared=..., _testing=True only): die by SIGKILL halfway through an update."},
+#endif
     {"_peer_mode", breaker_peer_mode, METH_NOARGS, "_peer_mode($self, /)\n--\n\nFor the "
      "circuit drop-in: keep the last failure (_last_failure); the recovery time counts from "
      "now."},
@@ -2864,6 +3010,8 @@ static PyGetSetDef breaker_getset[] = {
     {"name", breaker_get_name, NULL, "The breaker's name (defaults to the first decorated "
      "function's __qualname__).", NULL},
     {"listeners", breaker_get_listeners, NULL, "The listeners, as a tuple.", NULL},
+    {"shared", breaker_get_shared, NULL, "The name of the shared segment holding the state "
+     "(shared=), or None for a breaker of this process only.", NULL},
     {"_failure_streak", breaker_get_streak, NULL, "Failures since the last success or close(), "
      "in any state (circuitbreaker's failure_count).", NULL},
     {"_last_failure", breaker_get_last_failure, NULL, "With _peer_mode(): the exception of the "
@@ -2896,7 +3044,7 @@ PyDoc_STRVAR(breaker_doc,
 "CircuitBreaker(failure_threshold=5, recovery_timeout=30.0, *, success_threshold=1, "
 "half_open_max_calls=1, expected_exception=None, exclude=(), failure_rate=None, "
 "window=None, window_time=None, min_calls=None, slow_call_duration=None, slow_call_rate=None, "
-"fallback=None, name=None, clock=None)\n--\n\n"
+"fallback=None, name=None, clock=None, shared=None)\n--\n\n"
 "A circuit breaker, in C. Use it as a decorator (async def or plain def), as `async with` / "
 "`with`, or with `await breaker.call(fn, *args, **kwargs)`. expected_exception=None means "
 "Exception.");

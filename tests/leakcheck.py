@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import gc
 import json
+import os
 import pickle
 import sys
 import tracemalloc
@@ -455,8 +456,52 @@ async def memo_family():
     await g.cache_close()
 
 
+_SHARED = f"leak-breaker.{os.getpid()}"
+
+
+@scenario
+async def shared_breaker():
+    """A shared breaker's segment created (mapped), used and removed each cycle, then the object
+    dropped (unmapped): calls, a failure that opens it, a rejection, a probe, the getters."""
+    b = aiofast.CircuitBreaker(2, 1.0, half_open_max_calls=2, shared=_SHARED, _testing=True)
+    aiofast.shared_unlink(_SHARED)  # the object keeps its mapping; nothing left behind
+    b.add_listener(lambda br, old, new: None)
+
+    @b
+    async def f(kind):
+        await asyncio.sleep(0)
+        if kind == "fail":
+            raise _Boom(kind)
+        return kind
+
+    assert await f("ok") == "ok"
+    for _ in range(2):
+        try:
+            await f("fail")
+        except _Boom:
+            pass
+    try:
+        await f("ok")
+    except aiofast.CircuitOpenError:
+        pass
+    b._shared_advance(1.0)
+    async with b:
+        pass
+    b.stats(), repr(b), b.state, b.failure_count, b.remaining, b._shared_info()
+    b.close()
+
+
 def core_types():
     return {name: obj for name, obj in vars(core).items() if isinstance(obj, type)}
+
+
+def mappings():
+    """The process's memory mappings (a shared segment never unmapped would add one a cycle)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
 
 
 def measure():
@@ -464,7 +509,7 @@ def measure():
     gc.collect()
     return (len(gc.get_objects()),
             {n: sys.getrefcount(t) for n, t in core_types().items()},
-            tracemalloc.get_traced_memory()[0])
+            tracemalloc.get_traced_memory()[0], mappings())
 
 
 def main(name, loop_name="asyncio", warmup=400, cycles=400, segments=6):
@@ -493,12 +538,14 @@ def main(name, loop_name="asyncio", warmup=400, cycles=400, segments=6):
         loop.close()
     objs = [b[0] - a[0] for a, b in zip(points, points[1:])]
     mem = [b[2] - a[2] for a, b in zip(points, points[1:])]
+    maps = [b[3] - a[3] for a, b in zip(points, points[1:])]
     refs0, refs_end = points[0][1], points[-1][1]
     print(json.dumps({
         "objects": min(objs[1:]),
         "objects_first_segment": objs[0],
         "type_refs": {n: refs_end[n] - refs0[n] for n in refs0 if refs_end[n] != refs0[n]},
         "traced_bytes": min(mem[1:]),
+        "mappings": min(maps[1:]),
         "traced_bytes_segments": mem,
         "cycles": cycles,
     }))

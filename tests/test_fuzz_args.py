@@ -221,6 +221,22 @@ ALLOWED = {
 }
 
 
+
+def _shared_breaker():
+    """A shared breaker (a real segment: its test hooks refuse) whose segment is unlinked at
+    once (the object keeps its mapping)."""
+    import os
+
+    name = f"fuzz-breaker.{os.getpid()}"
+    b = aiofast.CircuitBreaker(shared=name)
+    aiofast.shared_unlink(name)
+    return b
+
+
+FACTORIES["SharedCircuitBreaker"] = _shared_breaker
+ALLOWED.update({("SharedCircuitBreaker", m): exc for (c, m), exc in list(ALLOWED.items())
+                if c == "CircuitBreaker"})
+
 # A queue's storage (_queue) is a plain Python object a user may replace (asyncio allows it):
 # after `q._queue = ""`, put_nowait raises what "".append raises, in asyncio and here alike.
 STORAGE_ERRORS = {q: (AttributeError, IndexError) for q in ("Queue", "PriorityQueue", "LifoQueue")}

@@ -28,3 +28,4 @@ def test_no_leaks(name, loop_name):
     assert res["objects_first_segment"] < 200, res
     assert res["type_refs"] == {}, res
     assert res["traced_bytes"] < 8 * 1024, res
+    assert res["mappings"] < 50, res
