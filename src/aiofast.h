@@ -149,6 +149,8 @@ typedef struct fa_state {
     PyObject *str_exception;
     /* tokenbucket.c: the wrapper type of @bucket, and interned names */
     PyTypeObject *RateLimitedType;
+    PyTypeObject *SharedTokenBucketType;  /* tbshared.c */
+    PyObject *str_shared;
     PyObject *str_is_closed;
     PyObject *str_clock_resolution;
     /* shm.c: the error of an unusable shared segment */

@@ -8,8 +8,16 @@
  * needs Python: the clock, classification of outcomes, listeners, the awaitable and the
  * wrappers.
  *
+ * shared=name: the record lives in a shared-memory segment every process of the host opens
+ * (breaker_sm.h, fa_bk_shared: a robust process-shared mutex, a published state word, two
+ * copies of the record). Then b->sm is only this process's snapshot of it, refreshed under the
+ * mutex for the getters (bk_view); admission and recording go to the segment (bk_sh_begin /
+ * bk_sh_end around the same fa_bk_* steps), the closed path through the published word alone.
+ * The listeners, classification, totals and the clock's reading stay this process's own.
+ *
  * Invariants:
- * - probes == number of live tickets with probe=1 and gen == sm->gen (HALF_OPEN only, else 0).
+ * - probes == number of live tickets with probe != 0 and gen == sm->gen (HALF_OPEN only, else
+ *   0; a shared ticket's probe is its slot + 1).
  * - Every admitted ticket is settled exactly once: recorded (success, failure, ignored) or
  *   released (ignored) when its holder dies unfinished.
  * - Nothing is held across the guarded call: admission and recording are each one pure C
@@ -1782,6 +1790,35 @@ breaker_shared_info(PyObject *self, PyObject *Py_UNUSED(ignored))
                          "recoveries", rec, "probe_pids", slots);
 }
 
+/* _shared_corrupt(what): scribble over the segment as a stray write would ("state": the state
+ * of both copies; "layout": the copy size), for the tests of an opener's checks. */
+static PyObject *
+breaker_shared_corrupt(PyObject *self, PyObject *what)
+{
+    Breaker *b = (Breaker *)self;
+    if (!bk_sh_testing(b, "_shared_corrupt()")) {
+        return NULL;
+    }
+    if (PyUnicode_Check(what) && PyUnicode_CompareWithASCIIString(what, "layout") == 0) {
+        b->sh->copy_size ^= 0x5A5A0000u;
+    }
+    else if (PyUnicode_Check(what) && PyUnicode_CompareWithASCIIString(what, "state") == 0) {
+        fa_bk_sm *w = bk_sh_begin(b);
+        if (w == NULL) {
+            return NULL;
+        }
+        fa_bk_sh_copy(b->sh, 0)->state = 7;
+        fa_bk_sh_copy(b->sh, 1)->state = 7;
+        fa_bk_sh_unlock(b->sh);
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "_shared_corrupt() takes 'state' or 'layout', got %R",
+                     what);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* _shared_crash(): take the mutex, scribble over the copy being written, and die by SIGKILL:
  * what a process killed in the middle of an update leaves (test segments only). */
 static PyObject *
@@ -2202,7 +2239,34 @@ bk_sh_open(Breaker *b, PyObject *name, int testing, PyObject *clock)
         return -1;
     }
     fa_bk_shared *sh = b->shm.payload;
-    if (b->shm.created) {
+    if (!b->shm.created) {
+        /* someone else's: the layer checked its header and configuration; check the record */
+        fa_bk_sm *w = NULL;
+        int rc = fa_bk_sh_layout_sane(sh, cfg) ? fa_bk_sh_lock(sh, &w) : -1;
+        int sane = rc == 0 && fa_bk_sh_record_sane(w, cfg);
+        if (rc == 0) {
+            if (sane) {
+                fa_bk_sh_publish(sh, w);  /* (a recovery of a dead owner's mutex included) */
+            }
+            else {
+                fa_bk_sh_unlock(sh);
+            }
+        }
+        if (!sane) {
+            fa_shm_close(&b->shm);
+            if (rc > 0) {
+                errno = rc;
+                PyErr_SetFromErrno(PyExc_OSError);
+            }
+            else {
+                PyErr_Format(b->st->SharedSegmentError, "shared segment %R holds a corrupted "
+                             "CircuitBreaker record (remove it with aiofast.shared_unlink(%R) "
+                             "once no process uses it)", name, name);
+            }
+            return -1;
+        }
+    }
+    else {
         int rc = fa_bk_sh_init(sh, cfg);
         if (rc != 0) {
             shm_unlink(b->shm.path);  /* never published: nobody else uses it */
@@ -2212,7 +2276,8 @@ bk_sh_open(Breaker *b, PyObject *name, int testing, PyObject *clock)
             return -1;
         }
         if (sc.testing) {
-            atomic_store(&sh->clock_offset_ns, 1000000000000LL);  /* virtual time starts at 1000 s */
+            /* a test segment's virtual time starts at 1000 s */
+            atomic_store(&sh->clock_offset_ns, 1000000000000LL);
         }
         fa_shm_publish(&b->shm);
     }
@@ -2539,6 +2604,9 @@ static PyMethodDef breaker_methods[] = {
     {"_shared_info", breaker_shared_info, METH_NOARGS, "_shared_info($self, /)\n--\n\n"
      "Test hook: the shared record's state, generation, counts, probe slot owners and how "
      "many times a dead owner's mutex was recovered."},
+    {"_shared_corrupt", breaker_shared_corrupt, METH_O, "_shared_corrupt($self, what, /)\n--"
+     "\n\nTest hook (shared=..., _testing=True only): scribble over the segment ('state' or "
+     "'layout')."},
     {"_shared_crash", breaker_shared_crash, METH_NOARGS, "_shared_crash($self, /)\n--\n\n"
      "Test hook (shared=..., _testing=True only): die by SIGKILL halfway through an update."},
 #endif

@@ -498,6 +498,46 @@ fa_bk_sh_publish(fa_bk_shared *sh, fa_bk_sm *work)
     pthread_mutex_unlock(&sh->mu);
 }
 
+void
+fa_bk_sh_unlock(fa_bk_shared *sh)
+{
+    pthread_mutex_unlock(&sh->mu);
+}
+
+int
+fa_bk_sh_layout_sane(fa_bk_shared *sh, const fa_bk_config *cfg)
+{
+    return sh->copy_size == fa_bk_sh_copy_size(cfg)
+           && atomic_load_explicit(&sh->cur, memory_order_acquire) <= 1;
+}
+
+int
+fa_bk_sh_record_sane(fa_bk_sm *w, const fa_bk_config *cfg)
+{
+    if (memcmp(&w->cfg, cfg, sizeof(*cfg)) != 0
+        || w->state < FA_BK_CLOSED || w->state > FA_BK_HALF_OPEN
+        || w->probes < 0 || w->probes > cfg->half_open_max
+        || (w->state != FA_BK_HALF_OPEN && w->probes != 0)
+        || w->failures < 0 || w->successes < 0 || w->streak < 0
+        || w->win_n < 0 || w->win_f < 0 || w->win_s < 0
+        || w->win_f > w->win_n || w->win_s > w->win_n) {
+        return 0;
+    }
+    if (cfg->rate_mode && !cfg->time_mode
+        && (w->ring_pos < 0 || w->ring_pos >= cfg->window || w->win_n > cfg->window)) {
+        return 0;
+    }
+    const int32_t *slots = fa_bk_sh_slots(w);
+    int64_t held = 0;
+    for (int64_t i = 0; i < cfg->half_open_max; i++) {
+        if (slots[i] < 0) {
+            return 0;
+        }
+        held += slots[i] != 0;
+    }
+    return held == w->probes;
+}
+
 /* After a step: a transition (a new generation) frees every probe slot. */
 static inline void
 bk_sh_after(fa_bk_sm *w, uint64_t gen)

@@ -280,6 +280,15 @@ int fa_bk_sh_lock(fa_bk_shared *sh, fa_bk_sm **work);
 /* Publish *work (the copy fa_bk_sh_lock returned) and release the mutex. */
 void fa_bk_sh_publish(fa_bk_shared *sh, fa_bk_sm *work);
 
+/* Release the mutex without publishing anything. */
+void fa_bk_sh_unlock(fa_bk_shared *sh);
+
+/* An opener's checks of a segment someone else made (its configuration bytes are already
+ * known equal): the layout (before taking the mutex), then the record itself (under it, the
+ * copy fa_bk_sh_lock returned). 1 sane, 0 corrupted. */
+int fa_bk_sh_layout_sane(fa_bk_shared *sh, const fa_bk_config *cfg);
+int fa_bk_sh_record_sane(fa_bk_sm *w, const fa_bk_config *cfg);
+
 /* Admission under the mutex (the work copy): reclaims the probe slots of dead owners when every
  * slot is taken, and gives a probe its slot (t->probe = slot + 1). As fa_bk_admit. */
 int fa_bk_sh_admit(fa_bk_sm *w, fa_bk_totals *tot, fa_bk_ticket *t, double now,

@@ -23,7 +23,10 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
 #endif
-#if defined(_POSIX_SHARED_MEMORY_OBJECTS) && _POSIX_SHARED_MEMORY_OBJECTS >= 0
+/* (macOS has shm_open though its unistd.h says -1; there a name is limited to 31 bytes, so
+ * names over 22 characters fail with ENAMETOOLONG) */
+#if defined(__linux__) || defined(__APPLE__) \
+    || (defined(_POSIX_SHARED_MEMORY_OBJECTS) && _POSIX_SHARED_MEMORY_OBJECTS > 0)
 #define FA_HAVE_SHM 1
 #include <errno.h>
 #include <fcntl.h>

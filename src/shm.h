@@ -15,8 +15,10 @@
  * - A segment belongs to the effective user that created it and has mode 0600: an opener checks
  *   the owner, the mode, the size, the magic, the layout version, the kind and the configuration
  *   bytes before it uses anything in it; any mismatch is a Python exception, never a crash.
- * - Nothing in the segment is a pointer or a lock: every process maps it at its own address, and
- *   a process killed at any instruction leaves nothing that another must release.
+ * - Nothing this layer puts in the segment is a pointer or a lock: every process maps it at its
+ *   own address, and a process killed at any instruction leaves nothing of the layer's that
+ *   another must release. A payload that needs a lock (the shared breaker's) uses a robust
+ *   process-shared mutex, recovered when its owner dies.
  * - Closing unmaps, never unlinks: the segment lives until shared_unlink() or reboot.
  */
 #ifndef AIOFAST_SHM_H

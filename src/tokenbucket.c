@@ -44,7 +44,7 @@
  * and using the limiter in a new loop after its loop closed warns (RuntimeWarning), as
  * aiolimiter does, and drops the waiters of the closed loop.
  */
-#include "op.h"
+#include "tokenbucket.h"
 #include "clock.h"
 
 #include <float.h>
@@ -59,7 +59,7 @@
 #define OPF_ADMITTED 0x100  /* tokens taken for this op, future resolved */
 #define OPF_TIMEDOUT 0x200  /* deadline passed, future resolved, nothing taken */
 #define OPF_TIMED 0x400     /* linked with a live deadline entry (counted in dl_live) */
-#define OPF_CALLING 0x800   /* RateLimited: the token is consumed, the function runs */
+#define OPF_CALLING TB_OPF_CALLING  /* RateLimited: the token is consumed, the function runs */
 #define OPF_BADAMOUNT 0x1000 /* AsyncLimiter: an amount outside [0, max_rate], raised on start */
 
 /* aiolimiter's texts, word for word */
@@ -118,6 +118,7 @@ typedef struct {
     PyObject *dict;
     PyObject *weakreflist;
     vectorcallfunc vectorcall;
+    const fa_opkind *kind;  /* the op its calls run (TokenBucket's or SharedTokenBucket's) */
 } RateLimited;
 
 static int tb_process(TokenBucket *self, double fired_at);
@@ -1174,8 +1175,8 @@ static const fa_opkind tb_aexit_kind = {"TokenBucket.__aexit__", tb_none_start, 
 
 /* The token is ours: call the function (op->arg2 = (func, kwnames or None, *args,
  * *kwvalues)) and `yield from` what it returns. */
-static PySendResult
-tb_call_run(FaOp *op, PyObject **res)
+PySendResult
+fa_tb_call_run(FaOp *op, PyObject **res)
 {
     op->flags |= OPF_CALLING;
     PyObject *t = op->arg2;  // owned from here
@@ -1202,7 +1203,7 @@ tb_call_start(FaOp *op, PyObject **res)
         return r;
     }
     Py_CLEAR(*res);
-    return tb_call_run(op, res);
+    return fa_tb_call_run(op, res);
 }
 
 static PySendResult
@@ -1217,7 +1218,7 @@ tb_call_resume(FaOp *op, PyObject *value, PyObject **res)
         return r;
     }
     Py_CLEAR(*res);
-    return tb_call_run(op, res);
+    return fa_tb_call_run(op, res);
 }
 
 static int
@@ -1233,193 +1234,13 @@ static const fa_opkind tb_call_kind = {
     "RateLimited.__call__", tb_call_start, tb_call_resume, tb_call_exc, NULL,
 };
 
-/* ------------------------------------------------------------------ argument parsing */
-
-/* A real number as a double: 0, -1 (TypeError naming the argument, or the error its
- * __float__/__index__ raised), or -2 (ValueError: too large for a float; see tb_huge_negative). */
-static int
-tb_real(PyObject *obj, const char *name, double *out)
-{
-    double d;
-    if (PyFloat_CheckExact(obj)) {
-        *out = PyFloat_AS_DOUBLE(obj);
-        return 0;
-    }
-    if (PyComplex_Check(obj) || PyUnicode_Check(obj) || PyBytes_Check(obj)
-        || !PyNumber_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.100s", name,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    d = PyFloat_AsDouble(obj);
-    if (d == -1.0 && PyErr_Occurred()) {
-        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "%s must be a finite number, got %R", name, obj);
-            return -2;
-        }
-        else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.100s", name,
-                         Py_TYPE(obj)->tp_name);
-        }
-        return -1;
-    }
-    *out = d;
-    return 0;
-}
-
-/* Parse (a=..., b=...) from a vectorcall: positional or keyword, both optional. */
-static int
-tb_parse2(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-          const char *n0, const char *n1, PyObject **o0, PyObject **o1)
-{
-    Py_ssize_t max = n1 ? 2 : 1;
-    if (nargs > max) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)", fname,
-                     max, max == 1 ? "" : "s", nargs);
-        return -1;
-    }
-    if (nargs > 0) {
-        *o0 = args[0];
-    }
-    if (nargs > 1) {
-        *o1 = args[1];
-    }
-    if (kwnames == NULL) {
-        return 0;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-        PyObject *v = args[nargs + i];
-        int idx = -1;
-        if (PyUnicode_CompareWithASCIIString(k, n0) == 0) {
-            idx = 0;
-        }
-        else if (n1 && PyUnicode_CompareWithASCIIString(k, n1) == 0) {
-            idx = 1;
-        }
-        if (idx < 0) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, k);
-            return -1;
-        }
-        if (idx < nargs) {
-            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
-                         idx == 0 ? n0 : n1);
-            return -1;
-        }
-        if (idx == 0) {
-            *o0 = v;
-        }
-        else {
-            *o1 = v;
-        }
-    }
-    return 0;
-}
-
-/* Is obj, a number too large for a float (tb_real returned -2), negative? 1, 0, -1.
- * Beware: Python code (__index__, __lt__). */
-static int
-tb_huge_negative(PyObject *obj)
-{
-    PyObject *v = PyIndex_Check(obj) ? PyNumber_Index(obj) : Py_NewRef(obj);  // new ref
-    if (v == NULL) {
-        return -1;
-    }
-    int neg = PyObject_RichCompareBool(v, Py_False, Py_LT);  // False == 0
-    Py_DECREF(v);
-    return neg;
-}
+/* argument parsing: tokenbucket.h (shared with the shared bucket) */
 
 /* A token count: > 0 and <= capacity. */
-static int
+static inline int
 tb_tokens_arg(TokenBucket *self, PyObject *obj, double *out)
 {
-    if (obj == NULL) {
-        *out = 1.0;  // capacity >= 1 always
-        return 0;
-    }
-    double n;
-    if (PyLong_CheckExact(obj)) {
-        n = PyLong_AsDouble(obj);
-        if (n == -1.0 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                return -1;
-            }
-            PyErr_Clear();
-            int neg = PyObject_RichCompareBool(obj, Py_False, Py_LT);  // False == 0
-            if (neg < 0) {
-                return -1;
-            }
-            n = neg ? -INFINITY : INFINITY;
-        }
-    }
-    else {
-        int rc = tb_real(obj, "tokens", &n);
-        if (rc == -1) {
-            return -1;  // not a number, or its own error (a __float__ raising ValueError too)
-        }
-        if (rc == -2) {
-            /* too large for a float: above any capacity, or below 0 */
-            PyErr_Clear();
-            int neg = tb_huge_negative(obj);
-            if (neg < 0) {
-                return -1;
-            }
-            n = neg ? -INFINITY : INFINITY;
-        }
-    }
-    if (!(n > 0)) {
-        PyErr_Format(PyExc_ValueError, "tokens must be > 0, got %R", obj);
-        return -1;
-    }
-    if (n > self->capacity) {
-        PyErr_Format(PyExc_ValueError, "tokens must be <= capacity (%R), got %R: the request "
-                     "could never be satisfied", self->cap_obj, obj);
-        return -1;
-    }
-    *out = n;
-    return 0;
-}
-
-/* timeout: None (wait as long as it takes) or a number (<= 0: only if available at once). */
-static int
-tb_timeout_arg(PyObject *obj, PyObject **out)
-{
-    if (obj == NULL || obj == Py_None) {
-        *out = NULL;
-        return 0;
-    }
-    double t;
-    int rc = tb_real(obj, "timeout", &t);
-    if (rc == -2) {
-        /* too large for a float: no limit, or (below 0) only if available at once */
-        PyErr_Clear();
-        int neg = tb_huge_negative(obj);
-        if (neg < 0) {
-            return -1;
-        }
-        t = neg ? -INFINITY : INFINITY;
-    }
-    else if (rc < 0) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
-                         Py_TYPE(obj)->tp_name);
-        }
-        return -1;
-    }
-    if (isnan(t)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be a number or None, got nan");
-        return -1;
-    }
-    if (t == INFINITY) {
-        *out = NULL;
-        return 0;
-    }
-    *out = PyFloat_FromDouble(t);
-    return *out ? 0 : -1;
+    return tb_count_arg(obj, self->capacity, self->cap_obj, out);
 }
 
 /* ------------------------------------------------------------------ methods */
@@ -1640,8 +1461,13 @@ tb_private_clock(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 tb_call(PyObject *op, PyObject *args, PyObject *kwargs)
 {
-    TokenBucket *self = (TokenBucket *)op;
-    fa_state *st = self->st;
+    return fa_tb_decorate(((TokenBucket *)op)->st, op, args, kwargs, &tb_call_kind);
+}
+
+PyObject *
+fa_tb_decorate(fa_state *st, PyObject *op, PyObject *args, PyObject *kwargs,
+               const fa_opkind *call_kind)
+{
     if ((kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) || PyTuple_GET_SIZE(args) != 1) {
         PyErr_SetString(PyExc_TypeError, "a TokenBucket decorates one async function: "
                         "@bucket, then async def f(...)");
@@ -1664,6 +1490,7 @@ tb_call(PyObject *op, PyObject *args, PyObject *kwargs)
     w->dict = NULL;
     w->weakreflist = NULL;
     w->vectorcall = rl_vectorcall;
+    w->kind = call_kind;
     PyObject_GC_Track(w);
     /* functools.update_wrapper(w, func), and the coroutine-function marks */
     PyObject *r = NULL;
@@ -1715,10 +1542,23 @@ tb_call(PyObject *op, PyObject *args, PyObject *kwargs)
 /* ------------------------------------------------------------------ construction */
 
 static PyObject *
-tb_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+tb_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
     fa_state *st = fa_state_from_type(tp);
     if (st == NULL) {
+        return NULL;
+    }
+    PyObject *shared = kwargs ? PyDict_GetItemWithError(kwargs, st->str_shared) : NULL;
+    if (shared != NULL && shared != Py_None) {
+        /* TokenBucket(..., shared=name): one bucket for every process of the host */
+        if (tp != st->TokenBucketType) {
+            PyErr_Format(PyExc_TypeError, "shared= makes a SharedTokenBucket, which %.100s "
+                         "cannot be", tp->tp_name);
+            return NULL;
+        }
+        return PyObject_Call((PyObject *)st->SharedTokenBucketType, args, kwargs);
+    }
+    if (PyErr_Occurred()) {
         return NULL;
     }
     TokenBucket *self = (TokenBucket *)tp->tp_alloc(tp, 0);  // zeroed
@@ -1749,16 +1589,10 @@ tb_peer_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     return self;
 }
 
-static int
-tb_init(PyObject *op, PyObject *args, PyObject *kwargs)
+int
+fa_tb_config_parse(PyObject *rate_o, PyObject *per_o, PyObject *cap_o, PyObject *init_o,
+                   fa_tb_config *out)
 {
-    TokenBucket *self = (TokenBucket *)op;
-    static char *kwlist[] = {"rate", "per", "capacity", "initial", NULL};
-    PyObject *rate_o, *per_o = NULL, *cap_o = Py_None, *init_o = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O$OO:TokenBucket", kwlist, &rate_o, &per_o,
-                                     &cap_o, &init_o)) {
-        return -1;
-    }
     double rate, per = 1.0, cap, initial;
     if (tb_real(rate_o, "rate", &rate) < 0) {
         return -1;
@@ -1811,20 +1645,49 @@ tb_init(PyObject *op, PyObject *args, PyObject *kwargs)
             return -1;
         }
     }
+    out->rate = rate;
+    out->per = per;
+    out->capacity = cap;
+    out->initial = initial;
+    out->cap_obj = cap_obj;
+    return 0;
+}
+
+static int
+tb_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    TokenBucket *self = (TokenBucket *)op;
+    static char *kwlist[] = {"rate", "per", "capacity", "initial", "shared", NULL};
+    PyObject *rate_o, *per_o = NULL, *cap_o = Py_None, *init_o = Py_None, *shared = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O$OOO:TokenBucket", kwlist, &rate_o,
+                                     &per_o, &cap_o, &init_o, &shared)) {
+        return -1;
+    }
+    if (shared != Py_None) {
+        /* TokenBucket(..., shared=name) makes a SharedTokenBucket (tb_new); only a direct
+         * __init__ call on an existing bucket gets here */
+        PyErr_SetString(PyExc_TypeError, "an existing TokenBucket cannot become shared: "
+                        "create one with TokenBucket(..., shared=name)");
+        return -1;
+    }
+    fa_tb_config c;
+    if (fa_tb_config_parse(rate_o, per_o, cap_o, init_o, &c) < 0) {
+        return -1;
+    }
     if (self->waiters.len != 0) {
-        Py_DECREF(cap_obj);
+        Py_DECREF(c.cap_obj);
         PyErr_SetString(PyExc_RuntimeError, "cannot re-initialize a TokenBucket while tasks "
                         "wait on it");
         return -1;
     }
-    self->rate = rate;
-    self->per = per;
-    self->capacity = cap;
-    self->initial = initial;
-    self->level = initial;
+    self->rate = c.rate;
+    self->per = c.per;
+    self->capacity = c.capacity;
+    self->initial = c.initial;
+    self->level = c.initial;
     Py_XSETREF(self->rate_obj, Py_NewRef(rate_o));
     Py_XSETREF(self->per_obj, per_o ? Py_NewRef(per_o) : PyFloat_FromDouble(1.0));
-    Py_XSETREF(self->cap_obj, cap_obj);
+    Py_XSETREF(self->cap_obj, c.cap_obj);
     if (self->per_obj == NULL) {
         return -1;
     }
@@ -1930,8 +1793,8 @@ tb_get_capacity(PyObject *op, void *Py_UNUSED(c))
 }
 
 /* A number for repr: integral values without ".0", others as repr(float) to 9 digits. */
-static PyObject *
-tb_num_str(double x)
+PyObject *
+fa_tb_num_str(double x)
 {
     if (x == floor(x) && fabs(x) < 1e15) {
         return PyUnicode_FromFormat("%lld", (long long)x);
@@ -1954,10 +1817,10 @@ tb_repr(PyObject *op)
     }
     PyObject *base = NULL, *rate = NULL, *per = NULL, *lv = NULL, *cap = NULL, *r = NULL;
     base = PyBaseObject_Type.tp_repr(op);
-    rate = tb_num_str(self->rate);
-    per = tb_num_str(self->per);
-    lv = tb_num_str(self->level);
-    cap = tb_num_str(self->capacity);
+    rate = fa_tb_num_str(self->rate);
+    per = fa_tb_num_str(self->per);
+    lv = fa_tb_num_str(self->level);
+    cap = fa_tb_num_str(self->capacity);
     if (base && rate && per && lv && cap) {
         PyObject *inner = PyUnicode_Substring(base, 1, PyUnicode_GET_LENGTH(base) - 1);
         if (inner != NULL) {
@@ -1991,7 +1854,7 @@ rl_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject
     for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
         PyTuple_SET_ITEM(t, 2 + i, Py_NewRef(args[i]));
     }
-    FaOp *o = fa_op_cached_in(w->st, callable, &w->cache, &tb_call_kind, w->bucket);
+    FaOp *o = fa_op_cached_in(w->st, callable, &w->cache, w->kind, w->bucket);
     if (o == NULL) {
         Py_DECREF(t);
         return NULL;
@@ -2064,10 +1927,11 @@ rl_dealloc(PyObject *op)
 /* ------------------------------------------------------------------ type specs */
 
 PyDoc_STRVAR(tb_doc,
-"TokenBucket(rate, per=1.0, *, capacity=None, initial=None)\n--\n\n"
+"TokenBucket(rate, per=1.0, *, capacity=None, initial=None, shared=None)\n--\n\n"
 "An async rate limiter: `rate` tokens flow in every `per` seconds, continuously, up to\n"
 "`capacity` (default: rate, at least 1). It starts with `initial` tokens (default: full).\n"
-"Waiters are served strictly first come, first served, on the running loop's clock.");
+"Waiters are served strictly first come, first served, on the running loop's clock.\n"
+"With shared=name, a SharedTokenBucket: one bucket for every process of the host.");
 PyDoc_STRVAR(tb_acquire_doc, "acquire($self, /, tokens=1, timeout=None)\n--\n\n"
 "Wait until `tokens` are available and take them (first come, first served). With a timeout,\n"
 "raise TimeoutError after that many seconds without taking anything. Returns None.");
@@ -2218,6 +2082,7 @@ int
 fa_tokenbucket_init(PyObject *mod, fa_state *st)
 {
     if ((st->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL
+        || (st->str_shared = PyUnicode_InternFromString("shared")) == NULL
         || (st->str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
         return -1;
     }
@@ -2243,5 +2108,5 @@ fa_tokenbucket_init(PyObject *mod, fa_state *st)
     if (st->RateLimitedType == NULL) {
         return -1;
     }
-    return 0;
+    return fa_tbshared_init(mod, st);
 }

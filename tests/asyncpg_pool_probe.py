@@ -21,6 +21,8 @@ def main(impl, loop_name):
     import asyncpg
     from asyncpg import connection
 
+    from helpers import spin_until
+
     class Protocol:
         queries_count = 0
 
@@ -67,13 +69,6 @@ def main(impl, loop_name):
         await asyncio.sleep(0)
         return FakeConnection()
 
-    async def spin_until(cond, n=500):
-        for _ in range(n):
-            if cond():
-                return True
-            await asyncio.sleep(0)
-        return cond()
-
     async def scenario():
         log = []
         pool = await asyncpg.create_pool(connect=connect, connection_class=FakeConnection,
@@ -102,7 +97,8 @@ def main(impl, loop_name):
             if holder._con is not None:
                 holder._con.terminate()
         log.append(["lost", pool.get_size()])
-        log.append(["refilled", await spin_until(lambda: pool.get_size() >= 2), pool.get_size()])
+        refilled = await spin_until(lambda: pool.get_size() >= 2, 500)
+        log.append(["refilled", refilled, pool.get_size()])
         # acquirers racing the maintenance for the holders
         cons = [await pool.acquire() for _ in range(4)]
         log.append(["acquired again", pool.get_size()])
@@ -110,7 +106,7 @@ def main(impl, loop_name):
             c._con.terminate()  # lost while in use: the holder goes back by itself
         for c in cons[2:]:
             await pool.release(c)
-        log.append(["refilled again", await spin_until(lambda: pool.get_size() >= 2)])
+        log.append(["refilled again", await spin_until(lambda: pool.get_size() >= 2, 500)])
         async with pool.acquire() as c:
             log.append(["with", c.is_closed()])
         await pool.close()

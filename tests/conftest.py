@@ -9,14 +9,13 @@
 import asyncio
 import gc
 import os
-import types
 
 import pytest
 import uvloop  # noqa: F401  (an ImportError here fails the run: uvloop is required)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import aiofast
+from helpers import oracle_fixture
 
 # Hypothesis profiles for the fuzzers (tests/test_fuzz_*.py, the state machines), picked with
 # HYPOTHESIS_PROFILE: "ci" (the default) keeps the whole suite fast; "small" is for the
@@ -60,32 +59,8 @@ def pytest_asyncio_loop_factories(config, item):
     return factories
 
 
-def _ns(**kw):
-    return types.SimpleNamespace(**kw)
-
-
-IMPLS = {
-    "aiofast": _ns(
-        name="aiofast",
-        Semaphore=aiofast.Semaphore,
-        BoundedSemaphore=aiofast.BoundedSemaphore,
-        Lock=aiofast.Lock,
-        Event=aiofast.Event,
-    ),
-    "asyncio": _ns(
-        name="asyncio",
-        Semaphore=asyncio.Semaphore,
-        BoundedSemaphore=asyncio.BoundedSemaphore,
-        Lock=asyncio.Lock,
-        Event=asyncio.Event,
-    ),
-}
-
-
-@pytest.fixture(params=sorted(IMPLS))
-def impl(request):
-    """The implementation under test: aiofast's classes, or asyncio's as the oracle."""
-    return IMPLS[request.param]
+impl = oracle_fixture("locks", "impl",
+                      "The classes under test: aiofast's, or asyncio's (the oracle).")
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +75,32 @@ def _collect_only_what_the_test_made():
         yield
     finally:
         gc.unfreeze()
+
+
+# ------------------------------------------------------------------ a real redis-server
+
+@pytest.fixture(scope="session")
+def server():
+    """One redis-server for the session's Redis tests (tests/redis_server.py)."""
+    from redis_server import RedisServer
+    srv = RedisServer().start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def own_server():
+    """A redis-server of the test's own, to kill, stop and restart."""
+    from redis_server import RedisServer
+    srv = RedisServer().start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def sync(server):
+    """A synchronous redis-py client of the session's server."""
+    import redis
+    c = redis.Redis.from_url(server.url)
+    yield c
+    c.close()

@@ -7,6 +7,7 @@ type and tracemalloc's traced memory, runs many more cycles, measures again, and
 deltas as JSON. tests/test_leaks.py asserts they are flat.
 """
 import asyncio
+import os
 import copy
 import dataclasses
 import gc
@@ -217,6 +218,46 @@ async def tokenbucket_family():
     await asyncio.gather(*pend, return_exceptions=True)
 
 
+@scenario
+async def shared_tokenbucket():
+    name = f"leakcheck.{os.getpid()}"
+    b = aiofast.TokenBucket(1e6, capacity=4, initial=0, shared=name)
+    await b.acquire()
+    async with b:
+        pass
+    waiters = [asyncio.ensure_future(b.acquire(4, timeout=10)), asyncio.ensure_future(b.acquire(4)),
+               asyncio.ensure_future(b.acquire(2, timeout=1e-9)), asyncio.ensure_future(b.acquire(1))]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    res = await asyncio.gather(*waiters, return_exceptions=True)
+    # (real time at a million tokens a second: the first may be served before its cancellation)
+    assert res[0] is None or isinstance(res[0], asyncio.CancelledError), res
+    assert res[1] is None and res[3] is None, res
+    assert res[2] is None or isinstance(res[2], TimeoutError), res
+
+    @b
+    async def f(x):
+        return x
+    assert await f(1) == 1
+    b.try_acquire(), b.has_capacity(2), b.tokens, b.waiting, repr(b)
+    try:
+        b.acquire(5)  # more than the capacity: raises at the call
+    except ValueError:
+        pass
+    op = b.acquire(0.5)
+    op.close()
+    dropped_unawaited(lambda: b.acquire(1), "SharedTokenBucket.acquire")
+    # a bucket dropped with a reservation pending, its timer armed
+    b0 = aiofast.TokenBucket(1, per=3600, initial=0, shared=name + ".slow")
+    pend = [asyncio.ensure_future(b0.acquire(1, timeout=60)) for _ in range(3)]
+    await _spin()
+    for t in pend:
+        t.cancel()
+    await asyncio.gather(*pend, return_exceptions=True)
+    aiofast.shared_unlink(name)
+    aiofast.shared_unlink(name + ".slow")
+
+
 class _Boom(Exception):
     pass
 
@@ -420,9 +461,10 @@ _SHARED = f"leak-breaker.{os.getpid()}"
 
 @scenario
 async def shared_breaker():
-    """A shared breaker opened (mapped) and dropped (unmapped) each cycle: calls, a failure that
-    opens it, a rejection, a probe, the getters. The segment lives across cycles."""
+    """A shared breaker's segment created (mapped), used and removed each cycle, then the object
+    dropped (unmapped): calls, a failure that opens it, a rejection, a probe, the getters."""
     b = aiofast.CircuitBreaker(2, 1.0, half_open_max_calls=2, shared=_SHARED, _testing=True)
+    aiofast.shared_unlink(_SHARED)  # the object keeps its mapping; nothing left behind
     b.add_listener(lambda br, old, new: None)
 
     @b
@@ -510,10 +552,4 @@ def main(name, loop_name="asyncio", warmup=400, cycles=400, segments=6):
 
 
 if __name__ == "__main__":
-    try:
-        main(*sys.argv[1:3])
-    finally:
-        try:
-            aiofast.shared_unlink(_SHARED)
-        except FileNotFoundError:
-            pass
+    main(*sys.argv[1:3])

@@ -4,6 +4,7 @@ free port, persistence off, stopped (or killed and restarted) on demand.
 A missing redis-server is an error (the tests fail, they are never skipped): install it with
 ``apt-get install -y redis-server`` (Debian/Ubuntu), as .ci/run does.
 """
+import asyncio
 import os
 import shutil
 import socket
@@ -103,3 +104,16 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+
+
+def loop_clock_as_server_clock():
+    """For a subclass of a Redis-backed object (``_now = loop_clock_as_server_clock()``): the
+    scripts read the running loop's clock (a virtual one in tests) instead of the server's."""
+
+    def get(self):
+        return repr(asyncio.get_running_loop().time() * 1e6)
+
+    def ignore(self, value):
+        pass
+
+    return property(get, ignore)

@@ -3,6 +3,7 @@ StopIteration. Measured with sys.getallocatedblocks() around many iterations (a 
 allocation that were kept would show as thousands of blocks; a freed one is caught by the
 tracemalloc peak check in test_uncontended_paths_do_not_allocate_transiently)."""
 import asyncio
+import os
 import sys
 import tracemalloc
 
@@ -37,7 +38,25 @@ def blocks_during_once(body, n):
     return after - before
 
 
+def shared_bucket():
+    """A shared bucket that always has tokens (1e9 per second), its segment already unlinked
+    (the mapping lives as long as the object)."""
+    name = f"test-alloc.{os.getpid()}"
+    b = aiofast.TokenBucket(1e9, capacity=1e9, shared=name)
+    aiofast.shared_unlink(name)
+    return b
+
+
 def make_bodies():
+    sb = shared_bucket()
+
+    async def shared_acquire():
+        await sb.acquire()
+
+    async def shared_with():
+        async with sb:
+            pass
+
     sem = aiofast.Semaphore(1)
     lock = aiofast.Lock()
     ev = aiofast.Event()
@@ -59,7 +78,7 @@ def make_bodies():
         await ev.wait()
 
     return {"with_sem": with_sem, "with_lock": with_lock, "acq_rel": acq_rel,
-            "wait_set": wait_set}
+            "wait_set": wait_set, "shared_acquire": shared_acquire, "shared_with": shared_with}
 
 
 @pytest.mark.parametrize("name", sorted(make_bodies()))
@@ -76,6 +95,7 @@ def test_uncontended_paths_do_not_allocate_transiently(name):
     lock = aiofast.Lock()
     ev = aiofast.Event()
     ev.set()
+    sb = shared_bucket()
 
     def step(aw):
         try:
@@ -94,6 +114,12 @@ def test_uncontended_paths_do_not_allocate_transiently(name):
         elif name == "acq_rel":
             step(sem.acquire())
             sem.release()
+        elif name == "shared_acquire":
+            step(sb.acquire())
+            sb.try_acquire()
+        elif name == "shared_with":
+            step(sb.__aenter__())
+            step(sb.__aexit__(None, None, None))
         else:
             step(ev.wait())
 

@@ -29,26 +29,14 @@ from aiofast import CircuitBreaker, CircuitOpenError, CircuitState, circuit
 
 sys.path.insert(0, os.path.dirname(__file__))
 import breaker_model  # noqa: E402
+from helpers import ORACLES, Clock  # noqa: E402
 from pycompat import asyncio_iscoroutinefunction  # noqa: E402
 from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, settle_loop  # noqa: E402
 
 
-class Clock:
-    """A virtual clock for clock=: time moves only when the test says so."""
-
-    def __init__(self, t=1000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-    def advance(self, dt):
-        self.t += dt
-
-
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock(1000.0)
 
 
 class Boom(Exception):
@@ -331,7 +319,7 @@ def test_count_window_min_calls(clock):
 def test_time_window(clock):
     # 20 buckets of 0.5 s: an outcome leaves the window 9.5 to 10 s after it was recorded
     b = CircuitBreaker(failure_rate=0.5, window_time=10, min_calls=3, clock=clock)
-    clock.t = 1000.0
+    clock.now = 1000.0
     fail_n(b, 1)  # bucket [1000, 1000.5): leaves at 1010
     clock.advance(0.4)
     fail_n(b, 1)  # same bucket: leaves at 1010 too, 9.6 s after
@@ -1430,19 +1418,18 @@ async def test_circuit_same_as_circuitbreaker(impl):
                         "OSError", "OSError", "OSError", "rejected", "rejected"]
 
 
-@pytest.fixture(params=["aiofast", "circuitbreaker"])
+@pytest.fixture(params=sorted(ORACLES["circuit"]))
 def cbpeer(request, monkeypatch):
     """circuitbreaker's API: aiofast's drop-in or circuitbreaker itself, on a clock the test
     moves (circuitbreaker reads time.monotonic through its module's `monotonic`)."""
-    fake = Clock()
+    fake = Clock(1000.0)
+    mod = ORACLES["circuit"][request.param]
     if request.param == "aiofast":
-        mod = aiofast._compat_breaker
 
         class Breaker(mod.CircuitBreaker):
             def __new__(cls, *args, **kwargs):
                 return super().__new__(cls, *args, clock=fake, **kwargs)
     else:
-        mod = circuitbreaker
         monkeypatch.setattr(circuitbreaker, "monotonic", fake)
         Breaker = circuitbreaker.CircuitBreaker
     monkeypatch.setattr(mod.CircuitBreakerMonitor, "circuit_breakers", {})
@@ -1733,7 +1720,7 @@ class BreakerMachine(RuleBasedStateMachine):
             t = self.model_admit()
             if isinstance(t, tuple):
                 return True  # CircuitOpenError out of the predicate
-            self.model.record(t, "success", self.clock.t)
+            self.model.record(t, "success", self.clock.now)
             self.deliver()
         return False
 
@@ -1752,15 +1739,15 @@ class BreakerMachine(RuleBasedStateMachine):
             self.delivered += 1
             mode = self.listener_mode
             if mode and mode != "raise" and new == mode[0]:
-                self.model.force(mode[1], self.clock.t)
+                self.model.force(mode[1], self.clock.now)
 
     def model_admit(self):
-        expect = self.model.admit(self.clock.t)
+        expect = self.model.admit(self.clock.now)
         self.deliver()
         return expect
 
     def model_force(self, to):
-        self.model.force(to, self.clock.t)
+        self.model.force(to, self.clock.now)
         self.deliver()
 
     def model_outcome(self, outcome):
@@ -1777,7 +1764,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     def model_record(self, ticket, outcome):
         kind = self.model_outcome(outcome)
-        self.model.record(ticket, kind, self.clock.t)
+        self.model.record(ticket, kind, self.clock.now)
         self.deliver()
 
     # ---- rules
@@ -1837,7 +1824,7 @@ class BreakerMachine(RuleBasedStateMachine):
                 del aw
                 gc.collect()
                 # release and force, in whichever order the collector runs them, end the same
-                self.model.record(ticket, KIND[outcome], self.clock.t)
+                self.model.record(ticket, KIND[outcome], self.clock.now)
                 if on_del is not None:
                     self.model_force(on_del)
                 return
@@ -1905,7 +1892,7 @@ class BreakerMachine(RuleBasedStateMachine):
     def agrees(self):
         if not hasattr(self, "b"):
             return
-        now = self.clock.t
+        now = self.clock.now
         assert self.b.stats() == self.model.stats(now)
         assert self.b.remaining == self.model.remaining(now)
         assert self.b.state == self.model.effective(now)

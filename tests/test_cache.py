@@ -11,9 +11,7 @@ import math
 import pickle
 import random
 import sys
-import threading
 import time
-import types
 import weakref
 
 import cachetools
@@ -23,31 +21,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import aiofast
+from helpers import ORACLES, Clock, in_threads, oracle_fixture
 
-IMPLS = {
-    "aiofast": types.SimpleNamespace(name="aiofast", LRUCache=aiofast.LRUCache,
-                                     TTLCache=aiofast.TTLCache),
-    "cachetools": types.SimpleNamespace(name="cachetools", LRUCache=cachetools.LRUCache,
-                                        TTLCache=cachetools.TTLCache),
-}
-
-
-@pytest.fixture(params=sorted(IMPLS))
-def cimpl(request):
-    return IMPLS[request.param]
-
-
-class Clock:
-    """A fake timer: time moves only when the test says so."""
-
-    def __init__(self, now=100.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def tick(self, dt):
-        self.now += dt
+IMPLS = ORACLES["caches"]
+cimpl = oracle_fixture("caches", "cimpl")
 
 
 def check_consistent(c):
@@ -408,15 +385,15 @@ def test_ttl_expiry(cimpl):
     c = cimpl.TTLCache(maxsize=3, ttl=2, timer=clock)
     assert c.ttl == 2 and c.timer() == 100
     c[1] = 1
-    clock.tick(1)
+    clock.advance(1)
     c[2] = 2
     assert c[1] == 1 and c[2] == 2 and len(c) == 2
-    clock.tick(1)
+    clock.advance(1)
     assert 1 not in c and c[2] == 2 and len(c) == 1
     with pytest.raises(KeyError):
         c[1]
     assert c.get(1, "x") == "x"
-    clock.tick(1)
+    clock.advance(1)
     assert 2 not in c and len(c) == 0 and c.currsize == 0 and list(c) == []
 
 
@@ -425,7 +402,7 @@ def test_ttl_expire_returns_items_in_expiry_order(cimpl):
     c = cimpl.TTLCache(maxsize=10, ttl=10, timer=clock)
     for k in "abcd":
         c[k] = k.upper()
-        clock.tick(1)
+        clock.advance(1)
     c["b"] = "B2"  # set again: expires later, keeps its place in the iteration
     assert list(c) == ["a", "b", "c", "d"]
     assert list(c.items()) == [("a", "A"), ("b", "B2"), ("c", "C"), ("d", "D")]
@@ -442,13 +419,13 @@ def test_ttl_iteration_is_first_insertion_order(cimpl):
     c = cimpl.TTLCache(maxsize=10, ttl=10, timer=clock)
     for k in "abcde":
         c[k] = k
-        clock.tick(1)
+        clock.advance(1)
     c["c"] = "c2"
     c["a"] = "a2"
     del c["b"]
     c["b"] = "b2"  # deleted, then set: a new key, last
     assert list(c) == ["a", "c", "d", "e", "b"]
-    clock.tick(9)  # d and e expire (at 113 and 114); a, c, b were set at 105
+    clock.advance(9)  # d and e expire (at 113 and 114); a, c, b were set at 105
     assert list(c) == ["a", "c", "b"]
     assert c.popitem() == ("c", "c2")  # the least recently used, whatever the iteration order
     c["c"] = "c3"  # popped: a new key again, last
@@ -477,7 +454,7 @@ def test_ttl_iteration_over_a_snapshot(cimpl):
     assert list(it) == ["a", "b", "d", "z", "y"]
     it = iter(c.items())
     assert next(it) == ("a", 10)
-    clock.tick(20)  # everything expires meanwhile: the rest is skipped
+    clock.advance(20)  # everything expires meanwhile: the rest is skipped
     assert list(it) == []
     c["q"] = 1
     it = iter(c)
@@ -491,7 +468,7 @@ def test_ttl_expired_items_stay_until_expire(cimpl):
     c = cimpl.TTLCache(maxsize=5, ttl=1, timer=clock)
     c["a"] = 1
     c["b"] = 2
-    clock.tick(5)
+    clock.advance(5)
     with pytest.raises(KeyError):
         c["a"]  # a miss; the item is still held
     assert c.pop("a", "dflt") == "dflt"
@@ -504,12 +481,12 @@ def test_ttl_lru_eviction_after_expiry(cimpl):
     clock = Clock()
     c = cimpl.TTLCache(maxsize=2, ttl=10, timer=clock)
     c[1] = 1
-    clock.tick(1)
+    clock.advance(1)
     c[2] = 2
     c[1]
     c[3] = 3  # evicts 2, the least recently used
     assert sorted(c) == [1, 3]
-    clock.tick(9.5)
+    clock.advance(9.5)
     c[4] = 4  # 1 has expired: it goes, nothing is evicted
     assert sorted(c) == [3, 4]
     assert c.popitem() == (3, 3)
@@ -519,9 +496,9 @@ def test_ttl_popitem_skips_expired(cimpl):
     clock = Clock()
     c = cimpl.TTLCache(maxsize=5, ttl=2, timer=clock)
     c["old"] = 1
-    clock.tick(1)
+    clock.advance(1)
     c["new"] = 2
-    clock.tick(1.5)
+    clock.advance(1.5)
     assert c.popitem() == ("new", 2)
     with pytest.raises(KeyError, match="TTLCache is empty"):
         c.popitem()
@@ -551,7 +528,7 @@ def test_ttl_infinite(cimpl):
     clock = Clock()
     c = cimpl.TTLCache(maxsize=5, ttl=math.inf, timer=clock)
     c["a"] = 1
-    clock.tick(1e300)
+    clock.advance(1e300)
     assert c["a"] == 1
 
 
@@ -559,9 +536,9 @@ def test_ttl_getsizeof(cimpl):
     clock = Clock()
     c = cimpl.TTLCache(maxsize=10, ttl=5, timer=clock, getsizeof=len)
     c["a"] = "xxxx"
-    clock.tick(1)
+    clock.advance(1)
     c["b"] = "yyyy"
-    clock.tick(4.5)
+    clock.advance(4.5)
     assert c.currsize == 4
     c["c"] = "zzzzzz"
     assert c.currsize == 10 and sorted(c) == ["b", "c"]
@@ -589,7 +566,7 @@ def test_ttl_expire_subclass_is_called(cimpl):
     clock = Clock()
     c = C(maxsize=5, ttl=1, timer=clock)
     c["a"] = 1
-    clock.tick(2)
+    clock.advance(2)
     c["b"] = 2
     assert seen == [("a", 1)]
 
@@ -605,11 +582,11 @@ def test_ttl_set_per_item():
     c.set("default", 3)
     c.set(key="kw", value=4, ttl=5)
     assert len(c) == 4
-    clock.tick(1)
+    clock.advance(1)
     assert "short" not in c and len(c) == 3
-    clock.tick(4)
+    clock.advance(4)
     assert "kw" not in c
-    clock.tick(5)
+    clock.advance(5)
     assert list(c) == ["long"]
     assert c.expire(clock.now + 100) == [("long", 1)]
     with pytest.raises(ValueError):
@@ -630,7 +607,7 @@ def test_ttl_set_per_item_expiry_order():
         c.set(i, i, ttl=ttl)
         expected.append((clock.now + (50 if ttl is None else ttl), i))
         last = clock.now
-        clock.tick(0.5)
+        clock.advance(0.5)
     expected = sorted(e for e in expected if e[0] > last)  # the others expired during the sets
     assert [k for k, _ in c.expire(1e9)] == [i for _, i in expected]
 
@@ -674,7 +651,7 @@ def test_counters_and_stats():
     clock = Clock()
     t = aiofast.TTLCache(maxsize=2, ttl=1, timer=clock)
     t[1] = 1
-    clock.tick(2)
+    clock.advance(2)
     assert t.get(1) is None
     t[2] = 2
     assert t.stats() == {"hits": 0, "misses": 1, "evictions": 0, "expirations": 1,
@@ -886,6 +863,15 @@ def tolerant(fn):
     return step
 
 
+def ready_rule(**strategies):
+    """A tolerant() rule of CacheMachine that runs once the machine is set up."""
+
+    def decorate(fn):
+        return precondition(lambda self: self.ready())(rule(**strategies)(tolerant(fn)))
+
+    return decorate
+
+
 class CacheMachine(RuleBasedStateMachine):
     """The caches against Model, plus hostile keys and values: __hash__/__eq__ that raise,
     __eq__ that mutates the cache mid-lookup, values whose __del__ re-enters the cache, and a
@@ -959,9 +945,7 @@ class CacheMachine(RuleBasedStateMachine):
             self.cache.set(k, value, ttl=ttl)
         return True
 
-    @precondition(ready)
-    @rule(k=keys_st, v=vals_st)
-    @tolerant
+    @ready_rule(k=keys_st, v=vals_st)
     def setitem(self, k, v):
         self._set(k, v)
 
@@ -971,9 +955,7 @@ class CacheMachine(RuleBasedStateMachine):
     def set_ttl(self, k, v, ttl):
         self._set(k, v, ttl)
 
-    @precondition(ready)
-    @rule(k=keys_st)
-    @tolerant
+    @ready_rule(k=keys_st)
     def getitem(self, k):
         m = self.model
         now = self.clock.now
@@ -985,9 +967,7 @@ class CacheMachine(RuleBasedStateMachine):
             with pytest.raises(KeyError):
                 self.cache[k]
 
-    @precondition(ready)
-    @rule(k=keys_st)
-    @tolerant
+    @ready_rule(k=keys_st)
     def get(self, k):
         m = self.model
         if m.fresh(k, self.clock.now):
@@ -996,9 +976,7 @@ class CacheMachine(RuleBasedStateMachine):
         else:
             assert self.cache.get(k, "d") == "d"
 
-    @precondition(ready)
-    @rule(k=keys_st)
-    @tolerant
+    @ready_rule(k=keys_st)
     def delitem(self, k):
         m = self.model
         if k in m.data:
@@ -1010,9 +988,7 @@ class CacheMachine(RuleBasedStateMachine):
         with pytest.raises(KeyError):
             del self.cache[k]
 
-    @precondition(ready)
-    @rule(k=keys_st)
-    @tolerant
+    @ready_rule(k=keys_st)
     def pop(self, k):
         m = self.model
         if m.fresh(k, self.clock.now):
@@ -1022,9 +998,7 @@ class CacheMachine(RuleBasedStateMachine):
         else:
             assert self.cache.pop(k, "d") == "d"
 
-    @precondition(ready)
-    @rule()
-    @tolerant
+    @ready_rule()
     def popitem(self):
         m = self.model
         if m.ttl is not None:
@@ -1041,7 +1015,7 @@ class CacheMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.ready() and self.model.ttl is not None)
     @rule(dt=st.sampled_from([0.25, 1, 2.5, 6]))
     def tick(self, dt):
-        self.clock.tick(dt)
+        self.clock.advance(dt)
 
     @precondition(lambda self: self.ready() and self.model.ttl is not None)
     @rule()
@@ -1049,9 +1023,7 @@ class CacheMachine(RuleBasedStateMachine):
     def expire(self):
         assert self.cache.expire() == self.model.expire(self.clock.now)
 
-    @precondition(ready)
-    @rule(k=keys_st, v=vals_st)
-    @tolerant
+    @ready_rule(k=keys_st, v=vals_st)
     def setdefault(self, k, v):
         m = self.model
         if m.fresh(k, self.clock.now):
@@ -1071,15 +1043,11 @@ class CacheMachine(RuleBasedStateMachine):
     def contains(self, k):
         assert (k in self.cache) == self.model.fresh(k, self.clock.now)
 
-    @precondition(ready)
-    @rule()
-    @tolerant
+    @ready_rule()
     def copy(self):
         self.cache = copy.copy(self.cache)
 
-    @precondition(ready)
-    @rule()
-    @tolerant
+    @ready_rule()
     def deepcopy(self):
         """Through __reduce__/__setstate__ (what pickle uses), keeping our clock. Hostile
         values are copied too; the originals die with the old cache, re-entering the new."""
@@ -1087,9 +1055,7 @@ class CacheMachine(RuleBasedStateMachine):
         keep.update((id(k), k) for k in self.model.data if isinstance(k, MutatingEq))
         self.cache = copy.deepcopy(self.cache, keep)  # (keys compared by identity: kept)
 
-    @precondition(ready)
-    @rule(n=st.integers(1, 40))
-    @tolerant
+    @ready_rule(n=st.integers(1, 40))
     def churn(self, n):
         """Insert and delete fresh keys: holes, compaction and rebuilds of the table."""
         m = self.model
@@ -1106,9 +1072,7 @@ class CacheMachine(RuleBasedStateMachine):
                 m.remove(k)
                 del self.cache[k]
 
-    @precondition(ready)
-    @rule()
-    @tolerant
+    @ready_rule()
     def clear(self):
         self.cache.clear()
         self.model.data.clear()
@@ -1176,9 +1140,7 @@ class CacheMachine(RuleBasedStateMachine):
         finally:
             probe.action = None
 
-    @precondition(ready)
-    @rule(k=keys_st, v=vals_st, action=st.sampled_from(DEL_ACTIONS))
-    @tolerant
+    @ready_rule(k=keys_st, v=vals_st, action=st.sampled_from(DEL_ACTIONS))
     def set_hostile_value(self, k, v, action):
         """A value whose __del__ re-enters the cache once the cache drops it."""
         value = DelInt(v)
@@ -1190,9 +1152,7 @@ class CacheMachine(RuleBasedStateMachine):
         finally:
             del value
 
-    @precondition(ready)
-    @rule(k=keys_st, v=vals_st)
-    @tolerant
+    @ready_rule(k=keys_st, v=vals_st)
     def set_poison(self, k, v):
         """A value whose getsizeof raises: the insert fails before changing anything (but the
         expiry a TTLCache runs first); without getsizeof it is an ordinary value."""
@@ -1546,8 +1506,6 @@ def test_threads_hammering_one_cache(kind):
     nthreads, nops = 4, 3000
     gets = [0] * nthreads
     errors = []
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
 
     def work(tid):
         rnd = random.Random(tid)
@@ -1572,14 +1530,7 @@ def test_threads_hammering_one_cache(kind):
         except BaseException as e:  # pragma: no cover - a failure path
             errors.append(e)
 
-    try:
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(nthreads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    in_threads(functools.partial(work, i) for i in range(nthreads))
     assert errors == []
     assert c.hits + c.misses == sum(gets)
     check_consistent(c)
@@ -1659,10 +1610,10 @@ def test_timer_attribute_freezes_time(cimpl):
     c = cimpl.TTLCache(maxsize=3, ttl=2, timer=clock)
     assert c.timer() == 0 and c.timer is c.timer
     c[1] = 1
-    clock.tick(1)
+    clock.advance(1)
     with c.timer as t:
         assert t == 1
-        clock.tick(5)
+        clock.advance(5)
         assert c.timer() == 1
         assert c[1] == 1  # the cache reads the frozen time too: not expired yet
         with c.timer as t2:
@@ -1674,7 +1625,7 @@ def test_timer_attribute_freezes_time(cimpl):
     d = copy.copy(c)
     assert d.timer is not c.timer
     with c.timer:
-        clock.tick(1)
+        clock.advance(1)
         assert d.timer() == 7 and c.timer() == 6
 
 

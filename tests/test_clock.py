@@ -12,6 +12,7 @@ synchronous memoized function) are time.monotonic as the time module has it.
 """
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ import pytest
 import uvloop
 
 import aiofast
+from helpers import run_in
 from aiofast import CircuitBreaker, CircuitState, TokenBucket, TTLCache
 
 
@@ -117,13 +119,6 @@ def loop_cls(request):
     return LOOPS[request.param]
 
 
-def run_in(loop, main):
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
-
-
 async def period(fam, obj, advance):
     """Start the period, then check it across 5 and 11 seconds (advance(dt) moves the clock)."""
     await fam.start(obj)
@@ -142,14 +137,53 @@ def boxed(start):
     return box, advance
 
 
-async def warm(fam, obj):
-    """Read the real clock a few times first: whatever the family remembers of it."""
+async def warmed(fam, **kwargs):
+    """fam.make(**kwargs), having read the real clock a few times: whatever the family
+    remembers of it."""
+    obj = fam.make(**kwargs)
     for _ in range(3):
         await fam.done(obj)
+    return obj
+
+
+@contextlib.contextmanager
+def swapped(obj, name, value):
+    """obj.name is value meanwhile (what it was before, after)."""
+    saved = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, saved)
+
+
+def loop_reading(loop_cls, start):
+    """A subclass of loop_cls whose time() reads a box, and boxed(start) for it."""
+    box, advance = boxed(start)
+
+    class Loop(loop_cls):
+        def time(self):
+            return box[0]
+
+    return Loop, box, advance
 
 
 # ---------------------------------------------------------------------------------------------
 # patches of the running loop's time
+
+
+def period_under(fam, Loop, patch, start):
+    """On a loop of class Loop: an object of fam, warmed on the loop's own clock, then the
+    period while patch(loop, read) is in effect, read() reading a box from start on."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        obj = await warmed(fam)
+        box, advance = boxed(start)
+        with patch(loop, lambda: box[0]):
+            await period(fam, obj, advance)
+
+    run_in(Loop(), main)
 
 
 @pytest.mark.parametrize("own_time", [False, True], ids=["loop-time", "own-time"])
@@ -165,79 +199,43 @@ def test_instance_patch_of_loop_time(fam, loop_cls, start, own_time):
             def time(self):
                 return super().time()
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        obj = fam.make()
-        await warm(fam, obj)
-        box, advance = boxed(start)
-        with mock.patch.object(loop, "time", lambda: box[0]):
-            await period(fam, obj, advance)
-
-    run_in(Loop(), main)
+    period_under(fam, Loop, lambda loop, read: mock.patch.object(loop, "time", read), start)
 
 
 def test_class_patch_of_loop_time(fam, loop_cls):
     class Loop(loop_cls):
         pass
 
-    async def main():
-        obj = fam.make()
-        await warm(fam, obj)
-        box, advance = boxed(50.0)
-        with mock.patch.object(Loop, "time", lambda self: box[0]):
-            await period(fam, obj, advance)
-
-    run_in(Loop(), main)
+    period_under(fam, Loop,
+                 lambda loop, read: mock.patch.object(Loop, "time", lambda self: read()), 50.0)
 
 
 def test_class_assignment(fam, loop_cls):
     class Loop(loop_cls):
         pass
 
-    box, advance = boxed(70.0)
+    def patch(loop, read):
+        class Patched(Loop):
+            def time(self):
+                return read()
 
-    class Patched(Loop):
-        def time(self):
-            return box[0]
+        return swapped(loop, "__class__", Patched)
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        obj = fam.make()
-        await warm(fam, obj)
-        loop.__class__ = Patched
-        try:
-            await period(fam, obj, advance)
-        finally:
-            loop.__class__ = Loop
-
-    run_in(Loop(), main)
+    period_under(fam, Loop, patch, 70.0)
 
 
 def test_instance_dict_replacement(fam, loop_cls):
     class Loop(loop_cls):
         pass
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        obj = fam.make()
-        await warm(fam, obj)
-        box, advance = boxed(90.0)
-        saved = loop.__dict__
-        loop.__dict__ = dict(saved, time=lambda: box[0])
-        try:
-            await period(fam, obj, advance)
-        finally:
-            loop.__dict__ = saved
+    def patch(loop, read):
+        return swapped(loop, "__dict__", dict(loop.__dict__, time=read))
 
-    run_in(Loop(), main)
+    period_under(fam, Loop, patch, 90.0)
 
 
 def test_loop_subclass_with_its_own_time(fam, loop_cls):
-    box, advance = boxed(3.0)
-
-    class Loop(loop_cls):
-        def time(self):
-            return box[0]
+    Loop, box, advance = loop_reading(loop_cls, 3.0)
 
     async def main():
         obj = fam.make()
@@ -248,15 +246,10 @@ def test_loop_subclass_with_its_own_time(fam, loop_cls):
 
 def test_clock_going_backwards(fam, loop_cls):
     """The same time() callable, reading less than before: a new clock, not a frozen object."""
-    box, advance = boxed(1e6)
-
-    class Loop(loop_cls):
-        def time(self):
-            return box[0]
+    Loop, box, advance = loop_reading(loop_cls, 1e6)
 
     async def main():
-        obj = fam.make()
-        await warm(fam, obj)
+        obj = await warmed(fam)
         box[0] = 20.0
         await period(fam, obj, advance)
         box[0] = 1.0  # and again, in the middle of a period
@@ -299,8 +292,7 @@ def test_time_monotonic_patch_under_asyncio_loop(fam):
         pass
 
     async def main():
-        obj = fam.make(clock=None)  # the breaker and the cache on their default clock
-        await warm(fam, obj)
+        obj = await warmed(fam, clock=None)  # the breaker and the cache on their default clock
         box, advance = boxed(30.0)
         with mock.patch("time.monotonic", lambda: box[0]):
             await period(fam, obj, advance)

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import gc
 import inspect
+import os
 import pickle
 import sys
 import tracemalloc
@@ -45,6 +46,9 @@ AWAITABLE_METHODS = [
     (aiofast.TokenBucket, "acquire", None),
     (aiofast.TokenBucket, "__aenter__", None),
     (aiofast.TokenBucket, "__aexit__", None),
+    (aiofast.SharedTokenBucket, "acquire", None),
+    (aiofast.SharedTokenBucket, "__aenter__", None),
+    (aiofast.SharedTokenBucket, "__aexit__", None),
     (aiofast.CircuitBreaker, "call", None),
     (aiofast.CircuitBreaker, "__aenter__", None),
     (aiofast.CircuitBreaker, "__aexit__", None),
@@ -52,6 +56,12 @@ AWAITABLE_METHODS = [
 IDS = [f"{cls.__name__}.{name}" for cls, name, _ in AWAITABLE_METHODS]
 
 def make(cls):
+    if cls is aiofast.SharedTokenBucket:
+        # its segment unlinked at once: the object keeps its mapping, nothing is left behind
+        name = f"test-coro.{os.getpid()}"
+        b = cls(10, shared=name)
+        aiofast.shared_unlink(name)
+        return b
     return cls(10) if issubclass(cls, aiofast.TokenBucket) else cls()
 
 

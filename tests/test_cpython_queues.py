@@ -7,37 +7,17 @@ that starts passing), and no test may be skipped. The list is empty on 3.10-3.13
 test_get_with_putters, which appends a bare loop future to q._putters and expects get() to wake
 it, passes, because _getters/_putters are live views of the C waiter lists.
 """
-import json
-import os
-import subprocess
-import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import cpython_test_name, run_cpython_suite
 
 # test id suffix -> why aiofast cannot pass it
 EXPECTED_DIVERGENCES = {}
 
 
-def _short(test_id):
-    # "test.test_asyncio.test_queues.QueueGetTests.test_x" -> "test_queues.QueueGetTests.test_x"
-    return ".".join(test_id.split(".")[2:])
-
-
-def run_suite(*modules):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "cpython_suite.py"), *modules],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONWARNINGS": "default"},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def test_cpython_queue_tests_pass_under_install():
-    res = run_suite("test.test_asyncio.test_queues", "cpython_queue_probe")
+    res = run_cpython_suite("test.test_asyncio.test_queues", "cpython_queue_probe")
     # 3.10: 45 tests, 3.11/3.12: 44, 3.13: 59 (shutdown), plus the 2 probes
     assert res["ran"] >= 46, res["ran"]
-    failed = {_short(t): tb for t, tb in {**res["failures"], **res["errors"]}.items()}
+    failed = {cpython_test_name(t): tb for t, tb in {**res["failures"], **res["errors"]}.items()}
     unexpected = {k: v for k, v in failed.items() if k not in EXPECTED_DIVERGENCES}
     assert not unexpected, "\n\n".join(f"{k}\n{v}" for k, v in unexpected.items())
     assert set(failed) == set(EXPECTED_DIVERGENCES), (

@@ -25,6 +25,7 @@ import enum
 import gc
 import inspect
 import math
+import os
 
 import hypothesis.strategies as st
 import pytest
@@ -165,6 +166,14 @@ async def _coro_fn(*args, **kwargs):
     return args
 
 
+def _shared_bucket():
+    """A shared bucket whose segment is unlinked at once (the object keeps its mapping)."""
+    name = f"fuzz.{os.getpid()}"
+    b = aiofast.TokenBucket(100, shared=name)
+    aiofast.shared_unlink(name)
+    return b
+
+
 FACTORIES = {
     "Operation": _op,
     "BoundSpecial": _bound_aenter,
@@ -173,6 +182,7 @@ FACTORIES = {
     "LRUCache": lambda: aiofast.LRUCache(8),
     "TTLCache": lambda: aiofast.TTLCache(8, 60),
     "TokenBucket": lambda: aiofast.TokenBucket(100),
+    "SharedTokenBucket": lambda: _shared_bucket(),
     "LeakyBucket": lambda: aiofast.AsyncLimiter(100),
     "Memo": lambda: aiofast.cached()(_coro_fn),
 }
@@ -202,6 +212,7 @@ ALLOWED = {
     ("CircuitBreaker", "call"): (BaseException,),  # includes CircuitOpenError
     ("CircuitBreaker", "__call__"): (BaseException,),
     ("TokenBucket", "acquire"): (TimeoutError,),
+    ("SharedTokenBucket", "acquire"): (TimeoutError,),
     # aiolimiter's warning when a limiter is used in a new loop after its first closed
     **{("LeakyBucket", m): (RuntimeWarning,) for m in ("acquire", "has_capacity", "__aenter__")},
     # an open breaker rejects: that is its job
@@ -209,6 +220,22 @@ ALLOWED = {
        for m in ("__aenter__", "__enter__")},
 }
 
+
+
+def _shared_breaker():
+    """A shared breaker (a real segment: its test hooks refuse) whose segment is unlinked at
+    once (the object keeps its mapping)."""
+    import os
+
+    name = f"fuzz-breaker.{os.getpid()}"
+    b = aiofast.CircuitBreaker(shared=name)
+    aiofast.shared_unlink(name)
+    return b
+
+
+FACTORIES["SharedCircuitBreaker"] = _shared_breaker
+ALLOWED.update({("SharedCircuitBreaker", m): exc for (c, m), exc in list(ALLOWED.items())
+                if c == "CircuitBreaker"})
 
 # A queue's storage (_queue) is a plain Python object a user may replace (asyncio allows it):
 # after `q._queue = ""`, put_nowait raises what "".append raises, in asyncio and here alike.

@@ -18,22 +18,27 @@ import pytest
 import aiofast
 
 
-class HookFuture(asyncio.Future):
+class FiringFuture(asyncio.Future):
+    """A future whose done() and cancelled() first call self._fire(where), where is "done" or
+    "cancelled"."""
+
+    def done(self):
+        self._fire("done")
+        return super().done()
+
+    def cancelled(self):
+        self._fire("cancelled")
+        return super().cancelled()
+
+
+class HookFuture(FiringFuture):
     """A future whose done() and cancelled() first run (and drop) a one-shot hook."""
 
     hooks = []
 
-    def _fire(self):
+    def _fire(self, where):
         if HookFuture.hooks:
             HookFuture.hooks.pop(0)()
-
-    def done(self):
-        self._fire()
-        return super().done()
-
-    def cancelled(self):
-        self._fire()
-        return super().cancelled()
 
 
 class HookLoop(asyncio.SelectorEventLoop):
@@ -56,6 +61,22 @@ def steps(loop, n=6):
         loop.run_forever()
 
 
+def waiting(loop, *coros):
+    """Tasks on loop for coros, once they have run as far as they can."""
+    tasks = [loop.create_task(coro) for coro in coros]
+    steps(loop)
+    return tasks
+
+
+def close_the_first_inside_done(loop, tasks, wake):
+    """wake() (release, set), during which the next fut.done() closes the operation tasks[0]
+    waits in; that task ends in RuntimeError."""
+    HookFuture.hooks = [tasks[0].get_coro().close]
+    wake()
+    steps(loop)
+    assert tasks[0].done() and isinstance(tasks[0].exception(), RuntimeError)
+
+
 def reap(tasks):
     """Forget finished tasks (and so their operations: a cached one can then be reused)."""
     for t in tasks:
@@ -70,13 +91,9 @@ def test_event_waiter_closed_inside_done_is_not_flagged(loop):
     # closed operation must not keep the "woken" flag: that flag survived into the next
     # wait() through the per-object cache and made set() skip it forever (fixed).
     ev = aiofast.Event()
-    t = [loop.create_task(ev.wait())]
-    steps(loop)
-    HookFuture.hooks = [t[0].get_coro().close]
-    ev.set()
-    steps(loop)
+    t = waiting(loop, ev.wait())
     # its future was still completed, so the orphaned task ends instead of hanging
-    assert t[0].done() and isinstance(t[0].exception(), RuntimeError)
+    close_the_first_inside_done(loop, t, ev.set)
     reap(t)
     ev.clear()
     t2 = loop.create_task(ev.wait())
@@ -94,13 +111,9 @@ def test_lock_head_closed_inside_done_wakes_the_next(loop):
         await lock.acquire()
 
     loop.run_until_complete(hold())
-    t = [loop.create_task(lock.acquire()), loop.create_task(lock.acquire())]
-    steps(loop)
+    t = waiting(loop, lock.acquire(), lock.acquire())
     # release() asks the head's fut.done(): the hook closes the head's operation
-    HookFuture.hooks = [t[0].get_coro().close]
-    lock.release()
-    steps(loop)
-    assert t[0].done() and isinstance(t[0].exception(), RuntimeError)
+    close_the_first_inside_done(loop, t, lock.release)
     # the wake-up went on to the new head: nobody is stranded on an unlocked lock
     assert t[1].done() and t[1].result() is True
     assert lock.locked()
@@ -117,12 +130,8 @@ def test_lock_head_closed_inside_done_wakes_the_next(loop):
 
 def test_semaphore_waiter_closed_inside_done(loop):
     sem = aiofast.Semaphore(0)
-    t = [loop.create_task(sem.acquire()), loop.create_task(sem.acquire())]
-    steps(loop)
-    HookFuture.hooks = [t[0].get_coro().close]
-    sem.release()
-    steps(loop)
-    assert t[0].done() and isinstance(t[0].exception(), RuntimeError)
+    t = waiting(loop, sem.acquire(), sem.acquire())
+    close_the_first_inside_done(loop, t, sem.release)
     # the permit went to the next waiter, not to the closed one
     assert t[1].done() and t[1].result() is True
     assert sem._value == 0 and not sem._waiters
@@ -239,7 +248,7 @@ from hypothesis.stateful import (  # noqa: E402
 ACTIONS = ["release", "spawn", "cancel", "close", "set", "clear", "nothing"]
 
 
-class FuzzFuture(asyncio.Future):
+class FuzzFuture(FiringFuture):
     """done(), cancelled() and __del__ run the machine's hook, which may re-enter."""
 
     machine = None
@@ -248,14 +257,6 @@ class FuzzFuture(asyncio.Future):
         m = FuzzFuture.machine
         if m is not None:
             m.hook(where)
-
-    def done(self):
-        self._fire("done")
-        return super().done()
-
-    def cancelled(self):
-        self._fire("cancelled")
-        return super().cancelled()
 
     def __del__(self):
         self._fire("del")

@@ -15,6 +15,7 @@ import weakref
 import pytest
 
 import aiofast
+from helpers import all_started, catching_cancel, error_of, spin, started
 
 PY313 = sys.version_info >= (3, 13)
 
@@ -26,20 +27,7 @@ RGX_REPR = re.compile(
 pytestmark = pytest.mark.filterwarnings("error")
 
 
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
 # ---------------------------------------------------------------- construction and messages
-
-
-def error_of(fn):
-    try:
-        fn()
-    except BaseException as e:  # noqa: BLE001
-        return type(e), str(e)
-    return None
 
 
 @pytest.mark.parametrize(
@@ -201,8 +189,7 @@ async def test_event_basic(impl):
         assert await ev.wait() is True
         order.append(i)
 
-    tasks = [asyncio.create_task(waiter(i)) for i in range(3)]
-    await spin()
+    tasks = await all_started(waiter(i) for i in range(3))
     assert order == [] and len(ev._waiters) == 3
     ev.set()
     ev.set()
@@ -217,16 +204,14 @@ async def test_event_basic(impl):
 @pytest.mark.asyncio
 async def test_event_set_clear_before_waiter_runs(impl):
     ev = impl.Event()
-    t = asyncio.create_task(ev.wait())
-    await spin()
+    t = await started(ev.wait())
     ev.set()
     ev.clear()
     ev.set()
     ev.set()
     assert await t is True
     ev.clear()
-    t2 = asyncio.create_task(ev.wait())
-    await spin()
+    t2 = await started(ev.wait())
     t2.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t2
@@ -278,8 +263,7 @@ async def test_semaphore_fifo_and_handoff(impl):
         await sem.acquire()
         order.append(i)
 
-    tasks = [asyncio.create_task(w(i)) for i in range(3)]
-    await spin()
+    tasks = await all_started(w(i) for i in range(3))
     assert len(sem._waiters) == 3
     sem.release()
     sem.release()
@@ -297,15 +281,13 @@ async def test_semaphore_fifo_and_handoff(impl):
 async def test_semaphore_locked_fifo_rule(impl):
     sem = impl.Semaphore(1)
     await sem.acquire()
-    t = asyncio.create_task(sem.acquire())
-    await spin()
+    t = await started(sem.acquire())
     sem.release()  # handed to t
     sem.release()  # value 1, but t has not run yet
     assert sem._value == 1
     assert sem.locked()  # a non-cancelled waiter is queued
     # a newcomer must not barge in front of t
-    newcomer = asyncio.create_task(sem.acquire())
-    await spin()
+    newcomer = await started(sem.acquire())
     assert t.done() and newcomer.done()
     assert sem._value == 0
 
@@ -314,8 +296,7 @@ async def test_semaphore_locked_fifo_rule(impl):
 async def test_lock_newcomer_bypasses_only_cancelled_waiters(impl):
     lock = impl.Lock()
     await lock.acquire()
-    t = asyncio.create_task(lock.acquire())
-    await spin()
+    t = await started(lock.acquire())
     t.cancel()  # cancels its future synchronously
     lock.release()
     # free, and every queued waiter is cancelled: a newcomer takes it at once
@@ -331,8 +312,7 @@ async def test_woken_then_cancelled_lock_passes_baton(impl):
     lock = impl.Lock()
     await lock.acquire()
     t1 = asyncio.create_task(lock.acquire())
-    t2 = asyncio.create_task(lock.acquire())
-    await spin()
+    t2 = await started(lock.acquire())
     lock.release()  # wakes t1
     t1.cancel()  # before it runs
     await spin()
@@ -347,8 +327,7 @@ async def test_woken_then_cancelled_lock_passes_baton(impl):
 async def test_woken_then_cancelled_semaphore_returns_permit(impl):
     sem = impl.Semaphore(0)
     t1 = asyncio.create_task(sem.acquire())
-    t2 = asyncio.create_task(sem.acquire())
-    await spin()
+    t2 = await started(sem.acquire())
     sem.release()  # handed to t1
     t1.cancel()
     await spin()
@@ -363,16 +342,7 @@ async def test_cancel_message_and_identity_survive(impl):
     lock = impl.Lock()
     await lock.acquire()
     caught = []
-
-    async def w():
-        try:
-            await lock.acquire()
-        except asyncio.CancelledError as e:
-            caught.append(e)
-            raise
-
-    t = asyncio.create_task(w())
-    await spin()
+    t = await started(catching_cancel(lock.acquire(), caught))
     t.cancel("my message")
     with pytest.raises(asyncio.CancelledError) as ei:
         await t
@@ -419,8 +389,7 @@ async def test_condition_with_our_lock(impl):
             await cond.wait()
             results.append(i)
 
-    tasks = [asyncio.create_task(waiter(i)) for i in range(3)]
-    await spin()
+    tasks = await all_started(waiter(i) for i in range(3))
     async with cond:
         cond.notify(2)
     await spin(10)
@@ -436,8 +405,7 @@ async def test_condition_with_our_lock(impl):
 async def test_bounded_semaphore_checks_after_handoff(impl):
     b = impl.BoundedSemaphore(1)
     await b.acquire()
-    t = asyncio.create_task(b.acquire())
-    await spin()
+    t = await started(b.acquire())
     b.release()  # handed to t: _value stays 0
     b.release()  # asyncio accepts this (the check reads _value after hand-off)
     with pytest.raises(ValueError):

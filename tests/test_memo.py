@@ -25,28 +25,33 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 import aiofast
+from helpers import ORACLES, all_started, in_threads, oracle_fixture, run_virtual, spin, started
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import VirtualClockLoop, VirtualUVLoop
 
-ALRU = {"aiofast": aiofast.alru_cache, "async_lru": async_lru.alru_cache}
+ALRU = ORACLES["alru"]
+alru = oracle_fixture("alru", "alru")
 
 
-@pytest.fixture(params=sorted(ALRU))
-def alru(request):
-    return ALRU[request.param]
+def recording(deco, result=lambda x: x, gate=None):
+    """A list of calls, and f(x), decorated with deco, which appends x to the calls, waits for
+    the gate (an asyncio.Event) if there is one, then returns result(x)."""
+    calls = []
+
+    @deco
+    async def f(x):
+        calls.append(x)
+        if gate is not None:
+            await gate.wait()
+        return result(x)
+
+    return calls, f
 
 
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-def run_virtual(coro_fn):
-    loop = VirtualClockLoop()
-    try:
-        return loop.run_until_complete(coro_fn())
-    finally:
-        loop.close()
+def gated(deco, result=lambda x: x):
+    """recording() with a gate: the gate, the calls, f."""
+    gate = asyncio.Event()
+    return (gate, *recording(deco, result, gate))
 
 
 # ------------------------------------------------------------------ basics
@@ -219,17 +224,9 @@ async def test_removed_values_are_released():
 
 @pytest.mark.asyncio
 async def test_single_flight():
-    gate = asyncio.Event()
-    calls = []
+    gate, calls, f = gated(aiofast.cached, lambda x: x * 10)
 
-    @aiofast.cached
-    async def f(x):
-        calls.append(x)
-        await gate.wait()
-        return x * 10
-
-    tasks = [asyncio.create_task(f(3)) for _ in range(5)]
-    await spin()
+    tasks = await all_started(f(3) for _ in range(5))
     assert calls == [3]
     assert f.cache_contains(3) and f.cache_parameters()["tasks"] == 1
     gate.set()
@@ -241,17 +238,12 @@ async def test_single_flight():
 
 @pytest.mark.asyncio
 async def test_exception_is_shared_and_not_cached():
-    gate = asyncio.Event()
-    calls = []
-
-    @aiofast.cached
-    async def f(x):
-        calls.append(x)
-        await gate.wait()
+    def bad(x):
         raise ValueError(f"bad {x}")
 
-    tasks = [asyncio.create_task(f(1)) for _ in range(3)]
-    await spin()
+    gate, calls, f = gated(aiofast.cached, bad)
+
+    tasks = await all_started(f(1) for _ in range(3))
     gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, ValueError) for r in results)
@@ -276,19 +268,11 @@ async def test_sync_raise_in_function_call():
 
 @pytest.mark.asyncio
 async def test_cancelling_one_waiter_keeps_the_computation():
-    gate = asyncio.Event()
-    calls = []
-
-    @aiofast.cached
-    async def f(x):
-        calls.append(x)
-        await gate.wait()
-        return x
+    gate, calls, f = gated(aiofast.cached)
 
     first = asyncio.create_task(f(7))  # starts the computation
     await spin()
-    second = asyncio.create_task(f(7))
-    await spin()
+    second = await started(f(7))
     first.cancel("stop")
     await spin()
     assert first.cancelled()
@@ -311,8 +295,7 @@ async def test_cancelling_every_waiter_cancels_the_computation():
             raise
         return x
 
-    tasks = [asyncio.create_task(f(1)) for _ in range(3)]
-    await spin()
+    tasks = await all_started(f(1) for _ in range(3))
     for t in tasks:
         t.cancel()
     await spin()
@@ -379,8 +362,7 @@ async def test_computation_cancelled_from_outside():
     async def f():
         await gate.wait()
 
-    waiters = [asyncio.create_task(f()) for _ in range(2)]
-    await spin()
+    waiters = await all_started(f() for _ in range(2))
     (computation,) = [t for t in asyncio.all_tasks() if t not in waiters
                       and t is not asyncio.current_task()]
     computation.cancel()
@@ -476,12 +458,7 @@ async def test_custom_key():
 
 @pytest.mark.asyncio
 async def test_maxsize_lru_eviction():
-    calls = []
-
-    @aiofast.cached(maxsize=2)
-    async def f(x):
-        calls.append(x)
-        return x
+    calls, f = recording(aiofast.cached(maxsize=2))
 
     for x in (1, 2, 1, 3, 2, 1):
         await f(x)
@@ -492,12 +469,7 @@ async def test_maxsize_lru_eviction():
 
 @pytest.mark.asyncio
 async def test_maxsize_zero_and_none():
-    calls = []
-
-    @aiofast.cached(maxsize=0)
-    async def f(x):
-        calls.append(x)
-        return x
+    calls, f = recording(aiofast.cached(maxsize=0))
 
     assert await f(1) == await f(1) == 1 and calls == [1, 1]
     assert f.cache_info() == functools._CacheInfo(0, 2, 0, 0)
@@ -526,15 +498,8 @@ def test_argument_validation():
 
 @pytest.mark.asyncio
 async def test_invalidate_contains_clear():
-    gate = asyncio.Event()
-
-    @aiofast.cached
-    async def f(x):
-        await gate.wait()
-        return x
-
-    t = asyncio.create_task(f(1))
-    await spin()
+    gate, _, f = gated(aiofast.cached)
+    t = await started(f(1))
     assert f.cache_contains(1) and not f.cache_contains(2)
     assert f.cache_invalidate(1) and not f.cache_invalidate(1)
     gate.set()
@@ -838,17 +803,7 @@ def test_sync_hits_and_threads_counters_exact():
         return x
 
     n, per = 4, 2000
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        ts = [threading.Thread(target=lambda s=s: [f((s * 7 + i) % 40) for i in range(per)])
-              for s in range(n)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    in_threads(lambda s=s: [f((s * 7 + i) % 40) for i in range(per)] for s in range(n))
     info = f.cache_info()
     assert info.hits + info.misses == n * per and info.currsize <= 16
 
@@ -939,12 +894,7 @@ def test_results_survive_a_loop_change_and_stale_flights_are_replaced():
 
 @pytest.mark.asyncio
 async def test_not_awaited_call_does_nothing():
-    calls = []
-
-    @aiofast.cached
-    async def f(x):
-        calls.append(x)
-        return x
+    calls, f = recording(aiofast.cached)
 
     aw = f(1)
     aw.close()
@@ -955,15 +905,8 @@ async def test_not_awaited_call_does_nothing():
 
 @pytest.mark.asyncio
 async def test_close():
-    gate = asyncio.Event()
-
-    @aiofast.cached
-    async def f(x):
-        await gate.wait()
-        return x
-
-    t = asyncio.create_task(f(1))
-    await spin()
+    gate, _, f = gated(aiofast.cached)
+    t = await started(f(1))
     await f.cache_close()
     await spin()
     assert t.done()
@@ -979,12 +922,7 @@ async def test_close():
 
 @pytest.mark.asyncio
 async def test_alru_basic(alru):
-    calls = []
-
-    @alru
-    async def f(x):
-        calls.append(x)
-        return x * 2
+    calls, f = recording(alru, lambda x: x * 2)
 
     @alru(maxsize=2, typed=True)
     async def g(x):
@@ -1006,19 +944,14 @@ async def test_alru_basic(alru):
 
 @pytest.mark.asyncio
 async def test_alru_concurrent_and_failures(alru):
-    gate = asyncio.Event()
-    calls = []
-
-    @alru
-    async def f(x):
-        calls.append(x)
-        await gate.wait()
+    def positive(x):
         if x < 0:
             raise KeyError(x)
         return x
 
-    tasks = [asyncio.create_task(f(x)) for x in (1, 1, -1, -1)]
-    await spin()
+    gate, calls, f = gated(alru, positive)
+
+    tasks = await all_started(f(x) for x in (1, 1, -1, -1))
     gate.set()
     res = await asyncio.gather(*tasks, return_exceptions=True)
     assert res[:2] == [1, 1] and isinstance(res[2], KeyError) and res[2] is res[3]
@@ -1068,15 +1001,8 @@ async def test_alru_methods(alru):
 
 @pytest.mark.asyncio
 async def test_alru_close(alru):
-    gate = asyncio.Event()
-
-    @alru
-    async def f(x):
-        await gate.wait()
-        return x
-
-    t = asyncio.create_task(f(1))
-    await spin()
+    gate, _, f = gated(alru)
+    t = await started(f(1))
     await f.cache_close()
     await spin()
     assert t.done() and t.cancelled()
@@ -1640,12 +1566,7 @@ async def test_bound_method_is_weakly_referenceable(alru):
                          ids=["asyncio", "uvloop"])
 def test_new_loop_warns_once_and_clears(alru_and_warning, new_loop):
     alru, Warning = alru_and_warning
-    calls = []
-
-    @alru(maxsize=10)
-    async def f(x):
-        calls.append(x)
-        return x * 2
+    calls, f = recording(alru(maxsize=10), lambda x: x * 2)
 
     async def twice_in_the_loop():
         return [await f(1), await f(1)]  # a miss, then a hit

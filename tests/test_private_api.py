@@ -25,28 +25,15 @@ import sys
 from unittest import mock
 
 import pytest
-import uvloop
 
 import aiofast
-
-PY313 = sys.version_info >= (3, 13)
+from helpers import HERE, LOOPS, ORACLES, PY313, all_started, oracle_fixture, spin, started
 
 LOCKS = ("Lock", "Semaphore", "BoundedSemaphore", "Event")
 QUEUES = ("Queue", "PriorityQueue", "LifoQueue")
-IMPLS = {"aiofast": aiofast, "asyncio": asyncio}
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(params=sorted(IMPLS))
-def mod(request):
-    """aiofast, or asyncio (the oracle): both expose the classes under the same names."""
-    return IMPLS[request.param]
-
-
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
+IMPLS = ORACLES["modules"]
+mod = oracle_fixture("modules", "mod",
+                     "aiofast, or asyncio (the oracle): the classes under the same names in both.")
 
 
 def private(obj):
@@ -106,8 +93,7 @@ async def test_waiters_is_none_until_the_first_wait(mod, name):
     assert prim._waiters is None
     await prim.acquire()
     assert prim._waiters is None  # the fast path makes nothing
-    t = asyncio.create_task(prim.acquire())
-    await spin()
+    t = await started(prim.acquire())
     assert prim._waiters is not None and len(prim._waiters) == 1
     prim.release()
     await t
@@ -119,8 +105,7 @@ async def test_waiters_is_none_until_the_first_wait(mod, name):
 async def test_event_waiters_exist_from_the_start(mod):
     ev = mod.Event()
     assert ev._waiters is not None and len(ev._waiters) == 0
-    t = asyncio.create_task(ev.wait())
-    await spin()
+    t = await started(ev.wait())
     (fut,) = list(ev._waiters)
     assert ev._waiters[0] is fut and fut in ev._waiters and ev._waiters.count(fut) == 1
     ev.set()
@@ -174,8 +159,7 @@ async def test_foreign_future_in_lock_waiters_is_woken_like_asyncio(mod):
     assert foreign.done() and foreign.result() is True and not lock.locked()
     # it stays until removed, as in asyncio's deque; a newcomer sees a live waiter and waits
     assert list(lock._waiters) == [foreign]
-    t = asyncio.create_task(lock.acquire())
-    await spin()
+    t = await started(lock.acquire())
     assert not t.done() and len(lock._waiters) == 2
     lock._waiters.remove(foreign)
     lock._wake_up_first()
@@ -208,8 +192,7 @@ async def test_foreign_future_in_event_waiters_is_set(mod):
     foreign, done = loop.create_future(), loop.create_future()
     done.set_result("mine")
     ev._waiters.extend([foreign, done])
-    t = asyncio.create_task(ev.wait())
-    await spin()
+    t = await started(ev.wait())
     assert len(ev._waiters) == 3 and ev._waiters[-1] not in (foreign, done)
     ev.set()
     assert foreign.result() is True and done.result() == "mine"
@@ -222,8 +205,7 @@ async def test_cancelled_waiter_passes_the_lock_to_a_foreign_head(mod):
     loop = asyncio.get_running_loop()
     lock = mod.Lock()
     await lock.acquire()
-    t = asyncio.create_task(lock.acquire())
-    await spin()
+    t = await started(lock.acquire())
     foreign = loop.create_future()
     lock._waiters.appendleft(foreign)
     assert lock._waiters[0] is foreign and len(lock._waiters) == 2
@@ -244,8 +226,7 @@ async def test_assigning_waiters_reorders_them(mod):
         await sem.acquire()
         order.append(tag)
 
-    tasks = [asyncio.create_task(take(k)) for k in "abc"]
-    await spin()
+    tasks = await all_started(take(k) for k in "abc")
     futs = list(sem._waiters)
     sem._waiters = collections.deque(reversed(futs))
     assert list(sem._waiters) == futs[::-1]
@@ -274,8 +255,7 @@ async def test_lock_wake_up_first(mod):
     lock = mod.Lock()
     assert lock._wake_up_first() is None  # no waiters: nothing
     await lock.acquire()
-    t = asyncio.create_task(lock.acquire())
-    await spin()
+    t = await started(lock.acquire())
     fut = lock._waiters[0]
     lock._locked = False
     assert lock._wake_up_first() is None
@@ -292,8 +272,7 @@ async def test_semaphore_wake_up_next(mod, name):
     none_woken = sem._wake_up_next()
     assert none_woken is (False if PY313 else None) and sem._value == 1
     await sem.acquire()
-    tasks = [asyncio.create_task(sem.acquire()) for _ in range(2)]
-    await spin()
+    tasks = await all_started(sem.acquire() for _ in range(2))
     sem._value = 1
     woken = sem._wake_up_next()
     assert woken is (True if PY313 else None) and sem._value == 0
@@ -357,8 +336,7 @@ async def test_finished_can_be_replaced(mod, event):
     assert q._finished is ev
     q.put_nowait(1)
     assert not ev.is_set()
-    j = asyncio.create_task(q.join())
-    await spin()
+    j = await started(q.join())
     assert not j.done()
     q.get_nowait()
     q.task_done()
@@ -391,8 +369,7 @@ async def lock_scenario(lock):
     await lock.acquire()
     a = asyncio.create_task(lock.acquire())
     b = asyncio.create_task(lock.acquire())
-    c = asyncio.create_task(lock.acquire())
-    await spin()
+    c = await started(lock.acquire())
     lock.release()           # wakes a
     b.cancel()               # b leaves before its turn
     await spin()
@@ -428,8 +405,7 @@ async def test_overridden_wake_helper_and_get_loop_are_called_as_asyncio_calls_t
 async def test_overridden_event_get_loop_is_called(mod):
     log = []
     ev = logging_subclass(mod.Event, ("_get_loop",), log)()
-    t = asyncio.create_task(ev.wait())
-    await spin()
+    t = await started(ev.wait())
     ev.set()
     assert await t is True and await ev.wait() is True
     assert log == ["_get_loop"]
@@ -447,8 +423,7 @@ async def test_a_wake_helper_override_that_does_nothing_strands_waiters_as_in_as
 
     prim = Lazy()
     await prim.acquire()
-    t = asyncio.create_task(prim.acquire())
-    await spin()
+    t = await started(prim.acquire())
     prim.release()
     await spin()
     assert not t.done()  # nobody woke it: the override said so
@@ -469,16 +444,14 @@ async def queue_scenario(q):
     await q.put(1)
     p1 = asyncio.create_task(q.put(2))
     p2 = asyncio.create_task(q.put(3))
-    p3 = asyncio.create_task(q.put(4))
-    await spin()
+    p3 = await started(q.put(4))
     got.append(q.get_nowait())  # wakes p1
     p2.cancel()
     await spin()
     got.append(await q.get())   # wakes p3
     await spin()
     c1 = asyncio.create_task(consume(10))
-    c2 = asyncio.create_task(consume(1))
-    await spin()
+    c2 = await started(consume(1))
     q.put_nowait(5)
     c2.cancel()
     await spin()
@@ -531,8 +504,7 @@ async def test_an_override_of_wakeup_next_replaces_the_wake_up(mod, name):
                     w.set_result(None)
 
     q = Q()
-    getters = [asyncio.create_task(q.get()) for _ in range(3)]
-    await spin()
+    getters = await all_started(q.get() for _ in range(3))
     q.put_nowait("x")
     await spin()
     assert len(woken) == 3 and sum(t.done() for t in getters) == 1
@@ -610,8 +582,7 @@ async def pool_scenario(mod):
     log.append([h.name for h in taken])
     maint = q.get_disconnected_nowait()       # h0: the queue is now empty
     log.append(maint.name)
-    waiter = asyncio.create_task(q.get())
-    await spin()
+    waiter = await started(q.get())
     assert not waiter.done()
     maint.connected = True
     q.put_nowait(maint)                       # wakes the waiting acquirer
@@ -623,8 +594,7 @@ async def pool_scenario(mod):
     q.put_nowait(taken[1])
     q.put_nowait(maint)
     extra = Holder("h3", True)
-    releaser = asyncio.create_task(q.put(extra))
-    await spin()
+    releaser = await started(q.put(extra))
     assert not releaser.done() and len(q._putters) == 1
     log.append(q.get_disconnected_nowait().name)  # h1, and _wakeup_next(_putters)
     await releaser
@@ -690,18 +660,15 @@ async def test_mocks_in_waiters_while_the_primitive_works(mod, name):
         prim._waiters = collections.deque()
     prim._waiters.append(mock.Mock())
     if name == "Event":
-        t = asyncio.create_task(prim.wait())
-        await spin()
+        t = await started(prim.wait())
         prim.set()
         assert await t is True
     else:
         async with prim:
-            t = asyncio.create_task(prim.acquire())
-            await spin()
+            t = await started(prim.acquire())
             assert not t.done() and len(prim._waiters) == 2
         assert await t is True and prim._value == 0
-        t2 = asyncio.create_task(prim.acquire())
-        await spin()
+        t2 = await started(prim.acquire())
         t2.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t2
@@ -715,8 +682,7 @@ async def test_a_mock_at_the_head_of_lock_waiters_holds_the_turn(mod):
     # asyncio's release wakes only the head, and a mock's done() is truthy: nobody is woken
     lock = mod.Lock()
     await lock.acquire()
-    t = asyncio.create_task(lock.acquire())
-    await spin()
+    t = await started(lock.acquire())
     lock._waiters.appendleft(mock.Mock())
     lock.release()
     await spin()
@@ -760,8 +726,7 @@ class SelfRemoving:
 async def test_a_waiter_removed_through_the_view_while_it_is_woken(mod, name):
     prim = getattr(mod, name)()
     await prim.acquire()
-    t = asyncio.create_task(prim.acquire())
-    await spin()
+    t = await started(prim.acquire())
     ev = SelfRemoving(lambda: prim._waiters)
     prim._waiters.appendleft(ev)
     # release asks ev.done(), which takes ev out of _waiters; ev is woken all the same (it has
@@ -786,8 +751,7 @@ async def test_aiofast_waiters_view_survives_its_primitive_and_hostile_eq():
     # view must keep the lock alive, and an __eq__ that mutates the list must be caught
     lock = aiofast.Lock()
     await lock.acquire()
-    t = asyncio.create_task(lock.acquire())
-    await spin()
+    t = await started(lock.acquire())
     view = lock._waiters
     del lock
     assert len(view) == 1
@@ -823,8 +787,7 @@ async def test_aiofast_waiters_view_survives_its_primitive_and_hostile_eq():
 async def test_aiofast_assigning_waiters_from_a_hostile_iterable():
     # aiofast-only: the iterable is read fully before anything changes
     sem = aiofast.Semaphore(0)
-    t = asyncio.create_task(sem.acquire())
-    await spin()
+    t = await started(sem.acquire())
     (fut,) = list(sem._waiters)
 
     def gen():

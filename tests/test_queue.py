@@ -2,8 +2,8 @@
 
 Every test taking ``qimpl`` runs on aiofast's classes and on asyncio's (the oracle); every async
 test runs on asyncio's loop and on uvloop (conftest). On Pythons before 3.13, asyncio has no
-``shutdown()``: there the oracle is asyncio's Queue with 3.13's shutdown code added verbatim
-(``_Shutdown313`` below), since aiofast offers 3.13's shutdown on every version.
+``shutdown()``: there the oracle is asyncio's Queue with 3.13's shutdown code added
+(``_Shutdown313`` in helpers.py), since aiofast offers 3.13's shutdown on every version.
 
 Tests named ``*_aiofast_*`` check behaviour asyncio does not have, each saying why: the issue asks
 that a comparison that raises leaves a PriorityQueue exactly as it was (heapq inserts the item
@@ -27,158 +27,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import aiofast
-
-PY313 = sys.version_info >= (3, 13)
+from helpers import (LOOPS, ORACLES, PY313, catching_cancel, error_of, oracle_fixture, outcome,
+                     spin, started)
 
 pytestmark = pytest.mark.filterwarnings("error")
 
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-
-# ---------------------------------------------------------------- the oracle
-
-if PY313:
-    _ORACLE_SHUTDOWN = asyncio.QueueShutDown
-    OracleQueue, OraclePriorityQueue, OracleLifoQueue = (
-        asyncio.Queue, asyncio.PriorityQueue, asyncio.LifoQueue)
-else:
-    _ORACLE_SHUTDOWN = aiofast.QueueShutDown
-    QueueShutDown = aiofast.QueueShutDown
-
-    class _Shutdown313:
-        """asyncio 3.13's shutdown logic (Lib/asyncio/queues.py of 3.13.0), on an older Queue."""
-
-        def __init__(self, maxsize=0):
-            super().__init__(maxsize)
-            self._is_shutdown = False
-
-        def _format(self):
-            result = super()._format()
-            if self._is_shutdown:
-                result += ' shutdown'
-            return result
-
-        async def put(self, item):
-            while self.full():
-                if self._is_shutdown:
-                    raise QueueShutDown
-                putter = self._get_loop().create_future()
-                self._putters.append(putter)
-                try:
-                    await putter
-                except:  # noqa: E722
-                    putter.cancel()
-                    try:
-                        self._putters.remove(putter)
-                    except ValueError:
-                        pass
-                    if not self.full() and not putter.cancelled():
-                        self._wakeup_next(self._putters)
-                    raise
-            return self.put_nowait(item)
-
-        def put_nowait(self, item):
-            if self._is_shutdown:
-                raise QueueShutDown
-            return super().put_nowait(item)
-
-        async def get(self):
-            while self.empty():
-                if self._is_shutdown and self.empty():
-                    raise QueueShutDown
-                getter = self._get_loop().create_future()
-                self._getters.append(getter)
-                try:
-                    await getter
-                except:  # noqa: E722
-                    getter.cancel()
-                    try:
-                        self._getters.remove(getter)
-                    except ValueError:
-                        pass
-                    if not self.empty() and not getter.cancelled():
-                        self._wakeup_next(self._getters)
-                    raise
-            return self.get_nowait()
-
-        def get_nowait(self):
-            if self.empty():
-                if self._is_shutdown:
-                    raise QueueShutDown
-                raise asyncio.QueueEmpty
-            item = self._get()
-            self._wakeup_next(self._putters)
-            return item
-
-        def shutdown(self, immediate=False):
-            self._is_shutdown = True
-            if immediate:
-                while not self.empty():
-                    self._get()
-                    if self._unfinished_tasks > 0:
-                        self._unfinished_tasks -= 1
-                if self._unfinished_tasks == 0:
-                    self._finished.set()
-            while self._getters:
-                getter = self._getters.popleft()
-                if not getter.done():
-                    getter.set_result(None)
-            while self._putters:
-                putter = self._putters.popleft()
-                if not putter.done():
-                    putter.set_result(None)
-
-    class OracleQueue(_Shutdown313, asyncio.Queue):
-        pass
-
-    class OraclePriorityQueue(_Shutdown313, asyncio.PriorityQueue):
-        pass
-
-    class OracleLifoQueue(_Shutdown313, asyncio.LifoQueue):
-        pass
-
-    for _cls, _name in ((OracleQueue, "Queue"), (OraclePriorityQueue, "PriorityQueue"),
-                        (OracleLifoQueue, "LifoQueue")):
-        _cls.__name__ = _name  # repr shows type(self).__name__; pickle finds __qualname__
-
-QIMPLS = {
-    "aiofast": types.SimpleNamespace(
-        name="aiofast", Queue=aiofast.Queue, PriorityQueue=aiofast.PriorityQueue,
-        LifoQueue=aiofast.LifoQueue, QueueShutDown=aiofast.QueueShutDown),
-    "asyncio": types.SimpleNamespace(
-        name="asyncio", Queue=OracleQueue, PriorityQueue=OraclePriorityQueue,
-        LifoQueue=OracleLifoQueue, QueueShutDown=_ORACLE_SHUTDOWN),
-}
+QIMPLS = ORACLES["queues"]
 KINDS = ("Queue", "PriorityQueue", "LifoQueue")
-
-
-@pytest.fixture(params=sorted(QIMPLS))
-def qimpl(request):
-    """aiofast's queues, or asyncio's (the oracle)."""
-    return QIMPLS[request.param]
-
-
-async def spin(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-def error_of(fn):
-    try:
-        fn()
-    except BaseException as e:  # noqa: BLE001
-        return type(e), str(e)
-    return None
-
-
-def outcome(task):
-    if not task.done():
-        return ("pending",)
-    if task.cancelled():
-        return ("cancelled",)
-    exc = task.exception()
-    if exc is not None:
-        return ("raised", type(exc).__name__)
-    return ("ok", task.result())
+qimpl = oracle_fixture("queues", "qimpl", "aiofast's queues, or asyncio's (the oracle).")
 
 
 # ---------------------------------------------------------------- construction, sizes, messages
@@ -394,8 +250,7 @@ async def test_pickling_with_waiters_fails(qimpl):
     import pickle
 
     q = qimpl.Queue()
-    t = asyncio.create_task(q.get())
-    await spin()
+    t = await started(q.get())
     with pytest.raises(Exception):  # asyncio: its futures do not pickle; aiofast: TypeError
         pickle.dumps(q)
     t.cancel()
@@ -425,8 +280,7 @@ async def test_get_returns_the_item_itself(qimpl):
         assert await q.put(x) is None
     for x in odd:
         assert await q.get() is x
-    t = asyncio.create_task(q.get())
-    await spin()
+    t = await started(q.get())
     await q.put((7, 8))
     assert await t == (7, 8)
 
@@ -516,8 +370,7 @@ async def test_barging_and_requeue_at_the_back(qimpl):
     async def getter(name):
         log.append((name, await q.get()))
 
-    t1 = asyncio.create_task(getter("t1"))
-    await spin()
+    t1 = await started(getter("t1"))
     t2 = asyncio.create_task(getter("t2"))
     await spin()
     assert len(q._getters) == 2
@@ -567,16 +420,7 @@ async def test_woken_then_cancelled_putter_passes_wakeup_on(qimpl):
 async def test_cancel_message_and_identity_survive(qimpl):
     q = qimpl.Queue()
     caught = []
-
-    async def getter():
-        try:
-            await q.get()
-        except asyncio.CancelledError as e:
-            caught.append(e)
-            raise
-
-    t = asyncio.create_task(getter())
-    await spin()
+    t = await started(catching_cancel(q.get(), caught))
     t.cancel("stop now")
     await asyncio.gather(t, return_exceptions=True)
     assert t.cancelled()
@@ -615,8 +459,7 @@ async def test_protocol_close_and_throw_while_waiting(qimpl):
 async def test_waiter_views_are_live(qimpl):
     loop = asyncio.get_running_loop()
     q = qimpl.Queue(1)
-    t = asyncio.create_task(q.get())
-    await spin()
+    t = await started(q.get())
     assert len(q._getters) == 1 and bool(q._getters)
     (fut,) = list(q._getters)
     assert q._getters[0] is fut and q._getters[-1] is fut and fut in q._getters
@@ -661,8 +504,7 @@ async def test_put_and_get_dispatch_like_asyncio(qimpl):
 
     q = Q(1)
     assert await q.put(1) == ("stored", 1)
-    t = asyncio.create_task(q.put(2))
-    await spin()
+    t = await started(q.put(2))
     assert await q.get() == ("got", 1)
     assert await t == ("stored", 2)
 
@@ -673,43 +515,17 @@ async def test_subclass_hooks_are_called_exactly_as_asyncio_calls_them(kind):
     counts = {}
 
     def make(base):
-        class Counting(base):
-            def _count(self, name):
-                counts[base.__name__ + "." + name] = counts.get(base.__name__ + "." + name, 0) + 1
+        # a subclass overriding each hook with one that counts its calls, then calls base's
+        def counting(hook):
+            def method(self, *args):
+                counts[base.__name__ + "." + hook] = counts.get(base.__name__ + "." + hook, 0) + 1
+                return getattr(base, hook)(self, *args)
 
-            def _init(self, maxsize):
-                self._count("_init")
-                super()._init(maxsize)
+            method.__name__ = hook
+            return method
 
-            def _put(self, item):
-                self._count("_put")
-                super()._put(item)
-
-            def _get(self):
-                self._count("_get")
-                return super()._get()
-
-            def qsize(self):
-                self._count("qsize")
-                return super().qsize()
-
-            def empty(self):
-                self._count("empty")
-                return super().empty()
-
-            def full(self):
-                self._count("full")
-                return super().full()
-
-            def put_nowait(self, item):
-                self._count("put_nowait")
-                return super().put_nowait(item)
-
-            def get_nowait(self):
-                self._count("get_nowait")
-                return super().get_nowait()
-
-        return Counting
+        hooks = ("_init", "_put", "_get", "qsize", "empty", "full", "put_nowait", "get_nowait")
+        return type("Counting", (base,), {hook: counting(hook) for hook in hooks})
 
     results = {}
     for name, ns in QIMPLS.items():
@@ -779,8 +595,7 @@ async def test_subclass_with_its_own_storage(qimpl):
     await s.put("x")
     await s.put("y")
     assert s.full() and s._format() == "maxsize=2 tasks=2"
-    t = asyncio.create_task(s.put("z"))
-    await spin()
+    t = await started(s.put("z"))
     assert {await s.get(), await s.get()} == {"x", "y"}
     await t
     assert await s.get() == "z"
@@ -834,8 +649,7 @@ async def test_join_releases_every_joiner_together(qimpl):
 async def test_join_cancelled_then_join_again(qimpl):
     q = qimpl.Queue()
     q.put_nowait(1)
-    j = asyncio.create_task(q.join())
-    await spin()
+    j = await started(q.join())
     j.cancel()
     await spin()
     assert j.cancelled()
@@ -1335,25 +1149,33 @@ def apply_ours(q, op):
         return ("raised", type(e), str(e))
 
 
+def check_step_against_heapq(q, ref, op, same_message=True):
+    """Apply op to our PriorityQueue q and to ref with heapq: the same outcome (an error's
+    message too, if same_message), the same questions to user comparisons, the same heap."""
+    LOG.clear()
+    expect = apply_heapq(ref, op)
+    log_ref = list(LOG)
+    LOG.clear()
+    got = apply_ours(q, op)
+    if expect[0] == "ok":
+        assert got[0] == "ok" and got[1] is expect[1]
+        # the same questions, in the same order, to user comparisons
+        assert LOG == log_ref
+    else:
+        assert got[:2] == expect[:2]
+        if same_message:
+            assert got[2] == expect[2]
+    # the same objects in the same places (identity: NaN, -0.0, True vs 1 all distinguished)
+    assert len(q._queue) == len(ref) and all(a is b for a, b in zip(q._queue, ref))
+
+
 @settings(max_examples=400, deadline=None)
 @given(ops=OPS)
 def test_aiofast_heap_matches_heapq_item_for_item(ops):
     q = aiofast.PriorityQueue()
     ref = []
     for op in ops:
-        LOG.clear()
-        expect = apply_heapq(ref, op)
-        log_ref = list(LOG)
-        LOG.clear()
-        got = apply_ours(q, op)
-        if expect[0] == "ok":
-            assert got[0] == "ok" and got[1] is expect[1]
-            # the same questions, in the same order, to user comparisons
-            assert LOG == log_ref
-        else:
-            assert got[:2] == expect[:2] and got[2] == expect[2]
-        # the same objects in the same places (identity: NaN, -0.0, True vs 1 all distinguished)
-        assert len(q._queue) == len(ref) and all(a is b for a, b in zip(q._queue, ref))
+        check_step_against_heapq(q, ref, op)
         assert q.qsize() == len(ref)
 
 
@@ -1414,17 +1236,7 @@ def test_aiofast_dataclass_items_match_heapq(ops):
     q = aiofast.PriorityQueue()
     ref = []
     for op in ops:
-        LOG.clear()
-        expect = apply_heapq(ref, op)
-        log_ref = list(LOG)
-        LOG.clear()
-        got = apply_ours(q, op)
-        if expect[0] == "ok":
-            assert got[0] == "ok" and got[1] is expect[1]
-            assert LOG == log_ref
-        else:
-            assert got[:2] == expect[:2]
-        assert all(a is b for a, b in zip(q._queue, ref)) and len(q._queue) == len(ref)
+        check_step_against_heapq(q, ref, op, same_message=False)
 
 
 @pytest.mark.asyncio
@@ -1451,20 +1263,30 @@ async def test_reference_task_processor(qimpl):
     await asyncio.gather(*consumers, return_exceptions=True)
     assert sorted(t.task_id for t in done) == sorted(f"{p}-{i}" for p in range(3) for i in range(20))
     assert not NoFields(1) < NoFields(2)  # no compared field: never less, so FIFO-ish
-    q2 = qimpl.PriorityQueue()
-    for i in range(3):
-        q2.put_nowait(NoFields(i))
+    q2 = filled(qimpl.PriorityQueue(), (NoFields(i) for i in range(3)))
     assert [q2.get_nowait().x for _ in range(3)] == [0, 1, 2]
 
 
-def test_aiofast_dataclass_lt_replaced_later_is_honoured():
+def filled(q, items):
+    for x in items:
+        q.put_nowait(x)
+    return q
+
+
+def new_ordered_dataclass():
+    """A new class D(p: int), dataclass(order=True): each test changes its own."""
+
     @dataclasses.dataclass(order=True)
     class D:
         p: int
 
-    q = aiofast.PriorityQueue()
-    for p in (3, 1, 2):
-        q.put_nowait(D(p))  # the fast path learns D's generated __lt__
+    return D
+
+
+def test_aiofast_dataclass_lt_replaced_later_is_honoured():
+    D = new_ordered_dataclass()
+    # the fast path learns D's generated __lt__
+    q = filled(aiofast.PriorityQueue(), (D(p) for p in (3, 1, 2)))
     assert q.get_nowait().p == 1
     q.get_nowait()
     q.get_nowait()
@@ -1487,23 +1309,14 @@ def test_aiofast_dataclass_like_lt_that_is_not_generated_is_called():
          "        return (self.p,) > (other.p,)\n"
          "    return NotImplemented\n", ns)
 
-    @dataclasses.dataclass(order=True)
-    class D:
-        p: int
-
+    D = new_ordered_dataclass()
     D.__lt__ = ns["__lt__"]
-    q = aiofast.PriorityQueue()
-    for p in (1, 3, 2):
-        q.put_nowait(D(p))
+    q = filled(aiofast.PriorityQueue(), (D(p) for p in (1, 3, 2)))
     assert [q.get_nowait().p for _ in range(3)] == [3, 2, 1]
 
 
 def test_aiofast_dataclass_field_errors_and_properties():
-    @dataclasses.dataclass(order=True)
-    class D:
-        p: int
-
-    class E(D):
+    class E(new_ordered_dataclass()):
         @property
         def p(self):
             raise LookupError("no p")
@@ -1756,6 +1569,21 @@ async def test_aiofast_shutdown_immediate_wakes_waiters_even_if_discarding_raise
     assert q.empty() and q._unfinished_tasks == 0 and q._finished.is_set()
 
 
+def reentering_item(ns, q, seen, state):
+    """A class whose instances, when deleted, append state() to seen, then take an item from q
+    (a queue of implementation ns) if there is one."""
+
+    class Reenter:
+        def __del__(self):
+            seen.append(state())
+            try:
+                q.get_nowait()
+            except (asyncio.QueueEmpty, ns.QueueShutDown):
+                pass
+
+    return Reenter
+
+
 def test_item_del_reentering_after_the_count_reached_zero_during_shutdown():
     # the count reaches 0 before the drain ends and _finished is set after it (asyncio's order);
     # an item's __del__ in between sees that state (the debug checker allows it there)
@@ -1763,14 +1591,8 @@ def test_item_del_reentering_after_the_count_reached_zero_during_shutdown():
     for name, ns in QIMPLS.items():
         q = ns.Queue()
         seen = []
-
-        class Reenter:
-            def __del__(self):
-                seen.append((q.qsize(), q._unfinished_tasks, q._finished.is_set()))
-                try:
-                    q.get_nowait()
-                except (asyncio.QueueEmpty, ns.QueueShutDown):
-                    pass
+        Reenter = reentering_item(
+            ns, q, seen, lambda q=q: (q.qsize(), q._unfinished_tasks, q._finished.is_set()))
 
         class Plain:
             pass
@@ -1794,14 +1616,7 @@ def test_item_del_reentering_during_shutdown():
     for name, ns in QIMPLS.items():
         q = ns.Queue()
         seen = []
-
-        class Reenter:
-            def __del__(self):
-                seen.append(q.qsize())
-                try:
-                    q.get_nowait()
-                except (asyncio.QueueEmpty, ns.QueueShutDown):
-                    pass
+        Reenter = reentering_item(ns, q, seen, q.qsize)
 
         for _ in range(3):
             q.put_nowait(Reenter())
@@ -2012,6 +1827,15 @@ class MSide:
         it = MItem(self.sid, s, mode, fuse)
         return ((s % 3 if prio is None else prio), it) if self.prio else it
 
+    def attempt(self, name, fn, errors=Exception):
+        """fn(): True if it returned; False if it raised one of errors, noted in the trace."""
+        try:
+            fn()
+        except errors as e:
+            self.trace.append((name, type(e).__name__))
+            return False
+        return True
+
     def put_done(self, s):
         self.put_ok.add(s)
         self.unfinished += 1
@@ -2174,12 +1998,8 @@ class QueueMachine(RuleBasedStateMachine):
     def get_nowait(self, n):
         def go(side):
             for _ in range(n):
-                try:
-                    s = serial_of(side.q.get_nowait())  # the item is dropped at once
-                except Exception as e:  # noqa: BLE001
-                    side.trace.append(("get_nowait", type(e).__name__))
-                else:
-                    side.got.append(s)
+                # the item is dropped at once
+                side.attempt("get_nowait", lambda: side.got.append(serial_of(side.q.get_nowait())))
         self.each(go)
 
     @precondition(lambda self: self.sides and len(self.sides[0].tasks) < MAX_MTASKS)
@@ -2215,11 +2035,7 @@ class QueueMachine(RuleBasedStateMachine):
     def task_done(self, n):
         def go(side):
             for _ in range(n):
-                try:
-                    side.q.task_done()
-                except ValueError:
-                    side.trace.append(("task_done", "ValueError"))
-                else:
+                if side.attempt("task_done", side.q.task_done, ValueError):
                     side.unfinished -= 1
         self.each(go)
 

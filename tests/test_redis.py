@@ -12,6 +12,7 @@ test session on 127.0.0.1, persistence off; a missing redis-server fails these t
 import asyncio
 import inspect
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -25,32 +26,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiofast.redis import _SCRIPTS, RedisTokenBucket, RedisUnavailableError
-from redis_server import RedisServer
+from redis_server import RedisServer, loop_clock_as_server_clock
 
 VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="session")
-def server():
-    srv = RedisServer().start()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def own_server():
-    """A server of this test's own, to kill and restart."""
-    srv = RedisServer().start()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def sync(server):
-    c = redis.Redis.from_url(server.url)
-    yield c
-    c.close()
 
 
 def fresh():
@@ -108,6 +87,15 @@ class Gcra:
     def peek(self, now):
         t = now if self.tat is None or self.tat < now else self.tat
         return t - now
+
+    def lease(self, now, iv, need, most, tau):
+        t = now if self.tat is None or self.tat < now else self.tat
+        wait = t + need * iv - tau - now
+        if wait > 0:
+            return 0.0, wait
+        k = max(need, min(most, (tau - (t - now)) / iv))
+        self.tat, self.id = t + k * iv, ""
+        return k, 0.0
 
 
 def tat_of(raw):
@@ -178,6 +166,32 @@ def test_scripts_match_the_model(server, tau_q, ops):
         sync.close()
 
 
+@given(cap=st.integers(1, 12), ops=st.lists(st.tuples(
+    st.integers(0, 8),    # time step, quarters of an interval
+    st.integers(1, 12),   # need, quarters of a token
+    st.integers(0, 48),   # most, quarters of a token (at least need)
+), max_size=20))
+def test_lease_script_matches_the_model(server, cap, ops):
+    sync = redis.Redis.from_url(server.url)
+    try:
+        key = "aiofast:tb:" + fresh()
+        model = Gcra()
+        iv = U / 4
+        tau = cap * iv
+        now = T0
+        for step, need_q, most_q in ops:
+            now += step * iv / 4
+            need = min(need_q / 4, cap)
+            most = max(need, most_q / 4)
+            got = run_script(sync, "lease", key, f(iv), f(need), f(most), f(tau), f(now))
+            assert (float(got[0]), float(got[2])) == model.lease(now, iv, need, most, tau)
+            assert float(got[1]) == now
+            raw = sync.get(key)
+            assert (raw is None) if model.tat is None else (tat_of(raw) == model.tat)
+    finally:
+        sync.close()
+
+
 def test_script_refuses_a_foreign_value(sync):
     key = "aiofast:tb:" + fresh()
     sync.set(key, "not a number")
@@ -192,14 +206,7 @@ class VBucket(RedisTokenBucket):
     """The server's clock read from the loop's virtual clock (tests only)."""
 
     __slots__ = ()
-
-    @property
-    def _now(self):
-        return repr(asyncio.get_running_loop().time() * 1e6)
-
-    @_now.setter
-    def _now(self, value):
-        pass
+    _now = loop_clock_as_server_clock()
 
     def _delay(self, reply):
         # the instant reserved, on the loop's clock (the server's here): exact, although the
@@ -309,6 +316,128 @@ async def test_cancel_gives_back_only_if_last_on_virtual_time(server, sync, wher
         assert after == full + 2e6                   # someone reserved after: a's is spent
         assert run_script(sync, "release", b.key, "other", "1e6", now) == 1
         assert tat_of(sync.get(b.key)) == after - 1e6
+
+
+# ------------------------------------------------------------------ leasing
+
+class Counting(VBucket):
+    """Counts its round trips, and keeps the (injected) server instant of the last one."""
+
+    __slots__ = ("trips", "last_now")
+
+    async def _script(self, name, *args, **kw):
+        self.trips += 1
+        r = await super()._script(name, *args, **kw)
+        if name in ("lease", "acquire"):
+            self.last_now = float(r[1] if name == "lease" else r[2]) / 1e6
+        return r
+
+
+def counting(c, key, *args, **kw):
+    b = Counting(c, key, *args, call_timeout=None, **kw)
+    b.trips = 0
+    return b
+
+
+@VT
+async def test_lease_spends_locally_on_virtual_time(server, sync):
+    async with Client(server.url, real=False) as c:
+        # (slow: keys expire on the server's real clock; see the next test)
+        b = counting(c, fresh(), 10, per=100, capacity=10, lease=4)
+        assert b.lease == 4.0 and b.leased == 0
+        got = [await b.try_acquire() for _ in range(10)]
+        assert got == [True] * 10
+        # 4 + 4 + the last 2 available (at most lease, at least what was missing)
+        assert b.trips == 3 and b.leased == 0
+        assert not await b.try_acquire() and b.trips == 4
+        # refused, told when a token will be there (10 s): until then, refused locally
+        await asyncio.sleep(5)
+        assert not await b.try_acquire() and b.trips == 4
+        await asyncio.sleep(20)     # 2.5 tokens flowed in: one lease takes them all
+        assert await b.try_acquire(0.5) and b.leased == 2.0 and b.trips == 5
+        assert await b.tokens() == 0.0 and b.trips == 6   # (what it holds is taken)
+        await b.acquire(2)                # from what it holds: no round trip
+        assert b.trips == 6 and b.leased == 0
+        assert await b.try_acquire(11 / 4) is False   # more than lease... and than available
+        with pytest.raises(ValueError, match=r"lease must be a number of tokens from 1 to "
+                                             r"capacity \(10\), got 11"):
+            RedisTokenBucket(c, "k", 10, lease=11)
+        await b.reset()
+        assert b.leased == 0 and await b.tokens() == 10.0
+
+
+@VT
+async def test_concurrent_callers_share_one_lease_on_virtual_time(server):
+    async with Client(server.url, real=False) as c:
+        b = counting(c, fresh(), 1, per=1000, capacity=20, lease=5)
+        got = await asyncio.gather(*[b.try_acquire() for _ in range(12)])
+        assert got == [True] * 12 and b.trips == 3 and b.leased == 3
+        got = await asyncio.gather(*[b.try_acquire() for _ in range(12)])
+        assert sum(got) == 8 and b.leased == 0
+
+
+@VT
+@pytest.mark.parametrize("lease", [None, 1, 5])
+@pytest.mark.parametrize("every", [0.2, 5.0])
+async def test_lease_bound_across_processes_on_virtual_time(server, lease, every):
+    """4 processes (4 buckets) on one key, 1 token/s, capacity 10, each asking once every
+    `every` seconds for 300 s (0.2 s: far more than the rate; 5 s: 0.8 a second, less). In every
+    window of w seconds at most rate * w + capacity tokens are admitted, plus processes x lease
+    with leasing (tokens leased before the window, spent in it). Asking more than the rate:
+    over the run at least rate * T + capacity - processes x lease (tokens leased and never
+    spent). Asking less: everything is admitted (with leasing, but a few calls: the tokens
+    the other processes hold), with a round trip per `lease` tokens (a lease
+    takes what has flowed in: when the demand exceeds the rate, that is about one token, and
+    leasing saves nothing)."""
+    loop = asyncio.get_running_loop()
+    key = fresh()
+    # (slow, on virtual time: a key expires on the server's real clock, so a busy machine
+    # may drop one early, giving back up to rate x the real time between two calls)
+    procs, rate, cap, T = 4, 1, 10, 300.0
+    # one client, so one connection: the server runs the calls in the order of their injected
+    # instants (over 4 connections it may not, and a clock that goes back refuses wrongly)
+    client = redis.asyncio.Redis.from_url(server.url, socket_connect_timeout=None,
+                                          socket_timeout=None)
+    try:
+        buckets = [counting(client, key, rate, capacity=cap, lease=lease) for _ in range(procs)]
+        admitted = []
+        asked = 0
+        start = loop.time()
+
+        async def run(b):
+            nonlocal asked
+            while loop.time() - start < T:
+                asked += 1
+                t, trips = loop.time(), b.trips
+                if await b.try_acquire():
+                    # the instant it was decided: the server's for a round trip (the virtual
+                    # clock may jump while a reply travels), else now (no await: no jump)
+                    admitted.append((b.last_now if b.trips != trips else t) - start)
+                await asyncio.sleep(every)
+
+        await asyncio.gather(*[run(b) for b in buckets])
+        extra = procs * (lease or 0)
+        admitted.sort()
+        for w in (5, 10, 50, 100):
+            most = max(sum(1 for t in admitted[i:] if t <= t0 + w)
+                       for i, t0 in enumerate(admitted))
+            assert most <= rate * w + cap + extra + 1e-9, (w, most)
+        total = len(admitted)
+        assert total <= rate * T + cap + 1
+        trips = sum(b.trips for b in buckets)
+        print(f"every {every}s, lease={lease}: {total} of {asked} admitted, "
+              f"{trips / total:.2f} round trips per admitted token")
+        if every < 1:
+            assert total >= rate * T + cap - extra - 1
+        elif lease is None:
+            assert total == asked and trips == total
+        else:
+            # tokens held in the other processes' leases (at most processes x lease at any
+            # instant) may be missing from the shared bucket: a few refusals
+            assert asked - extra <= total <= asked
+            assert trips / total <= 1 / lease + procs / total + (asked - total) / total
+    finally:
+        await client.aclose()
 
 
 # ------------------------------------------------------------------ the API on real loops
@@ -453,9 +582,11 @@ async def test_server_killed_and_restarted_under_load(own_server):
         tasks = [asyncio.create_task(caller(b)) for b in buckets for _ in range(4)]
         await asyncio.sleep(0.3)
         admitted_before = outcomes["admitted"]
-        own_server.kill()
+        # in a thread: the test's own waiting for the server must not block the loop (that would
+        # be counted in the callers' times)
+        await asyncio.to_thread(own_server.kill)
         await asyncio.sleep(0.6)
-        own_server.start()
+        await asyncio.to_thread(own_server.start)
         await asyncio.sleep(0.6)
         stop = True
         await asyncio.wait_for(asyncio.gather(*tasks), 2)
@@ -466,6 +597,49 @@ async def test_server_killed_and_restarted_under_load(own_server):
         # after recovery: a fresh bucket of the server, at most full
         for b in buckets:
             assert 0 <= await b.tokens() <= 5
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_does_not_answer(own_server):
+    """The server stopped (SIGSTOP: connected, silent): on the shared connection, every call
+    ends at its own deadline (call_timeout, or an acquire()'s timeout when sooner), however
+    many calls are pending; then the connection is dropped, and the next call after the
+    server is back reconnects."""
+    loop = asyncio.get_running_loop()
+    async with Client(own_server.url) as c:
+        # (capacity 20: the calls that timed out may still run when the server resumes, as
+        # their commands were sent: a timeout never says that nothing was taken)
+        quick = RedisTokenBucket(c, fresh(), 1, per=100, capacity=20, call_timeout=0.2)
+        slow = RedisTokenBucket(c, fresh(), 1, per=100, capacity=20, call_timeout=5)
+        assert await quick.try_acquire() and await slow.try_acquire()
+        own_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = loop.time()
+            ends = {}
+
+            async def timed(name, coro):
+                try:
+                    await coro
+                except (RedisUnavailableError, TimeoutError) as exc:
+                    ends[name] = (type(exc).__name__, loop.time() - t0)
+
+            await asyncio.gather(
+                timed("slow acquire, timeout 0.4", slow.acquire(timeout=0.4)),
+                timed("quick try", quick.try_acquire()),
+                *[timed(f"quick try {i}", quick.try_acquire()) for i in range(5)])
+            assert ends["quick try"][0] == "RedisUnavailableError"
+            assert 0.2 <= ends["quick try"][1] < 0.35
+            # (the quick ones' deadline dropped the connection: the slow one failed then too)
+            assert ends["slow acquire, timeout 0.4"][1] < 0.35
+            assert all(e[1] < 0.35 for e in ends.values()) and len(ends) == 7
+            # alone, an acquire()'s own timeout bounds its call (call_timeout is 5 s)
+            t0 = loop.time()
+            with pytest.raises(TimeoutError):
+                await slow.acquire(timeout=0.3)
+            assert 0.3 <= loop.time() - t0 < 0.45
+        finally:
+            own_server.proc.send_signal(signal.SIGCONT)
+        assert await quick.try_acquire() and await slow.try_acquire()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -60,27 +61,27 @@ def names():
 
 
 class SharedClock:
-    """test_breaker's Clock for shared breakers: advancing it advances the virtual time of every
-    segment made with it (each test breaker has its own segment)."""
+    """The tests' Clock (helpers.Clock) for shared breakers: advancing it advances the virtual
+    time of every segment made with it (each test breaker has its own segment)."""
 
-    def __init__(self, t=1000.0):
-        self._t = t
+    def __init__(self, now=1000.0):
+        self._now = now
         self.breakers = []
 
     @property
-    def t(self):
-        return self._t
+    def now(self):
+        return self._now
 
-    @t.setter
-    def t(self, v):
-        self.advance(v - self._t)
+    @now.setter
+    def now(self, v):
+        self.advance(v - self._now)
 
     def __call__(self):
-        return self._t
+        return self._now
 
     def advance(self, dt):
         assert dt >= 0
-        self._t += dt
+        self._now += dt
         for b in self.breakers:
             b._shared_advance(dt)
 
@@ -187,6 +188,41 @@ TestSharedBreakerModel = SharedBreakerMachine.TestCase
 TestSharedBreakerModel.settings = settings(max_examples=max(100, settings.default.max_examples),
                                            stateful_step_count=40, deadline=None,
                                            suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------------ the closed path
+
+
+def test_closed_calls_allocate_nothing(names):
+    """A closed call on a shared breaker reads the published word and takes no mutex: nothing is
+    allocated, not even transiently (the same as the in-process breaker's plain-def call)."""
+    b = CircuitBreaker(10**9, shared=names())
+
+    @b
+    def f(x):
+        return x
+
+    def run(n):
+        for _ in range(n):
+            f(None)
+
+    run(200)
+    grown = []
+    for _ in range(3):  # the smallest of three: another thread may allocate during one
+        before = sys.getallocatedblocks()
+        run(20_000)
+        grown.append(sys.getallocatedblocks() - before)
+    assert min(grown, key=abs) in range(-2, 3)
+    tracemalloc.start()
+    try:
+        run(100)
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        run(5_000)
+        assert tracemalloc.get_traced_memory()[1] - base < 512
+    finally:
+        tracemalloc.stop()
+    assert b.stats()["calls"] == 200 + 60_000 + 5_100 and b.success_count == 65_300
 
 
 # ------------------------------------------------------------------ one process, two objects
@@ -484,6 +520,20 @@ def test_mismatched_configuration(names):
     assert b.name == "other" and b.shared == n
 
 
+@pytest.mark.parametrize("what", ["state", "layout"])
+def test_corrupted_record_is_refused(names, what):
+    """A segment whose record was scribbled over (a stray write of a process of the same user):
+    the next opener gets a clear error, never a crash."""
+    n = names()
+    b = CircuitBreaker(2, 5, shared=n, _testing=True)
+    b._shared_corrupt(what)
+    del b  # (the scribbler itself is not to be used any more)
+    with pytest.raises(aiofast.SharedSegmentError, match="corrupted CircuitBreaker record"):
+        CircuitBreaker(2, 5, shared=n, _testing=True)
+    aiofast.shared_unlink(n)
+    assert CircuitBreaker(2, 5, shared=n, _testing=True).state is CircuitState.CLOSED
+
+
 def segments():
     return {x for x in os.listdir(SHM_DIR) if x.startswith("aiofast.")}
 
@@ -520,6 +570,8 @@ def test_test_hooks_refuse_real_segments(names):
         b._shared_advance(5)
     with pytest.raises(RuntimeError, match="test hook"):
         b._shared_crash()
+    with pytest.raises(RuntimeError, match="test hook"):
+        b._shared_corrupt("state")
     with pytest.raises(RuntimeError, match="not a shared breaker"):
         CircuitBreaker()._shared_info()
     assert b.state is CircuitState.CLOSED

@@ -73,7 +73,8 @@ def test_hostile_names_refused_nothing_created(bad):
         _core._shm_probe(bad, BUCKET, b"c", 8)
     with pytest.raises(ValueError, match="shared name"):
         aiofast.shared_unlink(bad)
-    assert segments() == before
+    # (other processes may create segments meanwhile: look for this name only)
+    assert not any(bad and bad in n[len("aiofast."):] for n in segments() - before)
 
 
 @pytest.mark.parametrize("bad", [None, 3, b"name", ["x"], 1.5])

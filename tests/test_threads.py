@@ -12,12 +12,13 @@ with itself there, which is not ours to test. The free-running stress test uses 
 for the same reason.
 """
 import asyncio
-import sys
+import functools
 import threading
 
 import pytest
 
 import aiofast
+from helpers import fast_thread_switching, in_threads, spin_until
 
 
 def in_thread(fn):
@@ -50,14 +51,6 @@ async def ticking(coro):
         return await coro
     finally:
         ticker.cancel()
-
-
-async def spin_until(pred, n=200):
-    for _ in range(n):
-        if pred():
-            return True
-        await asyncio.sleep(0)
-    return pred()
 
 
 @pytest.mark.asyncio
@@ -215,9 +208,7 @@ def test_free_running_threads_hammering_shared_primitives():
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
+    with fast_thread_switching():
         threads = [threading.Thread(target=thread_main, args=(k,), daemon=True)
                    for k in range(nthreads)]
         loop = asyncio.new_event_loop()
@@ -227,8 +218,6 @@ def test_free_running_threads_hammering_shared_primitives():
             loop.close()
         for t in threads:
             t.join(0 if hung else None)
-    finally:
-        sys.setswitchinterval(old)
     assert not hung, "worker threads never finished"
     assert all("different event loop" in e for e in errors), sorted(set(errors))[:5]
     assert len(errors) >= nthreads and counts["lock"] > 4
@@ -250,17 +239,8 @@ def _hammer(worker, nthreads=3, rounds=300):
         except BaseException as e:  # noqa: BLE001
             escaped.append(e)
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=guarded, args=(k,)) for k in range(nthreads)]
-        for t in threads:
-            t.start()
-        guarded(nthreads)
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    in_threads((functools.partial(guarded, k) for k in range(nthreads)),
+               meanwhile=functools.partial(guarded, nthreads))
     return escaped
 
 

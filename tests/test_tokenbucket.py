@@ -26,6 +26,7 @@ import uvloop
 import aiofast
 from aiofast import AsyncLimiter, TokenBucket
 
+from helpers import all_started, oracle_fixture, run_in, spin, started
 from pycompat import asyncio_iscoroutinefunction
 from virtual_time import SteppedVirtualUVLoop, VirtualClockLoop, VirtualUVLoop, settle_loop
 
@@ -36,10 +37,24 @@ def now():
     return asyncio.get_running_loop().time()
 
 
-async def settle(n=5):
-    """Let every ready callback run (virtual time does not move while anything is ready)."""
-    for _ in range(n):
-        await asyncio.sleep(0)
+def bucket_and_now(*args, **kwargs):
+    """TokenBucket(*args, **kwargs), and the running loop's time once it is made."""
+    b = TokenBucket(*args, **kwargs)
+    return b, now()
+
+
+class Admissions:
+    """Each acquire() made through it records (name, seconds since this was made) when it
+    returns: the order and times of a bucket's or limiter's admissions."""
+
+    def __init__(self, b):
+        self.b = b
+        self.t0 = now()
+        self.order = []
+
+    async def acquire(self, name, *args):
+        await self.b.acquire(*args)
+        self.order.append((name, now() - self.t0))
 
 
 class TimerSpy:
@@ -79,6 +94,12 @@ class TimerSpy:
 
     def close(self):
         del self.loop.call_at
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,8 +254,7 @@ async def test_reinit_to_a_smaller_capacity_before_the_await():
 async def test_huge_negative_timeout_means_at_once():
     # Found by reading tb_timeout_arg for the state machine: a timeout too large for a float was
     # taken as "no limit" whatever its sign, so timeout=-10**400 waited for ever.
-    b = TokenBucket(4, capacity=2, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=2, initial=0)
     for t in (-(10**400), fractions.Fraction(-(10**400)),
               type("NegHuge", (), {"__index__": lambda s: -(10**400)})()):
         with pytest.raises(TimeoutError, match="not available at once"):
@@ -630,8 +650,7 @@ async def test_refill_arithmetic():
 
 @VT
 async def test_burst_then_wait_exactly():
-    b = TokenBucket(4, capacity=3)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=3)
     for _ in range(3):
         await b.acquire()
     assert now() == t0 and b.tokens == 0.0
@@ -644,8 +663,7 @@ async def test_burst_then_wait_exactly():
 
 @VT
 async def test_github_rate():
-    b = TokenBucket(5000, per=3600)
-    t0 = now()
+    b, t0 = bucket_and_now(5000, per=3600)
     for _ in range(5000):
         assert b.try_acquire()
     assert not b.try_acquire()
@@ -657,8 +675,7 @@ async def test_github_rate():
 
 @VT
 async def test_initial_tokens_and_fractional_waits():
-    b = TokenBucket(2, capacity=4, initial=1.5)
-    t0 = now()
+    b, t0 = bucket_and_now(2, capacity=4, initial=1.5)
     await b.acquire(1.5)
     assert now() == t0
     await b.acquire(0.5)
@@ -669,26 +686,15 @@ async def test_initial_tokens_and_fractional_waits():
 
 @VT
 async def test_one_timer_no_polling():
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
+    with TimerSpy(asyncio.get_running_loop()) as spy:
         b = TokenBucket(4, capacity=8, initial=0)
-        t0 = now()
-        order = []
-
-        async def w(i, n):
-            await b.acquire(n)
-            order.append((i, now() - t0))
-
-        tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate([1, 4, 1, 2, 1])]
-        await asyncio.gather(*tasks)
-        assert order == [(0, 0.25), (1, 1.25), (2, 1.5), (3, 2.0), (4, 2.25)]
+        log = Admissions(b)
+        await asyncio.gather(*(log.acquire(i, n) for i, n in enumerate([1, 4, 1, 2, 1])))
+        assert log.order == [(0, 0.25), (1, 1.25), (2, 1.5), (3, 2.0), (4, 2.25)]
         # one timer per admission, never two at once, none left behind
         assert spy.max_pending == 1
         assert spy.fired == 5
         assert spy.live() == []
-    finally:
-        spy.close()
 
 
 @VT
@@ -697,9 +703,7 @@ async def test_rounding_never_spins():
     (when == now): a deficit that flows in within one tick of the clock counts as none, so each
     admission takes exactly one timer, and the schedule does not drift. (aiolimiter livelocks
     here on a virtual clock: its next wake-up time rounds to now, forever.)"""
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
+    with TimerSpy(asyncio.get_running_loop()) as spy:
         for rate, per in ((1000, 1), (3, 0.7), (5000, 3600), (1e6, 1)):
             b = TokenBucket(rate, per=per, capacity=1, initial=0)
             t = now()
@@ -709,24 +713,15 @@ async def test_rounding_never_spins():
                 t = t + 1 * per / rate
                 assert now() == t
             assert spy.fired - fired == 50
-    finally:
-        spy.close()
 
 
 @VT
 async def test_fifo_large_request_not_overtaken():
     b = TokenBucket(4, capacity=8, initial=0)
-    t0 = now()
-    order = []
-
-    async def w(name, n):
-        await b.acquire(n)
-        order.append((name, now() - t0))
-
-    big = asyncio.create_task(w("big", 8))
-    await settle()
-    smalls = [asyncio.create_task(w(f"s{i}", 1)) for i in range(3)]
-    await settle()
+    log = Admissions(b)
+    order, w = log.order, log.acquire
+    big = await started(w("big", 8))
+    smalls = await all_started(w(f"s{i}", 1) for i in range(3))
     assert b.waiting == 4
     await asyncio.sleep(1)  # 4 tokens in: enough for every small one, but the big one is first
     assert order == [] and b.tokens == 4.0
@@ -738,17 +733,11 @@ async def test_fifo_large_request_not_overtaken():
 @VT
 async def test_newcomer_queues_behind_waiters():
     b = TokenBucket(4, capacity=4, initial=0)
-    t0 = now()
-    order = []
-
-    async def w(name, n):
-        await b.acquire(n)
-        order.append((name, now() - t0))
-
+    log = Admissions(b)
+    order, w = log.order, log.acquire
     first = asyncio.create_task(w("first", 4))
     await asyncio.sleep(0.75)  # 3 tokens: not enough for first
-    second = asyncio.create_task(w("second", 1))
-    await settle()
+    second = await started(w("second", 1))
     assert b.waiting == 2 and order == []
     await asyncio.gather(first, second)
     assert order == [("first", 1.0), ("second", 1.25)]
@@ -756,12 +745,9 @@ async def test_newcomer_queues_behind_waiters():
 
 @VT
 async def test_thousands_of_waiters():
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
+    with TimerSpy(asyncio.get_running_loop()) as spy:
         n = 3000
-        b = TokenBucket(1024, capacity=1, initial=0)
-        t0 = now()
+        b, t0 = bucket_and_now(1024, capacity=1, initial=0)
         done = []
 
         async def w(i):
@@ -773,8 +759,6 @@ async def test_thousands_of_waiters():
         assert [i for i, _ in done] == list(range(n))
         assert [t for _, t in done] == [t0 + (i + 1) / 1024 for i in range(n)]
         assert spy.max_pending == 1 and spy.fired == n
-    finally:
-        spy.close()
 
 
 @VT
@@ -790,7 +774,7 @@ async def test_waiters_woken_only_when_they_proceed():
     await asyncio.sleep(2.25)
     assert wakes == []  # 4.5 tokens: the head (5) cannot go, nobody is woken
     await asyncio.sleep(0.25)
-    await settle()
+    await spin()
     assert wakes == [0]
     await asyncio.gather(*tasks)
     assert wakes == [0, 1, 2] and b.tokens == 0.0
@@ -805,56 +789,42 @@ class EarlyTimers(VirtualClockLoop):
         return super().call_at(when - self.early, callback, *args, context=context)
 
 
+def admission_times(loop, n):
+    """On loop (closed after): the start, and when each of n acquire()s returned, of a bucket
+    at 4 tokens/s holding at most 1, starting empty."""
+
+    async def main():
+        b, t0 = bucket_and_now(4, capacity=1, initial=0)
+        times = []
+        for _ in range(n):
+            await b.acquire()
+            times.append(now())
+        return t0, times
+
+    return run_in(loop, main)
+
+
 def test_timer_that_runs_early_counts_as_on_time():
-    loop = EarlyTimers()
-    try:
-
-        async def main():
-            b = TokenBucket(4, capacity=1, initial=0)
-            t0 = now()
-            times = []
-            for _ in range(8):
-                await b.acquire()
-                times.append(now())
-            return t0, times
-
-        t0, times = loop.run_until_complete(main())
-        # each admitted when its (early) timer ran: no re-arm, no spin; and the schedule does
-        # not drift: the k-th token still arrives at k/4 s (less the loop's earliness)
-        assert times == [(t0 + (k + 1) / 4) - EarlyTimers.early for k in range(8)]
-    finally:
-        loop.close()
+    t0, times = admission_times(EarlyTimers(), 8)
+    # each admitted when its (early) timer ran: no re-arm, no spin; and the schedule does
+    # not drift: the k-th token still arrives at k/4 s (less the loop's earliness)
+    assert times == [(t0 + (k + 1) / 4) - EarlyTimers.early for k in range(8)]
 
 
-class CoarseEarlyTimers(VirtualClockLoop):
+class CoarseEarlyTimers(EarlyTimers):
     """A loop whose clock resolution is 10 ms and which runs timers 5 ms early (as asyncio
     does on a platform with a coarse clock)."""
+
+    early = 0.005
 
     def __init__(self):
         super().__init__()
         self._clock_resolution = 0.01
 
-    def call_at(self, when, callback, *args, context=None):
-        return super().call_at(when - 0.005, callback, *args, context=context)
-
 
 def test_early_timer_allowance_follows_the_loops_clock_resolution():
-    loop = CoarseEarlyTimers()
-    try:
-
-        async def main():
-            b = TokenBucket(4, capacity=1, initial=0)
-            t0 = now()
-            times = []
-            for _ in range(4):
-                await b.acquire()
-                times.append(now())
-            return t0, times
-
-        t0, times = loop.run_until_complete(main())
-        assert times == [(t0 + (k + 1) / 4) - 0.005 for k in range(4)]
-    finally:
-        loop.close()
+    t0, times = admission_times(CoarseEarlyTimers(), 4)
+    assert times == [(t0 + (k + 1) / 4) - 0.005 for k in range(4)]
 
 
 @VT
@@ -873,8 +843,7 @@ async def test_early_timers_cannot_run_the_bucket_ahead():
     loop.call_at = call_at
     try:
         rate = 16384
-        b = TokenBucket(rate, capacity=1, initial=0)
-        t0 = now()
+        b, t0 = bucket_and_now(rate, capacity=1, initial=0)
         n = 0
         while now() == t0:  # the clock stands still while the loop is busy
             await b.acquire()
@@ -893,8 +862,7 @@ async def test_early_timers_cannot_run_the_bucket_ahead():
 
 @VT
 async def test_timeout_takes_nothing():
-    b = TokenBucket(4, capacity=8, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=8, initial=0)
     with pytest.raises(TimeoutError, match=r"acquire\(8\.0\) timed out after 1\.0 s"):
         await b.acquire(8, timeout=1)
     assert now() == t0 + 1
@@ -905,16 +873,11 @@ async def test_timeout_takes_nothing():
 
 @VT
 async def test_timeout_of_a_waiter_behind_the_head():
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
-        b = TokenBucket(4, capacity=8, initial=0)
-        t0 = now()
-        head = asyncio.create_task(b.acquire(8))
-        await settle()
+    with TimerSpy(asyncio.get_running_loop()) as spy:
+        b, t0 = bucket_and_now(4, capacity=8, initial=0)
+        head = await started(b.acquire(8))
         behind = asyncio.create_task(b.acquire(1, timeout=0.5))
-        late = asyncio.create_task(b.acquire(1, timeout=5))
-        await settle()
+        late = await started(b.acquire(1, timeout=5))
         with pytest.raises(TimeoutError):
             await behind
         assert now() == t0 + 0.5 and b.waiting == 2
@@ -923,14 +886,11 @@ async def test_timeout_of_a_waiter_behind_the_head():
         await late
         assert now() == t0 + 2.25
         assert spy.max_pending == 1 and spy.live() == []
-    finally:
-        spy.close()
 
 
 @VT
 async def test_timeout_zero_and_negative():
-    b = TokenBucket(4, capacity=2)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=2)
     await b.acquire(2, timeout=0)  # available: no wait needed
     for t in (0, -1, -math.inf):
         with pytest.raises(TimeoutError, match="not available at once"):
@@ -942,16 +902,14 @@ async def test_timeout_zero_and_negative():
 
 @VT
 async def test_timeout_when_tokens_arrive_exactly_at_the_deadline():
-    b = TokenBucket(4, capacity=4, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=4, initial=0)
     await b.acquire(2, timeout=0.5)  # ready at 0.5 == deadline: tokens win
     assert now() == t0 + 0.5
 
 
 @VT
 async def test_timeout_with_asyncio_timeout_also_works():
-    b = TokenBucket(4, capacity=4, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=4, initial=0)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(b.acquire(4), 0.5)
     assert now() == t0 + 0.5 and b.waiting == 0
@@ -961,23 +919,17 @@ async def test_timeout_with_asyncio_timeout_also_works():
 
 @VT
 async def test_cancel_the_waiter_with_the_earliest_deadline():
-    loop = asyncio.get_running_loop()
-    spy = TimerSpy(loop)
-    try:
-        b = TokenBucket(4, capacity=8, initial=0)
-        t0 = now()
+    with TimerSpy(asyncio.get_running_loop()) as spy:
+        b, t0 = bucket_and_now(4, capacity=8, initial=0)
         head = asyncio.create_task(b.acquire(8))
-        timed = asyncio.create_task(b.acquire(1, timeout=0.5))
-        await settle()
+        timed = await started(b.acquire(1, timeout=0.5))
         timed.cancel()
-        await settle()
+        await spin()
         assert b.waiting == 1
         await head
         assert now() == t0 + 2
         assert spy.max_pending == 1 and spy.live() == []
         assert spy.fired <= 2  # the head's, and at most one for the stale deadline
-    finally:
-        spy.close()
 
 
 @VT
@@ -1003,14 +955,12 @@ async def test_many_timeouts_compact():
 
 @VT
 async def test_cancel_head_lets_the_next_go():
-    b = TokenBucket(4, capacity=8, initial=0)
-    t0 = now()
-    head = asyncio.create_task(b.acquire(8))
-    await settle()
+    b, t0 = bucket_and_now(4, capacity=8, initial=0)
+    head = await started(b.acquire(8))
     nxt = asyncio.create_task(b.acquire(2))
     await asyncio.sleep(1)  # 4 tokens
     head.cancel()
-    await settle()
+    await spin()
     assert nxt.done() and now() == t0 + 1
     assert head.cancelled()
     assert b.tokens == 2.0 and b.waiting == 0
@@ -1018,8 +968,7 @@ async def test_cancel_head_lets_the_next_go():
 
 @VT
 async def test_cancel_middle_waiter():
-    b = TokenBucket(4, capacity=8, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=8, initial=0)
     order = []
 
     caught = []
@@ -1034,8 +983,7 @@ async def test_cancel_middle_waiter():
 
     a = asyncio.create_task(w("a", 2))
     m = asyncio.create_task(w("m", 4))
-    c = asyncio.create_task(w("c", 1))
-    await settle()
+    c = await started(w("c", 1))
     m.cancel("go away")
     with pytest.raises(asyncio.CancelledError):
         await m
@@ -1047,14 +995,13 @@ async def test_cancel_middle_waiter():
 
 @VT
 async def test_cancel_after_being_admitted_gives_tokens_back():
-    b = TokenBucket(4, capacity=4, initial=0)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=4, initial=0)
     first = asyncio.create_task(b.acquire(2))
     second = asyncio.create_task(b.acquire(2))
     await asyncio.sleep(0.5)  # first admitted now: its future holds a result, its task not run
     assert b.waiting == 1
     first.cancel()
-    await settle()
+    await spin()
     # first never took its 2 tokens: second (admitted at 1.0 otherwise) goes now
     assert first.cancelled()
     assert second.done() and now() == t0 + 0.5
@@ -1068,8 +1015,7 @@ async def test_cancel_at_every_point_conserves_tokens():
     rate, cap = 8, 64
     for k in range(4):
         for d in (0, 0.125, 0.25, 0.375, 0.5, 1.0):
-            b = TokenBucket(rate, capacity=cap, initial=0)
-            t0 = now()
+            b, t0 = bucket_and_now(rate, capacity=cap, initial=0)
             got = []
 
             async def w(i, n):
@@ -1077,8 +1023,7 @@ async def test_cancel_at_every_point_conserves_tokens():
                 got.append((i, n))
 
             amounts = [2, 3, 1, 2]
-            tasks = [asyncio.create_task(w(i, n)) for i, n in enumerate(amounts)]
-            await settle()
+            tasks = await all_started(w(i, n) for i, n in enumerate(amounts))
             await asyncio.sleep(d)
             tasks[k].cancel()
             res = await asyncio.gather(*tasks, return_exceptions=True)
@@ -1111,12 +1056,11 @@ async def test_throw_and_close_leave_the_line():
 @VT
 async def test_mass_cancellation():
     b = TokenBucket(1, capacity=1, initial=0)
-    tasks = [asyncio.create_task(b.acquire()) for _ in range(2000)]
-    await settle()
+    tasks = await all_started(b.acquire() for _ in range(2000))
     assert b.waiting == 2000
     for t in tasks[:-1]:
         t.cancel()
-    await settle()
+    await spin()
     assert b.waiting == 1
     t0 = now()
     await tasks[-1]
@@ -1127,9 +1071,8 @@ async def test_mass_cancellation():
 async def test_dead_head_does_not_block_a_newcomer():
     b = TokenBucket(4, capacity=4)
     head = asyncio.create_task(b.acquire(4))  # takes the 4 at once when it runs
-    await settle()
-    blocked = asyncio.create_task(b.acquire(4))
-    await settle()
+    await spin()
+    blocked = await started(b.acquire(4))
     blocked.cancel()  # its future is cancelled; the task has not run its cleanup yet
     await asyncio.sleep(1)
     assert b.try_acquire(4) is True
@@ -1143,8 +1086,7 @@ async def test_dead_head_does_not_block_a_newcomer():
 
 @VT
 async def test_async_with():
-    b = TokenBucket(4, capacity=1)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=1)
     for i in range(3):
         async with b as v:
             assert v is None
@@ -1208,8 +1150,7 @@ async def test_decorator_on_methods_and_cancellation():
     assert await c.get("/a") == (c, "/a")
     assert await Client.get(c, "/b") == (c, "/b")
     assert now() == t0 + 0.5
-    t = asyncio.create_task(c.get("/never"))
-    await settle()
+    t = await started(c.get("/never"))
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t
@@ -1259,12 +1200,11 @@ def test_decorator_bad_use():
 
 @VT
 async def test_reset():
-    b = TokenBucket(4, capacity=4, initial=1)
-    t0 = now()
+    b, t0 = bucket_and_now(4, capacity=4, initial=1)
     w = asyncio.create_task(b.acquire(4))
     await asyncio.sleep(0.5)  # 3 tokens
     b.reset()  # back to initial (1): the waiter stays
-    await settle()
+    await spin()
     assert not w.done() and b.tokens == 1.0
     await w
     assert now() == t0 + 1.25
@@ -1307,53 +1247,52 @@ def test_bound_to_a_different_loop():
         c.close()
 
 
-@pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
-def test_closed_loop_rebinds_cleanly(make):
+def left_on_a_closed_loop(make, n):
+    """A bucket (4 tokens/s, capacity 4, empty) with n waiters on a loop of make() that was
+    then closed: their tasks cancelled, as asyncio.run would, but their cleanup never run (the
+    loop stops there)."""
     b = TokenBucket(4, capacity=4, initial=0)
     a = make()
-    tasks = [a.create_task(b.acquire(4)) for _ in range(3)]
+    tasks = [a.create_task(b.acquire(4)) for _ in range(n)]
     a.run_until_complete(asyncio.sleep(0))
-    assert b.waiting == 3
+    assert b.waiting == n
     for t in tasks:
-        t.cancel()  # as asyncio.run would; their cleanup never runs: the loop stops here
+        t.cancel()
     a.close()
-    c = make()
+    return b
+
+
+def run_then_collect(loop, main):
     try:
-
-        async def again():
-            t0 = now()
-            await b.acquire(4)  # the dead waiters do not stand in line any more
-            return now() - t0
-
-        assert c.run_until_complete(again()) <= 1.0
-        assert b.waiting == 0
+        return run_in(loop, main)
     finally:
-        c.close()
         gc.collect()
+
+
+@pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
+def test_closed_loop_rebinds_cleanly(make):
+    b = left_on_a_closed_loop(make, 3)
+
+    async def again():
+        t0 = now()
+        await b.acquire(4)  # the dead waiters do not stand in line any more
+        return now() - t0, b.waiting
+
+    waited, waiting = run_then_collect(make(), again)
+    assert waited <= 1.0
+    assert waiting == 0
 
 
 @pytest.mark.parametrize("make", [VirtualClockLoop, VirtualUVLoop], ids=["asyncio", "uvloop"])
 def test_closed_loop_waiters_do_not_block_try_acquire(make):
-    b = TokenBucket(4, capacity=4, initial=0)
-    a = make()
-    tasks = [a.create_task(b.acquire(4)) for _ in range(2)]
-    a.run_until_complete(asyncio.sleep(0))
-    assert b.waiting == 2
-    for t in tasks:
-        t.cancel()
-    a.close()
-    c = make()
-    try:
+    b = left_on_a_closed_loop(make, 2)
 
-        async def later():
-            assert b.tokens == 0.0  # the bucket's stamp moves to this loop's clock
-            await asyncio.sleep(1)
-            return b.try_acquire(4), b.waiting
+    async def later():
+        assert b.tokens == 0.0  # the bucket's stamp moves to this loop's clock
+        await asyncio.sleep(1)
+        return b.try_acquire(4), b.waiting
 
-        assert c.run_until_complete(later()) == (True, 0)
-    finally:
-        c.close()
-        gc.collect()
+    assert run_then_collect(make(), later) == (True, 0)
 
 
 def test_clock_switch_adds_nothing_for_the_gap():
@@ -1411,8 +1350,7 @@ async def test_reentrant_loop_callbacks():
         b.reset()
         return orig(cb, *args, context=context)
 
-    tasks = [asyncio.create_task(b.acquire(n)) for n in (2, 1, 3)]
-    await settle()
+    tasks = await all_started(b.acquire(n) for n in (2, 1, 3))
     loop.call_soon = call_soon
     try:
         await asyncio.sleep(0.5)
@@ -1450,9 +1388,7 @@ async def test_reentrant_timer_arming():
 # aiolimiter: the same scenarios on aiolimiter.AsyncLimiter and ours
 
 
-@pytest.fixture(params=["aiofast", "aiolimiter"])
-def Limiter(request):
-    return {"aiofast": AsyncLimiter, "aiolimiter": aiolimiter.AsyncLimiter}[request.param]
+Limiter = oracle_fixture("limiter", "Limiter")
 
 
 @VT
@@ -1505,13 +1441,8 @@ async def test_limiter_amounts(Limiter):
 async def test_limiter_fifo_equal_amounts(Limiter):
     lim = Limiter(4, 1)
     await lim.acquire(4)
-    t0 = now()
-    order = []
-
-    async def w(i):
-        await lim.acquire()
-        order.append((i, now() - t0))
-
+    log = Admissions(lim)
+    order, w = log.order, log.acquire
     await asyncio.gather(*(w(i) for i in range(6)))
     assert order == [(i, (i + 1) / 4) for i in range(6)]
 
@@ -1522,8 +1453,7 @@ async def test_limiter_cancellation_keeps_capacity(Limiter):
     await lim.acquire(4)
     t0 = now()
     a = asyncio.create_task(lim.acquire())
-    b = asyncio.create_task(lim.acquire())
-    await settle()
+    b = await started(lim.acquire())
     a.cancel()
     await b
     assert now() == t0 + 0.25
@@ -1550,7 +1480,7 @@ async def test_limiter_smaller_request_goes_first(Limiter):
     await lim.acquire(1)  # 3 left
     t0 = now()
     big = asyncio.create_task(lim.acquire(4))  # needs 1 more: 0.25 s
-    await settle()
+    await spin()
     assert not big.done()
     await lim.acquire(1)  # 2 left: goes at once, past the waiter
     assert now() == t0
@@ -1562,8 +1492,7 @@ async def test_limiter_smaller_request_goes_first(Limiter):
 async def test_limiter_has_capacity_ignores_waiters(Limiter):
     lim = Limiter(4, 1)
     await lim.acquire(2)
-    big = asyncio.create_task(lim.acquire(4))
-    await settle()
+    big = await started(lim.acquire(4))
     assert not big.done()
     assert lim.has_capacity(2) and lim.has_capacity() and not lim.has_capacity(3)
     assert lim.has_capacity(0) and lim.has_capacity(-1) and not lim.has_capacity(5)
@@ -1575,17 +1504,12 @@ async def test_limiter_has_capacity_ignores_waiters(Limiter):
 async def test_limiter_waiters_served_smallest_amount_first(Limiter):
     lim = Limiter(4, 1)
     await lim.acquire(4)
-    t0 = now()
-    order = []
-
-    async def w(name, amount):
-        await lim.acquire(amount)
-        order.append((name, now() - t0))
-
+    log = Admissions(lim)
+    order, w = log.order, log.acquire
     tasks = []
     for name, amount in [("a3", 3), ("b2", 2), ("c1", 1), ("d2", 2), ("e1", 1)]:
         tasks.append(asyncio.create_task(w(name, amount)))
-        await settle()
+        await spin()
     await asyncio.gather(*tasks)
     assert order == [("c1", 0.25), ("e1", 0.5), ("b2", 1.0), ("d2", 1.5), ("a3", 2.25)]
 

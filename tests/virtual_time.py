@@ -34,12 +34,10 @@ class _NoWaitSelector(selectors.DefaultSelector):
         return super().select(0)
 
 
-class VirtualClockLoop(asyncio.SelectorEventLoop):
-    """asyncio's selector loop on a virtual clock."""
+class _VirtualTime:
+    """The clock of both virtual loops: time() reads _vtime; advance() moves it by hand."""
 
-    def __init__(self, start=1000.0):
-        self._vtime = float(start)
-        super().__init__(_NoWaitSelector(self))
+    _vtime = 0.0
 
     def time(self):
         return self._vtime
@@ -48,6 +46,18 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         if seconds < 0:
             raise ValueError("time only moves forward")
         self._vtime += seconds
+        self._advanced()
+
+    def _advanced(self):
+        pass
+
+
+class VirtualClockLoop(_VirtualTime, asyncio.SelectorEventLoop):
+    """asyncio's selector loop on a virtual clock."""
+
+    def __init__(self, start=1000.0):
+        self._vtime = float(start)
+        super().__init__(_NoWaitSelector(self))
 
     def _jump(self, timeout):
         # asyncio asked to block for `timeout` (the time to its first live timer, capped at a
@@ -75,7 +85,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self.run_forever()
 
 
-class VirtualUVLoop(uvloop.Loop):
+class VirtualUVLoop(_VirtualTime, uvloop.Loop):
     """uvloop's loop on a virtual clock.
 
     uvloop's own timers run on libuv's clock, which we cannot move; so ``call_at`` and
@@ -97,13 +107,7 @@ class VirtualUVLoop(uvloop.Loop):
             raise RuntimeError(f"cannot find uvloop's ready queue ({len(deques)} deques)")
         self._vready = deques[0]
 
-    def time(self):
-        return self._vtime
-
-    def advance(self, seconds):
-        if seconds < 0:
-            raise ValueError("time only moves forward")
-        self._vtime += seconds
+    def _advanced(self):
         if self._vtimers:
             self._vschedule()
 

@@ -1,4 +1,8 @@
-"""aiofast.redis: a token bucket shared by every process and host through one Redis key.
+"""aiofast.redis: a token bucket and a circuit breaker shared by every process and host
+through Redis.
+
+The breaker (``RedisCircuitBreaker(..., store=RedisBreakerStore(client, key))``) is described
+with its scripts, further down. What follows is the token bucket's model.
 
 ``RedisTokenBucket(client, key, rate, per=1.0, *, capacity=None)`` has ``TokenBucket``'s API and
 semantics where a network allows (the differences are listed on the class), on redis-py's
@@ -29,20 +33,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import hashlib
 import inspect
+import logging
 import math
 import os
 import re
 import sys
+import types
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.exceptions as _rexc
 
-__all__ = ["RedisTokenBucket", "RedisUnavailableError", "ON_ERROR_POLICIES"]
+from aiofast import CircuitBreaker, CircuitOpenError, CircuitState
+
+__all__ = ["RedisTokenBucket", "RedisBreakerStore", "RedisCircuitBreaker", "RedisUnavailableError",
+           "CircuitUnavailableError", "ON_ERROR_POLICIES"]
 
 _T = TypeVar("_T")
 
@@ -127,8 +137,25 @@ if type(tat) == 'table' then return tat end
 return f(tat - now)
 """
 
+# LEASE(key; interval, need, most, tau, now) -> {tokens taken, now, wait}.
+# Takes as many tokens as are available now, at most `most`, if at least `need` are (the test
+# of ACQUIRE for `need`: nobody waits and they have flowed in); else takes nothing (0) and says
+# how long until `need` would be there (if nobody else took them).
+_LEASE = _PRELUDE + """
+local now = clock(ARGV[5])
+local tat = read_tat(KEYS[1], now)
+if type(tat) == 'table' then return tat end
+local iv, need, tau = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local wait = tat + need * iv - tau - now
+if wait > 0 then return {'0', f(now), f(wait)} end
+local k = math.max(need, math.min(tonumber(ARGV[3]), (tau - (tat - now)) / iv))
+store(KEYS[1], tat + k * iv, now, '')
+return {f(k), f(now), '0'}
+"""
+
 _SCRIPTS = {name: (src, hashlib.sha1(src.encode()).hexdigest())
-            for name, src in (("acquire", _ACQUIRE), ("release", _RELEASE), ("peek", _PEEK))}
+            for name, src in (("acquire", _ACQUIRE), ("release", _RELEASE), ("peek", _PEEK),
+                              ("lease", _LEASE))}
 
 # Key names: printable ASCII without spaces, quotes or backslashes (so they read the same in
 # logs and redis-cli), at most 200 characters, after a prefix that keeps them apart from other
@@ -222,7 +249,15 @@ def _parse(buf: bytearray, i: int) -> tuple[Any, int]:
 
 
 class _Link:
-    """One pipelined connection: futures in command order, resolved by the reader task."""
+    """One pipelined connection: futures in command order, resolved as the replies come.
+
+    Each command may have a deadline (loop time; None: none), kept beside its future. One
+    watchdog timer per link, at the earliest deadline it knows of, bounds them all (a timer per
+    call costs a quarter of a call's CPU): when it fires, a command still unanswered past its
+    deadline fails with TimeoutError, and the connection is dropped (a server that does not
+    answer in time is not trusted with the next command; the other callers see a
+    ConnectionError, the next call reconnects); otherwise it is set again at the earliest
+    deadline still pending."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Any, conn: Any) -> None:
         self.loop = loop
@@ -230,41 +265,75 @@ class _Link:
         self.conn = conn
         self.writer = conn._writer
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.deadlines: collections.deque[float | None] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
         self.lost: BaseException | None = None
-        self.reader = loop.create_task(self._read(conn._reader))
+        self.buf = bytearray()
+        # the replies go straight to this link: its protocol takes the place of the stream's
+        # (which still hears of the connection's end, for redis-py's own close)
+        transport = self.writer.transport
+        self.stream_protocol = transport.get_protocol()
+        transport.set_protocol(_LinkProtocol(self, self.stream_protocol))
+        pending = getattr(conn._reader, "_buffer", None)
+        if pending:
+            data = bytes(pending)
+            pending.clear()
+            self.feed(data)
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        buf = bytearray()
+    def _watch(self) -> None:
+        self.timer = None
+        self.timer_at = math.inf
+        now = self.loop.time()
+        earliest = math.inf
+        late = []
+        for fut, when in zip(self.waiters, self.deadlines):
+            if when is None or fut.done():
+                continue
+            if when <= now:
+                late.append(fut)
+            elif when < earliest:
+                earliest = when
+        if late:
+            for fut in late:
+                fut.set_exception(asyncio.TimeoutError())
+            self.close(_rexc.TimeoutError("a call to Redis timed out"))
+        elif earliest < math.inf:
+            self.timer_at = earliest
+            self.timer = self.loop.call_at(earliest, self._watch)
+
+    def feed(self, data: bytes) -> None:
+        """Replies came: resolve the futures they answer, in order."""
+        buf = self.buf
+        buf += data
         waiters = self.waiters
+        deadlines = self.deadlines
+        pos = 0
         try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    raise _rexc.ConnectionError("Redis closed the connection")
-                buf += data
-                pos = 0
-                while pos < len(buf) and waiters:
-                    try:
-                        value, pos2 = _parse(buf, pos)
-                    except _Incomplete:
-                        break
-                    pos = pos2
-                    fut = waiters.popleft()
-                    if not fut.done():  # (a caller that timed out or was cancelled)
-                        if isinstance(value, BaseException):
-                            fut.set_exception(value)
-                        else:
-                            fut.set_result(value)
-                del buf[:pos]
-        except BaseException as exc:  # noqa: BLE001 (the link is done; callers see why)
+            while pos < len(buf) and waiters:
+                try:
+                    value, pos2 = _parse(buf, pos)
+                except _Incomplete:
+                    break
+                pos = pos2
+                fut = waiters.popleft()
+                deadlines.popleft()
+                if not fut.done():  # (a caller that timed out or was cancelled)
+                    if isinstance(value, BaseException):
+                        fut.set_exception(value)
+                    else:
+                        fut.set_result(value)
+        except Exception as exc:  # noqa: BLE001 (a reply we cannot read: the link is done)
             self.close(exc)
-            try:
-                await self.conn.disconnect()
-                await self.pool.release(self.conn)
-            except BaseException:  # noqa: BLE001,S110 (nothing more to do)
-                pass
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            return
+        del buf[:pos]
+
+    async def _dispose(self) -> None:
+        try:
+            await self.conn.disconnect()
+            await self.pool.release(self.conn)
+        except BaseException:  # noqa: BLE001,S110 (nothing more to do)
+            pass
 
     def close(self, exc: BaseException) -> None:
         if self.lost is None:
@@ -275,19 +344,56 @@ class _Link:
                 self.writer.transport.abort()
             except Exception:  # noqa: BLE001,S110 (already closed)
                 pass
+            self.loop.create_task(self._dispose())
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+        self.deadlines.clear()
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(_rexc.ConnectionError(str(self.lost)))
 
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
+    def send(self, payload: bytes, deadline: float | None = None) -> asyncio.Future[Any]:
         fut = self.loop.create_future()
         if self.lost is not None:
             fut.set_exception(_rexc.ConnectionError(str(self.lost)))
             return fut
         self.waiters.append(fut)
+        self.deadlines.append(deadline)
         self.writer.write(payload)
+        if deadline is not None and deadline < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self._watch)
         return fut
+
+
+class _LinkProtocol(asyncio.Protocol):
+    """The protocol of a link's connection: replies to the link, the end to both."""
+
+    def __init__(self, link: _Link, stream: Any) -> None:
+        self.link = link
+        self.stream = stream
+
+    def data_received(self, data: bytes) -> None:
+        self.link.feed(data)
+
+    def eof_received(self) -> bool:
+        self.link.close(_rexc.ConnectionError("Redis closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.close(exc if exc is not None
+                        else _rexc.ConnectionError("Redis closed the connection"))
+        self.stream.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.stream.resume_writing()
 
 
 class _Links:
@@ -355,7 +461,128 @@ def _fmt(x: float) -> str:
     return repr(float(x))
 
 
-class RedisTokenBucket:
+class _Scripted:
+    """What a Redis-backed object shares: its keys, its scripts and how one runs.
+
+    ``_heads[name]`` is the script's command in RESP up to its arguments (EVALSHA, the sha, the
+    keys); ``_scripts[name]`` its (source, sha)."""
+
+    __slots__ = ("_client", "_key", "_keys", "_links", "_heads", "_scripts", "_on_error",
+                 "_call_timeout", "__weakref__")
+    _client: Any
+    _key: str
+    _keys: tuple[str, ...]
+    _links: _Links | None
+    _heads: dict[str, bytes]
+    _scripts: dict[str, tuple[str, str]]
+    _on_error: str
+    _call_timeout: float | None
+
+    @staticmethod
+    def _check(key: Any, prefix: Any, on_error: Any, call_timeout: Any) -> None:
+        """The arguments every Redis-backed object takes, checked."""
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise ValueError("key must be 1 to 200 printable ASCII characters without spaces, "
+                             f"quotes or backslashes, got {key!r}")
+        if not isinstance(prefix, str) or (prefix and not _KEY_RE.match(prefix)):
+            raise ValueError(f"prefix must be printable ASCII like key, got {prefix!r}")
+        if on_error not in ON_ERROR_POLICIES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, got {on_error!r}")
+        if call_timeout is not None:
+            ct = _real(call_timeout, "call_timeout")
+            if not (ct > 0):
+                raise ValueError(f"call_timeout must be > 0 or None, got {call_timeout!r}")
+
+    @property
+    def key(self) -> str:
+        """The Redis key (the prefix and the name given; for a breaker's store, the key of the
+        state: its probe leases are this key + ":probes")."""
+        return self._key
+
+    @property
+    def on_error(self) -> str:
+        return self._on_error
+
+    def _setup(self, client: Any, keys: tuple[str, ...], scripts: dict[str, tuple[str, str]],
+               nargs: dict[str, int], multiplex: bool) -> None:
+        self._client = client
+        self._keys = keys
+        self._scripts = scripts
+        self._links = _links_of(client) if multiplex else None
+        kpart = b"$%d\r\n%d\r\n" % (len(str(len(keys))), len(keys)) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(k.encode()), k.encode()) for k in keys)
+        self._heads = {name: b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n"
+                       % (3 + len(keys) + n, scripts[name][1].encode()) + kpart
+                       for name, n in nargs.items()}
+
+    # ------------------------------------------------------------------ the one round trip
+
+    async def _script(self, name: str, *args: str, limit: float | None = None) -> Any:
+        """Run one script on the object's keys: EVALSHA, loading it once on NOSCRIPT; bounded
+        by call_timeout (or `limit`, if sooner). Raises what redis-py raises (or TimeoutError)."""
+        bound = self._call_timeout
+        if limit is not None and bound is not None and limit < bound:
+            bound = max(limit, 0.0)
+        links = self._links
+        if links is not None:
+            link = links.link
+            loop = asyncio.get_running_loop()
+            if link is not None and link.lost is None and link.loop is loop:
+                # connected: the link's watchdog bounds the wait (no timer of our own)
+                return await self._send(link, name, args,
+                                        None if bound is None else loop.time() + bound)
+        if bound is None:
+            return await self._run(name, args)
+        try:
+            async with _timeout(bound):
+                return await self._run(name, args)
+        except asyncio.TimeoutError:
+            # a server that does not answer in time is not trusted with the next call: drop
+            # the shared connection (its callers see a ConnectionError; the next call
+            # reconnects). A caller's own cancellation leaves it alone (its reply is skipped).
+            link = self._links.link if self._links is not None else None
+            if link is not None:
+                link.close(_rexc.TimeoutError("a call to Redis timed out"))
+            raise
+
+    async def _run(self, name: str, args: tuple[str, ...]) -> Any:
+        links = self._links
+        if links is None:
+            src, sha = self._scripts[name]
+            client = self._client
+            try:
+                return await client.evalsha(sha, len(self._keys), *self._keys, *args)
+            except _rexc.NoScriptError:
+                await client.script_load(src)
+                return await client.evalsha(sha, len(self._keys), *self._keys, *args)
+        link = links.link
+        if link is None or link.lost is not None or link.loop is not asyncio.get_running_loop():
+            link = await links.get()
+        return await self._send(link, name, args, None)
+
+    async def _send(self, link: _Link, name: str, args: tuple[str, ...],
+                    deadline: float | None) -> Any:
+        payload = self._heads[name] + b"".join(
+            [b"$%d\r\n%s\r\n" % (len(a), a.encode() if a.__class__ is str else a)
+             for a in args])
+        try:
+            return await link.send(payload, deadline)
+        except _rexc.NoScriptError:
+            await link.send(_pack("SCRIPT", "LOAD", self._scripts[name][0]), deadline)
+            return await link.send(payload, deadline)
+
+    def _failed(self, exc: BaseException) -> str:
+        """The policy for an error of a round trip: re-raises what must be raised, else
+        returns "allow" or "deny"."""
+        if isinstance(exc, _PERMANENT) or not isinstance(exc, _TRANSIENT):
+            raise exc
+        if self._on_error == "raise":
+            raise RedisUnavailableError(
+                f"Redis did not answer for {self._key!r}: {type(exc).__name__}: {exc}") from exc
+        return self._on_error
+
+
+class RedisTokenBucket(_Scripted):
     """A token bucket kept in Redis, shared by every process and host that opens the same key.
 
     ``rate`` tokens flow in every ``per`` seconds, continuously, up to ``capacity`` (the largest
@@ -378,26 +605,36 @@ class RedisTokenBucket:
     ``tokens()`` says ``capacity``); ``"deny"`` refuses (``try_acquire`` False, ``tokens()`` 0,
     and ``acquire`` tries again every ``retry_interval`` seconds until it is admitted or its
     timeout passes). Configuration errors (authentication, ACL, a key holding something else)
-    always raise.
+    always raise. A call that timed out may still be run by the server later (its command was
+    sent): its tokens may be spent although the caller was told of an error.
 
     ``multiplex=True`` (default): the buckets of one client share one connection of its pool,
     pipelined (see above); ``False``: every call goes through ``client.evalsha``.
+
+    Leasing for hot keys (``lease=N``, from 1 to ``capacity`` tokens): ``try_acquire()`` takes,
+    in one round trip, as many tokens as have flowed in (at most N held by the process, at
+    least what the call needs) and spends them locally, with no round trip, until they run out;
+    a refused lease tells when the tokens missing will have flowed in, and until then the
+    process refuses without asking. ``acquire()`` spends leased tokens first, and otherwise
+    reserves exactly its own. The cost: tokens a process holds were taken from Redis earlier,
+    so in any window of w seconds the fleet admits at most ``rate * w / per + capacity +
+    processes * N`` tokens (instead of ``rate * w / per + capacity``), never more than the
+    bucket gave out in all; and tokens held by a process that stops asking are lost to the
+    others (at most ``processes * N`` at any instant). Under demand below the rate, one round
+    trip serves N calls; when the fleet asks for more than the rate, a lease finds about what
+    flowed in since the last one (a token or so) and saves little.
     """
 
-    __slots__ = ("_client", "_key", "_name", "_rate", "_per", "_capacity", "_interval_us",
-                 "_tau_us", "_cap", "_links", "_heads", "_tau_arg", "_one_arg", "_on_error",
-                 "_call_timeout", "_retry_interval", "_now",
-                 "__weakref__")
+    __slots__ = ("_name", "_rate", "_per", "_capacity", "_interval_us", "_tau_us", "_cap",
+                 "_tau_arg", "_one_arg", "_retry_interval", "_lease", "_stash", "_refill",
+                 "_dry_until", "_now")
 
     def __init__(self, client: Any, key: str, rate: float, per: float = 1.0, *,
                  capacity: float | None = None, prefix: str = "aiofast:tb:",
                  on_error: str = "raise", call_timeout: float | None = 1.0,
-                 retry_interval: float = 0.1, multiplex: bool = True) -> None:
-        if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise ValueError("key must be 1 to 200 printable ASCII characters without spaces, "
-                             f"quotes or backslashes, got {key!r}")
-        if not isinstance(prefix, str) or (prefix and not _KEY_RE.match(prefix)):
-            raise ValueError(f"prefix must be printable ASCII like key, got {prefix!r}")
+                 retry_interval: float = 0.1, multiplex: bool = True,
+                 lease: float | None = None) -> None:
+        self._check(key, prefix, on_error, call_timeout)
         r = _real(rate, "rate")
         if not (r > 0 and math.isfinite(r)):
             raise ValueError(f"rate must be a finite number > 0, got {rate!r}")
@@ -410,24 +647,22 @@ class RedisTokenBucket:
             cap = _real(capacity, "capacity")
             if not (cap >= 1 and math.isfinite(cap)):
                 raise ValueError(f"capacity must be a finite number >= 1, got {capacity!r}")
-        if on_error not in ON_ERROR_POLICIES:
-            raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, got {on_error!r}")
-        if call_timeout is not None:
-            ct = _real(call_timeout, "call_timeout")
-            if not (ct > 0):
-                raise ValueError(f"call_timeout must be > 0 or None, got {call_timeout!r}")
         ri = _real(retry_interval, "retry_interval")
         if not (ri > 0 and math.isfinite(ri)):
             raise ValueError(f"retry_interval must be a finite number > 0, got {retry_interval!r}")
-        self._client = client
         self._name = key
         self._key = prefix + key
-        self._links = _links_of(client) if multiplex else None
-        kb = self._key.encode()
-        # each script's command up to its arguments (acquire 5, release 3, peek 2)
-        self._heads = {name: b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n$%d\r\n%s\r\n"
-                       % (4 + nargs, _SCRIPTS[name][1].encode(), len(kb), kb)
-                       for name, nargs in (("acquire", 5), ("release", 3), ("peek", 2))}
+        if lease is not None:
+            ls = _real(lease, "lease")
+            if not (1 <= ls <= cap):
+                raise ValueError(f"lease must be a number of tokens from 1 to capacity "
+                                 f"({cap:g}), got {lease!r}")
+        self._lease = None if lease is None else float(lease)
+        self._stash = 0.0
+        self._refill: asyncio.Future[Any] | None = None
+        self._dry_until = -math.inf
+        self._setup(client, (self._key,), _SCRIPTS,
+                    {"acquire": 5, "release": 3, "peek": 2, "lease": 5}, multiplex)
         self._rate = rate
         self._per = per
         self._capacity = capacity if capacity is not None else (rate if r >= 1 else 1)
@@ -457,73 +692,10 @@ class RedisTokenBucket:
     def capacity(self) -> float:
         return self._capacity
 
-    @property
-    def key(self) -> str:
-        """The Redis key (the prefix and the name given)."""
-        return self._key
-
-    @property
-    def on_error(self) -> str:
-        return self._on_error
-
     def __repr__(self) -> str:
         return (f"<aiofast.redis.RedisTokenBucket object at {id(self):#x} "
                 f"[key:{self._key}, rate:{self._rate}/{self._per}s, capacity:{self._capacity}, "
                 f"on_error:{self._on_error}]>")
-
-    # ------------------------------------------------------------------ the one round trip
-
-    async def _script(self, name: str, *args: str, limit: float | None = None) -> Any:
-        """Run one script on the bucket's key: EVALSHA, loading it once on NOSCRIPT; bounded
-        by call_timeout (or `limit`, if sooner). Raises what redis-py raises (or TimeoutError)."""
-        bound = self._call_timeout
-        if limit is not None and bound is not None and limit < bound:
-            bound = max(limit, 0.0)
-        if bound is None:
-            return await self._run(name, args)
-        try:
-            async with _timeout(bound):
-                return await self._run(name, args)
-        except asyncio.TimeoutError:
-            # a server that does not answer in time is not trusted with the next call: drop
-            # the shared connection (its callers see a ConnectionError; the next call
-            # reconnects). A caller's own cancellation leaves it alone (its reply is skipped).
-            link = self._links.link if self._links is not None else None
-            if link is not None:
-                link.close(_rexc.TimeoutError("a call to Redis timed out"))
-            raise
-
-    async def _run(self, name: str, args: tuple[str, ...]) -> Any:
-        src, sha = _SCRIPTS[name]
-        links = self._links
-        if links is None:
-            client = self._client
-            try:
-                return await client.evalsha(sha, 1, self._key, *args)
-            except _rexc.NoScriptError:
-                await client.script_load(src)
-                return await client.evalsha(sha, 1, self._key, *args)
-        link = links.link
-        if link is None or link.lost is not None or link.loop is not asyncio.get_running_loop():
-            link = await links.get()
-        payload = self._heads[name] + b"".join(
-            [b"$%d\r\n%s\r\n" % (len(a), a.encode() if a.__class__ is str else a)
-             for a in args])
-        try:
-            return await link.send(payload)
-        except _rexc.NoScriptError:
-            await link.send(_pack("SCRIPT", "LOAD", src))
-            return await link.send(payload)
-
-    def _failed(self, exc: BaseException) -> str:
-        """The policy for an error of a round trip: re-raises what must be raised, else
-        returns "allow" or "deny"."""
-        if isinstance(exc, _PERMANENT) or not isinstance(exc, _TRANSIENT):
-            raise exc
-        if self._on_error == "raise":
-            raise RedisUnavailableError(
-                f"Redis did not answer for {self._key!r}: {type(exc).__name__}: {exc}") from exc
-        return self._on_error
 
     def _cost(self, tokens: Any) -> str:
         """The cost of `tokens`, checked, as the scripts' argument (microseconds)."""
@@ -539,15 +711,77 @@ class RedisTokenBucket:
 
     # ------------------------------------------------------------------ the API
 
+    @property
+    def lease(self) -> float | None:
+        """The most tokens one round trip takes for this process to spend locally (None: no
+        leasing)."""
+        return self._lease
+
+    @property
+    def leased(self) -> float:
+        """The tokens this process holds from its leases (taken from Redis, not yet spent)."""
+        return self._stash
+
     async def try_acquire(self, tokens: float = 1) -> bool:
         """Take ``tokens`` if they are available now and nobody waits (no reservation is
-        pending); never waits. One round trip."""
+        pending); never waits. One round trip (with ``lease``: only when the tokens this
+        process leased run out)."""
         cost = self._cost(tokens)
+        if self._lease is not None:
+            n = 1.0 if cost is self._one_arg else float(cost) / self._interval_us
+            if n <= self._lease:
+                return await self._leased(n)
         try:
             r = await self._script("acquire", cost, self._tau_arg, "0", "", self._now)
         except Exception as exc:  # noqa: BLE001 (sorted by _failed)
             return self._failed(exc) == "allow"
         return r[0] == 1
+
+    async def _leased(self, n: float) -> bool:
+        """try_acquire(n) with leasing: from the tokens this process holds, taking a new
+        lease when they do not suffice (as many tokens as are available, at most `lease` held
+        in all, at least what is missing). One lease at a time per bucket: concurrent callers
+        wait for the one in flight, then look again. A lease refused says when the tokens
+        missing will have flowed in: until then, refused without asking."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._stash >= n:
+                self._stash -= n
+                return True
+            if loop.time() < self._dry_until:
+                return False
+            fut = self._refill
+            if fut is not None:
+                got = await asyncio.shield(fut)
+                if got is False:
+                    return False
+                if isinstance(got, BaseException):
+                    return self._failed(got) == "allow"
+                continue
+            fut = self._refill = loop.create_future()
+            result: Any = None   # what the waiters see: True (look again), False, an error
+            sent = loop.time()
+            try:
+                most = (self._lease or 0.0) - self._stash
+                r = await self._script("lease", self._one_arg, _fmt(n - self._stash),
+                                       _fmt(most), self._tau_arg, self._now)
+                got_n = float(r[0])
+                if got_n > 0:
+                    self._stash += got_n
+                    result = True
+                else:
+                    self._dry_until = sent + float(r[2]) / 1e6
+                    result = False
+            except Exception as exc:  # noqa: BLE001 (sorted by _failed)
+                result = exc
+            finally:
+                # (cancelled: None, the waiters look again)
+                self._refill = None
+                fut.set_result(result)
+            if result is False:
+                return False
+            if isinstance(result, BaseException):
+                return self._failed(result) == "allow"
 
     async def acquire(self, tokens: float = 1, timeout: float | None = None) -> None:
         """Wait until ``tokens`` are available, take them. With ``timeout`` (seconds), raise
@@ -555,8 +789,14 @@ class RedisTokenBucket:
         available at once; ``None``/``inf``: no limit.
 
         One round trip reserves the tokens and returns the instant they will have flowed in;
-        the task then sleeps until that instant (one timer)."""
+        the task then sleeps until that instant (one timer). With ``lease``, tokens this
+        process holds are spent first (no round trip); a reservation is never leased."""
         cost = self._cost(tokens)
+        if self._stash:
+            n = 1.0 if cost is self._one_arg else float(cost) / self._interval_us
+            if self._stash >= n:
+                self._stash -= n
+                return
         if timeout is not None:
             t = _real(timeout, "timeout")
             if math.isnan(t):
@@ -649,7 +889,10 @@ class RedisTokenBucket:
             return None
 
     async def reset(self) -> None:
-        """Start over: full (deletes the key). Reservations already made keep their instants."""
+        """Start over: full (deletes the key). Reservations already made keep their instants;
+        the tokens this process leased are dropped."""
+        self._stash = 0.0
+        self._dry_until = -math.inf
         try:
             if self._call_timeout is None:
                 await self._client.delete(self._key)
@@ -677,3 +920,634 @@ class RedisTokenBucket:
             return await func(*args, **kwargs)
 
         return limited
+
+
+# ====================================================================== the breaker store
+#
+# One breaker's shared state is one Redis hash, KEYS[1]: s (0 closed, 1 open, 2 half-open),
+# o (opened at, server microseconds), g (the generation: changes at every transition, strictly
+# increasing: max(g + 1, now), so it never repeats even after the key expired or the server lost
+# it), f (consecutive failures, closed), k (successes of probes, half-open). A hash that does
+# not exist is a closed breaker with no failures. The probes of a half-open breaker are leases
+# in a sorted set, KEYS[2] (member: the probe's id, score: the instant its lease expires), so a
+# probe whose process died is reclaimed when its lease runs out. Both keys share a Redis
+# Cluster hash tag. Every script replies with the state after it ran:
+#   {transition (the state it left, or -1), granted (a probe slot), s, o, g, f, now}
+# An outcome names the generation its call was admitted in: an outcome of an older generation
+# (the breaker moved on meanwhile) changes nothing.
+
+_BK_PRELUDE = """
+local function clock(arg)
+    if arg ~= '' then return tonumber(arg) end
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function f(x) return string.format('%.17g', x) end
+local h, pz = KEYS[1], KEYS[2]
+local v = redis.call('HMGET', h, 's', 'o', 'g', 'f', 'k')
+local s, o, g = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+local fails, succ = tonumber(v[4]) or 0, tonumber(v[5]) or 0
+local trans = -1
+local function move(now, to)
+    if trans < 0 then trans = s end
+    s = to
+    g = math.max(g + 1, now)
+    fails, succ = 0, 0
+    if to == 1 then o = now end
+    redis.call('DEL', pz)
+end
+local function save(ttl)
+    redis.call('HSET', h, 's', s, 'o', f(o), 'g', f(g), 'f', fails, 'k', succ)
+    redis.call('PEXPIRE', h, ttl)
+end
+local function reply(now, granted)
+    return {trans, granted, s, f(o), f(g), fails, f(now)}
+end
+"""
+
+# STATE(now): the state, unchanged.
+_BK_STATE = _BK_PRELUDE + """
+return reply(clock(ARGV[1]), 0)
+"""
+
+# FAILURE(gen, threshold, ttl, now): a counted failure of a call admitted closed in `gen`.
+_BK_FAILURE = _BK_PRELUDE + """
+local now = clock(ARGV[4])
+if s == 0 and g == tonumber(ARGV[1]) then
+    fails = fails + 1
+    if fails >= tonumber(ARGV[2]) then move(now, 1) end
+    save(ARGV[3])
+end
+return reply(now, 0)
+"""
+
+# SUCCESS(gen, ttl, now): a success of a call admitted closed in `gen`: the failures are no
+# longer consecutive.
+_BK_SUCCESS = _BK_PRELUDE + """
+local now = clock(ARGV[3])
+if s == 0 and g == tonumber(ARGV[1]) and fails > 0 then
+    fails = 0
+    save(ARGV[2])
+end
+return reply(now, 0)
+"""
+
+# PROBE(id, max, recovery, lease, ttl, now): an open breaker past its recovery time turns
+# half-open; a half-open one grants a probe slot (a lease until now + lease) if fewer than
+# `max` unexpired leases are out.
+_BK_PROBE = _BK_PRELUDE + """
+local now = clock(ARGV[6])
+local granted = 0
+if s == 1 and now >= o + tonumber(ARGV[3]) then
+    move(now, 2)
+    save(ARGV[5])
+end
+if s == 2 then
+    redis.call('ZREMRANGEBYSCORE', pz, '-inf', f(now))
+    if redis.call('ZCARD', pz) < tonumber(ARGV[2]) then
+        redis.call('ZADD', pz, f(now + tonumber(ARGV[4])), ARGV[1])
+        redis.call('PEXPIRE', pz, ARGV[5])
+        granted = 1
+    end
+end
+return reply(now, granted)
+"""
+
+# PROBE_DONE(id, outcome, gen, success_threshold, ttl, now): a probe's lease goes back; its
+# outcome (1 success, 0 counted failure, -1 neither) decides if the breaker is still half-open
+# in `gen`: success_threshold successes close it, a failure opens it again.
+_BK_PROBE_DONE = _BK_PRELUDE + """
+local now = clock(ARGV[6])
+redis.call('ZREM', pz, ARGV[1])
+if s == 2 and g == tonumber(ARGV[3]) then
+    local out = tonumber(ARGV[2])
+    if out == 1 then
+        succ = succ + 1
+        if succ >= tonumber(ARGV[4]) then move(now, 0) end
+        save(ARGV[5])
+    elseif out == 0 then
+        move(now, 1)
+        save(ARGV[5])
+    end
+end
+return reply(now, 0)
+"""
+
+# FORCE(state, ttl, now): open(), close() or half_open() by hand: a transition, with its counts
+# cleared, even to the same state (open again: the recovery time counts from now).
+_BK_FORCE = _BK_PRELUDE + """
+local now = clock(ARGV[3])
+move(now, tonumber(ARGV[1]))
+save(ARGV[2])
+return reply(now, 0)
+"""
+
+_BK_SCRIPTS = {name: (src, hashlib.sha1(src.encode()).hexdigest())
+               for name, src in (("state", _BK_STATE), ("failure", _BK_FAILURE),
+                                 ("success", _BK_SUCCESS), ("probe", _BK_PROBE),
+                                 ("probe_done", _BK_PROBE_DONE), ("force", _BK_FORCE))}
+_BK_NARGS = {"state": 1, "failure": 4, "success": 3, "probe": 6, "probe_done": 6, "force": 3}
+
+_HASH_TAG_RE = re.compile(r"[^{]*\{[^}]+\}")
+
+
+class CircuitUnavailableError(CircuitOpenError):
+    """A RedisCircuitBreaker with ``on_error="deny"`` rejects a call because Redis could not
+    answer. A ``CircuitOpenError``: code that handles rejections handles this one too."""
+
+    def __str__(self) -> str:
+        br = self.args[0] if self.args else None
+        name = getattr(br, "name", None)
+        who = "unnamed circuit breaker" if name is None else f"circuit breaker {name!r}"
+        return f"{who} could not reach Redis and denies calls (on_error='deny')"
+
+
+class RedisBreakerStore(_Scripted):
+    """Where a ``RedisCircuitBreaker`` keeps its state: one Redis hash (and, while half-open, a
+    sorted set of probe leases) shared by every process and host that opens the same key.
+
+    ``max_staleness`` (seconds, default 1.0): how old a process's local view of the state may
+    be before a call asks Redis again. A call admitted closed on a fresh view costs no round
+    trip; so a process may admit calls for up to ``max_staleness`` seconds (plus one round
+    trip) after another process opened the breaker. 0 asks on every call.
+
+    ``probe_lease`` (seconds, default 30.0): a half-open probe holds its slot until its outcome
+    is recorded or this much time has passed (then the slot is free again: a process that died
+    during its probe does not block the others for ever). A probe that outlasts its lease lets
+    one more through.
+
+    ``on_error``: when Redis cannot answer within ``call_timeout`` seconds, a call to admit is
+    ``"raise"``: refused with ``RedisUnavailableError``; ``"allow"``: admitted (its outcome is
+    not recorded); ``"deny"``: rejected with ``CircuitUnavailableError`` (a
+    ``CircuitOpenError``). For the next ``retry_interval`` seconds the policy applies without
+    asking Redis again; then the next call asks. Recording an outcome never raises over the
+    call's own result: an outcome Redis did not get is lost (counted in ``stats()``) and the
+    next call asks Redis. Configuration errors (authentication, ACL, a key holding something
+    else) always raise.
+
+    A store serves one breaker. The key (after ``prefix``) gets a Redis Cluster hash tag
+    (``{key}``) unless it has one.
+    """
+
+    __slots__ = ("_name", "_max_staleness", "_probe_lease", "_retry_interval", "_breaker",
+                 "_now")
+
+    def __init__(self, client: Any, key: str, *, prefix: str = "aiofast:cb:",
+                 max_staleness: float = 1.0, probe_lease: float = 30.0,
+                 on_error: str = "raise", call_timeout: float | None = 1.0,
+                 retry_interval: float = 0.1, multiplex: bool = True) -> None:
+        self._check(key, prefix, on_error, call_timeout)
+        ms = _real(max_staleness, "max_staleness")
+        if not (ms >= 0 and math.isfinite(ms)):
+            raise ValueError(f"max_staleness must be a finite number of seconds >= 0, got "
+                             f"{max_staleness!r}")
+        pl = _real(probe_lease, "probe_lease")
+        if not (pl > 0 and math.isfinite(pl)):
+            raise ValueError(f"probe_lease must be a finite number of seconds > 0, got "
+                             f"{probe_lease!r}")
+        ri = _real(retry_interval, "retry_interval")
+        if not (ri >= 0 and math.isfinite(ri)):
+            raise ValueError(f"retry_interval must be a finite number >= 0, got "
+                             f"{retry_interval!r}")
+        full = prefix + key
+        if not _HASH_TAG_RE.match(full):
+            full = prefix + "{" + key + "}"
+        self._name = key
+        self._key = full
+        self._setup(client, (full, full + ":probes"), _BK_SCRIPTS, _BK_NARGS, multiplex)
+        self._max_staleness = ms
+        self._probe_lease = pl
+        self._on_error = on_error
+        self._call_timeout = call_timeout
+        self._retry_interval = ri
+        self._breaker: Any = None
+        self._now = ""  # tests only: the server's clock, in microseconds, as a string
+
+    @property
+    def max_staleness(self) -> float:
+        return self._max_staleness
+
+    @property
+    def probe_lease(self) -> float:
+        return self._probe_lease
+
+    def __repr__(self) -> str:
+        return (f"<aiofast.redis.RedisBreakerStore object at {id(self):#x} [key:{self._key}, "
+                f"max_staleness:{self._max_staleness}, on_error:{self._on_error}]>")
+
+
+_STATES: tuple[Any, ...] = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
+_UNSUPPORTED = ("failure_rate", "window", "window_time", "min_calls", "slow_call_duration",
+                "slow_call_rate", "fallback", "clock")
+_log = logging.getLogger("aiofast.breaker")
+_CoroutineType = types.CoroutineType
+_get_running_loop = asyncio.get_running_loop
+
+# the with-blocks a task is in: (breaker, ticket, enclosing), innermost first
+_blocks: contextvars.ContextVar[tuple[Any, Any, Any] | None] = contextvars.ContextVar(
+    "aiofast.redis.blocks", default=None)
+
+
+def _exc_spec(spec: Any) -> tuple[Any, bool]:
+    """(the spec, is a predicate), as CircuitBreaker reads expected_exception and exclude."""
+    if isinstance(spec, type) or isinstance(spec, tuple):
+        return spec, False
+    return spec, True
+
+
+class RedisCircuitBreaker:
+    """A circuit breaker whose state is shared by every process and host through Redis
+    (``store=RedisBreakerStore(client, key)``), with ``CircuitBreaker``'s arguments and
+    semantics in its consecutive-failure mode: ``failure_threshold`` consecutive failures,
+    counted fleet-wide, open it for everyone; after ``recovery_timeout`` seconds (on the Redis
+    server's clock) it lets probes through, at most ``half_open_max_calls`` at a time across
+    the fleet; ``success_threshold`` successful probes close it, a failed one opens it again.
+
+    Use it as ``CircuitBreaker``: ``@breaker`` on an ``async def``, ``async with breaker:``,
+    ``await breaker.call(fn, *args, **kwargs)``. Rate mode (``failure_rate``...), slow calls,
+    ``fallback`` and ``clock`` are not available with a Redis store (a ``ValueError`` says so).
+
+    Each process keeps a local view of the state, at most ``store.max_staleness`` seconds old
+    when a call is admitted: a call admitted closed on a fresh view costs no round trip; a
+    failure costs one (it is counted in Redis), a success one only when it can change
+    something (the shared failure count was not 0, or the call was a probe); an open breaker
+    rejects locally until its recovery time; a half-open one asks Redis for every probe.
+    The state, ``failure_count`` and ``remaining`` properties read the local view;
+    ``await refresh()`` brings it up to date.
+
+    Listeners (``add_listener(fn)``: ``fn(breaker, old_state, new_state)``) run in the process
+    whose call made the transition (its script's reply says so), at once. Other processes see
+    the new state in their local view within ``max_staleness`` seconds (or at once, when one of
+    their own calls meets it in Redis), without their listeners being called.
+    """
+
+    __slots__ = ("_store", "_proto", "_threshold", "_recovery", "_success_threshold",
+                 "_half_max", "_expected", "_expected_pred", "_exclude", "_exclude_pred",
+                 "_listeners", "_s", "_o", "_g", "_f", "_fetched", "_fresh_until",
+                 "_open_until", "_offline_until", "_probes_here", "_recovery_arg", "_lease_arg",
+                 "_ttl_arg", "_threshold_arg", "_success_arg", "_half_arg", "_totals",
+                 "_fast_calls", "_fast_successes",
+                 "__weakref__")
+
+    def __init__(self, failure_threshold: int = 5, recovery_timeout: float = 30.0, *,
+                 store: RedisBreakerStore, success_threshold: int = 1,
+                 half_open_max_calls: int = 1, expected_exception: Any = None,
+                 exclude: Any = (), name: str | None = None, **unsupported: Any) -> None:
+        for opt in _UNSUPPORTED:
+            if unsupported.pop(opt, None) is not None:
+                what = ("rate mode (failure_rate, window, window_time, min_calls)"
+                        if opt in _UNSUPPORTED[:4] else opt)
+                raise ValueError(f"{what} is not available with a Redis store: the shared "
+                                 "state counts consecutive failures (failure_threshold)")
+        if unsupported:
+            raise TypeError("RedisCircuitBreaker() got an unexpected keyword argument "
+                            f"{next(iter(unsupported))!r}")
+        if not isinstance(store, RedisBreakerStore):
+            raise TypeError(f"store must be a RedisBreakerStore, got {type(store).__name__}")
+        # the arguments checked as CircuitBreaker checks them (the same errors)
+        self._proto = CircuitBreaker(failure_threshold, recovery_timeout,
+                                     success_threshold=success_threshold,
+                                     half_open_max_calls=half_open_max_calls,
+                                     expected_exception=expected_exception, exclude=exclude,
+                                     name=name)
+        if store._breaker is not None and store._breaker() is not None:
+            raise ValueError("this RedisBreakerStore already serves a breaker: give each "
+                             "breaker a store of its own")
+        store._breaker = weakref.ref(self)
+        self._store = store
+        self._threshold = int(failure_threshold)
+        self._recovery = float(recovery_timeout)
+        self._success_threshold = int(success_threshold)
+        self._half_max = int(half_open_max_calls)
+        self._expected, self._expected_pred = _exc_spec(
+            Exception if expected_exception is None else expected_exception)
+        self._exclude, self._exclude_pred = _exc_spec(exclude)
+        if self._exclude == ():
+            self._exclude = None
+        self._listeners: list[Callable[..., Any]] = []
+        # the local view: state, opened at (server us, str), generation (str), failures
+        self._s = 0
+        self._o = "0"
+        self._g = "0"
+        self._f = 0
+        self._fetched = -math.inf        # loop time when the request that brought it left
+        self._fresh_until = -math.inf    # closed, fresh and online until then: no round trip
+        self._open_until = -math.inf     # loop time when an open breaker may let a probe go
+        self._offline_until = -math.inf  # loop time until which Redis is not asked again
+        self._probes_here = 0            # probes of this process in flight
+        self._recovery_arg = _fmt(self._recovery * 1e6)
+        self._lease_arg = _fmt(store._probe_lease * 1e6)
+        # an idle breaker's keys live a day (or 10 recovery timeouts, if longer)
+        self._ttl_arg = str(max(86_400_000, math.ceil(self._recovery * 10_000)))
+        self._threshold_arg = str(self._threshold)
+        self._success_arg = str(self._success_threshold)
+        self._half_arg = str(self._half_max)
+        self._fast_calls = self._fast_successes = 0   # (the closed calls with no round trip)
+        self._totals = dict.fromkeys(("calls", "successes", "failures", "ignored",
+                                      "rejections", "state_changes", "round_trips",
+                                      "store_errors"), 0)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def store(self) -> RedisBreakerStore:
+        return self._store
+
+    @property
+    def name(self) -> str | None:
+        return self._proto.name
+
+    @property
+    def failure_threshold(self) -> int:
+        return self._threshold
+
+    @property
+    def recovery_timeout(self) -> float:
+        return self._recovery
+
+    @property
+    def state(self) -> Any:
+        """The CircuitState in the local view (OPEN past its recovery time reads HALF_OPEN:
+        the next call asks for a probe slot)."""
+        if self._s == 1 and self._remaining() <= 0:
+            return _STATES[2]
+        return _STATES[self._s]
+
+    @property
+    def failure_count(self) -> int:
+        """The fleet's consecutive failures, as the local view last saw them."""
+        return self._f
+
+    @property
+    def remaining(self) -> float:
+        """Seconds until an open breaker lets a probe through (local view), else 0.0."""
+        return max(0.0, self._remaining()) if self._s == 1 else 0.0
+
+    def _remaining(self) -> float:
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            import time
+            now = time.monotonic()
+        return self._open_until - now
+
+    @property
+    def listeners(self) -> tuple[Callable[..., Any], ...]:
+        return tuple(self._listeners)
+
+    def add_listener(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Call ``fn(breaker, old_state, new_state)`` on every transition this process makes;
+        returns fn. A listener that raises is logged (logger 'aiofast.breaker')."""
+        if not callable(fn):
+            raise TypeError(f"a listener must be callable, got {type(fn).__name__}")
+        self._listeners.append(fn)
+        return fn
+
+    def remove_listener(self, fn: Callable[..., Any]) -> None:
+        self._listeners.remove(fn)
+
+    def stats(self) -> dict[str, Any]:
+        """A dict: the local view (state, failure_count) and this process's totals: calls,
+        successes, failures, ignored, rejections, state_changes (made here), round_trips,
+        store_errors."""
+        totals = dict(self._totals)
+        totals["calls"] += self._fast_calls
+        totals["successes"] += self._fast_successes
+        return {"state": self.state, "failure_count": self._f, **totals}
+
+    def __repr__(self) -> str:
+        return (f"<aiofast.redis.RedisCircuitBreaker object at {id(self):#x} "
+                f"[name:{self.name!r}, state:{_STATES[self._s].value}, key:{self._store._key}]>")
+
+    # ------------------------------------------------------------------ the round trips
+
+    async def _ask(self, name: str, *args: str) -> list[Any] | None:
+        """Run one script, take its reply into the local view (and call the listeners if it
+        made a transition). Returns the reply, or None if Redis could not answer and the
+        policy is not "raise" (RedisUnavailableError then)."""
+        store = self._store
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        self._totals["round_trips"] += 1
+        try:
+            r = await store._script(name, *args, store._now)
+        except Exception as exc:  # noqa: BLE001 (sorted by _failed)
+            self._totals["store_errors"] += 1
+            self._fetched = self._fresh_until = -math.inf
+            self._offline_until = loop.time() + store._retry_interval
+            store._failed(exc)  # raises for "raise" and for configuration errors
+            return None
+        self._offline_until = -math.inf
+        self._take(r, sent)
+        return r  # type: ignore[no-any-return]
+
+    def _take(self, r: list[Any], sent: float) -> None:
+        trans, s, o, g, f, now = r[0], r[2], r[3], r[4], r[5], r[6]
+        if isinstance(o, bytes):
+            o, g, now = o.decode(), g.decode(), now.decode()
+        self._s, self._o, self._g, self._f = s, o, g, f
+        self._fetched = sent
+        self._fresh_until = sent + self._store._max_staleness if s == 0 else -math.inf
+        if s == 1:
+            # counted from when the request left: never later than the server's instant
+            self._open_until = sent + (float(o) + self._recovery * 1e6 - float(now)) / 1e6
+        if trans >= 0:
+            self._totals["state_changes"] += 1
+            old, new = _STATES[trans], _STATES[s]
+            for fn in list(self._listeners):
+                try:
+                    fn(self, old, new)
+                except Exception:  # noqa: BLE001 (a listener's error is logged)
+                    _log.exception("listener %r of %r raised", fn, self)
+
+    async def refresh(self) -> None:
+        """Bring the local view up to date (one round trip)."""
+        await self._ask("state")
+
+    async def _force(self, state: int) -> None:
+        await self._ask("force", str(state), self._ttl_arg)
+
+    async def open(self) -> None:
+        """Trip the breaker now, for the whole fleet (the recovery time counts from now)."""
+        await self._force(1)
+
+    async def close(self) -> None:
+        """Close the breaker and clear its counts, for the whole fleet."""
+        await self._force(0)
+
+    async def half_open(self) -> None:
+        """Let probes through now, for the whole fleet."""
+        await self._force(2)
+
+    # ------------------------------------------------------------------ admission, outcome
+
+    def _reject(self, remaining: float) -> CircuitOpenError:
+        self._totals["rejections"] += 1
+        return CircuitOpenError(self, max(0.0, float(remaining)))
+
+    def _offline(self) -> tuple[str | None, str | None]:
+        """Redis did not answer, a moment ago: the policy."""
+        policy = self._store._on_error
+        if policy == "allow":
+            return None, None  # admitted, not recorded
+        if policy == "raise":
+            raise RedisUnavailableError(
+                f"Redis did not answer for {self._store._key!r} (asked again "
+                f"{self._store._retry_interval} s after the last error)")
+        self._totals["rejections"] += 1
+        raise CircuitUnavailableError(self, 0.0)
+
+    async def _admit(self) -> tuple[str | None, str | None]:
+        """Admit one call: its ticket (the generation it was admitted in, its probe id or
+        None), or raise CircuitOpenError."""
+        self._totals["calls"] += 1
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < self._offline_until:
+            return self._offline()
+        if now - self._fetched >= self._store._max_staleness:
+            if await self._ask("state") is None:
+                return self._offline()
+            now = loop.time()
+        s = self._s
+        if s == 0:
+            return self._g, None
+        if s == 1 and now < self._open_until:
+            raise self._reject(self._open_until - now)
+        if self._probes_here >= self._half_max:
+            # (this process alone holds every slot: no need to ask)
+            raise self._reject(0.0)
+        pid = os.urandom(8).hex()
+        self._probes_here += 1
+        try:
+            r = await self._ask("probe", pid, self._half_arg, self._recovery_arg,
+                                self._lease_arg, self._ttl_arg)
+        except asyncio.CancelledError:
+            self._probes_here -= 1
+            await self._give_back(pid)
+            raise
+        except BaseException:
+            self._probes_here -= 1
+            raise
+        if r is None:
+            self._probes_here -= 1
+            return self._offline()
+        if r[1] == 1:
+            return self._g, pid
+        self._probes_here -= 1
+        if self._s == 0:
+            return self._g, None
+        if self._s == 1:
+            raise self._reject(self._open_until - loop.time())
+        raise self._reject(0.0)
+
+    async def _give_back(self, pid: str) -> None:
+        try:
+            await self._store._script("probe_done", pid, "-1", "", self._success_arg,
+                                      self._ttl_arg, self._store._now)
+        except Exception:  # noqa: BLE001,S110 (the lease expires by itself)
+            pass
+
+    def _counts(self, exc: BaseException) -> bool:
+        """Is exc a failure (expected_exception, not excluded)?"""
+        if self._expected_pred:
+            hit = bool(self._expected(exc))
+        else:
+            hit = isinstance(exc, self._expected)
+        if hit and self._exclude is not None:
+            if self._exclude_pred:
+                hit = not self._exclude(exc)
+            else:
+                hit = not isinstance(exc, self._exclude)
+        return hit
+
+    async def _settle(self, ticket: tuple[str | None, str | None],
+                      exc: BaseException | None) -> None:
+        """Record the outcome of the call `ticket` admitted (exc None: a success). Never
+        raises an error of Redis's."""
+        gen, pid = ticket
+        totals = self._totals
+        try:
+            counted = exc is not None and self._counts(exc)
+        except BaseException:
+            # a predicate that raised: the call counts as neither; its probe slot goes back
+            totals["ignored"] += 1
+            if pid is not None:
+                self._probes_here -= 1
+                await self._report("probe_done", pid, "-1", str(gen), self._success_arg,
+                                   self._ttl_arg)
+            raise
+        if exc is None:
+            totals["successes"] += 1
+        elif counted:
+            totals["failures"] += 1
+        else:
+            totals["ignored"] += 1
+        if gen is None:
+            return  # admitted while Redis could not answer: not recorded
+        if pid is not None:
+            self._probes_here -= 1
+            await self._report("probe_done", pid, "1" if exc is None else "0" if counted else "-1",
+                               gen, self._success_arg, self._ttl_arg)
+        elif counted:
+            await self._report("failure", gen, self._threshold_arg, self._ttl_arg)
+        elif exc is None and self._f and self._s == 0 and gen == self._g:
+            await self._report("success", gen, self._ttl_arg)
+
+    async def _report(self, name: str, *args: str) -> None:
+        try:
+            await self._ask(name, *args)
+        except RedisUnavailableError:
+            pass  # counted in store_errors; the next call asks Redis
+
+    # ------------------------------------------------------------------ the ways to call
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Admit a call of ``fn(*args, **kwargs)`` (awaited if it returns an awaitable), record
+        its outcome, return its result; or raise CircuitOpenError."""
+        if _get_running_loop().time() < self._fresh_until:
+            self._fast_calls += 1
+            ticket: tuple[str | None, str | None] | None = None   # (self._g, None)
+            gen = self._g
+        else:
+            ticket = await self._admit()
+        try:
+            result = fn(*args, **kwargs)
+            if result.__class__ is _CoroutineType or inspect.isawaitable(result):
+                result = await result
+        except BaseException as exc:
+            await self._settle(ticket or (gen, None), exc)
+            raise
+        if ticket is None and not self._f:
+            self._fast_successes += 1   # closed, nothing to reset: no round trip
+        else:
+            await self._settle(ticket or (gen, None), None)
+        return result
+
+    def __call__(self, func: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+        """``@breaker`` on an ``async def``."""
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError("a RedisCircuitBreaker decorates an async function, not "
+                            f"{type(func).__name__}")
+
+        @functools.wraps(func)
+        async def guarded(*args: Any, **kwargs: Any) -> _T:
+            return await self.call(func, *args, **kwargs)  # type: ignore[no-any-return]
+
+        guarded.breaker = self  # type: ignore[attr-defined]
+        return guarded
+
+    async def __aenter__(self) -> RedisCircuitBreaker:
+        ticket = await self._admit()
+        _blocks.set((self, ticket, _blocks.get()))
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        top = _blocks.get()
+        if top is None or top[0] is not self:
+            raise RuntimeError("RedisCircuitBreaker.__aexit__ without its __aenter__ in this "
+                               "task")
+        _blocks.set(top[2])
+        if exc is None and exc_type is not None:
+            exc = exc_type()
+        await self._settle(top[1], exc)

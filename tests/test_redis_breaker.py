@@ -1,0 +1,635 @@
+"""aiofast.redis.RedisCircuitBreaker with its state in a RedisBreakerStore, on a real
+redis-server (tests/redis_server.py, one per session; a missing redis-server fails these tests).
+
+- On virtual time (the server's clock injected from the loop's), on asyncio's loop and uvloop:
+  the same outcomes give the same states as aiofast.CircuitBreaker (the oracle), two processes'
+  worth of breakers on one key (a transition made by one, seen by the other within
+  max_staleness), probes bounded, a dead probe's lease expiring, round trips counted.
+- On real time and real processes: failures spread over 4 processes open the breaker for all
+  of them at the shared threshold; half-open probes bounded fleet-wide; a killed prober's lease
+  expires; the server killed, stopped (not answering) and restarted: each policy honoured, no
+  call past its timeout, recovery; an ACL user with a password.
+"""
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+import redis
+import redis.asyncio
+
+from aiofast import CircuitBreaker, CircuitOpenError, CircuitState
+from aiofast.redis import (
+    CircuitUnavailableError,
+    RedisBreakerStore,
+    RedisCircuitBreaker,
+    RedisUnavailableError,
+)
+from redis_server import RedisServer, loop_clock_as_server_clock
+
+VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+
+
+def fresh():
+    return "b-" + uuid.uuid4().hex
+
+
+class Boom(Exception):
+    pass
+
+
+async def fail():
+    raise Boom
+
+
+async def ok():
+    return "ok"
+
+
+class VStore(RedisBreakerStore):
+    """The server's clock read from the loop's virtual clock (tests only)."""
+
+    __slots__ = ()
+    _now = loop_clock_as_server_clock()
+
+
+def vclient(url):
+    # on a virtual clock, a timer of redis-py's own would fire at once: none
+    return redis.asyncio.Redis.from_url(url, socket_connect_timeout=None, socket_timeout=None)
+
+
+async def outcome(b, fn):
+    try:
+        return await b.call(fn)
+    except Boom:
+        return "failed"
+    except CircuitOpenError as e:
+        return ("rejected", round(e.remaining, 6))
+
+
+# ------------------------------------------------------------------ against CircuitBreaker
+
+@VT
+@pytest.mark.parametrize("seed", range(4))
+async def test_same_states_as_circuitbreaker_on_virtual_time(server, seed):
+    """One process, a view never stale (max_staleness=0): a random run of successes, failures
+    and pauses gives, call by call, the outcome and state aiofast.CircuitBreaker gives."""
+    rnd = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    c = vclient(server.url)
+    try:
+        kw = dict(failure_threshold=rnd.randint(1, 4), recovery_timeout=rnd.choice([1, 2.5]),
+                  success_threshold=rnd.randint(1, 3), name="svc")
+        ours = RedisCircuitBreaker(store=VStore(c, fresh(), max_staleness=0, call_timeout=None),
+                                   **kw)
+        oracle = CircuitBreaker(clock=loop.time, **kw)
+        seen_ours, seen_oracle = [], []
+        ours.add_listener(lambda b, o, n: seen_ours.append((o, n)))
+        oracle.add_listener(lambda b, o, n: seen_oracle.append((o, n)))
+        for _ in range(60):
+            step = rnd.random()
+            if step < 0.15:
+                await asyncio.sleep(rnd.choice([0.5, 1.0, 2.5]))
+                continue
+            fn = fail if step < 0.6 else ok
+            got, want = await outcome(ours, fn), await outcome(oracle, fn)
+            assert got == want
+            assert ours.state == oracle.state
+            assert ours.failure_count == oracle.failure_count or ours.state != CLOSED
+        assert seen_ours == seen_oracle
+        assert len(seen_ours) >= 2
+    finally:
+        await c.aclose()
+
+
+# ------------------------------------------------------------------ two processes' views
+
+def probe_granted(br, changes):
+    """Has br's probe been granted (its reply, which made the breaker half-open, taken)?"""
+    return br._probes_here == 1 and br.stats()["state_changes"] == changes
+
+
+@VT
+async def test_shared_threshold_and_staleness_on_virtual_time(server):
+    """Two breakers on one key (as two processes): failures of both count toward one threshold;
+    the one whose failure reaches it sees OPEN at once (its listener runs), the other admits
+    calls until its view is max_staleness old, then rejects them too."""
+    loop = asyncio.get_running_loop()
+    key = fresh()
+    c1, c2 = vclient(server.url), vclient(server.url)
+    try:
+        a = RedisCircuitBreaker(4, 10, store=VStore(c1, key, max_staleness=1, call_timeout=None))
+        b = RedisCircuitBreaker(4, 10, store=VStore(c2, key, max_staleness=1, call_timeout=None))
+        heard = {"a": [], "b": []}
+        a.add_listener(lambda br, o, n: heard["a"].append((o, n)))
+        b.add_listener(lambda br, o, n: heard["b"].append((o, n)))
+        assert await outcome(a, ok) == "ok"   # (a's first call fetches the view)
+        assert await outcome(b, ok) == "ok"
+        for br in (a, b, a):
+            assert await outcome(br, fail) == "failed"
+        assert (a.state, b.state) == (CLOSED, CLOSED)
+        assert (a.failure_count, b.failure_count) == (3, 2)   # each as it last saw it
+        assert await outcome(b, fail) == "failed"   # the 4th, fleet-wide
+        t0 = loop.time()
+        assert b.state == OPEN and heard["b"] == [(CLOSED, OPEN)]
+        assert await outcome(b, ok) == ("rejected", 10.0)
+        # a's view is still fresh (fetched by its last failure, less than 1 s ago): admitted
+        assert a.state == CLOSED and await outcome(a, ok) == "ok"
+        await asyncio.sleep(1)
+        assert await outcome(a, ok) == ("rejected", 9.0)
+        assert a.state == OPEN and heard["a"] == []
+        # past the recovery time: one probe, fleet-wide (half_open_max_calls=1)
+        await asyncio.sleep(t0 + 10 - loop.time())
+        gate = asyncio.Event()
+
+        async def slow_ok():
+            await gate.wait()
+            return "ok"
+
+        probe = asyncio.create_task(a.call(slow_ok))
+        while not probe_granted(a, 1):
+            await asyncio.sleep(0)
+        assert await outcome(b, ok) == ("rejected", 0.0)
+        assert await outcome(a, ok) == ("rejected", 0.0)   # (no round trip: its own slot)
+        gate.set()
+        assert await probe == "ok"
+        assert heard["a"] == [(OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
+        assert a.state == CLOSED
+        assert b.state == HALF_OPEN   # as b last saw it
+        await asyncio.sleep(1)
+        assert await outcome(b, ok) == "ok" and b.state == CLOSED
+        assert heard["b"] == [(CLOSED, OPEN)]
+    finally:
+        await c1.aclose()
+        await c2.aclose()
+
+
+@VT
+async def test_round_trips_on_virtual_time(server):
+    """A closed call on a fresh view: no round trip; a failure: one; a success: one only while
+    the shared failure count is not 0; a stale view: one to refresh it."""
+    c = vclient(server.url)
+    try:
+        b = RedisCircuitBreaker(5, 10, store=VStore(c, fresh(), max_staleness=2,
+                                                     call_timeout=None))
+
+        def trips():
+            return b.stats()["round_trips"]
+
+        assert await outcome(b, ok) == "ok" and trips() == 1   # the first view
+        for _ in range(10):
+            assert await outcome(b, ok) == "ok"
+        assert trips() == 1
+        assert await outcome(b, fail) == "failed" and trips() == 2
+        assert await outcome(b, ok) == "ok" and trips() == 3     # resets the shared count
+        assert b.failure_count == 0
+        assert await outcome(b, ok) == "ok" and trips() == 3
+        await asyncio.sleep(2.5)
+        assert await outcome(b, ok) == "ok" and trips() == 4     # stale: refreshed
+        assert b.stats()["calls"] == 15 and b.stats()["successes"] == 14
+    finally:
+        await c.aclose()
+
+
+@VT
+async def test_a_dead_probe_lease_expires_on_virtual_time(server, sync):
+    """A probe whose process never reports (it died) holds its slot for probe_lease seconds,
+    then another process's probe goes."""
+    loop = asyncio.get_running_loop()
+    key = fresh()
+    c1, c2 = vclient(server.url), vclient(server.url)
+    try:
+        dead = RedisCircuitBreaker(1, 5, store=VStore(c1, key, max_staleness=0, probe_lease=3,
+                                                      call_timeout=None))
+        live = RedisCircuitBreaker(1, 5, store=VStore(c2, key, max_staleness=0, probe_lease=3,
+                                                      call_timeout=None))
+        assert await outcome(dead, fail) == "failed" and dead.state == OPEN
+        await asyncio.sleep(5)
+        ticket = await dead._admit()          # a probe that will never report
+        assert ticket[1] is not None and dead.state == HALF_OPEN
+        assert sync.zcard(dead.store.key + ":probes") == 1
+        t0 = loop.time()
+        await asyncio.sleep(2.5)
+        assert await outcome(live, ok) == ("rejected", 0.0)
+        await asyncio.sleep(t0 + 3 - loop.time())
+        assert await outcome(live, ok) == "ok" and live.state == CLOSED
+    finally:
+        await c1.aclose()
+        await c2.aclose()
+
+
+@VT
+async def test_cancelled_probe_gives_its_slot_back_on_virtual_time(server, sync):
+    c = vclient(server.url)
+    try:
+        b = RedisCircuitBreaker(1, 1, store=VStore(c, fresh(), max_staleness=0,
+                                                   call_timeout=None))
+        assert await outcome(b, fail) == "failed"
+        await asyncio.sleep(1)
+        task = asyncio.create_task(b.call(asyncio.sleep, 100))
+        while b.stats()["state_changes"] < 2:   # until its probe's reply came (half-open)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)                  # (and its call started)
+        assert sync.zcard(b.store.key + ":probes") == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # a cancellation is neither a success nor a failure: still half-open, slot free
+        assert sync.zcard(b.store.key + ":probes") == 0
+        assert b.state == HALF_OPEN and b._probes_here == 0
+        assert await outcome(b, ok) == "ok" and b.state == CLOSED
+        assert b.stats()["ignored"] == 1
+    finally:
+        await c.aclose()
+
+
+# ------------------------------------------------------------------ the API
+
+@pytest.mark.asyncio
+async def test_arguments_and_ways_to_call(server, sync):
+    async with redis.asyncio.Redis.from_url(server.url) as c:
+        for opt, val in [("failure_rate", 0.5), ("window", 10), ("window_time", 5),
+                         ("min_calls", 3)]:
+            with pytest.raises(ValueError, match=r"rate mode \(failure_rate.*not available "
+                                                 "with a Redis store"):
+                RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()), **{opt: val})
+        with pytest.raises(ValueError, match="fallback is not available with a Redis store"):
+            RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()), fallback=print)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+            RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()), bogus=1)
+        with pytest.raises(TypeError, match="store must be a RedisBreakerStore, got dict"):
+            RedisCircuitBreaker(store={})
+        # the arguments are checked as CircuitBreaker checks them
+        for kw in [dict(failure_threshold=0), dict(recovery_timeout=-1),
+                   dict(half_open_max_calls="2"), dict(expected_exception=())]:
+            with pytest.raises((ValueError, TypeError)) as want:
+                CircuitBreaker(**kw)
+            with pytest.raises(type(want.value), match=re.escape(str(want.value))):
+                RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()), **kw)
+        for bad in ["", "a b", "x" * 201, "é"]:
+            with pytest.raises(ValueError, match="key must be"):
+                RedisBreakerStore(c, bad)
+        with pytest.raises(ValueError, match="max_staleness must be"):
+            RedisBreakerStore(c, "k", max_staleness=-1)
+        with pytest.raises(ValueError, match="probe_lease must be"):
+            RedisBreakerStore(c, "k", probe_lease=float("inf"))
+        with pytest.raises(ValueError, match="on_error must be one of"):
+            RedisBreakerStore(c, "k", on_error="ignore")
+        # keys: a hash tag of their own, or the one given
+        assert RedisBreakerStore(c, "svc").key == "aiofast:cb:{svc}"
+        assert RedisBreakerStore(c, "{tenant}:svc").key == "aiofast:cb:{tenant}:svc"
+        store = RedisBreakerStore(c, fresh())
+        b = RedisCircuitBreaker(2, 60, store=store, name="up", exclude=KeyError)
+        with pytest.raises(ValueError, match="already serves a breaker"):
+            RedisCircuitBreaker(store=store)
+
+        @b
+        async def double(x):
+            if x is None:
+                raise KeyError(x)
+            if x < 0:
+                raise Boom
+            return 2 * x
+
+        assert double.__name__ == "double" and double.breaker is b
+        assert await double(21) == 42
+        with pytest.raises(KeyError):
+            await double(None)                      # excluded: not a failure
+        assert b.failure_count == 0
+        with pytest.raises(Boom):
+            async with b:
+                raise Boom
+        assert b.failure_count == 1
+        assert await b.call(lambda x: x + 1, 1) == 2   # a plain function too
+        assert b.failure_count == 0
+        with pytest.raises(TypeError, match="decorates an async function"):
+            b(len)
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await double(-1)
+        with pytest.raises(CircuitOpenError, match="circuit breaker 'up' is open") as e:
+            await double(1)
+        assert e.value.breaker is b and 59 < e.value.remaining <= 60
+        assert sync.hget(store.key, "s") == b"1"
+        await b.close()
+        assert b.state == CLOSED and await double(1) == 2
+        await b.open()
+        assert b.state == OPEN
+        await b.half_open()
+        assert b.state == HALF_OPEN and await double(2) == 4 and b.state == CLOSED
+        st = b.stats()
+        assert st["state"] == CLOSED and st["state_changes"] == 5 and st["failures"] == 3
+        assert "key:aiofast:cb:{" in repr(b)
+
+
+@pytest.mark.asyncio
+async def test_a_raising_listener_is_logged(server, caplog):
+    async with redis.asyncio.Redis.from_url(server.url) as c:
+        b = RedisCircuitBreaker(1, 60, store=RedisBreakerStore(c, fresh()))
+        heard = []
+
+        def bad(br, o, n):
+            raise RuntimeError("listener")
+
+        b.add_listener(bad)
+        b.add_listener(lambda br, o, n: heard.append(n))
+        with pytest.raises(Boom):
+            await b.call(fail)
+        assert heard == [OPEN]
+        assert "listener" in caplog.text and b.listeners[1] is not bad
+        b.remove_listener(bad)
+        assert len(b.listeners) == 1
+
+
+@pytest.mark.asyncio
+async def test_key_holding_something_else_raises(server, sync):
+    async with redis.asyncio.Redis.from_url(server.url) as c:
+        store = RedisBreakerStore(c, fresh(), on_error="allow")
+        sync.set(store.key, "x")
+        b = RedisCircuitBreaker(store=store)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await b.call(ok)
+        assert sync.get(store.key) == b"x"
+
+
+# ------------------------------------------------------------------ across processes
+
+WORKER = textwrap.dedent("""
+    import asyncio, sys
+    import redis.asyncio
+    from aiofast import CircuitOpenError
+    from aiofast.redis import RedisBreakerStore, RedisCircuitBreaker
+
+    url, key, mode = sys.argv[1:4]
+
+    async def main():
+        c = redis.asyncio.Redis.from_url(url)
+        store = RedisBreakerStore(c, key, max_staleness=0.2, probe_lease=float(sys.argv[4]))
+        b = RedisCircuitBreaker(8, 1.0, store=store, half_open_max_calls=2,
+                                success_threshold=100)
+        heard = []
+        b.add_listener(lambda br, o, n: heard.append(n.value))
+        gate = asyncio.Event()
+
+        async def call(what):
+            if what == "fail":
+                raise ValueError
+            if what == "hang":
+                await gate.wait()
+            return "ok"
+
+        async def one(what):
+            try:
+                return await b.call(call, what)
+            except ValueError:
+                return "failed"
+            except CircuitOpenError:
+                return "rejected"
+
+        loop = asyncio.get_running_loop()
+        print("ready", flush=True)
+        while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
+            if line in ("probes", "hold"):
+                # 10 calls at once, hanging once admitted; "hold": until the process ends
+                tasks = [asyncio.create_task(one("hang")) for _ in range(10)]
+                await asyncio.sleep(0.3)
+                print(sum(t.done() for t in tasks), b._probes_here, flush=True)
+                if line == "probes":
+                    gate.set()
+                    await asyncio.gather(*tasks)
+            else:
+                print(await one(line), b.state.value, " ".join(heard), flush=True)
+        await c.aclose()
+
+    asyncio.run(main())
+""")
+
+
+def start_workers(url, key, n, lease=30.0):
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, key, "x", repr(lease)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=HERE) for _ in range(n)]
+    for p in procs:
+        assert p.stdout.readline() == "ready\n"
+    return procs
+
+
+def ask(p, line):
+    p.stdin.write(line + "\n")
+    p.stdin.flush()
+    return p.stdout.readline().split()
+
+
+def stop(procs):
+    for p in procs:
+        p.communicate("", timeout=30)
+        assert p.returncode == 0
+
+
+def test_failures_over_four_processes_open_it_for_all(server):
+    """Threshold 8: two failures in each of 4 processes, in turn: the 8th opens the breaker;
+    the process that made it hears the transition; the others reject calls once their view is
+    refreshed (max_staleness 0.2 s). After the recovery time, probes: 2 at a time fleet-wide,
+    although all 4 processes try 10 each at once."""
+    procs = start_workers(server.url, fresh(), 4)
+    try:
+        for k in range(8):
+            p = procs[k % 4]
+            got = ask(p, "fail")
+            assert got[:2] == ["failed", "closed" if k < 7 else "open"], (k, got)
+            assert got[2:] == ([] if k < 7 else ["open"])
+        time.sleep(0.25)
+        for p in procs[:3]:
+            assert ask(p, "ok") == ["rejected", "open"]   # no listener there
+        assert ask(procs[3], "ok") == ["rejected", "open", "open"]
+        time.sleep(1.0)
+        for p in procs:
+            p.stdin.write("probes\n")
+            p.stdin.flush()
+        admitted = []
+        for p in procs:
+            done, held = map(int, p.stdout.readline().split())
+            admitted.append(held)
+            assert done == 10 - held   # the others were rejected at once
+        assert sum(admitted) == 2, admitted
+    finally:
+        stop(procs)
+
+
+def test_a_killed_probers_lease_expires(server):
+    """A process holding the only probe slot is killed: the others are rejected until its lease
+    (1 s) expires, then one probe goes."""
+    key = fresh()
+    procs = start_workers(server.url, key, 2, lease=1.0)
+    try:
+        for _ in range(8):
+            assert ask(procs[1], "fail")[0] == "failed"
+        time.sleep(1.05)
+        procs[0].stdin.write("hold\n")
+        procs[0].stdin.flush()
+        assert procs[0].stdout.readline().split()[1] == "2"   # both slots, hanging
+        t0 = time.monotonic()
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        assert ask(procs[1], "ok")[0] == "rejected"
+        while ask(procs[1], "ok")[0] == "rejected":
+            assert time.monotonic() - t0 < 1.5
+            time.sleep(0.05)
+        assert time.monotonic() - t0 >= 0.3   # (it was still held when the kill happened)
+    finally:
+        procs[1].communicate("", timeout=30)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdin.close()
+            p.stdout.close()
+
+
+# ------------------------------------------------------------------ faults
+
+@pytest.mark.asyncio
+async def test_policies_while_the_server_is_down_and_recovery(own_server):
+    loop = asyncio.get_running_loop()
+    async with redis.asyncio.Redis.from_url(own_server.url, socket_connect_timeout=0.2) as c:
+        bs = {p: RedisCircuitBreaker(2, 60, store=RedisBreakerStore(
+            c, "k-" + p, on_error=p, call_timeout=0.3, max_staleness=0, retry_interval=0.2))
+            for p in ("raise", "allow", "deny")}
+        for b in bs.values():
+            assert await b.call(ok) == "ok"
+        own_server.kill()
+        t0 = loop.time()
+        with pytest.raises(RedisUnavailableError) as e:
+            await bs["raise"].call(ok)
+        assert isinstance(e.value.__cause__, (redis.exceptions.ConnectionError, OSError))
+        assert await bs["allow"].call(ok) == "ok"
+        with pytest.raises(Boom):
+            await bs["allow"].call(fail)       # admitted, not recorded
+        with pytest.raises(CircuitUnavailableError, match="could not reach Redis"):
+            await bs["deny"].call(ok)
+        assert loop.time() - t0 < 1.0
+        # within retry_interval the policy applies without asking
+        trips = bs["deny"].stats()["round_trips"]
+        with pytest.raises(CircuitOpenError):
+            await bs["deny"].call(ok)
+        assert bs["deny"].stats()["round_trips"] == trips
+        own_server.start()
+        await asyncio.sleep(0.25)
+        for b in bs.values():
+            assert await b.call(ok) == "ok"
+            with pytest.raises(Boom):
+                await b.call(fail)
+        assert [b.failure_count for b in bs.values()] == [1, 1, 1]
+
+
+@pytest.mark.asyncio
+async def test_server_killed_and_restarted_under_load(own_server):
+    """4 tasks per policy call through their breaker while the server is killed and restarted:
+    every call ends within call_timeout (plus the call's own 10 ms and scheduling), as the
+    policy says; after recovery every breaker admits and records again."""
+    loop = asyncio.get_running_loop()
+    seen = {p: set() for p in ("raise", "allow", "deny")}
+    longest = 0.0
+    stop = False
+
+    async def job():
+        await asyncio.sleep(0.01)
+        return "ok"
+
+    async with redis.asyncio.Redis.from_url(own_server.url, socket_connect_timeout=0.2) as c:
+        bs = {p: RedisCircuitBreaker(50, 60, store=RedisBreakerStore(
+            c, fresh(), on_error=p, call_timeout=0.25, max_staleness=0.05, retry_interval=0.05))
+            for p in seen}
+
+        async def caller(p):
+            nonlocal longest
+            while not stop:
+                t0 = loop.time()
+                try:
+                    await bs[p].call(job)
+                    seen[p].add("ok")
+                except RedisUnavailableError:
+                    seen[p].add("unavailable")
+                except CircuitUnavailableError:
+                    seen[p].add("denied")
+                longest = max(longest, loop.time() - t0)
+                await asyncio.sleep(0.005)
+
+        tasks = [asyncio.create_task(caller(p)) for p in seen for _ in range(4)]
+        await asyncio.sleep(0.3)
+        # in a thread: the test's own waiting for the server must not block the loop (that would
+        # be counted in the callers' times)
+        await asyncio.to_thread(own_server.kill)
+        await asyncio.sleep(0.6)
+        await asyncio.to_thread(own_server.start)
+        await asyncio.sleep(0.6)
+        recovered = {p: b.stats()["successes"] for p, b in bs.items()}
+        await asyncio.sleep(0.3)
+        stop = True
+        await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert seen == {"raise": {"ok", "unavailable"}, "allow": {"ok"}, "deny": {"ok", "denied"}}
+    assert longest <= 0.25 + 0.01 + 0.1
+    assert all(bs[p].stats()["successes"] > recovered[p] for p in seen)
+    assert all(b.state == CLOSED for b in bs.values())
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_does_not_answer(own_server):
+    """The server stopped (SIGSTOP: connected, silent): every call ends within call_timeout,
+    per policy; an outcome that cannot be recorded does not hide the call's result."""
+    loop = asyncio.get_running_loop()
+    async with redis.asyncio.Redis.from_url(own_server.url) as c:
+        raising = RedisCircuitBreaker(3, 60, store=RedisBreakerStore(
+            c, fresh(), call_timeout=0.2, max_staleness=60))
+        allowing = RedisCircuitBreaker(3, 60, store=RedisBreakerStore(
+            c, fresh(), call_timeout=0.2, max_staleness=0, on_error="allow"))
+        assert await raising.call(ok) == "ok" and await allowing.call(ok) == "ok"
+        own_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = loop.time()
+            with pytest.raises(Boom):
+                await raising.call(fail)    # the failure cannot be recorded: Boom all the same
+            assert raising.stats()["store_errors"] == 1
+            with pytest.raises(RedisUnavailableError):
+                await raising.call(ok)      # its view is stale now: asks, times out
+            assert await allowing.call(ok) == "ok"
+            assert loop.time() - t0 < 3 * 0.2 + 0.3
+        finally:
+            own_server.proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.15)
+        assert await raising.call(ok) == "ok"
+        assert await allowing.call(ok) == "ok"
+
+
+@pytest.mark.asyncio
+async def test_acl_user_with_a_password():
+    srv = RedisServer(
+        "user default off",
+        "user alice on >s3cret ~aiofast:cb:* -@all +evalsha +script|load +hmget +hset +pexpire "
+        "+del +zremrangebyscore +zcard +zadd +zrem +time",
+    ).start()
+    try:
+        url = f"redis://127.0.0.1:{srv.port}/0"
+        async with redis.asyncio.Redis.from_url(url, username="alice", password="s3cret") as c:
+            b = RedisCircuitBreaker(1, 0.2, store=RedisBreakerStore(c, fresh(), max_staleness=0))
+            with pytest.raises(Boom):
+                await b.call(fail)
+            with pytest.raises(CircuitOpenError):
+                await b.call(ok)
+            await asyncio.sleep(0.25)
+            assert await b.call(ok) == "ok" and b.state == CLOSED
+        async with redis.asyncio.Redis.from_url(url, username="alice", password="no") as c:
+            b = RedisCircuitBreaker(store=RedisBreakerStore(c, fresh(), on_error="allow"))
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                await b.call(ok)
+    finally:
+        srv.close()
