@@ -119,7 +119,7 @@ typedef struct fa_state {
     PyObject *deque_type;         /* collections.deque */
     PyObject *TimeoutError;       /* builtins.TimeoutError (asyncio.TimeoutError is it on 3.11+) */
 
-    /* the engine's reusable StopIteration for results on 3.12+ (op.c, fa_op_raise_result) */
+    /* the engine's reusable StopIteration for results on 3.12+ (op.c, op_raise_result) */
     PyObject *stopiter;
 
     /* breaker.c */

@@ -410,8 +410,12 @@ stop_swap(PyStopIterationObject *si, PyObject *value)
 }
 #endif
 
-PyObject *
-fa_op_raise_fresh(PyObject *value)
+/* A fresh StopIteration(value) raised (value borrowed), for the Python-level send()/throw(): an
+ * exception that reaches Python code gets a traceback (and so a frame), which the shared
+ * instance must not keep. Built explicitly, so a tuple is not unpacked. Returns the instance
+ * (borrowed: the raised one) or NULL. */
+static PyObject *
+op_raise_fresh(PyObject *value)
 {
     if (value == Py_None) {
         PyErr_SetNone(PyExc_StopIteration);
@@ -425,8 +429,10 @@ fa_op_raise_fresh(PyObject *value)
     return exc;
 }
 
-void
-fa_op_raise_result(fa_state *st, PyObject *value)
+/* Return value (stolen) from tp_iternext: StopIteration(value) raised (nothing for None, the
+ * interpreter's rule), the reusable instance on 3.12+ when nobody else holds it. */
+static void
+op_raise_result(fa_state *st, PyObject *value)
 {
     if (value == Py_None) {
         Py_DECREF(value);  // StopIteration(None) without making one: the interpreter's rule
@@ -440,14 +446,14 @@ fa_op_raise_result(fa_state *st, PyObject *value)
         PyErr_SetRaisedException(exc);
         return;
     }
-    PyObject *fresh = fa_op_raise_fresh(value);
+    PyObject *fresh = op_raise_fresh(value);
     Py_DECREF(value);
     if (fresh != NULL) {
         Py_XSETREF(st->stopiter, Py_NewRef(fresh));  // a busy or altered one is let go
     }
 #else
     (void)st;
-    fa_op_raise_fresh(value);
+    op_raise_fresh(value);
     Py_DECREF(value);
 #endif
 }
@@ -479,10 +485,10 @@ op_iternext(PyObject *self)
     if (r == PYGEN_RETURN) {
         if (FA_LIKELY(res == Py_True || res == Py_False || res == Py_None
                       || (op->kind->flags & FA_OPK_KEEP_RESULT))) {
-            fa_op_raise_result(op->st, res);
+            op_raise_result(op->st, res);
         }
         else {
-            fa_op_raise_fresh(res);
+            op_raise_fresh(res);
             Py_DECREF(res);
         }
     }
@@ -498,7 +504,7 @@ op_result_to_py(PySendResult r, PyObject *res)
         return res;
     }
     if (r == PYGEN_RETURN) {
-        fa_op_raise_fresh(res);
+        op_raise_fresh(res);
         Py_DECREF(res);
     }
     return NULL;

@@ -63,7 +63,7 @@ typedef struct fa_opkind {
     void (*drop)(FaOp *op, int dying);
 } fa_opkind;
 
-/* The engine's reusable StopIteration (fa_op_raise_result) may carry this kind's results, and
+/* The engine's reusable StopIteration (op.c) may carry this kind's results, and
  * so keep the last one alive until the next result: for kinds whose results are held elsewhere
  * anyway and that call fa_op_forget_result when they let a value go. Without it only True and
  * False travel in the reusable one; other results get a fresh StopIteration on 3.12+. */
@@ -385,16 +385,6 @@ PySendResult fa_op_delegate(FaOp *op, PyObject *awaitable, PyObject **res);
 /* Can obj be awaited: a coroutine, an object with __await__, or a generator made by a
  * @types.coroutine function? (Never raises.) */
 int fa_op_awaitable(PyObject *obj);
-
-/* Return value (stolen) from tp_iternext: StopIteration(value) raised (nothing for None, the
- * interpreter's rule), the engine's one reusable instance on 3.12+ when nobody else holds it. */
-void fa_op_raise_result(fa_state *st, PyObject *value);
-
-/* A fresh StopIteration(value) raised (value borrowed), for the Python-level send()/throw(): an
- * exception that reaches Python code gets a traceback (and so a frame), which the shared
- * instance must not keep. Built explicitly, so a tuple is not unpacked. Returns the instance
- * (borrowed: the raised one) or NULL. */
-PyObject *fa_op_raise_fresh(PyObject *value);
 
 /* Let the reusable StopIteration drop the last value it carried (if nobody holds it), for a
  * family that has just removed a value and must not keep it alive. Beware: may release that
