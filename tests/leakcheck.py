@@ -512,14 +512,15 @@ def measure():
             tracemalloc.get_traced_memory()[0], mappings())
 
 
-def main(name, loop_name="asyncio", warmup=400, cycles=400, segments=6):
+def main(name, loop_name="asyncio", warmup=400, cycles=400, segments=10):
     """Warm up, then run `segments` segments of `cycles` cycles, measuring after each. The
     interpreter's own caches settle slowly (seen: 11 KB, 2.4 KB, 1.2 KB, 1.1 KB over successive
     segments under ASan) and allocator effects are steps (a dict growing once); a leak is a
     slope: it shows in every segment. So the smallest growth of the segments after the first is
-    what must be flat. Six segments: under ASan on 3.10 the settling halves segment by segment
-    (seen: about 18 KB, 9 KB, ... with four segments the smallest of the last three was still
-    9 KB), while a leak keeps its size in every one of them."""
+    what must be flat. Ten segments: under ASan on 3.10 the settling is slow (the lock family on
+    uvloop, seen: 35, 30, 20, 12, 14, 8.2 KB, then 3.5, 4.9, 3.1, 3.2, 2.9, 2.7 KB; with six
+    segments the smallest was 8.2 KB in one run of several), while a leak keeps its size in every
+    one of them."""
     fn = SCENARIOS[name]
 
     async def many(k):
