@@ -86,130 +86,139 @@ fa_check_failed(const char *file, int line, const char *func, const char *cond, 
 
 /* Every field from OpType to str_append is an object pointer (module.c traverses them as an
  * array): add new object fields inside that range, and non-object fields after it. */
+/* Every object field of fa_state, in one list: the struct declares them from it and module.c's
+ * traverse and clear visit each by name (X_T: a type, X_O: an object, X_ARRAY: an array of
+ * objects), so a field cannot be declared without being visited and cleared. Each is NULL or a
+ * strong reference. */
+#define FA_STATE_OBJECTS(X_T, X_O, X_ARRAY) \
+    /* types: the lock family (semaphore.c), the awaitable (op.c), its methods (method.c) */ \
+    X_T(OpType) \
+    X_T(SpecialDescrType) \
+    X_T(BoundType) \
+    X_O(WaitersViewType) /* waitview.c: the live _waiters/_getters/_putters view */ \
+    X_O(coro_mark) /* inspect._is_coroutine_mark (3.12+), or NULL */ \
+    X_T(SemaphoreType) \
+    X_T(BoundedSemaphoreType) \
+    X_T(LockType) \
+    X_T(EventType) \
+    /* types: other families (each file fills its own) */ \
+    X_T(QueueType) \
+    X_T(PriorityQueueType) \
+    X_T(LifoQueueType) \
+    X_T(TokenBucketType) \
+    X_T(BreakerType) \
+    X_T(LRUCacheType) \
+    X_T(TTLCacheType) \
+    X_T(MemoType) \
+    X_T(MemoCallType) \
+    X_ARRAY(extra, 16) /* spare slots for families' own objects; see FA_EXTRA_* */ \
+    /* imported from asyncio at exec time */ \
+    X_O(get_running_loop) /* asyncio.events._get_running_loop */ \
+    X_O(CancelledError) \
+    X_O(InvalidStateError) \
+    X_O(QueueEmpty) \
+    X_O(QueueFull) \
+    X_O(QueueShutDown) /* asyncio's on 3.13+, ours before */ \
+    X_O(deque_type) /* collections.deque */ \
+    X_O(TimeoutError) /* builtins.TimeoutError (asyncio.TimeoutError is it on 3.11+) */ \
+    /* the engine's reusable StopIteration for results on 3.12+ (op.c, op_raise_result) */ \
+    X_O(stopiter) \
+    /* breaker.c */ \
+    X_T(BreakerFunctionType) \
+    X_O(CircuitOpenError) \
+    X_O(CircuitState) \
+    X_ARRAY(bk_states, 3) /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */ \
+    /* the cache family (cache.c, memo.c) */ \
+    X_T(CacheIterType) \
+    X_T(CacheKeysType) \
+    X_T(CacheValuesType) \
+    X_T(CacheItemsType) \
+    X_T(CacheTimerType) \
+    X_T(FlightType) \
+    X_O(time_monotonic) /* the original time.monotonic (clock.c) */ \
+    X_O(Mapping) /* collections.abc.Mapping */ \
+    X_O(Set) /* collections.abc.Set */ \
+    X_O(CacheInfo) /* functools._CacheInfo */ \
+    X_O(kwd_mark) /* separates positional from keyword arguments in memo keys */ \
+    X_O(AlruCacheLoopResetWarning) /* alru_cache used from a new event loop */ \
+    X_O(str_popitem) \
+    X_O(str_expire) \
+    X_O(str_missing) /* "__missing__" */ \
+    X_O(str_getsizeof) \
+    X_O(str_restore) \
+    X_O(str_create_task) \
+    X_O(str_exception) \
+    /* tokenbucket.c: the wrapper type of @bucket, and interned names */ \
+    X_T(RateLimitedType) \
+    X_T(SharedTokenBucketType) /* tbshared.c */ \
+    X_O(str_shared) \
+    X_O(str_is_closed) \
+    X_O(str_clock_resolution) \
+    /* shm.c: the error of an unusable shared segment */ \
+    X_O(SharedSegmentError) \
+    /* clock.h / clock.c: what the proof that a loop's time() is asyncio's own compares against \
+     * (BaseEventLoop.time, its code and globals, the time module, its original monotonic) */ \
+    X_O(clk_base_time) /* NULL: never read a loop's time natively */ \
+    X_O(clk_base_code) \
+    X_O(clk_base_globals) \
+    X_O(clk_time_module) \
+    X_O(clk_time_dict) \
+    X_O(str_monotonic) \
+    /* queue.c: unbound C methods it calls directly, a dataclass probe cache, interned names */ \
+    X_O(q_deque_append) /* collections.deque.append (a method descriptor) */ \
+    X_O(q_deque_popleft) /* collections.deque.popleft */ \
+    X_O(q_event_set) /* aiofast Event.set (for Queue._finished) */ \
+    X_O(q_event_clear) /* aiofast Event.clear */ \
+    X_O(q_object_class) /* object.__dict__['__class__'] */ \
+    X_O(q_dc_refs) /* {nfields: code of dataclasses' own generated __lt__} */ \
+    X_O(q_str_init) /* "_init" */ \
+    X_O(q_str_put) /* "_put" */ \
+    X_O(q_str_get) /* "_get" */ \
+    X_O(q_str_full) \
+    X_O(q_str_empty) \
+    X_O(q_str_qsize) \
+    X_O(q_str_put_nowait) \
+    X_O(q_str_get_nowait) \
+    X_O(q_str_format) /* "_format" */ \
+    X_O(q_str_popleft) \
+    X_O(q_str_pop) \
+    X_O(q_str_wait) \
+    X_O(q_str_lt) /* "__lt__" */ \
+    X_O(q_str_class) /* "__class__" */ \
+    X_O(q_str_wakeup_next) /* "_wakeup_next" */ \
+    /* semaphore.c: the helpers asyncio calls through self */ \
+    X_O(str_wake_up_first) /* "_wake_up_first" (Lock) */ \
+    X_O(str_wake_up_next) /* "_wake_up_next" (Semaphore) */ \
+    /* interned method and attribute names */ \
+    X_O(str_create_future) \
+    X_O(str_set_result) \
+    X_O(str_set_exception) \
+    X_O(str_done) \
+    X_O(str_cancelled) \
+    X_O(str_cancel) \
+    X_O(str_result) \
+    X_O(str_await) /* "__await__" */ \
+    X_O(str_call_at) \
+    X_O(str_call_soon) \
+    X_O(str_time) \
+    X_O(str_add_done_callback) \
+    X_O(str_acquire) \
+    X_O(str_release) \
+    X_O(str_locked) \
+    X_O(str_throw) \
+    X_O(str_close) \
+    X_O(str_get_loop) /* "_get_loop" */ \
+    X_O(str_append) \
+    /* end */
+
 typedef struct fa_state {
-    /* types: the lock family (semaphore.c), the awaitable (op.c), its methods (method.c) */
-    PyTypeObject *OpType;
-    PyTypeObject *SpecialDescrType;
-    PyTypeObject *BoundType;
-    PyObject *WaitersViewType;    /* waitview.c: the live _waiters/_getters/_putters view */
-    PyObject *coro_mark;          /* inspect._is_coroutine_mark (3.12+), or NULL */
-    PyTypeObject *SemaphoreType;
-    PyTypeObject *BoundedSemaphoreType;
-    PyTypeObject *LockType;
-    PyTypeObject *EventType;
-    /* types: other families (each file fills its own) */
-    PyTypeObject *QueueType;
-    PyTypeObject *PriorityQueueType;
-    PyTypeObject *LifoQueueType;
-    PyTypeObject *TokenBucketType;
-    PyTypeObject *BreakerType;
-    PyTypeObject *LRUCacheType;
-    PyTypeObject *TTLCacheType;
-    PyTypeObject *MemoType;
-    PyTypeObject *MemoCallType;
-    PyObject *extra[16];          /* spare slots for families' own objects; see FA_EXTRA_* */
-
-    /* imported from asyncio at exec time */
-    PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
-    PyObject *CancelledError;
-    PyObject *InvalidStateError;
-    PyObject *QueueEmpty;
-    PyObject *QueueFull;
-    PyObject *QueueShutDown;      /* asyncio's on 3.13+, ours before */
-    PyObject *deque_type;         /* collections.deque */
-    PyObject *TimeoutError;       /* builtins.TimeoutError (asyncio.TimeoutError is it on 3.11+) */
-
-    /* the engine's reusable StopIteration for results on 3.12+ (op.c, op_raise_result) */
-    PyObject *stopiter;
-
-    /* breaker.c */
-    PyTypeObject *BreakerFunctionType;
-    PyObject *CircuitOpenError;
-    PyObject *CircuitState;
-    PyObject *bk_states[3];       /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */
-    /* the cache family (cache.c, memo.c) */
-    PyTypeObject *CacheIterType;
-    PyTypeObject *CacheKeysType;
-    PyTypeObject *CacheValuesType;
-    PyTypeObject *CacheItemsType;
-    PyTypeObject *CacheTimerType;
-    PyTypeObject *FlightType;
-    PyObject *time_monotonic;     /* the original time.monotonic (clock.c) */
-    PyObject *Mapping;            /* collections.abc.Mapping */
-    PyObject *Set;                /* collections.abc.Set */
-    PyObject *CacheInfo;          /* functools._CacheInfo */
-    PyObject *kwd_mark;           /* separates positional from keyword arguments in memo keys */
-    PyObject *AlruCacheLoopResetWarning;  /* alru_cache used from a new event loop */
-    PyObject *str_popitem;
-    PyObject *str_expire;
-    PyObject *str_missing;        /* "__missing__" */
-    PyObject *str_getsizeof;
-    PyObject *str_restore;
-    PyObject *str_create_task;
-    PyObject *str_exception;
-    /* tokenbucket.c: the wrapper type of @bucket, and interned names */
-    PyTypeObject *RateLimitedType;
-    PyTypeObject *SharedTokenBucketType;  /* tbshared.c */
-    PyObject *str_shared;
-    PyObject *str_is_closed;
-    PyObject *str_clock_resolution;
-    /* shm.c: the error of an unusable shared segment */
-    PyObject *SharedSegmentError;
-    /* clock.h / clock.c: what the proof that a loop's time() is asyncio's own compares against
-     * (BaseEventLoop.time, its code and globals, the time module, its original monotonic) */
-    PyObject *clk_base_time;      /* NULL: never read a loop's time natively */
-    PyObject *clk_base_code;
-    PyObject *clk_base_globals;
-    PyObject *clk_time_module;
-    PyObject *clk_time_dict;
-    PyObject *str_monotonic;
-
-    /* queue.c: unbound C methods it calls directly, a dataclass probe cache, interned names */
-    PyObject *q_deque_append;     /* collections.deque.append (a method descriptor) */
-    PyObject *q_deque_popleft;    /* collections.deque.popleft */
-    PyObject *q_event_set;        /* aiofast Event.set (for Queue._finished) */
-    PyObject *q_event_clear;      /* aiofast Event.clear */
-    PyObject *q_object_class;     /* object.__dict__['__class__'] */
-    PyObject *q_dc_refs;          /* {nfields: code of dataclasses' own generated __lt__} */
-    PyObject *q_str_init;         /* "_init" */
-    PyObject *q_str_put;          /* "_put" */
-    PyObject *q_str_get;          /* "_get" */
-    PyObject *q_str_full;
-    PyObject *q_str_empty;
-    PyObject *q_str_qsize;
-    PyObject *q_str_put_nowait;
-    PyObject *q_str_get_nowait;
-    PyObject *q_str_format;       /* "_format" */
-    PyObject *q_str_popleft;
-    PyObject *q_str_pop;
-    PyObject *q_str_wait;
-    PyObject *q_str_lt;           /* "__lt__" */
-    PyObject *q_str_class;        /* "__class__" */
-    PyObject *q_str_wakeup_next;  /* "_wakeup_next" */
-    /* semaphore.c: the helpers asyncio calls through self */
-    PyObject *str_wake_up_first;  /* "_wake_up_first" (Lock) */
-    PyObject *str_wake_up_next;   /* "_wake_up_next" (Semaphore) */
-
-    /* interned method and attribute names */
-    PyObject *str_create_future;
-    PyObject *str_set_result;
-    PyObject *str_set_exception;
-    PyObject *str_done;
-    PyObject *str_cancelled;
-    PyObject *str_cancel;
-    PyObject *str_result;
-    PyObject *str_await;          /* "__await__" */
-    PyObject *str_call_at;
-    PyObject *str_call_soon;
-    PyObject *str_time;
-    PyObject *str_add_done_callback;
-    PyObject *str_acquire;
-    PyObject *str_release;
-    PyObject *str_locked;
-    PyObject *str_throw;
-    PyObject *str_close;
-    PyObject *str_get_loop;       /* "_get_loop" */
-    PyObject *str_append;
+#define FA_DECLARE_T(name) PyTypeObject *name;
+#define FA_DECLARE_O(name) PyObject *name;
+#define FA_DECLARE_ARRAY(name, n) PyObject *name[n];
+    FA_STATE_OBJECTS(FA_DECLARE_T, FA_DECLARE_O, FA_DECLARE_ARRAY)
+#undef FA_DECLARE_T
+#undef FA_DECLARE_O
+#undef FA_DECLARE_ARRAY
 
     /* non-object fields (not traversed) */
     /* clock.h: <= 3.11, asyncio's _get_running_loop() calls getpid(), a system call, every

@@ -1,24 +1,17 @@
 /*
  * module.c: aiofast._core. Multi-phase init; the module state (fa_state) is filled here and by
- * each family's fa_<family>_init, in order. Also the helpers shared by every family: type
- * creation and StopIteration (argument parsing is in args.c).
+ * each family's fa_<family>_init, in order. Also type creation, shared by every family
+ * (argument parsing is in args.c, the StopIteration of results in op.c).
  *
- * Invariant: every PyObject * field of fa_state is either NULL or a strong reference, visited by
- * module_traverse and released by module_clear.
+ * Invariant: every object field of fa_state is either NULL or a strong reference, visited by
+ * module_traverse and released by module_clear, each by name (aiofast.h's FA_STATE_OBJECTS
+ * list declares them, so none can be left out).
  */
 #include "aiofast.h"
 #include "loop.h"
 #include "clock.h"
 #include "shm.h"
 
-#define FA_STATE_NOBJ ((offsetof(fa_state, str_append) - offsetof(fa_state, OpType)) \
-                       / sizeof(PyObject *) + 1)
-
-static PyObject **
-state_objs(fa_state *st)
-{
-    return (PyObject **)&st->OpType;
-}
 
 static struct PyModuleDef module_def;
 
@@ -129,10 +122,16 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     if (st == NULL) {
         return 0;
     }
-    PyObject **objs = state_objs(st);
-    for (size_t i = 0; i < FA_STATE_NOBJ; i++) {
-        Py_VISIT(objs[i]);
+#define VISIT_T(name) Py_VISIT(st->name);
+#define VISIT_O(name) Py_VISIT(st->name);
+#define VISIT_ARRAY(name, n) \
+    for (size_t i_ = 0; i_ < (n); i_++) { \
+        Py_VISIT(st->name[i_]); \
     }
+    FA_STATE_OBJECTS(VISIT_T, VISIT_O, VISIT_ARRAY)
+#undef VISIT_T
+#undef VISIT_O
+#undef VISIT_ARRAY
     return 0;
 }
 
@@ -144,10 +143,16 @@ module_clear(PyObject *mod)
         return 0;
     }
     fa_clock_clear(st);
-    PyObject **objs = state_objs(st);
-    for (size_t i = 0; i < FA_STATE_NOBJ; i++) {
-        Py_CLEAR(objs[i]);
+#define CLEAR_T(name) Py_CLEAR(st->name);
+#define CLEAR_O(name) Py_CLEAR(st->name);
+#define CLEAR_ARRAY(name, n) \
+    for (size_t i_ = 0; i_ < (n); i_++) { \
+        Py_CLEAR(st->name[i_]); \
     }
+    FA_STATE_OBJECTS(CLEAR_T, CLEAR_O, CLEAR_ARRAY)
+#undef CLEAR_T
+#undef CLEAR_O
+#undef CLEAR_ARRAY
     return 0;
 }
 
