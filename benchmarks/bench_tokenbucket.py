@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path
 import aiolimiter  # noqa: E402
 
 from aiofast import AsyncLimiter, TokenBucket  # noqa: E402
+from benchmarks.probe.build import load as load_probe  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     Case, _loops, async_variant, header, run_cases, sync_variant, write_json)
 
@@ -44,6 +45,16 @@ async def tb_acquire(n):
     t = time.perf_counter()
     for _ in range(n):
         await b.acquire()
+    return time.perf_counter() - t
+
+
+async def floor_acquire(n):
+    # the floor of any rate limiter's uncontended acquire on a C type: a C method that reads
+    # CLOCK_MONOTONIC and returns an already-done awaitable (benchmarks/probe/emptycm.c)
+    b = load_probe().EmptyCM()
+    t = time.perf_counter()
+    for _ in range(n):
+        await b.acquire_clock()
     return time.perf_counter() - t
 
 
@@ -144,10 +155,14 @@ def cases(quick=False):
     for loop in ("asyncio", "uvloop"):
         out.append(Case("await acquire(), tokens available",
                         {"aiofast": async_variant(loop, tb_acquire),
-                         "aiolimiter": async_variant(loop, al_acquire)}, n, loop=loop))
+                         "aiolimiter": async_variant(loop, al_acquire),
+                         "empty C awaitable + clock": async_variant(loop, floor_acquire)},
+                        n, loop=loop))
         out.append(Case("AsyncLimiter: await acquire()",
                         {"aiofast": async_variant(loop, compat_acquire),
-                         "aiolimiter": async_variant(loop, al_acquire)}, n, loop=loop))
+                         "aiolimiter": async_variant(loop, al_acquire),
+                         "empty C awaitable + clock": async_variant(loop, floor_acquire)},
+                        n, loop=loop))
         out.append(Case("async with bucket",
                         {"aiofast": async_variant(loop, tb_async_with),
                          "aiolimiter": async_variant(loop, al_async_with)}, n, loop=loop))

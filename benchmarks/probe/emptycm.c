@@ -4,7 +4,11 @@
  * EmptyCM.__aenter__/__aexit__ return one pre-built awaitable that is already done (am_send
  * returns PYGEN_RETURN None, tp_iternext returns NULL without an exception). Nothing in aiofast
  * uses this; it measures what the interpreter itself charges for `async with` on a C type.
+ * The floors of the awaitable methods: `await cm.acquire()` (a C method returning that done
+ * awaitable), `await cm.acquire_clock()` (the same after one CLOCK_MONOTONIC read, what any rate
+ * limiter's acquire must do) and `cm.release()` (a C method call that does nothing).
  */
+#include <time.h>
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -56,7 +60,30 @@ static void cm_dealloc(PyObject *self)
     Py_XDECREF(((EmptyCMObject *)self)->done);
     Py_TYPE(self)->tp_free(self);
 }
+static PyObject *cm_ready(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(((EmptyCMObject *)self)->done);
+}
+static PyObject *cm_ready_clock(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0 || ts.tv_sec < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    return Py_NewRef(((EmptyCMObject *)self)->done);
+}
+static PyObject *cm_noop(PyObject *self, PyObject *unused)
+{
+    (void)self; (void)unused;
+    Py_RETURN_NONE;
+}
 static PyMethodDef cm_methods[] = {
+    {"acquire", cm_ready, METH_NOARGS, NULL},
+    {"acquire_clock", cm_ready_clock, METH_NOARGS, NULL},
+    {"release", cm_noop, METH_NOARGS, NULL},
     {"__aenter__", cm_aenter, METH_NOARGS, NULL},
     {"__aexit__", (PyCFunction)(void (*)(void))cm_aexit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
