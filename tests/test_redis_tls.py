@@ -17,7 +17,6 @@ timing logic itself is tested on virtual time in test_redis.py and test_redis_br
 """
 import asyncio
 import math
-import ssl
 import tempfile
 import uuid
 
@@ -126,9 +125,11 @@ async def test_bucket_lease_over_tls(tls_server, multiplex):
 async def test_concurrent_callers_over_tls(tls_server, multiplex):
     """Many calls in flight on one TLS connection: each reply goes to its caller."""
     async with tls_client(tls_server) as c:
-        b = RedisTokenBucket(c, fresh(), 20, per=86400, capacity=20, multiplex=multiplex)
-        got = await asyncio.gather(*(b.try_acquire() for _ in range(60)))
-        assert got.count(True) == 20
+        # (without multiplexing, redis-py opens a connection per caller in flight: a TLS
+        # handshake each, which a burst far larger would make slower than call_timeout)
+        b = RedisTokenBucket(c, fresh(), 10, per=86400, capacity=10, multiplex=multiplex)
+        got = await asyncio.gather(*(b.try_acquire() for _ in range(20)))
+        assert got.count(True) == 10
         assert await b.tokens() < 1
         if multiplex:
             assert_on_tls(b)
@@ -211,7 +212,7 @@ async def test_untrusted_server_certificate(tls_server, other_ca, multiplex):
     async with tls_client(tls_server, ssl_ca_certs=other_ca) as c:
         with pytest.raises(redis.exceptions.ConnectionError) as e:
             await c.ping()
-        assert isinstance(e.value.__cause__, ssl.SSLCertVerificationError)
+        assert "certificate verify failed" in str(e.value)
 
 
 @pytest.mark.asyncio
