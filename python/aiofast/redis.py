@@ -422,6 +422,8 @@ class _Links:
         task = self.connecting
         if task is None or task.get_loop() is not loop:
             task = self.connecting = loop.create_task(self._connect(loop))
+            # its error goes to the callers still waiting; if they all gave up, to nobody
+            task.add_done_callback(_seen)
         return await asyncio.shield(task)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Link:
@@ -444,6 +446,11 @@ class _Links:
             await conn.connect()
         self.link = link = _Link(loop, self.pool, conn)
         return link
+
+
+def _seen(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 _links: weakref.WeakKeyDictionary[Any, _Links | None] = weakref.WeakKeyDictionary()
