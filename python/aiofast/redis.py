@@ -402,7 +402,6 @@ class _Links:
     def __init__(self, client: Any) -> None:
         self.pool = client.connection_pool
         self.link: _Link | None = None
-        self.connecting: asyncio.Task[_Link] | None = None
 
     @staticmethod
     def usable(client: Any) -> bool:
@@ -413,27 +412,9 @@ class _Links:
         return str(pool.connection_kwargs.get("protocol") or 2) == "2"
 
     async def get(self) -> _Link:
-        """The live link, or a new one. Callers that find none share one attempt to connect (a
-        task of its own: a caller that times out or is cancelled leaves it to the others).
-        Beware: one attempt per caller instead made a burst of callers on a cold client open as
-        many connections, all but one given back at once; over TLS, each is a handshake, and
-        sixty of them at once took longer than the default call_timeout."""
+        """The live link, or a new one (callers that find none connect each on their own: the
+        first to finish installs its link, the others give their connection back)."""
         loop = asyncio.get_running_loop()
-        task = self.connecting
-        if task is None or task.get_loop() is not loop:
-            task = self.connecting = loop.create_task(self._connect(loop))
-            # its error goes to the callers still waiting; if they all gave up, to nobody
-            task.add_done_callback(_seen)
-        return await asyncio.shield(task)
-
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Link:
-        try:
-            return await self._open(loop)
-        finally:
-            if self.connecting is asyncio.current_task():
-                self.connecting = None
-
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Link:
         try:
             conn = await self.pool.get_connection()
         except TypeError:  # redis-py before 5.3 wants a command name
@@ -446,11 +427,6 @@ class _Links:
             await conn.connect()
         self.link = link = _Link(loop, self.pool, conn)
         return link
-
-
-def _seen(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 _links: weakref.WeakKeyDictionary[Any, _Links | None] = weakref.WeakKeyDictionary()
