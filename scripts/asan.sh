@@ -16,6 +16,11 @@
 # The fuzzers run with the "small" hypothesis profile here (HYPOTHESIS_PROFILE overrides it; the
 # plain suite, the debug build and local hunts run more examples, see tests/conftest.py).
 set -euo pipefail
+# The Redis client's tests (pure Python against a real redis-server, in real time) are left to
+# the release and debug runs: under the sanitizer's slowdown their real-time bounds do not hold
+# (3.10: three failed and a uvloop loop.close() hung), and the C code they reach is the
+# families', which the rest of the suite runs here.
+ASAN_IGNORE=(--ignore=test_redis.py --ignore=test_redis_breaker.py --ignore=test_redis_tls.py)
 cd "$(dirname "$0")/.."
 . scripts/_pythons.sh
 split_args "$@"
@@ -43,7 +48,7 @@ for v in "${VERSIONS[@]}"; do
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$logs/asan:${ASAN_OPTIONS_EXTRA:-}" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
     HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-small}" \
-        run_suite "$FLAVOUR_PY" "${PYTEST_ARGS[@]}" || rc=$?
+        run_suite "$FLAVOUR_PY" "${ASAN_IGNORE[@]}" "${PYTEST_ARGS[@]}" || rc=$?
     if compgen -G "$logs/*" >/dev/null; then
         echo "=== ASan+UBSan, Python $v: SANITIZER REPORTS:"
         for f in "$logs"/*; do echo "--- $f"; cat "$f"; done
