@@ -69,8 +69,9 @@ md_call_keywords(FaMethod *d, PyObject *self, PyObject *const *args, Py_ssize_t 
             return NULL;
         }
     }
-    if (fa_bind_slow(PyUnicode_AsUTF8(d->qualname), names, n, d->posonly, args, nargs, kwnames,
-                     bound) < 0) {
+    const char *qualname = PyUnicode_AsUTF8(d->qualname);
+    if (qualname == NULL
+        || fa_bind_slow(qualname, names, n, d->posonly, args, nargs, kwnames, bound) < 0) {
         return NULL;
     }
     if (d->flags == METH_O) {

@@ -28,6 +28,7 @@ from aiofast import CircuitOpenError, CircuitState
 from aiofast.redis import RedisBreakerStore, RedisCircuitBreaker, RedisTokenBucket, \
     RedisUnavailableError
 from redis_server import RedisServer, make_ca
+from test_redis_breaker import Boom, fail, ok  # the guarded functions of the breaker tests
 
 CLOSED, OPEN = CircuitState.CLOSED, CircuitState.OPEN
 POLICIES = ("raise", "allow", "deny")
@@ -37,16 +38,6 @@ def fresh():
     return "tls-" + uuid.uuid4().hex
 
 
-class Boom(Exception):
-    pass
-
-
-async def fail():
-    raise Boom
-
-
-async def ok():
-    return "ok"
 
 
 @pytest.fixture(scope="module")
