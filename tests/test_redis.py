@@ -25,7 +25,7 @@ import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiofast.redis import _SCRIPTS, RedisTokenBucket, RedisUnavailableError
+from aiofast.redis import _SCRIPTS, RedisTokenBucket, _bounded, RedisUnavailableError
 from redis_server import RedisServer, loop_clock_as_server_clock
 
 VT = pytest.mark.asyncio(loop_factories=["virtual-asyncio", "virtual-uvloop"])
@@ -677,6 +677,55 @@ async def test_acl_user_with_a_password(acl_server):
         b = RedisTokenBucket(c, fresh(), 1, on_error="allow")
         with pytest.raises(redis.exceptions.AuthenticationError):
             await b.try_acquire()
+
+
+# A call that drops its cancellation: redis-py can (on 3.10 and 3.11 it writes through
+# asyncio.wait_for, which returns the inner result and drops the cancellation when the two meet in
+# one turn of the loop), then goes on retrying through its backoff. call_timeout still holds.
+
+async def _stubborn(loop, ended):
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        pass                       # dropped
+    await asyncio.sleep(5)         # a retry's backoff
+    ended.set_result(loop.time())
+    return "late"
+
+
+@VT
+async def test_call_timeout_holds_when_the_call_drops_its_cancellation():
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    t0 = loop.time()
+    with pytest.raises(asyncio.TimeoutError):
+        await _bounded(_stubborn(loop, ended), 0.25)
+    assert loop.time() == t0 + 0.25
+    # the call is left to end on its own, its outcome taken by nobody (and not logged)
+    assert await ended == t0 + 5.25
+    # one that ends in time gives its result, or raises its error
+    assert await _bounded(asyncio.sleep(0.1, "soon"), 0.25) == "soon"
+    with pytest.raises(KeyError):
+        await _bounded(_raises_later(KeyError("k")), 0.25)
+
+
+async def _raises_later(exc):
+    await asyncio.sleep(0.1)
+    raise exc
+
+
+@VT
+async def test_call_timeout_caller_cancelled_while_waiting():
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    caller = asyncio.ensure_future(_bounded(_stubborn(loop, ended), 1.0))
+    await asyncio.sleep(0.5)
+    t0 = loop.time()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert loop.time() == t0       # at once, not when the call ends
+    assert await ended == t0 + 5
 
 
 # ------------------------------------------------------------------ across processes

@@ -174,10 +174,47 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     _rexc.AuthenticationError, _rexc.AuthorizationError,
 )
 
-if sys.version_info >= (3, 11):
-    _timeout = asyncio.timeout
-else:  # redis-py depends on async_timeout there
-    from async_timeout import timeout as _timeout
+
+
+def _discard(task: asyncio.Task[Any]) -> None:
+    """Done callback of a call left behind at its bound: its outcome is nobody's now (taken, so
+    that asyncio does not log it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _bounded(aw: Awaitable[_T], bound: float) -> _T:
+    """``await aw``, for at most ``bound`` seconds whatever it does with a cancellation; past
+    that, TimeoutError at once.
+
+    A timeout that cancels the awaiting task (asyncio.timeout, async_timeout) ends only when the
+    code it cancels lets the cancellation through, and redis-py does not always: on Python 3.10
+    and 3.11 it writes through asyncio.wait_for, which returns the inner result and drops the
+    cancellation when the two meet in one turn of the loop; redis-py's retry loop then goes on,
+    through its backoff, for seconds. So the call runs in a task of its own: at the bound it is
+    cancelled and left to end on its own, and the caller does not wait for it. A caller
+    cancelled while waiting cancels it the same way."""
+    task = asyncio.ensure_future(aw)
+    loop = task.get_loop()
+    waiter = loop.create_future()
+
+    def wake(_: Any) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(bound, wake, None)
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        if not task.done():
+            task.remove_done_callback(wake)
+            task.cancel()
+            task.add_done_callback(_discard)
+    if task.done():
+        return task.result()
+    raise asyncio.TimeoutError
 
 
 # ---------------------------------------------------------------------- the multiplexed link
@@ -534,8 +571,7 @@ class _Scripted:
         if bound is None:
             return await self._run(name, args)
         try:
-            async with _timeout(bound):
-                return await self._run(name, args)
+            return await _bounded(self._run(name, args), bound)
         except asyncio.TimeoutError:
             # a server that does not answer in time is not trusted with the next call: drop
             # the shared connection (its callers see a ConnectionError; the next call
@@ -897,8 +933,7 @@ class RedisTokenBucket(_Scripted):
             if self._call_timeout is None:
                 await self._client.delete(self._key)
             else:
-                async with _timeout(self._call_timeout):
-                    await self._client.delete(self._key)
+                await _bounded(self._client.delete(self._key), self._call_timeout)
         except Exception as exc:  # noqa: BLE001 (sorted by _failed)
             self._failed(exc)
 
