@@ -4,6 +4,11 @@ the same process, interleaved by the harness (A B A B ...), on both loops.
 Run (with the venv that has this tree's build installed; JSON only with --save, as for every
 benchmark):
     python -m benchmarks.compare_builds main locks queue     # REV, then which bench files
+    python -m benchmarks.compare_builds main tokenbucket --peers --case acquire
+
+--peers keeps each case's other variants (asyncio, the peer, the floors) in the same rounds, so
+the ratios against them of both builds come from one run; --case SUBSTR keeps only the cases
+whose name contains SUBSTR (repeatable).
 
 The other revision is exported with `git archive`, built with this interpreter into a temporary
 directory, and imported under the package name ``aiofast_old`` (its extension keeps its own
@@ -46,8 +51,9 @@ def build_old(rev, where):
     return where
 
 
-def paired_cases(bench, old):
-    """bench.cases() built once with each build, paired case by case."""
+def paired_cases(bench, old, peers=False, only=()):
+    """bench.cases() built once with each build, paired case by case (with the case's other
+    variants too if peers; only the cases whose name contains one of only, if given)."""
     import aiofast
 
     new_cases = bench.cases()
@@ -59,22 +65,33 @@ def paired_cases(bench, old):
     out = []
     for n, o in zip(new_cases, old_cases):
         assert n.name == o.name and n.loop == o.loop
-        out.append(Case(n.name, {"aiofast": n.variants["aiofast"],
-                                 "old build": o.variants["aiofast"]}, n.n, n.loop))
+        if only and not any(k in n.name for k in only):
+            continue
+        variants = {"aiofast": n.variants["aiofast"], "old build": o.variants["aiofast"]}
+        if peers:
+            variants.update((k, v) for k, v in n.variants.items() if k != "aiofast")
+        out.append(Case(n.name, variants, n.n, n.loop))
     return out
 
 
-def main(rev, names, save=False):
+def main(rev, names, save=False, peers=False, only=()):
     save_to_repo(save)
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, build_old(rev, tmp))
         old = importlib.import_module("aiofast_old")
         for name in names:
             bench = importlib.import_module(f"benchmarks.bench_{name}")
-            run_cases(paired_cases(bench, old), 7, f"compare-{name}",
+            run_cases(paired_cases(bench, old, peers, only), 7, f"compare-{name}",
                       f"{bench.TITLE}: this build against {rev}")
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--save"]
-    main(args[0], args[1:] or ["locks", "queue"], save="--save" in sys.argv)
+    argv, args, only = sys.argv[1:], [], []
+    while argv:
+        a = argv.pop(0)
+        if a == "--case":
+            only.append(argv.pop(0))
+        elif a not in ("--save", "--peers"):
+            args.append(a)
+    main(args[0], args[1:] or ["locks", "queue"], save="--save" in sys.argv,
+         peers="--peers" in sys.argv, only=tuple(only))

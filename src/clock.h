@@ -151,11 +151,11 @@ fa_loop_proven(fa_state *st, PyObject *loop)
 #if FA_INLINE_VALUES
     /* an instance store may not have told the dict's watchers: look for `time` itself (a str
      * key in a str-keyed dict: no Python code; anything else answers "prove it again") */
-    if (PyDict_GetItemWithError(d, st->str_time) != NULL) {
-        return 0;
-    }
-    if (FA_UNLIKELY(PyErr_Occurred())) {
-        PyErr_Clear();
+    int has = PyDict_Contains(d, st->str_time);  // answers without a look at the error state
+    if (FA_UNLIKELY(has != 0)) {
+        if (has < 0) {
+            PyErr_Clear();
+        }
         return 0;
     }
     return kind;
