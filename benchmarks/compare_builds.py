@@ -5,6 +5,7 @@ Run (with the venv that has this tree's build installed; JSON only with --save, 
 benchmark):
     python -m benchmarks.compare_builds main locks queue     # REV, then which bench files
     python -m benchmarks.compare_builds main tokenbucket --peers --case acquire
+    python -m benchmarks.compare_builds DIR locks   # DIR: a source tree instead of a revision
 
 --peers keeps each case's other variants (asyncio, the peer, the floors) in the same rounds, so
 the ratios against them of both builds come from one run; --case SUBSTR keeps only the cases
@@ -31,14 +32,18 @@ from benchmarks.harness import Case, run_cases, save_to_repo  # noqa: E402
 
 
 def build_old(rev, where):
-    """Build aiofast at git revision rev into where/aiofast_old; return that directory."""
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    """Build aiofast at git revision rev (or from the source tree at path rev) into
+    where/aiofast_old; return that directory."""
     src = os.path.join(where, "src")
-    os.makedirs(src)
-    archive = subprocess.run(["git", "archive", rev], cwd=root, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    if os.path.isdir(rev):  # a source tree (e.g. `git archive main` unpacked where git is not)
+        shutil.copytree(rev, src)
+    else:
+        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        os.makedirs(src)
+        archive = subprocess.run(["git", "archive", rev], cwd=root, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
     lib = os.path.join(where, "lib")
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", lib,
                     "--build-temp", os.path.join(where, "tmp")], cwd=src, check=True,
