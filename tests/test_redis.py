@@ -889,6 +889,28 @@ async def test_concurrent_callers_on_either_path(server, multiplex):
 
 
 @pytest.mark.asyncio
+async def test_a_burst_of_first_calls_opens_one_connection(server, sync):
+    """50 callers that find no connection (at start, or after an outage) share one attempt to
+    connect: one connection opened, none left behind; a caller that gives up (cancelled)
+    does not stop the attempt for the others."""
+    before = sync.info("clients")["connected_clients"]
+    async with Client(server.url) as c:
+        buckets = [RedisTokenBucket(c, fresh(), 1, per=1000, capacity=1) for _ in range(50)]
+        calls = [asyncio.ensure_future(b.try_acquire()) for b in buckets]
+        await asyncio.sleep(0)            # every call is waiting for the connection
+        calls[0].cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(done[0], asyncio.CancelledError)
+        assert done[1:] == [True] * 49
+        assert sync.info("clients")["connected_clients"] == before + 1
+        assert len(c.connection_pool._in_use_connections) == 1   # the link's, and only it
+        # the link lost: the next burst makes one new connection again
+        buckets[1]._links.link.close(ConnectionError("dropped by the test"))
+        assert [await b.try_acquire() for b in buckets[1:3]] == [False, False]
+        assert len(c.connection_pool._in_use_connections) == 1
+
+
+@pytest.mark.asyncio
 async def test_client_close_closes_the_shared_connection(server, sync):
     """The client's aclose() closes the bucket's connection too (its pool disconnects the
     connections in use); a call after that takes a new one."""

@@ -434,11 +434,13 @@ class _LinkProtocol(asyncio.Protocol):
 
 
 class _Links:
-    """The link of one client on the running loop, (re)connected on demand."""
+    """The link of one client on the running loop, (re)connected on demand: one attempt at a
+    time, shared by every caller that finds no live link."""
 
     def __init__(self, client: Any) -> None:
         self.pool = client.connection_pool
         self.link: _Link | None = None
+        self.connecting: _Attempt | None = None
 
     @staticmethod
     def usable(client: Any) -> bool:
@@ -449,21 +451,64 @@ class _Links:
         return str(pool.connection_kwargs.get("protocol") or 2) == "2"
 
     async def get(self) -> _Link:
-        """The live link, or a new one (callers that find none connect each on their own: the
-        first to finish installs its link, the others give their connection back)."""
+        """The live link, or the one being made. Callers that find none wait for one attempt,
+        shielded (a caller that gives up, at its bound or cancelled, does not stop it for the
+        others), so a burst of calls at start or after an outage opens one connection, not one
+        each. When the last caller waiting for an attempt gives up, the attempt is cancelled
+        and forgotten: a later call starts afresh (the server may be back by then) rather than
+        wait for one begun while it was down. An attempt that fails fails every caller waiting
+        for it."""
         loop = asyncio.get_running_loop()
-        try:
-            conn = await self.pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants a command name
-            conn = await self.pool.get_connection("EVALSHA")
         link = self.link
         if link is not None and link.lost is None and link.loop is loop:
-            await self.pool.release(conn)
             return link
-        if getattr(conn, "_writer", None) is None or getattr(conn, "_reader", None) is None:
-            await conn.connect()
-        self.link = link = _Link(loop, self.pool, conn)
-        return link
+        attempt = self.connecting
+        if attempt is None or attempt.task.done() or attempt.task.get_loop() is not loop:
+            attempt = self.connecting = _Attempt(loop.create_task(self._connect(loop)))
+        attempt.waiting += 1
+        try:
+            return await asyncio.shield(attempt.task)
+        finally:
+            attempt.waiting -= 1
+            if attempt.waiting == 0 and not attempt.task.done():
+                attempt.task.cancel()
+                if self.connecting is attempt:
+                    self.connecting = None
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Link:
+        me = asyncio.current_task()
+        try:
+            try:
+                conn = await self.pool.get_connection()
+            except TypeError:  # redis-py before 5.3 wants a command name
+                conn = await self.pool.get_connection("EVALSHA")
+            try:
+                if getattr(conn, "_writer", None) is None or getattr(conn, "_reader", None) is None:
+                    await conn.connect()
+                link = self.link
+                if link is not None and link.lost is None and link.loop is loop:
+                    # an attempt given up on (its cancellation dropped) ended after a newer one
+                    await self.pool.release(conn)
+                    return link
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+            self.link = link = _Link(loop, self.pool, conn)
+            return link
+        finally:
+            if self.connecting is not None and self.connecting.task is me:
+                self.connecting = None
+
+
+class _Attempt:
+    """One attempt to connect a link, and how many callers wait for it."""
+
+    __slots__ = ("task", "waiting")
+
+    def __init__(self, task: asyncio.Task[_Link]) -> None:
+        self.task = task
+        self.waiting = 0
+        task.add_done_callback(_discard)  # its outcome taken even when every caller gave up
 
 
 _links: weakref.WeakKeyDictionary[Any, _Links | None] = weakref.WeakKeyDictionary()
