@@ -1,10 +1,13 @@
 """aiofast.redis.RedisCircuitBreaker with its state in a RedisBreakerStore, on a real
 redis-server (tests/redis_server.py, one per session; a missing redis-server fails these tests).
+It is made directly or by aiofast.CircuitBreaker(..., store=RedisBreakerStore(...)) (the
+store's make_breaker): both ways are tested, with the same arguments and errors.
 
 - On virtual time (the server's clock injected from the loop's), on asyncio's loop and uvloop:
   the same outcomes give the same states as aiofast.CircuitBreaker (the oracle), two processes'
   worth of breakers on one key (a transition made by one, seen by the other within
-  max_staleness), probes bounded, a dead probe's lease expiring, round trips counted.
+  max_staleness), probes bounded, a dead probe's lease expiring, round trips counted; plain
+  functions through `await breaker.call(fn)` as async ones.
 - On real time and real processes: failures spread over 4 processes open the breaker for all
   of them at the shared threshold; half-open probes bounded fleet-wide; a killed prober's lease
   expires; the server killed, stopped (not answering) and restarted: each policy honoured, no
