@@ -2346,25 +2346,28 @@ bk_from_store(PyTypeObject *tp, fa_state *st, PyObject *args, PyObject *kwargs,
                      store);
         return NULL;
     }
-    /* Beware: a store's attribute lookup and its make_breaker() run Python code: nothing is
-     * allocated here yet but the keyword copy, which is ours alone */
-    PyObject *make = PyObject_GetAttrString(store, "make_breaker");  // new ref
+    /* Beware: the store's attribute lookup and its make_breaker() run Python code; we hold
+     * the store (its only other holder is the caller's keyword dict) and a copy of our own */
+    PyObject *make = NULL, *kw = NULL, *r = NULL;
+    Py_INCREF(store);
+    make = PyObject_GetAttrString(store, "make_breaker");  // new ref
     if (make == NULL) {
         if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError, BK_STORE_WANTED "%.100s", Py_TYPE(store)->tp_name);
         }
-        return NULL;
+        goto done;
     }
-#undef BK_STORE_WANTED
-    PyObject *kw = PyDict_Copy(kwargs);  // new ref (store= is a keyword: kwargs is a dict)
-    PyObject *r = NULL;
+    kw = PyDict_Copy(kwargs);  // new ref (store= is a keyword: kwargs is a dict)
     if (kw != NULL && bk_dict_discard(kw, "store") == 0 && bk_dict_discard(kw, "shared") == 0
         && bk_dict_discard(kw, "_testing") == 0) {
-        r = PyObject_Call(make, args, kw);
+        r = PyObject_Call(make, args, kw);  // new ref
     }
+done:
     Py_XDECREF(kw);
-    Py_DECREF(make);
+    Py_XDECREF(make);
+    Py_DECREF(store);
+#undef BK_STORE_WANTED
     return r;
 }
 
