@@ -4,6 +4,12 @@ the same process, interleaved by the harness (A B A B ...), on both loops.
 Run (with the venv that has this tree's build installed; JSON only with --save, as for every
 benchmark):
     python -m benchmarks.compare_builds main locks queue     # REV, then which bench files
+    python -m benchmarks.compare_builds main tokenbucket --peers --case acquire
+    python -m benchmarks.compare_builds DIR locks   # DIR: a source tree instead of a revision
+
+--peers keeps each case's other variants (asyncio, the peer, the floors) in the same rounds, so
+the ratios against them of both builds come from one run; --case SUBSTR keeps only the cases
+whose name contains SUBSTR (repeatable).
 
 The other revision is exported with `git archive`, built with this interpreter into a temporary
 directory, and imported under the package name ``aiofast_old`` (its extension keeps its own
@@ -26,14 +32,18 @@ from benchmarks.harness import Case, run_cases, save_to_repo  # noqa: E402
 
 
 def build_old(rev, where):
-    """Build aiofast at git revision rev into where/aiofast_old; return that directory."""
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    """Build aiofast at git revision rev (or from the source tree at path rev) into
+    where/aiofast_old; return that directory."""
     src = os.path.join(where, "src")
-    os.makedirs(src)
-    archive = subprocess.run(["git", "archive", rev], cwd=root, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    if os.path.isdir(rev):  # a source tree (e.g. `git archive main` unpacked where git is not)
+        shutil.copytree(rev, src)
+    else:
+        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        os.makedirs(src)
+        archive = subprocess.run(["git", "archive", rev], cwd=root, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
     lib = os.path.join(where, "lib")
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", lib,
                     "--build-temp", os.path.join(where, "tmp")], cwd=src, check=True,
@@ -46,8 +56,9 @@ def build_old(rev, where):
     return where
 
 
-def paired_cases(bench, old):
-    """bench.cases() built once with each build, paired case by case."""
+def paired_cases(bench, old, peers=False, only=()):
+    """bench.cases() built once with each build, paired case by case (with the case's other
+    variants too if peers; only the cases whose name contains one of only, if given)."""
     import aiofast
 
     new_cases = bench.cases()
@@ -59,22 +70,33 @@ def paired_cases(bench, old):
     out = []
     for n, o in zip(new_cases, old_cases):
         assert n.name == o.name and n.loop == o.loop
-        out.append(Case(n.name, {"aiofast": n.variants["aiofast"],
-                                 "old build": o.variants["aiofast"]}, n.n, n.loop))
+        if only and not any(k in n.name for k in only):
+            continue
+        variants = {"aiofast": n.variants["aiofast"], "old build": o.variants["aiofast"]}
+        if peers:
+            variants.update((k, v) for k, v in n.variants.items() if k != "aiofast")
+        out.append(Case(n.name, variants, n.n, n.loop))
     return out
 
 
-def main(rev, names, save=False):
+def main(rev, names, save=False, peers=False, only=()):
     save_to_repo(save)
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, build_old(rev, tmp))
         old = importlib.import_module("aiofast_old")
         for name in names:
             bench = importlib.import_module(f"benchmarks.bench_{name}")
-            run_cases(paired_cases(bench, old), 7, f"compare-{name}",
+            run_cases(paired_cases(bench, old, peers, only), 7, f"compare-{name}",
                       f"{bench.TITLE}: this build against {rev}")
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--save"]
-    main(args[0], args[1:] or ["locks", "queue"], save="--save" in sys.argv)
+    argv, args, only = sys.argv[1:], [], []
+    while argv:
+        a = argv.pop(0)
+        if a == "--case":
+            only.append(argv.pop(0))
+        elif a not in ("--save", "--peers"):
+            args.append(a)
+    main(args[0], args[1:] or ["locks", "queue"], save="--save" in sys.argv,
+         peers="--peers" in sys.argv, only=tuple(only))

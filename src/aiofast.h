@@ -226,6 +226,9 @@ typedef struct fa_state {
      * fa_running_loop_or_none). clk_rl_loop is borrowed: that dict owns it, through asyncio's
      * holder, for as long as the version matches. */
     PyObject *clk_rl_loop;
+    PyCFunction clk_rl_cfunc;                /* asyncio's C _get_running_loop, or NULL ... */
+    PyObject *clk_rl_self;                   /* ... and its module (both borrowed: see
+                                              * fa_call_running_loop_getter) */
     unsigned long long clk_rl_dict_version;  /* PEP 509 version of that dict, 0 = none */
     unsigned long clk_fork_gen;              /* bumped in a forked child (os.register_at_fork) */
     unsigned long clk_rl_fork_gen;           /* clk_fork_gen when clk_rl_loop was cached */

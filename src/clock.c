@@ -321,6 +321,13 @@ fa_clock_init(PyObject *mod, fa_state *st)
     (void)mod;
     st->clk_watcher = -1;
     st->clk_no_dict = NULL;
+    st->clk_rl_cfunc = NULL;
+    st->clk_rl_self = NULL;
+    if (PyCFunction_Check(st->get_running_loop)
+        && PyCFunction_GET_FLAGS(st->get_running_loop) == METH_NOARGS) {
+        st->clk_rl_cfunc = PyCFunction_GET_FUNCTION(st->get_running_loop);
+        st->clk_rl_self = PyCFunction_GET_SELF(st->get_running_loop);
+    }
     if ((st->str_monotonic = PyUnicode_InternFromString("monotonic")) == NULL) {
         return -1;
     }
@@ -384,6 +391,8 @@ fa_clock_clear(fa_state *st)
 {
     st->clk_nat_valid = 0;
     st->clk_mono_ok = 0;
+    st->clk_rl_cfunc = NULL;  // its function goes with the state's objects
+    st->clk_rl_self = NULL;
 #if FA_DICT_WATCHERS
     if (st->clk_watcher >= 0) {
         if (PyDict_ClearWatcher(st->clk_watcher) < 0) {

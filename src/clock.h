@@ -10,7 +10,8 @@
  *   the module globals it reads the originals). The proof is remembered for the last loop it was
  *   made for, and holds while nothing it rests on changed (see clock.c).
  * - fa_user_read(): a user's clock (clock=, timer=), one error message for every family.
- * - fa_running_loop_or_none(): asyncio's running loop, cached where asyncio is slow to answer.
+ * - fa_running_loop_or_none(): asyncio's running loop, cached where asyncio is slow to answer,
+ *   its C function called directly where it is C.
  * - fa_clock: what an object knows of the clock it reads. A reading names its clock (NULL
  *   for the monotonic clock, else the loop and the callable it came from). A reading on another
  *   clock than the last one, or below the last reading of the same clock, is a new clock: the
@@ -150,11 +151,11 @@ fa_loop_proven(fa_state *st, PyObject *loop)
 #if FA_INLINE_VALUES
     /* an instance store may not have told the dict's watchers: look for `time` itself (a str
      * key in a str-keyed dict: no Python code; anything else answers "prove it again") */
-    if (PyDict_GetItemWithError(d, st->str_time) != NULL) {
-        return 0;
-    }
-    if (FA_UNLIKELY(PyErr_Occurred())) {
-        PyErr_Clear();
+    int has = PyDict_Contains(d, st->str_time);  // answers without a look at the error state
+    if (FA_UNLIKELY(has != 0)) {
+        if (has < 0) {
+            PyErr_Clear();
+        }
         return 0;
     }
     return kind;
@@ -182,6 +183,21 @@ fa_loop_read(fa_state *st, PyObject *loop, fa_reading *r)
 
 /* ---- the running loop ---- */
 
+/* asyncio's _get_running_loop(), called as what it is: CPython's C _asyncio implements it as a
+ * METH_NOARGS function whose own answer is cheap from 3.12 (a per-thread field, or a cache keyed
+ * on the thread's id), so the cost left is the generic call around it (argument checks, the
+ * recursion guard, the result check). fa_clock_init keeps its C function and its module when it
+ * is that (clk_rl_cfunc, clk_rl_self, borrowed from st->get_running_loop, which holds both);
+ * asyncio's pure-Python fallback, or anything else, is called the generic way. New ref or NULL. */
+static inline PyObject *
+fa_call_running_loop_getter(fa_state *st)
+{
+    if (FA_LIKELY(st->clk_rl_cfunc != NULL)) {
+        return st->clk_rl_cfunc(st->clk_rl_self, NULL);
+    }
+    return PyObject_CallNoArgs(st->get_running_loop);
+}
+
 /* The running loop (new ref) or None.
  *
  * Up to 3.11, asyncio's C _get_running_loop() checks the holder's pid against getpid(), a
@@ -192,7 +208,7 @@ fa_loop_read(fa_state *st, PyObject *loop, fa_reading *r)
  * unique: same tag, same dict, unmodified since), and no fork happened since (in a child
  * asyncio's pid check answers None; os.register_at_fork bumps clk_fork_gen there), the answer
  * is the same, and the loop is alive (the dict owns the holder, the holder the loop). We never
- * read asyncio's private holder. 3.12 dropped the pid check: there we just call it. */
+ * read asyncio's private holder. 3.12 dropped the pid check: there we just ask asyncio. */
 static inline PyObject *
 fa_running_loop_or_none(fa_state *st)
 {
@@ -204,7 +220,7 @@ fa_running_loop_or_none(fa_state *st)
                       && st->clk_rl_loop != NULL)) {
             return Py_NewRef(st->clk_rl_loop);
         }
-        PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);  // new ref; C, no Python code
+        PyObject *loop = fa_call_running_loop_getter(st);  // new ref; C, no Python code
         if (loop == NULL) {
             return NULL;
         }
@@ -214,7 +230,7 @@ fa_running_loop_or_none(fa_state *st)
         return loop;
     }
 #endif
-    return PyObject_CallNoArgs(st->get_running_loop);
+    return fa_call_running_loop_getter(st);
 }
 
 /* ---- an object's clock ---- */

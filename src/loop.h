@@ -14,12 +14,13 @@
 #define AIOFAST_LOOP_H
 
 #include "aiofast.h"
+#include "clock.h"
 
 /* New reference to the running loop, or NULL with RuntimeError("no running event loop"). */
 static inline PyObject *
 fa_running_loop(fa_state *st)
 {
-    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);  // new ref
+    PyObject *loop = fa_running_loop_or_none(st);  // new ref
     if (loop == NULL) {
         return NULL;
     }

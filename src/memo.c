@@ -1030,7 +1030,7 @@ memo_call_key(MemoObject *self, PyObject *key, PyObject *const *args, Py_ssize_t
     }
     int defer = 0;  /* decide when awaited, in the loop that runs it */
     if (self->alru) {
-        PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);  // new ref (or None)
+        PyObject *loop = fa_running_loop_or_none(st);  // new ref (or None)
         if (loop == NULL) {
             return NULL;
         }

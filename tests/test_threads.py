@@ -323,3 +323,37 @@ def test_free_running_threads_sharing_a_token_bucket():
     # exact to the token: what was granted flowed in (the start-up level, then the rate)
     assert sum(granted) <= capacity + rate * elapsed + 1e-6
     assert granted
+
+
+def test_binding_follows_the_loop_running_now(impl):
+    """An object binds to the loop running when it first waits, never to one found earlier: loops
+    that ran and closed before in this thread, or that run in another thread, are not it."""
+
+    async def bind(sem):
+        t = asyncio.ensure_future(sem.acquire())  # waits: binds sem to the running loop
+        await asyncio.sleep(0)
+        t.cancel()
+        (err,) = await asyncio.gather(t, return_exceptions=True)
+        if not isinstance(err, asyncio.CancelledError):
+            raise err
+        return asyncio.get_running_loop()
+
+    def in_new_loop(sem):
+        loop = asyncio.new_event_loop()
+        try:
+            assert loop.run_until_complete(bind(sem)) is loop
+        finally:
+            loop.close()
+        return loop
+
+    for _ in range(3):  # each new loop in this thread, after the last one closed
+        sem = impl.Semaphore(0)
+        loop = in_new_loop(sem)
+        assert sem._loop is loop
+        other = impl.Semaphore(0)
+        out = in_thread(lambda other=other: in_new_loop(other))  # a loop of another thread
+        assert sem._loop is loop and other._loop is out["value"] is not loop
+        with pytest.raises(RuntimeError, match="different event loop"):
+            in_new_loop(sem)  # bound to the closed loop: this one is another
+        with pytest.raises(RuntimeError, match="no running event loop"):
+            asyncio.get_running_loop()
