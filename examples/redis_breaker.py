@@ -1,4 +1,5 @@
-"""One circuit breaker for every process: a RedisCircuitBreaker shared by 3 worker processes.
+"""One circuit breaker for every process: CircuitBreaker(..., store=RedisBreakerStore(...))
+(a RedisCircuitBreaker) shared by 3 worker processes.
 
 Start a local Redis first (persistence off, it is only a demo):
 
@@ -18,8 +19,8 @@ import time
 
 import redis.asyncio
 
-from aiofast import CircuitOpenError
-from aiofast.redis import RedisBreakerStore, RedisCircuitBreaker
+from aiofast import CircuitBreaker, CircuitOpenError
+from aiofast.redis import RedisBreakerStore
 
 URL = sys.argv[1] if len(sys.argv) > 1 else "redis://127.0.0.1:6379/0"
 
@@ -27,7 +28,7 @@ URL = sys.argv[1] if len(sys.argv) > 1 else "redis://127.0.0.1:6379/0"
 async def worker(name, key, t_start, out):
     client = redis.asyncio.Redis.from_url(URL)
     store = RedisBreakerStore(client, key, max_staleness=0.1, on_error="deny")
-    breaker = RedisCircuitBreaker(6, 0.5, store=store, name="upstream")
+    breaker = CircuitBreaker(6, 0.5, store=store, name="upstream")
     seen = {"ok": 0, "failed": 0, "rejected": 0}
     breaker.add_listener(lambda b, old, new: print(f"{name}: {old.value} -> {new.value}",
                                                    flush=True))

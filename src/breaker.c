@@ -15,6 +15,9 @@
  * bk_sh_end around the same fa_bk_* steps), the closed path through the published word alone.
  * The listeners, classification, totals and the clock's reading stay this process's own.
  *
+ * store=s: no Breaker at all; the constructor returns s.make_breaker(...) (bk_from_store), a
+ * breaker of the store's own type (aiofast.redis.RedisCircuitBreaker for a RedisBreakerStore).
+ *
  * Invariants:
  * - probes == number of live tickets with probe != 0 and gen == sm->gen (HALF_OPEN only, else
  *   0; a shared ticket's probe is its slot + 1).
@@ -2296,6 +2299,78 @@ bk_sh_open(Breaker *b, PyObject *name, int testing, PyObject *clock)
 #endif
 }
 
+/* ------------------------------------------------------------------ CircuitBreaker: store= */
+
+/* Remove `key` from the dict d if it is there. 0, or -1 with an exception. */
+static int
+bk_dict_discard(PyObject *d, const char *key)
+{
+    if (PyDict_DelItemString(d, key) == 0) {
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    return 0;
+}
+
+/* CircuitBreaker(..., store=s): the breaker is s.make_breaker(...), called with the other
+ * arguments as they were given (store, and shared=None / _testing=False, left out). A store
+ * keeping the state outside this process (aiofast.redis.RedisBreakerStore) makes a breaker
+ * type of its own; its module was imported by whoever made the store, never from here. The
+ * arguments are the store's breaker's to check (the same rules as ours, or its own errors). */
+static PyObject *
+bk_from_store(PyTypeObject *tp, fa_state *st, PyObject *args, PyObject *kwargs,
+              PyObject *store, PyObject *shared, int testing)
+{
+    if (tp != st->BreakerType) {
+        PyErr_Format(PyExc_TypeError, "store= is for aiofast.CircuitBreaker itself, not its "
+                     "subclass %R: the store makes a breaker of its own type", (PyObject *)tp);
+        return NULL;
+    }
+    if (shared != NULL && shared != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "give shared= (the processes of one host, in shared "
+                        "memory) or store= (state kept by the store), not both");
+        return NULL;
+    }
+    if (testing) {
+        PyErr_SetString(PyExc_ValueError, "_testing needs shared=");
+        return NULL;
+    }
+#define BK_STORE_WANTED "store must be a breaker store (an object with a make_breaker() " \
+    "method, such as aiofast.redis.RedisBreakerStore), got "
+    if (PyType_Check(store)) {
+        /* (its make_breaker would be an unbound function, called without its self) */
+        PyErr_Format(PyExc_TypeError, BK_STORE_WANTED "the class %R, not an instance of it",
+                     store);
+        return NULL;
+    }
+    /* Beware: the store's attribute lookup and its make_breaker() run Python code; we hold
+     * the store (its only other holder is the caller's keyword dict) and a copy of our own */
+    PyObject *make = NULL, *kw = NULL, *r = NULL;
+    Py_INCREF(store);
+    make = PyObject_GetAttrString(store, "make_breaker");  // new ref
+    if (make == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, BK_STORE_WANTED "%.100s", Py_TYPE(store)->tp_name);
+        }
+        goto done;
+    }
+    kw = PyDict_Copy(kwargs);  // new ref (store= is a keyword: kwargs is a dict)
+    if (kw != NULL && bk_dict_discard(kw, "store") == 0 && bk_dict_discard(kw, "shared") == 0
+        && bk_dict_discard(kw, "_testing") == 0) {
+        r = PyObject_Call(make, args, kw);  // new ref
+    }
+done:
+    Py_XDECREF(kw);
+    Py_XDECREF(make);
+    Py_DECREF(store);
+#undef BK_STORE_WANTED
+    return r;
+}
+
 static PyObject *
 breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
@@ -2303,21 +2378,24 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
                              "half_open_max_calls", "expected_exception", "exclude",
                              "failure_rate", "window", "window_time", "min_calls",
                              "slow_call_duration", "slow_call_rate", "fallback", "name", "clock",
-                             "shared", "_testing", NULL};
+                             "shared", "store", "_testing", NULL};
     PyObject *o_ft = NULL, *o_rt = NULL, *o_st = NULL, *o_hm = NULL, *o_ee = NULL, *o_ex = NULL;
     PyObject *o_fr = NULL, *o_w = NULL, *o_wt = NULL, *o_mc = NULL, *o_sd = NULL, *o_sr = NULL;
-    PyObject *o_fb = NULL, *o_name = NULL, *o_clock = NULL, *o_shared = NULL;
+    PyObject *o_fb = NULL, *o_name = NULL, *o_clock = NULL, *o_shared = NULL, *o_store = NULL;
     int testing = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$OOOOOOOOOOOOOOp:CircuitBreaker", kwlist,
-                                     &o_ft, &o_rt, &o_st, &o_hm, &o_ee, &o_ex, &o_fr, &o_w,
-                                     &o_wt, &o_mc, &o_sd, &o_sr, &o_fb, &o_name, &o_clock,
-                                     &o_shared, &testing)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$OOOOOOOOOOOOOOOp:CircuitBreaker",
+                                     kwlist, &o_ft, &o_rt, &o_st, &o_hm, &o_ee, &o_ex, &o_fr,
+                                     &o_w, &o_wt, &o_mc, &o_sd, &o_sr, &o_fb, &o_name, &o_clock,
+                                     &o_shared, &o_store, &testing)) {
         return NULL;
     }
 #define NONE(o) ((o) == NULL || (o) == Py_None)
     fa_state *st = fa_state_from_type(tp);
     if (st == NULL) {
         return NULL;
+    }
+    if (!NONE(o_store)) {
+        return bk_from_store(tp, st, args, kwargs, o_store, o_shared, testing);
     }
     Breaker *b = (Breaker *)tp->tp_alloc(tp, 0);  // zeroed
     if (b == NULL) {
@@ -2664,10 +2742,11 @@ PyDoc_STRVAR(breaker_doc,
 "CircuitBreaker(failure_threshold=5, recovery_timeout=30.0, *, success_threshold=1, "
 "half_open_max_calls=1, expected_exception=None, exclude=(), failure_rate=None, "
 "window=None, window_time=None, min_calls=None, slow_call_duration=None, slow_call_rate=None, "
-"fallback=None, name=None, clock=None, shared=None)\n--\n\n"
+"fallback=None, name=None, clock=None, shared=None, store=None)\n--\n\n"
 "A circuit breaker, in C. Use it as a decorator (async def or plain def), as `async with` / "
 "`with`, or with `await breaker.call(fn, *args, **kwargs)`. expected_exception=None means "
-"Exception.");
+"Exception. store=s returns s.make_breaker(...) called with the other arguments: a breaker of "
+"the store's own type whose state the store keeps (aiofast.redis.RedisBreakerStore: Redis).");
 
 static PyType_Slot breaker_slots[] = {
     {Py_tp_new, breaker_new},

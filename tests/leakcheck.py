@@ -262,6 +262,13 @@ class _Boom(Exception):
     pass
 
 
+class _Store:
+    """A breaker store: CircuitBreaker(..., store=s) is s.make_breaker(...)."""
+
+    def make_breaker(self, *args, **kwargs):
+        return args, kwargs
+
+
 @scenario
 async def breaker_family():
     t = [0.0]
@@ -347,6 +354,15 @@ async def breaker_family():
             await timed.call(s, kind)
         except (_Boom, aiofast.CircuitOpenError):
             pass
+    # store=: the store makes the breaker; the refusals
+    assert aiofast.CircuitBreaker(3, store=_Store(), name="s") == ((3,), {"name": "s"})
+    for bad in (dict(store=1), dict(store=_Store), dict(store=_Store(), shared="x")):
+        try:
+            aiofast.CircuitBreaker(**bad)
+        except (TypeError, ValueError):
+            pass
+        else:
+            raise AssertionError(bad)
 
 
 class _Box:

@@ -13,7 +13,9 @@ import inspect
 import logging
 import math
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 import types
 import weakref
@@ -1560,6 +1562,111 @@ def test_exports_and_signatures():
     assert CircuitBreaker(expected_exception=None).expected_exception is Exception
     assert inspect.signature(CircuitBreaker.call).parameters["fn"].kind == \
         inspect.Parameter.POSITIONAL_ONLY
+    # the last two: shared=, store= (keyword-only; the private _testing is not shown)
+    tail = list(sig.parameters.values())[-2:]
+    assert [(p.name, p.kind, p.default) for p in tail] == [
+        ("shared", inspect.Parameter.KEYWORD_ONLY, None),
+        ("store", inspect.Parameter.KEYWORD_ONLY, None)]
+    assert CircuitBreaker.__text_signature__.endswith("shared=None, store=None)")
+
+
+# ------------------------------------------------------------------ store=
+
+
+class RecordingStore:
+    """A store of one's own: CircuitBreaker(..., store=s) is s.make_breaker(...)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def make_breaker(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return ("made", self)
+
+
+def test_store_makes_the_breaker():
+    s = RecordingStore()
+    # the other arguments go to make_breaker exactly as given, unchecked here (the store's
+    # breaker checks them); store, shared=None and _testing=False are left out
+    assert CircuitBreaker(3, 4.5, store=s, name="x", clock=None, fallback=print) == ("made", s)
+    assert CircuitBreaker(store=s, shared=None, _testing=False) == ("made", s)
+    assert CircuitBreaker(-1, store=s, failure_rate="nonsense") == ("made", s)
+    assert s.calls == [((3, 4.5), {"name": "x", "clock": None, "fallback": print}),
+                       ((), {}),
+                       ((-1,), {"failure_rate": "nonsense"})]
+    # store=None: the in-process breaker, as without it
+    b = CircuitBreaker(3, store=None)
+    assert type(b) is CircuitBreaker and b.failure_threshold == 3 and b.shared is None
+
+
+def test_store_errors():
+    s = RecordingStore()
+    wanted = (r"store must be a breaker store \(an object with a make_breaker\(\) method, such "
+              r"as aiofast.redis.RedisBreakerStore\), got ")
+    for bad in (1, "redis://x", {}, object()):
+        with pytest.raises(TypeError, match=wanted + rf"{type(bad).__name__}$"):
+            CircuitBreaker(store=bad)
+    # the class itself, for an instance (its make_breaker is not bound to a store)
+    with pytest.raises(TypeError, match=wanted + r"the class <class '.*RecordingStore'>, not an "
+                       "instance of it$"):
+        CircuitBreaker(5, 30, store=RecordingStore)
+    with pytest.raises(ValueError, match=r"give shared= .* or store= .*, not both"):
+        CircuitBreaker(store=s, shared="x")
+    with pytest.raises(ValueError, match="_testing needs shared="):
+        CircuitBreaker(store=s, _testing=True)
+    # the parser's own errors come first: the same as without store=
+    for args, kwargs in [((1, 2, 3), {}), ((), {"bogus": 1}), ((1,), {"failure_threshold": 2})]:
+        with pytest.raises(TypeError) as want:
+            CircuitBreaker(*args, **kwargs)
+        with pytest.raises(TypeError) as got:
+            CircuitBreaker(*args, store=s, **kwargs)
+        assert str(got.value) == str(want.value)
+    assert s.calls == []
+
+    class Sub(CircuitBreaker):
+        pass
+
+    with pytest.raises(TypeError, match=r"store= is for aiofast.CircuitBreaker itself, not its "
+                       r"subclass <class '.*Sub'>: the store makes a breaker of its own type"):
+        Sub(store=s)
+    with pytest.raises(TypeError, match="not its subclass"):
+        circuit.__globals__["CircuitBreaker"](store=s)   # circuitbreaker's drop-in's class
+    assert s.calls == []
+
+    # what the store raises, from its lookup or its make_breaker, goes through unchanged
+    class Raising:
+        def make_breaker(self, *args, **kwargs):
+            raise ZeroDivisionError("from the store")
+
+    class BadAttr:
+        @property
+        def make_breaker(self):
+            raise KeyError("lookup")
+
+    with pytest.raises(ZeroDivisionError, match="from the store"):
+        CircuitBreaker(store=Raising())
+    with pytest.raises(KeyError, match="lookup"):
+        CircuitBreaker(store=BadAttr())
+
+
+def test_store_does_not_import_redis():
+    """The constructor asks the store; it imports nothing (aiofast.redis neither)."""
+    code = textwrap.dedent("""
+        import sys, aiofast
+        class S:
+            def make_breaker(self, *a, **k):
+                return a
+        assert aiofast.CircuitBreaker(1, store=S()) == (1,)
+        aiofast.CircuitBreaker(store=None)
+        try:
+            aiofast.CircuitBreaker(store=1)
+        except TypeError:
+            pass
+        print('redis' in sys.modules, 'aiofast.redis' in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(__file__))
+    assert out.stdout.split() == ["False", "False"]
 
 
 # ------------------------------------------------------------------ the model

@@ -1,10 +1,13 @@
 """aiofast.redis.RedisCircuitBreaker with its state in a RedisBreakerStore, on a real
 redis-server (tests/redis_server.py, one per session; a missing redis-server fails these tests).
+It is made directly or by aiofast.CircuitBreaker(..., store=RedisBreakerStore(...)) (the
+store's make_breaker): both ways are tested, with the same arguments and errors.
 
 - On virtual time (the server's clock injected from the loop's), on asyncio's loop and uvloop:
   the same outcomes give the same states as aiofast.CircuitBreaker (the oracle), two processes'
   worth of breakers on one key (a transition made by one, seen by the other within
-  max_staleness), probes bounded, a dead probe's lease expiring, round trips counted.
+  max_staleness), probes bounded, a dead probe's lease expiring, round trips counted; plain
+  functions through `await breaker.call(fn)` as async ones.
 - On real time and real processes: failures spread over 4 processes open the breaker for all
   of them at the shared threshold; half-open probes bounded fleet-wide; a killed prober's lease
   expires; the server killed, stopped (not answering) and restarted: each policy honoured, no
@@ -18,6 +21,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -30,6 +34,7 @@ from aiofast.redis import (
     CircuitUnavailableError,
     RedisBreakerStore,
     RedisCircuitBreaker,
+    RedisTokenBucket,
     RedisUnavailableError,
 )
 from redis_server import RedisServer, loop_clock_as_server_clock
@@ -78,20 +83,33 @@ async def outcome(b, fn):
 
 # ------------------------------------------------------------------ against CircuitBreaker
 
+def fail_plain():
+    raise Boom
+
+
+def ok_plain():
+    return "ok"
+
+
 @VT
+@pytest.mark.parametrize("kind", ["async", "plain"])
 @pytest.mark.parametrize("seed", range(4))
-async def test_same_states_as_circuitbreaker_on_virtual_time(server, seed):
+async def test_same_states_as_circuitbreaker_on_virtual_time(server, seed, kind):
     """One process, a view never stale (max_staleness=0): a random run of successes, failures
-    and pauses gives, call by call, the outcome and state aiofast.CircuitBreaker gives."""
+    and pauses gives, call by call, the outcome and state aiofast.CircuitBreaker gives; the
+    functions called are async or plain (`await breaker.call(fn)` takes both). Odd seeds make
+    the breaker with CircuitBreaker(..., store=), even ones with RedisCircuitBreaker."""
     rnd = random.Random(seed)
     loop = asyncio.get_running_loop()
     c = vclient(server.url)
     try:
         kw = dict(failure_threshold=rnd.randint(1, 4), recovery_timeout=rnd.choice([1, 2.5]),
                   success_threshold=rnd.randint(1, 3), name="svc")
-        ours = RedisCircuitBreaker(store=VStore(c, fresh(), max_staleness=0, call_timeout=None),
-                                   **kw)
+        make = CircuitBreaker if seed % 2 else RedisCircuitBreaker
+        ours = make(store=VStore(c, fresh(), max_staleness=0, call_timeout=None), **kw)
+        assert type(ours) is RedisCircuitBreaker
         oracle = CircuitBreaker(clock=loop.time, **kw)
+        fail_fn, ok_fn = (fail, ok) if kind == "async" else (fail_plain, ok_plain)
         seen_ours, seen_oracle = [], []
         ours.add_listener(lambda b, o, n: seen_ours.append((o, n)))
         oracle.add_listener(lambda b, o, n: seen_oracle.append((o, n)))
@@ -100,7 +118,7 @@ async def test_same_states_as_circuitbreaker_on_virtual_time(server, seed):
             if step < 0.15:
                 await asyncio.sleep(rnd.choice([0.5, 1.0, 2.5]))
                 continue
-            fn = fail if step < 0.6 else ok
+            fn = fail_fn if step < 0.6 else ok_fn
             got, want = await outcome(ours, fn), await outcome(oracle, fn)
             assert got == want
             assert ours.state == oracle.state
@@ -332,6 +350,141 @@ async def test_arguments_and_ways_to_call(server, sync):
 
 
 @pytest.mark.asyncio
+async def test_circuitbreaker_with_a_redis_store(server, sync):
+    """CircuitBreaker(..., store=RedisBreakerStore(...)) is RedisCircuitBreaker(..., store=...):
+    the arguments forwarded, the state in Redis, one breaker per store."""
+    async with redis.asyncio.Redis.from_url(server.url) as c:
+        key = fresh()
+        store = RedisBreakerStore(c, key)
+        b = CircuitBreaker(2, 60, store=store, success_threshold=2, half_open_max_calls=3,
+                           name="up", expected_exception=(Boom, KeyError), exclude=KeyError)
+        assert type(b) is RedisCircuitBreaker and not isinstance(b, CircuitBreaker)
+        assert b.store is store
+        assert (b.failure_threshold, b.recovery_timeout, b.name) == (2, 60.0, "up")
+        assert (b._success_threshold, b._half_max) == (2, 3)
+        d = CircuitBreaker(store=RedisBreakerStore(c, fresh()), shared=None, clock=None)
+        assert (d.failure_threshold, d.recovery_timeout, d.name) == (5, 30.0, None)
+        # a second breaker on the store is refused, made either way
+        with pytest.raises(ValueError, match="this RedisBreakerStore already serves a breaker"):
+            CircuitBreaker(store=store)
+        with pytest.raises(ValueError, match="this RedisBreakerStore already serves a breaker"):
+            RedisCircuitBreaker(store=store)
+        with pytest.raises(ValueError, match="already serves a breaker"):
+            store.make_breaker()
+
+        async def lookup():
+            raise KeyError("k")
+
+        with pytest.raises(KeyError):
+            await b.call(lookup)                   # excluded: not a failure
+        assert b.failure_count == 0
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await b.call(fail)
+        assert b.state == OPEN and sync.hget(store.key, "s") == b"1"
+        with pytest.raises(CircuitOpenError, match="circuit breaker 'up' is open"):
+            await b.call(ok)
+        # another process's breaker on the same key (made the same way) sees it open
+        other = CircuitBreaker(2, 60, store=RedisBreakerStore(c, key))
+        assert other.state == CLOSED     # (no view yet)
+        await other.refresh()
+        assert other.state == OPEN
+        with pytest.raises(CircuitOpenError):
+            await other.call(ok)
+        await other.close()
+        await b.refresh()
+        assert b.state == CLOSED and await b.call(ok) == "ok"
+
+
+@pytest.mark.asyncio
+async def test_circuitbreaker_with_a_redis_store_checks_as_redis_breaker(server):
+    """Every argument error is RedisCircuitBreaker's own (rate mode, slow calls, fallback and
+    clock refused; the rest checked as CircuitBreaker checks them); a store that made no
+    breaker is still free."""
+    async with redis.asyncio.Redis.from_url(server.url) as c:
+        cases = [((), dict(failure_rate=0.5)), ((), dict(window=10)), ((), dict(window_time=5)),
+                 ((), dict(min_calls=3)), ((), dict(slow_call_duration=1)),
+                 ((), dict(slow_call_rate=0.5)), ((), dict(fallback=print)),
+                 ((), dict(clock=time.monotonic)), ((0,), {}), (("3",), {}), ((5, -1), {}),
+                 ((5, float("nan")), {}), ((), dict(success_threshold=0)),
+                 ((), dict(half_open_max_calls="2")), ((), dict(expected_exception=())),
+                 ((), dict(exclude=5)), ((), dict(name=3))]
+        for args, kw in cases:
+            with pytest.raises((ValueError, TypeError)) as want:
+                RedisCircuitBreaker(*args, store=RedisBreakerStore(c, fresh()), **kw)
+            store = RedisBreakerStore(c, fresh())
+            with pytest.raises(type(want.value)) as got:
+                CircuitBreaker(*args, store=store, **kw)
+            assert str(got.value) == str(want.value), (args, kw)
+            assert type(CircuitBreaker(store=store)) is RedisCircuitBreaker
+        # and the constructor's own: shared= with store=, a store of another kind
+        with pytest.raises(ValueError, match="not both"):
+            CircuitBreaker(store=RedisBreakerStore(c, fresh()), shared="svc")
+        with pytest.raises(TypeError, match="store must be a breaker store .* got "
+                                            "RedisTokenBucket$"):
+            CircuitBreaker(store=RedisTokenBucket(c, fresh(), 10))
+
+
+@pytest.mark.asyncio
+async def test_plain_functions_and_no_synchronous_way_in(server):
+    """`await breaker.call(plain_fn, *args, **kwargs)`: admitted (asynchronously), then run
+    inline, in the caller's task; its outcome counted as an async function's. `@breaker` on a
+    plain def and `with breaker:` raise TypeError: admission may need a round trip."""
+    async with redis.asyncio.Redis.from_url(server.url) as c:
+        b = CircuitBreaker(2, 60, store=RedisBreakerStore(c, fresh(), max_staleness=0),
+                           exclude=KeyError)
+        task, thread = asyncio.current_task(), threading.get_ident()
+        ran = []
+
+        def work(x, *, y):
+            ran.append((asyncio.current_task() is task, threading.get_ident() == thread))
+            if x is None:
+                raise KeyError(x)
+            if x < 0:
+                raise Boom
+            return x + y
+
+        assert await b.call(work, 1, y=2) == 3
+        assert ran == [(True, True)]
+        with pytest.raises(KeyError):
+            await b.call(work, None, y=0)          # excluded: not a failure
+        assert b.failure_count == 0 and b.stats()["ignored"] == 1
+        with pytest.raises(Boom):
+            await b.call(work, -1, y=0)
+        assert b.failure_count == 1 and b.stats()["failures"] == 1
+        assert await b.call(work, 5, y=0) == 5 and b.failure_count == 0   # a success resets it
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await b.call(work, -1, y=0)
+        assert b.state == OPEN
+        with pytest.raises(CircuitOpenError):
+            await b.call(work, 1, y=0)
+        assert len(ran) == 6                       # rejected: not run
+        await b.half_open()
+        assert await b.call(work, 2, y=2) == 4 and b.state == CLOSED   # a plain probe
+
+        def plain():
+            return 1
+
+        with pytest.raises(TypeError, match=r"decorates an async function, not function "
+                                            r".*plain: admitting a call may need a round trip "
+                                            r"to Redis, which a plain function cannot await"):
+            b(plain)
+        with pytest.raises(TypeError, match="not builtin_function_or_method len:"):
+            b(len)
+        calls = b.stats()["calls"]
+        with pytest.raises(TypeError, match=r"a RedisCircuitBreaker has no `with` block: "
+                                            r"admitting a call may need a round trip to Redis, "
+                                            r"which a synchronous block cannot await \(use "
+                                            r"`async with breaker:`\)"):
+            with b:
+                pytest.fail("entered")
+        with pytest.raises(TypeError, match="no `with` block"):
+            b.__exit__(None, None, None)
+        assert b.stats()["calls"] == calls and b.state == CLOSED
+
+
+@pytest.mark.asyncio
 async def test_a_raising_listener_is_logged(server, caplog):
     async with redis.asyncio.Redis.from_url(server.url) as c:
         b = RedisCircuitBreaker(1, 60, store=RedisBreakerStore(c, fresh()))
@@ -366,16 +519,17 @@ async def test_key_holding_something_else_raises(server, sync):
 WORKER = textwrap.dedent("""
     import asyncio, sys
     import redis.asyncio
-    from aiofast import CircuitOpenError
+    from aiofast import CircuitBreaker, CircuitOpenError
     from aiofast.redis import RedisBreakerStore, RedisCircuitBreaker
 
-    url, key, mode = sys.argv[1:4]
+    url, key, make = sys.argv[1:4]
 
     async def main():
         c = redis.asyncio.Redis.from_url(url)
         store = RedisBreakerStore(c, key, max_staleness=0.2, probe_lease=float(sys.argv[4]))
-        b = RedisCircuitBreaker(8, 1.0, store=store, half_open_max_calls=2,
-                                success_threshold=100)
+        b = (CircuitBreaker if make == "store" else RedisCircuitBreaker)(
+            8, 1.0, store=store, half_open_max_calls=2, success_threshold=100)
+        assert type(b) is RedisCircuitBreaker
         heard = []
         b.add_listener(lambda br, o, n: heard.append(n.value))
         gate = asyncio.Event()
@@ -387,9 +541,12 @@ WORKER = textwrap.dedent("""
                 await gate.wait()
             return "ok"
 
+        def plain(what):
+            raise ValueError
+
         async def one(what):
             try:
-                return await b.call(call, what)
+                return await b.call(plain if what == "fail-plain" else call, what)
             except ValueError:
                 return "failed"
             except CircuitOpenError:
@@ -415,9 +572,12 @@ WORKER = textwrap.dedent("""
 
 
 def start_workers(url, key, n, lease=30.0):
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, key, "x", repr(lease)],
+    """n worker processes on one key: even ones make their breaker with
+    CircuitBreaker(..., store=), odd ones with RedisCircuitBreaker(..., store=)."""
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, key,
+                               "redis" if i % 2 else "store", repr(lease)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              cwd=HERE) for _ in range(n)]
+                              cwd=HERE) for i in range(n)]
     for p in procs:
         assert p.stdout.readline() == "ready\n"
     return procs
@@ -436,15 +596,17 @@ def stop(procs):
 
 
 def test_failures_over_four_processes_open_it_for_all(server):
-    """Threshold 8: two failures in each of 4 processes, in turn: the 8th opens the breaker;
-    the process that made it hears the transition; the others reject calls once their view is
-    refreshed (max_staleness 0.2 s). After the recovery time, probes: 2 at a time fleet-wide,
-    although all 4 processes try 10 each at once."""
+    """Threshold 8: two failures in each of 4 processes (two breakers made with
+    CircuitBreaker(..., store=), two with RedisCircuitBreaker), in turn, each one of a plain
+    function then one of an async one: the 8th opens the breaker; the process that made it hears
+    the transition; the others reject calls once their view is refreshed (max_staleness 0.2 s).
+    After the recovery time, probes: 2 at a time fleet-wide, although all 4 processes try 10
+    each at once."""
     procs = start_workers(server.url, fresh(), 4)
     try:
         for k in range(8):
             p = procs[k % 4]
-            got = ask(p, "fail")
+            got = ask(p, "fail-plain" if k < 4 else "fail")
             assert got[:2] == ["failed", "closed" if k < 7 else "open"], (k, got)
             assert got[2:] == ([] if k < 7 else ["open"])
         time.sleep(0.25)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, ItemsView,
 from functools import _CacheInfo
 from types import GenericAlias
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, final, overload
+from typing import Any, Generic, Literal, Protocol, TypeVar, final, overload
 
 from typing_extensions import ParamSpec, Self, disjoint_base
 
@@ -146,8 +146,16 @@ class BreakerFunction(Generic[_P, _R]):
     @property
     def __globals__(self) -> dict[str, Any]: ...
 
+_B = TypeVar("_B")
+_B_co = TypeVar("_B_co", covariant=True)
+
+class _BreakerStore(Protocol[_B_co]):
+    """What CircuitBreaker(..., store=s) asks of s: s.make_breaker(...) makes the breaker."""
+    def make_breaker(self, *args: Any, **kwargs: Any) -> _B_co: ...
+
 @disjoint_base
 class CircuitBreaker:
+    @overload
     def __new__(
         cls,
         failure_threshold: int = 5,
@@ -167,7 +175,33 @@ class CircuitBreaker:
         name: str | None = None,
         clock: Callable[[], float] | None = None,
         shared: str | None = None,
+        store: None = None,
     ) -> Self: ...
+    # store=s: whatever s.make_breaker() returns (aiofast.redis.RedisCircuitBreaker for a
+    # RedisBreakerStore), not a CircuitBreaker: what the runtime does, which mypy flags in
+    # general ("__new__ must return a class instance")
+    @overload
+    def __new__(  # type: ignore[misc]
+        cls,
+        failure_threshold: int = 5,
+        recovery_timeout: float = 30.0,
+        *,
+        success_threshold: int = 1,
+        half_open_max_calls: int = 1,
+        expected_exception: _ExcSpec | None = None,
+        exclude: _ExcSpec | None = (),
+        failure_rate: float | None = None,
+        window: int | None = None,
+        window_time: float | None = None,
+        min_calls: int | None = None,
+        slow_call_duration: float | None = None,
+        slow_call_rate: float | None = None,
+        fallback: Callable[..., Any] | None = None,
+        name: str | None = None,
+        clock: Callable[[], float] | None = None,
+        shared: None = None,
+        store: _BreakerStore[_B],
+    ) -> _B: ...
     @overload
     def __call__(self, fn: Callable[_P, Coroutine[Any, Any, _R]], /) -> BreakerFunction[_P, Coroutine[Any, Any, _R]]: ...
     @overload

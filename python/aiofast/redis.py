@@ -1,7 +1,8 @@
 """aiofast.redis: a token bucket and a circuit breaker shared by every process and host
 through Redis.
 
-The breaker (``RedisCircuitBreaker(..., store=RedisBreakerStore(client, key))``) is described
+The breaker (``RedisCircuitBreaker(..., store=RedisBreakerStore(client, key))``, which
+``aiofast.CircuitBreaker(..., store=RedisBreakerStore(client, key))`` returns too) is described
 with its scripts, further down. What follows is the token bucket's model.
 
 ``RedisTokenBucket(client, key, rate, per=1.0, *, capacity=None)`` has ``TokenBucket``'s API and
@@ -45,7 +46,7 @@ import sys
 import types
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import redis.exceptions as _rexc
 
@@ -1145,6 +1146,8 @@ class CircuitUnavailableError(CircuitOpenError):
 class RedisBreakerStore(_Scripted):
     """Where a ``RedisCircuitBreaker`` keeps its state: one Redis hash (and, while half-open, a
     sorted set of probe leases) shared by every process and host that opens the same key.
+    ``aiofast.CircuitBreaker(..., store=store)`` returns ``store.make_breaker(...)``, that
+    ``RedisCircuitBreaker``.
 
     ``max_staleness`` (seconds, default 1.0): how old a process's local view of the state may
     be before a call asks Redis again. A call admitted closed on a fresh view costs no round
@@ -1203,6 +1206,15 @@ class RedisBreakerStore(_Scripted):
         self._breaker: Any = None
         self._now = ""  # tests only: the server's clock, in microseconds, as a string
 
+    def make_breaker(self, *args: Any, **options: Any) -> RedisCircuitBreaker:
+        """The breaker ``aiofast.CircuitBreaker(*args, store=self, **options)`` returns:
+        ``RedisCircuitBreaker(*args, store=self, **options)``.
+
+        This is the hook ``CircuitBreaker(..., store=s)`` calls on any store ``s``: a store
+        type of one's own works there if it has a ``make_breaker`` taking CircuitBreaker's
+        other arguments and returning its breaker."""
+        return RedisCircuitBreaker(*args, store=self, **options)
+
     @property
     def max_staleness(self) -> float:
         return self._max_staleness
@@ -1228,6 +1240,17 @@ _blocks: contextvars.ContextVar[tuple[Any, Any, Any] | None] = contextvars.Conte
     "aiofast.redis.blocks", default=None)
 
 
+_NO_WITH = ("a RedisCircuitBreaker has no `with` block: admitting a call may need a round trip "
+            "to Redis, which a synchronous block cannot await (use `async with breaker:`)")
+
+
+def _what(func: Any) -> str:
+    """What func is, for an error message: 'function len', 'int'..."""
+    name = getattr(func, "__qualname__", None)
+    kind = type(func).__name__
+    return f"{kind} {name}" if isinstance(name, str) else kind
+
+
 def _exc_spec(spec: Any) -> tuple[Any, bool]:
     """(the spec, is a predicate), as CircuitBreaker reads expected_exception and exclude."""
     if isinstance(spec, type) or isinstance(spec, tuple):
@@ -1243,9 +1266,16 @@ class RedisCircuitBreaker:
     server's clock) it lets probes through, at most ``half_open_max_calls`` at a time across
     the fleet; ``success_threshold`` successful probes close it, a failed one opens it again.
 
+    ``aiofast.CircuitBreaker(..., store=RedisBreakerStore(client, key))`` returns one too (the
+    store's ``make_breaker``): it is a ``RedisCircuitBreaker``, not a ``CircuitBreaker``.
+
     Use it as ``CircuitBreaker``: ``@breaker`` on an ``async def``, ``async with breaker:``,
-    ``await breaker.call(fn, *args, **kwargs)``. Rate mode (``failure_rate``...), slow calls,
-    ``fallback`` and ``clock`` are not available with a Redis store (a ``ValueError`` says so).
+    ``await breaker.call(fn, *args, **kwargs)`` (``fn`` an async or a plain function: a plain
+    one runs inline once admitted, its exception counted as an async function's). Admitting a
+    call may need a round trip, so there is no synchronous way in: ``@breaker`` on a plain
+    ``def`` and ``with breaker:`` raise ``TypeError``. Rate mode (``failure_rate``...), slow
+    calls, ``fallback`` and ``clock`` are not available with a Redis store (a ``ValueError``
+    says so).
 
     Each process keeps a local view of the state, at most ``store.max_staleness`` seconds old
     when a call is admitted: a call admitted closed on a fresh view costs no round trip; a
@@ -1607,8 +1637,10 @@ class RedisCircuitBreaker:
     def __call__(self, func: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
         """``@breaker`` on an ``async def``."""
         if not inspect.iscoroutinefunction(func):
-            raise TypeError("a RedisCircuitBreaker decorates an async function, not "
-                            f"{type(func).__name__}")
+            raise TypeError(
+                f"a RedisCircuitBreaker decorates an async function, not {_what(func)}: "
+                "admitting a call may need a round trip to Redis, which a plain function "
+                "cannot await (use `await breaker.call(fn, ...)`, or make it async def)")
 
         @functools.wraps(func)
         async def guarded(*args: Any, **kwargs: Any) -> _T:
@@ -1616,6 +1648,12 @@ class RedisCircuitBreaker:
 
         guarded.breaker = self  # type: ignore[attr-defined]
         return guarded
+
+    def __enter__(self) -> NoReturn:
+        raise TypeError(_NO_WITH)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> NoReturn:
+        raise TypeError(_NO_WITH)
 
     async def __aenter__(self) -> RedisCircuitBreaker:
         ticket = await self._admit()
