@@ -1,23 +1,25 @@
 """Build the benchmark-only probe extension (emptycm) next to this file, for this Python."""
 import os
 import sys
+import sysconfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def load():
-    """Import emptycm, building it first if this Python has no build of it yet."""
+    """Import emptycm, building it first if this Python has no build of it, or one older than
+    its source (which lacks what the benchmarks now call). The check looks at the file, not at
+    an imported module: an extension module once imported stays the one this process sees, even
+    after its file is rebuilt."""
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
-    try:
+    built = os.path.join(HERE, "emptycm" + sysconfig.get_config_var("EXT_SUFFIX"))
+    source = os.path.join(HERE, "emptycm.c")
+    if os.path.exists(built) and os.path.getmtime(built) >= os.path.getmtime(source):
         import emptycm
-        # a build older than the source lacks what the benchmarks now call: rebuild it
-        if os.path.getmtime(emptycm.__file__) >= os.path.getmtime(os.path.join(HERE, "emptycm.c")):
-            return emptycm
-        del sys.modules["emptycm"]
-        os.remove(emptycm.__file__)
-    except ImportError:
-        pass
+        return emptycm
+    if os.path.exists(built):
+        os.remove(built)
     from setuptools import Extension
     from setuptools.dist import Distribution
 
