@@ -37,6 +37,7 @@
  * and with `peer` set the last failure is kept until a success (its last_failure).
  */
 #include "op.h"
+#include "breaker.h"
 #include "clock.h"
 #include "breaker_sm.h"
 #include "shm.h"
@@ -237,7 +238,7 @@ bk_dispatch(Breaker *b)
         }
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ls); i++) {
             PyObject *fn = PyList_GET_ITEM(ls, i);  // borrowed (ls holds it)
-            PyObject *args[3] = {(PyObject *)b, st->bk_states[from], st->bk_states[to]};
+            PyObject *args[3] = {(PyObject *)b, st->breaker.states[from], st->breaker.states[to]};
             PyObject *r = PyObject_Vectorcall(fn, args, 3, NULL);  // Beware: re-entrant code
             if (r == NULL) {
                 bk_report(b, "listener", fn);
@@ -268,10 +269,10 @@ breaker_check(Breaker *b)
     FA_CHECK(b->listeners == NULL || PyList_CheckExact(b->listeners),
              "Breaker %p: listeners %p is not a list", (void *)b, (void *)b->listeners);
     FA_CHECK(b->cache == NULL
-                 || (Py_IS_TYPE(b->cache, b->st->OpType) && b->cache->state == FA_OP_DONE),
+                 || (Py_IS_TYPE(b->cache, b->st->engine.OpType) && b->cache->state == FA_OP_DONE),
              "Breaker %p: cache %p is not a finished op", (void *)b, (void *)b->cache);
     FA_CHECK(b->tcache == NULL
-                 || (Py_IS_TYPE(b->tcache, b->st->OpType) && b->tcache->state == FA_OP_DONE
+                 || (Py_IS_TYPE(b->tcache, b->st->engine.OpType) && b->tcache->state == FA_OP_DONE
                      && b->tcache->owner == NULL),
              "Breaker %p: ticket cache %p is not a finished ticket", (void *)b,
              (void *)b->tcache);
@@ -525,7 +526,7 @@ bk_classify(Breaker *b, PyObject *exc)
 {
     if (!PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_Exception)) {
         /* CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit: never an outcome */
-        if (PyErr_GivenExceptionMatches(exc, b->st->CancelledError)
+        if (PyErr_GivenExceptionMatches(exc, b->st->core.CancelledError)
             || PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)
             || PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)
             || PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
@@ -639,7 +640,7 @@ bk_open_error_new(Breaker *b, double remaining)
     if (args == NULL) {
         return NULL;
     }
-    PyTypeObject *tp = (PyTypeObject *)st->CircuitOpenError;
+    PyTypeObject *tp = (PyTypeObject *)st->breaker.CircuitOpenError;
     PyObject *exc = tp->tp_new(tp, args, NULL);  /* BaseException_new stores args */
     Py_DECREF(args);
     return exc;
@@ -837,7 +838,7 @@ bc_close_made(FaOp *op)
         return;
     }
     if (PyCoro_CheckExact(it)) {
-        PyObject *r = PyObject_CallMethodNoArgs(it, op->st->str_close);
+        PyObject *r = PyObject_CallMethodNoArgs(it, op->st->core.str_close);
         if (r == NULL) {
             PyErr_Clear();  /* an unstarted coroutine closes without running anything */
         }
@@ -1071,7 +1072,7 @@ bk_admit_ticket(Breaker *b)
 static inline int
 bk_is_ticket(Breaker *b, PyObject *obj)
 {
-    return Py_IS_TYPE(obj, b->st->OpType) && ((FaOp *)obj)->kind == &bk_ticket_kind
+    return Py_IS_TYPE(obj, b->st->engine.OpType) && ((FaOp *)obj)->kind == &bk_ticket_kind
            && ((FaOp *)obj)->owner == (PyObject *)b;
 }
 
@@ -1452,7 +1453,7 @@ breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
         Py_DECREF(wrap);
         return r;
     }
-    BreakerFunction *f = PyObject_GC_New(BreakerFunction, st->BreakerFunctionType);
+    BreakerFunction *f = PyObject_GC_New(BreakerFunction, st->breaker.BreakerFunctionType);
     if (f == NULL) {
         return NULL;
     }
@@ -1882,7 +1883,7 @@ breaker_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
     Py_ssize_t fails, succs;
     bk_counts(b, eff, now, &fails, &succs);
     return Py_BuildValue("{sOsnsnsKsKsKsKsKsKsK}",
-                         "state", b->st->bk_states[eff],
+                         "state", b->st->breaker.states[eff],
                          "failure_count", fails,
                          "success_count", succs,
                          "calls", b->tot.calls,
@@ -1902,7 +1903,7 @@ breaker_get_state(PyObject *self, void *Py_UNUSED(c))
     Breaker *b = (Breaker *)self;
     double now;
     int eff = bk_effective_state(b, &now);
-    return eff < 0 ? NULL : Py_NewRef(b->st->bk_states[eff]);
+    return eff < 0 ? NULL : Py_NewRef(b->st->breaker.states[eff]);
 }
 
 static PyObject *
@@ -2262,7 +2263,7 @@ bk_sh_open(Breaker *b, PyObject *name, int testing, PyObject *clock)
                 PyErr_SetFromErrno(PyExc_OSError);
             }
             else {
-                PyErr_Format(b->st->SharedSegmentError, "shared segment %R holds a corrupted "
+                PyErr_Format(b->st->core.SharedSegmentError, "shared segment %R holds a corrupted "
                              "CircuitBreaker record (remove it with aiofast.shared_unlink(%R) "
                              "once no process uses it)", name, name);
             }
@@ -2324,7 +2325,7 @@ static PyObject *
 bk_from_store(PyTypeObject *tp, fa_state *st, PyObject *args, PyObject *kwargs,
               PyObject *store, PyObject *shared, int testing)
 {
-    if (tp != st->BreakerType) {
+    if (tp != st->breaker.BreakerType) {
         PyErr_Format(PyExc_TypeError, "store= is for aiofast.CircuitBreaker itself, not its "
                      "subclass %R: the store makes a breaker of its own type", (PyObject *)tp);
         return NULL;
@@ -2802,7 +2803,7 @@ make_circuit_state(PyObject *mod, fa_state *st)
     if (cls == NULL) {
         return -1;
     }
-    st->CircuitState = cls;
+    st->breaker.CircuitState = cls;
     PyObject *doc = PyUnicode_FromString(
         "The state of a CircuitBreaker: CLOSED ('closed'), OPEN ('open'), HALF_OPEN "
         "('half_open'). Members are str, so they compare equal to their values.");
@@ -2813,7 +2814,7 @@ make_circuit_state(PyObject *mod, fa_state *st)
     Py_DECREF(doc);
     static const char *const members[3] = {"CLOSED", "OPEN", "HALF_OPEN"};
     for (int i = 0; i < 3; i++) {
-        if ((st->bk_states[i] = PyObject_GetAttrString(cls, members[i])) == NULL) {
+        if ((st->breaker.states[i] = PyObject_GetAttrString(cls, members[i])) == NULL) {
             return -1;
         }
     }
@@ -2823,25 +2824,20 @@ make_circuit_state(PyObject *mod, fa_state *st)
 int
 fa_breaker_init(PyObject *mod, fa_state *st)
 {
-    if ((st->BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL
-        || fa_methods_add(st, st->BreakerType, breaker_async_methods) < 0
-        || fa_special_add(st, st->BreakerType, "__aenter__", breaker_aenter,
+    if ((st->breaker.BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL
+        || fa_methods_add(st, st->breaker.BreakerType, breaker_async_methods) < 0
+        || fa_special_add(st, st->breaker.BreakerType, "__aenter__", breaker_aenter,
                           offsetof(Breaker, aenter), aenter_doc) < 0
-        || fa_special_add(st, st->BreakerType, "__aexit__", breaker_aexit,
+        || fa_special_add(st, st->breaker.BreakerType, "__aexit__", breaker_aexit,
                           offsetof(Breaker, aexit), aexit_doc) < 0) {
         return -1;
     }
-    st->BreakerFunctionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bf_spec, NULL);
-    if (st->BreakerFunctionType == NULL
-        || PyModule_AddObjectRef(mod, "BreakerFunction", (PyObject *)st->BreakerFunctionType) < 0) {
+    if ((st->breaker.BreakerFunctionType = fa_add_type(mod, &bf_spec, NULL, NULL)) == NULL) {
         return -1;
     }
-    st->CircuitOpenError = PyType_FromModuleAndSpec(mod, &openerr_spec, PyExc_Exception);
-    if (st->CircuitOpenError == NULL) {
-        return -1;
-    }
-    fa_set_short_tpname((PyTypeObject *)st->CircuitOpenError, "CircuitOpenError");
-    if (PyModule_AddObjectRef(mod, "CircuitOpenError", st->CircuitOpenError) < 0) {
+    st->breaker.CircuitOpenError =
+        (PyObject *)fa_add_type(mod, &openerr_spec, PyExc_Exception, "CircuitOpenError");
+    if (st->breaker.CircuitOpenError == NULL) {
         return -1;
     }
     if (make_circuit_state(mod, st) < 0) {

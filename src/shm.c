@@ -520,13 +520,13 @@ PyMethodDef fa_shm_functions[] = {
 int
 fa_shm_init(PyObject *mod, fa_state *st)
 {
-    st->SharedSegmentError = PyErr_NewExceptionWithDoc(
+    st->core.SharedSegmentError = PyErr_NewExceptionWithDoc(
         "aiofast.SharedSegmentError",
         "A shared segment (shared=name) is not a usable aiofast segment: another program's, "
         "truncated, corrupted, of another layout version or kind, or never finished by a "
         "creator that died.", PyExc_OSError, NULL);
-    if (st->SharedSegmentError == NULL
-        || PyModule_AddObjectRef(mod, "SharedSegmentError", st->SharedSegmentError) < 0) {
+    if (st->core.SharedSegmentError == NULL
+        || PyModule_AddObjectRef(mod, "SharedSegmentError", st->core.SharedSegmentError) < 0) {
         return -1;
     }
     return PyModule_AddFunctions(mod, fa_shm_functions);

@@ -1,15 +1,41 @@
 /*
- * tokenbucket.h: what the token-bucket family's two files share: tokenbucket.c (TokenBucket,
- * AsyncLimiter's base, the @bucket wrapper) and tbshared.c (SharedTokenBucket, one bucket for
- * every process of the host). The argument validators (one set of rules and messages for both
- * buckets), the configuration check of the constructor, and the decorator.
+ * tokenbucket.h: the token-bucket family's part of the module state, its init, and what the
+ * family's two files share: tokenbucket.c (TokenBucket, AsyncLimiter's base, the @bucket
+ * wrapper) and tbshared.c (SharedTokenBucket, one bucket for every process of the host). The
+ * argument validators (one set of rules and messages for both buckets), the configuration check
+ * of the constructor, and the decorator.
  */
 #ifndef AIOFAST_TOKENBUCKET_H
 #define AIOFAST_TOKENBUCKET_H
 
-#include "op.h"
+#include "state.h"
 
 #include <math.h>
+
+typedef struct FaOp FaOp;            // op.h
+typedef struct fa_opkind fa_opkind;  // op.h
+
+/* ------------------------------------------------------------------ the family's state */
+
+#define FA_TOKENBUCKET_OBJECTS(X_T, X_O, X_ARRAY) \
+    X_T(TokenBucketType) \
+    X_T(RateLimitedType) /* the wrapper of @bucket */ \
+    X_T(SharedTokenBucketType) /* tbshared.c */ \
+    X_O(str_shared) \
+    X_O(str_is_closed) \
+    X_O(str_clock_resolution) /* "_clock_resolution" */
+
+typedef struct {
+    FA_STATE_FIELDS(FA_TOKENBUCKET_OBJECTS)
+} fa_tokenbucket_state;
+
+FA_STATE_WALKERS(tokenbucket, FA_TOKENBUCKET_OBJECTS)
+
+/* TokenBucket, AsyncLimiter's base, RateLimited, and (through fa_tbshared_init)
+ * SharedTokenBucket. Needs: core, engine. */
+int fa_tokenbucket_init(PyObject *mod, fa_state *st);
+
+/* ------------------------------------------------------------------ shared by the two files */
 
 /* RateLimited's op: the token is consumed, the function runs (fa_tb_call_run sets it) */
 #define TB_OPF_CALLING 0x800
