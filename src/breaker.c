@@ -2824,6 +2824,8 @@ make_circuit_state(PyObject *mod, fa_state *st)
 int
 fa_breaker_init(PyObject *mod, fa_state *st)
 {
+    FA_INIT_NEEDS(st->engine.SpecialDescrType);  // fa_methods_add, fa_special_add
+    FA_INIT_NEEDS(st->core.SharedSegmentError);  // shm.c's, raised for a shared breaker
     if ((st->breaker.BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL
         || fa_methods_add(st, st->breaker.BreakerType, breaker_async_methods) < 0
         || fa_special_add(st, st->breaker.BreakerType, "__aenter__", breaker_aenter,

@@ -730,7 +730,8 @@ cache_init_common(CacheObject *self, const char *name, PyObject *maxsize, PyObje
         gs = Py_NewRef(getsizeof);
     }
     else if (self->ovr & OVR_GETSIZEOF) {
-        gs = PyObject_GetAttr((PyObject *)self, self->st->cache.str_getsizeof);  // a subclass's method
+        // a subclass's method
+        gs = PyObject_GetAttr((PyObject *)self, self->st->cache.str_getsizeof);
         if (gs == NULL) {
             return -1;
         }
@@ -1513,8 +1514,8 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
     }
     if (self->is_ttl) {
         PyObject *ttl = self->ttl_obj ? Py_NewRef(self->ttl_obj) : PyLong_FromLong(0);
-        args = ttl ? PyTuple_Pack(4, ms, ttl, self->timer ? self->timer : st->core.time_monotonic, gs)
-                   : NULL;
+        PyObject *timer = self->timer ? self->timer : st->core.time_monotonic;
+        args = ttl ? PyTuple_Pack(4, ms, ttl, timer, gs) : NULL;
         Py_XDECREF(ttl);
     }
     else {
@@ -2786,8 +2787,10 @@ getsizeof_attribute_init(PyObject *mod, fa_state *st)
     PyObject_GC_Track(d);
     int rc = -1;
     if (d->one != NULL
-        && PyDict_SetItem(st->cache.LRUCacheType->tp_dict, st->cache.str_getsizeof, (PyObject *)d) == 0
-        && PyDict_SetItem(st->cache.TTLCacheType->tp_dict, st->cache.str_getsizeof, (PyObject *)d) == 0) {
+        && PyDict_SetItem(st->cache.LRUCacheType->tp_dict, st->cache.str_getsizeof,
+                          (PyObject *)d) == 0
+        && PyDict_SetItem(st->cache.TTLCacheType->tp_dict, st->cache.str_getsizeof,
+                          (PyObject *)d) == 0) {
         PyType_Modified(st->cache.LRUCacheType);
         PyType_Modified(st->cache.TTLCacheType);
         rc = 0;
@@ -2799,6 +2802,7 @@ getsizeof_attribute_init(PyObject *mod, fa_state *st)
 int
 fa_cache_init(PyObject *mod, fa_state *st)
 {
+    FA_INIT_NEEDS(st->core.time_monotonic);  // the clock of a TTLCache without timer
 #define INTERN(field, text) \
     if ((st->cache.field = PyUnicode_InternFromString(text)) == NULL) return -1
     INTERN(str_popitem, "popitem");
@@ -2820,7 +2824,8 @@ fa_cache_init(PyObject *mod, fa_state *st)
         || (st->cache.TTLCacheType = fa_add_type(mod, &ttl_spec, NULL, "TTLCache")) == NULL
         || (st->cache.CacheIterType = fa_new_type(mod, &iter_spec, NULL, "cache_iterator")) == NULL
         || (st->cache.CacheKeysType = fa_new_type(mod, &keys_spec, NULL, "cache_keys")) == NULL
-        || (st->cache.CacheValuesType = fa_new_type(mod, &values_spec, NULL, "cache_values")) == NULL
+        || (st->cache.CacheValuesType = fa_new_type(mod, &values_spec, NULL, "cache_values"))
+               == NULL
         || (st->cache.CacheItemsType = fa_new_type(mod, &items_spec, NULL, "cache_items")) == NULL
         || (st->cache.CacheTimerType = fa_new_type(mod, &ctimer_spec, NULL, "cache_timer")) == NULL
         || getsizeof_attribute_init(mod, st) < 0) {

@@ -68,9 +68,11 @@ int
 fa_mono_read_slow(fa_state *st, fa_reading *r)
 {
     r->kloop = r->kfn = NULL;
-    PyObject *fn = PyDict_GetItemWithError(st->core.clk_time_dict, st->core.str_monotonic);  // borrowed
+    PyObject *fn = PyDict_GetItemWithError(st->core.clk_time_dict,
+                                           st->core.str_monotonic);  // borrowed
     if (fn != NULL && fn == st->core.time_monotonic) {
-        st->core.clk_mono_ok = fa_dict_tag_take(st->core.clk_watcher, st->core.clk_time_dict, &st->core.clk_mono_tag);
+        st->core.clk_mono_ok = fa_dict_tag_take(st->core.clk_watcher, st->core.clk_time_dict,
+                                                &st->core.clk_mono_tag);
         r->now = fa_monotonic();
         return 0;
     }
@@ -99,7 +101,8 @@ clk_base_time_intact(fa_state *st, int *remember)
     if (PyFunction_GET_CODE(st->core.clk_base_time) != st->core.clk_base_code) {
         return 0;
     }
-    PyObject *tm = PyDict_GetItemWithError(st->core.clk_base_globals, st->core.str_time);  // borrowed
+    PyObject *tm = PyDict_GetItemWithError(st->core.clk_base_globals,
+                                           st->core.str_time);  // borrowed
     if (tm != st->core.clk_time_module) {
         return PyErr_Occurred() ? -1 : 0;
     }
@@ -108,10 +111,12 @@ clk_base_time_intact(fa_state *st, int *remember)
         if (mono != st->core.time_monotonic) {
             return PyErr_Occurred() ? -1 : 0;
         }
-        st->core.clk_mono_ok = fa_dict_tag_take(st->core.clk_watcher, st->core.clk_time_dict, &st->core.clk_mono_tag);
+        st->core.clk_mono_ok = fa_dict_tag_take(st->core.clk_watcher, st->core.clk_time_dict,
+                                                &st->core.clk_mono_tag);
     }
     *remember = st->core.clk_mono_ok
-                && fa_dict_tag_take(st->core.clk_watcher, st->core.clk_base_globals, &st->core.clk_globals_tag);
+                && fa_dict_tag_take(st->core.clk_watcher, st->core.clk_base_globals,
+                                    &st->core.clk_globals_tag);
     return 1;
 }
 

@@ -216,7 +216,8 @@ fa_running_loop_or_none(fa_state *st)
     PyObject *d = PyThreadState_GetDict();  // borrowed
     if (FA_LIKELY(d != NULL && st->core.clk_fork_gen != (unsigned long)-1)) {
         uint64_t ver = fa_dict_version(d);
-        if (FA_LIKELY(ver == st->core.clk_rl_dict_version && st->core.clk_rl_fork_gen == st->core.clk_fork_gen
+        if (FA_LIKELY(ver == st->core.clk_rl_dict_version
+                      && st->core.clk_rl_fork_gen == st->core.clk_fork_gen
                       && st->core.clk_rl_loop != NULL)) {
             return Py_NewRef(st->core.clk_rl_loop);
         }

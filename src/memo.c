@@ -1772,6 +1772,7 @@ static PyType_Spec flight_spec = {
 int
 fa_memo_init(PyObject *mod, fa_state *st)
 {
+    FA_INIT_NEEDS(st->engine.OpType);  // its calls are ops
     PyObject *functools = PyImport_ImportModule("functools");
     if (functools == NULL) {
         return -1;

@@ -166,7 +166,8 @@ fa_op_wait_self(FaOp *op, int get_loop_overridden, PyObject **loop_slot, fa_wait
         return fa_op_wait(op, loop_slot, q, res);
     }
     PyObject *args[1] = {op->owner};
-    PyObject *loop = PyObject_VectorcallMethod(op->st->core.str_get_loop, args,  // Beware: user code
+    // Beware: user code
+    PyObject *loop = PyObject_VectorcallMethod(op->st->core.str_get_loop, args,
                                                1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (loop == NULL) {
         return PYGEN_ERROR;
@@ -365,10 +366,10 @@ op_am_send(PyObject *self, PyObject *arg, PyObject **res)
  *
  * From 3.12 `await` drives a C awaitable through tp_iternext, so every value it returns travels
  * in a StopIteration, which the interpreter reads and drops at once. The engine keeps one
- * (st->engine.stopiter) and raises it again whenever nobody else holds it, swapping the value in place:
- * no allocation per result. It keeps the last value referenced until the next result or until
- * fa_op_forget_result (for families that must not keep a removed value alive). Before 3.12,
- * `await` uses am_send and no StopIteration is made. */
+ * (st->engine.stopiter) and raises it again whenever nobody else holds it, swapping the value
+ * in place: no allocation per result. It keeps the last value referenced until the next result
+ * or until fa_op_forget_result (for families that must not keep a removed value alive). Before
+ * 3.12, `await` uses am_send and no StopIteration is made. */
 
 #if FA_PY312
 /* Can the cached StopIteration carry another value: held by nobody else, its args a 1-tuple

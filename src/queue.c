@@ -831,9 +831,10 @@ kind_put(FaQueue *self, int kind, PyObject *item)
         self->version++;
     }
     else {
+        // Beware: a foreign container
         PyObject *r = Py_IS_TYPE(q, (PyTypeObject *)st->queue.deque_type)
                           ? call_descr(st->queue.deque_append, q, item)
-                          : call_method(q, st->queue.str_append, item);  // Beware: a foreign container
+                          : call_method(q, st->queue.str_append, item);
         self->version++;
         rc = r ? 0 : -1;
         Py_XDECREF(r);
@@ -1074,7 +1075,8 @@ q_wakeup_next(FaQueue *self, fa_waitq *q)
         if (view == NULL) {
             return -1;
         }
-        PyObject *r = call_method((PyObject *)self, self->st->queue.str_wakeup_next, view);  // Beware
+        // Beware: subclass code
+        PyObject *r = call_method((PyObject *)self, self->st->queue.str_wakeup_next, view);
         Py_DECREF(view);
         Py_XDECREF(r);
         return r ? 0 : -1;
@@ -1994,9 +1996,12 @@ find_overrides(FaQueue *self)
 {
     PyTypeObject *base = kind_type(self->st, self->kind);
     fa_state *st = self->st;
-    PyObject *names[] = {st->queue.str_init, st->queue.str_put, st->queue.str_get, st->queue.str_full,
-                         st->queue.str_empty, st->queue.str_qsize, st->queue.str_put_nowait,
-                         st->queue.str_get_nowait, st->queue.str_wakeup_next, st->core.str_get_loop};
+    /* in the order of the OVR_* bits */
+    PyObject *names[] = {st->queue.str_init,        st->queue.str_put,
+                         st->queue.str_get,         st->queue.str_full,
+                         st->queue.str_empty,       st->queue.str_qsize,
+                         st->queue.str_put_nowait,  st->queue.str_get_nowait,
+                         st->queue.str_wakeup_next, st->core.str_get_loop};
     return fa_find_overrides(Py_TYPE(self), base, names, sizeof(names) / sizeof(names[0]));
 }
 
@@ -2470,6 +2475,7 @@ static PyType_Spec lifo_spec = {
 int
 fa_queue_init(PyObject *mod, fa_state *st)
 {
+    FA_INIT_NEEDS(st->engine.SpecialDescrType);  // fa_methods_add
     FA_INIT_NEEDS(st->semaphore.EventType);  // Queue._finished is an aiofast Event
     PyObject *m;
 #define IMPORT(field, modname, attr) \
@@ -2516,11 +2522,12 @@ fa_queue_init(PyObject *mod, fa_state *st)
     INTERN(str_wakeup_next, "_wakeup_next");
     INTERN(str_append, "append");
 #undef INTERN
-    if ((st->queue.deque_append = PyObject_GetAttrString(st->queue.deque_type, "append")) == NULL
-        || (st->queue.deque_popleft = PyObject_GetAttrString(st->queue.deque_type, "popleft")) == NULL
-        || (st->queue.event_set = PyObject_GetAttrString((PyObject *)st->semaphore.EventType, "set")) == NULL
-        || (st->queue.event_clear = PyObject_GetAttrString((PyObject *)st->semaphore.EventType, "clear"))
-               == NULL
+    fa_queue_state *q = &st->queue;
+    PyObject *event = (PyObject *)st->semaphore.EventType;
+    if ((q->deque_append = PyObject_GetAttrString(q->deque_type, "append")) == NULL
+        || (q->deque_popleft = PyObject_GetAttrString(q->deque_type, "popleft")) == NULL
+        || (q->event_set = PyObject_GetAttrString(event, "set")) == NULL
+        || (q->event_clear = PyObject_GetAttrString(event, "clear")) == NULL
         || (st->queue.dc_refs = PyDict_New()) == NULL) {
         return -1;
     }
@@ -2538,7 +2545,8 @@ fa_queue_init(PyObject *mod, fa_state *st)
     if (st->queue.PriorityQueueType == NULL) {
         return -1;
     }
-    st->queue.LifoQueueType = fa_add_type(mod, &lifo_spec, (PyObject *)st->queue.QueueType, "LifoQueue");
+    st->queue.LifoQueueType =
+        fa_add_type(mod, &lifo_spec, (PyObject *)st->queue.QueueType, "LifoQueue");
     if (st->queue.LifoQueueType == NULL) {
         return -1;
     }

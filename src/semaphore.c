@@ -426,7 +426,8 @@ sem_wake_up_next(FaLock *self)
 {
     if (FA_UNLIKELY(self->ovr & OVR_WAKE)) {
         PyObject *args[1] = {(PyObject *)self};
-        PyObject *r = PyObject_VectorcallMethod(self->st->semaphore.str_wake_up_next, args,  // Beware
+        // Beware: subclass code
+        PyObject *r = PyObject_VectorcallMethod(self->st->semaphore.str_wake_up_next, args,
                                                 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         if (r == NULL) {
             return -1;
@@ -717,7 +718,8 @@ static FA_NOINLINE int
 lock_wake_dispatch(FaLock *self)
 {
     if (FA_UNLIKELY(self->ovr & OVR_WAKE)) {
-        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->semaphore.str_wake_up_first);
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self,
+                                                self->st->semaphore.str_wake_up_first);
         Py_XDECREF(r);  // Beware: subclass code
         return r ? 0 : -1;
     }
@@ -1205,7 +1207,8 @@ static PyObject *
 sem_repr(PyObject *op)
 {
     FaLock *self = (FaLock *)op;
-    PyObject *l = PyObject_CallMethodNoArgs(op, self->st->semaphore.str_locked);  // as asyncio: self.locked()
+    // as asyncio: self.locked()
+    PyObject *l = PyObject_CallMethodNoArgs(op, self->st->semaphore.str_locked);
     if (l == NULL) {
         return NULL;
     }
@@ -1518,6 +1521,7 @@ SPEC(event, "aiofast.Event", event_new, event_init, event_repr, event_methods, e
 int
 fa_semaphore_init(PyObject *mod, fa_state *st)
 {
+    FA_INIT_NEEDS(st->engine.SpecialDescrType);  // fa_methods_add, fa_special_add
     fa_semaphore_state *s = &st->semaphore;
     if ((s->str_acquire = PyUnicode_InternFromString("acquire")) == NULL
         || (s->str_release = PyUnicode_InternFromString("release")) == NULL
@@ -1529,8 +1533,8 @@ fa_semaphore_init(PyObject *mod, fa_state *st)
     if ((st->semaphore.SemaphoreType = fa_add_type(mod, &sem_spec, NULL, "Semaphore")) == NULL) {
         return -1;
     }
-    st->semaphore.BoundedSemaphoreType = fa_add_type(mod, &bsem_spec, (PyObject *)st->semaphore.SemaphoreType,
-                                           "BoundedSemaphore");
+    st->semaphore.BoundedSemaphoreType = fa_add_type(
+        mod, &bsem_spec, (PyObject *)st->semaphore.SemaphoreType, "BoundedSemaphore");
     if (st->semaphore.BoundedSemaphoreType == NULL) {
         return -1;
     }

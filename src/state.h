@@ -132,7 +132,7 @@ typedef struct {
     void *clk_nat_type;                      /* ... while its type is this one, */
     unsigned int clk_nat_ttag;               /* with this tag, */
     PyObject **clk_nat_dictptr;              /* its __dict__ slot (into the loop: alive) */
-    PyObject *clk_nat_dict;                  /* holds this dict (borrowed; the tag rules out reuse) */
+    PyObject *clk_nat_dict;                  /* holds this dict (borrowed; the tag: no reuse) */
     uint64_t clk_nat_dtag;                   /* with this tag */
     PyObject *clk_no_dict;                   /* always NULL: the slot of a loop without __dict__ */
 } fa_core_state;

@@ -918,8 +918,8 @@ static PyType_Spec tbs_spec = {
 int
 fa_tbshared_init(PyObject *mod, fa_state *st)
 {
-    if ((st->tokenbucket.SharedTokenBucketType = fa_add_type(mod, &tbs_spec, NULL, "SharedTokenBucket"))
-            == NULL
+    if ((st->tokenbucket.SharedTokenBucketType =
+             fa_add_type(mod, &tbs_spec, NULL, "SharedTokenBucket")) == NULL
         || fa_methods_add(st, st->tokenbucket.SharedTokenBucketType, tbs_async_methods) < 0) {
         return -1;
     }

@@ -803,7 +803,8 @@ static double
 tb_early_fire(fa_state *st, PyObject *loop)
 {
     double early = TB_EARLY_FIRE;
-    PyObject *r = PyObject_GetAttr(loop, st->tokenbucket.str_clock_resolution);  // Beware: Python code
+    // Beware: Python code
+    PyObject *r = PyObject_GetAttr(loop, st->tokenbucket.str_clock_resolution);
     if (r == NULL) {
         PyErr_Clear();  // not an asyncio loop (uvloop has none): the default
         return early;
@@ -2082,9 +2083,11 @@ static PyType_Spec rl_spec = {
 int
 fa_tokenbucket_init(PyObject *mod, fa_state *st)
 {
-    if ((st->tokenbucket.str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL
-        || (st->tokenbucket.str_shared = PyUnicode_InternFromString("shared")) == NULL
-        || (st->tokenbucket.str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
+    FA_INIT_NEEDS(st->engine.SpecialDescrType);  // fa_methods_add, fa_special_add
+    fa_tokenbucket_state *tb = &st->tokenbucket;
+    if ((tb->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL
+        || (tb->str_shared = PyUnicode_InternFromString("shared")) == NULL
+        || (tb->str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
         return -1;
     }
     if ((st->tokenbucket.TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL
@@ -2095,8 +2098,8 @@ fa_tokenbucket_init(PyObject *mod, fa_state *st)
                           offsetof(TokenBucket, aexit), tb_aexit_doc) < 0) {
         return -1;
     }
-    PyTypeObject *leaky = fa_add_type(mod, &tb_peer_spec, (PyObject *)st->tokenbucket.TokenBucketType,
-                                      "LeakyBucket");
+    PyTypeObject *leaky =
+        fa_add_type(mod, &tb_peer_spec, (PyObject *)st->tokenbucket.TokenBucketType, "LeakyBucket");
     if (leaky == NULL) {
         return -1;
     }
