@@ -118,7 +118,7 @@ typedef struct {
 static void breaker_check(Breaker *b);
 static void bk_op_check(FaOp *op);
 #endif
-/* FA_ASSERT_CONSISTENT(breaker or call) (aiofast.h); the checkers are further down */
+/* FA_ASSERT_CONSISTENT(breaker or call) (debug.h); the checkers are further down */
 #define FA_CONSISTENT(obj) \
     _Generic((obj), Breaker *: breaker_check, FaOp *: bk_op_check)(obj)
 

@@ -91,7 +91,7 @@ typedef struct {
 /* ------------------------------------------------------------------ debug invariants */
 
 #if FA_DEBUG
-/* The cache's invariants (see FA_ASSERT_CONSISTENT in aiofast.h): the table's own (ct_check,
+/* The cache's invariants (see FA_ASSERT_CONSISTENT in debug.h): the table's own (ct_check,
  * bounded for huge tables), currsize == the sum of the entries' sizes (their count when
  * unsized) and 0 <= currsize <= maxsize after every completed mutation, a TTLCache's table keeps
  * expiry times and never holds a memoizer's never-expiring class, a table keeps sizes only with

@@ -133,7 +133,7 @@ flight_check(FlightObject *f)
     }
 }
 
-/* The memo's invariants (see FA_ASSERT_CONSISTENT in aiofast.h): the table's own (ct_check,
+/* The memo's invariants (see FA_ASSERT_CONSISTENT in debug.h): the table's own (ct_check,
  * bounded for huge tables); maxsize respected (maxsize 0: nothing is ever stored); a timed table
  * exactly when there is a ttl; every flight in the table belongs to this memo, is keyed by the
  * very key object and hash of its entry, and is consistent itself (flight_check: its waiters);

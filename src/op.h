@@ -103,7 +103,7 @@ struct FaOp {
 /* ---- waiter queue ---- */
 
 #if FA_DEBUG
-/* The waiter queue's invariants (debug builds; see FA_ASSERT_CONSISTENT in aiofast.h): the
+/* The waiter queue's invariants (debug builds; see FA_ASSERT_CONSISTENT in debug.h): the
  * links agree both ways, head/tail are the ends, len counts the linked ops (which also bounds
  * the walk, so a cycle is caught), every linked op points back at this queue, is an FaOp still
  * being driven (WAITING, or RUNNING: the op that is linking or unlinking itself, or one a

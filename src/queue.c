@@ -226,7 +226,7 @@ queue_check(FaQueue *self)
                  PyList_GET_SIZE(q));
     }
 }
-#define FA_CONSISTENT queue_check  /* FA_ASSERT_CONSISTENT(self) runs it (aiofast.h) */
+#define FA_CONSISTENT queue_check  /* FA_ASSERT_CONSISTENT(self) runs it (debug.h) */
 #endif
 
 /* ------------------------------------------------------------------ small helpers */

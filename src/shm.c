@@ -511,7 +511,7 @@ shm_probe(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(created);
 }
 
-PyMethodDef fa_shm_functions[] = {
+static PyMethodDef shm_functions[] = {
     {"shared_unlink", (PyCFunction)shared_unlink, METH_O, shared_unlink_doc},
     {"_shm_probe", (PyCFunction)(void (*)(void))shm_probe, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
@@ -529,5 +529,5 @@ fa_shm_init(PyObject *mod, fa_state *st)
         || PyModule_AddObjectRef(mod, "SharedSegmentError", st->core.SharedSegmentError) < 0) {
         return -1;
     }
-    return PyModule_AddFunctions(mod, fa_shm_functions);
+    return PyModule_AddFunctions(mod, shm_functions);
 }
