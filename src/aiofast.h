@@ -6,7 +6,8 @@
  * state fa_state: one part per layer or family, each declared in its own header with its own
  * traverse and clear, which module.c calls.
  *
- * Invariants: no C globals; every object caches the fa_state * of the module that made it.
+ * Invariants: no C globals (but the address of the module's definition, the same for every
+ * interpreter: state.c); every object caches the fa_state * of the module that made it.
  */
 #ifndef AIOFAST_H
 #define AIOFAST_H
