@@ -860,17 +860,26 @@ pass_on_after_error(FaQueue *self, int putter)
     fa_restore_exc(exc);
 }
 
+static PySendResult put_step(FaOp *op, PyObject **res);
+
+/* A woken get() (putter 0) or put() (putter 1) takes one more turn of its loop. */
 static PySendResult
-get_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+waiter_resume(FaOp *op, PyObject **res, int putter)
 {
     fa_waitq_unlink(op);  /* normally the waker popped it already */
     op->flags &= ~FA_OPF_WOKEN;
     FA_ASSERT_CONSISTENT((FaQueue *)op->owner);
-    PySendResult r = get_step(op, res);
+    PySendResult r = putter ? put_step(op, res) : get_step(op, res);
     if (r == PYGEN_ERROR) {
-        pass_on_after_error((FaQueue *)op->owner, 0);
+        pass_on_after_error((FaQueue *)op->owner, putter);
     }
     return r;
+}
+
+static PySendResult
+get_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+{
+    return waiter_resume(op, res, 0);
 }
 
 /* Is the waiter's future cancelled? asyncio first calls fut.cancel() (a no-op when done), so
@@ -900,9 +909,9 @@ cancel_waiter(fa_state *st, FaOp *op)
     return c;
 }
 
-/* asyncio's bare `except:` around `await getter` */
+/* asyncio's bare `except:` around `await getter` (putter 0) or `await putter` (putter 1) */
 static int
-get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
+waiter_exc(FaOp *op, int putter)
 {
     FaQueue *self = (FaQueue *)op->owner;
     int cancelled = cancel_waiter(self->st, op);
@@ -911,15 +920,22 @@ get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     if (cancelled < 0) {
         return -1;
     }
-    int e = q_empty(self);
-    if (e < 0) {
+    int blocked = putter ? q_full(self) : q_empty(self);
+    if (blocked < 0) {
         return -1;
     }
-    if (!e && !cancelled) {
-        /* woken by put_nowait(), but leaving: wake the next in line */
-        return q_wakeup_next(self, &self->getters);
+    if (!blocked && !cancelled) {
+        /* woken by put_nowait() (a getter) or get_nowait() (a putter), but leaving: wake the
+         * next in line */
+        return q_wakeup_next(self, putter ? &self->putters : &self->getters);
     }
     return 0;
+}
+
+static int
+get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
+{
+    return waiter_exc(op, 0);
 }
 
 static const fa_opkind get_kind = {"Queue.get", get_start, get_resume, get_exc, NULL};
@@ -968,35 +984,13 @@ put_start(FaOp *op, PyObject **res)
 static PySendResult
 put_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 {
-    fa_waitq_unlink(op);
-    op->flags &= ~FA_OPF_WOKEN;
-    FA_ASSERT_CONSISTENT((FaQueue *)op->owner);
-    PySendResult r = put_step(op, res);
-    if (r == PYGEN_ERROR) {
-        pass_on_after_error((FaQueue *)op->owner, 1);
-    }
-    return r;
+    return waiter_resume(op, res, 1);
 }
 
 static int
 put_exc(FaOp *op, PyObject *Py_UNUSED(exc))
 {
-    FaQueue *self = (FaQueue *)op->owner;
-    int cancelled = cancel_waiter(self->st, op);
-    fa_waitq_unlink(op);
-    FA_ASSERT_CONSISTENT(self);
-    if (cancelled < 0) {
-        return -1;
-    }
-    int f = q_full(self);
-    if (f < 0) {
-        return -1;
-    }
-    if (!f && !cancelled) {
-        /* woken by get_nowait(), but leaving: wake the next in line */
-        return q_wakeup_next(self, &self->putters);
-    }
-    return 0;
+    return waiter_exc(op, 1);
 }
 
 static const fa_opkind put_kind = {"Queue.put", put_start, put_resume, put_exc, NULL};
