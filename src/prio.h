@@ -91,7 +91,8 @@ fa_prio_num_cmp(PyObject *x, PyObject *y)
         if (PyFloat_CheckExact(y)) {
             b = PyFloat_AS_DOUBLE(y);
         }
-        else if (PyLong_CheckExact(y) && fa_long_small(y, &q) && q <= FA_EXACT53 && q >= -FA_EXACT53) {
+        else if (PyLong_CheckExact(y) && fa_long_small(y, &q) && q <= FA_EXACT53
+                 && q >= -FA_EXACT53) {
             b = (double)q;
         }
         else {

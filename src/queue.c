@@ -1590,15 +1590,7 @@ queue_clear(PyObject *op)
 static void
 queue_dealloc(PyObject *op)
 {
-    FaQueue *self = (FaQueue *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    queue_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, ((FaQueue *)op)->weakreflist, queue_clear);
 }
 
 /* ------------------------------------------------------------------ attributes */
@@ -1761,24 +1753,6 @@ set_is_shutdown(PyObject *op, PyObject *v, void *Py_UNUSED(c))
     return 0;
 }
 
-static PyObject *
-get_loop_attr(PyObject *op, void *Py_UNUSED(c))
-{
-    FaQueue *self = (FaQueue *)op;
-    return Py_NewRef(self->loop ? self->loop : Py_None);
-}
-
-static int
-set_loop_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
-{
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _loop");
-        return -1;
-    }
-    Py_XSETREF(((FaQueue *)op)->loop, Py_NewRef(v));
-    return 0;
-}
-
 /* ------------------------------------------------------------------ type specs */
 
 PyDoc_STRVAR(put_doc, "put($self, item)\n--\n\nPut an item into the queue; wait while it is "
@@ -1879,7 +1853,7 @@ static PyGetSetDef queue_getset[] = {
     {"_unfinished_tasks", get_unfinished, set_unfinished, NULL, NULL},
     {"_finished", get_finished_attr, set_finished_attr, "The Event join() waits on.", NULL},
     {"_is_shutdown", get_is_shutdown, set_is_shutdown, NULL, NULL},
-    {"_loop", get_loop_attr, set_loop_attr, NULL, NULL},
+    {"_loop", fa_loop_attr_get, fa_loop_attr_set, NULL, (void *)offsetof(FaQueue, loop)},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
