@@ -18,6 +18,7 @@
 #define FA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define FA_NOINLINE __attribute__((noinline))
+#define FA_INLINE static inline __attribute__((always_inline))
 
 /* Debug build (-UNDEBUG): invariant checks after every mutation. */
 #ifndef NDEBUG
@@ -83,6 +84,22 @@ fa_check_failed(const char *file, int line, const char *func, const char *cond, 
 #define FA_CHECK(cond, ...) \
     (FA_LIKELY(cond) ? (void)0 : fa_check_failed(__FILE__, __LINE__, __func__, #cond, __VA_ARGS__))
 #endif
+
+/* The whole of a GC type's tp_dealloc: untrack, clear the weak references (weakreflist: the
+ * object's list, NULL for a type without one), drop every owned reference with the type's own
+ * clear, free, and release the type last (a heap type's instances hold a reference to it). */
+static inline void
+fa_gc_dealloc(PyObject *op, PyObject *weakreflist, inquiry clear)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
 
 /* Every field from OpType to str_append is an object pointer (module.c traverses them as an
  * array): add new object fields inside that range, and non-object fields after it. */
