@@ -10,6 +10,7 @@
 #define FA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define FA_NOINLINE __attribute__((noinline))
+#define FA_INLINE static inline __attribute__((always_inline))
 
 /* Debug build (-UNDEBUG): invariant checks after every mutation. */
 #ifndef NDEBUG

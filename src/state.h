@@ -176,6 +176,22 @@ PyTypeObject *fa_new_type(PyObject *mod, PyType_Spec *spec, PyObject *base, cons
 /* The same, also added to the module under its name: a new reference (the state's), or NULL. */
 PyTypeObject *fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name);
 
+/* The whole of a GC type's tp_dealloc: untrack, clear the weak references (weakreflist: the
+ * object's list, NULL for a type without one), drop every owned reference with the type's own
+ * clear, free, and release the type last (a heap type's instances hold a reference to it). */
+static inline void
+fa_gc_dealloc(PyObject *op, PyObject *weakreflist, inquiry clear)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
 /* collections.abc.<abc_name>.register(tp). 0, or -1 with an exception. */
 int fa_register_abc(const char *abc_name, PyTypeObject *tp);
 
