@@ -46,6 +46,7 @@
  */
 #include "tokenbucket.h"
 #include "clock.h"
+#include "wrapper.h"
 
 #include <float.h>
 
@@ -110,14 +111,10 @@ typedef struct {
 } TokenBucket;
 
 typedef struct {
-    PyObject_HEAD
+    FA_WRAPPER_HEAD         /* func: the rate-limited function */
     fa_state *st;
     PyObject *bucket;
-    PyObject *func;
     FaOp *cache;
-    PyObject *dict;
-    PyObject *weakreflist;
-    vectorcallfunc vectorcall;
     const fa_opkind *kind;  /* the op its calls run (TokenBucket's or SharedTokenBucket's) */
 } RateLimited;
 
@@ -1483,59 +1480,16 @@ fa_tb_decorate(fa_state *st, PyObject *op, PyObject *args, PyObject *kwargs,
     if (w == NULL) {
         return NULL;
     }
+    fa_wrapper_init((PyObject *)w, func, rl_vectorcall);
     w->st = st;
     w->bucket = Py_NewRef(op);
-    w->func = Py_NewRef(func);
     w->cache = NULL;
-    w->dict = NULL;
-    w->weakreflist = NULL;
-    w->vectorcall = rl_vectorcall;
     w->kind = call_kind;
     PyObject_GC_Track(w);
-    /* functools.update_wrapper(w, func), and the coroutine-function marks */
-    PyObject *r = NULL;
-    PyObject *functools = PyImport_ImportModule("functools");
-    if (functools != NULL) {
-        r = PyObject_CallMethod(functools, "update_wrapper", "OO", (PyObject *)w, func);
-        Py_DECREF(functools);
-    }
-    if (r == NULL) {
+    if (fa_wrapper_finish((PyObject *)w, FA_WRAP_ASYNC) < 0) {
         Py_DECREF(w);
         return NULL;
     }
-    Py_DECREF(r);
-    PyObject *mod = PyImport_ImportModule("asyncio.coroutines");
-    if (mod == NULL) {
-        Py_DECREF(w);
-        return NULL;
-    }
-    PyObject *mark = PyObject_GetAttrString(mod, "_is_coroutine");
-    Py_DECREF(mod);
-    if (mark == NULL) {
-        PyErr_Clear();  // gone in some future Python: nothing to mark
-    }
-    else {
-        int rc = PyObject_SetAttrString((PyObject *)w, "_is_coroutine", mark);
-        Py_DECREF(mark);
-        if (rc < 0) {
-            Py_DECREF(w);
-            return NULL;
-        }
-    }
-#if FA_PY312
-    mod = PyImport_ImportModule("inspect");
-    if (mod == NULL) {
-        Py_DECREF(w);
-        return NULL;
-    }
-    r = PyObject_CallMethod(mod, "markcoroutinefunction", "O", (PyObject *)w);
-    Py_DECREF(mod);
-    if (r == NULL) {
-        Py_DECREF(w);
-        return NULL;
-    }
-    Py_DECREF(r);
-#endif
     return (PyObject *)w;
 }
 
@@ -1866,15 +1820,6 @@ rl_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject
 }
 
 static PyObject *
-rl_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(self);
-    }
-    return PyMethod_New(self, obj);
-}
-
-static PyObject *
 rl_repr(PyObject *op)
 {
     RateLimited *w = (RateLimited *)op;
@@ -1891,12 +1836,9 @@ static int
 rl_traverse(PyObject *op, visitproc visit, void *arg)
 {
     RateLimited *w = (RateLimited *)op;
-    Py_VISIT(Py_TYPE(op));
     Py_VISIT(w->bucket);
-    Py_VISIT(w->func);
     Py_VISIT((PyObject *)w->cache);
-    Py_VISIT(w->dict);
-    return 0;
+    return fa_wrapper_traverse(op, visit, arg);
 }
 
 static int
@@ -1904,24 +1846,9 @@ rl_clear(PyObject *op)
 {
     RateLimited *w = (RateLimited *)op;
     Py_CLEAR(w->bucket);
-    Py_CLEAR(w->func);
     Py_CLEAR(w->cache);
-    Py_CLEAR(w->dict);
+    fa_wrapper_clear(op);
     return 0;
-}
-
-static void
-rl_dealloc(PyObject *op)
-{
-    RateLimited *w = (RateLimited *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (w->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    rl_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
 }
 
 /* ------------------------------------------------------------------ type specs */
@@ -2043,28 +1970,20 @@ static PyType_Spec tb_peer_spec = {
 };
 
 static PyGetSetDef rl_getset[] = {
+    FA_WRAPPER_GETSET
     {"bucket", rl_get_bucket, NULL, "The TokenBucket each call takes a token from.", NULL},
-    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
-    FA_WRAPPER_ANNOTATIONS_GETSET
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef rl_members[] = {
-    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(RateLimited, weakreflist), Py_READONLY, NULL},
-    {"__dictoffset__", Py_T_PYSSIZET, offsetof(RateLimited, dict), Py_READONLY, NULL},
-    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(RateLimited, vectorcall), Py_READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
 static PyType_Slot rl_slots[] = {
-    {Py_tp_dealloc, rl_dealloc},
+    {Py_tp_dealloc, fa_wrapper_dealloc},
     {Py_tp_traverse, rl_traverse},
     {Py_tp_clear, rl_clear},
     {Py_tp_repr, rl_repr},
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, rl_descr_get},
+    {Py_tp_descr_get, fa_wrapper_get},
     {Py_tp_getset, rl_getset},
-    {Py_tp_members, rl_members},
+    {Py_tp_members, fa_wrapper_members},
     {Py_tp_doc, "An async function rate-limited by a TokenBucket: each call takes one token "
                 "before it runs."},
     {0, NULL},
@@ -2073,8 +1992,7 @@ static PyType_Slot rl_slots[] = {
 static PyType_Spec rl_spec = {
     .name = "aiofast._core.RateLimited",
     .basicsize = sizeof(RateLimited),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-             | Py_TPFLAGS_HAVE_VECTORCALL,
+    .flags = FA_WRAPPER_TPFLAGS | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = rl_slots,
 };
 
