@@ -107,6 +107,20 @@ fa_op_ready_start(FaOp *op, PyObject **res)
 }
 
 PySendResult
+fa_op_none_start(FaOp *Py_UNUSED(op), PyObject **res)
+{
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+PySendResult
+fa_op_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
+{
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+PySendResult
 fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res)
 {
     fa_state *st = op->st;

@@ -339,6 +339,11 @@ fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
  * does not warn, since nothing was left undone. */
 PySendResult fa_op_ready_start(FaOp *op, PyObject **res);
 
+/* start and resume of a kind that finishes at once with None (an __aexit__ with nothing to
+ * undo). */
+PySendResult fa_op_none_start(FaOp *op, PyObject **res);
+PySendResult fa_op_none_resume(FaOp *op, PyObject *value, PyObject **res);
+
 static inline FaOp *
 fa_op_ready(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner, PyObject *value)
 {

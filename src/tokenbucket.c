@@ -77,23 +77,13 @@ typedef struct {
 } tb_deadline;
 
 typedef struct {
-    PyObject_HEAD
-    fa_state *st;
-    fa_waitq waiters;
+    FA_TB_HEAD             /* st, waiters, cache, weakreflist, rate/per/capacity (tokenbucket.h) */
     PyObject *loop;        /* bound on the first wait (as _LoopBoundMixin), or NULL */
     fa_clock clk;          /* the clock stamp was read on (its keys; last: last_read) */
     PyObject *timer;       /* the one TimerHandle, or NULL */
     PyObject *wake_cb;     /* the timer's callback (a builtin bound to self), made lazily */
-    FaOp *cache;
     PyObject *aenter;      /* cached bound __aenter__ / __aexit__ (op.h, special methods) */
     PyObject *aexit;
-    PyObject *weakreflist;
-    PyObject *rate_obj;    /* rate, per and capacity as given (the properties return them) */
-    PyObject *per_obj;
-    PyObject *cap_obj;
-    double rate;
-    double per;
-    double capacity;
     double initial;
     double level;
     double stamp;
@@ -952,7 +942,7 @@ tb_peer_place(TokenBucket *self, FaOp *op)
     FA_ASSERT_CONSISTENT(self);
 }
 
-/* The ValueError of a request above the capacity (see tb_tokens_arg). */
+/* The ValueError of a request above the capacity (see tb_count_arg). */
 static PySendResult
 tb_over_capacity(TokenBucket *self, FaOp *op)
 {
@@ -1151,22 +1141,8 @@ static const fa_opkind tb_acquire_kind = {
     "TokenBucket.acquire", tb_acquire_start, tb_acquire_resume, tb_wait_exc, NULL,
 };
 
-static PySendResult
-tb_none_start(FaOp *Py_UNUSED(op), PyObject **res)
-{
-    *res = Py_NewRef(Py_None);
-    return PYGEN_RETURN;
-}
-
-static PySendResult
-tb_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
-{
-    *res = Py_NewRef(Py_None);
-    return PYGEN_RETURN;
-}
-
-static const fa_opkind tb_aexit_kind = {"TokenBucket.__aexit__", tb_none_start, tb_none_resume,
-                                        NULL, NULL};
+static const fa_opkind tb_aexit_kind = {"TokenBucket.__aexit__", fa_op_none_start,
+                                        fa_op_none_resume, NULL, NULL};
 
 /* ------------------------------------------------------------------ RateLimited calls */
 
@@ -1195,36 +1171,19 @@ fa_tb_call_run(FaOp *op, PyObject **res)
 static PySendResult
 tb_call_start(FaOp *op, PyObject **res)
 {
-    PySendResult r = tb_take_or_wait(op, res);
-    if (r != PYGEN_RETURN) {
-        return r;
-    }
-    Py_CLEAR(*res);
-    return fa_tb_call_run(op, res);
+    return fa_tb_call_start(op, res, tb_take_or_wait);
 }
 
 static PySendResult
 tb_call_resume(FaOp *op, PyObject *value, PyObject **res)
 {
-    if (op->flags & OPF_CALLING) {
-        *res = Py_NewRef(value);  // the function's result
-        return PYGEN_RETURN;
-    }
-    PySendResult r = tb_acquire_resume(op, value, res);
-    if (r != PYGEN_RETURN) {
-        return r;
-    }
-    Py_CLEAR(*res);
-    return fa_tb_call_run(op, res);
+    return fa_tb_call_resume(op, value, res, tb_acquire_resume);
 }
 
 static int
 tb_call_exc(FaOp *op, PyObject *exc)
 {
-    if (op->flags & OPF_CALLING) {
-        return 0;  // the function raised: its token is spent
-    }
-    return tb_wait_exc(op, exc);
+    return fa_tb_call_exc(op, exc, tb_wait_exc);
 }
 
 static const fa_opkind tb_call_kind = {
@@ -1232,13 +1191,6 @@ static const fa_opkind tb_call_kind = {
 };
 
 /* argument parsing: tokenbucket.h (shared with the shared bucket) */
-
-/* A token count: > 0 and <= capacity. */
-static inline int
-tb_tokens_arg(TokenBucket *self, PyObject *obj, double *out)
-{
-    return tb_count_arg(obj, self->capacity, self->cap_obj, out);
-}
 
 /* ------------------------------------------------------------------ methods */
 
@@ -1285,9 +1237,7 @@ tb_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         }
     }
     else if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
-        PyObject *tok = NULL, *to = NULL;
-        if (tb_parse2("acquire", args, nargs, kwnames, "tokens", "timeout", &tok, &to) < 0
-            || tb_tokens_arg(self, tok, &n) < 0 || tb_timeout_arg(to, &timeout) < 0) {
+        if (fa_tb_acquire_args((fa_tb_head *)self, args, nargs, kwnames, &n, &timeout) < 0) {
             return NULL;
         }
     }
@@ -1321,12 +1271,18 @@ tb_aenter(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 static PyObject *
 tb_aexit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
-    TokenBucket *self = (TokenBucket *)op;
+    return fa_tb_aexit(op, nargs, &tb_aexit_kind);
+}
+
+PyObject *
+fa_tb_aexit(PyObject *op, Py_ssize_t nargs, const fa_opkind *kind)
+{
+    fa_tb_head *h = (fa_tb_head *)op;
     if (nargs != 3) {
         PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    return (PyObject *)fa_op_cached(self->st, &self->cache, &tb_aexit_kind, op);
+    return (PyObject *)fa_op_cached(h->st, &h->cache, kind, op);
 }
 
 /* Would acquire(n) finish at once? Refills; drops dead heads. 1, 0, -1. */
@@ -1349,10 +1305,8 @@ static PyObject *
 tb_try_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     TokenBucket *self = (TokenBucket *)op;
-    PyObject *tok = NULL;
     double n;
-    if (tb_parse2("try_acquire", args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
-        || tb_tokens_arg(self, tok, &n) < 0) {
+    if (fa_tb_tokens_args((fa_tb_head *)self, "try_acquire", args, nargs, kwnames, &n) < 0) {
         return NULL;
     }
     int ok = tb_available(self, n);
@@ -1401,13 +1355,11 @@ static PyObject *
 tb_has_capacity(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     TokenBucket *self = (TokenBucket *)op;
-    PyObject *tok = NULL;
     double n;
     if (FA_UNLIKELY(self->peer)) {
         return tb_peer_has_capacity(self, args, nargs, kwnames);
     }
-    if (tb_parse2("has_capacity", args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
-        || tb_tokens_arg(self, tok, &n) < 0) {
+    if (fa_tb_tokens_args((fa_tb_head *)self, "has_capacity", args, nargs, kwnames, &n) < 0) {
         return NULL;
     }
     int ok = tb_available(self, n);
@@ -1599,10 +1551,17 @@ fa_tb_config_parse(PyObject *rate_o, PyObject *per_o, PyObject *cap_o, PyObject 
             return -1;
         }
     }
+    PyObject *per_obj = per_o != NULL ? Py_NewRef(per_o) : PyFloat_FromDouble(1.0);
+    if (per_obj == NULL) {
+        Py_DECREF(cap_obj);
+        return -1;
+    }
     out->rate = rate;
     out->per = per;
     out->capacity = cap;
     out->initial = initial;
+    out->rate_obj = Py_NewRef(rate_o);
+    out->per_obj = per_obj;
     out->cap_obj = cap_obj;
     return 0;
 }
@@ -1629,49 +1588,59 @@ tb_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     if (self->waiters.len != 0) {
-        Py_DECREF(c.cap_obj);
+        fa_tb_config_release(&c);
         PyErr_SetString(PyExc_RuntimeError, "cannot re-initialize a TokenBucket while tasks "
                         "wait on it");
         return -1;
     }
-    self->rate = c.rate;
-    self->per = c.per;
-    self->capacity = c.capacity;
+    fa_tb_head_configure((fa_tb_head *)self, &c);
     self->initial = c.initial;
     self->level = c.initial;
-    Py_XSETREF(self->rate_obj, Py_NewRef(rate_o));
-    Py_XSETREF(self->per_obj, per_o ? Py_NewRef(per_o) : PyFloat_FromDouble(1.0));
-    Py_XSETREF(self->cap_obj, c.cap_obj);
-    if (self->per_obj == NULL) {
-        return -1;
-    }
     /* the clock starts now: the running loop's, else time.monotonic() */
     self->stamp_valid = 0;
     FA_ASSERT_CONSISTENT(self);
     return tb_clock_now(self);
 }
 
+int
+fa_tb_head_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    fa_tb_head *h = (fa_tb_head *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)h->cache);
+    Py_VISIT(h->rate_obj);
+    Py_VISIT(h->per_obj);
+    Py_VISIT(h->cap_obj);
+    return fa_waitq_traverse(&h->waiters, visit, arg);
+}
+
+void
+fa_tb_head_clear(PyObject *op)
+{
+    fa_tb_head *h = (fa_tb_head *)op;
+    fa_waitq_release_all(&h->waiters);
+    Py_CLEAR(h->cache);
+    Py_CLEAR(h->rate_obj);
+    Py_CLEAR(h->per_obj);
+    Py_CLEAR(h->cap_obj);
+}
+
 static int
 tb_traverse(PyObject *op, visitproc visit, void *arg)
 {
     TokenBucket *self = (TokenBucket *)op;
-    Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->loop);
     if (fa_clock_traverse(&self->clk, visit, arg) < 0) {
         return -1;
     }
     Py_VISIT(self->timer);
     Py_VISIT(self->wake_cb);
-    Py_VISIT((PyObject *)self->cache);
     Py_VISIT(self->aenter);
     Py_VISIT(self->aexit);
-    Py_VISIT(self->rate_obj);
-    Py_VISIT(self->per_obj);
-    Py_VISIT(self->cap_obj);
     for (Py_ssize_t i = 0; i < self->dl_len; i++) {
         Py_VISIT((PyObject *)self->dl[i].op);
     }
-    return fa_waitq_traverse(&self->waiters, visit, arg);
+    return fa_tb_head_traverse(op, visit, arg);
 }
 
 static int
@@ -1681,18 +1650,14 @@ tb_clear(PyObject *op)
     for (FaOp *w = self->waiters.head; w != NULL; w = w->next) {
         w->flags &= ~OPF_TIMED;
     }
-    fa_waitq_release_all(&self->waiters);
+    fa_tb_head_clear(op);
     dl_release_all(self);
     Py_CLEAR(self->timer);
     Py_CLEAR(self->wake_cb);
     Py_CLEAR(self->loop);
     fa_clock_clear_refs(&self->clk);
-    Py_CLEAR(self->cache);
     fa_special_clear(op, &self->aenter);
     fa_special_clear(op, &self->aexit);
-    Py_CLEAR(self->rate_obj);
-    Py_CLEAR(self->per_obj);
-    Py_CLEAR(self->cap_obj);
     return 0;
 }
 
@@ -1722,28 +1687,28 @@ tb_get_tokens(PyObject *op, void *Py_UNUSED(c))
     return PyFloat_FromDouble(self->level);
 }
 
-static PyObject *
-tb_get_waiting(PyObject *op, void *Py_UNUSED(c))
+PyObject *
+fa_tb_get_waiting(PyObject *op, void *Py_UNUSED(c))
 {
-    return PyLong_FromSsize_t(((TokenBucket *)op)->waiters.len);
+    return PyLong_FromSsize_t(((fa_tb_head *)op)->waiters.len);
 }
 
-static PyObject *
-tb_get_rate(PyObject *op, void *Py_UNUSED(c))
+PyObject *
+fa_tb_get_rate(PyObject *op, void *Py_UNUSED(c))
 {
-    return Py_NewRef(((TokenBucket *)op)->rate_obj);
+    return Py_NewRef(((fa_tb_head *)op)->rate_obj);
 }
 
-static PyObject *
-tb_get_per(PyObject *op, void *Py_UNUSED(c))
+PyObject *
+fa_tb_get_per(PyObject *op, void *Py_UNUSED(c))
 {
-    return Py_NewRef(((TokenBucket *)op)->per_obj);
+    return Py_NewRef(((fa_tb_head *)op)->per_obj);
 }
 
-static PyObject *
-tb_get_capacity(PyObject *op, void *Py_UNUSED(c))
+PyObject *
+fa_tb_get_capacity(PyObject *op, void *Py_UNUSED(c))
 {
-    return Py_NewRef(((TokenBucket *)op)->cap_obj);
+    return Py_NewRef(((fa_tb_head *)op)->cap_obj);
 }
 
 /* A number for repr: integral values without ".0", others as repr(float) to 9 digits. */
@@ -1769,19 +1734,30 @@ tb_repr(PyObject *op)
     if (tb_clock_now(self) < 0) {
         PyErr_Clear();  // show the last known level
     }
+    return fa_tb_repr(op, self->level, NULL);
+}
+
+PyObject *
+fa_tb_repr(PyObject *op, double level, PyObject *shared)
+{
+    fa_tb_head *h = (fa_tb_head *)op;
     PyObject *base = NULL, *rate = NULL, *per = NULL, *lv = NULL, *cap = NULL, *r = NULL;
     base = PyBaseObject_Type.tp_repr(op);
-    rate = fa_tb_num_str(self->rate);
-    per = fa_tb_num_str(self->per);
-    lv = fa_tb_num_str(self->level);
-    cap = fa_tb_num_str(self->capacity);
+    rate = fa_tb_num_str(h->rate);
+    per = fa_tb_num_str(h->per);
+    lv = fa_tb_num_str(level);
+    cap = fa_tb_num_str(h->capacity);
     if (base && rate && per && lv && cap) {
         PyObject *inner = PyUnicode_Substring(base, 1, PyUnicode_GET_LENGTH(base) - 1);
-        if (inner != NULL) {
-            r = PyUnicode_FromFormat("<%U [rate:%U/%Us, tokens:%U/%U, waiters:%zd]>", inner, rate,
-                                     per, lv, cap, self->waiters.len);
-            Py_DECREF(inner);
+        if (inner != NULL && shared != NULL) {
+            r = PyUnicode_FromFormat("<%U [shared:%R, rate:%U/%Us, tokens:%U/%U, waiting:%zd]>",
+                                     inner, shared, rate, per, lv, cap, h->waiters.len);
         }
+        else if (inner != NULL) {
+            r = PyUnicode_FromFormat("<%U [rate:%U/%Us, tokens:%U/%U, waiters:%zd]>", inner, rate,
+                                     per, lv, cap, h->waiters.len);
+        }
+        Py_XDECREF(inner);
     }
     Py_XDECREF(base);
     Py_XDECREF(rate);
@@ -1893,11 +1869,8 @@ static PyMethodDef tb_methods[] = {
 
 static PyGetSetDef tb_getset[] = {
     {"tokens", tb_get_tokens, NULL, "The tokens available now (a float).", NULL},
-    {"waiting", tb_get_waiting, NULL, "The number of tasks waiting in acquire().", NULL},
-    {"rate", tb_get_rate, NULL, "Tokens added every `per` seconds.", NULL},
-    {"per", tb_get_per, NULL, "The period, in seconds, over which `rate` tokens flow in.", NULL},
-    {"capacity", tb_get_capacity, NULL, "The most tokens the bucket holds (the largest burst).",
-     NULL},
+    {"waiting", fa_tb_get_waiting, NULL, "The number of tasks waiting in acquire().", NULL},
+    FA_TB_GETSET
     {NULL, NULL, NULL, NULL, NULL},
 };
 
