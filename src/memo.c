@@ -383,6 +383,35 @@ flight_entry(FlightObject *f)
     return ix;
 }
 
+/* The lookup of a call that may start a flight, once everything that may run Python code is
+ * done (the clock read at now, the flight allocated): expire what is due, then find key. A
+ * fresh result is a hit: counted, marked used, and returned in *hit (a new reference); an
+ * expired one is removed (its key and value to trash). Otherwise *hit is NULL and the result
+ * is the index of key's flight, CT_NOTFOUND, or CT_ERROR (a raising __eq__). */
+static Py_ssize_t
+memo_lookup(MemoObject *self, PyObject *key, Py_hash_t hash, double now, ct_buf *trash,
+            PyObject **hit)
+{
+    ct_table *t = &self->t;
+    *hit = NULL;
+    if (self->has_ttl) {
+        memo_expire(self, now, trash);
+    }
+    Py_ssize_t ix = ct_lookup(t, key, hash);  // Beware: __eq__ (it re-validates)
+    if (ix < 0 || IS_FLIGHT(self->st, t->entries[ix].value)) {
+        return ix;
+    }
+    if (!self->has_ttl || now < t->exp[ix]) {
+        self->hits++;
+        ct_touch(t, ix);
+        CHECK(self);
+        *hit = Py_NewRef(t->entries[ix].value);
+        return ix;
+    }
+    ct_remove(t, ix, trash);  // expired (in a synchronous call: a timer that went backwards)
+    return CT_NOTFOUND;
+}
+
 /* Insert key -> value (a new flight) as the most recent entry, evicting to keep maxsize. No
  * Python code runs; evicted keys and values go to trash. 0 or -1. */
 static int
@@ -733,39 +762,26 @@ call_start(FaOp *op, PyObject **res)
     }
     f->loop = Py_NewRef(loop);
     ct_table *t = &self->t;
-    if (self->has_ttl) {
-        memo_expire(self, now, &trash);
-    }
-    Py_ssize_t ix = ct_lookup(t, key, hash);  // Beware: __eq__ (it re-validates)
+    Py_ssize_t ix = memo_lookup(self, key, hash, now, &trash, res);
     if (ix == CT_ERROR) {
         goto done;
     }
+    if (*res != NULL) {
+        r = PYGEN_RETURN;
+        goto done;
+    }
     if (ix >= 0) {
-        PyObject *v = t->entries[ix].value;
-        if (!IS_FLIGHT(st, v)) {
-            if (!self->has_ttl || now < t->exp[ix]) {
-                self->hits++;
-                ct_touch(t, ix);
-                CHECK(self);
-                *res = Py_NewRef(v);
-                r = PYGEN_RETURN;
-                goto done;
-            }
-            ct_remove(t, ix, &trash);  // expired
+        FlightObject *other = (FlightObject *)t->entries[ix].value;
+        if (other->loop == loop && other->state == FL_RUNNING) {
+            self->hits++;
+            ct_touch(t, ix);
+            Py_SETREF(op->arg, Py_NewRef((PyObject *)other));  // the op holds its flight now
+            Py_CLEAR(op->arg2);
+            r = fa_op_wait_on(op, loop, &other->waiters, res);
+            CHECK(self);
+            goto done;
         }
-        else {
-            FlightObject *other = (FlightObject *)v;
-            if (other->loop == loop && other->state == FL_RUNNING) {
-                self->hits++;
-                ct_touch(t, ix);
-                Py_SETREF(op->arg, Py_NewRef(v));  // from now on the op holds its flight
-                Py_CLEAR(op->arg2);
-                r = fa_op_wait_on(op, loop, &other->waiters, res);
-                CHECK(self);
-                goto done;
-            }
-            ct_remove(t, ix, &trash);  // a flight of another loop: start our own
-        }
+        ct_remove(t, ix, &trash);  // a flight of another loop: start our own
     }
     /* a miss: start our flight */
     self->misses++;
@@ -919,30 +935,12 @@ retry:
                 goto done;
             }
         }
-        if (self->has_ttl) {
-            memo_expire(self, now, &trash);
-        }
-        Py_ssize_t ix = ct_lookup(t, key, hash);  // Beware: __eq__ (it re-validates)
-        if (ix == CT_ERROR) {
+        Py_ssize_t ix = memo_lookup(self, key, hash, now, &trash, &result);
+        if (ix == CT_ERROR || result != NULL) {
             goto done;
         }
         if (ix >= 0) {
-            PyObject *v = t->entries[ix].value;
-            if (!IS_FLIGHT(self->st, v)) {
-                if (!self->has_ttl || now < t->exp[ix]) {
-                    self->hits++;
-                    ct_touch(t, ix);
-                    CHECK(self);
-                    result = Py_NewRef(v);
-                    goto done;
-                }
-                ct_remove(t, ix, &trash);  // expired (a timer that went backwards)
-                ix = CT_NOTFOUND;
-            }
-        }
-        if (ix >= 0) {
-            PyObject *v = t->entries[ix].value;
-            other = (FlightObject *)Py_NewRef(v);
+            other = (FlightObject *)Py_NewRef(t->entries[ix].value);
             if (other->owner == PyThread_get_thread_ident()) {
                 /* a recursive call from the computing thread: waiting would deadlock */
                 self->misses++;
