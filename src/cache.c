@@ -655,15 +655,7 @@ cache_tp_clear(PyObject *op)
 static void
 cache_dealloc(PyObject *op)
 {
-    CacheObject *self = (CacheObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    cache_tp_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, cache_tp_clear);
 }
 
 /* maxsize: a non-negative int or float (math.inf: unbounded). */
@@ -2024,11 +2016,7 @@ ctimer_clear(PyObject *op)
 static void
 ctimer_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    ctimer_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, ctimer_clear);
 }
 
 static PyMethodDef ctimer_methods[] = {
@@ -2249,11 +2237,7 @@ iter_clear(PyObject *op)
 static void
 iter_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    iter_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, iter_clear);
 }
 
 static PyObject *
@@ -2478,11 +2462,7 @@ view_clear(PyObject *op)
 static void
 view_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    view_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, view_clear);
 }
 
 /* ------------------------------------------------------------------ type specs */
@@ -2758,11 +2738,7 @@ gsd_clear(PyObject *op)
 static void
 gsd_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    gsd_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, gsd_clear);
 }
 
 static PyType_Slot gsd_slots[] = {

@@ -1664,14 +1664,7 @@ method_clear(PyObject *op)
 static void
 method_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (((MemoMethodObject *)op)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    method_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, method_clear);
 }
 
 static PyMethodDef method_methods[] = {

@@ -1664,15 +1664,7 @@ tb_clear(PyObject *op)
 static void
 tb_dealloc(PyObject *op)
 {
-    TokenBucket *self = (TokenBucket *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    tb_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, tb_clear);
 }
 
 /* ------------------------------------------------------------------ attributes and repr */

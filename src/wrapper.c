@@ -33,14 +33,7 @@ fa_wrapper_clear(PyObject *self)
 void
 fa_wrapper_dealloc(PyObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((fa_wrapper *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    (void)tp->tp_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    fa_gc_dealloc(self, Py_TYPE(self)->tp_clear);
 }
 
 PyObject *
