@@ -85,22 +85,6 @@ fa_check_failed(const char *file, int line, const char *func, const char *cond, 
     (FA_LIKELY(cond) ? (void)0 : fa_check_failed(__FILE__, __LINE__, __func__, #cond, __VA_ARGS__))
 #endif
 
-/* The whole of a GC type's tp_dealloc: untrack, clear the weak references (weakreflist: the
- * object's list, NULL for a type without one), drop every owned reference with the type's own
- * clear, free, and release the type last (a heap type's instances hold a reference to it). */
-static inline void
-fa_gc_dealloc(PyObject *op, PyObject *weakreflist, inquiry clear)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 /* Every field from OpType to str_append is an object pointer (module.c traverses them as an
  * array): add new object fields inside that range, and non-object fields after it. */
 /* Every object field of fa_state, in one list: the struct declares them from it and module.c's
@@ -290,6 +274,22 @@ fa_set_short_tpname(PyTypeObject *tp, const char *name)
 
 /* Add a heap type made from spec to the module, with the bare tp_name; NULL on error. */
 PyTypeObject *fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name);
+
+/* The tp_dealloc of a GC type, given its tp_clear: untrack, clear the weak references (when the
+ * type has a weakref list and it is not empty), clear, free, then release the heap type. */
+static inline void
+fa_gc_dealloc(PyObject *op, inquiry clear)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (tp->tp_weaklistoffset > 0
+        && *(PyObject **)((char *)op + tp->tp_weaklistoffset) != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    (void)clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
 
 /* The state of the module that defined tp or one of its bases (for tp_new of subclasses). */
 fa_state *fa_state_from_type(PyTypeObject *tp);
