@@ -19,6 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Each part's header; one that also holds code of its family that needs the whole fa_state
+ * (tokenbucket.h) gives only its state part while FA_STATE_PARTS_ONLY is defined. */
+#define FA_STATE_PARTS_ONLY
 #include "engine.h"
 #include "semaphore.h"
 #include "queue.h"
@@ -26,6 +29,7 @@
 #include "breaker.h"
 #include "cache.h"
 #include "memo.h"
+#undef FA_STATE_PARTS_ONLY
 
 struct fa_state {
     fa_core_state core;                /* state.h: names, asyncio's objects, the clock */

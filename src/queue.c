@@ -1586,7 +1586,7 @@ queue_clear(PyObject *op)
 static void
 queue_dealloc(PyObject *op)
 {
-    fa_gc_dealloc(op, ((FaQueue *)op)->weakreflist, queue_clear);
+    fa_gc_dealloc(op, queue_clear);
 }
 
 /* ------------------------------------------------------------------ attributes */

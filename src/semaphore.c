@@ -205,7 +205,7 @@ falock_clear(PyObject *op)
 static void
 falock_dealloc(PyObject *op)
 {
-    fa_gc_dealloc(op, ((FaLock *)op)->weakreflist, falock_clear);
+    fa_gc_dealloc(op, falock_clear);
 }
 
 /* _waiters: None until the first wait (Lock, Semaphore: asyncio creates its deque lazily), then

@@ -176,18 +176,18 @@ PyTypeObject *fa_new_type(PyObject *mod, PyType_Spec *spec, PyObject *base, cons
 /* The same, also added to the module under its name: a new reference (the state's), or NULL. */
 PyTypeObject *fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name);
 
-/* The whole of a GC type's tp_dealloc: untrack, clear the weak references (weakreflist: the
- * object's list, NULL for a type without one), drop every owned reference with the type's own
- * clear, free, and release the type last (a heap type's instances hold a reference to it). */
+/* The tp_dealloc of a GC type, given its tp_clear: untrack, clear the weak references (when the
+ * type has a weakref list and it is not empty), clear, free, then release the heap type. */
 static inline void
-fa_gc_dealloc(PyObject *op, PyObject *weakreflist, inquiry clear)
+fa_gc_dealloc(PyObject *op, inquiry clear)
 {
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
-    if (weakreflist != NULL) {
+    if (tp->tp_weaklistoffset > 0
+        && *(PyObject **)((char *)op + tp->tp_weaklistoffset) != NULL) {
         PyObject_ClearWeakRefs(op);
     }
-    clear(op);
+    (void)clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);
 }

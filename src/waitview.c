@@ -200,7 +200,7 @@ view_clear(PyObject *op)
 static void
 view_dealloc(PyObject *op)
 {
-    fa_gc_dealloc(op, NULL, view_clear);
+    fa_gc_dealloc(op, view_clear);
 }
 
 /* the queue, or NULL with RuntimeError (a view the GC cleared) */
