@@ -840,12 +840,19 @@ WORKER = textwrap.dedent("""
     from aiofast.redis import RedisBreakerStore, RedisCircuitBreaker
 
     url, key, make = sys.argv[1:4]
+    MODES = {
+        "consecutive": dict(failure_threshold=8),
+        "count": dict(failure_rate=0.5, window=8),
+        "time": dict(failure_rate=0.5, window_time=60, min_calls=8),
+        "slow": dict(failure_rate=0.9, window=8, slow_call_duration=0.05, slow_call_rate=0.5),
+    }
 
     async def main():
         c = redis.asyncio.Redis.from_url(url)
         store = RedisBreakerStore(c, key, max_staleness=0.2, probe_lease=float(sys.argv[4]))
         b = (CircuitBreaker if make == "store" else RedisCircuitBreaker)(
-            8, 1.0, store=store, half_open_max_calls=2, success_threshold=100)
+            recovery_timeout=1.0, store=store, half_open_max_calls=2, success_threshold=100,
+            **MODES[sys.argv[5]])
         assert type(b) is RedisCircuitBreaker
         heard = []
         b.add_listener(lambda br, o, n: heard.append(n.value))
@@ -856,6 +863,8 @@ WORKER = textwrap.dedent("""
                 raise ValueError
             if what == "hang":
                 await gate.wait()
+            if what == "slow":
+                await asyncio.sleep(0.1)
             return "ok"
 
         def plain(what):
@@ -888,11 +897,12 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def start_workers(url, key, n, lease=30.0):
+def start_workers(url, key, n, lease=30.0, mode="consecutive"):
     """n worker processes on one key: even ones make their breaker with
-    CircuitBreaker(..., store=), odd ones with RedisCircuitBreaker(..., store=)."""
+    CircuitBreaker(..., store=), odd ones with RedisCircuitBreaker(..., store=); mode: the
+    breaker's (WORKER's MODES)."""
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, key,
-                               "redis" if i % 2 else "store", repr(lease)],
+                               "redis" if i % 2 else "store", repr(lease), mode],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               cwd=HERE) for i in range(n)]
     for p in procs:
@@ -939,6 +949,40 @@ def test_failures_over_four_processes_open_it_for_all(server):
             done, held = map(int, p.stdout.readline().split())
             admitted.append(held)
             assert done == 10 - held   # the others were rejected at once
+        assert sum(admitted) == 2, admitted
+    finally:
+        stop(procs)
+
+
+@pytest.mark.parametrize("mode", ["count", "time", "slow"])
+def test_rate_over_four_processes_opens_it_for_all(server, mode):
+    """Rate mode, 4 processes, in turn: a success then a failure each ("slow": a slow success
+    instead of the failure), so Redis receives s, f, s, f, ...: the window (8 calls: the last 8,
+    or min_calls 8 of the last 60 s, whose successes each process holds and sends with its
+    failure) reaches the shared rate (4 of 8) with the 8th outcome, which opens the breaker
+    for all: the process that made it hears the transition, the others reject calls once their
+    view is refreshed. Then probes, 2 at a time fleet-wide."""
+    bad = "slow" if mode == "slow" else "fail"
+    procs = start_workers(server.url, fresh(), 4, mode=mode)
+    try:
+        for k in range(4):
+            p = procs[k]
+            assert ask(p, "ok") == ["ok", "closed"], k
+            got = ask(p, bad)
+            assert got == (["ok" if bad == "slow" else "failed", "closed" if k < 3 else "open"]
+                           + ([] if k < 3 else ["open"])), (k, got)
+        time.sleep(0.25)
+        for p in procs[:3]:
+            assert ask(p, "ok") == ["rejected", "open"]   # no listener there
+        time.sleep(1.0)
+        for p in procs:
+            p.stdin.write("probes\n")
+            p.stdin.flush()
+        admitted = []
+        for p in procs:
+            done, held = map(int, p.stdout.readline().split())
+            admitted.append(held)
+            assert done == 10 - held
         assert sum(admitted) == 2, admitted
     finally:
         stop(procs)
