@@ -1714,8 +1714,8 @@ class RedisCircuitBreaker:
             self._pend = 0
         self._pend_g = gen
         self._pend += 1
-        loop = asyncio.get_running_loop()
         flush = self._flush_at
+        loop = _get_running_loop()
         if flush is None or flush[0] is not loop:
             self._flush_at = (loop, loop.call_later(self._store._max_staleness,
                                                     self._flush_due, loop))
@@ -1919,6 +1919,9 @@ class RedisCircuitBreaker:
             raise
         if ticket is None and self._quiet:
             self._fast_successes += 1   # closed, nothing to reset: no round trip
+        elif ticket is None and self._batch and self._slow is None:
+            self._fast_successes += 1   # a time window's success: held
+            self._hold(gen)
         else:
             await self._settle(ticket or (gen, None), None, t0)
         return result
