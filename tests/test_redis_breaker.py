@@ -1150,6 +1150,14 @@ async def test_acl_user_with_a_password():
                 await b.call(ok)
             await asyncio.sleep(0.25)
             assert await b.call(ok) == "ok" and b.state == CLOSED
+            # rate mode needs no other command
+            for kw in (dict(window=2), dict(window_time=10, min_calls=2)):
+                r = RedisCircuitBreaker(failure_rate=0.5, **kw, store=RedisBreakerStore(
+                    c, fresh(), max_staleness=0))
+                assert await r.call(ok) == "ok"
+                with pytest.raises(Boom):
+                    await r.call(fail)
+                assert r.state == OPEN
         async with redis.asyncio.Redis.from_url(url, username="alice", password="no") as c:
             b = RedisCircuitBreaker(store=RedisBreakerStore(c, fresh(), on_error="allow"))
             with pytest.raises(redis.exceptions.AuthenticationError):
