@@ -1133,8 +1133,9 @@ return reply(now, 0)
 # with its own). A count window keeps wn/wf/ws (calls, failures, slow calls in it), wp (the next
 # position) and one field per position, r0..r<N-1> (1 failure + 2 slow); while it is not full,
 # wp == wn, so a position not yet written since the window began is never read. A time window
-# is 20 buckets of width/20, b0..b19, each "<generation> <index> <calls> <failures> <slow>" (a
-# bucket of another generation, or 20 widths old, is empty), summed when read.
+# is 20 buckets, b0..b19, each window_time / 20 wide (the shape's width), each "<generation>
+# <index> <calls> <failures> <slow>" (index: the server's time in us // width; a bucket of
+# another generation, or 20 widths old, is empty), summed when read.
 #
 # OUTCOME(sgen, k, xgen, x, shape, min_calls, failure_rate, slow_rate, ttl, now): k successes of
 # calls admitted closed in generation sgen (batched by the caller), then one outcome x ("": none;
