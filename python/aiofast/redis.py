@@ -1426,7 +1426,8 @@ class RedisCircuitBreaker:
     ``max_staleness`` seconds after the first of them (a timer): a success is counted up to
     ``max_staleness`` late, in the bucket of the moment it reaches Redis (and it leaves the
     window as much later), so the shares Redis judges may lead the true ones by that much.
-    ``max_staleness=0`` sends every outcome at once.
+    ``max_staleness=0`` sends every outcome at once. Successes still held when the event loop
+    ends are not sent (``await breaker.refresh()`` sends them).
     The state, ``failure_count`` and ``remaining`` properties read the local view;
     ``await refresh()`` brings it up to date (and sends the successes held).
 
