@@ -1414,6 +1414,8 @@ class RedisCircuitBreaker:
 
     ``clock=`` is refused (``ValueError``): the fleet's times are the Redis server's TIME, the
     one clock every process shares; a clock of one process cannot order the fleet's events.
+    ``failure_threshold=None`` (the default) is CircuitBreaker's default, 5, left unsaid so
+    that ``failure_rate`` may be given (giving both is refused, as CircuitBreaker refuses it).
 
     Each process keeps a local view of the state, at most ``store.max_staleness`` seconds old
     when a call is admitted: a call admitted closed on a fresh view costs no round trip; an
