@@ -163,8 +163,44 @@ bk_now(Breaker *b, double *now)
 
 /* ------------------------------------------------------------------ reporting */
 
-/* Hand the current exception to aiofast._compat_breaker._report_error (logging). Never fails:
- * if logging itself fails, the error goes to sys.unraisablehook. Beware: Python code. */
+/* The breaker's cold parts written in Python (logging an error, telling what kind of function
+ * is decorated, finishing a wrapper, wrapping a generator function) are functions of
+ * aiofast._compat_breaker. C never imports that module: the module hands itself over once, when
+ * it is imported (the package's own import does it, before anyone can make a breaker), through
+ * _core._breaker_cold(module); bk_cold looks a helper up on it. Beware: without the package
+ * (the extension loaded on its own) there are no helpers: decorating raises RuntimeError and
+ * errors to report go to sys.unraisablehook. */
+static PyObject *
+bk_cold(fa_state *st, const char *name)
+{
+    if (FA_UNLIKELY(st->bk_cold == NULL)) {
+        PyErr_Format(PyExc_RuntimeError, "aiofast._core was loaded without the aiofast package: "
+                     "the CircuitBreaker's helper %s is missing", name);
+        return NULL;
+    }
+    return PyObject_GetAttrString(st->bk_cold, name);
+}
+
+PyDoc_STRVAR(bk_cold_set_doc,
+"_breaker_cold($module, helpers, /)\n--\n\n"
+"Private: the object whose functions are the CircuitBreaker's cold helpers (_report_error, "
+"_fn_kind, _finish_wrapper, _wrap_generator); aiofast._compat_breaker passes itself.");
+
+static PyObject *
+bk_cold_set(PyObject *mod, PyObject *helpers)
+{
+    fa_state *st = fa_get_state(mod);
+    Py_XSETREF(st->bk_cold, Py_NewRef(helpers));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef bk_module_methods[] = {
+    {"_breaker_cold", bk_cold_set, METH_O, bk_cold_set_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Hand the current exception to the helpers' _report_error (logging). Never fails: if logging
+ * itself fails, the error goes to sys.unraisablehook. Beware: Python code. */
 static void
 bk_report(Breaker *b, const char *what, PyObject *culprit)
 {
@@ -172,12 +208,17 @@ bk_report(Breaker *b, const char *what, PyObject *culprit)
     if (exc == NULL) {
         return;
     }
+    if (b->st->bk_cold == NULL) {
+        fa_restore_exc(exc);  /* no helpers: the error itself is the unraisable one */
+        PyErr_WriteUnraisable((PyObject *)b);
+        return;
+    }
     PyObject *r = NULL;
-    PyObject *mod = PyImport_ImportModule("aiofast._compat_breaker");  // new ref
-    if (mod != NULL) {
-        r = PyObject_CallMethod(mod, "_report_error", "OsOO", (PyObject *)b, what,
-                                culprit ? culprit : Py_None, exc);
-        Py_DECREF(mod);
+    PyObject *report = bk_cold(b->st, "_report_error");  // new ref
+    if (report != NULL) {
+        r = PyObject_CallFunction(report, "OsOO", (PyObject *)b, what,
+                                  culprit ? culprit : Py_None, exc);
+        Py_DECREF(report);
     }
     if (r == NULL) {
         PyErr_WriteUnraisable((PyObject *)b);
@@ -1383,18 +1424,6 @@ static PyType_Spec bf_spec = {
 
 /* ------------------------------------------------------------------ CircuitBreaker: decorate */
 
-static PyObject *
-bk_helper(const char *name)
-{
-    PyObject *mod = PyImport_ImportModule("aiofast._compat_breaker");  // new ref
-    if (mod == NULL) {
-        return NULL;
-    }
-    PyObject *f = PyObject_GetAttrString(mod, name);
-    Py_DECREF(mod);
-    return f;
-}
-
 /* breaker(fn): the guarded function. */
 static PyObject *
 breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -1413,7 +1442,7 @@ breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
                      Py_TYPE(fn)->tp_name);
         return NULL;
     }
-    PyObject *kind_fn = bk_helper("_fn_kind");  // new ref
+    PyObject *kind_fn = bk_cold(st, "_fn_kind");  // new ref
     if (kind_fn == NULL) {
         return NULL;
     }
@@ -1444,7 +1473,7 @@ breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     if (kind >= 2) {
         /* generator functions: a Python wrapper around _acquire() / _release() */
-        PyObject *wrap = bk_helper("_wrap_generator");
+        PyObject *wrap = bk_cold(st, "_wrap_generator");
         if (wrap == NULL) {
             return NULL;
         }
@@ -1463,7 +1492,7 @@ breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
     f->is_async = (kind == 1);
     f->vectorcall = f->is_async ? bf_call_async : bf_call_sync;
     PyObject_GC_Track(f);
-    PyObject *finish = bk_helper("_finish_wrapper");
+    PyObject *finish = bk_cold(st, "_finish_wrapper");
     PyObject *r = finish ? PyObject_CallFunction(finish, "OOi", (PyObject *)f, fn, f->is_async)
                          : NULL;
     Py_XDECREF(finish);
@@ -2844,7 +2873,7 @@ fa_breaker_init(PyObject *mod, fa_state *st)
     if (PyModule_AddObjectRef(mod, "CircuitOpenError", st->CircuitOpenError) < 0) {
         return -1;
     }
-    if (make_circuit_state(mod, st) < 0) {
+    if (make_circuit_state(mod, st) < 0 || PyModule_AddFunctions(mod, bk_module_methods) < 0) {
         return -1;
     }
     return 0;

@@ -1669,6 +1669,104 @@ def test_store_does_not_import_redis():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_no_c_path_imports_the_python_helpers():
+    """The C breaker's cold parts (logging a listener's, a predicate's or a clock's error;
+    decorating plain, async, generator and async generator functions) use the Python helpers
+    handed to it when the package was imported: none imports aiofast._compat_breaker again (it
+    is made unimportable here, after the package's import)."""
+    code = textwrap.dedent("""
+        import asyncio, inspect, logging, sys
+        import aiofast
+        sys.modules["aiofast._compat_breaker"] = None  # any import of it now fails
+        try:
+            import aiofast._compat_breaker
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("still importable")
+        records = []
+        class H(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+        logging.getLogger("aiofast.breaker").addHandler(H())
+        sys.unraisablehook = lambda u: records.append("unraisable: %r" % (u.exc_value,))
+        now = [0.0]
+        def clock():
+            if now[0] is None:
+                raise OSError("clock broke")
+            return now[0]
+        def pred(exc):
+            raise KeyError("bad predicate")
+        b = aiofast.CircuitBreaker(1, 1, name="svc", expected_exception=pred, clock=clock)
+        def bad(br, old, new):
+            raise RuntimeError("listener broke")
+        b.add_listener(bad)
+        @b
+        def f(x):
+            raise ValueError(x)
+        now[0] = None
+        try:
+            f(1)
+        except ValueError:
+            pass
+        @b
+        async def g():
+            return 2
+        @b
+        def gen():
+            yield 3
+        @b
+        async def agen():
+            yield 4
+        print(type(f).__name__, inspect.iscoroutinefunction(g), g.__name__,
+              inspect.isgeneratorfunction(gen), inspect.isasyncgenfunction(agen))
+        for r in records:
+            print(r)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(__file__))
+    lines = out.stdout.splitlines()
+    assert lines[0] == "BreakerFunction True g True True"
+    assert len(lines) == 4 and not any("unraisable" in line for line in lines), lines
+    assert "'svc': expected_exception predicate" in lines[1] and "bad predicate" in lines[1]
+    assert "'svc': clock" in lines[2] and "clock broke" in lines[2]
+    assert "'svc': listener" in lines[3] and "listener broke" in lines[3]
+
+
+def test_the_extension_alone_has_no_python_helpers():
+    """Loaded without its package (nothing handed the helpers over), the extension cannot
+    decorate (a clear RuntimeError) and a listener's error goes to sys.unraisablehook."""
+    code = textwrap.dedent("""
+        import importlib.machinery, importlib.util, sys
+        import aiofast
+        path = aiofast._core.__file__
+        loader = importlib.machinery.ExtensionFileLoader("alone._core", path)
+        spec = importlib.util.spec_from_file_location("alone._core", path, loader=loader)
+        core = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(core)
+        assert core.CircuitBreaker is not aiofast.CircuitBreaker
+        seen = []
+        sys.unraisablehook = lambda u: seen.append(u.exc_value)
+        b = core.CircuitBreaker(1)
+        try:
+            b(lambda: None)
+        except RuntimeError as e:
+            print(e)
+        def bad(br, old, new):
+            raise ZeroDivisionError
+        b.add_listener(bad)
+        b.open()
+        print(b.state.value, [type(e).__name__ for e in seen])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(__file__))
+    assert out.stdout.splitlines() == [
+        "aiofast._core was loaded without the aiofast package: the CircuitBreaker's helper "
+        "_fn_kind is missing",
+        "open ['ZeroDivisionError']",
+    ]
+
+
 # ------------------------------------------------------------------ the model
 
 
