@@ -2168,18 +2168,23 @@ parse_number(PyObject *v, const char *what, double *out)
     return 0;
 }
 
+/* A finite number in (0, hi]; range says so in the message. 0 or -1. */
 static int
-parse_rate(PyObject *v, const char *what, double *out)
+parse_positive(PyObject *v, const char *what, double hi, const char *range, double *out)
 {
     if (parse_number(v, what, out) < 0) {
         return -1;
     }
-    if (!(*out > 0.0 && *out <= 1.0)) {
-        PyErr_Format(PyExc_ValueError, "%s must be in (0, 1], got %R", what, v);
+    if (!(*out > 0.0 && *out <= hi) || isinf(*out)) {
+        PyErr_Format(PyExc_ValueError, "%s must be %s, got %R", what, range, v);
         return -1;
     }
     return 0;
 }
+
+#define parse_rate(v, what, out) parse_positive(v, what, 1.0, "in (0, 1]", out)
+#define parse_duration(v, what, out) \
+    parse_positive(v, what, INFINITY, "a finite number of seconds > 0", out)
 
 static int
 is_exc_class(PyObject *v)
@@ -2558,12 +2563,7 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         goto error;
     }
     if (!NONE(o_wt)) {
-        if (parse_number(o_wt, "window_time", &cfg.window_time) < 0) {
-            goto error;
-        }
-        if (!(cfg.window_time > 0) || isinf(cfg.window_time)) {
-            PyErr_Format(PyExc_ValueError, "window_time must be a finite number of seconds > 0, "
-                         "got %R", o_wt);
+        if (parse_duration(o_wt, "window_time", &cfg.window_time) < 0) {
             goto error;
         }
         cfg.time_mode = 1;
@@ -2588,12 +2588,7 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         }
     }
     if (!NONE(o_sd)) {
-        if (parse_number(o_sd, "slow_call_duration", &cfg.slow_duration) < 0) {
-            goto error;
-        }
-        if (!(cfg.slow_duration > 0) || isinf(cfg.slow_duration)) {
-            PyErr_Format(PyExc_ValueError, "slow_call_duration must be a finite number of "
-                         "seconds > 0, got %R", o_sd);
+        if (parse_duration(o_sd, "slow_call_duration", &cfg.slow_duration) < 0) {
             goto error;
         }
         cfg.slow_mode = 1;
