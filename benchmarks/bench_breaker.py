@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path
 
 from aiofast import CircuitBreaker, CircuitOpenError  # noqa: E402
 from benchmarks.harness import Case, async_variant, run_cases, sync_variant
+from benchmarks.probe.build import load as load_probe  # noqa: E402
 
 TITLE = "CircuitBreaker"
 BIG = 10**9  # thresholds that never trip during a closed-state run
@@ -121,6 +122,8 @@ def closed_async(loop, n):
     variants = {
         "aiofast": async_variant(loop, _async_loop(ours)),
         "bare": async_variant(loop, _async_loop(_raw)),
+        # the floor of any C wrapper that acts after the coroutine: fn(x) driven from C
+        "empty C driver": async_variant(loop, _async_loop(load_probe().Guard(_raw))),
         "circuitbreaker": async_variant(loop, _async_loop(
             circuitbreaker.CircuitBreaker(failure_threshold=BIG)(_raw))),
     }
