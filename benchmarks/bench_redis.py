@@ -8,7 +8,9 @@ on one connection; redis-py and limits use a connection per concurrent call from
 asyncio's default loop and on uvloop, through the harness (interleaved rounds, medians). The
 quota is the same for all, 100,000 per second, never exhausted, so every call admits. Then
 try_acquire with lease=10 (one round trip per 10 tokens), and a RedisCircuitBreaker's closed
-call (a fresh local view: no round trip) against the in-process CircuitBreaker's.
+call (a fresh local view: no round trip) against the in-process CircuitBreaker's; in rate mode
+too: a time window (successes held, sent once per max_staleness), a count window (a round trip
+per outcome), the in-process breaker with the same time window.
 
 Run: python -m benchmarks --only redis [--quick] [--save]  (or this file, from the root)
 """
@@ -147,6 +149,44 @@ def breaker_variants(url, loop_name):
             "CircuitBreaker (in-process)": async_variant(loop_name, in_process)}
 
 
+def rate_breaker_variants(url, loop_name):
+    """A closed breaker's successful call in rate mode: a time window over Redis (successes
+    held: sent with the next refresh, once per max_staleness), a count window over Redis (one
+    round trip per outcome), the in-process CircuitBreaker with the same time window."""
+
+    async def job():
+        return 1
+
+    def with_store(**kw):
+        async def run(n):
+            c = redis.asyncio.Redis.from_url(url)
+            b = RedisCircuitBreaker(failure_rate=0.5, store=RedisBreakerStore(
+                c, uuid.uuid4().hex, max_staleness=1.0), **kw)
+            call = b.call
+            await call(job)
+            t = time.perf_counter()
+            for _ in range(n):
+                await call(job)
+            dt = time.perf_counter() - t
+            await b.refresh()
+            await c.aclose()
+            return dt
+        return run
+
+    async def in_process(n):
+        b = CircuitBreaker(failure_rate=0.5, window_time=60)
+        call = b.call
+        await call(job)
+        t = time.perf_counter()
+        for _ in range(n):
+            await call(job)
+        return time.perf_counter() - t
+
+    return {"aiofast": async_variant(loop_name, with_store(window_time=60)),
+            "count window (Redis)": async_variant(loop_name, with_store(window=100)),
+            "CircuitBreaker (in-process)": async_variant(loop_name, in_process)}
+
+
 def main(quick=False):
     srv = RedisServer().start()
     try:
@@ -166,6 +206,10 @@ def main(quick=False):
                   for loop in ("asyncio", "uvloop")]
         cases += [Case("breaker closed call", breaker_variants(srv.url, loop), n * 10,
                        loop=loop, note="RedisCircuitBreaker on a fresh view: no round trip")
+                  for loop in ("asyncio", "uvloop")]
+        cases += [Case("breaker closed call, rate mode", rate_breaker_variants(srv.url, loop), n,
+                       loop=loop, note="aiofast: window_time=60, successes held (max_staleness "
+                       "1 s); count window: window=100, a round trip per outcome")
                   for loop in ("asyncio", "uvloop")]
         run_cases(cases, 3 if quick else 5, "redis", TITLE)
     finally:

@@ -18,6 +18,7 @@
 #define FA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define FA_NOINLINE __attribute__((noinline))
+#define FA_INLINE static inline __attribute__((always_inline))
 
 /* Debug build (-UNDEBUG): invariant checks after every mutation. */
 #ifndef NDEBUG
@@ -275,6 +276,22 @@ fa_set_short_tpname(PyTypeObject *tp, const char *name)
 
 /* Add a heap type made from spec to the module, with the bare tp_name; NULL on error. */
 PyTypeObject *fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name);
+
+/* The tp_dealloc of a GC type, given its tp_clear: untrack, clear the weak references (when the
+ * type has a weakref list and it is not empty), clear, free, then release the heap type. */
+static inline void
+fa_gc_dealloc(PyObject *op, inquiry clear)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (tp->tp_weaklistoffset > 0
+        && *(PyObject **)((char *)op + tp->tp_weaklistoffset) != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    (void)clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
 
 /* The state of the module that defined tp or one of its bases (for tp_new of subclasses). */
 fa_state *fa_state_from_type(PyTypeObject *tp);

@@ -38,6 +38,7 @@
  */
 #include "op.h"
 #include "clock.h"
+#include "wrapper.h"
 #include "breaker_sm.h"
 #include "shm.h"
 
@@ -91,12 +92,8 @@ typedef struct {
 } Breaker;
 
 typedef struct {
-    PyObject_HEAD
+    FA_WRAPPER_HEAD          /* func: the guarded function */
     Breaker *breaker;
-    PyObject *fn;
-    PyObject *dict;
-    PyObject *weakreflist;
-    vectorcallfunc vectorcall;
     int is_async;
 } BreakerFunction;
 
@@ -163,7 +160,7 @@ bk_now(Breaker *b, double *now)
 /* ------------------------------------------------------------------ reporting */
 
 /* The breaker's cold parts written in Python (logging an error, telling what kind of function
- * is decorated, finishing a wrapper, wrapping a generator function) are functions of
+ * is decorated, wrapping a generator function) are functions of
  * aiofast._compat_breaker. C never imports that module: the module hands itself over once, when
  * it is imported (the package's own import does it, before anyone can make a breaker), through
  * _core._breaker_cold(module); bk_cold looks a helper up on it. Beware: without the package
@@ -183,7 +180,7 @@ bk_cold(fa_state *st, const char *name)
 PyDoc_STRVAR(bk_cold_set_doc,
 "_breaker_cold($module, helpers, /)\n--\n\n"
 "Private: the object whose functions are the CircuitBreaker's cold helpers (_report_error, "
-"_fn_kind, _finish_wrapper, _wrap_generator); aiofast._compat_breaker passes itself.");
+"_fn_kind, _wrap_generator); aiofast._compat_breaker passes itself.");
 
 static PyObject *
 bk_cold_set(PyObject *mod, PyObject *helpers)
@@ -1295,7 +1292,7 @@ bf_call_async(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
     if (FA_LIKELY(bk_looks_closed(b) && b->fallback == NULL)) {
         /* the likely case: make the coroutine now, forwarding the arguments as they are; it
          * warns by itself if it is dropped unawaited */
-        c->arg = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // Beware: user code
+        c->arg = PyObject_Vectorcall(f->func, args, nargsf, kwnames);  // Beware: user code
         if (c->arg == NULL) {
             bc_discard(c);
             return NULL;
@@ -1304,7 +1301,7 @@ bf_call_async(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
     }
     else {
         /* called at admission (the breaker may not let it run), with these arguments */
-        c->arg = Py_NewRef(f->fn);
+        c->arg = Py_NewRef(f->func);
         if (bc_store_args(c, args, PyVectorcall_NARGS(nargsf), kwnames) < 0) {
             bc_discard(c);
             return NULL;
@@ -1331,7 +1328,7 @@ bf_call_sync(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwn
         return NULL;
     }
     Py_INCREF(b);
-    PyObject *res = PyObject_Vectorcall(f->fn, args, nargsf, kwnames);  // nothing held
+    PyObject *res = PyObject_Vectorcall(f->func, args, nargsf, kwnames);  // nothing held
     if (FA_UNLIKELY(res != NULL && PyCoro_CheckExact(res))) {
         /* an async callable that is not a coroutine function: the call ends when its
          * coroutine does, so hand it back inside an awaitable that holds the ticket */
@@ -1364,21 +1361,6 @@ bf_call_sync(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwn
 }
 
 static PyObject *
-bf_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(self);
-    }
-    return PyMethod_New(self, obj);
-}
-
-static PyObject *
-bf_delegate(PyObject *self, void *name)
-{
-    return PyObject_GetAttrString(((BreakerFunction *)self)->fn, (const char *)name);
-}
-
-static PyObject *
 bf_get_breaker(PyObject *self, void *Py_UNUSED(c))
 {
     return Py_NewRef((PyObject *)((BreakerFunction *)self)->breaker);
@@ -1388,13 +1370,9 @@ static PyObject *
 bf_repr(PyObject *self)
 {
     BreakerFunction *f = (BreakerFunction *)self;
-    PyObject *name = PyObject_GetAttrString(self, "__qualname__");
+    PyObject *name = fa_wrapper_qualname(self, f->func);  // new ref
     if (name == NULL) {
-        PyErr_Clear();
-        name = PyObject_Repr(f->fn);
-        if (name == NULL) {
-            return NULL;
-        }
+        return NULL;
     }
     PyObject *r = PyUnicode_FromFormat("<%sfunction %S guarded by a CircuitBreaker at %p>",
                                        f->is_async ? "async " : "", name, self);
@@ -1405,69 +1383,34 @@ bf_repr(PyObject *self)
 static int
 bf_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    BreakerFunction *f = (BreakerFunction *)self;
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT((PyObject *)f->breaker);
-    Py_VISIT(f->fn);
-    Py_VISIT(f->dict);
-    return 0;
+    Py_VISIT((PyObject *)((BreakerFunction *)self)->breaker);
+    return fa_wrapper_traverse(self, visit, arg);
 }
 
 static int
 bf_clear(PyObject *self)
 {
-    BreakerFunction *f = (BreakerFunction *)self;
-    Py_CLEAR(f->breaker);
-    Py_CLEAR(f->fn);
-    Py_CLEAR(f->dict);
+    Py_CLEAR(((BreakerFunction *)self)->breaker);
+    fa_wrapper_clear(self);
     return 0;
 }
 
-static void
-bf_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((BreakerFunction *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    bf_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
 static PyGetSetDef bf_getset[] = {
-    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
-    FA_WRAPPER_ANNOTATIONS_GETSET
-    /* function-like for inspect (_signature_is_functionlike), as Cython functions are: then
-     * inspect.iscoroutinefunction() reads the wrapped code's CO_COROUTINE on every version */
-    {"__code__", bf_delegate, NULL, NULL, "__code__"},
-    {"__defaults__", bf_delegate, NULL, NULL, "__defaults__"},
-    {"__kwdefaults__", bf_delegate, NULL, NULL, "__kwdefaults__"},
-    {"__globals__", bf_delegate, NULL, NULL, "__globals__"},
-    {"__closure__", bf_delegate, NULL, NULL, "__closure__"},
+    FA_WRAPPER_GETSET
+    FA_WRAPPER_FUNCLIKE_GETSET
     {"breaker", bf_get_breaker, NULL, "The CircuitBreaker guarding this function.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef bf_members[] = {
-    {"__dictoffset__", Py_T_PYSSIZET, offsetof(BreakerFunction, dict), Py_READONLY, NULL},
-    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(BreakerFunction, weakreflist), Py_READONLY,
-     NULL},
-    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(BreakerFunction, vectorcall), Py_READONLY,
-     NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
 static PyType_Slot bf_slots[] = {
-    {Py_tp_dealloc, bf_dealloc},
+    {Py_tp_dealloc, fa_wrapper_dealloc},
     {Py_tp_traverse, bf_traverse},
     {Py_tp_clear, bf_clear},
     {Py_tp_repr, bf_repr},
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, bf_descr_get},
+    {Py_tp_descr_get, fa_wrapper_get},
     {Py_tp_getset, bf_getset},
-    {Py_tp_members, bf_members},
+    {Py_tp_members, fa_wrapper_members},
     {Py_tp_doc, "A function guarded by a CircuitBreaker (what @breaker returns)."},
     {0, NULL},
 };
@@ -1475,12 +1418,7 @@ static PyType_Slot bf_slots[] = {
 static PyType_Spec bf_spec = {
     .name = "aiofast._core.BreakerFunction",
     .basicsize = sizeof(BreakerFunction),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR
-#ifdef Py_TPFLAGS_IMMUTABLETYPE
-             | Py_TPFLAGS_IMMUTABLETYPE
-#endif
-    ,
+    .flags = FA_WRAPPER_TPFLAGS | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = bf_slots,
 };
 
@@ -1547,22 +1485,15 @@ breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
     if (f == NULL) {
         return NULL;
     }
-    f->breaker = (Breaker *)Py_NewRef(self);
-    f->fn = Py_NewRef(fn);
-    f->dict = NULL;
-    f->weakreflist = NULL;
     f->is_async = (kind == 1);
-    f->vectorcall = f->is_async ? bf_call_async : bf_call_sync;
+    fa_wrapper_init((PyObject *)f, fn, f->is_async ? bf_call_async : bf_call_sync);
+    f->breaker = (Breaker *)Py_NewRef(self);
     PyObject_GC_Track(f);
-    PyObject *finish = bk_cold(st, "_finish_wrapper");
-    PyObject *r = finish ? PyObject_CallFunction(finish, "OOi", (PyObject *)f, fn, f->is_async)
-                         : NULL;
-    Py_XDECREF(finish);
-    if (r == NULL) {
+    if (fa_wrapper_finish((PyObject *)f,
+                          f->is_async ? FA_WRAP_ASYNC_UNLESS_SEEN : FA_WRAP_PLAIN) < 0) {
         Py_DECREF(f);
         return NULL;
     }
-    Py_DECREF(r);
     return (PyObject *)f;
 }
 

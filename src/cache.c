@@ -539,6 +539,18 @@ error:
     return -1;
 }
 
+/* Remove the entry at ix (found with no Python code run since): commit, then release its key
+ * and value. Beware: their __del__ may run. */
+static void
+cache_remove_at(CacheObject *self, Py_ssize_t ix)
+{
+    ct_buf trash;
+    ct_buf_init(&trash);
+    self->currsize -= ct_remove(&self->t, ix, &trash);
+    CHECK(self);
+    ct_buf_flush(&trash);
+}
+
 /* del cache[key]; an expired TTLCache key is removed, then KeyError (as cachetools). */
 static int
 cache_del(CacheObject *self, PyObject *key)
@@ -560,11 +572,7 @@ cache_del(CacheObject *self, PyObject *key)
         return -1;
     }
     int expired = self->is_ttl && !(now < self->t.exp[ix]);
-    ct_buf trash;
-    ct_buf_init(&trash);
-    self->currsize -= ct_remove(&self->t, ix, &trash);
-    CHECK(self);
-    ct_buf_flush(&trash);
+    cache_remove_at(self, ix);
     if (expired) {
         key_error(key);
         return -1;
@@ -647,15 +655,7 @@ cache_tp_clear(PyObject *op)
 static void
 cache_dealloc(PyObject *op)
 {
-    CacheObject *self = (CacheObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    cache_tp_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, cache_tp_clear);
 }
 
 /* maxsize: a non-negative int or float (math.inf: unbounded). */
@@ -899,20 +899,39 @@ cache_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
     return cache_set(self, key, value, 0, 0.0);
 }
 
+/* Is key in the cache (not expired)? 1 with its index in *ix, 0, or -1. Marks nothing. */
 static int
-cache_contains(PyObject *op, PyObject *key)
+cache_has(CacheObject *self, PyObject *key, Py_ssize_t *ix)
 {
-    CacheObject *self = (CacheObject *)op;
     Py_hash_t hash = fa_hash(key);
     if (hash == -1) {
         return -1;
     }
     int fresh;
-    Py_ssize_t ix = cache_find(self, key, hash, 0, &fresh);
-    if (ix == CT_ERROR) {
+    *ix = cache_find(self, key, hash, 0, &fresh);
+    if (*ix == CT_ERROR) {
         return -1;
     }
-    return ix >= 0 && fresh;
+    return *ix >= 0 && fresh;
+}
+
+static int
+cache_contains(PyObject *op, PyObject *key)
+{
+    Py_ssize_t ix;
+    return cache_has((CacheObject *)op, key, &ix);
+}
+
+/* get / pop / setdefault(key[, default]): cache_has(key) after checking the argument count */
+static int
+cache_key_arg(CacheObject *self, const char *name, PyObject *const *args, Py_ssize_t nargs,
+              Py_ssize_t *ix)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s expected 1 or 2 arguments, got %zd", name, nargs);
+        return -1;
+    }
+    return cache_has(self, args[0], ix);
 }
 
 /* ------------------------------------------------------------------ methods */
@@ -921,25 +940,16 @@ static PyObject *
 cache_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     CacheObject *self = (CacheObject *)op;
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get expected 1 or 2 arguments, got %zd", nargs);
-        return NULL;
-    }
-    PyObject *key = args[0];
-    Py_hash_t hash = fa_hash(key);
-    if (hash == -1) {
-        return NULL;
-    }
     /* cachetools: `self[key] if key in self else default`, so expired items are not touched */
-    int fresh;
-    Py_ssize_t ix = cache_find(self, key, hash, 0, &fresh);
-    if (ix >= 0 && fresh) {
+    Py_ssize_t ix;
+    int found = cache_key_arg(self, "get", args, nargs, &ix);
+    if (found > 0) {
         self->hits++;
         ct_touch(&self->t, ix);
         CHECK(self);
         return Py_NewRef(self->t.entries[ix].value);
     }
-    if (ix == CT_ERROR) {
+    if (found < 0) {
         return NULL;
     }
     self->misses++;
@@ -950,32 +960,19 @@ static PyObject *
 cache_pop(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     CacheObject *self = (CacheObject *)op;
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "pop expected 1 or 2 arguments, got %zd", nargs);
+    Py_ssize_t ix;
+    int found = cache_key_arg(self, "pop", args, nargs, &ix);
+    if (found < 0) {
         return NULL;
     }
-    PyObject *key = args[0];
-    Py_hash_t hash = fa_hash(key);
-    if (hash == -1) {
-        return NULL;
-    }
-    int fresh;
-    Py_ssize_t ix = cache_find(self, key, hash, 0, &fresh);
-    if (ix == CT_ERROR) {
-        return NULL;
-    }
-    if (ix < 0 || !fresh) {
+    if (!found) {
         if (nargs > 1) {
             return Py_NewRef(args[1]);
         }
-        return key_error(key);
+        return key_error(args[0]);
     }
     PyObject *value = Py_NewRef(self->t.entries[ix].value);
-    ct_buf trash;
-    ct_buf_init(&trash);
-    self->currsize -= ct_remove(&self->t, ix, &trash);
-    CHECK(self);
-    ct_buf_flush(&trash);
+    cache_remove_at(self, ix);
     return value;
 }
 
@@ -1007,11 +1004,7 @@ cache_popitem(PyObject *op, PyObject *Py_UNUSED(ignored))
     ct_entry *e = &self->t.entries[ix];
     PyTuple_SET_ITEM(pair, 0, Py_NewRef(e->key));
     PyTuple_SET_ITEM(pair, 1, Py_NewRef(e->value));
-    ct_buf trash;
-    ct_buf_init(&trash);
-    self->currsize -= ct_remove(&self->t, ix, &trash);
-    CHECK(self);
-    ct_buf_flush(&trash);
+    cache_remove_at(self, ix);
     return pair;
 }
 
@@ -1019,27 +1012,18 @@ static PyObject *
 cache_setdefault(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     CacheObject *self = (CacheObject *)op;
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "setdefault expected 1 or 2 arguments, got %zd", nargs);
-        return NULL;
-    }
-    PyObject *key = args[0];
-    PyObject *dflt = nargs > 1 ? args[1] : Py_None;
-    Py_hash_t hash = fa_hash(key);
-    if (hash == -1) {
-        return NULL;
-    }
-    int fresh;
-    Py_ssize_t ix = cache_find(self, key, hash, 0, &fresh);
-    if (ix >= 0 && fresh) {
+    Py_ssize_t ix;
+    int found = cache_key_arg(self, "setdefault", args, nargs, &ix);
+    if (found > 0) {
         ct_touch(&self->t, ix);
         CHECK(self);
         return Py_NewRef(self->t.entries[ix].value);
     }
-    if (ix == CT_ERROR) {
+    if (found < 0) {
         return NULL;
     }
-    if (cache_set(self, key, dflt, 0, 0.0) < 0) {
+    PyObject *dflt = nargs > 1 ? args[1] : Py_None;
+    if (cache_set(self, args[0], dflt, 0, 0.0) < 0) {
         return NULL;
     }
     return Py_NewRef(dflt);
@@ -2032,11 +2016,7 @@ ctimer_clear(PyObject *op)
 static void
 ctimer_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    ctimer_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, ctimer_clear);
 }
 
 static PyMethodDef ctimer_methods[] = {
@@ -2257,11 +2237,7 @@ iter_clear(PyObject *op)
 static void
 iter_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    iter_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, iter_clear);
 }
 
 static PyObject *
@@ -2486,11 +2462,7 @@ view_clear(PyObject *op)
 static void
 view_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    view_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, view_clear);
 }
 
 /* ------------------------------------------------------------------ type specs */
@@ -2766,11 +2738,7 @@ gsd_clear(PyObject *op)
 static void
 gsd_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    gsd_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, gsd_clear);
 }
 
 static PyType_Slot gsd_slots[] = {

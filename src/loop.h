@@ -16,6 +16,29 @@
 #include "aiofast.h"
 #include "clock.h"
 
+/* The `_loop` attribute of a loop-bound object, as a getset pair: the closure is the offset
+ * of the object's loop slot ((void *)offsetof(Type, loop)). Reads None while unbound; any
+ * object may be assigned (asyncio's is a plain attribute), deleting it is refused. */
+#define FA_LOOP_SLOT(op, off) ((PyObject **)((char *)(op) + (size_t)(off)))
+
+static inline PyObject *
+fa_loop_attr_get(PyObject *op, void *off)
+{
+    PyObject *loop = *FA_LOOP_SLOT(op, off);
+    return Py_NewRef(loop ? loop : Py_None);
+}
+
+static inline int
+fa_loop_attr_set(PyObject *op, PyObject *v, void *off)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _loop");
+        return -1;
+    }
+    Py_XSETREF(*FA_LOOP_SLOT(op, off), Py_NewRef(v));
+    return 0;
+}
+
 /* New reference to the running loop, or NULL with RuntimeError("no running event loop"). */
 static inline PyObject *
 fa_running_loop(fa_state *st)

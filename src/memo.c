@@ -35,6 +35,7 @@
  */
 #include "ctable.h"
 #include "op.h"
+#include "wrapper.h"
 #include <pythread.h>
 
 enum { FL_RUNNING = 0, FL_DONE };
@@ -58,19 +59,15 @@ typedef struct {
 } FlightObject;
 
 struct MemoObject {
-    PyObject_HEAD
+    FA_WRAPPER_HEAD          /* func: the function whose results are cached */
     fa_state *st;
-    vectorcallfunc vectorcall;
     ct_table t;
-    PyObject *func;
     PyObject *keyfunc;       /* key=, or NULL */
     PyObject *timer;         /* NULL: the loop's time (async) or time.monotonic (see memo_now) */
     fa_clock clk;            /* the clock last read (memo_now) */
     PyObject *rand;          /* random.random when jitter */
     PyObject *maxsize_obj;
     PyObject *ttl_obj;
-    PyObject *dict;
-    PyObject *weakreflist;
     FaOp *hitcache;          /* the reuse slot of hits' ops (fa_op_ready) */
     Py_ssize_t maxsize;      /* -1: unbounded */
     double ttl, jitter;
@@ -384,6 +381,35 @@ flight_entry(FlightObject *f)
         ix = CT_NOTFOUND;
     }
     return ix;
+}
+
+/* The lookup of a call that may start a flight, once everything that may run Python code is
+ * done (the clock read at now, the flight allocated): expire what is due, then find key. A
+ * fresh result is a hit: counted, marked used, and returned in *hit (a new reference); an
+ * expired one is removed (its key and value to trash). Otherwise *hit is NULL and the result
+ * is the index of key's flight, CT_NOTFOUND, or CT_ERROR (a raising __eq__). */
+static Py_ssize_t
+memo_lookup(MemoObject *self, PyObject *key, Py_hash_t hash, double now, ct_buf *trash,
+            PyObject **hit)
+{
+    ct_table *t = &self->t;
+    *hit = NULL;
+    if (self->has_ttl) {
+        memo_expire(self, now, trash);
+    }
+    Py_ssize_t ix = ct_lookup(t, key, hash);  // Beware: __eq__ (it re-validates)
+    if (ix < 0 || IS_FLIGHT(self->st, t->entries[ix].value)) {
+        return ix;
+    }
+    if (!self->has_ttl || now < t->exp[ix]) {
+        self->hits++;
+        ct_touch(t, ix);
+        CHECK(self);
+        *hit = Py_NewRef(t->entries[ix].value);
+        return ix;
+    }
+    ct_remove(t, ix, trash);  // expired (in a synchronous call: a timer that went backwards)
+    return CT_NOTFOUND;
 }
 
 /* Insert key -> value (a new flight) as the most recent entry, evicting to keep maxsize. No
@@ -736,39 +762,26 @@ call_start(FaOp *op, PyObject **res)
     }
     f->loop = Py_NewRef(loop);
     ct_table *t = &self->t;
-    if (self->has_ttl) {
-        memo_expire(self, now, &trash);
-    }
-    Py_ssize_t ix = ct_lookup(t, key, hash);  // Beware: __eq__ (it re-validates)
+    Py_ssize_t ix = memo_lookup(self, key, hash, now, &trash, res);
     if (ix == CT_ERROR) {
         goto done;
     }
+    if (*res != NULL) {
+        r = PYGEN_RETURN;
+        goto done;
+    }
     if (ix >= 0) {
-        PyObject *v = t->entries[ix].value;
-        if (!IS_FLIGHT(st, v)) {
-            if (!self->has_ttl || now < t->exp[ix]) {
-                self->hits++;
-                ct_touch(t, ix);
-                CHECK(self);
-                *res = Py_NewRef(v);
-                r = PYGEN_RETURN;
-                goto done;
-            }
-            ct_remove(t, ix, &trash);  // expired
+        FlightObject *other = (FlightObject *)t->entries[ix].value;
+        if (other->loop == loop && other->state == FL_RUNNING) {
+            self->hits++;
+            ct_touch(t, ix);
+            Py_SETREF(op->arg, Py_NewRef((PyObject *)other));  // the op holds its flight now
+            Py_CLEAR(op->arg2);
+            r = fa_op_wait_on(op, loop, &other->waiters, res);
+            CHECK(self);
+            goto done;
         }
-        else {
-            FlightObject *other = (FlightObject *)v;
-            if (other->loop == loop && other->state == FL_RUNNING) {
-                self->hits++;
-                ct_touch(t, ix);
-                Py_SETREF(op->arg, Py_NewRef(v));  // from now on the op holds its flight
-                Py_CLEAR(op->arg2);
-                r = fa_op_wait_on(op, loop, &other->waiters, res);
-                CHECK(self);
-                goto done;
-            }
-            ct_remove(t, ix, &trash);  // a flight of another loop: start our own
-        }
+        ct_remove(t, ix, &trash);  // a flight of another loop: start our own
     }
     /* a miss: start our flight */
     self->misses++;
@@ -922,30 +935,12 @@ retry:
                 goto done;
             }
         }
-        if (self->has_ttl) {
-            memo_expire(self, now, &trash);
-        }
-        Py_ssize_t ix = ct_lookup(t, key, hash);  // Beware: __eq__ (it re-validates)
-        if (ix == CT_ERROR) {
+        Py_ssize_t ix = memo_lookup(self, key, hash, now, &trash, &result);
+        if (ix == CT_ERROR || result != NULL) {
             goto done;
         }
         if (ix >= 0) {
-            PyObject *v = t->entries[ix].value;
-            if (!IS_FLIGHT(self->st, v)) {
-                if (!self->has_ttl || now < t->exp[ix]) {
-                    self->hits++;
-                    ct_touch(t, ix);
-                    CHECK(self);
-                    result = Py_NewRef(v);
-                    goto done;
-                }
-                ct_remove(t, ix, &trash);  // expired (a timer that went backwards)
-                ix = CT_NOTFOUND;
-            }
-        }
-        if (ix >= 0) {
-            PyObject *v = t->entries[ix].value;
-            other = (FlightObject *)Py_NewRef(v);
+            other = (FlightObject *)Py_NewRef(t->entries[ix].value);
             if (other->owner == PyThread_get_thread_ident()) {
                 /* a recursive call from the computing thread: waiting would deadlock */
                 self->misses++;
@@ -1311,8 +1306,6 @@ static int
 memo_traverse(PyObject *op, visitproc visit, void *arg)
 {
     MemoObject *self = (MemoObject *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(self->func);
     Py_VISIT(self->keyfunc);
     Py_VISIT(self->timer);
     if (fa_clock_traverse(&self->clk, visit, arg) < 0) {
@@ -1321,10 +1314,12 @@ memo_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->rand);
     Py_VISIT(self->maxsize_obj);
     Py_VISIT(self->ttl_obj);
-    Py_VISIT(self->dict);
     Py_VISIT((PyObject *)self->hitcache);
     Py_VISIT(self->first_loop);
-    return ct_traverse(&self->t, visit, arg);
+    if (ct_traverse(&self->t, visit, arg) < 0) {
+        return -1;
+    }
+    return fa_wrapper_traverse(op, visit, arg);
 }
 
 static int
@@ -1335,31 +1330,16 @@ memo_clear(PyObject *op)
     ct_buf_init(&trash);
     ct_clear(&self->t, &trash);
     ct_buf_flush(&trash);
-    Py_CLEAR(self->func);
+    fa_wrapper_clear(op);
     Py_CLEAR(self->keyfunc);
     Py_CLEAR(self->timer);
     fa_clock_clear_refs(&self->clk);
     Py_CLEAR(self->rand);
     Py_CLEAR(self->maxsize_obj);
     Py_CLEAR(self->ttl_obj);
-    Py_CLEAR(self->dict);
     Py_CLEAR(self->hitcache);
     Py_CLEAR(self->first_loop);
     return 0;
-}
-
-static void
-memo_dealloc(PyObject *op)
-{
-    MemoObject *self = (MemoObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    memo_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
 }
 
 /* Memo(func, maxsize, ttl, typed, key, is_async, timer, jitter, alru): made by the decorators
@@ -1422,11 +1402,10 @@ memo_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         Py_XDECREF(rand);
         return NULL;
     }
+    fa_wrapper_init((PyObject *)self, func, memo_vectorcall);
     self->st = st;
-    self->vectorcall = memo_vectorcall;
     self->has_ttl = ttl != Py_None;
     ct_init(&self->t, self->has_ttl, 0, self->has_ttl);
-    self->func = Py_NewRef(func);
     self->keyfunc = key == Py_None ? NULL : Py_NewRef(key);
     self->timer = (timer == Py_None || timer == st->time_monotonic) ? NULL : Py_NewRef(timer);
     self->rand = rand;
@@ -1438,7 +1417,8 @@ memo_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     self->typed = typed;
     self->is_async = is_async;
     self->alru = alru;
-    if (self->maxsize_obj == NULL) {
+    if (self->maxsize_obj == NULL
+        || fa_wrapper_finish((PyObject *)self, is_async ? FA_WRAP_ASYNC : FA_WRAP_PLAIN) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -1468,13 +1448,9 @@ static PyObject *
 memo_repr(PyObject *op)
 {
     MemoObject *self = (MemoObject *)op;
-    PyObject *name = PyObject_GetAttrString(self->func, "__qualname__");
+    PyObject *name = fa_wrapper_qualname(self->func, self->func);  // new ref
     if (name == NULL) {
-        PyErr_Clear();
-        name = PyObject_Repr(self->func);
-        if (name == NULL) {
-            return NULL;
-        }
+        return NULL;
     }
     PyObject *r = PyUnicode_FromFormat("<%s %S at %p [hits:%llu, misses:%llu, size:%zd]>",
                                        self->alru ? "alru_cache" : "cached", name, op,
@@ -1538,8 +1514,7 @@ static PyMethodDef memo_methods[] = {
 };
 
 static PyGetSetDef memo_getset[] = {
-    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
-    FA_WRAPPER_ANNOTATIONS_GETSET
+    FA_WRAPPER_GETSET
     {"_func", memo_get_wrapped_func, NULL, "The function whose results are cached.", NULL},
     {"hits", memo_get_hits, NULL, "Calls answered from the cache or by joining a computation.",
      NULL},
@@ -1547,16 +1522,9 @@ static PyGetSetDef memo_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef memo_members[] = {
-    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(MemoObject, weakreflist), Py_READONLY, NULL},
-    {"__dictoffset__", Py_T_PYSSIZET, offsetof(MemoObject, dict), Py_READONLY, NULL},
-    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(MemoObject, vectorcall), Py_READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
 static PyType_Slot memo_slots[] = {
     {Py_tp_new, memo_new},
-    {Py_tp_dealloc, memo_dealloc},
+    {Py_tp_dealloc, fa_wrapper_dealloc},
     {Py_tp_traverse, memo_traverse},
     {Py_tp_clear, memo_clear},
     {Py_tp_repr, memo_repr},
@@ -1564,7 +1532,7 @@ static PyType_Slot memo_slots[] = {
     {Py_tp_descr_get, memo_descr_get},
     {Py_tp_methods, memo_methods},
     {Py_tp_getset, memo_getset},
-    {Py_tp_members, memo_members},
+    {Py_tp_members, fa_wrapper_members},
     {Py_tp_doc, "A function with cached results: made by aiofast.cached and aiofast.alru_cache."},
     {0, NULL},
 };
@@ -1572,11 +1540,7 @@ static PyType_Slot memo_slots[] = {
 static PyType_Spec memo_spec = {
     .name = "aiofast._core.Memo",
     .basicsize = sizeof(MemoObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
-#ifdef Py_TPFLAGS_METHOD_DESCRIPTOR
-             | Py_TPFLAGS_METHOD_DESCRIPTOR
-#endif
-    ,
+    .flags = FA_WRAPPER_TPFLAGS,
     .slots = memo_slots,
 };
 
@@ -1700,14 +1664,7 @@ method_clear(PyObject *op)
 static void
 method_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (((MemoMethodObject *)op)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    method_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, method_clear);
 }
 
 static PyMethodDef method_methods[] = {

@@ -107,6 +107,20 @@ fa_op_ready_start(FaOp *op, PyObject **res)
 }
 
 PySendResult
+fa_op_none_start(FaOp *Py_UNUSED(op), PyObject **res)
+{
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+PySendResult
+fa_op_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
+{
+    *res = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+PySendResult
 fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res)
 {
     fa_state *st = op->st;
@@ -981,124 +995,3 @@ fa_op_init(PyObject *mod, fa_state *st)
     Py_DECREF(r);
     return 0;
 }
-
-/* ------------------------------------------------------------------ wrappers' annotations */
-
-#if FA_PY314
-/* a function's own words when __annotate__(1) returns something else than a dict */
-#if FA_PY315
-#define ANNOTATE_NOT_DICT "__annotate__() must return a dict, not %.100s"
-#else
-#define ANNOTATE_NOT_DICT "__annotate__ returned non-dict of type '%.100s'"
-#endif
-
-PyObject *
-fa_wrapper_get_annotations(PyObject *self, void *Py_UNUSED(closure))
-{
-    PyObject *dict = PyObject_GenericGetDict(self, NULL);  // new ref
-    if (dict == NULL) {
-        return NULL;
-    }
-    PyObject *ann = NULL, *annotate = NULL;
-    if (PyDict_GetItemStringRef(dict, "__annotations__", &ann) != 0) {
-        goto done;  // found (ann: new ref), or an error (ann: NULL)
-    }
-    if (PyDict_GetItemStringRef(dict, "__annotate__", &annotate) < 0) {
-        goto done;
-    }
-    if (annotate == NULL) {
-        /* update_wrapper found neither on what was wrapped (a partial, a callable object): no
-         * annotations here either, as with functools.lru_cache's wrapper */
-        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '__annotations__'",
-                     Py_TYPE(self)->tp_name);
-        goto done;
-    }
-    if (PyCallable_Check(annotate)) {
-        PyObject *format = PyLong_FromLong(1);  // annotationlib.Format.VALUE
-        if (format == NULL) {
-            goto done;
-        }
-        ann = PyObject_CallOneArg(annotate, format);  // Beware: runs Python code
-        Py_DECREF(format);
-        if (ann == NULL) {
-            goto done;
-        }
-        if (!PyDict_Check(ann)) {
-            PyErr_Format(PyExc_TypeError, ANNOTATE_NOT_DICT, Py_TYPE(ann)->tp_name);
-            Py_CLEAR(ann);
-            goto done;
-        }
-    }
-    else if ((ann = PyDict_New()) == NULL) {
-        goto done;
-    }
-    if (PyDict_SetItemString(dict, "__annotations__", ann) < 0) {
-        Py_CLEAR(ann);
-    }
-done:
-    Py_XDECREF(annotate);
-    Py_DECREF(dict);
-    return ann;
-}
-
-int
-fa_wrapper_set_annotations(PyObject *self, PyObject *value, void *Py_UNUSED(closure))
-{
-    if (value != NULL && value != Py_None && !PyDict_Check(value)) {
-        PyErr_SetString(PyExc_TypeError, "__annotations__ must be set to a dict object");
-        return -1;
-    }
-    PyObject *dict = PyObject_GenericGetDict(self, NULL);  // new ref
-    if (dict == NULL) {
-        return -1;
-    }
-    int rc = value == NULL || value == Py_None
-                 ? PyDict_PopString(dict, "__annotations__", NULL)
-                 : PyDict_SetItemString(dict, "__annotations__", value);
-    if (rc >= 0) {
-        rc = PyDict_SetItemString(dict, "__annotate__", Py_None);
-    }
-    Py_DECREF(dict);
-    return rc < 0 ? -1 : 0;
-}
-
-PyObject *
-fa_wrapper_get_annotate(PyObject *self, void *Py_UNUSED(closure))
-{
-    PyObject *dict = PyObject_GenericGetDict(self, NULL);  // new ref
-    if (dict == NULL) {
-        return NULL;
-    }
-    PyObject *annotate = NULL;
-    if (PyDict_GetItemStringRef(dict, "__annotate__", &annotate) == 0) {
-        /* never set: what was wrapped had none (see fa_wrapper_get_annotations) */
-        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '__annotate__'",
-                     Py_TYPE(self)->tp_name);
-    }
-    Py_DECREF(dict);
-    return annotate;
-}
-
-int
-fa_wrapper_set_annotate(PyObject *self, PyObject *value, void *Py_UNUSED(closure))
-{
-    if (value == NULL) {
-        PyErr_SetString(PyExc_TypeError, "__annotate__ cannot be deleted");
-        return -1;
-    }
-    if (value != Py_None && !PyCallable_Check(value)) {
-        PyErr_SetString(PyExc_TypeError, "__annotate__ must be callable or None");
-        return -1;
-    }
-    PyObject *dict = PyObject_GenericGetDict(self, NULL);  // new ref
-    if (dict == NULL) {
-        return -1;
-    }
-    int rc = PyDict_SetItemString(dict, "__annotate__", value);
-    if (rc == 0 && value != Py_None) {
-        rc = PyDict_PopString(dict, "__annotations__", NULL);
-    }
-    Py_DECREF(dict);
-    return rc < 0 ? -1 : 0;
-}
-#endif

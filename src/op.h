@@ -339,6 +339,11 @@ fa_op_cached(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner)
  * does not warn, since nothing was left undone. */
 PySendResult fa_op_ready_start(FaOp *op, PyObject **res);
 
+/* start and resume of a kind that finishes at once with None (an __aexit__ with nothing to
+ * undo). */
+PySendResult fa_op_none_start(FaOp *op, PyObject **res);
+PySendResult fa_op_none_resume(FaOp *op, PyObject *value, PyObject **res);
+
 static inline FaOp *
 fa_op_ready(fa_state *st, FaOp **cache, const fa_opkind *kind, PyObject *owner, PyObject *value)
 {
@@ -394,32 +399,6 @@ void fa_op_forget_result(fa_state *st);
 /* The exception throw(typ[, val[, tb]]) raises, built as gen.throw builds it: a new reference,
  * or NULL with TypeError for bad arguments. */
 PyObject *fa_throw_exc(PyObject *typ, PyObject *val, PyObject *tb);
-
-/* ---- decorated-function wrappers: annotations as a function has them ----
- *
- * From 3.14 a function's annotations are computed lazily, on first access, by its __annotate__
- * function, and functools.update_wrapper copies __annotate__ instead of __annotations__. A
- * function has both as descriptors; a C wrapper (BreakerFunction, RateLimited, Memo) has only
- * its instance __dict__, where update_wrapper puts __annotate__, so it would have no
- * __annotations__ at all. FA_WRAPPER_ANNOTATIONS_GETSET (in the wrapper type's getset table)
- * gives it a function's behaviour, with both values kept in the instance __dict__:
- * __annotations__ is __annotate__(1) on first access (a forward reference is resolved then,
- * not at decoration time), kept afterwards, or {} when __annotate__ is None; neither exists when
- * update_wrapper found neither on what was wrapped (a partial, as lru_cache's wrapper); setting
- * __annotate__ to a callable forgets the kept value; setting or deleting __annotations__ sets
- * __annotate__ to None. The same errors as a function's. Until 3.13 update_wrapper copies
- * __annotations__ itself and the table entry is empty. */
-#if FA_PY314
-PyObject *fa_wrapper_get_annotations(PyObject *self, void *closure);
-int fa_wrapper_set_annotations(PyObject *self, PyObject *value, void *closure);
-PyObject *fa_wrapper_get_annotate(PyObject *self, void *closure);
-int fa_wrapper_set_annotate(PyObject *self, PyObject *value, void *closure);
-#define FA_WRAPPER_ANNOTATIONS_GETSET \
-    {"__annotations__", fa_wrapper_get_annotations, fa_wrapper_set_annotations, NULL, NULL}, \
-    {"__annotate__", fa_wrapper_get_annotate, fa_wrapper_set_annotate, NULL, NULL},
-#else
-#define FA_WRAPPER_ANNOTATIONS_GETSET
-#endif
 
 /* ---- awaitable methods: coroutine functions to inspect, free to call (method.c) ----
  *

@@ -10,12 +10,9 @@
  *   (Queue) or a list (PriorityQueue, LifoQueue). It is live: a subclass's _put/_get, or code that
  *   reads or clears q._queue, sees the same object. The C code drives it directly when it is the
  *   exact type (deque methods called as unbound C methods; list items moved in place).
- * - PriorityQueue's heap is heapq's algorithm in C over that list, with two differences: it does
- *   every comparison first and moves items only afterwards, so a comparison that raises leaves the
- *   queue exactly as it was; and ints/floats and the first element of tuples are compared
- *   natively (full Python comparison on ties and for every other type), and items of a
- *   @dataclass(order=True) class by their compared fields, without calling the generated __lt__.
- *   The comparisons asked and their answers are heapq's, so the order is heapq's.
+ * - PriorityQueue's heap is heapq's algorithm in C over that list (prio.h, prio.c): every
+ *   comparison first and the moves afterwards, so a comparison that raises leaves the queue
+ *   exactly as it was; numbers and dataclass items compared natively, in heapq's order.
  * - getters and putters are waiting operations in intrusive FIFOs (op.h), so a cancelled waiter
  *   leaves in O(1) (asyncio's deque.remove makes mass cancellation quadratic). `_getters` and
  *   `_putters` are live deque-like views of them (futures in, futures out).
@@ -39,6 +36,7 @@
  *   wrote _unfinished_tasks/_is_shutdown (asyncio allows it), so the count invariants are off.
  */
 #include "op.h"
+#include "prio.h"
 
 enum { FA_FIFO = 0, FA_PRIO, FA_LIFO };
 
@@ -70,9 +68,7 @@ typedef struct {
     fa_waitq putters;
     FaOp *cache_get;       /* reusable ops for the uncontended paths */
     FaOp *cache_put;
-    PyObject *dc_type;     /* dataclass compare cache: the item type, */
-    PyObject *dc_lt;       /* its __lt__ when examined, */
-    PyObject *dc_fields;   /* and the compared field names (a tuple), or None: not applicable */
+    fa_prio_dc dc;         /* PriorityQueue: the dataclass compare cache (prio.h) */
     PyObject *weakreflist;
     PyObject *dict;
     Py_ssize_t unfinished; /* _unfinished_tasks */
@@ -95,45 +91,6 @@ static const char *const kind_names[] = {"Queue", "PriorityQueue", "LifoQueue"};
 #if FA_DEBUG
 static const fa_opkind get_kind;
 static const fa_opkind put_kind;
-
-static inline int num_cmp(PyObject *x, PyObject *y);
-
-/* Is the heap in order, as far as can be told without running Python code (ints, floats and
- * tuples whose first elements differ; NaN anywhere makes the order undefined)? 1 or 0. Code
- * may edit q._queue directly, so "in order" is checked by queue_check only while the list has
- * never been seen by Python code (exposed == 0), and otherwise "in order before an operation
- * => in order after" (heap_push/heap_pop in debug builds). Items of other types (a hostile
- * __lt__ among them) are never compared here. */
-static int
-heap_in_order(PyObject *heap)
-{
-    Py_ssize_t n = PyList_GET_SIZE(heap);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *a = PyList_GET_ITEM(heap, i);
-        if (PyTuple_CheckExact(a) && PyTuple_GET_SIZE(a) > 0) {
-            a = PyTuple_GET_ITEM(a, 0);
-        }
-        if (PyFloat_CheckExact(a) && isnan(PyFloat_AS_DOUBLE(a))) {
-            return 1;  /* undefined: nothing to check */
-        }
-    }
-    for (Py_ssize_t i = 1; i < n; i++) {
-        PyObject *a = PyList_GET_ITEM(heap, i);
-        PyObject *b = PyList_GET_ITEM(heap, (i - 1) >> 1);
-        int c;
-        if (PyTuple_CheckExact(a) && PyTuple_CheckExact(b) && PyTuple_GET_SIZE(a) > 0
-            && PyTuple_GET_SIZE(b) > 0) {
-            c = num_cmp(PyTuple_GET_ITEM(a, 0), PyTuple_GET_ITEM(b, 0));
-        }
-        else {
-            c = num_cmp(a, b);
-        }
-        if (c == -1) {
-            return 0;  /* a child less than its parent */
-        }
-    }
-    return 1;
-}
 
 /* The waiters of one FIFO: ours (owner self, the right kind, not yet woken: a waker pops an op
  * before it sets the result) or inert nodes for futures appended through the views. */
@@ -221,7 +178,7 @@ queue_check(FaQueue *self)
     }
     if (self->kind == FA_PRIO && q != NULL && PyList_CheckExact(q) && !self->exposed
         && PyList_GET_SIZE(q) <= 4 * FA_WAITQ_CHECK_MAX) {
-        FA_CHECK(heap_in_order(q), "%s %p: heap of %zd items out of order", name, (void *)self,
+        FA_CHECK(fa_prio_in_order(q), "%s %p: heap of %zd items out of order", name, (void *)self,
                  PyList_GET_SIZE(q));
     }
 }
@@ -298,496 +255,11 @@ set_maxsize(FaQueue *self, PyObject *v)
     return 0;
 }
 
-/* ------------------------------------------------------------------ comparisons (PriorityQueue) */
-
-#define FA_INLINE static inline __attribute__((always_inline))
-
-#define EXACT53 9007199254740992LL
-
-/* Three-way comparison of two exact ints/floats, natively: -1, 0, 1, or 2 when it cannot tell
- * (another type, NaN, an int too large to compare exactly here). Never runs Python code. */
-FA_INLINE int
-num_cmp(PyObject *x, PyObject *y)
-{
-    double a, b;
-    long long p, q;
-    if (PyLong_CheckExact(x)) {
-        if (!fa_long_small(x, &p)) {
-            return 2;
-        }
-        if (PyLong_CheckExact(y)) {
-            if (!fa_long_small(y, &q)) {
-                return 2;
-            }
-            return (p > q) - (p < q);
-        }
-        if (!PyFloat_CheckExact(y) || p > EXACT53 || p < -EXACT53) {
-            return 2;
-        }
-        a = (double)p;
-        b = PyFloat_AS_DOUBLE(y);
-    }
-    else if (PyFloat_CheckExact(x)) {
-        a = PyFloat_AS_DOUBLE(x);
-        if (PyFloat_CheckExact(y)) {
-            b = PyFloat_AS_DOUBLE(y);
-        }
-        else if (PyLong_CheckExact(y) && fa_long_small(y, &q) && q <= EXACT53 && q >= -EXACT53) {
-            b = (double)q;
-        }
-        else {
-            return 2;
-        }
-    }
-    else {
-        return 2;
-    }
-    if (isnan(a) || isnan(b)) {
-        return 2;
-    }
-    return (a > b) - (a < b);
-}
-
-/* v < w for sequences of items, exactly as tuple comparison does it (first item that is not
- * identical or ==, then < on it, else the lengths), with ints and floats compared natively.
- * The caller holds the containers of the items. 1, 0, -1. */
-static int
-items_lt(PyObject *const *v, Py_ssize_t vlen, PyObject *const *w, Py_ssize_t wlen)
-{
-    Py_ssize_t i;
-    for (i = 0; i < vlen && i < wlen; i++) {
-        PyObject *x = v[i], *y = w[i];
-        if (x == y) {
-            continue;
-        }
-        int c = num_cmp(x, y);
-        if (c == 0) {
-            continue;
-        }
-        if (c != 2) {
-            return c < 0;
-        }
-        int eq = PyObject_RichCompareBool(x, y, Py_EQ);  // Beware: user __eq__
-        if (eq < 0) {
-            return -1;
-        }
-        if (!eq) {
-            return PyObject_RichCompareBool(x, y, Py_LT);  // Beware: user __lt__
-        }
-    }
-    return vlen < wlen;
-}
-
-/* The code object of dataclasses' generated __lt__ for a class of k compared fields. */
-static PyObject *
-dc_ref_code(fa_state *st, Py_ssize_t k)
-{
-    PyObject *key = PyLong_FromSsize_t(k);
-    if (key == NULL) {
-        return NULL;
-    }
-    PyObject *code = PyDict_GetItemWithError(st->q_dc_refs, key);  // borrowed
-    if (code != NULL || PyErr_Occurred()) {
-        Py_DECREF(key);
-        return code;
-    }
-    PyObject *names = NULL, *mod = NULL, *cls = NULL, *lt = NULL;
-    names = PyList_New(k);
-    if (names == NULL) {
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < k; i++) {
-        PyObject *s = PyUnicode_FromFormat("f%zd", i);
-        if (s == NULL) {
-            goto done;
-        }
-        PyList_SET_ITEM(names, i, s);
-    }
-    mod = PyImport_ImportModule("dataclasses");
-    if (mod == NULL) {
-        goto done;
-    }
-    PyObject *mk = PyObject_GetAttrString(mod, "make_dataclass");  // new ref
-    if (mk == NULL) {
-        goto done;
-    }
-    PyObject *args = Py_BuildValue("(sO)", "_AiofastProbe", names);
-    PyObject *kw = Py_BuildValue("{sO}", "order", Py_True);
-    if (args != NULL && kw != NULL) {
-        cls = PyObject_Call(mk, args, kw);
-    }
-    Py_XDECREF(args);
-    Py_XDECREF(kw);
-    Py_DECREF(mk);
-    if (cls == NULL) {
-        goto done;
-    }
-    lt = PyObject_GetAttr(cls, st->q_str_lt);
-    if (lt == NULL) {
-        goto done;
-    }
-    if (!PyFunction_Check(lt)) {
-        PyErr_SetString(PyExc_TypeError, "dataclasses made a __lt__ that is not a function");
-        goto done;
-    }
-    if (PyDict_SetItem(st->q_dc_refs, key, PyFunction_GET_CODE(lt)) == 0) {
-        code = PyFunction_GET_CODE(lt);  // borrowed, now held by the dict
-    }
-done:
-    Py_DECREF(key);
-    Py_XDECREF(names);
-    Py_XDECREF(mod);
-    Py_XDECREF(cls);
-    Py_XDECREF(lt);
-    return code;
-}
-
-static int
-attr_equal(PyObject *a, PyObject *b, const char *name)
-{
-    PyObject *x = PyObject_GetAttrString(a, name);
-    if (x == NULL) {
-        return -1;
-    }
-    PyObject *y = PyObject_GetAttrString(b, name);
-    if (y == NULL) {
-        Py_DECREF(x);
-        return -1;
-    }
-    int r = PyObject_RichCompareBool(x, y, Py_EQ);
-    Py_DECREF(x);
-    Py_DECREF(y);
-    return r;
-}
-
-/* If lt is dataclasses' generated __lt__ (its code is the very code dataclasses generates for
- * that many fields), a new reference to the tuple of compared field names; else None. The
- * generated function is `if other.__class__ is self.__class__: return (self.f1, ...) <
- * (other.f1, ...); return NotImplemented`, so for two items of the same type the comparison is
- * the tuples' (attributes read self first, then other, as the tuple displays do). */
-static PyObject *
-dc_examine(fa_state *st, PyTypeObject *tp, PyObject *lt)
-{
-    if (!PyFunction_Check(lt) || tp->tp_getattro != PyObject_GenericGetAttr
-        || fa_type_lookup(tp, st->q_str_class) != st->q_object_class
-        || PyFunction_GET_DEFAULTS(lt) != NULL || PyFunction_GET_KW_DEFAULTS(lt) != NULL
-        || PyFunction_GET_CLOSURE(lt) != NULL) {
-        Py_RETURN_NONE;
-    }
-    PyObject *code = PyFunction_GET_CODE(lt);  // borrowed
-    PyObject *names = PyObject_GetAttrString(code, "co_names");  // new ref
-    if (names == NULL) {
-        return NULL;
-    }
-    PyObject *res = NULL;
-    Py_ssize_t n = PyTuple_Check(names) ? PyTuple_GET_SIZE(names) : 0;
-    if (n < 2 || !PyUnicode_Check(PyTuple_GET_ITEM(names, 0))
-        || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(names, 0), "__class__") != 0
-        || !PyUnicode_Check(PyTuple_GET_ITEM(names, n - 1))
-        || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(names, n - 1), "NotImplemented")
-               != 0) {
-        res = Py_NewRef(Py_None);
-        goto done;
-    }
-    PyObject *ref = dc_ref_code(st, n - 2);  // borrowed
-    if (ref == NULL) {
-        goto done;
-    }
-    static const char *const same[] = {"co_code", "co_consts", "co_varnames", "co_argcount",
-                                       "co_kwonlyargcount", "co_flags"};
-    for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
-        int eq = attr_equal(code, ref, same[i]);
-        if (eq < 0) {
-            goto done;
-        }
-        if (!eq) {
-            res = Py_NewRef(Py_None);
-            goto done;
-        }
-    }
-    res = PyTuple_GetSlice(names, 1, n - 1);
-done:
-    Py_DECREF(names);
-    return res;
-}
-
-/* The compared fields of items of type tp when their __lt__ is dataclasses' own: a borrowed
- * tuple, NULL with no error when not applicable, NULL with an error. */
-static PyObject *
-dc_fields(FaQueue *self, PyTypeObject *tp)
-{
-    fa_state *st = self->st;
-    if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) || tp->tp_getattro != PyObject_GenericGetAttr) {
-        return NULL;
-    }
-    PyObject *lt = fa_type_lookup(tp, st->q_str_lt);  // borrowed
-    if (lt == NULL) {
-        return NULL;
-    }
-    if ((PyObject *)tp != self->dc_type || lt != self->dc_lt) {
-        Py_INCREF(lt);  // hold it across dc_examine, which imports and calls Python code
-        PyObject *fields = dc_examine(st, tp, lt);  // new ref
-        if (fields == NULL) {
-            Py_DECREF(lt);
-            return NULL;
-        }
-        Py_XSETREF(self->dc_type, Py_NewRef((PyObject *)tp));
-        Py_XSETREF(self->dc_lt, lt);
-        Py_XSETREF(self->dc_fields, fields);
-        if (fa_type_lookup(tp, st->q_str_lt) != lt) {
-            return NULL;  // the class changed meanwhile: compare the slow way this time
-        }
-    }
-    return self->dc_fields == Py_None ? NULL : self->dc_fields;
-}
-
-/* a < b for two items of a dataclass type whose compared fields are `fields`; 1, 0, -1 */
-static int
-dc_lt(PyObject *a, PyObject *b, PyObject *fields)
-{
-    Py_ssize_t k = PyTuple_GET_SIZE(fields);
-    PyObject *stack[16];
-    PyObject **vals = k <= 8 ? stack : PyMem_Malloc(sizeof(PyObject *) * (size_t)(2 * k + 1));
-    if (vals == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    Py_ssize_t got = 0;
-    int r = -1;
-    for (Py_ssize_t i = 0; i < 2 * k; i++) {
-        PyObject *obj = i < k ? a : b;
-        vals[i] = PyObject_GetAttr(obj, PyTuple_GET_ITEM(fields, i % k));  // Beware: descriptors
-        if (vals[i] == NULL) {
-            goto done;
-        }
-        got++;
-    }
-    r = items_lt(vals, k, vals + k, k);
-done:
-    for (Py_ssize_t i = 0; i < got; i++) {
-        Py_DECREF(vals[i]);
-    }
-    if (vals != stack) {
-        PyMem_Free(vals);
-    }
-    return r;
-}
-
-/* prio_lt when the native comparison could not tell: ties, other types. */
-static int __attribute__((noinline))
-prio_lt_slow(FaQueue *self, PyObject *a, PyObject *b, int *py)
-{
-    PyTypeObject *ta = Py_TYPE(a);
-    int r;
-    *py = 1;
-    Py_INCREF(a);
-    Py_INCREF(b);
-    if (ta == &PyTuple_Type && Py_IS_TYPE(b, &PyTuple_Type)) {
-        r = items_lt(&PyTuple_GET_ITEM(a, 0), PyTuple_GET_SIZE(a), &PyTuple_GET_ITEM(b, 0),
-                     PyTuple_GET_SIZE(b));
-    }
-    else {
-        PyObject *fields = ta == Py_TYPE(b) ? dc_fields(self, ta) : NULL;  // borrowed
-        if (fields != NULL) {
-            Py_INCREF(fields);
-            r = dc_lt(a, b, fields);
-            Py_DECREF(fields);
-        }
-        else if (PyErr_Occurred()) {
-            r = -1;
-        }
-        else {
-            r = PyObject_RichCompareBool(a, b, Py_LT);  // Beware: user __lt__
-        }
-    }
-    Py_DECREF(a);
-    Py_DECREF(b);
-    return r;
-}
-
-/* a < b as heapq asks it; 1, 0, -1. *py is set when Python code may have run. The native
- * cases (ints, floats, tuples whose first elements differ and are ints or floats) are decided
- * here without a call. */
-FA_INLINE int
-prio_lt(FaQueue *self, PyObject *a, PyObject *b, int *py)
-{
-    PyTypeObject *ta = Py_TYPE(a);
-    if (ta == &PyTuple_Type) {
-        if (Py_IS_TYPE(b, &PyTuple_Type) && PyTuple_GET_SIZE(a) > 0 && PyTuple_GET_SIZE(b) > 0) {
-            PyObject *x = PyTuple_GET_ITEM(a, 0), *y = PyTuple_GET_ITEM(b, 0);
-            if (x != y) {
-                int c = num_cmp(x, y);
-                if (c == -1 || c == 1) {
-                    return c < 0;
-                }
-            }
-        }
-    }
-    else {
-        int c = num_cmp(a, b);
-        if (c != 2) {
-            return c < 0;
-        }
-    }
-    return prio_lt_slow(self, a, b, py);
-}
-
-static int
-heap_changed(FaQueue *self, PyObject *heap, Py_ssize_t n, size_t version)
-{
-    if (self->version != version || self->queue != heap || PyList_GET_SIZE(heap) != n) {
-        PyErr_Format(PyExc_RuntimeError, "%s changed during an item comparison",
-                     kind_names[FA_PRIO]);
-        return 1;
-    }
-    return 0;
-}
-
-/* heapq.heappush(heap, item): every comparison first, then the moves. 0 or -1 (heap untouched). */
-static int
-heap_push(FaQueue *self, PyObject *heap, PyObject *item)
-{
-    Py_ssize_t n = PyList_GET_SIZE(heap);
-    size_t version = self->version;
-    Py_ssize_t pos = n;
-    int rc = -1;
-#if FA_DEBUG
-    int in_order = heap_in_order(heap);
-#endif
-    Py_INCREF(heap);
-    Py_INCREF(item);
-    while (pos > 0) {
-        Py_ssize_t parentpos = (pos - 1) >> 1;
-        int py = 0;
-        int lt = prio_lt(self, item, PyList_GET_ITEM(heap, parentpos), &py);
-        if (lt < 0 || (py && heap_changed(self, heap, n, version))) {
-            goto done;
-        }
-        if (!lt) {
-            break;
-        }
-        pos = parentpos;
-    }
-    /* commit: nothing below runs Python code */
-    if (PyList_Append(heap, item) < 0) {
-        goto done;
-    }
-    PyObject **arr = &PyList_GET_ITEM(heap, 0);
-    Py_ssize_t p = n;
-    while (p > pos) {
-        Py_ssize_t parentpos = (p - 1) >> 1;
-        arr[p] = arr[parentpos];
-        p = parentpos;
-    }
-    arr[pos] = item;  // the reference the append took moves here
-    self->version++;
-#if FA_DEBUG
-    FA_CHECK(!in_order || heap_in_order(heap), "PriorityQueue %p: heap of %zd items out of "
-             "order after an operation", (void *)self, PyList_GET_SIZE(heap));
-#endif
-    rc = 0;
-done:
-    Py_DECREF(item);
-    Py_DECREF(heap);
-    return rc;
-}
-
-/* Take the last item of a list (n > 0): a new reference, or NULL. Exactly list.pop(): in place
- * while the allocation stays over half used (list_resize's no-realloc case), else through
- * list.pop() itself, which gives memory back (no Python code runs for a list). */
-static inline PyObject *
-list_take_last(fa_state *st, PyObject *list)
-{
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    if (FA_UNLIKELY(n - 1 < (((PyListObject *)list)->allocated >> 1))) {
-        return call_method(list, st->q_str_pop, NULL);
-    }
-    PyObject *item = PyList_GET_ITEM(list, n - 1);  // the list's reference becomes ours
-    Py_SET_SIZE(list, n - 1);
-    return item;
-}
-
-/* heapq.heappop(heap): every comparison first, then the moves. A new reference, or NULL with
- * the heap untouched. */
-static PyObject *
-heap_pop(FaQueue *self, PyObject *heap)
-{
-    Py_ssize_t n = PyList_GET_SIZE(heap);
-    if (n == 0) {
-        PyErr_SetString(PyExc_IndexError, "index out of range");
-        return NULL;
-    }
-    if (n == 1) {
-        PyObject *item = list_take_last(self->st, heap);
-        self->version += item != NULL;
-        return item;
-    }
-    /* heapq: lastelt = pop(); returnitem = heap[0]; heap[0] = lastelt; siftup(heap, 0), where
-     * siftup moves the smaller child up to a leaf, then siftdown bubbles lastelt back up. Both
-     * phases compare only items still at their original places (derivation in the docs), so
-     * we find the path, then lastelt's place on it, and only then move anything. */
-    Py_ssize_t m = n - 1;  /* heap size after the pop */
-    Py_ssize_t path[8 * sizeof(Py_ssize_t) + 1];
-    int k = 0, j = 0;
-    size_t version = self->version;
-    PyObject *result = NULL;
-#if FA_DEBUG
-    int in_order = heap_in_order(heap);
-#endif
-    Py_INCREF(heap);
-    PyObject *newitem = Py_NewRef(PyList_GET_ITEM(heap, m));
-    path[0] = 0;
-    Py_ssize_t pos = 0, limit = m >> 1;
-    while (pos < limit) {
-        Py_ssize_t child = 2 * pos + 1;
-        if (child + 1 < m) {
-            int py = 0;
-            int lt = prio_lt(self, PyList_GET_ITEM(heap, child), PyList_GET_ITEM(heap, child + 1),
-                             &py);
-            if (lt < 0 || (py && heap_changed(self, heap, n, version))) {
-                goto done;
-            }
-            child += lt ^ 1;
-        }
-        path[++k] = child;
-        pos = child;
-    }
-    j = k;
-    while (j > 0) {
-        int py = 0;
-        int lt = prio_lt(self, newitem, PyList_GET_ITEM(heap, path[j]), &py);
-        if (lt < 0 || (py && heap_changed(self, heap, n, version))) {
-            goto done;
-        }
-        if (!lt) {
-            break;
-        }
-        j--;
-    }
-    /* commit: nothing below runs Python code */
-    PyObject *last = list_take_last(self->st, heap);  // newitem, the list's reference
-    if (last == NULL) {
-        goto done;
-    }
-    assert(last == newitem);
-    PyObject **arr = &PyList_GET_ITEM(heap, 0);
-    result = arr[0];             // the list's reference becomes the caller's
-    for (int i = 0; i < j; i++) {
-        arr[path[i]] = arr[path[i + 1]];
-    }
-    arr[path[j]] = last;         // and lastelt's moves here
-    self->version++;
-#if FA_DEBUG
-    FA_CHECK(!in_order || heap_in_order(heap), "PriorityQueue %p: heap of %zd items out of "
-             "order after an operation", (void *)self, PyList_GET_SIZE(heap));
-#endif
-done:
-    Py_DECREF(newitem);          // ours, taken above (on success the list still holds it)
-    Py_DECREF(heap);
-    return result;
-}
-
 /* ------------------------------------------------------------------ storage (_init/_put/_get) */
+
+/* a PriorityQueue's heap (self->queue) as prio.h's push and pop see it */
+#define QUEUE_HEAP(self) \
+    (&(fa_prio_heap){(self)->st, &(self)->dc, &(self)->queue, &(self)->version, (self)})
 
 static int
 kind_init(FaQueue *self, int kind)
@@ -822,7 +294,7 @@ kind_put(FaQueue *self, int kind, PyObject *item)
             rc = -1;
         }
         else {
-            rc = heap_push(self, q, item);
+            rc = fa_prio_push(QUEUE_HEAP(self), q, item);
         }
     }
     else if (kind == FA_LIFO && PyList_CheckExact(q)) {
@@ -859,7 +331,7 @@ kind_get(FaQueue *self, int kind)
             r = NULL;
         }
         else {
-            r = heap_pop(self, q);
+            r = fa_prio_pop(QUEUE_HEAP(self), q);
         }
     }
     else if (kind == FA_LIFO) {
@@ -869,7 +341,7 @@ kind_get(FaQueue *self, int kind)
                 r = NULL;
             }
             else {
-                r = list_take_last(st, q);
+                r = fa_list_take_last(st, q);
             }
         }
         else {
@@ -1231,7 +703,7 @@ get_nowait_impl(FaQueue *self)
             goto empty;
         }
         if (self->kind == FA_LIFO) {
-            item = list_take_last(self->st, q);
+            item = fa_list_take_last(self->st, q);
             if (item == NULL) {
                 return NULL;
             }
@@ -1388,17 +860,26 @@ pass_on_after_error(FaQueue *self, int putter)
     fa_restore_exc(exc);
 }
 
+static PySendResult put_step(FaOp *op, PyObject **res);
+
+/* A woken get() (putter 0) or put() (putter 1) takes one more turn of its loop. */
 static PySendResult
-get_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+waiter_resume(FaOp *op, PyObject **res, int putter)
 {
     fa_waitq_unlink(op);  /* normally the waker popped it already */
     op->flags &= ~FA_OPF_WOKEN;
     FA_ASSERT_CONSISTENT((FaQueue *)op->owner);
-    PySendResult r = get_step(op, res);
+    PySendResult r = putter ? put_step(op, res) : get_step(op, res);
     if (r == PYGEN_ERROR) {
-        pass_on_after_error((FaQueue *)op->owner, 0);
+        pass_on_after_error((FaQueue *)op->owner, putter);
     }
     return r;
+}
+
+static PySendResult
+get_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
+{
+    return waiter_resume(op, res, 0);
 }
 
 /* Is the waiter's future cancelled? asyncio first calls fut.cancel() (a no-op when done), so
@@ -1428,9 +909,9 @@ cancel_waiter(fa_state *st, FaOp *op)
     return c;
 }
 
-/* asyncio's bare `except:` around `await getter` */
+/* asyncio's bare `except:` around `await getter` (putter 0) or `await putter` (putter 1) */
 static int
-get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
+waiter_exc(FaOp *op, int putter)
 {
     FaQueue *self = (FaQueue *)op->owner;
     int cancelled = cancel_waiter(self->st, op);
@@ -1439,15 +920,22 @@ get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
     if (cancelled < 0) {
         return -1;
     }
-    int e = q_empty(self);
-    if (e < 0) {
+    int blocked = putter ? q_full(self) : q_empty(self);
+    if (blocked < 0) {
         return -1;
     }
-    if (!e && !cancelled) {
-        /* woken by put_nowait(), but leaving: wake the next in line */
-        return q_wakeup_next(self, &self->getters);
+    if (!blocked && !cancelled) {
+        /* woken by put_nowait() (a getter) or get_nowait() (a putter), but leaving: wake the
+         * next in line */
+        return q_wakeup_next(self, putter ? &self->putters : &self->getters);
     }
     return 0;
+}
+
+static int
+get_exc(FaOp *op, PyObject *Py_UNUSED(exc))
+{
+    return waiter_exc(op, 0);
 }
 
 static const fa_opkind get_kind = {"Queue.get", get_start, get_resume, get_exc, NULL};
@@ -1496,35 +984,13 @@ put_start(FaOp *op, PyObject **res)
 static PySendResult
 put_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
 {
-    fa_waitq_unlink(op);
-    op->flags &= ~FA_OPF_WOKEN;
-    FA_ASSERT_CONSISTENT((FaQueue *)op->owner);
-    PySendResult r = put_step(op, res);
-    if (r == PYGEN_ERROR) {
-        pass_on_after_error((FaQueue *)op->owner, 1);
-    }
-    return r;
+    return waiter_resume(op, res, 1);
 }
 
 static int
 put_exc(FaOp *op, PyObject *Py_UNUSED(exc))
 {
-    FaQueue *self = (FaQueue *)op->owner;
-    int cancelled = cancel_waiter(self->st, op);
-    fa_waitq_unlink(op);
-    FA_ASSERT_CONSISTENT(self);
-    if (cancelled < 0) {
-        return -1;
-    }
-    int f = q_full(self);
-    if (f < 0) {
-        return -1;
-    }
-    if (!f && !cancelled) {
-        /* woken by get_nowait(), but leaving: wake the next in line */
-        return q_wakeup_next(self, &self->putters);
-    }
-    return 0;
+    return waiter_exc(op, 1);
 }
 
 static const fa_opkind put_kind = {"Queue.put", put_start, put_resume, put_exc, NULL};
@@ -2090,9 +1556,9 @@ queue_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->loop);
     Py_VISIT((PyObject *)self->cache_get);
     Py_VISIT((PyObject *)self->cache_put);
-    Py_VISIT(self->dc_type);
-    Py_VISIT(self->dc_lt);
-    Py_VISIT(self->dc_fields);
+    Py_VISIT(self->dc.type);
+    Py_VISIT(self->dc.lt);
+    Py_VISIT(self->dc.fields);
     Py_VISIT(self->dict);
     int r = fa_waitq_traverse(&self->getters, visit, arg);
     if (r) {
@@ -2112,9 +1578,9 @@ queue_clear(PyObject *op)
     Py_CLEAR(self->loop);
     Py_CLEAR(self->cache_get);
     Py_CLEAR(self->cache_put);
-    Py_CLEAR(self->dc_type);
-    Py_CLEAR(self->dc_lt);
-    Py_CLEAR(self->dc_fields);
+    Py_CLEAR(self->dc.type);
+    Py_CLEAR(self->dc.lt);
+    Py_CLEAR(self->dc.fields);
     Py_CLEAR(self->dict);
     fa_waitq_release_all(&self->getters);
     fa_waitq_release_all(&self->putters);
@@ -2124,15 +1590,7 @@ queue_clear(PyObject *op)
 static void
 queue_dealloc(PyObject *op)
 {
-    FaQueue *self = (FaQueue *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    queue_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, queue_clear);
 }
 
 /* ------------------------------------------------------------------ attributes */
@@ -2295,24 +1753,6 @@ set_is_shutdown(PyObject *op, PyObject *v, void *Py_UNUSED(c))
     return 0;
 }
 
-static PyObject *
-get_loop_attr(PyObject *op, void *Py_UNUSED(c))
-{
-    FaQueue *self = (FaQueue *)op;
-    return Py_NewRef(self->loop ? self->loop : Py_None);
-}
-
-static int
-set_loop_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
-{
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _loop");
-        return -1;
-    }
-    Py_XSETREF(((FaQueue *)op)->loop, Py_NewRef(v));
-    return 0;
-}
-
 /* ------------------------------------------------------------------ type specs */
 
 PyDoc_STRVAR(put_doc, "put($self, item)\n--\n\nPut an item into the queue; wait while it is "
@@ -2413,7 +1853,7 @@ static PyGetSetDef queue_getset[] = {
     {"_unfinished_tasks", get_unfinished, set_unfinished, NULL, NULL},
     {"_finished", get_finished_attr, set_finished_attr, "The Event join() waits on.", NULL},
     {"_is_shutdown", get_is_shutdown, set_is_shutdown, NULL, NULL},
-    {"_loop", get_loop_attr, set_loop_attr, NULL, NULL},
+    {"_loop", fa_loop_attr_get, fa_loop_attr_set, NULL, (void *)offsetof(FaQueue, loop)},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

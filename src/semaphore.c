@@ -219,34 +219,7 @@ falock_clear(PyObject *op)
 static void
 falock_dealloc(PyObject *op)
 {
-    FaLock *self = (FaLock *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    falock_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
-static PyObject *
-falock_get_loop_attr(PyObject *op, void *Py_UNUSED(c))
-{
-    FaLock *self = (FaLock *)op;
-    return Py_NewRef(self->loop ? self->loop : Py_None);
-}
-
-static int
-falock_set_loop_attr(PyObject *op, PyObject *value, void *Py_UNUSED(c))
-{
-    FaLock *self = (FaLock *)op;
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _loop");
-        return -1;
-    }
-    Py_XSETREF(self->loop, Py_NewRef(value));
-    return 0;
+    fa_gc_dealloc(op, falock_clear);
 }
 
 /* _waiters: None until the first wait (Lock, Semaphore: asyncio creates its deque lazily), then
@@ -294,18 +267,24 @@ falock_private_get_loop(PyObject *op, PyObject *Py_UNUSED(ignored))
     return fa_get_loop(self->st, op, &self->loop);
 }
 
-/* "<aiofast.Lock object at 0x...>" -> "<aiofast.Lock object at 0x... [extra]>" */
+/* "<aiofast.Lock object at 0x...>" -> "<aiofast.Lock object at 0x... [extra]>"; extra is a new
+ * reference this takes over (NULL: an error already set) */
 static PyObject *
 repr_with(PyObject *op, PyObject *extra)
 {
+    if (extra == NULL) {
+        return NULL;
+    }
     PyObject *base = PyBaseObject_Type.tp_repr(op);  // new ref
     if (base == NULL) {
+        Py_DECREF(extra);
         return NULL;
     }
     Py_ssize_t n = PyUnicode_GET_LENGTH(base);
     PyObject *inner = PyUnicode_Substring(base, 1, n - 1);
     Py_DECREF(base);
     if (inner == NULL) {
+        Py_DECREF(extra);
         return NULL;
     }
     FaLock *self = (FaLock *)op;
@@ -317,6 +296,7 @@ repr_with(PyObject *op, PyObject *extra)
         r = PyUnicode_FromFormat("<%U [%U]>", inner, extra);
     }
     Py_DECREF(inner);
+    Py_DECREF(extra);
     return r;
 }
 
@@ -416,6 +396,17 @@ restart:
     return 0;
 }
 
+/* acquire() or wait() cannot finish now: wait in line for a wake-up (the op's future) */
+static PySendResult
+falock_wait(FaLock *self, FaOp *op, PyObject **res)
+{
+    self->waiters_made = 1;
+    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->waiters,
+                                     res);
+    FA_ASSERT_CONSISTENT(self);
+    return r;
+}
+
 /* ------------------------------------------------------------------ Semaphore */
 
 static int
@@ -490,11 +481,7 @@ sem_acquire_slow(FaOp *op, PyObject **res)
         *res = Py_NewRef(RET(op));
         return PYGEN_RETURN;
     }
-    self->waiters_made = 1;
-    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->waiters,
-                                     res);
-    FA_ASSERT_CONSISTENT(self);
-    return r;
+    return falock_wait(self, op, res);
 }
 
 /* The fast path is kept free of calls so it compiles without a stack frame. */
@@ -643,11 +630,7 @@ lock_acquire_slow(FaOp *op, PyObject **res)
             return PYGEN_RETURN;
         }
     }
-    self->waiters_made = 1;
-    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->waiters,
-                                     res);
-    FA_ASSERT_CONSISTENT(self);
-    return r;
+    return falock_wait(self, op, res);
 }
 
 static PySendResult
@@ -1240,36 +1223,19 @@ sem_repr(PyObject *op)
         extra = PyUnicode_FromFormat("unlocked, value:%S", v);
         Py_DECREF(v);
     }
-    if (extra == NULL) {
-        return NULL;
-    }
-    PyObject *r = repr_with(op, extra);
-    Py_DECREF(extra);
-    return r;
+    return repr_with(op, extra);
 }
 
 static PyObject *
 lock_repr(PyObject *op)
 {
-    PyObject *extra = PyUnicode_FromString(((FaLock *)op)->locked ? "locked" : "unlocked");
-    if (extra == NULL) {
-        return NULL;
-    }
-    PyObject *r = repr_with(op, extra);
-    Py_DECREF(extra);
-    return r;
+    return repr_with(op, PyUnicode_FromString(((FaLock *)op)->locked ? "locked" : "unlocked"));
 }
 
 static PyObject *
 event_repr(PyObject *op)
 {
-    PyObject *extra = PyUnicode_FromString(((FaLock *)op)->value ? "set" : "unset");
-    if (extra == NULL) {
-        return NULL;
-    }
-    PyObject *r = repr_with(op, extra);
-    Py_DECREF(extra);
-    return r;
+    return repr_with(op, PyUnicode_FromString(((FaLock *)op)->value ? "set" : "unset"));
 }
 
 /* ------------------------------------------------------------------ Event */
@@ -1282,11 +1248,7 @@ event_wait_start(FaOp *op, PyObject **res)
         *res = Py_NewRef(Py_True);
         return PYGEN_RETURN;
     }
-    self->waiters_made = 1;
-    PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->waiters,
-                                     res);
-    FA_ASSERT_CONSISTENT(self);
-    return r;
+    return falock_wait(self, op, res);
 }
 
 static PySendResult
@@ -1468,7 +1430,7 @@ static PyMethodDef event_methods[] = {
 };
 
 #define COMMON_GETSET \
-    {"_loop", falock_get_loop_attr, falock_set_loop_attr, NULL, NULL}, \
+    {"_loop", fa_loop_attr_get, fa_loop_attr_set, NULL, (void *)offsetof(FaLock, loop)}, \
     {"_waiters", falock_get_waiters, falock_set_waiters, "A live deque-like view of the "  \
      "waiters' futures (None until the first wait, for Lock and Semaphore).", NULL}
 

@@ -54,24 +54,14 @@ typedef struct {
 } tbs_config;
 
 typedef struct {
-    PyObject_HEAD
-    fa_state *st;
+    FA_TB_HEAD             /* st, waiters, cache, weakreflist, rate/per/capacity (tokenbucket.h) */
     _Atomic int64_t *tat;  /* in the segment */
-    double rate;
-    double per;
-    double capacity;
     double ns_per_token;   /* T, in ns */
     int64_t tau;           /* floor(C * T) */
     int64_t cost1;         /* cost(1) */
-    PyObject *rate_obj;    /* as given */
-    PyObject *per_obj;
-    PyObject *cap_obj;
     PyObject *name;
     PyObject *clock;       /* private (tests): a callable returning the time in ns, or NULL */
     PyObject *wake_cb;     /* the timers' callback: sets a future's result unless it is done */
-    FaOp *cache;
-    fa_waitq waiters;
-    PyObject *weakreflist;
     fa_shm shm;
 } SharedBucket;
 
@@ -439,58 +429,27 @@ static const fa_opkind tbs_acquire_kind = {
     "SharedTokenBucket.acquire", tbs_acquire_start, tbs_acquire_resume, tbs_wait_exc, NULL,
 };
 
-static PySendResult
-tbs_none_start(FaOp *Py_UNUSED(op), PyObject **res)
-{
-    *res = Py_NewRef(Py_None);
-    return PYGEN_RETURN;
-}
-
-static PySendResult
-tbs_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
-{
-    *res = Py_NewRef(Py_None);
-    return PYGEN_RETURN;
-}
-
 static const fa_opkind tbs_aexit_kind = {
-    "SharedTokenBucket.__aexit__", tbs_none_start, tbs_none_resume, NULL, NULL,
+    "SharedTokenBucket.__aexit__", fa_op_none_start, fa_op_none_resume, NULL, NULL,
 };
 
 /* RateLimited calls on a shared bucket: one token, then the function */
 static PySendResult
 tbs_call_start(FaOp *op, PyObject **res)
 {
-    PySendResult r = tbs_take_or_wait(op, res);
-    if (r != PYGEN_RETURN) {
-        return r;
-    }
-    Py_CLEAR(*res);
-    return fa_tb_call_run(op, res);
+    return fa_tb_call_start(op, res, tbs_take_or_wait);
 }
 
 static PySendResult
 tbs_call_resume(FaOp *op, PyObject *value, PyObject **res)
 {
-    if (op->flags & TB_OPF_CALLING) {
-        *res = Py_NewRef(value);  // the function's result
-        return PYGEN_RETURN;
-    }
-    PySendResult r = tbs_acquire_resume(op, value, res);
-    if (r != PYGEN_RETURN) {
-        return r;
-    }
-    Py_CLEAR(*res);
-    return fa_tb_call_run(op, res);
+    return fa_tb_call_resume(op, value, res, tbs_acquire_resume);
 }
 
 static int
 tbs_call_exc(FaOp *op, PyObject *exc)
 {
-    if (op->flags & TB_OPF_CALLING) {
-        return 0;  // the function raised: its token is spent
-    }
-    return tbs_wait_exc(op, exc);
+    return fa_tb_call_exc(op, exc, tbs_wait_exc);
 }
 
 static const fa_opkind tbs_call_kind = {
@@ -505,13 +464,9 @@ tbs_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     SharedBucket *self = (SharedBucket *)op;
     double n = 1.0;
     PyObject *timeout = NULL;
-    if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
-        PyObject *tok = NULL, *to = NULL;
-        if (tb_parse2("acquire", args, nargs, kwnames, "tokens", "timeout", &tok, &to) < 0
-            || tb_count_arg(tok, self->capacity, self->cap_obj, &n) < 0
-            || tb_timeout_arg(to, &timeout) < 0) {
-            return NULL;
-        }
+    if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)
+        && fa_tb_acquire_args((fa_tb_head *)self, args, nargs, kwnames, &n, &timeout) < 0) {
+        return NULL;
     }
     FaOp *o = fa_op_cached(self->st, &self->cache, &tbs_acquire_kind, op);
     if (o == NULL) {
@@ -537,12 +492,7 @@ tbs_aenter(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 tbs_aexit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
-    SharedBucket *self = (SharedBucket *)op;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    return (PyObject *)fa_op_cached(self->st, &self->cache, &tbs_aexit_kind, op);
+    return fa_tb_aexit(op, nargs, &tbs_aexit_kind);
 }
 
 /* try_acquire / has_capacity: the count (default 1) and the time; 0 or -1. */
@@ -551,10 +501,8 @@ tbs_args(SharedBucket *self, const char *fname, PyObject *const *args, Py_ssize_
          PyObject *kwnames, int64_t *cost, int64_t *now)
 {
     if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
-        PyObject *tok = NULL;
         double n;
-        if (tb_parse2(fname, args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
-            || tb_count_arg(tok, self->capacity, self->cap_obj, &n) < 0) {
+        if (fa_tb_tokens_args((fa_tb_head *)self, fname, args, nargs, kwnames, &n) < 0) {
             return -1;
         }
         *cost = tbs_cost(self, n);
@@ -656,31 +604,22 @@ tbs_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "a shared bucket counts in nanoseconds up to 2**62: "
                      "capacity * per / rate must be below 146 years, got capacity %R, per %R, "
                      "rate %R", c.cap_obj, per_o ? per_o : Py_None, rate_o);
-        Py_DECREF(c.cap_obj);
+        fa_tb_config_release(&c);
         return NULL;
     }
     SharedBucket *self = (SharedBucket *)tp->tp_alloc(tp, 0);  // zeroed
     if (self == NULL) {
-        Py_DECREF(c.cap_obj);
+        fa_tb_config_release(&c);
         return NULL;
     }
     self->st = st;
-    self->rate = c.rate;
-    self->per = c.per;
-    self->capacity = c.capacity;
+    fa_tb_head_configure((fa_tb_head *)self, &c);
     self->ns_per_token = T;
     self->tau = (int64_t)tau;
     double c1 = ceil(T);
     self->cost1 = c1 < 1 ? 1 : (int64_t)c1;
-    self->cap_obj = c.cap_obj;
-    self->rate_obj = Py_NewRef(rate_o);
-    self->per_obj = per_o ? Py_NewRef(per_o) : PyFloat_FromDouble(1.0);
     self->name = Py_NewRef(name);
     self->clock = clock == Py_None ? NULL : Py_NewRef(clock);
-    if (self->per_obj == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
     tbs_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     cfg.layout = TBS_LAYOUT;
@@ -713,29 +652,20 @@ static int
 tbs_traverse(PyObject *op, visitproc visit, void *arg)
 {
     SharedBucket *self = (SharedBucket *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(self->rate_obj);
-    Py_VISIT(self->per_obj);
-    Py_VISIT(self->cap_obj);
     Py_VISIT(self->name);
     Py_VISIT(self->clock);
     Py_VISIT(self->wake_cb);
-    Py_VISIT((PyObject *)self->cache);
-    return fa_waitq_traverse(&self->waiters, visit, arg);
+    return fa_tb_head_traverse(op, visit, arg);
 }
 
 static int
 tbs_clear(PyObject *op)
 {
     SharedBucket *self = (SharedBucket *)op;
-    fa_waitq_release_all(&self->waiters);
-    Py_CLEAR(self->rate_obj);
-    Py_CLEAR(self->per_obj);
-    Py_CLEAR(self->cap_obj);
+    fa_tb_head_clear(op);
     Py_CLEAR(self->name);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->wake_cb);
-    Py_CLEAR(self->cache);
     return 0;
 }
 
@@ -768,30 +698,6 @@ tbs_get_tokens(PyObject *op, void *Py_UNUSED(c))
 }
 
 static PyObject *
-tbs_get_waiting(PyObject *op, void *Py_UNUSED(c))
-{
-    return PyLong_FromSsize_t(((SharedBucket *)op)->waiters.len);
-}
-
-static PyObject *
-tbs_get_rate(PyObject *op, void *Py_UNUSED(c))
-{
-    return Py_NewRef(((SharedBucket *)op)->rate_obj);
-}
-
-static PyObject *
-tbs_get_per(PyObject *op, void *Py_UNUSED(c))
-{
-    return Py_NewRef(((SharedBucket *)op)->per_obj);
-}
-
-static PyObject *
-tbs_get_capacity(PyObject *op, void *Py_UNUSED(c))
-{
-    return Py_NewRef(((SharedBucket *)op)->cap_obj);
-}
-
-static PyObject *
 tbs_get_shared(PyObject *op, void *Py_UNUSED(c))
 {
     return Py_NewRef(((SharedBucket *)op)->name);
@@ -809,26 +715,7 @@ tbs_repr(PyObject *op)
     else {
         level = tbs_level(self, now);
     }
-    PyObject *base = NULL, *rate = NULL, *per = NULL, *lv = NULL, *cap = NULL, *r = NULL;
-    base = PyBaseObject_Type.tp_repr(op);
-    rate = fa_tb_num_str(self->rate);
-    per = fa_tb_num_str(self->per);
-    lv = fa_tb_num_str(level);
-    cap = fa_tb_num_str(self->capacity);
-    if (base && rate && per && lv && cap) {
-        PyObject *inner = PyUnicode_Substring(base, 1, PyUnicode_GET_LENGTH(base) - 1);
-        if (inner != NULL) {
-            r = PyUnicode_FromFormat("<%U [shared:%R, rate:%U/%Us, tokens:%U/%U, waiting:%zd]>",
-                                     inner, self->name, rate, per, lv, cap, self->waiters.len);
-            Py_DECREF(inner);
-        }
-    }
-    Py_XDECREF(base);
-    Py_XDECREF(rate);
-    Py_XDECREF(per);
-    Py_XDECREF(lv);
-    Py_XDECREF(cap);
-    return r;
+    return fa_tb_repr(op, level, self->name);
 }
 
 /* ------------------------------------------------------------------ type */
@@ -877,12 +764,9 @@ static PyMethodDef tbs_methods[] = {
 static PyGetSetDef tbs_getset[] = {
     {"tokens", tbs_get_tokens, NULL, "The tokens available now (a float; 0 while reservations "
      "are pending).", NULL},
-    {"waiting", tbs_get_waiting, NULL, "The number of this process's tasks waiting in "
+    {"waiting", fa_tb_get_waiting, NULL, "The number of this process's tasks waiting in "
      "acquire().", NULL},
-    {"rate", tbs_get_rate, NULL, "Tokens added every `per` seconds.", NULL},
-    {"per", tbs_get_per, NULL, "The period, in seconds, over which `rate` tokens flow in.", NULL},
-    {"capacity", tbs_get_capacity, NULL, "The most tokens the bucket holds (the largest burst).",
-     NULL},
+    FA_TB_GETSET
     {"shared", tbs_get_shared, NULL, "The name the processes share the bucket by.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

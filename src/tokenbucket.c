@@ -46,6 +46,7 @@
  */
 #include "tokenbucket.h"
 #include "clock.h"
+#include "wrapper.h"
 
 #include <float.h>
 
@@ -76,23 +77,13 @@ typedef struct {
 } tb_deadline;
 
 typedef struct {
-    PyObject_HEAD
-    fa_state *st;
-    fa_waitq waiters;
+    FA_TB_HEAD             /* st, waiters, cache, weakreflist, rate/per/capacity (tokenbucket.h) */
     PyObject *loop;        /* bound on the first wait (as _LoopBoundMixin), or NULL */
     fa_clock clk;          /* the clock stamp was read on (its keys; last: last_read) */
     PyObject *timer;       /* the one TimerHandle, or NULL */
     PyObject *wake_cb;     /* the timer's callback (a builtin bound to self), made lazily */
-    FaOp *cache;
     PyObject *aenter;      /* cached bound __aenter__ / __aexit__ (op.h, special methods) */
     PyObject *aexit;
-    PyObject *weakreflist;
-    PyObject *rate_obj;    /* rate, per and capacity as given (the properties return them) */
-    PyObject *per_obj;
-    PyObject *cap_obj;
-    double rate;
-    double per;
-    double capacity;
     double initial;
     double level;
     double stamp;
@@ -110,14 +101,10 @@ typedef struct {
 } TokenBucket;
 
 typedef struct {
-    PyObject_HEAD
+    FA_WRAPPER_HEAD         /* func: the rate-limited function */
     fa_state *st;
     PyObject *bucket;
-    PyObject *func;
     FaOp *cache;
-    PyObject *dict;
-    PyObject *weakreflist;
-    vectorcallfunc vectorcall;
     const fa_opkind *kind;  /* the op its calls run (TokenBucket's or SharedTokenBucket's) */
 } RateLimited;
 
@@ -955,7 +942,7 @@ tb_peer_place(TokenBucket *self, FaOp *op)
     FA_ASSERT_CONSISTENT(self);
 }
 
-/* The ValueError of a request above the capacity (see tb_tokens_arg). */
+/* The ValueError of a request above the capacity (see tb_count_arg). */
 static PySendResult
 tb_over_capacity(TokenBucket *self, FaOp *op)
 {
@@ -1154,22 +1141,8 @@ static const fa_opkind tb_acquire_kind = {
     "TokenBucket.acquire", tb_acquire_start, tb_acquire_resume, tb_wait_exc, NULL,
 };
 
-static PySendResult
-tb_none_start(FaOp *Py_UNUSED(op), PyObject **res)
-{
-    *res = Py_NewRef(Py_None);
-    return PYGEN_RETURN;
-}
-
-static PySendResult
-tb_none_resume(FaOp *Py_UNUSED(op), PyObject *Py_UNUSED(value), PyObject **res)
-{
-    *res = Py_NewRef(Py_None);
-    return PYGEN_RETURN;
-}
-
-static const fa_opkind tb_aexit_kind = {"TokenBucket.__aexit__", tb_none_start, tb_none_resume,
-                                        NULL, NULL};
+static const fa_opkind tb_aexit_kind = {"TokenBucket.__aexit__", fa_op_none_start,
+                                        fa_op_none_resume, NULL, NULL};
 
 /* ------------------------------------------------------------------ RateLimited calls */
 
@@ -1198,36 +1171,19 @@ fa_tb_call_run(FaOp *op, PyObject **res)
 static PySendResult
 tb_call_start(FaOp *op, PyObject **res)
 {
-    PySendResult r = tb_take_or_wait(op, res);
-    if (r != PYGEN_RETURN) {
-        return r;
-    }
-    Py_CLEAR(*res);
-    return fa_tb_call_run(op, res);
+    return fa_tb_call_start(op, res, tb_take_or_wait);
 }
 
 static PySendResult
 tb_call_resume(FaOp *op, PyObject *value, PyObject **res)
 {
-    if (op->flags & OPF_CALLING) {
-        *res = Py_NewRef(value);  // the function's result
-        return PYGEN_RETURN;
-    }
-    PySendResult r = tb_acquire_resume(op, value, res);
-    if (r != PYGEN_RETURN) {
-        return r;
-    }
-    Py_CLEAR(*res);
-    return fa_tb_call_run(op, res);
+    return fa_tb_call_resume(op, value, res, tb_acquire_resume);
 }
 
 static int
 tb_call_exc(FaOp *op, PyObject *exc)
 {
-    if (op->flags & OPF_CALLING) {
-        return 0;  // the function raised: its token is spent
-    }
-    return tb_wait_exc(op, exc);
+    return fa_tb_call_exc(op, exc, tb_wait_exc);
 }
 
 static const fa_opkind tb_call_kind = {
@@ -1235,13 +1191,6 @@ static const fa_opkind tb_call_kind = {
 };
 
 /* argument parsing: tokenbucket.h (shared with the shared bucket) */
-
-/* A token count: > 0 and <= capacity. */
-static inline int
-tb_tokens_arg(TokenBucket *self, PyObject *obj, double *out)
-{
-    return tb_count_arg(obj, self->capacity, self->cap_obj, out);
-}
 
 /* ------------------------------------------------------------------ methods */
 
@@ -1288,9 +1237,7 @@ tb_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         }
     }
     else if (FA_UNLIKELY(nargs != 0 || kwnames != NULL)) {
-        PyObject *tok = NULL, *to = NULL;
-        if (tb_parse2("acquire", args, nargs, kwnames, "tokens", "timeout", &tok, &to) < 0
-            || tb_tokens_arg(self, tok, &n) < 0 || tb_timeout_arg(to, &timeout) < 0) {
+        if (fa_tb_acquire_args((fa_tb_head *)self, args, nargs, kwnames, &n, &timeout) < 0) {
             return NULL;
         }
     }
@@ -1324,12 +1271,18 @@ tb_aenter(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 static PyObject *
 tb_aexit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs)
 {
-    TokenBucket *self = (TokenBucket *)op;
+    return fa_tb_aexit(op, nargs, &tb_aexit_kind);
+}
+
+PyObject *
+fa_tb_aexit(PyObject *op, Py_ssize_t nargs, const fa_opkind *kind)
+{
+    fa_tb_head *h = (fa_tb_head *)op;
     if (nargs != 3) {
         PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    return (PyObject *)fa_op_cached(self->st, &self->cache, &tb_aexit_kind, op);
+    return (PyObject *)fa_op_cached(h->st, &h->cache, kind, op);
 }
 
 /* Would acquire(n) finish at once? Refills; drops dead heads. 1, 0, -1. */
@@ -1352,10 +1305,8 @@ static PyObject *
 tb_try_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     TokenBucket *self = (TokenBucket *)op;
-    PyObject *tok = NULL;
     double n;
-    if (tb_parse2("try_acquire", args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
-        || tb_tokens_arg(self, tok, &n) < 0) {
+    if (fa_tb_tokens_args((fa_tb_head *)self, "try_acquire", args, nargs, kwnames, &n) < 0) {
         return NULL;
     }
     int ok = tb_available(self, n);
@@ -1404,13 +1355,11 @@ static PyObject *
 tb_has_capacity(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     TokenBucket *self = (TokenBucket *)op;
-    PyObject *tok = NULL;
     double n;
     if (FA_UNLIKELY(self->peer)) {
         return tb_peer_has_capacity(self, args, nargs, kwnames);
     }
-    if (tb_parse2("has_capacity", args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0
-        || tb_tokens_arg(self, tok, &n) < 0) {
+    if (fa_tb_tokens_args((fa_tb_head *)self, "has_capacity", args, nargs, kwnames, &n) < 0) {
         return NULL;
     }
     int ok = tb_available(self, n);
@@ -1483,59 +1432,16 @@ fa_tb_decorate(fa_state *st, PyObject *op, PyObject *args, PyObject *kwargs,
     if (w == NULL) {
         return NULL;
     }
+    fa_wrapper_init((PyObject *)w, func, rl_vectorcall);
     w->st = st;
     w->bucket = Py_NewRef(op);
-    w->func = Py_NewRef(func);
     w->cache = NULL;
-    w->dict = NULL;
-    w->weakreflist = NULL;
-    w->vectorcall = rl_vectorcall;
     w->kind = call_kind;
     PyObject_GC_Track(w);
-    /* functools.update_wrapper(w, func), and the coroutine-function marks */
-    PyObject *r = NULL;
-    PyObject *functools = PyImport_ImportModule("functools");
-    if (functools != NULL) {
-        r = PyObject_CallMethod(functools, "update_wrapper", "OO", (PyObject *)w, func);
-        Py_DECREF(functools);
-    }
-    if (r == NULL) {
+    if (fa_wrapper_finish((PyObject *)w, FA_WRAP_ASYNC) < 0) {
         Py_DECREF(w);
         return NULL;
     }
-    Py_DECREF(r);
-    PyObject *mod = PyImport_ImportModule("asyncio.coroutines");
-    if (mod == NULL) {
-        Py_DECREF(w);
-        return NULL;
-    }
-    PyObject *mark = PyObject_GetAttrString(mod, "_is_coroutine");
-    Py_DECREF(mod);
-    if (mark == NULL) {
-        PyErr_Clear();  // gone in some future Python: nothing to mark
-    }
-    else {
-        int rc = PyObject_SetAttrString((PyObject *)w, "_is_coroutine", mark);
-        Py_DECREF(mark);
-        if (rc < 0) {
-            Py_DECREF(w);
-            return NULL;
-        }
-    }
-#if FA_PY312
-    mod = PyImport_ImportModule("inspect");
-    if (mod == NULL) {
-        Py_DECREF(w);
-        return NULL;
-    }
-    r = PyObject_CallMethod(mod, "markcoroutinefunction", "O", (PyObject *)w);
-    Py_DECREF(mod);
-    if (r == NULL) {
-        Py_DECREF(w);
-        return NULL;
-    }
-    Py_DECREF(r);
-#endif
     return (PyObject *)w;
 }
 
@@ -1645,10 +1551,17 @@ fa_tb_config_parse(PyObject *rate_o, PyObject *per_o, PyObject *cap_o, PyObject 
             return -1;
         }
     }
+    PyObject *per_obj = per_o != NULL ? Py_NewRef(per_o) : PyFloat_FromDouble(1.0);
+    if (per_obj == NULL) {
+        Py_DECREF(cap_obj);
+        return -1;
+    }
     out->rate = rate;
     out->per = per;
     out->capacity = cap;
     out->initial = initial;
+    out->rate_obj = Py_NewRef(rate_o);
+    out->per_obj = per_obj;
     out->cap_obj = cap_obj;
     return 0;
 }
@@ -1675,49 +1588,59 @@ tb_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     if (self->waiters.len != 0) {
-        Py_DECREF(c.cap_obj);
+        fa_tb_config_release(&c);
         PyErr_SetString(PyExc_RuntimeError, "cannot re-initialize a TokenBucket while tasks "
                         "wait on it");
         return -1;
     }
-    self->rate = c.rate;
-    self->per = c.per;
-    self->capacity = c.capacity;
+    fa_tb_head_configure((fa_tb_head *)self, &c);
     self->initial = c.initial;
     self->level = c.initial;
-    Py_XSETREF(self->rate_obj, Py_NewRef(rate_o));
-    Py_XSETREF(self->per_obj, per_o ? Py_NewRef(per_o) : PyFloat_FromDouble(1.0));
-    Py_XSETREF(self->cap_obj, c.cap_obj);
-    if (self->per_obj == NULL) {
-        return -1;
-    }
     /* the clock starts now: the running loop's, else time.monotonic() */
     self->stamp_valid = 0;
     FA_ASSERT_CONSISTENT(self);
     return tb_clock_now(self);
 }
 
+int
+fa_tb_head_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    fa_tb_head *h = (fa_tb_head *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)h->cache);
+    Py_VISIT(h->rate_obj);
+    Py_VISIT(h->per_obj);
+    Py_VISIT(h->cap_obj);
+    return fa_waitq_traverse(&h->waiters, visit, arg);
+}
+
+void
+fa_tb_head_clear(PyObject *op)
+{
+    fa_tb_head *h = (fa_tb_head *)op;
+    fa_waitq_release_all(&h->waiters);
+    Py_CLEAR(h->cache);
+    Py_CLEAR(h->rate_obj);
+    Py_CLEAR(h->per_obj);
+    Py_CLEAR(h->cap_obj);
+}
+
 static int
 tb_traverse(PyObject *op, visitproc visit, void *arg)
 {
     TokenBucket *self = (TokenBucket *)op;
-    Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->loop);
     if (fa_clock_traverse(&self->clk, visit, arg) < 0) {
         return -1;
     }
     Py_VISIT(self->timer);
     Py_VISIT(self->wake_cb);
-    Py_VISIT((PyObject *)self->cache);
     Py_VISIT(self->aenter);
     Py_VISIT(self->aexit);
-    Py_VISIT(self->rate_obj);
-    Py_VISIT(self->per_obj);
-    Py_VISIT(self->cap_obj);
     for (Py_ssize_t i = 0; i < self->dl_len; i++) {
         Py_VISIT((PyObject *)self->dl[i].op);
     }
-    return fa_waitq_traverse(&self->waiters, visit, arg);
+    return fa_tb_head_traverse(op, visit, arg);
 }
 
 static int
@@ -1727,33 +1650,21 @@ tb_clear(PyObject *op)
     for (FaOp *w = self->waiters.head; w != NULL; w = w->next) {
         w->flags &= ~OPF_TIMED;
     }
-    fa_waitq_release_all(&self->waiters);
+    fa_tb_head_clear(op);
     dl_release_all(self);
     Py_CLEAR(self->timer);
     Py_CLEAR(self->wake_cb);
     Py_CLEAR(self->loop);
     fa_clock_clear_refs(&self->clk);
-    Py_CLEAR(self->cache);
     fa_special_clear(op, &self->aenter);
     fa_special_clear(op, &self->aexit);
-    Py_CLEAR(self->rate_obj);
-    Py_CLEAR(self->per_obj);
-    Py_CLEAR(self->cap_obj);
     return 0;
 }
 
 static void
 tb_dealloc(PyObject *op)
 {
-    TokenBucket *self = (TokenBucket *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    tb_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, tb_clear);
 }
 
 /* ------------------------------------------------------------------ attributes and repr */
@@ -1768,28 +1679,28 @@ tb_get_tokens(PyObject *op, void *Py_UNUSED(c))
     return PyFloat_FromDouble(self->level);
 }
 
-static PyObject *
-tb_get_waiting(PyObject *op, void *Py_UNUSED(c))
+PyObject *
+fa_tb_get_waiting(PyObject *op, void *Py_UNUSED(c))
 {
-    return PyLong_FromSsize_t(((TokenBucket *)op)->waiters.len);
+    return PyLong_FromSsize_t(((fa_tb_head *)op)->waiters.len);
 }
 
-static PyObject *
-tb_get_rate(PyObject *op, void *Py_UNUSED(c))
+PyObject *
+fa_tb_get_rate(PyObject *op, void *Py_UNUSED(c))
 {
-    return Py_NewRef(((TokenBucket *)op)->rate_obj);
+    return Py_NewRef(((fa_tb_head *)op)->rate_obj);
 }
 
-static PyObject *
-tb_get_per(PyObject *op, void *Py_UNUSED(c))
+PyObject *
+fa_tb_get_per(PyObject *op, void *Py_UNUSED(c))
 {
-    return Py_NewRef(((TokenBucket *)op)->per_obj);
+    return Py_NewRef(((fa_tb_head *)op)->per_obj);
 }
 
-static PyObject *
-tb_get_capacity(PyObject *op, void *Py_UNUSED(c))
+PyObject *
+fa_tb_get_capacity(PyObject *op, void *Py_UNUSED(c))
 {
-    return Py_NewRef(((TokenBucket *)op)->cap_obj);
+    return Py_NewRef(((fa_tb_head *)op)->cap_obj);
 }
 
 /* A number for repr: integral values without ".0", others as repr(float) to 9 digits. */
@@ -1815,19 +1726,30 @@ tb_repr(PyObject *op)
     if (tb_clock_now(self) < 0) {
         PyErr_Clear();  // show the last known level
     }
+    return fa_tb_repr(op, self->level, NULL);
+}
+
+PyObject *
+fa_tb_repr(PyObject *op, double level, PyObject *shared)
+{
+    fa_tb_head *h = (fa_tb_head *)op;
     PyObject *base = NULL, *rate = NULL, *per = NULL, *lv = NULL, *cap = NULL, *r = NULL;
     base = PyBaseObject_Type.tp_repr(op);
-    rate = fa_tb_num_str(self->rate);
-    per = fa_tb_num_str(self->per);
-    lv = fa_tb_num_str(self->level);
-    cap = fa_tb_num_str(self->capacity);
+    rate = fa_tb_num_str(h->rate);
+    per = fa_tb_num_str(h->per);
+    lv = fa_tb_num_str(level);
+    cap = fa_tb_num_str(h->capacity);
     if (base && rate && per && lv && cap) {
         PyObject *inner = PyUnicode_Substring(base, 1, PyUnicode_GET_LENGTH(base) - 1);
-        if (inner != NULL) {
-            r = PyUnicode_FromFormat("<%U [rate:%U/%Us, tokens:%U/%U, waiters:%zd]>", inner, rate,
-                                     per, lv, cap, self->waiters.len);
-            Py_DECREF(inner);
+        if (inner != NULL && shared != NULL) {
+            r = PyUnicode_FromFormat("<%U [shared:%R, rate:%U/%Us, tokens:%U/%U, waiting:%zd]>",
+                                     inner, shared, rate, per, lv, cap, h->waiters.len);
         }
+        else if (inner != NULL) {
+            r = PyUnicode_FromFormat("<%U [rate:%U/%Us, tokens:%U/%U, waiters:%zd]>", inner, rate,
+                                     per, lv, cap, h->waiters.len);
+        }
+        Py_XDECREF(inner);
     }
     Py_XDECREF(base);
     Py_XDECREF(rate);
@@ -1866,15 +1788,6 @@ rl_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject
 }
 
 static PyObject *
-rl_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(self);
-    }
-    return PyMethod_New(self, obj);
-}
-
-static PyObject *
 rl_repr(PyObject *op)
 {
     RateLimited *w = (RateLimited *)op;
@@ -1891,12 +1804,9 @@ static int
 rl_traverse(PyObject *op, visitproc visit, void *arg)
 {
     RateLimited *w = (RateLimited *)op;
-    Py_VISIT(Py_TYPE(op));
     Py_VISIT(w->bucket);
-    Py_VISIT(w->func);
     Py_VISIT((PyObject *)w->cache);
-    Py_VISIT(w->dict);
-    return 0;
+    return fa_wrapper_traverse(op, visit, arg);
 }
 
 static int
@@ -1904,24 +1814,9 @@ rl_clear(PyObject *op)
 {
     RateLimited *w = (RateLimited *)op;
     Py_CLEAR(w->bucket);
-    Py_CLEAR(w->func);
     Py_CLEAR(w->cache);
-    Py_CLEAR(w->dict);
+    fa_wrapper_clear(op);
     return 0;
-}
-
-static void
-rl_dealloc(PyObject *op)
-{
-    RateLimited *w = (RateLimited *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (w->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    rl_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
 }
 
 /* ------------------------------------------------------------------ type specs */
@@ -1966,11 +1861,8 @@ static PyMethodDef tb_methods[] = {
 
 static PyGetSetDef tb_getset[] = {
     {"tokens", tb_get_tokens, NULL, "The tokens available now (a float).", NULL},
-    {"waiting", tb_get_waiting, NULL, "The number of tasks waiting in acquire().", NULL},
-    {"rate", tb_get_rate, NULL, "Tokens added every `per` seconds.", NULL},
-    {"per", tb_get_per, NULL, "The period, in seconds, over which `rate` tokens flow in.", NULL},
-    {"capacity", tb_get_capacity, NULL, "The most tokens the bucket holds (the largest burst).",
-     NULL},
+    {"waiting", fa_tb_get_waiting, NULL, "The number of tasks waiting in acquire().", NULL},
+    FA_TB_GETSET
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2043,28 +1935,20 @@ static PyType_Spec tb_peer_spec = {
 };
 
 static PyGetSetDef rl_getset[] = {
+    FA_WRAPPER_GETSET
     {"bucket", rl_get_bucket, NULL, "The TokenBucket each call takes a token from.", NULL},
-    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
-    FA_WRAPPER_ANNOTATIONS_GETSET
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef rl_members[] = {
-    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(RateLimited, weakreflist), Py_READONLY, NULL},
-    {"__dictoffset__", Py_T_PYSSIZET, offsetof(RateLimited, dict), Py_READONLY, NULL},
-    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(RateLimited, vectorcall), Py_READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
 static PyType_Slot rl_slots[] = {
-    {Py_tp_dealloc, rl_dealloc},
+    {Py_tp_dealloc, fa_wrapper_dealloc},
     {Py_tp_traverse, rl_traverse},
     {Py_tp_clear, rl_clear},
     {Py_tp_repr, rl_repr},
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, rl_descr_get},
+    {Py_tp_descr_get, fa_wrapper_get},
     {Py_tp_getset, rl_getset},
-    {Py_tp_members, rl_members},
+    {Py_tp_members, fa_wrapper_members},
     {Py_tp_doc, "An async function rate-limited by a TokenBucket: each call takes one token "
                 "before it runs."},
     {0, NULL},
@@ -2073,8 +1957,7 @@ static PyType_Slot rl_slots[] = {
 static PyType_Spec rl_spec = {
     .name = "aiofast._core.RateLimited",
     .basicsize = sizeof(RateLimited),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION
-             | Py_TPFLAGS_HAVE_VECTORCALL,
+    .flags = FA_WRAPPER_TPFLAGS | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = rl_slots,
 };
 

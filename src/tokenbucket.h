@@ -1,8 +1,10 @@
 /*
  * tokenbucket.h: what the token-bucket family's two files share: tokenbucket.c (TokenBucket,
  * AsyncLimiter's base, the @bucket wrapper) and tbshared.c (SharedTokenBucket, one bucket for
- * every process of the host). The argument validators (one set of rules and messages for both
- * buckets), the configuration check of the constructor, and the decorator.
+ * every process of the host). The head both objects start with (configuration, reuse slot,
+ * waiters) with its traverse, clear, attributes and repr; the argument validators (one set of
+ * rules and messages for both buckets); the configuration check of the constructor; the
+ * decorator and the ops of its calls.
  */
 #ifndef AIOFAST_TOKENBUCKET_H
 #define AIOFAST_TOKENBUCKET_H
@@ -14,13 +16,35 @@
 /* RateLimited's op: the token is consumed, the function runs (fa_tb_call_run sets it) */
 #define TB_OPF_CALLING 0x800
 
-/* A bucket's configuration as the constructor checked it. cap_obj: the capacity as given (or
- * its default), a new reference. */
+/* What TokenBucket and SharedTokenBucket hold first, in this order, so that either can be read
+ * as an fa_tb_head: the reuse slot of their ops, this process's waiters, and the configuration
+ * (as checked, and as given: the properties return the objects given). */
+#define FA_TB_HEAD \
+    PyObject_HEAD \
+    fa_state *st; \
+    fa_waitq waiters; \
+    FaOp *cache; \
+    PyObject *weakreflist; \
+    PyObject *rate_obj; \
+    PyObject *per_obj; \
+    PyObject *cap_obj; \
+    double rate; \
+    double per; \
+    double capacity;
+
+typedef struct {
+    FA_TB_HEAD
+} fa_tb_head;
+
+/* A bucket's configuration as the constructor checked it. rate_obj, per_obj, cap_obj: rate, per
+ * and capacity as given (or their defaults), new references. */
 typedef struct {
     double rate;
     double per;
     double capacity;
     double initial;
+    PyObject *rate_obj;
+    PyObject *per_obj;
     PyObject *cap_obj;
 } fa_tb_config;
 
@@ -29,8 +53,56 @@ typedef struct {
 int fa_tb_config_parse(PyObject *rate_o, PyObject *per_o, PyObject *cap_o, PyObject *init_o,
                        fa_tb_config *out);
 
+/* Give up a parsed configuration that was not installed. */
+static inline void
+fa_tb_config_release(fa_tb_config *c)
+{
+    Py_CLEAR(c->rate_obj);
+    Py_CLEAR(c->per_obj);
+    Py_CLEAR(c->cap_obj);
+}
+
+/* Install c's rate, per and capacity (and its references) in the head. */
+static inline void
+fa_tb_head_configure(fa_tb_head *h, fa_tb_config *c)
+{
+    h->rate = c->rate;
+    h->per = c->per;
+    h->capacity = c->capacity;
+    Py_XSETREF(h->rate_obj, c->rate_obj);
+    Py_XSETREF(h->per_obj, c->per_obj);
+    Py_XSETREF(h->cap_obj, c->cap_obj);
+    c->rate_obj = c->per_obj = c->cap_obj = NULL;
+}
+
+/* For the bucket's tp_traverse / tp_clear: the type, the reuse slot, the configuration objects,
+ * the waiters (clear releases them first). */
+int fa_tb_head_traverse(PyObject *self, visitproc visit, void *arg);
+void fa_tb_head_clear(PyObject *self);
+
+/* The attributes both buckets have, with the same words (FA_TB_GETSET in the getset table),
+ * and `waiting` (whose words differ). */
+PyObject *fa_tb_get_rate(PyObject *self, void *closure);
+PyObject *fa_tb_get_per(PyObject *self, void *closure);
+PyObject *fa_tb_get_capacity(PyObject *self, void *closure);
+PyObject *fa_tb_get_waiting(PyObject *self, void *closure);
+#define FA_TB_GETSET \
+    {"rate", fa_tb_get_rate, NULL, "Tokens added every `per` seconds.", NULL}, \
+    {"per", fa_tb_get_per, NULL, "The period, in seconds, over which `rate` tokens flow in.", \
+     NULL}, \
+    {"capacity", fa_tb_get_capacity, NULL, \
+     "The most tokens the bucket holds (the largest burst).", NULL},
+
+/* The repr of a bucket holding `level` tokens: <aiofast.TokenBucket object at 0x.. [rate:...,
+ * tokens:..., waiters:n]>, or with shared (its name, not NULL) first and `waiting:n`. */
+PyObject *fa_tb_repr(PyObject *self, double level, PyObject *shared);
+
 /* A number for repr: integral values without ".0", others to 9 significant digits. */
 PyObject *fa_tb_num_str(double x);
+
+/* __aexit__(exc_type, exc, tb): an op of kind (which finishes at once with None) from the
+ * reuse slot; TypeError for another number of arguments. */
+PyObject *fa_tb_aexit(PyObject *self, Py_ssize_t nargs, const fa_opkind *kind);
 
 /* bucket(func): the RateLimited wrapper whose calls run ops of call_kind on bucket (they start
  * by taking one token, then run fa_tb_call_run). */
@@ -39,6 +111,46 @@ PyObject *fa_tb_decorate(fa_state *st, PyObject *bucket, PyObject *args, PyObjec
 
 /* The token is the op's: call the wrapped function (op->arg2) and `yield from` its result. */
 PySendResult fa_tb_call_run(FaOp *op, PyObject **res);
+
+/* A RateLimited call's op on a bucket whose acquire op starts with take (taking or waiting for
+ * the op's tokens), resumes with resume and cleans up a wait with wait_exc: take one token
+ * that way, then run the function (fa_tb_call_run). Each bucket's call kind is these three
+ * with its own functions. */
+static inline PySendResult
+fa_tb_call_start(FaOp *op, PyObject **res, PySendResult (*take)(FaOp *, PyObject **))
+{
+    PySendResult r = take(op, res);
+    if (r != PYGEN_RETURN) {
+        return r;
+    }
+    Py_CLEAR(*res);
+    return fa_tb_call_run(op, res);
+}
+
+static inline PySendResult
+fa_tb_call_resume(FaOp *op, PyObject *value, PyObject **res,
+                  PySendResult (*resume)(FaOp *, PyObject *, PyObject **))
+{
+    if (op->flags & TB_OPF_CALLING) {
+        *res = Py_NewRef(value);  // the function's result
+        return PYGEN_RETURN;
+    }
+    PySendResult r = resume(op, value, res);
+    if (r != PYGEN_RETURN) {
+        return r;
+    }
+    Py_CLEAR(*res);
+    return fa_tb_call_run(op, res);
+}
+
+static inline int
+fa_tb_call_exc(FaOp *op, PyObject *exc, int (*wait_exc)(FaOp *, PyObject *))
+{
+    if (op->flags & TB_OPF_CALLING) {
+        return 0;  // the function raised: its token is spent
+    }
+    return wait_exc(op, exc);
+}
 
 /* SharedTokenBucket (tbshared.c); fa_tokenbucket_init calls it. */
 int fa_tbshared_init(PyObject *mod, fa_state *st);
@@ -232,5 +344,30 @@ tb_timeout_arg(PyObject *obj, PyObject **out)
     return *out ? 0 : -1;
 }
 
+/* acquire(tokens=1, timeout=None)'s arguments, in a call that has some: 0, or -1. *timeout: a
+ * new reference, or NULL (no limit). */
+static inline int
+fa_tb_acquire_args(fa_tb_head *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                   double *n, PyObject **timeout)
+{
+    PyObject *tok = NULL, *to = NULL;
+    if (tb_parse2("acquire", args, nargs, kwnames, "tokens", "timeout", &tok, &to) < 0
+        || tb_count_arg(tok, h->capacity, h->cap_obj, n) < 0) {
+        return -1;
+    }
+    return tb_timeout_arg(to, timeout);
+}
+
+/* fname(tokens=1)'s argument (try_acquire, has_capacity): 0, or -1. */
+static inline int
+fa_tb_tokens_args(fa_tb_head *h, const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames, double *n)
+{
+    PyObject *tok = NULL;
+    if (tb_parse2(fname, args, nargs, kwnames, "tokens", NULL, &tok, NULL) < 0) {
+        return -1;
+    }
+    return tb_count_arg(tok, h->capacity, h->cap_obj, n);
+}
 
 #endif

@@ -200,11 +200,7 @@ view_clear(PyObject *op)
 static void
 view_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    view_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fa_gc_dealloc(op, view_clear);
 }
 
 /* the queue, or NULL with RuntimeError (a view the GC cleared) */
@@ -268,6 +264,31 @@ view_item(PyObject *op, Py_ssize_t i)
     return Py_NewRef(o->fut);
 }
 
+/* node's future == x (identity first, as deque does with PyObject_RichCompareBool), holding
+ * the node and its future across the comparison: 1, 0, -1. Beware: a foreign __eq__ may change
+ * the queue; the caller checks its version afterwards (view_changed). */
+static int
+node_eq(FaOp *node, PyObject *x)
+{
+    FaOp *hold = (FaOp *)Py_NewRef(node);
+    PyObject *fut = Py_NewRef(node->fut);
+    int eq = PyObject_RichCompareBool(fut, x, Py_EQ);  // Beware: a foreign __eq__
+    Py_DECREF(fut);
+    Py_DECREF(hold);
+    return eq;
+}
+
+/* Did the queue change since version was read? 1 with RuntimeError, as deque raises, or 0. */
+static int
+view_changed(fa_waitq *q, size_t version)
+{
+    if (version != q->version) {
+        PyErr_SetString(PyExc_RuntimeError, "deque mutated during iteration");
+        return 1;
+    }
+    return 0;
+}
+
 /* x in view: identity first, then ==, as deque's `in` (PyObject_RichCompareBool) */
 static int
 view_contains(PyObject *op, PyObject *x)
@@ -278,16 +299,11 @@ view_contains(PyObject *op, PyObject *x)
     }
     size_t version = q->version;
     for (FaOp *o = q->head; o != NULL; o = o->next) {
-        FaOp *hold = (FaOp *)Py_NewRef(o);
-        PyObject *fut = Py_NewRef(o->fut);
-        int eq = PyObject_RichCompareBool(fut, x, Py_EQ);  // Beware: a foreign __eq__
-        Py_DECREF(fut);
-        Py_DECREF(hold);
+        int eq = node_eq(o, x);
         if (eq != 0) {
             return eq;
         }
-        if (version != q->version) {
-            PyErr_SetString(PyExc_RuntimeError, "deque mutated during iteration");
+        if (view_changed(q, version)) {
             return -1;
         }
     }
@@ -318,26 +334,28 @@ view_repr(PyObject *op)
     return r;
 }
 
+/* append (left 0) or appendleft (left 1) */
 static PyObject *
-view_append(PyObject *op, PyObject *fut)
+view_push(PyObject *op, PyObject *fut, int left)
 {
     fa_waitq *q = view_q(op);
     fa_state *st = q ? ((FaWaitView *)op)->st : NULL;
-    if (st == NULL || push_foreign(st, q, fut, 0) < 0) {
+    if (st == NULL || push_foreign(st, q, fut, left) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
 static PyObject *
+view_append(PyObject *op, PyObject *fut)
+{
+    return view_push(op, fut, 0);
+}
+
+static PyObject *
 view_appendleft(PyObject *op, PyObject *fut)
 {
-    fa_waitq *q = view_q(op);
-    fa_state *st = q ? ((FaWaitView *)op)->st : NULL;
-    if (st == NULL || push_foreign(st, q, fut, 1) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return view_push(op, fut, 1);
 }
 
 static PyObject *
@@ -404,14 +422,9 @@ view_remove(PyObject *op, PyObject *x)
     size_t version = q->version;
     for (FaOp *node = q->head; node != NULL; node = node->next) {
         FaOp *hold = (FaOp *)Py_NewRef(node);
-        PyObject *fut = Py_NewRef(node->fut);
-        int eq = PyObject_RichCompareBool(fut, x, Py_EQ);  // Beware: a foreign __eq__
-        Py_DECREF(fut);
-        if (eq < 0 || version != q->version) {
+        int eq = node_eq(node, x);
+        if (eq < 0 || view_changed(q, version)) {
             Py_DECREF(hold);
-            if (eq >= 0) {
-                PyErr_SetString(PyExc_RuntimeError, "deque mutated during iteration");
-            }
             return NULL;
         }
         if (eq) {
@@ -439,17 +452,12 @@ view_count(PyObject *op, PyObject *x)
     size_t version = q->version;
     Py_ssize_t n = 0;
     for (FaOp *node = q->head; node != NULL; node = node->next) {
-        FaOp *hold = (FaOp *)Py_NewRef(node);
-        PyObject *fut = Py_NewRef(node->fut);
-        int eq = PyObject_RichCompareBool(fut, x, Py_EQ);  // Beware: a foreign __eq__
-        Py_DECREF(fut);
-        Py_DECREF(hold);
+        int eq = node_eq(node, x);
         if (eq < 0) {
             return NULL;
         }
         n += eq;
-        if (version != q->version) {
-            PyErr_SetString(PyExc_RuntimeError, "deque mutated during iteration");
+        if (view_changed(q, version)) {
             return NULL;
         }
     }

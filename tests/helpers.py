@@ -8,6 +8,8 @@ registry.
   (a test compares them between aiofast and its oracle).
 * ``fast_thread_switching()``, ``in_threads(targets)``: threads interleaving as finely as
   the interpreter lets them.
+* ``loop_hook(name, before)``: a method of the running loop that runs a test's code first, for
+  re-entrancy.
 * ``Clock``: a fake timer for ``timer=`` / ``clock=`` arguments; time moves only when the test
   says so. (Virtual-time event loops are in virtual_time.py.)
 * ``LOOPS``: a fresh loop of each kind the suite runs on, by name.
@@ -19,11 +21,14 @@ registry.
   takes. Before 3.13 asyncio's queues have no ``shutdown()``: their oracle there is asyncio's
   queue with 3.13's shutdown code added (``_Shutdown313``), since aiofast offers it on every
   version.
+* ``BAD_TOKENS``, ``BAD_TOKEN_TYPES``, ``BAD_TIMEOUTS``: the arguments every token bucket
+  refuses, with the exception and message.
 * ``run_cpython_suite(*modules)``: CPython's own asyncio tests with aiofast.install() in effect.
 """
 import asyncio
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -151,6 +156,25 @@ def outcome(task):
     return ("ok", task.result())
 
 
+@contextlib.contextmanager
+def loop_hook(name, before):
+    """Within the block, the running loop's method name (call_soon, call_at, ...) first calls
+    before(*args) with the positional arguments it was given, then does what it does: a hook for
+    code that re-enters from inside the loop's own calls."""
+    loop = asyncio.get_running_loop()
+    orig = getattr(loop, name)
+
+    def hooked(*args, **kwargs):
+        before(*args)
+        return orig(*args, **kwargs)
+
+    setattr(loop, name, hooked)
+    try:
+        yield
+    finally:
+        delattr(loop, name)
+
+
 # ---------------------------------------------------------------- fake clocks
 
 
@@ -165,6 +189,52 @@ class Clock:
 
     def advance(self, dt):
         self.now += dt
+
+
+# ---------------------------------------------------------------- bad arguments
+
+# (args, kwargs, exception, message): constructions every token bucket (in-process and shared)
+# refuses
+BAD_BUCKET_ARGS = [
+    ((0,), {}, ValueError, r"rate must be a finite number > 0, got 0"),
+    ((-1,), {}, ValueError, r"rate must be a finite number > 0, got -1"),
+    ((math.nan,), {}, ValueError, r"rate must be a finite number > 0, got nan"),
+    ((math.inf,), {}, ValueError, r"rate must be a finite number > 0, got inf"),
+    (("10",), {}, TypeError, r"rate must be a real number, not str"),
+    ((None,), {}, TypeError, r"rate must be a real number, not NoneType"),
+    ((10, 0), {}, ValueError, r"per must be a finite number of seconds > 0, got 0"),
+    ((10, -2.5), {}, ValueError, r"per must be a finite number of seconds > 0, got -2.5"),
+    ((10, math.nan), {}, ValueError, r"per must be .* got nan"),
+    ((10, "1"), {}, TypeError, r"per must be a real number, not str"),
+    ((10,), {"capacity": 0.5}, ValueError, r"capacity must be a finite number >= 1, got 0.5"),
+    ((10,), {"capacity": math.nan}, ValueError, r"capacity must be .* got nan"),
+    ((10,), {"capacity": []}, TypeError, r"capacity must be a real number, not list"),
+    ((10,), {"initial": -1}, ValueError, r"initial must be a number from 0 to capacity \(10\)"),
+    ((10,), {"initial": math.nan}, ValueError, r"initial must be .* got nan"),
+    ((10, 1, 10), {}, TypeError, r"at most 2 positional arguments"),
+]
+# (tokens, exception, message) that every token bucket (in-process and shared, capacity 10)
+# refuses in acquire(), try_acquire() and has_capacity(): BAD_TOKENS, then BAD_TOKEN_TYPES
+BAD_TOKENS = [
+    (0, ValueError, r"tokens must be > 0, got 0"),
+    (-1, ValueError, r"tokens must be > 0, got -1"),
+    (math.nan, ValueError, r"tokens must be > 0, got nan"),
+    (-math.inf, ValueError, r"tokens must be > 0, got -inf"),
+    (11, ValueError, r"tokens must be <= capacity \(10\), got 11: the request could never"),
+    (math.inf, ValueError, r"tokens must be <= capacity"),
+    (10**400, ValueError, r"tokens must be <= capacity"),
+    (-(10**400), ValueError, r"tokens must be > 0"),
+]
+BAD_TOKEN_TYPES = [
+    ("1", TypeError, r"tokens must be a real number, not str"),
+    (None, TypeError, r"tokens must be a real number, not NoneType"),
+]
+# (timeout, exception, message) that acquire(tokens, timeout=...) refuses
+BAD_TIMEOUTS = [
+    (math.nan, ValueError, r"timeout must be a number or None, got nan"),
+    ("1", TypeError, r"timeout must be a number or None, not str"),
+    ([], TypeError, r"timeout must be a number or None, not list"),
+]
 
 
 # ---------------------------------------------------------------- the oracle registry

@@ -21,6 +21,7 @@ import warnings
 import aiofast
 import aiofast._core as core
 import virtual_time
+from helpers import spin
 
 LOOPS = {"asyncio": virtual_time.new_virtual_loop, "uvloop": virtual_time.new_virtual_uvloop}
 
@@ -42,9 +43,37 @@ def dropped_unawaited(make, qualname):
     assert got == [(RuntimeWarning, f"coroutine '{qualname}' was never awaited")], got
 
 
-async def _spin(n=3):
-    for _ in range(n):
-        await asyncio.sleep(0)
+async def dropped_with_waiters(make, n=3):
+    """n waits made by make() left pending, then cancelled: the object they wait on is dropped
+    with waiters pending (and a bucket's timer armed)."""
+    pend = [asyncio.ensure_future(make()) for _ in range(n)]
+    await spin(3)
+    for t in pend:
+        t.cancel()
+    await asyncio.gather(*pend, return_exceptions=True)
+
+
+async def bucket_waiters(b):
+    """Four waiters on bucket b (capacity 4, empty), the first cancelled: their outcomes."""
+    waiters = [asyncio.ensure_future(b.acquire(4, timeout=10)),
+               asyncio.ensure_future(b.acquire(4)),
+               asyncio.ensure_future(b.acquire(2, timeout=1e-9)),
+               asyncio.ensure_future(b.acquire(1))]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    return await asyncio.gather(*waiters, return_exceptions=True)
+
+
+def bucket_refusals(b, qualname):
+    """What bucket b (capacity 4) refuses or drops: more than its capacity, an acquire closed
+    unawaited, one dropped unawaited."""
+    try:
+        b.acquire(5)  # more than the capacity: raises at the call
+    except ValueError:
+        pass
+    op = b.acquire(0.5)
+    op.close()
+    dropped_unawaited(lambda: b.acquire(1), qualname)
 
 
 @scenario
@@ -61,12 +90,12 @@ async def lock_family():
     async with sem:
         waiters += [asyncio.ensure_future(sem.acquire()) for _ in range(2)]
         waiters.append(asyncio.ensure_future(ev.wait()))
-        await _spin()
+        await spin(3)
         waiters[0].cancel()
         waiters[4].cancel()
     lock.release()
     ev.set()
-    await _spin(6)
+    await spin(6)
     for w in waiters:
         if not w.done():
             w.cancel()
@@ -79,11 +108,7 @@ async def lock_family():
     op.close()
     # a primitive dropped with waiters pending (its tasks are cancelled, then collected)
     s0 = aiofast.Semaphore(0)
-    pend = [asyncio.ensure_future(s0.acquire()) for _ in range(3)]
-    await _spin()
-    for p in pend:
-        p.cancel()
-    await asyncio.gather(*pend, return_exceptions=True)
+    await dropped_with_waiters(s0.acquire)
     # a temporary used in async with
     async with aiofast.Lock():
         pass
@@ -93,7 +118,7 @@ async def lock_family():
     lk = aiofast.Lock()
     await lk.acquire()
     waiting = [asyncio.ensure_future(lk.acquire()) for _ in range(2)]
-    await _spin()
+    await spin(3)
     lk._waiters.appendleft(loop.create_future())
     done = loop.create_future()
     done.set_result(None)
@@ -128,23 +153,23 @@ async def queue_family():
         await q.put((1, "a"))
         q.put_nowait((0, "b"))
         putters = [asyncio.ensure_future(q.put((i, "p"))) for i in range(3)]
-        await _spin()
+        await spin(3)
         putters[1].cancel()
         assert (await q.get())[1] in "ab"
         q.task_done()
-        await _spin()
+        await spin(3)
         getters = [asyncio.ensure_future(q.get()) for _ in range(4)]
         joiner = asyncio.ensure_future(q.join())
-        await _spin()
+        await spin(3)
         getters[0].cancel()
-        await _spin(6)
+        await spin(6)
         for t in putters + getters:
             if not t.done():
                 t.cancel()
         await asyncio.gather(*putters, *getters, return_exceptions=True)
         q._unfinished_tasks = 1
         q.task_done()
-        await _spin()
+        await spin(3)
         assert joiner.done()
         # views, a foreign waiter, an op closed mid-wait, an op dropped unawaited
         q._getters.append(asyncio.get_running_loop().create_future())
@@ -170,11 +195,7 @@ async def queue_family():
             p.get_nowait()
     # a queue dropped with waiters pending
     q0 = aiofast.Queue()
-    pend = [asyncio.ensure_future(q0.get()) for _ in range(3)]
-    await _spin()
-    for t in pend:
-        t.cancel()
-    await asyncio.gather(*pend, return_exceptions=True)
+    await dropped_with_waiters(q0.get)
 
 
 
@@ -185,11 +206,7 @@ async def tokenbucket_family():
     await b.acquire()
     async with b:
         pass
-    waiters = [asyncio.ensure_future(b.acquire(4, timeout=10)), asyncio.ensure_future(b.acquire(4)),
-               asyncio.ensure_future(b.acquire(2, timeout=1e-9)), asyncio.ensure_future(b.acquire(1))]
-    await asyncio.sleep(0)
-    waiters[0].cancel()
-    res = await asyncio.gather(*waiters, return_exceptions=True)
+    res = await bucket_waiters(b)
     assert isinstance(res[0], asyncio.CancelledError) and res[1] is None, res
     assert isinstance(res[2], TimeoutError) and res[3] is None, res
 
@@ -202,20 +219,10 @@ async def tokenbucket_family():
         pass
     b.try_acquire(), b.has_capacity(2), b.tokens, b.waiting, repr(b), repr(lim)
     b.reset()
-    try:
-        b.acquire(5)  # more than the capacity: raises at the call
-    except ValueError:
-        pass
-    op = b.acquire(0.5)
-    op.close()
-    dropped_unawaited(lambda: b.acquire(1), "TokenBucket.acquire")
+    bucket_refusals(b, "TokenBucket.acquire")
     # a bucket dropped with waiters pending, a timer armed
     b0 = aiofast.TokenBucket(1, per=3600, initial=0)
-    pend = [asyncio.ensure_future(b0.acquire(1, timeout=60)) for _ in range(3)]
-    await _spin()
-    for t in pend:
-        t.cancel()
-    await asyncio.gather(*pend, return_exceptions=True)
+    await dropped_with_waiters(lambda: b0.acquire(1, timeout=60))
 
 
 @scenario
@@ -225,11 +232,7 @@ async def shared_tokenbucket():
     await b.acquire()
     async with b:
         pass
-    waiters = [asyncio.ensure_future(b.acquire(4, timeout=10)), asyncio.ensure_future(b.acquire(4)),
-               asyncio.ensure_future(b.acquire(2, timeout=1e-9)), asyncio.ensure_future(b.acquire(1))]
-    await asyncio.sleep(0)
-    waiters[0].cancel()
-    res = await asyncio.gather(*waiters, return_exceptions=True)
+    res = await bucket_waiters(b)
     # (real time at a million tokens a second: the first may be served before its cancellation)
     assert res[0] is None or isinstance(res[0], asyncio.CancelledError), res
     assert res[1] is None and res[3] is None, res
@@ -240,20 +243,10 @@ async def shared_tokenbucket():
         return x
     assert await f(1) == 1
     b.try_acquire(), b.has_capacity(2), b.tokens, b.waiting, repr(b)
-    try:
-        b.acquire(5)  # more than the capacity: raises at the call
-    except ValueError:
-        pass
-    op = b.acquire(0.5)
-    op.close()
-    dropped_unawaited(lambda: b.acquire(1), "SharedTokenBucket.acquire")
+    bucket_refusals(b, "SharedTokenBucket.acquire")
     # a bucket dropped with a reservation pending, its timer armed
     b0 = aiofast.TokenBucket(1, per=3600, initial=0, shared=name + ".slow")
-    pend = [asyncio.ensure_future(b0.acquire(1, timeout=60)) for _ in range(3)]
-    await _spin()
-    for t in pend:
-        t.cancel()
-    await asyncio.gather(*pend, return_exceptions=True)
+    await dropped_with_waiters(lambda: b0.acquire(1, timeout=60))
     aiofast.shared_unlink(name)
     aiofast.shared_unlink(name + ".slow")
 
@@ -460,7 +453,7 @@ async def memo_family():
     # the last caller of a computation cancelled: the computation is cancelled and forgotten
     gate.clear()
     lone = asyncio.ensure_future(f(99))
-    await _spin()
+    await spin(3)
     lone.cancel()
     await asyncio.gather(lone, return_exceptions=True)
     f(98).close()

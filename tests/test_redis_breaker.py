@@ -129,6 +129,318 @@ async def test_same_states_as_circuitbreaker_on_virtual_time(server, seed, kind)
         await c.aclose()
 
 
+RATE_CONFIGS = [
+    dict(failure_rate=0.5, window=6),                        # min_calls: the window
+    dict(failure_rate=0.5, window=8, min_calls=3),
+    dict(failure_rate=0.4, window_time=5, min_calls=4),      # buckets of 0.25 s
+    dict(failure_rate=0.5, window_time=2.5),                 # min_calls: 10
+    dict(failure_rate=0.5, window=6, min_calls=4, slow_call_duration=0.25, slow_call_rate=0.5),
+    dict(failure_rate=0.75, window_time=5, min_calls=3, slow_call_duration=0.25),
+    dict(failure_threshold=3, slow_call_duration=0.25),      # slow calls counted, not deciding
+]
+
+
+def timed_job(fail, d, clock=None):
+    """A call lasting d seconds: on the loop's clock (the Redis breaker's call), or, for the
+    oracle, by moving its clock (clock: a one-item list) d seconds on, at once."""
+
+    async def job():
+        if clock is None:
+            if d:
+                await asyncio.sleep(d)
+        else:
+            clock[0] += d
+        if fail:
+            raise Boom
+        return "ok"
+
+    return job
+
+
+@VT
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("cfg", range(len(RATE_CONFIGS)))
+async def test_rate_mode_and_slow_calls_as_circuitbreaker_on_virtual_time(server, cfg, seed):
+    """Rate mode over Redis (count and time windows, min_calls, slow calls) against
+    aiofast.CircuitBreaker: a random run of successes, failures, slow calls and pauses gives,
+    call by call, the same outcome, state, failure_count (closed) and transitions. Each call of
+    the Redis breaker lasts d seconds of the loop's clock; the oracle's clock is set to the
+    instant that call began and moved d on by its own call, so both see the same times."""
+    rnd = random.Random(cfg * 100 + seed)
+    loop = asyncio.get_running_loop()
+    c = vclient(server.url)
+    try:
+        kw = dict(RATE_CONFIGS[cfg], recovery_timeout=rnd.choice([1, 2.5]),
+                  success_threshold=rnd.randint(1, 2), name="svc")
+        make = CircuitBreaker if seed % 2 else RedisCircuitBreaker
+        ours = make(store=VStore(c, fresh(), max_staleness=0, call_timeout=None), **kw)
+        assert type(ours) is RedisCircuitBreaker
+        now = [loop.time()]
+        oracle = CircuitBreaker(clock=lambda: now[0], **kw)
+        for attr in ("failure_rate", "window", "window_time", "min_calls", "slow_call_duration",
+                     "slow_call_rate", "failure_threshold", "success_threshold"):
+            assert getattr(ours, attr) == getattr(oracle, attr), attr
+        seen_ours, seen_oracle = [], []
+        ours.add_listener(lambda b, o, n: seen_ours.append((o, n)))
+        oracle.add_listener(lambda b, o, n: seen_oracle.append((o, n)))
+        slow = "slow_call_duration" in kw
+        for i in range(120):
+            step = rnd.random()
+            if step < 0.12:
+                await asyncio.sleep(rnd.choice([0.25, 0.5, 1.0, 2.5]))
+                continue
+            fail = rnd.random() < (0.85 if i // 20 % 2 else 0.2)   # bad and good spells
+            d = rnd.choice([0, 0.125, 0.25, 0.5]) if slow else 0
+            now[0] = loop.time()
+            got = await outcome(ours, timed_job(fail, d))
+            assert loop.time() == now[0] + (d if got in ("ok", "failed") else 0)
+            want = await outcome(oracle, timed_job(fail, d, now))
+            assert got == want
+            assert ours.state == oracle.state
+            if ours.state == CLOSED:
+                assert ours.failure_count == oracle.failure_count
+        assert seen_ours == seen_oracle
+        assert ours.stats()["slow_calls"] == oracle.stats()["slow_calls"]
+        assert len(seen_ours) >= 2
+        if slow:
+            assert oracle.stats()["slow_calls"] > 0
+    finally:
+        await c.aclose()
+
+
+def window_calls(sync, b):
+    """(calls, failures) in the time window Redis holds for breaker b, at any time."""
+    h = {k.decode(): v.decode() for k, v in sync.hgetall(b.store.key).items()}
+    n = f = 0
+    for i in range(20):
+        parts = h.get(f"b{i}", "").split()
+        if parts and parts[0] == h["g"]:
+            n += int(float(parts[2]))
+            f += int(float(parts[3]))
+    return n, f
+
+
+@VT
+async def test_time_window_successes_are_held_within_max_staleness_on_virtual_time(server, sync):
+    """A time window's closed successes cost no round trip: held, they go with the process's
+    next round trip (a failure carries them first, in order) or, idle, by a timer
+    max_staleness seconds after the first. Held successes that reach min_calls open the
+    breaker just as the same sequence does in CircuitBreaker."""
+    loop = asyncio.get_running_loop()
+    key = fresh()
+    c1, c2 = vclient(server.url), vclient(server.url)
+    try:
+        kw = dict(failure_rate=0.5, window_time=60, min_calls=4, recovery_timeout=30)
+        a = RedisCircuitBreaker(store=VStore(c1, key, max_staleness=2, call_timeout=None), **kw)
+        b = RedisCircuitBreaker(store=VStore(c2, key, max_staleness=0, call_timeout=None), **kw)
+        oracle = CircuitBreaker(clock=loop.time, **kw)
+        heard = []
+        a.add_listener(lambda br, o, n: heard.append((o, n)))
+
+        def trips():
+            return a.stats()["round_trips"]
+
+        assert await outcome(a, ok) == "ok" and trips() == 1    # the view, fetched
+        for _ in range(2):
+            assert await outcome(a, ok) == "ok"
+        assert trips() == 1 and window_calls(sync, a) == (0, 0)  # 3 held
+        assert await outcome(a, fail) == "failed" and trips() == 2
+        assert window_calls(sync, a) == (4, 1) and a.failure_count == 1
+        # idle: the timer sends what is held, max_staleness after the first
+        await asyncio.sleep(1)
+        t0 = loop.time()
+        assert await outcome(a, ok) == "ok" and trips() == 2
+        await asyncio.sleep(1.9)
+        assert window_calls(sync, a) == (4, 1) and trips() == 2
+        await asyncio.sleep(0.2)
+        while trips() < 3 or a._fetched != t0 + 2:   # (its reply, in real time)
+            await asyncio.sleep(0)
+        assert window_calls(sync, a) == (5, 1)
+        # b's failures (sent at once) and a's held successes, in that order in Redis: the
+        # first success reaches min_calls with 3 failures of 4 and opens it, as in the oracle
+        await a.close()
+        heard.clear()
+        for br in (b, oracle):
+            for _ in range(3):
+                assert await outcome(br, fail) == "failed"
+        assert b.state == CLOSED and b.failure_count == 3
+        for _ in range(5):
+            assert await outcome(a, ok) == "ok"       # held (a's view is fresh)
+            want = "ok" if oracle.state == CLOSED else ("rejected", 30.0)
+            assert await outcome(oracle, ok) == want
+        assert oracle.state == OPEN and oracle.stats()["rejections"] == 4
+        assert heard == [] and a.state == CLOSED and trips() == 4
+        await a.refresh()
+        assert a.state == OPEN and heard[-1] == (CLOSED, OPEN)
+        await b.refresh()
+        assert b.state == OPEN
+    finally:
+        await c1.aclose()
+        await c2.aclose()
+
+
+@VT
+async def test_rate_mode_round_trips_on_virtual_time(server):
+    """A count window: each outcome of a closed call is one round trip (the window is the
+    fleet's calls in the order Redis gets them); an ignored call none. A time window with
+    max_staleness 0: every outcome at once too."""
+    c = vclient(server.url)
+    try:
+        b = RedisCircuitBreaker(failure_rate=0.5, window=10, exclude=KeyError,
+                                store=VStore(c, fresh(), max_staleness=5, call_timeout=None))
+
+        def trips():
+            return b.stats()["round_trips"]
+
+        async def missing():
+            raise KeyError
+
+        assert await outcome(b, ok) == "ok" and trips() == 2      # the view, the outcome
+        for k in range(3):
+            assert await outcome(b, ok) == "ok" and trips() == 3 + k
+        assert await outcome(b, fail) == "failed" and trips() == 6
+        with pytest.raises(KeyError):
+            await b.call(missing)
+        assert trips() == 6 and b.failure_count == 1
+        t = RedisCircuitBreaker(failure_rate=0.5, window_time=10,
+                                store=VStore(c, fresh(), max_staleness=0, call_timeout=None))
+        for k in range(3):
+            assert await outcome(t, ok) == "ok"
+        assert t.stats()["round_trips"] == 6                      # a view, an outcome each
+    finally:
+        await c.aclose()
+
+
+@VT
+async def test_a_window_of_another_shape_starts_over_on_virtual_time(server):
+    """Two breakers on one key with different windows: each outcome of one starts the other's
+    window over (the last shape to record wins); neither misreads the other's."""
+    key = fresh()
+    c = vclient(server.url)
+    try:
+        a = RedisCircuitBreaker(failure_rate=0.5, window=4,
+                                store=VStore(c, key, max_staleness=0, call_timeout=None))
+        b = RedisCircuitBreaker(failure_rate=0.5, window_time=10, min_calls=4,
+                                store=VStore(c, key, max_staleness=0, call_timeout=None))
+        for _ in range(3):
+            assert await outcome(a, fail) == "failed"
+        assert a.failure_count == 3
+        assert await outcome(b, ok) == "ok" and b.failure_count == 0
+        assert await outcome(a, fail) == "failed"      # a's window began again: 1 of 1
+        assert a.state == CLOSED and a.failure_count == 1
+    finally:
+        await c.aclose()
+
+
+def ours_and_oracle(client, **kw):
+    """The same breaker twice: a RedisCircuitBreaker (a fresh key, a view never stale) and
+    aiofast.CircuitBreaker."""
+    return (RedisCircuitBreaker(store=VStore(client, fresh(), max_staleness=0,
+                                             call_timeout=None), **kw),
+            CircuitBreaker(**kw))
+
+
+@VT
+async def test_fallback_as_circuitbreaker_on_virtual_time(server):
+    """fallback(*args, **kwargs) serves a rejected call, decorated or through call(), awaited
+    if it returns an awaitable; its errors are its own; an `async with` block gets
+    CircuitOpenError; rejections are counted, as in CircuitBreaker."""
+    c = vclient(server.url)
+    try:
+        seen = []
+
+        def fb(*args, **kwargs):
+            seen.append((args, kwargs))
+            if args == ("bad",):
+                raise KeyError("fallback")
+            return "fallback"
+
+        async def afb(*args, **kwargs):
+            await asyncio.sleep(0)
+            return ("async fallback", args, kwargs)
+
+        results = []
+        seconds = ours_and_oracle(c, failure_threshold=1, fallback=afb)
+        for b, b2 in zip(ours_and_oracle(c, failure_threshold=1, recovery_timeout=10,
+                                         fallback=fb), seconds):
+            assert b.fallback is fb
+
+            @b
+            async def job(x, *, y):
+                raise Boom
+
+            run = []
+            with pytest.raises(Boom):
+                await job(1, y=2)
+            run.append(await job(3, y=4))
+            run.append(await b.call(lambda x: x, 5))
+            with pytest.raises(KeyError, match="fallback") as e:
+                await b.call(ok, "bad")
+            assert e.value.__context__ is None
+            with pytest.raises(CircuitOpenError):
+                async with b:
+                    pass
+            run.append(b.stats()["rejections"])
+            results.append(run)
+            opened = b2.open()
+            if opened is not None:
+                await opened   # (a coroutine for the Redis breaker)
+            run.append(await b2.call(ok, 7, z=8))
+        assert results[0] == results[1] == [
+            "fallback", "fallback", 4, ("async fallback", (7,), {"z": 8})]
+        assert seen == [((3,), {"y": 4}), ((5,), {}), (("bad",), {})] * 2
+    finally:
+        await c.aclose()
+
+
+@pytest.mark.asyncio
+async def test_fallback_serves_calls_denied_while_redis_is_down():
+    """on_error="deny": a call Redis could not decide is rejected, so the fallback serves it
+    (on_error="raise": RedisUnavailableError, which the fallback does not hide)."""
+    port = __import__("redis_server").free_port()
+    async with redis.asyncio.Redis(port=port, socket_connect_timeout=0.2) as c:
+        deny = RedisCircuitBreaker(store=RedisBreakerStore(c, fresh(), on_error="deny"),
+                                   fallback=lambda *a: ("fallback", a))
+        assert await deny.call(ok, 1) == ("fallback", (1,))
+        assert deny.stats()["rejections"] == 1
+        raising = RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()),
+                                      fallback=lambda *a: "fallback")
+        with pytest.raises(RedisUnavailableError):
+            await raising.call(ok)
+
+
+@VT
+async def test_exceptions_classified_as_circuitbreaker_on_virtual_time(server, caplog):
+    """An exception expected_exception does not match is a success (the dependency answered);
+    a predicate that raises is logged and the call is a failure (for exclude: not excluded);
+    a cancellation is neither, even if expected_exception matches it: as CircuitBreaker."""
+    c = vclient(server.url)
+    try:
+        def pred(exc):
+            if isinstance(exc, KeyError):
+                raise RuntimeError("predicate")
+            return isinstance(exc, (Boom, asyncio.CancelledError))
+
+        async def raising(exc):
+            raise exc
+
+        rows = []
+        for b in ours_and_oracle(c, failure_threshold=3, expected_exception=pred):
+            row = []
+            for exc in (Boom(), ValueError(), Boom(), KeyError(), asyncio.CancelledError()):
+                with pytest.raises(type(exc)):
+                    await b.call(raising, exc)
+                row.append((b.state.value, b.failure_count))
+            st = b.stats()
+            row.append((st["successes"], st["failures"], st["ignored"]))
+            rows.append(row)
+        assert rows[0] == rows[1]
+        assert rows[0][-1] == (1, 3, 1) and rows[0][3:5] == [("closed", 2)] * 2
+        assert caplog.text.count("expected_exception predicate") == 2
+    finally:
+        await c.aclose()
+
+
 # ------------------------------------------------------------------ two processes' views
 
 def probe_granted(br, changes):
@@ -275,13 +587,11 @@ async def test_cancelled_probe_gives_its_slot_back_on_virtual_time(server, sync)
 @pytest.mark.asyncio
 async def test_arguments_and_ways_to_call(server, sync):
     async with redis.asyncio.Redis.from_url(server.url) as c:
-        for opt, val in [("failure_rate", 0.5), ("window", 10), ("window_time", 5),
-                         ("min_calls", 3)]:
-            with pytest.raises(ValueError, match=r"rate mode \(failure_rate.*not available "
-                                                 "with a Redis store"):
-                RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()), **{opt: val})
-        with pytest.raises(ValueError, match="fallback is not available with a Redis store"):
-            RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()), fallback=print)
+        with pytest.raises(ValueError, match=r"clock is not available with a Redis store: the "
+                                             r"fleet's times .* are read on the Redis server's "
+                                             r"TIME, .* a clock of one process cannot order the "
+                                             r"fleet's events"):
+            RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()), clock=time.monotonic)
         with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
             RedisCircuitBreaker(store=RedisBreakerStore(c, fresh()), bogus=1)
         with pytest.raises(TypeError, match="store must be a RedisBreakerStore, got dict"):
@@ -398,13 +708,17 @@ async def test_circuitbreaker_with_a_redis_store(server, sync):
 
 @pytest.mark.asyncio
 async def test_circuitbreaker_with_a_redis_store_checks_as_redis_breaker(server):
-    """Every argument error is RedisCircuitBreaker's own (rate mode, slow calls, fallback and
-    clock refused; the rest checked as CircuitBreaker checks them); a store that made no
-    breaker is still free."""
+    """Every argument error is RedisCircuitBreaker's own (clock refused; the rest checked as
+    CircuitBreaker checks them); a store that made no breaker is still free."""
     async with redis.asyncio.Redis.from_url(server.url) as c:
-        cases = [((), dict(failure_rate=0.5)), ((), dict(window=10)), ((), dict(window_time=5)),
-                 ((), dict(min_calls=3)), ((), dict(slow_call_duration=1)),
-                 ((), dict(slow_call_rate=0.5)), ((), dict(fallback=print)),
+        cases = [((5,), dict(failure_rate=0.5)), ((), dict(window=10)),
+                 ((), dict(window_time=5)), ((), dict(min_calls=3)),
+                 ((), dict(failure_rate=1.5)), ((), dict(failure_rate=0.5, window=0)),
+                 ((), dict(failure_rate=0.5, window=5, min_calls=6)),
+                 ((), dict(failure_rate=0.5, window=5, window_time=5)),
+                 ((), dict(failure_rate=0.5, window_time=float("inf"))),
+                 ((), dict(slow_call_duration=-1)), ((), dict(slow_call_rate=0.5)),
+                 ((), dict(fallback=3)),
                  ((), dict(clock=time.monotonic)), ((0,), {}), (("3",), {}), ((5, -1), {}),
                  ((5, float("nan")), {}), ((), dict(success_threshold=0)),
                  ((), dict(half_open_max_calls="2")), ((), dict(expected_exception=())),
@@ -417,6 +731,9 @@ async def test_circuitbreaker_with_a_redis_store_checks_as_redis_breaker(server)
                 CircuitBreaker(*args, store=store, **kw)
             assert str(got.value) == str(want.value), (args, kw)
             assert type(CircuitBreaker(store=store)) is RedisCircuitBreaker
+            if "clock" not in kw:   # the in-process breaker's own error, word for word
+                with pytest.raises(type(want.value), match=re.escape(str(want.value))):
+                    CircuitBreaker(*args, **kw)
         # and the constructor's own: shared= with store=, a store of another kind
         with pytest.raises(ValueError, match="not both"):
             CircuitBreaker(store=RedisBreakerStore(c, fresh()), shared="svc")
@@ -523,12 +840,19 @@ WORKER = textwrap.dedent("""
     from aiofast.redis import RedisBreakerStore, RedisCircuitBreaker
 
     url, key, make = sys.argv[1:4]
+    MODES = {
+        "consecutive": dict(failure_threshold=8),
+        "count": dict(failure_rate=0.5, window=8),
+        "time": dict(failure_rate=0.5, window_time=60, min_calls=8),
+        "slow": dict(failure_rate=0.9, window=8, slow_call_duration=0.05, slow_call_rate=0.5),
+    }
 
     async def main():
         c = redis.asyncio.Redis.from_url(url)
         store = RedisBreakerStore(c, key, max_staleness=0.2, probe_lease=float(sys.argv[4]))
         b = (CircuitBreaker if make == "store" else RedisCircuitBreaker)(
-            8, 1.0, store=store, half_open_max_calls=2, success_threshold=100)
+            recovery_timeout=1.0, store=store, half_open_max_calls=2, success_threshold=100,
+            **MODES[sys.argv[5]])
         assert type(b) is RedisCircuitBreaker
         heard = []
         b.add_listener(lambda br, o, n: heard.append(n.value))
@@ -539,6 +863,8 @@ WORKER = textwrap.dedent("""
                 raise ValueError
             if what == "hang":
                 await gate.wait()
+            if what == "slow":
+                await asyncio.sleep(0.1)
             return "ok"
 
         def plain(what):
@@ -571,11 +897,12 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def start_workers(url, key, n, lease=30.0):
+def start_workers(url, key, n, lease=30.0, mode="consecutive"):
     """n worker processes on one key: even ones make their breaker with
-    CircuitBreaker(..., store=), odd ones with RedisCircuitBreaker(..., store=)."""
+    CircuitBreaker(..., store=), odd ones with RedisCircuitBreaker(..., store=); mode: the
+    breaker's (WORKER's MODES)."""
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, key,
-                               "redis" if i % 2 else "store", repr(lease)],
+                               "redis" if i % 2 else "store", repr(lease), mode],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               cwd=HERE) for i in range(n)]
     for p in procs:
@@ -622,6 +949,40 @@ def test_failures_over_four_processes_open_it_for_all(server):
             done, held = map(int, p.stdout.readline().split())
             admitted.append(held)
             assert done == 10 - held   # the others were rejected at once
+        assert sum(admitted) == 2, admitted
+    finally:
+        stop(procs)
+
+
+@pytest.mark.parametrize("mode", ["count", "time", "slow"])
+def test_rate_over_four_processes_opens_it_for_all(server, mode):
+    """Rate mode, 4 processes, in turn: a success then a failure each ("slow": a slow success
+    instead of the failure), so Redis receives s, f, s, f, ...: the window (8 calls: the last 8,
+    or min_calls 8 of the last 60 s, whose successes each process holds and sends with its
+    failure) reaches the shared rate (4 of 8) with the 8th outcome, which opens the breaker
+    for all: the process that made it hears the transition, the others reject calls once their
+    view is refreshed. Then probes, 2 at a time fleet-wide."""
+    bad = "slow" if mode == "slow" else "fail"
+    procs = start_workers(server.url, fresh(), 4, mode=mode)
+    try:
+        for k in range(4):
+            p = procs[k]
+            assert ask(p, "ok") == ["ok", "closed"], k
+            got = ask(p, bad)
+            assert got == (["ok" if bad == "slow" else "failed", "closed" if k < 3 else "open"]
+                           + ([] if k < 3 else ["open"])), (k, got)
+        time.sleep(0.25)
+        for p in procs[:3]:
+            assert ask(p, "ok") == ["rejected", "open"]   # no listener there
+        time.sleep(1.0)
+        for p in procs:
+            p.stdin.write("probes\n")
+            p.stdin.flush()
+        admitted = []
+        for p in procs:
+            done, held = map(int, p.stdout.readline().split())
+            admitted.append(held)
+            assert done == 10 - held
         assert sum(admitted) == 2, admitted
     finally:
         stop(procs)
@@ -789,6 +1150,14 @@ async def test_acl_user_with_a_password():
                 await b.call(ok)
             await asyncio.sleep(0.25)
             assert await b.call(ok) == "ok" and b.state == CLOSED
+            # rate mode needs no other command
+            for kw in (dict(window=2), dict(window_time=10, min_calls=2)):
+                r = RedisCircuitBreaker(failure_rate=0.5, **kw, store=RedisBreakerStore(
+                    c, fresh(), max_staleness=0))
+                assert await r.call(ok) == "ok"
+                with pytest.raises(Boom):
+                    await r.call(fail)
+                assert r.state == OPEN
         async with redis.asyncio.Redis.from_url(url, username="alice", password="no") as c:
             b = RedisCircuitBreaker(store=RedisBreakerStore(c, fresh(), on_error="allow"))
             with pytest.raises(redis.exceptions.AuthenticationError):

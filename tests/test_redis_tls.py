@@ -40,11 +40,18 @@ def fresh():
 
 
 
-@pytest.fixture(scope="module")
-def tls_server():
-    srv = RedisServer(tls=True).start()
-    yield srv
-    srv.close()
+def server_fixture(name, *config, **kw):
+    """A module-scoped fixture called name: a RedisServer(*config, **kw), started, closed after
+    the module's tests."""
+    @pytest.fixture(scope="module", name=name)
+    def fixture():
+        srv = RedisServer(*config, **kw).start()
+        yield srv
+        srv.close()
+    return fixture
+
+
+tls_server = server_fixture("tls_server", tls=True)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +71,16 @@ def assert_on_tls(obj):
     link = obj._links.link
     assert link is not None and link.lost is None
     assert link.writer.transport.get_extra_info("ssl_object") is not None
+
+
+async def one_token_a_day(c, multiplex):
+    """A bucket of one token a day through client c grants one acquire, then none (on the TLS
+    connection when multiplexed)."""
+    b = RedisTokenBucket(c, fresh(), 1, per=86400, capacity=1, multiplex=multiplex)
+    assert await b.try_acquire()
+    assert not await b.try_acquire()
+    if multiplex:
+        assert_on_tls(b)
 
 
 # ------------------------------------------------------------------ the bucket
@@ -216,15 +233,12 @@ async def test_plain_client_on_the_tls_port(tls_server, multiplex):
 
 # ------------------------------------------------------------------ ACL users, client certificates
 
-@pytest.fixture(scope="module")
-def tls_acl_server():
-    srv = RedisServer(
-        "user default off",
-        "user alice on >s3cret ~aiofast:* -@all +evalsha +script|load +get +set +del +time "
-        "+hmget +hset +pexpire +zremrangebyscore +zcard +zadd +zrem",
-        tls=True).start()
-    yield srv
-    srv.close()
+tls_acl_server = server_fixture(
+    "tls_acl_server",
+    "user default off",
+    "user alice on >s3cret ~aiofast:* -@all +evalsha +script|load +get +set +del +time "
+    "+hmget +hset +pexpire +zremrangebyscore +zcard +zadd +zrem",
+    tls=True)
 
 
 @pytest.mark.asyncio
@@ -232,11 +246,7 @@ def tls_acl_server():
 async def test_acl_user_with_a_password_over_tls(tls_acl_server, multiplex):
     srv = tls_acl_server
     async with tls_client(srv, username="alice", password="s3cret") as c:
-        b = RedisTokenBucket(c, fresh(), 1, per=86400, capacity=1, multiplex=multiplex)
-        assert await b.try_acquire()
-        assert not await b.try_acquire()
-        if multiplex:
-            assert_on_tls(b)
+        await one_token_a_day(c, multiplex)
         cb = RedisCircuitBreaker(1, 60, store=RedisBreakerStore(c, fresh(), max_staleness=0,
                                                                 multiplex=multiplex))
         with pytest.raises(Boom):
@@ -263,11 +273,7 @@ async def test_acl_user_with_a_password_over_tls(tls_acl_server, multiplex):
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def mtls_server():
-    srv = RedisServer(client_certs=True).start()
-    yield srv
-    srv.close()
+mtls_server = server_fixture("mtls_server", client_certs=True)
 
 
 @pytest.mark.asyncio
@@ -275,11 +281,7 @@ def mtls_server():
 async def test_client_certificate(mtls_server, multiplex):
     srv = mtls_server
     async with tls_client(srv, ssl_certfile=srv.client_cert, ssl_keyfile=srv.client_key) as c:
-        b = RedisTokenBucket(c, fresh(), 1, per=86400, capacity=1, multiplex=multiplex)
-        assert await b.try_acquire()
-        assert not await b.try_acquire()
-        if multiplex:
-            assert_on_tls(b)
+        await one_token_a_day(c, multiplex)
     # without one, the server ends the connection (TLS 1.3: after the client's handshake is
     # done, so at the first command)
     async with tls_client(srv) as c:

@@ -23,6 +23,7 @@ import aiofast
 from aiofast import SharedTokenBucket, TokenBucket
 from aiofast import _core
 
+from helpers import BAD_BUCKET_ARGS, BAD_TIMEOUTS, BAD_TOKEN_TYPES, BAD_TOKENS, spin
 from pycompat import asyncio_iscoroutinefunction
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,11 +54,6 @@ def vclock():
 def vbucket(*args, **kwargs):
     """A shared bucket on the running (virtual) loop's clock."""
     return SharedTokenBucket(*args, _clock=vclock(), **kwargs)
-
-
-async def settle(n=5):
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,26 +139,10 @@ def test_unlink_while_open_keeps_the_mapping(name):
 
 @pytest.mark.parametrize(
     "args, kwargs, exc, match",
-    [
-        ((0,), {}, ValueError, r"rate must be a finite number > 0, got 0"),
-        ((-1,), {}, ValueError, r"rate must be a finite number > 0, got -1"),
-        ((math.nan,), {}, ValueError, r"rate must be a finite number > 0, got nan"),
-        ((math.inf,), {}, ValueError, r"rate must be a finite number > 0, got inf"),
-        (("10",), {}, TypeError, r"rate must be a real number, not str"),
-        ((None,), {}, TypeError, r"rate must be a real number, not NoneType"),
-        ((10, 0), {}, ValueError, r"per must be a finite number of seconds > 0, got 0"),
-        ((10, -2.5), {}, ValueError, r"per must be a finite number of seconds > 0, got -2.5"),
-        ((10, math.nan), {}, ValueError, r"per must be .* got nan"),
-        ((10, "1"), {}, TypeError, r"per must be a real number, not str"),
-        ((10,), {"capacity": 0.5}, ValueError, r"capacity must be a finite number >= 1, got 0.5"),
-        ((10,), {"capacity": math.nan}, ValueError, r"capacity must be .* got nan"),
+    BAD_BUCKET_ARGS + [
         ((10,), {"capacity": -3}, ValueError, r"capacity must be .* got -3"),
-        ((10,), {"capacity": []}, TypeError, r"capacity must be a real number, not list"),
-        ((10,), {"initial": -1}, ValueError, r"initial must be a number from 0 to capacity \(10\)"),
-        ((10,), {"initial": math.nan}, ValueError, r"initial must be .* got nan"),
         ((10,), {"initial": "1"}, TypeError, r"initial must be a real number, not str"),
         ((1e-9, 1e9), {}, ValueError, r"capacity \* per / rate must be below 146 years"),
-        ((10, 1, 10), {}, TypeError, r"at most 2 positional arguments"),
         ((10,), {"loop": None}, TypeError, r"invalid keyword|unexpected keyword"),
     ],
 )
@@ -190,20 +170,7 @@ def test_shared_is_required():
 
 @pytest.mark.parametrize("method", ["acquire", "try_acquire", "has_capacity"])
 @pytest.mark.parametrize(
-    "tokens, exc, match",
-    [
-        (0, ValueError, r"tokens must be > 0, got 0"),
-        (-1, ValueError, r"tokens must be > 0, got -1"),
-        (math.nan, ValueError, r"tokens must be > 0, got nan"),
-        (-math.inf, ValueError, r"tokens must be > 0, got -inf"),
-        (11, ValueError, r"tokens must be <= capacity \(10\), got 11: the request could never"),
-        (math.inf, ValueError, r"tokens must be <= capacity"),
-        (10**400, ValueError, r"tokens must be <= capacity"),
-        (-(10**400), ValueError, r"tokens must be > 0"),
-        ("1", TypeError, r"tokens must be a real number, not str"),
-        (None, TypeError, r"tokens must be a real number, not NoneType"),
-    ],
-)
+    "tokens, exc, match", BAD_TOKENS + BAD_TOKEN_TYPES)
 def test_bad_tokens(name, method, tokens, exc, match):
     b = TokenBucket(10, per=3600, shared=name)
     with pytest.raises(exc, match=match):
@@ -211,14 +178,7 @@ def test_bad_tokens(name, method, tokens, exc, match):
     assert b.tokens == 10.0
 
 
-@pytest.mark.parametrize(
-    "timeout, exc, match",
-    [
-        (math.nan, ValueError, r"timeout must be a number or None, got nan"),
-        ("1", TypeError, r"timeout must be a number or None, not str"),
-        ([], TypeError, r"timeout must be a number or None, not list"),
-    ],
-)
+@pytest.mark.parametrize("timeout, exc, match", BAD_TIMEOUTS)
 def test_bad_timeout(name, timeout, exc, match):
     b = TokenBucket(10, shared=name)
     with pytest.raises(exc, match=match):
@@ -328,7 +288,7 @@ async def test_fifo_reservations_in_one_process(name):
         order.append((tag, loop.time() - t0))
 
     tasks = [asyncio.ensure_future(one(k, n)) for k, n in enumerate([2, 1, 2, 1])]
-    await settle()
+    await spin()
     assert b.waiting == 4
     # a newcomer cannot take what is reserved, even when some has flowed in
     await asyncio.sleep(0.25)
@@ -345,7 +305,7 @@ async def test_cancel_last_reservation_gives_back(name):
     t0 = loop.time()
     tat0 = b._tat()
     t = asyncio.ensure_future(b.acquire(2))
-    await settle()
+    await spin()
     assert b._tat() == tat0 + 500_000_000 and b.waiting == 1
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -361,9 +321,9 @@ async def test_cancel_before_a_later_reservation_is_spent(name):
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     first = asyncio.ensure_future(b.acquire(2))
-    await settle()
+    await spin()
     later = asyncio.ensure_future(b.acquire(1))
-    await settle()
+    await spin()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -402,9 +362,9 @@ async def test_timeout_met_at_the_deadline_by_a_give_back(name):
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     hog = asyncio.ensure_future(b.acquire(2))          # reserved until t0 + 0.5
-    await settle()
+    await spin()
     doomed = asyncio.ensure_future(b.acquire(1, timeout=0.25))   # would be t0 + 0.75
-    await settle()
+    await spin()
     hog.cancel()                                       # the last reservation: given back
     await asyncio.gather(hog, return_exceptions=True)
     await doomed                                       # at its deadline the token is there
@@ -419,7 +379,7 @@ async def test_early_timer_sleeps_again(name):
                           _clock=lambda: round((loop.time() - skew[0]) * 1e9))
     t0 = loop.time()
     t = asyncio.ensure_future(b.acquire(1))
-    await settle()
+    await spin()
     skew[0] = 0.125      # the bucket's clock now lags the loop's: the timer comes early
     await t
     assert loop.time() == t0 + 0.375

@@ -74,17 +74,6 @@ def _fn_kind(fn):
     return _SYNC
 
 
-def _finish_wrapper(wrapper, fn, is_async):
-    """functools.wraps for the C wrapper, plus the coroutine-function markers."""
-    functools.update_wrapper(wrapper, fn)
-    if is_async and not inspect.iscoroutinefunction(wrapper):
-        # fn is not an `async def` (an object marked as a coroutine function): mark ours too
-        if hasattr(inspect, "markcoroutinefunction"):
-            inspect.markcoroutinefunction(wrapper)
-        if _is_coroutine is not None:
-            wrapper._is_coroutine = _is_coroutine
-
-
 def _wrap_generator(breaker, fn, kind):
     """Guard a generator function: the whole iteration is one call."""
     fallback = breaker.fallback
@@ -131,9 +120,9 @@ def _wrap_generator(breaker, fn, kind):
     return agen_wrapper
 
 
-# The C breaker never imports this module: it is handed the four helpers above (its cold
-# parts: logging an error, a decorated function's kind, finishing a wrapper, generator
-# wrappers) here, once, when the package is imported.
+# The C breaker never imports this module: it is handed the helpers above (its cold parts:
+# logging an error, a decorated function's kind, generator wrappers) here, once, when the
+# package is imported.
 _core._breaker_cold(sys.modules[__name__])
 
 

@@ -3,11 +3,9 @@
 Cold code only: argument checks and function metadata. The decorated function is a C ``Memo``
 (``aiofast._core``) whose calls, hits and single-flight bookkeeping never touch Python.
 """
-import asyncio.coroutines
 import functools
 import inspect
 import math
-import sys
 
 from ._core import AlruCacheLoopResetWarning, Memo
 
@@ -30,19 +28,9 @@ def _check_seconds(name, value):
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def _mark_coroutine_function(memo):
-    if sys.version_info < (3, 14):
-        memo._is_coroutine = asyncio.coroutines._is_coroutine
-    if sys.version_info >= (3, 12):
-        inspect.markcoroutinefunction(memo)
-
-
 def _wrap(fn, maxsize, ttl, typed, key, timer, jitter, alru, is_async):
-    memo = Memo(fn, maxsize, ttl, typed, key, is_async, timer, jitter, alru)
-    functools.update_wrapper(memo, fn)
-    if is_async:
-        _mark_coroutine_function(memo)
-    return memo
+    # Memo applies functools.update_wrapper and the coroutine-function marks itself
+    return Memo(fn, maxsize, ttl, typed, key, is_async, timer, jitter, alru)
 
 
 def _is_async(fn):

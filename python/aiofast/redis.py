@@ -1127,11 +1127,130 @@ save(ARGV[2])
 return reply(now, 0)
 """
 
+# Rate mode. The window lives in the same hash, only while closed, and belongs to one
+# generation: wg names it (a transition, closing included, empties it without touching it), w
+# its shape ("n<calls>" or "t<bucket width in us>"; a process with another shape starts it over
+# with its own). A count window keeps wn/wf/ws (calls, failures, slow calls in it), wp (the next
+# position) and one field per position, r0..r<N-1> (1 failure + 2 slow); while it is not full,
+# wp == wn, so a position not yet written since the window began is never read. A time window
+# is 20 buckets, b0..b19, each window_time / 20 wide (the shape's width), each "<generation>
+# <index> <calls> <failures> <slow>" (index: the server's time in us // width; a bucket of
+# another generation, or 20 widths old, is empty), summed when read.
+#
+# OUTCOME(sgen, k, xgen, x, shape, min_calls, failure_rate, slow_rate, ttl, now): k successes of
+# calls admitted closed in generation sgen (batched by the caller), then one outcome x ("": none;
+# else 1 failure + 2 slow) of a call admitted closed in xgen, each entering the window (if still
+# closed in that generation) and opening the breaker when the window holds min_calls and
+# failures / calls >= failure_rate or slow / calls >= slow_rate ("": no slow calls). With k = 0
+# and x = "" it only reads: the reply's f is then (closed) the window's failures at `now`.
+# Only a time window's successes come in batches (k > 1; a count window takes one outcome at a
+# time): they all go to the bucket of `now`, checked after the first and when the window reaches
+# min_calls; in between and after, each success only lowers both shares, so no other point
+# could open it.
+_BK_OUTCOME = _BK_PRELUDE + """
+local now = clock(ARGV[10])
+local shape = ARGV[5]
+local W = tonumber(string.sub(shape, 2))
+local timed = string.sub(shape, 1, 1) == 't'
+local minc, frate, srate = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local wv = redis.call('HMGET', h, 'w', 'wg', 'wn', 'wf', 'ws', 'wp')
+local same = s == 0 and wv[1] == shape
+local gs = f(g)
+local wn, wf, ws, wp = 0, 0, 0, 0
+local K, bk, dirty = 0, {}, {}
+if timed then
+    K = math.floor(now / W)
+    local names = {}
+    for i = 0, 19 do names[i + 1] = 'b' .. i end
+    local raw = redis.call('HMGET', h, unpack(names))
+    for i = 0, 19 do
+        local b = {false, 0, 0, 0}
+        if same and raw[i + 1] then
+            local bg, bi, bn, bf, bs = string.match(raw[i + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+            if bg == gs and tonumber(bi) > K - 20 then
+                b = {tonumber(bi), tonumber(bn), tonumber(bf), tonumber(bs)}
+                wn, wf, ws = wn + b[2], wf + b[3], ws + b[4]
+            end
+        end
+        bk[i] = b
+    end
+elseif same and wv[2] == gs then
+    wn, wf, ws, wp = tonumber(wv[3]), tonumber(wv[4]), tonumber(wv[5]), tonumber(wv[6])
+end
+local function wadd(bits, m)
+    local fl = bits % 2
+    local sl = (bits - fl) / 2
+    if timed then
+        local i = K % 20
+        local b = bk[i]
+        if b[1] ~= K then
+            wn, wf, ws = wn - b[2], wf - b[3], ws - b[4]
+            b = {K, 0, 0, 0}
+            bk[i] = b
+        end
+        b[2], b[3], b[4] = b[2] + m, b[3] + fl * m, b[4] + sl * m
+        wn, wf, ws = wn + m, wf + fl * m, ws + sl * m
+        dirty[i] = b
+        return
+    end
+    -- a count window: one outcome at a time (its successes are never batched)
+    if wn == W then
+        local o = tonumber(redis.call('HMGET', h, 'r' .. wp)[1]) or 0
+        wn, wf, ws = wn - 1, wf - o % 2, ws - (o - o % 2) / 2
+    end
+    redis.call('HSET', h, 'r' .. wp, bits)
+    wp = (wp + 1) % W
+    wn, wf, ws = wn + 1, wf + fl, ws + sl
+end
+local function check()
+    if wn >= minc and wn > 0 and (wf / wn >= frate or (srate and ws / wn >= srate)) then
+        local n1, f1 = wn, wf
+        move(now, 1)
+        fails, succ = f1, n1 - f1
+    end
+end
+local changed = false
+local k = tonumber(ARGV[2])
+if k > 0 and s == 0 and gs == ARGV[1] then
+    changed = true
+    local done, step = 0, 1
+    while done < k and s == 0 do
+        step = math.min(step, k - done)
+        wadd(0, step)
+        done = done + step
+        check()
+        step = k - done
+        if wn < minc then step = minc - wn end
+        if not timed then step = 1 end
+    end
+end
+if ARGV[4] ~= '' and s == 0 and f(g) == ARGV[3] then
+    changed = true
+    wadd(tonumber(ARGV[4]), 1)
+    check()
+end
+if s == 0 then fails = wf end
+if changed then
+    if s == 0 then
+        local t = {'w', shape, 'wg', gs, 'wn', wn, 'wf', wf, 'ws', ws, 'wp', wp}
+        for i, b in pairs(dirty) do
+            t[#t + 1] = 'b' .. i
+            t[#t + 1] = gs .. ' ' .. f(b[1]) .. ' ' .. f(b[2]) .. ' ' .. f(b[3]) .. ' ' .. f(b[4])
+        end
+        redis.call('HSET', h, unpack(t))
+    end
+    save(ARGV[9])
+end
+return reply(now, 0)
+"""
+
 _BK_SCRIPTS = {name: (src, hashlib.sha1(src.encode()).hexdigest())
                for name, src in (("state", _BK_STATE), ("failure", _BK_FAILURE),
                                  ("success", _BK_SUCCESS), ("probe", _BK_PROBE),
-                                 ("probe_done", _BK_PROBE_DONE), ("force", _BK_FORCE))}
-_BK_NARGS = {"state": 1, "failure": 4, "success": 3, "probe": 6, "probe_done": 6, "force": 3}
+                                 ("probe_done", _BK_PROBE_DONE), ("force", _BK_FORCE),
+                                 ("outcome", _BK_OUTCOME))}
+_BK_NARGS = {"state": 1, "failure": 4, "success": 3, "probe": 6, "probe_done": 6, "force": 3,
+             "outcome": 10}
 
 _HASH_TAG_RE = re.compile(r"[^{]*\{[^}]+\}")
 
@@ -1233,14 +1352,16 @@ class RedisBreakerStore(_Scripted):
 
 
 _STATES: tuple[Any, ...] = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
-_UNSUPPORTED = ("failure_rate", "window", "window_time", "min_calls", "slow_call_duration",
-                "slow_call_rate", "fallback", "clock")
+_NO_CLOCK = ("clock is not available with a Redis store: the fleet's times (the recovery "
+             "timeout, a time window) are read on the Redis server's TIME, the one clock every "
+             "process and host shares; a clock of one process cannot order the fleet's events "
+             "(slow calls are timed on the event loop's clock)")
 _log = logging.getLogger("aiofast.breaker")
 _CoroutineType = types.CoroutineType
 _get_running_loop = asyncio.get_running_loop
 
-# the with-blocks a task is in: (breaker, ticket, enclosing), innermost first
-_blocks: contextvars.ContextVar[tuple[Any, Any, Any] | None] = contextvars.ContextVar(
+# the with-blocks a task is in: (breaker, ticket, loop time admitted, enclosing), innermost first
+_blocks: contextvars.ContextVar[tuple[Any, Any, float, Any] | None] = contextvars.ContextVar(
     "aiofast.redis.blocks", default=None)
 
 
@@ -1265,10 +1386,12 @@ def _exc_spec(spec: Any) -> tuple[Any, bool]:
 class RedisCircuitBreaker:
     """A circuit breaker whose state is shared by every process and host through Redis
     (``store=RedisBreakerStore(client, key)``), with ``CircuitBreaker``'s arguments and
-    semantics in its consecutive-failure mode: ``failure_threshold`` consecutive failures,
-    counted fleet-wide, open it for everyone; after ``recovery_timeout`` seconds (on the Redis
-    server's clock) it lets probes through, at most ``half_open_max_calls`` at a time across
-    the fleet; ``success_threshold`` successful probes close it, a failed one opens it again.
+    semantics: ``failure_threshold`` consecutive failures, counted fleet-wide, or (rate mode,
+    ``failure_rate``) a failure share or slow-call share over a window of the fleet's calls,
+    open it for everyone; after ``recovery_timeout`` seconds (on the Redis server's clock) it
+    lets probes through, at most ``half_open_max_calls`` at a time across the fleet;
+    ``success_threshold`` successful probes close it, a failed one (in rate mode, a slow one
+    too) opens it again.
 
     ``aiofast.CircuitBreaker(..., store=RedisBreakerStore(client, key))`` returns one too (the
     store's ``make_breaker``): it is a ``RedisCircuitBreaker``, not a ``CircuitBreaker``.
@@ -1277,17 +1400,38 @@ class RedisCircuitBreaker:
     ``await breaker.call(fn, *args, **kwargs)`` (``fn`` an async or a plain function: a plain
     one runs inline once admitted, its exception counted as an async function's). Admitting a
     call may need a round trip, so there is no synchronous way in: ``@breaker`` on a plain
-    ``def`` and ``with breaker:`` raise ``TypeError``. Rate mode (``failure_rate``...), slow
-    calls, ``fallback`` and ``clock`` are not available with a Redis store (a ``ValueError``
-    says so).
+    ``def`` and ``with breaker:`` raise ``TypeError``. ``fallback(*args, **kwargs)`` serves a
+    rejected call as ``CircuitBreaker``'s does (its result awaited if awaitable), a call
+    rejected by ``on_error="deny"`` too; not ``async with`` blocks.
+
+    Rate mode: ``failure_rate``, ``window`` (the fleet's last N calls, in the order Redis
+    received their outcomes) or ``window_time`` (the last T seconds of the server's TIME, as 20
+    buckets of T/20), ``min_calls``, ``slow_call_duration`` and ``slow_call_rate`` mean what they
+    mean for ``CircuitBreaker``; the window is kept in the breaker's Redis hash, changed by one
+    script per outcome. A call's duration (slow or not) is measured by the process that made
+    it, on its event loop's clock. Every process sharing a key should give the same window: a
+    process with another one starts the window over with its own.
+
+    ``clock=`` is refused (``ValueError``): the fleet's times are the Redis server's TIME, the
+    one clock every process shares; a clock of one process cannot order the fleet's events.
+    ``failure_threshold=None`` (the default) is CircuitBreaker's default, 5, left unsaid so
+    that ``failure_rate`` may be given (giving both is refused, as CircuitBreaker refuses it).
 
     Each process keeps a local view of the state, at most ``store.max_staleness`` seconds old
-    when a call is admitted: a call admitted closed on a fresh view costs no round trip; a
-    failure costs one (it is counted in Redis), a success one only when it can change
-    something (the shared failure count was not 0, or the call was a probe); an open breaker
-    rejects locally until its recovery time; a half-open one asks Redis for every probe.
+    when a call is admitted: a call admitted closed on a fresh view costs no round trip; an
+    open breaker rejects locally until its recovery time; a half-open one asks Redis for every
+    probe. Outcomes of closed calls: in consecutive-failure mode a failure costs one round trip,
+    a success one only when it can change something (the shared failure count was not 0). In
+    rate mode a failure or a slow call costs one; with a count window so does every success
+    (the window is the fleet's calls in order); with a time window the successes of this
+    process are held locally and sent together, with its next round trip or at most
+    ``max_staleness`` seconds after the first of them (a timer): a success is counted up to
+    ``max_staleness`` late, in the bucket of the moment it reaches Redis (and it leaves the
+    window as much later), so the shares Redis judges may lead the true ones by that much.
+    ``max_staleness=0`` sends every outcome at once. Successes still held when the event loop
+    ends are not sent (``await breaker.refresh()`` sends them).
     The state, ``failure_count`` and ``remaining`` properties read the local view;
-    ``await refresh()`` brings it up to date.
+    ``await refresh()`` brings it up to date (and sends the successes held).
 
     Listeners (``add_listener(fn)``: ``fn(breaker, old_state, new_state)``) run in the process
     whose call made the transition (its script's reply says so), at once. Other processes see
@@ -1300,37 +1444,61 @@ class RedisCircuitBreaker:
                  "_listeners", "_s", "_o", "_g", "_f", "_fetched", "_fresh_until",
                  "_open_until", "_offline_until", "_probes_here", "_recovery_arg", "_lease_arg",
                  "_ttl_arg", "_threshold_arg", "_success_arg", "_half_arg", "_totals",
-                 "_fast_calls", "_fast_successes",
+                 "_fast_calls", "_fast_successes", "_quiet", "_rate", "_slow", "_fallback",
+                 "_batch", "_rate_args", "_pend", "_pend_g", "_flush_at", "_flush_task",
                  "__weakref__")
 
-    def __init__(self, failure_threshold: int = 5, recovery_timeout: float = 30.0, *,
-                 store: RedisBreakerStore, success_threshold: int = 1,
+    def __init__(self, failure_threshold: int | None = None, recovery_timeout: float = 30.0,
+                 *, store: RedisBreakerStore, success_threshold: int = 1,
                  half_open_max_calls: int = 1, expected_exception: Any = None,
-                 exclude: Any = (), name: str | None = None, **unsupported: Any) -> None:
-        for opt in _UNSUPPORTED:
-            if unsupported.pop(opt, None) is not None:
-                what = ("rate mode (failure_rate, window, window_time, min_calls)"
-                        if opt in _UNSUPPORTED[:4] else opt)
-                raise ValueError(f"{what} is not available with a Redis store: the shared "
-                                 "state counts consecutive failures (failure_threshold)")
-        if unsupported:
-            raise TypeError("RedisCircuitBreaker() got an unexpected keyword argument "
-                            f"{next(iter(unsupported))!r}")
+                 exclude: Any = (), failure_rate: float | None = None, window: int | None = None,
+                 window_time: float | None = None, min_calls: int | None = None,
+                 slow_call_duration: float | None = None, slow_call_rate: float | None = None,
+                 fallback: Callable[..., Any] | None = None, name: str | None = None,
+                 clock: Any = None) -> None:
+        if clock is not None:
+            raise ValueError(_NO_CLOCK)
         if not isinstance(store, RedisBreakerStore):
             raise TypeError(f"store must be a RedisBreakerStore, got {type(store).__name__}")
-        # the arguments checked as CircuitBreaker checks them (the same errors)
-        self._proto = CircuitBreaker(failure_threshold, recovery_timeout,
-                                     success_threshold=success_threshold,
-                                     half_open_max_calls=half_open_max_calls,
-                                     expected_exception=expected_exception, exclude=exclude,
-                                     name=name)
+        # the arguments checked as CircuitBreaker checks them (the same errors); failure_threshold
+        # None is its default (5), left out so that rate mode may be asked for
+        given = {} if failure_threshold is None else {"failure_threshold": failure_threshold}
+        make: Any = CircuitBreaker   # (mypy cannot follow **given through its overloads)
+        proto: CircuitBreaker = make(
+            recovery_timeout=recovery_timeout, success_threshold=success_threshold,
+            half_open_max_calls=half_open_max_calls, expected_exception=expected_exception,
+            exclude=exclude, failure_rate=failure_rate, window=window, window_time=window_time,
+            min_calls=min_calls, slow_call_duration=slow_call_duration,
+            slow_call_rate=slow_call_rate, fallback=fallback, name=name, **given)
+        self._proto = proto
         if store._breaker is not None and store._breaker() is not None:
             raise ValueError("this RedisBreakerStore already serves a breaker: give each "
                              "breaker a store of its own")
         store._breaker = weakref.ref(self)
         self._store = store
-        self._threshold = int(failure_threshold)
-        self._recovery = float(recovery_timeout)
+        self._threshold = proto.failure_threshold
+        self._recovery = proto.recovery_timeout
+        self._fallback = proto.fallback
+        self._rate = proto.failure_rate is not None
+        self._slow = proto.slow_call_duration    # seconds, or None
+        # a time window's successes are batched (see the class's docstring); a count window's
+        # are not: its order is the fleet's
+        self._batch = (self._rate and proto.window_time is not None
+                       and store._max_staleness > 0)
+        self._rate_args: tuple[str, ...] = ()
+        rate, span = proto.failure_rate, proto.window_time
+        if rate is not None:
+            shape = "n" + str(proto.window) if span is None else "t" + _fmt(span * 1e6 / 20)
+            srate = proto.slow_call_rate
+            self._rate_args = (shape, str(proto.min_calls), _fmt(rate),
+                               "" if srate is None else _fmt(srate))
+        # a fast-path success needs no round trip (consecutive mode, no slow calls, no shared
+        # failure count): kept up to date by _take
+        self._quiet = not self._rate and self._slow is None
+        self._pend = 0                   # successes held (time window), of generation _pend_g
+        self._pend_g = ""
+        self._flush_at: tuple[Any, Any] | None = None   # (loop, TimerHandle) of the flush
+        self._flush_task: asyncio.Task[None] | None = None
         self._success_threshold = int(success_threshold)
         self._half_max = int(half_open_max_calls)
         self._expected, self._expected_pred = _exc_spec(
@@ -1358,8 +1526,8 @@ class RedisCircuitBreaker:
         self._half_arg = str(self._half_max)
         self._fast_calls = self._fast_successes = 0   # (the closed calls with no round trip)
         self._totals = dict.fromkeys(("calls", "successes", "failures", "ignored",
-                                      "rejections", "state_changes", "round_trips",
-                                      "store_errors"), 0)
+                                      "slow_calls", "rejections", "state_changes",
+                                      "round_trips", "store_errors"), 0)
 
     # ------------------------------------------------------------------ properties
 
@@ -1380,6 +1548,47 @@ class RedisCircuitBreaker:
         return self._recovery
 
     @property
+    def success_threshold(self) -> int:
+        return self._success_threshold
+
+    @property
+    def half_open_max_calls(self) -> int:
+        return self._half_max
+
+    @property
+    def failure_rate(self) -> float | None:
+        value: float | None = self._proto.failure_rate
+        return value
+
+    @property
+    def window(self) -> int | None:
+        value: int | None = self._proto.window
+        return value
+
+    @property
+    def window_time(self) -> float | None:
+        value: float | None = self._proto.window_time
+        return value
+
+    @property
+    def min_calls(self) -> int | None:
+        value: int | None = self._proto.min_calls
+        return value
+
+    @property
+    def slow_call_duration(self) -> float | None:
+        return self._slow
+
+    @property
+    def slow_call_rate(self) -> float | None:
+        value: float | None = self._proto.slow_call_rate
+        return value
+
+    @property
+    def fallback(self) -> Callable[..., Any] | None:
+        return self._fallback
+
+    @property
     def state(self) -> Any:
         """The CircuitState in the local view (OPEN past its recovery time reads HALF_OPEN:
         the next call asks for a probe slot)."""
@@ -1389,7 +1598,8 @@ class RedisCircuitBreaker:
 
     @property
     def failure_count(self) -> int:
-        """The fleet's consecutive failures, as the local view last saw them."""
+        """The fleet's consecutive failures (rate mode: the failures in the window), as the
+        local view last saw them."""
         return self._f
 
     @property
@@ -1422,8 +1632,8 @@ class RedisCircuitBreaker:
 
     def stats(self) -> dict[str, Any]:
         """A dict: the local view (state, failure_count) and this process's totals: calls,
-        successes, failures, ignored, rejections, state_changes (made here), round_trips,
-        store_errors."""
+        successes, failures, ignored, slow_calls, rejections, state_changes (made here),
+        round_trips, store_errors."""
         totals = dict(self._totals)
         totals["calls"] += self._fast_calls
         totals["successes"] += self._fast_successes
@@ -1460,6 +1670,10 @@ class RedisCircuitBreaker:
         if isinstance(o, bytes):
             o, g, now = o.decode(), g.decode(), now.decode()
         self._s, self._o, self._g, self._f = s, o, g, f
+        if self._pend and self._pend_g != g:
+            self._pend = 0   # successes of an earlier generation: they count for nothing now
+        if not self._rate and self._slow is None:
+            self._quiet = not f
         self._fetched = sent
         self._fresh_until = sent + self._store._max_staleness if s == 0 else -math.inf
         if s == 1:
@@ -1475,8 +1689,56 @@ class RedisCircuitBreaker:
                     _log.exception("listener %r of %r raised", fn, self)
 
     async def refresh(self) -> None:
-        """Bring the local view up to date (one round trip)."""
-        await self._ask("state")
+        """Bring the local view up to date (one round trip; it carries the successes held)."""
+        await self._sync()
+
+    def _sync(self) -> Awaitable[list[Any] | None]:
+        """The round trip that refreshes the view: in rate mode OUTCOME, carrying the
+        successes held."""
+        if not self._rate:
+            return self._ask("state")
+        return self._outcome("", "")
+
+    def _outcome(self, xgen: str, x: str) -> Awaitable[list[Any] | None]:
+        """OUTCOME: the successes held, then outcome x of a call admitted in xgen (see the
+        script). The successes are given up here: lost if the round trip fails."""
+        k, self._pend = self._pend, 0
+        if k and self._flush_at is not None:
+            self._flush_at[1].cancel()   # (nothing left for it to send)
+            self._flush_at = None
+        return self._ask("outcome", self._pend_g, str(k), xgen, x, *self._rate_args,
+                         self._ttl_arg)
+
+    def _hold(self, gen: str) -> None:
+        """A success of a time window's closed call, held: sent with the next round trip, or by
+        a timer max_staleness seconds after the first one held."""
+        if gen != self._g:
+            return   # admitted in an earlier generation: the totals only
+        if self._pend and self._pend_g != gen:
+            self._pend = 0
+        self._pend_g = gen
+        self._pend += 1
+        flush = self._flush_at
+        loop = _get_running_loop()
+        if flush is None or flush[0] is not loop:
+            self._flush_at = (loop, loop.call_later(self._store._max_staleness,
+                                                    self._flush_due, loop))
+
+    def _flush_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        flush = self._flush_at
+        if flush is None or flush[0] is not loop:
+            return
+        self._flush_at = None
+        if self._pend:
+            self._flush_task = loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        if not self._pend:
+            return
+        try:
+            await self._outcome("", "")
+        except Exception:  # noqa: BLE001 (counted in store_errors; the next call asks Redis)
+            pass
 
     async def _force(self, state: int) -> None:
         await self._ask("force", str(state), self._ttl_arg)
@@ -1520,7 +1782,7 @@ class RedisCircuitBreaker:
         if now < self._offline_until:
             return self._offline()
         if now - self._fetched >= self._store._max_staleness:
-            if await self._ask("state") is None:
+            if await self._sync() is None:
                 return self._offline()
             now = loop.time()
         s = self._s
@@ -1562,50 +1824,62 @@ class RedisCircuitBreaker:
         except Exception:  # noqa: BLE001,S110 (the lease expires by itself)
             pass
 
-    def _counts(self, exc: BaseException) -> bool:
-        """Is exc a failure (expected_exception, not excluded)?"""
-        if self._expected_pred:
-            hit = bool(self._expected(exc))
-        else:
-            hit = isinstance(exc, self._expected)
-        if hit and self._exclude is not None:
-            if self._exclude_pred:
-                hit = not self._exclude(exc)
-            else:
-                hit = not isinstance(exc, self._exclude)
-        return hit
+    def _match(self, spec: Any, pred: bool, exc: BaseException, on_error: bool) -> bool:
+        if not pred:
+            return isinstance(exc, spec)
+        try:
+            return bool(spec(exc))
+        except Exception:  # noqa: BLE001 (logged; decided as CircuitBreaker decides)
+            what = "expected_exception" if spec is self._expected else "exclude"
+            _log.exception("%s predicate %r of %r raised", what, spec, self)
+            return on_error
+
+    def _classify(self, exc: BaseException) -> int:
+        """0 success, 1 failure, 2 neither, as CircuitBreaker decides: a cancellation (or
+        KeyboardInterrupt, SystemExit, GeneratorExit) and what `exclude` matches are neither;
+        what `expected_exception` matches is a failure; any other exception is a success (the
+        dependency answered). A predicate that raises is logged; the call is then a failure
+        (for `exclude`: not excluded)."""
+        if not isinstance(exc, Exception) and isinstance(
+                exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+            return 2
+        if self._exclude is not None and self._match(self._exclude, self._exclude_pred, exc,
+                                                     False):
+            return 2
+        return 1 if self._match(self._expected, self._expected_pred, exc, True) else 0
 
     async def _settle(self, ticket: tuple[str | None, str | None],
-                      exc: BaseException | None) -> None:
-        """Record the outcome of the call `ticket` admitted (exc None: a success). Never
-        raises an error of Redis's."""
+                      exc: BaseException | None, t0: float) -> None:
+        """Record the outcome of the call `ticket` admitted at loop time t0 (exc None: a
+        success). Never raises an error of Redis's."""
         gen, pid = ticket
         totals = self._totals
-        try:
-            counted = exc is not None and self._counts(exc)
-        except BaseException:
-            # a predicate that raised: the call counts as neither; its probe slot goes back
-            totals["ignored"] += 1
-            if pid is not None:
-                self._probes_here -= 1
-                await self._report("probe_done", pid, "-1", str(gen), self._success_arg,
-                                   self._ttl_arg)
-            raise
-        if exc is None:
-            totals["successes"] += 1
-        elif counted:
-            totals["failures"] += 1
-        else:
-            totals["ignored"] += 1
+        out = 0 if exc is None else self._classify(exc)
+        totals[("successes", "failures", "ignored")[out]] += 1
+        slow = (self._slow is not None and out != 2
+                and _get_running_loop().time() - t0 > self._slow)
+        if slow:
+            totals["slow_calls"] += 1
         if gen is None:
             return  # admitted while Redis could not answer: not recorded
         if pid is not None:
             self._probes_here -= 1
-            await self._report("probe_done", pid, "1" if exc is None else "0" if counted else "-1",
-                               gen, self._success_arg, self._ttl_arg)
-        elif counted:
+            # in rate mode a slow probe opens the breaker again, as a failed one does
+            code = "-1" if out == 2 else "0" if out == 1 or (slow and self._rate) else "1"
+            await self._report("probe_done", pid, code, gen, self._success_arg, self._ttl_arg)
+        elif self._rate:
+            if out == 2:
+                return
+            if out == 0 and not slow and self._batch:
+                self._hold(gen)
+                return
+            try:
+                await self._outcome(gen, str(out | (slow << 1)))
+            except RedisUnavailableError:
+                pass  # counted in store_errors; the next call asks Redis
+        elif out == 1:
             await self._report("failure", gen, self._threshold_arg, self._ttl_arg)
-        elif exc is None and self._f and self._s == 0 and gen == self._g:
+        elif out == 0 and self._f and self._s == 0 and gen == self._g:
             await self._report("success", gen, self._ttl_arg)
 
     async def _report(self, name: str, *args: str) -> None:
@@ -1618,24 +1892,42 @@ class RedisCircuitBreaker:
 
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Admit a call of ``fn(*args, **kwargs)`` (awaited if it returns an awaitable), record
-        its outcome, return its result; or raise CircuitOpenError."""
-        if _get_running_loop().time() < self._fresh_until:
+        its outcome, return its result; or, rejected, raise CircuitOpenError (return
+        ``fallback(*args, **kwargs)``, awaited if awaitable, when there is a fallback)."""
+        t0 = _get_running_loop().time()
+        if t0 < self._fresh_until:
             self._fast_calls += 1
             ticket: tuple[str | None, str | None] | None = None   # (self._g, None)
             gen = self._g
         else:
-            ticket = await self._admit()
+            try:
+                ticket = await self._admit()
+            except CircuitOpenError:
+                if self._fallback is None:
+                    raise
+                ticket = None
+            if ticket is None:
+                # rejected (not in the except block: the fallback's errors are its own)
+                result = self._fallback(*args, **kwargs)  # type: ignore[misc]
+                if result.__class__ is _CoroutineType or inspect.isawaitable(result):
+                    result = await result
+                return result
+            if self._slow is not None:
+                t0 = _get_running_loop().time()
         try:
             result = fn(*args, **kwargs)
             if result.__class__ is _CoroutineType or inspect.isawaitable(result):
                 result = await result
         except BaseException as exc:
-            await self._settle(ticket or (gen, None), exc)
+            await self._settle(ticket or (gen, None), exc, t0)
             raise
-        if ticket is None and not self._f:
+        if ticket is None and self._quiet:
             self._fast_successes += 1   # closed, nothing to reset: no round trip
+        elif ticket is None and self._batch and self._slow is None:
+            self._fast_successes += 1   # a time window's success: held
+            self._hold(gen)
         else:
-            await self._settle(ticket or (gen, None), None)
+            await self._settle(ticket or (gen, None), None, t0)
         return result
 
     def __call__(self, func: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
@@ -1661,7 +1953,7 @@ class RedisCircuitBreaker:
 
     async def __aenter__(self) -> RedisCircuitBreaker:
         ticket = await self._admit()
-        _blocks.set((self, ticket, _blocks.get()))
+        _blocks.set((self, ticket, _get_running_loop().time(), _blocks.get()))
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -1669,7 +1961,7 @@ class RedisCircuitBreaker:
         if top is None or top[0] is not self:
             raise RuntimeError("RedisCircuitBreaker.__aexit__ without its __aenter__ in this "
                                "task")
-        _blocks.set(top[2])
+        _blocks.set(top[3])
         if exc is None and exc_type is not None:
             exc = exc_type()
-        await self._settle(top[1], exc)
+        await self._settle(top[1], exc, top[2])
