@@ -2079,24 +2079,10 @@ parse_count(PyObject *v, const char *what, Py_ssize_t lo, int64_t *out)
 }
 
 /* A real number (int or float; bool refused). 0 or -1. */
-static int
+static inline int
 parse_number(PyObject *v, const char *what, double *out)
 {
-    if (PyBool_Check(v) || !(PyFloat_Check(v) || PyLong_Check(v))) {
-        PyErr_Format(PyExc_TypeError, "%s must be a number, got %.100s", what,
-                     Py_TYPE(v)->tp_name);
-        return -1;
-    }
-    double d = PyFloat_AsDouble(v);
-    if (d == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(d)) {
-        PyErr_Format(PyExc_ValueError, "%s must not be nan", what);
-        return -1;
-    }
-    *out = d;
-    return 0;
+    return fa_arg_real(v, what, "a number", 1, out);
 }
 
 /* A finite number in (0, hi]; range says so in the message. 0 or -1. */
