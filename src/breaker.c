@@ -150,10 +150,7 @@ bk_now(Breaker *b, double *now)
         r.kloop = NULL;
         r.kfn = Py_NewRef(b->clock);
     }
-    PyObject *old_loop, *old_fn;
-    *now = b->last_now = fa_clock_advance(&b->clk, &r, &old_loop, &old_fn);
-    Py_XDECREF(old_loop);
-    Py_XDECREF(old_fn);
+    *now = b->last_now = fa_clock_take(&b->clk, &r);
     return 0;
 }
 

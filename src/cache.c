@@ -187,10 +187,7 @@ cache_now(CacheObject *self, double *now)
         r.kloop = NULL;
         r.kfn = Py_NewRef(self->timer);
     }
-    PyObject *old_loop, *old_fn;
-    *now = fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
-    Py_XDECREF(old_loop);
-    Py_XDECREF(old_fn);
+    *now = fa_clock_take(&self->clk, &r);
     return 0;
 }
 
