@@ -12,7 +12,9 @@
     X_T(BreakerFunctionType) \
     X_O(CircuitOpenError) \
     X_O(CircuitState) \
-    X_ARRAY(states, 3) /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */
+    X_ARRAY(states, 3) /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */ \
+    X_O(cold) /* aiofast._compat_breaker, handed over at its import (_breaker_cold) */ \
+    X_O(blocks) /* ContextVar: each context's open with-blocks of every breaker */
 
 typedef struct {
     FA_STATE_FIELDS(FA_BREAKER_OBJECTS)
