@@ -1478,11 +1478,8 @@ find_overrides(FaQueue *self)
 static PyObject *
 queue_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    fa_state *st = fa_state_from_type(tp);
-    if (st == NULL) {
-        return NULL;
-    }
-    FaQueue *self = (FaQueue *)tp->tp_alloc(tp, 0);  // zeroed
+    fa_state *st;
+    FaQueue *self = (FaQueue *)fa_new_instance(tp, &st);  // zeroed
     if (self == NULL) {
         return NULL;
     }

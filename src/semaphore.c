@@ -176,11 +176,8 @@ find_overrides(PyObject *self, PyTypeObject *base)
 static PyObject *
 falock_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    fa_state *st = fa_state_from_type(tp);
-    if (st == NULL) {
-        return NULL;
-    }
-    FaLock *self = (FaLock *)tp->tp_alloc(tp, 0);  // zeroed
+    fa_state *st;
+    FaLock *self = (FaLock *)fa_new_instance(tp, &st);  // zeroed
     if (self == NULL) {
         return NULL;
     }
