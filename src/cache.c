@@ -1853,12 +1853,15 @@ cache_reset_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
 
 /* ------------------------------------------------------------------ attributes */
 
-static PyObject *
-cache_get_maxsize(PyObject *op, void *Py_UNUSED(c))
-{
-    CacheObject *self = (CacheObject *)op;
-    return self->maxsize_obj ? Py_NewRef(self->maxsize_obj) : PyLong_FromLong(0);
-}
+/* maxsize and ttl: the number given to __init__, as given (0 before __init__) */
+#define GIVEN_GETTER(name, field) \
+    static PyObject *cache_get_##name(PyObject *op, void *Py_UNUSED(c)) \
+    { \
+        CacheObject *self = (CacheObject *)op; \
+        return self->field ? Py_NewRef(self->field) : PyLong_FromLong(0); \
+    }
+GIVEN_GETTER(maxsize, maxsize_obj)
+GIVEN_GETTER(ttl, ttl_obj)
 
 static PyObject *
 cache_get_currsize(PyObject *op, void *Py_UNUSED(c))
@@ -1879,13 +1882,6 @@ COUNTER_GETTER(hits)
 COUNTER_GETTER(misses)
 COUNTER_GETTER(evictions)
 COUNTER_GETTER(expirations)
-
-static PyObject *
-cache_get_ttl(PyObject *op, void *Py_UNUSED(c))
-{
-    CacheObject *self = (CacheObject *)op;
-    return self->ttl_obj ? Py_NewRef(self->ttl_obj) : PyLong_FromLong(0);
-}
 
 static PyObject *
 cache_get_timer(PyObject *op, void *Py_UNUSED(c))
