@@ -29,8 +29,9 @@ except ImportError:  # optional peer
 if __package__ in (None, ""):  # run as a file: the repository root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aiofast import CircuitBreaker, CircuitOpenError  # noqa: E402
+import aiofast  # noqa: E402  (aiofast.X at call time: compare_builds swaps the module)
 from benchmarks.harness import Case, async_variant, run_cases, sync_variant
+from benchmarks.probe.build import load as load_probe  # noqa: E402
 
 TITLE = "CircuitBreaker"
 BIG = 10**9  # thresholds that never trip during a closed-state run
@@ -117,10 +118,12 @@ def _purgatory_decorate(name, fn, threshold):
 
 
 def closed_async(loop, n):
-    ours = CircuitBreaker(BIG, 30)(_raw)
+    ours = aiofast.CircuitBreaker(BIG, 30)(_raw)
     variants = {
         "aiofast": async_variant(loop, _async_loop(ours)),
         "bare": async_variant(loop, _async_loop(_raw)),
+        # the floor of any C wrapper that acts after the coroutine: fn(x) driven from C
+        "empty C driver": async_variant(loop, _async_loop(load_probe().Guard(_raw))),
         "circuitbreaker": async_variant(loop, _async_loop(
             circuitbreaker.CircuitBreaker(failure_threshold=BIG)(_raw))),
     }
@@ -134,13 +137,13 @@ def closed_async(loop, n):
 
 
 def open_async(loop, n):
-    ob = CircuitBreaker(1, 1e6)
+    ob = aiofast.CircuitBreaker(1, 1e6)
     ob.open()
     cb = circuitbreaker.CircuitBreaker(failure_threshold=1, recovery_timeout=10**6)
     cbf = cb(_fail_async)
     _trip_async(cbf, 1)
     variants = {
-        "aiofast": async_variant(loop, _async_reject_loop(ob(_fail_async), CircuitOpenError)),
+        "aiofast": async_variant(loop, _async_reject_loop(ob(_fail_async), aiofast.CircuitOpenError)),
         "circuitbreaker": async_variant(loop, _async_reject_loop(
             cbf, circuitbreaker.CircuitBreakerError)),
     }
@@ -159,7 +162,7 @@ def open_async(loop, n):
 
 
 def open_async_fallback(loop, n):
-    ob = CircuitBreaker(1, 1e6, fallback=_afallback)
+    ob = aiofast.CircuitBreaker(1, 1e6, fallback=_afallback)
     ob.open()
     cb = circuitbreaker.CircuitBreaker(failure_threshold=1, recovery_timeout=10**6,
                                        fallback_function=_afallback)
@@ -176,7 +179,7 @@ def open_async_fallback(loop, n):
 def closed_sync(n):
     pb = pybreaker.CircuitBreaker(fail_max=BIG, reset_timeout=30)
     variants = {
-        "aiofast": sync_variant(_sync_loop(CircuitBreaker(BIG)(_sync_raw))),
+        "aiofast": sync_variant(_sync_loop(aiofast.CircuitBreaker(BIG)(_sync_raw))),
         "bare": sync_variant(_sync_loop(_sync_raw)),
         "circuitbreaker": sync_variant(_sync_loop(
             circuitbreaker.CircuitBreaker(failure_threshold=BIG)(_sync_raw))),
@@ -189,7 +192,7 @@ def closed_sync(n):
 
 
 def open_sync(n):
-    ob = CircuitBreaker(1, 1e6)
+    ob = aiofast.CircuitBreaker(1, 1e6)
     ob.open()
     cb = circuitbreaker.CircuitBreaker(failure_threshold=1, recovery_timeout=10**6)
     cbf = cb(_fail_sync)
@@ -200,7 +203,7 @@ def open_sync(n):
     pb = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=10**6)
     pb.open()
     variants = {
-        "aiofast": sync_variant(_sync_reject_loop(ob(_fail_sync), CircuitOpenError)),
+        "aiofast": sync_variant(_sync_reject_loop(ob(_fail_sync), aiofast.CircuitOpenError)),
         "circuitbreaker": sync_variant(_sync_reject_loop(cbf, circuitbreaker.CircuitBreakerError)),
         "pybreaker": sync_variant(_sync_reject_loop(pb(_fail_sync), pybreaker.CircuitBreakerError)),
     }
@@ -208,7 +211,7 @@ def open_sync(n):
 
 
 def closed_with(loop, n):
-    ours = CircuitBreaker(BIG)
+    ours = aiofast.CircuitBreaker(BIG)
     theirs = circuitbreaker.CircuitBreaker(failure_threshold=BIG)
 
     async def ours_run(n):
@@ -242,18 +245,18 @@ def _shared_name(what):
 
 
 def closed_shared_sync(n):
-    shared = CircuitBreaker(BIG, shared=_shared_name("sync"))
+    shared = aiofast.CircuitBreaker(BIG, shared=_shared_name("sync"))
     return Case("closed: plain def, shared= (theirs: in-process)",
                 {"aiofast": sync_variant(_sync_loop(shared(_sync_raw))),
-                 "in-process": sync_variant(_sync_loop(CircuitBreaker(BIG)(_sync_raw)))}, n,
+                 "in-process": sync_variant(_sync_loop(aiofast.CircuitBreaker(BIG)(_sync_raw)))}, n,
                 note="the same breaker with its state in a segment every process shares")
 
 
 def closed_shared_async(loop, n):
-    shared = CircuitBreaker(BIG, shared=_shared_name(f"async-{loop}"))
+    shared = aiofast.CircuitBreaker(BIG, shared=_shared_name(f"async-{loop}"))
     return Case("closed: await async def, shared= (theirs: in-process)",
                 {"aiofast": async_variant(loop, _async_loop(shared(_raw))),
-                 "in-process": async_variant(loop, _async_loop(CircuitBreaker(BIG)(_raw)))},
+                 "in-process": async_variant(loop, _async_loop(aiofast.CircuitBreaker(BIG)(_raw)))},
                 n, loop=loop)
 
 

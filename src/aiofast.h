@@ -129,6 +129,8 @@ fa_check_failed(const char *file, int line, const char *func, const char *cond, 
     X_O(CircuitOpenError) \
     X_O(CircuitState) \
     X_ARRAY(bk_states, 3) /* CircuitState.CLOSED, .OPEN, .HALF_OPEN */ \
+    X_O(bk_cold) /* aiofast._compat_breaker, handed over at its import (_breaker_cold) */ \
+    X_O(bk_blocks) /* ContextVar: each context's open with-blocks of every breaker */ \
     /* the cache family (cache.c, memo.c) */ \
     X_T(CacheIterType) \
     X_T(CacheKeysType) \

@@ -122,3 +122,23 @@ fa_bind_slow(const char *qualname, const char *const *names, Py_ssize_t n, Py_ss
     }
     return -1;
 }
+
+int
+fa_arg_real(PyObject *v, const char *what, const char *kind, int no_bool, double *out)
+{
+    if ((no_bool && PyBool_Check(v)) || !(PyFloat_Check(v) || PyLong_Check(v))) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s, got %.100s", what, kind,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    double d = PyFloat_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(d)) {
+        PyErr_Format(PyExc_ValueError, "%s must not be nan", what);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}

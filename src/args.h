@@ -48,6 +48,11 @@ fa_bind_one(const char *qualname, const char *name, PyObject *const *args, Py_ss
         return impl(self, arg_); \
     }
 
+/* A real-number argument: an int or a float (a bool too unless no_bool), not nan, as a double.
+ * 0, or -1 with TypeError "<what> must be <kind>, got <type name>" or ValueError "<what> must
+ * not be nan" (an int too large for a double: OverflowError). */
+int fa_arg_real(PyObject *v, const char *what, const char *kind, int no_bool, double *out);
+
 /* ---- attributes that asyncio keeps as plain instance attributes ---- */
 
 /* The start of a getset setter whose attribute may be assigned but not deleted: 0 when v is a

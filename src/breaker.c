@@ -84,7 +84,6 @@ typedef struct {
     unsigned char *ev;       /* (old, new) pairs */
     Py_ssize_t ev_len, ev_cap, ev_head;
     int dispatching;
-    PyObject *ctxvar;        /* ContextVar: stack of with-block tickets, made on first use */
     FaOp *cache;             /* reuse slot of its ops: calls, __aenter__, __aexit__ */
     FaOp *tcache;            /* reuse slot of with-block tickets */
     PyObject *aenter;        /* cached bound __aenter__ / __aexit__ (op.h, special methods) */
@@ -151,17 +150,50 @@ bk_now(Breaker *b, double *now)
         r.kloop = NULL;
         r.kfn = Py_NewRef(b->clock);
     }
-    PyObject *old_loop, *old_fn;
-    *now = b->last_now = fa_clock_advance(&b->clk, &r, &old_loop, &old_fn);
-    Py_XDECREF(old_loop);
-    Py_XDECREF(old_fn);
+    *now = b->last_now = fa_clock_take(&b->clk, &r);
     return 0;
 }
 
 /* ------------------------------------------------------------------ reporting */
 
-/* Hand the current exception to aiofast._compat_breaker._report_error (logging). Never fails:
- * if logging itself fails, the error goes to sys.unraisablehook. Beware: Python code. */
+/* The breaker's cold parts written in Python (logging an error, telling what kind of function
+ * is decorated, wrapping a generator function) are functions of
+ * aiofast._compat_breaker. C never imports that module: the module hands itself over once, when
+ * it is imported (the package's own import does it, before anyone can make a breaker), through
+ * _core._breaker_cold(module); bk_cold looks a helper up on it. Beware: without the package
+ * (the extension loaded on its own) there are no helpers: decorating raises RuntimeError and
+ * errors to report go to sys.unraisablehook. */
+static PyObject *
+bk_cold(fa_state *st, const char *name)
+{
+    if (FA_UNLIKELY(st->bk_cold == NULL)) {
+        PyErr_Format(PyExc_RuntimeError, "aiofast._core was loaded without the aiofast package: "
+                     "the CircuitBreaker's helper %s is missing", name);
+        return NULL;
+    }
+    return PyObject_GetAttrString(st->bk_cold, name);
+}
+
+PyDoc_STRVAR(bk_cold_set_doc,
+"_breaker_cold($module, helpers, /)\n--\n\n"
+"Private: the object whose functions are the CircuitBreaker's cold helpers (_report_error, "
+"_fn_kind, _wrap_generator); aiofast._compat_breaker passes itself.");
+
+static PyObject *
+bk_cold_set(PyObject *mod, PyObject *helpers)
+{
+    fa_state *st = fa_get_state(mod);
+    Py_XSETREF(st->bk_cold, Py_NewRef(helpers));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef bk_module_methods[] = {
+    {"_breaker_cold", bk_cold_set, METH_O, bk_cold_set_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Hand the current exception to the helpers' _report_error (logging). Never fails: if logging
+ * itself fails, the error goes to sys.unraisablehook. Beware: Python code. */
 static void
 bk_report(Breaker *b, const char *what, PyObject *culprit)
 {
@@ -169,12 +201,17 @@ bk_report(Breaker *b, const char *what, PyObject *culprit)
     if (exc == NULL) {
         return;
     }
+    if (b->st->bk_cold == NULL) {
+        fa_restore_exc(exc);  /* no helpers: the error itself is the unraisable one */
+        PyErr_WriteUnraisable((PyObject *)b);
+        return;
+    }
     PyObject *r = NULL;
-    PyObject *mod = PyImport_ImportModule("aiofast._compat_breaker");  // new ref
-    if (mod != NULL) {
-        r = PyObject_CallMethod(mod, "_report_error", "OsOO", (PyObject *)b, what,
-                                culprit ? culprit : Py_None, exc);
-        Py_DECREF(mod);
+    PyObject *report = bk_cold(b->st, "_report_error");  // new ref
+    if (report != NULL) {
+        r = PyObject_CallFunction(report, "OsOO", (PyObject *)b, what,
+                                  culprit ? culprit : Py_None, exc);
+        Py_DECREF(report);
     }
     if (r == NULL) {
         PyErr_WriteUnraisable((PyObject *)b);
@@ -766,8 +803,9 @@ static int bk_exit(Breaker *b, PyObject *exc);
  *   GeneratorExit of close(): neither success nor failure).
  * - __aenter__ / __aexit__ (bk_enter_kind, bk_exit_kind) finish at once: they push and pop a
  *   with-block ticket. __aexit__'s arg is the exception leaving the block, or NULL.
- * - a ticket (bk_ticket_kind): never awaited (quiet); arg is the enclosing block's ticket, arg2
- *   the contextvars.Token of its push. _acquire() hands one out too.
+ * - a ticket (bk_ticket_kind): never awaited (quiet); in a with-block's stack, arg is the
+ *   enclosing block's ticket. _acquire() hands one out too.
+ * - a context's stack of with-block tickets (bk_stack_kind, see bk_enter): never awaited.
  *
  * A ticket's (gen, t0, probe) is kept in (u64, num, i32). Every admitted op holds
  * BOPF_ADMITTED until it records or releases: the drop hook releases it when the op is finished
@@ -1074,62 +1112,124 @@ bk_is_ticket(Breaker *b, PyObject *obj)
 
 /* ------------------------------------------------------------------ with-block tickets */
 
-/* Admit a with-block and push its ticket on this context's stack: the ContextVar's value is
- * the innermost ticket, which holds the enclosing one and the contextvars.Token that resets
- * the variable (so a context that leaves every block keeps nothing). 0, or -1 (rejected:
+/* The open with-blocks of a context, of every breaker, are one stack: in each context that
+ * entered a block, the module's ContextVar (st->bk_blocks) holds a stack op (bk_stack_kind)
+ * whose arg is the innermost open block's ticket (each ticket's arg is the enclosing one, of
+ * any breaker, or NULL) and whose u64 is the context that made it (fa_context_id). An exit
+ * pops its breaker's innermost ticket: the top one when blocks nest, as they do.
+ *
+ * A context's first block sets the variable to a new stack; after that its blocks push and
+ * pop in place, so a block costs two lookups and no new context mapping, and the emptied stack
+ * stays for the context's next block (one small object per context, holding nothing when no
+ * block is open). A copy of the context (a task created by it, copy_context()) holds the same
+ * stack object, so only the context that made a stack pushes on it or pops it; a context that
+ * finds another's stack makes its own, and a block is exited in the context that entered it
+ * (tasks and threads never see each other's tickets). A context dropped with blocks open drops
+ * its stack, which releases their tickets.
+ * Beware: the stack of a context is shared with its copies. A block a context leaves open when
+ * it is dropped (a pending task destroyed inside `async with`) keeps its ticket until the
+ * copies made before it entered are gone too (or have entered blocks of their own). And the
+ * maker is recognised by address: after it dies, a context at the same address that holds its
+ * stack (a copy of a copy) takes the stack for its own; the accounting of its own blocks stays
+ * right. */
+
+/* (made finished: never driven, nothing to send into) */
+static const fa_opkind bk_stack_kind = {"CircuitBreaker with-blocks", bc_ticket_start, NULL,
+                                        NULL, NULL, 0, NULL};
+
+/* This context's stack (new ref), or NULL if it has none (or the variable was set to
+ * something else from Python); -1 on an error. */
+static inline int
+bk_stack_get(fa_state *st, FaOp **stack)
+{
+    PyObject *v = NULL;
+    *stack = NULL;
+    if (PyContextVar_Get(st->bk_blocks, NULL, &v) < 0) {
+        return -1;
+    }
+    if (v != NULL) {
+        if (FA_LIKELY(Py_IS_TYPE(v, st->OpType) && ((FaOp *)v)->kind == &bk_stack_kind)) {
+            *stack = (FaOp *)v;
+        }
+        else {
+            Py_DECREF(v);
+        }
+    }
+    return 0;
+}
+
+/* Admit a with-block and push its ticket on this context's stack. 0, or -1 (rejected:
  * CircuitOpenError; or another error, with nothing admitted). */
 static int
 bk_enter(Breaker *b)
 {
-    FaOp *tok = bk_admit_ticket(b);  // new ref
+    FaOp *tok = bk_admit_ticket(b);  // new ref; Beware: a clock= and listeners may run
     if (tok == NULL) {
         return -1;
     }
     int rc = -1;
-    if (b->ctxvar == NULL) {
-        b->ctxvar = PyContextVar_New("aiofast.CircuitBreaker.ticket", NULL);
-        if (b->ctxvar == NULL) {
-            goto done;
-        }
-    }
-    PyObject *prev = NULL;
-    if (PyContextVar_Get(b->ctxvar, NULL, &prev) < 0) {
+    FaOp *stack;
+    if (bk_stack_get(b->st, &stack) < 0) {
         goto done;
     }
-    tok->arg = prev;  /* the enclosing ticket, or NULL */
-    tok->arg2 = PyContextVar_Set(b->ctxvar, (PyObject *)tok);
-    rc = tok->arg2 == NULL ? -1 : 0;
+    uintptr_t ctx = fa_context_id();  /* after the lookup, which gives the thread a context */
+    if (FA_LIKELY(stack != NULL && stack->u64 == ctx)) {
+        /* this context's stack: push in place */
+        tok->arg = stack->arg;  /* the stack's reference moves to tok */
+        stack->arg = (PyObject *)tok;
+        tok = NULL;  /* the stack holds it now */
+        Py_DECREF(stack);
+        rc = 0;
+        goto done;
+    }
+    Py_XDECREF(stack);
+    /* none here yet, or another context's: this context gets its own */
+    stack = fa_op_new(b->st, &bk_stack_kind, NULL, NULL);  // new ref
+    if (stack == NULL) {
+        goto done;
+    }
+    stack->state = FA_OP_DONE;  /* never driven; holds no breaker */
+    stack->arg = (PyObject *)tok;
+    stack->u64 = ctx;
+    tok = NULL;
+    PyObject *token = PyContextVar_Set(b->st->bk_blocks, (PyObject *)stack);  // new ref
+    Py_DECREF(stack);  /* on an error it dies here, and its ticket is released */
+    if (token != NULL) {
+        Py_DECREF(token);
+        rc = 0;
+    }
 done:
-    Py_DECREF(tok);  /* on an error it dies here, and its ticket is released */
+    Py_XDECREF(tok);  /* on an error it dies here, and its ticket is released */
     return rc;
 }
 
-/* Pop this context's innermost ticket and record exc (NULL: success) with it. 0 or -1. */
+/* Pop b's innermost ticket off this context's stack and record exc (NULL: success) with it.
+ * 0 or -1. */
 static int
 bk_exit(Breaker *b, PyObject *exc)
 {
-    PyObject *top = NULL;
-    if (b->ctxvar != NULL && PyContextVar_Get(b->ctxvar, NULL, &top) < 0) {
+    FaOp *stack;
+    if (bk_stack_get(b->st, &stack) < 0) {
         return -1;
     }
-    if (top == NULL || top == Py_None) {
-        Py_XDECREF(top);
+    PyObject **link = NULL;
+    if (stack != NULL && stack->u64 == fa_context_id()) {
+        link = &stack->arg;
+        while (*link != NULL && ((FaOp *)*link)->owner != (PyObject *)b) {
+            link = &((FaOp *)*link)->arg;  /* a block of another breaker, left open inside */
+        }
+    }
+    if (link == NULL || *link == NULL) {
+        Py_XDECREF(stack);
         PyErr_SetString(PyExc_RuntimeError,
                         "CircuitBreaker exited without a matching enter in this context "
                         "(task or thread)");
         return -1;
     }
-    FaOp *tok = (FaOp *)top;  /* our reference */
-    if (tok->arg2 == NULL || PyContextVar_Reset(b->ctxvar, tok->arg2) < 0) {
-        /* a token of another context: restore the enclosing ticket by hand */
-        PyErr_Clear();
-        PyObject *t2 = PyContextVar_Set(b->ctxvar, tok->arg ? tok->arg : Py_None);
-        if (t2 == NULL) {
-            Py_DECREF(tok);
-            return -1;
-        }
-        Py_DECREF(t2);
-    }
+    FaOp *tok = (FaOp *)*link;  /* the stack's reference is ours now */
+    *link = tok->arg;  /* and tok's to the enclosing ticket is the stack's */
+    tok->arg = NULL;
+    Py_DECREF(stack);
     bk_ticket t = op_ticket(tok);
     int admitted = tok->flags & BOPF_ADMITTED;
     tok->flags &= ~BOPF_ADMITTED;
@@ -1321,18 +1421,6 @@ static PyType_Spec bf_spec = {
 
 /* ------------------------------------------------------------------ CircuitBreaker: decorate */
 
-static PyObject *
-bk_helper(const char *name)
-{
-    PyObject *mod = PyImport_ImportModule("aiofast._compat_breaker");  // new ref
-    if (mod == NULL) {
-        return NULL;
-    }
-    PyObject *f = PyObject_GetAttrString(mod, name);
-    Py_DECREF(mod);
-    return f;
-}
-
 /* breaker(fn): the guarded function. */
 static PyObject *
 breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -1351,7 +1439,7 @@ breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
                      Py_TYPE(fn)->tp_name);
         return NULL;
     }
-    PyObject *kind_fn = bk_helper("_fn_kind");  // new ref
+    PyObject *kind_fn = bk_cold(st, "_fn_kind");  // new ref
     if (kind_fn == NULL) {
         return NULL;
     }
@@ -1382,7 +1470,7 @@ breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     if (kind >= 2) {
         /* generator functions: a Python wrapper around _acquire() / _release() */
-        PyObject *wrap = bk_helper("_wrap_generator");
+        PyObject *wrap = bk_cold(st, "_wrap_generator");
         if (wrap == NULL) {
             return NULL;
         }
@@ -1988,38 +2076,29 @@ parse_count(PyObject *v, const char *what, Py_ssize_t lo, int64_t *out)
 }
 
 /* A real number (int or float; bool refused). 0 or -1. */
-static int
+static inline int
 parse_number(PyObject *v, const char *what, double *out)
 {
-    if (PyBool_Check(v) || !(PyFloat_Check(v) || PyLong_Check(v))) {
-        PyErr_Format(PyExc_TypeError, "%s must be a number, got %.100s", what,
-                     Py_TYPE(v)->tp_name);
-        return -1;
-    }
-    double d = PyFloat_AsDouble(v);
-    if (d == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(d)) {
-        PyErr_Format(PyExc_ValueError, "%s must not be nan", what);
-        return -1;
-    }
-    *out = d;
-    return 0;
+    return fa_arg_real(v, what, "a number", 1, out);
 }
 
+/* A finite number in (0, hi]; range says so in the message. 0 or -1. */
 static int
-parse_rate(PyObject *v, const char *what, double *out)
+parse_positive(PyObject *v, const char *what, double hi, const char *range, double *out)
 {
     if (parse_number(v, what, out) < 0) {
         return -1;
     }
-    if (!(*out > 0.0 && *out <= 1.0)) {
-        PyErr_Format(PyExc_ValueError, "%s must be in (0, 1], got %R", what, v);
+    if (!(*out > 0.0 && *out <= hi) || isinf(*out)) {
+        PyErr_Format(PyExc_ValueError, "%s must be %s, got %R", what, range, v);
         return -1;
     }
     return 0;
 }
+
+#define parse_rate(v, what, out) parse_positive(v, what, 1.0, "in (0, 1]", out)
+#define parse_duration(v, what, out) \
+    parse_positive(v, what, INFINITY, "a finite number of seconds > 0", out)
 
 static int
 is_exc_class(PyObject *v)
@@ -2398,12 +2477,7 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         goto error;
     }
     if (!NONE(o_wt)) {
-        if (parse_number(o_wt, "window_time", &cfg.window_time) < 0) {
-            goto error;
-        }
-        if (!(cfg.window_time > 0) || isinf(cfg.window_time)) {
-            PyErr_Format(PyExc_ValueError, "window_time must be a finite number of seconds > 0, "
-                         "got %R", o_wt);
+        if (parse_duration(o_wt, "window_time", &cfg.window_time) < 0) {
             goto error;
         }
         cfg.time_mode = 1;
@@ -2428,12 +2502,7 @@ breaker_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         }
     }
     if (!NONE(o_sd)) {
-        if (parse_number(o_sd, "slow_call_duration", &cfg.slow_duration) < 0) {
-            goto error;
-        }
-        if (!(cfg.slow_duration > 0) || isinf(cfg.slow_duration)) {
-            PyErr_Format(PyExc_ValueError, "slow_call_duration must be a finite number of "
-                         "seconds > 0, got %R", o_sd);
+        if (parse_duration(o_sd, "slow_call_duration", &cfg.slow_duration) < 0) {
             goto error;
         }
         cfg.slow_mode = 1;
@@ -2508,7 +2577,6 @@ breaker_traverse(PyObject *self, visitproc visit, void *arg)
         return -1;
     }
     Py_VISIT(b->listeners);
-    Py_VISIT(b->ctxvar);
     Py_VISIT((PyObject *)b->cache);
     Py_VISIT((PyObject *)b->tcache);
     Py_VISIT(b->aenter);
@@ -2531,7 +2599,6 @@ breaker_clear(PyObject *self)
     Py_CLEAR(b->clock);
     fa_clock_clear_refs(&b->clk);
     Py_CLEAR(b->listeners);
-    Py_CLEAR(b->ctxvar);
     Py_CLEAR(b->cache);
     Py_CLEAR(b->tcache);
     fa_special_clear(self, &b->aenter);
@@ -2775,7 +2842,9 @@ fa_breaker_init(PyObject *mod, fa_state *st)
     if (PyModule_AddObjectRef(mod, "CircuitOpenError", st->CircuitOpenError) < 0) {
         return -1;
     }
-    if (make_circuit_state(mod, st) < 0) {
+    st->bk_blocks = PyContextVar_New("aiofast.CircuitBreaker.blocks", NULL);
+    if (st->bk_blocks == NULL || make_circuit_state(mod, st) < 0
+        || PyModule_AddFunctions(mod, bk_module_methods) < 0) {
         return -1;
     }
     return 0;

@@ -187,10 +187,7 @@ cache_now(CacheObject *self, double *now)
         r.kloop = NULL;
         r.kfn = Py_NewRef(self->timer);
     }
-    PyObject *old_loop, *old_fn;
-    *now = fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
-    Py_XDECREF(old_loop);
-    Py_XDECREF(old_fn);
+    *now = fa_clock_take(&self->clk, &r);
     return 0;
 }
 
@@ -686,24 +683,10 @@ parse_maxsize(PyObject *obj, Py_ssize_t *out)
     return -1;
 }
 
-static int
+static inline int
 parse_ttl(PyObject *obj, double *out, const char *what)
 {
-    if (!PyLong_Check(obj) && !PyFloat_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int or a float, got %.100s", what,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    double d = PyFloat_AsDouble(obj);
-    if (d == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (isnan(d)) {
-        PyErr_Format(PyExc_ValueError, "%s must not be nan", what);
-        return -1;
-    }
-    *out = d;
-    return 0;
+    return fa_arg_real(obj, what, "an int or a float", 0, out);
 }
 
 static int

@@ -290,6 +290,19 @@ fa_clock_advance(fa_clock *c, fa_reading *r, PyObject **old_loop, PyObject **old
     return at;
 }
 
+/* fa_clock_advance for an object whose state is whole once its time is read (a clock read on
+ * its own, as the breaker and the caches do): the old clock's references are released at once.
+ * Beware: their release may run Python code. */
+static inline double
+fa_clock_take(fa_clock *c, fa_reading *r)
+{
+    PyObject *old_loop, *old_fn;
+    double t = fa_clock_advance(c, r, &old_loop, &old_fn);
+    Py_XDECREF(old_loop);
+    Py_XDECREF(old_fn);
+    return t;
+}
+
 /* The object's time for a reading of time t on c's current clock (e.g. a time given by the user
  * on its own timer's scale). */
 static inline double

@@ -339,10 +339,7 @@ memo_now(MemoObject *self, double *now)
     else if (fa_mono_read(st, &r) < 0) {
         return -1;
     }
-    PyObject *old_loop, *old_fn;
-    *now = fa_clock_advance(&self->clk, &r, &old_loop, &old_fn);
-    Py_XDECREF(old_loop);
-    Py_XDECREF(old_fn);
+    *now = fa_clock_take(&self->clk, &r);
     return 0;
 }
 

@@ -86,9 +86,9 @@ typedef struct {
     int shutting;          /* shutdown() is draining or waking (its waiters are still linked) */
 } FaQueue;
 
+#if FA_DEBUG
 static const char *const kind_names[] = {"Queue", "PriorityQueue", "LifoQueue"};
 
-#if FA_DEBUG
 static const fa_opkind get_kind;
 static const fa_opkind put_kind;
 

@@ -74,11 +74,18 @@ def make_bodies():
         await sem.acquire()
         sem.release()
 
+    breaker = aiofast.CircuitBreaker()
+
+    async def with_breaker():
+        async with breaker:
+            pass
+
     async def wait_set():
         await ev.wait()
 
     return {"with_sem": with_sem, "with_lock": with_lock, "acq_rel": acq_rel,
-            "wait_set": wait_set, "shared_acquire": shared_acquire, "shared_with": shared_with}
+            "wait_set": wait_set, "shared_acquire": shared_acquire, "shared_with": shared_with,
+            "with_breaker": with_breaker}
 
 
 @pytest.mark.parametrize("name", sorted(make_bodies()))
@@ -96,6 +103,7 @@ def test_uncontended_paths_do_not_allocate_transiently(name):
     ev = aiofast.Event()
     ev.set()
     sb = shared_bucket()
+    breaker = aiofast.CircuitBreaker()
 
     def step(aw):
         try:
@@ -120,6 +128,9 @@ def test_uncontended_paths_do_not_allocate_transiently(name):
         elif name == "shared_with":
             step(sb.__aenter__())
             step(sb.__aexit__(None, None, None))
+        elif name == "with_breaker":
+            step(breaker.__aenter__())
+            step(breaker.__aexit__(None, None, None))
         else:
             step(ev.wait())
 

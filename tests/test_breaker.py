@@ -765,6 +765,136 @@ async def test_nested_with_blocks():
 
 
 @pytest.mark.asyncio
+async def test_async_with_is_per_task_after_blocks_in_the_creator(clock):
+    """The same, when the tasks' creator has already entered and left blocks (the tasks start
+    from a copy of a context that has used the breaker), and when a task is created inside a
+    block: each block is exited in the task that entered it."""
+    b = CircuitBreaker(1, 1, half_open_max_calls=2, clock=clock)
+    async with b:
+        pass
+    with b:
+        pass
+    b.open()
+    clock.advance(1)
+    gate = asyncio.Event()
+
+    async def probe(fail):
+        async with b:
+            await gate.wait()
+            if fail:
+                raise Boom
+
+    t1 = asyncio.create_task(probe(fail=False))
+    t2 = asyncio.create_task(probe(fail=True))
+    await asyncio.sleep(0)
+    assert "probes:2/2" in repr(b)
+    gate.set()
+    await t1
+    with pytest.raises(Boom):
+        await t2
+    assert b.state is CircuitState.CLOSED and b.stats()["failures"] == 1
+
+    c = CircuitBreaker(5)
+
+    async def child():
+        # the creator's block is not the child's to exit
+        with pytest.raises(RuntimeError, match="without a matching enter"):
+            await c.__aexit__(None, None, None)
+        with pytest.raises(Boom):
+            async with c:
+                raise Boom
+        async with c:
+            async with c:
+                pass
+
+    async with c:
+        await asyncio.create_task(child())
+        assert c.stats()["failures"] == 1
+        async with c:
+            pass
+    stats = c.stats()
+    assert (stats["calls"], stats["successes"], stats["failures"]) == (5, 4, 1)
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        await c.__aexit__(None, None, None)
+
+
+def test_with_blocks_in_one_context_and_its_copies():
+    b = CircuitBreaker(5)
+    with b:
+        pass
+    ctx = contextvars.copy_context()  # holds this context's (empty) with-blocks
+    b.__enter__()
+    ctx.run(b.__enter__)  # the copy makes its own
+    ctx.run(b.__exit__, None, None, None)
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        ctx.run(b.__exit__, None, None, None)
+    b.__exit__(Boom, Boom(), None)
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        b.__exit__(None, None, None)
+    assert b.failure_count == 1 and b.stats()["calls"] == 3
+    # a block entered in a context dropped before it exits: released with the context
+    ctx2 = contextvars.copy_context()
+    ctx2.run(b.__enter__)
+    del ctx2
+    gc.collect()
+    assert b.stats()["ignored"] == 1
+
+
+def test_with_blocks_keep_no_breaker_alive():
+    """The current context keeps no reference to a breaker whose blocks it has left."""
+    b = CircuitBreaker()
+    with b:
+        pass
+    r = weakref.ref(b)
+    del b
+    gc.collect()
+    assert r() is None
+
+
+def test_with_blocks_of_several_breakers():
+    """Blocks of several breakers in one context, exited in any order: each exit pops its own
+    breaker's innermost block."""
+    a, b = CircuitBreaker(5), CircuitBreaker(5)
+    a.__enter__()
+    b.__enter__()
+    a.__enter__()
+    a.__exit__(Boom, Boom(), None)
+    a.__exit__(None, None, None)  # a's outer block, with b's still open inside it
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        a.__exit__(None, None, None)
+    b.__exit__(Boom, Boom(), None)
+    assert (a.stats()["successes"], a.stats()["failures"]) == (1, 1)
+    assert (b.stats()["successes"], b.stats()["failures"]) == (0, 1)
+
+
+def test_with_block_variable_set_from_python():
+    """The with-blocks' context variable, reached from Python and set to anything (another
+    value, another context's blocks): blocks still pair up in their own context, and an exit
+    without its enter raises."""
+    b = CircuitBreaker()
+    with b:
+        pass
+    (var,) = [v for v in contextvars.copy_context() if v.name == "aiofast.CircuitBreaker.blocks"]
+    var.set("not a stack")
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        b.__exit__(None, None, None)
+    with b:
+        pass
+    other = contextvars.Context()
+    other.run(b.__enter__)
+    var.set(other[var])  # another context's stack, with its block open
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        b.__exit__(None, None, None)
+    with b:
+        with b:
+            pass
+    other.run(b.__exit__, None, None, None)
+    assert b.stats()["successes"] == 5
+    with pytest.raises(RuntimeError, match="cannot reuse"):
+        var.get().send(None)
+
+
+@pytest.mark.asyncio
 async def test_call_sync_async_and_awaitables():
     b = CircuitBreaker(3)
 
@@ -1667,6 +1797,104 @@ def test_store_does_not_import_redis():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(__file__))
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_no_c_path_imports_the_python_helpers():
+    """The C breaker's cold parts (logging a listener's, a predicate's or a clock's error;
+    decorating plain, async, generator and async generator functions) use the Python helpers
+    handed to it when the package was imported: none imports aiofast._compat_breaker again (it
+    is made unimportable here, after the package's import)."""
+    code = textwrap.dedent("""
+        import asyncio, inspect, logging, sys
+        import aiofast
+        sys.modules["aiofast._compat_breaker"] = None  # any import of it now fails
+        try:
+            import aiofast._compat_breaker
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("still importable")
+        records = []
+        class H(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+        logging.getLogger("aiofast.breaker").addHandler(H())
+        sys.unraisablehook = lambda u: records.append("unraisable: %r" % (u.exc_value,))
+        now = [0.0]
+        def clock():
+            if now[0] is None:
+                raise OSError("clock broke")
+            return now[0]
+        def pred(exc):
+            raise KeyError("bad predicate")
+        b = aiofast.CircuitBreaker(1, 1, name="svc", expected_exception=pred, clock=clock)
+        def bad(br, old, new):
+            raise RuntimeError("listener broke")
+        b.add_listener(bad)
+        @b
+        def f(x):
+            raise ValueError(x)
+        now[0] = None
+        try:
+            f(1)
+        except ValueError:
+            pass
+        @b
+        async def g():
+            return 2
+        @b
+        def gen():
+            yield 3
+        @b
+        async def agen():
+            yield 4
+        print(type(f).__name__, inspect.iscoroutinefunction(g), g.__name__,
+              inspect.isgeneratorfunction(gen), inspect.isasyncgenfunction(agen))
+        for r in records:
+            print(r)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(__file__))
+    lines = out.stdout.splitlines()
+    assert lines[0] == "BreakerFunction True g True True"
+    assert len(lines) == 4 and not any("unraisable" in line for line in lines), lines
+    assert "'svc': expected_exception predicate" in lines[1] and "bad predicate" in lines[1]
+    assert "'svc': clock" in lines[2] and "clock broke" in lines[2]
+    assert "'svc': listener" in lines[3] and "listener broke" in lines[3]
+
+
+def test_the_extension_alone_has_no_python_helpers():
+    """Loaded without its package (nothing handed the helpers over), the extension cannot
+    decorate (a clear RuntimeError) and a listener's error goes to sys.unraisablehook."""
+    code = textwrap.dedent("""
+        import importlib.machinery, importlib.util, sys
+        import aiofast
+        path = aiofast._core.__file__
+        loader = importlib.machinery.ExtensionFileLoader("alone._core", path)
+        spec = importlib.util.spec_from_file_location("alone._core", path, loader=loader)
+        core = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(core)
+        assert core.CircuitBreaker is not aiofast.CircuitBreaker
+        seen = []
+        sys.unraisablehook = lambda u: seen.append(u.exc_value)
+        b = core.CircuitBreaker(1)
+        try:
+            b(lambda: None)
+        except RuntimeError as e:
+            print(e)
+        def bad(br, old, new):
+            raise ZeroDivisionError
+        b.add_listener(bad)
+        b.open()
+        print(b.state.value, [type(e).__name__ for e in seen])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(__file__))
+    assert out.stdout.splitlines() == [
+        "aiofast._core was loaded without the aiofast package: the CircuitBreaker's helper "
+        "_fn_kind is missing",
+        "open ['ZeroDivisionError']",
+    ]
 
 
 # ------------------------------------------------------------------ the model

@@ -21,6 +21,7 @@ import functools
 import inspect
 import logging
 import math
+import sys
 from datetime import datetime, timedelta, timezone
 
 from . import _core
@@ -117,6 +118,12 @@ def _wrap_generator(breaker, fn, kind):
 
     agen_wrapper.breaker = breaker
     return agen_wrapper
+
+
+# The C breaker never imports this module: it is handed the helpers above (its cold parts:
+# logging an error, a decorated function's kind, generator wrappers) here, once, when the
+# package is imported.
+_core._breaker_cold(sys.modules[__name__])
 
 
 def _adapt_expected(expected_exception):
