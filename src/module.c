@@ -68,14 +68,9 @@ module_exec(PyObject *mod)
     INTERN(str_close, "close");
 #undef INTERN
 
-    PyObject *m;
 #define IMPORT(field, modname, attr) \
     do { \
-        m = PyImport_ImportModule(modname); \
-        if (m == NULL) return -1; \
-        st->field = PyObject_GetAttrString(m, attr); \
-        Py_DECREF(m); \
-        if (st->field == NULL) return -1; \
+        if ((st->field = fa_import_attr(modname, attr)) == NULL) return -1; \
     } while (0)
     IMPORT(get_running_loop, "asyncio.events", "_get_running_loop");
     IMPORT(CancelledError, "asyncio.exceptions", "CancelledError");

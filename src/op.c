@@ -978,12 +978,7 @@ fa_op_init(PyObject *mod, fa_state *st)
     }
     /* collections.abc.Coroutine's subclass hook accepts the type (it has __await__, send,
      * throw, close); register explicitly too, so the check never depends on the hook. */
-    PyObject *abc = PyImport_ImportModule("collections.abc");
-    if (abc == NULL) {
-        return -1;
-    }
-    PyObject *coro = PyObject_GetAttrString(abc, "Coroutine");
-    Py_DECREF(abc);
+    PyObject *coro = fa_import_attr("collections.abc", "Coroutine");
     if (coro == NULL) {
         return -1;
     }
