@@ -53,4 +53,54 @@ fa_bind_one(const char *qualname, const char *name, PyObject *const *args, Py_ss
  * not be nan" (an int too large for a double: OverflowError). */
 int fa_arg_real(PyObject *v, const char *what, const char *kind, int no_bool, double *out);
 
+/* ---- attributes that asyncio keeps as plain instance attributes ---- */
+
+/* The start of a getset setter whose attribute may be assigned but not deleted: 0 when v is a
+ * value, -1 with AttributeError("cannot delete <name>") when it is a deletion (v == NULL). */
+static inline int
+fa_refuse_delete(PyObject *v, const char *name)
+{
+    if (FA_UNLIKELY(v == NULL)) {
+        PyErr_Format(PyExc_AttributeError, "cannot delete %s", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* An int flag shown as a bool attribute that user code may assign (Lock._locked,
+ * Queue._is_shutdown): the getset closure is a pointer to one of these. Reading gives the flag
+ * as a bool; assigning stores the truth of the value (0 or 1: `__bool__` may raise, leaving the
+ * flag as it was) and sets the object's int at `unchecked` to 1, its mark that user code wrote
+ * its state, so its debug checker no longer expects the counting invariants; deleting is
+ * refused. */
+typedef struct {
+    const char *name;   /* the attribute's name, for the deletion message */
+    size_t flag;        /* offsetof(Type, the int flag) */
+    size_t unchecked;   /* offsetof(Type, the int set to 1 by an assignment) */
+} fa_flag_attr;
+
+#define FA_INT_AT(op, off) ((int *)((char *)(op) + (off)))
+
+static inline PyObject *
+fa_flag_attr_get(PyObject *op, void *closure)
+{
+    return PyBool_FromLong(*FA_INT_AT(op, ((const fa_flag_attr *)closure)->flag));
+}
+
+static inline int
+fa_flag_attr_set(PyObject *op, PyObject *v, void *closure)
+{
+    const fa_flag_attr *d = (const fa_flag_attr *)closure;
+    if (fa_refuse_delete(v, d->name) < 0) {
+        return -1;
+    }
+    int b = PyObject_IsTrue(v);  // Beware: __bool__ may run Python code (nothing is held yet)
+    if (b < 0) {
+        return -1;
+    }
+    *FA_INT_AT(op, d->flag) = b;
+    *FA_INT_AT(op, d->unchecked) = 1;
+    return 0;
+}
+
 #endif

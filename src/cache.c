@@ -583,11 +583,8 @@ cache_del(CacheObject *self, PyObject *key)
 static PyObject *
 cache_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    fa_state *st = fa_state_from_type(tp);
-    if (st == NULL) {
-        return NULL;
-    }
-    CacheObject *self = (CacheObject *)tp->tp_alloc(tp, 0);  // zeroed
+    fa_state *st;
+    CacheObject *self = (CacheObject *)fa_new_instance(tp, &st);  // zeroed
     if (self == NULL) {
         return NULL;
     }
@@ -1836,12 +1833,15 @@ cache_reset_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
 
 /* ------------------------------------------------------------------ attributes */
 
-static PyObject *
-cache_get_maxsize(PyObject *op, void *Py_UNUSED(c))
-{
-    CacheObject *self = (CacheObject *)op;
-    return self->maxsize_obj ? Py_NewRef(self->maxsize_obj) : PyLong_FromLong(0);
-}
+/* maxsize and ttl: the number given to __init__, as given (0 before __init__) */
+#define GIVEN_GETTER(name, field) \
+    static PyObject *cache_get_##name(PyObject *op, void *Py_UNUSED(c)) \
+    { \
+        CacheObject *self = (CacheObject *)op; \
+        return self->field ? Py_NewRef(self->field) : PyLong_FromLong(0); \
+    }
+GIVEN_GETTER(maxsize, maxsize_obj)
+GIVEN_GETTER(ttl, ttl_obj)
 
 static PyObject *
 cache_get_currsize(PyObject *op, void *Py_UNUSED(c))
@@ -1862,13 +1862,6 @@ COUNTER_GETTER(hits)
 COUNTER_GETTER(misses)
 COUNTER_GETTER(evictions)
 COUNTER_GETTER(expirations)
-
-static PyObject *
-cache_get_ttl(PyObject *op, void *Py_UNUSED(c))
-{
-    CacheObject *self = (CacheObject *)op;
-    return self->ttl_obj ? Py_NewRef(self->ttl_obj) : PyLong_FromLong(0);
-}
 
 static PyObject *
 cache_get_timer(PyObject *op, void *Py_UNUSED(c))
@@ -1974,30 +1967,7 @@ ctimer_repr(PyObject *op)
                                 ((CacheTimerObject *)op)->nesting ? " (frozen)" : "");
 }
 
-static int
-ctimer_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    CacheTimerObject *w = (CacheTimerObject *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(w->timer);
-    Py_VISIT(w->frozen);
-    return 0;
-}
-
-static int
-ctimer_clear(PyObject *op)
-{
-    CacheTimerObject *w = (CacheTimerObject *)op;
-    Py_CLEAR(w->timer);
-    Py_CLEAR(w->frozen);
-    return 0;
-}
-
-static void
-ctimer_dealloc(PyObject *op)
-{
-    fa_gc_dealloc(op, ctimer_clear);
-}
+FA_GC_REFS2(ctimer, CacheTimerObject, timer, frozen)
 
 static PyMethodDef ctimer_methods[] = {
     {"__enter__", ctimer_enter, METH_NOARGS,
@@ -2016,7 +1986,7 @@ static PyType_Slot ctimer_slots[] = {
     {Py_tp_methods, ctimer_methods},
     {Py_tp_traverse, ctimer_traverse},
     {Py_tp_clear, ctimer_clear},
-    {Py_tp_dealloc, ctimer_dealloc},
+    {Py_tp_dealloc, fa_gc_tp_dealloc},
     {0, NULL},
 };
 
@@ -2212,12 +2182,6 @@ iter_clear(PyObject *op)
     Py_CLEAR(it->cache);
     iter_drop_keys(it);
     return 0;
-}
-
-static void
-iter_dealloc(PyObject *op)
-{
-    fa_gc_dealloc(op, iter_clear);
 }
 
 static PyObject *
@@ -2424,26 +2388,7 @@ view_get_mapping(PyObject *op, void *Py_UNUSED(c))
     return Py_NewRef((PyObject *)((CacheViewObject *)op)->cache);
 }
 
-static int
-view_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT((PyObject *)((CacheViewObject *)op)->cache);
-    return 0;
-}
-
-static int
-view_clear(PyObject *op)
-{
-    Py_CLEAR(((CacheViewObject *)op)->cache);
-    return 0;
-}
-
-static void
-view_dealloc(PyObject *op)
-{
-    fa_gc_dealloc(op, view_clear);
-}
+FA_GC_REFS1(view, CacheViewObject, cache)
 
 /* ------------------------------------------------------------------ type specs */
 
@@ -2586,7 +2531,7 @@ static PyMethodDef iter_methods[] = {
 };
 
 static PyType_Slot iter_slots[] = {
-    {Py_tp_dealloc, iter_dealloc},
+    {Py_tp_dealloc, fa_gc_tp_dealloc},
     {Py_tp_traverse, iter_traverse},
     {Py_tp_clear, iter_clear},
     {Py_tp_iter, PyObject_SelfIter},
@@ -2617,7 +2562,7 @@ static PyGetSetDef view_getset[] = {
 };
 
 #define VIEW_COMMON_SLOTS \
-    {Py_tp_dealloc, view_dealloc}, \
+    {Py_tp_dealloc, fa_gc_tp_dealloc}, \
     {Py_tp_traverse, view_traverse}, \
     {Py_tp_clear, view_clear}, \
     {Py_tp_iter, view_iter}, \
@@ -2684,32 +2629,13 @@ gsd_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
     return Py_NewRef(d->one);
 }
 
-static int
-gsd_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(((GetsizeofDescr *)op)->one);
-    return 0;
-}
-
-static int
-gsd_clear(PyObject *op)
-{
-    Py_CLEAR(((GetsizeofDescr *)op)->one);
-    return 0;
-}
-
-static void
-gsd_dealloc(PyObject *op)
-{
-    fa_gc_dealloc(op, gsd_clear);
-}
+FA_GC_REFS1(gsd, GetsizeofDescr, one)
 
 static PyType_Slot gsd_slots[] = {
     {Py_tp_descr_get, gsd_get},
     {Py_tp_traverse, gsd_traverse},
     {Py_tp_clear, gsd_clear},
-    {Py_tp_dealloc, gsd_dealloc},
+    {Py_tp_dealloc, fa_gc_tp_dealloc},
     {0, NULL},
 };
 

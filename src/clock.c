@@ -358,12 +358,7 @@ fa_clock_init(PyObject *mod, fa_state *st)
     }
 #endif
     /* what a loop's time() is proven against (see fa_loop_read_slow) */
-    PyObject *be = PyImport_ImportModule("asyncio.base_events");
-    if (be == NULL) {
-        return -1;
-    }
-    PyObject *cls = PyObject_GetAttrString(be, "BaseEventLoop");
-    Py_DECREF(be);
+    PyObject *cls = fa_import_attr("asyncio.base_events", "BaseEventLoop");
     if (cls == NULL) {
         return -1;
     }

@@ -31,8 +31,7 @@ fa_loop_attr_get(PyObject *op, void *off)
 static inline int
 fa_loop_attr_set(PyObject *op, PyObject *v, void *off)
 {
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _loop");
+    if (fa_refuse_delete(v, "_loop") < 0) {
         return -1;
     }
     Py_XSETREF(*FA_LOOP_SLOT(op, off), Py_NewRef(v));

@@ -1280,9 +1280,7 @@ memo_cache_close(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject
             }
         }
     }
-    PyObject *asyncio = PyImport_ImportModule("asyncio");
-    PyObject *gather = asyncio ? PyObject_GetAttrString(asyncio, "gather") : NULL;
-    Py_XDECREF(asyncio);
+    PyObject *gather = fa_import_attr("asyncio", "gather");  // new ref
     PyObject *r = NULL;
     if (gather != NULL) {
         PyObject *targs = PyList_AsTuple(tasks);
@@ -1385,12 +1383,7 @@ memo_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     }
     PyObject *rand = NULL;
     if (jitter != Py_None && j > 0) {
-        PyObject *m = PyImport_ImportModule("random");
-        if (m == NULL) {
-            return NULL;
-        }
-        rand = PyObject_GetAttrString(m, "random");
-        Py_DECREF(m);
+        rand = fa_import_attr("random", "random");
         if (rand == NULL) {
             return NULL;
         }
@@ -1640,30 +1633,7 @@ method_repr(PyObject *op)
     return PyUnicode_FromFormat("<bound method %R of %R>", (PyObject *)m->memo, m->self);
 }
 
-static int
-method_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    MemoMethodObject *m = (MemoMethodObject *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT((PyObject *)m->memo);
-    Py_VISIT(m->self);
-    return 0;
-}
-
-static int
-method_clear(PyObject *op)
-{
-    MemoMethodObject *m = (MemoMethodObject *)op;
-    Py_CLEAR(m->memo);
-    Py_CLEAR(m->self);
-    return 0;
-}
-
-static void
-method_dealloc(PyObject *op)
-{
-    fa_gc_dealloc(op, method_clear);
-}
+FA_GC_REFS2(method, MemoMethodObject, memo, self)
 
 static PyMethodDef method_methods[] = {
     {"cache_invalidate", (PyCFunction)(void (*)(void))method_cache_invalidate,
@@ -1689,7 +1659,7 @@ static PyMemberDef method_members[] = {
 };
 
 static PyType_Slot method_slots[] = {
-    {Py_tp_dealloc, method_dealloc},
+    {Py_tp_dealloc, fa_gc_tp_dealloc},
     {Py_tp_traverse, method_traverse},
     {Py_tp_clear, method_clear},
     {Py_tp_repr, method_repr},
@@ -1727,12 +1697,7 @@ int
 fa_memo_init(PyObject *mod, fa_state *st)
 {
     FA_INIT_NEEDS(st->engine.OpType);  // its calls are ops
-    PyObject *functools = PyImport_ImportModule("functools");
-    if (functools == NULL) {
-        return -1;
-    }
-    st->memo.CacheInfo = PyObject_GetAttrString(functools, "_CacheInfo");
-    Py_DECREF(functools);
+    st->memo.CacheInfo = fa_import_attr("functools", "_CacheInfo");
     if (st->memo.CacheInfo == NULL) {
         return -1;
     }

@@ -244,14 +244,7 @@ bound_clear(PyObject *self)
 static void
 bound_dealloc(PyObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (((FaBound *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
-    bound_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    fa_gc_dealloc(self, bound_clear);
 }
 
 static PyObject *

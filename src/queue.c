@@ -1474,11 +1474,8 @@ find_overrides(FaQueue *self)
 static PyObject *
 queue_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    fa_state *st = fa_state_from_type(tp);
-    if (st == NULL) {
-        return NULL;
-    }
-    FaQueue *self = (FaQueue *)tp->tp_alloc(tp, 0);  // zeroed
+    fa_state *st;
+    FaQueue *self = (FaQueue *)fa_new_instance(tp, &st);  // zeroed
     if (self == NULL) {
         return NULL;
     }
@@ -1601,8 +1598,7 @@ get_maxsize(PyObject *op, void *Py_UNUSED(c))
 static int
 set_maxsize_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
 {
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _maxsize");
+    if (fa_refuse_delete(v, "_maxsize") < 0) {
         return -1;
     }
     return set_maxsize((FaQueue *)op, v);
@@ -1658,8 +1654,7 @@ get_putters(PyObject *op, void *Py_UNUSED(c))
 static int
 set_waiters(FaQueue *self, fa_waitq *q, PyObject *v, const char *name)
 {
-    if (v == NULL) {
-        PyErr_Format(PyExc_AttributeError, "cannot delete %s", name);
+    if (fa_refuse_delete(v, name) < 0) {
         return -1;
     }
     if (fa_waitview_assign(self->st, q, v) < 0) {
@@ -1690,8 +1685,7 @@ get_unfinished(PyObject *op, void *Py_UNUSED(c))
 static int
 set_unfinished(PyObject *op, PyObject *v, void *Py_UNUSED(c))
 {
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _unfinished_tasks");
+    if (fa_refuse_delete(v, "_unfinished_tasks") < 0) {
         return -1;
     }
     if (!PyLong_Check(v)) {
@@ -1719,35 +1713,16 @@ get_finished_attr(PyObject *op, void *Py_UNUSED(c))
 static int
 set_finished_attr(PyObject *op, PyObject *v, void *Py_UNUSED(c))
 {
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _finished");
+    if (fa_refuse_delete(v, "_finished") < 0) {
         return -1;
     }
     Py_XSETREF(((FaQueue *)op)->finished, Py_NewRef(v));  // Beware: the old one's __del__
     return 0;
 }
 
-static PyObject *
-get_is_shutdown(PyObject *op, void *Py_UNUSED(c))
-{
-    return PyBool_FromLong(((FaQueue *)op)->shutdown);
-}
-
-static int
-set_is_shutdown(PyObject *op, PyObject *v, void *Py_UNUSED(c))
-{
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _is_shutdown");
-        return -1;
-    }
-    int b = PyObject_IsTrue(v);
-    if (b < 0) {
-        return -1;
-    }
-    ((FaQueue *)op)->shutdown = b;
-    ((FaQueue *)op)->unchecked = 1;
-    return 0;
-}
+/* _is_shutdown: asyncio lets code assign it; the count invariants are then off */
+static const fa_flag_attr is_shutdown_attr = {
+    "_is_shutdown", offsetof(FaQueue, shutdown), offsetof(FaQueue, unchecked)};
 
 /* ------------------------------------------------------------------ type specs */
 
@@ -1848,7 +1823,7 @@ static PyGetSetDef queue_getset[] = {
      "futures.", NULL},
     {"_unfinished_tasks", get_unfinished, set_unfinished, NULL, NULL},
     {"_finished", get_finished_attr, set_finished_attr, "The Event join() waits on.", NULL},
-    {"_is_shutdown", get_is_shutdown, set_is_shutdown, NULL, NULL},
+    {"_is_shutdown", fa_flag_attr_get, fa_flag_attr_set, NULL, (void *)&is_shutdown_attr},
     {"_loop", fa_loop_attr_get, fa_loop_attr_set, NULL, (void *)offsetof(FaQueue, loop)},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},

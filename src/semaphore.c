@@ -162,11 +162,8 @@ find_overrides(PyObject *self, PyTypeObject *base)
 static PyObject *
 falock_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
 {
-    fa_state *st = fa_state_from_type(tp);
-    if (st == NULL) {
-        return NULL;
-    }
-    FaLock *self = (FaLock *)tp->tp_alloc(tp, 0);  // zeroed
+    fa_state *st;
+    FaLock *self = (FaLock *)fa_new_instance(tp, &st);  // zeroed
     if (self == NULL) {
         return NULL;
     }
@@ -226,8 +223,7 @@ static int
 falock_set_waiters(PyObject *op, PyObject *v, void *Py_UNUSED(c))
 {
     FaLock *self = (FaLock *)op;
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _waiters");
+    if (fa_refuse_delete(v, "_waiters") < 0) {
         return -1;
     }
     int own = 0;
@@ -1114,8 +1110,7 @@ static int
 sem_set_value(PyObject *op, PyObject *v, void *Py_UNUSED(c))
 {
     FaLock *self = (FaLock *)op;
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _value");
+    if (fa_refuse_delete(v, "_value") < 0) {
         return -1;
     }
     double d;
@@ -1157,28 +1152,9 @@ bsem_get_bound(PyObject *op, void *Py_UNUSED(c))
     return num_to_py(self->bound, self->bound_is_int);
 }
 
-static PyObject *
-lock_get_locked(PyObject *op, void *Py_UNUSED(c))
-{
-    return PyBool_FromLong(((FaLock *)op)->locked);
-}
-
-static int
-lock_set_locked(PyObject *op, PyObject *v, void *Py_UNUSED(c))
-{
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete _locked");
-        return -1;
-    }
-    int b = PyObject_IsTrue(v);
-    if (b < 0) {
-        return -1;
-    }
-    ((FaLock *)op)->locked = b;
-    ((FaLock *)op)->unchecked = 1;
-    FA_ASSERT_CONSISTENT((FaLock *)op);
-    return 0;
-}
+/* _locked: asyncio lets code assign it; the waking invariants are then off */
+static const fa_flag_attr locked_attr = {
+    "_locked", offsetof(FaLock, locked), offsetof(FaLock, unchecked)};
 
 static PyObject *
 event_get_value(PyObject *op, void *Py_UNUSED(c))
@@ -1435,7 +1411,7 @@ static PyGetSetDef bsem_getset[] = {
 };
 
 static PyGetSetDef lock_getset[] = {
-    {"_locked", lock_get_locked, lock_set_locked, NULL, NULL},
+    {"_locked", fa_flag_attr_get, fa_flag_attr_set, NULL, (void *)&locked_attr},
     COMMON_GETSET,
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -91,12 +91,7 @@ raise_segment_error(const char *fmt, ...)
     if (msg == NULL) {
         return -1;
     }
-    PyObject *exc_type = NULL;
-    PyObject *mod = PyImport_ImportModule("aiofast._core");  // new ref
-    if (mod != NULL) {
-        exc_type = PyObject_GetAttrString(mod, "SharedSegmentError");  // new ref
-        Py_DECREF(mod);
-    }
+    PyObject *exc_type = fa_import_attr("aiofast._core", "SharedSegmentError");  // new ref
     if (exc_type == NULL) {
         PyErr_Clear();
         exc_type = Py_NewRef(PyExc_OSError);

@@ -87,14 +87,9 @@ fa_core_state_init(PyObject *Py_UNUSED(mod), fa_state *st)
     INTERN(str_get_loop, "_get_loop");
 #undef INTERN
 
-    PyObject *m;
 #define IMPORT(field, modname, attr) \
     do { \
-        m = PyImport_ImportModule(modname); \
-        if (m == NULL) return -1; \
-        core->field = PyObject_GetAttrString(m, attr); \
-        Py_DECREF(m); \
-        if (core->field == NULL) return -1; \
+        if ((core->field = fa_import_attr(modname, attr)) == NULL) return -1; \
     } while (0)
     IMPORT(get_running_loop, "asyncio.events", "_get_running_loop");
     IMPORT(CancelledError, "asyncio.exceptions", "CancelledError");

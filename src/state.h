@@ -192,6 +192,75 @@ fa_gc_dealloc(PyObject *op, inquiry clear)
     Py_DECREF(tp);
 }
 
+/* fa_gc_dealloc with the tp_clear of the object's type, as a tp_dealloc slot. For an internal
+ * type that is its own clear; for an instance of a Python subclass it is the subclass's
+ * (CPython's subtype_clear, which then calls the base's), as with the decorated-function
+ * wrappers. */
+static inline void
+fa_gc_tp_dealloc(PyObject *op)
+{
+    fa_gc_dealloc(op, Py_TYPE(op)->tp_clear);
+}
+
+/* PREFIX_traverse and PREFIX_clear of a Type whose owned references are exactly the fields
+ * listed: traverse visits the heap type and each field, clear clears each field. A type that
+ * owns anything else (an array, a wait queue) writes its pair out. With fa_gc_tp_dealloc as the
+ * tp_dealloc, that is the type's whole GC support. */
+#define FA_GC_REFS1(PREFIX, Type, a) \
+    static int PREFIX##_traverse(PyObject *op, visitproc visit, void *arg) \
+    { \
+        Py_VISIT(Py_TYPE(op)); \
+        Py_VISIT(((Type *)op)->a); \
+        return 0; \
+    } \
+    static int PREFIX##_clear(PyObject *op) \
+    { \
+        Py_CLEAR(((Type *)op)->a); \
+        return 0; \
+    }
+
+#define FA_GC_REFS2(PREFIX, Type, a, b) \
+    static int PREFIX##_traverse(PyObject *op, visitproc visit, void *arg) \
+    { \
+        Py_VISIT(Py_TYPE(op)); \
+        Py_VISIT(((Type *)op)->a); \
+        Py_VISIT(((Type *)op)->b); \
+        return 0; \
+    } \
+    static int PREFIX##_clear(PyObject *op) \
+    { \
+        Py_CLEAR(((Type *)op)->a); \
+        Py_CLEAR(((Type *)op)->b); \
+        return 0; \
+    }
+
+/* New reference to the attribute `name` of the module `module` (imported if need be), or NULL
+ * with the exception of the import or of the lookup. */
+static inline PyObject *
+fa_import_attr(const char *module, const char *name)
+{
+    PyObject *mod = PyImport_ImportModule(module);  // new ref
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_GetAttrString(mod, name);  // new ref
+    Py_DECREF(mod);
+    return r;
+}
+
+/* The start of a tp_new: a zeroed instance of tp from tp_alloc, with *stp set to the state of
+ * the module that defined tp (the caller stores it in the instance); NULL on error. */
+static inline PyObject *
+fa_new_instance(PyTypeObject *tp, fa_state **stp)
+{
+    fa_state *st = fa_state_from_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    *stp = st;
+    return tp->tp_alloc(tp, 0);
+}
+
 /* collections.abc.<abc_name>.register(tp). 0, or -1 with an exception. */
 int fa_register_abc(const char *abc_name, PyTypeObject *tp);
 

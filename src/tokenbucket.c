@@ -1387,13 +1387,8 @@ static PyObject *
 tb_private_clock(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     TokenBucket *self = (TokenBucket *)op;
-    PyObject *loop = fa_running_loop_or_none(self->st);  // the bucket's own way to find it
+    PyObject *loop = fa_running_loop(self->st);  // new ref: the bucket's own way to find it
     if (loop == NULL) {
-        return NULL;
-    }
-    if (loop == Py_None) {
-        Py_DECREF(loop);
-        PyErr_SetString(PyExc_RuntimeError, "no running event loop");
         return NULL;
     }
     fa_reading r;

@@ -182,26 +182,7 @@ done:
 
 /* ------------------------------------------------------------------ the type */
 
-static int
-view_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(((FaWaitView *)op)->owner);
-    return 0;
-}
-
-static int
-view_clear(PyObject *op)
-{
-    Py_CLEAR(((FaWaitView *)op)->owner);
-    return 0;
-}
-
-static void
-view_dealloc(PyObject *op)
-{
-    fa_gc_dealloc(op, view_clear);
-}
+FA_GC_REFS1(view, FaWaitView, owner)
 
 /* the queue, or NULL with RuntimeError (a view the GC cleared) */
 static fa_waitq *
@@ -494,7 +475,7 @@ static PyMethodDef view_methods[] = {
 };
 
 static PyType_Slot view_slots[] = {
-    {Py_tp_dealloc, view_dealloc},
+    {Py_tp_dealloc, fa_gc_tp_dealloc},
     {Py_tp_traverse, view_traverse},
     {Py_tp_clear, view_clear},
     {Py_tp_repr, view_repr},

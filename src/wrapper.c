@@ -33,7 +33,7 @@ fa_wrapper_clear(PyObject *self)
 void
 fa_wrapper_dealloc(PyObject *self)
 {
-    fa_gc_dealloc(self, Py_TYPE(self)->tp_clear);
+    fa_gc_tp_dealloc(self);
 }
 
 PyObject *
