@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The debug build over the WHOLE test suite: aiofast built with AIOFAST_DEBUG=1 (-O0 -g3
 # -UNDEBUG: C asserts, and every type's FA_ASSERT_CONSISTENT invariant checks after every
-# mutation; see src/aiofast.h) into .build-debug-3.X, run with the test venv .venv-3.X on
+# mutation; see src/debug.h) into .build-debug-3.X, run with the test venv .venv-3.X on
 # pytest-xdist workers (scripts/_pythons.sh: make_flavour_build, run_suite). A broken invariant stops the process with
 # "aiofast invariant broken at file:line ..." and the Python traceback.
 #

@@ -37,6 +37,7 @@
  * and with `peer` set the last failure is kept until a success (its last_failure).
  */
 #include "op.h"
+#include "breaker.h"
 #include "clock.h"
 #include "wrapper.h"
 #include "breaker_sm.h"
@@ -113,7 +114,7 @@ typedef struct {
 static void breaker_check(Breaker *b);
 static void bk_op_check(FaOp *op);
 #endif
-/* FA_ASSERT_CONSISTENT(breaker or call) (aiofast.h); the checkers are further down */
+/* FA_ASSERT_CONSISTENT(breaker or call) (debug.h); the checkers are further down */
 #define FA_CONSISTENT(obj) \
     _Generic((obj), Breaker *: breaker_check, FaOp *: bk_op_check)(obj)
 
@@ -166,12 +167,12 @@ bk_now(Breaker *b, double *now)
 static PyObject *
 bk_cold(fa_state *st, const char *name)
 {
-    if (FA_UNLIKELY(st->bk_cold == NULL)) {
+    if (FA_UNLIKELY(st->breaker.cold == NULL)) {
         PyErr_Format(PyExc_RuntimeError, "aiofast._core was loaded without the aiofast package: "
                      "the CircuitBreaker's helper %s is missing", name);
         return NULL;
     }
-    return PyObject_GetAttrString(st->bk_cold, name);
+    return PyObject_GetAttrString(st->breaker.cold, name);
 }
 
 PyDoc_STRVAR(bk_cold_set_doc,
@@ -183,7 +184,7 @@ static PyObject *
 bk_cold_set(PyObject *mod, PyObject *helpers)
 {
     fa_state *st = fa_get_state(mod);
-    Py_XSETREF(st->bk_cold, Py_NewRef(helpers));
+    Py_XSETREF(st->breaker.cold, Py_NewRef(helpers));
     Py_RETURN_NONE;
 }
 
@@ -201,7 +202,7 @@ bk_report(Breaker *b, const char *what, PyObject *culprit)
     if (exc == NULL) {
         return;
     }
-    if (b->st->bk_cold == NULL) {
+    if (b->st->breaker.cold == NULL) {
         fa_restore_exc(exc);  /* no helpers: the error itself is the unraisable one */
         PyErr_WriteUnraisable((PyObject *)b);
         return;
@@ -271,7 +272,7 @@ bk_dispatch(Breaker *b)
         }
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ls); i++) {
             PyObject *fn = PyList_GET_ITEM(ls, i);  // borrowed (ls holds it)
-            PyObject *args[3] = {(PyObject *)b, st->bk_states[from], st->bk_states[to]};
+            PyObject *args[3] = {(PyObject *)b, st->breaker.states[from], st->breaker.states[to]};
             PyObject *r = PyObject_Vectorcall(fn, args, 3, NULL);  // Beware: re-entrant code
             if (r == NULL) {
                 bk_report(b, "listener", fn);
@@ -302,10 +303,10 @@ breaker_check(Breaker *b)
     FA_CHECK(b->listeners == NULL || PyList_CheckExact(b->listeners),
              "Breaker %p: listeners %p is not a list", (void *)b, (void *)b->listeners);
     FA_CHECK(b->cache == NULL
-                 || (Py_IS_TYPE(b->cache, b->st->OpType) && b->cache->state == FA_OP_DONE),
+                 || (Py_IS_TYPE(b->cache, b->st->engine.OpType) && b->cache->state == FA_OP_DONE),
              "Breaker %p: cache %p is not a finished op", (void *)b, (void *)b->cache);
     FA_CHECK(b->tcache == NULL
-                 || (Py_IS_TYPE(b->tcache, b->st->OpType) && b->tcache->state == FA_OP_DONE
+                 || (Py_IS_TYPE(b->tcache, b->st->engine.OpType) && b->tcache->state == FA_OP_DONE
                      && b->tcache->owner == NULL),
              "Breaker %p: ticket cache %p is not a finished ticket", (void *)b,
              (void *)b->tcache);
@@ -559,7 +560,7 @@ bk_classify(Breaker *b, PyObject *exc)
 {
     if (!PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_Exception)) {
         /* CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit: never an outcome */
-        if (PyErr_GivenExceptionMatches(exc, b->st->CancelledError)
+        if (PyErr_GivenExceptionMatches(exc, b->st->core.CancelledError)
             || PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)
             || PyErr_GivenExceptionMatches(exc, PyExc_SystemExit)
             || PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
@@ -673,7 +674,7 @@ bk_open_error_new(Breaker *b, double remaining)
     if (args == NULL) {
         return NULL;
     }
-    PyTypeObject *tp = (PyTypeObject *)st->CircuitOpenError;
+    PyTypeObject *tp = (PyTypeObject *)st->breaker.CircuitOpenError;
     PyObject *exc = tp->tp_new(tp, args, NULL);  /* BaseException_new stores args */
     Py_DECREF(args);
     return exc;
@@ -872,7 +873,7 @@ bc_close_made(FaOp *op)
         return;
     }
     if (PyCoro_CheckExact(it)) {
-        PyObject *r = PyObject_CallMethodNoArgs(it, op->st->str_close);
+        PyObject *r = PyObject_CallMethodNoArgs(it, op->st->core.str_close);
         if (r == NULL) {
             PyErr_Clear();  /* an unstarted coroutine closes without running anything */
         }
@@ -1106,14 +1107,14 @@ bk_admit_ticket(Breaker *b)
 static inline int
 bk_is_ticket(Breaker *b, PyObject *obj)
 {
-    return Py_IS_TYPE(obj, b->st->OpType) && ((FaOp *)obj)->kind == &bk_ticket_kind
+    return Py_IS_TYPE(obj, b->st->engine.OpType) && ((FaOp *)obj)->kind == &bk_ticket_kind
            && ((FaOp *)obj)->owner == (PyObject *)b;
 }
 
 /* ------------------------------------------------------------------ with-block tickets */
 
 /* The open with-blocks of a context, of every breaker, are one stack: in each context that
- * entered a block, the module's ContextVar (st->bk_blocks) holds a stack op (bk_stack_kind)
+ * entered a block, the module's ContextVar (st->breaker.blocks) holds a stack op (bk_stack_kind)
  * whose arg is the innermost open block's ticket (each ticket's arg is the enclosing one, of
  * any breaker, or NULL) and whose u64 is the context that made it (fa_context_id). An exit
  * pops its breaker's innermost ticket: the top one when blocks nest, as they do.
@@ -1144,11 +1145,11 @@ bk_stack_get(fa_state *st, FaOp **stack)
 {
     PyObject *v = NULL;
     *stack = NULL;
-    if (PyContextVar_Get(st->bk_blocks, NULL, &v) < 0) {
+    if (PyContextVar_Get(st->breaker.blocks, NULL, &v) < 0) {
         return -1;
     }
     if (v != NULL) {
-        if (FA_LIKELY(Py_IS_TYPE(v, st->OpType) && ((FaOp *)v)->kind == &bk_stack_kind)) {
+        if (FA_LIKELY(Py_IS_TYPE(v, st->engine.OpType) && ((FaOp *)v)->kind == &bk_stack_kind)) {
             *stack = (FaOp *)v;
         }
         else {
@@ -1192,7 +1193,7 @@ bk_enter(Breaker *b)
     stack->arg = (PyObject *)tok;
     stack->u64 = ctx;
     tok = NULL;
-    PyObject *token = PyContextVar_Set(b->st->bk_blocks, (PyObject *)stack);  // new ref
+    PyObject *token = PyContextVar_Set(b->st->breaker.blocks, (PyObject *)stack);  // new ref
     Py_DECREF(stack);  /* on an error it dies here, and its ticket is released */
     if (token != NULL) {
         Py_DECREF(token);
@@ -1478,7 +1479,7 @@ breaker_call(PyObject *self, PyObject *args, PyObject *kwargs)
         Py_DECREF(wrap);
         return r;
     }
-    BreakerFunction *f = PyObject_GC_New(BreakerFunction, st->BreakerFunctionType);
+    BreakerFunction *f = PyObject_GC_New(BreakerFunction, st->breaker.BreakerFunctionType);
     if (f == NULL) {
         return NULL;
     }
@@ -1901,7 +1902,7 @@ breaker_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
     Py_ssize_t fails, succs;
     bk_counts(b, eff, now, &fails, &succs);
     return Py_BuildValue("{sOsnsnsKsKsKsKsKsKsK}",
-                         "state", b->st->bk_states[eff],
+                         "state", b->st->breaker.states[eff],
                          "failure_count", fails,
                          "success_count", succs,
                          "calls", b->tot.calls,
@@ -1921,7 +1922,7 @@ breaker_get_state(PyObject *self, void *Py_UNUSED(c))
     Breaker *b = (Breaker *)self;
     double now;
     int eff = bk_effective_state(b, &now);
-    return eff < 0 ? NULL : Py_NewRef(b->st->bk_states[eff]);
+    return eff < 0 ? NULL : Py_NewRef(b->st->breaker.states[eff]);
 }
 
 static PyObject *
@@ -2272,7 +2273,7 @@ bk_sh_open(Breaker *b, PyObject *name, int testing, PyObject *clock)
                 PyErr_SetFromErrno(PyExc_OSError);
             }
             else {
-                PyErr_Format(b->st->SharedSegmentError, "shared segment %R holds a corrupted "
+                PyErr_Format(b->st->core.SharedSegmentError, "shared segment %R holds a corrupted "
                              "CircuitBreaker record (remove it with aiofast.shared_unlink(%R) "
                              "once no process uses it)", name, name);
             }
@@ -2334,7 +2335,7 @@ static PyObject *
 bk_from_store(PyTypeObject *tp, fa_state *st, PyObject *args, PyObject *kwargs,
               PyObject *store, PyObject *shared, int testing)
 {
-    if (tp != st->BreakerType) {
+    if (tp != st->breaker.BreakerType) {
         PyErr_Format(PyExc_TypeError, "store= is for aiofast.CircuitBreaker itself, not its "
                      "subclass %R: the store makes a breaker of its own type", (PyObject *)tp);
         return NULL;
@@ -2800,7 +2801,7 @@ make_circuit_state(PyObject *mod, fa_state *st)
     if (cls == NULL) {
         return -1;
     }
-    st->CircuitState = cls;
+    st->breaker.CircuitState = cls;
     PyObject *doc = PyUnicode_FromString(
         "The state of a CircuitBreaker: CLOSED ('closed'), OPEN ('open'), HALF_OPEN "
         "('half_open'). Members are str, so they compare equal to their values.");
@@ -2811,7 +2812,7 @@ make_circuit_state(PyObject *mod, fa_state *st)
     Py_DECREF(doc);
     static const char *const members[3] = {"CLOSED", "OPEN", "HALF_OPEN"};
     for (int i = 0; i < 3; i++) {
-        if ((st->bk_states[i] = PyObject_GetAttrString(cls, members[i])) == NULL) {
+        if ((st->breaker.states[i] = PyObject_GetAttrString(cls, members[i])) == NULL) {
             return -1;
         }
     }
@@ -2821,29 +2822,26 @@ make_circuit_state(PyObject *mod, fa_state *st)
 int
 fa_breaker_init(PyObject *mod, fa_state *st)
 {
-    if ((st->BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL
-        || fa_methods_add(st, st->BreakerType, breaker_async_methods) < 0
-        || fa_special_add(st, st->BreakerType, "__aenter__", breaker_aenter,
+    FA_INIT_NEEDS(st->engine.SpecialDescrType);  // fa_methods_add, fa_special_add
+    FA_INIT_NEEDS(st->core.SharedSegmentError);  // shm.c's, raised for a shared breaker
+    if ((st->breaker.BreakerType = fa_add_type(mod, &breaker_spec, NULL, "CircuitBreaker")) == NULL
+        || fa_methods_add(st, st->breaker.BreakerType, breaker_async_methods) < 0
+        || fa_special_add(st, st->breaker.BreakerType, "__aenter__", breaker_aenter,
                           offsetof(Breaker, aenter), aenter_doc) < 0
-        || fa_special_add(st, st->BreakerType, "__aexit__", breaker_aexit,
+        || fa_special_add(st, st->breaker.BreakerType, "__aexit__", breaker_aexit,
                           offsetof(Breaker, aexit), aexit_doc) < 0) {
         return -1;
     }
-    st->BreakerFunctionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bf_spec, NULL);
-    if (st->BreakerFunctionType == NULL
-        || PyModule_AddObjectRef(mod, "BreakerFunction", (PyObject *)st->BreakerFunctionType) < 0) {
+    if ((st->breaker.BreakerFunctionType = fa_add_type(mod, &bf_spec, NULL, NULL)) == NULL) {
         return -1;
     }
-    st->CircuitOpenError = PyType_FromModuleAndSpec(mod, &openerr_spec, PyExc_Exception);
-    if (st->CircuitOpenError == NULL) {
+    st->breaker.CircuitOpenError =
+        (PyObject *)fa_add_type(mod, &openerr_spec, PyExc_Exception, "CircuitOpenError");
+    if (st->breaker.CircuitOpenError == NULL) {
         return -1;
     }
-    fa_set_short_tpname((PyTypeObject *)st->CircuitOpenError, "CircuitOpenError");
-    if (PyModule_AddObjectRef(mod, "CircuitOpenError", st->CircuitOpenError) < 0) {
-        return -1;
-    }
-    st->bk_blocks = PyContextVar_New("aiofast.CircuitBreaker.blocks", NULL);
-    if (st->bk_blocks == NULL || make_circuit_state(mod, st) < 0
+    st->breaker.blocks = PyContextVar_New("aiofast.CircuitBreaker.blocks", NULL);
+    if (st->breaker.blocks == NULL || make_circuit_state(mod, st) < 0
         || PyModule_AddFunctions(mod, bk_module_methods) < 0) {
         return -1;
     }

@@ -21,6 +21,7 @@
  *   only inside such calls) never see a half-done change, and the counters are exact.
  */
 #include "ctable.h"
+#include "cache.h"
 
 #define OVR_POPITEM 0x1
 #define OVR_EXPIRE 0x2
@@ -90,7 +91,7 @@ typedef struct {
 /* ------------------------------------------------------------------ debug invariants */
 
 #if FA_DEBUG
-/* The cache's invariants (see FA_ASSERT_CONSISTENT in aiofast.h): the table's own (ct_check,
+/* The cache's invariants (see FA_ASSERT_CONSISTENT in debug.h): the table's own (ct_check,
  * bounded for huge tables), currsize == the sum of the entries' sizes (their count when
  * unsized) and 0 <= currsize <= maxsize after every completed mutation, a TTLCache's table keeps
  * expiry times and never holds a memoizer's never-expiring class, a table keeps sizes only with
@@ -273,7 +274,7 @@ expire_dispatch(CacheObject *self, double now, ct_buf *trash)
         if (t == NULL) {
             return -1;
         }
-        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, self->st->str_expire, t);
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, self->st->cache.str_expire, t);
         Py_DECREF(t);
         if (r == NULL) {
             return -1;
@@ -362,7 +363,7 @@ static PyObject *
 cache_missing(CacheObject *self, PyObject *key)
 {
     if (self->ovr & OVR_MISSING) {
-        return PyObject_CallMethodOneArg((PyObject *)self, self->st->str_missing, key);
+        return PyObject_CallMethodOneArg((PyObject *)self, self->st->cache.str_missing, key);
     }
     return key_error(key);
 }
@@ -468,7 +469,7 @@ cache_set(CacheObject *self, PyObject *key, PyObject *value, int own_ttl, double
             break;
         }
         if (self->ovr & OVR_POPITEM) {
-            PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->str_popitem);
+            PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->cache.str_popitem);
             if (r == NULL) {
                 goto error;
             }
@@ -588,18 +589,13 @@ cache_new(PyTypeObject *tp, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwarg
         return NULL;
     }
     self->st = st;
-    self->is_ttl = PyType_IsSubtype(tp, st->TTLCacheType);
+    self->is_ttl = PyType_IsSubtype(tp, st->cache.TTLCacheType);
     ct_init(&self->t, self->is_ttl, 0, 0);
     self->t.ordered = self->is_ttl;  // first-insertion order beside the expiry order
-    PyTypeObject *base = self->is_ttl ? st->TTLCacheType : st->LRUCacheType;
-    if (tp != base) {
-        PyObject *names[4] = {st->str_popitem, st->str_expire, st->str_missing, st->str_getsizeof};
-        for (int i = 0; i < 4; i++) {
-            if (fa_type_lookup(tp, names[i]) != fa_type_lookup(base, names[i])) {
-                self->ovr |= 1 << i;
-            }
-        }
-    }
+    PyTypeObject *base = self->is_ttl ? st->cache.TTLCacheType : st->cache.LRUCacheType;
+    PyObject *names[4] = {st->cache.str_popitem, st->cache.str_expire, st->cache.str_missing,
+                          st->cache.str_getsizeof};  // in the order of the OVR_* bits
+    self->ovr = fa_find_overrides(tp, base, names, 4);
     return (PyObject *)self;
 }
 
@@ -714,7 +710,8 @@ cache_init_common(CacheObject *self, const char *name, PyObject *maxsize, PyObje
         gs = Py_NewRef(getsizeof);
     }
     else if (self->ovr & OVR_GETSIZEOF) {
-        gs = PyObject_GetAttr((PyObject *)self, self->st->str_getsizeof);  // a subclass's method
+        // a subclass's method
+        gs = PyObject_GetAttr((PyObject *)self, self->st->cache.str_getsizeof);
         if (gs == NULL) {
             return -1;
         }
@@ -764,7 +761,7 @@ ttl_init(PyObject *op, PyObject *args, PyObject *kwargs)
     }
     double ttl = 0.0;
     PyObject *timer = vals[2];
-    if (timer == self->st->time_monotonic || timer == Py_None) {
+    if (timer == self->st->core.time_monotonic || timer == Py_None) {
         timer = NULL;  // None stands for time.monotonic: the signature can show it
     }
     /* a ttl that is a duration (a timedelta: has total_seconds()) with a timer of our own:
@@ -1060,7 +1057,7 @@ cache_update(PyObject *op, PyObject *args, PyObject *kwargs)
         PyObject *it = NULL, *keys = NULL, *item;
         int is_map = PyDict_Check(other);
         if (!is_map) {
-            is_map = PyObject_IsInstance(other, self->st->Mapping);
+            is_map = PyObject_IsInstance(other, self->st->cache.Mapping);
             if (is_map < 0) {
                 return NULL;
             }
@@ -1306,10 +1303,10 @@ cache_richcompare(PyObject *op, PyObject *other, int cmp)
     if (cmp != Py_EQ && cmp != Py_NE) {
         Py_RETURN_NOTIMPLEMENTED;
     }
-    int is_map = PyDict_Check(other) || PyObject_TypeCheck(other, self->st->LRUCacheType)
-                 || PyObject_TypeCheck(other, self->st->TTLCacheType);
+    int is_map = PyDict_Check(other) || PyObject_TypeCheck(other, self->st->cache.LRUCacheType)
+                 || PyObject_TypeCheck(other, self->st->cache.TTLCacheType);
     if (!is_map) {
-        is_map = PyObject_IsInstance(other, self->st->Mapping);
+        is_map = PyObject_IsInstance(other, self->st->cache.Mapping);
         if (is_map < 0) {
             return NULL;
         }
@@ -1321,8 +1318,8 @@ cache_richcompare(PyObject *op, PyObject *other, int cmp)
     if (a == NULL) {
         return NULL;
     }
-    if (PyObject_TypeCheck(other, self->st->LRUCacheType)
-        || PyObject_TypeCheck(other, self->st->TTLCacheType)) {
+    if (PyObject_TypeCheck(other, self->st->cache.LRUCacheType)
+        || PyObject_TypeCheck(other, self->st->cache.TTLCacheType)) {
         b = cache_snapshot((CacheObject *)other);
     }
     else if (PyDict_Check(other)) {
@@ -1355,19 +1352,19 @@ cache_iter(PyObject *op)
 static PyObject *
 cache_keys(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    return new_view((CacheObject *)op, ((CacheObject *)op)->st->CacheKeysType);
+    return new_view((CacheObject *)op, ((CacheObject *)op)->st->cache.CacheKeysType);
 }
 
 static PyObject *
 cache_values(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    return new_view((CacheObject *)op, ((CacheObject *)op)->st->CacheValuesType);
+    return new_view((CacheObject *)op, ((CacheObject *)op)->st->cache.CacheValuesType);
 }
 
 static PyObject *
 cache_items(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    return new_view((CacheObject *)op, ((CacheObject *)op)->st->CacheItemsType);
+    return new_view((CacheObject *)op, ((CacheObject *)op)->st->cache.CacheItemsType);
 }
 
 static PyObject *
@@ -1481,8 +1478,8 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
     }
     if (self->is_ttl) {
         PyObject *ttl = self->ttl_obj ? Py_NewRef(self->ttl_obj) : PyLong_FromLong(0);
-        args = ttl ? PyTuple_Pack(4, ms, ttl, self->timer ? self->timer : st->time_monotonic, gs)
-                   : NULL;
+        PyObject *timer = self->timer ? self->timer : st->core.time_monotonic;
+        args = ttl ? PyTuple_Pack(4, ms, ttl, timer, gs) : NULL;
         Py_XDECREF(ttl);
     }
     else {
@@ -1561,7 +1558,7 @@ cache_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
     }
     /* rebuilt by type(self)._restore(args): the base class's __init__, never a subclass's,
      * whose signature may differ (cachetools pickles without calling __init__ at all) */
-    restore = PyObject_GetAttr((PyObject *)Py_TYPE(op), st->str_restore);
+    restore = PyObject_GetAttr((PyObject *)Py_TYPE(op), st->cache.str_restore);
     if (restore == NULL) {
         goto done;
     }
@@ -1871,11 +1868,11 @@ cache_get_timer(PyObject *op, void *Py_UNUSED(c))
 {
     CacheObject *self = (CacheObject *)op;
     if (self->timer_wrap == NULL) {
-        CacheTimerObject *w = PyObject_GC_New(CacheTimerObject, self->st->CacheTimerType);
+        CacheTimerObject *w = PyObject_GC_New(CacheTimerObject, self->st->cache.CacheTimerType);
         if (w == NULL) {
             return NULL;
         }
-        w->timer = Py_NewRef(self->timer ? self->timer : self->st->time_monotonic);
+        w->timer = Py_NewRef(self->timer ? self->timer : self->st->core.time_monotonic);
         w->frozen = NULL;
         w->nesting = 0;
         PyObject_GC_Track(w);
@@ -2005,7 +2002,7 @@ static PyType_Spec ctimer_spec = {
 static PyObject *
 new_iter(CacheObject *self, int kind)
 {
-    CacheIterObject *it = PyObject_GC_New(CacheIterObject, self->st->CacheIterType);
+    CacheIterObject *it = PyObject_GC_New(CacheIterObject, self->st->cache.CacheIterType);
     if (it == NULL) {
         return NULL;
     }
@@ -2221,7 +2218,7 @@ view_kind(PyObject *op)
     CacheViewObject *v = (CacheViewObject *)op;
     fa_state *st = v->cache->st;
     PyTypeObject *tp = Py_TYPE(op);
-    return tp == st->CacheKeysType ? 0 : tp == st->CacheValuesType ? 1 : 2;
+    return tp == st->cache.CacheKeysType ? 0 : tp == st->cache.CacheValuesType ? 1 : 2;
 }
 
 static PyObject *
@@ -2350,7 +2347,7 @@ view_richcompare(PyObject *op, PyObject *other, int cmp)
     CacheViewObject *v = (CacheViewObject *)op;
     int is_set = PyAnySet_Check(other) || Py_TYPE(other)->tp_iter == view_iter;
     if (!is_set) {
-        is_set = PyObject_IsInstance(other, v->cache->st->Set);
+        is_set = PyObject_IsInstance(other, v->cache->st->cache.Set);
         if (is_set < 0) {
             return NULL;
         }
@@ -2596,22 +2593,6 @@ VIEW_SPEC(keys, "aiofast._core.cache_keys")
 VIEW_SPEC(values, "aiofast._core.cache_values")
 VIEW_SPEC(items, "aiofast._core.cache_items")
 
-static int
-register_abc(PyObject *abc, const char *name, PyTypeObject *tp)
-{
-    PyObject *cls = PyObject_GetAttrString(abc, name);
-    if (cls == NULL) {
-        return -1;
-    }
-    PyObject *r = PyObject_CallMethod(cls, "register", "O", tp);
-    Py_DECREF(cls);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
-}
-
 /* ------------------------------------------------------------------ the getsizeof attribute */
 
 /* `cache.getsizeof` as cachetools has it: the getsizeof callable given to __init__, else
@@ -2638,8 +2619,8 @@ gsd_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
 {
     GetsizeofDescr *d = (GetsizeofDescr *)op;
     if (obj != NULL && obj != Py_None
-        && (PyObject_TypeCheck(obj, d->st->LRUCacheType)
-            || PyObject_TypeCheck(obj, d->st->TTLCacheType))) {
+        && (PyObject_TypeCheck(obj, d->st->cache.LRUCacheType)
+            || PyObject_TypeCheck(obj, d->st->cache.TTLCacheType))) {
         CacheObject *c = (CacheObject *)obj;
         if (c->getsizeof_given && c->getsizeof != NULL) {
             return Py_NewRef(c->getsizeof);
@@ -2665,13 +2646,11 @@ static PyType_Spec gsd_spec = {
     .slots = gsd_slots,
 };
 
-static PyTypeObject *internal_type(PyObject *mod, PyType_Spec *spec, const char *short_name);
-
 /* Put the getsizeof attribute in both classes (in place of the method). 0 or -1. */
 static int
 getsizeof_attribute_init(PyObject *mod, fa_state *st)
 {
-    PyTypeObject *tp = internal_type(mod, &gsd_spec, "getsizeof_attribute");  // new ref
+    PyTypeObject *tp = fa_new_type(mod, &gsd_spec, NULL, "getsizeof_attribute");  // new ref
     if (tp == NULL) {
         return -1;
     }
@@ -2685,31 +2664,24 @@ getsizeof_attribute_init(PyObject *mod, fa_state *st)
     PyObject_GC_Track(d);
     int rc = -1;
     if (d->one != NULL
-        && PyDict_SetItem(st->LRUCacheType->tp_dict, st->str_getsizeof, (PyObject *)d) == 0
-        && PyDict_SetItem(st->TTLCacheType->tp_dict, st->str_getsizeof, (PyObject *)d) == 0) {
-        PyType_Modified(st->LRUCacheType);
-        PyType_Modified(st->TTLCacheType);
+        && PyDict_SetItem(st->cache.LRUCacheType->tp_dict, st->cache.str_getsizeof,
+                          (PyObject *)d) == 0
+        && PyDict_SetItem(st->cache.TTLCacheType->tp_dict, st->cache.str_getsizeof,
+                          (PyObject *)d) == 0) {
+        PyType_Modified(st->cache.LRUCacheType);
+        PyType_Modified(st->cache.TTLCacheType);
         rc = 0;
     }
     Py_DECREF(d);
     return rc;
 }
 
-static PyTypeObject *
-internal_type(PyObject *mod, PyType_Spec *spec, const char *short_name)
-{
-    PyTypeObject *tp = (PyTypeObject *)PyType_FromModuleAndSpec(mod, spec, NULL);
-    if (tp != NULL) {
-        fa_set_short_tpname(tp, short_name);
-    }
-    return tp;
-}
-
 int
 fa_cache_init(PyObject *mod, fa_state *st)
 {
+    FA_INIT_NEEDS(st->core.time_monotonic);  // the clock of a TTLCache without timer
 #define INTERN(field, text) \
-    if ((st->field = PyUnicode_InternFromString(text)) == NULL) return -1
+    if ((st->cache.field = PyUnicode_InternFromString(text)) == NULL) return -1
     INTERN(str_popitem, "popitem");
     INTERN(str_expire, "expire");
     INTERN(str_missing, "__missing__");
@@ -2721,25 +2693,26 @@ fa_cache_init(PyObject *mod, fa_state *st)
         return -1;
     }
     int rc = -1;
-    if ((st->Mapping = PyObject_GetAttrString(abc, "Mapping")) == NULL
-        || (st->Set = PyObject_GetAttrString(abc, "Set")) == NULL) {
+    if ((st->cache.Mapping = PyObject_GetAttrString(abc, "Mapping")) == NULL
+        || (st->cache.Set = PyObject_GetAttrString(abc, "Set")) == NULL) {
         goto done;
     }
-    if ((st->LRUCacheType = fa_add_type(mod, &lru_spec, NULL, "LRUCache")) == NULL
-        || (st->TTLCacheType = fa_add_type(mod, &ttl_spec, NULL, "TTLCache")) == NULL
-        || (st->CacheIterType = internal_type(mod, &iter_spec, "cache_iterator")) == NULL
-        || (st->CacheKeysType = internal_type(mod, &keys_spec, "cache_keys")) == NULL
-        || (st->CacheValuesType = internal_type(mod, &values_spec, "cache_values")) == NULL
-        || (st->CacheItemsType = internal_type(mod, &items_spec, "cache_items")) == NULL
-        || (st->CacheTimerType = internal_type(mod, &ctimer_spec, "cache_timer")) == NULL
+    if ((st->cache.LRUCacheType = fa_add_type(mod, &lru_spec, NULL, "LRUCache")) == NULL
+        || (st->cache.TTLCacheType = fa_add_type(mod, &ttl_spec, NULL, "TTLCache")) == NULL
+        || (st->cache.CacheIterType = fa_new_type(mod, &iter_spec, NULL, "cache_iterator")) == NULL
+        || (st->cache.CacheKeysType = fa_new_type(mod, &keys_spec, NULL, "cache_keys")) == NULL
+        || (st->cache.CacheValuesType = fa_new_type(mod, &values_spec, NULL, "cache_values"))
+               == NULL
+        || (st->cache.CacheItemsType = fa_new_type(mod, &items_spec, NULL, "cache_items")) == NULL
+        || (st->cache.CacheTimerType = fa_new_type(mod, &ctimer_spec, NULL, "cache_timer")) == NULL
         || getsizeof_attribute_init(mod, st) < 0) {
         goto done;
     }
-    if (register_abc(abc, "MutableMapping", st->LRUCacheType) < 0
-        || register_abc(abc, "MutableMapping", st->TTLCacheType) < 0
-        || register_abc(abc, "KeysView", st->CacheKeysType) < 0
-        || register_abc(abc, "ValuesView", st->CacheValuesType) < 0
-        || register_abc(abc, "ItemsView", st->CacheItemsType) < 0) {
+    if (fa_register_abc("MutableMapping", st->cache.LRUCacheType) < 0
+        || fa_register_abc("MutableMapping", st->cache.TTLCacheType) < 0
+        || fa_register_abc("KeysView", st->cache.CacheKeysType) < 0
+        || fa_register_abc("ValuesView", st->cache.CacheValuesType) < 0
+        || fa_register_abc("ItemsView", st->cache.CacheItemsType) < 0) {
         goto done;
     }
     rc = 0;

@@ -68,13 +68,15 @@ int
 fa_mono_read_slow(fa_state *st, fa_reading *r)
 {
     r->kloop = r->kfn = NULL;
-    PyObject *fn = PyDict_GetItemWithError(st->clk_time_dict, st->str_monotonic);  // borrowed
-    if (fn != NULL && fn == st->time_monotonic) {
-        st->clk_mono_ok = fa_dict_tag_take(st->clk_watcher, st->clk_time_dict, &st->clk_mono_tag);
+    PyObject *fn = PyDict_GetItemWithError(st->core.clk_time_dict,
+                                           st->core.str_monotonic);  // borrowed
+    if (fn != NULL && fn == st->core.time_monotonic) {
+        st->core.clk_mono_ok = fa_dict_tag_take(st->core.clk_watcher, st->core.clk_time_dict,
+                                                &st->core.clk_mono_tag);
         r->now = fa_monotonic();
         return 0;
     }
-    st->clk_mono_ok = 0;
+    st->core.clk_mono_ok = 0;
     if (fn == NULL) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_AttributeError, "module 'time' has no attribute 'monotonic'");
@@ -96,22 +98,25 @@ static int
 clk_base_time_intact(fa_state *st, int *remember)
 {
     *remember = 0;
-    if (PyFunction_GET_CODE(st->clk_base_time) != st->clk_base_code) {
+    if (PyFunction_GET_CODE(st->core.clk_base_time) != st->core.clk_base_code) {
         return 0;
     }
-    PyObject *tm = PyDict_GetItemWithError(st->clk_base_globals, st->str_time);  // borrowed
-    if (tm != st->clk_time_module) {
+    PyObject *tm = PyDict_GetItemWithError(st->core.clk_base_globals,
+                                           st->core.str_time);  // borrowed
+    if (tm != st->core.clk_time_module) {
         return PyErr_Occurred() ? -1 : 0;
     }
     if (!fa_mono_proven(st)) {
-        PyObject *mono = PyDict_GetItemWithError(st->clk_time_dict, st->str_monotonic);
-        if (mono != st->time_monotonic) {
+        PyObject *mono = PyDict_GetItemWithError(st->core.clk_time_dict, st->core.str_monotonic);
+        if (mono != st->core.time_monotonic) {
             return PyErr_Occurred() ? -1 : 0;
         }
-        st->clk_mono_ok = fa_dict_tag_take(st->clk_watcher, st->clk_time_dict, &st->clk_mono_tag);
+        st->core.clk_mono_ok = fa_dict_tag_take(st->core.clk_watcher, st->core.clk_time_dict,
+                                                &st->core.clk_mono_tag);
     }
-    *remember = st->clk_mono_ok
-                && fa_dict_tag_take(st->clk_watcher, st->clk_base_globals, &st->clk_globals_tag);
+    *remember = st->core.clk_mono_ok
+                && fa_dict_tag_take(st->core.clk_watcher, st->core.clk_base_globals,
+                                    &st->core.clk_globals_tag);
     return 1;
 }
 
@@ -127,7 +132,7 @@ clk_proof_store(fa_state *st, PyObject *loop, PyObject *fn)
 {
     PyTypeObject *tp = Py_TYPE(loop);
     unsigned int ttag = fa_type_tag(tp);
-    st->clk_nat_valid = 0;
+    st->core.clk_nat_valid = 0;
     if (ttag == 0) {
         return;
     }
@@ -137,29 +142,29 @@ clk_proof_store(fa_state *st, PyObject *loop, PyObject *fn)
             PyErr_Clear();  // the dict could not be made: prove it every time
             return;
         }
-        dp = &st->clk_no_dict;
+        dp = &st->core.clk_no_dict;
     }
     fa_dict_tag dtag = 0;
 #if !FA_INLINE_VALUES
-    if (*dp != NULL && !fa_dict_tag_take(st->clk_watcher, *dp, &dtag)) {
+    if (*dp != NULL && !fa_dict_tag_take(st->core.clk_watcher, *dp, &dtag)) {
         return;
     }
 #endif
-    st->clk_nat_loop = loop;
-    st->clk_nat_fn = fn;
-    st->clk_nat_type = tp;
-    st->clk_nat_ttag = ttag;
-    st->clk_nat_dictptr = dp;
-    st->clk_nat_dict = *dp;
-    st->clk_nat_dtag = dtag;
-    st->clk_nat_valid = 1;
+    st->core.clk_nat_loop = loop;
+    st->core.clk_nat_fn = fn;
+    st->core.clk_nat_type = tp;
+    st->core.clk_nat_ttag = ttag;
+    st->core.clk_nat_dictptr = dp;
+    st->core.clk_nat_dict = *dp;
+    st->core.clk_nat_dtag = dtag;
+    st->core.clk_nat_valid = 1;
 }
 
 /* The reading of a time() proven to be the loop class's own method (fa_loop_proven: 2). */
 int
 fa_loop_read_own(fa_state *st, PyObject *loop, fa_reading *r)
 {
-    PyObject *fn = Py_NewRef(st->clk_nat_fn);  // held across the call, which may change things
+    PyObject *fn = Py_NewRef(st->core.clk_nat_fn);  // held across the call, which may change things
     if (clk_call(fn, loop, "loop.time()", 1, &r->now) < 0) {  // Beware: Python code
         Py_DECREF(fn);
         return -1;
@@ -177,7 +182,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
     PyObject *fn = NULL;  // new ref: what loop.time resolves to
     int unbound = 0;      // fn is found on the type: call it with the loop
     if (tp->tp_getattro == PyObject_GenericGetAttr) {
-        PyObject *descr = fa_type_lookup(tp, st->str_time);  // borrowed
+        PyObject *descr = fa_type_lookup(tp, st->core.str_time);  // borrowed
         Py_XINCREF(descr);
         descrgetfunc get = descr ? Py_TYPE(descr)->tp_descr_get : NULL;
         if (get != NULL && Py_TYPE(descr)->tp_descr_set != NULL) {
@@ -194,7 +199,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
             PyErr_Clear();
         }
         if (d != NULL) {
-            PyObject *attr = PyDict_GetItemWithError(d, st->str_time);  // borrowed
+            PyObject *attr = PyDict_GetItemWithError(d, st->core.str_time);  // borrowed
             Py_XINCREF(attr);
             Py_DECREF(d);
             if (attr != NULL) {
@@ -208,7 +213,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
             }
         }
         if (descr != NULL) {
-            if (descr == st->clk_base_time) {
+            if (descr == st->core.clk_base_time) {
                 int remember;
                 int ok = clk_base_time_intact(st, &remember);
                 if (ok < 0) {
@@ -227,7 +232,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
             if (PyType_HasFeature(Py_TYPE(descr), Py_TPFLAGS_METHOD_DESCRIPTOR)) {
                 fn = descr;  // a function, a C method, uvloop's Cython method: no bound method
                 unbound = 1;
-                if (descr != st->clk_base_time) {
+                if (descr != st->core.clk_base_time) {
                     clk_proof_store(st, loop, descr);  // next time, no lookup
                 }
             }
@@ -244,7 +249,7 @@ fa_loop_read_slow(fa_state *st, PyObject *loop, fa_reading *r)
             goto call;
         }
     }
-    fn = PyObject_GetAttr(loop, st->str_time);  // Beware: Python code
+    fn = PyObject_GetAttr(loop, st->core.str_time);  // Beware: Python code
     if (fn == NULL) {
         return -1;
     }
@@ -269,7 +274,7 @@ call:
 static PyObject *
 clk_after_fork_in_child(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
-    fa_get_state(mod)->clk_fork_gen++;
+    fa_get_state(mod)->core.clk_fork_gen++;
     Py_RETURN_NONE;
 }
 
@@ -282,8 +287,8 @@ static PyMethodDef clk_fork_def = {"_clock_after_fork", clk_after_fork_in_child,
 static int
 clk_running_loop_cache_init(PyObject *mod, fa_state *st)
 {
-    if (!PyCFunction_Check(st->get_running_loop)) {
-        st->clk_fork_gen = (unsigned long)-1;
+    if (!PyCFunction_Check(st->core.get_running_loop)) {
+        st->core.clk_fork_gen = (unsigned long)-1;
         return 0;
     }
     PyObject *os = NULL, *reg = NULL, *hook = NULL, *args = NULL, *kw = NULL, *r = NULL;
@@ -293,7 +298,7 @@ clk_running_loop_cache_init(PyObject *mod, fa_state *st)
     }
     if ((reg = PyObject_GetAttrString(os, "register_at_fork")) == NULL) {
         PyErr_Clear();  // no fork on this platform (and no getpid check in asyncio): no cache
-        st->clk_fork_gen = (unsigned long)-1;
+        st->core.clk_fork_gen = (unsigned long)-1;
         rc = 0;
         goto done;
     }
@@ -319,33 +324,33 @@ int
 fa_clock_init(PyObject *mod, fa_state *st)
 {
     (void)mod;
-    st->clk_watcher = -1;
-    st->clk_no_dict = NULL;
-    st->clk_rl_cfunc = NULL;
-    st->clk_rl_self = NULL;
-    if (PyCFunction_Check(st->get_running_loop)
-        && PyCFunction_GET_FLAGS(st->get_running_loop) == METH_NOARGS) {
-        st->clk_rl_cfunc = PyCFunction_GET_FUNCTION(st->get_running_loop);
-        st->clk_rl_self = PyCFunction_GET_SELF(st->get_running_loop);
+    st->core.clk_watcher = -1;
+    st->core.clk_no_dict = NULL;
+    st->core.clk_rl_cfunc = NULL;
+    st->core.clk_rl_self = NULL;
+    if (PyCFunction_Check(st->core.get_running_loop)
+        && PyCFunction_GET_FLAGS(st->core.get_running_loop) == METH_NOARGS) {
+        st->core.clk_rl_cfunc = PyCFunction_GET_FUNCTION(st->core.get_running_loop);
+        st->core.clk_rl_self = PyCFunction_GET_SELF(st->core.get_running_loop);
     }
-    if ((st->str_monotonic = PyUnicode_InternFromString("monotonic")) == NULL) {
+    if ((st->core.str_monotonic = PyUnicode_InternFromString("monotonic")) == NULL) {
         return -1;
     }
     PyObject *tmod = PyImport_ImportModule("time");
     if (tmod == NULL) {
         return -1;
     }
-    st->time_monotonic = PyObject_GetAttrString(tmod, "monotonic");
-    st->clk_time_dict = Py_NewRef(PyModule_GetDict(tmod));
+    st->core.time_monotonic = PyObject_GetAttrString(tmod, "monotonic");
+    st->core.clk_time_dict = Py_NewRef(PyModule_GetDict(tmod));
     Py_DECREF(tmod);
-    if (st->time_monotonic == NULL) {
+    if (st->core.time_monotonic == NULL) {
         return -1;
     }
 #if FA_DICT_WATCHERS
-    st->clk_watcher = PyDict_AddWatcher(clk_dict_event);
-    if (st->clk_watcher < 0) {
+    st->core.clk_watcher = PyDict_AddWatcher(clk_dict_event);
+    if (st->core.clk_watcher < 0) {
         PyErr_Clear();  // all taken: every proof is made from scratch (slower, still right)
-        st->clk_watcher = -1;
+        st->core.clk_watcher = -1;
     }
 #else
     if (clk_running_loop_cache_init(mod, st) < 0) {
@@ -363,17 +368,17 @@ fa_clock_init(PyObject *mod, fa_state *st)
         return -1;
     }
     PyObject *tm = PyFunction_Check(fn)
-                       ? PyDict_GetItemWithError(PyFunction_GET_GLOBALS(fn), st->str_time)
+                       ? PyDict_GetItemWithError(PyFunction_GET_GLOBALS(fn), st->core.str_time)
                        : NULL;  // borrowed
     if (tm == NULL && PyErr_Occurred()) {
         Py_DECREF(fn);
         return -1;
     }
-    if (tm != NULL && PyModule_Check(tm) && PyModule_GetDict(tm) == st->clk_time_dict) {
-        st->clk_base_time = fn;
-        st->clk_base_code = Py_NewRef(PyFunction_GET_CODE(fn));
-        st->clk_base_globals = Py_NewRef(PyFunction_GET_GLOBALS(fn));
-        st->clk_time_module = Py_NewRef(tm);
+    if (tm != NULL && PyModule_Check(tm) && PyModule_GetDict(tm) == st->core.clk_time_dict) {
+        st->core.clk_base_time = fn;
+        st->core.clk_base_code = Py_NewRef(PyFunction_GET_CODE(fn));
+        st->core.clk_base_globals = Py_NewRef(PyFunction_GET_GLOBALS(fn));
+        st->core.clk_time_module = Py_NewRef(tm);
     }
     else {
         Py_DECREF(fn);  // not the shape we know: never read a loop's time natively
@@ -384,16 +389,16 @@ fa_clock_init(PyObject *mod, fa_state *st)
 void
 fa_clock_clear(fa_state *st)
 {
-    st->clk_nat_valid = 0;
-    st->clk_mono_ok = 0;
-    st->clk_rl_cfunc = NULL;  // its function goes with the state's objects
-    st->clk_rl_self = NULL;
+    st->core.clk_nat_valid = 0;
+    st->core.clk_mono_ok = 0;
+    st->core.clk_rl_cfunc = NULL;  // its function goes with the state's objects
+    st->core.clk_rl_self = NULL;
 #if FA_DICT_WATCHERS
-    if (st->clk_watcher >= 0) {
-        if (PyDict_ClearWatcher(st->clk_watcher) < 0) {
+    if (st->core.clk_watcher >= 0) {
+        if (PyDict_ClearWatcher(st->core.clk_watcher) < 0) {
             PyErr_Clear();
         }
-        st->clk_watcher = -1;
+        st->core.clk_watcher = -1;
     }
 #endif
 }

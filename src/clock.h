@@ -98,7 +98,7 @@ int fa_loop_read_own(fa_state *st, PyObject *loop, fa_reading *r);
 static inline int
 fa_mono_proven(fa_state *st)
 {
-    return st->clk_mono_ok && fa_dict_tag_same(st->clk_time_dict, st->clk_mono_tag);
+    return st->core.clk_mono_ok && fa_dict_tag_same(st->core.clk_time_dict, st->core.clk_mono_tag);
 }
 
 /* time.monotonic as the time module has it now. 0 or -1. Beware: a patched one is Python. */
@@ -114,7 +114,7 @@ fa_mono_read(fa_state *st, fa_reading *r)
 }
 
 /* Does the remembered proof about `loop`'s time() still hold? 1: it is asyncio's own
- * BaseEventLoop.time (read natively); 2: it is its class's own method st->clk_nat_fn, not
+ * BaseEventLoop.time (read natively); 2: it is its class's own method st->core.clk_nat_fn, not
  * shadowed (uvloop's Loop.time: called without a lookup); 0: prove it again. Nothing it rests on
  * may have changed: the loop and its class (__class__ assignment changes the type; any change
  * to the class or a base changes its tag, and the method is owned by the class), the instance
@@ -129,29 +129,29 @@ fa_loop_proven(fa_state *st, PyObject *loop)
      * object of the same type at a dead loop's address is judged by what judged the old one:
      * its type and its dict, and the old dict's death changed the tags (a dict watcher sees
      * it die; a new dict has a new PEP 509 version). */
-    if (!st->clk_nat_valid || (void *)loop != st->clk_nat_loop) {
+    if (!st->core.clk_nat_valid || (void *)loop != st->core.clk_nat_loop) {
         return 0;
     }
     PyTypeObject *tp = Py_TYPE(loop);
-    if ((void *)tp != st->clk_nat_type || fa_type_tag(tp) != st->clk_nat_ttag
-        || *st->clk_nat_dictptr != st->clk_nat_dict) {
+    if ((void *)tp != st->core.clk_nat_type || fa_type_tag(tp) != st->core.clk_nat_ttag
+        || *st->core.clk_nat_dictptr != st->core.clk_nat_dict) {
         return 0;
     }
-    if (st->clk_nat_fn == NULL
-        && (PyFunction_GET_CODE(st->clk_base_time) != st->clk_base_code
-            || !fa_dict_tag_same(st->clk_base_globals, st->clk_globals_tag)
+    if (st->core.clk_nat_fn == NULL
+        && (PyFunction_GET_CODE(st->core.clk_base_time) != st->core.clk_base_code
+            || !fa_dict_tag_same(st->core.clk_base_globals, st->core.clk_globals_tag)
             || !fa_mono_proven(st))) {
         return 0;
     }
-    int kind = st->clk_nat_fn == NULL ? 1 : 2;
-    PyObject *d = st->clk_nat_dict;
+    int kind = st->core.clk_nat_fn == NULL ? 1 : 2;
+    PyObject *d = st->core.clk_nat_dict;
     if (d == NULL) {
         return kind;
     }
 #if FA_INLINE_VALUES
     /* an instance store may not have told the dict's watchers: look for `time` itself (a str
      * key in a str-keyed dict: no Python code; anything else answers "prove it again") */
-    int has = PyDict_Contains(d, st->str_time);  // answers without a look at the error state
+    int has = PyDict_Contains(d, st->core.str_time);  // answers without a look at the error state
     if (FA_UNLIKELY(has != 0)) {
         if (has < 0) {
             PyErr_Clear();
@@ -160,7 +160,7 @@ fa_loop_proven(fa_state *st, PyObject *loop)
     }
     return kind;
 #else
-    return fa_dict_tag_same(d, st->clk_nat_dtag) ? kind : 0;
+    return fa_dict_tag_same(d, st->core.clk_nat_dtag) ? kind : 0;
 #endif
 }
 
@@ -187,15 +187,15 @@ fa_loop_read(fa_state *st, PyObject *loop, fa_reading *r)
  * METH_NOARGS function whose own answer is cheap from 3.12 (a per-thread field, or a cache keyed
  * on the thread's id), so the cost left is the generic call around it (argument checks, the
  * recursion guard, the result check). fa_clock_init keeps its C function and its module when it
- * is that (clk_rl_cfunc, clk_rl_self, borrowed from st->get_running_loop, which holds both);
+ * is that (clk_rl_cfunc, clk_rl_self, borrowed from st->core.get_running_loop, which holds both);
  * asyncio's pure-Python fallback, or anything else, is called the generic way. New ref or NULL. */
 static inline PyObject *
 fa_call_running_loop_getter(fa_state *st)
 {
-    if (FA_LIKELY(st->clk_rl_cfunc != NULL)) {
-        return st->clk_rl_cfunc(st->clk_rl_self, NULL);
+    if (FA_LIKELY(st->core.clk_rl_cfunc != NULL)) {
+        return st->core.clk_rl_cfunc(st->core.clk_rl_self, NULL);
     }
-    return PyObject_CallNoArgs(st->get_running_loop);
+    return PyObject_CallNoArgs(st->core.get_running_loop);
 }
 
 /* The running loop (new ref) or None.
@@ -214,19 +214,20 @@ fa_running_loop_or_none(fa_state *st)
 {
 #if !FA_DICT_WATCHERS
     PyObject *d = PyThreadState_GetDict();  // borrowed
-    if (FA_LIKELY(d != NULL && st->clk_fork_gen != (unsigned long)-1)) {
+    if (FA_LIKELY(d != NULL && st->core.clk_fork_gen != (unsigned long)-1)) {
         uint64_t ver = fa_dict_version(d);
-        if (FA_LIKELY(ver == st->clk_rl_dict_version && st->clk_rl_fork_gen == st->clk_fork_gen
-                      && st->clk_rl_loop != NULL)) {
-            return Py_NewRef(st->clk_rl_loop);
+        if (FA_LIKELY(ver == st->core.clk_rl_dict_version
+                      && st->core.clk_rl_fork_gen == st->core.clk_fork_gen
+                      && st->core.clk_rl_loop != NULL)) {
+            return Py_NewRef(st->core.clk_rl_loop);
         }
         PyObject *loop = fa_call_running_loop_getter(st);  // new ref; C, no Python code
         if (loop == NULL) {
             return NULL;
         }
-        st->clk_rl_loop = loop;  // borrowed from here on (see above)
-        st->clk_rl_fork_gen = st->clk_fork_gen;
-        st->clk_rl_dict_version = fa_dict_version(d);  // unchanged by that call
+        st->core.clk_rl_loop = loop;  // borrowed from here on (see above)
+        st->core.clk_rl_fork_gen = st->core.clk_fork_gen;
+        st->core.clk_rl_dict_version = fa_dict_version(d);  // unchanged by that call
         return loop;
     }
 #endif

@@ -913,7 +913,7 @@ ct_order(ct_table *t, int32_t **out)
 }
 
 #if FA_DEBUG
-/* The table's invariants (debug builds; see FA_ASSERT_CONSISTENT in aiofast.h), checked by
+/* The table's invariants (debug builds; see FA_ASSERT_CONSISTENT in debug.h), checked by
  * the owners' checkers (cache_check in cache.c, memo_check in memo.c) after every mutation.
  * Reads C fields only: no Python code, no allocation, no exception (the stored hash of an exact
  * str or int key is compared with the hash the key itself gives, which for those types is C).

@@ -82,7 +82,7 @@ static inline PyObject *
 fa_create_future(fa_state *st, PyObject *loop)
 {
     PyObject *args[1] = {loop};
-    return PyObject_VectorcallMethod(st->str_create_future, args,
+    return PyObject_VectorcallMethod(st->core.str_create_future, args,
                                      1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
@@ -103,13 +103,13 @@ fa_call_bool(PyObject *obj, PyObject *name)
 static inline int
 fa_fut_done(fa_state *st, PyObject *fut)
 {
-    return fa_call_bool(fut, st->str_done);
+    return fa_call_bool(fut, st->core.str_done);
 }
 
 static inline int
 fa_fut_cancelled(fa_state *st, PyObject *fut)
 {
-    return fa_call_bool(fut, st->str_cancelled);
+    return fa_call_bool(fut, st->core.str_cancelled);
 }
 
 /* fut.set_result(value): 0 or -1. Beware: runs Python code (call_soon of the loop). */
@@ -117,7 +117,7 @@ static inline int
 fa_fut_set_result(fa_state *st, PyObject *fut, PyObject *value)
 {
     PyObject *args[2] = {fut, value};
-    PyObject *r = PyObject_VectorcallMethod(st->str_set_result, args,
+    PyObject *r = PyObject_VectorcallMethod(st->core.str_set_result, args,
                                             2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (r == NULL) {
         return -1;
@@ -131,7 +131,7 @@ static inline int
 fa_fut_cancel(fa_state *st, PyObject *fut)
 {
     PyObject *args[1] = {fut};
-    PyObject *r = PyObject_VectorcallMethod(st->str_cancel, args,
+    PyObject *r = PyObject_VectorcallMethod(st->core.str_cancel, args,
                                             1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (r == NULL) {
         return -1;
@@ -145,7 +145,7 @@ static inline double
 fa_loop_time(fa_state *st, PyObject *loop)
 {
     PyObject *args[1] = {loop};
-    PyObject *r = PyObject_VectorcallMethod(st->str_time, args,
+    PyObject *r = PyObject_VectorcallMethod(st->core.str_time, args,
                                             1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (r == NULL) {
         return -1.0;
@@ -159,7 +159,7 @@ fa_loop_time(fa_state *st, PyObject *loop)
 static inline int
 fa_is_cancelled_error(fa_state *st, PyObject *exc)
 {
-    return PyObject_TypeCheck(exc, (PyTypeObject *)st->CancelledError);
+    return PyObject_TypeCheck(exc, (PyTypeObject *)st->core.CancelledError);
 }
 
 #endif

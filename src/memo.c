@@ -35,6 +35,7 @@
  */
 #include "ctable.h"
 #include "op.h"
+#include "memo.h"
 #include "wrapper.h"
 #include <pythread.h>
 
@@ -89,7 +90,7 @@ typedef struct {
     PyObject *weakreflist;   /* weakly referenceable, as bound methods are */
 } MemoMethodObject;
 
-#define IS_FLIGHT(st, v) Py_IS_TYPE((v), (st)->FlightType)
+#define IS_FLIGHT(st, v) Py_IS_TYPE((v), (st)->memo.FlightType)
 
 /* ------------------------------------------------------------------ debug invariants */
 
@@ -129,7 +130,7 @@ flight_check(FlightObject *f)
     }
 }
 
-/* The memo's invariants (see FA_ASSERT_CONSISTENT in aiofast.h): the table's own (ct_check,
+/* The memo's invariants (see FA_ASSERT_CONSISTENT in debug.h): the table's own (ct_check,
  * bounded for huge tables); maxsize respected (maxsize 0: nothing is ever stored); a timed table
  * exactly when there is a ttl; every flight in the table belongs to this memo, is keyed by the
  * very key object and hash of its entry, and is consistent itself (flight_check: its waiters);
@@ -152,7 +153,7 @@ memo_check(MemoObject *self)
     FA_CHECK(self->hits < (1ULL << 62) && self->misses < (1ULL << 62),
              "memo %p: hits %llu, misses %llu (wrapped?)", (void *)self, self->hits,
              self->misses);
-    FA_CHECK(self->hitcache == NULL || Py_IS_TYPE(self->hitcache, st->OpType),
+    FA_CHECK(self->hitcache == NULL || Py_IS_TYPE(self->hitcache, st->engine.OpType),
              "memo %p: hitcache %p", (void *)self, (void *)self->hitcache);
     Py_ssize_t n = full || t->nentries < CT_CHECK_FULL ? t->nentries : CT_CHECK_FULL;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -209,7 +210,7 @@ make_key(MemoObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         PyTuple_SET_ITEM(key, j++, Py_NewRef(args[i]));
     }
     if (nkw) {
-        PyTuple_SET_ITEM(key, j++, Py_NewRef(self->st->kwd_mark));
+        PyTuple_SET_ITEM(key, j++, Py_NewRef(self->st->memo.kwd_mark));
         for (Py_ssize_t i = 0; i < nkw; i++) {
             PyTuple_SET_ITEM(key, j++, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
             PyTuple_SET_ITEM(key, j++, Py_NewRef(args[nargs + i]));
@@ -272,7 +273,7 @@ memo_loop_changed(MemoObject *self, PyObject *loop)
 {
     if (self->first_loop != NULL) {
         if (!self->warned_loop) {
-            if (PyErr_WarnEx(self->st->AlruCacheLoopResetWarning,
+            if (PyErr_WarnEx(self->st->memo.AlruCacheLoopResetWarning,
                              "alru_cache detected event loop change and auto-cleared stale "
                              "entries. This is safe but unusual outside of tests "
                              "(pytest-anyio, etc.).", 1) < 0) {
@@ -493,7 +494,7 @@ flight_settle_entry(FlightObject *f, PyObject *result)
 static FlightObject *
 flight_new(MemoObject *m, PyObject *key, Py_hash_t hash)
 {
-    FlightObject *f = PyObject_GC_New(FlightObject, m->st->FlightType);
+    FlightObject *f = PyObject_GC_New(FlightObject, m->st->memo.FlightType);
     if (f == NULL) {
         return NULL;
     }
@@ -575,7 +576,7 @@ flight_wake_all(FlightObject *f, PyObject *result, PyObject *exc)
                 else if (exc != NULL) {
                     PyObject *args[2] = {fut, exc};
                     PyObject *r = PyObject_VectorcallMethod(
-                        st->str_set_exception, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                        st->core.str_set_exception, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
                     rc = r ? 0 : -1;
                     Py_XDECREF(r);
                 }
@@ -611,14 +612,14 @@ flight_done(PyObject *op, PyObject *task)
     }
     if (!cancelled) {
         PyObject *args[1] = {task};
-        exc = PyObject_VectorcallMethod(st->str_exception, args,
+        exc = PyObject_VectorcallMethod(st->core.str_exception, args,
                                         1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         if (exc == NULL) {
             goto error;
         }
         if (exc == Py_None) {
             Py_CLEAR(exc);
-            result = PyObject_VectorcallMethod(st->str_result, args,
+            result = PyObject_VectorcallMethod(st->core.str_result, args,
                                                1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             if (result == NULL) {
                 goto error;
@@ -672,7 +673,7 @@ flight_start(FlightObject *f, PyObject *loop, PyObject *packed)
     PyObject *task = NULL;
     if (coro != NULL) {
         PyObject *args[2] = {loop, coro};
-        task = PyObject_VectorcallMethod(st->str_create_task, args,
+        task = PyObject_VectorcallMethod(st->core.str_create_task, args,
                                          2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         if (task == NULL) {
             PyObject *exc = fa_fetch_exc();
@@ -689,7 +690,7 @@ flight_start(FlightObject *f, PyObject *loop, PyObject *packed)
         PyObject *r = NULL;
         if (cb != NULL) {
             PyObject *args[2] = {task, cb};
-            r = PyObject_VectorcallMethod(st->str_add_done_callback, args,
+            r = PyObject_VectorcallMethod(st->core.str_add_done_callback, args,
                                           2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             Py_DECREF(cb);
         }
@@ -1172,7 +1173,7 @@ memo_cache_info(PyObject *op, PyObject *Py_UNUSED(ignored))
     if (memo_expire_now(self) < 0) {
         return NULL;
     }
-    return PyObject_CallFunction(self->st->CacheInfo, "KKOn", self->hits, self->misses,
+    return PyObject_CallFunction(self->st->memo.CacheInfo, "KKOn", self->hits, self->misses,
                                  self->maxsize_obj, self->t.used);
 }
 
@@ -1397,7 +1398,7 @@ memo_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     self->has_ttl = ttl != Py_None;
     ct_init(&self->t, self->has_ttl, 0, self->has_ttl);
     self->keyfunc = key == Py_None ? NULL : Py_NewRef(key);
-    self->timer = (timer == Py_None || timer == st->time_monotonic) ? NULL : Py_NewRef(timer);
+    self->timer = (timer == Py_None || timer == st->core.time_monotonic) ? NULL : Py_NewRef(timer);
     self->rand = rand;
     self->maxsize_obj = maxsize == Py_None ? Py_NewRef(Py_None) : PyLong_FromSsize_t(ms);
     self->ttl_obj = Py_NewRef(ttl);
@@ -1422,7 +1423,7 @@ memo_descr_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
         return Py_NewRef(op);
     }
     MemoObject *self = (MemoObject *)op;
-    MemoMethodObject *m = PyObject_GC_New(MemoMethodObject, self->st->MemoCallType);
+    MemoMethodObject *m = PyObject_GC_New(MemoMethodObject, self->st->memo.MemoCallType);
     if (m == NULL) {
         return NULL;
     }
@@ -1695,37 +1696,33 @@ static PyType_Spec flight_spec = {
 int
 fa_memo_init(PyObject *mod, fa_state *st)
 {
-    if ((st->str_create_task = PyUnicode_InternFromString("create_task")) == NULL
-        || (st->str_exception = PyUnicode_InternFromString("exception")) == NULL) {
+    FA_INIT_NEEDS(st->engine.OpType);  // its calls are ops
+    st->memo.CacheInfo = fa_import_attr("functools", "_CacheInfo");
+    if (st->memo.CacheInfo == NULL) {
         return -1;
     }
-    st->CacheInfo = fa_import_attr("functools", "_CacheInfo");
-    if (st->CacheInfo == NULL) {
+    st->memo.kwd_mark = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (st->memo.kwd_mark == NULL) {
         return -1;
     }
-    st->kwd_mark = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
-    if (st->kwd_mark == NULL) {
-        return -1;
-    }
-    st->AlruCacheLoopResetWarning = PyErr_NewExceptionWithDoc(
+    st->memo.AlruCacheLoopResetWarning = PyErr_NewExceptionWithDoc(
         "aiofast.AlruCacheLoopResetWarning",
         "Emitted once per alru_cache when it is called in a new event loop (and clears itself).",
         PyExc_UserWarning, NULL);
-    if (st->AlruCacheLoopResetWarning == NULL
+    if (st->memo.AlruCacheLoopResetWarning == NULL
         || PyModule_AddObjectRef(mod, "AlruCacheLoopResetWarning",
-                                 st->AlruCacheLoopResetWarning) < 0) {
+                                 st->memo.AlruCacheLoopResetWarning) < 0) {
         return -1;
     }
-    st->MemoType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &memo_spec, NULL);
-    if (st->MemoType == NULL || PyModule_AddObjectRef(mod, "Memo", (PyObject *)st->MemoType) < 0) {
+    if ((st->memo.MemoType = fa_add_type(mod, &memo_spec, NULL, NULL)) == NULL) {
         return -1;
     }
-    st->MemoCallType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &method_spec, NULL);
-    if (st->MemoCallType == NULL) {
+    st->memo.MemoCallType = fa_new_type(mod, &method_spec, NULL, NULL);
+    if (st->memo.MemoCallType == NULL) {
         return -1;
     }
-    st->FlightType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &flight_spec, NULL);
-    if (st->FlightType == NULL) {
+    st->memo.FlightType = fa_new_type(mod, &flight_spec, NULL, NULL);
+    if (st->memo.FlightType == NULL) {
         return -1;
     }
     return 0;

@@ -372,7 +372,7 @@ special_get(FaMethod *d, PyObject *obj)
         }
         return Py_NewRef(b);
     }
-    b = PyObject_GC_New(FaBound, d->st->BoundType);
+    b = PyObject_GC_New(FaBound, d->st->engine.BoundType);
     if (b == NULL) {
         return NULL;
     }
@@ -439,7 +439,7 @@ md_from_proto(PyObject *self, void *name)
 static PyObject *
 md_get_mark(PyObject *self, void *Py_UNUSED(c))
 {
-    PyObject *mark = ((FaMethod *)self)->st->coro_mark;
+    PyObject *mark = ((FaMethod *)self)->st->engine.coro_mark;
     if (mark == NULL) {
         PyErr_SetString(PyExc_AttributeError, "_is_coroutine_marker");
         return NULL;
@@ -686,7 +686,7 @@ md_add(fa_state *st, PyTypeObject *tp, const char *name, PyCFunction meth, int f
                      (unsigned)flags);
         return -1;
     }
-    FaMethod *d = PyObject_GC_New(FaMethod, st->SpecialDescrType);
+    FaMethod *d = PyObject_GC_New(FaMethod, st->engine.SpecialDescrType);
     if (d == NULL) {
         return -1;
     }
@@ -756,12 +756,12 @@ fa_special_clear(PyObject *self, PyObject **slot)
 int
 fa_method_init(PyObject *mod, fa_state *st)
 {
-    st->SpecialDescrType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &md_spec, NULL);
-    if (st->SpecialDescrType == NULL) {
+    st->engine.SpecialDescrType = fa_new_type(mod, &md_spec, NULL, NULL);
+    if (st->engine.SpecialDescrType == NULL) {
         return -1;
     }
-    st->BoundType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &bound_spec, NULL);
-    if (st->BoundType == NULL) {
+    st->engine.BoundType = fa_new_type(mod, &bound_spec, NULL, NULL);
+    if (st->engine.BoundType == NULL) {
         return -1;
     }
 #if FA_PY312
@@ -775,10 +775,10 @@ fa_method_init(PyObject *mod, fa_state *st)
                                          Py_file_input, globals, globals)
                           : NULL;
     Py_XDECREF(r);
-    st->coro_mark = r ? PyDict_GetItemString(globals, "mark") : NULL;
-    Py_XINCREF(st->coro_mark);
+    st->engine.coro_mark = r ? PyDict_GetItemString(globals, "mark") : NULL;
+    Py_XINCREF(st->engine.coro_mark);
     Py_XDECREF(globals);
-    if (st->coro_mark == NULL) {
+    if (st->engine.coro_mark == NULL) {
         PyErr_Clear();  // gone in some future Python: __code__ still says it all
     }
 #endif

@@ -1,112 +1,38 @@
 /*
- * module.c: aiofast._core. Multi-phase init; the module state (fa_state) is filled here and by
- * each family's fa_<family>_init, in order. Also type creation, shared by every family
- * (argument parsing is in args.c, the StopIteration of results in op.c).
+ * module.c: aiofast._core, the top. The module definition, the order in which the layers and
+ * families fill their parts of the module state (each init says which parts it reads), and the
+ * call of each part's traverse and clear. Nothing else: the families' code is below.
  *
- * Invariant: every object field of fa_state is either NULL or a strong reference, visited by
- * module_traverse and released by module_clear, each by name (aiofast.h's FA_STATE_OBJECTS
- * list declares them, so none can be left out).
+ * Invariant: every object field of every part of fa_state is either NULL or a strong reference,
+ * visited by its part's traverse and released by its part's clear (generated from the part's one
+ * list of fields, so none can be left out).
  */
 #include "aiofast.h"
-#include "loop.h"
 #include "clock.h"
 #include "shm.h"
-
-
-static struct PyModuleDef module_def;
-
-fa_state *
-fa_state_from_type(PyTypeObject *tp)
-{
-    PyObject *mod = fa_type_module_by_def(tp, &module_def);  // borrowed
-    return mod ? fa_get_state(mod) : NULL;
-}
-
-PyTypeObject *
-fa_add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, const char *short_name)
-{
-    PyTypeObject *tp = (PyTypeObject *)PyType_FromModuleAndSpec(mod, spec, base);  // new ref
-    if (tp == NULL) {
-        return NULL;
-    }
-    if (short_name != NULL) {
-        fa_set_short_tpname(tp, short_name);
-    }
-    if (PyModule_AddType(mod, tp) < 0) {
-        Py_DECREF(tp);
-        return NULL;
-    }
-    return tp;
-}
 
 static int
 module_exec(PyObject *mod)
 {
     fa_state *st = fa_get_state(mod);
     memset(st, 0, sizeof(*st));
-
-#define INTERN(field, text) \
-    if ((st->field = PyUnicode_InternFromString(text)) == NULL) return -1
-    INTERN(str_create_future, "create_future");
-    INTERN(str_set_result, "set_result");
-    INTERN(str_set_exception, "set_exception");
-    INTERN(str_done, "done");
-    INTERN(str_cancelled, "cancelled");
-    INTERN(str_cancel, "cancel");
-    INTERN(str_result, "result");
-    INTERN(str_await, "__await__");
-    INTERN(str_call_at, "call_at");
-    INTERN(str_call_soon, "call_soon");
-    INTERN(str_time, "time");
-    INTERN(str_add_done_callback, "add_done_callback");
-    INTERN(str_acquire, "acquire");
-    INTERN(str_release, "release");
-    INTERN(str_locked, "locked");
-    INTERN(str_get_loop, "_get_loop");
-    INTERN(str_append, "append");
-    INTERN(str_throw, "throw");
-    INTERN(str_close, "close");
-#undef INTERN
-
-#define IMPORT(field, modname, attr) \
-    do { \
-        if ((st->field = fa_import_attr(modname, attr)) == NULL) return -1; \
-    } while (0)
-    IMPORT(get_running_loop, "asyncio.events", "_get_running_loop");
-    IMPORT(CancelledError, "asyncio.exceptions", "CancelledError");
-    IMPORT(InvalidStateError, "asyncio.exceptions", "InvalidStateError");
-    IMPORT(QueueEmpty, "asyncio.queues", "QueueEmpty");
-    IMPORT(QueueFull, "asyncio.queues", "QueueFull");
-    IMPORT(deque_type, "collections", "deque");
-    IMPORT(TimeoutError, "builtins", "TimeoutError");
-#if FA_PY313
-    IMPORT(QueueShutDown, "asyncio.queues", "QueueShutDown");
-#else
-    st->QueueShutDown = PyErr_NewExceptionWithDoc(
-        "aiofast.QueueShutDown", "Raised when putting on to or getting from a shut-down Queue.",
-        PyExc_Exception, NULL);
-    if (st->QueueShutDown == NULL) {
-        return -1;
-    }
-#endif
-#undef IMPORT
-    if (PyModule_AddObjectRef(mod, "QueueShutDown", st->QueueShutDown) < 0) {
-        return -1;
-    }
     /* _debug: 1 in builds with asserts and invariant checks (AIOFAST_DEBUG, the sanitizers) */
     if (PyModule_AddIntConstant(mod, "_debug", FA_DEBUG) < 0) {
         return -1;
     }
-
-    if (fa_clock_init(mod, st) < 0) return -1;
-    if (fa_shm_init(mod, st) < 0) return -1;
-    if (fa_op_init(mod, st) < 0) return -1;
-    if (fa_semaphore_init(mod, st) < 0) return -1;
-    if (fa_queue_init(mod, st) < 0) return -1;
-    if (fa_breaker_init(mod, st) < 0) return -1;
-    if (fa_cache_init(mod, st) < 0) return -1;
-    if (fa_memo_init(mod, st) < 0) return -1;
-    if (fa_tokenbucket_init(mod, st) < 0) return -1;
+    /* core, then the engine, then the families: each after the parts its init reads */
+    if (fa_core_state_init(mod, st) < 0
+        || fa_clock_init(mod, st) < 0
+        || fa_shm_init(mod, st) < 0
+        || fa_op_init(mod, st) < 0
+        || fa_semaphore_init(mod, st) < 0
+        || fa_queue_init(mod, st) < 0  /* reads the lock family's Event */
+        || fa_breaker_init(mod, st) < 0
+        || fa_cache_init(mod, st) < 0
+        || fa_memo_init(mod, st) < 0
+        || fa_tokenbucket_init(mod, st) < 0) {
+        return -1;
+    }
     return 0;
 }
 
@@ -117,16 +43,17 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     if (st == NULL) {
         return 0;
     }
-#define VISIT_T(name) Py_VISIT(st->name);
-#define VISIT_O(name) Py_VISIT(st->name);
-#define VISIT_ARRAY(name, n) \
-    for (size_t i_ = 0; i_ < (n); i_++) { \
-        Py_VISIT(st->name[i_]); \
+    int rc;
+    if ((rc = fa_core_traverse(&st->core, visit, arg)) != 0
+        || (rc = fa_engine_traverse(&st->engine, visit, arg)) != 0
+        || (rc = fa_semaphore_traverse(&st->semaphore, visit, arg)) != 0
+        || (rc = fa_queue_traverse(&st->queue, visit, arg)) != 0
+        || (rc = fa_tokenbucket_traverse(&st->tokenbucket, visit, arg)) != 0
+        || (rc = fa_breaker_traverse(&st->breaker, visit, arg)) != 0
+        || (rc = fa_cache_traverse(&st->cache, visit, arg)) != 0
+        || (rc = fa_memo_traverse(&st->memo, visit, arg)) != 0) {
+        return rc;
     }
-    FA_STATE_OBJECTS(VISIT_T, VISIT_O, VISIT_ARRAY)
-#undef VISIT_T
-#undef VISIT_O
-#undef VISIT_ARRAY
     return 0;
 }
 
@@ -137,17 +64,15 @@ module_clear(PyObject *mod)
     if (st == NULL) {
         return 0;
     }
-    fa_clock_clear(st);
-#define CLEAR_T(name) Py_CLEAR(st->name);
-#define CLEAR_O(name) Py_CLEAR(st->name);
-#define CLEAR_ARRAY(name, n) \
-    for (size_t i_ = 0; i_ < (n); i_++) { \
-        Py_CLEAR(st->name[i_]); \
-    }
-    FA_STATE_OBJECTS(CLEAR_T, CLEAR_O, CLEAR_ARRAY)
-#undef CLEAR_T
-#undef CLEAR_O
-#undef CLEAR_ARRAY
+    fa_clock_clear(st);  // the clock's borrowed pointers and watcher, before its objects go
+    fa_core_clear(&st->core);
+    fa_engine_clear(&st->engine);
+    fa_semaphore_clear(&st->semaphore);
+    fa_queue_clear(&st->queue);
+    fa_tokenbucket_clear(&st->tokenbucket);
+    fa_breaker_clear(&st->breaker);
+    fa_cache_clear(&st->cache);
+    fa_memo_clear(&st->memo);
     return 0;
 }
 
@@ -176,5 +101,6 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__core(void)
 {
+    fa_state_set_module_def(&module_def);
     return PyModuleDef_Init(&module_def);
 }

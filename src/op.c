@@ -73,7 +73,7 @@ fa_op_reset(FaOp *op)
 FaOp *
 fa_op_new(fa_state *st, const fa_opkind *kind, PyObject *owner, PyObject *arg)
 {
-    FaOp *op = PyObject_GC_New(FaOp, st->OpType);  // new ref
+    FaOp *op = PyObject_GC_New(FaOp, st->engine.OpType);  // new ref
     if (op == NULL) {
         return NULL;
     }
@@ -134,7 +134,7 @@ fa_op_wait_on(FaOp *op, PyObject *loop, fa_waitq *q, PyObject **res)
         it = am_await(fut);
     }
     else {
-        it = PyObject_CallMethodNoArgs(fut, st->str_await);
+        it = PyObject_CallMethodNoArgs(fut, st->core.str_await);
     }
     if (it == NULL) {
         Py_DECREF(fut);
@@ -180,7 +180,8 @@ fa_op_wait_self(FaOp *op, int get_loop_overridden, PyObject **loop_slot, fa_wait
         return fa_op_wait(op, loop_slot, q, res);
     }
     PyObject *args[1] = {op->owner};
-    PyObject *loop = PyObject_VectorcallMethod(op->st->str_get_loop, args,  // Beware: user code
+    // Beware: user code
+    PyObject *loop = PyObject_VectorcallMethod(op->st->core.str_get_loop, args,
                                                1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (loop == NULL) {
         return PYGEN_ERROR;
@@ -379,10 +380,10 @@ op_am_send(PyObject *self, PyObject *arg, PyObject **res)
  *
  * From 3.12 `await` drives a C awaitable through tp_iternext, so every value it returns travels
  * in a StopIteration, which the interpreter reads and drops at once. The engine keeps one
- * (st->stopiter) and raises it again whenever nobody else holds it, swapping the value in place:
- * no allocation per result. It keeps the last value referenced until the next result or until
- * fa_op_forget_result (for families that must not keep a removed value alive). Before 3.12,
- * `await` uses am_send and no StopIteration is made. */
+ * (st->engine.stopiter) and raises it again whenever nobody else holds it, swapping the value
+ * in place: no allocation per result. It keeps the last value referenced until the next result
+ * or until fa_op_forget_result (for families that must not keep a removed value alive). Before
+ * 3.12, `await` uses am_send and no StopIteration is made. */
 
 #if FA_PY312
 /* Can the cached StopIteration carry another value: held by nobody else, its args a 1-tuple
@@ -453,7 +454,7 @@ op_raise_result(fa_state *st, PyObject *value)
         return;
     }
 #if FA_PY312
-    PyObject *exc = st->stopiter;
+    PyObject *exc = st->engine.stopiter;
     if (FA_LIKELY(stop_reusable(exc))) {
         Py_INCREF(exc);  // ours to raise
         stop_swap((PyStopIterationObject *)exc, value);
@@ -463,7 +464,7 @@ op_raise_result(fa_state *st, PyObject *value)
     PyObject *fresh = op_raise_fresh(value);
     Py_DECREF(value);
     if (fresh != NULL) {
-        Py_XSETREF(st->stopiter, Py_NewRef(fresh));  // a busy or altered one is let go
+        Py_XSETREF(st->engine.stopiter, Py_NewRef(fresh));  // a busy or altered one is let go
     }
 #else
     (void)st;
@@ -476,7 +477,7 @@ void
 fa_op_forget_result(fa_state *st)
 {
 #if FA_PY312
-    PyObject *exc = st->stopiter;
+    PyObject *exc = st->engine.stopiter;
     if (exc != NULL && ((PyStopIterationObject *)exc)->value != Py_None && stop_reusable(exc)) {
         Py_INCREF(exc);
         stop_swap((PyStopIterationObject *)exc, Py_NewRef(Py_None));  // Beware: the old value
@@ -637,7 +638,7 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
          * the exception is raised here */
         PyObject *it = op->fut_iter;
         if (!PyCoro_CheckExact(it) && !PyGen_CheckExact(it)
-            && !PyObject_HasAttr(it, op->st->str_throw)) {
+            && !PyObject_HasAttr(it, op->st->core.str_throw)) {
             Py_CLEAR(op->fut_iter);
             op->flags &= ~FA_OPF_DELEGATE;
             r = op_fail(op, exc);
@@ -645,7 +646,7 @@ op_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return op_result_to_py(r, res);
         }
         PyObject *targs[2] = {it, exc};
-        PyObject *y = PyObject_VectorcallMethod(op->st->str_throw, targs,
+        PyObject *y = PyObject_VectorcallMethod(op->st->core.str_throw, targs,
                                                 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(exc);
         if (y != NULL) {
@@ -688,8 +689,8 @@ op_close(PyObject *self, PyObject *Py_UNUSED(ignored))
     PyObject *exc = NULL;  // what reaches the wait: GeneratorExit, or the delegate's close() error
     if (op->flags & FA_OPF_DELEGATE) {
         PyObject *it = op->fut_iter;
-        int has = PyObject_HasAttr(it, op->st->str_close);
-        PyObject *r = has ? PyObject_CallMethodNoArgs(it, op->st->str_close) : NULL;
+        int has = PyObject_HasAttr(it, op->st->core.str_close);
+        PyObject *r = has ? PyObject_CallMethodNoArgs(it, op->st->core.str_close) : NULL;
         if (has && r == NULL) {
             exc = fa_fetch_exc();  // new ref
         }
@@ -972,21 +973,10 @@ fa_op_init(PyObject *mod, fa_state *st)
     if (fa_method_init(mod, st) < 0 || fa_waitview_init(mod, st) < 0) {
         return -1;
     }
-    st->OpType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &op_spec, NULL);
-    if (st->OpType == NULL) {
+    if ((st->engine.OpType = fa_new_type(mod, &op_spec, NULL, NULL)) == NULL) {
         return -1;
     }
     /* collections.abc.Coroutine's subclass hook accepts the type (it has __await__, send,
      * throw, close); register explicitly too, so the check never depends on the hook. */
-    PyObject *coro = fa_import_attr("collections.abc", "Coroutine");
-    if (coro == NULL) {
-        return -1;
-    }
-    PyObject *r = PyObject_CallMethod(coro, "register", "O", st->OpType);
-    Py_DECREF(coro);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    return fa_register_abc("Coroutine", st->engine.OpType);
 }

@@ -103,7 +103,7 @@ struct FaOp {
 /* ---- waiter queue ---- */
 
 #if FA_DEBUG
-/* The waiter queue's invariants (debug builds; see FA_ASSERT_CONSISTENT in aiofast.h): the
+/* The waiter queue's invariants (debug builds; see FA_ASSERT_CONSISTENT in debug.h): the
  * links agree both ways, head/tail are the ends, len counts the linked ops (which also bounds
  * the walk, so a cycle is caught), every linked op points back at this queue, is an FaOp still
  * being driven (WAITING, or RUNNING: the op that is linking or unlinking itself, or one a
@@ -132,7 +132,7 @@ fa_waitq_check(const fa_waitq *q)
     for (FaOp *op = q->head; op != NULL; op = op->next) {
         FA_CHECK(n < q->len, "waitq %p: more ops linked than len %zd (a cycle?)", (void *)q,
                  q->len);
-        FA_CHECK(Py_REFCNT(op) >= 1 && op->st != NULL && Py_IS_TYPE(op, op->st->OpType),
+        FA_CHECK(Py_REFCNT(op) >= 1 && op->st != NULL && Py_IS_TYPE(op, op->st->engine.OpType),
                  "waitq %p: item %zd (%p) is not a live FaOp", (void *)q, n, (void *)op);
         FA_CHECK(op->queue == q, "waitq %p: op %p (%s) has queue %p", (void *)q, (void *)op,
                  op->kind->name, (void *)op->queue);

@@ -83,7 +83,7 @@ dc_ref_code(fa_state *st, Py_ssize_t k)
     if (key == NULL) {
         return NULL;
     }
-    PyObject *code = PyDict_GetItemWithError(st->q_dc_refs, key);  // borrowed
+    PyObject *code = PyDict_GetItemWithError(st->queue.dc_refs, key);  // borrowed
     if (code != NULL || PyErr_Occurred()) {
         Py_DECREF(key);
         return code;
@@ -119,7 +119,7 @@ dc_ref_code(fa_state *st, Py_ssize_t k)
     if (cls == NULL) {
         goto done;
     }
-    lt = PyObject_GetAttr(cls, st->q_str_lt);
+    lt = PyObject_GetAttr(cls, st->queue.str_lt);
     if (lt == NULL) {
         goto done;
     }
@@ -127,7 +127,7 @@ dc_ref_code(fa_state *st, Py_ssize_t k)
         PyErr_SetString(PyExc_TypeError, "dataclasses made a __lt__ that is not a function");
         goto done;
     }
-    if (PyDict_SetItem(st->q_dc_refs, key, PyFunction_GET_CODE(lt)) == 0) {
+    if (PyDict_SetItem(st->queue.dc_refs, key, PyFunction_GET_CODE(lt)) == 0) {
         code = PyFunction_GET_CODE(lt);  // borrowed, now held by the dict
     }
 done:
@@ -166,7 +166,7 @@ static PyObject *
 dc_examine(fa_state *st, PyTypeObject *tp, PyObject *lt)
 {
     if (!PyFunction_Check(lt) || tp->tp_getattro != PyObject_GenericGetAttr
-        || fa_type_lookup(tp, st->q_str_class) != st->q_object_class
+        || fa_type_lookup(tp, st->queue.str_class) != st->queue.object_class
         || PyFunction_GET_DEFAULTS(lt) != NULL || PyFunction_GET_KW_DEFAULTS(lt) != NULL
         || PyFunction_GET_CLOSURE(lt) != NULL) {
         Py_RETURN_NONE;
@@ -218,7 +218,7 @@ dc_fields(fa_prio_heap *h, PyTypeObject *tp)
     if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) || tp->tp_getattro != PyObject_GenericGetAttr) {
         return NULL;
     }
-    PyObject *lt = fa_type_lookup(tp, st->q_str_lt);  // borrowed
+    PyObject *lt = fa_type_lookup(tp, st->queue.str_lt);  // borrowed
     if (lt == NULL) {
         return NULL;
     }
@@ -232,7 +232,7 @@ dc_fields(fa_prio_heap *h, PyTypeObject *tp)
         Py_XSETREF(dc->type, Py_NewRef((PyObject *)tp));
         Py_XSETREF(dc->lt, lt);
         Py_XSETREF(dc->fields, fields);
-        if (fa_type_lookup(tp, st->q_str_lt) != lt) {
+        if (fa_type_lookup(tp, st->queue.str_lt) != lt) {
             return NULL;  // the class changed meanwhile: compare the slow way this time
         }
     }

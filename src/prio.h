@@ -117,7 +117,7 @@ fa_list_take_last(fa_state *st, PyObject *list)
     Py_ssize_t n = PyList_GET_SIZE(list);
     if (FA_UNLIKELY(n - 1 < (((PyListObject *)list)->allocated >> 1))) {
         PyObject *args[1] = {list};
-        return PyObject_VectorcallMethod(st->q_str_pop, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+        return PyObject_VectorcallMethod(st->queue.str_pop, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                          NULL);
     }
     PyObject *item = PyList_GET_ITEM(list, n - 1);  // the list's reference becomes ours

@@ -36,6 +36,7 @@
  *   wrote _unfinished_tasks/_is_shutdown (asyncio allows it), so the count invariants are off.
  */
 #include "op.h"
+#include "queue.h"
 #include "prio.h"
 
 enum { FA_FIFO = 0, FA_PRIO, FA_LIFO };
@@ -143,7 +144,7 @@ queue_check(FaQueue *self)
     PyObject *q = self->queue;
     int exact = 0;
     if (q != NULL) {
-        exact = self->kind == FA_FIFO ? Py_IS_TYPE(q, (PyTypeObject *)self->st->deque_type)
+        exact = self->kind == FA_FIFO ? Py_IS_TYPE(q, (PyTypeObject *)self->st->queue.deque_type)
                                       : PyList_CheckExact(q);
     }
     FA_CHECK(self->native == (exact && (self->ovr & ~OVR_KEEPS_NATIVE) == 0),
@@ -182,7 +183,7 @@ queue_check(FaQueue *self)
                  PyList_GET_SIZE(q));
     }
 }
-#define FA_CONSISTENT queue_check  /* FA_ASSERT_CONSISTENT(self) runs it (aiofast.h) */
+#define FA_CONSISTENT queue_check  /* FA_ASSERT_CONSISTENT(self) runs it (debug.h) */
 #endif
 
 /* ------------------------------------------------------------------ small helpers */
@@ -201,7 +202,7 @@ update_native(FaQueue *self)
     PyObject *q = self->queue;
     int exact = 0;
     if (q != NULL) {
-        exact = self->kind == FA_FIFO ? Py_IS_TYPE(q, (PyTypeObject *)self->st->deque_type)
+        exact = self->kind == FA_FIFO ? Py_IS_TYPE(q, (PyTypeObject *)self->st->queue.deque_type)
                                       : PyList_CheckExact(q);
     }
     self->native = exact && (self->ovr & ~OVR_KEEPS_NATIVE) == 0;
@@ -264,7 +265,7 @@ set_maxsize(FaQueue *self, PyObject *v)
 static int
 kind_init(FaQueue *self, int kind)
 {
-    PyObject *q = kind == FA_FIFO ? PyObject_CallNoArgs(self->st->deque_type) : PyList_New(0);
+    PyObject *q = kind == FA_FIFO ? PyObject_CallNoArgs(self->st->queue.deque_type) : PyList_New(0);
     if (q == NULL) {
         return -1;
     }
@@ -302,9 +303,10 @@ kind_put(FaQueue *self, int kind, PyObject *item)
         self->version++;
     }
     else {
-        PyObject *r = Py_IS_TYPE(q, (PyTypeObject *)st->deque_type)
-                          ? call_descr(st->q_deque_append, q, item)
-                          : call_method(q, st->str_append, item);  // Beware: a foreign container
+        // Beware: a foreign container
+        PyObject *r = Py_IS_TYPE(q, (PyTypeObject *)st->queue.deque_type)
+                          ? call_descr(st->queue.deque_append, q, item)
+                          : call_method(q, st->queue.str_append, item);
         self->version++;
         rc = r ? 0 : -1;
         Py_XDECREF(r);
@@ -345,14 +347,14 @@ kind_get(FaQueue *self, int kind)
             }
         }
         else {
-            r = call_method(q, st->q_str_pop, NULL);  // Beware: a foreign container
+            r = call_method(q, st->queue.str_pop, NULL);  // Beware: a foreign container
         }
         self->version++;
     }
     else {
-        r = Py_IS_TYPE(q, (PyTypeObject *)st->deque_type)
-                ? call_descr(st->q_deque_popleft, q, NULL)
-                : call_method(q, st->q_str_popleft, NULL);  // Beware: a foreign container
+        r = Py_IS_TYPE(q, (PyTypeObject *)st->queue.deque_type)
+                ? call_descr(st->queue.deque_popleft, q, NULL)
+                : call_method(q, st->queue.str_popleft, NULL);  // Beware: a foreign container
         self->version++;
     }
     Py_DECREF(q);
@@ -364,7 +366,7 @@ static int
 q_put(FaQueue *self, PyObject *item)
 {
     if (FA_UNLIKELY(self->ovr & OVR_PUT)) {
-        PyObject *r = call_method((PyObject *)self, self->st->q_str_put, item);  // Beware
+        PyObject *r = call_method((PyObject *)self, self->st->queue.str_put, item);  // Beware
         Py_XDECREF(r);
         return r ? 0 : -1;
     }
@@ -376,7 +378,7 @@ static PyObject *
 q_get(FaQueue *self)
 {
     if (FA_UNLIKELY(self->ovr & OVR_GET)) {
-        return call_method((PyObject *)self, self->st->q_str_get, NULL);  // Beware
+        return call_method((PyObject *)self, self->st->queue.str_get, NULL);  // Beware
     }
     return kind_get(self, self->kind);
 }
@@ -414,7 +416,7 @@ static int
 q_empty(FaQueue *self)
 {
     if (FA_UNLIKELY(self->ovr & OVR_EMPTY)) {
-        return fa_call_bool((PyObject *)self, self->st->q_str_empty);  // Beware
+        return fa_call_bool((PyObject *)self, self->st->queue.str_empty);  // Beware
     }
     return base_empty(self);
 }
@@ -451,7 +453,7 @@ base_full(FaQueue *self)
         }
     }
     if (self->ovr & OVR_QSIZE) {
-        qs = call_method((PyObject *)self, self->st->q_str_qsize, NULL);  // Beware
+        qs = call_method((PyObject *)self, self->st->queue.str_qsize, NULL);  // Beware
     }
     else {
         Py_ssize_t n = base_qsize(self);
@@ -471,7 +473,7 @@ static int
 q_full(FaQueue *self)
 {
     if (FA_UNLIKELY(self->ovr & OVR_FULL)) {
-        return fa_call_bool((PyObject *)self, self->st->q_str_full);  // Beware
+        return fa_call_bool((PyObject *)self, self->st->queue.str_full);  // Beware
     }
     return base_full(self);
 }
@@ -545,7 +547,8 @@ q_wakeup_next(FaQueue *self, fa_waitq *q)
         if (view == NULL) {
             return -1;
         }
-        PyObject *r = call_method((PyObject *)self, self->st->q_str_wakeup_next, view);  // Beware
+        // Beware: subclass code
+        PyObject *r = call_method((PyObject *)self, self->st->queue.str_wakeup_next, view);
         Py_DECREF(view);
         Py_XDECREF(r);
         return r ? 0 : -1;
@@ -558,12 +561,12 @@ static PyObject *
 get_finished(FaQueue *self)
 {
     if (self->finished == NULL) {
-        PyObject *ev = PyObject_CallNoArgs((PyObject *)self->st->EventType);  // new ref
+        PyObject *ev = PyObject_CallNoArgs((PyObject *)self->st->semaphore.EventType);  // new ref
         if (ev == NULL) {
             return NULL;
         }
         if (self->fin_set) {
-            PyObject *r = call_descr(self->st->q_event_set, ev, NULL);  // no waiters yet
+            PyObject *r = call_descr(self->st->queue.event_set, ev, NULL);  // no waiters yet
             if (r == NULL) {
                 Py_DECREF(ev);
                 return NULL;
@@ -586,7 +589,7 @@ static int
 finished_call(FaQueue *self, PyObject *descr, const char *name)
 {
     PyObject *ev = Py_NewRef(self->finished);
-    PyObject *r = Py_IS_TYPE(ev, self->st->EventType)
+    PyObject *r = Py_IS_TYPE(ev, self->st->semaphore.EventType)
                       ? call_descr(descr, ev, NULL)             // Beware: set() wakes join()ers
                       : PyObject_CallMethod(ev, name, NULL);    // Beware: any object's code
     Py_DECREF(ev);
@@ -601,7 +604,7 @@ finished_clear(FaQueue *self)
     if (self->finished == NULL) {
         return 0;
     }
-    return finished_call(self, self->st->q_event_clear, "clear");
+    return finished_call(self, self->st->queue.event_clear, "clear");
 }
 
 static int
@@ -611,7 +614,7 @@ finished_set(FaQueue *self)
     if (self->finished == NULL) {
         return 0;
     }
-    return finished_call(self, self->st->q_event_set, "set");
+    return finished_call(self, self->st->queue.event_set, "set");
 }
 
 /* ------------------------------------------------------------------ put_nowait / get_nowait */
@@ -621,7 +624,7 @@ static int
 put_nowait_impl(FaQueue *self, PyObject *item)
 {
     if (self->shutdown) {
-        PyErr_SetNone(self->st->QueueShutDown);
+        PyErr_SetNone(self->st->queue.QueueShutDown);
         return -1;
     }
     if (FA_LIKELY(self->native)) {
@@ -644,7 +647,7 @@ put_nowait_impl(FaQueue *self, PyObject *item)
             }
         }
         if (full) {
-            PyErr_SetNone(self->st->QueueFull);
+            PyErr_SetNone(self->st->queue.QueueFull);
             return -1;
         }
     }
@@ -654,7 +657,7 @@ put_nowait_impl(FaQueue *self, PyObject *item)
             return -1;
         }
         if (full) {
-            PyErr_SetNone(self->st->QueueFull);
+            PyErr_SetNone(self->st->queue.QueueFull);
             return -1;
         }
     }
@@ -667,7 +670,7 @@ put_nowait_impl(FaQueue *self, PyObject *item)
             }
         }
         else {
-            PyObject *r = call_descr(self->st->q_deque_append, q, item);
+            PyObject *r = call_descr(self->st->queue.deque_append, q, item);
             if (r == NULL) {
                 return -1;
             }
@@ -709,7 +712,7 @@ get_nowait_impl(FaQueue *self)
             }
         }
         else {
-            item = call_descr(self->st->q_deque_popleft, q, NULL);
+            item = call_descr(self->st->queue.deque_popleft, q, NULL);
             if (item == NULL) {
                 return NULL;
             }
@@ -737,7 +740,7 @@ get_nowait_impl(FaQueue *self)
     FA_ASSERT_CONSISTENT(self);
     return item;
 empty:
-    PyErr_SetNone(self->shutdown ? self->st->QueueShutDown : self->st->QueueEmpty);
+    PyErr_SetNone(self->shutdown ? self->st->queue.QueueShutDown : self->st->queue.QueueEmpty);
     return NULL;
 }
 
@@ -746,7 +749,7 @@ static PyObject *
 q_put_nowait(FaQueue *self, PyObject *item)
 {
     if (FA_UNLIKELY(self->ovr & OVR_PUT_NOWAIT)) {
-        return call_method((PyObject *)self, self->st->q_str_put_nowait, item);  // Beware
+        return call_method((PyObject *)self, self->st->queue.str_put_nowait, item);  // Beware
     }
     if (put_nowait_impl(self, item) < 0) {
         return NULL;
@@ -758,7 +761,7 @@ static PyObject *
 q_get_nowait(FaQueue *self)
 {
     if (FA_UNLIKELY(self->ovr & OVR_GET_NOWAIT)) {
-        return call_method((PyObject *)self, self->st->q_str_get_nowait, NULL);  // Beware
+        return call_method((PyObject *)self, self->st->queue.str_get_nowait, NULL);  // Beware
     }
     return get_nowait_impl(self);
 }
@@ -788,7 +791,7 @@ get_step(FaOp *op, PyObject **res)
             return PYGEN_ERROR;
         }
         if (e) {
-            PyErr_SetNone(self->st->QueueShutDown);
+            PyErr_SetNone(self->st->queue.QueueShutDown);
             return PYGEN_ERROR;
         }
     }
@@ -899,7 +902,7 @@ cancel_waiter(fa_state *st, FaOp *op)
         return c;
     }
     PyObject *args[1] = {fut};
-    PyObject *r = PyObject_VectorcallMethod(st->str_cancel, args,
+    PyObject *r = PyObject_VectorcallMethod(st->core.str_cancel, args,
                                             1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (r == NULL) {
         return -1;
@@ -958,7 +961,7 @@ put_step(FaOp *op, PyObject **res)
         return PYGEN_RETURN;
     }
     if (self->shutdown) {
-        PyErr_SetNone(self->st->QueueShutDown);
+        PyErr_SetNone(self->st->queue.QueueShutDown);
         return PYGEN_ERROR;
     }
     PySendResult r = fa_op_wait_self(op, self->ovr & OVR_GET_LOOP, &self->loop, &self->putters,
@@ -1004,7 +1007,7 @@ join_start(FaOp *op, PyObject **res)
         if (ev == NULL) {
             return PYGEN_ERROR;
         }
-        PyObject *aw = call_method(ev, self->st->q_str_wait, NULL);  // new ref
+        PyObject *aw = call_method(ev, self->st->queue.str_wait, NULL);  // new ref
         Py_DECREF(ev);
         if (aw == NULL) {
             return PYGEN_ERROR;
@@ -1236,7 +1239,7 @@ queue_wakeup_next_m(PyObject *op, PyObject *waiters)
             rc = more;
             break;
         }
-        PyObject *w = call_method(waiters, st->q_str_popleft, NULL);  // new ref
+        PyObject *w = call_method(waiters, st->queue.str_popleft, NULL);  // new ref
         if (w == NULL) {
             rc = -1;
             break;
@@ -1396,7 +1399,7 @@ queue_repr(PyObject *op)
     if (name == NULL) {
         return NULL;
     }
-    PyObject *fmt = call_method(op, ((FaQueue *)op)->st->q_str_format, NULL);  // self._format()
+    PyObject *fmt = call_method(op, ((FaQueue *)op)->st->queue.str_format, NULL);  // self._format()
     PyObject *id = PyLong_FromVoidPtr(op);
     PyObject *hex = id ? PyNumber_ToBase(id, 16) : NULL;
     PyObject *r = NULL;
@@ -1417,7 +1420,7 @@ queue_str(PyObject *op)
     if (name == NULL) {
         return NULL;
     }
-    PyObject *fmt = call_method(op, ((FaQueue *)op)->st->q_str_format, NULL);
+    PyObject *fmt = call_method(op, ((FaQueue *)op)->st->queue.str_format, NULL);
     PyObject *r = fmt ? PyUnicode_FromFormat("<%U %S>", name, fmt) : NULL;
     Py_DECREF(name);
     Py_XDECREF(fmt);
@@ -1433,13 +1436,13 @@ queue_kind_of(fa_state *st, PyTypeObject *tp)
     if (mro != NULL) {
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
             PyObject *b = PyTuple_GET_ITEM(mro, i);
-            if (b == (PyObject *)st->PriorityQueueType) {
+            if (b == (PyObject *)st->queue.PriorityQueueType) {
                 return FA_PRIO;
             }
-            if (b == (PyObject *)st->LifoQueueType) {
+            if (b == (PyObject *)st->queue.LifoQueueType) {
                 return FA_LIFO;
             }
-            if (b == (PyObject *)st->QueueType) {
+            if (b == (PyObject *)st->queue.QueueType) {
                 return FA_FIFO;
             }
         }
@@ -1450,29 +1453,22 @@ queue_kind_of(fa_state *st, PyTypeObject *tp)
 static PyTypeObject *
 kind_type(fa_state *st, int kind)
 {
-    return kind == FA_PRIO ? st->PriorityQueueType
-           : kind == FA_LIFO ? st->LifoQueueType : st->QueueType;
+    return kind == FA_PRIO ? st->queue.PriorityQueueType
+           : kind == FA_LIFO ? st->queue.LifoQueueType : st->queue.QueueType;
 }
 
 static int
 find_overrides(FaQueue *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyTypeObject *base = kind_type(self->st, self->kind);
-    if (tp == base) {
-        return 0;
-    }
     fa_state *st = self->st;
-    PyObject *names[] = {st->q_str_init, st->q_str_put, st->q_str_get, st->q_str_full,
-                         st->q_str_empty, st->q_str_qsize, st->q_str_put_nowait,
-                         st->q_str_get_nowait, st->q_str_wakeup_next, st->str_get_loop};
-    int ovr = 0;
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (fa_type_lookup(tp, names[i]) != fa_type_lookup(base, names[i])) {
-            ovr |= 1 << i;
-        }
-    }
-    return ovr;
+    /* in the order of the OVR_* bits */
+    PyObject *names[] = {st->queue.str_init,        st->queue.str_put,
+                         st->queue.str_get,         st->queue.str_full,
+                         st->queue.str_empty,       st->queue.str_qsize,
+                         st->queue.str_put_nowait,  st->queue.str_get_nowait,
+                         st->queue.str_wakeup_next, st->core.str_get_loop};
+    return fa_find_overrides(Py_TYPE(self), base, names, sizeof(names) / sizeof(names[0]));
 }
 
 static PyObject *
@@ -1525,7 +1521,7 @@ queue_init(PyObject *op, PyObject *args, PyObject *kwargs)
     self->ovr = find_overrides(self);
     update_native(self);
     if (self->ovr & OVR_INIT) {
-        PyObject *r = call_method(op, self->st->q_str_init, maxsize);  // Beware: subclass code
+        PyObject *r = call_method(op, self->st->queue.str_init, maxsize);  // Beware: subclass code
         if (r == NULL) {
             goto done;
         }
@@ -1894,48 +1890,79 @@ static PyType_Spec lifo_spec = {
 int
 fa_queue_init(PyObject *mod, fa_state *st)
 {
-#define INTERN(field, text) \
-    if ((st->field = PyUnicode_InternFromString(text)) == NULL) return -1
-    INTERN(q_str_init, "_init");
-    INTERN(q_str_put, "_put");
-    INTERN(q_str_get, "_get");
-    INTERN(q_str_full, "full");
-    INTERN(q_str_empty, "empty");
-    INTERN(q_str_qsize, "qsize");
-    INTERN(q_str_put_nowait, "put_nowait");
-    INTERN(q_str_get_nowait, "get_nowait");
-    INTERN(q_str_format, "_format");
-    INTERN(q_str_popleft, "popleft");
-    INTERN(q_str_pop, "pop");
-    INTERN(q_str_wait, "wait");
-    INTERN(q_str_lt, "__lt__");
-    INTERN(q_str_class, "__class__");
-    INTERN(q_str_wakeup_next, "_wakeup_next");
-#undef INTERN
-    if ((st->q_deque_append = PyObject_GetAttrString(st->deque_type, "append")) == NULL
-        || (st->q_deque_popleft = PyObject_GetAttrString(st->deque_type, "popleft")) == NULL
-        || (st->q_event_set = PyObject_GetAttrString((PyObject *)st->EventType, "set")) == NULL
-        || (st->q_event_clear = PyObject_GetAttrString((PyObject *)st->EventType, "clear"))
-               == NULL
-        || (st->q_dc_refs = PyDict_New()) == NULL) {
+    FA_INIT_NEEDS(st->engine.SpecialDescrType);  // fa_methods_add
+    FA_INIT_NEEDS(st->semaphore.EventType);  // Queue._finished is an aiofast Event
+    PyObject *m;
+#define IMPORT(field, modname, attr) \
+    do { \
+        m = PyImport_ImportModule(modname); \
+        if (m == NULL) return -1; \
+        st->queue.field = PyObject_GetAttrString(m, attr); \
+        Py_DECREF(m); \
+        if (st->queue.field == NULL) return -1; \
+    } while (0)
+    IMPORT(QueueEmpty, "asyncio.queues", "QueueEmpty");
+    IMPORT(QueueFull, "asyncio.queues", "QueueFull");
+    IMPORT(deque_type, "collections", "deque");
+#if FA_PY313
+    IMPORT(QueueShutDown, "asyncio.queues", "QueueShutDown");
+#else
+    st->queue.QueueShutDown = PyErr_NewExceptionWithDoc(
+        "aiofast.QueueShutDown", "Raised when putting on to or getting from a shut-down Queue.",
+        PyExc_Exception, NULL);
+    if (st->queue.QueueShutDown == NULL) {
         return -1;
     }
-    st->q_object_class = Py_XNewRef(fa_type_lookup(&PyBaseObject_Type, st->q_str_class));
-    if (st->q_object_class == NULL) {
+#endif
+#undef IMPORT
+    if (PyModule_AddObjectRef(mod, "QueueShutDown", st->queue.QueueShutDown) < 0) {
+        return -1;
+    }
+#define INTERN(field, text) \
+    if ((st->queue.field = PyUnicode_InternFromString(text)) == NULL) return -1
+    INTERN(str_init, "_init");
+    INTERN(str_put, "_put");
+    INTERN(str_get, "_get");
+    INTERN(str_full, "full");
+    INTERN(str_empty, "empty");
+    INTERN(str_qsize, "qsize");
+    INTERN(str_put_nowait, "put_nowait");
+    INTERN(str_get_nowait, "get_nowait");
+    INTERN(str_format, "_format");
+    INTERN(str_popleft, "popleft");
+    INTERN(str_pop, "pop");
+    INTERN(str_wait, "wait");
+    INTERN(str_lt, "__lt__");
+    INTERN(str_class, "__class__");
+    INTERN(str_wakeup_next, "_wakeup_next");
+    INTERN(str_append, "append");
+#undef INTERN
+    fa_queue_state *q = &st->queue;
+    PyObject *event = (PyObject *)st->semaphore.EventType;
+    if ((q->deque_append = PyObject_GetAttrString(q->deque_type, "append")) == NULL
+        || (q->deque_popleft = PyObject_GetAttrString(q->deque_type, "popleft")) == NULL
+        || (q->event_set = PyObject_GetAttrString(event, "set")) == NULL
+        || (q->event_clear = PyObject_GetAttrString(event, "clear")) == NULL
+        || (st->queue.dc_refs = PyDict_New()) == NULL) {
+        return -1;
+    }
+    st->queue.object_class = Py_XNewRef(fa_type_lookup(&PyBaseObject_Type, st->queue.str_class));
+    if (st->queue.object_class == NULL) {
         PyErr_SetString(PyExc_SystemError, "object.__class__ not found");
         return -1;
     }
-    if ((st->QueueType = fa_add_type(mod, &queue_spec, NULL, "Queue")) == NULL
-        || fa_methods_add(st, st->QueueType, queue_async_methods) < 0) {
+    if ((st->queue.QueueType = fa_add_type(mod, &queue_spec, NULL, "Queue")) == NULL
+        || fa_methods_add(st, st->queue.QueueType, queue_async_methods) < 0) {
         return -1;
     }
-    st->PriorityQueueType = fa_add_type(mod, &prio_spec, (PyObject *)st->QueueType,
+    st->queue.PriorityQueueType = fa_add_type(mod, &prio_spec, (PyObject *)st->queue.QueueType,
                                         "PriorityQueue");
-    if (st->PriorityQueueType == NULL) {
+    if (st->queue.PriorityQueueType == NULL) {
         return -1;
     }
-    st->LifoQueueType = fa_add_type(mod, &lifo_spec, (PyObject *)st->QueueType, "LifoQueue");
-    if (st->LifoQueueType == NULL) {
+    st->queue.LifoQueueType =
+        fa_add_type(mod, &lifo_spec, (PyObject *)st->queue.QueueType, "LifoQueue");
+    if (st->queue.LifoQueueType == NULL) {
         return -1;
     }
     return 0;

@@ -23,6 +23,7 @@
  * All of these are checked after every mutation in debug builds (falock_check, FA_CONSISTENT).
  */
 #include "op.h"
+#include "semaphore.h"
 
 enum { FA_SEM = 0, FA_BSEM, FA_LOCK, FA_EVENT };
 
@@ -90,7 +91,7 @@ falock_check(FaLock *self)
     }
     FA_CHECK(self->waiters.len == 0 || self->waiters_made,
              "%s %p: %zd waiters but _waiters is None", name, (void *)self, self->waiters.len);
-    FA_CHECK(self->cache == NULL || Py_IS_TYPE(self->cache, self->st->OpType),
+    FA_CHECK(self->cache == NULL || Py_IS_TYPE(self->cache, self->st->engine.OpType),
              "%s %p: cache %p is not an op", name, (void *)self, (void *)self->cache);
     switch (self->family) {
     case FA_SEM:
@@ -146,31 +147,16 @@ num_to_py(double v, int is_int)
 static int
 find_overrides(PyObject *self, PyTypeObject *base)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (tp == base) {
-        return 0;
-    }
     fa_state *st = ((FaLock *)self)->st;
-    int ovr = 0;
-    if (fa_type_lookup(tp, st->str_acquire) != fa_type_lookup(base, st->str_acquire)) {
-        ovr |= OVR_ACQUIRE;
-    }
-    if (fa_type_lookup(tp, st->str_release) != fa_type_lookup(base, st->str_release)) {
-        ovr |= OVR_RELEASE;
-    }
-    if (fa_type_lookup(tp, st->str_locked) != fa_type_lookup(base, st->str_locked)) {
-        ovr |= OVR_LOCKED;
-    }
-    PyObject *wake = ((FaLock *)self)->family == FA_LOCK ? st->str_wake_up_first
-                                                         : st->str_wake_up_next;
-    if (((FaLock *)self)->family != FA_EVENT
-        && fa_type_lookup(tp, wake) != fa_type_lookup(base, wake)) {
-        ovr |= OVR_WAKE;
-    }
-    if (fa_type_lookup(tp, st->str_get_loop) != fa_type_lookup(base, st->str_get_loop)) {
-        ovr |= OVR_GET_LOOP;
-    }
-    return ovr;
+    int family = ((FaLock *)self)->family;
+    /* in the order of the OVR_* bits; an Event has no wake-up helper */
+    PyObject *names[] = {st->semaphore.str_acquire, st->semaphore.str_release,
+                         st->semaphore.str_locked,
+                         family == FA_EVENT  ? NULL
+                         : family == FA_LOCK ? st->semaphore.str_wake_up_first
+                                             : st->semaphore.str_wake_up_next,
+                         st->core.str_get_loop};
+    return fa_find_overrides(Py_TYPE(self), base, names, sizeof(names) / sizeof(names[0]));
 }
 
 static PyObject *
@@ -409,7 +395,7 @@ static int
 sem_locked_impl(FaLock *self)
 {
     if (self->ovr & OVR_LOCKED) {
-        return fa_call_bool((PyObject *)self, self->st->str_locked);
+        return fa_call_bool((PyObject *)self, self->st->semaphore.str_locked);
     }
     if (self->value == 0) {
         return 1;
@@ -427,7 +413,8 @@ sem_wake_up_next(FaLock *self)
 {
     if (FA_UNLIKELY(self->ovr & OVR_WAKE)) {
         PyObject *args[1] = {(PyObject *)self};
-        PyObject *r = PyObject_VectorcallMethod(self->st->str_wake_up_next, args,  // Beware
+        // Beware: subclass code
+        PyObject *r = PyObject_VectorcallMethod(self->st->semaphore.str_wake_up_next, args,
                                                 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         if (r == NULL) {
             return -1;
@@ -710,7 +697,8 @@ static FA_NOINLINE int
 lock_wake_dispatch(FaLock *self)
 {
     if (FA_UNLIKELY(self->ovr & OVR_WAKE)) {
-        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->str_wake_up_first);
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self,
+                                                self->st->semaphore.str_wake_up_first);
         Py_XDECREF(r);  // Beware: subclass code
         return r ? 0 : -1;
     }
@@ -759,7 +747,7 @@ static int
 release_dispatch(FaLock *self)
 {
     if (self->ovr & OVR_RELEASE) {
-        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->str_release);
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->semaphore.str_release);
         if (r == NULL) {
             return -1;
         }
@@ -795,7 +783,7 @@ static const fa_opkind sem_aexit_kind = {"Semaphore.__aexit__", aexit_start, ret
 static PySendResult
 aenter_delegate_start(FaOp *op, PyObject **res)
 {
-    PyObject *aw = PyObject_CallMethodNoArgs(op->owner, op->st->str_acquire);  // new ref
+    PyObject *aw = PyObject_CallMethodNoArgs(op->owner, op->st->semaphore.str_acquire);  // new ref
     if (aw == NULL) {
         return PYGEN_ERROR;
     }
@@ -1028,7 +1016,7 @@ sem_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->family = FA_SEM;
-    self->ovr = find_overrides(op, self->st->SemaphoreType);
+    self->ovr = find_overrides(op, self->st->semaphore.SemaphoreType);
     if (value != NULL && sem_init_value(self, value) < 0) {
         return -1;
     }
@@ -1046,7 +1034,7 @@ bsem_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->family = FA_BSEM;
-    self->ovr = find_overrides(op, self->st->BoundedSemaphoreType);
+    self->ovr = find_overrides(op, self->st->semaphore.BoundedSemaphoreType);
     if (value == NULL) {
         self->value = self->bound = 1;
         self->value_is_int = self->bound_is_int = 1;
@@ -1070,7 +1058,7 @@ lock_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->family = FA_LOCK;
-    self->ovr = find_overrides(op, self->st->LockType);
+    self->ovr = find_overrides(op, self->st->semaphore.LockType);
     init_done(self);
     return 0;
 }
@@ -1083,7 +1071,7 @@ event_init(PyObject *op, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->family = FA_EVENT;
-    self->ovr = find_overrides(op, self->st->EventType);
+    self->ovr = find_overrides(op, self->st->semaphore.EventType);
     self->waiters_made = 1;
     init_done(self);
     return 0;
@@ -1178,7 +1166,8 @@ static PyObject *
 sem_repr(PyObject *op)
 {
     FaLock *self = (FaLock *)op;
-    PyObject *l = PyObject_CallMethodNoArgs(op, self->st->str_locked);  // as asyncio: self.locked()
+    // as asyncio: self.locked()
+    PyObject *l = PyObject_CallMethodNoArgs(op, self->st->semaphore.str_locked);
     if (l == NULL) {
         return NULL;
     }
@@ -1470,30 +1459,35 @@ SPEC(event, "aiofast.Event", event_new, event_init, event_repr, event_methods, e
 int
 fa_semaphore_init(PyObject *mod, fa_state *st)
 {
-    if ((st->str_wake_up_first = PyUnicode_InternFromString("_wake_up_first")) == NULL
-        || (st->str_wake_up_next = PyUnicode_InternFromString("_wake_up_next")) == NULL) {
+    FA_INIT_NEEDS(st->engine.SpecialDescrType);  // fa_methods_add, fa_special_add
+    fa_semaphore_state *s = &st->semaphore;
+    if ((s->str_acquire = PyUnicode_InternFromString("acquire")) == NULL
+        || (s->str_release = PyUnicode_InternFromString("release")) == NULL
+        || (s->str_locked = PyUnicode_InternFromString("locked")) == NULL
+        || (s->str_wake_up_first = PyUnicode_InternFromString("_wake_up_first")) == NULL
+        || (s->str_wake_up_next = PyUnicode_InternFromString("_wake_up_next")) == NULL) {
         return -1;
     }
-    if ((st->SemaphoreType = fa_add_type(mod, &sem_spec, NULL, "Semaphore")) == NULL) {
+    if ((st->semaphore.SemaphoreType = fa_add_type(mod, &sem_spec, NULL, "Semaphore")) == NULL) {
         return -1;
     }
-    st->BoundedSemaphoreType = fa_add_type(mod, &bsem_spec, (PyObject *)st->SemaphoreType,
-                                           "BoundedSemaphore");
-    if (st->BoundedSemaphoreType == NULL) {
+    st->semaphore.BoundedSemaphoreType = fa_add_type(
+        mod, &bsem_spec, (PyObject *)st->semaphore.SemaphoreType, "BoundedSemaphore");
+    if (st->semaphore.BoundedSemaphoreType == NULL) {
         return -1;
     }
-    if ((st->LockType = fa_add_type(mod, &lock_spec, NULL, "Lock")) == NULL) {
+    if ((st->semaphore.LockType = fa_add_type(mod, &lock_spec, NULL, "Lock")) == NULL) {
         return -1;
     }
-    if ((st->EventType = fa_add_type(mod, &event_spec, NULL, "Event")) == NULL) {
+    if ((st->semaphore.EventType = fa_add_type(mod, &event_spec, NULL, "Event")) == NULL) {
         return -1;
     }
-    if (fa_methods_add(st, st->SemaphoreType, sem_async_methods) < 0
-        || fa_methods_add(st, st->LockType, lock_async_methods) < 0
-        || fa_methods_add(st, st->EventType, event_async_methods) < 0) {
+    if (fa_methods_add(st, st->semaphore.SemaphoreType, sem_async_methods) < 0
+        || fa_methods_add(st, st->semaphore.LockType, lock_async_methods) < 0
+        || fa_methods_add(st, st->semaphore.EventType, event_async_methods) < 0) {
         return -1;
     }
-    PyTypeObject *with_types[] = {st->SemaphoreType, st->LockType};
+    PyTypeObject *with_types[] = {st->semaphore.SemaphoreType, st->semaphore.LockType};
     for (int i = 0; i < 2; i++) {
         if (fa_special_add(st, with_types[i], "__aenter__", falock_aenter,
                            offsetof(FaLock, aenter), aenter_doc) < 0

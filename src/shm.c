@@ -506,7 +506,7 @@ shm_probe(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(created);
 }
 
-PyMethodDef fa_shm_functions[] = {
+static PyMethodDef shm_functions[] = {
     {"shared_unlink", (PyCFunction)shared_unlink, METH_O, shared_unlink_doc},
     {"_shm_probe", (PyCFunction)(void (*)(void))shm_probe, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
@@ -515,14 +515,14 @@ PyMethodDef fa_shm_functions[] = {
 int
 fa_shm_init(PyObject *mod, fa_state *st)
 {
-    st->SharedSegmentError = PyErr_NewExceptionWithDoc(
+    st->core.SharedSegmentError = PyErr_NewExceptionWithDoc(
         "aiofast.SharedSegmentError",
         "A shared segment (shared=name) is not a usable aiofast segment: another program's, "
         "truncated, corrupted, of another layout version or kind, or never finished by a "
         "creator that died.", PyExc_OSError, NULL);
-    if (st->SharedSegmentError == NULL
-        || PyModule_AddObjectRef(mod, "SharedSegmentError", st->SharedSegmentError) < 0) {
+    if (st->core.SharedSegmentError == NULL
+        || PyModule_AddObjectRef(mod, "SharedSegmentError", st->core.SharedSegmentError) < 0) {
         return -1;
     }
-    return PyModule_AddFunctions(mod, fa_shm_functions);
+    return PyModule_AddFunctions(mod, shm_functions);
 }

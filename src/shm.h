@@ -68,11 +68,8 @@ void fa_shm_close(fa_shm *shm);
 /* CLOCK_MONOTONIC in ns: one clock for the whole host (every process reads the same one). */
 int64_t fa_shm_now_ns(void);
 
-/* Module-level functions of the segment layer (module.c adds them to the module): 
- * shared_unlink(name), and a private probe the tests drive the layer with. */
-extern PyMethodDef fa_shm_functions[];
-
-/* Create the module's SharedSegmentError (an OSError); 0 or -1. */
+/* Create the module's SharedSegmentError (an OSError) and add the segment layer's module-level
+ * functions: shared_unlink(name), and a private probe the tests drive the layer with; 0 or -1. */
 int fa_shm_init(PyObject *mod, fa_state *st);
 
 #endif

@@ -238,14 +238,14 @@ tbs_sleep(FaOp *op, int64_t now, int64_t target, PyObject *timeout, PyObject **r
         goto unlink;
     }
     PyObject *args[4] = {loop, when, self->wake_cb, op->fut};
-    h = PyObject_VectorcallMethod(st->str_call_at, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+    h = PyObject_VectorcallMethod(st->core.str_call_at, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                   NULL);  // Beware
     if (h == NULL) {
         goto unlink;
     }
     arg = PyTuple_Pack(3, timeout ? timeout : Py_None, tgt, h);
     if (arg == NULL) {
-        PyObject *c = PyObject_CallMethodNoArgs(h, st->str_cancel);
+        PyObject *c = PyObject_CallMethodNoArgs(h, st->core.str_cancel);
         Py_XDECREF(c);
         goto unlink;
     }
@@ -274,7 +274,7 @@ tbs_timed_out(FaOp *op, PyObject *timeout)
 {
     PyObject *n = PyFloat_FromDouble(op->num);
     if (n != NULL) {
-        PyErr_Format(op->st->TimeoutError, "acquire(%R) timed out after %R s", n, timeout);
+        PyErr_Format(op->st->core.TimeoutError, "acquire(%R) timed out after %R s", n, timeout);
         Py_DECREF(n);
     }
     return PYGEN_ERROR;
@@ -309,7 +309,7 @@ tbs_take_or_wait(FaOp *op, PyObject **res)
         if (op->arg != NULL) {
             double timeout = PyFloat_AS_DOUBLE(op->arg);
             if (timeout <= 0) {
-                PyErr_Format(op->st->TimeoutError, "acquire() timed out after %R s: the tokens "
+                PyErr_Format(op->st->core.TimeoutError, "acquire() timed out after %R s: the tokens "
                              "were not available at once", op->arg);
                 return PYGEN_ERROR;
             }
@@ -410,7 +410,7 @@ tbs_wait_exc(FaOp *op, PyObject *Py_UNUSED(exc))
         (void)tbs_give_back(self, target + self->tau, tbs_cost(self, op->num));
     }
     /* commit done; Beware: the handle's cancel() is loop code */
-    PyObject *r = PyObject_CallMethodNoArgs(PyTuple_GET_ITEM(arg, 2), self->st->str_cancel);
+    PyObject *r = PyObject_CallMethodNoArgs(PyTuple_GET_ITEM(arg, 2), self->st->core.str_cancel);
     Py_DECREF(arg);
     if (r == NULL) {
         return -1;
@@ -801,9 +801,9 @@ static PyType_Spec tbs_spec = {
 int
 fa_tbshared_init(PyObject *mod, fa_state *st)
 {
-    if ((st->SharedTokenBucketType = fa_add_type(mod, &tbs_spec, NULL, "SharedTokenBucket"))
-            == NULL
-        || fa_methods_add(st, st->SharedTokenBucketType, tbs_async_methods) < 0) {
+    if ((st->tokenbucket.SharedTokenBucketType =
+             fa_add_type(mod, &tbs_spec, NULL, "SharedTokenBucket")) == NULL
+        || fa_methods_add(st, st->tokenbucket.SharedTokenBucketType, tbs_async_methods) < 0) {
         return -1;
     }
     return 0;

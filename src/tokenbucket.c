@@ -142,7 +142,7 @@ tokenbucket_check(TokenBucket *self)
                  && (self->reprocess == 0 || self->reprocess == 1),
              "TokenBucket %p: processing %d, reprocess %d", (void *)self, self->processing,
              self->reprocess);
-    FA_CHECK(self->cache == NULL || Py_IS_TYPE(self->cache, self->st->OpType),
+    FA_CHECK(self->cache == NULL || Py_IS_TYPE(self->cache, self->st->engine.OpType),
              "TokenBucket %p: cache %p is not an op", (void *)self, (void *)self->cache);
     /* the timer: armed on the bound loop, for a finite time, with its callback */
     FA_CHECK(self->timer == NULL
@@ -287,7 +287,7 @@ tb_clock(TokenBucket *self, PyObject *loop)
         loop = NULL;
         if (self->clk.kloop != NULL) {
             held = Py_NewRef(self->clk.kloop);
-            int closed = fa_call_bool(held, st->str_is_closed);
+            int closed = fa_call_bool(held, st->tokenbucket.str_is_closed);
             if (closed < 0) {
                 Py_DECREF(held);
                 return -1;
@@ -538,7 +538,7 @@ tb_peer_loop(TokenBucket *self, PyObject *loop)
 {
     if (self->loop != NULL) {
         PyObject *old = Py_NewRef(self->loop);
-        int closed = fa_call_bool(old, self->st->str_is_closed);
+        int closed = fa_call_bool(old, self->st->tokenbucket.str_is_closed);
         Py_DECREF(old);
         if (closed <= 0) {
             return closed;
@@ -573,7 +573,7 @@ tb_bind(TokenBucket *self)
     }
     if (self->loop != NULL) {
         PyObject *old = Py_NewRef(self->loop);
-        int closed = fa_call_bool(old, st->str_is_closed);  // Beware: Python code
+        int closed = fa_call_bool(old, st->tokenbucket.str_is_closed);  // Beware: Python code
         Py_DECREF(old);
         if (closed < 0) {
             Py_DECREF(loop);
@@ -612,7 +612,7 @@ tb_resolve(fa_state *st, FaOp *op)
     if (rc == 0) {
         return 1;
     }
-    if (PyErr_ExceptionMatches(st->InvalidStateError)) {
+    if (PyErr_ExceptionMatches(st->core.InvalidStateError)) {
         PyErr_Clear();
         return 0;
     }
@@ -708,7 +708,7 @@ tb_disarm(TokenBucket *self)
     self->timer = NULL;  // detach, then call out
     FA_ASSERT_CONSISTENT(self);
     PyObject *args[1] = {h};
-    PyObject *r = PyObject_VectorcallMethod(self->st->str_cancel, args,
+    PyObject *r = PyObject_VectorcallMethod(self->st->core.str_cancel, args,
                                             1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_DECREF(h);
     if (r == NULL) {
@@ -764,7 +764,7 @@ tb_arm(TokenBucket *self, PyObject *loop)
         return -1;
     }
     PyObject *args[3] = {loop, w, self->wake_cb};
-    PyObject *h = PyObject_VectorcallMethod(self->st->str_call_at, args,
+    PyObject *h = PyObject_VectorcallMethod(self->st->core.str_call_at, args,
                                             3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);  // Beware
     Py_DECREF(w);
     if (h == NULL) {
@@ -773,7 +773,7 @@ tb_arm(TokenBucket *self, PyObject *loop)
     if (self->timer != NULL) {
         /* re-entered and armed meanwhile: keep one, go round again */
         self->reprocess = 1;
-        PyObject *r = PyObject_CallMethodNoArgs(h, self->st->str_cancel);
+        PyObject *r = PyObject_CallMethodNoArgs(h, self->st->core.str_cancel);
         Py_DECREF(h);
         Py_XDECREF(r);
         return r == NULL ? -1 : 0;
@@ -789,7 +789,8 @@ static double
 tb_early_fire(fa_state *st, PyObject *loop)
 {
     double early = TB_EARLY_FIRE;
-    PyObject *r = PyObject_GetAttr(loop, st->str_clock_resolution);  // Beware: Python code
+    // Beware: Python code
+    PyObject *r = PyObject_GetAttr(loop, st->tokenbucket.str_clock_resolution);
     if (r == NULL) {
         PyErr_Clear();  // not an asyncio loop (uvloop has none): the default
         return early;
@@ -827,7 +828,7 @@ tb_process(TokenBucket *self, double fired_at)
             break;
         }
         PyObject *loop = Py_NewRef(self->loop);
-        int closed = fa_call_bool(loop, st->str_is_closed);
+        int closed = fa_call_bool(loop, st->tokenbucket.str_is_closed);
         if (closed != 0) {
             Py_DECREF(loop);
             rc = closed < 0 ? -1 : 0;
@@ -883,7 +884,7 @@ tb_purge_dead(TokenBucket *self)
     FaOp *op;
     if (self->loop != NULL && self->waiters.len != 0) {
         PyObject *loop = Py_NewRef(self->loop);
-        int closed = fa_call_bool(loop, st->str_is_closed);  // Beware: Python code
+        int closed = fa_call_bool(loop, st->tokenbucket.str_is_closed);  // Beware: Python code
         Py_DECREF(loop);
         if (closed < 0) {
             return -1;
@@ -970,7 +971,7 @@ tb_enqueue(FaOp *op, PyObject **res)
     if (op->arg != NULL) {
         timeout = PyFloat_AS_DOUBLE(op->arg);
         if (timeout <= 0) {
-            PyErr_Format(st->TimeoutError, "acquire() timed out after %R s: the tokens were "
+            PyErr_Format(st->core.TimeoutError, "acquire() timed out after %R s: the tokens were "
                          "not available at once", op->arg);
             return PYGEN_ERROR;
         }
@@ -1105,7 +1106,7 @@ tb_acquire_resume(FaOp *op, PyObject *Py_UNUSED(value), PyObject **res)
     if (op->flags & OPF_TIMEDOUT) {
         PyObject *n = PyFloat_FromDouble(op->num);
         if (n != NULL) {
-            PyErr_Format(op->st->TimeoutError, "acquire(%R) timed out after %R s", n, op->arg);
+            PyErr_Format(op->st->core.TimeoutError, "acquire(%R) timed out after %R s", n, op->arg);
             Py_DECREF(n);
         }
         return PYGEN_ERROR;
@@ -1423,7 +1424,7 @@ fa_tb_decorate(fa_state *st, PyObject *op, PyObject *args, PyObject *kwargs,
                      Py_TYPE(func)->tp_name);
         return NULL;
     }
-    RateLimited *w = PyObject_GC_New(RateLimited, st->RateLimitedType);
+    RateLimited *w = PyObject_GC_New(RateLimited, st->tokenbucket.RateLimitedType);
     if (w == NULL) {
         return NULL;
     }
@@ -1449,15 +1450,15 @@ tb_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     if (st == NULL) {
         return NULL;
     }
-    PyObject *shared = kwargs ? PyDict_GetItemWithError(kwargs, st->str_shared) : NULL;
+    PyObject *shared = kwargs ? PyDict_GetItemWithError(kwargs, st->tokenbucket.str_shared) : NULL;
     if (shared != NULL && shared != Py_None) {
         /* TokenBucket(..., shared=name): one bucket for every process of the host */
-        if (tp != st->TokenBucketType) {
+        if (tp != st->tokenbucket.TokenBucketType) {
             PyErr_Format(PyExc_TypeError, "shared= makes a SharedTokenBucket, which %.100s "
                          "cannot be", tp->tp_name);
             return NULL;
         }
-        return PyObject_Call((PyObject *)st->SharedTokenBucketType, args, kwargs);
+        return PyObject_Call((PyObject *)st->tokenbucket.SharedTokenBucketType, args, kwargs);
     }
     if (PyErr_Occurred()) {
         return NULL;
@@ -1959,21 +1960,23 @@ static PyType_Spec rl_spec = {
 int
 fa_tokenbucket_init(PyObject *mod, fa_state *st)
 {
-    if ((st->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL
-        || (st->str_shared = PyUnicode_InternFromString("shared")) == NULL
-        || (st->str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
+    FA_INIT_NEEDS(st->engine.SpecialDescrType);  // fa_methods_add, fa_special_add
+    fa_tokenbucket_state *tb = &st->tokenbucket;
+    if ((tb->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL
+        || (tb->str_shared = PyUnicode_InternFromString("shared")) == NULL
+        || (tb->str_clock_resolution = PyUnicode_InternFromString("_clock_resolution")) == NULL) {
         return -1;
     }
-    if ((st->TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL
-        || fa_methods_add(st, st->TokenBucketType, tb_async_methods) < 0
-        || fa_special_add(st, st->TokenBucketType, "__aenter__", tb_aenter,
+    if ((st->tokenbucket.TokenBucketType = fa_add_type(mod, &tb_spec, NULL, "TokenBucket")) == NULL
+        || fa_methods_add(st, st->tokenbucket.TokenBucketType, tb_async_methods) < 0
+        || fa_special_add(st, st->tokenbucket.TokenBucketType, "__aenter__", tb_aenter,
                           offsetof(TokenBucket, aenter), tb_aenter_doc) < 0
-        || fa_special_add(st, st->TokenBucketType, "__aexit__", tb_aexit,
+        || fa_special_add(st, st->tokenbucket.TokenBucketType, "__aexit__", tb_aexit,
                           offsetof(TokenBucket, aexit), tb_aexit_doc) < 0) {
         return -1;
     }
-    PyTypeObject *leaky = fa_add_type(mod, &tb_peer_spec, (PyObject *)st->TokenBucketType,
-                                      "LeakyBucket");
+    PyTypeObject *leaky =
+        fa_add_type(mod, &tb_peer_spec, (PyObject *)st->tokenbucket.TokenBucketType, "LeakyBucket");
     if (leaky == NULL) {
         return -1;
     }
@@ -1982,8 +1985,8 @@ fa_tokenbucket_init(PyObject *mod, fa_state *st)
         return -1;
     }
     Py_DECREF(leaky);  // the module holds it
-    st->RateLimitedType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &rl_spec, NULL);
-    if (st->RateLimitedType == NULL) {
+    st->tokenbucket.RateLimitedType = fa_new_type(mod, &rl_spec, NULL, NULL);
+    if (st->tokenbucket.RateLimitedType == NULL) {
         return -1;
     }
     return fa_tbshared_init(mod, st);

@@ -4,9 +4,43 @@
  * every process of the host). The head both objects start with (configuration, reuse slot,
  * waiters) with its traverse, clear, attributes and repr; the argument validators (one set of
  * rules and messages for both buckets); the configuration check of the constructor; the
- * decorator and the ops of its calls.
+ * decorator and the ops of its calls. First, alone, the family's part of the module state and
+ * its init.
+ *
+ * Two parts with their own guards: aiofast.h reads the state part alone (FA_STATE_PARTS_ONLY),
+ * since fa_state embeds it; the rest uses the engine (op.h), which needs the whole fa_state.
+ * Whichever comes first, the state part is read before fa_state is declared, and the rest after.
  */
-#ifndef AIOFAST_TOKENBUCKET_H
+/* ------------------------------------------------------------------ the family's state */
+
+#ifndef AIOFAST_TOKENBUCKET_STATE_H
+#define AIOFAST_TOKENBUCKET_STATE_H
+
+#include "state.h"
+
+#define FA_TOKENBUCKET_OBJECTS(X_T, X_O, X_ARRAY) \
+    X_T(TokenBucketType) \
+    X_T(RateLimitedType) /* the wrapper of @bucket */ \
+    X_T(SharedTokenBucketType) /* tbshared.c */ \
+    X_O(str_shared) \
+    X_O(str_is_closed) \
+    X_O(str_clock_resolution) /* "_clock_resolution" */
+
+typedef struct {
+    FA_STATE_FIELDS(FA_TOKENBUCKET_OBJECTS)
+} fa_tokenbucket_state;
+
+FA_STATE_WALKERS(tokenbucket, FA_TOKENBUCKET_OBJECTS)
+
+/* TokenBucket, AsyncLimiter's base, RateLimited, and (through fa_tbshared_init)
+ * SharedTokenBucket. Needs: core, engine. */
+int fa_tokenbucket_init(PyObject *mod, fa_state *st);
+
+#endif
+
+/* ------------------------------------------------------------------ shared by the two files */
+
+#if !defined(FA_STATE_PARTS_ONLY) && !defined(AIOFAST_TOKENBUCKET_H)
 #define AIOFAST_TOKENBUCKET_H
 
 #include "op.h"

@@ -39,7 +39,7 @@ const fa_opkind fa_foreign_kind = {"foreign waiter", foreign_start, NULL, NULL, 
 PyObject *
 fa_waitview_new(fa_state *st, PyObject *owner, fa_waitq *q)
 {
-    FaWaitView *v = PyObject_GC_New(FaWaitView, (PyTypeObject *)st->WaitersViewType);
+    FaWaitView *v = PyObject_GC_New(FaWaitView, (PyTypeObject *)st->engine.WaitersViewType);
     if (v == NULL) {
         return NULL;
     }
@@ -53,7 +53,7 @@ fa_waitview_new(fa_state *st, PyObject *owner, fa_waitq *q)
 fa_waitq *
 fa_waitview_queue(fa_state *st, PyObject *obj)
 {
-    if (!Py_IS_TYPE(obj, (PyTypeObject *)st->WaitersViewType)) {
+    if (!Py_IS_TYPE(obj, (PyTypeObject *)st->engine.WaitersViewType)) {
         return NULL;
     }
     FaWaitView *v = (FaWaitView *)obj;
@@ -502,6 +502,6 @@ static PyType_Spec view_spec = {
 int
 fa_waitview_init(PyObject *mod, fa_state *st)
 {
-    st->WaitersViewType = PyType_FromModuleAndSpec(mod, &view_spec, NULL);
-    return st->WaitersViewType == NULL ? -1 : 0;
+    st->engine.WaitersViewType = (PyObject *)fa_new_type(mod, &view_spec, NULL, NULL);
+    return st->engine.WaitersViewType == NULL ? -1 : 0;
 }
