@@ -112,25 +112,19 @@ def test_uncontended_paths_do_not_allocate_transiently(name):
             return
         raise AssertionError("an uncontended operation suspended")
 
+    # the async context managers, each entered and exited once per step
+    cms = {"with_sem": sem, "with_lock": lock, "shared_with": sb, "with_breaker": breaker}
+
     def one():
-        if name == "with_sem":
-            step(sem.__aenter__())
-            step(sem.__aexit__(None, None, None))
-        elif name == "with_lock":
-            step(lock.__aenter__())
-            step(lock.__aexit__(None, None, None))
+        if name in cms:
+            step(cms[name].__aenter__())
+            step(cms[name].__aexit__(None, None, None))
         elif name == "acq_rel":
             step(sem.acquire())
             sem.release()
         elif name == "shared_acquire":
             step(sb.acquire())
             sb.try_acquire()
-        elif name == "shared_with":
-            step(sb.__aenter__())
-            step(sb.__aexit__(None, None, None))
-        elif name == "with_breaker":
-            step(breaker.__aenter__())
-            step(breaker.__aexit__(None, None, None))
         else:
             step(ev.wait())
 

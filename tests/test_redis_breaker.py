@@ -922,6 +922,20 @@ def stop(procs):
         assert p.returncode == 0
 
 
+def assert_two_probes_fleet_wide(procs):
+    """After the recovery time, each of the processes tries 10 probes at once: 2 are admitted
+    fleet-wide, and every other try is rejected at once."""
+    for p in procs:
+        p.stdin.write("probes\n")
+        p.stdin.flush()
+    admitted = []
+    for p in procs:
+        done, held = map(int, p.stdout.readline().split())
+        admitted.append(held)
+        assert done == 10 - held   # the others were rejected at once
+    assert sum(admitted) == 2, admitted
+
+
 def test_failures_over_four_processes_open_it_for_all(server):
     """Threshold 8: two failures in each of 4 processes (two breakers made with
     CircuitBreaker(..., store=), two with RedisCircuitBreaker), in turn, each one of a plain
@@ -941,15 +955,7 @@ def test_failures_over_four_processes_open_it_for_all(server):
             assert ask(p, "ok") == ["rejected", "open"]   # no listener there
         assert ask(procs[3], "ok") == ["rejected", "open", "open"]
         time.sleep(1.0)
-        for p in procs:
-            p.stdin.write("probes\n")
-            p.stdin.flush()
-        admitted = []
-        for p in procs:
-            done, held = map(int, p.stdout.readline().split())
-            admitted.append(held)
-            assert done == 10 - held   # the others were rejected at once
-        assert sum(admitted) == 2, admitted
+        assert_two_probes_fleet_wide(procs)
     finally:
         stop(procs)
 
@@ -975,15 +981,7 @@ def test_rate_over_four_processes_opens_it_for_all(server, mode):
         for p in procs[:3]:
             assert ask(p, "ok") == ["rejected", "open"]   # no listener there
         time.sleep(1.0)
-        for p in procs:
-            p.stdin.write("probes\n")
-            p.stdin.flush()
-        admitted = []
-        for p in procs:
-            done, held = map(int, p.stdout.readline().split())
-            admitted.append(held)
-            assert done == 10 - held
-        assert sum(admitted) == 2, admitted
+        assert_two_probes_fleet_wide(procs)
     finally:
         stop(procs)
 

@@ -7,6 +7,7 @@ loop), and real time where real time is the point (accuracy under 4 workers, wor
 random instants). Rates and periods are chosen so that the nanosecond arithmetic is exact.
 """
 import asyncio
+import contextlib
 import fractions
 import itertools
 import math
@@ -33,10 +34,8 @@ _counter = itertools.count()
 
 
 def unlink_quietly(n):
-    try:
+    with contextlib.suppress(FileNotFoundError):
         aiofast.shared_unlink(n)
-    except FileNotFoundError:
-        pass
 
 
 @pytest.fixture
